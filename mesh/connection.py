@@ -1,0 +1,77 @@
+"""Connect to NATS with reconnect handling and a clear error when it cannot.
+
+One connection per process is the norm: nats-py multiplexes publishes,
+subscriptions and JetStream API calls over it.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import nats
+from nats.aio.client import Client
+from nats.js import JetStreamContext
+from nats.js.errors import ServiceUnavailableError
+
+from mesh.errors import ConnectionFailed
+
+__all__ = ["connect", "jetstream"]
+
+log = logging.getLogger(__name__)
+
+
+async def connect(
+    url: str, name: str = "agent-factory", initial_attempts: int = 3, **options: Any
+) -> Client:
+    """Open a connection that reconnects forever once established.
+
+    The first connect fails fast with :class:`ConnectionFailed` (a user who
+    points at the wrong URL should hear so in seconds, not minutes); after
+    that, reconnects are unbounded so a nats-server restart is survived.
+    """
+
+    async def on_error(exc: Exception) -> None:
+        log.warning("nats connection error: %s", exc)
+
+    async def on_disconnect() -> None:
+        log.info("nats disconnected; reconnecting")
+
+    async def on_reconnect() -> None:
+        log.info("nats reconnected")
+
+    defaults: dict[str, Any] = {
+        "name": name,
+        "connect_timeout": 2,
+        "allow_reconnect": True,
+        "max_reconnect_attempts": -1,
+        "reconnect_time_wait": 0.25,
+        "error_cb": on_error,
+        "disconnected_cb": on_disconnect,
+        "reconnected_cb": on_reconnect,
+        # Keep buffering publishes while reconnecting; callers await PubAcks anyway.
+        "pending_size": 64 * 1024 * 1024,
+    }
+    defaults.update(options)
+    # nats-py retries the *first* connect forever when reconnects are
+    # unbounded; bound it, then restore the caller's reconnect policy.
+    later_attempts = defaults["max_reconnect_attempts"]
+    defaults["max_reconnect_attempts"] = max(1, initial_attempts)
+    try:
+        nc = await nats.connect(url, **defaults)
+    except Exception as exc:  # nats-py raises several unrelated types here
+        raise ConnectionFailed(f"cannot connect to NATS at {url}: {exc}") from exc
+    nc.options["max_reconnect_attempts"] = later_attempts
+    return nc
+
+
+async def jetstream(nc: Client, timeout: float = 5.0) -> JetStreamContext:
+    """A JetStream context, after checking the server has JetStream enabled."""
+    js = nc.jetstream(timeout=timeout)
+    try:
+        await js.account_info()
+    except ServiceUnavailableError as exc:
+        raise ConnectionFailed("JetStream is not enabled on this NATS server (start it with -js)") from exc
+    except Exception as exc:
+        raise ConnectionFailed(f"JetStream is not available: {exc}") from exc
+    return js

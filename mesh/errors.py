@@ -1,0 +1,63 @@
+"""Errors of the mesh layer. Each carries what a caller needs to act on it."""
+
+from __future__ import annotations
+
+__all__ = [
+    "ConnectionFailed",
+    "DecodeError",
+    "DuplicateTask",
+    "MeshError",
+    "PayloadTooLarge",
+    "QueueFull",
+    "RequestTimeout",
+    "UnknownSchemaVersion",
+]
+
+
+class MeshError(Exception):
+    """Base of every error raised by ``mesh``."""
+
+    status = 503  # HTTP status the gateway maps it to
+
+
+class ConnectionFailed(MeshError):
+    """NATS is unreachable or JetStream is disabled."""
+
+
+class DecodeError(MeshError):
+    """A message could not be decoded or validated."""
+
+    status = 400
+
+
+class UnknownSchemaVersion(DecodeError):
+    """An envelope carries a schema version this build does not understand."""
+
+
+class PayloadTooLarge(MeshError):
+    status = 413
+
+    def __init__(self, size: int, limit: int) -> None:
+        super().__init__(f"payload is {size} bytes, the limit is {limit} bytes")
+        self.size = size
+        self.limit = limit
+
+
+class QueueFull(MeshError):
+    status = 429
+
+    def __init__(self, agent: str, depth: int, limit: int) -> None:
+        super().__init__(f"queue for agent {agent!r} holds {depth} tasks, the limit is {limit}")
+        self.agent = agent
+        self.depth = depth
+        self.limit = limit
+
+
+class DuplicateTask(MeshError):
+    """Raised only where a caller asked to be told about duplicates."""
+
+    status = 409
+
+
+class RequestTimeout(MeshError):
+    status = 504

@@ -1,0 +1,47 @@
+"""One settings model for the whole platform, read from ``AF_*`` env vars and CLI flags.
+
+It lives in ``mesh`` (the lowest layer) so every layer can read it without an
+upward import. Defaults are the embedded dev mode; production values are
+documented in the README and the Helm values.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = ["Settings"]
+
+
+class Settings(BaseSettings):
+    """Platform settings. Every field can be set with ``AF_<NAME>``."""
+
+    model_config = SettingsConfigDict(env_prefix="AF_", extra="ignore")
+
+    data_dir: Path = Field(default=Path(".agent-factory"), description="State of the embedded mode")
+    nats_url: str | None = Field(default=None, description="External NATS; None = embedded")
+    database_url: str | None = Field(default=None, description="External PostgreSQL; None = embedded")
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=0, le=65535)
+    api_token: str | None = Field(default=None, description="Bearer token; generated in dev mode")
+    auth_enabled: bool = True
+    workers: int = Field(default=1, ge=0, le=64, description="Worker pools started by `up`")
+    worker_concurrency: int = Field(default=16, ge=1, le=4096)
+    drain_timeout_s: float = Field(default=30.0, gt=0)
+    max_payload_bytes: int = Field(default=1_048_576, ge=1024)
+    stream_replicas: int = Field(default=1, ge=1, le=5)
+
+    @property
+    def embedded_nats(self) -> bool:
+        return self.nats_url is None
+
+    @property
+    def embedded_postgres(self) -> bool:
+        return self.database_url is None
+
+    @property
+    def state_file(self) -> Path:
+        """Where `up` writes the URLs and token the CLI reads."""
+        return self.data_dir / "state.json"

@@ -1,0 +1,60 @@
+"""Session fixtures: one real nats-server and one real PostgreSQL for the whole run.
+
+Both bind a free loopback port and keep their data in a temp dir, so several
+test runs (and helpers) can run side by side.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+from nats.aio.client import Client
+from nats.js import JetStreamContext
+
+from mesh.connection import connect, jetstream
+from mesh.embedded import NatsServer
+
+warnings.filterwarnings("ignore", module="platformdirs")
+
+
+@pytest.fixture(scope="session")
+def nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsServer]:
+    server = NatsServer(tmp_path_factory.mktemp("nats"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def nats_url(nats_server: NatsServer) -> str:
+    return nats_server.url
+
+
+@pytest.fixture(scope="session")
+def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+    from agents.store.embedded import EmbeddedPostgres
+
+    pg = EmbeddedPostgres(Path(tmp_path_factory.mktemp("pg")) / "data")
+    pg.start()
+    yield pg
+    pg.stop()
+
+
+@pytest.fixture(scope="session")
+def database_url(postgres: object) -> str:
+    return str(postgres.url)  # type: ignore[attr-defined]
+
+
+@pytest.fixture
+async def nc(nats_url: str) -> AsyncIterator[Client]:
+    client = await connect(nats_url, name="pytest")
+    yield client
+    await client.drain()
+
+
+@pytest.fixture
+async def js(nc: Client) -> JetStreamContext:
+    return await jetstream(nc)
