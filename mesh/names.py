@@ -1,0 +1,58 @@
+"""Every stream, subject, consumer and bucket name the platform uses, in one place.
+
+Names are human-readable so ``nats stream ls``, ``nats sub 'af.events.>'`` and
+``nats kv watch af_config`` explain themselves; the README lists them all.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Final
+
+__all__ = [
+    "AGENT_KEY_RE",
+    "BUCKET_CONFIG",
+    "BUCKET_IDEMPOTENCY",
+    "BUCKET_LOCKS",
+    "BUCKET_RUNS",
+    "STREAM_DLQ",
+    "STREAM_EVENTS",
+    "STREAM_TASKS",
+    "dlq_subject",
+    "event_subject",
+    "task_consumer",
+    "task_subject",
+]
+
+STREAM_TASKS: Final = "AF_TASKS"  # work queue: af.tasks.<agent>.<priority>
+STREAM_EVENTS: Final = "AF_EVENTS"  # facts: af.events.<kind>.<agent>
+STREAM_DLQ: Final = "AF_DLQ"  # dead letters: af.dlq.tasks.<agent>, af.dlq.channels.<channel>
+
+BUCKET_RUNS: Final = "af_runs"  # run id -> run state (24 h)
+BUCKET_IDEMPOTENCY: Final = "af_idempotency"  # idempotency key -> run id (24 h)
+BUCKET_CONFIG: Final = "af_config"  # watched for hot reload
+BUCKET_LOCKS: Final = "af_locks"  # leases with TTL
+
+TASKS_PREFIX: Final = "af.tasks"
+EVENTS_PREFIX: Final = "af.events"
+DLQ_PREFIX: Final = "af.dlq"
+
+AGENT_KEY_RE: Final = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+
+
+def task_subject(agent: str, priority: int) -> str:
+    return f"{TASKS_PREFIX}.{agent}.{priority}"
+
+
+def task_consumer(agent: str, priority: int) -> str:
+    return f"tasks-{agent}-p{priority}"
+
+
+def event_subject(kind: str, agent: str) -> str:
+    """``kind`` is dotted, e.g. ``execution.finished``."""
+    return f"{EVENTS_PREFIX}.{kind}.{agent}"
+
+
+def dlq_subject(origin: str, name: str) -> str:
+    """``origin`` is ``tasks`` (name = agent) or ``channels`` (name = channel)."""
+    return f"{DLQ_PREFIX}.{origin}.{name}"

@@ -1,0 +1,117 @@
+"""Idempotent provisioning of the streams and buckets the platform needs.
+
+Safe to run on every start, by every replica: a missing resource is created,
+an existing one is updated to the configured limits, nothing is deleted.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from nats.js import JetStreamContext
+from nats.js.api import (
+    DiscardPolicy,
+    KeyValueConfig,
+    RetentionPolicy,
+    StorageType,
+    StreamConfig,
+)
+from nats.js.errors import BadRequestError, NotFoundError
+
+from mesh import names
+
+__all__ = ["ProvisionConfig", "ensure_stream", "provision"]
+
+log = logging.getLogger(__name__)
+
+DAY = 86_400.0
+
+
+@dataclass(frozen=True, slots=True)
+class ProvisionConfig:
+    replicas: int = 1
+    events_max_age_s: float = 7 * DAY
+    dlq_max_age_s: float = 7 * DAY
+    idempotency_ttl_s: float = DAY
+    runs_ttl_s: float = DAY
+    duplicate_window_s: float = 120.0
+    max_msg_size: int = 1_048_576
+
+
+def stream_configs(cfg: ProvisionConfig) -> list[StreamConfig]:
+    return [
+        StreamConfig(
+            name=names.STREAM_TASKS,
+            description="Agent task work queue: af.tasks.<agent>.<priority>",
+            subjects=[f"{names.TASKS_PREFIX}.>"],
+            retention=RetentionPolicy.WORK_QUEUE,
+            storage=StorageType.FILE,
+            num_replicas=cfg.replicas,
+            duplicate_window=cfg.duplicate_window_s,
+            max_msg_size=cfg.max_msg_size,
+            discard=DiscardPolicy.NEW,
+            allow_msg_ttl=True,
+            allow_atomic=True,
+        ),
+        StreamConfig(
+            name=names.STREAM_EVENTS,
+            description="Facts: af.events.<kind>.<agent> (execution finished, cost, lifecycle)",
+            subjects=[f"{names.EVENTS_PREFIX}.>"],
+            retention=RetentionPolicy.LIMITS,
+            storage=StorageType.FILE,
+            num_replicas=cfg.replicas,
+            duplicate_window=cfg.duplicate_window_s,
+            max_age=cfg.events_max_age_s,
+        ),
+        StreamConfig(
+            name=names.STREAM_DLQ,
+            description="Dead letters: af.dlq.tasks.<agent>, af.dlq.channels.<channel>",
+            subjects=[f"{names.DLQ_PREFIX}.>"],
+            retention=RetentionPolicy.LIMITS,
+            storage=StorageType.FILE,
+            num_replicas=cfg.replicas,
+            duplicate_window=cfg.duplicate_window_s,
+            max_age=cfg.dlq_max_age_s,
+        ),
+    ]
+
+
+def bucket_configs(cfg: ProvisionConfig) -> list[KeyValueConfig]:
+    return [
+        KeyValueConfig(bucket=names.BUCKET_RUNS, history=1, ttl=cfg.runs_ttl_s,
+                       replicas=cfg.replicas, description="run id -> run state"),
+        KeyValueConfig(bucket=names.BUCKET_IDEMPOTENCY, history=1, ttl=cfg.idempotency_ttl_s,
+                       replicas=cfg.replicas, description="idempotency key -> run id"),
+        KeyValueConfig(bucket=names.BUCKET_CONFIG, history=10, replicas=cfg.replicas,
+                       description="configuration, watched for hot reload"),
+        KeyValueConfig(bucket=names.BUCKET_LOCKS, history=1, replicas=cfg.replicas,
+                       description="leases with per-key TTL"),
+    ]  # fmt: skip
+
+
+async def ensure_stream(js: JetStreamContext, config: StreamConfig) -> None:
+    """Create ``config.name`` or update it in place to ``config``."""
+    assert config.name is not None
+    try:
+        await js.stream_info(config.name)
+    except NotFoundError:
+        await js.add_stream(config)
+        log.info("created stream %s", config.name)
+        return
+    try:
+        await js.update_stream(config)
+    except BadRequestError as exc:  # an immutable field changed: keep the old one, say so
+        log.warning("stream %s kept its old config: %s", config.name, exc)
+
+
+async def provision(js: JetStreamContext, cfg: ProvisionConfig | None = None) -> None:
+    cfg = cfg or ProvisionConfig()
+    for stream in stream_configs(cfg):
+        await ensure_stream(js, stream)
+    for bucket in bucket_configs(cfg):
+        try:
+            await js.key_value(bucket.bucket)
+        except Exception:
+            await js.create_key_value(bucket)
+            log.info("created KV bucket %s", bucket.bucket)
