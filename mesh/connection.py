@@ -71,7 +71,8 @@ async def jetstream(nc: Client, timeout: float = 5.0) -> JetStreamContext:
     try:
         await js.account_info()
     except ServiceUnavailableError as exc:
-        raise ConnectionFailed("JetStream is not enabled on this NATS server (start it with -js)") from exc
+        msg = "JetStream is not enabled on this NATS server (start it with -js)"
+        raise ConnectionFailed(msg) from exc
     except Exception as exc:
         raise ConnectionFailed(f"JetStream is not available: {exc}") from exc
     return js

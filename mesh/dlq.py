@@ -16,7 +16,7 @@ from nats.js import JetStreamContext
 from pydantic import BaseModel, ConfigDict, Field
 
 from mesh import names
-from mesh.envelope import JSON, CONTENT_TYPE, new_id, utcnow
+from mesh.envelope import CONTENT_TYPE, JSON, new_id, utcnow
 
 __all__ = ["AttemptError", "DeadLetter", "dead_letter"]
 

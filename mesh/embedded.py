@@ -86,7 +86,8 @@ class NatsServer:
                 return
             time.sleep(0.01)
         self.kill()
-        raise ConnectionFailed(f"nats-server did not become ready in {timeout}s; see {self.log_file}")
+        msg = f"nats-server did not become ready in {timeout}s; see {self.log_file}"
+        raise ConnectionFailed(msg)
 
     def _accepts_clients(self) -> bool:
         try:

@@ -22,7 +22,7 @@ class Settings(BaseSettings):
 
     data_dir: Path = Field(default=Path(".agent-factory"), description="State of the embedded mode")
     nats_url: str | None = Field(default=None, description="External NATS; None = embedded")
-    database_url: str | None = Field(default=None, description="External PostgreSQL; None = embedded")
+    database_url: str | None = Field(default=None, description="External PostgreSQL, else embedded")
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=0, le=65535)
     api_token: str | None = Field(default=None, description="Bearer token; generated in dev mode")
