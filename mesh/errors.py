@@ -46,10 +46,13 @@ class PayloadTooLarge(MeshError):
 class QueueFull(MeshError):
     status = 429
 
-    def __init__(self, agent: str, depth: int, limit: int) -> None:
-        super().__init__(f"queue for agent {agent!r} holds {depth} tasks, the limit is {limit}")
+    def __init__(self, agent: str, priority: int, limit: int) -> None:
+        super().__init__(
+            f"queue for agent {agent!r} at priority {priority} is full ({limit} tasks waiting);"
+            " retry later"
+        )
         self.agent = agent
-        self.depth = depth
+        self.priority = priority
         self.limit = limit
 
 

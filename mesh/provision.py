@@ -37,6 +37,7 @@ class ProvisionConfig:
     runs_ttl_s: float = DAY
     duplicate_window_s: float = 120.0
     max_msg_size: int = 1_048_576
+    max_queue_depth: int = 100_000
 
 
 def stream_configs(cfg: ProvisionConfig) -> list[StreamConfig]:
@@ -51,6 +52,9 @@ def stream_configs(cfg: ProvisionConfig) -> list[StreamConfig]:
             duplicate_window=cfg.duplicate_window_s,
             max_msg_size=cfg.max_msg_size,
             discard=DiscardPolicy.NEW,
+            # Depth limit per agent and priority, enforced atomically at publish time.
+            max_msgs_per_subject=cfg.max_queue_depth,
+            discard_new_per_subject=True,
             allow_msg_ttl=True,
             allow_atomic=True,
         ),

@@ -58,3 +58,17 @@ async def nc(nats_url: str) -> AsyncIterator[Client]:
 @pytest.fixture
 async def js(nc: Client) -> JetStreamContext:
     return await jetstream(nc)
+
+
+_provisioned: set[str] = set()
+
+
+@pytest.fixture
+async def mesh_js(js: JetStreamContext, nats_url: str) -> JetStreamContext:
+    """A JetStream context on a server provisioned with the platform's streams/buckets."""
+    from mesh.provision import provision
+
+    if nats_url not in _provisioned:
+        await provision(js)
+        _provisioned.add(nats_url)
+    return js

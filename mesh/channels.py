@@ -1,0 +1,340 @@
+"""Named channels: what they are called, where they live, and who listens.
+
+A channel name says its guarantee: ``durable:carbon.calculate`` is stored in
+JetStream (stream ``AF_CHANNELS``, subject ``af.ch.carbon.calculate``) and is
+point-to-point: each message is handled by exactly one subscriber of the
+channel (its subscribers form one consumer group, the durable pull consumer
+``ch_carbon_calculate``), at least once. ``ephemeral:agent.health`` is a core
+NATS subject (``af.eph.agent.health``): fan-out to every subscriber present at
+that moment, best effort by design; ephemeral subscriptions may use ``*`` and
+``>`` wildcards.
+
+Live subscribers are registered in the KV bucket ``af_channels`` (one key per
+subscriber, renewed by heartbeat, gone ``REGISTRY_TTL_S`` after a crash). The
+per-channel subscriber limit of ephemeral channels is enforced with
+compare-and-set slots (``ephemeral.<channel>.<slot>``), so it holds across
+processes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import re
+import socket
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Final
+
+from nats.aio.client import Client
+from nats.js import JetStreamContext
+from nats.js.api import (
+    DiscardPolicy,
+    KeyValueConfig,
+    RetentionPolicy,
+    StorageType,
+    StreamConfig,
+)
+from nats.js.errors import BucketNotFoundError, KeyWrongLastSequenceError, NotFoundError
+from nats.js.kv import KeyValue
+from pydantic import BaseModel, Field
+
+from mesh.channel_errors import InvalidChannelName, TooManySubscribers
+from mesh.envelope import CONTENT_TYPE, ChannelType, Envelope, decode, new_id, utcnow
+from mesh.errors import DecodeError
+from mesh.provision import ensure_stream
+
+__all__ = [
+    "BROADCAST",
+    "CHANNELS_BUCKET",
+    "CHANNELS_STREAM",
+    "Channel",
+    "ChannelInfo",
+    "SubscriberInfo",
+    "SubscriberRegistry",
+    "channel_bucket_config",
+    "channel_stream_config",
+    "ensure_channels",
+    "list_channels",
+    "tail",
+]
+
+log = logging.getLogger(__name__)
+
+CHANNELS_STREAM: Final = "AF_CHANNELS"
+CHANNELS_BUCKET: Final = "af_channels"
+DURABLE_PREFIX: Final = "af.ch"
+EPHEMERAL_PREFIX: Final = "af.eph"
+REGISTRY_TTL_S: Final = 30.0
+BROADCAST: Final = "ephemeral:broadcast"
+
+_TOKEN = r"[a-z0-9][a-z0-9-]{0,62}"
+_DURABLE_RE = re.compile(rf"^{_TOKEN}(\.{_TOKEN})*$")
+_EPHEMERAL_RE = re.compile(rf"^(?:{_TOKEN}|\*)(?:\.(?:{_TOKEN}|\*))*(?:\.>)?$|^>$")
+_KINDS: Final = {"durable": ChannelType.DURABLE, "ephemeral": ChannelType.EPHEMERAL}
+
+
+@dataclass(frozen=True, slots=True)
+class Channel:
+    """A parsed channel name: ``durable:a.b`` or ``ephemeral:a.b`` (wildcards allowed)."""
+
+    kind: ChannelType
+    name: str
+
+    @classmethod
+    def parse(cls, text: str) -> Channel:
+        kind_text, sep, name = text.partition(":")
+        kind = _KINDS.get(kind_text)
+        if not sep or kind is None:
+            raise InvalidChannelName(f"channel {text!r} must start with 'durable:' or 'ephemeral:'")
+        pattern = _DURABLE_RE if kind is ChannelType.DURABLE else _EPHEMERAL_RE
+        if len(name) > 200 or not pattern.match(name):
+            rule = "dot-separated tokens of [a-z0-9-]"
+            if kind is ChannelType.EPHEMERAL:
+                rule += ", '*' for one token, '>' as the last token"
+            raise InvalidChannelName(f"channel {text!r}: the name must be {rule}")
+        return cls(kind, name)
+
+    @classmethod
+    def of(cls, channel: Channel | str) -> Channel:
+        return channel if isinstance(channel, Channel) else cls.parse(channel)
+
+    @property
+    def durable(self) -> bool:
+        return self.kind is ChannelType.DURABLE
+
+    @property
+    def is_pattern(self) -> bool:
+        return "*" in self.name or ">" in self.name
+
+    @property
+    def subject(self) -> str:
+        return f"{DURABLE_PREFIX if self.durable else EPHEMERAL_PREFIX}.{self.name}"
+
+    @property
+    def consumer(self) -> str:
+        """The durable consumer (consumer group) of a durable channel."""
+        return "ch_" + self.name.replace(".", "_")
+
+    @property
+    def registry_prefix(self) -> str:
+        encoded = self.name.replace("*", "_any").replace(">", "_rest")
+        return f"{self.kind.value.lower()}.{encoded}"
+
+    def __str__(self) -> str:
+        return f"{self.kind.value.lower()}:{self.name}"
+
+
+def channel_of_subject(subject: str) -> Channel | None:
+    for prefix, kind in ((DURABLE_PREFIX, ChannelType.DURABLE),
+                         (EPHEMERAL_PREFIX, ChannelType.EPHEMERAL)):  # fmt: skip
+        if subject.startswith(prefix + "."):
+            return Channel(kind, subject[len(prefix) + 1 :])
+    return None
+
+
+def channel_stream_config(
+    replicas: int = 1, max_age_s: float = 7 * 86_400.0, max_msg_size: int = 1_048_576
+) -> StreamConfig:
+    """``AF_CHANNELS``: a work queue, so a message lives until one subscriber acks it."""
+    return StreamConfig(
+        name=CHANNELS_STREAM,
+        description="Durable channels: af.ch.<channel>, one consumer group per channel",
+        subjects=[f"{DURABLE_PREFIX}.>"],
+        retention=RetentionPolicy.WORK_QUEUE,
+        storage=StorageType.FILE,
+        num_replicas=replicas,
+        duplicate_window=120.0,
+        max_age=max_age_s,
+        max_msg_size=max_msg_size,
+        discard=DiscardPolicy.NEW,
+        allow_msg_ttl=True,
+    )
+
+
+def channel_bucket_config(replicas: int = 1) -> KeyValueConfig:
+    return KeyValueConfig(
+        bucket=CHANNELS_BUCKET,
+        history=1,
+        ttl=REGISTRY_TTL_S,
+        replicas=replicas,
+        description="live channel subscribers, renewed by heartbeat",
+    )
+
+
+async def ensure_channels(js: JetStreamContext) -> KeyValue:
+    """Create or update ``AF_CHANNELS`` and ``af_channels``; idempotent."""
+    await ensure_stream(js, channel_stream_config())
+    try:
+        return await js.key_value(CHANNELS_BUCKET)
+    except (BucketNotFoundError, NotFoundError):
+        return await js.create_key_value(channel_bucket_config())
+
+
+class SubscriberInfo(BaseModel):
+    channel: str
+    subscriber_id: str
+    agent: str | None = None
+    host: str = Field(default_factory=socket.gethostname)
+    pid: int = Field(default_factory=os.getpid)
+    slot: int | None = None
+    since: datetime = Field(default_factory=utcnow)
+
+
+class ChannelInfo(BaseModel):
+    """One channel as ``GET /api/v1/channels`` and ``channels ls`` show it."""
+
+    name: str
+    kind: ChannelType
+    subject: str
+    subscribers: list[SubscriberInfo] = Field(default_factory=list)
+    pending: int | None = None  # durable: stored, not yet delivered
+    ack_pending: int | None = None  # durable: delivered, not yet acked
+    redelivered: int | None = None
+
+
+@dataclass(slots=True)
+class Registration:
+    key: str
+    info: SubscriberInfo
+    revision: int
+
+
+class SubscriberRegistry:
+    """This process's entries in ``af_channels``, kept alive by one heartbeat task."""
+
+    def __init__(self, kv: KeyValue, ttl_s: float = REGISTRY_TTL_S) -> None:
+        self._kv = kv
+        self._ttl_s = ttl_s
+        self._mine: dict[str, Registration] = {}
+        self._heartbeat: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self._heartbeat = asyncio.create_task(self._beat(), name="af-channels-heartbeat")
+
+    async def stop(self) -> None:
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._heartbeat
+        for registration in list(self._mine.values()):
+            await self.release(registration)
+
+    async def claim(
+        self, channel: Channel, agent: str | None, limit: int | None = None
+    ) -> Registration:
+        """Register a subscriber; for a limited channel, take a free slot or raise."""
+        sub_id = new_id()
+        if limit is None:
+            key = f"{channel.registry_prefix}.{sub_id}"
+            info = SubscriberInfo(channel=str(channel), subscriber_id=sub_id, agent=agent)
+            revision = await self._kv.put(key, info.model_dump_json().encode())
+            return self._keep(Registration(key, info, revision))
+        taken = {e.key.rsplit(".", 1)[1] for e in await _entries(self._kv, channel)}
+        for slot in range(limit):
+            if str(slot) in taken:
+                continue
+            key = f"{channel.registry_prefix}.{slot}"
+            info = SubscriberInfo(
+                channel=str(channel), subscriber_id=sub_id, agent=agent, slot=slot
+            )
+            try:
+                revision = await self._kv.create(key, info.model_dump_json().encode())
+            except KeyWrongLastSequenceError:
+                continue  # another process took this slot a moment ago
+            return self._keep(Registration(key, info, revision))
+        raise TooManySubscribers(str(channel), limit)
+
+    async def release(self, registration: Registration) -> None:
+        self._mine.pop(registration.key, None)
+        try:
+            await self._kv.delete(registration.key, last=registration.revision)
+        except Exception as exc:  # expired and re-taken, or NATS gone: nothing to undo
+            log.debug("releasing %s: %s", registration.key, exc)
+
+    def _keep(self, registration: Registration) -> Registration:
+        self._mine[registration.key] = registration
+        return registration
+
+    async def _beat(self) -> None:
+        while True:
+            await asyncio.sleep(self._ttl_s / 3)
+            for registration in list(self._mine.values()):
+                data = registration.info.model_dump_json().encode()
+                try:
+                    registration.revision = await self._kv.update(
+                        registration.key, data, last=registration.revision
+                    )
+                except KeyWrongLastSequenceError:
+                    log.warning("subscriber %s lost its registry entry", registration.key)
+                except Exception as exc:
+                    log.warning("renewing %s failed: %s", registration.key, exc)
+
+
+async def _entries(kv: KeyValue, channel: Channel | None = None) -> list[SubscriberInfo | object]:
+    """Current registry entries, for one channel or all (an ordered-consumer snapshot)."""
+    pattern = f"{channel.registry_prefix}.*" if channel else ">"
+    watcher = await kv.watch(pattern, ignore_deletes=True)
+    found: list[object] = []
+    try:
+        while True:
+            entry = await watcher.updates(timeout=5.0)
+            if entry is None:
+                break
+            if entry.value:
+                found.append(entry)
+            if entry.delta == 0:
+                break
+    finally:
+        await watcher.stop()
+    return found
+
+
+async def list_channels(js: JetStreamContext) -> list[ChannelInfo]:
+    """Every channel with live subscribers or a durable consumer group, by name."""
+    kv = await ensure_channels(js)
+    channels: dict[str, ChannelInfo] = {}
+    for entry in await _entries(kv):
+        info = SubscriberInfo.model_validate_json(entry.value)  # type: ignore[attr-defined]
+        channel = Channel.parse(info.channel)
+        row = channels.setdefault(
+            str(channel), ChannelInfo(name=str(channel), kind=channel.kind, subject=channel.subject)
+        )
+        row.subscribers.append(info)
+    for consumer in await js.consumers_info(CHANNELS_STREAM):
+        subject = consumer.config.filter_subject
+        found = channel_of_subject(subject) if subject else None
+        if found is None:
+            continue
+        row = channels.setdefault(
+            str(found), ChannelInfo(name=str(found), kind=found.kind, subject=found.subject)
+        )
+        row.pending = consumer.num_pending
+        row.ack_pending = consumer.num_ack_pending
+        row.redelivered = consumer.num_redelivered
+    for row in channels.values():
+        row.subscribers.sort(key=lambda s: s.since)
+    return [channels[name] for name in sorted(channels)]
+
+
+async def tail(nc: Client, channel: Channel | str) -> AsyncIterator[Envelope]:
+    """Every message published to ``channel`` from now on, decoded; never consumes.
+
+    Works for durable channels too: JetStream publishes are also delivered to
+    plain subscribers of the subject, so tailing does not take work away from
+    the channel's consumer group. Undecodable messages are logged and skipped.
+    """
+    parsed = Channel.of(channel)
+    sub = await nc.subscribe(parsed.subject)
+    try:
+        while True:
+            msg = await sub.next_msg(timeout=None)
+            try:
+                yield decode(msg.data, (msg.headers or {}).get(CONTENT_TYPE))
+            except DecodeError as exc:
+                log.warning("tail %s: skipped a message: %s", parsed, exc)
+    finally:
+        await sub.unsubscribe()

@@ -1,0 +1,71 @@
+"""Which lane the next pull goes to: the one place dispatch decisions are made.
+
+A *lane* is one (agent, priority) consumer. Today the policy is strict
+priority with an anti-starvation share; per-tenant weights, per-key limits
+and "why is this pending" answers will hang off :class:`DispatchPolicy` too,
+so the worker never grows a second decision path.
+
+Policy, precisely: lanes are tried highest priority first (CRITICAL=0) and,
+within a level, agents in rotating order. Every ``1/fair_share``-th sweep
+(default every 10th) starts at a lower level instead, rotating over the
+levels below the top one, so under a sustained CRITICAL load each lower
+level with work still gets at least ``fair_share / (levels - 1)`` of the
+sweeps: BACKGROUND work keeps moving.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Generic, TypeVar
+
+__all__ = ["DispatchPolicy", "Lane"]
+
+T = TypeVar("T")
+
+
+@dataclass(eq=False)
+class Lane(Generic[T]):
+    """One consumer a worker pulls from; ``source`` is the puller (or a stub in tests)."""
+
+    agent: str
+    priority: int
+    source: T
+    in_flight: int = 0
+    limit: int = 1_000_000
+    tenant_weights: dict[str, float] = field(default_factory=dict)  # reserved for fairness
+
+    @property
+    def has_room(self) -> bool:
+        return self.in_flight < self.limit
+
+
+class DispatchPolicy:
+    """Strict priority with a guaranteed share for lower levels."""
+
+    def __init__(self, fair_share: float = 0.1) -> None:
+        if not 0.0 <= fair_share <= 0.5:
+            raise ValueError("fair_share must be between 0 and 0.5")
+        self.fair_share = fair_share
+        self._every = round(1 / fair_share) if fair_share > 0 else 0
+        self._sweeps = 0
+        self._rotor = 0
+
+    def order(self, lanes: Sequence[Lane[T]]) -> list[Lane[T]]:
+        """The order to try ``lanes`` in for the next sweep (lanes with no room left out)."""
+        self._sweeps += 1
+        open_lanes = [lane for lane in lanes if lane.has_room]
+        if not open_lanes:
+            return []
+        agents = sorted({lane.agent for lane in open_lanes})
+        shift = self._sweeps % len(agents)
+        rank = {agent: (i - shift) % len(agents) for i, agent in enumerate(agents)}
+        ordered = sorted(open_lanes, key=lambda lane: (lane.priority, rank[lane.agent]))
+        levels = sorted({lane.priority for lane in ordered})
+        if self._every and len(levels) > 1 and self._sweeps % self._every == 0:
+            lower = levels[1:]
+            start = lower[self._rotor % len(lower)]
+            self._rotor += 1
+            first = [lane for lane in ordered if lane.priority >= start]
+            return first + [lane for lane in ordered if lane.priority < start]
+        return ordered

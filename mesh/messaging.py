@@ -1,0 +1,394 @@
+"""The mesh API agents use to talk to each other: never directly, always here.
+
+The method name tells the guarantee:
+
+- :meth:`Mesh.send_durable` stores the message in JetStream before it returns
+  (at least once, to exactly one subscriber of the channel, deduplicated by
+  envelope id, retried and dead-lettered on failure);
+- :meth:`Mesh.publish_event` / :meth:`Mesh.broadcast` are core NATS: at most
+  once, fan-out to whoever listens now, no storage, no retry;
+- :meth:`Mesh.request` waits for one reply, over either transport, and raises
+  :class:`~mesh.errors.RequestTimeout` (or :class:`NoResponders` at once) when
+  none comes.
+
+Every message carries ``Content-Type``, ``traceparent`` and
+``AF-Correlation-Id`` headers. Inside a handler, sends inherit the handled
+envelope's correlation id (and take its id as causation id) and trace.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any, Final
+
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription as NatsSubscription
+from nats.js import JetStreamContext
+
+from mesh import trace
+from mesh.acks import MESSAGES, AckTracker
+from mesh.channel_errors import InvalidChannelName, NoResponders, RemoteError
+from mesh.channels import (
+    BROADCAST,
+    Channel,
+    SubscriberRegistry,
+    ensure_channels,
+)
+from mesh.connection import jetstream
+from mesh.envelope import (
+    CONTENT_TYPE,
+    JSON,
+    ChannelType,
+    Envelope,
+    MessageType,
+    Metadata,
+    Priority,
+    decode,
+    encode,
+    new_id,
+)
+from mesh.errors import DecodeError, PayloadTooLarge, RequestTimeout
+from mesh.schemas import SchemaRegistry
+from mesh.subscriptions import (
+    DurableOptions,
+    DurableSubscription,
+    EphemeralSubscription,
+    Handler,
+    current_envelope,
+    run_handler,
+)
+
+__all__ = ["MAX_MESSAGE_SIZE", "Mesh", "MeshConfig", "Subscription", "rpc_channel"]
+
+MAX_MESSAGE_SIZE: Final = 1_000_000  # encoded envelope; headers fit under NATS's 1 MiB
+RPC_PREFIX: Final = "af.rpc"  # ephemeral request subject: af.rpc.<agent>, queue group <agent>
+ERROR_TYPE: Final = "error"
+
+Subscription = DurableSubscription | EphemeralSubscription
+
+
+def rpc_channel(agent: str) -> Channel:
+    """The durable channel that carries durable requests for ``agent``."""
+    return Channel(ChannelType.DURABLE, f"rpc.{agent}")
+
+
+@dataclass(frozen=True, slots=True)
+class MeshConfig:
+    max_message_size: int = MAX_MESSAGE_SIZE
+    codecs: Mapping[str, str] = field(default_factory=dict)  # "durable:x" -> content type
+    default_codec: str = JSON
+    max_subscribers: int = 100  # per ephemeral channel, unless channel_limits says otherwise
+    channel_limits: Mapping[str, int] = field(default_factory=dict)
+
+
+class Mesh:
+    """One agent's (or process's) door to the mesh, over one multiplexed connection.
+
+    Owns its subscriptions, its reply inbox and its registry heartbeat:
+    ``start()``/``stop()`` or ``async with``.
+    """
+
+    def __init__(self, nc: Client, *, agent: str | None = None,
+                 schemas: SchemaRegistry | None = None, config: MeshConfig | None = None,
+                 tracker: AckTracker | None = None) -> None:  # fmt: skip
+        self.nc = nc
+        self.agent = agent
+        self.schemas = schemas or SchemaRegistry()
+        self.config = config or MeshConfig()
+        self.tracker = tracker or AckTracker()
+        self._js: JetStreamContext | None = None
+        self._registry: SubscriberRegistry | None = None
+        self._subs: set[Subscription] = set()
+        self._inbox = ""
+        self._inbox_sub: NatsSubscription | None = None
+        self._waiting: dict[str, tuple[asyncio.Future[Msg], str]] = {}
+        self._sent = {kind: MESSAGES.labels(kind.value, "sent") for kind in ChannelType}
+
+    @property
+    def js(self) -> JetStreamContext:
+        if self._js is None:
+            raise RuntimeError("Mesh.start() has not been called")
+        return self._js
+
+    async def start(self) -> None:
+        self._js = await jetstream(self.nc)
+        self._registry = SubscriberRegistry(await ensure_channels(self._js))
+        await self._registry.start()
+        self._inbox = self.nc.new_inbox()
+        self._inbox_sub = await self.nc.subscribe(f"{self._inbox}.*", cb=self._on_reply)
+
+    async def stop(self) -> None:
+        for sub in list(self._subs):
+            await self.unsubscribe(sub)
+        for future, _ in self._waiting.values():
+            future.cancel()
+        self._waiting.clear()
+        if self._inbox_sub is not None:
+            with contextlib.suppress(Exception):
+                await self._inbox_sub.unsubscribe()
+            self._inbox_sub = None
+        if self._registry is not None:
+            await self._registry.stop()
+
+    async def __aenter__(self) -> Mesh:
+        await self.start()
+        return self
+
+    async def __aexit__(self, et: type[BaseException] | None, e: BaseException | None,
+                        tb: TracebackType | None) -> None:  # fmt: skip
+        await self.stop()
+
+    # -- sending -----------------------------------------------------------------------
+
+    def envelope(self, target: Channel | str, payload: Any, *, type: str = "message",
+                 message_type: MessageType = MessageType.EVENT,
+                 channel_type: ChannelType = ChannelType.EPHEMERAL, tenant: str | None = None,
+                 priority: Priority = Priority.NORMAL, ttl_s: float | None = None,
+                 correlation_id: str | None = None, causation_id: str | None = None,
+                 reply_to: str | None = None, id: str | None = None) -> Envelope:  # fmt: skip
+        """Build a validated envelope; the payload is checked against its type's schema."""
+        parent = current_envelope.get()
+        if parent is not None:
+            correlation_id = correlation_id or parent.correlation_id or parent.id
+            causation_id = causation_id or parent.id
+            tenant = tenant or parent.metadata.tenant
+        return Envelope(
+            id=id or new_id(), correlation_id=correlation_id, causation_id=causation_id,
+            source=self.agent, target=str(target), message_type=message_type,
+            channel_type=channel_type, type=type, payload=self.schemas.validate(type, payload),
+            metadata=Metadata(tenant=tenant or "default", priority=priority, ttl_s=ttl_s),
+            reply_to=reply_to,
+        )  # fmt: skip
+
+    def _encode(self, channel: Channel, envelope: Envelope) -> tuple[bytes, dict[str, str]]:
+        content_type = self.config.codecs.get(str(channel), self.config.default_codec)
+        limit = min(self.config.max_message_size, self.nc.max_payload - 8192)
+        data = encode(envelope, content_type, limit)
+        headers = {CONTENT_TYPE: content_type, "AF-Tenant": envelope.metadata.tenant}
+        trace.inject(headers, envelope.correlation_id or envelope.id)
+        if channel.durable:
+            headers["Nats-Msg-Id"] = envelope.id
+            if envelope.metadata.ttl_s is not None:
+                headers["Nats-TTL"] = str(max(1, math.ceil(envelope.metadata.ttl_s)))
+        return data, headers
+
+    async def send_durable(self, channel: Channel | str, payload: Any, *, type: str = "message",
+                           message_type: MessageType = MessageType.COMMAND,
+                           **fields: Any) -> int:  # fmt: skip
+        """Store a message on a durable channel; returns its stream sequence.
+
+        Returns only after JetStream has stored it (at least once from here on).
+        Re-sending the same ``id`` within two minutes stores it once. Raises
+        :class:`PayloadTooLarge` or :class:`InvalidPayload` before publishing.
+        """
+        parsed = _durable(channel)
+        env = self.envelope(parsed, payload, type=type, message_type=message_type,
+                            channel_type=ChannelType.DURABLE, **fields)  # fmt: skip
+        data, headers = self._encode(parsed, env)
+        ack = await self.js.publish(parsed.subject, data, headers=headers)
+        self._sent[ChannelType.DURABLE].inc()
+        return int(ack.seq)
+
+    async def send_durable_many(self, channel: Channel | str, payloads: Iterable[Any], *,
+                                type: str = "message", **fields: Any) -> list[int]:  # fmt: skip
+        """Like :meth:`send_durable` for many messages, pipelined: one round trip
+        of latency for the whole batch instead of one per message."""
+        parsed = _durable(channel)
+        futures = []
+        for payload in payloads:
+            env = self.envelope(parsed, payload, type=type, message_type=MessageType.COMMAND,
+                                channel_type=ChannelType.DURABLE, **fields)  # fmt: skip
+            data, headers = self._encode(parsed, env)
+            futures.append(await self.js.publish_async(parsed.subject, data, headers=headers))
+        acks = await asyncio.gather(*futures)
+        self._sent[ChannelType.DURABLE].inc(len(acks))
+        return [int(a.seq) for a in acks]
+
+    async def publish_event(self, channel: Channel | str, payload: Any, *, type: str = "event",
+                            message_type: MessageType = MessageType.EVENT,
+                            **fields: Any) -> None:  # fmt: skip
+        """Fan a message out on an ephemeral channel: best effort, nothing stored.
+
+        Subscribers present now receive it once, in publish order; anyone
+        absent or too slow misses it. Raises before publishing when too large
+        or invalid.
+        """
+        parsed = Channel.of(channel)
+        if parsed.durable or parsed.is_pattern:
+            raise InvalidChannelName(f"publish_event needs a concrete ephemeral channel, "
+                                     f"not {parsed}; use send_durable for durable ones")  # fmt: skip
+        env = self.envelope(parsed, payload, type=type, message_type=message_type, **fields)
+        data, headers = self._encode(parsed, env)
+        await self.nc.publish(parsed.subject, data, headers=headers)
+        self._sent[ChannelType.EPHEMERAL].inc()
+
+    async def broadcast(self, payload: Any, *, type: str = "broadcast", **fields: Any) -> None:
+        """Tell every agent subscribed to ``ephemeral:broadcast`` (best effort)."""
+        await self.publish_event(BROADCAST, payload, type=type, **fields)
+
+    # -- receiving ---------------------------------------------------------------------
+
+    async def subscribe(self, channel: Channel | str, handler: Handler, *,
+                        options: DurableOptions | None = None) -> Subscription:  # fmt: skip
+        """Call ``handler`` for each message on ``channel`` until unsubscribed.
+
+        Durable: the subscriber joins the channel's consumer group (each message
+        goes to one member). Ephemeral: every subscriber gets every message;
+        raises :class:`TooManySubscribers` past the channel's limit.
+        """
+        parsed = Channel.of(channel)
+        assert self._registry is not None, "Mesh.start() has not been called"
+        sub: Subscription
+        if parsed.durable:
+            registration = await self._registry.claim(parsed, self.agent)
+            sub = DurableSubscription(self.js, parsed, handler, self.schemas, self.tracker,
+                                      options or DurableOptions(), registry=self._registry,
+                                      registration=registration)  # fmt: skip
+        else:
+            limit = self.config.channel_limits.get(str(parsed), self.config.max_subscribers)
+            registration = await self._registry.claim(parsed, self.agent, limit)
+            sub = EphemeralSubscription(
+                self.nc,
+                parsed,
+                handler,
+                self.schemas,
+                registry=self._registry,
+                registration=registration,
+            )
+        try:
+            await sub.start()
+        except BaseException:
+            await sub.stop()
+            raise
+        self._subs.add(sub)
+        return sub
+
+    async def unsubscribe(self, sub: Subscription) -> None:
+        """Stop a subscription: a durable one finishes its current message first."""
+        self._subs.discard(sub)
+        await sub.stop()
+
+    # -- request / reply ---------------------------------------------------------------
+
+    async def serve(self, agent: str, handler: Handler, *, durable: bool = False,
+                    options: DurableOptions | None = None) -> Subscription:  # fmt: skip
+        """Answer requests addressed to ``agent``: the handler's return value is the reply.
+
+        Instances serving the same agent share the load. A handler that raises
+        sends an error reply (the caller gets :class:`RemoteError`); durable
+        requests are not retried, the caller decides.
+        """
+
+        async def answer(request: Envelope) -> None:
+            try:
+                result = await handler(request)
+                reply = self.envelope(request.reply_to or "", result, type=f"{request.type}.reply",
+                                      message_type=MessageType.RESPONSE)  # fmt: skip
+            except Exception as exc:
+                reply = self.envelope(request.reply_to or "", {"error_type": type(exc).__name__,
+                                      "error": str(exc)}, type=ERROR_TYPE,
+                                      message_type=MessageType.RESPONSE)  # fmt: skip
+            if request.reply_to:
+                await self._reply(request.reply_to, reply)
+
+        if durable:
+            return await self.subscribe(rpc_channel(agent), answer, options=options)
+        channel = Channel(ChannelType.EPHEMERAL, f"rpc.{agent}")
+        sub = EphemeralSubscription(self.nc, channel, answer, self.schemas,
+                                    subject=f"{RPC_PREFIX}.{agent}", queue=agent)  # fmt: skip
+        await sub.start()
+        self._subs.add(sub)
+        return sub
+
+    async def _reply(self, reply_to: str, reply: Envelope) -> None:
+        channel = Channel(ChannelType.EPHEMERAL, "reply")
+        try:
+            data, headers = self._encode(channel, reply)
+        except PayloadTooLarge as exc:
+            error = {"error_type": "PayloadTooLarge", "error": str(exc)}
+            reply = reply.model_copy(update={"type": ERROR_TYPE, "payload": error})
+            data, headers = self._encode(channel, reply)
+        await self.nc.publish(reply_to, data, headers=headers)
+
+    async def request(self, agent: str, payload: Any, timeout: float = 5.0, *,
+                      durable: bool = False, type: str = "request",
+                      **fields: Any) -> Envelope:  # fmt: skip
+        """Send a request to ``agent`` and return its reply envelope.
+
+        Ephemeral (default): core NATS to ``af.rpc.<agent>``; with nobody
+        serving it raises :class:`NoResponders` at once. Durable: stored on
+        ``durable:rpc.<agent>`` with a TTL of ``timeout`` (a late server skips
+        it). Either way :class:`RequestTimeout` after ``timeout`` seconds, and
+        nothing is left subscribed: replies share one inbox per ``Mesh``.
+        """
+        token = new_id()
+        reply_to = f"{self._inbox}.{token}"
+        fields.setdefault("ttl_s", max(1.0, timeout) if durable else None)
+        channel = rpc_channel(agent) if durable else Channel(ChannelType.EPHEMERAL, f"rpc.{agent}")
+        env = self.envelope(channel, payload, type=type, message_type=MessageType.REQUEST,
+                            channel_type=channel.kind, reply_to=reply_to, **fields)  # fmt: skip
+        data, headers = self._encode(channel, env)
+        future: asyncio.Future[Msg] = asyncio.get_running_loop().create_future()
+        self._waiting[token] = (future, agent)
+        pending = self.tracker.begin(f"rpc:{agent}", env.id, timeout)
+        outcome = "timeout"
+        try:
+            async with asyncio.timeout(timeout):
+                if durable:
+                    await self.js.publish(channel.subject, data, headers=headers)
+                else:
+                    await self.nc.publish(f"{RPC_PREFIX}.{agent}", data, reply=reply_to,
+                                          headers=headers)  # fmt: skip
+                self._sent[channel.kind].inc()
+                msg = await future
+            reply = decode(msg.data, (msg.headers or {}).get(CONTENT_TYPE))
+            outcome = "ok"
+        except NoResponders:
+            outcome = "no_responders"
+            raise
+        except TimeoutError:
+            raise RequestTimeout(
+                f"no reply from agent {agent!r} within {timeout}s "
+                f"(request {env.id}, correlation {env.correlation_id or env.id})"
+            ) from None
+        except DecodeError:
+            outcome = "bad_reply"
+            raise
+        finally:
+            self._waiting.pop(token, None)
+            if outcome != "ok":
+                self.tracker.settle(pending, outcome)
+        if reply.type == ERROR_TYPE and isinstance(reply.payload, dict):
+            self.tracker.settle(pending, "remote_error")
+            raise RemoteError(agent, str(reply.payload.get("error_type")),
+                              str(reply.payload.get("error")))  # fmt: skip
+        self.tracker.settle(pending, "ok")
+        return reply
+
+    async def _on_reply(self, msg: Msg) -> None:
+        token = msg.subject[len(self._inbox) + 1 :]
+        waiting = self._waiting.get(token)
+        if waiting is None or waiting[0].done():
+            return  # a reply that arrived after its request timed out
+        future, agent = waiting
+        if msg.headers and msg.headers.get("Status") == "503" and not msg.data:
+            future.set_exception(NoResponders(agent))
+        else:
+            future.set_result(msg)
+
+
+def _durable(channel: Channel | str) -> Channel:
+    parsed = Channel.of(channel)
+    if not parsed.durable:
+        raise InvalidChannelName(f"send_durable needs a durable channel, not {parsed}; "
+                                 "use publish_event for ephemeral ones")  # fmt: skip
+    return parsed
+
+
+__all__ += ["run_handler"]  # re-exported for agents that call handlers in-process

@@ -1,0 +1,33 @@
+"""Prometheus metrics of the mesh layer (served by the gateway's ``/metrics``)."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+__all__ = [
+    "QUEUE_ACK_PENDING",
+    "QUEUE_DEPTH",
+    "TASKS_COMPLETED",
+    "TASKS_DEAD_LETTERED",
+    "TASKS_ENQUEUED",
+    "TASKS_FAILED",
+    "TASKS_RETRIED",
+    "TASK_RUN",
+    "TASK_WAIT",
+]
+
+_FAST = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+
+TASKS_ENQUEUED = Counter("af_tasks_enqueued_total", "Tasks accepted onto the queue", ["agent"])
+TASKS_COMPLETED = Counter("af_tasks_completed_total", "Tasks that succeeded", ["agent"])
+TASKS_FAILED = Counter("af_tasks_failed_total", "Task attempts that raised", ["agent"])
+TASKS_RETRIED = Counter("af_tasks_retried_total", "Tasks scheduled for another attempt", ["agent"])
+TASKS_DEAD_LETTERED = Counter("af_tasks_dead_lettered_total", "Tasks moved to the DLQ", ["agent"])
+TASK_WAIT = Histogram("af_task_wait_seconds", "Enqueue to start", ["agent"], buckets=_FAST)
+TASK_RUN = Histogram("af_task_run_seconds", "Handler run time", ["agent"], buckets=_FAST)
+QUEUE_DEPTH = Gauge("af_queue_depth", "Tasks waiting", ["agent", "priority"])
+QUEUE_ACK_PENDING = Gauge(
+    "af_queue_ack_pending_ratio",
+    "num_ack_pending / max_ack_pending per lane; at 1.0 JetStream silently stops delivering",
+    ["agent", "priority"],
+)

@@ -1,0 +1,350 @@
+"""Receiving from channels: the durable consumer loop and ephemeral callbacks.
+
+Both kinds check every message the same way before a handler sees it: the
+envelope must decode (known schema version, valid fields), must not have
+outlived its ``metadata.ttl_s``, and its payload must match the schema
+registered for its type. A message that fails is *rejected and counted*
+(``af_mesh_rejected_total``), never passed on, and never crashes the
+subscriber. Handlers run inside the sender's trace context, with
+:data:`current_envelope` set so that anything they send is correlated.
+
+Durable guarantee: at least once. A handler that returns acks the message; one
+that raises (or outlives ``ack_timeout_s``) naks it with a backoff delay, and
+after ``max_attempts`` the message is dead-lettered to ``AF_DLQ`` with every
+attempt's error, then terminated. A subscriber that dies mid-message loses
+nothing: the server redelivers after ``ack_wait_s``, and a delivery past
+``max_attempts`` (every earlier attempt timed out or crashed) is
+dead-lettered without running the handler again. Handlers must therefore be
+idempotent by ``envelope.id``.
+
+Ephemeral guarantee: at most once, to the subscribers present at publish
+time, in publish order per subject and subscriber.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import contextvars
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, Final
+
+import nats.errors
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription as NatsSubscription
+from nats.js import JetStreamContext
+from nats.js.api import AckPolicy, ConsumerConfig
+
+from mesh import trace
+from mesh.acks import MESSAGES, AckTracker, count_rejected
+from mesh.channel_errors import InvalidPayload, RejectMessage
+from mesh.channels import CHANNELS_STREAM, Channel, Registration, SubscriberRegistry
+from mesh.dlq import AttemptError, DeadLetter, dead_letter
+from mesh.envelope import CONTENT_TYPE, Envelope, decode
+from mesh.errors import DecodeError, UnknownSchemaVersion
+from mesh.schemas import SchemaRegistry
+
+__all__ = [
+    "DurableOptions",
+    "DurableSubscription",
+    "EphemeralSubscription",
+    "Handler",
+    "current_envelope",
+]
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[Envelope], Awaitable[Any]]
+
+current_envelope: contextvars.ContextVar[Envelope | None] = contextvars.ContextVar(
+    "af_current_envelope", default=None
+)
+"""The envelope being handled in this task: sends inherit its correlation id."""
+
+_MAX_REMEMBERED_ERRORS: Final = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class DurableOptions:
+    """How a durable channel's consumer group treats its messages.
+
+    The first subscriber of a channel creates its consumer group with these
+    settings; later subscribers join it as it is.
+    """
+
+    max_attempts: int = 5
+    ack_timeout_s: float = 30.0  # a handler running longer is cancelled and the message naked
+    ack_wait_s: float | None = None  # server redelivery after a crash; default ack_timeout + 2
+    backoff_s: tuple[float, ...] = (0.1, 0.5, 2.0, 5.0)  # nak delay per failed attempt
+    concurrency: int = 1  # >1 gives up ordering for throughput
+    batch: int = 32  # messages fetched per pull
+    poll_s: float = 5.0  # how long one idle pull waits on the server
+
+    def nak_delay(self, attempt: int) -> float:
+        return self.backoff_s[min(attempt, len(self.backoff_s)) - 1] if self.backoff_s else 0.0
+
+
+class Rejected(Exception):
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+
+
+def admit(msg: Msg, channel: str, schemas: SchemaRegistry) -> Envelope:
+    """Decode and check one message; raise :class:`Rejected` (already counted)."""
+    headers = msg.headers
+    try:
+        envelope = decode(msg.data, headers.get(CONTENT_TYPE) if headers else None)
+        ttl = envelope.metadata.ttl_s
+        if ttl is not None and envelope.created_at + timedelta(seconds=ttl) < datetime.now(UTC):
+            raise Rejected("expired", f"message {envelope.id} expired after {ttl}s")
+        envelope.payload = schemas.validate(envelope.type, envelope.payload)
+    except UnknownSchemaVersion as exc:
+        count_rejected(channel, "unknown_schema_version")
+        raise Rejected("unknown_schema_version", str(exc)) from exc
+    except InvalidPayload as exc:
+        count_rejected(channel, "invalid_payload")
+        raise Rejected("invalid_payload", str(exc)) from exc
+    except DecodeError as exc:
+        count_rejected(channel, "decode_error")
+        raise Rejected("decode_error", str(exc)) from exc
+    except Rejected as exc:
+        count_rejected(channel, exc.reason)
+        raise
+    return envelope
+
+
+async def run_handler(handler: Handler, envelope: Envelope, headers: dict[str, str] | None,
+                      span_name: str) -> Any:  # fmt: skip
+    token = current_envelope.set(envelope)
+    try:
+        with trace.handling(headers, span_name):
+            return await handler(envelope)
+    finally:
+        current_envelope.reset(token)
+
+
+class EphemeralSubscription:
+    """A core NATS subscription on an ephemeral channel (or an RPC subject)."""
+
+    def __init__(self, nc: Client, channel: Channel, handler: Handler, schemas: SchemaRegistry,
+                 *, subject: str | None = None, queue: str = "",
+                 registry: SubscriberRegistry | None = None, registration: Registration | None = None,
+                 pending_msgs_limit: int = 65_536) -> None:  # fmt: skip
+        self.channel = channel
+        self._nc = nc
+        self._handler = handler
+        self._schemas = schemas
+        self._subject = subject or channel.subject
+        self._queue = queue
+        self._registry = registry
+        self._registration = registration
+        self._pending_limit = pending_msgs_limit
+        self._name = str(channel)
+        self._received = MESSAGES.labels("EPHEMERAL", "received")
+        self._sub: NatsSubscription | None = None
+
+    async def start(self) -> None:
+        self._sub = await self._nc.subscribe(
+            self._subject, queue=self._queue, cb=self._on_msg,
+            pending_msgs_limit=self._pending_limit,
+        )  # fmt: skip
+
+    async def stop(self) -> None:
+        if self._sub is not None:
+            sub, self._sub = self._sub, None
+            with contextlib.suppress(
+                nats.errors.ConnectionClosedError, nats.errors.BadSubscriptionError
+            ):
+                await sub.unsubscribe()
+        if self._registry is not None and self._registration is not None:
+            await self._registry.release(self._registration)
+            self._registration = None
+
+    async def _on_msg(self, msg: Msg) -> None:
+        self._received.inc()
+        try:
+            envelope = admit(msg, self._name, self._schemas)
+        except Rejected as exc:
+            log.warning("%s: rejected a message (%s): %s", self._name, exc.reason, exc)
+            return
+        try:
+            await run_handler(self._handler, envelope, msg.headers, f"{self._name} receive")
+        except Exception:
+            log.exception("%s: handler failed on message %s", self._name, envelope.id)
+
+
+class DurableSubscription:
+    """One member of a durable channel's consumer group: a pull loop over ``AF_CHANNELS``."""
+
+    def __init__(self, js: JetStreamContext, channel: Channel, handler: Handler,
+                 schemas: SchemaRegistry, tracker: AckTracker, options: DurableOptions,
+                 *, registry: SubscriberRegistry | None = None,
+                 registration: Registration | None = None) -> None:  # fmt: skip
+        self.channel = channel
+        self.options = options
+        self._js = js
+        self._handler = handler
+        self._schemas = schemas
+        self._tracker = tracker
+        self._registry = registry
+        self._registration = registration
+        self._name = str(channel)
+        self._errors: dict[int, list[AttemptError]] = {}
+        self._received = MESSAGES.labels("DURABLE", "received")
+        self._psub: JetStreamContext.PullSubscription | None = None
+        self._loop: asyncio.Task[None] | None = None
+        self._stopping = False
+        self._fetching = False
+
+    async def start(self) -> None:
+        opts = self.options
+        ack_wait = opts.ack_wait_s if opts.ack_wait_s is not None else opts.ack_timeout_s + 2.0
+        config = ConsumerConfig(
+            durable_name=self.channel.consumer,
+            ack_policy=AckPolicy.EXPLICIT,
+            ack_wait=ack_wait,
+            max_deliver=-1,  # attempts are counted here, so a crash loop still ends in the DLQ
+            filter_subject=self.channel.subject,
+            max_ack_pending=max(1000, opts.batch * opts.concurrency * 4),
+        )
+        self._psub = await self._js.pull_subscribe(
+            self.channel.subject, durable=self.channel.consumer, stream=CHANNELS_STREAM,
+            config=config,
+        )  # fmt: skip
+        self._loop = asyncio.create_task(self._run(), name=f"af-durable-{self._name}")
+
+    async def stop(self) -> None:
+        """Finish the message in hand, hand back fetched-but-unstarted ones, then leave."""
+        self._stopping = True
+        if self._loop is not None:
+            if self._fetching:
+                self._loop.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._loop
+            self._loop = None
+        if self._psub is not None:
+            psub, self._psub = self._psub, None
+            with contextlib.suppress(Exception):
+                await psub.unsubscribe()
+        if self._registry is not None and self._registration is not None:
+            await self._registry.release(self._registration)
+            self._registration = None
+
+    async def _run(self) -> None:
+        assert self._psub is not None
+        opts = self.options
+        while not self._stopping:
+            try:
+                self._fetching = True
+                msgs = await self._psub.fetch(opts.batch, timeout=opts.poll_s)
+            except nats.errors.TimeoutError:
+                continue
+            except (
+                nats.errors.ConnectionClosedError,
+                nats.errors.ConnectionReconnectingError,
+            ) as exc:
+                log.warning("%s: pull failed (%s); retrying", self._name, exc)
+                await asyncio.sleep(0.25)
+                continue
+            finally:
+                self._fetching = False
+            if opts.concurrency == 1:
+                for i, msg in enumerate(msgs):
+                    if self._stopping:
+                        await self._hand_back(msgs[i:])
+                        return
+                    await self._process(msg)
+            else:
+                for start in range(0, len(msgs), opts.concurrency):
+                    if self._stopping:
+                        await self._hand_back(msgs[start:])
+                        return
+                    chunk = msgs[start : start + opts.concurrency]
+                    await asyncio.gather(*(self._process(m) for m in chunk))
+
+    async def _hand_back(self, msgs: list[Msg]) -> None:
+        for msg in msgs:
+            with contextlib.suppress(Exception):
+                await msg.nak()
+
+    async def _process(self, msg: Msg) -> None:
+        self._received.inc()
+        meta = msg.metadata
+        attempt = meta.num_delivered or 1
+        seq = meta.sequence.stream if meta.sequence else 0
+        opts = self.options
+        pending = self._tracker.begin(self._name, str(seq), opts.ack_timeout_s, attempt)
+        if attempt > opts.max_attempts:
+            # Every earlier attempt crashed or timed out without a verdict.
+            self._error(seq, attempt - 1, "no ack before ack_wait (subscriber crashed or hung)",
+                        "AckTimeout")  # fmt: skip
+            await self._dead(msg, seq, f"no ack after {opts.max_attempts} attempts")
+            self._tracker.settle(pending, "dead_letter")
+            return
+        try:
+            envelope = admit(msg, self._name, self._schemas)
+        except Rejected as exc:
+            if exc.reason == "expired":
+                await msg.term()
+                self._tracker.settle(pending, "expired")
+                return
+            self._error(seq, attempt, str(exc), exc.reason, retryable=False)
+            await self._dead(msg, seq, f"rejected: {exc.reason}")
+            self._tracker.settle(pending, "dead_letter")
+            return
+        span = f"{self._name} process"
+        try:
+            async with asyncio.timeout(opts.ack_timeout_s):
+                await run_handler(self._handler, envelope, msg.headers, span)
+        except RejectMessage as exc:
+            self._error(seq, attempt, str(exc), type(exc).__name__, retryable=False)
+            await self._dead(msg, seq, f"rejected by handler: {exc}")
+            self._tracker.settle(pending, "dead_letter")
+            return
+        except Exception as exc:
+            timed_out = isinstance(exc, TimeoutError)
+            detail = f"handler exceeded {opts.ack_timeout_s}s" if timed_out else str(exc)
+            self._error(seq, attempt, detail or repr(exc), type(exc).__name__)
+            if attempt >= opts.max_attempts:
+                await self._dead(msg, seq, f"failed {attempt} attempts")
+                self._tracker.settle(pending, "dead_letter")
+            else:
+                await msg.nak(delay=opts.nak_delay(attempt))
+                self._tracker.settle(pending, "timeout" if timed_out else "nak")
+            return
+        await msg.ack()
+        self._errors.pop(seq, None)
+        self._tracker.settle(pending, "ack")
+
+    def _error(self, seq: int, attempt: int, error: str, error_type: str,
+               retryable: bool = True) -> None:  # fmt: skip
+        if len(self._errors) >= _MAX_REMEMBERED_ERRORS:
+            self._errors.pop(next(iter(self._errors)))
+        self._errors.setdefault(seq, []).append(
+            AttemptError(
+                attempt=max(1, attempt),
+                error=error[:8192],
+                error_type=error_type,
+                retryable=retryable,
+            )  # fmt: skip
+        )
+
+    async def _dead(self, msg: Msg, seq: int, reason: str) -> None:
+        """Dead-letter first, then terminate: a crash in between leaves a duplicate, not a loss."""
+        headers = dict(msg.headers or {})
+        entry = DeadLetter.of(
+            payload=msg.data, origin="channels", name=self.channel.name, subject=msg.subject,
+            headers=headers, errors=self._errors.pop(seq, []), reason=reason,
+            tenant=headers.get("AF-Tenant", "default"),
+        )  # fmt: skip
+        started = time.monotonic()
+        await dead_letter(self._js, entry, dedup_id=f"channels-{seq}")
+        await msg.term()
+        log.warning("%s: message seq %d dead-lettered (%s) in %.1f ms", self._name, seq, reason,
+                    (time.monotonic() - started) * 1000)  # fmt: skip

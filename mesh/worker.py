@@ -1,0 +1,418 @@
+"""Task worker: pulls tasks by priority, runs a handler, records the outcome, acks.
+
+Guarantees:
+
+* **At-least-once delivery, exactly-once effect on state**: the outcome (run
+  state in KV and the ``execution.finished`` event, deduplicated by run id)
+  is durably written *before* the double ack (``ack_sync``). A crash at any
+  point means a redelivery, never a lost task; a redelivered task whose
+  outcome is already recorded is acked without running again. Side effects
+  inside a handler must be fenced by :attr:`TaskContext.run_id`, because the
+  server can accept a late ack from a stalled worker.
+* **Visibility**: every in-flight task gets ``in_progress`` heartbeats at a
+  third of its ack wait, so a long run is never redelivered while alive; a
+  crashed worker's tasks come back after the ack wait.
+* **Retries** use delayed redelivery (``nak`` with exponential backoff and
+  jitter), never an instant storm. After the last attempt, or on a
+  :class:`PermanentError`, the task goes to the DLQ with its history.
+* **Drain** (``stop``): stop pulling, let in-flight work finish within the
+  drain timeout, and ``nak`` (no delay) whatever is left so another worker
+  takes it at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+
+from mesh import metrics, names
+from mesh.dispatch import DispatchPolicy, Lane
+from mesh.dlq import AttemptError, DeadLetter, dead_letter
+from mesh.envelope import CONTENT_TYPE, JSON, Envelope, MessageType, decode, encode, utcnow
+from mesh.errors import DecodeError
+from mesh.events import EXECUTION_FINISHED, ExecutionFinished
+from mesh.pull import Puller
+from mesh.runs import RunState, RunStatus, get_run, put_run
+
+__all__ = ["AgentQueueConfig", "PermanentError", "TaskContext", "TaskWorker"]
+
+log = logging.getLogger(__name__)
+
+
+class PermanentError(Exception):
+    """Raised by a handler for an error no retry can fix (bad input, a bug)."""
+
+
+@dataclass(frozen=True, slots=True)
+class AgentQueueConfig:
+    agent: str
+    ack_wait_s: float = 300.0
+    max_attempts: int = 3
+    concurrency: int | None = None  # None: bounded by the worker's concurrency only
+    backoff_base_s: float = 1.0
+    backoff_max_s: float = 60.0
+    max_ack_pending: int = 1000
+    priorities: Sequence[int] = (0, 1, 2, 3, 4)
+
+    def backoff(self, attempt: int) -> float:
+        """Full-jitter exponential backoff before attempt ``attempt + 1``."""
+        ceiling = min(self.backoff_max_s, self.backoff_base_s * 2 ** (attempt - 1))
+        return max(0.05, random.uniform(ceiling / 2, ceiling))
+
+
+@dataclass
+class TaskContext:
+    """What a handler sees of its task."""
+
+    run_id: str
+    agent: str
+    tenant: str
+    routing_key: str | None
+    attempt: int
+    input: Any
+    envelope: Envelope
+    _report: Callable[[float], Awaitable[None]] = field(repr=False)
+
+    async def report_progress(self, percent: float) -> None:
+        await self._report(max(0.0, min(100.0, float(percent))))
+
+
+Handler = Callable[[TaskContext], Awaitable[Any]]
+
+
+@dataclass(eq=False)
+class _InFlight:
+    msg: Msg
+    lane: Lane[Puller]
+    state: RunState | None = None
+
+
+class TaskWorker:
+    """Serves tasks of the agents in ``handlers``. Own it with ``start()``/``stop()``."""
+
+    def __init__(
+        self,
+        nc: Client,
+        js: JetStreamContext,
+        handlers: dict[str, tuple[AgentQueueConfig, Handler]],
+        *,
+        concurrency: int = 16,
+        policy: DispatchPolicy | None = None,
+        idle_poll_s: float = 1.0,
+        name: str = "worker",
+    ) -> None:
+        self.nc, self.js = nc, js
+        self.handlers = handlers
+        self.concurrency = concurrency
+        self.policy = policy or DispatchPolicy()
+        self.idle_poll_s = idle_poll_s
+        self.name = name
+        self.lanes: list[Lane[Puller]] = []
+        self._inflight: dict[asyncio.Task[None], _InFlight] = {}
+        self._room = asyncio.Event()
+        self._stopping = asyncio.Event()
+        self._loops: list[asyncio.Task[None]] = []
+
+    # ---- lifecycle ---------------------------------------------------------
+
+    async def start(self) -> None:
+        for agent, (cfg, _) in self.handlers.items():
+            for priority in cfg.priorities:
+                await ensure_lane(self.js, cfg, priority)
+                puller = Puller(self.nc, names.STREAM_TASKS, names.task_consumer(agent, priority))
+                await puller.start()
+                limit = cfg.concurrency or self.concurrency
+                self.lanes.append(Lane(agent, priority, puller, limit=limit))
+        self._room.set()
+        self._loops = [
+            asyncio.create_task(self._dispatch_loop(), name=f"{self.name}-dispatch"),
+            asyncio.create_task(self._heartbeat_loop(), name=f"{self.name}-heartbeat"),
+        ]
+
+    async def stop(self, drain_timeout: float = 30.0) -> None:
+        """Graceful drain; see the module docstring."""
+        self._stopping.set()
+        self._room.set()
+        for loop in self._loops[:1]:
+            loop.cancel()
+        if self._inflight:
+            _, pending = await asyncio.wait(list(self._inflight), timeout=drain_timeout)
+            for task in pending:
+                item = self._inflight.get(task)
+                task.cancel()
+                if item is not None:
+                    with contextlib.suppress(Exception):
+                        await item.msg.nak()
+        for loop in self._loops[1:]:
+            loop.cancel()
+        await asyncio.gather(*self._loops, return_exceptions=True)
+        # Lingering pulls may still deliver for up to idle_poll_s: hand those back.
+        for lane in self.lanes:
+            for msg in await lane.source.close(settle_s=self.idle_poll_s + 0.5):
+                with contextlib.suppress(Exception):
+                    await msg.nak()
+        self.lanes.clear()
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._inflight)
+
+    # ---- pulling -----------------------------------------------------------
+
+    async def _dispatch_loop(self) -> None:
+        while not self._stopping.is_set():
+            free = self.concurrency - len(self._inflight)
+            if free <= 0:
+                self._room.clear()
+                await self._room.wait()
+                continue
+            try:
+                got = await self._sweep(free)
+                if not got:
+                    got = await self._idle_wait()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # NATS down: back off, keep the loop alive
+                log.warning("%s: pull failed: %s", self.name, exc)
+                await asyncio.sleep(0.25)
+                continue
+            for lane, msgs in got:
+                for msg in msgs:
+                    self._launch(lane, msg)
+
+    async def _sweep(self, free: int) -> list[tuple[Lane[Puller], list[Msg]]]:
+        for lane in self.policy.order(self.lanes):
+            room = min(free, lane.limit - lane.in_flight)
+            msgs = await lane.source.take(room)
+            if msgs:
+                return [(lane, msgs)]
+        return []
+
+    async def _idle_wait(self) -> list[tuple[Lane[Puller], list[Msg]]]:
+        """Nothing ready anywhere: one lingering pull per lane, first answer wins.
+
+        Answers that come later wait in their puller's buffer for the next sweep.
+        """
+        lanes = [lane for lane in self.lanes if lane.has_room]
+        if not lanes:
+            await asyncio.sleep(0.01)
+            return []
+        waits: dict[asyncio.Future[Any], Lane[Puller]] = {
+            asyncio.ensure_future(lane.source.wait(1, self.idle_poll_s)): lane for lane in lanes
+        }
+        stop: asyncio.Future[Any] = asyncio.ensure_future(self._stopping.wait())
+        try:
+            pending: set[asyncio.Future[Any]] = set(waits)
+            while pending:
+                done, pending = await asyncio.wait(
+                    pending | {stop}, return_when=asyncio.FIRST_COMPLETED
+                )
+                pending.discard(stop)
+                got: list[tuple[Lane[Puller], list[Msg]]] = [
+                    (waits[f], f.result()) for f in done if f in waits and f.result()
+                ]
+                if got or stop in done:
+                    return got
+            return []
+        finally:
+            stop.cancel()
+            for f in waits:
+                if not f.done():
+                    f.cancel()
+
+    def _launch(self, lane: Lane[Puller], msg: Msg) -> None:
+        lane.in_flight += 1
+        task = asyncio.create_task(self._run(lane, msg))
+        self._inflight[task] = _InFlight(msg, lane)
+        task.add_done_callback(self._finished)
+
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        item = self._inflight.pop(task, None)
+        if item is not None:
+            item.lane.in_flight -= 1
+        self._room.set()
+
+    async def _heartbeat_loop(self) -> None:
+        """``in_progress`` for every in-flight task at a third of its ack wait."""
+        period = min(cfg.ack_wait_s for cfg, _ in self.handlers.values()) / 3
+        while True:
+            await asyncio.sleep(period)
+            for item in list(self._inflight.values()):
+                with contextlib.suppress(Exception):
+                    await item.msg.in_progress()
+
+    # ---- running -----------------------------------------------------------
+
+    async def _run(self, lane: Lane[Puller], msg: Msg) -> None:
+        cfg, handler = self.handlers[lane.agent]
+        attempt = msg.metadata.num_delivered
+        started = utcnow()
+        try:
+            task = decode(msg.data, (msg.headers or {}).get(CONTENT_TYPE))
+            payload = task.payload if isinstance(task.payload, dict) else {}
+        except DecodeError as exc:
+            await self._undecodable(lane, msg, exc)
+            return
+        state = await get_run(self.js, task.id) if attempt > 1 else None
+        if state is not None and state.status.finished:
+            await msg.ack_sync()  # outcome already recorded by an earlier delivery
+            return
+        state = state or _state_from(task, lane.agent)
+        state.status, state.attempts, state.started_at = RunStatus.RUNNING, attempt, started
+        item = self._inflight.get(asyncio.current_task())  # type: ignore[arg-type]
+        if item is not None:
+            item.state = state
+
+        async def report(percent: float) -> None:
+            state.progress = percent
+            await put_run(self.js, state)
+
+        ctx = TaskContext(
+            run_id=task.id, agent=lane.agent, tenant=task.metadata.tenant,
+            routing_key=task.metadata.routing_key, attempt=attempt,
+            input=payload.get("input"), envelope=task, _report=report,
+        )  # fmt: skip
+        t0 = time.perf_counter()
+        metrics.TASK_WAIT.labels(lane.agent).observe(
+            max(0.0, (started - task.created_at).total_seconds())
+        )
+        try:
+            result = await handler(ctx)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            metrics.TASK_RUN.labels(lane.agent).observe(time.perf_counter() - t0)
+            await self._failed(cfg, lane, msg, task, state, attempt, exc)
+            return
+        metrics.TASK_RUN.labels(lane.agent).observe(time.perf_counter() - t0)
+        state.status, state.result, state.progress = RunStatus.SUCCEEDED, result, 100.0
+        state.finished_at = utcnow()
+        await self._record_outcome(task, state)
+        await msg.ack_sync()
+        metrics.TASKS_COMPLETED.labels(lane.agent).inc()
+
+    async def _record_outcome(self, task: Envelope, state: RunState) -> None:
+        """Run state and execution event, both durable before the caller acks."""
+        finished_at = state.finished_at or utcnow()
+        event = ExecutionFinished(
+            run_id=state.run_id, agent=state.agent, tenant=state.tenant, status=state.status,
+            attempts=state.attempts, result=state.result, error=state.error,
+            input=(task.payload or {}).get("input") if isinstance(task.payload, dict) else None,
+            enqueued_at=state.enqueued_at, started_at=state.started_at, finished_at=finished_at,
+            duration_ms=(finished_at - state.started_at).total_seconds() * 1000
+            if state.started_at else None,
+        )  # fmt: skip
+        envelope = Envelope(
+            type=EXECUTION_FINISHED, message_type=MessageType.EVENT, source=state.agent,
+            correlation_id=task.correlation_id, causation_id=task.id,
+            payload=event.model_dump(mode="json"), metadata=task.metadata,
+        )  # fmt: skip
+        await asyncio.gather(
+            put_run(self.js, state),
+            self.js.publish(
+                names.event_subject(EXECUTION_FINISHED, state.agent),
+                encode(envelope),
+                headers={
+                    CONTENT_TYPE: JSON,
+                    "Nats-Msg-Id": f"finished-{state.run_id}",
+                    "AF-Tenant": state.tenant,
+                    "AF-Run-Id": state.run_id,
+                },
+            ),
+        )
+
+    async def _failed(
+        self,
+        cfg: AgentQueueConfig,
+        lane: Lane[Puller],
+        msg: Msg,
+        task: Envelope,
+        state: RunState,
+        attempt: int,
+        exc: Exception,
+    ) -> None:
+        retryable = not isinstance(exc, PermanentError)
+        state.errors.append(
+            AttemptError(attempt=attempt, error=str(exc)[:8000] or type(exc).__name__,
+                         error_type=type(exc).__name__, retryable=retryable)
+        )  # fmt: skip
+        state.error = f"{type(exc).__name__}: {exc}"
+        if retryable and attempt < cfg.max_attempts:
+            state.status = RunStatus.QUEUED
+            await put_run(self.js, state)
+            await msg.nak(delay=cfg.backoff(attempt))
+            metrics.TASKS_RETRIED.labels(lane.agent).inc()
+            return
+        reason = "permanent error" if not retryable else f"failed {attempt} attempts"
+        await self.dead_letter_task(msg, task, state, reason)
+        await msg.ack_sync()
+
+    async def dead_letter_task(
+        self, msg: Msg, task: Envelope, state: RunState, reason: str
+    ) -> None:
+        """DLQ entry, final state and event: all durable before the original is removed."""
+        await dead_letter(
+            self.js,
+            DeadLetter.of(
+                payload=msg.data, origin="tasks", name=state.agent, subject=msg.subject,
+                headers=dict(msg.headers or {}), errors=state.errors, reason=reason,
+                tenant=state.tenant, run_id=state.run_id,
+                first_attempt_at=state.errors[0].at if state.errors else None,
+            ),
+            dedup_id=f"tasks-{state.run_id}",
+        )  # fmt: skip
+        state.status, state.finished_at = RunStatus.FAILED, utcnow()
+        await self._record_outcome(task, state)
+        metrics.TASKS_DEAD_LETTERED.labels(state.agent).inc()
+
+    async def _undecodable(self, lane: Lane[Puller], msg: Msg, exc: DecodeError) -> None:
+        log.warning("%s: undecodable task on %s: %s", self.name, msg.subject, exc)
+        metrics.TASKS_DEAD_LETTERED.labels(lane.agent).inc()
+        seq = msg.metadata.sequence.stream
+        await dead_letter(
+            self.js,
+            DeadLetter.of(
+                payload=msg.data, origin="tasks", name=lane.agent, subject=msg.subject,
+                headers=dict(msg.headers or {}), reason=f"undecodable: {exc}",
+                errors=[AttemptError(attempt=1, error=str(exc), error_type="DecodeError",
+                                     retryable=False)],
+            ),
+            dedup_id=f"tasks-seq-{seq}",
+        )  # fmt: skip
+        await msg.ack_sync()
+
+
+def _state_from(task: Envelope, agent: str) -> RunState:
+    payload = task.payload if isinstance(task.payload, dict) else {}
+    return RunState(
+        run_id=task.id, agent=agent, tenant=task.metadata.tenant,
+        routing_key=task.metadata.routing_key, priority=int(task.metadata.priority),
+        idempotency_key=payload.get("idempotency_key"), enqueued_at=task.created_at,
+    )  # fmt: skip
+
+
+async def ensure_lane(js: JetStreamContext, cfg: AgentQueueConfig, priority: int) -> None:
+    """Create (or update) the durable pull consumer of one (agent, priority) lane."""
+    name = names.task_consumer(cfg.agent, priority)
+    config = ConsumerConfig(
+        durable_name=name,
+        filter_subject=names.task_subject(cfg.agent, priority),
+        ack_policy=AckPolicy.EXPLICIT,
+        deliver_policy=DeliverPolicy.ALL,
+        ack_wait=cfg.ack_wait_s,
+        max_deliver=cfg.max_attempts,
+        max_ack_pending=cfg.max_ack_pending,
+        max_waiting=512,
+    )
+    await js.add_consumer(names.STREAM_TASKS, config)
