@@ -110,9 +110,12 @@ async def test_critical_work_is_taken_before_background_work(
 ) -> None:
     agent = unique("prio")
     order: list[int] = []
+    all_done = asyncio.Event()
 
     async def handler(ctx: TaskContext) -> Any:
         order.append(ctx.input["p"])
+        if len(order) == 15:
+            all_done.set()
 
     for p in (Priority.BACKGROUND, Priority.LOW, Priority.NORMAL, Priority.HIGH, Priority.CRITICAL):
         for _ in range(3):
@@ -120,9 +123,7 @@ async def test_critical_work_is_taken_before_background_work(
     worker = TaskWorker(nc, mesh_js, {agent: (AgentQueueConfig(agent), handler)}, concurrency=1)
     await worker.start()
     try:
-        async with asyncio.timeout(10):
-            while len(order) < 15:
-                await asyncio.sleep(0.02)
+        await asyncio.wait_for(all_done.wait(), 10)
     finally:
         await worker.stop()
     # With fair_share 0.1 over 15 sweeps one sweep may start lower; CRITICAL still comes first.
