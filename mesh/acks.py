@@ -31,10 +31,12 @@ __all__ = [
     "count_rejected",
 ]
 
-PENDING: Final = Gauge("af_mesh_pending_acks", "Deliveries and requests awaiting settlement",
-                       ["channel"])  # fmt: skip
-OUTCOMES: Final = Counter("af_mesh_ack_outcomes", "Settled deliveries and requests by outcome",
-                          ["channel", "outcome"])  # fmt: skip
+PENDING: Final = Gauge(
+    "af_mesh_pending_acks", "Deliveries and requests awaiting settlement", ["channel"]
+)
+OUTCOMES: Final = Counter(
+    "af_mesh_ack_outcomes", "Settled deliveries and requests by outcome", ["channel", "outcome"]
+)
 SETTLE_SECONDS: Final = Histogram(
     "af_mesh_ack_seconds",
     "Time from delivery (or request) to settlement",

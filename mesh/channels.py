@@ -129,8 +129,10 @@ class Channel:
 
 
 def channel_of_subject(subject: str) -> Channel | None:
-    for prefix, kind in ((DURABLE_PREFIX, ChannelType.DURABLE),
-                         (EPHEMERAL_PREFIX, ChannelType.EPHEMERAL)):  # fmt: skip
+    for prefix, kind in (
+        (DURABLE_PREFIX, ChannelType.DURABLE),
+        (EPHEMERAL_PREFIX, ChannelType.EPHEMERAL),
+    ):
         if subject.startswith(prefix + "."):
             return Channel(kind, subject[len(prefix) + 1 :])
     return None
@@ -274,14 +276,14 @@ class SubscriberRegistry:
                     log.warning("renewing %s failed: %s", registration.key, exc)
 
 
-async def _entries(kv: KeyValue, channel: Channel | None = None) -> list[SubscriberInfo | object]:
+async def _entries(kv: KeyValue, channel: Channel | None = None) -> list[KeyValue.Entry]:
     """Current registry entries, for one channel or all (an ordered-consumer snapshot)."""
     pattern = f"{channel.registry_prefix}.*" if channel else ">"
     watcher = await kv.watch(pattern, ignore_deletes=True)
-    found: list[object] = []
+    found: list[KeyValue.Entry] = []
     try:
         while True:
-            entry = await watcher.updates(timeout=5.0)
+            entry = await watcher.updates(timeout=5.0)  # type: ignore[no-untyped-call]
             if entry is None:
                 break
             if entry.value:
@@ -289,7 +291,7 @@ async def _entries(kv: KeyValue, channel: Channel | None = None) -> list[Subscri
             if entry.delta == 0:
                 break
     finally:
-        await watcher.stop()
+        await watcher.stop()  # type: ignore[no-untyped-call]
     return found
 
 
@@ -298,7 +300,7 @@ async def list_channels(js: JetStreamContext) -> list[ChannelInfo]:
     kv = await ensure_channels(js)
     channels: dict[str, ChannelInfo] = {}
     for entry in await _entries(kv):
-        info = SubscriberInfo.model_validate_json(entry.value)  # type: ignore[attr-defined]
+        info = SubscriberInfo.model_validate_json(entry.value or b"{}")
         channel = Channel.parse(info.channel)
         row = channels.setdefault(
             str(channel), ChannelInfo(name=str(channel), kind=channel.kind, subject=channel.subject)

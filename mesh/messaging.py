@@ -94,9 +94,15 @@ class Mesh:
     ``start()``/``stop()`` or ``async with``.
     """
 
-    def __init__(self, nc: Client, *, agent: str | None = None,
-                 schemas: SchemaRegistry | None = None, config: MeshConfig | None = None,
-                 tracker: AckTracker | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        nc: Client,
+        *,
+        agent: str | None = None,
+        schemas: SchemaRegistry | None = None,
+        config: MeshConfig | None = None,
+        tracker: AckTracker | None = None,
+    ) -> None:
         self.nc = nc
         self.agent = agent
         self.schemas = schemas or SchemaRegistry()
@@ -140,18 +146,29 @@ class Mesh:
         await self.start()
         return self
 
-    async def __aexit__(self, et: type[BaseException] | None, e: BaseException | None,
-                        tb: TracebackType | None) -> None:  # fmt: skip
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
         await self.stop()
 
     # -- sending -----------------------------------------------------------------------
 
-    def envelope(self, target: Channel | str, payload: Any, *, type: str = "message",
-                 message_type: MessageType = MessageType.EVENT,
-                 channel_type: ChannelType = ChannelType.EPHEMERAL, tenant: str | None = None,
-                 priority: Priority = Priority.NORMAL, ttl_s: float | None = None,
-                 correlation_id: str | None = None, causation_id: str | None = None,
-                 reply_to: str | None = None, id: str | None = None) -> Envelope:  # fmt: skip
+    def envelope(
+        self,
+        target: Channel | str,
+        payload: Any,
+        *,
+        type: str = "message",
+        message_type: MessageType = MessageType.EVENT,
+        channel_type: ChannelType = ChannelType.EPHEMERAL,
+        tenant: str | None = None,
+        priority: Priority = Priority.NORMAL,
+        ttl_s: float | None = None,
+        correlation_id: str | None = None,
+        causation_id: str | None = None,
+        reply_to: str | None = None,
+        id: str | None = None,
+    ) -> Envelope:
         """Build a validated envelope; the payload is checked against its type's schema."""
         parent = current_envelope.get()
         if parent is not None:
@@ -159,12 +176,18 @@ class Mesh:
             causation_id = causation_id or parent.id
             tenant = tenant or parent.metadata.tenant
         return Envelope(
-            id=id or new_id(), correlation_id=correlation_id, causation_id=causation_id,
-            source=self.agent, target=str(target), message_type=message_type,
-            channel_type=channel_type, type=type, payload=self.schemas.validate(type, payload),
+            id=id or new_id(),
+            correlation_id=correlation_id,
+            causation_id=causation_id,
+            source=self.agent,
+            target=str(target),
+            message_type=message_type,
+            channel_type=channel_type,
+            type=type,
+            payload=self.schemas.validate(type, payload),
             metadata=Metadata(tenant=tenant or "default", priority=priority, ttl_s=ttl_s),
             reply_to=reply_to,
-        )  # fmt: skip
+        )
 
     def _encode(self, channel: Channel, envelope: Envelope) -> tuple[bytes, dict[str, str]]:
         content_type = self.config.codecs.get(str(channel), self.config.default_codec)
@@ -178,9 +201,15 @@ class Mesh:
                 headers["Nats-TTL"] = str(max(1, math.ceil(envelope.metadata.ttl_s)))
         return data, headers
 
-    async def send_durable(self, channel: Channel | str, payload: Any, *, type: str = "message",
-                           message_type: MessageType = MessageType.COMMAND,
-                           **fields: Any) -> int:  # fmt: skip
+    async def send_durable(
+        self,
+        channel: Channel | str,
+        payload: Any,
+        *,
+        type: str = "message",
+        message_type: MessageType = MessageType.COMMAND,
+        **fields: Any,
+    ) -> int:
         """Store a message on a durable channel; returns its stream sequence.
 
         Returns only after JetStream has stored it (at least once from here on).
@@ -188,31 +217,55 @@ class Mesh:
         :class:`PayloadTooLarge` or :class:`InvalidPayload` before publishing.
         """
         parsed = _durable(channel)
-        env = self.envelope(parsed, payload, type=type, message_type=message_type,
-                            channel_type=ChannelType.DURABLE, **fields)  # fmt: skip
+        env = self.envelope(
+            parsed,
+            payload,
+            type=type,
+            message_type=message_type,
+            channel_type=ChannelType.DURABLE,
+            **fields,
+        )
         data, headers = self._encode(parsed, env)
         ack = await self.js.publish(parsed.subject, data, headers=headers)
         self._sent[ChannelType.DURABLE].inc()
         return int(ack.seq)
 
-    async def send_durable_many(self, channel: Channel | str, payloads: Iterable[Any], *,
-                                type: str = "message", **fields: Any) -> list[int]:  # fmt: skip
+    async def send_durable_many(
+        self,
+        channel: Channel | str,
+        payloads: Iterable[Any],
+        *,
+        type: str = "message",
+        **fields: Any,
+    ) -> list[int]:
         """Like :meth:`send_durable` for many messages, pipelined: one round trip
         of latency for the whole batch instead of one per message."""
         parsed = _durable(channel)
         futures = []
         for payload in payloads:
-            env = self.envelope(parsed, payload, type=type, message_type=MessageType.COMMAND,
-                                channel_type=ChannelType.DURABLE, **fields)  # fmt: skip
+            env = self.envelope(
+                parsed,
+                payload,
+                type=type,
+                message_type=MessageType.COMMAND,
+                channel_type=ChannelType.DURABLE,
+                **fields,
+            )
             data, headers = self._encode(parsed, env)
             futures.append(await self.js.publish_async(parsed.subject, data, headers=headers))
         acks = await asyncio.gather(*futures)
         self._sent[ChannelType.DURABLE].inc(len(acks))
         return [int(a.seq) for a in acks]
 
-    async def publish_event(self, channel: Channel | str, payload: Any, *, type: str = "event",
-                            message_type: MessageType = MessageType.EVENT,
-                            **fields: Any) -> None:  # fmt: skip
+    async def publish_event(
+        self,
+        channel: Channel | str,
+        payload: Any,
+        *,
+        type: str = "event",
+        message_type: MessageType = MessageType.EVENT,
+        **fields: Any,
+    ) -> None:
         """Fan a message out on an ephemeral channel: best effort, nothing stored.
 
         Subscribers present now receive it once, in publish order; anyone
@@ -221,8 +274,10 @@ class Mesh:
         """
         parsed = Channel.of(channel)
         if parsed.durable or parsed.is_pattern:
-            raise InvalidChannelName(f"publish_event needs a concrete ephemeral channel, "
-                                     f"not {parsed}; use send_durable for durable ones")  # fmt: skip
+            raise InvalidChannelName(
+                f"publish_event needs a concrete ephemeral channel, "
+                f"not {parsed}; use send_durable for durable ones"
+            )
         env = self.envelope(parsed, payload, type=type, message_type=message_type, **fields)
         data, headers = self._encode(parsed, env)
         await self.nc.publish(parsed.subject, data, headers=headers)
@@ -234,8 +289,9 @@ class Mesh:
 
     # -- receiving ---------------------------------------------------------------------
 
-    async def subscribe(self, channel: Channel | str, handler: Handler, *,
-                        options: DurableOptions | None = None) -> Subscription:  # fmt: skip
+    async def subscribe(
+        self, channel: Channel | str, handler: Handler, *, options: DurableOptions | None = None
+    ) -> Subscription:
         """Call ``handler`` for each message on ``channel`` until unsubscribed.
 
         Durable: the subscriber joins the channel's consumer group (each message
@@ -247,9 +303,16 @@ class Mesh:
         sub: Subscription
         if parsed.durable:
             registration = await self._registry.claim(parsed, self.agent)
-            sub = DurableSubscription(self.js, parsed, handler, self.schemas, self.tracker,
-                                      options or DurableOptions(), registry=self._registry,
-                                      registration=registration)  # fmt: skip
+            sub = DurableSubscription(
+                self.js,
+                parsed,
+                handler,
+                self.schemas,
+                self.tracker,
+                options or DurableOptions(),
+                registry=self._registry,
+                registration=registration,
+            )
         else:
             limit = self.config.channel_limits.get(str(parsed), self.config.max_subscribers)
             registration = await self._registry.claim(parsed, self.agent, limit)
@@ -276,8 +339,14 @@ class Mesh:
 
     # -- request / reply ---------------------------------------------------------------
 
-    async def serve(self, agent: str, handler: Handler, *, durable: bool = False,
-                    options: DurableOptions | None = None) -> Subscription:  # fmt: skip
+    async def serve(
+        self,
+        agent: str,
+        handler: Handler,
+        *,
+        durable: bool = False,
+        options: DurableOptions | None = None,
+    ) -> Subscription:
         """Answer requests addressed to ``agent``: the handler's return value is the reply.
 
         Instances serving the same agent share the load. A handler that raises
@@ -288,20 +357,28 @@ class Mesh:
         async def answer(request: Envelope) -> None:
             try:
                 result = await handler(request)
-                reply = self.envelope(request.reply_to or "", result, type=f"{request.type}.reply",
-                                      message_type=MessageType.RESPONSE)  # fmt: skip
+                reply = self.envelope(
+                    request.reply_to or "",
+                    result,
+                    type=f"{request.type}.reply",
+                    message_type=MessageType.RESPONSE,
+                )
             except Exception as exc:
-                reply = self.envelope(request.reply_to or "", {"error_type": type(exc).__name__,
-                                      "error": str(exc)}, type=ERROR_TYPE,
-                                      message_type=MessageType.RESPONSE)  # fmt: skip
+                reply = self.envelope(
+                    request.reply_to or "",
+                    {"error_type": type(exc).__name__, "error": str(exc)},
+                    type=ERROR_TYPE,
+                    message_type=MessageType.RESPONSE,
+                )
             if request.reply_to:
                 await self._reply(request.reply_to, reply)
 
         if durable:
             return await self.subscribe(rpc_channel(agent), answer, options=options)
         channel = Channel(ChannelType.EPHEMERAL, f"rpc.{agent}")
-        sub = EphemeralSubscription(self.nc, channel, answer, self.schemas,
-                                    subject=f"{RPC_PREFIX}.{agent}", queue=agent)  # fmt: skip
+        sub = EphemeralSubscription(
+            self.nc, channel, answer, self.schemas, subject=f"{RPC_PREFIX}.{agent}", queue=agent
+        )
         await sub.start()
         self._subs.add(sub)
         return sub
@@ -316,9 +393,16 @@ class Mesh:
             data, headers = self._encode(channel, reply)
         await self.nc.publish(reply_to, data, headers=headers)
 
-    async def request(self, agent: str, payload: Any, timeout: float = 5.0, *,
-                      durable: bool = False, type: str = "request",
-                      **fields: Any) -> Envelope:  # fmt: skip
+    async def request(
+        self,
+        agent: str,
+        payload: Any,
+        timeout: float = 5.0,
+        *,
+        durable: bool = False,
+        type: str = "request",
+        **fields: Any,
+    ) -> Envelope:
         """Send a request to ``agent`` and return its reply envelope.
 
         Ephemeral (default): core NATS to ``af.rpc.<agent>``; with nobody
@@ -331,8 +415,15 @@ class Mesh:
         reply_to = f"{self._inbox}.{token}"
         fields.setdefault("ttl_s", max(1.0, timeout) if durable else None)
         channel = rpc_channel(agent) if durable else Channel(ChannelType.EPHEMERAL, f"rpc.{agent}")
-        env = self.envelope(channel, payload, type=type, message_type=MessageType.REQUEST,
-                            channel_type=channel.kind, reply_to=reply_to, **fields)  # fmt: skip
+        env = self.envelope(
+            channel,
+            payload,
+            type=type,
+            message_type=MessageType.REQUEST,
+            channel_type=channel.kind,
+            reply_to=reply_to,
+            **fields,
+        )
         data, headers = self._encode(channel, env)
         future: asyncio.Future[Msg] = asyncio.get_running_loop().create_future()
         self._waiting[token] = (future, agent)
@@ -343,8 +434,9 @@ class Mesh:
                 if durable:
                     await self.js.publish(channel.subject, data, headers=headers)
                 else:
-                    await self.nc.publish(f"{RPC_PREFIX}.{agent}", data, reply=reply_to,
-                                          headers=headers)  # fmt: skip
+                    await self.nc.publish(
+                        f"{RPC_PREFIX}.{agent}", data, reply=reply_to, headers=headers
+                    )
                 self._sent[channel.kind].inc()
                 msg = await future
             reply = decode(msg.data, (msg.headers or {}).get(CONTENT_TYPE))
@@ -366,8 +458,9 @@ class Mesh:
                 self.tracker.settle(pending, outcome)
         if reply.type == ERROR_TYPE and isinstance(reply.payload, dict):
             self.tracker.settle(pending, "remote_error")
-            raise RemoteError(agent, str(reply.payload.get("error_type")),
-                              str(reply.payload.get("error")))  # fmt: skip
+            raise RemoteError(
+                agent, str(reply.payload.get("error_type")), str(reply.payload.get("error"))
+            )
         self.tracker.settle(pending, "ok")
         return reply
 
@@ -386,8 +479,10 @@ class Mesh:
 def _durable(channel: Channel | str) -> Channel:
     parsed = Channel.of(channel)
     if not parsed.durable:
-        raise InvalidChannelName(f"send_durable needs a durable channel, not {parsed}; "
-                                 "use publish_event for ephemeral ones")  # fmt: skip
+        raise InvalidChannelName(
+            f"send_durable needs a durable channel, not {parsed}; "
+            "use publish_event for ephemeral ones"
+        )
     return parsed
 
 

@@ -119,8 +119,9 @@ def admit(msg: Msg, channel: str, schemas: SchemaRegistry) -> Envelope:
     return envelope
 
 
-async def run_handler(handler: Handler, envelope: Envelope, headers: dict[str, str] | None,
-                      span_name: str) -> Any:  # fmt: skip
+async def run_handler(
+    handler: Handler, envelope: Envelope, headers: dict[str, str] | None, span_name: str
+) -> Any:
     token = current_envelope.set(envelope)
     try:
         with trace.handling(headers, span_name):
@@ -132,10 +133,19 @@ async def run_handler(handler: Handler, envelope: Envelope, headers: dict[str, s
 class EphemeralSubscription:
     """A core NATS subscription on an ephemeral channel (or an RPC subject)."""
 
-    def __init__(self, nc: Client, channel: Channel, handler: Handler, schemas: SchemaRegistry,
-                 *, subject: str | None = None, queue: str = "",
-                 registry: SubscriberRegistry | None = None, registration: Registration | None = None,
-                 pending_msgs_limit: int = 65_536) -> None:  # fmt: skip
+    def __init__(
+        self,
+        nc: Client,
+        channel: Channel,
+        handler: Handler,
+        schemas: SchemaRegistry,
+        *,
+        subject: str | None = None,
+        queue: str = "",
+        registry: SubscriberRegistry | None = None,
+        registration: Registration | None = None,
+        pending_msgs_limit: int = 65_536,
+    ) -> None:
         self.channel = channel
         self._nc = nc
         self._handler = handler
@@ -151,9 +161,11 @@ class EphemeralSubscription:
 
     async def start(self) -> None:
         self._sub = await self._nc.subscribe(
-            self._subject, queue=self._queue, cb=self._on_msg,
+            self._subject,
+            queue=self._queue,
+            cb=self._on_msg,
             pending_msgs_limit=self._pending_limit,
-        )  # fmt: skip
+        )
 
     async def stop(self) -> None:
         if self._sub is not None:
@@ -182,10 +194,18 @@ class EphemeralSubscription:
 class DurableSubscription:
     """One member of a durable channel's consumer group: a pull loop over ``AF_CHANNELS``."""
 
-    def __init__(self, js: JetStreamContext, channel: Channel, handler: Handler,
-                 schemas: SchemaRegistry, tracker: AckTracker, options: DurableOptions,
-                 *, registry: SubscriberRegistry | None = None,
-                 registration: Registration | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        js: JetStreamContext,
+        channel: Channel,
+        handler: Handler,
+        schemas: SchemaRegistry,
+        tracker: AckTracker,
+        options: DurableOptions,
+        *,
+        registry: SubscriberRegistry | None = None,
+        registration: Registration | None = None,
+    ) -> None:
         self.channel = channel
         self.options = options
         self._js = js
@@ -214,9 +234,11 @@ class DurableSubscription:
             max_ack_pending=max(1000, opts.batch * opts.concurrency * 4),
         )
         self._psub = await self._js.pull_subscribe(
-            self.channel.subject, durable=self.channel.consumer, stream=CHANNELS_STREAM,
+            self.channel.subject,
+            durable=self.channel.consumer,
+            stream=CHANNELS_STREAM,
             config=config,
-        )  # fmt: skip
+        )
         self._loop = asyncio.create_task(self._run(), name=f"af-durable-{self._name}")
 
     async def stop(self) -> None:
@@ -282,8 +304,12 @@ class DurableSubscription:
         pending = self._tracker.begin(self._name, str(seq), opts.ack_timeout_s, attempt)
         if attempt > opts.max_attempts:
             # Every earlier attempt crashed or timed out without a verdict.
-            self._error(seq, attempt - 1, "no ack before ack_wait (subscriber crashed or hung)",
-                        "AckTimeout")  # fmt: skip
+            self._error(
+                seq,
+                attempt - 1,
+                "no ack before ack_wait (subscriber crashed or hung)",
+                "AckTimeout",
+            )
             await self._dead(msg, seq, f"no ack after {opts.max_attempts} attempts")
             self._tracker.settle(pending, "dead_letter")
             return
@@ -322,8 +348,9 @@ class DurableSubscription:
         self._errors.pop(seq, None)
         self._tracker.settle(pending, "ack")
 
-    def _error(self, seq: int, attempt: int, error: str, error_type: str,
-               retryable: bool = True) -> None:  # fmt: skip
+    def _error(
+        self, seq: int, attempt: int, error: str, error_type: str, retryable: bool = True
+    ) -> None:
         if len(self._errors) >= _MAX_REMEMBERED_ERRORS:
             self._errors.pop(next(iter(self._errors)))
         self._errors.setdefault(seq, []).append(
@@ -332,19 +359,29 @@ class DurableSubscription:
                 error=error[:8192],
                 error_type=error_type,
                 retryable=retryable,
-            )  # fmt: skip
+            )
         )
 
     async def _dead(self, msg: Msg, seq: int, reason: str) -> None:
         """Dead-letter first, then terminate: a crash in between leaves a duplicate, not a loss."""
         headers = dict(msg.headers or {})
         entry = DeadLetter.of(
-            payload=msg.data, origin="channels", name=self.channel.name, subject=msg.subject,
-            headers=headers, errors=self._errors.pop(seq, []), reason=reason,
+            payload=msg.data,
+            origin="channels",
+            name=self.channel.name,
+            subject=msg.subject,
+            headers=headers,
+            errors=self._errors.pop(seq, []),
+            reason=reason,
             tenant=headers.get("AF-Tenant", "default"),
-        )  # fmt: skip
+        )
         started = time.monotonic()
         await dead_letter(self._js, entry, dedup_id=f"channels-{seq}")
         await msg.term()
-        log.warning("%s: message seq %d dead-lettered (%s) in %.1f ms", self._name, seq, reason,
-                    (time.monotonic() - started) * 1000)  # fmt: skip
+        log.warning(
+            "%s: message seq %d dead-lettered (%s) in %.1f ms",
+            self._name,
+            seq,
+            reason,
+            (time.monotonic() - started) * 1000,
+        )

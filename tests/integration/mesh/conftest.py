@@ -1,0 +1,65 @@
+"""Fixtures for the messaging tests: a started Mesh per test, unique channel names."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import pytest
+from nats.aio.client import Client
+from nats.js import JetStreamContext
+
+from mesh.connection import connect
+from mesh.envelope import new_id
+from mesh.messaging import Mesh
+from mesh.provision import provision
+
+
+@pytest.fixture
+async def provisioned(js: JetStreamContext) -> JetStreamContext:
+    await provision(js)
+    return js
+
+
+@pytest.fixture
+async def mesh(nc: Client, provisioned: JetStreamContext) -> AsyncIterator[Mesh]:
+    async with Mesh(nc, agent="tester") as m:
+        yield m
+
+
+@pytest.fixture
+async def other_nc(nats_url: str) -> AsyncIterator[Client]:
+    """A second connection: another process, as far as NATS can tell."""
+    client = await connect(nats_url, name="pytest-other")
+    yield client
+    if not client.is_closed:
+        await client.close()
+
+
+@pytest.fixture
+def unique() -> str:
+    """A channel-name token no other test uses."""
+    return "t" + new_id()[:12]
+
+
+@pytest.fixture
+def eventually() -> Callable[..., Awaitable[None]]:
+    """``await eventually(check, timeout)``: poll until true, or fail the test."""
+    return _eventually
+
+
+async def _eventually(
+    check: Callable[[], bool | Awaitable[bool]], timeout: float = 5.0, what: str = ""
+) -> None:
+    """Poll ``check`` until true or fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if not isinstance(result, bool):
+            result = await result
+        if result:
+            return
+        if time.monotonic() > deadline:
+            pytest.fail(f"not true within {timeout}s: {what or check}")
+        await asyncio.sleep(0.01)
