@@ -166,6 +166,7 @@ class EphemeralSubscription:
             cb=self._on_msg,
             pending_msgs_limit=self._pending_limit,
         )
+        await self._nc.flush()  # the server knows the interest before start() returns
 
     async def stop(self) -> None:
         if self._sub is not None:

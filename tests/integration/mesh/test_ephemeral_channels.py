@@ -1,0 +1,120 @@
+"""Ephemeral channels: core NATS fan-out, best effort by design, wildcards, limits."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+import pytest
+from nats.aio.client import Client
+
+from mesh.channel_errors import InvalidChannelName, TooManySubscribers
+from mesh.channels import BROADCAST
+from mesh.envelope import Envelope
+from mesh.messaging import Mesh, MeshConfig
+
+Eventually = Callable[..., Awaitable[None]]
+
+
+def collector(into: list[Envelope]) -> Callable[[Envelope], Awaitable[None]]:
+    async def handle(env: Envelope) -> None:
+        into.append(env)
+
+    return handle
+
+
+async def test_event_published_while_nobody_listens_is_gone_by_design(
+    mesh: Mesh, unique: str, eventually: Eventually
+) -> None:
+    channel = f"ephemeral:{unique}"
+    await mesh.publish_event(channel, "nobody hears this")
+    got: list[Envelope] = []
+    await mesh.subscribe(channel, collector(got))
+    await mesh.publish_event(channel, "heard")
+    await eventually(lambda: len(got) == 1)
+    await mesh.nc.flush()
+    assert [e.payload for e in got] == ["heard"]
+
+
+async def test_every_subscriber_gets_every_event(
+    mesh: Mesh, other_nc: Client, unique: str, eventually: Eventually
+) -> None:
+    channel = f"ephemeral:{unique}"
+    inboxes: list[list[Envelope]] = [[], [], []]
+    async with Mesh(other_nc, agent="listener") as other:
+        await mesh.subscribe(channel, collector(inboxes[0]))
+        await other.subscribe(channel, collector(inboxes[1]))
+        await other.subscribe(channel, collector(inboxes[2]))
+        for i in range(20):
+            await mesh.publish_event(channel, i)
+        await eventually(lambda: all(len(box) == 20 for box in inboxes))
+    for box in inboxes:
+        assert [e.payload for e in box] == list(range(20))
+        assert all(e.message_type == "EVENT" and e.channel_type == "EPHEMERAL" for e in box)
+
+
+async def test_events_on_one_subject_arrive_in_publish_order(
+    mesh: Mesh, other_nc: Client, unique: str, eventually: Eventually
+) -> None:
+    channel = f"ephemeral:{unique}"
+    got: list[Envelope] = []
+    async with Mesh(other_nc, agent="listener") as other:
+        await other.subscribe(channel, collector(got))
+        for i in range(1000):
+            await mesh.publish_event(channel, i)
+        await eventually(lambda: len(got) == 1000)
+    assert [e.payload for e in got] == list(range(1000))
+
+
+async def test_wildcard_subscription_sees_every_matching_channel(
+    mesh: Mesh, unique: str, eventually: Eventually
+) -> None:
+    health: list[Envelope] = []
+    everything: list[Envelope] = []
+    await mesh.subscribe(f"ephemeral:{unique}.*.health", collector(health))
+    await mesh.subscribe(f"ephemeral:{unique}.>", collector(everything))
+    await mesh.publish_event(f"ephemeral:{unique}.fuel.health", "ok")
+    await mesh.publish_event(f"ephemeral:{unique}.grid.load", 0.7)
+    await mesh.publish_event(f"ephemeral:{unique}.grid.health", "degraded")
+    await eventually(lambda: len(everything) == 3)
+    await eventually(lambda: len(health) == 2)
+    assert [e.payload for e in health] == ["ok", "degraded"]
+    assert [e.target for e in health] == [
+        f"ephemeral:{unique}.fuel.health",
+        f"ephemeral:{unique}.grid.health",
+    ]
+
+
+async def test_broadcast_reaches_every_agent(
+    mesh: Mesh, other_nc: Client, eventually: Eventually
+) -> None:
+    first: list[Envelope] = []
+    second: list[Envelope] = []
+    async with Mesh(other_nc, agent="other") as other:
+        await mesh.subscribe(BROADCAST, collector(first))
+        await other.subscribe(BROADCAST, collector(second))
+        await mesh.broadcast({"drain": True}, type="fleet.drain")
+        await eventually(lambda: len(first) == 1 and len(second) == 1)
+    assert first[0].payload == second[0].payload == {"drain": True}
+
+
+async def test_ephemeral_channel_refuses_subscribers_past_its_limit(
+    mesh: Mesh, other_nc: Client, unique: str
+) -> None:
+    channel = f"ephemeral:{unique}"
+    limited = MeshConfig(channel_limits={channel: 2})
+    async with Mesh(other_nc, agent="other", config=limited) as other:
+        first = await other.subscribe(channel, collector([]))
+        await other.subscribe(channel, collector([]))
+        with pytest.raises(TooManySubscribers, match="maximum of 2 subscribers"):
+            await other.subscribe(channel, collector([]))
+        await other.unsubscribe(first)
+        await other.subscribe(channel, collector([]))  # the freed slot is usable again
+
+
+async def test_api_makes_the_guarantee_explicit(mesh: Mesh, unique: str) -> None:
+    with pytest.raises(InvalidChannelName, match="use send_durable"):
+        await mesh.publish_event(f"durable:{unique}", "x")
+    with pytest.raises(InvalidChannelName, match="use publish_event"):
+        await mesh.send_durable(f"ephemeral:{unique}", "x")
+    with pytest.raises(InvalidChannelName, match="must start with"):
+        await mesh.publish_event(unique, "x")

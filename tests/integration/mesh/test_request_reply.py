@@ -1,0 +1,108 @@
+"""Request/reply over ephemeral and durable transports: correlated, bounded, leak-free."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pytest
+
+from mesh.channel_errors import NoResponders, RemoteError
+from mesh.channels import CHANNELS_STREAM
+from mesh.envelope import Envelope
+from mesh.errors import RequestTimeout
+from mesh.messaging import Mesh, rpc_channel
+from mesh.subscriptions import DurableOptions
+
+
+async def double(env: Envelope) -> Any:
+    return {"value": env.payload["value"] * 2}
+
+
+async def test_reply_carries_the_request_correlation(mesh: Mesh, unique: str) -> None:
+    await mesh.serve(unique, double)
+    reply = await mesh.request(unique, {"value": 21}, 2, correlation_id="job-7")
+    assert reply.payload == {"value": 42}
+    assert reply.message_type == "RESPONSE"
+    assert reply.correlation_id == "job-7"
+    assert reply.causation_id is not None
+
+
+async def test_request_timeout_raises_a_clear_error_and_leaks_nothing(
+    mesh: Mesh, unique: str
+) -> None:
+    never = asyncio.Event()
+
+    async def stuck(env: Envelope) -> None:
+        await never.wait()
+
+    await mesh.serve(unique, stuck)
+    subscriptions_before = len(mesh.nc._subs)
+    started = time.monotonic()
+    with pytest.raises(RequestTimeout, match=rf"no reply from agent '{unique}' within 0.2s"):
+        await mesh.request(unique, {"value": 1}, 0.2)
+    assert 0.2 <= time.monotonic() - started < 1.0
+    assert mesh._waiting == {}
+    assert len(mesh.nc._subs) == subscriptions_before
+    assert mesh.tracker.count(f"rpc:{unique}", "timeout") == 1
+    assert mesh.tracker.pending(f"rpc:{unique}") == []
+    never.set()
+
+
+async def test_request_to_an_agent_nobody_serves_fails_fast(mesh: Mesh, unique: str) -> None:
+    started = time.monotonic()
+    with pytest.raises(NoResponders, match=f"no agent is serving requests for '{unique}'"):
+        await mesh.request(unique, {"value": 1}, 5)
+    assert time.monotonic() - started < 1.0
+    assert mesh._waiting == {}
+
+
+async def test_handler_error_reaches_the_caller(mesh: Mesh, unique: str) -> None:
+    async def broken(env: Envelope) -> None:
+        raise LookupError("no emission factor for 'unobtainium'")
+
+    await mesh.serve(unique, broken)
+    with pytest.raises(RemoteError, match="LookupError: no emission factor"):
+        await mesh.request(unique, {"value": 1}, 2)
+
+
+async def test_durable_request_is_answered_by_a_server_that_starts_later(
+    mesh: Mesh, unique: str, eventually: Callable[..., Awaitable[None]]
+) -> None:
+    pending = asyncio.create_task(mesh.request(unique, {"value": 5}, 5, durable=True))
+
+    async def stored() -> bool:
+        info = await mesh.js.stream_info(
+            CHANNELS_STREAM, subjects_filter=rpc_channel(unique).subject
+        )
+        return bool(info.state.subjects)
+
+    await eventually(stored, what="the request is stored before anyone serves")
+    await mesh.serve(unique, double, durable=True)
+    reply = await pending
+    assert reply.payload == {"value": 10}
+
+
+async def test_durable_request_times_out_when_nobody_serves(mesh: Mesh, unique: str) -> None:
+    with pytest.raises(RequestTimeout):
+        await mesh.request(unique, {"value": 1}, 0.3, durable=True)
+    assert mesh._waiting == {}
+
+
+@pytest.mark.parametrize("durable", [False, True], ids=["ephemeral", "durable"])
+async def test_thousand_concurrent_requests_each_get_their_own_reply(
+    mesh: Mesh, unique: str, durable: bool
+) -> None:
+    options = DurableOptions(concurrency=64, batch=256)
+    await mesh.serve(unique, double, durable=durable, options=options)
+    replies = await asyncio.gather(
+        *(
+            mesh.request(unique, {"value": i}, 20, durable=durable, correlation_id=f"c{i}")
+            for i in range(1000)
+        )
+    )
+    assert [r.payload["value"] for r in replies] == [2 * i for i in range(1000)]
+    assert [r.correlation_id for r in replies] == [f"c{i}" for i in range(1000)]
+    assert mesh._waiting == {}
