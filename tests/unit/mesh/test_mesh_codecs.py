@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 from datetime import UTC
 from typing import Any
 
+import msgpack
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -79,19 +82,13 @@ def test_json_and_msgpack_decode_to_the_same_envelope(payload: Any) -> None:
 @settings(max_examples=100, deadline=None)
 @given(st.binary(max_size=200), st.sampled_from([JSON, MSGPACK]))
 def test_arbitrary_bytes_never_raise_anything_but_decode_error(data: bytes, ct: str) -> None:
-    try:
+    with contextlib.suppress(DecodeError):
         decode(data, ct)
-    except DecodeError:
-        pass
 
 
 @pytest.mark.parametrize("content_type", [JSON, MSGPACK])
 def test_unknown_schema_version_is_named_in_the_error(content_type: str) -> None:
     raw = Envelope().model_dump(mode="json") | {"schema_version": 7}
-    import json
-
-    import msgpack
-
     data = json.dumps(raw).encode() if content_type == JSON else msgpack.packb(raw)
     with pytest.raises(UnknownSchemaVersion, match="schema version"):
         decode(data, content_type)
