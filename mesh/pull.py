@@ -68,10 +68,10 @@ class Puller:
             # oldest open request.
             self.ready.append(msg)
             if self._open:
-                token, request = next(iter(self._open.items()))
-                request.got += 1
-                if request.got >= request.wanted:
-                    self._finish(token, request)
+                oldest, first = next(iter(self._open.items()))
+                first.got += 1
+                if first.got >= first.wanted:
+                    self._finish(oldest, first)
             return
         if status == "100":  # idle heartbeat
             return

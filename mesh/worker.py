@@ -158,8 +158,11 @@ class TaskWorker:
             loop.cancel()
         await asyncio.gather(*self._loops, return_exceptions=True)
         # Lingering pulls may still deliver for up to idle_poll_s: hand those back.
-        for lane in self.lanes:
-            for msg in await lane.source.close(settle_s=self.idle_poll_s + 0.5):
+        closed = await asyncio.gather(
+            *(lane.source.close(settle_s=self.idle_poll_s + 0.5) for lane in self.lanes)
+        )
+        for msgs in closed:
+            for msg in msgs:
                 with contextlib.suppress(Exception):
                     await msg.nak()
         self.lanes.clear()

@@ -1,0 +1,70 @@
+"""What an agent is: an async ``run(input) -> output`` with pydantic models at both ends.
+
+Example::
+
+    class Double(Agent[DoubleIn, DoubleOut]):
+        key = "double"
+        description = "Doubles a number"
+        Input, Output = DoubleIn, DoubleOut
+
+        async def run(self, input: DoubleIn, ctx: RunContext) -> DoubleOut:
+            return DoubleOut(value=input.value * 2)
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Generic, TypeVar
+
+from pydantic import BaseModel
+
+__all__ = ["Agent", "RunContext"]
+
+I = TypeVar("I", bound=BaseModel)  # noqa: E741
+O = TypeVar("O", bound=BaseModel)  # noqa: E741
+
+
+async def _no_progress(percent: float) -> None:
+    return None
+
+
+@dataclass
+class RunContext:
+    """What an agent knows about the run it serves. Fence side effects by ``run_id``."""
+
+    run_id: str
+    tenant: str = "default"
+    attempt: int = 1
+    routing_key: str | None = None
+    _progress: Callable[[float], Awaitable[None]] = field(default=_no_progress, repr=False)
+
+    async def report_progress(self, percent: float) -> None:
+        await self._progress(percent)
+
+
+class Agent(ABC, Generic[I, O]):
+    """Base class of every agent. Subclasses set the class attributes and ``run``."""
+
+    key: ClassVar[str]
+    version: ClassVar[str] = "1.0.0"
+    description: ClassVar[str] = ""
+    Input: ClassVar[type[BaseModel]]
+    Output: ClassVar[type[BaseModel]]
+    # Queue settings (see mesh.worker.AgentQueueConfig)
+    ack_wait_s: ClassVar[float] = 300.0
+    max_attempts: ClassVar[int] = 3
+
+    @abstractmethod
+    async def run(self, input: I, ctx: RunContext) -> O: ...
+
+    @classmethod
+    def describe(cls) -> dict[str, Any]:
+        return {
+            "key": cls.key,
+            "version": cls.version,
+            "description": cls.description,
+            "input_schema": cls.Input.model_json_schema(),
+            "output_schema": cls.Output.model_json_schema(),
+        }

@@ -1,0 +1,69 @@
+"""Read and write agents and executions in PostgreSQL."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import asyncpg
+
+from agents.registry import Registry
+from mesh.events import ExecutionFinished
+
+__all__ = ["get_execution", "list_agents", "record_executions", "upsert_agents"]
+
+
+async def record_executions(pool: asyncpg.Pool, events: Sequence[ExecutionFinished]) -> None:
+    """Insert finished executions in one statement; a replayed event changes nothing."""
+    if not events:
+        return
+    await pool.executemany(
+        """INSERT INTO executions (run_id, tenant, agent_key, status, attempts, input, result,
+                                   error, enqueued_at, started_at, finished_at, duration_ms)
+           VALUES ($1,$2,$3,$4,$5,$6::jsonb,$7::jsonb,$8,$9,$10,$11,$12)
+           ON CONFLICT (run_id) DO NOTHING""",
+        [
+            (
+                e.run_id, e.tenant, e.agent, e.status.value, e.attempts,
+                json.dumps(e.input), json.dumps(e.result), e.error,
+                e.enqueued_at, e.started_at, e.finished_at, e.duration_ms,
+            )
+            for e in events
+        ],
+    )  # fmt: skip
+
+
+async def get_execution(pool: asyncpg.Pool, run_id: str) -> dict[str, Any] | None:
+    row = await pool.fetchrow("SELECT * FROM executions WHERE run_id = $1", run_id)
+    if row is None:
+        return None
+    out = dict(row)
+    for key in ("input", "result"):
+        if isinstance(out[key], str):
+            out[key] = json.loads(out[key])
+    return out
+
+
+async def upsert_agents(pool: asyncpg.Pool, registry: Registry | Iterable[Any]) -> None:
+    rows = []
+    for agent in registry:
+        d = agent.describe()
+        rows.append((d["key"], d["version"], d["description"],
+                     json.dumps(d["input_schema"]), json.dumps(d["output_schema"])))  # fmt: skip
+    await pool.executemany(
+        """INSERT INTO agents (key, version, description, input_schema, output_schema)
+           VALUES ($1,$2,$3,$4::jsonb,$5::jsonb)
+           ON CONFLICT (key) DO UPDATE SET version = EXCLUDED.version,
+               description = EXCLUDED.description, input_schema = EXCLUDED.input_schema,
+               output_schema = EXCLUDED.output_schema, updated_at = now()""",
+        rows,
+    )
+
+
+async def list_agents(pool: asyncpg.Pool) -> list[dict[str, Any]]:
+    rows = await pool.fetch(
+        "SELECT key, version, description, state, registered_at, updated_at"
+        " FROM agents ORDER BY key"
+    )
+    return [dict(r) for r in rows]

@@ -1,0 +1,23 @@
+"""The aiohttp management API."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from gateway.api.auth import auth_middleware
+from gateway.api.problems import problem_middleware
+from gateway.api.routes import routes
+from gateway.api.services import SERVICES, Services
+
+__all__ = ["SERVICES", "Services", "create_app"]
+
+
+def create_app(services: Services, token: str | None) -> web.Application:
+    """The API app. ``token=None`` disables auth (embedded dev mode only)."""
+    app = web.Application(
+        middlewares=[problem_middleware, auth_middleware(token)],
+        client_max_size=services.settings.max_payload_bytes,
+    )
+    app[SERVICES] = services
+    app.add_routes(routes)
+    return app

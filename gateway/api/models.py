@@ -1,0 +1,59 @@
+"""Request and response bodies of the management API."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from mesh.envelope import Priority
+from mesh.queue import DEFAULT_TTL_S, MAX_TTL_S
+
+__all__ = ["RunAccepted", "RunRequest", "RunView"]
+
+
+class RunRequest(BaseModel):
+    """``POST /api/v1/agents/{key}/runs``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    input: dict[str, Any] = Field(description="The agent's input, checked against its schema")
+    priority: Priority = Priority.NORMAL
+    idempotency_key: str | None = Field(default=None, min_length=1, max_length=256)
+    ttl_s: int = Field(default=DEFAULT_TTL_S, ge=1, le=MAX_TTL_S)
+    tenant: str = Field(default="default", pattern=r"^[A-Za-z0-9_-]{1,128}$")
+    routing_key: str | None = Field(default=None, max_length=256)
+
+    @field_validator("priority", mode="before")
+    @classmethod
+    def _by_name(cls, v: Any) -> Any:
+        if isinstance(v, str) and not v.isdigit():
+            try:
+                return Priority[v.upper()]
+            except KeyError:
+                raise ValueError(f"priority must be one of {[p.name for p in Priority]}") from None
+        return v
+
+
+class RunAccepted(BaseModel):
+    run_id: str
+    agent: str
+    status: str = "queued"
+    duplicate: bool = False
+    url: str
+
+
+class RunView(BaseModel):
+    run_id: str
+    agent: str
+    tenant: str
+    status: str
+    attempts: int = 0
+    progress: float | None = None
+    result: Any = None
+    error: str | None = None
+    errors: list[dict[str, Any]] = Field(default_factory=list)
+    enqueued_at: datetime | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None

@@ -1,0 +1,136 @@
+"""Routes of the management API (``/api/v1``) and the operational endpoints."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import ValidationError
+
+from agents.errors import AgentInputInvalid, RunNotFound
+from agents.store.executions import get_execution
+from gateway.api.models import RunAccepted, RunRequest, RunView
+from gateway.api.problems import validation_errors
+from gateway.api.services import SERVICES, Services
+from mesh import metrics
+from mesh.queue import TaskSpec, enqueue
+from mesh.runs import get_run
+
+__all__ = ["routes"]
+
+routes = web.RouteTableDef()
+
+
+def _json(body: Any, status: int = 200) -> web.Response:
+    return web.Response(
+        status=status, text=json.dumps(body, default=str), content_type="application/json"
+    )
+
+
+async def _body(request: web.Request) -> Any:
+    if request.content_type not in ("application/json", ""):
+        raise web.HTTPUnsupportedMediaType(text="send application/json")
+    raw = await request.read()
+    try:
+        return json.loads(raw or b"null")
+    except ValueError as exc:
+        raise web.HTTPBadRequest(text=f"body is not valid JSON: {exc}") from exc
+
+
+@routes.post("/api/v1/agents/{key}/runs")
+async def create_run(request: web.Request) -> web.Response:
+    svc: Services = request.app[SERVICES]
+    agent = svc.registry.get(request.match_info["key"])
+    body = RunRequest.model_validate(await _body(request))
+    try:
+        agent.Input.model_validate(body.input)
+    except ValidationError as exc:
+        raise AgentInputInvalid(
+            f"input does not match the schema of {agent.key}", validation_errors(exc)
+        ) from exc
+    spec = TaskSpec(
+        agent=agent.key, input=body.input, tenant=body.tenant, routing_key=body.routing_key,
+        priority=body.priority, idempotency_key=body.idempotency_key, ttl_s=body.ttl_s,
+        source="gateway",
+    )  # fmt: skip
+    queued = await enqueue(svc.js, spec, max_payload=svc.settings.max_payload_bytes)
+    metrics.TASKS_ENQUEUED.labels(agent.key).inc(0 if queued.duplicate else 1)
+    url = f"/api/v1/runs/{queued.run_id}"
+    accepted = RunAccepted(
+        run_id=queued.run_id, agent=agent.key, duplicate=queued.duplicate, url=url
+    )
+    response = _json(accepted.model_dump(), status=202)
+    response.headers["Location"] = url
+    return response
+
+
+@routes.get("/api/v1/runs/{run_id}")
+async def get_run_view(request: web.Request) -> web.Response:
+    svc: Services = request.app[SERVICES]
+    run_id = request.match_info["run_id"]
+    if not run_id.isalnum() or len(run_id) > 64:
+        raise web.HTTPBadRequest(text="run id must be alphanumeric (at most 64 chars)")
+    state = await get_run(svc.js, run_id)
+    if state is not None:
+        view = RunView(
+            run_id=state.run_id, agent=state.agent, tenant=state.tenant, status=state.status.value,
+            attempts=state.attempts, progress=state.progress, result=state.result,
+            error=state.error, errors=[e.model_dump(mode="json") for e in state.errors],
+            enqueued_at=state.enqueued_at, started_at=state.started_at,
+            finished_at=state.finished_at,
+        )  # fmt: skip
+        return _json(view.model_dump(mode="json"))
+    row = await get_execution(svc.pool, run_id)
+    if row is None:
+        raise RunNotFound(run_id)
+    view = RunView(
+        run_id=row["run_id"], agent=row["agent_key"], tenant=row["tenant"], status=row["status"],
+        attempts=row["attempts"], result=row["result"], error=row["error"],
+        enqueued_at=row["enqueued_at"], started_at=row["started_at"],
+        finished_at=row["finished_at"], progress=100.0 if row["status"] == "succeeded" else None,
+    )  # fmt: skip
+    return _json(view.model_dump(mode="json"))
+
+
+@routes.get("/api/v1/agents")
+async def list_agents(request: web.Request) -> web.Response:
+    svc: Services = request.app[SERVICES]
+    agents = []
+    for agent in svc.registry:
+        desc = agent.describe()
+        desc["state"] = "serving" if agent.key in svc.served_agents() else "registered"
+        agents.append(desc)
+    return _json({"agents": agents})
+
+
+@routes.get("/healthz")
+async def healthz(request: web.Request) -> web.Response:
+    return _json({"status": "ok"})
+
+
+@routes.get("/readyz")
+async def readyz(request: web.Request) -> web.Response:
+    svc: Services = request.app[SERVICES]
+    checks: dict[str, str] = {}
+    try:
+        await svc.js.account_info()
+        checks["nats"] = "ok"
+    except Exception as exc:
+        checks["nats"] = f"error: {exc}"
+    try:
+        await svc.pool.fetchval("SELECT 1")
+        checks["postgres"] = "ok"
+    except Exception as exc:
+        checks["postgres"] = f"error: {exc}"
+    ready = all(v == "ok" for v in checks.values())
+    return _json({"status": "ready" if ready else "not ready", "checks": checks},
+                 status=200 if ready else 503)  # fmt: skip
+
+
+@routes.get("/metrics")
+async def prometheus(request: web.Request) -> web.Response:
+    response = web.Response(body=generate_latest())
+    response.content_type = CONTENT_TYPE_LATEST.split(";")[0]
+    return response

@@ -1,0 +1,29 @@
+"""The resources the API handlers use, held by the application."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import asyncpg
+from aiohttp import web
+from nats.aio.client import Client
+from nats.js import JetStreamContext
+
+from agents.registry import Registry
+from mesh.settings import Settings
+
+__all__ = ["SERVICES", "Services"]
+
+
+@dataclass
+class Services:
+    nc: Client
+    js: JetStreamContext
+    pool: asyncpg.Pool
+    registry: Registry
+    settings: Settings
+    served_agents: Callable[[], set[str]] = field(default=lambda: set())
+
+
+SERVICES = web.AppKey("services", Services)

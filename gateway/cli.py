@@ -1,0 +1,289 @@
+"""The ``agent-factory`` admin CLI.
+
+Readable tables for people, ``--output json`` for scripts, one-line errors
+(``-v`` for tracebacks). The gateway URL and token come from the data dir
+that ``up`` wrote (``--data-dir`` / ``AF_DATA_DIR``), unless given.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import signal
+import sys
+from collections.abc import Coroutine
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from gateway.client import ApiClient, ApiError
+from gateway.state import read_state
+
+__all__ = ["main"]
+
+T = TypeVar("T")
+
+
+class CliError(click.ClickException):
+    """One line on stderr, exit code 1."""
+
+
+def _run(coro: Coroutine[Any, Any, T]) -> T:
+    try:
+        return asyncio.run(coro)
+    except ApiError as exc:
+        raise CliError(str(exc)) from exc
+
+
+class Ctx:
+    def __init__(self, data_dir: Path, api_url: str | None, token: str | None, verbose: bool):
+        self.data_dir, self.verbose = data_dir, verbose
+        self._api_url, self._token = api_url, token
+
+    def client(self) -> ApiClient:
+        state = read_state(self.data_dir)
+        url = self._api_url or state.api_url
+        if not url:
+            raise CliError(
+                f"no gateway found in {self.data_dir}/state.json: start one with "
+                "`agent-factory up`, or pass --api-url / --data-dir"
+            )
+        return ApiClient(url, self._token or state.token)
+
+
+def _emit(output: str, data: Any, table: list[tuple[str, Any]] | None = None) -> None:
+    if output == "json":
+        click.echo(json.dumps(data, indent=2, default=str))
+        return
+    rows = table or []
+    width = max((len(key) for key, _ in rows), default=0) + 2
+    for key, value in rows:
+        if isinstance(value, dict | list):
+            value = json.dumps(value, default=str)
+        click.echo(f"{key:<{width}}{value}")
+
+
+output_option = click.option(
+    "--output", "-o", type=click.Choice(["table", "json"]), default="table", show_default=True,
+    help="table for people, json for scripts",
+)  # fmt: skip
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--data-dir",
+    type=click.Path(path_type=Path),
+    envvar="AF_DATA_DIR",
+    default=Path(".agent-factory"),
+    show_default=True,
+    help="Where `up` keeps its state (URLs, token, embedded data).",
+)
+@click.option("--api-url", envvar="AF_API_URL", help="Gateway URL (default: from the data dir).")
+@click.option("--token", envvar="AF_API_TOKEN", help="API token (default: from the data dir).")
+@click.option("-v", "--verbose", is_flag=True, help="Log more and show tracebacks.")
+@click.pass_context
+def cli(ctx: click.Context, data_dir: Path, api_url: str | None, token: str | None,
+        verbose: bool) -> None:  # fmt: skip
+    """Agent Factory: run a fleet of agents on a NATS JetStream mesh."""
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")  # fmt: skip
+    ctx.obj = Ctx(data_dir, api_url, token, verbose)
+
+
+@cli.command()
+@click.option("--port", type=int, default=None, help="API port (default 8080, AF_PORT).")
+@click.option("--host", default=None, help="API bind address (default 127.0.0.1, AF_HOST).")
+@click.option("--workers", type=int, default=None, help="Worker pools to start (default 1).")
+@click.pass_obj
+def up(obj: Ctx, port: int | None, host: str | None, workers: int | None) -> None:
+    """Start the whole system: NATS, PostgreSQL, API, workers.
+
+    Embedded servers are started unless AF_NATS_URL / AF_DATABASE_URL point
+    at existing ones. Ctrl-C drains in-flight work and stops everything.
+    """
+    from gateway.up import run_up
+    from mesh.settings import Settings
+
+    overrides: dict[str, Any] = {"data_dir": obj.data_dir}
+    for key, value in (("port", port), ("host", host), ("workers", workers)):
+        if value is not None:
+            overrides[key] = value
+    try:
+        settings = Settings(**overrides)
+    except ValueError as exc:
+        raise CliError(f"invalid settings: {exc}") from exc
+    try:
+        asyncio.run(run_up(settings))
+    except KeyboardInterrupt:
+        pass
+    except Exception as exc:
+        if obj.verbose:
+            raise
+        raise CliError(f"up failed: {exc}") from exc
+
+
+@cli.command()
+@click.option("--name", default="worker", help="Name in logs and metrics.")
+@click.option("--concurrency", type=int, default=16, show_default=True)
+@click.option("--agents", default="", help="Comma-separated agent keys to serve (default: all).")
+@click.option("--drain-timeout", type=float, default=30.0, show_default=True)
+@click.pass_obj
+def worker(obj: Ctx, name: str, concurrency: int, agents: str, drain_timeout: float) -> None:
+    """Run a worker pool (`up` starts these; run more to scale out)."""
+    nats_url = os.environ.get("AF_NATS_URL") or read_state(obj.data_dir).nats_url
+    if not nats_url:
+        raise CliError("no NATS URL: set AF_NATS_URL or run `agent-factory up` first")
+    keys = [k.strip() for k in agents.split(",") if k.strip()] or None
+    try:
+        asyncio.run(_worker(nats_url, name, concurrency, keys, drain_timeout))
+    except Exception as exc:
+        if obj.verbose:
+            raise
+        raise CliError(f"{name}: {exc}") from exc
+
+
+async def _worker(
+    nats_url: str, name: str, concurrency: int, keys: list[str] | None, drain: float
+) -> None:
+    from agents.registry import example_registry
+    from agents.runtime import worker_for
+    from mesh.connection import connect, jetstream
+
+    nc = await connect(nats_url, name=name)
+    js = await jetstream(nc)
+    pool = worker_for(nc, js, example_registry(), keys, concurrency=concurrency, name=name)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await pool.start()
+    await stop.wait()
+    await pool.stop(drain_timeout=drain)
+    await nc.drain()
+
+
+@cli.command()
+@click.argument("agent")
+@click.option("--input", "input_json", required=True, help="The agent's input as JSON.")
+@click.option("--priority", default="NORMAL", show_default=True,
+              type=click.Choice(["CRITICAL", "HIGH", "NORMAL", "LOW", "BACKGROUND"],
+                                case_sensitive=False))  # fmt: skip
+@click.option("--idempotency-key", help="Retries with the same key yield one run.")
+@click.option("--tenant", default="default", show_default=True)
+@click.option("--wait/--no-wait", default=False, help="Wait for the result.")
+@click.option("--timeout", type=float, default=60.0, show_default=True, help="For --wait.")
+@output_option
+@click.pass_obj
+def run(obj: Ctx, agent: str, input_json: str, priority: str, idempotency_key: str | None,
+        tenant: str, wait: bool, timeout: float, output: str) -> None:  # fmt: skip
+    """Run AGENT once with --input, e.g.
+
+    \b
+    agent-factory run fuel-combustion --wait \\
+        --input '{"fuel": "diesel", "quantity": 100, "unit": "L"}'
+    """
+    try:
+        payload = json.loads(input_json)
+    except ValueError as exc:
+        raise CliError(f"--input is not valid JSON: {exc}") from exc
+    body: dict[str, Any] = {"input": payload, "priority": priority.upper(), "tenant": tenant}
+    if idempotency_key:
+        body["idempotency_key"] = idempotency_key
+
+    async def go() -> dict[str, Any]:
+        async with obj.client() as api:
+            accepted = await api.submit(agent, body)
+            if not wait:
+                return accepted
+            last = {"status": ""}
+
+            def progress(view: dict[str, Any]) -> None:
+                if output != "json" and view["status"] != last["status"]:
+                    last["status"] = view["status"]
+                    click.echo(f"… {view['status']}", err=True)
+
+            return await api.wait(accepted["run_id"], timeout, progress)
+
+    view = _run(go())
+    rows = [("run_id", view["run_id"]), ("agent", view["agent"]), ("status", view["status"])]
+    if wait:
+        if view.get("error"):
+            rows.append(("error", view["error"]))
+        result = view.get("result") or {}
+        for key, value in result.items() if isinstance(result, dict) else []:
+            rows.append((key, value))
+    _emit(output, view, rows)
+    if wait and view["status"] != "succeeded":
+        sys.exit(1)
+
+
+@cli.command()
+@click.argument("run_id")
+@output_option
+@click.pass_obj
+def get(obj: Ctx, run_id: str, output: str) -> None:
+    """Show one run: status, progress, result or errors."""
+
+    async def go() -> dict[str, Any]:
+        async with obj.client() as api:
+            return await api.run(run_id)
+
+    view = _run(go())
+    _emit(output, view, [(k, v) for k, v in view.items() if v not in (None, [])])
+
+
+@cli.command()
+@output_option
+@click.pass_obj
+def status(obj: Ctx, output: str) -> None:
+    """List agents and their state."""
+
+    async def go() -> dict[str, Any]:
+        async with obj.client() as api:
+            result: dict[str, Any] = await api.request("GET", "/api/v1/agents")
+            return result
+
+    data = _run(go())
+    if output == "json":
+        _emit(output, data)
+        return
+    click.echo(f"{'AGENT':<24}{'VERSION':<10}{'STATE':<12}DESCRIPTION")
+    for a in data["agents"]:
+        click.echo(f"{a['key']:<24}{a['version']:<10}{a['state']:<12}{a['description']}")
+
+
+@cli.command()
+@click.argument("suite", type=click.Choice(["skeleton", "queue", "messaging", "streams", "all"]),
+                default="all")  # fmt: skip
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object (always JSON now).")
+@click.option("-n", "count", type=int, default=None, help="Runs/tasks/events to push through.")
+def bench(suite: str, as_json: bool, count: int | None) -> None:
+    """Benchmarks with the raw nats-py ceiling measured in the same run."""
+    from gateway.bench import run_benchmarks
+
+    result = asyncio.run(run_benchmarks(suite, count))
+    click.echo(json.dumps(result, indent=2))
+
+
+def main() -> None:
+    verbose = "-v" in sys.argv or "--verbose" in sys.argv
+    try:
+        cli(standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except Exception as exc:
+        if verbose:
+            raise
+        click.echo(f"Error: {type(exc).__name__}: {exc}", err=True)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
