@@ -34,6 +34,7 @@ from gateway.state import UpState, read_state, write_state
 from mesh.connection import connect, jetstream
 from mesh.embedded import NatsServer, find_free_port
 from mesh.provision import ProvisionConfig, provision
+from mesh.queue import TaskQueue
 from mesh.settings import Settings
 
 __all__ = ["Platform", "run_up"]
@@ -103,9 +104,10 @@ class Platform:
         await provision(js, ProvisionConfig(replicas=s.stream_replicas))
         registry = example_registry()
         await upsert_agents(pool, registry)
-        self.services = Services(
-            nc, js, pool, registry, s, served_agents=lambda: set(registry.keys())
-        )
+        queue = TaskQueue(nc, js, max_payload=s.max_payload_bytes)
+        await queue.start()
+        served = set(registry.keys()) if s.workers else set()
+        self.services = Services(nc, js, pool, registry, s, queue, served_agents=lambda: served)
         self.recorder = Recorder(nc, js, pool)
         await self.recorder.start()
         token = s.api_token or self.state.token or secrets.token_urlsafe(32)
@@ -190,6 +192,7 @@ class Platform:
         if self.recorder is not None:
             await self.recorder.stop()
         if self.services is not None:
+            await self.services.queue.stop()
             await self.services.nc.drain()
             await self.services.pool.close()
         if self.postgres is not None:

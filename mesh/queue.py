@@ -1,7 +1,12 @@
 """Enqueue tasks onto the durable priority queue.
 
-Guarantee: :func:`enqueue` returns only after the task is durably stored in
+Guarantee: :meth:`TaskQueue.enqueue` returns only after the task is durably stored in
 ``AF_TASKS`` (PubAck received) or raises; nothing is accepted and then lost.
+Typical use::
+
+    async with TaskQueue(nc, js) as queue:
+        queued = await queue.enqueue(TaskSpec("fuel-combustion", {"fuel": "diesel", ...}))
+
 With an idempotency key, any number of retries by any number of clients
 yield one run: the key maps to the original run id for 24 h (KV), and the
 task itself is deduplicated by ``Nats-Msg-Id`` = run id.
@@ -15,10 +20,12 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Final
 
+from nats.aio.client import Client
 from nats.js import JetStreamContext
 from nats.js.errors import APIError, KeyWrongLastSequenceError
+from nats.js.kv import KeyValue
 
-from mesh import names
+from mesh import metrics, names
 from mesh.envelope import (
     CONTENT_TYPE,
     JSON,
@@ -28,18 +35,20 @@ from mesh.envelope import (
     Priority,
     encode,
     new_id,
-    utcnow,
 )
 from mesh.errors import MeshError, QueueFull
-from mesh.runs import RunState, RunStatus, get_run, put_run
+from mesh.pipeline import Pipeline, parse_puback
+from mesh.runs import RunState, RunStatus, get_run, put_run, run_key
 
-__all__ = ["DEFAULT_TTL_S", "MAX_TTL_S", "Enqueued", "TaskSpec", "enqueue"]
+__all__ = ["DEFAULT_TTL_S", "MAX_TTL_S", "Enqueued", "TaskQueue", "TaskSpec"]
 
 DEFAULT_TTL_S: Final = 3600
 DEFAULT_MAX_DEPTH: Final = 100_000  # per agent and priority, enforced by the server
 MAX_TTL_S: Final = 86_400
 TASK_TYPE: Final = "task.run"
 _SUBJECT_FULL = 10077  # JetStream: maximum messages per subject exceeded
+_WRONG_LAST_SEQUENCE = 10071
+_EXPECT_NEW = "Nats-Expected-Last-Subject-Sequence"
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,58 +109,100 @@ def task_headers(task: Envelope, content_type: str = JSON) -> dict[str, str]:
     return headers
 
 
-async def enqueue(
-    js: JetStreamContext,
-    spec: TaskSpec,
-    *,
-    content_type: str = JSON,
-    max_payload: int | None = None,
-    max_depth: int = DEFAULT_MAX_DEPTH,
-) -> Enqueued:
-    """Durably enqueue one task; see the module docstring for the guarantee."""
-    run_id = new_id()
-    duplicate = False
-    if spec.idempotency_key is not None:
-        kv = await js.key_value(names.BUCKET_IDEMPOTENCY)
-        token = _idempotency_token(spec.tenant, spec.idempotency_key)
-        try:
-            await kv.create(token, run_id.encode())
-        except KeyWrongLastSequenceError:
-            entry = await kv.get(token)
-            assert entry.value is not None
-            run_id, duplicate = entry.value.decode(), True
-            if await get_run(js, run_id) is not None:
-                return Enqueued(run_id, True)
-            # The first caller recorded the key but died before enqueueing:
-            # finish its work under the same run id (dedup makes this safe).
-    task = build_task(spec, run_id)
-    data = encode(task, content_type, limit=max_payload)
-    now = utcnow()
-    ttl = int(task.metadata.ttl_s or DEFAULT_TTL_S)
-    state = RunState(
-        run_id=run_id, agent=spec.agent, tenant=spec.tenant, routing_key=spec.routing_key,
-        priority=int(spec.priority), idempotency_key=spec.idempotency_key, enqueued_at=now,
-        expires_at=now + timedelta(seconds=ttl),
-    )  # fmt: skip
-    # The queued record must land before the task: a fast worker's final state
-    # must never be overwritten by a late "queued" (the two are different streams).
-    await put_run(js, state)
-    try:
-        await js.publish(
+class TaskQueue:
+    """The producer side of the queue. Owns a :class:`Pipeline` (``start``/``stop``)."""
+
+    def __init__(
+        self,
+        nc: Client,
+        js: JetStreamContext,
+        *,
+        max_payload: int | None = None,
+        max_depth: int = DEFAULT_MAX_DEPTH,
+    ) -> None:
+        self.nc, self.js = nc, js
+        self.max_payload = max_payload
+        self.max_depth = max_depth
+        self.pipeline = Pipeline(nc)
+        self._idempotency: KeyValue | None = None
+
+    async def start(self) -> None:
+        await self.pipeline.start()
+        self._idempotency = await self.js.key_value(names.BUCKET_IDEMPOTENCY)
+
+    async def stop(self) -> None:
+        await self.pipeline.stop()
+
+    async def __aenter__(self) -> TaskQueue:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    async def enqueue(self, spec: TaskSpec, *, content_type: str = JSON) -> Enqueued:
+        """Durably enqueue one task; see the module docstring for the guarantee."""
+        run_id = new_id()
+        duplicate = False
+        if spec.idempotency_key is not None:
+            found = await self._claim_idempotency_key(spec, run_id)
+            if found is not None:
+                if await get_run(self.js, found) is not None:
+                    return Enqueued(found, True)
+                # The first caller recorded the key but died before enqueueing:
+                # finish its work under the same run id (dedup makes this safe).
+                run_id, duplicate = found, True
+        task = build_task(spec, run_id)
+        data = encode(task, content_type, limit=self.max_payload)
+        state = queued_state(task, spec)
+        # Both writes go out at once. The queued record is create-only, so a
+        # fast worker's final state (written later, to another stream) can
+        # never be overwritten by it.
+        record = await self.pipeline.request(
+            run_key(run_id), state.model_dump_json().encode(), {_EXPECT_NEW: "0"}
+        )
+        stored = await self.pipeline.request(
             names.task_subject(spec.agent, int(spec.priority)),
             data,
-            headers=task_headers(task, content_type),
+            task_headers(task, content_type),
         )
-    except Exception as exc:
-        # Not accepted: say so in the run record too, so nobody waits for it.
-        state.status, state.error = RunStatus.FAILED, f"not enqueued: {exc}"
-        await _try_put(js, state)
-        if isinstance(exc, APIError) and exc.err_code == _SUBJECT_FULL:
-            raise QueueFull(spec.agent, int(spec.priority), max_depth) from exc
-        raise
-    return Enqueued(run_id, duplicate)
+        try:
+            parse_puback(await stored)
+        except Exception as exc:
+            with contextlib.suppress(Exception):
+                await record
+            # Not accepted: say so in the run record too, so nobody waits for it.
+            state.status, state.error = RunStatus.FAILED, f"not enqueued: {exc}"
+            with contextlib.suppress(Exception):  # the publish error is the one to report
+                await put_run(self.js, state)
+            if isinstance(exc, APIError) and exc.err_code == _SUBJECT_FULL:
+                raise QueueFull(spec.agent, int(spec.priority), self.max_depth) from exc
+            raise
+        try:
+            parse_puback(await record)
+        except APIError as exc:
+            if exc.err_code != _WRONG_LAST_SEQUENCE:  # already written by the worker: fine
+                raise
+        metrics.TASKS_ENQUEUED.labels(spec.agent).inc()
+        return Enqueued(run_id, duplicate)
+
+    async def _claim_idempotency_key(self, spec: TaskSpec, run_id: str) -> str | None:
+        """Record key -> run_id; returns the original run id if the key was taken."""
+        assert self._idempotency is not None and spec.idempotency_key is not None
+        token = _idempotency_token(spec.tenant, spec.idempotency_key)
+        try:
+            await self._idempotency.create(token, run_id.encode())
+            return None
+        except KeyWrongLastSequenceError:
+            entry = await self._idempotency.get(token)
+            assert entry.value is not None
+            return entry.value.decode()
 
 
-async def _try_put(js: JetStreamContext, state: RunState) -> None:
-    with contextlib.suppress(Exception):  # the publish error is the one to report
-        await put_run(js, state)
+def queued_state(task: Envelope, spec: TaskSpec) -> RunState:
+    ttl = int(task.metadata.ttl_s or DEFAULT_TTL_S)
+    return RunState(
+        run_id=task.id, agent=spec.agent, tenant=spec.tenant, routing_key=spec.routing_key,
+        priority=int(spec.priority), idempotency_key=spec.idempotency_key,
+        enqueued_at=task.created_at, expires_at=task.created_at + timedelta(seconds=ttl),
+    )  # fmt: skip

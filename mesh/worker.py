@@ -42,8 +42,9 @@ from mesh.dlq import AttemptError, DeadLetter, dead_letter
 from mesh.envelope import CONTENT_TYPE, JSON, Envelope, MessageType, decode, encode, utcnow
 from mesh.errors import DecodeError
 from mesh.events import EXECUTION_FINISHED, ExecutionFinished
+from mesh.pipeline import Pipeline, parse_puback
 from mesh.pull import Puller
-from mesh.runs import RunState, RunStatus, get_run, put_run
+from mesh.runs import RunState, RunStatus, get_run, put_run, run_key
 
 __all__ = ["AgentQueueConfig", "PermanentError", "TaskContext", "TaskWorker"]
 
@@ -123,6 +124,7 @@ class TaskWorker:
         self._room = asyncio.Event()
         self._stopping = asyncio.Event()
         self._loops: list[asyncio.Task[None]] = []
+        self.pipeline = Pipeline(nc)
 
     # ---- lifecycle ---------------------------------------------------------
 
@@ -134,6 +136,7 @@ class TaskWorker:
                 await puller.start()
                 limit = cfg.concurrency or self.concurrency
                 self.lanes.append(Lane(agent, priority, puller, limit=limit))
+        await self.pipeline.start()
         self._room.set()
         self._loops = [
             asyncio.create_task(self._dispatch_loop(), name=f"{self.name}-dispatch"),
@@ -166,6 +169,7 @@ class TaskWorker:
                 with contextlib.suppress(Exception):
                     await msg.nak()
         self.lanes.clear()
+        await self.pipeline.stop()
 
     @property
     def in_flight(self) -> int:
@@ -269,7 +273,7 @@ class TaskWorker:
             return
         state = await get_run(self.js, task.id) if attempt > 1 else None
         if state is not None and state.status.finished:
-            await msg.ack_sync()  # outcome already recorded by an earlier delivery
+            await self.pipeline.ack_sync(msg)  # outcome already recorded by an earlier delivery
             return
         state = state or _state_from(task, lane.agent)
         state.status, state.attempts, state.started_at = RunStatus.RUNNING, attempt, started
@@ -302,7 +306,7 @@ class TaskWorker:
         state.status, state.result, state.progress = RunStatus.SUCCEEDED, result, 100.0
         state.finished_at = utcnow()
         await self._record_outcome(task, state)
-        await msg.ack_sync()
+        await self.pipeline.ack_sync(msg)
         metrics.TASKS_COMPLETED.labels(lane.agent).inc()
 
     async def _record_outcome(self, task: Envelope, state: RunState) -> None:
@@ -321,19 +325,21 @@ class TaskWorker:
             correlation_id=task.correlation_id, causation_id=task.id,
             payload=event.model_dump(mode="json"), metadata=task.metadata,
         )  # fmt: skip
-        await asyncio.gather(
-            put_run(self.js, state),
-            self.js.publish(
-                names.event_subject(EXECUTION_FINISHED, state.agent),
-                encode(envelope),
-                headers={
-                    CONTENT_TYPE: JSON,
-                    "Nats-Msg-Id": f"finished-{state.run_id}",
-                    "AF-Tenant": state.tenant,
-                    "AF-Run-Id": state.run_id,
-                },
-            ),
+        stored = await self.pipeline.request(
+            run_key(state.run_id), state.model_dump_json().encode()
         )
+        published = await self.pipeline.request(
+            names.event_subject(EXECUTION_FINISHED, state.agent),
+            encode(envelope),
+            {
+                CONTENT_TYPE: JSON,
+                "Nats-Msg-Id": f"finished-{state.run_id}",
+                "AF-Tenant": state.tenant,
+                "AF-Run-Id": state.run_id,
+            },
+        )
+        parse_puback(await stored)
+        parse_puback(await published)
 
     async def _failed(
         self,
@@ -359,7 +365,7 @@ class TaskWorker:
             return
         reason = "permanent error" if not retryable else f"failed {attempt} attempts"
         await self.dead_letter_task(msg, task, state, reason)
-        await msg.ack_sync()
+        await self.pipeline.ack_sync(msg)
 
     async def dead_letter_task(
         self, msg: Msg, task: Envelope, state: RunState, reason: str
@@ -393,7 +399,7 @@ class TaskWorker:
             ),
             dedup_id=f"tasks-seq-{seq}",
         )  # fmt: skip
-        await msg.ack_sync()
+        await self.pipeline.ack_sync(msg)
 
 
 def _state_from(task: Envelope, agent: str) -> RunState:

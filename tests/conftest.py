@@ -72,3 +72,11 @@ async def mesh_js(js: JetStreamContext, nats_url: str) -> JetStreamContext:
         await provision(js)
         _provisioned.add(nats_url)
     return js
+
+
+@pytest.fixture
+async def queue(nc: Client, mesh_js: JetStreamContext) -> AsyncIterator[object]:
+    from mesh.queue import TaskQueue
+
+    async with TaskQueue(nc, mesh_js) as q:
+        yield q

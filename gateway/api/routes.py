@@ -14,8 +14,7 @@ from agents.store.executions import get_execution
 from gateway.api.models import RunAccepted, RunRequest, RunView
 from gateway.api.problems import validation_errors
 from gateway.api.services import SERVICES, Services
-from mesh import metrics
-from mesh.queue import TaskSpec, enqueue
+from mesh.queue import TaskSpec
 from mesh.runs import get_run
 
 __all__ = ["routes"]
@@ -55,8 +54,7 @@ async def create_run(request: web.Request) -> web.Response:
         priority=body.priority, idempotency_key=body.idempotency_key, ttl_s=body.ttl_s,
         source="gateway",
     )  # fmt: skip
-    queued = await enqueue(svc.js, spec, max_payload=svc.settings.max_payload_bytes)
-    metrics.TASKS_ENQUEUED.labels(agent.key).inc(0 if queued.duplicate else 1)
+    queued = await svc.queue.enqueue(spec)
     url = f"/api/v1/runs/{queued.run_id}"
     accepted = RunAccepted(
         run_id=queued.run_id, agent=agent.key, duplicate=queued.duplicate, url=url

@@ -11,6 +11,7 @@ from nats.aio.client import Client
 from nats.js import JetStreamContext
 
 from agents.registry import Registry
+from mesh.queue import TaskQueue
 from mesh.settings import Settings
 
 __all__ = ["SERVICES", "Services"]
@@ -23,6 +24,7 @@ class Services:
     pool: asyncpg.Pool
     registry: Registry
     settings: Settings
+    queue: TaskQueue
     served_agents: Callable[[], set[str]] = field(default=lambda: set())
 
 

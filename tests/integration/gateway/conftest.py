@@ -17,6 +17,7 @@ from agents.runtime import worker_for
 from agents.store.executions import upsert_agents
 from agents.store.migrations import apply_migrations
 from gateway.api import Services, create_app
+from mesh.queue import TaskQueue
 from mesh.settings import Settings
 
 TOKEN = "test-token"
@@ -38,7 +39,9 @@ async def api(
     registry = example_registry()
     await upsert_agents(pool, registry)
     settings = Settings(max_payload_bytes=64 * 1024)
-    services = Services(nc, mesh_js, pool, registry, settings, lambda: set(registry.keys()))
+    queue = TaskQueue(nc, mesh_js, max_payload=settings.max_payload_bytes)
+    await queue.start()
+    services = Services(nc, mesh_js, pool, registry, settings, queue, lambda: set(registry.keys()))
     recorder = Recorder(nc, mesh_js, pool, poll_s=0.2)
     await recorder.start()
     worker = worker_for(nc, mesh_js, registry, concurrency=8, idle_poll_s=0.2)
@@ -50,3 +53,4 @@ async def api(
     await client.close()
     await worker.stop(drain_timeout=5)
     await recorder.stop()
+    await queue.stop()

@@ -10,7 +10,7 @@ from nats.js import JetStreamContext
 
 from mesh import names
 from mesh.envelope import Priority
-from mesh.queue import TaskSpec, enqueue
+from mesh.queue import TaskQueue, TaskSpec
 from mesh.runs import RunState, RunStatus, get_run
 from mesh.worker import AgentQueueConfig, PermanentError, TaskContext, TaskWorker
 from tests.helpers import unique
@@ -28,7 +28,7 @@ async def wait_for_run(
 
 
 async def test_enqueued_task_runs_once_and_its_result_is_recorded(
-    nc: Client, mesh_js: JetStreamContext
+    nc: Client, mesh_js: JetStreamContext, queue: TaskQueue
 ) -> None:
     agent = unique("echo")
     calls: list[str] = []
@@ -41,7 +41,7 @@ async def test_enqueued_task_runs_once_and_its_result_is_recorded(
     await worker.start()
     try:
         spec = TaskSpec(agent=agent, input={"x": 21}, tenant="acme", routing_key="site-7")
-        queued = await enqueue(mesh_js, spec)
+        queued = await queue.enqueue(spec)
         state = await wait_for_run(mesh_js, queued.run_id, RunStatus.SUCCEEDED)
     finally:
         await worker.stop()
@@ -51,11 +51,13 @@ async def test_enqueued_task_runs_once_and_its_result_is_recorded(
     assert info.num_pending == 0 and info.num_ack_pending == 0
 
 
-async def test_same_idempotency_key_yields_one_run(nc: Client, mesh_js: JetStreamContext) -> None:
+async def test_same_idempotency_key_yields_one_run(
+    nc: Client, mesh_js: JetStreamContext, queue: TaskQueue
+) -> None:
     agent = unique("idem")
     spec = TaskSpec(agent=agent, input={}, idempotency_key="invoice-2026-001")
-    first = await enqueue(mesh_js, spec)
-    again = await asyncio.gather(*(enqueue(mesh_js, spec) for _ in range(5)))
+    first = await queue.enqueue(spec)
+    again = await asyncio.gather(*(queue.enqueue(spec) for _ in range(5)))
     assert {e.run_id for e in again} == {first.run_id}
     assert all(e.duplicate for e in again) and not first.duplicate
     info = await mesh_js.stream_info(names.STREAM_TASKS, subjects_filter=f"af.tasks.{agent}.>")
@@ -63,7 +65,7 @@ async def test_same_idempotency_key_yields_one_run(nc: Client, mesh_js: JetStrea
 
 
 async def test_failing_task_is_retried_then_dead_lettered_with_every_error(
-    nc: Client, mesh_js: JetStreamContext
+    nc: Client, mesh_js: JetStreamContext, queue: TaskQueue
 ) -> None:
     agent = unique("poison")
     attempts: list[int] = []
@@ -76,7 +78,7 @@ async def test_failing_task_is_retried_then_dead_lettered_with_every_error(
     worker = TaskWorker(nc, mesh_js, {agent: (cfg, handler)})
     await worker.start()
     try:
-        queued = await enqueue(mesh_js, TaskSpec(agent=agent, input={"n": 1}))
+        queued = await queue.enqueue(TaskSpec(agent=agent, input={"n": 1}))
         state = await wait_for_run(mesh_js, queued.run_id, RunStatus.FAILED)
     finally:
         await worker.stop()
@@ -86,7 +88,9 @@ async def test_failing_task_is_retried_then_dead_lettered_with_every_error(
     assert dead.data is not None and queued.run_id.encode() in dead.data
 
 
-async def test_permanent_error_skips_retries(nc: Client, mesh_js: JetStreamContext) -> None:
+async def test_permanent_error_skips_retries(
+    nc: Client, mesh_js: JetStreamContext, queue: TaskQueue
+) -> None:
     agent = unique("perm")
     attempts: list[int] = []
 
@@ -97,7 +101,7 @@ async def test_permanent_error_skips_retries(nc: Client, mesh_js: JetStreamConte
     worker = TaskWorker(nc, mesh_js, {agent: (AgentQueueConfig(agent), handler)})
     await worker.start()
     try:
-        queued = await enqueue(mesh_js, TaskSpec(agent=agent, input={}))
+        queued = await queue.enqueue(TaskSpec(agent=agent, input={}))
         state = await wait_for_run(mesh_js, queued.run_id, RunStatus.FAILED)
     finally:
         await worker.stop()
@@ -106,7 +110,7 @@ async def test_permanent_error_skips_retries(nc: Client, mesh_js: JetStreamConte
 
 
 async def test_critical_work_is_taken_before_background_work(
-    nc: Client, mesh_js: JetStreamContext
+    nc: Client, mesh_js: JetStreamContext, queue: TaskQueue
 ) -> None:
     agent = unique("prio")
     order: list[int] = []
@@ -119,7 +123,7 @@ async def test_critical_work_is_taken_before_background_work(
 
     for p in (Priority.BACKGROUND, Priority.LOW, Priority.NORMAL, Priority.HIGH, Priority.CRITICAL):
         for _ in range(3):
-            await enqueue(mesh_js, TaskSpec(agent=agent, input={"p": int(p)}, priority=p))
+            await queue.enqueue(TaskSpec(agent=agent, input={"p": int(p)}, priority=p))
     worker = TaskWorker(nc, mesh_js, {agent: (AgentQueueConfig(agent), handler)}, concurrency=1)
     await worker.start()
     try:

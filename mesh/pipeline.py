@@ -1,0 +1,117 @@
+"""Pipelined request/reply on one inbox: JetStream publishes and double acks.
+
+``js.publish`` and ``msg.ack_sync`` each pay for an ``asyncio.wait_for``
+timer and a future per call; nats-py's ``publish_async`` has no timeout at
+all (a lost PubAck waits forever). :class:`Pipeline` sends any number of
+requests without waiting, matches replies by token on one wildcard inbox,
+and expires overdue requests from a single sweeper task, so a lost reply
+surfaces as :class:`TimeoutError` and the caller retries (safely: every
+publish we make carries a ``Nats-Msg-Id``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json
+import time
+from dataclasses import dataclass
+
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+from nats.js.errors import APIError, NoStreamResponseError
+
+__all__ = ["Pipeline", "PubAck"]
+
+
+@dataclass(frozen=True, slots=True)
+class PubAck:
+    stream: str
+    seq: int
+    duplicate: bool = False
+
+
+class Pipeline:
+    """Owned via ``start()``/``stop()``; one per connection is enough."""
+
+    def __init__(self, nc: Client, timeout: float = 5.0) -> None:
+        self.nc = nc
+        self.timeout = timeout
+        self._prefix = nc.new_inbox()
+        self._cut = len(self._prefix) + 1
+        self._ids = itertools.count(1)
+        self._pending: dict[str, tuple[asyncio.Future[Msg], float]] = {}
+        self._sub: Subscription | None = None
+        self._sweeper: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self._sub = await self.nc.subscribe(f"{self._prefix}.*", cb=self._on_reply)
+        self._sweeper = asyncio.create_task(self._sweep(), name="pipeline-sweeper")
+
+    async def stop(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
+        if self._sub is not None:
+            with contextlib.suppress(Exception):
+                await self._sub.unsubscribe()
+        for fut, _ in self._pending.values():
+            if not fut.done():
+                fut.set_exception(ConnectionError("pipeline stopped"))
+        self._pending.clear()
+
+    async def _on_reply(self, msg: Msg) -> None:
+        entry = self._pending.pop(msg.subject[self._cut :], None)
+        if entry is not None and not entry[0].done():
+            entry[0].set_result(msg)
+
+    async def _sweep(self) -> None:
+        while True:
+            await asyncio.sleep(0.25)
+            now = time.monotonic()
+            overdue = [t for t, (_, deadline) in self._pending.items() if deadline < now]
+            for token in overdue:
+                fut, _ = self._pending.pop(token)
+                if not fut.done():
+                    fut.set_exception(TimeoutError("no reply from NATS in time"))
+
+    async def request(
+        self, subject: str, data: bytes, headers: dict[str, str] | None = None
+    ) -> asyncio.Future[Msg]:
+        """Send now; the returned future resolves with the reply."""
+        token = str(next(self._ids))
+        fut: asyncio.Future[Msg] = asyncio.get_running_loop().create_future()
+        self._pending[token] = (fut, time.monotonic() + self.timeout)
+        await self.nc.publish(subject, data, reply=f"{self._prefix}.{token}", headers=headers)
+        return fut
+
+    async def publish(
+        self, subject: str, data: bytes, headers: dict[str, str] | None = None
+    ) -> PubAck:
+        """JetStream publish; returns once the stream has stored it."""
+        return parse_puback(await (await self.request(subject, data, headers)))
+
+    async def ack_sync(self, msg: Msg) -> None:
+        """Double ack: returns once the server confirmed it got the ack."""
+        if msg.reply:
+            await (await self.request(msg.reply, b"+ACK"))
+            msg._ackd = True
+
+
+def parse_puback(reply: Msg) -> PubAck:
+    if not reply.data:
+        status = (reply.headers or {}).get("Status")
+        if status == "503":
+            raise NoStreamResponseError
+        raise APIError(code=int(status or 0), description=(reply.headers or {}).get("Description"))
+    body = json.loads(reply.data)
+    error = body.get("error")
+    if error is not None:
+        raise APIError(
+            code=error.get("code"), err_code=error.get("err_code"),
+            description=error.get("description"), stream=body.get("stream"),
+        )  # fmt: skip
+    return PubAck(body["stream"], body["seq"], bool(body.get("duplicate")))
