@@ -22,7 +22,7 @@ from mesh import names
 from mesh.envelope import CONTENT_TYPE, decode
 from mesh.errors import DecodeError
 from mesh.events import EXECUTION_FINISHED, ExecutionFinished
-from mesh.pull import Puller
+from mesh.puller import Puller
 
 __all__ = ["Recorder"]
 

@@ -101,7 +101,6 @@ def task_headers(task: Envelope, content_type: str = JSON) -> dict[str, str]:
         CONTENT_TYPE: content_type,
         "Nats-Msg-Id": f"run-{task.id}",
         "Nats-TTL": str(int(meta.ttl_s or DEFAULT_TTL_S)),
-        "AF-Run-Id": task.id,
         "AF-Tenant": meta.tenant,
     }
     if meta.routing_key is not None:

@@ -39,11 +39,22 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from mesh import metrics, names
 from mesh.dispatch import DispatchPolicy, Lane
 from mesh.dlq import AttemptError, DeadLetter, dead_letter
-from mesh.envelope import CONTENT_TYPE, JSON, Envelope, MessageType, decode, encode, utcnow
+from mesh.envelope import (
+    CONTENT_TYPE,
+    JSON,
+    SCHEMA_VERSION,
+    ChannelType,
+    Envelope,
+    MessageType,
+    decode,
+    encode,
+    new_id,
+    utcnow,
+)
 from mesh.errors import DecodeError
 from mesh.events import EXECUTION_FINISHED, ExecutionFinished
 from mesh.pipeline import Pipeline, parse_puback
-from mesh.pull import Puller
+from mesh.puller import Puller
 from mesh.runs import RunState, RunStatus, get_run, put_run, run_key
 
 __all__ = ["AgentQueueConfig", "PermanentError", "TaskContext", "TaskWorker"]
@@ -320,10 +331,13 @@ class TaskWorker:
             duration_ms=(finished_at - state.started_at).total_seconds() * 1000
             if state.started_at else None,
         )  # fmt: skip
-        envelope = Envelope(
-            type=EXECUTION_FINISHED, message_type=MessageType.EVENT, source=state.agent,
-            correlation_id=task.correlation_id, causation_id=task.id,
-            payload=event.model_dump(mode="json"), metadata=task.metadata,
+        # Built from validated parts: construct without validating them again.
+        envelope = Envelope.model_construct(
+            schema_version=SCHEMA_VERSION, id=new_id(), correlation_id=task.correlation_id,
+            causation_id=task.id, source=state.agent, target=None,
+            message_type=MessageType.EVENT, channel_type=ChannelType.DURABLE,
+            type=EXECUTION_FINISHED, payload=event.model_dump(mode="json"),
+            metadata=task.metadata, created_at=finished_at, reply_to=None,
         )  # fmt: skip
         stored = await self.pipeline.request(
             run_key(state.run_id), state.model_dump_json().encode()
@@ -335,7 +349,6 @@ class TaskWorker:
                 CONTENT_TYPE: JSON,
                 "Nats-Msg-Id": f"finished-{state.run_id}",
                 "AF-Tenant": state.tenant,
-                "AF-Run-Id": state.run_id,
             },
         )
         parse_puback(await stored)
