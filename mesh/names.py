@@ -15,8 +15,10 @@ __all__ = [
     "BUCKET_IDEMPOTENCY",
     "BUCKET_LOCKS",
     "BUCKET_RUNS",
+    "BUCKET_SCHEDULES",
     "STREAM_DLQ",
     "STREAM_EVENTS",
+    "STREAM_SCHEDULES",
     "STREAM_TASKS",
     "dlq_subject",
     "event_subject",
@@ -26,16 +28,19 @@ __all__ = [
 
 STREAM_TASKS: Final = "AF_TASKS"  # work queue: af.tasks.<agent>.<priority>
 STREAM_EVENTS: Final = "AF_EVENTS"  # facts: af.events.<kind>.<agent>
+STREAM_SCHEDULES: Final = "AF_SCHEDULES"  # af.schedules.def.<name>, af.schedules.fire.<name>
 STREAM_DLQ: Final = "AF_DLQ"  # dead letters: af.dlq.tasks.<agent>, af.dlq.channels.<channel>
 
 BUCKET_RUNS: Final = "af_runs"  # run id -> run state (24 h)
 BUCKET_IDEMPOTENCY: Final = "af_idempotency"  # idempotency key -> run id (24 h)
 BUCKET_CONFIG: Final = "af_config"  # watched for hot reload
 BUCKET_LOCKS: Final = "af_locks"  # leases with TTL
+BUCKET_SCHEDULES: Final = "af_schedules"  # schedule and trigger definitions
 
 TASKS_PREFIX: Final = "af.tasks"
 EVENTS_PREFIX: Final = "af.events"
 DLQ_PREFIX: Final = "af.dlq"
+SCHEDULES_PREFIX: Final = "af.schedules"
 
 AGENT_KEY_RE: Final = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 

@@ -69,6 +69,21 @@ def stream_configs(cfg: ProvisionConfig) -> list[StreamConfig]:
             max_age=cfg.events_max_age_s,
         ),
         StreamConfig(
+            # Server-side cron: schedule messages on af.schedules.def.<name> fire
+            # into af.schedules.fire.<name>; the scheduler relays each firing
+            # into AF_TASKS exactly once. Separate from AF_TASKS because message
+            # schedules cannot be combined with discard-new depth limits.
+            name=names.STREAM_SCHEDULES,
+            description="Cron schedules (af.schedules.def.<name>) and their firings",
+            subjects=[f"{names.SCHEDULES_PREFIX}.>"],
+            retention=RetentionPolicy.WORK_QUEUE,
+            storage=StorageType.FILE,
+            num_replicas=cfg.replicas,
+            duplicate_window=cfg.duplicate_window_s,
+            allow_msg_schedules=True,
+            allow_msg_ttl=True,
+        ),
+        StreamConfig(
             name=names.STREAM_DLQ,
             description="Dead letters: af.dlq.tasks.<agent>, af.dlq.channels.<channel>",
             subjects=[f"{names.DLQ_PREFIX}.>"],
@@ -91,6 +106,8 @@ def bucket_configs(cfg: ProvisionConfig) -> list[KeyValueConfig]:
                        description="configuration, watched for hot reload"),
         KeyValueConfig(bucket=names.BUCKET_LOCKS, history=1, replicas=cfg.replicas,
                        description="leases with per-key TTL"),
+        KeyValueConfig(bucket=names.BUCKET_SCHEDULES, history=5, replicas=cfg.replicas,
+                       description="schedule and trigger definitions"),
     ]  # fmt: skip
 
 
