@@ -20,12 +20,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import re
 import socket
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Final
 
@@ -79,40 +80,36 @@ _KINDS: Final = {"durable": ChannelType.DURABLE, "ephemeral": ChannelType.EPHEME
 
 @dataclass(frozen=True, slots=True)
 class Channel:
-    """A parsed channel name: ``durable:a.b`` or ``ephemeral:a.b`` (wildcards allowed)."""
+    """A parsed channel name: ``durable:a.b`` or ``ephemeral:a.b`` (wildcards allowed).
+
+    Parsing is cached and the derived names are computed once, because a
+    channel is resolved on every send.
+    """
 
     kind: ChannelType
     name: str
+    durable: bool = field(init=False, compare=False, repr=False)
+    subject: str = field(init=False, compare=False, repr=False)
+    text: str = field(init=False, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        durable = self.kind is ChannelType.DURABLE
+        object.__setattr__(self, "durable", durable)
+        prefix = DURABLE_PREFIX if durable else EPHEMERAL_PREFIX
+        object.__setattr__(self, "subject", f"{prefix}.{self.name}")
+        object.__setattr__(self, "text", f"{self.kind.value.lower()}:{self.name}")
 
     @classmethod
     def parse(cls, text: str) -> Channel:
-        kind_text, sep, name = text.partition(":")
-        kind = _KINDS.get(kind_text)
-        if not sep or kind is None:
-            raise InvalidChannelName(f"channel {text!r} must start with 'durable:' or 'ephemeral:'")
-        pattern = _DURABLE_RE if kind is ChannelType.DURABLE else _EPHEMERAL_RE
-        if len(name) > 200 or not pattern.match(name):
-            rule = "dot-separated tokens of [a-z0-9-]"
-            if kind is ChannelType.EPHEMERAL:
-                rule += ", '*' for one token, '>' as the last token"
-            raise InvalidChannelName(f"channel {text!r}: the name must be {rule}")
-        return cls(kind, name)
+        return _parse(text)
 
     @classmethod
     def of(cls, channel: Channel | str) -> Channel:
-        return channel if isinstance(channel, Channel) else cls.parse(channel)
-
-    @property
-    def durable(self) -> bool:
-        return self.kind is ChannelType.DURABLE
+        return channel if isinstance(channel, Channel) else _parse(channel)
 
     @property
     def is_pattern(self) -> bool:
         return "*" in self.name or ">" in self.name
-
-    @property
-    def subject(self) -> str:
-        return f"{DURABLE_PREFIX if self.durable else EPHEMERAL_PREFIX}.{self.name}"
 
     @property
     def consumer(self) -> str:
@@ -125,7 +122,22 @@ class Channel:
         return f"{self.kind.value.lower()}.{encoded}"
 
     def __str__(self) -> str:
-        return f"{self.kind.value.lower()}:{self.name}"
+        return self.text
+
+
+@functools.lru_cache(maxsize=4096)
+def _parse(text: str) -> Channel:
+    kind_text, sep, name = text.partition(":")
+    kind = _KINDS.get(kind_text)
+    if not sep or kind is None:
+        raise InvalidChannelName(f"channel {text!r} must start with 'durable:' or 'ephemeral:'")
+    pattern = _DURABLE_RE if kind is ChannelType.DURABLE else _EPHEMERAL_RE
+    if len(name) > 200 or not pattern.match(name):
+        rule = "dot-separated tokens of [a-z0-9-]"
+        if kind is ChannelType.EPHEMERAL:
+            rule += ", '*' for one token, '>' as the last token"
+        raise InvalidChannelName(f"channel {text!r}: the name must be {rule}")
+    return Channel(kind, name)
 
 
 def channel_of_subject(subject: str) -> Channel | None:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
+import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -51,7 +52,6 @@ from mesh.envelope import (
     Priority,
     decode,
     encode,
-    new_id,
 )
 from mesh.errors import DecodeError, PayloadTooLarge, RequestTimeout
 from mesh.schemas import SchemaRegistry
@@ -71,6 +71,12 @@ RPC_PREFIX: Final = "af.rpc"  # ephemeral request subject: af.rpc.<agent>, queue
 ERROR_TYPE: Final = "error"
 
 Subscription = DurableSubscription | EphemeralSubscription
+_DEFAULT_METADATA: Final = Metadata()
+
+
+def fast_id() -> str:
+    """Like :func:`~mesh.envelope.new_id` (32 random hex chars), five times cheaper."""
+    return os.urandom(16).hex()
 
 
 def rpc_channel(agent: str) -> Channel:
@@ -115,6 +121,7 @@ class Mesh:
         self._inbox_sub: NatsSubscription | None = None
         self._waiting: dict[str, tuple[asyncio.Future[Msg], str]] = {}
         self._sent = {kind: MESSAGES.labels(kind.value, "sent") for kind in ChannelType}
+        self._codec = self.config.default_codec
 
     @property
     def js(self) -> JetStreamContext:
@@ -175,25 +182,32 @@ class Mesh:
             correlation_id = correlation_id or parent.correlation_id or parent.id
             causation_id = causation_id or parent.id
             tenant = tenant or parent.metadata.tenant
+        if tenant is None and priority is Priority.NORMAL and ttl_s is None:
+            metadata = _DEFAULT_METADATA  # frozen, so one instance serves every message
+        else:
+            metadata = Metadata(tenant=tenant or "default", priority=priority, ttl_s=ttl_s)
         return Envelope(
-            id=id or new_id(),
+            id=id or fast_id(),
             correlation_id=correlation_id,
             causation_id=causation_id,
             source=self.agent,
-            target=str(target),
+            target=target.text if isinstance(target, Channel) else target,
             message_type=message_type,
             channel_type=channel_type,
             type=type,
             payload=self.schemas.validate(type, payload),
-            metadata=Metadata(tenant=tenant or "default", priority=priority, ttl_s=ttl_s),
+            metadata=metadata,
             reply_to=reply_to,
         )
 
     def _encode(self, channel: Channel, envelope: Envelope) -> tuple[bytes, dict[str, str]]:
-        content_type = self.config.codecs.get(str(channel), self.config.default_codec)
+        codecs = self.config.codecs
+        content_type = (
+            codecs.get(channel.text, self.config.default_codec) if codecs else self._codec
+        )
         limit = min(self.config.max_message_size, self.nc.max_payload - 8192)
         data = encode(envelope, content_type, limit)
-        headers = {CONTENT_TYPE: content_type, "AF-Tenant": envelope.metadata.tenant}
+        headers = {CONTENT_TYPE: content_type}
         trace.inject(headers, envelope.correlation_id or envelope.id)
         if channel.durable:
             headers["Nats-Msg-Id"] = envelope.id
@@ -304,6 +318,7 @@ class Mesh:
         if parsed.durable:
             registration = await self._registry.claim(parsed, self.agent)
             sub = DurableSubscription(
+                self.nc,
                 self.js,
                 parsed,
                 handler,
@@ -411,7 +426,7 @@ class Mesh:
         it). Either way :class:`RequestTimeout` after ``timeout`` seconds, and
         nothing is left subscribed: replies share one inbox per ``Mesh``.
         """
-        token = new_id()
+        token = fast_id()
         reply_to = f"{self._inbox}.{token}"
         fields.setdefault("ttl_s", max(1.0, timeout) if durable else None)
         channel = rpc_channel(agent) if durable else Channel(ChannelType.EPHEMERAL, f"rpc.{agent}")

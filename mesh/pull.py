@@ -1,141 +1,131 @@
-"""Pull requests against one JetStream consumer, without nats-py's ``fetch``.
+"""A continuous pull from a JetStream consumer: messages stream in, in order.
 
-``fetch`` can leave an orphaned lingering pull on the server that captures
-the next message for a client that stopped listening, and it has no cheap
-"what is there right now" call. :class:`Puller` owns one inbox per consumer
-and tags every pull request with its own reply subject, so:
+``fetch()`` costs a round trip per batch and, when a subscriber keeps up with
+its producer, a batch is one message. Instead this keeps pull requests for up
+to ``batch`` messages outstanding on one inbox and tops them up at half, so
+the server streams while the handler works (the pattern of nats.go's
+``Consume``). Messages reach ``on_msg`` one at a time, in delivery order.
 
-* :meth:`Puller.take` is one round trip (``no_wait``): up to *n* messages
-  that are ready now, or ``[]``;
-* :meth:`Puller.wait` is a lingering pull with an expiry;
-* status replies (404 no messages, 408 expired) come back on the request's
-  own reply subject and end exactly that request;
-* a message that arrives for a request nobody awaits any more is never
-  dropped: it waits in :attr:`ready` and is handed out by the next call
-  (or nak'ed by :meth:`close`), so it cannot sit invisible until ack-wait.
+If the connection drops, the server forgets the outstanding requests; a
+watchdog re-issues them when nothing (message, heartbeat or expiry) has
+arrived for ``expires_s`` plus a grace period. ``stop()`` drains: the message
+in hand finishes; the ones already received are still passed to ``on_msg``,
+which is expected to hand them back (nak) when its owner is stopping.
 """
 
 from __future__ import annotations
 
 import asyncio
-import itertools
+import contextlib
 import json
-from collections import deque
-from collections.abc import Mapping
+import logging
+import time
+from collections.abc import Awaitable, Callable
 
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
-__all__ = ["Puller"]
+__all__ = ["PullStream"]
 
-_TERMINAL = {"404", "408", "409", "400"}
+log = logging.getLogger(__name__)
 
-
-class _Request:
-    __slots__ = ("done", "got", "status", "wanted")
-
-    def __init__(self, wanted: int) -> None:
-        self.wanted = wanted
-        self.got = 0
-        self.status: str | None = None
-        self.done = asyncio.Event()
+_HEARTBEAT = "100"
+_CONSUMER_GONE = "409"  # deleted, leadership change, too many waiting pulls
 
 
-class Puller:
-    """Pull messages from ``stream``/``consumer``; ``start()`` before use."""
-
-    def __init__(self, nc: Client, stream: str, consumer: str) -> None:
-        self.nc = nc
-        self.stream = stream
-        self.consumer = consumer
-        self.ready: deque[Msg] = deque()
-        self._api = f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{consumer}"
-        self._inbox = nc.new_inbox()
-        self._ids = itertools.count(1)
-        self._open: dict[str, _Request] = {}
+class PullStream:
+    def __init__(
+        self,
+        nc: Client,
+        stream: str,
+        consumer: str,
+        on_msg: Callable[[Msg], Awaitable[None]],
+        *,
+        batch: int = 32,
+        expires_s: float = 5.0,
+        api_prefix: str = "$JS.API",
+    ) -> None:
+        self._nc = nc
+        self._on_msg = on_msg
+        self._batch = max(1, batch)
+        self._expires_s = expires_s
+        self._next_subject = f"{api_prefix}.CONSUMER.MSG.NEXT.{stream}.{consumer}"
+        self._inbox = ""
         self._sub: Subscription | None = None
-        self.last_status: str | None = None
+        self._outstanding = 0  # messages requested and not yet received or expired
+        self._last_activity = 0.0
+        self._busy = False
+        self._watchdog: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        self._sub = await self.nc.subscribe(f"{self._inbox}.*", cb=self._on_msg)
+        self._inbox = self._nc.new_inbox()
+        self._sub = await self._nc.subscribe(
+            self._inbox, cb=self._on_delivery, pending_msgs_limit=max(65_536, 4 * self._batch)
+        )
+        self._last_activity = time.monotonic()
+        await self._top_up()
+        self._watchdog = asyncio.create_task(self._watch(), name=f"af-pull-{self._next_subject}")
 
-    async def _on_msg(self, msg: Msg) -> None:
-        status = msg.headers.get("Status") if msg.headers and not msg.data else None
-        if status is None:
-            # Data arrives under its original subject, not our token; the
-            # server serves a consumer's pulls in order, so it belongs to the
-            # oldest open request.
-            self.ready.append(msg)
-            if self._open:
-                oldest, first = next(iter(self._open.items()))
-                first.got += 1
-                if first.got >= first.wanted:
-                    self._finish(oldest, first)
-            return
-        if status == "100":  # idle heartbeat
-            return
-        token = msg.subject[len(self._inbox) + 1 :]
-        request = self._open.get(token)
-        self.last_status = f"{status} {(msg.headers or {}).get('Description', '')}".strip()
-        if request is not None and status in _TERMINAL:
-            request.status = status
-            self._finish(token, request)
-
-    def _finish(self, token: str, request: _Request) -> None:
-        self._open.pop(token, None)
-        request.done.set()
-
-    def _pop(self, n: int) -> list[Msg]:
-        out: list[Msg] = []
-        while self.ready and len(out) < n:
-            out.append(self.ready.popleft())
-        return out
-
-    async def _pull(self, n: int, body: Mapping[str, object], wait_s: float) -> list[Msg]:
-        if self.ready:
-            return self._pop(n)
-        token = str(next(self._ids))
-        request = _Request(n)
-        self._open[token] = request
-        await self.nc.publish(self._api, json.dumps(body).encode(), reply=f"{self._inbox}.{token}")
-        try:
-            async with asyncio.timeout(wait_s):
-                await request.done.wait()
-        except TimeoutError:
-            # No status yet (slow server or reconnect): whatever arrives later
-            # still lands in `ready` and is handed out by the next call.
-            self._open.pop(token, None)
-        return self._pop(n)
-
-    async def take(self, n: int, timeout: float = 2.0) -> list[Msg]:
-        """Up to ``n`` messages available right now (one round trip)."""
-        return await self._pull(n, {"batch": n, "no_wait": True}, timeout)
-
-    async def wait(self, n: int, expires: float) -> list[Msg]:
-        """Up to ``n`` messages, waiting at most ``expires`` seconds for the first."""
-        body = {"batch": n, "expires": int(expires * 1e9)}
-        return await self._pull(n, body, expires + 1.0)
-
-    @property
-    def outstanding(self) -> int:
-        """Pull requests the server may still answer."""
-        return len(self._open)
-
-    async def close(self, settle_s: float = 0.0) -> list[Msg]:
-        """Stop listening. Returns messages delivered but never handed out,
-        after waiting up to ``settle_s`` for open lingering pulls to end,
-        so the caller can nak them instead of leaving them to ack-wait."""
-        if settle_s > 0 and self._open:
-            waits = [r.done.wait() for r in self._open.values()]
-            try:
-                async with asyncio.timeout(settle_s):
-                    await asyncio.gather(*waits)
-            except TimeoutError:
-                pass
+    async def stop(self) -> None:
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watchdog
+            self._watchdog = None
         if self._sub is not None:
-            await self._sub.unsubscribe()
-            self._sub = None
-        leftover = list(self.ready)
-        self.ready.clear()
-        return leftover
+            sub, self._sub = self._sub, None
+            try:
+                await sub.drain()  # type: ignore[no-untyped-call]
+            except Exception:  # closed connection: nothing left to drain
+                with contextlib.suppress(Exception):
+                    await sub.unsubscribe()
+
+    async def _top_up(self) -> None:
+        if self._sub is None or self._outstanding > self._batch // 2:
+            return
+        wanted = self._batch - self._outstanding
+        request = {"batch": wanted, "expires": int(self._expires_s * 1e9),
+                   "idle_heartbeat": int(self._expires_s / 2 * 1e9)}  # fmt: skip
+        self._outstanding += wanted
+        try:
+            await self._nc.publish(self._next_subject, json.dumps(request).encode(), self._inbox)
+        except Exception as exc:  # reconnecting or closed: the watchdog asks again
+            self._outstanding -= wanted
+            log.debug("pull request on %s failed: %s", self._next_subject, exc)
+
+    async def _on_delivery(self, msg: Msg) -> None:
+        self._last_activity = time.monotonic()
+        headers = msg.headers
+        status = headers.get("Status") if headers and not msg.data else None
+        if status is None:
+            self._outstanding -= 1
+            await self._top_up()
+            self._busy = True
+            try:
+                await self._on_msg(msg)
+            finally:
+                self._busy = False
+                self._last_activity = time.monotonic()
+            return
+        if status == _HEARTBEAT:
+            return
+        # 408 (a request expired) and 404 report how much of it went unfilled.
+        unfilled = headers.get("Nats-Pending-Messages") if headers else None
+        if unfilled is not None:
+            self._outstanding = max(0, self._outstanding - int(unfilled))
+        else:
+            self._outstanding = 0
+        if status == _CONSUMER_GONE:
+            reason = headers.get("Description", "") if headers else ""
+            log.warning("pull on %s: %s %s", self._next_subject, status, reason)
+        await self._top_up()
+
+    async def _watch(self) -> None:
+        grace = self._expires_s * 1.5 + 1.0
+        while True:
+            await asyncio.sleep(self._expires_s / 2)
+            if not self._busy and time.monotonic() - self._last_activity > grace:
+                self._outstanding = 0  # the server lost our requests (reconnect)
+                self._last_activity = time.monotonic()
+                await self._top_up()

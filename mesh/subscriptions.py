@@ -39,6 +39,7 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription as NatsSubscription
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig
+from nats.js.errors import NotFoundError
 
 from mesh import trace
 from mesh.acks import MESSAGES, AckTracker, count_rejected
@@ -47,6 +48,7 @@ from mesh.channels import CHANNELS_STREAM, Channel, Registration, SubscriberRegi
 from mesh.dlq import AttemptError, DeadLetter, dead_letter
 from mesh.envelope import CONTENT_TYPE, Envelope, decode
 from mesh.errors import DecodeError, UnknownSchemaVersion
+from mesh.pull import PullStream
 from mesh.schemas import SchemaRegistry
 
 __all__ = [
@@ -82,34 +84,37 @@ class DurableOptions:
     ack_wait_s: float | None = None  # server redelivery after a crash; default ack_timeout + 2
     backoff_s: tuple[float, ...] = (0.1, 0.5, 2.0, 5.0)  # nak delay per failed attempt
     concurrency: int = 1  # >1 gives up ordering for throughput
-    batch: int = 32  # messages fetched per pull
-    poll_s: float = 5.0  # how long one idle pull waits on the server
+    batch: int = 32  # messages requested ahead; keep batch x handler time < ack_wait
+    poll_s: float = 5.0  # lifetime of one pull request on the server
 
     def nak_delay(self, attempt: int) -> float:
         return self.backoff_s[min(attempt, len(self.backoff_s)) - 1] if self.backoff_s else 0.0
 
 
 class Rejected(Exception):
-    def __init__(self, reason: str, detail: str) -> None:
+    def __init__(self, reason: str, detail: str, tenant: str = "default") -> None:
         super().__init__(detail)
         self.reason = reason
+        self.tenant = tenant
 
 
 def admit(msg: Msg, channel: str, schemas: SchemaRegistry) -> Envelope:
     """Decode and check one message; raise :class:`Rejected` (already counted)."""
     headers = msg.headers
+    tenant = "default"
     try:
         envelope = decode(msg.data, headers.get(CONTENT_TYPE) if headers else None)
         ttl = envelope.metadata.ttl_s
         if ttl is not None and envelope.created_at + timedelta(seconds=ttl) < datetime.now(UTC):
             raise Rejected("expired", f"message {envelope.id} expired after {ttl}s")
+        tenant = envelope.metadata.tenant
         envelope.payload = schemas.validate(envelope.type, envelope.payload)
     except UnknownSchemaVersion as exc:
         count_rejected(channel, "unknown_schema_version")
         raise Rejected("unknown_schema_version", str(exc)) from exc
     except InvalidPayload as exc:
         count_rejected(channel, "invalid_payload")
-        raise Rejected("invalid_payload", str(exc)) from exc
+        raise Rejected("invalid_payload", str(exc), tenant) from exc
     except DecodeError as exc:
         count_rejected(channel, "decode_error")
         raise Rejected("decode_error", str(exc)) from exc
@@ -122,11 +127,13 @@ def admit(msg: Msg, channel: str, schemas: SchemaRegistry) -> Envelope:
 async def run_handler(
     handler: Handler, envelope: Envelope, headers: dict[str, str] | None, span_name: str
 ) -> Any:
+    """Call ``handler`` inside the message's trace, with :data:`current_envelope` set."""
     token = current_envelope.set(envelope)
+    entered = trace.enter(headers, span_name)
     try:
-        with trace.handling(headers, span_name):
-            return await handler(envelope)
+        return await handler(envelope)
     finally:
+        trace.leave(entered)
         current_envelope.reset(token)
 
 
@@ -197,6 +204,7 @@ class DurableSubscription:
 
     def __init__(
         self,
+        nc: Client,
         js: JetStreamContext,
         channel: Channel,
         handler: Handler,
@@ -209,6 +217,7 @@ class DurableSubscription:
     ) -> None:
         self.channel = channel
         self.options = options
+        self._nc = nc
         self._js = js
         self._handler = handler
         self._schemas = schemas
@@ -218,83 +227,63 @@ class DurableSubscription:
         self._name = str(channel)
         self._errors: dict[int, list[AttemptError]] = {}
         self._received = MESSAGES.labels("DURABLE", "received")
-        self._psub: JetStreamContext.PullSubscription | None = None
-        self._loop: asyncio.Task[None] | None = None
+        self._pull: PullStream | None = None
+        self._slots = asyncio.Semaphore(options.concurrency)
+        self._tasks: set[asyncio.Task[None]] = set()
         self._stopping = False
-        self._fetching = False
 
     async def start(self) -> None:
         opts = self.options
         ack_wait = opts.ack_wait_s if opts.ack_wait_s is not None else opts.ack_timeout_s + 2.0
-        config = ConsumerConfig(
-            durable_name=self.channel.consumer,
-            ack_policy=AckPolicy.EXPLICIT,
-            ack_wait=ack_wait,
-            max_deliver=-1,  # attempts are counted here, so a crash loop still ends in the DLQ
-            filter_subject=self.channel.subject,
-            max_ack_pending=max(1000, opts.batch * opts.concurrency * 4),
-        )
-        self._psub = await self._js.pull_subscribe(
-            self.channel.subject,
-            durable=self.channel.consumer,
-            stream=CHANNELS_STREAM,
-            config=config,
-        )
-        self._loop = asyncio.create_task(self._run(), name=f"af-durable-{self._name}")
+        consumer = self.channel.consumer
+        try:
+            await self._js.consumer_info(CHANNELS_STREAM, consumer)
+        except NotFoundError:
+            config = ConsumerConfig(
+                durable_name=consumer,
+                ack_policy=AckPolicy.EXPLICIT,
+                ack_wait=ack_wait,
+                max_deliver=-1,  # attempts are counted here: a crash loop still ends in the DLQ
+                filter_subject=self.channel.subject,
+                max_ack_pending=max(1000, opts.batch * opts.concurrency * 4),
+            )
+            await self._js.add_consumer(CHANNELS_STREAM, config)
+        self._pull = PullStream(
+            self._nc, CHANNELS_STREAM, consumer, self._on_msg, batch=opts.batch,
+            expires_s=opts.poll_s, api_prefix=self._js._prefix,
+        )  # fmt: skip
+        await self._pull.start()
 
     async def stop(self) -> None:
-        """Finish the message in hand, hand back fetched-but-unstarted ones, then leave."""
+        """Finish the messages in hand, hand back received-but-unstarted ones, then leave."""
         self._stopping = True
-        if self._loop is not None:
-            if self._fetching:
-                self._loop.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._loop
-            self._loop = None
-        if self._psub is not None:
-            psub, self._psub = self._psub, None
-            with contextlib.suppress(Exception):
-                await psub.unsubscribe()
+        if self._pull is not None:
+            pull, self._pull = self._pull, None
+            await pull.stop()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
         if self._registry is not None and self._registration is not None:
             await self._registry.release(self._registration)
             self._registration = None
 
-    async def _run(self) -> None:
-        assert self._psub is not None
-        opts = self.options
-        while not self._stopping:
-            try:
-                self._fetching = True
-                msgs = await self._psub.fetch(opts.batch, timeout=opts.poll_s)
-            except nats.errors.TimeoutError:
-                continue
-            except (
-                nats.errors.ConnectionClosedError,
-                nats.errors.ConnectionReconnectingError,
-            ) as exc:
-                log.warning("%s: pull failed (%s); retrying", self._name, exc)
-                await asyncio.sleep(0.25)
-                continue
-            finally:
-                self._fetching = False
-            if opts.concurrency == 1:
-                for i, msg in enumerate(msgs):
-                    if self._stopping:
-                        await self._hand_back(msgs[i:])
-                        return
-                    await self._process(msg)
-            else:
-                for start in range(0, len(msgs), opts.concurrency):
-                    if self._stopping:
-                        await self._hand_back(msgs[start:])
-                        return
-                    chunk = msgs[start : start + opts.concurrency]
-                    await asyncio.gather(*(self._process(m) for m in chunk))
-
-    async def _hand_back(self, msgs: list[Msg]) -> None:
-        for msg in msgs:
+    async def _on_msg(self, msg: Msg) -> None:
+        if self._stopping:
             with contextlib.suppress(Exception):
-                await msg.nak()
+                await msg.nak()  # back to the group at once, not after ack_wait
+            return
+        if self.options.concurrency == 1:
+            await self._process(msg)
+            return
+        await self._slots.acquire()  # backpressure: the pull stream waits for a free slot
+        task = asyncio.create_task(self._process(msg))
+        self._tasks.add(task)
+        task.add_done_callback(self._finished)
+
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        self._slots.release()
+        if not task.cancelled() and task.exception() is not None:
+            log.error("%s: processing failed", self._name, exc_info=task.exception())
 
     async def _process(self, msg: Msg) -> None:
         self._received.inc()
@@ -322,7 +311,7 @@ class DurableSubscription:
                 self._tracker.settle(pending, "expired")
                 return
             self._error(seq, attempt, str(exc), exc.reason, retryable=False)
-            await self._dead(msg, seq, f"rejected: {exc.reason}")
+            await self._dead(msg, seq, f"rejected: {exc.reason}", exc.tenant)
             self._tracker.settle(pending, "dead_letter")
             return
         span = f"{self._name} process"
@@ -331,7 +320,7 @@ class DurableSubscription:
                 await run_handler(self._handler, envelope, msg.headers, span)
         except RejectMessage as exc:
             self._error(seq, attempt, str(exc), type(exc).__name__, retryable=False)
-            await self._dead(msg, seq, f"rejected by handler: {exc}")
+            await self._dead(msg, seq, f"rejected by handler: {exc}", envelope.metadata.tenant)
             self._tracker.settle(pending, "dead_letter")
             return
         except Exception as exc:
@@ -339,7 +328,7 @@ class DurableSubscription:
             detail = f"handler exceeded {opts.ack_timeout_s}s" if timed_out else str(exc)
             self._error(seq, attempt, detail or repr(exc), type(exc).__name__)
             if attempt >= opts.max_attempts:
-                await self._dead(msg, seq, f"failed {attempt} attempts")
+                await self._dead(msg, seq, f"failed {attempt} attempts", envelope.metadata.tenant)
                 self._tracker.settle(pending, "dead_letter")
             else:
                 await msg.nak(delay=opts.nak_delay(attempt))
@@ -363,7 +352,7 @@ class DurableSubscription:
             )
         )
 
-    async def _dead(self, msg: Msg, seq: int, reason: str) -> None:
+    async def _dead(self, msg: Msg, seq: int, reason: str, tenant: str = "default") -> None:
         """Dead-letter first, then terminate: a crash in between leaves a duplicate, not a loss."""
         headers = dict(msg.headers or {})
         entry = DeadLetter.of(
@@ -374,7 +363,7 @@ class DurableSubscription:
             headers=headers,
             errors=self._errors.pop(seq, []),
             reason=reason,
-            tenant=headers.get("AF-Tenant", "default"),
+            tenant=tenant,
         )
         started = time.monotonic()
         await dead_letter(self._js, entry, dedup_id=f"channels-{seq}")

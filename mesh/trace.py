@@ -7,6 +7,11 @@ chain of agent calls is one trace. When the caller has no active span (no
 OpenTelemetry SDK configured, or no span open) a fresh root trace id is minted
 at the first hop, so the chain is still one trace for whoever reads the
 headers downstream.
+
+The format is exactly what OpenTelemetry's ``TraceContextTextMapPropagator``
+reads and writes; version-00 headers are parsed and written inline because
+this runs twice per message on the hot path. Any other version goes through
+the propagator.
 """
 
 from __future__ import annotations
@@ -14,21 +19,32 @@ from __future__ import annotations
 import random
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from contextvars import ContextVar, Token
 from typing import Final
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.context import Context
-from opentelemetry.trace import SpanKind
+from opentelemetry.trace import (
+    NonRecordingSpan,
+    NoOpTracerProvider,
+    ProxyTracerProvider,
+    SpanContext,
+    SpanKind,
+    TraceFlags,
+    TraceState,
+)
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 __all__ = [
     "CORRELATION_HEADER",
     "TRACEPARENT",
     "TRACESTATE",
+    "enter",
     "extract",
     "handling",
     "inject",
+    "leave",
     "trace_id_of",
 ]
 
@@ -38,16 +54,32 @@ CORRELATION_HEADER: Final = "AF-Correlation-Id"
 
 _propagator: Final = TraceContextTextMapPropagator()
 _tracer = trace.get_tracer("agent_factory.mesh")
+_EMPTY: Final = Context()
+_getrandbits = random.getrandbits
+_incoming: ContextVar[tuple[str, str | None] | None] = ContextVar("af_trace_in", default=None)
 
 
 def inject(headers: dict[str, str], correlation_id: str | None = None) -> None:
     """Write the current trace context (or a new root) and the correlation id."""
+    incoming = _incoming.get()
+    if incoming is not None:  # inside a handler, no SDK: pass the sender's context on
+        headers[TRACEPARENT] = incoming[0]
+        if incoming[1]:
+            headers[TRACESTATE] = incoming[1]
+        if correlation_id is not None:
+            headers[CORRELATION_HEADER] = correlation_id
+        return
     span_context = trace.get_current_span().get_span_context()
     if span_context.is_valid:
-        _propagator.inject(headers)
+        headers[TRACEPARENT] = (
+            f"00-{span_context.trace_id:032x}-{span_context.span_id:016x}"
+            f"-{span_context.trace_flags:02x}"
+        )
+        if span_context.trace_state:
+            headers[TRACESTATE] = span_context.trace_state.to_header()
     else:
-        trace_id = random.getrandbits(128) or 1
-        span_id = random.getrandbits(64) or 1
+        trace_id = _getrandbits(128) or 1
+        span_id = _getrandbits(64) or 1
         headers[TRACEPARENT] = f"00-{trace_id:032x}-{span_id:016x}-01"
     if correlation_id is not None:
         headers[CORRELATION_HEADER] = correlation_id
@@ -55,7 +87,25 @@ def inject(headers: dict[str, str], correlation_id: str | None = None) -> None:
 
 def extract(headers: Mapping[str, str] | None) -> Context:
     """The trace context a message was sent under (empty when it carries none)."""
-    return _propagator.extract(headers or {})
+    parent = headers.get(TRACEPARENT) if headers else None
+    if parent is None:
+        return _EMPTY
+    if len(parent) != 55 or not parent.startswith("00-"):
+        return _propagator.extract(headers or {})
+    try:
+        trace_id = int(parent[3:35], 16)
+        span_id = int(parent[36:52], 16)
+        flags = int(parent[53:55], 16)
+    except ValueError:
+        return _EMPTY
+    if not trace_id or not span_id or parent[35] != "-" or parent[52] != "-":
+        return _EMPTY
+    state = headers.get(TRACESTATE) if headers else None
+    span_context = SpanContext(
+        trace_id, span_id, is_remote=True, trace_flags=TraceFlags(flags),
+        trace_state=TraceState.from_header([state]) if state else None,
+    )  # fmt: skip
+    return trace.set_span_in_context(NonRecordingSpan(span_context), _EMPTY)
 
 
 def trace_id_of(headers: Mapping[str, str] | None) -> str | None:
@@ -67,17 +117,50 @@ def trace_id_of(headers: Mapping[str, str] | None) -> str | None:
     return parts[1] if len(parts) == 4 else None
 
 
+def _recording() -> bool:
+    """True when an OpenTelemetry SDK is installed (spans are worth opening)."""
+    return not isinstance(trace.get_tracer_provider(), ProxyTracerProvider | NoOpTracerProvider)
+
+
+Entered = tuple[object, object | None, "Token[tuple[str, str | None] | None] | None"]
+
+
+def enter(headers: Mapping[str, str] | None, name: str) -> Entered:
+    """Make the message's trace current; pair with :func:`leave`.
+
+    With an OpenTelemetry SDK installed this opens a CONSUMER span, child of
+    the sender's span. Without one nothing records spans, so the sender's
+    ``traceparent`` is simply carried over to whatever the handler sends
+    (same trace id, same parent), at the cost of a context variable.
+    :func:`handling` is the ``with`` form.
+    """
+    if not _recording():
+        parent = headers.get(TRACEPARENT) if headers else None
+        if parent is None:
+            return None, None, None
+        state = headers.get(TRACESTATE) if headers else None
+        return None, None, _incoming.set((parent, state))
+    token = otel_context.attach(extract(headers))
+    span = _tracer.start_as_current_span(name, kind=SpanKind.CONSUMER)
+    span.__enter__()
+    return token, span, None
+
+
+def leave(entered: Entered) -> None:
+    token, span, incoming = entered
+    if incoming is not None:
+        _incoming.reset(incoming)
+    if span is not None:
+        span.__exit__(None, None, None)  # type: ignore[attr-defined]
+    if token is not None:
+        otel_context.detach(token)  # type: ignore[arg-type]
+
+
 @contextmanager
 def handling(headers: Mapping[str, str] | None, name: str) -> Iterator[None]:
-    """Run a handler inside the trace of the message it handles.
-
-    With an OpenTelemetry SDK installed this opens a CONSUMER span that is a
-    child of the sender's span; without one it re-activates the sender's span
-    context so nested sends keep its trace id.
-    """
-    token = otel_context.attach(extract(headers))
+    """Run a block inside the trace of the message it handles."""
+    entered = enter(headers, name)
     try:
-        with _tracer.start_as_current_span(name, kind=SpanKind.CONSUMER):
-            yield
+        yield
     finally:
-        otel_context.detach(token)
+        leave(entered)

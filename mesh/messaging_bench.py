@@ -1,0 +1,359 @@
+"""``agent-factory bench messaging``: mesh latency and throughput next to raw nats-py.
+
+Every figure is measured twice in the same run, on the same server and
+connections: once through the :class:`~mesh.messaging.Mesh` API (envelopes,
+headers, trace context, validation, acks) and once with plain nats-py doing the
+same transport operation with a payload of the same size, so the ratio is the
+cost of the mesh itself. Latency is one-way (send call to handler entry) for
+channels and call-to-return for request/reply, at a paced rate; throughput is
+end-to-end (first send to last receipt) with as much in flight as the API allows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js.api import AckPolicy, ConsumerConfig, RetentionPolicy, StorageType, StreamConfig
+
+from mesh.channels import CHANNELS_STREAM, Channel
+from mesh.connection import connect, jetstream
+from mesh.envelope import CONTENT_TYPE, JSON, Envelope, encode, new_id
+from mesh.messaging import Mesh
+from mesh.subscriptions import DurableOptions
+from mesh.trace import CORRELATION_HEADER, TRACEPARENT
+
+__all__ = ["bench_messaging"]
+
+now = time.perf_counter
+PAYLOAD = {"agent": "fuel-combustion", "litres": 1234.5, "fuel": "diesel", "seq": 0}
+
+
+async def bench_messaging(
+    nats_url: str, *, rate: int = 1000, seconds: float = 2.0, burst: int = 20_000
+) -> dict[str, Any]:
+    """Run the benchmark against ``nats_url``; returns the ``--json`` document."""
+    run = new_id()[:8]
+    tx, rx = await connect(nats_url, name="bench-tx"), await connect(nats_url, name="bench-rx")
+    sender, receiver = Mesh(tx, agent="bench-tx"), Mesh(rx, agent="bench-rx")
+    await sender.start()
+    await receiver.start()
+    js_tx, js_rx = await jetstream(tx), await jetstream(rx)
+    raw_stream = f"AF_BENCH_{run.upper()}"
+    await js_tx.add_stream(
+        StreamConfig(
+            name=raw_stream,
+            subjects=[f"bench.{run}.>"],
+            retention=RetentionPolicy.WORK_QUEUE,
+            storage=StorageType.FILE,
+        )
+    )
+    blob = encode(Envelope(payload=PAYLOAD))  # raw messages carry as many bytes as the mesh's
+    n_paced = int(rate * seconds)
+    results: dict[str, Any] = {}
+    try:
+        eph = Channel.parse(f"ephemeral:bench.{run}.eph")
+        results["ephemeral"] = _row(
+            await _mesh_ephemeral(sender, receiver, eph, n_paced, rate),
+            await _raw_ephemeral(tx, rx, f"bench.{run}.raw-eph", blob, n_paced, rate),
+            await _mesh_ephemeral(sender, receiver, eph, burst, None),
+            await _raw_ephemeral(tx, rx, f"bench.{run}.raw-eph", blob, burst, None),
+        )
+        results["durable"] = _row(
+            await _mesh_durable(sender, receiver, f"durable:bench.{run}.lat", n_paced, rate),
+            await _raw_durable(js_tx, js_rx, raw_stream, f"bench.{run}.lat", blob, n_paced, rate),
+            await _mesh_durable(sender, receiver, f"durable:bench.{run}.max", burst // 2, None),
+            await _raw_durable(
+                js_tx, js_rx, raw_stream, f"bench.{run}.max", blob, burst // 2, None
+            ),
+        )
+        results["request_reply"] = _row(
+            await _mesh_request(sender, receiver, f"bench-{run}", n_paced, rate),
+            await _raw_request(tx, rx, f"bench.{run}.rpc", blob, n_paced, rate),
+            await _mesh_request(sender, receiver, f"bench-{run}", burst // 4, None),
+            await _raw_request(tx, rx, f"bench.{run}.rpc", blob, burst // 4, None),
+        )
+    finally:
+        await sender.stop()
+        await receiver.stop()
+        for name in (f"bench.{run}.lat", f"bench.{run}.max"):
+            with contextlib.suppress(Exception):
+                consumer = Channel.parse(f"durable:{name}").consumer
+                await js_tx.delete_consumer(CHANNELS_STREAM, consumer)
+        await js_tx.delete_stream(raw_stream)
+        await tx.close()
+        await rx.close()
+    results["config"] = {
+        "rate_per_s": rate,
+        "paced_messages": n_paced,
+        "burst_messages": burst,
+        "message_bytes": len(blob),
+        "nats_url": nats_url,
+    }
+    return results
+
+
+Sample = tuple[list[float], float]  # latencies in seconds, throughput per second
+
+
+def _row(paced: Sample, raw_paced: Sample, burst: Sample, raw_burst: Sample) -> dict[str, float]:
+    def pct(values: list[float], q: float) -> float:
+        ordered = sorted(values)
+        return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000, 3)
+
+    return {
+        "p50_ms": pct(paced[0], 0.50),
+        "p99_ms": pct(paced[0], 0.99),
+        "raw_p50_ms": pct(raw_paced[0], 0.50),
+        "raw_p99_ms": pct(raw_paced[0], 0.99),
+        "max_per_s": round(burst[1]),
+        "raw_max_per_s": round(raw_burst[1]),
+        "ratio": round(burst[1] / raw_burst[1], 3) if raw_burst[1] else 0.0,
+    }
+
+
+async def _drive(
+    n: int, rate: int | None, send: Callable[[int], Awaitable[None]], sent_at: list[float]
+) -> float:
+    """Call ``send(i)`` n times, paced at ``rate`` per second (or flat out); returns start."""
+    start = now()
+    for i in range(n):
+        if rate is not None:
+            delay = start + i / rate - now()
+            if delay > 0:
+                await asyncio.sleep(delay)
+        sent_at[i] = now()
+        await send(i)
+    return start
+
+
+async def _collect(
+    n: int,
+    rate: int | None,
+    send: Callable[[int], Awaitable[None]],
+    done: asyncio.Event,
+    received_at: list[float],
+) -> Sample:
+    sent_at = [0.0] * n
+    start = await _drive(n, rate, send, sent_at)
+    await asyncio.wait_for(done.wait(), timeout=60)
+    latencies = [r - s for r, s in zip(received_at, sent_at, strict=True) if r]
+    return latencies, n / (max(received_at) - start)
+
+
+class _Sink:
+    """Records the arrival time of message ``i``; sets ``done`` when all n arrived."""
+
+    def __init__(self, n: int) -> None:
+        self.received_at = [0.0] * n
+        self.count = 0
+        self.done = asyncio.Event()
+
+    def arrived(self, i: int) -> None:
+        self.received_at[i] = now()
+        self.count += 1
+        if self.count == len(self.received_at):
+            self.done.set()
+
+
+async def _mesh_ephemeral(
+    sender: Mesh, receiver: Mesh, channel: Channel, n: int, rate: int | None
+) -> Sample:
+    sink = _Sink(n)
+
+    async def handle(env: Envelope) -> None:
+        sink.arrived(env.payload["seq"])
+
+    sub = await receiver.subscribe(channel, handle)
+    try:
+        return await _collect(
+            n,
+            rate,
+            lambda i: sender.publish_event(channel, PAYLOAD | {"seq": i}),
+            sink.done,
+            sink.received_at,
+        )
+    finally:
+        await receiver.unsubscribe(sub)
+
+
+async def _raw_ephemeral(
+    tx: Client, rx: Client, subject: str, blob: bytes, n: int, rate: int | None
+) -> Sample:
+    sink = _Sink(n)
+
+    async def handle(msg: Msg) -> None:
+        sink.arrived(_index(msg))
+
+    sub = await rx.subscribe(subject, cb=handle, pending_msgs_limit=1_000_000)
+    await rx.flush()
+
+    async def send(i: int) -> None:
+        await tx.publish(subject, blob, headers=_raw_headers(i))
+
+    try:
+        return await _collect(n, rate, send, sink.done, sink.received_at)
+    finally:
+        await sub.unsubscribe()
+
+
+async def _mesh_durable(
+    sender: Mesh, receiver: Mesh, channel: str, n: int, rate: int | None
+) -> Sample:
+    sink = _Sink(n)
+
+    async def handle(env: Envelope) -> None:
+        sink.arrived(env.payload["seq"])
+
+    sub = await receiver.subscribe(channel, handle, options=DurableOptions(batch=256, poll_s=1))
+    try:
+        if rate is not None:
+            return await _collect(
+                n,
+                rate,
+                lambda i: _void(sender.send_durable(channel, PAYLOAD | {"seq": i})),
+                sink.done,
+                sink.received_at,
+            )
+        start = now()
+        for chunk in range(0, n, 1000):
+            await sender.send_durable_many(
+                channel, (PAYLOAD | {"seq": i} for i in range(chunk, min(n, chunk + 1000)))
+            )
+        await asyncio.wait_for(sink.done.wait(), timeout=60)
+        return [], n / (max(sink.received_at) - start)
+    finally:
+        await receiver.unsubscribe(sub)
+
+
+async def _raw_durable(
+    js_tx: JetStreamContext,
+    js_rx: JetStreamContext,
+    stream: str,
+    subject: str,
+    blob: bytes,
+    n: int,
+    rate: int | None,
+) -> Sample:
+    sink = _Sink(n)
+    consumer = "raw_" + subject.replace(".", "_")
+    tag = new_id()[:8]
+    psub = await js_rx.pull_subscribe(
+        subject,
+        durable=consumer,
+        stream=stream,
+        config=ConsumerConfig(ack_policy=AckPolicy.EXPLICIT),
+    )
+
+    async def pull() -> None:
+        while not sink.done.is_set():
+            try:
+                msgs = await psub.fetch(256, timeout=1)
+            except TimeoutError:
+                continue
+            for msg in msgs:
+                sink.arrived(_index(msg))
+                await msg.ack()
+
+    puller = asyncio.create_task(pull())
+    try:
+        if rate is not None:
+            return await _collect(
+                n,
+                rate,
+                lambda i: _void(js_tx.publish(subject, blob, headers=_raw_headers(i, durable=tag))),
+                sink.done,
+                sink.received_at,
+            )
+        start = now()
+        for chunk in range(0, n, 1000):
+            futures = [
+                await js_tx.publish_async(subject, blob, headers=_raw_headers(i, durable=tag))
+                for i in range(chunk, min(n, chunk + 1000))
+            ]
+            await asyncio.gather(*futures)
+        await asyncio.wait_for(sink.done.wait(), timeout=60)
+        return [], n / (max(sink.received_at) - start)
+    finally:
+        puller.cancel()
+        await psub.unsubscribe()
+
+
+async def _mesh_request(
+    sender: Mesh, receiver: Mesh, agent: str, n: int, rate: int | None
+) -> Sample:
+    async def echo(env: Envelope) -> Any:
+        return env.payload
+
+    sub = await receiver.serve(agent, echo)
+    try:
+        return await _round_trips(n, rate, lambda i: sender.request(agent, PAYLOAD | {"seq": i}))
+    finally:
+        await receiver.unsubscribe(sub)
+
+
+async def _raw_request(
+    tx: Client, rx: Client, subject: str, blob: bytes, n: int, rate: int | None
+) -> Sample:
+    async def echo(msg: Msg) -> None:
+        await msg.respond(msg.data)
+
+    sub = await rx.subscribe(subject, queue="raw", cb=echo)
+    await rx.flush()
+    try:
+        return await _round_trips(
+            n, rate, lambda i: tx.request(subject, blob, timeout=10, headers=_raw_headers(i))
+        )
+    finally:
+        await sub.unsubscribe()
+
+
+async def _round_trips(n: int, rate: int | None, call: Callable[[int], Awaitable[Any]]) -> Sample:
+    latencies = [0.0] * n
+    window = asyncio.Semaphore(100)
+
+    async def one(i: int) -> None:
+        try:
+            started = now()
+            await call(i)
+            latencies[i] = now() - started
+        finally:
+            window.release()
+
+    tasks: list[asyncio.Task[None]] = []
+    start = now()
+    for i in range(n):
+        if rate is not None:
+            delay = start + i / rate - now()
+            if delay > 0:
+                await asyncio.sleep(delay)
+        await window.acquire()
+        tasks.append(asyncio.create_task(one(i)))
+    await asyncio.gather(*tasks)
+    return latencies, n / (now() - start)
+
+
+def _raw_headers(i: int, durable: str | None = None) -> dict[str, str]:
+    """The headers the mesh sends (same names, same sizes); the index rides in the
+    correlation id. Header parsing is nats-py's cost, paid by raw and mesh alike."""
+    headers = {CONTENT_TYPE: JSON, TRACEPARENT: _TRACEPARENT, CORRELATION_HEADER: f"{i:032d}"}
+    if durable:
+        headers["Nats-Msg-Id"] = f"{durable}{i:024x}"  # 32 chars, unique per run
+    return headers
+
+
+def _index(msg: Msg) -> int:
+    return int(msg.headers[CORRELATION_HEADER]) if msg.headers else 0
+
+
+_TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+
+
+async def _void(call: Awaitable[Any]) -> None:
+    await call
