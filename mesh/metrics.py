@@ -6,10 +6,12 @@ from prometheus_client import Counter, Gauge, Histogram
 
 __all__ = [
     "QUEUE_ACK_PENDING",
+    "DLQ_SIZE",
     "QUEUE_DEPTH",
     "TASKS_COMPLETED",
     "TASKS_DEAD_LETTERED",
     "TASKS_ENQUEUED",
+    "TASKS_EXPIRED",
     "TASKS_FAILED",
     "TASKS_RETRIED",
     "TASK_RUN",
@@ -31,3 +33,5 @@ QUEUE_ACK_PENDING = Gauge(
     "num_ack_pending / max_ack_pending per lane; at 1.0 JetStream silently stops delivering",
     ["agent", "priority"],
 )
+DLQ_SIZE = Gauge("af_dlq_size", "Dead letters waiting per agent", ["agent"])
+TASKS_EXPIRED = Counter("af_tasks_expired_total", "Tasks whose TTL passed while queued", ["agent"])

@@ -16,6 +16,7 @@ __all__ = [
     "BUCKET_LOCKS",
     "BUCKET_RUNS",
     "BUCKET_SCHEDULES",
+    "STREAM_ADVISORIES",
     "STREAM_DLQ",
     "STREAM_EVENTS",
     "STREAM_SCHEDULES",
@@ -29,6 +30,8 @@ __all__ = [
 STREAM_TASKS: Final = "AF_TASKS"  # work queue: af.tasks.<agent>.<priority>
 STREAM_EVENTS: Final = "AF_EVENTS"  # facts: af.events.<kind>.<agent>
 STREAM_SCHEDULES: Final = "AF_SCHEDULES"  # af.schedules.def.<name>, af.schedules.fire.<name>
+STREAM_ADVISORIES: Final = "AF_ADVISORIES"  # captured MAX_DELIVERIES advisories of AF_TASKS
+MAX_DELIVERIES_ADVISORY: Final = "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.AF_TASKS.>"
 STREAM_DLQ: Final = "AF_DLQ"  # dead letters: af.dlq.tasks.<agent>, af.dlq.channels.<channel>
 
 BUCKET_RUNS: Final = "af_runs"  # run id -> run state (24 h)

@@ -84,6 +84,18 @@ def stream_configs(cfg: ProvisionConfig) -> list[StreamConfig]:
             allow_msg_ttl=True,
         ),
         StreamConfig(
+            # JetStream only *announces* a task whose worker died on its last
+            # attempt (the message stays, skipped); keeping the announcements
+            # in a stream means the mover sees every one, even after a restart.
+            name=names.STREAM_ADVISORIES,
+            description="MAX_DELIVERIES advisories of AF_TASKS, for the dead-letter mover",
+            subjects=[names.MAX_DELIVERIES_ADVISORY],
+            retention=RetentionPolicy.WORK_QUEUE,
+            storage=StorageType.FILE,
+            num_replicas=cfg.replicas,
+            max_age=cfg.dlq_max_age_s,
+        ),
+        StreamConfig(
             name=names.STREAM_DLQ,
             description="Dead letters: af.dlq.tasks.<agent>, af.dlq.channels.<channel>",
             subjects=[f"{names.DLQ_PREFIX}.>"],

@@ -41,21 +41,15 @@ from mesh.dispatch import DispatchPolicy, Lane
 from mesh.dlq import AttemptError, DeadLetter, dead_letter
 from mesh.envelope import (
     CONTENT_TYPE,
-    JSON,
-    SCHEMA_VERSION,
-    ChannelType,
     Envelope,
-    MessageType,
     decode,
-    encode,
-    new_id,
     utcnow,
 )
 from mesh.errors import DecodeError
-from mesh.events import EXECUTION_FINISHED, ExecutionFinished
+from mesh.outcome import outcome_messages, replay_generation
 from mesh.pipeline import Pipeline, parse_puback
 from mesh.puller import Puller
-from mesh.runs import RunState, RunStatus, get_run, put_run, run_key
+from mesh.runs import RunState, RunStatus, get_run, put_run
 
 __all__ = ["AgentQueueConfig", "PermanentError", "TaskContext", "TaskWorker"]
 
@@ -322,37 +316,12 @@ class TaskWorker:
 
     async def _record_outcome(self, task: Envelope, state: RunState) -> None:
         """Run state and execution event, both durable before the caller acks."""
-        finished_at = state.finished_at or utcnow()
-        event = ExecutionFinished(
-            run_id=state.run_id, agent=state.agent, tenant=state.tenant, status=state.status,
-            attempts=state.attempts, result=state.result, error=state.error,
-            input=(task.payload or {}).get("input") if isinstance(task.payload, dict) else None,
-            enqueued_at=state.enqueued_at, started_at=state.started_at, finished_at=finished_at,
-            duration_ms=(finished_at - state.started_at).total_seconds() * 1000
-            if state.started_at else None,
-        )  # fmt: skip
-        # Built from validated parts: construct without validating them again.
-        envelope = Envelope.model_construct(
-            schema_version=SCHEMA_VERSION, id=new_id(), correlation_id=task.correlation_id,
-            causation_id=task.id, source=state.agent, target=None,
-            message_type=MessageType.EVENT, channel_type=ChannelType.DURABLE,
-            type=EXECUTION_FINISHED, payload=event.model_dump(mode="json"),
-            metadata=task.metadata, created_at=finished_at, reply_to=None,
-        )  # fmt: skip
-        stored = await self.pipeline.request(
-            run_key(state.run_id), state.model_dump_json().encode()
-        )
-        published = await self.pipeline.request(
-            names.event_subject(EXECUTION_FINISHED, state.agent),
-            encode(envelope),
-            {
-                CONTENT_TYPE: JSON,
-                "Nats-Msg-Id": f"finished-{state.run_id}",
-                "AF-Tenant": state.tenant,
-            },
-        )
-        parse_puback(await stored)
-        parse_puback(await published)
+        sent = [
+            await self.pipeline.request(subject, data, headers)
+            for subject, data, headers in outcome_messages(task, state)
+        ]
+        for reply in sent:
+            parse_puback(await reply)
 
     async def _failed(
         self,
@@ -392,7 +361,7 @@ class TaskWorker:
                 tenant=state.tenant, run_id=state.run_id,
                 first_attempt_at=state.errors[0].at if state.errors else None,
             ),
-            dedup_id=f"tasks-{state.run_id}",
+            dedup_id=f"tasks-{state.run_id}-{replay_generation(task)}",
         )  # fmt: skip
         state.status, state.finished_at = RunStatus.FAILED, utcnow()
         await self._record_outcome(task, state)

@@ -15,14 +15,24 @@ __all__ = ["get_execution", "list_agents", "record_executions", "upsert_agents"]
 
 
 async def record_executions(pool: asyncpg.Pool, events: Sequence[ExecutionFinished]) -> None:
-    """Insert finished executions in one statement; a replayed event changes nothing."""
+    """Upsert finished executions in one statement.
+
+    Idempotent: the same event twice changes nothing; the outcome of a run
+    replayed from the DLQ (a later ``finished_at``) replaces the failure.
+    """
     if not events:
         return
     await pool.executemany(
         """INSERT INTO executions (run_id, tenant, agent_key, status, attempts, input, result,
                                    error, enqueued_at, started_at, finished_at, duration_ms)
            VALUES ($1,$2,$3,$4,$5,$6::jsonb,$7::jsonb,$8,$9,$10,$11,$12)
-           ON CONFLICT (run_id) DO NOTHING""",
+           ON CONFLICT (run_id) DO UPDATE SET
+               status = EXCLUDED.status, attempts = EXCLUDED.attempts, result = EXCLUDED.result,
+               error = EXCLUDED.error, started_at = EXCLUDED.started_at,
+               finished_at = EXCLUDED.finished_at, duration_ms = EXCLUDED.duration_ms,
+               recorded_at = now()
+           -- a replayed event changes nothing; a later outcome (DLQ replay) wins
+           WHERE executions.finished_at < EXCLUDED.finished_at""",
         [
             (
                 e.run_id, e.tenant, e.agent, e.status.value, e.attempts,

@@ -1,0 +1,223 @@
+"""Queue maintenance: the dead-letter mover, TTL expiry and the queue gauges.
+
+* **Mover.** A task whose worker died on its last attempt is not redelivered
+  and not removed: JetStream only announces it with a MAX_DELIVERIES
+  advisory (captured durably in ``AF_ADVISORIES``). The mover dead-letters
+  it with its history, records the failure, then deletes the original — in
+  that order, each step idempotent, so a crash anywhere repeats, never loses.
+* **Expiry.** A task whose TTL passes while queued vanishes silently from the
+  stream; the reaper finds queued runs past ``expires_at`` and records them
+  as expired (run state and ``execution.finished`` with status ``expired``).
+  It scans the ``af_runs`` bucket every ``expiry_interval_s``.
+* **Gauges.** Depth, in-flight ratio (stall) and DLQ size every few seconds.
+
+Several replicas may run this: the mover's consumer is shared, expiry uses
+compare-and-set on the run record.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from datetime import timedelta
+
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.js.errors import KeyWrongLastSequenceError, NotFoundError
+
+from mesh import metrics, names
+from mesh.dlq import AttemptError, DeadLetter, dead_letter
+from mesh.envelope import CONTENT_TYPE, Envelope, MessageType, Metadata, decode, utcnow
+from mesh.errors import DecodeError
+from mesh.outcome import replay_generation, write_outcome
+from mesh.puller import Puller
+from mesh.runs import RunState, RunStatus
+from mesh.stats import queue_stats
+
+__all__ = ["QueueMaintenance", "expire_overdue", "move_max_delivered"]
+
+log = logging.getLogger(__name__)
+
+MOVER = "dlq-mover"
+
+
+async def move_max_delivered(js: JetStreamContext, advisory: bytes) -> str | None:
+    """Dead-letter the task an advisory names; returns its run id (None: nothing to do)."""
+    body = json.loads(advisory)
+    seq = int(body["stream_seq"])
+    try:
+        raw = await js.get_msg(names.STREAM_TASKS, seq)
+    except NotFoundError:
+        return None  # acked late after all, or expired: nothing stranded
+    assert raw.data is not None and raw.subject is not None
+    headers = dict(raw.headers or {})
+    agent = raw.subject.split(".")[2]
+    error = AttemptError(
+        attempt=int(body.get("deliveries", 0)) or 1,
+        error="no ack within the ack wait on the last attempt (worker crashed or hung)",
+        error_type="MaxDeliveries",
+    )
+    try:
+        task = decode(raw.data, headers.get(CONTENT_TYPE))
+    except DecodeError:
+        task = None
+    state = await _run_state(js, task.id) if task is not None else None
+    if task is not None and state is None:
+        state = RunState(
+            run_id=task.id, agent=agent, tenant=task.metadata.tenant,
+            routing_key=task.metadata.routing_key, enqueued_at=task.created_at,
+        )  # fmt: skip
+    errors = [*(state.errors if state else []), error]
+    run_id = task.id if task else None
+    generation = replay_generation(task) if task else 0
+    await dead_letter(
+        js,
+        DeadLetter.of(
+            payload=raw.data, origin="tasks", name=agent, subject=raw.subject, headers=headers,
+            errors=errors, reason="max deliveries reached", run_id=run_id,
+            tenant=task.metadata.tenant if task else "default",
+            first_attempt_at=errors[0].at,
+        ),
+        dedup_id=f"tasks-{run_id}-{generation}" if run_id else f"tasks-seq-{seq}",
+    )  # fmt: skip
+    if task is not None and state is not None and not state.status.finished:
+        state.errors, state.error = errors, error.error
+        state.status, state.attempts, state.finished_at = RunStatus.FAILED, error.attempt, utcnow()
+        await write_outcome(js, task, state)
+    with contextlib.suppress(NotFoundError):
+        await js.delete_msg(names.STREAM_TASKS, seq)
+    metrics.TASKS_DEAD_LETTERED.labels(agent).inc()
+    return run_id
+
+
+async def _run_state(js: JetStreamContext, run_id: str) -> RunState | None:
+    from mesh.runs import get_run
+
+    return await get_run(js, run_id)
+
+
+async def expire_overdue(js: JetStreamContext, grace_s: float = 5.0) -> list[str]:
+    """Record queued runs whose TTL passed as expired; returns their run ids."""
+    kv = await js.key_value(names.BUCKET_RUNS)
+    now = utcnow()
+    expired: list[str] = []
+    watcher = await kv.watchall(ignore_deletes=True)
+    try:
+        while True:
+            entry = await watcher.updates(timeout=5)  # type: ignore[no-untyped-call]
+            if entry is None:  # initial values delivered
+                break
+            if not entry.value:
+                continue
+            state = RunState.model_validate_json(entry.value)
+            if state.status != RunStatus.QUEUED or state.expires_at is None:
+                continue
+            if state.expires_at + timedelta(seconds=grace_s) > now:
+                continue
+            state.status, state.finished_at = RunStatus.EXPIRED, now
+            state.error = f"TTL passed at {state.expires_at.isoformat()} before a worker took it"
+            try:  # compare-and-set: a worker that just finished it wins
+                await kv.update(entry.key, state.model_dump_json().encode(), last=entry.revision)
+            except KeyWrongLastSequenceError:
+                continue
+            task = Envelope(
+                id=state.run_id, type="task.run", message_type=MessageType.COMMAND,
+                payload={"agent": state.agent}, created_at=state.enqueued_at,
+                metadata=Metadata(tenant=state.tenant, routing_key=state.routing_key),
+            )  # fmt: skip
+            await write_outcome(js, task, state)
+            metrics.TASKS_EXPIRED.labels(state.agent).inc()
+            expired.append(state.run_id)
+    finally:
+        with contextlib.suppress(Exception):
+            await watcher.stop()  # type: ignore[no-untyped-call]
+    return expired
+
+
+class QueueMaintenance:
+    """Runs the mover, the expiry reaper and the gauges. ``start()``/``stop()``."""
+
+    def __init__(
+        self,
+        nc: Client,
+        js: JetStreamContext,
+        *,
+        expiry_interval_s: float = 30.0,
+        stats_interval_s: float = 5.0,
+        poll_s: float = 1.0,
+    ) -> None:
+        self.nc, self.js = nc, js
+        self.expiry_interval_s = expiry_interval_s
+        self.stats_interval_s = stats_interval_s
+        self.poll_s = poll_s
+        self._puller: Puller | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self.moved = 0
+
+    async def start(self) -> None:
+        await self.js.add_consumer(
+            names.STREAM_ADVISORIES,
+            ConsumerConfig(
+                durable_name=MOVER, ack_policy=AckPolicy.EXPLICIT,
+                deliver_policy=DeliverPolicy.ALL, ack_wait=60, max_deliver=-1,
+            ),
+        )  # fmt: skip
+        self._puller = Puller(self.nc, names.STREAM_ADVISORIES, MOVER)
+        await self._puller.start()
+        self._tasks = [
+            asyncio.create_task(self._mover(), name="dlq-mover"),
+            asyncio.create_task(self._every(self.expiry_interval_s, self._expire), name="expiry"),
+            asyncio.create_task(self._every(self.stats_interval_s, self._stats), name="stats"),
+        ]
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._puller is not None:
+            for msg in await self._puller.close(settle_s=self.poll_s + 0.5):
+                with contextlib.suppress(Exception):
+                    await msg.nak()
+
+    async def _mover(self) -> None:
+        assert self._puller is not None
+        while True:
+            try:
+                msgs = await self._puller.take(32) or await self._puller.wait(1, self.poll_s)
+                for msg in msgs:
+                    await self._move(msg)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("dlq mover: %s", exc)
+                await asyncio.sleep(0.5)
+
+    async def _move(self, msg: Msg) -> None:
+        try:
+            await move_max_delivered(self.js, msg.data)
+        except Exception as exc:  # leave it for a retry after the ack wait
+            log.warning("dlq mover could not move %s: %s", msg.data[:200], exc)
+            await msg.nak(delay=1)
+            return
+        await msg.ack()
+        self.moved += 1
+
+    async def _every(self, interval: float, job: object) -> None:
+        while True:
+            try:
+                await job()  # type: ignore[operator]
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("queue maintenance: %s", exc)
+            await asyncio.sleep(interval)
+
+    async def _expire(self) -> None:
+        await expire_overdue(self.js)
+
+    async def _stats(self) -> None:
+        await queue_stats(self.js)

@@ -1,0 +1,166 @@
+"""DLQ operations, the max-deliveries mover, TTL expiry and stats, on a real nats-server."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from nats.aio.client import Client
+from nats.js import JetStreamContext
+
+from mesh import dlq, names
+from mesh.maintenance import expire_overdue, move_max_delivered
+from mesh.puller import Puller
+from mesh.queue import TaskQueue, TaskSpec
+from mesh.runs import RunStatus, get_run
+from mesh.stats import queue_stats
+from mesh.worker import AgentQueueConfig, TaskContext, TaskWorker, ensure_lane
+from tests.helpers import unique
+
+from .test_worker_basics import wait_for_run
+
+
+async def test_dead_letters_can_be_listed_inspected_replayed_and_purged(
+    nc: Client, mesh_js: JetStreamContext, queue: TaskQueue
+) -> None:
+    agent = unique("dlq")
+    healthy = asyncio.Event()
+
+    async def handler(ctx: TaskContext) -> Any:
+        if not healthy.is_set():
+            raise RuntimeError("downstream unavailable")
+        return {"ok": ctx.input["n"]}
+
+    cfg = AgentQueueConfig(agent, max_attempts=2, backoff_base_s=0.05, backoff_max_s=0.05)
+    worker = TaskWorker(nc, mesh_js, {agent: (cfg, handler)}, idle_poll_s=0.2)
+    await worker.start()
+    try:
+        runs = [(await queue.enqueue(TaskSpec(agent, {"n": n}))).run_id for n in range(3)]
+        for run_id in runs:
+            await wait_for_run(mesh_js, run_id, RunStatus.FAILED)
+        listed = await dlq.list_dead_letters(mesh_js, name=agent)
+        assert sorted(v.entry.run_id or "" for v in listed) == sorted(runs)
+        shown = await dlq.get_dead_letter(mesh_js, listed[0].seq)
+        assert [e.attempt for e in shown.entry.errors] == [1, 2]
+        assert shown.entry.errors[0].error == "downstream unavailable"
+        assert shown.entry.headers["AF-Tenant"] == "default"
+
+        healthy.set()
+        replayed = await dlq.replay(mesh_js, listed[0].seq)
+        state = await wait_for_run(mesh_js, replayed, RunStatus.SUCCEEDED)
+        assert state.result == {"ok": shown.entry.payload and state.result["ok"]}
+        assert await dlq.count(mesh_js, origin="tasks", name=agent) == 2
+
+        rest = await dlq.replay_all(mesh_js, name=agent)
+        assert sorted(rest) == sorted(r for r in runs if r != replayed)
+        for run_id in rest:
+            await wait_for_run(mesh_js, run_id, RunStatus.SUCCEEDED)
+        assert await dlq.count(mesh_js, origin="tasks", name=agent) == 0
+    finally:
+        await worker.stop(2)
+
+
+async def test_purge_removes_one_or_all_dead_letters(
+    nc: Client, mesh_js: JetStreamContext, queue: TaskQueue
+) -> None:
+    agent = unique("purge")
+
+    async def handler(ctx: TaskContext) -> Any:
+        raise RuntimeError("always")
+
+    cfg = AgentQueueConfig(agent, max_attempts=1)
+    worker = TaskWorker(nc, mesh_js, {agent: (cfg, handler)}, idle_poll_s=0.2)
+    await worker.start()
+    try:
+        runs = [(await queue.enqueue(TaskSpec(agent, {}))).run_id for _ in range(3)]
+        for run_id in runs:
+            await wait_for_run(mesh_js, run_id, RunStatus.FAILED)
+    finally:
+        await worker.stop(2)
+    first = (await dlq.list_dead_letters(mesh_js, name=agent))[0]
+    assert await dlq.purge(mesh_js, seq=first.seq) == 1
+    assert await dlq.count(mesh_js, origin="tasks", name=agent) == 2
+    assert await dlq.purge(mesh_js, origin="tasks", name=agent) == 2
+    assert await dlq.list_dead_letters(mesh_js, name=agent) == []
+
+
+async def test_task_whose_worker_died_on_the_last_attempt_is_dead_lettered(
+    nc: Client, mesh_js: JetStreamContext, queue: TaskQueue
+) -> None:
+    agent = unique("crash")
+    cfg = AgentQueueConfig(agent, ack_wait_s=1.0, max_attempts=1, priorities=(2,))
+    await ensure_lane(mesh_js, cfg, 2)
+    queued = await queue.enqueue(TaskSpec(agent, {"x": 1}))
+    # A "worker" takes the task and dies: it never acks.
+    dead_worker = Puller(nc, names.STREAM_TASKS, names.task_consumer(agent, 2))
+    await dead_worker.start()
+    assert len(await dead_worker.take(1)) == 1
+    # The advisory is only sent while a pull waits on the consumer.
+    waiting = Puller(nc, names.STREAM_TASKS, names.task_consumer(agent, 2))
+    await waiting.start()
+    advisories = await mesh_js.pull_subscribe(
+        names.MAX_DELIVERIES_ADVISORY, durable=unique("adv"), stream=names.STREAM_ADVISORIES
+    )
+    found = None
+    async with asyncio.timeout(15):
+        while found is None:
+            await waiting.wait(1, 0.5)
+            try:
+                msgs = await advisories.fetch(10, timeout=0.2)
+            except TimeoutError:
+                continue
+            found = next(
+                (m for m in msgs if f'"{names.task_consumer(agent, 2)}"' in m.data.decode()), None
+            )
+    assert await move_max_delivered(mesh_js, found.data) == queued.run_id
+    state = await get_run(mesh_js, queued.run_id)
+    assert state is not None and state.status == RunStatus.FAILED
+    assert state.errors[-1].error_type == "MaxDeliveries"
+    [dead] = await dlq.list_dead_letters(mesh_js, name=agent)
+    assert dead.entry.run_id == queued.run_id and dead.entry.reason == "max deliveries reached"
+    info = await mesh_js.stream_info(names.STREAM_TASKS, subjects_filter=f"af.tasks.{agent}.>")
+    assert not info.state.subjects  # the original is gone: no zombie redelivery
+    # Moving the same advisory again changes nothing.
+    assert await move_max_delivered(mesh_js, found.data) is None
+    assert await dlq.count(mesh_js, origin="tasks", name=agent) == 1
+    await dead_worker.close()
+    await waiting.close()
+    await advisories.unsubscribe()
+
+
+async def test_expired_tasks_are_recorded_as_expired(
+    mesh_js: JetStreamContext, queue: TaskQueue
+) -> None:
+    agent = unique("ttl")
+    queued = await queue.enqueue(TaskSpec(agent, {}, ttl_s=1))
+    async with asyncio.timeout(10):
+        while True:  # the server drops it silently after 1 s
+            info = await mesh_js.stream_info(
+                names.STREAM_TASKS, subjects_filter=f"af.tasks.{agent}.>"
+            )
+            if not info.state.subjects:
+                break
+            await asyncio.sleep(0.1)
+    async with asyncio.timeout(10):
+        while queued.run_id not in await expire_overdue(mesh_js, grace_s=0):
+            await asyncio.sleep(0.2)
+    state = await get_run(mesh_js, queued.run_id)
+    assert state is not None and state.status == RunStatus.EXPIRED
+    assert "TTL passed" in (state.error or "")
+    event = await mesh_js.get_last_msg(names.STREAM_EVENTS, f"af.events.execution.finished.{agent}")
+    assert event.data is not None and b'"expired"' in event.data
+
+
+async def test_stats_show_depth_per_lane_and_dead_letters(
+    mesh_js: JetStreamContext, queue: TaskQueue
+) -> None:
+    agent = unique("stats")
+    cfg = AgentQueueConfig(agent)
+    for p in cfg.priorities:
+        await ensure_lane(mesh_js, cfg, p)
+    for _ in range(3):
+        await queue.enqueue(TaskSpec(agent, {}))
+    stats = await queue_stats(mesh_js)
+    lanes = {lane.priority: lane for lane in stats.for_agent(agent)}
+    assert lanes[2].waiting == 3 and lanes[0].waiting == 0
+    assert not lanes[2].stalled and lanes[2].max_in_flight == cfg.max_ack_pending
