@@ -1,0 +1,326 @@
+"""The Scheduler service: relays cron firings and matching events into the task queue.
+
+Run it in any number of replicas (``start()``/``stop()``); see docs/scheduler.md.
+
+* **Cron**: nats-server fires each tick once onto ``af.schedules.fire.<name>``
+  (one server-side schedule per subject). All replicas pull from one shared
+  durable consumer ``schedule-relay``, so each firing goes to one replica; it
+  is enqueued with the idempotency key ``schedule:<name>:<stream seq>`` and
+  then acked, so a redelivery (crash before the ack) finds the key and
+  yields no second task.
+* **Event triggers**: one shared durable consumer ``trigger-<name>`` per
+  trigger on ``AF_EVENTS``; each event is enqueued with the key
+  ``trigger:<name>:<event stream seq>`` and then acked.
+* **Missed ticks**: after nats-server downtime the server fires once to catch
+  up; after scheduler downtime the firings that piled up are coalesced
+  (only the newest one of a schedule is enqueued). So a schedule fires at
+  most once to catch up, then continues on its schedule.
+* Definitions added or removed at runtime are picked up within ``refresh_s``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from typing import Any, Final
+
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.js.errors import NotFoundError
+from pydantic import ValidationError
+
+from mesh import names
+from mesh.envelope import CONTENT_TYPE, decode
+from mesh.errors import DecodeError
+from mesh.puller import Puller
+from mesh.queue import TaskQueue, TaskSpec
+from mesh.schedules import (
+    CronSchedule,
+    Definition,
+    EventTrigger,
+    ScheduleExists,
+    ScheduleInvalid,
+    ScheduleNotFound,
+    add_definition,
+    def_subject,
+    ensure_trigger_consumer,
+    fire_subject,
+    get_definition,
+    list_definitions,
+    register_cron,
+    remove_definition,
+    trigger_consumer,
+)
+
+__all__ = [
+    "RELAY_CONSUMER",
+    "CronSchedule",
+    "Definition",
+    "EventTrigger",
+    "ScheduleExists",
+    "ScheduleInvalid",
+    "ScheduleNotFound",
+    "Scheduler",
+    "add_definition",
+    "event_input",
+    "get_definition",
+    "list_definitions",
+    "remove_definition",
+]
+
+log = logging.getLogger(__name__)
+
+RELAY_CONSUMER: Final = "schedule-relay"
+_KV_STREAM: Final = f"KV_{names.BUCKET_SCHEDULES}"
+_RETRY_DELAY_S: Final = 2.0
+
+
+class _ConsumerLoop:
+    """Pull from one durable consumer and hand each message to ``handle``,
+    which must ack it; a raising handler gets the message nak'ed with a delay."""
+
+    def __init__(
+        self, nc: Client, stream: str, consumer: str,
+        handle: Callable[[Msg], Awaitable[None]], idle_s: float,
+    ) -> None:  # fmt: skip
+        self.puller = Puller(nc, stream, consumer)
+        self.handle, self.idle_s = handle, idle_s
+        self._task: asyncio.Task[None] | None = None
+        self._busy = False  # handling messages: let it finish on stop
+        self._stopping = False
+
+    async def start(self) -> None:
+        await self.puller.start()
+        self._task = asyncio.create_task(self._run(), name=f"pull-{self.puller.consumer}")
+
+    async def _run(self) -> None:
+        pause = 0.05
+        while not self._stopping:
+            started = time.monotonic()
+            try:
+                msgs = await self.puller.wait(16, self.idle_s)
+            except Exception as exc:  # NATS down: back off, keep the loop alive
+                log.warning("%s: pull failed: %s", self.puller.consumer, exc)
+                msgs = []
+            self._busy = bool(msgs)
+            for msg in msgs:
+                try:
+                    await self.handle(msg)
+                except Exception as exc:
+                    log.warning(
+                        "%s: %s; retrying in %ss", self.puller.consumer, exc, _RETRY_DELAY_S
+                    )
+                    with contextlib.suppress(Exception):
+                        await msg.nak(delay=_RETRY_DELAY_S)
+            self._busy = False
+            if msgs or time.monotonic() - started >= self.idle_s / 2:
+                pause = 0.05
+            else:  # the pull ended at once (consumer deleted, leader change): don't spin
+                await asyncio.sleep(pause)
+                pause = min(2.0, pause * 2)
+
+    async def stop(self) -> None:
+        self._stopping = True
+        if self._task is not None:
+            if not self._busy:
+                self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        # A lingering pull may still deliver until it expires: hand those back.
+        for msg in await self.puller.close(settle_s=self.idle_s + 0.5):
+            with contextlib.suppress(Exception):
+                await msg.nak()
+
+
+def event_input(trigger: EventTrigger, msg: Msg) -> dict[str, Any]:
+    """The task input for an event: ``{**trigger.input, trigger.event_field: event}``."""
+    if trigger.event_field is None:
+        return dict(trigger.input)
+    event: dict[str, Any] = {"subject": msg.subject, "seq": msg.metadata.sequence.stream}
+    try:
+        env = decode(msg.data, (msg.headers or {}).get(CONTENT_TYPE))
+        event.update(id=env.id, type=env.type, payload=env.payload,
+                     created_at=env.created_at.isoformat())  # fmt: skip
+    except DecodeError:  # not an envelope: pass the body as JSON, or as text
+        try:
+            event["payload"] = json.loads(msg.data)
+        except ValueError:
+            event["payload"] = msg.data.decode(errors="replace")
+    return {**trigger.input, trigger.event_field: event}
+
+
+class Scheduler:
+    """Relay firings and events into ``queue``. Safe to run in several replicas."""
+
+    def __init__(
+        self,
+        nc: Client,
+        js: JetStreamContext,
+        queue: TaskQueue,
+        *,
+        refresh_s: float = 1.0,
+        reconcile_s: float = 30.0,
+        idle_s: float = 2.0,
+    ) -> None:
+        self.nc, self.js, self.queue = nc, js, queue
+        self.refresh_s, self.reconcile_s, self.idle_s = refresh_s, reconcile_s, idle_s
+        self.stats: Counter[str] = Counter()  # enqueued, duplicate, coalesced, dropped
+        self._relay: _ConsumerLoop | None = None
+        self._triggers: dict[str, tuple[EventTrigger, _ConsumerLoop]] = {}
+        self._refresher: asyncio.Task[None] | None = None
+        self._kv_seq = -1
+        self._reconciled_at = 0.0
+
+    async def start(self) -> None:
+        config = ConsumerConfig(
+            durable_name=RELAY_CONSUMER, filter_subject=fire_subject("*"),
+            deliver_policy=DeliverPolicy.ALL, ack_policy=AckPolicy.EXPLICIT, ack_wait=30.0,
+            max_ack_pending=1000, description="scheduler replicas relay firings to AF_TASKS",
+        )  # fmt: skip
+        await self.js.add_consumer(names.STREAM_SCHEDULES, config)
+        self._relay = _ConsumerLoop(
+            self.nc, names.STREAM_SCHEDULES, RELAY_CONSUMER, self._on_firing, self.idle_s
+        )
+        await self._relay.start()
+        await self.refresh()
+        self._refresher = asyncio.create_task(self._refresh_loop(), name="scheduler-refresh")
+
+    async def stop(self) -> None:
+        if self._refresher is not None:
+            self._refresher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._refresher
+        loops = [loop for _, loop in self._triggers.values()]
+        if self._relay is not None:
+            loops.append(self._relay)
+        await asyncio.gather(*(loop.stop() for loop in loops))
+        self._triggers.clear()
+        self._relay = None
+
+    async def __aenter__(self) -> Scheduler:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    @property
+    def triggers(self) -> set[str]:
+        """Names of the triggers this replica consumes."""
+        return set(self._triggers)
+
+    # ---- relaying ---------------------------------------------------------
+
+    async def _enqueue(self, spec: TaskSpec, msg: Msg) -> None:
+        queued = await self.queue.enqueue(spec)
+        self.stats["duplicate" if queued.duplicate else "enqueued"] += 1
+        await msg.ack()
+
+    async def _on_firing(self, msg: Msg) -> None:
+        name = msg.subject.rsplit(".", 1)[-1]
+        seq = msg.metadata.sequence.stream
+        try:
+            sched = CronSchedule.model_validate_json(msg.data)
+        except ValidationError as exc:
+            log.error("firing %s of %s has a bad body, dropped: %s", seq, name, exc)
+            self.stats["dropped"] += 1
+            await msg.term()
+            return
+        if await get_definition(self.js, name, missing_ok=True) is None:
+            self.stats["dropped"] += 1  # removed after this firing was stored
+            await msg.ack()
+            return
+        last = await self.js.get_last_msg(names.STREAM_SCHEDULES, msg.subject)
+        if last.seq is not None and last.seq > seq:
+            self.stats["coalesced"] += 1  # a newer firing of this schedule is waiting
+            await msg.ack()
+            return
+        spec = TaskSpec(
+            agent=sched.agent, input=sched.input, tenant=sched.tenant, priority=sched.priority,
+            ttl_s=sched.ttl_s, idempotency_key=f"schedule:{name}:{seq}",
+            source=f"schedule:{name}",
+        )  # fmt: skip
+        await self._enqueue(spec, msg)
+
+    async def _on_event(self, trigger: EventTrigger, msg: Msg) -> None:
+        seq = msg.metadata.sequence.stream
+        spec = TaskSpec(
+            agent=trigger.agent, input=event_input(trigger, msg), tenant=trigger.tenant,
+            priority=trigger.priority, ttl_s=trigger.ttl_s,
+            idempotency_key=f"trigger:{trigger.name}:{seq}", source=f"trigger:{trigger.name}",
+        )  # fmt: skip
+        await self._enqueue(spec, msg)
+
+    # ---- following the definitions -----------------------------------------
+
+    async def _refresh_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.refresh_s)
+            try:
+                await self.refresh()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("scheduler refresh failed: %s", exc)
+
+    async def refresh(self, force: bool = False) -> None:
+        """Re-read the definitions if the bucket changed (or every ``reconcile_s``)."""
+        info = await self.js.stream_info(_KV_STREAM)
+        due = time.monotonic() - self._reconciled_at >= self.reconcile_s
+        if not force and not due and info.state.last_seq == self._kv_seq:
+            return
+        # What exists on the server is read *before* the definitions, so a
+        # definition being added or removed right now is never undone here.
+        active_crons = await self._active_crons()
+        active_triggers = await self._active_trigger_consumers()
+        definitions = {d.name: d for d in await list_definitions(self.js)}
+        self._kv_seq, self._reconciled_at = info.state.last_seq, time.monotonic()
+        for name, d in definitions.items():
+            if isinstance(d, CronSchedule) and name not in active_crons:
+                log.info("re-registering schedule %s (missing on the server)", name)
+                await register_cron(self.js, d)
+        for name in active_crons - definitions.keys():
+            await self.js.purge_stream(names.STREAM_SCHEDULES, subject=def_subject(name))
+        for name in active_triggers - definitions.keys():
+            with contextlib.suppress(NotFoundError):
+                await self.js.delete_consumer(names.STREAM_EVENTS, trigger_consumer(name))
+        await self._sync_triggers(
+            {n: d for n, d in definitions.items() if isinstance(d, EventTrigger)}
+        )
+
+    async def _active_crons(self) -> set[str]:
+        prefix = def_subject("")
+        info = await self.js.stream_info(names.STREAM_SCHEDULES, subjects_filter=prefix + ">")
+        return {s[len(prefix) :] for s in (info.state.subjects or {})}
+
+    async def _active_trigger_consumers(self) -> set[str]:
+        prefix = trigger_consumer("")
+        found = await self.js.consumers_info(names.STREAM_EVENTS)
+        return {c.name[len(prefix) :] for c in found if c.name.startswith(prefix)}
+
+    async def _sync_triggers(self, wanted: dict[str, EventTrigger]) -> None:
+        for name in list(self._triggers):
+            current, loop = self._triggers[name]
+            if wanted.get(name) != current:
+                del self._triggers[name]
+                await loop.stop()
+        for name, trigger in wanted.items():
+            if name in self._triggers:
+                continue
+            await ensure_trigger_consumer(self.js, trigger)
+
+            async def handle(msg: Msg, trigger: EventTrigger = trigger) -> None:
+                await self._on_event(trigger, msg)
+
+            loop = _ConsumerLoop(
+                self.nc, names.STREAM_EVENTS, trigger_consumer(name), handle, self.idle_s
+            )
+            await loop.start()
+            self._triggers[name] = (trigger, loop)
