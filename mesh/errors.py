@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 __all__ = [
+    "BatchRejected",
     "ConnectionFailed",
     "DecodeError",
     "DuplicateTask",
@@ -54,6 +55,12 @@ class QueueFull(MeshError):
         self.agent = agent
         self.priority = priority
         self.limit = limit
+
+
+class BatchRejected(MeshError):
+    """A batch was refused as a whole; none of its tasks was enqueued."""
+
+    status = 422
 
 
 class DuplicateTask(MeshError):

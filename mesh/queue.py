@@ -14,8 +14,11 @@ task itself is deduplicated by ``Nats-Msg-Id`` = run id.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
+import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Final
@@ -36,16 +39,17 @@ from mesh.envelope import (
     encode,
     new_id,
 )
-from mesh.errors import MeshError, QueueFull
+from mesh.errors import BatchRejected, MeshError, QueueFull
 from mesh.pipeline import Pipeline, parse_puback
 from mesh.runs import RunState, RunStatus, get_run, put_run, run_key
 
-__all__ = ["DEFAULT_TTL_S", "MAX_TTL_S", "Enqueued", "TaskQueue", "TaskSpec"]
+__all__ = ["DEFAULT_TTL_S", "MAX_BATCH", "MAX_TTL_S", "Enqueued", "TaskQueue", "TaskSpec"]
 
 DEFAULT_TTL_S: Final = 3600
 DEFAULT_MAX_DEPTH: Final = 100_000  # per agent and priority, enforced by the server
 MAX_TTL_S: Final = 86_400
 TASK_TYPE: Final = "task.run"
+MAX_BATCH: Final = 1000  # JetStream's atomic batch limit
 _SUBJECT_FULL = 10077  # JetStream: maximum messages per subject exceeded
 _WRONG_LAST_SEQUENCE = 10071
 _EXPECT_NEW = "Nats-Expected-Last-Subject-Sequence"
@@ -196,6 +200,98 @@ class TaskQueue:
             entry = await self._idempotency.get(token)
             assert entry.value is not None
             return entry.value.decode()
+
+    async def enqueue_batch(
+        self,
+        specs: Sequence[TaskSpec],
+        *,
+        batch_key: str | None = None,
+        content_type: str = JSON,
+    ) -> list[Enqueued]:
+        """Enqueue up to 1,000 tasks atomically: all are stored, or none is.
+
+        Uses JetStream atomic batch publish on ``AF_TASKS``. ``batch_key``
+        makes a retried batch idempotent for 24 h (the same run ids come
+        back); per-task idempotency keys are not accepted in a batch.
+        """
+        if not 1 <= len(specs) <= MAX_BATCH:
+            raise BatchRejected(f"a batch holds 1 to {MAX_BATCH} tasks, not {len(specs)}")
+        if any(spec.idempotency_key for spec in specs):
+            raise BatchRejected("tasks in a batch cannot carry idempotency keys; use batch_key")
+        run_ids = [new_id() for _ in specs]
+        if batch_key is not None:
+            claimed = await self._claim_batch_key(specs[0].tenant, batch_key, run_ids)
+            if claimed is not None:
+                if len(claimed) != len(specs):
+                    raise BatchRejected(f"batch_key {batch_key!r} was used for another batch")
+                if await get_run(self.js, claimed[0]) is not None:
+                    return [Enqueued(run_id, True) for run_id in claimed]
+                run_ids = claimed  # first attempt died before publishing: finish it
+        tasks = [build_task(spec, run_id) for spec, run_id in zip(specs, run_ids, strict=True)]
+        datas = [encode(task, content_type, limit=self.max_payload) for task in tasks]
+        states = [queued_state(task, spec) for task, spec in zip(tasks, specs, strict=True)]
+        records = [
+            await self.pipeline.request(
+                run_key(state.run_id), state.model_dump_json().encode(), {_EXPECT_NEW: "0"}
+            )
+            for state in states
+        ]
+        batch_id = new_id()
+        last = len(tasks)
+        first_reply = None
+        commit = None
+        for i, (spec, task, data) in enumerate(zip(specs, tasks, datas, strict=True), start=1):
+            headers = task_headers(task, content_type)
+            headers["Nats-Batch-Id"] = batch_id
+            headers["Nats-Batch-Sequence"] = str(i)
+            subject = names.task_subject(spec.agent, int(spec.priority))
+            if i == last:
+                headers["Nats-Batch-Commit"] = "1"
+                commit = await self.pipeline.request(subject, data, headers)
+            elif i == 1:
+                first_reply = await self.pipeline.request(subject, data, headers)
+            else:
+                await self.nc.publish(subject, data, headers=headers)
+        assert commit is not None
+        try:
+            if first_reply is not None:
+                reply = await first_reply
+                if reply.data:  # success is an empty reply; anything else is an error
+                    parse_puback(reply)
+            parse_puback(await commit)
+        except Exception as exc:
+            for state in states:
+                state.status, state.error = RunStatus.FAILED, f"batch not enqueued: {exc}"
+            await asyncio.gather(*(_try_put(self.js, s) for s in states))
+            if isinstance(exc, APIError) and exc.err_code == _SUBJECT_FULL:
+                raise QueueFull(specs[0].agent, int(specs[0].priority), self.max_depth) from exc
+            raise BatchRejected(
+                f"batch rejected by JetStream, nothing was enqueued: {exc}"
+            ) from exc
+        for record in records:
+            with contextlib.suppress(APIError):  # create-only: the worker may have won
+                parse_puback(await record)
+        for spec in specs:
+            metrics.TASKS_ENQUEUED.labels(spec.agent).inc()
+        return [Enqueued(run_id, False) for run_id in run_ids]
+
+    async def _claim_batch_key(
+        self, tenant: str, batch_key: str, run_ids: list[str]
+    ) -> list[str] | None:
+        assert self._idempotency is not None
+        token = _idempotency_token(tenant, f"batch\x00{batch_key}")
+        try:
+            await self._idempotency.create(token, json.dumps(run_ids).encode())
+            return None
+        except KeyWrongLastSequenceError:
+            entry = await self._idempotency.get(token)
+            assert entry.value is not None
+            return list(json.loads(entry.value))
+
+
+async def _try_put(js: JetStreamContext, state: RunState) -> None:
+    with contextlib.suppress(Exception):
+        await put_run(js, state)
 
 
 def queued_state(task: Envelope, spec: TaskSpec) -> RunState:
