@@ -30,9 +30,7 @@ __all__ = ["bench_queue"]
 async def _raw_ceiling(url: str, n: int, size: int = 256) -> float:
     nc = await connect(url, name="bench-raw")
     js = await jetstream(nc)
-    await js.add_stream(
-        StreamConfig(name="RAW", subjects=["raw.>"], retention=RetentionPolicy.WORK_QUEUE)
-    )
+    await js.add_stream(StreamConfig(name="RAW", subjects=["raw.>"], retention=RetentionPolicy.WORK_QUEUE))
     body = b"x" * size
     start = time.perf_counter()
     window = 1000
@@ -78,9 +76,7 @@ async def _throughput(url: str, n: int) -> float:
     window = 500
     for i in range(0, n, window):
         batch = min(window, n - i)
-        await asyncio.gather(
-            *(queue.enqueue(TaskSpec("bench", {"i": i + k})) for k in range(batch))
-        )
+        await asyncio.gather(*(queue.enqueue(TaskSpec("bench", {"i": i + k})) for k in range(batch)))
     await asyncio.wait_for(done.wait(), 300)
     await queue.stop()
     elapsed = time.perf_counter() - start

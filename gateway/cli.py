@@ -145,9 +145,7 @@ def worker(obj: Ctx, name: str, concurrency: int, agents: str, drain_timeout: fl
         raise CliError(f"{name}: {exc}") from exc
 
 
-async def _worker(
-    nats_url: str, name: str, concurrency: int, keys: list[str] | None, drain: float
-) -> None:
+async def _worker(nats_url: str, name: str, concurrency: int, keys: list[str] | None, drain: float) -> None:
     from agents.registry import example_registry
     from agents.runtime import worker_for
     from mesh.connection import connect, jetstream
@@ -283,6 +281,16 @@ def main() -> None:
             raise
         click.echo(f"Error: {type(exc).__name__}: {exc}", err=True)
         sys.exit(1)
+
+
+def _register_groups() -> None:
+    """Command groups live in gateway/commands/; they import helpers from here."""
+    from gateway.commands.queue import queue
+
+    cli.add_command(queue)
+
+
+_register_groups()
 
 
 if __name__ == "__main__":

@@ -33,6 +33,7 @@ from gateway.api import Services, create_app
 from gateway.state import UpState, read_state, write_state
 from mesh.connection import connect, jetstream
 from mesh.embedded import NatsServer, find_free_port
+from mesh.maintenance import QueueMaintenance
 from mesh.provision import ProvisionConfig, provision
 from mesh.queue import TaskQueue
 from mesh.settings import Settings
@@ -67,6 +68,7 @@ class Platform:
     postgres: EmbeddedPostgres | None = None
     services: Services | None = None
     recorder: Recorder | None = None
+    maintenance: QueueMaintenance | None = None
     runner: web.AppRunner | None = None
     workers: list[asyncio.subprocess.Process] = field(default_factory=list)
     state: UpState = field(default_factory=UpState)
@@ -110,6 +112,8 @@ class Platform:
         self.services = Services(nc, js, pool, registry, s, queue, served_agents=lambda: served)
         self.recorder = Recorder(nc, js, pool)
         await self.recorder.start()
+        self.maintenance = QueueMaintenance(nc, js)
+        await self.maintenance.start()
         token = s.api_token or self.state.token or secrets.token_urlsafe(32)
         app = create_app(self.services, token if s.auth_enabled else None)
         self.runner = web.AppRunner(app, handle_signals=False, access_log=None)
@@ -189,6 +193,8 @@ class Platform:
                 await proc.wait()
         if self.runner is not None:
             await self.runner.cleanup()
+        if self.maintenance is not None:
+            await self.maintenance.stop()
         if self.recorder is not None:
             await self.recorder.stop()
         if self.services is not None:

@@ -6,6 +6,7 @@ from aiohttp import web
 
 from gateway.api.auth import auth_middleware
 from gateway.api.problems import problem_middleware
+from gateway.api.queue import routes as queue_routes
 from gateway.api.routes import routes
 from gateway.api.services import SERVICES, Services
 
@@ -20,4 +21,5 @@ def create_app(services: Services, token: str | None) -> web.Application:
     )
     app[SERVICES] = services
     app.add_routes(routes)
+    app.add_routes(queue_routes)
     return app

@@ -23,9 +23,7 @@ routes = web.RouteTableDef()
 
 
 def _json(body: Any, status: int = 200) -> web.Response:
-    return web.Response(
-        status=status, text=json.dumps(body, default=str), content_type="application/json"
-    )
+    return web.Response(status=status, text=json.dumps(body, default=str), content_type="application/json")
 
 
 async def _body(request: web.Request) -> Any:
@@ -56,9 +54,7 @@ async def create_run(request: web.Request) -> web.Response:
     )  # fmt: skip
     queued = await svc.queue.enqueue(spec)
     url = f"/api/v1/runs/{queued.run_id}"
-    accepted = RunAccepted(
-        run_id=queued.run_id, agent=agent.key, duplicate=queued.duplicate, url=url
-    )
+    accepted = RunAccepted(run_id=queued.run_id, agent=agent.key, duplicate=queued.duplicate, url=url)
     response = _json(accepted.model_dump(), status=202)
     response.headers["Location"] = url
     return response

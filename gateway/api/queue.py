@@ -1,0 +1,157 @@
+"""Queue operations: stats, dead letters, batch submit (``/api/v1/queue``)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from typing import Any
+
+from aiohttp import web
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from agents.errors import AgentInputInvalid
+from gateway.api.models import RunRequest
+from gateway.api.problems import validation_errors
+from gateway.api.services import SERVICES, Services
+from mesh import dlq
+from mesh.queue import MAX_BATCH, TaskSpec
+from mesh.stats import queue_stats
+
+__all__ = ["routes"]
+
+routes = web.RouteTableDef()
+
+
+def _json(body: Any, status: int = 200) -> web.Response:
+    return web.json_response(body, status=status, dumps=lambda o: json.dumps(o, default=str))
+
+
+async def _body(request: web.Request) -> Any:
+    try:
+        return json.loads(await request.read() or b"null")
+    except ValueError as exc:
+        raise web.HTTPBadRequest(text=f"body is not valid JSON: {exc}") from exc
+
+
+@routes.get("/api/v1/queue/stats")
+async def stats(request: web.Request) -> web.Response:
+    svc: Services = request.app[SERVICES]
+    result = await queue_stats(svc.js)
+    lanes = [{**lane.model_dump(), "stalled": lane.stalled} for lane in result.lanes]
+    return _json({"lanes": lanes, "dead_letters": result.dead_letters})
+
+
+def _summary(view: dlq.DeadLetterView) -> dict[str, Any]:
+    e = view.entry
+    return {
+        "seq": view.seq, "run_id": e.run_id, "agent": e.name, "tenant": e.tenant,
+        "reason": e.reason, "attempts": len(e.errors),
+        "last_error": e.errors[-1].error if e.errors else None, "dead_at": e.dead_at,
+    }  # fmt: skip
+
+
+def _int(request: web.Request, name: str, default: int, high: int) -> int:
+    raw = request.query.get(name)
+    if raw is None:
+        return default
+    if not raw.isdigit() or not 0 <= int(raw) <= high:
+        raise web.HTTPBadRequest(text=f"{name} must be an integer from 0 to {high}")
+    return int(raw)
+
+
+@routes.get("/api/v1/queue/dlq")
+async def list_dlq(request: web.Request) -> web.Response:
+    svc: Services = request.app[SERVICES]
+    agent = request.query.get("agent") or None
+    limit = _int(request, "limit", 100, 1000)
+    after = _int(request, "after", 0, 2**63)
+    views = await dlq.list_dead_letters(svc.js, name=agent, limit=limit, after_seq=after)
+    return _json({"dead_letters": [_summary(v) for v in views]})
+
+
+@routes.get("/api/v1/queue/dlq/{seq}")
+async def show_dlq(request: web.Request) -> web.Response:
+    svc: Services = request.app[SERVICES]
+    seq = request.match_info["seq"]
+    if not seq.isdigit():
+        raise web.HTTPBadRequest(text="a dead letter is addressed by its DLQ sequence number")
+    view = await dlq.get_dead_letter(svc.js, int(seq))
+    body = view.entry.model_dump(mode="json")
+    with contextlib.suppress(ValueError):  # not JSON: payload_b64 is the exact bytes
+        body["payload"] = json.loads(view.entry.payload)
+    return _json({"seq": view.seq, **body})
+
+
+class DlqSelection(BaseModel):
+    """Exactly one of: a sequence, an agent, or everything."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    seq: int | None = Field(default=None, ge=1)
+    agent: str | None = Field(default=None, pattern=r"^[a-z0-9][a-z0-9-]{0,62}$")
+    all: bool = False
+
+    @model_validator(mode="after")
+    def _one(self) -> DlqSelection:
+        if sum([self.seq is not None, self.agent is not None, self.all]) != 1:
+            raise ValueError('give exactly one of "seq", "agent" or "all": true')
+        return self
+
+
+@routes.post("/api/v1/queue/dlq/replay")
+async def replay_dlq(request: web.Request) -> web.Response:
+    svc: Services = request.app[SERVICES]
+    sel = DlqSelection.model_validate(await _body(request))
+    if sel.seq is not None:
+        replayed = [await dlq.replay(svc.js, sel.seq)]
+    else:
+        replayed = await dlq.replay_all(svc.js, name=sel.agent)
+    return _json({"replayed": replayed})
+
+
+@routes.post("/api/v1/queue/dlq/purge")
+async def purge_dlq(request: web.Request) -> web.Response:
+    svc: Services = request.app[SERVICES]
+    sel = DlqSelection.model_validate(await _body(request))
+    purged = await dlq.purge(svc.js, origin="tasks", name=sel.agent, seq=sel.seq)
+    return _json({"purged": purged})
+
+
+class BatchTask(RunRequest):
+    agent: str = Field(pattern=r"^[a-z0-9][a-z0-9-]{0,62}$")
+    idempotency_key: None = None  # a batch is idempotent by batch_key
+
+
+class BatchRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    tasks: list[BatchTask] = Field(min_length=1, max_length=MAX_BATCH)
+    batch_key: str | None = Field(default=None, min_length=1, max_length=256)
+
+
+@routes.post("/api/v1/queue/batch")
+async def submit_batch(request: web.Request) -> web.Response:
+    svc: Services = request.app[SERVICES]
+    body = BatchRequest.model_validate(await _body(request))
+    specs = []
+    for i, task in enumerate(body.tasks):
+        agent = svc.registry.get(task.agent)
+        try:
+            agent.Input.model_validate(task.input)
+        except ValidationError as exc:
+            errors = [{**e, "loc": ["tasks", i, "input", *e["loc"]]} for e in validation_errors(exc)]
+            raise AgentInputInvalid(f"task {i}: input does not match {agent.key}", errors) from exc
+        specs.append(
+            TaskSpec(
+                agent=agent.key,
+                input=task.input,
+                tenant=task.tenant,
+                priority=task.priority,
+                routing_key=task.routing_key,
+                ttl_s=task.ttl_s,
+                source="gateway",
+            )
+        )
+    queued = await svc.queue.enqueue_batch(specs, batch_key=body.batch_key)
+    runs = [{"run_id": q.run_id, "agent": s.agent} for q, s in zip(queued, specs, strict=True)]
+    return _json({"runs": runs, "duplicate": bool(queued and queued[0].duplicate)}, status=202)
