@@ -1,0 +1,72 @@
+"""Helpers and fixtures for the scheduler tests (real nats-server)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import pytest
+from nats.aio.client import Client
+from nats.js import JetStreamContext
+from nats.js.api import AckPolicy, ConsumerConfig
+
+from mesh import names
+from mesh.envelope import Envelope, decode, new_id
+from mesh.puller import Puller
+from mesh.queue import TaskQueue
+from mesh.scheduler import Scheduler
+
+
+async def task_count(js: JetStreamContext, agent: str, priority: int = 2) -> int:
+    subject = names.task_subject(agent, priority)
+    info = await js.stream_info(names.STREAM_TASKS, subjects_filter=subject)
+    return int((info.state.subjects or {}).get(subject, 0))
+
+
+async def read_tasks(nc: Client, js: JetStreamContext, agent: str) -> list[Envelope]:
+    """The tasks waiting for ``agent`` (left in place: nothing is acked)."""
+    name = f"peek-{new_id()[:12]}"
+    config = ConsumerConfig(name=name, filter_subject=names.task_subject(agent, 2),
+                            ack_policy=AckPolicy.EXPLICIT, inactive_threshold=30.0)  # fmt: skip
+    await js.add_consumer(names.STREAM_TASKS, config)
+    puller = Puller(nc, names.STREAM_TASKS, name)
+    await puller.start()
+    try:
+        msgs = await puller.take(1000)
+    finally:
+        await puller.close()
+        await js.delete_consumer(names.STREAM_TASKS, name)
+    return [decode(m.data) for m in msgs]
+
+
+async def until(
+    check: Callable[[], Awaitable[Any]], timeout: float = 10.0, every: float = 0.05
+) -> Any:
+    """Poll ``check`` until it returns something truthy; fail after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = await check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met in {timeout}s (last: {value!r})")
+        await asyncio.sleep(every)
+
+
+@pytest.fixture
+async def make_scheduler(
+    nc: Client, mesh_js: JetStreamContext, queue: TaskQueue
+) -> AsyncIterator[Callable[[], Awaitable[Scheduler]]]:
+    """Start scheduler replicas on the session server; all are stopped at teardown."""
+    started: list[Scheduler] = []
+
+    async def make() -> Scheduler:
+        scheduler = Scheduler(nc, mesh_js, queue, refresh_s=0.2, idle_s=0.5)
+        await scheduler.start()
+        started.append(scheduler)
+        return scheduler
+
+    yield make
+    await asyncio.gather(*(s.stop() for s in started))
