@@ -41,9 +41,7 @@ async def read_tasks(nc: Client, js: JetStreamContext, agent: str) -> list[Envel
     return [decode(m.data) for m in msgs]
 
 
-async def until(
-    check: Callable[[], Awaitable[Any]], timeout: float = 10.0, every: float = 0.05
-) -> Any:
+async def until(check: Callable[[], Awaitable[Any]], timeout: float = 10.0, every: float = 0.05) -> Any:
     """Poll ``check`` until it returns something truthy; fail after ``timeout``."""
     deadline = time.monotonic() + timeout
     while True:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from itertools import pairwise
 
 from nats.aio.client import Client
 from nats.js import JetStreamContext
@@ -36,7 +37,7 @@ async def test_every_second_gives_one_task_per_tick_with_two_replicas(
     assert all(t.payload["input"] == {"x": 1} and t.metadata.tenant == "acme" for t in tasks)
     # One task per tick: consecutive tasks are about a tick apart, never a pair at once.
     times = sorted(t.created_at for t in tasks)
-    gaps = [(later - earlier).total_seconds() for earlier, later in zip(times, times[1:])]
+    gaps = [(later - earlier).total_seconds() for earlier, later in pairwise(times)]
     assert min(gaps) > 0.5, gaps
     assert a.stats["duplicate"] + b.stats["duplicate"] == 0
     assert a.stats["enqueued"] + b.stats["enqueued"] >= len(tasks)
@@ -46,9 +47,7 @@ async def _at_least(js: JetStreamContext, agent: str, n: int) -> bool:
     return await task_count(js, agent) >= n
 
 
-async def test_removing_a_schedule_stops_it(
-    mesh_js: JetStreamContext, make_scheduler: MakeScheduler
-) -> None:
+async def test_removing_a_schedule_stops_it(mesh_js: JetStreamContext, make_scheduler: MakeScheduler) -> None:
     await make_scheduler()
     agent = unique("cron-rm")
     await add_definition(mesh_js, CronSchedule(name=agent, agent=agent, cron="@every 1s"))
