@@ -31,9 +31,7 @@ __all__ = [
     "count_rejected",
 ]
 
-PENDING: Final = Gauge(
-    "af_mesh_pending_acks", "Deliveries and requests awaiting settlement", ["channel"]
-)
+PENDING: Final = Gauge("af_mesh_pending_acks", "Deliveries and requests awaiting settlement", ["channel"])
 OUTCOMES: Final = Counter(
     "af_mesh_ack_outcomes", "Settled deliveries and requests by outcome", ["channel", "outcome"]
 )
@@ -85,9 +83,7 @@ class AckTracker:
         self._metrics: dict[str, _ChannelMetrics] = {}
         self.outcomes: dict[tuple[str, str], int] = {}
 
-    def begin(
-        self, channel: str, message_id: str, timeout_s: float, attempt: int = 1
-    ) -> PendingAck:
+    def begin(self, channel: str, message_id: str, timeout_s: float, attempt: int = 1) -> PendingAck:
         now = time.monotonic()
         entry = PendingAck(channel, message_id, attempt, now, now + timeout_s)
         self._pending[id(entry)] = entry

@@ -237,9 +237,7 @@ class SubscriberRegistry:
         for registration in list(self._mine.values()):
             await self.release(registration)
 
-    async def claim(
-        self, channel: Channel, agent: str | None, limit: int | None = None
-    ) -> Registration:
+    async def claim(self, channel: Channel, agent: str | None, limit: int | None = None) -> Registration:
         """Register a subscriber; for a limited channel, take a free slot or raise."""
         sub_id = new_id()
         if limit is None:
@@ -252,9 +250,7 @@ class SubscriberRegistry:
             if str(slot) in taken:
                 continue
             key = f"{channel.registry_prefix}.{slot}"
-            info = SubscriberInfo(
-                channel=str(channel), subscriber_id=sub_id, agent=agent, slot=slot
-            )
+            info = SubscriberInfo(channel=str(channel), subscriber_id=sub_id, agent=agent, slot=slot)
             try:
                 revision = await self._kv.create(key, info.model_dump_json().encode())
             except KeyWrongLastSequenceError:

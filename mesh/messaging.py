@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import math
-import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -32,7 +30,6 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription as NatsSubscription
 from nats.js import JetStreamContext
 
-from mesh import trace
 from mesh.acks import MESSAGES, AckTracker
 from mesh.channel_errors import InvalidChannelName, NoResponders, RemoteError
 from mesh.channels import (
@@ -42,41 +39,25 @@ from mesh.channels import (
     ensure_channels,
 )
 from mesh.connection import jetstream
-from mesh.envelope import (
-    CONTENT_TYPE,
-    JSON,
-    ChannelType,
-    Envelope,
-    MessageType,
-    Metadata,
-    Priority,
-    decode,
-    encode,
-)
-from mesh.errors import DecodeError, PayloadTooLarge, RequestTimeout
+from mesh.envelope import CONTENT_TYPE, JSON, ChannelType, Envelope, MessageType, decode
+from mesh.errors import DecodeError, MeshError, RequestTimeout
 from mesh.schemas import SchemaRegistry
 from mesh.subscriptions import (
     DurableOptions,
     DurableSubscription,
     EphemeralSubscription,
     Handler,
-    current_envelope,
-    run_handler,
 )
+from mesh.wire import Encoder, Outgoing, fast_id
 
 __all__ = ["MAX_MESSAGE_SIZE", "Mesh", "MeshConfig", "Subscription", "rpc_channel"]
 
 MAX_MESSAGE_SIZE: Final = 1_000_000  # encoded envelope; headers fit under NATS's 1 MiB
 RPC_PREFIX: Final = "af.rpc"  # ephemeral request subject: af.rpc.<agent>, queue group <agent>
 ERROR_TYPE: Final = "error"
+_REPLIES: Final = Channel(ChannelType.EPHEMERAL, "reply")  # replies go to an inbox, core NATS
 
 Subscription = DurableSubscription | EphemeralSubscription
-_DEFAULT_METADATA: Final = Metadata()
-
-
-def fast_id() -> str:
-    """Like :func:`~mesh.envelope.new_id` (32 random hex chars), five times cheaper."""
-    return os.urandom(16).hex()
 
 
 def rpc_channel(agent: str) -> Channel:
@@ -121,7 +102,10 @@ class Mesh:
         self._inbox_sub: NatsSubscription | None = None
         self._waiting: dict[str, tuple[asyncio.Future[Msg], str]] = {}
         self._sent = {kind: MESSAGES.labels(kind.value, "sent") for kind in ChannelType}
-        self._codec = self.config.default_codec
+        limit = self.config.max_message_size
+        if nc.max_payload:  # leave room for headers under the server's max_payload
+            limit = min(limit, nc.max_payload - 8192)
+        self.encoder = Encoder(agent, self.schemas, self.config.codecs, self.config.default_codec, limit)
 
     @property
     def js(self) -> JetStreamContext:
@@ -160,60 +144,9 @@ class Mesh:
 
     # -- sending -----------------------------------------------------------------------
 
-    def envelope(
-        self,
-        target: Channel | str,
-        payload: Any,
-        *,
-        type: str = "message",
-        message_type: MessageType = MessageType.EVENT,
-        channel_type: ChannelType = ChannelType.EPHEMERAL,
-        tenant: str | None = None,
-        priority: Priority = Priority.NORMAL,
-        ttl_s: float | None = None,
-        correlation_id: str | None = None,
-        causation_id: str | None = None,
-        reply_to: str | None = None,
-        id: str | None = None,
-    ) -> Envelope:
-        """Build a validated envelope; the payload is checked against its type's schema."""
-        parent = current_envelope.get()
-        if parent is not None:
-            correlation_id = correlation_id or parent.correlation_id or parent.id
-            causation_id = causation_id or parent.id
-            tenant = tenant or parent.metadata.tenant
-        if tenant is None and priority is Priority.NORMAL and ttl_s is None:
-            metadata = _DEFAULT_METADATA  # frozen, so one instance serves every message
-        else:
-            metadata = Metadata(tenant=tenant or "default", priority=priority, ttl_s=ttl_s)
-        return Envelope(
-            id=id or fast_id(),
-            correlation_id=correlation_id,
-            causation_id=causation_id,
-            source=self.agent,
-            target=target.text if isinstance(target, Channel) else target,
-            message_type=message_type,
-            channel_type=channel_type,
-            type=type,
-            payload=self.schemas.validate(type, payload),
-            metadata=metadata,
-            reply_to=reply_to,
-        )
-
-    def _encode(self, channel: Channel, envelope: Envelope) -> tuple[bytes, dict[str, str]]:
-        codecs = self.config.codecs
-        content_type = (
-            codecs.get(channel.text, self.config.default_codec) if codecs else self._codec
-        )
-        limit = min(self.config.max_message_size, self.nc.max_payload - 8192)
-        data = encode(envelope, content_type, limit)
-        headers = {CONTENT_TYPE: content_type}
-        trace.inject(headers, envelope.correlation_id or envelope.id)
-        if channel.durable:
-            headers["Nats-Msg-Id"] = envelope.id
-            if envelope.metadata.ttl_s is not None:
-                headers["Nats-TTL"] = str(max(1, math.ceil(envelope.metadata.ttl_s)))
-        return data, headers
+    def envelope(self, target: Channel | str, payload: Any, **fields: Any) -> Envelope:
+        """A validated envelope from this agent (see :meth:`Encoder.envelope`)."""
+        return self.encoder.envelope(target, payload, **fields)
 
     async def send_durable(
         self,
@@ -231,16 +164,8 @@ class Mesh:
         :class:`PayloadTooLarge` or :class:`InvalidPayload` before publishing.
         """
         parsed = _durable(channel)
-        env = self.envelope(
-            parsed,
-            payload,
-            type=type,
-            message_type=message_type,
-            channel_type=ChannelType.DURABLE,
-            **fields,
-        )
-        data, headers = self._encode(parsed, env)
-        ack = await self.js.publish(parsed.subject, data, headers=headers)
+        out = self.encoder.encode(parsed, payload, type=type, message_type=message_type, **fields)
+        ack = await self.js.publish(parsed.subject, out.data, headers=out.headers)
         self._sent[ChannelType.DURABLE].inc()
         return int(ack.seq)
 
@@ -256,17 +181,10 @@ class Mesh:
         of latency for the whole batch instead of one per message."""
         parsed = _durable(channel)
         futures = []
+        encode = self.encoder.encode
         for payload in payloads:
-            env = self.envelope(
-                parsed,
-                payload,
-                type=type,
-                message_type=MessageType.COMMAND,
-                channel_type=ChannelType.DURABLE,
-                **fields,
-            )
-            data, headers = self._encode(parsed, env)
-            futures.append(await self.js.publish_async(parsed.subject, data, headers=headers))
+            out = encode(parsed, payload, type=type, message_type=MessageType.COMMAND, **fields)
+            futures.append(await self.js.publish_async(parsed.subject, out.data, headers=out.headers))
         acks = await asyncio.gather(*futures)
         self._sent[ChannelType.DURABLE].inc(len(acks))
         return [int(a.seq) for a in acks]
@@ -292,9 +210,8 @@ class Mesh:
                 f"publish_event needs a concrete ephemeral channel, "
                 f"not {parsed}; use send_durable for durable ones"
             )
-        env = self.envelope(parsed, payload, type=type, message_type=message_type, **fields)
-        data, headers = self._encode(parsed, env)
-        await self.nc.publish(parsed.subject, data, headers=headers)
+        out = self.encoder.encode(parsed, payload, type=type, message_type=message_type, **fields)
+        await self.nc.publish(parsed.subject, out.data, headers=out.headers)
         self._sent[ChannelType.EPHEMERAL].inc()
 
     async def broadcast(self, payload: Any, *, type: str = "broadcast", **fields: Any) -> None:
@@ -370,23 +287,14 @@ class Mesh:
         """
 
         async def answer(request: Envelope) -> None:
+            if not request.reply_to:
+                await handler(request)  # a one-way message on the request subject
+                return
             try:
-                result = await handler(request)
-                reply = self.envelope(
-                    request.reply_to or "",
-                    result,
-                    type=f"{request.type}.reply",
-                    message_type=MessageType.RESPONSE,
-                )
+                out = self._reply(f"{request.type}.reply", await handler(request))
             except Exception as exc:
-                reply = self.envelope(
-                    request.reply_to or "",
-                    {"error_type": type(exc).__name__, "error": str(exc)},
-                    type=ERROR_TYPE,
-                    message_type=MessageType.RESPONSE,
-                )
-            if request.reply_to:
-                await self._reply(request.reply_to, reply)
+                out = self._reply(ERROR_TYPE, {"error_type": type(exc).__name__, "error": str(exc)})
+            await self.nc.publish(request.reply_to, out.data, headers=out.headers)
 
         if durable:
             return await self.subscribe(rpc_channel(agent), answer, options=options)
@@ -398,15 +306,13 @@ class Mesh:
         self._subs.add(sub)
         return sub
 
-    async def _reply(self, reply_to: str, reply: Envelope) -> None:
-        channel = Channel(ChannelType.EPHEMERAL, "reply")
+    def _reply(self, type_name: str, payload: Any) -> Outgoing:
+        kind = MessageType.RESPONSE
         try:
-            data, headers = self._encode(channel, reply)
-        except PayloadTooLarge as exc:
-            error = {"error_type": "PayloadTooLarge", "error": str(exc)}
-            reply = reply.model_copy(update={"type": ERROR_TYPE, "payload": error})
-            data, headers = self._encode(channel, reply)
-        await self.nc.publish(reply_to, data, headers=headers)
+            return self.encoder.encode(_REPLIES, payload, type=type_name, message_type=kind)
+        except MeshError as exc:  # too large, invalid, unserializable: the caller hears why
+            error = {"error_type": type(exc).__name__, "error": str(exc)}
+            return self.encoder.encode(_REPLIES, error, type=ERROR_TYPE, message_type=kind)
 
     async def request(
         self,
@@ -430,27 +336,21 @@ class Mesh:
         reply_to = f"{self._inbox}.{token}"
         fields.setdefault("ttl_s", max(1.0, timeout) if durable else None)
         channel = rpc_channel(agent) if durable else Channel(ChannelType.EPHEMERAL, f"rpc.{agent}")
-        env = self.envelope(
-            channel,
-            payload,
-            type=type,
-            message_type=MessageType.REQUEST,
-            channel_type=channel.kind,
-            reply_to=reply_to,
+        out = self.encoder.encode(
+            channel, payload, type=type, message_type=MessageType.REQUEST, reply_to=reply_to,
             **fields,
-        )
-        data, headers = self._encode(channel, env)
+        )  # fmt: skip
         future: asyncio.Future[Msg] = asyncio.get_running_loop().create_future()
         self._waiting[token] = (future, agent)
-        pending = self.tracker.begin(f"rpc:{agent}", env.id, timeout)
+        pending = self.tracker.begin(f"rpc:{agent}", out.id, timeout)
         outcome = "timeout"
         try:
             async with asyncio.timeout(timeout):
                 if durable:
-                    await self.js.publish(channel.subject, data, headers=headers)
+                    await self.js.publish(channel.subject, out.data, headers=out.headers)
                 else:
                     await self.nc.publish(
-                        f"{RPC_PREFIX}.{agent}", data, reply=reply_to, headers=headers
+                        f"{RPC_PREFIX}.{agent}", out.data, reply=reply_to, headers=out.headers
                     )
                 self._sent[channel.kind].inc()
                 msg = await future
@@ -462,7 +362,7 @@ class Mesh:
         except TimeoutError:
             raise RequestTimeout(
                 f"no reply from agent {agent!r} within {timeout}s "
-                f"(request {env.id}, correlation {env.correlation_id or env.id})"
+                f"(request {out.id}, correlation {out.correlation_id})"
             ) from None
         except DecodeError:
             outcome = "bad_reply"
@@ -473,9 +373,7 @@ class Mesh:
                 self.tracker.settle(pending, outcome)
         if reply.type == ERROR_TYPE and isinstance(reply.payload, dict):
             self.tracker.settle(pending, "remote_error")
-            raise RemoteError(
-                agent, str(reply.payload.get("error_type")), str(reply.payload.get("error"))
-            )
+            raise RemoteError(agent, str(reply.payload.get("error_type")), str(reply.payload.get("error")))
         self.tracker.settle(pending, "ok")
         return reply
 
@@ -495,10 +393,6 @@ def _durable(channel: Channel | str) -> Channel:
     parsed = Channel.of(channel)
     if not parsed.durable:
         raise InvalidChannelName(
-            f"send_durable needs a durable channel, not {parsed}; "
-            "use publish_event for ephemeral ones"
+            f"send_durable needs a durable channel, not {parsed}; use publish_event for ephemeral ones"
         )
     return parsed
-
-
-__all__ += ["run_handler"]  # re-exported for agents that call handlers in-process

@@ -178,9 +178,7 @@ class EphemeralSubscription:
     async def stop(self) -> None:
         if self._sub is not None:
             sub, self._sub = self._sub, None
-            with contextlib.suppress(
-                nats.errors.ConnectionClosedError, nats.errors.BadSubscriptionError
-            ):
+            with contextlib.suppress(nats.errors.ConnectionClosedError, nats.errors.BadSubscriptionError):
                 await sub.unsubscribe()
         if self._registry is not None and self._registration is not None:
             await self._registry.release(self._registration)
@@ -338,9 +336,7 @@ class DurableSubscription:
         self._errors.pop(seq, None)
         self._tracker.settle(pending, "ack")
 
-    def _error(
-        self, seq: int, attempt: int, error: str, error_type: str, retryable: bool = True
-    ) -> None:
+    def _error(self, seq: int, attempt: int, error: str, error_type: str, retryable: bool = True) -> None:
         if len(self._errors) >= _MAX_REMEMBERED_ERRORS:
             self._errors.pop(next(iter(self._errors)))
         self._errors.setdefault(seq, []).append(

@@ -17,6 +17,7 @@ the propagator.
 from __future__ import annotations
 
 import random
+import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar, Token
@@ -72,8 +73,7 @@ def inject(headers: dict[str, str], correlation_id: str | None = None) -> None:
     span_context = trace.get_current_span().get_span_context()
     if span_context.is_valid:
         headers[TRACEPARENT] = (
-            f"00-{span_context.trace_id:032x}-{span_context.span_id:016x}"
-            f"-{span_context.trace_flags:02x}"
+            f"00-{span_context.trace_id:032x}-{span_context.span_id:016x}-{span_context.trace_flags:02x}"
         )
         if span_context.trace_state:
             headers[TRACESTATE] = span_context.trace_state.to_header()
@@ -118,8 +118,22 @@ def trace_id_of(headers: Mapping[str, str] | None) -> str | None:
 
 
 def _recording() -> bool:
-    """True when an OpenTelemetry SDK is installed (spans are worth opening)."""
-    return not isinstance(trace.get_tracer_provider(), ProxyTracerProvider | NoOpTracerProvider)
+    """True when an OpenTelemetry SDK is installed (spans are worth opening).
+
+    Re-checked at most once a second: a provider is set once, at startup,
+    and this runs for every message handled.
+    """
+    global _sdk, _sdk_checked_at
+    now = time.monotonic()
+    if now - _sdk_checked_at > 1.0:
+        provider = trace.get_tracer_provider()
+        _sdk = not isinstance(provider, ProxyTracerProvider | NoOpTracerProvider)
+        _sdk_checked_at = now
+    return _sdk
+
+
+_sdk = False
+_sdk_checked_at = -1e9
 
 
 Entered = tuple[object, object | None, "Token[tuple[str, str | None] | None] | None"]

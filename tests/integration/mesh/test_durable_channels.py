@@ -28,9 +28,7 @@ async def stored_on(js: JetStreamContext, channel: str) -> int:
     return sum((info.state.subjects or {}).values())
 
 
-async def test_message_sent_before_anyone_subscribes_is_delivered_later(
-    mesh: Mesh, unique: str
-) -> None:
+async def test_message_sent_before_anyone_subscribes_is_delivered_later(mesh: Mesh, unique: str) -> None:
     channel = f"durable:{unique}"
     seq = await mesh.send_durable(channel, {"kg_co2e": 12.5}, type="carbon.result")
     got: asyncio.Future[Envelope] = asyncio.get_running_loop().create_future()
@@ -144,9 +142,7 @@ async def test_poison_message_is_dead_lettered_after_max_attempts_with_every_err
     assert letter["origin"] == "channels" and letter["name"] == unique
     assert letter["tenant"] == "acme"
     assert [e["attempt"] for e in letter["errors"]] == [1, 2, 3]
-    assert all(
-        "furlong" in e["error"] and e["error_type"] == "ValueError" for e in letter["errors"]
-    )
+    assert all("furlong" in e["error"] and e["error_type"] == "ValueError" for e in letter["errors"])
     assert json.loads(base64.b64decode(letter["payload_b64"]))["payload"] == {"unit": "furlong"}
     assert mesh.tracker.count(channel, "dead_letter") == 1
 

@@ -84,9 +84,7 @@ async def test_wildcard_subscription_sees_every_matching_channel(
     ]
 
 
-async def test_broadcast_reaches_every_agent(
-    mesh: Mesh, other_nc: Client, eventually: Eventually
-) -> None:
+async def test_broadcast_reaches_every_agent(mesh: Mesh, other_nc: Client, eventually: Eventually) -> None:
     first: list[Envelope] = []
     second: list[Envelope] = []
     async with Mesh(other_nc, agent="other") as other:

@@ -30,9 +30,7 @@ async def test_reply_carries_the_request_correlation(mesh: Mesh, unique: str) ->
     assert reply.causation_id is not None
 
 
-async def test_request_timeout_raises_a_clear_error_and_leaks_nothing(
-    mesh: Mesh, unique: str
-) -> None:
+async def test_request_timeout_raises_a_clear_error_and_leaks_nothing(mesh: Mesh, unique: str) -> None:
     never = asyncio.Event()
 
     async def stuck(env: Envelope) -> None:
@@ -74,9 +72,7 @@ async def test_durable_request_is_answered_by_a_server_that_starts_later(
     pending = asyncio.create_task(mesh.request(unique, {"value": 5}, 5, durable=True))
 
     async def stored() -> bool:
-        info = await mesh.js.stream_info(
-            CHANNELS_STREAM, subjects_filter=rpc_channel(unique).subject
-        )
+        info = await mesh.js.stream_info(CHANNELS_STREAM, subjects_filter=rpc_channel(unique).subject)
         return bool(info.state.subjects)
 
     await eventually(stored, what="the request is stored before anyone serves")
@@ -106,3 +102,12 @@ async def test_thousand_concurrent_requests_each_get_their_own_reply(
     assert [r.payload["value"] for r in replies] == [2 * i for i in range(1000)]
     assert [r.correlation_id for r in replies] == [f"c{i}" for i in range(1000)]
     assert mesh._waiting == {}
+
+
+async def test_reply_too_large_reaches_the_caller_as_an_error(mesh: Mesh, unique: str) -> None:
+    async def huge(env: Envelope) -> str:
+        return "x" * 1_000_000
+
+    await mesh.serve(unique, huge)
+    with pytest.raises(RemoteError, match="PayloadTooLarge"):
+        await mesh.request(unique, {"value": 1}, 2)

@@ -35,9 +35,7 @@ SCALARS = (
 )
 PAYLOADS = st.recursive(
     SCALARS,
-    lambda inner: (
-        st.lists(inner, max_size=5) | st.dictionaries(st.text(max_size=10), inner, max_size=5)
-    ),
+    lambda inner: st.lists(inner, max_size=5) | st.dictionaries(st.text(max_size=10), inner, max_size=5),
     max_leaves=20,
 )
 METADATA = st.builds(

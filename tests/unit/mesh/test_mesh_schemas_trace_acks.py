@@ -22,9 +22,7 @@ class Reading(BaseModel):
 def test_registered_type_is_parsed_and_bad_payload_is_refused_with_where() -> None:
     schemas = SchemaRegistry()
     schemas.register("meter.reading", Reading)
-    assert schemas.validate("meter.reading", {"kwh": "1.5", "meter": "m1"}) == Reading(
-        kwh=1.5, meter="m1"
-    )
+    assert schemas.validate("meter.reading", {"kwh": "1.5", "meter": "m1"}) == Reading(kwh=1.5, meter="m1")
     with pytest.raises(InvalidPayload, match="first at kwh"):
         schemas.validate("meter.reading", {"kwh": "lots", "meter": "m1"})
     assert schemas.validate("unregistered", {"anything": 1}) == {"anything": 1}
@@ -75,7 +73,4 @@ def test_tracker_counts_outcomes_and_reports_overdue_entries() -> None:
     assert REGISTRY.get_sample_value("af_mesh_pending_acks", labels) == 1
     tracker.settle(stuck, "timeout")
     assert REGISTRY.get_sample_value("af_mesh_pending_acks", labels) == 0
-    assert (
-        REGISTRY.get_sample_value("af_mesh_ack_outcomes_total", labels | {"outcome": "timeout"})
-        == 1
-    )
+    assert REGISTRY.get_sample_value("af_mesh_ack_outcomes_total", labels | {"outcome": "timeout"}) == 1

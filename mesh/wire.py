@@ -1,0 +1,216 @@
+"""What a mesh message is on the wire: envelope bytes plus headers.
+
+:class:`Encoder` turns a payload and its routing facts into the bytes and
+headers that a publish sends. The common case (generated id, caller fields
+within the envelope's limits) serializes a plain dict in the envelope's
+exact field order and format, about twice as fast as building and dumping a
+validated :class:`~mesh.envelope.Envelope`; anything else takes the validated
+path. A property test holds both paths to the same decoded envelope.
+
+Headers on every message: ``Content-Type``, ``traceparent`` (and
+``tracestate``), ``AF-Correlation-Id``; on durable channels also
+``Nats-Msg-Id`` (the envelope id: JetStream deduplicates re-sends) and
+``Nats-TTL`` when the message has a TTL (whole seconds, at least 1).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Final
+
+import msgpack
+import pydantic_core
+
+from mesh import trace
+from mesh.channels import Channel
+from mesh.envelope import (
+    CONTENT_TYPE,
+    JSON,
+    MSGPACK,
+    SCHEMA_VERSION,
+    ChannelType,
+    Envelope,
+    MessageType,
+    Metadata,
+    Priority,
+    encode,
+)
+from mesh.errors import DecodeError, PayloadTooLarge
+from mesh.schemas import SchemaRegistry
+from mesh.subscriptions import current_envelope
+
+__all__ = ["Encoder", "Outgoing", "fast_id"]
+
+_DEFAULT_METADATA: Final = Metadata()
+_DEFAULT_METADATA_DOC: Final = _DEFAULT_METADATA.model_dump(mode="json")
+_MAX_ID_FIELD: Final = 128
+
+
+def fast_id() -> str:
+    """Like :func:`~mesh.envelope.new_id` (32 random hex chars), five times cheaper."""
+    return os.urandom(16).hex()
+
+
+@dataclass(frozen=True, slots=True)
+class Outgoing:
+    data: bytes
+    headers: dict[str, str]
+    id: str
+    correlation_id: str
+
+
+class Encoder:
+    """Encodes messages for one sender (``source``) with its codecs and size limit."""
+
+    def __init__(
+        self,
+        source: str | None,
+        schemas: SchemaRegistry,
+        codecs: Mapping[str, str],
+        default_codec: str = JSON,
+        limit: int = 1_000_000,
+    ) -> None:
+        Envelope(source=source)  # refuse a bad agent name now, not on the first send
+        if default_codec not in (JSON, MSGPACK):
+            raise DecodeError(f"unsupported content type {default_codec!r}")
+        self.source = source
+        self.schemas = schemas
+        self.codecs = dict(codecs)
+        self.default_codec = default_codec
+        self.limit = limit
+
+    def content_type(self, channel: Channel) -> str:
+        codecs = self.codecs
+        return codecs.get(channel.text, self.default_codec) if codecs else self.default_codec
+
+    def envelope(
+        self,
+        target: Channel | str,
+        payload: Any,
+        *,
+        type: str = "message",
+        message_type: MessageType = MessageType.EVENT,
+        channel_type: ChannelType = ChannelType.EPHEMERAL,
+        tenant: str | None = None,
+        priority: Priority = Priority.NORMAL,
+        ttl_s: float | None = None,
+        correlation_id: str | None = None,
+        causation_id: str | None = None,
+        reply_to: str | None = None,
+        id: str | None = None,
+    ) -> Envelope:
+        """A validated envelope; inside a handler it inherits correlation, causation, tenant."""
+        parent = current_envelope.get()
+        if parent is not None:
+            correlation_id = correlation_id or parent.correlation_id or parent.id
+            causation_id = causation_id or parent.id
+            tenant = tenant or parent.metadata.tenant
+        return Envelope(
+            id=id or fast_id(),
+            correlation_id=correlation_id,
+            causation_id=causation_id,
+            source=self.source,
+            target=target.text if isinstance(target, Channel) else target,
+            message_type=message_type,
+            channel_type=channel_type,
+            type=type,
+            payload=self.schemas.validate(type, payload),
+            metadata=_metadata(tenant, priority, ttl_s),
+            reply_to=reply_to,
+        )
+
+    def encode(
+        self,
+        channel: Channel,
+        payload: Any,
+        *,
+        type: str = "message",
+        message_type: MessageType = MessageType.EVENT,
+        tenant: str | None = None,
+        priority: Priority = Priority.NORMAL,
+        ttl_s: float | None = None,
+        correlation_id: str | None = None,
+        causation_id: str | None = None,
+        reply_to: str | None = None,
+        id: str | None = None,
+    ) -> Outgoing:
+        """Bytes and headers for ``payload`` on ``channel``; raises before any publish."""
+        parent = current_envelope.get()
+        if parent is not None:
+            correlation_id = correlation_id or parent.correlation_id or parent.id
+            causation_id = causation_id or parent.id
+            tenant = tenant or parent.metadata.tenant
+        if (
+            id is not None
+            or not 0 < len(type) <= _MAX_ID_FIELD
+            or (correlation_id is not None and len(correlation_id) > _MAX_ID_FIELD)
+            or (causation_id is not None and len(causation_id) > _MAX_ID_FIELD)
+        ):  # unusual fields: let the model validate them and say what is wrong
+            envelope = self.envelope(
+                channel, payload, type=type, message_type=message_type,
+                channel_type=channel.kind, tenant=tenant, priority=priority, ttl_s=ttl_s,
+                correlation_id=correlation_id, causation_id=causation_id, reply_to=reply_to, id=id,
+            )  # fmt: skip
+            return self.encode_envelope(channel, envelope)
+        metadata = _metadata(tenant, priority, ttl_s)
+        envelope_id = fast_id()
+        doc = {
+            "schema_version": SCHEMA_VERSION,
+            "id": envelope_id,
+            "correlation_id": correlation_id,
+            "causation_id": causation_id,
+            "source": self.source,
+            "target": channel.text,
+            "message_type": message_type.value,
+            "channel_type": channel.kind.value,
+            "type": type,
+            "payload": self.schemas.validate(type, payload),
+            "metadata": _DEFAULT_METADATA_DOC
+            if metadata is _DEFAULT_METADATA
+            else metadata.model_dump(mode="json"),
+            "created_at": datetime.now(UTC),
+            "reply_to": reply_to,
+        }
+        content_type = self.content_type(channel)
+        try:
+            if content_type == JSON:
+                data = pydantic_core.to_json(doc)
+            else:
+                data = msgpack.packb(pydantic_core.to_jsonable_python(doc), use_bin_type=True)
+        except (pydantic_core.PydanticSerializationError, TypeError, ValueError) as exc:
+            raise DecodeError(f"payload of type {type!r} cannot be serialized: {exc}") from exc
+        if len(data) > self.limit:
+            raise PayloadTooLarge(len(data), self.limit)
+        correlation = correlation_id or envelope_id
+        return Outgoing(data, self._headers(channel, content_type, envelope_id, correlation,
+                                            ttl_s), envelope_id, correlation)  # fmt: skip
+
+    def encode_envelope(self, channel: Channel, envelope: Envelope) -> Outgoing:
+        """Bytes and headers for an envelope built elsewhere (replies, re-sends)."""
+        content_type = self.content_type(channel)
+        data = encode(envelope, content_type, self.limit)
+        correlation = envelope.correlation_id or envelope.id
+        headers = self._headers(channel, content_type, envelope.id, correlation, envelope.metadata.ttl_s)
+        return Outgoing(data, headers, envelope.id, correlation)
+
+    @staticmethod
+    def _headers(
+        channel: Channel, content_type: str, envelope_id: str, correlation: str, ttl_s: float | None
+    ) -> dict[str, str]:
+        headers = {CONTENT_TYPE: content_type}
+        trace.inject(headers, correlation)
+        if channel.durable:
+            headers["Nats-Msg-Id"] = envelope_id
+            if ttl_s is not None:
+                headers["Nats-TTL"] = str(max(1, math.ceil(ttl_s)))
+        return headers
+
+
+def _metadata(tenant: str | None, priority: Priority, ttl_s: float | None) -> Metadata:
+    if tenant is None and priority is Priority.NORMAL and ttl_s is None:
+        return _DEFAULT_METADATA  # frozen, so one instance serves every message
+    return Metadata(tenant=tenant or "default", priority=priority, ttl_s=ttl_s)

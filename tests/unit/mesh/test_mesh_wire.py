@@ -1,0 +1,83 @@
+"""The fast encoder and the validated envelope path put the same message on the wire."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from mesh.channels import Channel
+from mesh.envelope import CONTENT_TYPE, JSON, MSGPACK, MessageType, Priority, decode
+from mesh.errors import PayloadTooLarge
+from mesh.schemas import SchemaRegistry
+from mesh.trace import CORRELATION_HEADER, TRACEPARENT
+from mesh.wire import Encoder
+
+PAYLOADS = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**63), max_value=2**63 - 1)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=30),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=15,
+)
+CHANNELS = st.sampled_from(["durable:carbon.calculate", "ephemeral:agent.health"])
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    PAYLOADS,
+    CHANNELS,
+    st.sampled_from([JSON, MSGPACK]),
+    st.sampled_from(MessageType),
+    st.none() | st.from_regex(r"\A[a-z0-9]{1,20}\Z"),
+    st.sampled_from(Priority),
+    st.none() | st.floats(min_value=0.5, max_value=3600),
+    st.none() | st.text(min_size=1, max_size=128),
+)
+def test_fast_path_decodes_to_the_envelope_the_validated_path_builds(
+    payload: Any,
+    channel_text: str,
+    codec: str,
+    message_type: MessageType,
+    tenant: str | None,
+    priority: Priority,
+    ttl_s: float | None,
+    correlation_id: str | None,
+) -> None:
+    encoder = Encoder("fuel-agent", SchemaRegistry(), {channel_text: codec})
+    channel = Channel.parse(channel_text)
+    fields: dict[str, Any] = dict(
+        type="fuel.burn", message_type=message_type, tenant=tenant, priority=priority,
+        ttl_s=ttl_s, correlation_id=correlation_id,
+    )  # fmt: skip
+    out = encoder.encode(channel, payload, **fields)
+    fast = decode(out.data, out.headers[CONTENT_TYPE])
+    slow = encoder.envelope(channel, payload, channel_type=channel.kind, **fields)
+    assert out.headers[CONTENT_TYPE] == codec
+    assert fast.model_dump(exclude={"id", "created_at"}) == slow.model_dump(exclude={"id", "created_at"})
+    assert out.id == fast.id and out.correlation_id == (correlation_id or fast.id)
+    assert out.headers[CORRELATION_HEADER] == out.correlation_id
+    assert TRACEPARENT in out.headers
+    if channel.durable:
+        assert out.headers["Nats-Msg-Id"] == fast.id
+        assert ("Nats-TTL" in out.headers) == (ttl_s is not None)
+
+
+def test_ttl_header_is_whole_seconds_of_at_least_one() -> None:
+    encoder = Encoder(None, SchemaRegistry(), {})
+    channel = Channel.parse("durable:x")
+    assert encoder.encode(channel, 1, ttl_s=0.2).headers["Nats-TTL"] == "1"
+    assert encoder.encode(channel, 1, ttl_s=2.5).headers["Nats-TTL"] == "3"
+
+
+def test_limit_applies_to_both_paths() -> None:
+    encoder = Encoder(None, SchemaRegistry(), {}, limit=500)
+    channel = Channel.parse("ephemeral:x")
+    with pytest.raises(PayloadTooLarge):
+        encoder.encode(channel, "x" * 500)
+    with pytest.raises(PayloadTooLarge):
+        encoder.encode(channel, "x" * 500, id="custom-id")
