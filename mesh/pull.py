@@ -7,8 +7,8 @@ the server streams while the handler works (the pattern of nats.go's
 ``Consume``). Messages reach ``on_msg`` one at a time, in delivery order.
 
 If the connection drops, the server forgets the outstanding requests; a
-watchdog re-issues them when nothing (message, heartbeat or expiry) has
-arrived for ``expires_s`` plus a grace period. ``stop()`` drains: the message
+watchdog re-issues them within a quarter second of the reconnect, or when
+nothing (message, heartbeat or expiry) has arrived for ``expires_s`` + 1 s. ``stop()`` drains: the message
 in hand finishes; the ones already received are still passed to ``on_msg``,
 which is expected to hand them back (nak) when its owner is stopping.
 """
@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 
 _HEARTBEAT = "100"
 _CONSUMER_GONE = "409"  # deleted, leadership change, too many waiting pulls
+_WATCH_INTERVAL_S = 0.25
 
 
 class PullStream:
@@ -122,10 +123,15 @@ class PullStream:
         await self._top_up()
 
     async def _watch(self) -> None:
-        grace = self._expires_s * 1.5 + 1.0
+        """Re-issue pulls after a reconnect, or when the server has gone quiet too long."""
+        quiet_limit = self._expires_s + 1.0  # heartbeats come every expires/2 while idle
+        reconnects = self._nc.stats["reconnects"]
         while True:
-            await asyncio.sleep(self._expires_s / 2)
-            if not self._busy and time.monotonic() - self._last_activity > grace:
-                self._outstanding = 0  # the server lost our requests (reconnect)
+            await asyncio.sleep(_WATCH_INTERVAL_S)
+            lost = self._nc.stats["reconnects"] != reconnects
+            reconnects = self._nc.stats["reconnects"]
+            quiet = time.monotonic() - self._last_activity > quiet_limit
+            if self._nc.is_connected and not self._busy and (lost or quiet):
+                self._outstanding = 0  # the server forgot our requests
                 self._last_activity = time.monotonic()
                 await self._top_up()

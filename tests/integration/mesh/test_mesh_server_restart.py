@@ -1,0 +1,30 @@
+"""Durable channels and request/reply carry on across a nats-server restart."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+
+from mesh.embedded import NatsServer
+from mesh.envelope import Envelope
+from mesh.messaging import Mesh
+from mesh.subscriptions import DurableOptions
+
+
+async def test_durable_subscriber_resumes_after_the_server_restarts(
+    mesh: Mesh, nats_server: NatsServer, unique: str, eventually: Callable[..., Awaitable[None]]
+) -> None:
+    channel = f"durable:{unique}"
+    got: list[int] = []
+
+    async def handle(env: Envelope) -> None:
+        got.append(env.payload)
+
+    await mesh.subscribe(channel, handle, options=DurableOptions(poll_s=30))
+    await mesh.send_durable_many(channel, range(10))
+    await eventually(lambda: len(got) == 10)
+    await asyncio.to_thread(nats_server.restart)
+    await eventually(lambda: mesh.nc.is_connected, 10, "reconnected")
+    await mesh.send_durable_many(channel, range(10, 20))
+    await eventually(lambda: len(got) == 20, 5, "delivery resumed without waiting for expiry")
+    assert sorted(got) == list(range(20))
