@@ -123,8 +123,9 @@ class Mesh:
     async def stop(self) -> None:
         for sub in list(self._subs):
             await self.unsubscribe(sub)
-        for future, _ in self._waiting.values():
-            future.cancel()
+        for future, agent in self._waiting.values():
+            if not future.done():
+                future.set_exception(MeshError(f"mesh stopped while waiting for {agent!r}"))
         self._waiting.clear()
         if self._inbox_sub is not None:
             with contextlib.suppress(Exception):
@@ -298,11 +299,18 @@ class Mesh:
 
         if durable:
             return await self.subscribe(rpc_channel(agent), answer, options=options)
+        assert self._registry is not None, "Mesh.start() has not been called"
         channel = Channel(ChannelType.EPHEMERAL, f"rpc.{agent}")
+        registration = await self._registry.claim(channel, self.agent)  # listed, not limited
         sub = EphemeralSubscription(
-            self.nc, channel, answer, self.schemas, subject=f"{RPC_PREFIX}.{agent}", queue=agent
-        )
-        await sub.start()
+            self.nc, channel, answer, self.schemas, subject=f"{RPC_PREFIX}.{agent}", queue=agent,
+            registry=self._registry, registration=registration,
+        )  # fmt: skip
+        try:
+            await sub.start()
+        except BaseException:
+            await sub.stop()
+            raise
         self._subs.add(sub)
         return sub
 

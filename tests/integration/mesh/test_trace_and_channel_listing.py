@@ -67,7 +67,9 @@ async def test_listing_shows_channels_with_their_subscribers(
         await other.subscribe(ephemeral, ignore)
         await other.subscribe(durable, ignore)
         await mesh.send_durable(durable, "queued")
+        await other.serve(f"{unique}-calc", ignore)
         listed = {c.name: c for c in await list_channels(mesh.js)}
+        assert [s.agent for s in listed[f"ephemeral:rpc.{unique}-calc"].subscribers] == ["watcher"]
         assert sorted(s.agent for s in listed[ephemeral].subscribers) == ["tester", "watcher"]
         assert [s.agent for s in listed[durable].subscribers] == ["watcher"]
         assert listed[durable].subject == f"af.ch.{unique}"
