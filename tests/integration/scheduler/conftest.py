@@ -8,15 +8,20 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
+from aiohttp.test_utils import TestClient, TestServer
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig
 
+from agents.registry import example_registry
+from gateway.api import Services, create_app
+from gateway.api.schedules import routes
 from mesh import names
 from mesh.envelope import Envelope, decode, new_id
 from mesh.puller import Puller
 from mesh.queue import TaskQueue
 from mesh.scheduler import Scheduler
+from mesh.settings import Settings
 
 
 async def task_count(js: JetStreamContext, agent: str, priority: int = 2) -> int:
@@ -68,3 +73,22 @@ async def make_scheduler(
 
     yield make
     await asyncio.gather(*(s.stop() for s in started))
+
+
+TOKEN = "schedules-token"
+
+
+@pytest.fixture
+async def schedules_api(
+    nc: Client, mesh_js: JetStreamContext, queue: TaskQueue
+) -> AsyncIterator[TestClient[Any, Any]]:
+    """The gateway API (with the schedule routes) on the session server; no database."""
+    registry = example_registry()
+    services = Services(nc, mesh_js, None, registry, Settings(), queue)  # type: ignore[arg-type]
+    app = create_app(services, TOKEN)
+    app.add_routes(routes)
+    client = TestClient(TestServer(app))
+    await client.start_server()
+    client.session.headers["Authorization"] = f"Bearer {TOKEN}"
+    yield client
+    await client.close()

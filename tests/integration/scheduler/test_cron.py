@@ -44,7 +44,7 @@ async def test_every_second_gives_one_task_per_tick_with_two_replicas(
 
 
 async def _at_least(js: JetStreamContext, agent: str, n: int) -> bool:
-    return await task_count(js, agent) >= n
+    return bool(await task_count(js, agent) >= n)
 
 
 async def test_removing_a_schedule_stops_it(mesh_js: JetStreamContext, make_scheduler: MakeScheduler) -> None:

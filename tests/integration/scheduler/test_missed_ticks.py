@@ -81,7 +81,7 @@ async def _count_when_back(js: JetStreamContext) -> int:
     deadline = time.monotonic() + 10
     while True:
         try:
-            return await task_count(js, "ticker")
+            return int(await task_count(js, "ticker"))
         except Exception:
             assert time.monotonic() < deadline, "the client did not reconnect"
             await asyncio.sleep(0.05)

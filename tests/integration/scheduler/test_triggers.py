@@ -53,7 +53,7 @@ async def _both_follow(a: Scheduler, b: Scheduler, name: str) -> bool:
 
 async def _processed(js: JetStreamContext, agent: str) -> bool:
     info = await js.consumer_info(names.STREAM_EVENTS, trigger_consumer(agent))
-    return info.num_pending == 0 and info.num_ack_pending == 0 and info.delivered.stream_seq > 0
+    return bool(info.num_pending == 0 and info.num_ack_pending == 0 and info.delivered.stream_seq)
 
 
 async def test_task_input_carries_the_event_and_removal_stops_the_trigger(
@@ -88,4 +88,4 @@ async def test_task_input_carries_the_event_and_removal_stops_the_trigger(
 
 
 async def _count_is(js: JetStreamContext, agent: str, n: int) -> bool:
-    return await task_count(js, agent) == n
+    return bool(await task_count(js, agent) == n)
