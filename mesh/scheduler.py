@@ -33,7 +33,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
-from nats.js.errors import NotFoundError
+from nats.js.errors import APIError, NotFoundError
 from pydantic import ValidationError
 
 from mesh import names
@@ -114,9 +114,7 @@ class _ConsumerLoop:
                 try:
                     await self.handle(msg)
                 except Exception as exc:
-                    log.warning(
-                        "%s: %s; retrying in %ss", self.puller.consumer, exc, _RETRY_DELAY_S
-                    )
+                    log.warning("%s: %s; retrying in %ss", self.puller.consumer, exc, _RETRY_DELAY_S)
                     with contextlib.suppress(Exception):
                         await msg.nak(delay=_RETRY_DELAY_S)
             self._busy = False
@@ -184,7 +182,11 @@ class Scheduler:
             deliver_policy=DeliverPolicy.ALL, ack_policy=AckPolicy.EXPLICIT, ack_wait=30.0,
             max_ack_pending=1000, description="scheduler replicas relay firings to AF_TASKS",
         )  # fmt: skip
-        await self.js.add_consumer(names.STREAM_SCHEDULES, config)
+        try:
+            await self.js.add_consumer(names.STREAM_SCHEDULES, config)
+        except APIError as exc:  # exists with another config (an older build): use it
+            log.warning("using the existing %s consumer: %s", RELAY_CONSUMER, exc)
+            await self.js.consumer_info(names.STREAM_SCHEDULES, RELAY_CONSUMER)
         self._relay = _ConsumerLoop(
             self.nc, names.STREAM_SCHEDULES, RELAY_CONSUMER, self._on_firing, self.idle_s
         )
@@ -291,9 +293,7 @@ class Scheduler:
         for name in active_triggers - definitions.keys():
             with contextlib.suppress(NotFoundError):
                 await self.js.delete_consumer(names.STREAM_EVENTS, trigger_consumer(name))
-        await self._sync_triggers(
-            {n: d for n, d in definitions.items() if isinstance(d, EventTrigger)}
-        )
+        await self._sync_triggers({n: d for n, d in definitions.items() if isinstance(d, EventTrigger)})
 
     async def _active_crons(self) -> set[str]:
         prefix = def_subject("")
@@ -319,8 +319,6 @@ class Scheduler:
             async def handle(msg: Msg, trigger: EventTrigger = trigger) -> None:
                 await self._on_event(trigger, msg)
 
-            loop = _ConsumerLoop(
-                self.nc, names.STREAM_EVENTS, trigger_consumer(name), handle, self.idle_s
-            )
+            loop = _ConsumerLoop(self.nc, names.STREAM_EVENTS, trigger_consumer(name), handle, self.idle_s)
             await loop.start()
             self._triggers[name] = (trigger, loop)

@@ -31,11 +31,21 @@ from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import APIError, KeyNotFoundError, KeyWrongLastSequenceError, NotFoundError
 from nats.js.kv import KeyValue
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, TypeAdapter, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    TypeAdapter,
+    field_validator,
+    model_validator,
+)
 
 from mesh import names
 from mesh.envelope import Priority, utcnow
 from mesh.errors import MeshError
+from mesh.events import EXECUTION_FINISHED
 from mesh.queue import DEFAULT_TTL_S, MAX_TTL_S
 
 __all__ = [
@@ -52,14 +62,13 @@ __all__ = [
     "list_definitions",
     "parse_definition",
     "remove_definition",
+    "subject_matches",
     "to_server_schedule",
     "trigger_consumer",
 ]
 
 NAME_PATTERN: Final = r"^[a-z0-9][a-z0-9_-]{0,62}$"
-MACROS: Final = frozenset(
-    {"@yearly", "@annually", "@monthly", "@weekly", "@daily", "@midnight", "@hourly"}
-)
+MACROS: Final = frozenset({"@yearly", "@annually", "@monthly", "@weekly", "@daily", "@midnight", "@hourly"})
 _GO_DURATION = re.compile(r"^(?:\d+(?:\.\d+)?(?:ns|us|µs|ms|s|m|h))+$")
 _GO_PART = re.compile(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)")
 _UNIT_S = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
@@ -123,9 +132,7 @@ def to_server_schedule(expr: str) -> str:
             if _duration_s(text[len("@every ") :]) < 1.0:
                 raise ValueError("@every must be at least 1s")
             return text
-        raise ValueError(
-            f"unknown macro {text!r}: use @every <duration> or one of {sorted(MACROS)}"
-        )
+        raise ValueError(f"unknown macro {text!r}: use @every <duration> or one of {sorted(MACROS)}")
     fields = text.split(" ")
     if len(fields) == 5:
         six = f"0 {text}"
@@ -224,6 +231,27 @@ class EventTrigger(_Common):
                 f"'{names.EVENTS_PREFIX}.' and use tokens, '*' or a final '>'"
             )
         return v
+
+    @model_validator(mode="after")
+    def _no_self_loop(self) -> EventTrigger:
+        own = names.event_subject(EXECUTION_FINISHED, self.agent)
+        if subject_matches(self.on, own):
+            raise ValueError(
+                f"{self.on!r} matches {own!r}, the agent's own finished events: every run "
+                "would trigger the next one; narrow the pattern"
+            )
+        return self
+
+
+def subject_matches(pattern: str, subject: str) -> bool:
+    """NATS wildcard matching: ``*`` is one token, a final ``>`` one or more."""
+    pat, sub = pattern.split("."), subject.split(".")
+    for i, token in enumerate(pat):
+        if token == ">":
+            return len(sub) > i
+        if i >= len(sub) or (token != "*" and token != sub[i]):
+            return False
+    return len(pat) == len(sub)
 
 
 def _kind(v: Any) -> str:

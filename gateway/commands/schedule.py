@@ -3,8 +3,8 @@
 \b
 agent-factory schedule add nightly --cron "0 2 * * *" --agent fuel-combustion \\
     --input '{"fuel": "diesel", "quantity": 100, "unit": "L"}'
-agent-factory schedule add-trigger on-finish --on 'af.events.execution.finished.*' \\
-    --agent noop --input '{}'
+agent-factory schedule add-trigger after-fuel \\
+    --on af.events.execution.finished.fuel-combustion --agent noop
 agent-factory schedule ls
 agent-factory schedule rm nightly
 """

@@ -8,7 +8,13 @@ import pytest
 from pydantic import ValidationError
 
 from mesh.envelope import Priority
-from mesh.schedules import CronSchedule, EventTrigger, parse_definition, to_server_schedule
+from mesh.schedules import (
+    CronSchedule,
+    EventTrigger,
+    parse_definition,
+    subject_matches,
+    to_server_schedule,
+)
 
 
 @pytest.mark.parametrize(
@@ -71,3 +77,23 @@ def test_kind_is_inferred_and_names_are_checked() -> None:
                 {"name": "t", "agent": "noop", "on": "af.events.>.x"}):  # fmt: skip
         with pytest.raises(ValidationError):
             parse_definition(bad)
+
+
+@pytest.mark.parametrize(
+    ("pattern", "subject", "matches"),
+    [
+        ("af.events.execution.finished.*", "af.events.execution.finished.noop", True),
+        ("af.events.>", "af.events.execution.finished.noop", True),
+        ("af.events.execution.*", "af.events.execution.finished.noop", False),
+        ("af.events.*.*.noop", "af.events.execution.finished.noop", True),
+        ("af.events.execution.finished.noop.>", "af.events.execution.finished.noop", False),
+    ],
+)
+def test_subject_matching(pattern: str, subject: str, matches: bool) -> None:
+    assert subject_matches(pattern, subject) is matches
+
+
+def test_a_trigger_on_its_own_agents_finished_events_is_refused() -> None:
+    with pytest.raises(ValidationError, match="own finished events"):
+        EventTrigger(name="t", agent="noop", on="af.events.execution.finished.*")
+    EventTrigger(name="t", agent="noop", on="af.events.execution.finished.fuel-combustion")

@@ -83,10 +83,13 @@ async def test_triggers_share_the_resource_and_put_replaces(
     info = await mesh_js.consumer_info(names.STREAM_EVENTS, trigger_consumer("api-on-finish"))
     assert info.config.filter_subject == body["on"]
     resp = await schedules_api.put(f"{BASE}/api-on-finish",
-                                   json={**body, "on": "af.events.execution.finished.*"})  # fmt: skip
+                                   json={**body, "on": "af.events.*.*.unit-normaliser"})  # fmt: skip
     assert resp.status == 200
     info = await mesh_js.consumer_info(names.STREAM_EVENTS, trigger_consumer("api-on-finish"))
-    assert info.config.filter_subject == "af.events.execution.finished.*"
+    assert info.config.filter_subject == "af.events.*.*.unit-normaliser"
+    loop = await schedules_api.put(f"{BASE}/api-on-finish",
+                                   json={**body, "on": "af.events.execution.finished.*"})  # fmt: skip
+    assert loop.status == 422 and "own finished events" in await loop.text()
     bad = await schedules_api.post(BASE, json={**body, "name": "api-t2", "on": "af.tasks.>"})
     assert bad.status == 422
     assert (await schedules_api.delete(f"{BASE}/api-on-finish")).status == 204
