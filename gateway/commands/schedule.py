@@ -16,7 +16,10 @@ from typing import Any
 
 import click
 
-from gateway.cli import CliError, Ctx, _emit, _run, output_option
+try:
+    from gateway.commands.common import CliError, Ctx, _emit, _run, output_option
+except ImportError:  # pragma: no cover - before the helpers moved out of gateway.cli
+    from gateway.cli import CliError, Ctx, _emit, _run, output_option  # type: ignore[assignment]
 
 __all__ = ["schedule"]
 
