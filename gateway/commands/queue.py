@@ -6,7 +6,7 @@ from typing import Any
 
 import click
 
-from gateway.cli import CliError, Ctx, _emit, _run, output_option
+from gateway.commands.common import CliError, Ctx, _emit, _run, output_option
 
 __all__ = ["queue"]
 

@@ -1,0 +1,63 @@
+"""Helpers every CLI command uses: context, output, one-line errors."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Coroutine
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from gateway.client import ApiClient, ApiError
+from gateway.state import read_state
+
+__all__ = ["CliError", "Ctx", "_emit", "_run", "output_option"]
+
+T = TypeVar("T")
+
+
+class CliError(click.ClickException):
+    """One line on stderr, exit code 1."""
+
+
+def _run(coro: Coroutine[Any, Any, T]) -> T:
+    try:
+        return asyncio.run(coro)
+    except ApiError as exc:
+        raise CliError(str(exc)) from exc
+
+
+class Ctx:
+    def __init__(self, data_dir: Path, api_url: str | None, token: str | None, verbose: bool):
+        self.data_dir, self.verbose = data_dir, verbose
+        self._api_url, self._token = api_url, token
+
+    def client(self) -> ApiClient:
+        state = read_state(self.data_dir)
+        url = self._api_url or state.api_url
+        if not url:
+            raise CliError(
+                f"no gateway found in {self.data_dir}/state.json: start one with "
+                "`agent-factory up`, or pass --api-url / --data-dir"
+            )
+        return ApiClient(url, self._token or state.token)
+
+
+def _emit(output: str, data: Any, table: list[tuple[str, Any]] | None = None) -> None:
+    if output == "json":
+        click.echo(json.dumps(data, indent=2, default=str))
+        return
+    rows = table or []
+    width = max((len(key) for key, _ in rows), default=0) + 2
+    for key, value in rows:
+        if isinstance(value, dict | list):
+            value = json.dumps(value, default=str)
+        click.echo(f"{key:<{width}}{value}")
+
+
+output_option = click.option(
+    "--output", "-o", type=click.Choice(["table", "json"]), default="table", show_default=True,
+    help="table for people, json for scripts",
+)  # fmt: skip
