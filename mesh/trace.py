@@ -57,11 +57,17 @@ _propagator: Final = TraceContextTextMapPropagator()
 _tracer = trace.get_tracer("agent_factory.mesh")
 _EMPTY: Final = Context()
 _getrandbits = random.getrandbits
+_ZERO_SPAN: Final = "0" * 16
 _incoming: ContextVar[tuple[str, str | None] | None] = ContextVar("af_trace_in", default=None)
 
 
-def inject(headers: dict[str, str], correlation_id: str | None = None) -> None:
-    """Write the current trace context (or a new root) and the correlation id."""
+def inject(headers: dict[str, str], correlation_id: str | None = None, root_id: str | None = None) -> None:
+    """Write the current trace context (or a new root) and the correlation id.
+
+    ``root_id`` (32 random lowercase hex chars, e.g. the envelope id) becomes
+    the trace id of a new root, so a trace is named after the message that
+    started it; otherwise a random one is drawn.
+    """
     incoming = _incoming.get()
     if incoming is not None:  # inside a handler, no SDK: pass the sender's context on
         headers[TRACEPARENT] = incoming[0]
@@ -77,6 +83,8 @@ def inject(headers: dict[str, str], correlation_id: str | None = None) -> None:
         )
         if span_context.trace_state:
             headers[TRACESTATE] = span_context.trace_state.to_header()
+    elif root_id is not None and len(root_id) == 32 and root_id[16:] != _ZERO_SPAN:
+        headers[TRACEPARENT] = f"00-{root_id}-{root_id[16:]}-01"
     else:
         trace_id = _getrandbits(128) or 1
         span_id = _getrandbits(64) or 1

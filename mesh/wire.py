@@ -157,7 +157,7 @@ class Encoder:
             )  # fmt: skip
             return self.encode_envelope(channel, envelope)
         metadata = _metadata(tenant, priority, ttl_s)
-        envelope_id = fast_id()
+        envelope_id = fast_id()  # 32 lowercase hex: also names the trace when this starts one
         doc = {
             "schema_version": SCHEMA_VERSION,
             "id": envelope_id,
@@ -186,8 +186,8 @@ class Encoder:
         if len(data) > self.limit:
             raise PayloadTooLarge(len(data), self.limit)
         correlation = correlation_id or envelope_id
-        return Outgoing(data, self._headers(channel, content_type, envelope_id, correlation,
-                                            ttl_s), envelope_id, correlation)  # fmt: skip
+        headers = self._headers(channel, content_type, envelope_id, correlation, ttl_s, envelope_id)
+        return Outgoing(data, headers, envelope_id, correlation)
 
     def encode_envelope(self, channel: Channel, envelope: Envelope) -> Outgoing:
         """Bytes and headers for an envelope built elsewhere (replies, re-sends)."""
@@ -199,10 +199,15 @@ class Encoder:
 
     @staticmethod
     def _headers(
-        channel: Channel, content_type: str, envelope_id: str, correlation: str, ttl_s: float | None
+        channel: Channel,
+        content_type: str,
+        envelope_id: str,
+        correlation: str,
+        ttl_s: float | None,
+        root_id: str | None = None,
     ) -> dict[str, str]:
         headers = {CONTENT_TYPE: content_type}
-        trace.inject(headers, correlation)
+        trace.inject(headers, correlation, root_id)
         if channel.durable:
             headers["Nats-Msg-Id"] = envelope_id
             if ttl_s is not None:
