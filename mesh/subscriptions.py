@@ -87,6 +87,12 @@ class DurableOptions:
     batch: int = 32  # messages requested ahead; keep batch x handler time < ack_wait
     poll_s: float = 5.0  # lifetime of one pull request on the server
 
+    def __post_init__(self) -> None:
+        if self.max_attempts < 1 or self.concurrency < 1 or self.batch < 1:
+            raise ValueError("max_attempts, concurrency and batch must be at least 1")
+        if self.ack_timeout_s <= 0 or self.poll_s <= 0:
+            raise ValueError("ack_timeout_s and poll_s must be positive")
+
     def nak_delay(self, attempt: int) -> float:
         return self.backoff_s[min(attempt, len(self.backoff_s)) - 1] if self.backoff_s else 0.0
 

@@ -216,3 +216,36 @@ async def test_resending_the_same_envelope_id_stores_it_once(mesh: Mesh, unique:
     again = await mesh.send_durable(channel, "calc", id="calc-42")
     assert first == again
     assert await stored_on(mesh.js, channel) == 1
+
+
+async def test_message_that_keeps_killing_its_subscriber_ends_in_the_dlq_unhandled(
+    mesh: Mesh, other_nc: Client, unique: str
+) -> None:
+    channel = f"durable:{unique}"
+    options = DurableOptions(max_attempts=1, ack_timeout_s=60, ack_wait_s=1.0)
+    started = asyncio.Event()
+    never = asyncio.Event()
+
+    async def dies(env: Envelope) -> None:
+        started.set()
+        await never.wait()
+
+    crashing = Mesh(other_nc, agent="crashy")
+    await crashing.start()
+    await crashing.subscribe(channel, dies, options=options)
+    await mesh.send_durable(channel, "poison")
+    await asyncio.wait_for(started.wait(), 5)
+    await other_nc.close()  # attempt 1 dies with its process
+
+    handled: list[Envelope] = []
+
+    async def handle(env: Envelope) -> None:
+        handled.append(env)
+
+    dlq = await mesh.js.subscribe(dlq_subject("channels", unique), stream=STREAM_DLQ)
+    await mesh.subscribe(channel, handle, options=options)
+    letter = json.loads((await dlq.next_msg(timeout=10)).data)
+    await dlq.unsubscribe()
+    assert letter["reason"] == "no ack after 1 attempts"
+    assert letter["errors"][0]["error_type"] == "AckTimeout"
+    assert handled == []

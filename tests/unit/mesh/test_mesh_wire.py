@@ -12,7 +12,7 @@ from mesh.channels import Channel
 from mesh.envelope import CONTENT_TYPE, JSON, MSGPACK, MessageType, Priority, decode
 from mesh.errors import PayloadTooLarge
 from mesh.schemas import SchemaRegistry
-from mesh.trace import CORRELATION_HEADER, TRACEPARENT
+from mesh.trace import CORRELATION_HEADER, TRACEPARENT, trace_id_of
 from mesh.wire import Encoder
 
 PAYLOADS = st.recursive(
@@ -81,3 +81,9 @@ def test_limit_applies_to_both_paths() -> None:
         encoder.encode(channel, "x" * 500)
     with pytest.raises(PayloadTooLarge):
         encoder.encode(channel, "x" * 500, id="custom-id")
+
+
+def test_a_message_that_starts_a_trace_names_it_after_itself() -> None:
+    encoder = Encoder(None, SchemaRegistry(), {})
+    out = encoder.encode(Channel.parse("ephemeral:x"), 1)
+    assert trace_id_of(out.headers) == out.id
