@@ -239,7 +239,12 @@ class Scheduler:
             self.stats["dropped"] += 1  # removed after this firing was stored
             await msg.ack()
             return
-        last = await self.js.get_last_msg(names.STREAM_SCHEDULES, msg.subject)
+        try:
+            last = await self.js.get_last_msg(names.STREAM_SCHEDULES, msg.subject)
+        except NotFoundError:  # purged by a remove since it was delivered
+            self.stats["dropped"] += 1
+            await msg.ack()
+            return
         if last.seq is not None and last.seq > seq:
             self.stats["coalesced"] += 1  # a newer firing of this schedule is waiting
             await msg.ack()
