@@ -227,9 +227,7 @@ class TaskWorker:
         try:
             pending: set[asyncio.Future[Any]] = set(waits)
             while pending:
-                done, pending = await asyncio.wait(
-                    pending | {stop}, return_when=asyncio.FIRST_COMPLETED
-                )
+                done, pending = await asyncio.wait(pending | {stop}, return_when=asyncio.FIRST_COMPLETED)
                 pending.discard(stop)
                 got: list[tuple[Lane[Puller], list[Msg]]] = [
                     (waits[f], f.result()) for f in done if f in waits and f.result()
@@ -245,7 +243,7 @@ class TaskWorker:
 
     def _launch(self, lane: Lane[Puller], msg: Msg) -> None:
         lane.in_flight += 1
-        task = asyncio.create_task(self._run(lane, msg))
+        task = asyncio.create_task(self._run_guarded(lane, msg))
         self._inflight[task] = _InFlight(msg, lane)
         task.add_done_callback(self._finished)
 
@@ -265,6 +263,19 @@ class TaskWorker:
                     await item.msg.in_progress()
 
     # ---- running -----------------------------------------------------------
+
+    async def _run_guarded(self, lane: Lane[Puller], msg: Msg) -> None:
+        """Run one task; if recording its outcome fails (NATS away), hand it back
+        soon rather than after the full ack wait. The outcome writes are
+        idempotent, so the next delivery finishes the job."""
+        try:
+            await self._run(lane, msg)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.warning("%s: could not finish %s: %s", self.name, msg.subject, exc)
+            with contextlib.suppress(Exception):
+                await msg.nak(delay=1.0)
 
     async def _run(self, lane: Lane[Puller], msg: Msg) -> None:
         cfg, handler = self.handlers[lane.agent]
@@ -296,9 +307,7 @@ class TaskWorker:
             input=payload.get("input"), envelope=task, _report=report,
         )  # fmt: skip
         t0 = time.perf_counter()
-        metrics.TASK_WAIT.labels(lane.agent).observe(
-            max(0.0, (started - task.created_at).total_seconds())
-        )
+        metrics.TASK_WAIT.labels(lane.agent).observe(max(0.0, (started - task.created_at).total_seconds()))
         try:
             result = await handler(ctx)
         except asyncio.CancelledError:
@@ -349,9 +358,7 @@ class TaskWorker:
         await self.dead_letter_task(msg, task, state, reason)
         await self.pipeline.ack_sync(msg)
 
-    async def dead_letter_task(
-        self, msg: Msg, task: Envelope, state: RunState, reason: str
-    ) -> None:
+    async def dead_letter_task(self, msg: Msg, task: Envelope, state: RunState, reason: str) -> None:
         """DLQ entry, final state and event: all durable before the original is removed."""
         await dead_letter(
             self.js,

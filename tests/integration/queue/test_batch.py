@@ -50,9 +50,7 @@ async def test_a_batch_of_1000_is_stored_and_every_task_runs_once(
     assert sorted(seen) == list(range(MAX_BATCH))
 
 
-async def test_a_batch_with_one_bad_task_stores_nothing(
-    mesh_js: JetStreamContext, queue: TaskQueue
-) -> None:
+async def test_a_batch_with_one_bad_task_stores_nothing(mesh_js: JetStreamContext, queue: TaskQueue) -> None:
     agent = unique("atomic")
     specs = [TaskSpec(agent, {"i": i}) for i in range(5)]
     specs.append(TaskSpec("Not A Key!", {}))
@@ -65,9 +63,7 @@ async def test_a_batch_with_one_bad_task_stores_nothing(
     assert await depth(mesh_js, agent) == 0
 
 
-async def test_oversized_task_is_rejected_before_publish(
-    nc: Client, mesh_js: JetStreamContext
-) -> None:
+async def test_oversized_task_is_rejected_before_publish(nc: Client, mesh_js: JetStreamContext) -> None:
     agent = unique("big")
     async with TaskQueue(nc, mesh_js, max_payload=10_000) as small:
         with pytest.raises(PayloadTooLarge, match="limit is 10000"):

@@ -109,9 +109,7 @@ async def test_task_whose_worker_died_on_the_last_attempt_is_dead_lettered(
                 msgs = await advisories.fetch(10, timeout=0.2)
             except TimeoutError:
                 continue
-            found = next(
-                (m for m in msgs if f'"{names.task_consumer(agent, 2)}"' in m.data.decode()), None
-            )
+            found = next((m for m in msgs if f'"{names.task_consumer(agent, 2)}"' in m.data.decode()), None)
     assert await move_max_delivered(mesh_js, found.data) == queued.run_id
     state = await get_run(mesh_js, queued.run_id)
     assert state is not None and state.status == RunStatus.FAILED
@@ -128,16 +126,12 @@ async def test_task_whose_worker_died_on_the_last_attempt_is_dead_lettered(
     await advisories.unsubscribe()
 
 
-async def test_expired_tasks_are_recorded_as_expired(
-    mesh_js: JetStreamContext, queue: TaskQueue
-) -> None:
+async def test_expired_tasks_are_recorded_as_expired(mesh_js: JetStreamContext, queue: TaskQueue) -> None:
     agent = unique("ttl")
     queued = await queue.enqueue(TaskSpec(agent, {}, ttl_s=1))
     async with asyncio.timeout(10):
         while True:  # the server drops it silently after 1 s
-            info = await mesh_js.stream_info(
-                names.STREAM_TASKS, subjects_filter=f"af.tasks.{agent}.>"
-            )
+            info = await mesh_js.stream_info(names.STREAM_TASKS, subjects_filter=f"af.tasks.{agent}.>")
             if not info.state.subjects:
                 break
             await asyncio.sleep(0.1)

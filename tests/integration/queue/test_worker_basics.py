@@ -88,9 +88,7 @@ async def test_failing_task_is_retried_then_dead_lettered_with_every_error(
     assert dead.data is not None and queued.run_id.encode() in dead.data
 
 
-async def test_permanent_error_skips_retries(
-    nc: Client, mesh_js: JetStreamContext, queue: TaskQueue
-) -> None:
+async def test_permanent_error_skips_retries(nc: Client, mesh_js: JetStreamContext, queue: TaskQueue) -> None:
     agent = unique("perm")
     attempts: list[int] = []
 

@@ -1,0 +1,44 @@
+"""A worker process for fault tests: ``python effect_worker.py NATS_URL AGENT ACK_WAIT CONCURRENCY``.
+
+Its handler announces each start on core NATS (``test.started.<agent>``,
+body ``<run id> <attempt>``), sleeps ``input["sleep"]`` seconds, and returns.
+SIGTERM drains it (exit 0), SIGKILL is the crash.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
+
+from mesh.connection import connect, jetstream
+from mesh.worker import AgentQueueConfig, TaskContext, TaskWorker
+
+
+async def main(url: str, agent: str, ack_wait: float, concurrency: int) -> None:
+    nc = await connect(url, name=f"effect-worker-{agent}")
+    js = await jetstream(nc)
+
+    async def handler(ctx: TaskContext) -> Any:
+        await nc.publish(f"test.started.{agent}", f"{ctx.run_id} {ctx.attempt}".encode())
+        await asyncio.sleep(float(ctx.input.get("sleep", 0)))
+        return {"done": ctx.run_id}
+
+    cfg = AgentQueueConfig(agent, ack_wait_s=ack_wait, max_attempts=5, priorities=(2,))
+    worker = TaskWorker(nc, js, {agent: (cfg, handler)}, concurrency=concurrency, idle_poll_s=0.5)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    await worker.start()
+    await nc.publish(f"test.ready.{agent}", b"")
+    await stop.wait()
+    await worker.stop(drain_timeout=10)
+    await nc.drain()
+
+
+if __name__ == "__main__":
+    asyncio.run(main(sys.argv[1], sys.argv[2], float(sys.argv[3]), int(sys.argv[4])))
