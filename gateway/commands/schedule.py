@@ -16,10 +16,7 @@ from typing import Any
 
 import click
 
-try:
-    from gateway.commands.common import CliError, Ctx, _emit, _run, output_option
-except ImportError:  # pragma: no cover - before the helpers moved out of gateway.cli
-    from gateway.cli import CliError, Ctx, _emit, _run, output_option  # type: ignore[assignment]
+from gateway.commands.common import CliError, Ctx, _emit, _run, output_option
 
 __all__ = ["schedule"]
 

@@ -10,7 +10,7 @@ from aiohttp.test_utils import TestClient
 from click.testing import CliRunner
 from nats.js import JetStreamContext
 
-from gateway.cli import Ctx  # re-exported from gateway.commands.common
+from gateway.commands.common import Ctx
 from gateway.commands.schedule import schedule
 from mesh import names
 from mesh.schedules import def_subject, trigger_consumer
