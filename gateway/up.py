@@ -36,6 +36,7 @@ from mesh.embedded import NatsServer, find_free_port
 from mesh.maintenance import QueueMaintenance
 from mesh.provision import ProvisionConfig, provision
 from mesh.queue import TaskQueue
+from mesh.scheduler import Scheduler
 from mesh.settings import Settings
 
 __all__ = ["Platform", "run_up"]
@@ -69,6 +70,7 @@ class Platform:
     services: Services | None = None
     recorder: Recorder | None = None
     maintenance: QueueMaintenance | None = None
+    scheduler: Scheduler | None = None
     runner: web.AppRunner | None = None
     workers: list[asyncio.subprocess.Process] = field(default_factory=list)
     state: UpState = field(default_factory=UpState)
@@ -114,6 +116,8 @@ class Platform:
         await self.recorder.start()
         self.maintenance = QueueMaintenance(nc, js)
         await self.maintenance.start()
+        self.scheduler = Scheduler(nc, js, queue)
+        await self.scheduler.start()
         token = s.api_token or self.state.token or secrets.token_urlsafe(32)
         app = create_app(self.services, token if s.auth_enabled else None)
         self.runner = web.AppRunner(app, handle_signals=False, access_log=None)
@@ -193,6 +197,8 @@ class Platform:
                 await proc.wait()
         if self.runner is not None:
             await self.runner.cleanup()
+        if self.scheduler is not None:
+            await self.scheduler.stop()
         if self.maintenance is not None:
             await self.maintenance.stop()
         if self.recorder is not None:

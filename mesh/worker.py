@@ -342,6 +342,7 @@ class TaskWorker:
         attempt: int,
         exc: Exception,
     ) -> None:
+        metrics.TASKS_FAILED.labels(lane.agent).inc()
         retryable = not isinstance(exc, PermanentError)
         state.errors.append(
             AttemptError(attempt=attempt, error=str(exc)[:8000] or type(exc).__name__,

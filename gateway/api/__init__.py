@@ -8,6 +8,7 @@ from gateway.api.auth import auth_middleware
 from gateway.api.problems import problem_middleware
 from gateway.api.queue import routes as queue_routes
 from gateway.api.routes import routes
+from gateway.api.schedules import routes as schedule_routes
 from gateway.api.services import SERVICES, Services
 
 __all__ = ["SERVICES", "Services", "create_app"]
@@ -22,4 +23,5 @@ def create_app(services: Services, token: str | None) -> web.Application:
     app[SERVICES] = services
     app.add_routes(routes)
     app.add_routes(queue_routes)
+    app.add_routes(schedule_routes)
     return app
