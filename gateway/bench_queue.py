@@ -8,6 +8,9 @@
   running at once; N / time from first enqueue to last finished event.
 * ``p50_ms`` / ``p99_ms``: enqueue call → handler start, with tasks offered at
   a fixed 1,000 tasks/s.
+* ``two_processes``: the same throughput comparison with producer and
+  consumer in separate processes, for both the raw client and our path (the
+  production topology).
 """
 
 from __future__ import annotations
@@ -125,6 +128,7 @@ async def bench_queue(n: int = 20_000) -> dict[str, Any]:
         ceiling = await _raw_ceiling(env.nats.url, n)
         tasks = await _throughput(env.nats.url, n)
         lat = await _latency(env.nats.url)
+        split = await bench_queue_two_processes(env.nats.url, n)
     return {
         "tasks": n,
         "tasks_per_s": round(tasks, 1),
@@ -133,4 +137,137 @@ async def bench_queue(n: int = 20_000) -> dict[str, Any]:
         "p50_ms": round(percentile(lat, 50), 3),
         "p99_ms": round(percentile(lat, 99), 3),
         "latency_rate_per_s": 1000,
+        "two_processes": split,
     }
+
+
+# ---- two-process topology: producer and consumer in separate processes -------
+#
+# Production runs producers (gateway) and workers in different processes; so
+# does this variant, for both the raw ceiling and our path, so the ratio
+# compares like with like. Each side is `python -m gateway.bench_queue ROLE URL N`.
+
+
+async def _ready() -> None:
+    """Tell the parent we are connected, then wait for its "go"."""
+    import sys
+
+    print("ready", flush=True)
+    await asyncio.to_thread(sys.stdin.readline)
+
+
+async def _raw_producer(url: str, n: int, size: int = 256) -> None:
+    nc = await connect(url, name="bench-raw-producer")
+    js = await jetstream(nc)
+    body = b"x" * size
+    await _ready()
+    for i in range(0, n, 1000):
+        futs = [await js.publish_async("raw2.q", body) for _ in range(min(1000, n - i))]
+        await asyncio.gather(*futs)
+    await nc.drain()
+
+
+async def _raw_consumer(url: str, n: int) -> None:
+    nc = await connect(url, name="bench-raw-consumer")
+    js = await jetstream(nc)
+    sub = await js.pull_subscribe("raw2.q", durable="raw2", stream="RAW2")
+    await _ready()
+    got = 0
+    while got < n:
+        try:
+            msgs = await sub.fetch(500, timeout=1)
+        except TimeoutError:
+            continue
+        for m in msgs:
+            await m.ack()
+        got += len(msgs)
+    await nc.flush()
+    await nc.drain()
+
+
+async def _our_producer(url: str, n: int) -> None:
+    nc = await connect(url, name="bench-producer")
+    js = await jetstream(nc)
+    async with TaskQueue(nc, js) as queue:
+        await _ready()
+        for i in range(0, n, 500):
+            await asyncio.gather(
+                *(queue.enqueue(TaskSpec("bench2", {"i": i + k})) for k in range(min(500, n - i)))
+            )
+    await nc.drain()
+
+
+async def _our_worker(url: str, n: int) -> None:
+    nc = await connect(url, name="bench-worker")
+    js = await jetstream(nc)
+    done = asyncio.Event()
+    count = 0
+
+    async def noop(ctx: TaskContext) -> Any:
+        nonlocal count
+        count += 1
+        if count == n:
+            done.set()
+
+    worker = TaskWorker(nc, js, {"bench2": (AgentQueueConfig("bench2"), noop)}, concurrency=256)
+    await worker.start()
+    await _ready()
+    await done.wait()
+    await worker.stop(5)
+    await nc.drain()
+
+
+async def _two_processes(url: str, n: int, producer: str, consumer: str) -> float:
+    """Both processes start, import, connect and say "ready"; the clock starts at "go"."""
+    import sys
+
+    async def spawn(role: str) -> asyncio.subprocess.Process:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "gateway.bench_queue", role, url, str(n),
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        assert proc.stdout is not None
+        line = await asyncio.wait_for(proc.stdout.readline(), 60)
+        if line.strip() != b"ready":
+            raise RuntimeError(f"{role} did not start: {line!r}")
+        return proc
+
+    procs = [await spawn(consumer), await spawn(producer)]
+    start = time.perf_counter()
+    for p in procs:
+        assert p.stdin is not None
+        p.stdin.write(b"go\n")
+        await p.stdin.drain()
+    codes = [await p.wait() for p in procs]
+    if any(codes):
+        raise RuntimeError(f"bench processes failed: {codes}")
+    return n / (time.perf_counter() - start)
+
+
+async def bench_queue_two_processes(url: str, n: int) -> dict[str, float]:
+    nc = await connect(url, name="bench-setup")
+    js = await jetstream(nc)
+    await js.add_stream(StreamConfig(name="RAW2", subjects=["raw2.>"], retention=RetentionPolicy.WORK_QUEUE))
+    await provision(js)
+    await nc.drain()
+    ceiling = await _two_processes(url, n, "raw-producer", "raw-consumer")
+    tasks = await _two_processes(url, n, "producer", "worker")
+    return {
+        "tasks_per_s": round(tasks, 1),
+        "ceiling_per_s": round(ceiling, 1),
+        "ratio": round(tasks / ceiling, 3),
+    }
+
+
+_ROLES = {
+    "raw-producer": _raw_producer,
+    "raw-consumer": _raw_consumer,
+    "producer": _our_producer,
+    "worker": _our_worker,
+}
+
+if __name__ == "__main__":
+    import sys
+
+    role, url, count = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    asyncio.run(_ROLES[role](url, count))
