@@ -21,9 +21,7 @@ __all__ = ["connect", "jetstream"]
 log = logging.getLogger(__name__)
 
 
-async def connect(
-    url: str, name: str = "agent-factory", initial_attempts: int = 3, **options: Any
-) -> Client:
+async def connect(url: str, name: str = "agent-factory", initial_attempts: int = 3, **options: Any) -> Client:
     """Open a connection that reconnects forever once established.
 
     The first connect fails fast with :class:`ConnectionFailed` (a user who

@@ -178,9 +178,7 @@ async def replay(js: JetStreamContext, seq: int) -> str:
     return task.id
 
 
-async def replay_all(
-    js: JetStreamContext, *, name: str | None = None, limit: int = 10_000
-) -> list[str]:
+async def replay_all(js: JetStreamContext, *, name: str | None = None, limit: int = 10_000) -> list[str]:
     """Replay every task dead letter (of agent ``name`` if given); returns run ids."""
     replayed: list[str] = []
     after = 0

@@ -49,8 +49,7 @@ class QueueFull(MeshError):
 
     def __init__(self, agent: str, priority: int, limit: int) -> None:
         super().__init__(
-            f"queue for agent {agent!r} at priority {priority} is full ({limit} tasks waiting);"
-            " retry later"
+            f"queue for agent {agent!r} at priority {priority} is full ({limit} tasks waiting); retry later"
         )
         self.agent = agent
         self.priority = priority

@@ -88,9 +88,7 @@ class Pipeline:
         await self.nc.publish(subject, data, reply=f"{self._prefix}.{token}", headers=headers)
         return fut
 
-    async def publish(
-        self, subject: str, data: bytes, headers: dict[str, str] | None = None
-    ) -> PubAck:
+    async def publish(self, subject: str, data: bytes, headers: dict[str, str] | None = None) -> PubAck:
         """JetStream publish; returns once the stream has stored it."""
         return parse_puback(await (await self.request(subject, data, headers)))
 

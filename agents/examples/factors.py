@@ -41,9 +41,7 @@ class FuelFactor:
 
 
 def _per_litre(fuel: str, kg_co2_gal: float, g_ch4_gal: float, g_n2o_gal: float) -> FuelFactor:
-    return FuelFactor(
-        fuel, "L", kg_co2_gal / US_GALLON_L, g_ch4_gal / US_GALLON_L, g_n2o_gal / US_GALLON_L
-    )
+    return FuelFactor(fuel, "L", kg_co2_gal / US_GALLON_L, g_ch4_gal / US_GALLON_L, g_n2o_gal / US_GALLON_L)
 
 
 _SCF_PER_M3: Final = 1 / 0.028316846592

@@ -73,7 +73,6 @@ async def upsert_agents(pool: asyncpg.Pool, registry: Registry | Iterable[Any]) 
 
 async def list_agents(pool: asyncpg.Pool) -> list[dict[str, Any]]:
     rows = await pool.fetch(
-        "SELECT key, version, description, state, registered_at, updated_at"
-        " FROM agents ORDER BY key"
+        "SELECT key, version, description, state, registered_at, updated_at FROM agents ORDER BY key"
     )
     return [dict(r) for r in rows]
