@@ -1,0 +1,380 @@
+"""Faust consumer over JetStream.
+
+* Fetching: one :class:`~streams.reader.PartitionReader` per assigned partition
+  (active and standby changelog partitions alike); ``getmany`` drains the
+  readers of the active partitions. Offsets are stream sequences.
+* Positions: ``seek`` re-creates the partition's reader at the offset;
+  ``position`` is the next offset ``getmany`` will return.
+* Commits: next-offset-to-read per partition into the group's KV bucket
+  (:mod:`streams.offsets`). Fenced: a member that the group declared dead
+  (absent from the newest generation) commits nothing.
+* Group: :mod:`streams.membership` runs the heartbeats and leader election; this
+  module turns each new generation into Faust's rebalance sequence:
+  ``app.on_rebalance_start()`` -> ``on_partitions_revoked(everything held)`` ->
+  release + barrier -> ``assignor.on_assignment`` ->
+  ``app.consumer_generation_id = g`` -> ``on_partitions_assigned(new, g)``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import uuid
+from collections.abc import Iterable, Mapping
+from typing import Any, cast
+
+from aiokafka.coordinator.protocol import (
+    ConsumerProtocolMemberAssignment,
+    ConsumerProtocolMemberMetadata,
+)
+from faust.transport import base
+from faust.types import TP, ConsumerMessage
+from mode.utils.times import Seconds, want_seconds
+
+from streams.membership import Generation, GroupMembership
+from streams.offsets import OffsetStore
+from streams.partitioner import partition_for
+from streams.reader import PartitionReader, Record
+from streams.records import decode_headers
+from streams.topics import TopicSpec
+
+__all__ = ["Consumer"]
+
+log = logging.getLogger(__name__)
+
+
+class _Cluster:
+    """The slice of aiokafka's ``ClusterMetadata`` that Faust's assignor reads."""
+
+    def __init__(self, specs: Mapping[str, TopicSpec]) -> None:
+        self._specs = specs
+
+    def partitions_for_topic(self, topic: str) -> set[int] | None:
+        spec = self._specs.get(topic)
+        return set(range(spec.partitions)) if spec else None
+
+    available_partitions_for_topic = partitions_for_topic
+
+    def topics(self) -> set[str]:
+        return set(self._specs)
+
+
+class Consumer(base.Consumer):
+    """Consumer of a Faust app on the ``nats://`` transport."""
+
+    consumer_stopped_errors = ()
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.member_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self._conn: Any = None
+        self._offsets: OffsetStore | None = None
+        self._membership: GroupMembership | None = None
+        self._readers: dict[TP, PartitionReader] = {}
+        self._assigned: set[TP] = set()
+        self._generation = 0
+        self._highwaters: dict[TP, int] = {}
+        self._subscription: tuple[str, ...] = ()
+        self._data = asyncio.Event()
+        self._rebalancer: asyncio.Task[None] | None = None
+        self._max_per_partition = 1000
+
+    # -- lifecycle ------------------------------------------------------------------
+
+    async def on_start(self) -> None:
+        await super().on_start()
+        await self._connection()
+        self._offsets = OffsetStore(self._conn.js, self.app.conf.id)
+        if not self.app.client_only:
+            settings = self.transport.settings  # type: ignore[attr-defined]
+            self._membership = GroupMembership(
+                self._conn.js,
+                self.app.conf.id,
+                self.member_id,
+                metadata=self._member_metadata,
+                assign=self._assign,
+                heartbeat_s=settings.heartbeat_s,
+                session_timeout_s=settings.session_timeout_s,
+            )
+            self._membership.set_subscription(self._subscription)
+            await self._membership.start()
+            self._rebalancer = asyncio.get_running_loop().create_task(
+                self._rebalance_loop(), name="streams-rebalance"
+            )
+
+    async def on_stop(self) -> None:
+        await super().on_stop()  # waits for in-flight events and commits
+        task, self._rebalancer = self._rebalancer, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        if self._membership is not None:
+            await self._membership.stop()
+        await asyncio.gather(*(r.stop() for r in self._readers.values()))
+        self._readers.clear()
+        if self._conn is not None:
+            self._conn = None
+            await self.transport.release()  # type: ignore[attr-defined]
+
+    async def _connection(self) -> Any:
+        if self._conn is None:
+            self._conn = await self.transport.acquire()  # type: ignore[attr-defined]
+        return self._conn
+
+    # -- group membership -----------------------------------------------------------
+
+    async def subscribe(self, topics: Iterable[str]) -> None:
+        """Join (or update) the group's subscription; undeclared topics are created.
+
+        Faust declares only internal topics itself and relies on Kafka's topic
+        auto-creation for the others; we create them with the partition count
+        of the app's topic object, else ``topic_partitions``.
+        """
+        self._subscription = tuple(sorted(set(topics)))
+        await self._auto_create(self._subscription)
+        if self._membership is not None:
+            self._membership.set_subscription(self._subscription)
+            await self._membership.release(self._membership.acked)  # heartbeat now
+
+    async def _auto_create(self, topics: Iterable[str]) -> None:
+        conn = await self._connection()
+        conf = self.app.conf
+        declared: dict[str, int | None] = {}
+        for channel in list(getattr(self.app.topics, "_topics", ())):
+            for name in getattr(channel, "topics", ()):
+                declared[name] = getattr(channel, "partitions", None)
+        for topic in topics:
+            if await conn.topics.describe(topic) is None and conf.topic_allow_declare:
+                await conn.topics.declare(
+                    topic,
+                    declared.get(topic) or conf.topic_partitions,
+                    replicas=conf.topic_replication_factor,
+                )
+
+    def _member_metadata(self) -> bytes:
+        meta = self.app.assignor.metadata(set(self._subscription))
+        return cast(bytes, meta.encode())
+
+    async def _assign(self, metadata: Mapping[str, bytes]) -> Mapping[str, bytes]:
+        decoded = {m: ConsumerProtocolMemberMetadata.decode(raw) for m, raw in metadata.items()}
+        topics = {t for meta in decoded.values() for t in meta.subscription}
+        registry = self._conn.topics
+        specs = {t: await registry.require(t) for t in topics}
+        result = self.app.assignor.assign(_Cluster(specs), decoded)
+        return {m: cast(bytes, a.encode()) for m, a in result.items()}
+
+    async def _rebalance_loop(self) -> None:
+        membership = self._membership
+        assert membership is not None
+        seen = 0
+        while True:
+            gen = await membership.next_generation(after=seen)
+            seen = gen.number
+            try:
+                await self._apply(membership, gen)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.exception("rebalance to generation %d failed", gen.number)
+                await self.crash(exc)
+                return
+
+    async def _apply(self, membership: GroupMembership, gen: Generation) -> None:
+        mine = self.member_id in gen.members
+        if self._assigned or mine:
+            self.app.on_rebalance_start()
+            await self.on_partitions_revoked(set(self._assigned))
+            self._assigned = set()
+            await asyncio.gather(*(r.stop() for r in self._readers.values()))
+            self._readers.clear()
+        await membership.release(gen.number)
+        if not mine or not await membership.wait_released(gen):
+            return
+        assignment = ConsumerProtocolMemberAssignment.decode(gen.assignments[self.member_id])
+        self.app.assignor.on_assignment(assignment)
+        tps = {TP(topic, p) for topic, partitions in assignment.assignment for p in partitions}
+        for topic in {tp.topic for tp in tps}:
+            await self._conn.topics.require(topic)
+        for tp in tps:
+            self._readers[tp] = PartitionReader(self._conn.nc, self._conn.js, tp, self._data.set)
+        self._assigned = tps
+        self._generation = gen.number
+        self.app.consumer_generation_id = gen.number
+        log.info("generation %d: %d partitions assigned to %s", gen.number, len(tps), self.member_id)
+        await self.on_partitions_assigned(set(tps), gen.number)
+
+    def assignment(self) -> set[TP]:
+        return set(self._assigned)
+
+    # -- fetching -------------------------------------------------------------------
+
+    async def _getmany(self, active_partitions: set[TP] | None, timeout: float) -> dict[TP, list[Record]]:
+        active = self._assigned if active_partitions is None else active_partitions
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            out: dict[TP, list[Record]] = {}
+            for tp in active:
+                reader = self._readers.get(tp)
+                if reader is not None and reader.buffer:
+                    out[tp] = reader.take(self._max_per_partition)
+            if out:
+                return out
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return {}
+            self._data.clear()
+            try:
+                await asyncio.wait_for(self._data.wait(), remaining)
+            except TimeoutError:
+                return {}
+
+    def _to_message(self, tp: TP, record: Record) -> ConsumerMessage:
+        seq, ts_ns, msg = record
+        h = decode_headers(msg.headers)
+        value = None if h.is_null else msg.data
+        return ConsumerMessage(
+            tp.topic,
+            tp.partition,
+            seq,
+            h.timestamp if h.timestamp is not None else ts_ns / 1e9,
+            0,
+            h.headers,
+            h.key,
+            value,
+            None,
+            len(h.key) if h.key else 0,
+            len(msg.data),
+            tp,
+            generation_id=self.app.consumer_generation_id,
+        )
+
+    def _new_topicpartition(self, topic: str, partition: int) -> TP:
+        return TP(topic, partition)
+
+    # -- positions ------------------------------------------------------------------
+
+    def _reader(self, tp: TP) -> PartitionReader:
+        reader = self._readers.get(tp)
+        if reader is None:
+            if tp not in self._assigned:
+                raise ValueError(f"{tp} is not assigned to this consumer")
+            reader = PartitionReader(self._conn.nc, self._conn.js, tp, self._data.set)
+            self._readers[tp] = reader
+        return reader
+
+    async def _seek(self, partition: TP, offset: int) -> None:
+        self._reader(partition).start(offset)
+
+    async def seek_wait(self, partitions: Mapping[TP, int]) -> None:
+        for tp, offset in partitions.items():
+            self._reader(tp).start(offset)
+            if offset > 0:
+                self._read_offset[tp] = offset
+            else:
+                self._read_offset.pop(tp, None)
+
+    async def seek_to_committed(self) -> Mapping[TP, int]:
+        """Position every assigned partition at its committed offset.
+
+        Partitions without a committed offset keep their position if they have
+        one (standby changelogs), else start per ``consumer_auto_offset_reset``.
+        """
+        assert self._offsets is not None
+        tps = set(self._assigned)
+        committed = await self._offsets.read(tps)
+        unpositioned = [tp for tp in tps if committed[tp] is None and not self._reader(tp).started]
+        if unpositioned:
+            bounds = await self._conn.topics.bounds(unpositioned)
+            latest = self.app.conf.consumer_auto_offset_reset == "latest"
+            for tp in unpositioned:
+                b = bounds[tp]
+                self._reader(tp).start(b.highwater if latest else b.earliest)
+        for tp, offset in committed.items():
+            if offset is not None:
+                self._reader(tp).start(offset)
+        return cast(Mapping[TP, int], committed)
+
+    async def position(self, tp: TP) -> int | None:
+        reader = self._readers.get(tp)
+        return reader.position() if reader is not None and reader.started else None
+
+    def highwater(self, tp: TP) -> int:
+        reader = self._readers.get(tp)
+        hint = reader.highwater_hint if reader is not None else 0
+        return max(self._highwaters.get(tp, 0), hint)
+
+    async def highwaters(self, *partitions: TP) -> Mapping[TP, int]:
+        bounds = await self._conn.topics.bounds(partitions)
+        out = {tp: b.highwater for tp, b in bounds.items()}
+        self._highwaters.update(out)
+        return out
+
+    async def earliest_offsets(self, *partitions: TP) -> Mapping[TP, int]:
+        bounds = await self._conn.topics.bounds(partitions)
+        return {tp: b.earliest for tp, b in bounds.items()}
+
+    # -- commits --------------------------------------------------------------------
+
+    async def _commit(self, offsets: Mapping[TP, int]) -> bool:
+        membership, store = self._membership, self._offsets
+        if store is None:
+            return False
+        latest = membership.latest if membership is not None else None
+        if latest is not None and self.member_id not in latest.members:
+            log.warning("not committing %d offsets: this member was declared dead", len(offsets))
+            return False
+        try:
+            await store.commit(offsets)
+        except Exception as exc:
+            log.warning("commit failed (will retry): %r", exc)
+            return False
+        return True
+
+    # -- topics ---------------------------------------------------------------------
+
+    def topic_partitions(self, topic: str) -> int | None:
+        spec = self._conn.topics.cached(topic) if self._conn is not None else None
+        return spec.partitions if spec is not None else None
+
+    def key_partition(self, topic: str, key: bytes | None, partition: int | None = None) -> int | None:
+        partitions = self.topic_partitions(topic)
+        if partitions is None:
+            return None
+        if partition is not None:
+            return partition
+        return partition_for(key, partitions, self.app.conf.producer_partitioner)
+
+    async def create_topic(
+        self,
+        topic: str,
+        partitions: int,
+        replication: int,
+        *,
+        config: Mapping[str, Any] | None = None,
+        timeout: Seconds = 30.0,
+        retention: Seconds | None = None,
+        compacting: bool | None = None,
+        deleting: bool | None = None,
+        ensure_created: bool = False,
+    ) -> None:
+        if not self.app.conf.topic_allow_declare:
+            log.warning("topic declaration disabled; not creating %s", topic)
+            return
+        conn = await self._connection()
+        await conn.topics.declare(
+            topic,
+            partitions,
+            replicas=replication,
+            retention_s=want_seconds(retention) if retention else None,
+            compacting=bool(compacting),
+            deleting=deleting,
+        )
+
+    def close(self) -> None:
+        for reader in self._readers.values():
+            reader.stop_nowait()

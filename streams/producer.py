@@ -1,0 +1,185 @@
+"""Faust producer over JetStream: ``send`` returns a future of ``RecordMetadata``.
+
+Records go to the stream of their partition. The partition is the caller's, or
+Faust's default partitioner applied to the key (murmur2, as aiokafka does), so
+the partition of a key is the same as on Kafka. A record's offset is the stream
+sequence from the server's publish ack, the same space the consumer reads, so
+a table's persisted changelog offset is meaningful to recovery.
+
+Guarantee: a future resolves only once the server stored the record (file
+storage). A failed publish fails its future, and the next :meth:`flush` raises
+:class:`~faust.exceptions.ProducerSendError`, so the consumer does not commit
+past an event whose output was lost (at-least-once).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Mapping
+from typing import Any, cast
+
+from faust.exceptions import ProducerSendError
+from faust.transport import base
+from faust.types import TP, RecordMetadata
+from faust.types.core import HeadersArg
+from mode.utils.times import Seconds, want_seconds
+from nats.js.api import PubAck
+
+from streams import naming
+from streams.partitioner import partition_for
+from streams.records import encode_headers
+from streams.topics import TopicSpec
+
+__all__ = ["Producer"]
+
+
+class Producer(base.Producer):
+    """Publishes Faust records to JetStream with async acks."""
+
+    def __post_init__(self) -> None:
+        self._conn: Any = None
+        self._pending: set[asyncio.Future[Any]] = set()
+        self._failure: BaseException | None = None
+
+    async def on_start(self) -> None:
+        await super().on_start()
+        self._conn = await self.transport.acquire()  # type: ignore[attr-defined]
+
+    async def on_stop(self) -> None:
+        await super().on_stop()
+        if self._conn is not None:
+            await self._wait_pending()
+            self._conn = None
+            await self.transport.release()  # type: ignore[attr-defined]
+
+    async def _connection(self) -> Any:
+        if self._conn is None:
+            self._conn = await self.transport.acquire()  # type: ignore[attr-defined]
+        return self._conn
+
+    async def _spec(self, topic: str) -> TopicSpec:
+        conn = await self._connection()
+        spec = conn.topics.cached(topic) or await conn.topics.describe(topic)
+        if spec is None:
+            conf = self.app.conf
+            if not conf.topic_allow_declare:
+                raise ProducerSendError(f"topic {topic!r} does not exist")
+            spec = await conn.topics.declare(
+                topic, conf.topic_partitions, replicas=conf.topic_replication_factor
+            )
+        return cast(TopicSpec, spec)
+
+    async def send(
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes | None,
+        partition: int | None,
+        timestamp: float | None,
+        headers: HeadersArg | None,
+        *,
+        transactional_id: str | None = None,
+    ) -> Awaitable[RecordMetadata]:
+        """Publish one record; the returned future resolves when the server stored it."""
+        conn = await self._connection()
+        spec = await self._spec(topic)
+        if partition is None:
+            partition = partition_for(key, spec.partitions, self.partitioner)
+        if spec.compacting and key is not None:
+            subject = naming.key_subject(topic, partition, key)
+        else:
+            subject = naming.partition_subject(topic, partition)
+        hdrs = encode_headers(key, value, timestamp, cast(Any, headers))
+        try:
+            ack = await conn.js.publish_async(subject, value or b"", headers=hdrs)
+        except Exception as exc:
+            raise ProducerSendError(f"cannot publish to {topic!r}: {exc!r}") from exc
+        result: asyncio.Future[RecordMetadata] = asyncio.get_running_loop().create_future()
+        tp = TP(topic, partition)
+        ts = timestamp
+
+        def on_ack(fut: asyncio.Future[PubAck]) -> None:
+            self._pending.discard(fut)
+            if result.done():
+                return
+            exc = fut.exception() if not fut.cancelled() else asyncio.CancelledError()
+            if exc is not None:
+                self._failure = exc
+                result.set_exception(ProducerSendError(f"publish to {topic!r} failed: {exc!r}"))
+                return
+            seq = fut.result().seq
+            result.set_result(
+                RecordMetadata(
+                    topic=topic,
+                    partition=partition,
+                    topic_partition=tp,
+                    offset=seq,
+                    timestamp=ts,
+                    timestamp_type=0,
+                )
+            )
+
+        self._pending.add(ack)
+        ack.add_done_callback(on_ack)
+        return result
+
+    async def send_and_wait(
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes | None,
+        partition: int | None,
+        timestamp: float | None,
+        headers: HeadersArg | None,
+        *,
+        transactional_id: str | None = None,
+    ) -> RecordMetadata:
+        fut = await self.send(topic, key, value, partition, timestamp, headers)
+        return await fut
+
+    async def _wait_pending(self) -> None:
+        pending = list(self._pending)
+        if pending:
+            await asyncio.gather(*pending, return_exceptions=True)
+
+    async def flush(self) -> None:
+        """Send everything buffered and wait for the server's acks of all sent so far.
+
+        Raises :class:`ProducerSendError` if any publish failed since the last flush.
+        """
+        await self.buffer.flush()
+        await self._wait_pending()
+        failure, self._failure = self._failure, None
+        if failure is not None:
+            raise ProducerSendError(f"a publish failed: {failure!r}") from failure
+
+    async def create_topic(
+        self,
+        topic: str,
+        partitions: int,
+        replication: int,
+        *,
+        config: Mapping[str, Any] | None = None,
+        timeout: Seconds = 30.0,
+        retention: Seconds | None = None,
+        compacting: bool | None = None,
+        deleting: bool | None = None,
+        ensure_created: bool = False,
+    ) -> None:
+        conn = await self._connection()
+        await conn.topics.declare(
+            topic,
+            partitions,
+            replicas=replication,
+            retention_s=want_seconds(retention) if retention else None,
+            compacting=bool(compacting),
+            deleting=deleting,
+        )
+
+    def key_partition(self, topic: str, key: bytes) -> TP:
+        spec = self._conn.topics.cached(topic) if self._conn is not None else None
+        partitions = spec.partitions if spec is not None else self.app.conf.topic_partitions
+        return TP(topic, partition_for(key, partitions, self.partitioner))
+
+    def supports_headers(self) -> bool:
+        return True

@@ -1,0 +1,197 @@
+"""Read one partition (one stream) from a given offset into a bounded local buffer.
+
+Each assigned partition gets a private, ephemeral, memory-backed pull consumer
+(``AckPolicy.NONE``, ``DeliverPolicy.BY_START_SEQUENCE``): Faust tracks progress
+itself and commits offsets to KV, so the server needs no acks. Positioning is
+done by creating a consumer at the wanted sequence, which is what ``seek`` does.
+
+Flow control is by credit: a pull for at most ``batch`` messages is outstanding
+only while the buffer has room, so a paused partition (one Faust stops draining)
+stops fetching by itself. A pull that gets no answer at all (the server was
+restarted, the ephemeral consumer is gone) is detected after its expiry and the
+consumer is re-created at the next offset to read, so no message is skipped or
+delivered twice across a nats-server restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections import deque
+from collections.abc import Callable
+
+from faust.types import TP
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+from nats.js import JetStreamContext
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+
+from streams import naming
+from streams.records import parse_reply
+
+__all__ = ["PartitionReader"]
+
+log = logging.getLogger(__name__)
+
+#: ``(offset, timestamp in ns, message)``
+Record = tuple[int, int, Msg]
+
+
+class _Stale(Exception):
+    """A pull got no answer: the consumer has to be re-created."""
+
+
+class PartitionReader:
+    """Prefetches one partition from ``start(offset)`` onwards; ``take`` drains it."""
+
+    def __init__(
+        self,
+        nc: Client,
+        js: JetStreamContext,
+        tp: TP,
+        on_data: Callable[[], None],
+        *,
+        batch: int = 1000,
+        max_buffered: int = 4000,
+        expires: float = 2.0,
+    ) -> None:
+        self.tp = tp
+        self.stream = naming.stream_name(tp.topic, tp.partition)
+        self._nc = nc
+        self._js = js
+        self._on_data = on_data
+        self._batch = batch
+        self._max_buffered = max_buffered
+        self._expires = expires
+        self.buffer: deque[Record] = deque()
+        #: Next offset the fetch loop will ask the server for.
+        self._fetch_seq = 1
+        #: Best known highwater (last offset + 1) from delivery metadata.
+        self.highwater_hint = 0
+        self._room = asyncio.Event()
+        self._room.set()
+        self._task: asyncio.Task[None] | None = None
+
+    def position(self) -> int:
+        """Next offset :meth:`take` will return."""
+        return self.buffer[0][0] if self.buffer else self._fetch_seq
+
+    def start(self, offset: int) -> None:
+        """(Re)start reading at ``offset``; anything buffered is dropped."""
+        self.stop_nowait()
+        self.buffer.clear()
+        self._fetch_seq = max(1, offset)
+        self._room.set()
+        self._task = asyncio.get_running_loop().create_task(self._run(), name=f"streams-reader-{self.stream}")
+
+    @property
+    def started(self) -> bool:
+        return self._task is not None
+
+    def take(self, limit: int) -> list[Record]:
+        buf = self.buffer
+        n = min(limit, len(buf))
+        out = [buf.popleft() for _ in range(n)]
+        if len(buf) < self._max_buffered - self._batch // 4:
+            self._room.set()
+        return out
+
+    def stop_nowait(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+
+    async def stop(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
+    async def _run(self) -> None:
+        backoff = 0.1
+        while True:
+            try:
+                await self._consume()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.info("reader %s: %r; re-creating consumer at %d", self.stream, exc, self._fetch_seq)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 2.0)
+            else:  # pragma: no cover - _consume only returns by raising
+                return
+
+    async def _consume(self) -> None:
+        name = self._nc._nuid.next().decode()
+        config = ConsumerConfig(
+            name=name,
+            deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
+            opt_start_seq=self._fetch_seq,
+            ack_policy=AckPolicy.NONE,
+            inactive_threshold=30.0,
+            mem_storage=True,
+            num_replicas=1,
+        )
+        await self._js.add_consumer(self.stream, config)
+        done = asyncio.Event()
+        state = {"received": 0, "wanted": 0, "answered": False, "broken": False}
+
+        async def on_msg(msg: Msg) -> None:
+            state["answered"] = True
+            if not msg.reply:
+                status = msg.headers.get("Status") if msg.headers else None
+                if status == "100":  # idle heartbeat
+                    return
+                # 404/408: the pull ended; anything else (409 consumer deleted,
+                # leadership change, ...) means this consumer must be replaced.
+                state["broken"] = status not in ("404", "408")
+                done.set()
+                return
+            info = parse_reply(msg)
+            if info.stream_seq >= self._fetch_seq:
+                self.buffer.append((info.stream_seq, info.timestamp_ns, msg))
+                self._fetch_seq = info.stream_seq + 1
+                self.highwater_hint = max(self.highwater_hint, info.stream_seq + info.pending + 1)
+                self._on_data()
+            state["received"] += 1
+            if state["received"] >= state["wanted"]:
+                done.set()
+
+        inbox = self._nc.new_inbox()
+        sub: Subscription = await self._nc.subscribe(inbox, cb=on_msg)
+        next_subject = f"{self._js._prefix}.CONSUMER.MSG.NEXT.{self.stream}.{name}"
+        try:
+            while True:
+                await self._room.wait()
+                room = self._max_buffered - len(self.buffer)
+                if room < self._batch // 4:
+                    self._room.clear()
+                    continue
+                wanted = min(self._batch, room)
+                state.update(received=0, wanted=wanted, answered=False)
+                done.clear()
+                request = {"batch": wanted, "expires": int(self._expires * 1e9)}
+                await self._nc.publish(next_subject, json.dumps(request).encode(), reply=inbox)
+                try:
+                    await asyncio.wait_for(done.wait(), self._expires + 2.0)
+                except TimeoutError:
+                    if not state["answered"]:
+                        raise _Stale(f"no answer to pull on {self.stream}") from None
+                if state["broken"]:
+                    raise _Stale(f"pull on {self.stream} ended abnormally")
+        finally:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+            self._delete_later(name)
+
+    def _delete_later(self, name: str) -> None:
+        async def delete() -> None:
+            with contextlib.suppress(Exception):
+                await self._js.delete_consumer(self.stream, name)
+
+        with contextlib.suppress(RuntimeError):
+            asyncio.get_running_loop().create_task(delete())

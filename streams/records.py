@@ -1,0 +1,119 @@
+"""Encoding of Faust records as JetStream messages, and back.
+
+The payload is the record value unchanged, so ``nats sub`` / ``nats stream view``
+show it as is. Everything else travels in headers:
+
+==================  =========================================================
+``Faust-Key``       the key, when it is printable ASCII
+``Faust-Key-B64``   the key otherwise (base64, ``-`` for the empty key)
+``Faust-Null``      ``1`` when the value is ``None`` (a table tombstone)
+``Faust-Ts``        the record timestamp in seconds, when the producer set one
+``Faust-Headers``   the Faust headers, JSON ``[[name, base64 value], ...]``
+==================  =========================================================
+
+A record without ``Faust-Ts`` takes the JetStream receive time as timestamp.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from nats.aio.msg import Msg
+
+__all__ = ["ReplyInfo", "decode_headers", "encode_headers", "parse_reply"]
+
+_PRINTABLE = re.compile(rb"[\x21-\x7e](?:[\x20-\x7e]*[\x21-\x7e])?")
+
+KEY = "Faust-Key"
+KEY_B64 = "Faust-Key-B64"
+NULL = "Faust-Null"
+TIMESTAMP = "Faust-Ts"
+HEADERS = "Faust-Headers"
+
+
+def encode_headers(
+    key: bytes | None,
+    value: bytes | None,
+    timestamp: float | None,
+    headers: Sequence[tuple[str, bytes]] | Mapping[str, bytes] | None,
+) -> dict[str, str] | None:
+    """NATS headers carrying everything of a Faust record except its value."""
+    out: dict[str, str] = {}
+    if key is not None:
+        if _PRINTABLE.fullmatch(key):
+            out[KEY] = key.decode("ascii")
+        else:
+            out[KEY_B64] = base64.b64encode(key).decode() or "-"
+    if value is None:
+        out[NULL] = "1"
+    if timestamp:
+        out[TIMESTAMP] = repr(float(timestamp))
+    if headers:
+        items = headers.items() if isinstance(headers, Mapping) else headers
+        out[HEADERS] = json.dumps([[str(k), base64.b64encode(_as_bytes(v)).decode()] for k, v in items])
+    return out or None
+
+
+def _as_bytes(value: Any) -> bytes:
+    if value is None:
+        return b""
+    if isinstance(value, bytes):
+        return value
+    return str(value).encode()
+
+
+@dataclass(slots=True)
+class DecodedHeaders:
+    key: bytes | None
+    is_null: bool
+    timestamp: float | None
+    headers: list[tuple[str, bytes]]
+
+
+def decode_headers(headers: Mapping[str, str] | None) -> DecodedHeaders:
+    """Inverse of :func:`encode_headers`."""
+    if not headers:
+        return DecodedHeaders(None, False, None, [])
+    key: bytes | None = None
+    if KEY in headers:
+        key = headers[KEY].encode("ascii")
+    elif KEY_B64 in headers:
+        raw = headers[KEY_B64]
+        key = b"" if raw == "-" else base64.b64decode(raw)
+    ts = headers.get(TIMESTAMP)
+    user = headers.get(HEADERS)
+    return DecodedHeaders(
+        key=key,
+        is_null=headers.get(NULL) == "1",
+        timestamp=float(ts) if ts else None,
+        headers=[(k, base64.b64decode(v)) for k, v in json.loads(user)] if user else [],
+    )
+
+
+@dataclass(slots=True)
+class ReplyInfo:
+    """What the JetStream ack subject of a delivered message says about it."""
+
+    stream_seq: int
+    timestamp_ns: int
+    pending: int
+
+
+def parse_reply(msg: Msg) -> ReplyInfo:
+    """Stream sequence, timestamp and pending count of a JetStream delivery.
+
+    Handles both the v1 (``$JS.ACK.<stream>.<consumer>.<n>.<sseq>.<cseq>.<ts>.<pending>``)
+    and the v2 ack subject layouts (with domain and account hash).
+    """
+    tokens = msg.reply.split(".")
+    base = 2 if len(tokens) == 9 else 4
+    return ReplyInfo(
+        stream_seq=int(tokens[base + 3]),
+        timestamp_ns=int(tokens[base + 5]),
+        pending=int(tokens[base + 6]),
+    )
