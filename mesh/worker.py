@@ -351,7 +351,7 @@ class TaskWorker:
         state.error = f"{type(exc).__name__}: {exc}"
         if retryable and attempt < cfg.max_attempts:
             state.status = RunStatus.QUEUED
-            await put_run(self.js, state)
+            await _put_run_retrying(self.js, state)
             await msg.nak(delay=cfg.backoff(attempt))
             metrics.TASKS_RETRIED.labels(lane.agent).inc()
             return
@@ -390,6 +390,19 @@ class TaskWorker:
             dedup_id=f"tasks-seq-{seq}",
         )  # fmt: skip
         await self.pipeline.ack_sync(msg)
+
+
+async def _put_run_retrying(js: JetStreamContext, state: RunState, tries: int = 4) -> None:
+    """Cold-path state write that rides out a short NATS outage (a restart), so
+    an attempt's error is not lost from the history the DLQ will carry."""
+    for attempt in range(1, tries + 1):
+        try:
+            await put_run(js, state)
+            return
+        except Exception:
+            if attempt == tries:
+                raise
+            await asyncio.sleep(0.5 * attempt)
 
 
 def _state_from(task: Envelope, agent: str) -> RunState:

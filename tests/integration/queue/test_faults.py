@@ -214,7 +214,10 @@ async def test_poison_task_reaches_the_dlq_across_a_server_restart_and_replays(
             raise RuntimeError(f"poison {ctx.attempt}")
         return "ok"
 
-    cfg = AgentQueueConfig("poison", max_attempts=3, backoff_base_s=0.5, backoff_max_s=0.5, priorities=(2,))
+    # A nak sent while the server is down is lost; the ack wait brings the task back.
+    cfg = AgentQueueConfig(
+        "poison", ack_wait_s=5.0, max_attempts=3, backoff_base_s=0.5, backoff_max_s=0.5, priorities=(2,)
+    )
     worker = TaskWorker(nc, js, {"poison": (cfg, handler)}, idle_poll_s=0.3)
     await worker.start()
     try:
@@ -222,7 +225,7 @@ async def test_poison_task_reaches_the_dlq_across_a_server_restart_and_replays(
             run_id = (await q.enqueue(TaskSpec("poison", {"x": 1}))).run_id
             await asyncio.wait_for(first_failure.wait(), 10)
             await asyncio.to_thread(server.restart)
-            await wait_all(js, [run_id], RunStatus.FAILED, timeout=30)
+            await wait_all(js, [run_id], RunStatus.FAILED, timeout=60)
             assert attempts == [1, 2, 3]
             [dead] = await dlq.list_dead_letters(js, name="poison")
             assert [e.error for e in dead.entry.errors] == ["poison 1", "poison 2", "poison 3"]
