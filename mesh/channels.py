@@ -60,6 +60,7 @@ __all__ = [
     "channel_stream_config",
     "ensure_channels",
     "list_channels",
+    "sync_with_server",
     "tail",
 ]
 
@@ -138,6 +139,19 @@ def _parse(text: str) -> Channel:
             rule += ", '*' for one token, '>' as the last token"
         raise InvalidChannelName(f"channel {text!r}: the name must be {rule}")
     return Channel(kind, name)
+
+
+async def sync_with_server(nc: Client) -> None:
+    """Return once the server has processed everything this client sent so far.
+
+    ``nc.flush()`` alone is not enough in nats-py 2.16: it writes its PING
+    straight to the socket, ahead of commands still queued for the flusher
+    task, so the PONG can come back before a just-sent SUB reached the server
+    (measured: 25 of 300 subscribe+flush pairs were followed by a no-responders
+    reply). Writing the queue out first restores the order.
+    """
+    await nc._flush_pending(force_flush=True)
+    await nc.flush()
 
 
 def channel_of_subject(subject: str) -> Channel | None:
@@ -339,6 +353,7 @@ async def tail(nc: Client, channel: Channel | str) -> AsyncIterator[Envelope]:
     """
     parsed = Channel.of(channel)
     sub = await nc.subscribe(parsed.subject)
+    await sync_with_server(nc)
     try:
         while True:
             msg = await sub.next_msg(timeout=None)

@@ -44,7 +44,13 @@ from nats.js.errors import NotFoundError
 from mesh import trace
 from mesh.acks import MESSAGES, AckTracker, count_rejected
 from mesh.channel_errors import InvalidPayload, RejectMessage
-from mesh.channels import CHANNELS_STREAM, Channel, Registration, SubscriberRegistry
+from mesh.channels import (
+    CHANNELS_STREAM,
+    Channel,
+    Registration,
+    SubscriberRegistry,
+    sync_with_server,
+)
 from mesh.dlq import AttemptError, DeadLetter, dead_letter
 from mesh.envelope import CONTENT_TYPE, Envelope, decode
 from mesh.errors import DecodeError, UnknownSchemaVersion
@@ -170,6 +176,7 @@ class EphemeralSubscription:
         self._pending_limit = pending_msgs_limit
         self._name = str(channel)
         self._received = MESSAGES.labels("EPHEMERAL", "received")
+        self._span = f"{self._name} receive"
         self._sub: NatsSubscription | None = None
 
     async def start(self) -> None:
@@ -179,7 +186,7 @@ class EphemeralSubscription:
             cb=self._on_msg,
             pending_msgs_limit=self._pending_limit,
         )
-        await self._nc.flush()  # the server knows the interest before start() returns
+        await sync_with_server(self._nc)  # the server knows the interest before start() returns
 
     async def stop(self) -> None:
         if self._sub is not None:
@@ -198,7 +205,7 @@ class EphemeralSubscription:
             log.warning("%s: rejected a message (%s): %s", self._name, exc.reason, exc)
             return
         try:
-            await run_handler(self._handler, envelope, msg.headers, f"{self._name} receive")
+            await run_handler(self._handler, envelope, msg.headers, self._span)
         except Exception:
             log.exception("%s: handler failed on message %s", self._name, envelope.id)
 
@@ -231,6 +238,7 @@ class DurableSubscription:
         self._name = str(channel)
         self._errors: dict[int, list[AttemptError]] = {}
         self._received = MESSAGES.labels("DURABLE", "received")
+        self._span = f"{self._name} process"
         self._pull: PullStream | None = None
         self._slots = asyncio.Semaphore(options.concurrency)
         self._tasks: set[asyncio.Task[None]] = set()
@@ -318,10 +326,9 @@ class DurableSubscription:
             await self._dead(msg, seq, f"rejected: {exc.reason}", exc.tenant)
             self._tracker.settle(pending, "dead_letter")
             return
-        span = f"{self._name} process"
         try:
             async with asyncio.timeout(opts.ack_timeout_s):
-                await run_handler(self._handler, envelope, msg.headers, span)
+                await run_handler(self._handler, envelope, msg.headers, self._span)
         except RejectMessage as exc:
             self._error(seq, attempt, str(exc), type(exc).__name__, retryable=False)
             await self._dead(msg, seq, f"rejected by handler: {exc}", envelope.metadata.tenant)

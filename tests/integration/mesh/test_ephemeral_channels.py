@@ -116,3 +116,13 @@ async def test_api_makes_the_guarantee_explicit(mesh: Mesh, unique: str) -> None
         await mesh.send_durable(f"ephemeral:{unique}", "x")
     with pytest.raises(InvalidChannelName, match="must start with"):
         await mesh.publish_event(unique, "x")
+
+
+async def test_a_subscription_is_live_on_the_server_when_subscribe_returns(
+    mesh: Mesh, other_nc: Client, unique: str
+) -> None:
+    async with Mesh(other_nc, agent="server") as other:
+        for i in range(100):
+            sub = await other.serve(f"{unique}-{i}", collector([]))
+            await mesh.request(f"{unique}-{i}", i, 2)  # NoResponders if the SUB lagged behind
+            await other.unsubscribe(sub)

@@ -8,7 +8,7 @@ from collections.abc import Awaitable, Callable
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
-from mesh.channels import Channel, list_channels, tail
+from mesh.channels import Channel, list_channels, sync_with_server, tail
 from mesh.envelope import Envelope
 from mesh.messaging import RPC_PREFIX, Mesh
 from mesh.trace import CORRELATION_HEADER, trace_id_of
@@ -28,6 +28,7 @@ async def test_a_chain_of_agent_calls_is_one_trace_with_one_correlation_id(
     for subject in (Channel.parse(intake).subject, f"{RPC_PREFIX}.{calc}",
                     Channel.parse(report).subject):  # fmt: skip
         await mesh.nc.subscribe(subject, cb=spy)
+    await sync_with_server(mesh.nc)
     done: list[Envelope] = []
 
     async def calculator(env: Envelope) -> float:
@@ -98,7 +99,7 @@ async def test_tail_shows_durable_traffic_without_taking_it_from_the_group(
 
     follower = asyncio.create_task(follow())
     await eventually(lambda: Channel.parse(channel).subject in _subjects(mesh.nc))
-    await mesh.nc.flush()
+    await sync_with_server(mesh.nc)
     await mesh.subscribe(channel, handle)
     for i in range(3):
         await mesh.send_durable(channel, i)
