@@ -22,7 +22,7 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, RetentionPolicy, StorageType, StreamConfig
 
-from mesh.channels import CHANNELS_STREAM, Channel
+from mesh.channels import CHANNELS_STREAM, Channel, sync_with_server
 from mesh.connection import connect, jetstream
 from mesh.envelope import CONTENT_TYPE, JSON, Envelope, encode, new_id
 from mesh.messaging import Mesh
@@ -197,7 +197,7 @@ async def _raw_ephemeral(
         sink.arrived(_index(msg))
 
     sub = await rx.subscribe(subject, cb=handle, pending_msgs_limit=1_000_000)
-    await rx.flush()
+    await sync_with_server(rx)
 
     async def send(i: int) -> None:
         await tx.publish(subject, blob, headers=_raw_headers(i))
@@ -321,7 +321,7 @@ async def _raw_request(tx: Client, rx: Client, subject: str, blob: bytes, n: int
         await msg.respond(msg.data)
 
     sub = await rx.subscribe(subject, queue="raw", cb=echo)
-    await rx.flush()
+    await sync_with_server(rx)
     try:
         return await _round_trips(
             n, rate, lambda i: tx.request(subject, blob, timeout=10, headers=_raw_headers(i))
