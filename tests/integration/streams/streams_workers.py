@@ -1,0 +1,64 @@
+"""Worker runners for the streams tests: in-process (clean stop) and subprocess (SIGKILL)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import faust
+
+HERE = Path(__file__).parent
+ROOT = HERE.parents[2]
+
+
+@contextlib.asynccontextmanager
+async def running(app: faust.App, timeout: float = 30.0) -> AsyncIterator[faust.Worker]:
+    """Run ``app`` as an in-process worker until the block exits (then stop it cleanly)."""
+    worker = faust.Worker(app, loglevel="WARNING", quiet=True, redirect_stdouts=False)
+    task = asyncio.ensure_future(worker.start())
+    try:
+        yield worker
+    finally:
+        await worker.stop()
+        task.cancel()
+        with contextlib.suppress(BaseException):
+            await task
+
+
+class WorkerProcess:
+    """A worker of ``streams_counter_app`` in its own process, to be SIGKILLed."""
+
+    def __init__(self, app_id: str, nats_url: str, log: Path) -> None:
+        self._log = log.open("ab")
+        env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{HERE}"}
+        self.proc = subprocess.Popen(
+            [sys.executable, str(HERE / "streams_counter_app.py"), app_id, nats_url],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+        )
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        self._log.close()

@@ -1,0 +1,106 @@
+"""A Faust agent counting into a table and windowed tables over the nats:// transport."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import Counter
+
+import pytest
+from streams_workers import running
+from nats.js import JetStreamContext
+from streams_counter_app import WINDOW_S, build_app
+from streams_helpers import KEYS, eventually, key_of, publish_events, read_changelog
+
+from streams import naming
+
+N = 100_000
+
+
+def _window_start(ts: float) -> float:
+    return math.floor(ts / WINDOW_S) * WINDOW_S
+
+
+async def _stream_exists(js: JetStreamContext, topic: str) -> bool:
+    try:
+        await js.stream_info(naming.stream_name(topic, 0))
+    except Exception:
+        return False
+    return True
+
+
+@pytest.mark.slow
+async def test_100k_events_are_counted_exactly_per_key_and_per_window(
+    nats_url: str, js: JetStreamContext, app_id: str
+) -> None:
+    t0 = _window_start(time.time()) - 3 * WINDOW_S
+
+    def ts(i: int) -> float:
+        return t0 + (i % 3) * WINDOW_S + 1.0
+
+    app = build_app(app_id, nats_url)
+    counts = app.tables["counts"]
+    tumbling = app.tables["tumbling"]
+    hopping = app.tables["hopping"]
+    async with running(app):
+        await eventually(lambda: _stream_exists(js, f"{app_id}-events"), 30, "topic declared")
+        await publish_events(js, f"{app_id}-events", N, timestamp_of=ts)
+
+        async def all_counted() -> bool:
+            return sum(counts.data.values()) >= N
+
+        await eventually(all_counted, 150, f"{N} events counted")
+
+        assert dict(counts.data) == {key_of(i).decode(): N // KEYS for i in range(KEYS)}
+
+        want_tumbling: Counter[tuple[str, float]] = Counter()
+        want_hopping: Counter[tuple[str, float]] = Counter()
+        for i in range(N):
+            k, start = key_of(i).decode(), _window_start(ts(i))
+            want_tumbling[(k, start)] += 1
+            want_hopping[(k, start)] += 1
+            want_hopping[(k, start - WINDOW_S)] += 1
+        got_tumbling = {(k, w[0]): v for (k, w), v in tumbling.data.items()}
+        got_hopping = {(k, w[0]): v for (k, w), v in hopping.data.items()}
+        assert got_tumbling == dict(want_tumbling)
+        assert got_hopping == dict(want_hopping)
+
+    # The changelog holds the same table (what a restarted worker recovers from).
+    changelog = await read_changelog(js, f"{app_id}-counts-changelog")
+    merged = {k: v for part in changelog.values() for k, v in part.items()}
+    assert merged == {key_of(i).decode(): N // KEYS for i in range(KEYS)}
+
+
+async def test_restarted_worker_recovers_table_from_changelog_and_resumes_from_commit(
+    nats_url: str, js: JetStreamContext, app_id: str
+) -> None:
+    topic = f"{app_id}-events"
+    first = build_app(app_id, nats_url)
+    async with running(first):
+        await eventually(lambda: _stream_exists(js, topic), 30, "topic declared")
+        await publish_events(js, topic, 5_000)
+        counts = first.tables["counts"]
+
+        async def counted() -> bool:
+            return sum(counts.data.values()) >= 5_000
+
+        await eventually(counted, 60, "first 5000 events counted")
+
+    second = build_app(app_id, nats_url)
+    counts2 = second.tables["counts"]
+    async with running(second):
+
+        async def recovered() -> bool:
+            return second.tables.recovery.completed.is_set() and sum(counts2.data.values()) >= 5_000
+
+        await eventually(recovered, 60, "table recovered from changelog")
+        assert sum(counts2.data.values()) == 5_000  # nothing re-processed
+        await publish_events(js, topic, 2_000)
+
+        async def counted_more() -> bool:
+            return sum(counts2.data.values()) >= 7_000
+
+        await eventually(counted_more, 60, "2000 more events counted")
+        want = Counter(key_of(i).decode() for i in range(5_000))
+        want.update(key_of(i).decode() for i in range(2_000))
+        assert dict(counts2.data) == dict(want)
