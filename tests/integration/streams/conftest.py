@@ -12,7 +12,7 @@ import pytest
 # The helper modules beside this file are imported by plain name.
 sys.path.insert(0, str(Path(__file__).parent))
 
-from streams_workers import WorkerProcess  # noqa: E402
+from streams_workers import WorkerProcess
 
 
 @pytest.fixture

@@ -7,10 +7,10 @@ import time
 from collections import Counter
 
 import pytest
-from streams_workers import running
 from nats.js import JetStreamContext
 from streams_counter_app import WINDOW_S, build_app
 from streams_helpers import KEYS, eventually, key_of, publish_events, read_changelog
+from streams_workers import running
 
 from streams import naming
 
