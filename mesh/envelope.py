@@ -33,6 +33,7 @@ __all__ = [
     "decode",
     "encode",
     "new_id",
+    "priority_by_name",
 ]
 
 SCHEMA_VERSION: Final = 1
@@ -57,6 +58,16 @@ class Priority(IntEnum):
     NORMAL = 2
     LOW = 3
     BACKGROUND = 4
+
+
+def priority_by_name(value: Any) -> Any:
+    """Accept ``"HIGH"``/``"high"`` as well as ``1`` (a pydantic before-validator)."""
+    if isinstance(value, str) and not value.isdigit():
+        try:
+            return Priority[value.upper()]
+        except KeyError:
+            raise ValueError(f"priority must be one of {[p.name for p in Priority]}") from None
+    return value
 
 
 class MessageType(StrEnum):

@@ -43,7 +43,7 @@ from pydantic import (
 )
 
 from mesh import names
-from mesh.envelope import Priority, utcnow
+from mesh.envelope import Priority, priority_by_name, utcnow
 from mesh.errors import MeshError
 from mesh.events import EXECUTION_FINISHED
 from mesh.queue import DEFAULT_TTL_S, MAX_TTL_S
@@ -150,15 +150,6 @@ def to_server_schedule(expr: str) -> str:
     return six
 
 
-def _priority_by_name(v: Any) -> Any:
-    if isinstance(v, str) and not v.isdigit():
-        try:
-            return Priority[v.upper()]
-        except KeyError:
-            raise ValueError(f"priority must be one of {[p.name for p in Priority]}") from None
-    return v
-
-
 class _Common(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -170,7 +161,7 @@ class _Common(BaseModel):
     ttl_s: int = Field(default=DEFAULT_TTL_S, ge=1, le=MAX_TTL_S)
     created_at: datetime = Field(default_factory=utcnow)
 
-    _by_name = field_validator("priority", mode="before")(_priority_by_name)
+    _by_name = field_validator("priority", mode="before")(priority_by_name)
 
 
 class CronSchedule(_Common):

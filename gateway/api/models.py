@@ -7,7 +7,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from mesh.envelope import Priority
+from mesh.envelope import Priority, priority_by_name
 from mesh.queue import DEFAULT_TTL_S, MAX_TTL_S
 
 __all__ = ["RunAccepted", "RunRequest", "RunView"]
@@ -25,15 +25,7 @@ class RunRequest(BaseModel):
     tenant: str = Field(default="default", pattern=r"^[A-Za-z0-9_-]{1,128}$")
     routing_key: str | None = Field(default=None, max_length=256)
 
-    @field_validator("priority", mode="before")
-    @classmethod
-    def _by_name(cls, v: Any) -> Any:
-        if isinstance(v, str) and not v.isdigit():
-            try:
-                return Priority[v.upper()]
-            except KeyError:
-                raise ValueError(f"priority must be one of {[p.name for p in Priority]}") from None
-        return v
+    _priority = field_validator("priority", mode="before")(priority_by_name)
 
 
 class RunAccepted(BaseModel):

@@ -10,6 +10,7 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from agents.errors import AgentInputInvalid
+from gateway.api.bodies import json_response, read_json
 from gateway.api.models import RunRequest
 from gateway.api.problems import validation_errors
 from gateway.api.services import SERVICES, Services
@@ -22,23 +23,12 @@ __all__ = ["routes"]
 routes = web.RouteTableDef()
 
 
-def _json(body: Any, status: int = 200) -> web.Response:
-    return web.json_response(body, status=status, dumps=lambda o: json.dumps(o, default=str))
-
-
-async def _body(request: web.Request) -> Any:
-    try:
-        return json.loads(await request.read() or b"null")
-    except ValueError as exc:
-        raise web.HTTPBadRequest(text=f"body is not valid JSON: {exc}") from exc
-
-
 @routes.get("/api/v1/queue/stats")
 async def stats(request: web.Request) -> web.Response:
     svc: Services = request.app[SERVICES]
     result = await queue_stats(svc.js)
     lanes = [{**lane.model_dump(), "stalled": lane.stalled} for lane in result.lanes]
-    return _json({"lanes": lanes, "dead_letters": result.dead_letters})
+    return json_response({"lanes": lanes, "dead_letters": result.dead_letters})
 
 
 def _summary(view: dlq.DeadLetterView) -> dict[str, Any]:
@@ -66,7 +56,7 @@ async def list_dlq(request: web.Request) -> web.Response:
     limit = _int(request, "limit", 100, 1000)
     after = _int(request, "after", 0, 2**63)
     views = await dlq.list_dead_letters(svc.js, name=agent, limit=limit, after_seq=after)
-    return _json({"dead_letters": [_summary(v) for v in views]})
+    return json_response({"dead_letters": [_summary(v) for v in views]})
 
 
 @routes.get("/api/v1/queue/dlq/{seq}")
@@ -79,7 +69,7 @@ async def show_dlq(request: web.Request) -> web.Response:
     body = view.entry.model_dump(mode="json")
     with contextlib.suppress(ValueError):  # not JSON: payload_b64 is the exact bytes
         body["payload"] = json.loads(view.entry.payload)
-    return _json({"seq": view.seq, **body})
+    return json_response({"seq": view.seq, **body})
 
 
 class DlqSelection(BaseModel):
@@ -101,20 +91,20 @@ class DlqSelection(BaseModel):
 @routes.post("/api/v1/queue/dlq/replay")
 async def replay_dlq(request: web.Request) -> web.Response:
     svc: Services = request.app[SERVICES]
-    sel = DlqSelection.model_validate(await _body(request))
+    sel = DlqSelection.model_validate(await read_json(request))
     if sel.seq is not None:
         replayed = [await dlq.replay(svc.js, sel.seq)]
     else:
         replayed = await dlq.replay_all(svc.js, name=sel.agent)
-    return _json({"replayed": replayed})
+    return json_response({"replayed": replayed})
 
 
 @routes.post("/api/v1/queue/dlq/purge")
 async def purge_dlq(request: web.Request) -> web.Response:
     svc: Services = request.app[SERVICES]
-    sel = DlqSelection.model_validate(await _body(request))
+    sel = DlqSelection.model_validate(await read_json(request))
     purged = await dlq.purge(svc.js, origin="tasks", name=sel.agent, seq=sel.seq)
-    return _json({"purged": purged})
+    return json_response({"purged": purged})
 
 
 class BatchTask(RunRequest):
@@ -132,7 +122,7 @@ class BatchRequest(BaseModel):
 @routes.post("/api/v1/queue/batch")
 async def submit_batch(request: web.Request) -> web.Response:
     svc: Services = request.app[SERVICES]
-    body = BatchRequest.model_validate(await _body(request))
+    body = BatchRequest.model_validate(await read_json(request))
     specs = []
     for i, task in enumerate(body.tasks):
         agent = svc.registry.get(task.agent)
@@ -154,4 +144,4 @@ async def submit_batch(request: web.Request) -> web.Response:
         )
     queued = await svc.queue.enqueue_batch(specs, batch_key=body.batch_key)
     runs = [{"run_id": q.run_id, "agent": s.agent} for q, s in zip(queued, specs, strict=True)]
-    return _json({"runs": runs, "duplicate": bool(queued and queued[0].duplicate)}, status=202)
+    return json_response({"runs": runs, "duplicate": bool(queued and queued[0].duplicate)}, status=202)

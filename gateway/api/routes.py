@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import json
-from typing import Any
-
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import ValidationError
 
 from agents.errors import AgentInputInvalid, RunNotFound
 from agents.store.executions import get_execution
+from gateway.api.bodies import json_response, read_json
 from gateway.api.models import RunAccepted, RunRequest, RunView
 from gateway.api.problems import validation_errors
 from gateway.api.services import SERVICES, Services
@@ -22,25 +20,11 @@ __all__ = ["routes"]
 routes = web.RouteTableDef()
 
 
-def _json(body: Any, status: int = 200) -> web.Response:
-    return web.Response(status=status, text=json.dumps(body, default=str), content_type="application/json")
-
-
-async def _body(request: web.Request) -> Any:
-    if request.content_type not in ("application/json", ""):
-        raise web.HTTPUnsupportedMediaType(text="send application/json")
-    raw = await request.read()
-    try:
-        return json.loads(raw or b"null")
-    except ValueError as exc:
-        raise web.HTTPBadRequest(text=f"body is not valid JSON: {exc}") from exc
-
-
 @routes.post("/api/v1/agents/{key}/runs")
 async def create_run(request: web.Request) -> web.Response:
     svc: Services = request.app[SERVICES]
     agent = svc.registry.get(request.match_info["key"])
-    body = RunRequest.model_validate(await _body(request))
+    body = RunRequest.model_validate(await read_json(request))
     try:
         agent.Input.model_validate(body.input)
     except ValidationError as exc:
@@ -55,7 +39,7 @@ async def create_run(request: web.Request) -> web.Response:
     queued = await svc.queue.enqueue(spec)
     url = f"/api/v1/runs/{queued.run_id}"
     accepted = RunAccepted(run_id=queued.run_id, agent=agent.key, duplicate=queued.duplicate, url=url)
-    response = _json(accepted.model_dump(), status=202)
+    response = json_response(accepted.model_dump(), status=202)
     response.headers["Location"] = url
     return response
 
@@ -75,7 +59,7 @@ async def get_run_view(request: web.Request) -> web.Response:
             enqueued_at=state.enqueued_at, started_at=state.started_at,
             finished_at=state.finished_at,
         )  # fmt: skip
-        return _json(view.model_dump(mode="json"))
+        return json_response(view.model_dump(mode="json"))
     row = await get_execution(svc.pool, run_id)
     if row is None:
         raise RunNotFound(run_id)
@@ -85,7 +69,7 @@ async def get_run_view(request: web.Request) -> web.Response:
         enqueued_at=row["enqueued_at"], started_at=row["started_at"],
         finished_at=row["finished_at"], progress=100.0 if row["status"] == "succeeded" else None,
     )  # fmt: skip
-    return _json(view.model_dump(mode="json"))
+    return json_response(view.model_dump(mode="json"))
 
 
 @routes.get("/api/v1/agents")
@@ -96,12 +80,12 @@ async def list_agents(request: web.Request) -> web.Response:
         desc = agent.describe()
         desc["state"] = "serving" if agent.key in svc.served_agents() else "registered"
         agents.append(desc)
-    return _json({"agents": agents})
+    return json_response({"agents": agents})
 
 
 @routes.get("/healthz")
 async def healthz(request: web.Request) -> web.Response:
-    return _json({"status": "ok"})
+    return json_response({"status": "ok"})
 
 
 @routes.get("/readyz")
@@ -119,7 +103,7 @@ async def readyz(request: web.Request) -> web.Response:
     except Exception as exc:
         checks["postgres"] = f"error: {exc}"
     ready = all(v == "ok" for v in checks.values())
-    return _json({"status": "ready" if ready else "not ready", "checks": checks},
+    return json_response({"status": "ready" if ready else "not ready", "checks": checks},
                  status=200 if ready else 503)  # fmt: skip
 
 

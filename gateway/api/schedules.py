@@ -12,13 +12,13 @@ Both kinds live under one resource, told apart by ``kind`` (``cron`` or
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from aiohttp import web
 from pydantic import ValidationError
 
 from agents.errors import AgentInputInvalid
+from gateway.api.bodies import json_response, read_json
 from gateway.api.problems import validation_errors
 from gateway.api.services import SERVICES, Services
 from mesh.schedules import (
@@ -39,17 +39,8 @@ BASE = "/api/v1/queue/schedules"
 routes = web.RouteTableDef()
 
 
-def _json(body: Any, status: int = 200) -> web.Response:
-    return web.Response(status=status, text=json.dumps(body, default=str), content_type="application/json")
-
-
 async def _body(request: web.Request) -> dict[str, Any]:
-    if request.content_type not in ("application/json", ""):
-        raise web.HTTPUnsupportedMediaType(text="send application/json")
-    try:
-        body = json.loads(await request.read() or b"null")
-    except ValueError as exc:
-        raise web.HTTPBadRequest(text=f"body is not valid JSON: {exc}") from exc
+    body = await read_json(request)
     if not isinstance(body, dict):
         raise web.HTTPBadRequest(text="the body must be a JSON object")
     return body
@@ -70,7 +61,7 @@ def _check_agent(svc: Services, definition: CronSchedule | EventTrigger) -> None
 
 
 def _created(definition: CronSchedule | EventTrigger, status: int) -> web.Response:
-    response = _json(describe(definition), status=status)
+    response = json_response(describe(definition), status=status)
     response.headers["Location"] = f"{BASE}/{definition.name}"
     return response
 
@@ -82,7 +73,7 @@ async def list_schedules(request: web.Request) -> web.Response:
     if kind not in (None, "cron", "trigger"):
         raise web.HTTPBadRequest(text="kind must be cron or trigger")
     found = await list_definitions(svc.js)
-    return _json({"schedules": [describe(d) for d in found if kind in (None, d.kind)]})
+    return json_response({"schedules": [describe(d) for d in found if kind in (None, d.kind)]})
 
 
 @routes.post(BASE)
@@ -113,7 +104,7 @@ async def get_schedule(request: web.Request) -> web.Response:
     svc: Services = request.app[SERVICES]
     definition = await get_definition(svc.js, request.match_info["name"])
     assert definition is not None
-    return _json(describe(definition))
+    return json_response(describe(definition))
 
 
 @routes.delete(BASE + "/{name}")
