@@ -36,7 +36,7 @@ PAYLOAD = {"agent": "fuel-combustion", "litres": 1234.5, "fuel": "diesel", "seq"
 
 
 async def bench_messaging(
-    nats_url: str, *, rate: int = 1000, seconds: float = 2.0, burst: int = 20_000
+    nats_url: str, *, rate: int = 1000, seconds: float = 2.0, burst: int = 20_000, repeats: int = 3
 ) -> dict[str, Any]:
     """Run the benchmark against ``nats_url``; returns the ``--json`` document."""
     run = new_id()[:8]
@@ -64,32 +64,49 @@ async def bench_messaging(
         await _mesh_durable(sender, receiver, f"durable:bench.{run}.warm", 300, None)
         await _mesh_request(sender, receiver, f"bench-{run}-warm", 300, None)
         eph = Channel.parse(f"ephemeral:bench.{run}.eph")
+        mesh_eph, raw_eph = await _best(
+            repeats,
+            lambda r: _mesh_ephemeral(sender, receiver, eph, burst, None),
+            lambda r: _raw_ephemeral(tx, rx, f"bench.{run}.raw-eph", blob, burst, None),
+        )
         results["ephemeral"] = _row(
             await _mesh_ephemeral(sender, receiver, eph, n_paced, rate),
             await _raw_ephemeral(tx, rx, f"bench.{run}.raw-eph", blob, n_paced, rate),
-            await _mesh_ephemeral(sender, receiver, eph, burst, None),
-            await _raw_ephemeral(tx, rx, f"bench.{run}.raw-eph", blob, burst, None),
+            mesh_eph,
+            raw_eph,
         )
-        raw_pull = await _raw_durable(js_tx, js_rx, raw_stream, f"bench.{run}.max", blob, burst // 2, None)
-        raw_push = await _raw_durable(
-            js_tx, js_rx, raw_stream, f"bench.{run}.push", blob, burst // 2, None, push=True
+        half = burst // 2
+        mesh_dur, raw_pull, raw_push = await _best(
+            repeats,
+            lambda r: _mesh_durable(sender, receiver, f"durable:bench.{run}.max{r}", half, None),
+            lambda r: _raw_durable(js_tx, js_rx, raw_stream, f"bench.{run}.pull{r}", blob, half, None),
+            lambda r: _raw_durable(
+                js_tx, js_rx, raw_stream, f"bench.{run}.push{r}", blob, half, None, push=True
+            ),
         )
         results["durable"] = _row(
             await _mesh_durable(sender, receiver, f"durable:bench.{run}.lat", n_paced, rate),
             await _raw_durable(js_tx, js_rx, raw_stream, f"bench.{run}.lat", blob, n_paced, rate),
-            await _mesh_durable(sender, receiver, f"durable:bench.{run}.max", burst // 2, None),
+            mesh_dur,
             max(raw_pull, raw_push, key=lambda sample: sample[1]),  # the stronger raw ceiling
         ) | {"raw_pull_max_per_s": round(raw_pull[1]), "raw_push_max_per_s": round(raw_push[1])}
+        quarter = burst // 4
+        mesh_rr, raw_rr = await _best(
+            repeats,
+            lambda r: _mesh_request(sender, receiver, f"bench-{run}", quarter, None),
+            lambda r: _raw_request(tx, rx, f"bench.{run}.rpc", blob, quarter, None),
+        )
         results["request_reply"] = _row(
             await _mesh_request(sender, receiver, f"bench-{run}", n_paced, rate),
             await _raw_request(tx, rx, f"bench.{run}.rpc", blob, n_paced, rate),
-            await _mesh_request(sender, receiver, f"bench-{run}", burst // 4, None),
-            await _raw_request(tx, rx, f"bench.{run}.rpc", blob, burst // 4, None),
+            mesh_rr,
+            raw_rr,
         )
     finally:
         await sender.stop()
         await receiver.stop()
-        for name in (f"bench.{run}.lat", f"bench.{run}.max", f"bench.{run}.warm"):
+        names = ["lat", "warm", *(f"max{r}" for r in range(repeats))]
+        for name in (f"bench.{run}.{n}" for n in names):
             with contextlib.suppress(Exception):
                 consumer = Channel.parse(f"durable:{name}").consumer
                 await js_tx.delete_consumer(CHANNELS_STREAM, consumer)
@@ -98,6 +115,7 @@ async def bench_messaging(
         await rx.close()
     results["config"] = {
         "rate_per_s": rate,
+        "throughput_repeats": repeats,
         "paced_messages": n_paced,
         "burst_messages": burst,
         "message_bytes": len(blob),
@@ -107,6 +125,19 @@ async def bench_messaging(
 
 
 Sample = tuple[list[float], float]  # latencies in seconds, throughput per second
+
+
+async def _best(repeats: int, *runs: Callable[[int], Awaitable[Sample]]) -> list[Sample]:
+    """Each run's best throughput over ``repeats`` rounds, mesh and raw interleaved so
+    that load from other processes hits both alike."""
+    best: list[Sample | None] = [None] * len(runs)
+    for r in range(repeats):
+        for k, run in enumerate(runs):
+            sample = await run(r)
+            current = best[k]
+            if current is None or sample[1] > current[1]:
+                best[k] = sample
+    return [sample for sample in best if sample is not None]
 
 
 def _row(paced: Sample, raw_paced: Sample, burst: Sample, raw_burst: Sample) -> dict[str, float]:
