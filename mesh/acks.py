@@ -18,16 +18,20 @@ operators and exports the same facts as Prometheus metrics:
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Final
 
-from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
 
 __all__ = [
     "MESSAGES",
     "REJECTED",
     "AckTracker",
     "PendingAck",
+    "Tally",
     "count_rejected",
 ]
 
@@ -42,7 +46,42 @@ SETTLE_SECONDS: Final = Histogram(
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
 REJECTED: Final = Counter("af_mesh_rejected", "Messages refused on receipt", ["channel", "reason"])
-MESSAGES: Final = Counter("af_mesh_messages", "Mesh messages", ["channel_type", "direction"])
+
+
+class Tally:
+    """A counter for the per-message path: a plain int, read by Prometheus at scrape time.
+
+    A labelled ``Counter.inc()`` takes a lock on every call; this is bumped
+    from the event loop thread only, so an int is enough.
+    """
+
+    __slots__ = ("value",)
+
+    def __init__(self) -> None:
+        self.value = 0
+
+    def inc(self, amount: int = 1) -> None:
+        self.value += amount
+
+
+class _MessageTallies(Collector):
+    def __init__(self) -> None:
+        self._tallies: dict[tuple[str, str], Tally] = {}
+
+    def labels(self, channel_type: str, direction: str) -> Tally:
+        return self._tallies.setdefault((channel_type, direction), Tally())
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        family = CounterMetricFamily(
+            "af_mesh_messages", "Mesh messages", labels=["channel_type", "direction"]
+        )
+        for (channel_type, direction), tally in sorted(list(self._tallies.items())):
+            family.add_metric([channel_type, direction], tally.value)
+        yield family
+
+
+MESSAGES: Final = _MessageTallies()
+REGISTRY.register(MESSAGES)
 
 
 def count_rejected(channel: str, reason: str) -> None:

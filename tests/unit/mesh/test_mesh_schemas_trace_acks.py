@@ -9,7 +9,7 @@ from prometheus_client import REGISTRY
 from pydantic import BaseModel
 
 from mesh import trace
-from mesh.acks import AckTracker
+from mesh.acks import MESSAGES, AckTracker
 from mesh.channel_errors import InvalidPayload
 from mesh.schemas import SchemaRegistry
 
@@ -74,3 +74,10 @@ def test_tracker_counts_outcomes_and_reports_overdue_entries() -> None:
     tracker.settle(stuck, "timeout")
     assert REGISTRY.get_sample_value("af_mesh_pending_acks", labels) == 0
     assert REGISTRY.get_sample_value("af_mesh_ack_outcomes_total", labels | {"outcome": "timeout"}) == 1
+
+
+def test_message_tallies_are_exported_as_a_prometheus_counter() -> None:
+    labels = {"channel_type": "UNIT", "direction": "sent"}
+    before = REGISTRY.get_sample_value("af_mesh_messages_total", labels) or 0.0
+    MESSAGES.labels("UNIT", "sent").inc(3)
+    assert REGISTRY.get_sample_value("af_mesh_messages_total", labels) == before + 3
