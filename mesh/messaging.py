@@ -133,6 +133,8 @@ class Mesh:
             self._inbox_sub = None
         if self._registry is not None:
             await self._registry.stop()
+        if self._js is not None:
+            await _close_publish_async_inbox(self.nc, self._js)
 
     async def __aenter__(self) -> Mesh:
         await self.start()
@@ -395,6 +397,22 @@ class Mesh:
             future.set_exception(NoResponders(agent))
         else:
             future.set_result(msg)
+
+
+async def _close_publish_async_inbox(nc: Client, js: JetStreamContext) -> None:
+    """Unsubscribe the reply inbox nats-py opens on the first ``publish_async``.
+
+    nats-py keeps no handle to it, so without this every stopped ``Mesh``
+    that used :meth:`Mesh.send_durable_many` would leave one subscription behind.
+    """
+    prefix = js._async_reply_prefix
+    if prefix is None:
+        return
+    subject = prefix.decode() + "*"
+    for sub in list(nc._subs.values()):
+        if sub.subject == subject:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
 
 
 def _durable(channel: Channel | str) -> Channel:

@@ -249,3 +249,60 @@ async def test_message_that_keeps_killing_its_subscriber_ends_in_the_dlq_unhandl
     assert letter["reason"] == "no ack after 1 attempts"
     assert letter["errors"][0]["error_type"] == "AckTimeout"
     assert handled == []
+
+
+async def test_unsubscribing_finishes_the_message_in_hand_and_hands_back_the_rest(
+    mesh: Mesh, other_nc: Client, unique: str, eventually: Eventually
+) -> None:
+    channel = f"durable:{unique}"
+    options = DurableOptions(ack_timeout_s=30, batch=10)  # ack_wait 32 s: a hand-back must be a nak
+    started, release = asyncio.Event(), asyncio.Event()
+    first: list[int] = []
+
+    async def slow(env: Envelope) -> None:
+        first.append(env.payload)
+        started.set()
+        await release.wait()
+
+    leaving = Mesh(other_nc, agent="leaving")
+    await leaving.start()
+    sub = await leaving.subscribe(channel, slow, options=options)
+    await mesh.send_durable_many(channel, range(5))
+    await asyncio.wait_for(started.wait(), 5)
+    stopping = asyncio.create_task(leaving.unsubscribe(sub))
+    release.set()
+    await asyncio.wait_for(stopping, 5)
+    await leaving.stop()
+
+    rest: list[int] = []
+
+    async def handle(env: Envelope) -> None:
+        rest.append(env.payload)
+
+    await mesh.subscribe(channel, handle, options=options)
+    await eventually(lambda: len(first) + len(rest) == 5, 5, "handed-back messages well before ack_wait")
+    assert first == [0]
+    assert sorted(rest) == [1, 2, 3, 4]
+
+
+async def test_stopping_a_mesh_leaves_nothing_running(
+    provisioned: JetStreamContext, other_nc: Client, unique: str
+) -> None:
+    await other_nc.request("$JS.API.INFO", b"")  # nats-py's own per-connection reply inbox
+    subscriptions_before = set(other_nc._subs)
+    tasks_before = {t for t in asyncio.all_tasks() if t.get_name().startswith("af-")}
+    mesh = Mesh(other_nc, agent="short-lived")
+    await mesh.start()
+
+    async def ignore(env: Envelope) -> None:
+        return None
+
+    await mesh.subscribe(f"durable:{unique}", ignore)
+    await mesh.subscribe(f"ephemeral:{unique}", ignore)
+    await mesh.serve(unique, ignore)
+    await mesh.serve(unique, ignore, durable=True)
+    await mesh.send_durable_many(f"durable:{unique}", range(3))
+    await mesh.stop()
+    assert set(other_nc._subs) == subscriptions_before
+    assert {t for t in asyncio.all_tasks() if t.get_name().startswith("af-")} == tasks_before
+    assert mesh._waiting == {}
