@@ -16,6 +16,7 @@ mapping is reversible and two topics never share a stream.
 from __future__ import annotations
 
 import base64
+import functools
 import re
 
 __all__ = [
@@ -39,6 +40,7 @@ TOPICS_BUCKET = "faust-topics"
 _SAFE = re.compile(r"[A-Za-z0-9-]")
 
 
+@functools.lru_cache(maxsize=4096)
 def escape(name: str) -> str:
     """Reversible escape of ``name`` into ``[A-Za-z0-9_-]+``."""
     out: list[str] = []

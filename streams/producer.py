@@ -6,6 +6,10 @@ the partition of a key is the same as on Kafka. A record's offset is the stream
 sequence from the server's publish ack, the same space the consumer reads, so
 a table's persisted changelog offset is meaningful to recovery.
 
+Records are queued and published by one task that lingers ``linger_ms``
+(default 5 ms) after waking up, so one socket write carries many records;
+each record still gets its own publish ack.
+
 Guarantee: a future resolves only once the server stored the record (file
 storage). A failed publish fails its future, and the next :meth:`flush` raises
 :class:`~faust.exceptions.ProducerSendError`, so the consumer does not commit
@@ -15,7 +19,10 @@ past an event whose output was lost (at-least-once).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable, Mapping
+from dataclasses import dataclass
+from functools import partial
 from typing import Any, cast
 
 from faust.exceptions import ProducerSendError
@@ -33,6 +40,16 @@ from streams.topics import TopicSpec
 __all__ = ["Producer"]
 
 
+@dataclass(slots=True)
+class _Outgoing:
+    subject: str
+    payload: bytes
+    headers: dict[str, str] | None
+    result: asyncio.Future[RecordMetadata]
+    tp: TP
+    timestamp: float | None
+
+
 class Producer(base.Producer):
     """Publishes Faust records to JetStream with async acks."""
 
@@ -40,21 +57,36 @@ class Producer(base.Producer):
         self._conn: Any = None
         self._pending: set[asyncio.Future[Any]] = set()
         self._failure: BaseException | None = None
+        self._outbox: list[_Outgoing] = []
+        self._outbox_ready = asyncio.Event()
+        self._drained = asyncio.Event()
+        self._publisher_task: asyncio.Task[None] | None = None
+        settings = getattr(self.transport, "settings", None)
+        self._linger_s = settings.linger_s if settings is not None else 0.0
 
     async def on_start(self) -> None:
         await super().on_start()
-        self._conn = await self.transport.acquire()  # type: ignore[attr-defined]
+        await self._connection()
 
     async def on_stop(self) -> None:
         await super().on_stop()
         if self._conn is not None:
             await self._wait_pending()
+            task, self._publisher_task = self._publisher_task, None
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             self._conn = None
             await self.transport.release()  # type: ignore[attr-defined]
 
     async def _connection(self) -> Any:
         if self._conn is None:
             self._conn = await self.transport.acquire()  # type: ignore[attr-defined]
+        if self._publisher_task is None:
+            self._publisher_task = asyncio.get_running_loop().create_task(
+                self._publisher(), name="streams-publisher"
+            )
         return self._conn
 
     async def _spec(self, topic: str) -> TopicSpec:
@@ -80,8 +112,7 @@ class Producer(base.Producer):
         *,
         transactional_id: str | None = None,
     ) -> Awaitable[RecordMetadata]:
-        """Publish one record; the returned future resolves when the server stored it."""
-        conn = await self._connection()
+        """Queue one record; the returned future resolves when the server stored it."""
         spec = await self._spec(topic)
         if partition is None:
             partition = partition_for(key, spec.partitions, self.partitioner)
@@ -90,38 +121,53 @@ class Producer(base.Producer):
         else:
             subject = naming.partition_subject(topic, partition)
         hdrs = encode_headers(key, value, timestamp, cast(Any, headers))
-        try:
-            ack = await conn.js.publish_async(subject, value or b"", headers=hdrs)
-        except Exception as exc:
-            raise ProducerSendError(f"cannot publish to {topic!r}: {exc!r}") from exc
         result: asyncio.Future[RecordMetadata] = asyncio.get_running_loop().create_future()
-        tp = TP(topic, partition)
-        ts = timestamp
-
-        def on_ack(fut: asyncio.Future[PubAck]) -> None:
-            self._pending.discard(fut)
-            if result.done():
-                return
-            exc = fut.exception() if not fut.cancelled() else asyncio.CancelledError()
-            if exc is not None:
-                self._failure = exc
-                result.set_exception(ProducerSendError(f"publish to {topic!r} failed: {exc!r}"))
-                return
-            seq = fut.result().seq
-            result.set_result(
-                RecordMetadata(
-                    topic=topic,
-                    partition=partition,
-                    topic_partition=tp,
-                    offset=seq,
-                    timestamp=ts,
-                    timestamp_type=0,
-                )
-            )
-
-        self._pending.add(ack)
-        ack.add_done_callback(on_ack)
+        self._outbox.append(_Outgoing(subject, value or b"", hdrs, result, TP(topic, partition), timestamp))
+        self._outbox_ready.set()
         return result
+
+    async def _publisher(self) -> None:
+        """Publish the outbox in batches: after a wake-up, linger briefly so that one
+        socket write carries many records (acks still arrive per record)."""
+        while True:
+            await self._outbox_ready.wait()
+            if self._linger_s:
+                await asyncio.sleep(self._linger_s)
+            self._outbox_ready.clear()
+            batch, self._outbox = self._outbox, []
+            js = self._conn.js
+            for item in batch:
+                try:
+                    ack = await js.publish_async(item.subject, item.payload, headers=item.headers)
+                except Exception as exc:
+                    self._failure = exc
+                    if not item.result.done():
+                        item.result.set_exception(ProducerSendError(f"cannot publish: {exc!r}"))
+                    continue
+                self._pending.add(ack)
+                ack.add_done_callback(partial(self._on_ack, item))
+            self._drained.set()
+
+    def _on_ack(self, item: _Outgoing, fut: asyncio.Future[PubAck]) -> None:
+        self._pending.discard(fut)
+        result = item.result
+        if result.done():
+            return
+        exc = fut.exception() if not fut.cancelled() else asyncio.CancelledError()
+        if exc is not None:
+            self._failure = exc
+            result.set_exception(ProducerSendError(f"publish to {item.tp.topic!r} failed: {exc!r}"))
+            return
+        result.set_result(
+            RecordMetadata(
+                topic=item.tp.topic,
+                partition=item.tp.partition,
+                topic_partition=item.tp,
+                offset=fut.result().seq,
+                timestamp=item.timestamp,
+                timestamp_type=0,
+            )
+        )
 
     async def send_and_wait(
         self,
@@ -138,6 +184,10 @@ class Producer(base.Producer):
         return await fut
 
     async def _wait_pending(self) -> None:
+        while self._outbox:
+            self._drained.clear()
+            self._outbox_ready.set()
+            await self._drained.wait()
         pending = list(self._pending)
         if pending:
             await asyncio.gather(*pending, return_exceptions=True)

@@ -11,6 +11,8 @@ Broker URL options (query string of the first URL)::
 ``session_timeout``  seconds without a heartbeat before a member is declared
                      dead and its partitions move (default 6)
 ``heartbeat``        seconds between membership heartbeats (default 1)
+``linger_ms``        how long the producer gathers records before one socket
+                     write (default 5)
 
 Several servers: ``broker="nats://a:4222;nats://b:4222"``.
 """
@@ -45,6 +47,7 @@ class TransportSettings:
     servers: tuple[str, ...]
     session_timeout_s: float = 6.0
     heartbeat_s: float = 1.0
+    linger_s: float = 0.005
 
     @classmethod
     def from_urls(cls, urls: list[URL]) -> TransportSettings:
@@ -53,6 +56,7 @@ class TransportSettings:
             servers=tuple(str(u.with_query(None).with_fragment(None)) for u in urls),
             session_timeout_s=float(query.get("session_timeout", 6.0)),
             heartbeat_s=float(query.get("heartbeat", 1.0)),
+            linger_s=float(query.get("linger_ms", 5.0)) / 1000.0,
         )
 
 

@@ -1,0 +1,185 @@
+"""``agent-factory bench streams``: Faust-on-JetStream throughput against the raw ceiling.
+
+Measured in one run against the same server:
+
+``events_per_s``   events through a Faust agent that updates a table
+                   (one worker, 4 partitions; events pre-published, timed from
+                   worker-ready until the table has counted them all)
+``ceiling_per_s``  the raw JetStream pull + ack rate of one Python client on the
+                   same number of messages (``fetch(1000)`` + ``ack()``)
+``ratio``          events_per_s / ceiling_per_s
+``recovery_s``     time for a fresh worker to rebuild a table of
+                   ``recovery_keys`` keys from its changelog
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import faust
+from nats.js import JetStreamContext
+from nats.js.api import AckPolicy, ConsumerConfig, StorageType, StreamConfig
+
+from mesh.connection import connect, jetstream
+from streams import naming
+from streams.partitioner import partition_for
+from streams.records import encode_headers
+from streams.topics import TopicRegistry
+
+__all__ = ["bench_streams"]
+
+PARTITIONS = 4
+KEYS = 1000
+
+
+def _app(app_id: str, nats_url: str) -> tuple[faust.App, Any]:
+    app = faust.App(
+        app_id,
+        broker=nats_url,
+        store="memory://",
+        web_enabled=False,
+        topic_partitions=PARTITIONS,
+        table_standby_replicas=0,
+        key_serializer="json",
+    )
+    events = app.topic(
+        f"{app_id}-events",
+        partitions=PARTITIONS,
+        key_type=bytes,
+        value_type=bytes,
+        key_serializer="raw",
+        value_serializer="raw",
+    )
+    counts = app.Table("counts", default=int, partitions=PARTITIONS)
+
+    @app.agent(events)
+    async def count(stream: Any) -> None:
+        async for key, _value in stream.items():
+            counts[key.decode()] += 1
+
+    return app, counts
+
+
+@contextlib.asynccontextmanager
+async def _worker(app: faust.App) -> AsyncIterator[None]:
+    worker = faust.Worker(app, loglevel="ERROR", quiet=True, redirect_stdouts=False)
+    task = asyncio.ensure_future(worker.start())
+    try:
+        yield
+    finally:
+        await worker.stop()
+        task.cancel()
+        with contextlib.suppress(BaseException):
+            await task
+
+
+async def _publish(
+    js: JetStreamContext, items: list[tuple[str, bytes, bytes, dict[str, str] | None]]
+) -> None:
+    pending = []
+    for subject, _key, payload, headers in items:
+        pending.append(await js.publish_async(subject, payload, headers=headers))
+        if len(pending) >= 2000:
+            await asyncio.gather(*pending)
+            pending.clear()
+    await asyncio.gather(*pending)
+
+
+async def _wait(predicate: Any, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"bench: timed out waiting for {what}")
+        await asyncio.sleep(0.02)
+
+
+async def _ceiling(js: JetStreamContext, n: int) -> float:
+    name = f"bench-ceiling-{uuid.uuid4().hex[:8]}"
+    await js.add_stream(StreamConfig(name=name, subjects=[f"{name}.>"], storage=StorageType.FILE))
+    try:
+        await _publish(js, [(f"{name}.0", b"", b"1", None)] * n)
+        sub = await js.pull_subscribe(
+            f"{name}.>", durable="ceiling", stream=name, config=ConsumerConfig(ack_policy=AckPolicy.EXPLICIT)
+        )
+        got = 0
+        start = time.perf_counter()
+        while got < n:
+            for msg in await sub.fetch(1000, timeout=5):
+                await msg.ack()
+                got += 1
+        elapsed = time.perf_counter() - start
+        await sub.unsubscribe()
+        return n / elapsed
+    finally:
+        await js.delete_stream(name)
+
+
+async def _throughput(nats_url: str, js: JetStreamContext, events: int) -> float:
+    app_id = f"bench-{uuid.uuid4().hex[:8]}"
+    topic = f"{app_id}-events"
+    await TopicRegistry(js).declare(topic, PARTITIONS)
+    items = []
+    for i in range(events):
+        key = f"key-{i % KEYS:04d}".encode()
+        p = partition_for(key, PARTITIONS)
+        items.append((naming.partition_subject(topic, p), key, b"1", encode_headers(key, b"1", None, None)))
+    await _publish(js, items)
+    app, counts = _app(app_id, nats_url)
+    async with _worker(app):
+        await _wait(app.tables.recovery.completed.is_set, 60, "worker ready")
+        start = time.perf_counter()
+        await _wait(lambda: sum(counts.data.values()) >= events, 600, "events counted")
+        return events / (time.perf_counter() - start)
+
+
+async def _recovery(nats_url: str, js: JetStreamContext, keys: int) -> float:
+    app_id = f"bench-{uuid.uuid4().hex[:8]}"
+    changelog = f"{app_id}-counts-changelog"
+    await TopicRegistry(js).declare(changelog, PARTITIONS, compacting=True)
+    items = []
+    for i in range(keys):
+        key = json.dumps(f"key-{i:06d}").encode()
+        p = partition_for(key, PARTITIONS)
+        items.append(
+            (naming.key_subject(changelog, p, key), key, b"1", encode_headers(key, b"1", None, None))
+        )
+    await _publish(js, items)
+    app, counts = _app(app_id, nats_url)
+    start = time.perf_counter()
+    async with _worker(app):
+        await _wait(app.tables.recovery.completed.is_set, 600, "table recovery")
+        elapsed = time.perf_counter() - start
+        if len(counts.data) != keys:
+            raise AssertionError(f"recovered {len(counts.data)} keys, expected {keys}")
+    return elapsed
+
+
+async def bench_streams(
+    nats_url: str, events: int = 100_000, recovery_keys: int = 100_000
+) -> dict[str, float]:
+    """Run the streams benchmark against ``nats_url``; returns the JSON fields."""
+    logging.getLogger("faust").setLevel(logging.ERROR)
+    nc = await connect(nats_url, name="bench-streams")
+    try:
+        js = await jetstream(nc)
+        ceiling = await _ceiling(js, events)
+        events_per_s = await _throughput(nats_url, js, events)
+        recovery_s = await _recovery(nats_url, js, recovery_keys)
+    finally:
+        await nc.drain()
+    return {
+        "events_per_s": round(events_per_s, 1),
+        "ceiling_per_s": round(ceiling, 1),
+        "ratio": round(events_per_s / ceiling, 3),
+        "recovery_s": round(recovery_s, 3),
+        "events": float(events),
+        "recovery_keys": float(recovery_keys),
+        "partitions": float(PARTITIONS),
+    }
