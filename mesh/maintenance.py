@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import json
 import logging
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
 
 from nats.aio.client import Client
@@ -35,7 +36,7 @@ from mesh.envelope import CONTENT_TYPE, Envelope, MessageType, Metadata, decode,
 from mesh.errors import DecodeError
 from mesh.outcome import replay_generation, write_outcome
 from mesh.puller import Puller
-from mesh.runs import RunState, RunStatus
+from mesh.runs import RunState, RunStatus, get_run
 from mesh.stats import queue_stats
 
 __all__ = ["QueueMaintenance", "expire_overdue", "move_max_delivered"]
@@ -65,7 +66,7 @@ async def move_max_delivered(js: JetStreamContext, advisory: bytes) -> str | Non
         task = decode(raw.data, headers.get(CONTENT_TYPE))
     except DecodeError:
         task = None
-    state = await _run_state(js, task.id) if task is not None else None
+    state = await get_run(js, task.id) if task is not None else None
     if task is not None and state is None:
         state = RunState(
             run_id=task.id, agent=agent, tenant=task.metadata.tenant,
@@ -92,12 +93,6 @@ async def move_max_delivered(js: JetStreamContext, advisory: bytes) -> str | Non
         await js.delete_msg(names.STREAM_TASKS, seq)
     metrics.TASKS_DEAD_LETTERED.labels(agent).inc()
     return run_id
-
-
-async def _run_state(js: JetStreamContext, run_id: str) -> RunState | None:
-    from mesh.runs import get_run
-
-    return await get_run(js, run_id)
 
 
 async def expire_overdue(js: JetStreamContext, grace_s: float = 5.0) -> list[str]:
@@ -206,18 +201,18 @@ class QueueMaintenance:
         await msg.ack()
         self.moved += 1
 
-    async def _every(self, interval: float, job: object) -> None:
+    async def _every(self, interval: float, job: Callable[[], Awaitable[object]]) -> None:
         while True:
             try:
-                await job()  # type: ignore[operator]
+                await job()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
                 log.warning("queue maintenance: %s", exc)
             await asyncio.sleep(interval)
 
-    async def _expire(self) -> None:
-        await expire_overdue(self.js)
+    async def _expire(self) -> list[str]:
+        return await expire_overdue(self.js)
 
-    async def _stats(self) -> None:
-        await queue_stats(self.js)
+    async def _stats(self) -> object:
+        return await queue_stats(self.js)
