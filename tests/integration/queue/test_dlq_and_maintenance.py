@@ -158,3 +158,30 @@ async def test_stats_show_depth_per_lane_and_dead_letters(
     lanes = {lane.priority: lane for lane in stats.for_agent(agent)}
     assert lanes[2].waiting == 3 and lanes[0].waiting == 0
     assert not lanes[2].stalled and lanes[2].max_in_flight == cfg.max_ack_pending
+
+
+async def test_maintenance_service_records_expiry_and_refreshes_gauges(
+    nc: Client, mesh_js: JetStreamContext, queue: TaskQueue
+) -> None:
+    from mesh import metrics
+    from mesh.maintenance import QueueMaintenance
+
+    agent, busy = unique("svc"), unique("gauge")
+    queued = await queue.enqueue(TaskSpec(agent, {}, ttl_s=1))
+    await ensure_lane(mesh_js, AgentQueueConfig(busy), 2)
+    for _ in range(2):
+        await queue.enqueue(TaskSpec(busy, {}))
+    service = QueueMaintenance(nc, mesh_js, expiry_interval_s=0.5, stats_interval_s=0.2, poll_s=0.2)
+    await service.start()
+    try:
+        async with asyncio.timeout(10):
+            while metrics.QUEUE_DEPTH.labels(busy, "2")._value.get() != 2:
+                await asyncio.sleep(0.05)
+        async with asyncio.timeout(20):
+            while True:
+                state = await get_run(mesh_js, queued.run_id)
+                if state is not None and state.status == RunStatus.EXPIRED:
+                    break
+                await asyncio.sleep(0.1)
+    finally:
+        await service.stop()
