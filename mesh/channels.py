@@ -234,7 +234,8 @@ class Registration:
 class SubscriberRegistry:
     """This process's entries in ``af_channels``, kept alive by one heartbeat task."""
 
-    def __init__(self, kv: KeyValue, ttl_s: float = REGISTRY_TTL_S) -> None:
+    def __init__(self, js: JetStreamContext, kv: KeyValue, ttl_s: float = REGISTRY_TTL_S) -> None:
+        self._js = js
         self._kv = kv
         self._ttl_s = ttl_s
         self._mine: dict[str, Registration] = {}
@@ -259,7 +260,7 @@ class SubscriberRegistry:
             info = SubscriberInfo(channel=str(channel), subscriber_id=sub_id, agent=agent)
             revision = await self._kv.put(key, info.model_dump_json().encode())
             return self._keep(Registration(key, info, revision))
-        taken = {e.key.rsplit(".", 1)[1] for e in await _entries(self._kv, channel)}
+        taken = {e.key.rsplit(".", 1)[1] for e in await _entries(self._js, self._kv, channel)}
         for slot in range(limit):
             if str(slot) in taken:
                 continue
@@ -298,22 +299,26 @@ class SubscriberRegistry:
                     log.warning("renewing %s failed: %s", registration.key, exc)
 
 
-async def _entries(kv: KeyValue, channel: Channel | None = None) -> list[KeyValue.Entry]:
-    """Current registry entries, for one channel or all (an ordered-consumer snapshot)."""
+async def _entries(
+    js: JetStreamContext, kv: KeyValue, channel: Channel | None = None
+) -> list[KeyValue.Entry]:
+    """Current registry entries, for one channel or all.
+
+    Lists the keys present in the bucket's stream, then reads each one: a
+    KV watch would be cheaper, but its end-of-snapshot marker can arrive
+    before the entries do, and a listing must not miss a live subscriber.
+    """
+    prefix = f"$KV.{CHANNELS_BUCKET}."
     pattern = f"{channel.registry_prefix}.*" if channel else ">"
-    watcher = await kv.watch(pattern, ignore_deletes=True)
+    info = await js.stream_info(f"KV_{CHANNELS_BUCKET}", subjects_filter=prefix + pattern)
     found: list[KeyValue.Entry] = []
-    try:
-        while True:
-            entry = await watcher.updates(timeout=5.0)  # type: ignore[no-untyped-call]
-            if entry is None:
-                break
-            if entry.value:
-                found.append(entry)
-            if entry.delta == 0:
-                break
-    finally:
-        await watcher.stop()  # type: ignore[no-untyped-call]
+    for subject in sorted(info.state.subjects or {}):
+        try:
+            entry = await kv.get(subject[len(prefix) :])
+        except NotFoundError:  # deleted (a marker remains), or expired meanwhile
+            continue
+        if entry.value:
+            found.append(entry)
     return found
 
 
@@ -321,7 +326,7 @@ async def list_channels(js: JetStreamContext) -> list[ChannelInfo]:
     """Every channel with live subscribers or a durable consumer group, by name."""
     kv = await ensure_channels(js)
     channels: dict[str, ChannelInfo] = {}
-    for entry in await _entries(kv):
+    for entry in await _entries(js, kv):
         info = SubscriberInfo.model_validate_json(entry.value or b"{}")
         channel = Channel.parse(info.channel)
         row = channels.setdefault(

@@ -115,7 +115,7 @@ class Mesh:
 
     async def start(self) -> None:
         self._js = await jetstream(self.nc)
-        self._registry = SubscriberRegistry(await ensure_channels(self._js))
+        self._registry = SubscriberRegistry(self._js, await ensure_channels(self._js))
         await self._registry.start()
         self._inbox = self.nc.new_inbox()
         self._inbox_sub = await self.nc.subscribe(f"{self._inbox}.*", cb=self._on_reply)

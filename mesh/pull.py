@@ -8,9 +8,11 @@ the server streams while the handler works (the pattern of nats.go's
 
 If the connection drops, the server forgets the outstanding requests; a
 watchdog re-issues them within a quarter second of the reconnect, or when
-nothing (message, heartbeat or expiry) has arrived for ``expires_s`` + 1 s. ``stop()`` drains: the message
-in hand finishes; the ones already received are still passed to ``on_msg``,
-which is expected to hand them back (nak) when its owner is stopping.
+nothing (message, heartbeat or expiry) has arrived for ``expires_s`` + 1 s.
+
+``stop()`` drains: the message in hand finishes; the ones already received
+are still passed to ``on_msg``, which is expected to hand them back (nak)
+when its owner is stopping.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ from collections.abc import Awaitable, Callable
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
+
+from mesh.channels import sync_with_server
 
 __all__ = ["PullStream"]
 
@@ -75,8 +79,13 @@ class PullStream:
                 await self._watchdog
             self._watchdog = None
         if self._sub is not None:
-            sub, self._sub = self._sub, None
+            sub, self._sub = self._sub, None  # no more pull requests from here on
             try:
+                # Everything the server sent before now lands in our queue and is
+                # drained through on_msg; only a message stored during these few
+                # milliseconds can still go to the closing inbox, and that one
+                # comes back after ack_wait.
+                await sync_with_server(self._nc)
                 await sub.drain()  # type: ignore[no-untyped-call]
             except Exception:  # closed connection: nothing left to drain
                 with contextlib.suppress(Exception):
