@@ -11,7 +11,9 @@ Records are queued and published by one task that lingers ``linger_ms``
 each record still gets its own publish ack.
 
 Guarantee: a future resolves only once the server stored the record (file
-storage). A failed publish fails its future, and the next :meth:`flush` raises
+storage). A failed publish, or one not acknowledged within ``ack_timeout``
+(default 10 s; nats-py itself never gives up), fails its future, and the
+next :meth:`flush` raises
 :class:`~faust.exceptions.ProducerSendError`, so the consumer does not commit
 past an event whose output was lost (at-least-once).
 """
@@ -40,6 +42,11 @@ from streams.topics import TopicSpec
 __all__ = ["Producer"]
 
 
+def _expire(ack: asyncio.Future[Any]) -> None:
+    if not ack.done():
+        ack.cancel()
+
+
 @dataclass(slots=True)
 class _Outgoing:
     subject: str
@@ -63,6 +70,7 @@ class Producer(base.Producer):
         self._publisher_task: asyncio.Task[None] | None = None
         settings = getattr(self.transport, "settings", None)
         self._linger_s = settings.linger_s if settings is not None else 0.0
+        self._ack_timeout_s = settings.ack_timeout_s if settings is not None else 10.0
 
     async def on_start(self) -> None:
         await super().on_start()
@@ -136,6 +144,7 @@ class Producer(base.Producer):
             self._outbox_ready.clear()
             batch, self._outbox = self._outbox, []
             js = self._conn.js
+            loop = asyncio.get_running_loop()
             for item in batch:
                 try:
                     ack = await js.publish_async(item.subject, item.payload, headers=item.headers)
@@ -146,6 +155,9 @@ class Producer(base.Producer):
                     continue
                 self._pending.add(ack)
                 ack.add_done_callback(partial(self._on_ack, item))
+                # nats-py never times out a publish ack: a record lost in flight
+                # (server restart) would block flush() and every commit forever.
+                loop.call_later(self._ack_timeout_s, _expire, ack)
             self._drained.set()
 
     def _on_ack(self, item: _Outgoing, fut: asyncio.Future[PubAck]) -> None:
@@ -153,7 +165,10 @@ class Producer(base.Producer):
         result = item.result
         if result.done():
             return
-        exc = fut.exception() if not fut.cancelled() else asyncio.CancelledError()
+        if fut.cancelled():
+            exc: BaseException | None = TimeoutError(f"no ack within {self._ack_timeout_s}s")
+        else:
+            exc = fut.exception()
         if exc is not None:
             self._failure = exc
             result.set_exception(ProducerSendError(f"publish to {item.tp.topic!r} failed: {exc!r}"))

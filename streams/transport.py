@@ -13,6 +13,8 @@ Broker URL options (query string of the first URL)::
 ``heartbeat``        seconds between membership heartbeats (default 1)
 ``linger_ms``        how long the producer gathers records before one socket
                      write (default 5)
+``ack_timeout``      seconds to wait for a publish ack before the record counts
+                     as failed (default 10)
 
 Several servers: ``broker="nats://a:4222;nats://b:4222"``.
 """
@@ -48,6 +50,7 @@ class TransportSettings:
     session_timeout_s: float = 6.0
     heartbeat_s: float = 1.0
     linger_s: float = 0.005
+    ack_timeout_s: float = 10.0
 
     @classmethod
     def from_urls(cls, urls: list[URL]) -> TransportSettings:
@@ -57,6 +60,7 @@ class TransportSettings:
             session_timeout_s=float(query.get("session_timeout", 6.0)),
             heartbeat_s=float(query.get("heartbeat", 1.0)),
             linger_s=float(query.get("linger_ms", 5.0)) / 1000.0,
+            ack_timeout_s=float(query.get("ack_timeout", 10.0)),
         )
 
 

@@ -44,9 +44,9 @@ async def publish_events(
         )
         pending.append(fut)
         if len(pending) >= window:
-            await asyncio.gather(*pending)
+            await asyncio.wait_for(asyncio.gather(*pending), 30)
             pending.clear()
-    await asyncio.gather(*pending)
+    await asyncio.wait_for(asyncio.gather(*pending), 30)
     return per_partition
 
 

@@ -1,0 +1,64 @@
+"""The producer side, and what an operator sees with the NATS CLI."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import faust
+from nats.aio.client import Client
+from nats.js import JetStreamContext
+
+from streams import naming
+from streams.partitioner import partition_for
+
+
+async def test_records_are_readable_on_documented_subjects(
+    nats_url: str, nc: Client, js: JetStreamContext
+) -> None:
+    app_id = f"cli-{uuid.uuid4().hex[:6]}"
+    topic = f"{app_id}-orders"
+    app = faust.App(app_id, broker=nats_url, topic_partitions=4)
+    producer = app.producer
+    await producer.start()
+    try:
+        await producer.create_topic(topic, 4, 1)
+        seen: asyncio.Queue = asyncio.Queue()
+
+        async def on_msg(msg) -> None:  # what `nats sub 'faust.<topic>.>'` prints
+            await seen.put(msg)
+
+        sub = await nc.subscribe(f"faust.{naming.escape(topic)}.>", cb=on_msg)
+        meta = await producer.send_and_wait(
+            topic, b"user-7", b'{"qty": 3}', None, 1700000000.5, [("trace", b"abc")]
+        )
+        msg = await asyncio.wait_for(seen.get(), 5)
+        await sub.unsubscribe()
+    finally:
+        await producer.stop()
+
+    p = partition_for(b"user-7", 4)
+    assert meta.partition == p and meta.topic_partition.partition == p
+    assert msg.subject == f"faust.{topic}.{p}"
+    assert msg.data == b'{"qty": 3}'
+    assert msg.headers["Faust-Key"] == "user-7"
+    assert msg.headers["Faust-Ts"] == "1700000000.5"
+    stored = await js.get_msg(naming.stream_name(topic, p), meta.offset)
+    assert stored.data == b'{"qty": 3}'  # offset == stream sequence
+
+
+async def test_send_without_wait_then_flush_stores_every_record(nats_url: str, js: JetStreamContext) -> None:
+    app_id = f"fl-{uuid.uuid4().hex[:6]}"
+    topic = f"{app_id}-t"
+    app = faust.App(app_id, broker=nats_url)
+    producer = app.producer
+    await producer.start()
+    try:
+        await producer.create_topic(topic, 2, 1)
+        futures = [await producer.send(topic, None, b"x", i % 2, None, None) for i in range(500)]
+        await producer.flush()
+        assert all(f.done() for f in futures)
+    finally:
+        await producer.stop()
+    counts = [(await js.stream_info(naming.stream_name(topic, p))).state.messages for p in range(2)]
+    assert counts == [250, 250]
