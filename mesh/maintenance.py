@@ -21,7 +21,7 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import timedelta
 
 from nats.aio.client import Client
@@ -95,41 +95,60 @@ async def move_max_delivered(js: JetStreamContext, advisory: bytes) -> str | Non
     return run_id
 
 
+async def _scan_runs(js: JetStreamContext) -> AsyncIterator[tuple[RunState, int]]:
+    """Every run record (latest revision), with its revision, in one pass.
+
+    An ephemeral last-per-subject consumer read until ``num_pending`` is 0:
+    unlike a KV watch's end-of-initial-values marker, that cannot end early.
+    """
+    sub = await js.pull_subscribe(
+        f"$KV.{names.BUCKET_RUNS}.>",
+        stream=f"KV_{names.BUCKET_RUNS}",
+        config=ConsumerConfig(
+            deliver_policy=DeliverPolicy.LAST_PER_SUBJECT, ack_policy=AckPolicy.NONE,
+            inactive_threshold=30.0, mem_storage=True,
+        ),
+    )  # fmt: skip
+    try:
+        while True:
+            try:
+                msgs = await sub.fetch(500, timeout=1.0)
+            except TimeoutError:
+                return
+            for msg in msgs:
+                if msg.data and not (msg.headers or {}).get("KV-Operation"):
+                    yield RunState.model_validate_json(msg.data), msg.metadata.sequence.stream
+            if msgs[-1].metadata.num_pending == 0:
+                return
+    finally:
+        with contextlib.suppress(Exception):
+            await sub.unsubscribe()
+
+
 async def expire_overdue(js: JetStreamContext, grace_s: float = 5.0) -> list[str]:
     """Record queued runs whose TTL passed as expired; returns their run ids."""
     kv = await js.key_value(names.BUCKET_RUNS)
     now = utcnow()
     expired: list[str] = []
-    watcher = await kv.watchall(ignore_deletes=True)
-    try:
-        while True:
-            entry = await watcher.updates(timeout=5)  # type: ignore[no-untyped-call]
-            if entry is None:  # initial values delivered
-                break
-            if not entry.value:
-                continue
-            state = RunState.model_validate_json(entry.value)
-            if state.status != RunStatus.QUEUED or state.expires_at is None:
-                continue
-            if state.expires_at + timedelta(seconds=grace_s) > now:
-                continue
-            state.status, state.finished_at = RunStatus.EXPIRED, now
-            state.error = f"TTL passed at {state.expires_at.isoformat()} before a worker took it"
-            try:  # compare-and-set: a worker that just finished it wins
-                await kv.update(entry.key, state.model_dump_json().encode(), last=entry.revision)
-            except KeyWrongLastSequenceError:
-                continue
-            task = Envelope(
-                id=state.run_id, type="task.run", message_type=MessageType.COMMAND,
-                payload={"agent": state.agent}, created_at=state.enqueued_at,
-                metadata=Metadata(tenant=state.tenant, routing_key=state.routing_key),
-            )  # fmt: skip
-            await write_outcome(js, task, state)
-            metrics.TASKS_EXPIRED.labels(state.agent).inc()
-            expired.append(state.run_id)
-    finally:
-        with contextlib.suppress(Exception):
-            await watcher.stop()  # type: ignore[no-untyped-call]
+    async for state, revision in _scan_runs(js):
+        if state.status != RunStatus.QUEUED or state.expires_at is None:
+            continue
+        if state.expires_at + timedelta(seconds=grace_s) > now:
+            continue
+        state.status, state.finished_at = RunStatus.EXPIRED, now
+        state.error = f"TTL passed at {state.expires_at.isoformat()} before a worker took it"
+        try:  # compare-and-set: a worker that just finished it wins
+            await kv.update(state.run_id, state.model_dump_json().encode(), last=revision)
+        except KeyWrongLastSequenceError:
+            continue
+        task = Envelope(
+            id=state.run_id, type="task.run", message_type=MessageType.COMMAND,
+            payload={"agent": state.agent}, created_at=state.enqueued_at,
+            metadata=Metadata(tenant=state.tenant, routing_key=state.routing_key),
+        )  # fmt: skip
+        await write_outcome(js, task, state)
+        metrics.TASKS_EXPIRED.labels(state.agent).inc()
+        expired.append(state.run_id)
     return expired
 
 

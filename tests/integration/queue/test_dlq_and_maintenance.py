@@ -98,18 +98,17 @@ async def test_task_whose_worker_died_on_the_last_attempt_is_dead_lettered(
     # The advisory is only sent while a pull waits on the consumer.
     waiting = Puller(nc, names.STREAM_TASKS, names.task_consumer(agent, 2))
     await waiting.start()
-    advisories = await mesh_js.pull_subscribe(
-        names.MAX_DELIVERIES_ADVISORY, durable=unique("adv"), stream=names.STREAM_ADVISORIES
-    )
+    # Advisories are also plain NATS messages; AF_ADVISORIES keeps them for the mover.
+    subject = names.MAX_DELIVERIES_ADVISORY.replace(">", names.task_consumer(agent, 2))
+    advisories = await nc.subscribe(subject)
     found = None
     async with asyncio.timeout(15):
         while found is None:
             await waiting.wait(1, 0.5)
             try:
-                msgs = await advisories.fetch(10, timeout=0.2)
+                found = await advisories.next_msg(timeout=0.2)
             except TimeoutError:
                 continue
-            found = next((m for m in msgs if f'"{names.task_consumer(agent, 2)}"' in m.data.decode()), None)
     assert await move_max_delivered(mesh_js, found.data) == queued.run_id
     state = await get_run(mesh_js, queued.run_id)
     assert state is not None and state.status == RunStatus.FAILED
