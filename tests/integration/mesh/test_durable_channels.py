@@ -179,6 +179,8 @@ async def test_subscriber_crash_and_restart_loses_nothing(
     await mesh.subscribe(channel, handle, options=crash_options)
     await eventually(lambda: len(got) == 50, 10, "all 50 messages after the restart")
     assert got == set(range(50))
+    never.set()
+    await asyncio.wait_for(crashing.stop(), 5)  # cleaning up after a dead connection is quick
 
 
 async def test_message_past_its_ttl_expires_undelivered(
@@ -249,6 +251,8 @@ async def test_message_that_keeps_killing_its_subscriber_ends_in_the_dlq_unhandl
     assert letter["reason"] == "no ack after 1 attempts"
     assert letter["errors"][0]["error_type"] == "AckTimeout"
     assert handled == []
+    never.set()
+    await asyncio.wait_for(crashing.stop(), 5)
 
 
 async def test_unsubscribing_finishes_the_message_in_hand_and_hands_back_the_rest(
