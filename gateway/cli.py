@@ -237,9 +237,11 @@ def main() -> None:
 
 def _register_groups() -> None:
     """Command groups live in gateway/commands/; they import helpers from here."""
+    from gateway.commands.channels import channels
     from gateway.commands.queue import queue
     from gateway.commands.schedule import schedule
 
+    cli.add_command(channels)
     cli.add_command(queue)
     cli.add_command(schedule)
 

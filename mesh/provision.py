@@ -41,6 +41,8 @@ class ProvisionConfig:
 
 
 def stream_configs(cfg: ProvisionConfig) -> list[StreamConfig]:
+    from mesh.channels import channel_stream_config  # channels builds on ensure_stream
+
     return [
         StreamConfig(
             name=names.STREAM_TASKS,
@@ -95,6 +97,7 @@ def stream_configs(cfg: ProvisionConfig) -> list[StreamConfig]:
             num_replicas=cfg.replicas,
             max_age=cfg.dlq_max_age_s,
         ),
+        channel_stream_config(replicas=cfg.replicas, max_msg_size=cfg.max_msg_size),
         StreamConfig(
             name=names.STREAM_DLQ,
             description="Dead letters: af.dlq.tasks.<agent>, af.dlq.channels.<channel>",
@@ -109,6 +112,8 @@ def stream_configs(cfg: ProvisionConfig) -> list[StreamConfig]:
 
 
 def bucket_configs(cfg: ProvisionConfig) -> list[KeyValueConfig]:
+    from mesh.channels import channel_bucket_config
+
     return [
         KeyValueConfig(bucket=names.BUCKET_RUNS, history=1, ttl=cfg.runs_ttl_s,
                        replicas=cfg.replicas, description="run id -> run state"),
@@ -120,6 +125,7 @@ def bucket_configs(cfg: ProvisionConfig) -> list[KeyValueConfig]:
                        description="leases with per-key TTL"),
         KeyValueConfig(bucket=names.BUCKET_SCHEDULES, history=5, replicas=cfg.replicas,
                        description="schedule and trigger definitions"),
+        channel_bucket_config(replicas=cfg.replicas),
     ]  # fmt: skip
 
 

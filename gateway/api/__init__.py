@@ -5,6 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from gateway.api.auth import auth_middleware
+from gateway.api.channels import routes as channel_routes
 from gateway.api.problems import problem_middleware
 from gateway.api.queue import routes as queue_routes
 from gateway.api.routes import routes
@@ -24,4 +25,5 @@ def create_app(services: Services, token: str | None) -> web.Application:
     app.add_routes(routes)
     app.add_routes(queue_routes)
     app.add_routes(schedule_routes)
+    app.add_routes(channel_routes)
     return app

@@ -1,0 +1,21 @@
+"""Channels of the messaging mesh (``/api/v1/channels``)."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from gateway.api.bodies import json_response
+from gateway.api.services import SERVICES, Services
+from mesh.channels import list_channels
+
+__all__ = ["routes"]
+
+routes = web.RouteTableDef()
+
+
+@routes.get("/api/v1/channels")
+async def channels(request: web.Request) -> web.Response:
+    """Every channel with live subscribers or a durable consumer group."""
+    svc: Services = request.app[SERVICES]
+    found = await list_channels(svc.js)
+    return json_response({"channels": [c.model_dump(mode="json") for c in found]})
