@@ -21,7 +21,7 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, cast
 
 import faust
 from nats.js import JetStreamContext
@@ -133,7 +133,7 @@ async def _throughput(nats_url: str, js: JetStreamContext, events: int) -> float
     await _publish(js, items)
     app, counts = _app(app_id, nats_url)
     async with _worker(app):
-        await _wait(app.tables.recovery.completed.is_set, 60, "worker ready")
+        await _wait(cast(Any, app.tables).recovery.completed.is_set, 60, "worker ready")
         start = time.perf_counter()
         await _wait(lambda: sum(counts.data.values()) >= events, 600, "events counted")
         return events / (time.perf_counter() - start)
@@ -154,7 +154,7 @@ async def _recovery(nats_url: str, js: JetStreamContext, keys: int) -> float:
     app, counts = _app(app_id, nats_url)
     start = time.perf_counter()
     async with _worker(app):
-        await _wait(app.tables.recovery.completed.is_set, 600, "table recovery")
+        await _wait(cast(Any, app.tables).recovery.completed.is_set, 600, "table recovery")
         elapsed = time.perf_counter() - start
         if len(counts.data) != keys:
             raise AssertionError(f"recovered {len(counts.data)} keys, expected {keys}")

@@ -120,6 +120,11 @@ class Consumer(base.Consumer):
             self._conn = None
             await self.transport.release()  # type: ignore[attr-defined]
 
+    @property
+    def _assignor(self) -> Any:
+        """Faust's ``PartitionAssignor`` (typed as its narrower interface in Faust)."""
+        return self.app.assignor
+
     async def _connection(self) -> Any:
         if self._conn is None:
             self._conn = await self.transport.acquire()  # type: ignore[attr-defined]
@@ -156,7 +161,7 @@ class Consumer(base.Consumer):
                 )
 
     def _member_metadata(self) -> bytes:
-        meta = self.app.assignor.metadata(set(self._subscription))
+        meta = self._assignor.metadata(set(self._subscription))
         return cast(bytes, meta.encode())
 
     async def _assign(self, metadata: Mapping[str, bytes]) -> Mapping[str, bytes]:
@@ -164,7 +169,7 @@ class Consumer(base.Consumer):
         topics = {t for meta in decoded.values() for t in meta.subscription}
         registry = self._conn.topics
         specs = {t: await registry.require(t) for t in topics}
-        result = self.app.assignor.assign(_Cluster(specs), decoded)
+        result = self._assignor.assign(_Cluster(specs), decoded)
         return {m: cast(bytes, a.encode()) for m, a in result.items()}
 
     async def _rebalance_loop(self) -> None:
@@ -195,7 +200,7 @@ class Consumer(base.Consumer):
         if not mine or not await membership.wait_released(gen):
             return
         assignment = ConsumerProtocolMemberAssignment.decode(gen.assignments[self.member_id])
-        self.app.assignor.on_assignment(assignment)
+        self._assignor.on_assignment(assignment)
         tps = {TP(topic, p) for topic, partitions in assignment.assignment for p in partitions}
         for topic in {tp.topic for tp in tps}:
             await self._conn.topics.require(topic)
@@ -347,7 +352,7 @@ class Consumer(base.Consumer):
             return None
         if partition is not None:
             return partition
-        return partition_for(key, partitions, self.app.conf.producer_partitioner)
+        return partition_for(key, partitions, cast(Any, self.app.conf.producer_partitioner))
 
     async def create_topic(
         self,

@@ -307,7 +307,10 @@ class GroupMembership:
             and seen.data.get("topics")
         }
         members = {str(s.data["id"]): s for s in live.values()}
-        wanted = {m: tuple(s.data["topics"]) for m, s in members.items()}  # type: ignore[arg-type]
+        wanted: dict[str, tuple[str, ...]] = {
+            m: tuple(str(t) for t in s.data["topics"])  # type: ignore[attr-defined]
+            for m, s in members.items()
+        }
         current = self.latest
         if current is not None and dict(current.subscriptions) == wanted:
             return

@@ -24,7 +24,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 from importlib.metadata import version
-from typing import ClassVar
+from typing import ClassVar, cast
 
 from faust.transport import base
 from faust.types import AppT
@@ -84,7 +84,7 @@ class Transport(base.Transport):
 
     def __init__(self, url: list[URL], app: AppT, loop: asyncio.AbstractEventLoop | None = None) -> None:
         super().__init__(url, app, loop=loop)
-        if app.conf.processing_guarantee == ProcessingGuarantee.EXACTLY_ONCE:
+        if cast(object, app.conf.processing_guarantee) == ProcessingGuarantee.EXACTLY_ONCE:
             raise UnsupportedGuarantee(
                 "processing_guarantee='exactly_once' needs Kafka transactions; "
                 "the nats:// transport is at-least-once"
