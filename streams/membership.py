@@ -23,7 +23,7 @@ Barrier: a member that sees generation ``g`` first revokes everything it holds
 it starts on its new partitions only once every *other* member of ``g`` has
 acked ``g`` (or is dead). So a partition is never read by its new owner before
 its previous owner committed and stopped. Takeover bound after a crash:
-``session_timeout_s + 2 * heartbeat_s`` plus the table recovery time.
+``session_timeout_s + 3 * heartbeat_s`` plus the table recovery time.
 """
 
 from __future__ import annotations
