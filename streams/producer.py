@@ -21,10 +21,7 @@ past an event whose output was lost (at-least-once).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Awaitable, Mapping
-from dataclasses import dataclass
-from functools import partial
 from typing import Any, cast
 
 from faust.exceptions import ProducerSendError
@@ -32,29 +29,14 @@ from faust.transport import base
 from faust.types import TP, RecordMetadata
 from faust.types.core import HeadersArg
 from mode.utils.times import Seconds, want_seconds
-from nats.js.api import PubAck
 
 from streams import naming
 from streams.partitioner import partition_for
+from streams.publisher import Publisher
 from streams.records import encode_headers
 from streams.topics import TopicSpec
 
 __all__ = ["Producer"]
-
-
-def _expire(ack: asyncio.Future[Any]) -> None:
-    if not ack.done():
-        ack.cancel()
-
-
-@dataclass(slots=True)
-class _Outgoing:
-    subject: str
-    payload: bytes
-    headers: dict[str, str] | None
-    result: asyncio.Future[RecordMetadata]
-    tp: TP
-    timestamp: float | None
 
 
 class Producer(base.Producer):
@@ -62,15 +44,8 @@ class Producer(base.Producer):
 
     def __post_init__(self) -> None:
         self._conn: Any = None
-        self._pending: set[asyncio.Future[Any]] = set()
-        self._failure: BaseException | None = None
-        self._outbox: list[_Outgoing] = []
-        self._outbox_ready = asyncio.Event()
-        self._drained = asyncio.Event()
-        self._publisher_task: asyncio.Task[None] | None = None
-        settings = getattr(self.transport, "settings", None)
-        self._linger_s = settings.linger_s if settings is not None else 0.0
-        self._ack_timeout_s = settings.ack_timeout_s if settings is not None else 10.0
+        self._publisher: Publisher | None = None
+        self._lock = asyncio.Lock()
 
     async def on_start(self) -> None:
         await super().on_start()
@@ -78,23 +53,24 @@ class Producer(base.Producer):
 
     async def on_stop(self) -> None:
         await super().on_stop()
+        publisher, self._publisher = self._publisher, None
+        if publisher is not None:
+            await publisher.stop()
         if self._conn is not None:
-            await self._wait_pending()
-            task, self._publisher_task = self._publisher_task, None
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
             self._conn = None
             await self.transport.release()  # type: ignore[attr-defined]
 
     async def _connection(self) -> Any:
-        if self._conn is None:
-            self._conn = await self.transport.acquire()  # type: ignore[attr-defined]
-        if self._publisher_task is None:
-            self._publisher_task = asyncio.get_running_loop().create_task(
-                self._publisher(), name="streams-publisher"
-            )
+        if self._publisher is None:
+            async with self._lock:
+                if self._publisher is None:
+                    self._conn = await self.transport.acquire()  # type: ignore[attr-defined]
+                    settings = self.transport.settings  # type: ignore[attr-defined]
+                    publisher = Publisher(
+                        self._conn.nc, linger_s=settings.linger_s, ack_timeout_s=settings.ack_timeout_s
+                    )
+                    await publisher.start()
+                    self._publisher = publisher
         return self._conn
 
     async def _spec(self, topic: str) -> TopicSpec:
@@ -129,60 +105,8 @@ class Producer(base.Producer):
         else:
             subject = naming.partition_subject(topic, partition)
         hdrs = encode_headers(key, value, timestamp, cast(Any, headers))
-        result: asyncio.Future[RecordMetadata] = asyncio.get_running_loop().create_future()
-        self._outbox.append(_Outgoing(subject, value or b"", hdrs, result, TP(topic, partition), timestamp))
-        self._outbox_ready.set()
-        return result
-
-    async def _publisher(self) -> None:
-        """Publish the outbox in batches: after a wake-up, linger briefly so that one
-        socket write carries many records (acks still arrive per record)."""
-        while True:
-            await self._outbox_ready.wait()
-            if self._linger_s:
-                await asyncio.sleep(self._linger_s)
-            self._outbox_ready.clear()
-            batch, self._outbox = self._outbox, []
-            js = self._conn.js
-            loop = asyncio.get_running_loop()
-            for item in batch:
-                try:
-                    ack = await js.publish_async(item.subject, item.payload, headers=item.headers)
-                except Exception as exc:
-                    self._failure = exc
-                    if not item.result.done():
-                        item.result.set_exception(ProducerSendError(f"cannot publish: {exc!r}"))
-                    continue
-                self._pending.add(ack)
-                ack.add_done_callback(partial(self._on_ack, item))
-                # nats-py never times out a publish ack: a record lost in flight
-                # (server restart) would block flush() and every commit forever.
-                loop.call_later(self._ack_timeout_s, _expire, ack)
-            self._drained.set()
-
-    def _on_ack(self, item: _Outgoing, fut: asyncio.Future[PubAck]) -> None:
-        self._pending.discard(fut)
-        result = item.result
-        if result.done():
-            return
-        if fut.cancelled():
-            exc: BaseException | None = TimeoutError(f"no ack within {self._ack_timeout_s}s")
-        else:
-            exc = fut.exception()
-        if exc is not None:
-            self._failure = exc
-            result.set_exception(ProducerSendError(f"publish to {item.tp.topic!r} failed: {exc!r}"))
-            return
-        result.set_result(
-            RecordMetadata(
-                topic=item.tp.topic,
-                partition=item.tp.partition,
-                topic_partition=item.tp,
-                offset=fut.result().seq,
-                timestamp=item.timestamp,
-                timestamp_type=0,
-            )
-        )
+        assert self._publisher is not None
+        return self._publisher.submit(subject, value or b"", hdrs, TP(topic, partition), timestamp)
 
     async def send_and_wait(
         self,
@@ -198,23 +122,17 @@ class Producer(base.Producer):
         fut = await self.send(topic, key, value, partition, timestamp, headers)
         return await fut
 
-    async def _wait_pending(self) -> None:
-        while self._outbox:
-            self._drained.clear()
-            self._outbox_ready.set()
-            await self._drained.wait()
-        pending = list(self._pending)
-        if pending:
-            await asyncio.gather(*pending, return_exceptions=True)
-
     async def flush(self) -> None:
         """Send everything buffered and wait for the server's acks of all sent so far.
 
         Raises :class:`ProducerSendError` if any publish failed since the last flush.
         """
         await self.buffer.flush()
-        await self._wait_pending()
-        failure, self._failure = self._failure, None
+        publisher = self._publisher
+        if publisher is None:
+            return
+        await publisher.flush()
+        failure = publisher.take_failure()
         if failure is not None:
             raise ProducerSendError(f"a publish failed: {failure!r}") from failure
 
