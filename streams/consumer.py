@@ -73,6 +73,7 @@ class Consumer(base.Consumer):
         self._conn: Any = None
         self._offsets: OffsetStore | None = None
         self._membership: GroupMembership | None = None
+        self._group_nc: Any = None
         self._readers: dict[TP, PartitionReader] = {}
         self._assigned: set[TP] = set()
         self._generation = 0
@@ -90,8 +91,9 @@ class Consumer(base.Consumer):
         self._offsets = OffsetStore(self._conn.js, self.app.conf.id)
         if not self.app.client_only:
             settings = self.transport.settings  # type: ignore[attr-defined]
+            self._group_nc, group_js = await self.transport.open_dedicated("group")  # type: ignore[attr-defined]
             self._membership = GroupMembership(
-                self._conn.js,
+                group_js,
                 self.app.conf.id,
                 self.member_id,
                 metadata=self._member_metadata,
@@ -107,6 +109,7 @@ class Consumer(base.Consumer):
 
     async def on_stop(self) -> None:
         await super().on_stop()  # waits for in-flight events and commits
+        await self._commit_all()  # ... unless a periodic commit was running
         task, self._rebalancer = self._rebalancer, None
         if task is not None:
             task.cancel()
@@ -114,6 +117,10 @@ class Consumer(base.Consumer):
                 await task
         if self._membership is not None:
             await self._membership.stop()
+        if self._group_nc is not None:
+            with contextlib.suppress(Exception):
+                await self._group_nc.drain()
+            self._group_nc = None
         await asyncio.gather(*(r.stop() for r in self._readers.values()))
         self._readers.clear()
         if self._conn is not None:
@@ -143,7 +150,7 @@ class Consumer(base.Consumer):
         await self._auto_create(self._subscription)
         if self._membership is not None:
             self._membership.set_subscription(self._subscription)
-            await self._membership.release(self._membership.acked)  # heartbeat now
+            await self._membership.announce()
 
     async def _auto_create(self, topics: Iterable[str]) -> None:
         conn = await self._connection()
@@ -211,6 +218,36 @@ class Consumer(base.Consumer):
         self.app.consumer_generation_id = gen.number
         log.info("generation %d: %d partitions assigned to %s", gen.number, len(tps), self.member_id)
         await self.on_partitions_assigned(set(tps), gen.number)
+
+    async def on_partitions_revoked(self, revoked: set[TP]) -> None:
+        """Faust's revoke, with a hand-over commit that cannot be skipped.
+
+        Faust's base method drops the ack bookkeeping of the revoked partitions
+        *before* the app's callback waits for in-flight events and commits, and
+        that commit returns without committing when a periodic commit is in
+        flight. Either way acked work could stay uncommitted and be processed
+        again by the next owner. Here the bookkeeping is dropped only after the
+        callback, and after one more commit that waits out any commit in flight.
+        """
+        if self._active_partitions is not None:
+            self._active_partitions.difference_update(revoked)
+        self._paused_partitions.difference_update(revoked)
+        await self._on_partitions_revoked(revoked)
+        await self._commit_all()
+        for tp in revoked:
+            self._gap.pop(tp, None)
+            self._acked.pop(tp, None)
+            self._acked_index.pop(tp, None)
+            self._read_offset.pop(tp, None)
+            self._committed_offset.pop(tp, None)
+
+    async def _commit_all(self) -> None:
+        """Commit every acked offset, waiting out a periodic commit in flight."""
+        if not self._assigned:
+            return
+        while self._commit_fut is not None:
+            await self.maybe_wait_for_commit_to_finish()
+        await self.commit()
 
     def assignment(self) -> set[TP]:
         return set(self._assigned)

@@ -184,6 +184,10 @@ class GroupMembership:
         self.acked = max(self.acked, generation)
         await self._heartbeat()
 
+    async def announce(self) -> None:
+        """Heartbeat now (e.g. after a subscription change) instead of at the next tick."""
+        await self._heartbeat()
+
     async def wait_released(self, gen: Generation, poll_s: float = 0.05) -> bool:
         """Wait until every other member of ``gen`` released it (or is dead).
 

@@ -123,11 +123,15 @@ class Producer(base.Producer):
         return await fut
 
     async def flush(self) -> None:
-        """Send everything buffered and wait for the server's acks of all sent so far.
+        """Send what is buffered now and wait for the server's acks of all sent so far.
 
-        Raises :class:`ProducerSendError` if any publish failed since the last flush.
+        Only the records buffered when the flush starts are waited for (Faust's
+        own ``buffer.flush()`` drains until the buffer is empty, which under load
+        takes seconds and delays every commit). Raises
+        :class:`ProducerSendError` if any publish failed since the last flush.
         """
-        await self.buffer.flush()
+        if self.buffer.size:
+            await self.buffer.flush_atmost(self.buffer.size)
         publisher = self._publisher
         if publisher is None:
             return

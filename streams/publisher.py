@@ -45,7 +45,7 @@ class Publisher:
         *,
         linger_s: float = 0.005,
         ack_timeout_s: float = 10.0,
-        max_in_flight: int = 20_000,
+        max_in_flight: int = 4_000,
     ) -> None:
         self._nc = nc
         self._linger_s = linger_s

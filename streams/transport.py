@@ -114,6 +114,16 @@ class Transport(base.Transport):
             self._users += 1
             return self._connection
 
+    async def open_dedicated(self, purpose: str) -> tuple[Client, JetStreamContext]:
+        """A connection of its own, e.g. for group heartbeats, which must not queue
+        behind megabytes of records on the shared connection."""
+        nc = await connect(",".join(self.settings.servers), name=f"faust-{self.app.conf.id}-{purpose}")
+        try:
+            return nc, await jetstream(nc)
+        except BaseException:
+            await nc.close()
+            raise
+
     async def release(self) -> None:
         """Drop one user; the last one closes the connection."""
         if self._lock is None:

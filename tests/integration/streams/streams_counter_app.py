@@ -2,7 +2,7 @@
 
 Run as a worker process (for the SIGKILL tests)::
 
-    python streams_counter_app.py <app id> <nats url>
+    python streams_counter_app.py <app id> <nats url> [<standby replicas>]
 
 Events are raw key/value bytes on ``<app id>-events`` (4 partitions); each
 event's timestamp decides its window.
@@ -10,6 +10,7 @@ event's timestamp decides its window.
 
 from __future__ import annotations
 
+import logging
 import sys
 from datetime import timedelta
 from typing import Any
@@ -28,9 +29,8 @@ def build_app(app_id: str, nats_url: str, *, session_timeout: float = 3.0, **con
         web_enabled=False,
         topic_partitions=PARTITIONS,
         broker_commit_interval=0.5,
-        table_standby_replicas=0,
         key_serializer="json",
-        **conf,
+        **{"table_standby_replicas": 0, **conf},
     )
     events = app.topic(
         f"{app_id}-events",
@@ -62,8 +62,12 @@ def build_app(app_id: str, nats_url: str, *, session_timeout: float = 3.0, **con
 
 def main() -> None:
     app_id, url = sys.argv[1], sys.argv[2]
-    app = build_app(app_id, url)
+    standbys = int(sys.argv[3]) if len(sys.argv) > 3 else 0
+    app = build_app(app_id, url, table_standby_replicas=standbys)
     worker = faust.Worker(app, loglevel="WARNING", quiet=True)
+    group_log = logging.getLogger("streams")  # generations and takeovers, for the test logs
+    group_log.setLevel(logging.INFO)
+    group_log.addHandler(logging.StreamHandler())
     worker.execute_from_commandline()
 
 

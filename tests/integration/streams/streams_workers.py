@@ -34,11 +34,17 @@ async def running(app: faust.App, timeout: float = 30.0) -> AsyncIterator[faust.
 class WorkerProcess:
     """A worker of ``streams_counter_app`` in its own process, to be SIGKILLed."""
 
-    def __init__(self, app_id: str, nats_url: str, log: Path) -> None:
+    def __init__(self, app_id: str, nats_url: str, log: Path, standby_replicas: int = 0) -> None:
         self._log = log.open("ab")
         env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{HERE}"}
         self.proc = subprocess.Popen(
-            [sys.executable, str(HERE / "streams_counter_app.py"), app_id, nats_url],
+            [
+                sys.executable,
+                str(HERE / "streams_counter_app.py"),
+                app_id,
+                nats_url,
+                str(standby_replicas),
+            ],
             stdout=self._log,
             stderr=subprocess.STDOUT,
             env=env,

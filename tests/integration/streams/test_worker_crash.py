@@ -102,12 +102,18 @@ async def test_sigkilled_worker_restarts_with_exact_counts(
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("standby_replicas", [0, 1], ids=["no-standbys", "standbys"])
 async def test_two_workers_then_one_killed_all_partitions_keep_being_processed(
-    nats_url: str, js: JetStreamContext, app_id: str, worker_processes: list[WorkerProcess], tmp_path
+    nats_url: str,
+    js: JetStreamContext,
+    app_id: str,
+    worker_processes: list[WorkerProcess],
+    tmp_path,
+    standby_replicas: int,
 ) -> None:
     topic, changelog = f"{app_id}-events", f"{app_id}-counts-changelog"
-    a = WorkerProcess(app_id, nats_url, tmp_path / "a.log")
-    b = WorkerProcess(app_id, nats_url, tmp_path / "b.log")
+    a = WorkerProcess(app_id, nats_url, tmp_path / "a.log", standby_replicas)
+    b = WorkerProcess(app_id, nats_url, tmp_path / "b.log", standby_replicas)
     worker_processes.extend([a, b])
 
     async def both_members() -> bool:
