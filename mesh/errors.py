@@ -7,6 +7,7 @@ __all__ = [
     "ConnectionFailed",
     "DecodeError",
     "DuplicateTask",
+    "InvalidTask",
     "MeshError",
     "PayloadTooLarge",
     "QueueFull",
@@ -54,6 +55,12 @@ class QueueFull(MeshError):
         self.agent = agent
         self.priority = priority
         self.limit = limit
+
+
+class InvalidTask(MeshError):
+    """A task that can never be enqueued as given (e.g. a malformed agent key)."""
+
+    status = 422
 
 
 class BatchRejected(MeshError):

@@ -41,7 +41,7 @@ from mesh.envelope import (
     encode,
     new_id,
 )
-from mesh.errors import BatchRejected, MeshError, QueueFull
+from mesh.errors import BatchRejected, InvalidTask, QueueFull
 from mesh.pipeline import Pipeline, parse_puback
 from mesh.runs import RunState, get_run, run_key
 
@@ -85,7 +85,7 @@ def _idempotency_token(tenant: str, key: str) -> str:
 
 def build_task(spec: TaskSpec, run_id: str) -> Envelope:
     if not names.AGENT_KEY_RE.match(spec.agent):
-        raise MeshError(f"invalid agent key {spec.agent!r}")
+        raise InvalidTask(f"invalid agent key {spec.agent!r}: lowercase letters, digits and '-'")
     ttl = max(1, min(int(spec.ttl_s), MAX_TTL_S))
     return Envelope(
         id=run_id,
