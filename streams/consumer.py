@@ -26,40 +26,20 @@ import uuid
 from collections.abc import Iterable, Mapping
 from typing import Any, cast
 
-from aiokafka.coordinator.protocol import (
-    ConsumerProtocolMemberAssignment,
-    ConsumerProtocolMemberMetadata,
-)
 from faust.transport import base
 from faust.types import TP, ConsumerMessage
 from mode.utils.times import Seconds, want_seconds
 
+from streams.assignment import apply_assignment, assign, member_metadata
 from streams.membership import Generation, GroupMembership
 from streams.offsets import OffsetStore
 from streams.partitioner import partition_for
 from streams.reader import PartitionReader, Record
 from streams.records import decode_headers
-from streams.topics import TopicSpec
 
 __all__ = ["Consumer"]
 
 log = logging.getLogger(__name__)
-
-
-class _Cluster:
-    """The slice of aiokafka's ``ClusterMetadata`` that Faust's assignor reads."""
-
-    def __init__(self, specs: Mapping[str, TopicSpec]) -> None:
-        self._specs = specs
-
-    def partitions_for_topic(self, topic: str) -> set[int] | None:
-        spec = self._specs.get(topic)
-        return set(range(spec.partitions)) if spec else None
-
-    available_partitions_for_topic = partitions_for_topic
-
-    def topics(self) -> set[str]:
-        return set(self._specs)
 
 
 class Consumer(base.Consumer):
@@ -168,16 +148,10 @@ class Consumer(base.Consumer):
                 )
 
     def _member_metadata(self) -> bytes:
-        meta = self._assignor.metadata(set(self._subscription))
-        return cast(bytes, meta.encode())
+        return member_metadata(self._assignor, self._subscription)
 
     async def _assign(self, metadata: Mapping[str, bytes]) -> Mapping[str, bytes]:
-        decoded = {m: ConsumerProtocolMemberMetadata.decode(raw) for m, raw in metadata.items()}
-        topics = {t for meta in decoded.values() for t in meta.subscription}
-        registry = self._conn.topics
-        specs = {t: await registry.require(t) for t in topics}
-        result = self._assignor.assign(_Cluster(specs), decoded)
-        return {m: cast(bytes, a.encode()) for m, a in result.items()}
+        return await assign(self._assignor, self._conn.topics, metadata)
 
     async def _rebalance_loop(self) -> None:
         membership = self._membership
@@ -206,9 +180,7 @@ class Consumer(base.Consumer):
         await membership.release(gen.number)
         if not mine or not await membership.wait_released(gen):
             return
-        assignment = ConsumerProtocolMemberAssignment.decode(gen.assignments[self.member_id])
-        self._assignor.on_assignment(assignment)
-        tps = {TP(topic, p) for topic, partitions in assignment.assignment for p in partitions}
+        tps = apply_assignment(self._assignor, gen.assignments[self.member_id])
         for topic in {tp.topic for tp in tps}:
             await self._conn.topics.require(topic)
         for tp in tps:

@@ -1,0 +1,120 @@
+"""Group coordination in KV: one leader, generations of live members, bounded takeover, barrier."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Mapping
+
+import pytest
+from nats.js import JetStreamContext
+from streams_helpers import eventually
+
+from streams.membership import Generation, GroupMembership
+
+HEARTBEAT = 0.25
+SESSION = 1.5
+
+
+async def _assign(metadata: Mapping[str, bytes]) -> Mapping[str, bytes]:
+    return {member: b"parts-of-" + member.encode() for member in metadata}
+
+
+@pytest.fixture
+async def group(js: JetStreamContext) -> AsyncIterator[list[GroupMembership]]:
+    """Factory list of started members of one fresh group; all stopped at teardown."""
+    members: list[GroupMembership] = []
+    yield members
+    for m in members:
+        await m.stop()
+
+
+async def _join(
+    js: JetStreamContext, members: list[GroupMembership], group_id: str, name: str
+) -> GroupMembership:
+    m = GroupMembership(
+        js,
+        group_id,
+        name,
+        metadata=lambda: b"meta",
+        assign=_assign,
+        heartbeat_s=HEARTBEAT,
+        session_timeout_s=SESSION,
+    )
+    m.set_subscription(("events",))
+    await m.start()
+    members.append(m)
+    return m
+
+
+def _crash(member: GroupMembership) -> None:
+    """Stop heartbeating without leaving (what SIGKILL looks like to the others)."""
+    assert member._task is not None
+    member._task.cancel()
+
+
+async def test_one_leader_and_a_generation_of_all_live_members(
+    js: JetStreamContext, group: list[GroupMembership]
+) -> None:
+    gid = f"g{uuid.uuid4().hex[:8]}"
+    a = await _join(js, group, gid, "a")
+    b = await _join(js, group, gid, "b")
+
+    async def both() -> bool:
+        return all(m.latest is not None and m.latest.members == ("a", "b") for m in (a, b))
+
+    await eventually(both, 10, "a generation with a and b")
+    assert [a.is_leader, b.is_leader].count(True) == 1
+    assert a.latest is not None and a.latest.assignments["b"] == b"parts-of-b"
+
+
+async def test_crashed_member_is_dropped_within_the_session_timeout(
+    js: JetStreamContext, group: list[GroupMembership]
+) -> None:
+    gid = f"g{uuid.uuid4().hex[:8]}"
+    a = await _join(js, group, gid, "a")
+    b = await _join(js, group, gid, "b")
+    await eventually(lambda: _is(a, ("a", "b")), 10, "both members")
+    survivor, victim = (a, b) if a.is_leader else (b, a)
+    loop = asyncio.get_running_loop()
+    _crash(victim)
+    crashed_at = loop.time()
+    await eventually(lambda: _is(survivor, (survivor.member_id,)), 10, "victim dropped")
+    assert loop.time() - crashed_at <= SESSION + 3 * HEARTBEAT + 0.5
+
+
+async def test_leader_lease_moves_when_the_leader_crashes(
+    js: JetStreamContext, group: list[GroupMembership]
+) -> None:
+    gid = f"g{uuid.uuid4().hex[:8]}"
+    a = await _join(js, group, gid, "a")
+    b = await _join(js, group, gid, "b")
+    await eventually(lambda: _is(a, ("a", "b")), 10, "both members")
+    leader, other = (a, b) if a.is_leader else (b, a)
+    _crash(leader)
+
+    async def took_over() -> bool:
+        return other.is_leader and other.latest is not None and other.latest.members == (other.member_id,)
+
+    await eventually(took_over, 10, "the other member leading a generation of its own")
+
+
+async def test_barrier_waits_until_every_other_member_released_the_generation(
+    js: JetStreamContext, group: list[GroupMembership]
+) -> None:
+    gid = f"g{uuid.uuid4().hex[:8]}"
+    a = await _join(js, group, gid, "a")
+    b = await _join(js, group, gid, "b")
+    await eventually(lambda: _is(a, ("a", "b")), 10, "both members")
+    gen = a.latest
+    assert isinstance(gen, Generation)
+    await a.release(gen.number)
+    waiting = asyncio.ensure_future(a.wait_released(gen))
+    await asyncio.sleep(3 * HEARTBEAT)  # b keeps heartbeating but has not released
+    assert not waiting.done()
+    await b.release(gen.number)
+    assert await asyncio.wait_for(waiting, 5) is True
+
+
+async def _is(member: GroupMembership, members: tuple[str, ...]) -> bool:
+    return member.latest is not None and member.latest.members == members
