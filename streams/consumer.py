@@ -230,8 +230,13 @@ class Consumer(base.Consumer):
         active = self._assigned if active_partitions is None else active_partitions
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
+        membership = self._membership
         while True:
             out: dict[TP, list[Record]] = {}
+            if membership is not None and not membership.lease_valid():
+                # Our heartbeats are late: the group may already have given our
+                # partitions away. Hand out nothing until a heartbeat succeeds.
+                active = set()
             for tp in active:
                 reader = self._readers.get(tp)
                 if reader is not None and reader.buffer:

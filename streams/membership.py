@@ -131,6 +131,7 @@ class GroupMembership:
         self._changed = asyncio.Event()
         self._kv: KeyValue | None = None
         self._task: asyncio.Task[None] | None = None
+        self._last_ok = time.monotonic()
 
     # -- lifecycle -----------------------------------------------------------------
 
@@ -212,6 +213,17 @@ class GroupMembership:
                 return True
             await asyncio.sleep(poll_s)
 
+    def lease_valid(self) -> bool:
+        """Whether our own heartbeat went through recently enough that the group
+        cannot have declared us dead yet (less than half the session timeout ago).
+
+        A member whose event loop stalled, or that lost NATS, stops handing out
+        records until a heartbeat succeeds again and shows it the newest
+        generation: a member declared dead must not keep processing partitions
+        that already have a new owner.
+        """
+        return time.monotonic() - self._last_ok < self.session_timeout_s / 2
+
     def is_current(self, generation: int) -> bool:
         """Whether ``generation`` is still the newest one we know of (commit fencing)."""
         return self.latest is not None and self.latest.number == generation
@@ -267,6 +279,7 @@ class GroupMembership:
 
     async def _tick(self) -> None:
         kv = self._require_kv()
+        sent_at = time.monotonic()
         await self._heartbeat()
         now = time.monotonic()
         try:
@@ -290,6 +303,7 @@ class GroupMembership:
                 self._record(key, revision, value, now)
         for key in set(self._seen) - present:
             del self._seen[key]
+        self._last_ok = sent_at
         await self._lead(kv, now)
 
     @staticmethod

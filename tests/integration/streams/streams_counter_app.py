@@ -21,7 +21,7 @@ PARTITIONS = 4
 WINDOW_S = 10.0
 
 
-def build_app(app_id: str, nats_url: str, *, session_timeout: float = 3.0, **conf: Any) -> faust.App:
+def build_app(app_id: str, nats_url: str, *, session_timeout: float = 4.0, **conf: Any) -> faust.App:
     app = faust.App(
         app_id,
         broker=f"{nats_url}?session_timeout={session_timeout}&heartbeat=0.5",

@@ -147,7 +147,8 @@ async def test_two_workers_then_one_killed_all_partitions_keep_being_processed(
 
     await _wait_all_committed(js, app_id, topic, dict(per_partition))
     final = _sum_by_partition(await read_changelog(js, changelog))
+    context = f"a={owned_by_a} n={dict(per_partition)} at_kill={at_kill} committed={committed} final={final}"
     for p in owned_by_a:
-        assert final[p] == per_partition[p] + at_kill[p] - committed[p]
+        assert final[p] == per_partition[p] + at_kill[p] - committed[p], context
     for p in owned_by_b:
-        assert final[p] == per_partition[p]
+        assert final[p] == per_partition[p], context
