@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import json
 import logging
 import time
@@ -69,7 +70,8 @@ def _app(app_id: str, nats_url: str) -> tuple[faust.App, Any]:
 
 @contextlib.asynccontextmanager
 async def _worker(app: faust.App) -> AsyncIterator[None]:
-    worker = faust.Worker(app, loglevel="ERROR", quiet=True, redirect_stdouts=False)
+    # The worker's terminal spinner would write escape codes into the JSON output.
+    worker = faust.Worker(app, loglevel="ERROR", quiet=True, redirect_stdouts=False, stdout=io.StringIO())
     task = asyncio.ensure_future(worker.start())
     try:
         yield

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import os
 import signal
 import subprocess
@@ -20,7 +21,7 @@ ROOT = HERE.parents[2]
 @contextlib.asynccontextmanager
 async def running(app: faust.App, timeout: float = 30.0) -> AsyncIterator[faust.Worker]:
     """Run ``app`` as an in-process worker until the block exits (then stop it cleanly)."""
-    worker = faust.Worker(app, loglevel="WARNING", quiet=True, redirect_stdouts=False)
+    worker = faust.Worker(app, loglevel="WARNING", quiet=True, redirect_stdouts=False, stdout=io.StringIO())
     task = asyncio.ensure_future(worker.start())
     try:
         yield worker
