@@ -27,7 +27,9 @@ from collections.abc import Iterable, Mapping
 from typing import Any, cast
 
 from faust.transport import base
+from faust.transport.consumer import CONSUMER_PARTITIONS_REVOKED
 from faust.types import TP, ConsumerMessage
+from mode import Service
 from mode.utils.times import Seconds, want_seconds
 
 from streams.assignment import apply_assignment, assign, member_metadata
@@ -191,6 +193,7 @@ class Consumer(base.Consumer):
         log.info("generation %d: %d partitions assigned to %s", gen.number, len(tps), self.member_id)
         await self.on_partitions_assigned(set(tps), gen.number)
 
+    @Service.transitions_to(CONSUMER_PARTITIONS_REVOKED)
     async def on_partitions_revoked(self, revoked: set[TP]) -> None:
         """Faust's revoke, with a hand-over commit that cannot be skipped.
 

@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import uuid
 from collections import deque
 from collections.abc import Callable
 
@@ -126,7 +127,7 @@ class PartitionReader:
                 return
 
     async def _consume(self) -> None:
-        name = self._nc._nuid.next().decode()
+        name = f"faust-{uuid.uuid4().hex}"
         config = ConsumerConfig(
             name=name,
             deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
