@@ -104,11 +104,7 @@ class Encoder:
         id: str | None = None,
     ) -> Envelope:
         """A validated envelope; inside a handler it inherits correlation, causation, tenant."""
-        parent = current_envelope.get()
-        if parent is not None:
-            correlation_id = correlation_id or parent.correlation_id or parent.id
-            causation_id = causation_id or parent.id
-            tenant = tenant or parent.metadata.tenant
+        correlation_id, causation_id, tenant = _inherited(correlation_id, causation_id, tenant)
         return Envelope(
             id=id or fast_id(),
             correlation_id=correlation_id,
@@ -139,11 +135,7 @@ class Encoder:
         id: str | None = None,
     ) -> Outgoing:
         """Bytes and headers for ``payload`` on ``channel``; raises before any publish."""
-        parent = current_envelope.get()
-        if parent is not None:
-            correlation_id = correlation_id or parent.correlation_id or parent.id
-            causation_id = causation_id or parent.id
-            tenant = tenant or parent.metadata.tenant
+        correlation_id, causation_id, tenant = _inherited(correlation_id, causation_id, tenant)
         if (
             id is not None
             or not 0 < len(type) <= _MAX_ID_FIELD
@@ -219,3 +211,18 @@ def _metadata(tenant: str | None, priority: Priority, ttl_s: float | None) -> Me
     if tenant is None and priority is Priority.NORMAL and ttl_s is None:
         return _DEFAULT_METADATA  # frozen, so one instance serves every message
     return Metadata(tenant=tenant or "default", priority=priority, ttl_s=ttl_s)
+
+
+def _inherited(
+    correlation_id: str | None, causation_id: str | None, tenant: str | None
+) -> tuple[str | None, str | None, str | None]:
+    """Inside a handler, a new message continues the handled one's correlation,
+    causation and tenant unless the caller set them."""
+    parent = current_envelope.get()
+    if parent is None:
+        return correlation_id, causation_id, tenant
+    return (
+        correlation_id or parent.correlation_id or parent.id,
+        causation_id or parent.id,
+        tenant or parent.metadata.tenant,
+    )
