@@ -146,7 +146,16 @@ async def expire_overdue(js: JetStreamContext, grace_s: float = 5.0) -> list[str
             payload={"agent": state.agent}, created_at=state.enqueued_at,
             metadata=Metadata(tenant=state.tenant, routing_key=state.routing_key),
         )  # fmt: skip
-        await write_outcome(js, task, state)
+        # The state is already final (CAS won), so the event must not be lost
+        # to a short outage: retry it before giving up.
+        for attempt in range(1, 5):
+            try:
+                await write_outcome(js, task, state)
+                break
+            except Exception:
+                if attempt == 4:
+                    raise
+                await asyncio.sleep(0.5 * attempt)
         metrics.TASKS_EXPIRED.labels(state.agent).inc()
         expired.append(state.run_id)
     return expired

@@ -34,7 +34,7 @@ def replay_generation(task: Envelope) -> int:
 
 
 def outcome_messages(task: Envelope, state: RunState) -> list[OutcomeMessage]:
-    """(subject, data, headers) of the run-state record and the finished event."""
+    """(subject, data, headers) of the finished event and the run-state record, in write order."""
     finished_at = state.finished_at or utcnow()
     event = ExecutionFinished(
         run_id=state.run_id, agent=state.agent, tenant=state.tenant, status=state.status,
@@ -58,9 +58,12 @@ def outcome_messages(task: Envelope, state: RunState) -> list[OutcomeMessage]:
         "Nats-Msg-Id": f"finished-{state.run_id}-{replay_generation(task)}",
         "AF-Tenant": state.tenant,
     }
+    # Order matters: the event first, then the final run state. A finished run
+    # state is then proof that the event is stored, which is what lets a
+    # redelivered task whose state is final be acked without writing again.
     return [
-        (run_key(state.run_id), state.model_dump_json().encode(), None),
         (names.event_subject(EXECUTION_FINISHED, state.agent), encode(envelope), headers),
+        (run_key(state.run_id), state.model_dump_json().encode(), None),
     ]
 
 

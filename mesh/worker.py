@@ -324,13 +324,9 @@ class TaskWorker:
         metrics.TASKS_COMPLETED.labels(lane.agent).inc()
 
     async def _record_outcome(self, task: Envelope, state: RunState) -> None:
-        """Run state and execution event, both durable before the caller acks."""
-        sent = [
-            await self.pipeline.request(subject, data, headers)
-            for subject, data, headers in outcome_messages(task, state)
-        ]
-        for reply in sent:
-            parse_puback(await reply)
+        """Execution event, then run state: both durable, in that order, before the ack."""
+        for subject, data, headers in outcome_messages(task, state):
+            parse_puback(await (await self.pipeline.request(subject, data, headers)))
 
     async def _failed(
         self,
