@@ -81,14 +81,14 @@ class Recorder:
                     if not msgs:
                         continue
                     msgs += await self._puller.take(self.batch - 1)
-                events, bad = [], []
+                events = []
                 for msg in msgs:
                     try:
                         env = decode(msg.data, (msg.headers or {}).get(CONTENT_TYPE))
                         events.append(ExecutionFinished.model_validate(env.payload))
                     except (DecodeError, ValueError) as exc:
-                        log.error("recorder: dropping undecodable event %s: %s", msg.subject, exc)
-                        bad.append(msg)
+                        # It stays in AF_EVENTS (7 days); only the projection skips it.
+                        log.error("recorder: skipping undecodable event %s: %s", msg.subject, exc)
                 await record_executions(self.pool, events)
                 for msg in msgs:
                     await msg.ack()

@@ -20,6 +20,7 @@ from nats.js.api import (
 from nats.js.errors import BadRequestError, NotFoundError
 
 from mesh import names
+from mesh.queue import DEFAULT_MAX_DEPTH
 
 __all__ = ["ProvisionConfig", "ensure_stream", "provision"]
 
@@ -37,7 +38,7 @@ class ProvisionConfig:
     runs_ttl_s: float = DAY
     duplicate_window_s: float = 120.0
     max_msg_size: int = 1_048_576
-    max_queue_depth: int = 100_000
+    max_queue_depth: int = DEFAULT_MAX_DEPTH
 
 
 def stream_configs(cfg: ProvisionConfig) -> list[StreamConfig]:
