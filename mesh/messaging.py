@@ -39,7 +39,7 @@ from mesh.channels import (
     ensure_channels,
 )
 from mesh.connection import jetstream
-from mesh.envelope import CONTENT_TYPE, JSON, ChannelType, Envelope, MessageType, decode
+from mesh.envelope import CONTENT_TYPE, JSON, ChannelType, Envelope, MessageType
 from mesh.errors import DecodeError, MeshError, RequestTimeout
 from mesh.schemas import SchemaRegistry
 from mesh.subscriptions import (
@@ -47,6 +47,8 @@ from mesh.subscriptions import (
     DurableSubscription,
     EphemeralSubscription,
     Handler,
+    InlineDelivery,
+    decode_envelope,
 )
 from mesh.wire import Encoder, Outgoing, fast_id
 
@@ -100,6 +102,7 @@ class Mesh:
         self._subs: set[Subscription] = set()
         self._inbox = ""
         self._inbox_sub: NatsSubscription | None = None
+        self._replies: InlineDelivery
         self._waiting: dict[str, tuple[asyncio.Future[Msg], str]] = {}
         self._sent = {kind: MESSAGES.labels(kind.value, "sent") for kind in ChannelType}
         limit = self.config.max_message_size
@@ -118,7 +121,9 @@ class Mesh:
         self._registry = SubscriberRegistry(self._js, await ensure_channels(self._js))
         await self._registry.start()
         self._inbox = self.nc.new_inbox()
-        self._inbox_sub = await self.nc.subscribe(f"{self._inbox}.*", cb=self._on_reply)
+        # Replies resolve their request's future right in the connection's reader.
+        self._replies = InlineDelivery(self._on_reply, f"{self.agent or 'mesh'} replies")
+        self._inbox_sub = await self.nc.subscribe(f"{self._inbox}.*", future=self._replies.as_future())
 
     async def stop(self) -> None:
         for sub in list(self._subs):
@@ -131,6 +136,7 @@ class Mesh:
             with contextlib.suppress(Exception):
                 await self._inbox_sub.unsubscribe()
             self._inbox_sub = None
+            await self._replies.close()
         if self._registry is not None:
             await self._registry.stop()
         if self._js is not None:
@@ -364,7 +370,7 @@ class Mesh:
                     )
                 self._sent[channel.kind].inc()
                 msg = await future
-            reply = decode(msg.data, (msg.headers or {}).get(CONTENT_TYPE))
+            reply = decode_envelope(msg.data, msg.headers.get(CONTENT_TYPE) if msg.headers else None)
             outcome = "ok"
         except NoResponders:
             outcome = "no_responders"

@@ -28,10 +28,12 @@ import contextlib
 import contextvars
 import logging
 import time
-from collections.abc import Awaitable, Callable
+import types
+from collections import deque
+from collections.abc import Awaitable, Callable, Coroutine, Generator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, Final
+from typing import Any, Final, cast
 
 import nats.errors
 from nats.aio.client import Client
@@ -52,7 +54,7 @@ from mesh.channels import (
     sync_with_server,
 )
 from mesh.dlq import AttemptError, DeadLetter, dead_letter
-from mesh.envelope import CONTENT_TYPE, Envelope, decode
+from mesh.envelope import CONTENT_TYPE, JSON, Envelope, decode
 from mesh.errors import DecodeError, UnknownSchemaVersion
 from mesh.pull import PullStream
 from mesh.schemas import SchemaRegistry
@@ -62,6 +64,7 @@ __all__ = [
     "DurableSubscription",
     "EphemeralSubscription",
     "Handler",
+    "InlineDelivery",
     "current_envelope",
 ]
 
@@ -75,6 +78,7 @@ current_envelope: contextvars.ContextVar[Envelope | None] = contextvars.ContextV
 """The envelope being handled in this task: sends inherit its correlation id."""
 
 _MAX_REMEMBERED_ERRORS: Final = 10_000
+_PENDING_BYTES_LIMIT: Final = 128 * 1024 * 1024  # nats-py's default per subscription
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,12 +114,29 @@ class Rejected(Exception):
         self.tenant = tenant
 
 
+_validate_json: Final = Envelope.__pydantic_validator__.validate_json
+
+
+def decode_envelope(data: bytes, content_type: str | None) -> Envelope:
+    """:func:`mesh.envelope.decode`, minus pydantic's Python wrapper on the JSON path.
+
+    A message that does not validate is decoded again by ``decode`` itself, so
+    the error raised is exactly the one it raises.
+    """
+    if content_type is None or content_type == JSON:
+        try:
+            return _validate_json(data)  # type: ignore[no-any-return]
+        except ValueError:  # pydantic's ValidationError included
+            pass
+    return decode(data, content_type)
+
+
 def admit(msg: Msg, channel: str, schemas: SchemaRegistry) -> Envelope:
     """Decode and check one message; raise :class:`Rejected` (already counted)."""
     headers = msg.headers
     tenant = "default"
     try:
-        envelope = decode(msg.data, headers.get(CONTENT_TYPE) if headers else None)
+        envelope = decode_envelope(msg.data, headers.get(CONTENT_TYPE) if headers else None)
         ttl = envelope.metadata.ttl_s
         if ttl is not None and envelope.created_at + timedelta(seconds=ttl) < datetime.now(UTC):
             raise Rejected("expired", f"message {envelope.id} expired after {ttl}s")
@@ -149,6 +170,121 @@ async def run_handler(
         current_envelope.reset(token)
 
 
+class InlineDelivery:
+    """Delivers a core NATS subscription's messages without nats-py's queue and task hop.
+
+    For a callback subscription nats-py puts every message on an
+    ``asyncio.Queue`` and wakes one task per subscription to run the callback:
+    a put, a get and a task switch per message. Passed to
+    ``nc.subscribe(..., future=delivery)`` (the hook nats-py uses for one-shot
+    request inboxes: it calls ``set_result(msg)`` for every message), this
+    object starts the callback right away, inside the connection's reader. A
+    callback that completes without waiting (decode, check, handle, publish a
+    reply) never leaves the reader; one that waits continues in a task, and
+    messages arriving meanwhile wait in a backlog. Callbacks therefore still
+    run one at a time, in arrival order, as with nats-py's own dispatch; past
+    ``pending_msgs_limit`` waiting messages (or 128 MiB) new ones are dropped,
+    like nats-py's slow-consumer rule. Callbacks must handle their own errors;
+    whatever escapes is logged, it never reaches the reader.
+    """
+
+    def __init__(
+        self,
+        callback: Callable[[Msg], Coroutine[Any, Any, None]],
+        name: str,
+        pending_msgs_limit: int = 65_536,
+    ) -> None:
+        self._callback = callback
+        self._name = name
+        self._limit = pending_msgs_limit
+        # One context for every callback, as nats-py's per-subscription task had.
+        self._context = contextvars.copy_context()
+        self._backlog: deque[Msg] = deque()
+        self._backlog_bytes = 0
+        self._task: asyncio.Task[None] | None = None
+        self._closed = False
+        self.dropped = 0
+
+    def as_future(self) -> asyncio.Future[Msg]:
+        """This object typed as what ``nc.subscribe(future=...)`` accepts (duck-typed there)."""
+        return cast("asyncio.Future[Msg]", self)
+
+    # The two methods nats-py calls on a subscription's future, for every message.
+    def cancelled(self) -> bool:
+        return self._closed
+
+    def set_result(self, msg: Msg) -> None:
+        if self._task is not None:  # a callback is waiting: keep arrival order
+            size = len(msg.data)
+            if len(self._backlog) >= self._limit or self._backlog_bytes + size > _PENDING_BYTES_LIMIT:
+                self.dropped += 1
+                if self.dropped == 1 or self.dropped % 10_000 == 0:
+                    log.warning("%s: slow consumer, %d message(s) dropped", self._name, self.dropped)
+                return
+            self._backlog.append(msg)
+            self._backlog_bytes += size
+            return
+        coro = self._callback(msg)
+        try:
+            waiting_on = self._context.run(coro.send, None)
+        except StopIteration:
+            return
+        except (Exception, asyncio.CancelledError):
+            log.exception("%s: message callback failed", self._name)
+            return
+        self._task = asyncio.get_running_loop().create_task(
+            self._finish(coro, waiting_on), context=self._context
+        )
+
+    async def _finish(self, coro: Coroutine[Any, Any, None], waiting_on: Any) -> None:
+        """Run the waiting callback to its end, then the backlog, one message at a time."""
+        try:
+            try:
+                await _resume(coro, waiting_on)
+            except Exception:
+                log.exception("%s: message callback failed", self._name)
+            while self._backlog and not self._closed:
+                msg = self._backlog.popleft()
+                self._backlog_bytes -= len(msg.data)
+                try:
+                    await self._callback(msg)
+                except Exception:
+                    log.exception("%s: message callback failed", self._name)
+        finally:
+            self._task = None
+
+    async def close(self) -> None:
+        """Drop the backlog and cancel a callback that is still running (as unsubscribing
+        a nats-py callback subscription does)."""
+        self._closed = True
+        self._backlog.clear()
+        self._backlog_bytes = 0
+        task = self._task
+        if task is not None and task is not asyncio.current_task():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+
+@types.coroutine
+def _resume(coro: Coroutine[Any, Any, None], waiting_on: Any) -> Generator[Any, Any, None]:
+    """Finish ``coro``, which already ran up to its first wait (it yielded ``waiting_on``):
+    hand that wait to the running task, and pass results and cancellation back in."""
+    while True:
+        try:
+            sent = yield waiting_on
+        except BaseException as exc:  # cancellation (or another error) thrown in by the task
+            try:
+                waiting_on = coro.throw(exc)
+            except StopIteration:
+                return
+        else:
+            try:
+                waiting_on = coro.send(sent)
+            except StopIteration:
+                return
+
+
 class EphemeralSubscription:
     """A core NATS subscription on an ephemeral channel (or an RPC subject)."""
 
@@ -173,18 +309,15 @@ class EphemeralSubscription:
         self._queue = queue
         self._registry = registry
         self._registration = registration
-        self._pending_limit = pending_msgs_limit
         self._name = str(channel)
         self._received = MESSAGES.labels("EPHEMERAL", "received")
         self._span = f"{self._name} receive"
         self._sub: NatsSubscription | None = None
+        self._delivery = InlineDelivery(self._on_msg, self._name, pending_msgs_limit)
 
     async def start(self) -> None:
         self._sub = await self._nc.subscribe(
-            self._subject,
-            queue=self._queue,
-            cb=self._on_msg,
-            pending_msgs_limit=self._pending_limit,
+            self._subject, queue=self._queue, future=self._delivery.as_future()
         )
         await sync_with_server(self._nc)  # the server knows the interest before start() returns
 
@@ -193,6 +326,7 @@ class EphemeralSubscription:
             sub, self._sub = self._sub, None
             with contextlib.suppress(nats.errors.ConnectionClosedError, nats.errors.BadSubscriptionError):
                 await sub.unsubscribe()
+        await self._delivery.close()
         if self._registry is not None and self._registration is not None:
             await self._registry.release(self._registration)
             self._registration = None
@@ -204,10 +338,16 @@ class EphemeralSubscription:
         except Rejected as exc:
             log.warning("%s: rejected a message (%s): %s", self._name, exc.reason, exc)
             return
+        # run_handler, inlined: this is the per-message path of every ephemeral channel.
+        token = current_envelope.set(envelope)
+        entered = trace.enter(msg.headers, self._span)
         try:
-            await run_handler(self._handler, envelope, msg.headers, self._span)
+            await self._handler(envelope)
         except Exception:
             log.exception("%s: handler failed on message %s", self._name, envelope.id)
+        finally:
+            trace.leave(entered)
+            current_envelope.reset(token)
 
 
 class DurableSubscription:

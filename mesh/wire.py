@@ -18,9 +18,8 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 import msgpack
 import pydantic_core
@@ -46,8 +45,15 @@ from mesh.subscriptions import current_envelope
 __all__ = ["Encoder", "Outgoing", "fast_id"]
 
 _DEFAULT_METADATA: Final = Metadata()
-_DEFAULT_METADATA_DOC: Final = _DEFAULT_METADATA.model_dump(mode="json")
 _MAX_ID_FIELD: Final = 128
+_MAX_NAME_FIELD: Final = 256
+_MAX_FIXED_JSON: Final = 4096  # cached JSON fragments per sender (channel x type pairs)
+_to_json: Final = pydantic_core.to_json
+_NULL: Final = b"null"
+_NO_REPLY: Final = b',"reply_to":null}'
+_DEFAULT_METADATA_JSON: Final = (
+    b',"metadata":' + _DEFAULT_METADATA.model_dump_json().encode() + b',"created_at":'
+)
 
 
 def fast_id() -> str:
@@ -55,8 +61,7 @@ def fast_id() -> str:
     return os.urandom(16).hex()
 
 
-@dataclass(frozen=True, slots=True)
-class Outgoing:
+class Outgoing(NamedTuple):  # a tuple: the cheapest immutable record to build per message
     data: bytes
     headers: dict[str, str]
     id: str
@@ -82,6 +87,7 @@ class Encoder:
         self.codecs = dict(codecs)
         self.default_codec = default_codec
         self.limit = limit
+        self._fixed_json: dict[tuple[str, MessageType, str], bytes] = {}
 
     def content_type(self, channel: Channel) -> str:
         codecs = self.codecs
@@ -135,12 +141,18 @@ class Encoder:
         id: str | None = None,
     ) -> Outgoing:
         """Bytes and headers for ``payload`` on ``channel``; raises before any publish."""
-        correlation_id, causation_id, tenant = _inherited(correlation_id, causation_id, tenant)
+        parent = current_envelope.get()
+        if parent is not None:  # inside a handler: continue its correlation, causation, tenant
+            correlation_id = correlation_id or parent.correlation_id or parent.id
+            causation_id = causation_id or parent.id
+            tenant = tenant or parent.metadata.tenant
         if (
             id is not None
             or not 0 < len(type) <= _MAX_ID_FIELD
             or (correlation_id is not None and len(correlation_id) > _MAX_ID_FIELD)
             or (causation_id is not None and len(causation_id) > _MAX_ID_FIELD)
+            or (reply_to is not None and len(reply_to) > _MAX_NAME_FIELD)
+            or len(channel.text) > _MAX_NAME_FIELD
         ):  # unusual fields: let the model validate them and say what is wrong
             envelope = self.envelope(
                 channel, payload, type=type, message_type=message_type,
@@ -148,38 +160,74 @@ class Encoder:
                 correlation_id=correlation_id, causation_id=causation_id, reply_to=reply_to, id=id,
             )  # fmt: skip
             return self.encode_envelope(channel, envelope)
-        metadata = _metadata(tenant, priority, ttl_s)
+        if (tenant is None or tenant == "default") and priority is Priority.NORMAL and ttl_s is None:
+            metadata = None  # the default metadata, pre-serialized
+        else:
+            metadata = Metadata(tenant=tenant or "default", priority=priority, ttl_s=ttl_s)
         envelope_id = fast_id()  # 32 lowercase hex: also names the trace when this starts one
-        doc = {
-            "schema_version": SCHEMA_VERSION,
-            "id": envelope_id,
-            "correlation_id": correlation_id,
-            "causation_id": causation_id,
-            "source": self.source,
-            "target": channel.text,
-            "message_type": message_type.value,
-            "channel_type": channel.kind.value,
-            "type": type,
-            "payload": self.schemas.validate(type, payload),
-            "metadata": _DEFAULT_METADATA_DOC
-            if metadata is _DEFAULT_METADATA
-            else metadata.model_dump(mode="json"),
-            "created_at": datetime.now(UTC),
-            "reply_to": reply_to,
-        }
-        content_type = self.content_type(channel)
+        payload = self.schemas.validate(type, payload)
+        codecs = self.codecs
+        content_type = codecs.get(channel.text, self.default_codec) if codecs else self.default_codec
         try:
             if content_type == JSON:
-                data = pydantic_core.to_json(doc)
+                # The envelope's own field order and JSON format, from parts: only the
+                # ids, the payload and the time are serialized per message.
+                key = (channel.text, message_type, type)
+                data = b"".join((
+                    b'{"schema_version":1,"id":"', envelope_id.encode(),
+                    b'","correlation_id":', _NULL if correlation_id is None else _to_json(correlation_id),
+                    b',"causation_id":', _NULL if causation_id is None else _to_json(causation_id),
+                    self._fixed_json.get(key) or self._fixed(key, channel),
+                    _to_json(payload),
+                    _DEFAULT_METADATA_JSON if metadata is None else b"".join(
+                        (b',"metadata":', _to_json(metadata), b',"created_at":')
+                    ),
+                    _to_json(datetime.now(UTC)),
+                    _NO_REPLY if reply_to is None else b"".join((b',"reply_to":', _to_json(reply_to), b"}")),
+                ))  # fmt: skip
             else:
+                doc = {
+                    "schema_version": SCHEMA_VERSION,
+                    "id": envelope_id,
+                    "correlation_id": correlation_id,
+                    "causation_id": causation_id,
+                    "source": self.source,
+                    "target": channel.text,
+                    "message_type": message_type.value,
+                    "channel_type": channel.kind.value,
+                    "type": type,
+                    "payload": payload,
+                    "metadata": (metadata or _DEFAULT_METADATA).model_dump(mode="json"),
+                    "created_at": datetime.now(UTC),
+                    "reply_to": reply_to,
+                }
                 data = msgpack.packb(pydantic_core.to_jsonable_python(doc), use_bin_type=True)
         except (pydantic_core.PydanticSerializationError, TypeError, ValueError) as exc:
             raise DecodeError(f"payload of type {type!r} cannot be serialized: {exc}") from exc
         if len(data) > self.limit:
             raise PayloadTooLarge(len(data), self.limit)
         correlation = correlation_id or envelope_id
-        headers = self._headers(channel, content_type, envelope_id, correlation, ttl_s, envelope_id)
+        headers = {CONTENT_TYPE: content_type}
+        trace.inject(headers, correlation, envelope_id)
+        if channel.durable:
+            headers["Nats-Msg-Id"] = envelope_id
+            if ttl_s is not None:
+                headers["Nats-TTL"] = str(max(1, math.ceil(ttl_s)))
         return Outgoing(data, headers, envelope_id, correlation)
+
+    def _fixed(self, key: tuple[str, MessageType, str], channel: Channel) -> bytes:
+        """The JSON between ``causation_id`` and the payload: the same for every message
+        this sender sends with one channel, message type and payload type."""
+        text, message_type, type = key
+        fixed = b"".join((
+            b',"source":', _to_json(self.source), b',"target":', _to_json(text),
+            b',"message_type":', _to_json(message_type.value),
+            b',"channel_type":', _to_json(channel.kind.value),
+            b',"type":', _to_json(type), b',"payload":',
+        ))  # fmt: skip
+        if len(self._fixed_json) < _MAX_FIXED_JSON:
+            self._fixed_json[key] = fixed
+        return fixed
 
     def encode_envelope(self, channel: Channel, envelope: Envelope) -> Outgoing:
         """Bytes and headers for an envelope built elsewhere (replies, re-sends)."""
