@@ -92,6 +92,7 @@ class Channel:
     durable: bool = field(init=False, compare=False, repr=False)
     subject: str = field(init=False, compare=False, repr=False)
     text: str = field(init=False, compare=False, repr=False)
+    is_pattern: bool = field(init=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         durable = self.kind is ChannelType.DURABLE
@@ -99,6 +100,7 @@ class Channel:
         prefix = DURABLE_PREFIX if durable else EPHEMERAL_PREFIX
         object.__setattr__(self, "subject", f"{prefix}.{self.name}")
         object.__setattr__(self, "text", f"{self.kind.value.lower()}:{self.name}")
+        object.__setattr__(self, "is_pattern", "*" in self.name or ">" in self.name)
 
     @classmethod
     def parse(cls, text: str) -> Channel:
@@ -107,10 +109,6 @@ class Channel:
     @classmethod
     def of(cls, channel: Channel | str) -> Channel:
         return channel if isinstance(channel, Channel) else _parse(channel)
-
-    @property
-    def is_pattern(self) -> bool:
-        return "*" in self.name or ">" in self.name
 
     @property
     def consumer(self) -> str:

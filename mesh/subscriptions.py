@@ -141,7 +141,9 @@ def admit(msg: Msg, channel: str, schemas: SchemaRegistry) -> Envelope:
         if ttl is not None and envelope.created_at + timedelta(seconds=ttl) < datetime.now(UTC):
             raise Rejected("expired", f"message {envelope.id} expired after {ttl}s")
         tenant = envelope.metadata.tenant
-        envelope.payload = schemas.validate(envelope.type, envelope.payload)
+        payload = schemas.validate(envelope.type, envelope.payload)
+        if payload is not envelope.payload:  # parsed into its registered model
+            envelope.payload = payload
     except UnknownSchemaVersion as exc:
         count_rejected(channel, "unknown_schema_version")
         raise Rejected("unknown_schema_version", str(exc)) from exc

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime
 from typing import Any, Final, NamedTuple
 
@@ -56,9 +56,31 @@ _DEFAULT_METADATA_JSON: Final = (
 )
 
 
+_IDS_PER_READ: Final = 256
+
+
+def _id_pool() -> Iterator[str]:
+    """Ids cut from one ``os.urandom`` read per 256: a system call per id is most of its cost."""
+    while True:
+        block = os.urandom(16 * _IDS_PER_READ).hex()
+        for start in range(0, 32 * _IDS_PER_READ, 32):
+            yield block[start : start + 32]
+
+
+_ids = _id_pool()
+
+
+def _new_pool_after_fork() -> None:
+    global _ids
+    _ids = _id_pool()  # a forked child must not hand out its parent's remaining ids
+
+
+os.register_at_fork(after_in_child=_new_pool_after_fork)
+
+
 def fast_id() -> str:
-    """Like :func:`~mesh.envelope.new_id` (32 random hex chars), five times cheaper."""
-    return os.urandom(16).hex()
+    """Like :func:`~mesh.envelope.new_id` (32 random hex chars from ``os.urandom``), cheaper."""
+    return next(_ids)
 
 
 class Outgoing(NamedTuple):  # a tuple: the cheapest immutable record to build per message

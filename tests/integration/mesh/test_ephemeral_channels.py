@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 
 import pytest
 from nats.aio.client import Client
 
 from mesh.channel_errors import InvalidChannelName, TooManySubscribers
-from mesh.channels import BROADCAST
+from mesh.channels import BROADCAST, Channel
 from mesh.envelope import Envelope
 from mesh.messaging import Mesh, MeshConfig
+from mesh.schemas import SchemaRegistry
+from mesh.subscriptions import EphemeralSubscription
 
 Eventually = Callable[..., Awaitable[None]]
 
@@ -126,3 +129,99 @@ async def test_a_subscription_is_live_on_the_server_when_subscribe_returns(
             sub = await other.serve(f"{unique}-{i}", collector([]))
             await mesh.request(f"{unique}-{i}", i, 2)  # NoResponders if the SUB lagged behind
             await other.unsubscribe(sub)
+
+
+async def test_a_handler_that_waits_holds_back_later_events_which_keep_their_order(
+    mesh: Mesh, other_nc: Client, unique: str, eventually: Eventually
+) -> None:
+    channel = f"ephemeral:{unique}"
+    release = asyncio.Event()
+    started: list[int] = []
+    finished: list[int] = []
+
+    async def handle(env: Envelope) -> None:
+        started.append(env.payload)
+        if env.payload == 0:
+            await release.wait()  # the first event waits; the rest queue behind it
+        finished.append(env.payload)
+
+    async with Mesh(other_nc, agent="listener") as other:
+        await other.subscribe(channel, handle)
+        for i in range(200):
+            await mesh.publish_event(channel, i)
+        await mesh.nc.flush()
+        await other_nc.flush()  # everything sent has reached the listener's connection
+        assert started == [0] and finished == []
+        release.set()
+        await eventually(lambda: len(finished) == 200)
+    assert started == finished == list(range(200))
+
+
+async def test_handler_context_is_reset_between_events_and_sends_inherit_the_handled_one(
+    mesh: Mesh, unique: str, eventually: Eventually
+) -> None:
+    channel, echoes = f"ephemeral:{unique}", f"ephemeral:{unique}.echo"
+    seen: list[Envelope] = []
+
+    async def handle(env: Envelope) -> None:
+        if env.payload == "wait":
+            await asyncio.sleep(0)  # continue outside the connection's reader
+        await mesh.publish_event(echoes, env.payload)
+
+    await mesh.subscribe(channel, handle)
+    await mesh.subscribe(echoes, collector(seen))
+    sent = ["now", "wait", "now"]
+    for payload in sent:
+        await mesh.publish_event(channel, payload)
+    await eventually(lambda: len(seen) == 3)
+    assert [e.payload for e in seen] == sent
+    assert len({e.causation_id for e in seen}) == 3  # each echo is caused by its own event
+    assert all(e.correlation_id == e.causation_id for e in seen)
+
+
+async def test_unsubscribing_cancels_a_waiting_handler_and_drops_its_backlog(
+    mesh: Mesh, unique: str, eventually: Eventually
+) -> None:
+    channel = f"ephemeral:{unique}"
+    handled: list[int] = []
+    cancelled = asyncio.Event()
+
+    async def handle(env: Envelope) -> None:
+        handled.append(env.payload)
+        try:
+            await asyncio.Event().wait()  # never set
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+
+    sub = await mesh.subscribe(channel, handle)
+    for i in range(5):
+        await mesh.publish_event(channel, i)
+    await eventually(lambda: handled == [0])
+    await mesh.nc.flush()
+    await mesh.unsubscribe(sub)
+    assert cancelled.is_set() and handled == [0]
+
+
+async def test_a_slow_subscriber_drops_what_does_not_fit_its_backlog(
+    mesh: Mesh, other_nc: Client, unique: str, eventually: Eventually
+) -> None:
+    channel = Channel.parse(f"ephemeral:{unique}")
+    release = asyncio.Event()
+    handled: list[int] = []
+
+    async def handle(env: Envelope) -> None:
+        handled.append(env.payload)
+        await release.wait()
+
+    sub = EphemeralSubscription(other_nc, channel, handle, SchemaRegistry(), pending_msgs_limit=10)
+    await sub.start()
+    try:
+        for i in range(50):
+            await mesh.publish_event(channel, i)
+        await eventually(lambda: sub._delivery.dropped == 39)  # 1 in the handler, 10 waiting
+        release.set()
+        await eventually(lambda: len(handled) == 11)
+        assert handled == list(range(11))
+    finally:
+        await sub.stop()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import pytest
@@ -9,11 +10,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mesh.channels import Channel
-from mesh.envelope import CONTENT_TYPE, JSON, MSGPACK, MessageType, Priority, decode
+from mesh.envelope import CONTENT_TYPE, JSON, MSGPACK, ChannelType, MessageType, Priority, decode
 from mesh.errors import PayloadTooLarge
 from mesh.schemas import SchemaRegistry
 from mesh.trace import CORRELATION_HEADER, TRACEPARENT, trace_id_of
-from mesh.wire import Encoder
+from mesh.wire import Encoder, fast_id
 
 PAYLOADS = st.recursive(
     st.none()
@@ -87,3 +88,56 @@ def test_a_message_that_starts_a_trace_names_it_after_itself() -> None:
     encoder = Encoder(None, SchemaRegistry(), {})
     out = encoder.encode(Channel.parse("ephemeral:x"), 1)
     assert trace_id_of(out.headers) == out.id
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    PAYLOADS,
+    CHANNELS,
+    st.sampled_from(MessageType),
+    st.text(min_size=1, max_size=128),
+    st.none() | st.from_regex(r"\A[a-z0-9]{1,20}\Z"),
+    st.none() | st.floats(min_value=0.5, max_value=3600),
+    st.none() | st.text(min_size=1, max_size=128),
+    st.none() | st.text(min_size=1, max_size=128),
+    st.none() | st.text(max_size=256),
+)
+def test_fast_path_writes_exactly_the_json_the_envelope_model_writes(
+    payload: Any,
+    channel_text: str,
+    message_type: MessageType,
+    type_name: str,
+    tenant: str | None,
+    ttl_s: float | None,
+    correlation_id: str | None,
+    causation_id: str | None,
+    reply_to: str | None,
+) -> None:
+    encoder = Encoder("fuel-agent", SchemaRegistry(), {})
+    out = encoder.encode(
+        Channel.parse(channel_text), payload, type=type_name, message_type=message_type,
+        tenant=tenant, ttl_s=ttl_s, correlation_id=correlation_id, causation_id=causation_id,
+        reply_to=reply_to,
+    )  # fmt: skip
+    assert decode(out.data, JSON).model_dump_json().encode() == out.data
+
+
+def test_fields_past_the_envelope_limits_are_refused_before_publish() -> None:
+    encoder = Encoder(None, SchemaRegistry(), {})
+    with pytest.raises(ValueError, match="reply_to"):
+        encoder.encode(Channel.parse("ephemeral:x"), 1, reply_to="r" * 257)
+    with pytest.raises(ValueError, match="target"):
+        encoder.encode(Channel(ChannelType.EPHEMERAL, "rpc." + "a" * 300), 1)  # as rpc_channel builds
+
+
+def test_ids_are_unique_random_hex_and_a_forked_child_draws_its_own() -> None:
+    ids = [fast_id() for _ in range(10_000)]
+    assert len(set(ids)) == len(ids)
+    assert all(len(i) == 32 and int(i, 16) >= 0 for i in ids)
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child reports the next id it would hand out
+        os.write(write, fast_id().encode())
+        os._exit(0)
+    os.waitpid(pid, 0)
+    assert os.read(read, 64).decode() != fast_id()
