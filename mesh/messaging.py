@@ -127,7 +127,9 @@ class Mesh:
         self._inbox_sub: NatsSubscription | None = None
         self._replies: InlineDelivery
         self._waiting: dict[str, tuple[asyncio.Future[Msg], str]] = {}
+        self._rpc_targets: dict[tuple[str, bool], tuple[Channel, str, str]] = {}
         self._sent = {kind: MESSAGES.labels(kind.value, "sent") for kind in ChannelType}
+        self._sent_ephemeral = self._sent[ChannelType.EPHEMERAL]
         limit = self.config.max_message_size
         if nc.max_payload:  # leave room for headers under the server's max_payload
             limit = min(limit, nc.max_payload - 8192)
@@ -244,9 +246,12 @@ class Mesh:
                 f"publish_event needs a concrete ephemeral channel, "
                 f"not {parsed}; use send_durable for durable ones"
             )
-        out = self.encoder.encode(parsed, payload, type=type, message_type=message_type, **fields)
+        if fields:
+            out = self.encoder.encode(parsed, payload, type=type, message_type=message_type, **fields)
+        else:  # the common call, without building a keyword dict per message
+            out = self.encoder.encode(parsed, payload, type=type, message_type=message_type)
         await self.nc.publish(parsed.subject, out.data, headers=out.headers)
-        self._sent[ChannelType.EPHEMERAL].inc()
+        self._sent_ephemeral.inc()
 
     async def broadcast(self, payload: Any, *, type: str = "broadcast", **fields: Any) -> None:
         """Tell every agent subscribed to ``ephemeral:broadcast`` (best effort)."""
@@ -375,24 +380,23 @@ class Mesh:
         """
         token = fast_id()
         reply_to = f"{self._inbox}.{token}"
-        fields.setdefault("ttl_s", max(1.0, timeout) if durable else None)
-        channel = rpc_channel(agent) if durable else Channel(ChannelType.EPHEMERAL, f"rpc.{agent}")
+        channel, subject, tracked = self._rpc_target(agent, durable)
+        if durable:
+            fields.setdefault("ttl_s", max(1.0, timeout))
         out = self.encoder.encode(
             channel, payload, type=type, message_type=MessageType.REQUEST, reply_to=reply_to,
             **fields,
         )  # fmt: skip
         future: asyncio.Future[Msg] = asyncio.get_running_loop().create_future()
         self._waiting[token] = (future, agent)
-        pending = self.tracker.begin(f"rpc:{agent}", out.id, timeout)
+        pending = self.tracker.begin(tracked, out.id, timeout)
         outcome = "timeout"
         try:
             async with asyncio.timeout(timeout):
                 if durable:
-                    await self.js.publish(channel.subject, out.data, headers=out.headers)
+                    await self.js.publish(subject, out.data, headers=out.headers)
                 else:
-                    await self.nc.publish(
-                        f"{RPC_PREFIX}.{agent}", out.data, reply=reply_to, headers=out.headers
-                    )
+                    await self.nc.publish(subject, out.data, reply=reply_to, headers=out.headers)
                 self._sent[channel.kind].inc()
                 msg = await future
             reply = decode_envelope(msg.data, msg.headers.get(CONTENT_TYPE) if msg.headers else None)
@@ -417,6 +421,20 @@ class Mesh:
             raise RemoteError(agent, str(reply.payload.get("error_type")), str(reply.payload.get("error")))
         self.tracker.settle(pending, "ok")
         return reply
+
+    def _rpc_target(self, agent: str, durable: bool) -> tuple[Channel, str, str]:
+        """Channel, subject and tracker name of requests to ``agent``, built once per agent."""
+        target = self._rpc_targets.get((agent, durable))
+        if target is None:
+            if durable:
+                channel = rpc_channel(agent)
+                target = (channel, channel.subject, f"rpc:{agent}")
+            else:
+                channel = Channel(ChannelType.EPHEMERAL, f"rpc.{agent}")
+                target = (channel, f"{RPC_PREFIX}.{agent}", f"rpc:{agent}")
+            if len(self._rpc_targets) < 4096:
+                self._rpc_targets[(agent, durable)] = target
+        return target
 
     async def _on_reply(self, msg: Msg) -> None:
         token = msg.subject[len(self._inbox) + 1 :]

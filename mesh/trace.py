@@ -46,6 +46,7 @@ __all__ = [
     "handling",
     "inject",
     "leave",
+    "outgoing",
     "trace_id_of",
 ]
 
@@ -68,29 +69,28 @@ def inject(headers: dict[str, str], correlation_id: str | None = None, root_id: 
     the trace id of a new root, so a trace is named after the message that
     started it; otherwise a random one is drawn.
     """
-    incoming = _incoming.get()
-    if incoming is not None:  # inside a handler, no SDK: pass the sender's context on
-        headers[TRACEPARENT] = incoming[0]
-        if incoming[1]:
-            headers[TRACESTATE] = incoming[1]
-        if correlation_id is not None:
-            headers[CORRELATION_HEADER] = correlation_id
-        return
-    span_context = trace.get_current_span().get_span_context()
-    if span_context.is_valid:
-        headers[TRACEPARENT] = (
-            f"00-{span_context.trace_id:032x}-{span_context.span_id:016x}-{span_context.trace_flags:02x}"
-        )
-        if span_context.trace_state:
-            headers[TRACESTATE] = span_context.trace_state.to_header()
-    elif root_id is not None and len(root_id) == 32 and root_id[16:] != _ZERO_SPAN:
-        headers[TRACEPARENT] = f"00-{root_id}-{root_id[16:]}-01"
-    else:
-        trace_id = _getrandbits(128) or 1
-        span_id = _getrandbits(64) or 1
-        headers[TRACEPARENT] = f"00-{trace_id:032x}-{span_id:016x}-01"
+    parent, state = outgoing(root_id)
+    headers[TRACEPARENT] = parent
+    if state:
+        headers[TRACESTATE] = state
     if correlation_id is not None:
         headers[CORRELATION_HEADER] = correlation_id
+
+
+def outgoing(root_id: str | None = None) -> tuple[str, str | None]:
+    """``(traceparent, tracestate)`` for a message sent now (see :func:`inject`)."""
+    incoming = _incoming.get()
+    if incoming is not None:  # inside a handler, no SDK: pass the sender's context on
+        return incoming
+    span_context = trace.get_current_span().get_span_context()
+    if span_context.is_valid:
+        parent = f"00-{span_context.trace_id:032x}-{span_context.span_id:016x}-{span_context.trace_flags:02x}"
+        return parent, span_context.trace_state.to_header() if span_context.trace_state else None
+    if root_id is not None and len(root_id) == 32 and root_id[16:] != _ZERO_SPAN:
+        return f"00-{root_id}-{root_id[16:]}-01", None
+    trace_id = _getrandbits(128) or 1
+    span_id = _getrandbits(64) or 1
+    return f"00-{trace_id:032x}-{span_id:016x}-01", None
 
 
 def extract(headers: Mapping[str, str] | None) -> Context:

@@ -41,6 +41,7 @@ from mesh.envelope import (
 from mesh.errors import DecodeError, PayloadTooLarge
 from mesh.schemas import SchemaRegistry
 from mesh.subscriptions import current_envelope
+from mesh.trace import CORRELATION_HEADER, TRACEPARENT, TRACESTATE
 
 __all__ = ["Encoder", "Outgoing", "fast_id"]
 
@@ -229,8 +230,10 @@ class Encoder:
         if len(data) > self.limit:
             raise PayloadTooLarge(len(data), self.limit)
         correlation = correlation_id or envelope_id
-        headers = {CONTENT_TYPE: content_type}
-        trace.inject(headers, correlation, envelope_id)
+        parent, state = trace.outgoing(envelope_id)
+        headers = {CONTENT_TYPE: content_type, TRACEPARENT: parent, CORRELATION_HEADER: correlation}
+        if state:
+            headers[TRACESTATE] = state
         if channel.durable:
             headers["Nats-Msg-Id"] = envelope_id
             if ttl_s is not None:
