@@ -387,18 +387,27 @@ async def _round_trips(n: int, rate: int | None, call: Callable[[int], Awaitable
 
 
 def _raw_headers(i: int, durable: str | None = None) -> dict[str, str]:
-    """The headers the mesh sends (same names, same sizes); the index rides in the
-    correlation id. Header parsing is nats-py's cost, paid by raw and mesh alike."""
-    headers = {CONTENT_TYPE: JSON, TRACEPARENT: _TRACEPARENT, CORRELATION_HEADER: f"{i:032d}"}
+    """The headers the mesh sends (same names, same sizes, same kind of values); the
+    index rides in the last 8 hex digits of the correlation id. Header work is
+    nats-py's cost, paid by raw and mesh alike.
+
+    The values are random-looking hex like the mesh's ids, not zero-padded
+    counters: nats-py escapes every header value with ``str.translate``, whose
+    cost grows with the number of distinct characters in the value (0.16 µs for
+    ``"000…01"``, 0.74 µs for 32 random hex digits), so a counter would make each
+    raw publish about 0.6 µs cheaper than any real sender's.
+    """
+    headers = {CONTENT_TYPE: JSON, TRACEPARENT: _TRACEPARENT, CORRELATION_HEADER: f"{_ID_PREFIX}{i:08x}"}
     if durable:
-        headers["Nats-Msg-Id"] = f"{durable}{i:024x}"  # 32 chars, unique per run
+        headers["Nats-Msg-Id"] = f"{durable}{_ID_PREFIX[8:]}{i:08x}"  # 32 chars, unique per run
     return headers
 
 
 def _index(msg: Msg) -> int:
-    return int(msg.headers[CORRELATION_HEADER]) if msg.headers else 0
+    return int(msg.headers[CORRELATION_HEADER][24:], 16) if msg.headers else 0
 
 
+_ID_PREFIX = new_id()[:24]  # 24 random hex digits, as in the mesh's envelope ids
 _TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
 
 
