@@ -21,7 +21,7 @@ from agents.store.executions import record_executions
 from mesh import names
 from mesh.envelope import CONTENT_TYPE, decode
 from mesh.errors import DecodeError
-from mesh.events import EXECUTION_FINISHED, ExecutionFinished
+from mesh.events import ExecutionFinished
 from mesh.puller import Puller
 
 __all__ = ["Recorder"]
@@ -50,7 +50,7 @@ class Recorder:
             names.STREAM_EVENTS,
             ConsumerConfig(
                 durable_name=CONSUMER,
-                filter_subject=names.event_subject(EXECUTION_FINISHED, "*"),
+                filter_subject=names.ALL_FINISHED,
                 ack_policy=AckPolicy.EXPLICIT,
                 deliver_policy=DeliverPolicy.ALL,
                 ack_wait=60,

@@ -20,6 +20,7 @@ import click
 
 from gateway.commands.common import CliError, Ctx, _emit, _run, output_option
 from gateway.state import read_state
+from mesh.runtime import tune_gc
 
 __all__ = ["CliError", "Ctx", "_emit", "_run", "main", "output_option"]
 
@@ -67,6 +68,7 @@ def up(obj: Ctx, port: int | None, host: str | None, workers: int | None) -> Non
         settings = Settings(**overrides)
     except ValueError as exc:
         raise CliError(f"invalid settings: {exc}") from exc
+    tune_gc()
     try:
         asyncio.run(run_up(settings))
     except KeyboardInterrupt:
@@ -89,6 +91,7 @@ def worker(obj: Ctx, name: str, concurrency: int, agents: str, drain_timeout: fl
     if not nats_url:
         raise CliError("no NATS URL: set AF_NATS_URL or run `agent-factory up` first")
     keys = [k.strip() for k in agents.split(",") if k.strip()] or None
+    tune_gc()
     try:
         asyncio.run(_worker(nats_url, name, concurrency, keys, drain_timeout))
     except Exception as exc:
@@ -214,6 +217,7 @@ def bench(suite: str, as_json: bool, count: int | None) -> None:
     """Benchmarks with the raw nats-py ceiling measured in the same run."""
     from gateway.bench import run_benchmarks
 
+    tune_gc()  # as in `up` and `worker`; the raw nats-py ceiling runs under the same settings
     result = asyncio.run(run_benchmarks(suite, count))
     click.echo(json.dumps(result, indent=2))
 

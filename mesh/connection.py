@@ -14,6 +14,7 @@ from nats.aio.client import Client
 from nats.js import JetStreamContext
 from nats.js.errors import ServiceUnavailableError
 
+from mesh import lean
 from mesh.errors import ConnectionFailed
 
 __all__ = ["connect", "jetstream"]
@@ -60,6 +61,7 @@ async def connect(url: str, name: str = "agent-factory", initial_attempts: int =
     except Exception as exc:  # nats-py raises several unrelated types here
         raise ConnectionFailed(f"cannot connect to NATS at {url}: {exc}") from exc
     nc.options["max_reconnect_attempts"] = later_attempts
+    lean.install(nc)  # before any subscription: the parser is swapped while idle
     return nc
 
 

@@ -10,7 +10,7 @@ counted, it cannot crash a subscriber.
 
 from __future__ import annotations
 
-import uuid
+import os
 from datetime import UTC, datetime
 from enum import IntEnum, StrEnum
 from typing import Any, Final
@@ -44,8 +44,8 @@ MSGPACK: Final = "application/msgpack"
 
 
 def new_id() -> str:
-    """A random 128-bit id as 32 hex chars: subject-safe and sortable enough."""
-    return uuid.uuid4().hex
+    """A random 128-bit id as 32 hex chars: subject-safe, and cheap on the hot path."""
+    return os.urandom(16).hex()
 
 
 def utcnow() -> datetime:

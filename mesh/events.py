@@ -2,7 +2,8 @@
 
 They live in ``mesh`` so the two layers agree without importing each other.
 Events are published on ``af.events.<kind>.<agent>`` inside an
-:class:`~mesh.envelope.Envelope` whose ``type`` is the kind.
+:class:`~mesh.envelope.Envelope` whose ``type`` is the kind; a finished run
+has a subject of its own, ``af.events.execution.finished.<agent>.<run id>``.
 """
 
 from __future__ import annotations
@@ -10,9 +11,10 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Final
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
-from mesh.runs import RunStatus
+from mesh.dlq import AttemptError
+from mesh.runs import RunState, RunStatus
 
 __all__ = ["EXECUTION_FINISHED", "ExecutionFinished"]
 
@@ -20,7 +22,9 @@ EXECUTION_FINISHED: Final = "execution.finished"
 
 
 class ExecutionFinished(BaseModel):
-    """A run reached a final state. Published once per run (deduplicated by run id)."""
+    """A run reached a final state. Published once per run and replay generation
+    (deduplicated by ``Nats-Msg-Id``); it is also the run's final state in
+    ``af_runs``, which the server projects from these events."""
 
     model_config = ConfigDict(extra="ignore")
 
@@ -31,8 +35,23 @@ class ExecutionFinished(BaseModel):
     attempts: int
     result: Any = None
     error: str | None = None
+    errors: list[AttemptError] = Field(default_factory=list)
     input: Any = None
+    routing_key: str | None = None
+    priority: int = 2
+    idempotency_key: str | None = None
+    replay: int = 0  # DLQ replay generation this outcome belongs to
     enqueued_at: datetime
     started_at: datetime | None = None
     finished_at: datetime
     duration_ms: float | None = None
+
+    def run_state(self) -> RunState:
+        return RunState(
+            run_id=self.run_id, agent=self.agent, tenant=self.tenant, routing_key=self.routing_key,
+            priority=self.priority, status=self.status, attempts=self.attempts,
+            progress=100.0 if self.status == RunStatus.SUCCEEDED else None,
+            result=self.result, error=self.error, errors=self.errors,
+            idempotency_key=self.idempotency_key, enqueued_at=self.enqueued_at,
+            started_at=self.started_at, finished_at=self.finished_at,
+        )  # fmt: skip

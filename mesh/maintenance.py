@@ -36,7 +36,7 @@ from mesh.envelope import CONTENT_TYPE, Envelope, MessageType, Metadata, decode,
 from mesh.errors import DecodeError
 from mesh.outcome import replay_generation, write_outcome
 from mesh.puller import Puller
-from mesh.runs import RunState, RunStatus, get_run
+from mesh.runs import RunState, RunStatus, get_run, parse_run
 from mesh.stats import queue_stats
 
 __all__ = ["QueueMaintenance", "expire_overdue", "move_max_delivered"]
@@ -117,7 +117,12 @@ async def _scan_runs(js: JetStreamContext) -> AsyncIterator[tuple[RunState, int]
                 return
             for msg in msgs:
                 if msg.data and not (msg.headers or {}).get("KV-Operation"):
-                    yield RunState.model_validate_json(msg.data), msg.metadata.sequence.stream
+                    try:
+                        state = parse_run(msg.data)
+                    except ValueError as exc:  # e.g. a foreign event on a finished-run subject
+                        log.warning("skipping unreadable run record %s: %s", msg.subject, exc)
+                        continue
+                    yield state, msg.metadata.sequence.stream
             if msgs[-1].metadata.num_pending == 0:
                 return
     finally:

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from functools import cache
+from typing import Any
+
 from prometheus_client import Counter, Gauge, Histogram
 
 __all__ = [
+    "AgentMetrics",
+    "for_agent",
     "QUEUE_ACK_PENDING",
     "DLQ_SIZE",
     "QUEUE_DEPTH",
@@ -35,3 +41,21 @@ QUEUE_ACK_PENDING = Gauge(
 )
 DLQ_SIZE = Gauge("af_dlq_size", "Dead letters waiting per agent", ["agent"])
 TASKS_EXPIRED = Counter("af_tasks_expired_total", "Tasks whose TTL passed while queued", ["agent"])
+
+
+@dataclass(frozen=True, slots=True)
+class AgentMetrics:
+    """One agent's hot-path series, resolved once (``labels()`` costs a lock and a lookup)."""
+
+    enqueued: Any
+    completed: Any
+    wait: Any
+    run: Any
+
+
+@cache
+def for_agent(agent: str) -> AgentMetrics:
+    return AgentMetrics(
+        enqueued=TASKS_ENQUEUED.labels(agent), completed=TASKS_COMPLETED.labels(agent),
+        wait=TASK_WAIT.labels(agent), run=TASK_RUN.labels(agent),
+    )  # fmt: skip

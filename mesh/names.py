@@ -23,12 +23,13 @@ __all__ = [
     "STREAM_TASKS",
     "dlq_subject",
     "event_subject",
+    "finished_subject",
     "task_consumer",
     "task_subject",
 ]
 
 STREAM_TASKS: Final = "AF_TASKS"  # work queue: af.tasks.<agent>.<priority>
-STREAM_EVENTS: Final = "AF_EVENTS"  # facts: af.events.<kind>.<agent>
+STREAM_EVENTS: Final = "AF_EVENTS"  # facts: af.events.<kind>.<agent>[.<run id>]
 STREAM_SCHEDULES: Final = "AF_SCHEDULES"  # af.schedules.def.<name>, af.schedules.fire.<name>
 STREAM_ADVISORIES: Final = "AF_ADVISORIES"  # captured MAX_DELIVERIES advisories of AF_TASKS
 MAX_DELIVERIES_ADVISORY: Final = "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.AF_TASKS.>"
@@ -59,6 +60,16 @@ def task_consumer(agent: str, priority: int) -> str:
 def event_subject(kind: str, agent: str) -> str:
     """``kind`` is dotted, e.g. ``execution.finished``."""
     return f"{EVENTS_PREFIX}.{kind}.{agent}"
+
+
+FINISHED_PREFIX: Final = f"{EVENTS_PREFIX}.execution.finished"
+ALL_FINISHED: Final = f"{FINISHED_PREFIX}.>"
+
+
+def finished_subject(agent: str, run_id: str) -> str:
+    """One subject per run, so the run state can be projected from it server-side
+    (``af_runs`` sources these events) and looked up by subject."""
+    return f"{FINISHED_PREFIX}.{agent}.{run_id}"
 
 
 def dlq_subject(origin: str, name: str) -> str:

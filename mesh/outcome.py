@@ -1,12 +1,16 @@
-"""The two records that make a run's outcome durable: run state and event.
+"""The record that makes a run's outcome durable: its ``execution.finished`` event.
 
-Both the worker and the dead-letter mover write exactly these, so a run that
-finished, failed, died with its worker or expired looks the same to readers.
+Both the worker and the queue maintenance (dead-letter mover, expiry) write
+exactly this, so a run that finished, failed, died with its worker or
+expired looks the same to readers. One message: the server projects the
+event into ``af_runs`` as the run's final state (see :mod:`mesh.runs`), so
+a final run state is proof that the event is stored.
 """
 
 from __future__ import annotations
 
 from nats.js import JetStreamContext
+from pydantic_core import to_json
 
 from mesh import names
 from mesh.envelope import (
@@ -16,16 +20,14 @@ from mesh.envelope import (
     ChannelType,
     Envelope,
     MessageType,
-    encode,
-    new_id,
     utcnow,
 )
-from mesh.events import EXECUTION_FINISHED, ExecutionFinished
-from mesh.runs import RunState, run_key
+from mesh.events import EXECUTION_FINISHED
+from mesh.runs import RunState
 
-__all__ = ["OutcomeMessage", "outcome_messages", "replay_generation", "write_outcome"]
+__all__ = ["OutcomeMessage", "finished_msg_id", "outcome_message", "replay_generation", "write_outcome"]
 
-OutcomeMessage = tuple[str, bytes, dict[str, str] | None]
+OutcomeMessage = tuple[str, bytes, dict[str, str]]
 
 
 def replay_generation(task: Envelope) -> int:
@@ -33,41 +35,50 @@ def replay_generation(task: Envelope) -> int:
     return int(task.payload.get("replay", 0)) if isinstance(task.payload, dict) else 0
 
 
-def outcome_messages(task: Envelope, state: RunState) -> list[OutcomeMessage]:
-    """(subject, data, headers) of the finished event and the run-state record, in write order."""
+def finished_msg_id(run_id: str, generation: int) -> str:
+    """One event per run and replay generation, however often it is re-sent."""
+    return f"finished-{run_id}-{generation}"
+
+
+def outcome_message(task: Envelope, state: RunState) -> OutcomeMessage:
+    """(subject, data, headers) of the run's finished event.
+
+    Hot path (once per task): the envelope and its :class:`ExecutionFinished`
+    payload are serialized straight from a dict by pydantic-core, without
+    building and re-validating models whose parts were all validated already;
+    ``tests/unit/mesh/test_outcome.py`` checks the bytes against both models.
+    """
     finished_at = state.finished_at or utcnow()
-    event = ExecutionFinished(
-        run_id=state.run_id, agent=state.agent, tenant=state.tenant, status=state.status,
-        attempts=state.attempts, result=state.result, error=state.error,
-        input=task.payload.get("input") if isinstance(task.payload, dict) else None,
-        enqueued_at=state.enqueued_at, started_at=state.started_at, finished_at=finished_at,
-        duration_ms=(finished_at - state.started_at).total_seconds() * 1000
+    generation = replay_generation(task)
+    msg_id = finished_msg_id(state.run_id, generation)
+    payload = task.payload if isinstance(task.payload, dict) else {}
+    event = {
+        "run_id": state.run_id, "agent": state.agent, "tenant": state.tenant,
+        "status": state.status, "attempts": state.attempts, "result": state.result,
+        "error": state.error, "errors": state.errors, "input": payload.get("input"),
+        "routing_key": state.routing_key, "priority": state.priority,
+        "idempotency_key": state.idempotency_key, "replay": generation,
+        "enqueued_at": state.enqueued_at, "started_at": state.started_at, "finished_at": finished_at,
+        "duration_ms": (finished_at - state.started_at).total_seconds() * 1000
         if state.started_at else None,
-    )  # fmt: skip
-    # Built from validated parts: construct without validating them again.
-    envelope = Envelope.model_construct(
-        schema_version=SCHEMA_VERSION, id=new_id(), correlation_id=task.correlation_id,
-        causation_id=task.id, source=state.agent, target=None,
-        message_type=MessageType.EVENT, channel_type=ChannelType.DURABLE,
-        type=EXECUTION_FINISHED, payload=event.model_dump(mode="json"),
-        metadata=task.metadata, created_at=finished_at, reply_to=None,
-    )  # fmt: skip
+    }  # fmt: skip
+    envelope = {
+        # Deterministic: a re-sent outcome is the same event, id included.
+        "schema_version": SCHEMA_VERSION, "id": msg_id, "correlation_id": task.correlation_id,
+        "causation_id": task.id, "source": state.agent, "target": None,
+        "message_type": MessageType.EVENT, "channel_type": ChannelType.DURABLE,
+        "type": EXECUTION_FINISHED, "payload": event, "metadata": task.metadata,
+        "created_at": finished_at, "reply_to": None,
+    }  # fmt: skip
     headers = {
         CONTENT_TYPE: JSON,
-        # One event per run and replay generation, however often it is re-sent.
-        "Nats-Msg-Id": f"finished-{state.run_id}-{replay_generation(task)}",
+        "Nats-Msg-Id": msg_id,
         "AF-Tenant": state.tenant,
     }
-    # Order matters: the event first, then the final run state. A finished run
-    # state is then proof that the event is stored, which is what lets a
-    # redelivered task whose state is final be acked without writing again.
-    return [
-        (names.event_subject(EXECUTION_FINISHED, state.agent), encode(envelope), headers),
-        (run_key(state.run_id), state.model_dump_json().encode(), None),
-    ]
+    return names.finished_subject(state.agent, state.run_id), to_json(envelope), headers
 
 
 async def write_outcome(js: JetStreamContext, task: Envelope, state: RunState) -> None:
     """Unpipelined variant for cold paths (mover, reaper)."""
-    for subject, data, headers in outcome_messages(task, state):
-        await js.publish(subject, data, headers=headers)
+    subject, data, headers = outcome_message(task, state)
+    await js.publish(subject, data, headers=headers)

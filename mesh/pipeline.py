@@ -3,10 +3,11 @@
 ``js.publish`` and ``msg.ack_sync`` each pay for an ``asyncio.wait_for``
 timer and a future per call; nats-py's ``publish_async`` has no timeout at
 all (a lost PubAck waits forever). :class:`Pipeline` sends any number of
-requests without waiting, matches replies by token on one wildcard inbox,
-and expires overdue requests from a single sweeper task, so a lost reply
-surfaces as :class:`TimeoutError` and the caller retries (safely: every
-publish we make carries a ``Nats-Msg-Id``).
+requests without waiting, matches replies by token on one wildcard inbox
+read directly off the connection (:mod:`mesh.lean`: no queue, no task hop,
+no ``Msg`` per reply), and expires overdue requests from a single sweeper
+task, so a lost reply surfaces as :class:`TimeoutError` and the caller
+retries (safely: every publish we make carries a ``Nats-Msg-Id``).
 """
 
 from __future__ import annotations
@@ -16,14 +17,18 @@ import contextlib
 import itertools
 import json
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from nats.aio.client import Client
 from nats.aio.msg import Msg
-from nats.aio.subscription import Subscription
 from nats.js.errors import APIError, NoStreamResponseError
 
-__all__ = ["Pipeline", "PubAck"]
+from mesh import lean
+
+__all__ = ["Pipeline", "PubAck", "Reply", "parse_puback"]
+
+_ACK = b"+ACK"
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,6 +36,18 @@ class PubAck:
     stream: str
     seq: int
     duplicate: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """A reply as it came off the wire (headers parsed on demand)."""
+
+    data: bytes
+    raw_headers: bytes | None = None
+
+    @property
+    def headers(self) -> dict[str, str] | None:
+        return lean.parse_headers(self.raw_headers) if self.raw_headers else None
 
 
 class Pipeline:
@@ -42,12 +59,12 @@ class Pipeline:
         self._prefix = nc.new_inbox()
         self._cut = len(self._prefix) + 1
         self._ids = itertools.count(1)
-        self._pending: dict[str, tuple[asyncio.Future[Msg], float]] = {}
-        self._sub: Subscription | None = None
+        self._pending: dict[bytes, tuple[asyncio.Future[Reply], float]] = {}
+        self._inbox = lean.DirectInbox(nc, f"{self._prefix}.*", self._on_reply)
         self._sweeper: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        self._sub = await self.nc.subscribe(f"{self._prefix}.*", cb=self._on_reply)
+        await self._inbox.start()
         self._sweeper = asyncio.create_task(self._sweep(), name="pipeline-sweeper")
 
     async def stop(self) -> None:
@@ -55,18 +72,17 @@ class Pipeline:
             self._sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._sweeper
-        if self._sub is not None:
-            with contextlib.suppress(Exception):
-                await self._sub.unsubscribe()
+        with contextlib.suppress(Exception):
+            await self._inbox.stop()
         for fut, _ in self._pending.values():
             if not fut.done():
                 fut.set_exception(ConnectionError("pipeline stopped"))
         self._pending.clear()
 
-    async def _on_reply(self, msg: Msg) -> None:
-        entry = self._pending.pop(msg.subject[self._cut :], None)
+    def _on_reply(self, subject: bytes, reply: bytes, data: bytes, headers: bytes | None) -> None:
+        entry = self._pending.pop(subject[self._cut :], None)
         if entry is not None and not entry[0].done():
-            entry[0].set_result(msg)
+            entry[0].set_result(Reply(data, headers))
 
     async def _sweep(self) -> None:
         while True:
@@ -79,32 +95,43 @@ class Pipeline:
                     fut.set_exception(TimeoutError("no reply from NATS in time"))
 
     async def request(
-        self, subject: str, data: bytes, headers: dict[str, str] | None = None
-    ) -> asyncio.Future[Msg]:
-        """Send now; the returned future resolves with the reply."""
-        token = str(next(self._ids))
-        fut: asyncio.Future[Msg] = asyncio.get_running_loop().create_future()
+        self, subject: str, data: bytes, headers: Mapping[str, str] | bytes | None = None
+    ) -> asyncio.Future[Reply]:
+        """Send now; the returned future resolves with the reply.
+
+        ``headers`` may be pre-encoded (:func:`mesh.lean.encode_headers`).
+        """
+        token = b"%d" % next(self._ids)
+        fut: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
         self._pending[token] = (fut, time.monotonic() + self.timeout)
-        await self.nc.publish(subject, data, reply=f"{self._prefix}.{token}", headers=headers)
+        raw = lean.encode_headers(headers) if isinstance(headers, Mapping) else headers
+        try:
+            await lean.publish(self.nc, subject, data, f"{self._prefix}.{token.decode()}", raw)
+        except BaseException:
+            self._pending.pop(token, None)
+            raise
         return fut
 
-    async def publish(self, subject: str, data: bytes, headers: dict[str, str] | None = None) -> PubAck:
+    async def publish(
+        self, subject: str, data: bytes, headers: Mapping[str, str] | bytes | None = None
+    ) -> PubAck:
         """JetStream publish; returns once the stream has stored it."""
         return parse_puback(await (await self.request(subject, data, headers)))
 
     async def ack_sync(self, msg: Msg) -> None:
         """Double ack: returns once the server confirmed it got the ack."""
         if msg.reply:
-            await (await self.request(msg.reply, b"+ACK"))
+            await (await self.request(msg.reply, _ACK))
             msg._ackd = True
 
 
-def parse_puback(reply: Msg) -> PubAck:
+def parse_puback(reply: Reply | Msg) -> PubAck:
     if not reply.data:
-        status = (reply.headers or {}).get("Status")
+        headers = reply.headers or {}
+        status = headers.get("Status")
         if status == "503":
             raise NoStreamResponseError
-        raise APIError(code=int(status or 0), description=(reply.headers or {}).get("Description"))
+        raise APIError(code=int(status or 0), description=headers.get("Description"))
     body = json.loads(reply.data)
     error = body.get("error")
     if error is not None:

@@ -16,13 +16,15 @@ from nats.js.api import (
     RetentionPolicy,
     StorageType,
     StreamConfig,
+    StreamSource,
+    SubjectTransform,
 )
 from nats.js.errors import BadRequestError, NotFoundError
 
 from mesh import names
 from mesh.queue import DEFAULT_MAX_DEPTH
 
-__all__ = ["ProvisionConfig", "ensure_stream", "provision"]
+__all__ = ["ProvisionConfig", "ensure_run_projection", "ensure_stream", "provision"]
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +65,7 @@ def stream_configs(cfg: ProvisionConfig) -> list[StreamConfig]:
         ),
         StreamConfig(
             name=names.STREAM_EVENTS,
-            description="Facts: af.events.<kind>.<agent> (execution finished, cost, lifecycle)",
+            description="Facts: af.events.<kind>.<agent>[.<run id>] (execution finished, cost, lifecycle)",
             subjects=[f"{names.EVENTS_PREFIX}.>"],
             retention=RetentionPolicy.LIMITS,
             storage=StorageType.FILE,
@@ -155,3 +157,30 @@ async def provision(js: JetStreamContext, cfg: ProvisionConfig | None = None) ->
         except Exception:
             await js.create_key_value(bucket)
             log.info("created KV bucket %s", bucket.bucket)
+    await ensure_run_projection(js)
+
+
+RUN_PROJECTION = StreamSource(
+    name=names.STREAM_EVENTS,
+    subject_transforms=[
+        SubjectTransform(
+            src=f"{names.FINISHED_PREFIX}.*.*", dest=f"$KV.{names.BUCKET_RUNS}.{{{{wildcard(2)}}}}"
+        )
+    ],
+)
+
+
+async def ensure_run_projection(js: JetStreamContext) -> None:
+    """Make ``af_runs`` source every finished event as its run's final state.
+
+    The server copies ``af.events.execution.finished.<agent>.<run id>`` to
+    ``$KV.af_runs.<run id>`` durably (it tracks its position in AF_EVENTS), so
+    a worker records an outcome with one publish instead of two.
+    """
+    info = await js.stream_info(f"KV_{names.BUCKET_RUNS}")
+    config = info.config
+    if config.sources and any(source.name == names.STREAM_EVENTS for source in config.sources):
+        return
+    config.sources = [*(config.sources or []), RUN_PROJECTION]
+    await js.update_stream(config)
+    log.info("af_runs now projects finished runs from %s", names.STREAM_EVENTS)

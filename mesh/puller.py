@@ -13,6 +13,9 @@ and tags every pull request with its own reply subject, so:
 * a message that arrives for a request nobody awaits any more is never
   dropped: it waits in :attr:`ready` and is handed out by the next call
   (or nak'ed by :meth:`close`), so it cannot sit invisible until ack-wait.
+
+The inbox is read directly off the connection (:mod:`mesh.lean`): no
+per-message queue hop, and status replies never become ``Msg`` objects.
 """
 
 from __future__ import annotations
@@ -25,7 +28,8 @@ from collections.abc import Mapping
 
 from nats.aio.client import Client
 from nats.aio.msg import Msg
-from nats.aio.subscription import Subscription
+
+from mesh import lean
 
 __all__ = ["Puller"]
 
@@ -54,30 +58,36 @@ class Puller:
         self._inbox = nc.new_inbox()
         self._ids = itertools.count(1)
         self._open: dict[str, _Request] = {}
-        self._sub: Subscription | None = None
+        self._direct = lean.DirectInbox(nc, f"{self._inbox}.*", self._on_msg)
+        self._started = False
         self.last_status: str | None = None
 
     async def start(self) -> None:
-        self._sub = await self.nc.subscribe(f"{self._inbox}.*", cb=self._on_msg)
+        await self._direct.start()
+        self._started = True
 
-    async def _on_msg(self, msg: Msg) -> None:
-        status = msg.headers.get("Status") if msg.headers and not msg.data else None
-        if status is None:
+    def _on_msg(self, subject: bytes, reply: bytes, data: bytes, headers: bytes | None) -> None:
+        if data or not headers:
             # Data arrives under its original subject, not our token; the
             # server serves a consumer's pulls in order, so it belongs to the
             # oldest open request.
-            self.ready.append(msg)
+            self.ready.append(lean.to_msg(self.nc, subject, reply, data, headers))
             if self._open:
                 oldest, first = next(iter(self._open.items()))
                 first.got += 1
                 if first.got >= first.wanted:
                     self._finish(oldest, first)
             return
+        parsed = lean.parse_headers(headers)
+        status = parsed.get("Status")
+        if status is None:  # an empty message with headers but no status: still data
+            self.ready.append(lean.to_msg(self.nc, subject, reply, data, headers))
+            return
         if status == "100":  # idle heartbeat
             return
-        token = msg.subject[len(self._inbox) + 1 :]
+        token = subject[len(self._inbox) + 1 :].decode()
         request = self._open.get(token)
-        self.last_status = f"{status} {(msg.headers or {}).get('Description', '')}".strip()
+        self.last_status = f"{status} {parsed.get('Description', '')}".strip()
         if request is not None and status in _TERMINAL:
             request.status = status
             self._finish(token, request)
@@ -98,7 +108,7 @@ class Puller:
         token = str(next(self._ids))
         request = _Request(n)
         self._open[token] = request
-        await self.nc.publish(self._api, json.dumps(body).encode(), reply=f"{self._inbox}.{token}")
+        await lean.publish(self.nc, self._api, json.dumps(body).encode(), f"{self._inbox}.{token}")
         try:
             async with asyncio.timeout(wait_s):
                 await request.done.wait()
@@ -133,9 +143,9 @@ class Puller:
                     await asyncio.gather(*waits)
             except TimeoutError:
                 pass
-        if self._sub is not None:
-            await self._sub.unsubscribe()
-            self._sub = None
+        if self._started:
+            self._started = False
+            await self._direct.stop()
         leftover = list(self.ready)
         self.ready.clear()
         return leftover

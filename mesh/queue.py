@@ -29,6 +29,7 @@ from nats.aio.client import Client
 from nats.js import JetStreamContext
 from nats.js.errors import APIError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
+from pydantic_core import to_json
 
 from mesh import metrics, names
 from mesh.envelope import (
@@ -42,8 +43,9 @@ from mesh.envelope import (
     new_id,
 )
 from mesh.errors import BatchRejected, InvalidTask, QueueFull
+from mesh.lean import encode_headers
 from mesh.pipeline import Pipeline, parse_puback
-from mesh.runs import RunState, get_run, run_key
+from mesh.runs import RunState, RunStatus, get_run, run_key
 
 __all__ = ["DEFAULT_TTL_S", "MAX_BATCH", "MAX_TTL_S", "Enqueued", "TaskQueue", "TaskSpec"]
 
@@ -54,7 +56,7 @@ TASK_TYPE: Final = "task.run"
 MAX_BATCH: Final = 1000  # JetStream's atomic batch limit
 _SUBJECT_FULL = 10077  # JetStream: maximum messages per subject exceeded
 _WRONG_LAST_SEQUENCE = 10071
-_EXPECT_NEW = "Nats-Expected-Last-Subject-Sequence"
+_CREATE_ONLY = encode_headers({"Nats-Expected-Last-Subject-Sequence": "0"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,7 +161,7 @@ class TaskQueue:
                 run_id, duplicate = found, True
         task = build_task(spec, run_id)
         data = encode(task, content_type, limit=self.max_payload)
-        state = queued_state(task, spec)
+        record = queued_record(task, spec)
         # The task first, then its queued record: the record is the commit
         # marker a retry with the same idempotency key trusts ("the task is
         # stored"). It is create-only, so a fast worker's final state can
@@ -178,14 +180,12 @@ class TaskQueue:
             if isinstance(exc, APIError) and exc.err_code == _SUBJECT_FULL:
                 raise QueueFull(spec.agent, int(spec.priority), self.max_depth) from exc
             raise
-        await self._create_record(state)
-        metrics.TASKS_ENQUEUED.labels(spec.agent).inc()
+        await self._create_record(run_id, record)
+        metrics.for_agent(spec.agent).enqueued.inc()
         return Enqueued(run_id, duplicate)
 
-    async def _create_record(self, state: RunState) -> None:
-        reply = await self.pipeline.request(
-            run_key(state.run_id), state.model_dump_json().encode(), {_EXPECT_NEW: "0"}
-        )
+    async def _create_record(self, run_id: str, record: bytes) -> None:
+        reply = await self.pipeline.request(run_key(run_id), record, _CREATE_ONLY)
         try:
             parse_puback(await reply)
         except APIError as exc:
@@ -232,7 +232,7 @@ class TaskQueue:
                 run_ids = claimed  # first attempt died before publishing: finish it
         tasks = [build_task(spec, run_id) for spec, run_id in zip(specs, run_ids, strict=True)]
         datas = [encode(task, content_type, limit=self.max_payload) for task in tasks]
-        states = [queued_state(task, spec) for task, spec in zip(tasks, specs, strict=True)]
+        records = [queued_record(task, spec) for task, spec in zip(tasks, specs, strict=True)]
         batch_id = new_id()
         last = len(tasks)
         first_reply = None
@@ -263,8 +263,10 @@ class TaskQueue:
             raise BatchRejected(msg) from exc
         # Committed: now the queued records (the first one is the commit marker
         # a retried batch_key trusts, so it goes last).
-        await asyncio.gather(*(self._create_record(state) for state in states[1:]))
-        await self._create_record(states[0])
+        await asyncio.gather(
+            *(self._create_record(r, rec) for r, rec in zip(run_ids[1:], records[1:], strict=True))
+        )
+        await self._create_record(run_ids[0], records[0])
         for spec in specs:
             metrics.TASKS_ENQUEUED.labels(spec.agent).inc()
         return [Enqueued(run_id, False) for run_id in run_ids]
@@ -282,9 +284,22 @@ class TaskQueue:
 
 
 def queued_state(task: Envelope, spec: TaskSpec) -> RunState:
+    return RunState.model_validate_json(queued_record(task, spec))
+
+
+def queued_record(task: Envelope, spec: TaskSpec) -> bytes:
+    """The queued run record (a :class:`RunState` as JSON, defaults left out).
+
+    Serialized straight from its validated parts: this runs once per enqueue.
+    """
     ttl = int(task.metadata.ttl_s or DEFAULT_TTL_S)
-    return RunState(
-        run_id=task.id, agent=spec.agent, tenant=spec.tenant, routing_key=spec.routing_key,
-        priority=int(spec.priority), idempotency_key=spec.idempotency_key,
-        enqueued_at=task.created_at, expires_at=task.created_at + timedelta(seconds=ttl),
-    )  # fmt: skip
+    record: dict[str, Any] = {
+        "run_id": task.id, "agent": spec.agent, "tenant": spec.tenant,
+        "priority": int(spec.priority), "status": RunStatus.QUEUED,
+        "enqueued_at": task.created_at, "expires_at": task.created_at + timedelta(seconds=ttl),
+    }  # fmt: skip
+    if spec.routing_key is not None:
+        record["routing_key"] = spec.routing_key
+    if spec.idempotency_key is not None:
+        record["idempotency_key"] = spec.idempotency_key
+    return to_json(record)

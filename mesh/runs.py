@@ -1,13 +1,21 @@
 """Run state: what a run is doing now, kept in the ``af_runs`` KV bucket (24 h).
 
 The KV record is the live view (queued → running → finished, progress,
-attempt errors). PostgreSQL keeps the permanent record, written from the
-``execution.finished`` events, so the API reads KV first and the database
-after the record has expired.
+attempt errors). Writers: the enqueuer (the queued record), a worker (retry
+errors, progress) and, for the final state, the server itself: ``af_runs``
+sources ``af.events.execution.finished.<agent>.<run id>`` with a subject
+transform onto ``$KV.af_runs.<run id>``, so a worker writes one message per
+outcome, not two, and a final record can only exist once its event does.
+A record therefore holds either a :class:`RunState` or a finished event's
+envelope; :func:`parse_run` reads both.
+
+PostgreSQL keeps the permanent record, written from the same events, so the
+API reads KV first and the database after the record has expired.
 """
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
 from enum import StrEnum
 from typing import Any
@@ -19,7 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from mesh import names
 from mesh.dlq import AttemptError
 
-__all__ = ["RunState", "RunStatus", "get_run", "put_run", "run_key"]
+__all__ = ["RunState", "RunStatus", "get_run", "parse_run", "put_run", "run_key"]
 
 
 class RunStatus(StrEnum):
@@ -72,4 +80,14 @@ async def get_run(js: JetStreamContext, run_id: str) -> RunState | None:
         return None
     if not entry.value:
         return None
-    return RunState.model_validate_json(entry.value)
+    return parse_run(entry.value)
+
+
+def parse_run(data: bytes) -> RunState:
+    """A run record: a :class:`RunState`, or the finished event projected into the bucket."""
+    raw = json.loads(data)
+    if isinstance(raw, dict) and "schema_version" in raw and "payload" in raw:
+        from mesh.events import ExecutionFinished  # events builds on runs
+
+        return ExecutionFinished.model_validate(raw["payload"]).run_state()
+    return RunState.model_validate(raw)

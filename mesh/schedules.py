@@ -45,7 +45,6 @@ from pydantic import (
 from mesh import names
 from mesh.envelope import Priority, priority_by_name, utcnow
 from mesh.errors import MeshError
-from mesh.events import EXECUTION_FINISHED
 from mesh.queue import DEFAULT_TTL_S, MAX_TTL_S
 
 __all__ = [
@@ -210,7 +209,9 @@ class EventTrigger(_Common):
     """
 
     kind: Literal["trigger"] = "trigger"
-    on: str = Field(description="Subject pattern on AF_EVENTS, e.g. af.events.execution.finished.*")
+    on: str = Field(
+        description="Subject pattern on AF_EVENTS, e.g. af.events.execution.finished.fuel-combustion.*"
+    )
     event_field: str | None = Field(default="event", min_length=1, max_length=64)
 
     @field_validator("on")
@@ -221,11 +222,17 @@ class EventTrigger(_Common):
                 f"{v!r} is not a subject pattern on AF_EVENTS: it must start with "
                 f"'{names.EVENTS_PREFIX}.' and use tokens, '*' or a final '>'"
             )
+        tokens = v.split(".")
+        if v.startswith(names.FINISHED_PREFIX + ".") and len(tokens) == 5 and tokens[-1] != ">":
+            raise ValueError(
+                f"{v!r} matches no event: finished runs are published on "
+                f"{names.FINISHED_PREFIX}.<agent>.<run id>; use {v + '.*'!r}"
+            )
         return v
 
     @model_validator(mode="after")
     def _no_self_loop(self) -> EventTrigger:
-        own = names.event_subject(EXECUTION_FINISHED, self.agent)
+        own = names.finished_subject(self.agent, "any-run")
         if subject_matches(self.on, own):
             raise ValueError(
                 f"{self.on!r} matches {own!r}, the agent's own finished events: every run "

@@ -35,6 +35,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.js.errors import NotFoundError
 
 from mesh import metrics, names
 from mesh.dispatch import DispatchPolicy, Lane
@@ -46,7 +47,7 @@ from mesh.envelope import (
     utcnow,
 )
 from mesh.errors import DecodeError
-from mesh.outcome import outcome_messages, replay_generation
+from mesh.outcome import finished_msg_id, outcome_message, replay_generation
 from mesh.pipeline import Pipeline, parse_puback
 from mesh.puller import Puller
 from mesh.runs import RunState, RunStatus, get_run, put_run
@@ -125,6 +126,7 @@ class TaskWorker:
         self.idle_poll_s = idle_poll_s
         self.name = name
         self.lanes: list[Lane[Puller]] = []
+        self.completed = 0  # tasks that succeeded and were acked by this worker
         self._inflight: dict[asyncio.Task[None], _InFlight] = {}
         self._room = asyncio.Event()
         self._stopping = asyncio.Event()
@@ -288,9 +290,11 @@ class TaskWorker:
             await self._undecodable(lane, msg, exc)
             return
         state = await get_run(self.js, task.id) if attempt > 1 else None
-        if state is not None and state.status.finished:
+        if attempt > 1 and await _outcome_recorded(self.js, lane.agent, task):
             await self.pipeline.ack_sync(msg)  # outcome already recorded by an earlier delivery
             return
+        if state is not None and state.status.finished:  # an earlier replay generation's outcome
+            state.result, state.finished_at = None, None
         state = state or _state_from(task, lane.agent)
         state.status, state.attempts, state.started_at = RunStatus.RUNNING, attempt, started
         item = self._inflight.get(asyncio.current_task())  # type: ignore[arg-type]
@@ -307,26 +311,28 @@ class TaskWorker:
             input=payload.get("input"), envelope=task, _report=report,
         )  # fmt: skip
         t0 = time.perf_counter()
-        metrics.TASK_WAIT.labels(lane.agent).observe(max(0.0, (started - task.created_at).total_seconds()))
+        series = metrics.for_agent(lane.agent)
+        series.wait.observe(max(0.0, (started - task.created_at).total_seconds()))
         try:
             result = await handler(ctx)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            metrics.TASK_RUN.labels(lane.agent).observe(time.perf_counter() - t0)
+            series.run.observe(time.perf_counter() - t0)
             await self._failed(cfg, lane, msg, task, state, attempt, exc)
             return
-        metrics.TASK_RUN.labels(lane.agent).observe(time.perf_counter() - t0)
+        series.run.observe(time.perf_counter() - t0)
         state.status, state.result, state.progress = RunStatus.SUCCEEDED, result, 100.0
         state.finished_at = utcnow()
         await self._record_outcome(task, state)
         await self.pipeline.ack_sync(msg)
-        metrics.TASKS_COMPLETED.labels(lane.agent).inc()
+        self.completed += 1
+        series.completed.inc()
 
     async def _record_outcome(self, task: Envelope, state: RunState) -> None:
-        """Execution event, then run state: both durable, in that order, before the ack."""
-        for subject, data, headers in outcome_messages(task, state):
-            parse_puback(await (await self.pipeline.request(subject, data, headers)))
+        """The execution event, durable before the ack (the server projects it into ``af_runs``)."""
+        subject, data, headers = outcome_message(task, state)
+        parse_puback(await (await self.pipeline.request(subject, data, headers)))
 
     async def _failed(
         self,
@@ -386,6 +392,19 @@ class TaskWorker:
             dedup_id=f"tasks-seq-{seq}",
         )  # fmt: skip
         await self.pipeline.ack_sync(msg)
+
+
+async def _outcome_recorded(js: JetStreamContext, agent: str, task: Envelope) -> bool:
+    """Was this delivery's outcome (this replay generation) already written?
+
+    The event is the truth; the state projected from it can lag by a moment
+    (a redelivery right after a drain), so look at the event itself.
+    """
+    try:
+        raw = await js.get_last_msg(names.STREAM_EVENTS, names.finished_subject(agent, task.id))
+    except NotFoundError:
+        return False
+    return (raw.headers or {}).get("Nats-Msg-Id") == finished_msg_id(task.id, replay_generation(task))
 
 
 async def _put_run_retrying(js: JetStreamContext, state: RunState, tries: int = 4) -> None:

@@ -4,7 +4,7 @@
 agent-factory schedule add nightly --cron "0 2 * * *" --agent fuel-combustion \\
     --input '{"fuel": "diesel", "quantity": 100, "unit": "L"}'
 agent-factory schedule add-trigger after-fuel \\
-    --on af.events.execution.finished.fuel-combustion --agent noop
+    --on "af.events.execution.finished.fuel-combustion.*" --agent noop
 agent-factory schedule ls
 agent-factory schedule rm nightly
 """
@@ -92,7 +92,10 @@ def add(obj: Ctx, name: str, cron: str, timezone: str | None, agent: str, input_
 @schedule.command("add-trigger")
 @click.argument("name")
 @click.option(
-    "--on", "on", required=True, help="Subject pattern on AF_EVENTS, e.g. af.events.execution.finished.*"
+    "--on",
+    "on",
+    required=True,
+    help="Subject pattern on AF_EVENTS, e.g. af.events.execution.finished.fuel-combustion.*",
 )
 @click.option("--event-field", default="event", show_default=True, help="Input key that receives the event.")
 @click.option("--no-event", is_flag=True, help="Do not pass the event into the input.")

@@ -95,5 +95,12 @@ def test_subject_matching(pattern: str, subject: str, matches: bool) -> None:
 
 def test_a_trigger_on_its_own_agents_finished_events_is_refused() -> None:
     with pytest.raises(ValidationError, match="own finished events"):
-        EventTrigger(name="t", agent="noop", on="af.events.execution.finished.*")
-    EventTrigger(name="t", agent="noop", on="af.events.execution.finished.fuel-combustion")
+        EventTrigger(name="t", agent="noop", on="af.events.execution.finished.*.*")
+    with pytest.raises(ValidationError, match="own finished events"):
+        EventTrigger(name="t", agent="noop", on="af.events.execution.finished.noop.*")
+    EventTrigger(name="t", agent="noop", on="af.events.execution.finished.fuel-combustion.*")
+
+
+def test_a_trigger_on_a_finished_subject_without_the_run_token_says_how_to_fix_it() -> None:
+    with pytest.raises(ValidationError, match=r"matches no event.*fuel-combustion\.\*"):
+        EventTrigger(name="t", agent="noop", on="af.events.execution.finished.fuel-combustion")

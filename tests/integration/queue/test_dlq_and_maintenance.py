@@ -140,7 +140,7 @@ async def test_expired_tasks_are_recorded_as_expired(mesh_js: JetStreamContext, 
     state = await get_run(mesh_js, queued.run_id)
     assert state is not None and state.status == RunStatus.EXPIRED
     assert "TTL passed" in (state.error or "")
-    event = await mesh_js.get_last_msg(names.STREAM_EVENTS, f"af.events.execution.finished.{agent}")
+    event = await mesh_js.get_last_msg(names.STREAM_EVENTS, names.finished_subject(agent, queued.run_id))
     assert event.data is not None and b'"expired"' in event.data
 
 

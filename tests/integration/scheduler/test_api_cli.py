@@ -77,7 +77,7 @@ async def test_unknown_agent_is_404_and_bad_input_422(schedules_api: TestClient[
 async def test_triggers_share_the_resource_and_put_replaces(
     schedules_api: TestClient[Any, Any], mesh_js: JetStreamContext
 ) -> None:
-    body = {"on": "af.events.execution.finished.fuel-combustion", "agent": "noop"}
+    body = {"on": "af.events.execution.finished.fuel-combustion.*", "agent": "noop"}
     resp = await schedules_api.put(f"{BASE}/api-on-finish", json=body)
     assert resp.status == 201 and (await resp.json())["kind"] == "trigger"
     info = await mesh_js.consumer_info(names.STREAM_EVENTS, trigger_consumer("api-on-finish"))
@@ -88,7 +88,7 @@ async def test_triggers_share_the_resource_and_put_replaces(
     info = await mesh_js.consumer_info(names.STREAM_EVENTS, trigger_consumer("api-on-finish"))
     assert info.config.filter_subject == "af.events.*.*.unit-normaliser"
     loop = await schedules_api.put(f"{BASE}/api-on-finish",
-                                   json={**body, "on": "af.events.execution.finished.*"})  # fmt: skip
+                                   json={**body, "on": "af.events.execution.finished.*.*"})  # fmt: skip
     assert loop.status == 422 and "own finished events" in await loop.text()
     bad = await schedules_api.post(BASE, json={**body, "name": "api-t2", "on": "af.tasks.>"})
     assert bad.status == 422

@@ -60,7 +60,7 @@ async def test_task_input_carries_the_event_and_removal_stops_the_trigger(
     nc: Client, mesh_js: JetStreamContext, make_scheduler: MakeScheduler
 ) -> None:
     agent = unique("trig-in")
-    subject = f"{names.EVENTS_PREFIX}.execution.finished.{agent}-upstream"
+    subject = f"{names.EVENTS_PREFIX}.execution.finished.{agent}-upstream.r1"
     await make_scheduler()
     # Added while the scheduler runs, and no wait for it: the consumer exists
     # once add returns, so this event is not missed.

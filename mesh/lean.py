@@ -1,0 +1,263 @@
+"""A lean hot path on a nats-py connection: direct inboxes and pre-built publishes.
+
+For every message, nats-py parses headers into a dict, builds a ``Msg``,
+puts it on the subscription's ``asyncio.Queue`` and wakes the
+subscription's task to run its callback; every publish validates the
+subject, encodes headers through a regular expression per key and builds
+the command in several steps. On the task queue's hot path (publish
+replies, double-ack replies, pulled tasks) that is most of the client's
+CPU. This module hooks nats-py at two narrow points instead:
+
+* **receive** — :class:`DirectInbox` registers a plain function for one
+  subscription id. ``Client._process_msg`` is wrapped once per connection;
+  a message for a registered sid goes straight to the function, from the
+  connection's reader, with the raw subject, reply, payload and header
+  bytes. Every other subscription is untouched. The subscription itself
+  is an ordinary nats-py one, so reconnects re-subscribe it as usual.
+  The connection's protocol parser is replaced by :class:`LeanParser`,
+  which reads ``MSG``/``HMSG`` frames by offset (nats-py matches a regular
+  expression and shifts the whole buffer once per message) and calls a
+  direct handler without a coroutine; any other frame is left to nats-py.
+* **send** — :func:`publish` builds the ``PUB``/``HPUB`` command with one
+  bytes format and appends it to nats-py's pending buffer, the same place
+  ``Client.publish`` ends up, with the same closed/draining/buffer checks.
+
+nats-py is pinned (``nats-py==2.16.0``); ``tests/unit/mesh/test_lean.py``
+fails loudly if the internals used here move.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+from nats.errors import (
+    ConnectionClosedError,
+    ConnectionDrainingError,
+    MaxPayloadError,
+    OutboundBufferLimitError,
+    ProtocolError,
+)
+from nats.protocol.parser import AWAITING_CONTROL_LINE, AWAITING_MSG_PAYLOAD, Parser
+
+__all__ = [
+    "DirectInbox",
+    "LeanParser",
+    "RawHandler",
+    "encode_headers",
+    "install",
+    "parse_headers",
+    "publish",
+    "to_msg",
+]
+
+log = logging.getLogger(__name__)
+
+#: ``handler(subject, reply, data, headers)``; all raw bytes, ``headers`` None when absent.
+RawHandler = Callable[[bytes, bytes, bytes, bytes | None], None]
+
+_HOOK_ATTR = "_af_direct_handlers"
+_NEWLINES = str.maketrans({"\r": " ", "\n": " "})
+
+
+def install(nc: Client) -> dict[int, RawHandler]:
+    """Hook ``nc`` (once; :func:`mesh.connection.connect` does it right after
+    connecting) and return its sid → handler table."""
+    table: dict[int, RawHandler] | None = getattr(nc, _HOOK_ATTR, None)
+    if table is not None:
+        return table
+    table = {}
+    original = nc._process_msg
+
+    async def process_msg(sid: int, subject: bytes, reply: bytes, data: bytes, headers: bytes | None) -> None:
+        handler = table.get(sid)
+        if handler is None:
+            await original(sid, subject, reply, data, headers)  # type: ignore[arg-type]  # nats-py passes None too
+            return
+        try:
+            handler(subject, reply, data, headers)
+        except Exception:  # a bug in one handler must not break the connection's reader
+            log.exception("direct inbox handler failed for %r", subject)
+
+    nc._process_msg = process_msg  # type: ignore[method-assign]
+    lean_parser = LeanParser(nc, table)
+    lean_parser.buf, lean_parser.state = nc._ps.buf, nc._ps.state  # normally empty: not yet reading
+    lean_parser.msg_arg, lean_parser.needed = nc._ps.msg_arg, nc._ps.needed
+    lean_parser.header_needed = nc._ps.header_needed
+    nc._ps = lean_parser
+    setattr(nc, _HOOK_ATTR, table)
+    return table
+
+
+class LeanParser(Parser):
+    """nats-py's parser with a fast path for message frames (see the module docstring)."""
+
+    def __init__(self, nc: Client, direct: dict[int, RawHandler]) -> None:
+        super().__init__(nc)
+        self._direct = direct
+
+    async def parse(self, data: bytes = b"") -> None:
+        buf = self.buf
+        buf.extend(data)
+        size = len(buf)
+        pos = 0
+        direct = self._direct
+        arg = self.msg_arg
+        while True:
+            if self.state == AWAITING_MSG_PAYLOAD:
+                needed = self.needed
+                if size - pos < needed + 2:
+                    break
+                hsize = self.header_needed
+                headers = bytes(buf[pos : pos + hsize]) if hsize else None
+                payload = bytes(buf[pos + hsize : pos + needed])
+                pos += needed + 2
+                self.header_needed = 0
+                self.state = AWAITING_CONTROL_LINE
+                sid = arg["sid"]
+                handler = direct.get(sid)
+                if handler is None:
+                    await self.nc._process_msg(sid, arg["subject"], arg["reply"], payload, headers)
+                    continue
+                try:
+                    handler(arg["subject"], arg["reply"], payload, headers)
+                except Exception:
+                    log.exception("direct inbox handler failed for %r", arg["subject"])
+                continue
+            end = buf.find(b"\r\n", pos)
+            if end < 0:
+                break
+            if buf.startswith(b"MSG ", pos):
+                parts = bytes(buf[pos + 4 : end]).split()
+                if len(parts) not in (3, 4):
+                    raise ProtocolError("nats: malformed MSG")
+                has_reply = len(parts) == 4
+                self.header_needed = 0
+            elif buf.startswith(b"HMSG ", pos):
+                parts = bytes(buf[pos + 5 : end]).split()
+                if len(parts) not in (4, 5):
+                    raise ProtocolError("nats: malformed HMSG")
+                has_reply = len(parts) == 5
+                self.header_needed = int(parts[-2])
+            else:  # PING, PONG, INFO, +OK, -ERR: nats-py's own parser takes it from here
+                del buf[:pos]
+                await super().parse()
+                return
+            arg["subject"] = parts[0]
+            arg["sid"] = int(parts[1])
+            arg["reply"] = parts[2] if has_reply else b""
+            self.needed = int(parts[-1])
+            self.state = AWAITING_MSG_PAYLOAD
+            pos = end + 2
+        if pos:
+            del buf[:pos]
+
+
+async def _unused(msg: Msg) -> None:  # pragma: no cover - never called: the hook takes the sid
+    raise AssertionError("direct inbox message reached nats-py's queue")
+
+
+class DirectInbox:
+    """A subscription whose messages go to ``handler`` without a queue or task hop.
+
+    The handler runs on the connection's reader: it must be quick and must
+    not block (set a future, append to a deque).
+    """
+
+    def __init__(self, nc: Client, subject: str, handler: RawHandler) -> None:
+        self.nc = nc
+        self.subject = subject
+        self.handler = handler
+        self._sub: Subscription | None = None
+
+    async def start(self) -> None:
+        table = install(self.nc)
+        self._sub = await self.nc.subscribe(self.subject, cb=_unused)
+        table[self._sub._id] = self.handler
+
+    async def stop(self) -> None:
+        if self._sub is None:
+            return
+        sub, self._sub = self._sub, None
+        install(self.nc).pop(sub._id, None)
+        if not self.nc.is_closed:
+            await sub.unsubscribe()
+
+
+def encode_headers(headers: Mapping[str, str]) -> bytes:
+    """``NATS/1.0`` header block; CR/LF in values become spaces (as in nats-py)."""
+    parts = [b"NATS/1.0\r\n"]
+    for key, value in headers.items():
+        if "\r" in value or "\n" in value:
+            value = value.translate(_NEWLINES)
+        parts.append(f"{key}: {value}\r\n".encode())
+    parts.append(b"\r\n")
+    return b"".join(parts)
+
+
+def parse_headers(raw: bytes) -> dict[str, str]:
+    """The inverse of :func:`encode_headers`, plus the inline status line
+    (``NATS/1.0 404 No Messages``) as ``Status`` and ``Description``, like nats-py."""
+    first, _, rest = raw.partition(b"\r\n")
+    out: dict[str, str] = {}
+    if len(first) > 9:
+        status, _, description = first[9:].strip().partition(b" ")
+        if status.isdigit():
+            out["Status"] = status.decode()
+        if description:
+            out["Description"] = description.decode(errors="replace")
+    for line in rest.split(b"\r\n"):
+        name, sep, value = line.partition(b":")
+        if sep and name:
+            out[name.strip().decode(errors="replace")] = value.strip().decode(errors="replace")
+    return out
+
+
+def to_msg(nc: Client, subject: bytes, reply: bytes, data: bytes, headers: bytes | None) -> Msg:
+    """A regular nats-py ``Msg`` (ack, nak, metadata all work) from raw parts."""
+    return Msg(
+        _client=nc,
+        subject=subject.decode(),
+        reply=reply.decode(),
+        data=data,
+        headers=parse_headers(headers) if headers else None,
+    )
+
+
+async def publish(
+    nc: Client, subject: str, data: bytes, reply: str = "", headers: bytes | None = None
+) -> None:
+    """Publish with pre-encoded ``headers`` (see :func:`encode_headers`).
+
+    Same checks as ``Client.publish``: closed and draining connections
+    raise, and while reconnecting the command is buffered up to nats-py's
+    pending limit, past which it raises ``OutboundBufferLimitError``.
+    """
+    if nc.is_closed:
+        raise ConnectionClosedError
+    if nc.is_draining_pubs:
+        raise ConnectionDrainingError
+    size = len(data)
+    if size > nc._max_payload:
+        raise MaxPayloadError
+    if headers is None:
+        cmd = b"PUB %s %s %d\r\n%s\r\n" % (subject.encode(), reply.encode(), size, data)
+    else:
+        hsize = len(headers)
+        cmd = b"HPUB %s %s %d %d\r\n%s%s\r\n" % (
+            subject.encode(), reply.encode(), hsize, hsize + size, headers, data,
+        )  # fmt: skip
+    pending = len(cmd) + nc._pending_data_size
+    if not nc.is_connected and (nc._max_pending_size <= 0 or pending > nc._max_pending_size):
+        raise OutboundBufferLimitError
+    nc._pending.append(cmd)
+    nc._pending_data_size = pending
+    nc.stats["out_msgs"] += 1
+    nc.stats["out_bytes"] += size
+    if nc._max_pending_size > 0 and pending > nc._max_pending_size:
+        await nc._flush_pending(force_flush=True)
+    elif nc._flush_queue is not None and nc._flush_queue.empty():
+        await nc._flush_pending()

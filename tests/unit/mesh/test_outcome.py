@@ -1,0 +1,69 @@
+"""The finished event is serialized from a dict on the hot path; it must be exactly
+what the models would produce, and read back as the run's final state."""
+
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+
+from mesh.dlq import AttemptError
+from mesh.envelope import Envelope, decode, encode, utcnow
+from mesh.events import ExecutionFinished
+from mesh.outcome import finished_msg_id, outcome_message
+from mesh.queue import TaskSpec, build_task, queued_record, queued_state
+from mesh.runs import RunStatus, parse_run
+
+
+def _finished_task(replay: int = 0) -> tuple[Envelope, object]:
+    spec = TaskSpec("fuel-combustion", {"fuel": "diesel", "quantity": 100}, tenant="acme",
+                    routing_key="site-7", idempotency_key="k-1")  # fmt: skip
+    task = build_task(spec, "0123456789abcdef0123456789abcdef")
+    if replay:
+        task = task.model_copy(update={"payload": {**task.payload, "replay": replay}})
+    state = queued_state(task, spec)
+    state.status, state.attempts, state.result = RunStatus.FAILED, 2, {"co2e_kg": 1.5}
+    state.errors = [AttemptError(attempt=1, error="boom", error_type="RuntimeError")]
+    state.error = "RuntimeError: boom"
+    state.started_at = utcnow()
+    state.finished_at = state.started_at + timedelta(milliseconds=12)
+    return task, state
+
+
+def test_the_event_bytes_validate_as_an_envelope_carrying_execution_finished() -> None:
+    task, state = _finished_task()
+    subject, data, headers = outcome_message(task, state)  # type: ignore[arg-type]
+    assert subject == f"af.events.execution.finished.fuel-combustion.{task.id}"
+    assert headers["Nats-Msg-Id"] == finished_msg_id(task.id, 0) and headers["AF-Tenant"] == "acme"
+    envelope = decode(data)
+    event = ExecutionFinished.model_validate(envelope.payload)
+    assert envelope.type == "execution.finished" and envelope.causation_id == task.id
+    assert envelope.metadata == task.metadata
+    assert event.status == RunStatus.FAILED and event.attempts == 2 and event.replay == 0
+    assert event.errors[0].error == "boom" and event.input == {"fuel": "diesel", "quantity": 100}
+    assert event.duration_ms is not None and 11.9 < event.duration_ms < 12.1
+    # Same JSON as the models would write, field for field.
+    assert json.loads(data) == json.loads(encode(envelope.model_copy(update={"payload": event})))
+
+
+def test_a_projected_event_reads_back_as_the_final_run_state() -> None:
+    task, state = _finished_task(replay=2)
+    _, data, headers = outcome_message(task, state)  # type: ignore[arg-type]
+    assert headers["Nats-Msg-Id"] == finished_msg_id(task.id, 2)
+    run = parse_run(data)
+    assert run.model_dump(exclude={"expires_at", "progress"}) == state.model_dump(  # type: ignore[attr-defined]
+        exclude={"expires_at", "progress"}
+    )
+    assert parse_run(state.model_dump_json().encode()) == state  # type: ignore[attr-defined]
+
+
+def test_the_queued_record_is_a_run_state_with_its_defaults_left_out() -> None:
+    spec = TaskSpec("noop", {}, tenant="acme", routing_key="site-7", idempotency_key="k", ttl_s=60)
+    task = build_task(spec, "f" * 32)
+    record = json.loads(queued_record(task, spec))
+    assert "result" not in record and "errors" not in record and record["status"] == "queued"
+    state = parse_run(queued_record(task, spec))
+    assert (state.run_id, state.agent, state.tenant, state.routing_key, state.idempotency_key) == (
+        "f" * 32, "noop", "acme", "site-7", "k",
+    )  # fmt: skip
+    assert state.status == RunStatus.QUEUED and state.attempts == 0 and state.errors == []
+    assert state.expires_at == task.created_at + timedelta(seconds=60)
