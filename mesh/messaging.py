@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import gc
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -217,10 +218,11 @@ class Mesh:
         of latency for the whole batch instead of one per message."""
         parsed = _durable(channel)
         futures = []
-        encode = self.encoder.encode
+        encode = functools.partial(self.encoder.encode, type=type, message_type=MessageType.COMMAND, **fields)
+        publish, subject = self.js.publish_async, parsed.subject
         for payload in payloads:
-            out = encode(parsed, payload, type=type, message_type=MessageType.COMMAND, **fields)
-            futures.append(await self.js.publish_async(parsed.subject, out.data, headers=out.headers))
+            out = encode(parsed, payload)
+            futures.append(await publish(subject, out.data, headers=out.headers))
         acks = await asyncio.gather(*futures)
         self._sent[ChannelType.DURABLE].inc(len(acks))
         return [int(a.seq) for a in acks]

@@ -44,7 +44,7 @@ from nats.js.api import AckPolicy, ConsumerConfig
 from nats.js.errors import NotFoundError
 
 from mesh import trace
-from mesh.acks import MESSAGES, AckTracker, count_rejected
+from mesh.acks import MESSAGES, AckTracker, PendingAck, count_rejected
 from mesh.channel_errors import InvalidPayload, RejectMessage
 from mesh.channels import (
     CHANNELS_STREAM,
@@ -287,6 +287,84 @@ def _resume(coro: Coroutine[Any, Any, None], waiting_on: Any) -> Generator[Any, 
                 return
 
 
+def delivery_of(msg: Msg) -> tuple[int, int]:
+    """``(attempt, stream sequence)`` of a JetStream delivery, read from its ack subject.
+
+    The same numbers as nats-py's ``msg.metadata`` (``num_delivered``,
+    ``sequence.stream``) for both ack subject layouts, without building its two
+    dataclasses and a datetime per message; anything unexpected goes to nats-py.
+    """
+    tokens: list[str] = msg.reply.split(".") if msg.reply else []
+    try:
+        if len(tokens) == 9 and tokens[0] == "$JS" and tokens[1] == "ACK":  # $JS.ACK.<stream>.<consumer>...
+            return int(tokens[4]) or 1, int(tokens[5])
+        if len(tokens) >= 11 and tokens[0] == "$JS" and tokens[1] == "ACK":  # ...with domain and account
+            return int(tokens[6]) or 1, int(tokens[7])
+    except ValueError:
+        pass
+    meta = msg.metadata
+    return meta.num_delivered or 1, meta.sequence.stream if meta.sequence else 0
+
+
+class Deadlines:
+    """Cancels handlers that outlive ``timeout_s``, with one timer for all of them.
+
+    ``asyncio.timeout`` schedules and cancels a timer per message. Here the
+    timer is armed for the oldest running handler and left alone when that
+    handler finishes early; when it fires, it cancels whatever is past its
+    deadline and re-arms for the next. All deadlines are ``start + timeout_s``,
+    so start order is deadline order. A handler's own task is cancelled, as
+    ``asyncio.timeout`` does, and :meth:`expired` tells that cancellation
+    apart from any other.
+    """
+
+    def __init__(self, timeout_s: float) -> None:
+        self._timeout = timeout_s
+        self._running: dict[int, tuple[asyncio.Task[Any], float, int]] = {}
+        self._expired: dict[int, tuple[asyncio.Task[Any], int]] = {}
+        self._timer: asyncio.TimerHandle | None = None
+
+    def start(self, key: int) -> None:
+        task = asyncio.current_task()
+        assert task is not None, "Deadlines.start() runs inside a task"
+        loop = task.get_loop()
+        deadline = loop.time() + self._timeout
+        self._running[key] = (task, deadline, task.cancelling())
+        if self._timer is None:
+            self._timer = loop.call_at(deadline, self._fire)
+
+    def finish(self, key: int) -> None:
+        """The handler returned or raised; call before the next ``await``."""
+        self._running.pop(key, None)
+
+    def expired(self, key: int) -> bool:
+        """On a ``CancelledError``: True if ``key``'s handler was cancelled for its
+        deadline and by nothing else; that cancellation is then undone
+        (``uncancel``), as ``asyncio.timeout`` does before raising ``TimeoutError``."""
+        entry = self._expired.pop(key, None)
+        if entry is None:
+            return False
+        task, cancelling = entry
+        return task.uncancel() <= cancelling
+
+    def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _fire(self) -> None:
+        self._timer = None
+        for key, (task, deadline, cancelling) in list(self._running.items()):
+            loop = task.get_loop()
+            if deadline > loop.time():
+                self._timer = loop.call_at(deadline, self._fire)
+                return
+            del self._running[key]
+            if not task.done():
+                self._expired[key] = (task, cancelling)
+                task.cancel()
+
+
 class EphemeralSubscription:
     """A core NATS subscription on an ephemeral channel (or an RPC subject)."""
 
@@ -382,6 +460,7 @@ class DurableSubscription:
         self._received = MESSAGES.labels("DURABLE", "received")
         self._span = f"{self._name} process"
         self._pull: PullStream | None = None
+        self._deadlines = Deadlines(options.ack_timeout_s)
         self._slots = asyncio.Semaphore(options.concurrency)
         self._tasks: set[asyncio.Task[None]] = set()
         self._stopping = False
@@ -416,6 +495,7 @@ class DurableSubscription:
             await pull.stop()
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._deadlines.close()
         if self._registry is not None and self._registration is not None:
             await self._registry.release(self._registration)
             self._registration = None
@@ -441,9 +521,7 @@ class DurableSubscription:
 
     async def _process(self, msg: Msg) -> None:
         self._received.inc()
-        meta = msg.metadata
-        attempt = meta.num_delivered or 1
-        seq = meta.sequence.stream if meta.sequence else 0
+        attempt, seq = delivery_of(msg)
         opts = self.options
         pending = self._tracker.begin(self._name, str(seq), opts.ack_timeout_s, attempt)
         if attempt > opts.max_attempts:
@@ -468,28 +546,42 @@ class DurableSubscription:
             await self._dead(msg, seq, f"rejected: {exc.reason}", exc.tenant)
             self._tracker.settle(pending, "dead_letter")
             return
+        deadlines, key = self._deadlines, id(msg)
+        deadlines.start(key)
         try:
-            async with asyncio.timeout(opts.ack_timeout_s):
+            try:
                 await run_handler(self._handler, envelope, msg.headers, self._span)
+            finally:
+                deadlines.finish(key)
+        except asyncio.CancelledError:
+            if not deadlines.expired(key):
+                raise
+            self._error(seq, attempt, f"handler exceeded {opts.ack_timeout_s}s", "TimeoutError")
+            await self._settle_failed(msg, seq, attempt, envelope, pending, timed_out=True)
+            return
         except RejectMessage as exc:
             self._error(seq, attempt, str(exc), type(exc).__name__, retryable=False)
             await self._dead(msg, seq, f"rejected by handler: {exc}", envelope.metadata.tenant)
             self._tracker.settle(pending, "dead_letter")
             return
         except Exception as exc:
-            timed_out = isinstance(exc, TimeoutError)
-            detail = f"handler exceeded {opts.ack_timeout_s}s" if timed_out else str(exc)
-            self._error(seq, attempt, detail or repr(exc), type(exc).__name__)
-            if attempt >= opts.max_attempts:
-                await self._dead(msg, seq, f"failed {attempt} attempts", envelope.metadata.tenant)
-                self._tracker.settle(pending, "dead_letter")
-            else:
-                await msg.nak(delay=opts.nak_delay(attempt))
-                self._tracker.settle(pending, "timeout" if timed_out else "nak")
+            self._error(seq, attempt, str(exc) or repr(exc), type(exc).__name__)
+            await self._settle_failed(msg, seq, attempt, envelope, pending, timed_out=False)
             return
         await msg.ack()
         self._errors.pop(seq, None)
         self._tracker.settle(pending, "ack")
+
+    async def _settle_failed(
+        self, msg: Msg, seq: int, attempt: int, envelope: Envelope, pending: PendingAck, *, timed_out: bool
+    ) -> None:
+        """A failed attempt: nak with backoff, or dead-letter after the last one."""
+        if attempt >= self.options.max_attempts:
+            await self._dead(msg, seq, f"failed {attempt} attempts", envelope.metadata.tenant)
+            self._tracker.settle(pending, "dead_letter")
+        else:
+            await msg.nak(delay=self.options.nak_delay(attempt))
+            self._tracker.settle(pending, "timeout" if timed_out else "nak")
 
     def _error(self, seq: int, attempt: int, error: str, error_type: str, retryable: bool = True) -> None:
         if len(self._errors) >= _MAX_REMEMBERED_ERRORS:

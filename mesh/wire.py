@@ -230,10 +230,10 @@ class Encoder:
         if len(data) > self.limit:
             raise PayloadTooLarge(len(data), self.limit)
         correlation = correlation_id or envelope_id
-        parent, state = trace.outgoing(envelope_id)
-        headers = {CONTENT_TYPE: content_type, TRACEPARENT: parent, CORRELATION_HEADER: correlation}
-        if state:
-            headers[TRACESTATE] = state
+        traceparent, tracestate = trace.outgoing(envelope_id)
+        headers = {CONTENT_TYPE: content_type, TRACEPARENT: traceparent, CORRELATION_HEADER: correlation}
+        if tracestate:
+            headers[TRACESTATE] = tracestate
         if channel.durable:
             headers["Nats-Msg-Id"] = envelope_id
             if ttl_s is not None:
