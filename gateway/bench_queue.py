@@ -112,6 +112,7 @@ async def _latency(url: str, rate: int = 1000, seconds: float = 5.0) -> list[flo
         pending.add(t)
         t.add_done_callback(pending.discard)
     await asyncio.wait_for(all_started.wait(), 60)
+    await asyncio.gather(*pending)  # every enqueue has also written its queued record
     await queue.stop()
     await worker.stop(5)
     await nc.drain()

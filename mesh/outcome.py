@@ -9,6 +9,8 @@ a final run state is proof that the event is stored.
 
 from __future__ import annotations
 
+from typing import Any
+
 from nats.js import JetStreamContext
 from pydantic_core import to_json
 
@@ -52,23 +54,34 @@ def outcome_message(task: Envelope, state: RunState) -> OutcomeMessage:
     generation = replay_generation(task)
     msg_id = finished_msg_id(state.run_id, generation)
     payload = task.payload if isinstance(task.payload, dict) else {}
-    event = {
+    event: dict[str, Any] = {
         "run_id": state.run_id, "agent": state.agent, "tenant": state.tenant,
-        "status": state.status, "attempts": state.attempts, "result": state.result,
-        "error": state.error, "errors": state.errors, "input": payload.get("input"),
-        "routing_key": state.routing_key, "priority": state.priority,
-        "idempotency_key": state.idempotency_key, "replay": generation,
-        "enqueued_at": state.enqueued_at, "started_at": state.started_at, "finished_at": finished_at,
+        "status": state.status, "attempts": state.attempts, "input": payload.get("input"),
+        "priority": state.priority, "enqueued_at": state.enqueued_at,
+        "started_at": state.started_at, "finished_at": finished_at,
         "duration_ms": (finished_at - state.started_at).total_seconds() * 1000
         if state.started_at else None,
     }  # fmt: skip
+    # Optional fields only when set (readers fill the defaults): fewer bytes per outcome.
+    if state.result is not None:
+        event["result"] = state.result
+    if state.error is not None:
+        event["error"] = state.error
+    if state.errors:
+        event["errors"] = state.errors
+    if state.routing_key is not None:
+        event["routing_key"] = state.routing_key
+    if state.idempotency_key is not None:
+        event["idempotency_key"] = state.idempotency_key
+    if generation:
+        event["replay"] = generation
     envelope = {
         # Deterministic: a re-sent outcome is the same event, id included.
         "schema_version": SCHEMA_VERSION, "id": msg_id, "correlation_id": task.correlation_id,
-        "causation_id": task.id, "source": state.agent, "target": None,
+        "causation_id": task.id, "source": state.agent,
         "message_type": MessageType.EVENT, "channel_type": ChannelType.DURABLE,
         "type": EXECUTION_FINISHED, "payload": event, "metadata": task.metadata,
-        "created_at": finished_at, "reply_to": None,
+        "created_at": finished_at,
     }  # fmt: skip
     headers = {
         CONTENT_TYPE: JSON,

@@ -62,6 +62,8 @@ class Pipeline:
         self._pending: dict[bytes, tuple[asyncio.Future[Reply], float]] = {}
         self._inbox = lean.DirectInbox(nc, f"{self._prefix}.*", self._on_reply)
         self._sweeper: asyncio.Task[None] | None = None
+        self._acks: dict[str, list[tuple[str, asyncio.Future[None]]]] = {}
+        self._ack_flush: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         await self._inbox.start()
@@ -78,6 +80,9 @@ class Pipeline:
             if not fut.done():
                 fut.set_exception(ConnectionError("pipeline stopped"))
         self._pending.clear()
+        for members in self._acks.values():
+            _settle(members, ConnectionError("pipeline stopped"))
+        self._acks.clear()
 
     def _on_reply(self, subject: bytes, reply: bytes, data: bytes, headers: bytes | None) -> None:
         entry = self._pending.pop(subject[self._cut :], None)
@@ -119,10 +124,54 @@ class Pipeline:
         return parse_puback(await (await self.request(subject, data, headers)))
 
     async def ack_sync(self, msg: Msg) -> None:
-        """Double ack: returns once the server confirmed it got the ack."""
-        if msg.reply:
+        """Double ack: returns once the server confirmed it got the ack.
+
+        Acks for the same consumer asked for in the same event-loop turn
+        share one confirmation: all but the last go out as plain ``+ACK``,
+        the last asks for the reply. One connection delivers them in order
+        and the server takes a consumer's acks in order, so the reply to the
+        last confirms receipt of every one before it; if it never comes,
+        every ack of the group fails with :class:`TimeoutError`.
+        """
+        if not msg.reply:
+            return
+        group = _consumer_of(msg.reply)
+        if group is None:  # not a JetStream ack subject we can group: confirm it alone
             await (await self.request(msg.reply, _ACK))
-            msg._ackd = True
+        else:
+            fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            if not self._acks:
+                self._ack_flush = asyncio.create_task(self._flush_acks())
+            self._acks.setdefault(group, []).append((msg.reply, fut))
+            await fut
+        msg._ackd = True
+
+    async def _flush_acks(self) -> None:
+        groups, self._acks = self._acks, {}
+        for members in groups.values():
+            try:
+                for reply, _ in members[:-1]:
+                    await lean.publish(self.nc, reply, _ACK)
+                confirmed = await self.request(members[-1][0], _ACK)
+            except Exception as exc:
+                _settle(members, exc)
+                continue
+            confirmed.add_done_callback(lambda f, m=members: _settle(m, f.exception()))  # type: ignore[misc]
+
+
+def _consumer_of(reply: str) -> str | None:
+    """``$JS.ACK.<stream>.<consumer>`` of a (9-token) ack subject, else None."""
+    head, *rest = reply.rsplit(".", 5)
+    return head if len(rest) == 5 and head.startswith("$JS.ACK.") and head.count(".") == 3 else None
+
+
+def _settle(members: list[tuple[str, asyncio.Future[None]]], exc: BaseException | None) -> None:
+    for _, fut in members:
+        if not fut.done():
+            if exc is None:
+                fut.set_result(None)
+            else:
+                fut.set_exception(exc)
 
 
 def parse_puback(reply: Reply | Msg) -> PubAck:

@@ -9,7 +9,9 @@ Typical use::
 
 With an idempotency key, any number of retries by any number of clients
 yield one run: the key maps to the original run id for 24 h (KV), and the
-task itself is deduplicated by ``Nats-Msg-Id`` = run id. The queued run
+task itself is deduplicated by ``Nats-Msg-Id`` = run id. (A task without a
+key gets a fresh run id on every call, so it carries no ``Nats-Msg-Id``: the
+server keeps no dedup entry for it.) The queued run
 record is written only after the task is stored, so its presence proves the
 task was accepted; a caller that died between the two writes is completed
 by its retry (within JetStream's 2-minute duplicate window).
@@ -103,14 +105,15 @@ def build_task(spec: TaskSpec, run_id: str) -> Envelope:
     )
 
 
-def task_headers(task: Envelope, content_type: str = JSON) -> dict[str, str]:
+def task_headers(task: Envelope, content_type: str = JSON, *, dedup: bool = True) -> dict[str, str]:
+    """``dedup``: carry ``Nats-Msg-Id`` (only a task that may be re-published
+    under the same run id needs it: one with an idempotency or batch key)."""
     meta = task.metadata
-    headers = {
-        CONTENT_TYPE: content_type,
-        "Nats-Msg-Id": f"run-{task.id}",
-        "Nats-TTL": str(int(meta.ttl_s or DEFAULT_TTL_S)),
-        "AF-Tenant": meta.tenant,
-    }
+    headers = {CONTENT_TYPE: content_type}
+    if dedup:
+        headers["Nats-Msg-Id"] = f"run-{task.id}"
+    headers["Nats-TTL"] = str(int(meta.ttl_s or DEFAULT_TTL_S))
+    headers["AF-Tenant"] = meta.tenant
     if meta.routing_key is not None:
         headers["AF-Routing-Key"] = meta.routing_key
     return headers
@@ -172,7 +175,7 @@ class TaskQueue:
                     await self.pipeline.request(
                         names.task_subject(spec.agent, int(spec.priority)),
                         data,
-                        task_headers(task, content_type),
+                        task_headers(task, content_type, dedup=spec.idempotency_key is not None),
                     )
                 )
             )
@@ -238,7 +241,7 @@ class TaskQueue:
         first_reply = None
         commit = None
         for i, (spec, task, data) in enumerate(zip(specs, tasks, datas, strict=True), start=1):
-            headers = task_headers(task, content_type)
+            headers = task_headers(task, content_type, dedup=batch_key is not None)
             headers["Nats-Batch-Id"] = batch_id
             headers["Nats-Batch-Sequence"] = str(i)
             subject = names.task_subject(spec.agent, int(spec.priority))

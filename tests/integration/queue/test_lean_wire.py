@@ -150,3 +150,30 @@ async def test_js_publish_through_the_pipeline_matches_nats_py(js: JetStreamCont
     assert stored.data == b"x" and stored.headers == headers
     await pipeline.stop()
     await js.delete_stream(stream)
+
+
+async def test_acks_of_one_turn_share_one_confirmation_and_all_take_effect(
+    js: JetStreamContext, nc: Client
+) -> None:
+    stream = unique("LEANACK").upper().replace("-", "_")
+    subject = f"{stream.lower()}.q"
+    await js.add_stream(name=stream, subjects=[subject], retention="workqueue")
+    await js.add_consumer(stream, durable_name="c", filter_subject=subject, ack_wait=30)
+    pipeline = Pipeline(nc)
+    await pipeline.start()
+    for i in range(50):
+        parse_puback(await (await pipeline.request(subject, str(i).encode())))
+    puller = Puller(nc, stream, "c")
+    await puller.start()
+    msgs: list[object] = []
+    while len(msgs) < 50:
+        msgs += await puller.wait(50 - len(msgs), 5)
+    before = next(pipeline._ids)
+    await asyncio.gather(*(pipeline.ack_sync(m) for m in msgs))  # type: ignore[arg-type]
+    assert next(pipeline._ids) == before + 2  # one confirmation request for the 50 acks
+    assert all(m._ackd for m in msgs)  # type: ignore[attr-defined]
+    assert (await js.stream_info(stream)).state.messages == 0  # every ack took effect
+    assert (await js.consumer_info(stream, "c")).num_ack_pending == 0
+    await puller.close()
+    await pipeline.stop()
+    await js.delete_stream(stream)
