@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
-import gc
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -54,7 +52,7 @@ from mesh.subscriptions import (
 )
 from mesh.wire import Encoder, Outgoing, fast_id
 
-__all__ = ["MAX_MESSAGE_SIZE", "Mesh", "MeshConfig", "Subscription", "rpc_channel", "settle_heap"]
+__all__ = ["MAX_MESSAGE_SIZE", "Mesh", "MeshConfig", "Subscription", "rpc_channel"]
 
 MAX_MESSAGE_SIZE: Final = 1_000_000  # encoded envelope; headers fit under NATS's 1 MiB
 RPC_PREFIX: Final = "af.rpc"  # ephemeral request subject: af.rpc.<agent>, queue group <agent>
@@ -76,28 +74,6 @@ class MeshConfig:
     default_codec: str = JSON
     max_subscribers: int = 100  # per ephemeral channel, unless channel_limits says otherwise
     channel_limits: Mapping[str, int] = field(default_factory=dict)
-    # Freeze the heap at the first start: see settle_heap().
-    freeze_heap: bool = True
-
-
-_heap_settled = False
-
-
-def settle_heap() -> None:
-    """Collect once, then exempt everything alive now from future garbage collections.
-
-    Called at the first :meth:`Mesh.start` of a process (``MeshConfig.freeze_heap``),
-    when the imports and pydantic schemas that make up most of a process's objects
-    exist. Without it every full collection walks them all again: 15-30 ms of
-    stopped event loop on this project's processes, often enough to be the p99 of
-    request/reply. Objects created later are collected as usual.
-    """
-    global _heap_settled
-    if _heap_settled:
-        return
-    _heap_settled = True
-    gc.collect()
-    gc.freeze()
 
 
 class Mesh:
@@ -143,8 +119,6 @@ class Mesh:
         return self._js
 
     async def start(self) -> None:
-        if self.config.freeze_heap:
-            settle_heap()
         self._js = await jetstream(self.nc)
         self._registry = SubscriberRegistry(self._js, await ensure_channels(self._js))
         await self._registry.start()
@@ -218,10 +192,13 @@ class Mesh:
         of latency for the whole batch instead of one per message."""
         parsed = _durable(channel)
         futures = []
-        encode = functools.partial(self.encoder.encode, type=type, message_type=MessageType.COMMAND, **fields)
+        encode, kind = self.encoder.encode, MessageType.COMMAND
         publish, subject = self.js.publish_async, parsed.subject
         for payload in payloads:
-            out = encode(parsed, payload)
+            if fields:
+                out = encode(parsed, payload, type=type, message_type=kind, **fields)
+            else:  # no keyword dict per message
+                out = encode(parsed, payload, type=type, message_type=kind)
             futures.append(await publish(subject, out.data, headers=out.headers))
         acks = await asyncio.gather(*futures)
         self._sent[ChannelType.DURABLE].inc(len(acks))

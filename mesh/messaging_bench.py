@@ -17,6 +17,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import nats
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
@@ -32,6 +33,7 @@ from mesh.trace import CORRELATION_HEADER, TRACEPARENT
 __all__ = ["bench_messaging"]
 
 now = time.perf_counter
+RAW_PENDING_SIZE = 64 * 1024 * 1024  # as mesh.connection.connect sets it
 PAYLOAD = {"agent": "fuel-combustion", "litres": 1234.5, "fuel": "diesel", "seq": 0}
 
 
@@ -40,10 +42,15 @@ async def bench_messaging(
 ) -> dict[str, Any]:
     """Run the benchmark against ``nats_url``; returns the ``--json`` document."""
     run = new_id()[:8]
-    tx, rx = await connect(nats_url, name="bench-tx"), await connect(nats_url, name="bench-rx")
-    sender, receiver = Mesh(tx, agent="bench-tx"), Mesh(rx, agent="bench-rx")
+    mesh_tx, mesh_rx = await connect(nats_url, name="bench-tx"), await connect(nats_url, name="bench-rx")
+    sender, receiver = Mesh(mesh_tx, agent="bench-tx"), Mesh(mesh_rx, agent="bench-rx")
     await sender.start()
     await receiver.start()
+    # Raw nats-py gets plain connections of its own (same outgoing buffer size as the
+    # product's): mesh.connection.connect() also installs mesh.lean's parser, which is
+    # part of what the mesh is measured for, not of raw nats-py.
+    tx = await nats.connect(nats_url, name="bench-raw-tx", pending_size=RAW_PENDING_SIZE)
+    rx = await nats.connect(nats_url, name="bench-raw-rx", pending_size=RAW_PENDING_SIZE)
     js_tx, js_rx = await jetstream(tx), await jetstream(rx)
     raw_stream = f"AF_BENCH_{run.upper()}"
     await js_tx.add_stream(
@@ -111,8 +118,8 @@ async def bench_messaging(
                 consumer = Channel.parse(f"durable:{name}").consumer
                 await js_tx.delete_consumer(CHANNELS_STREAM, consumer)
         await js_tx.delete_stream(raw_stream)
-        await tx.close()
-        await rx.close()
+        for nc in (tx, rx, mesh_tx, mesh_rx):
+            await nc.close()
     results["config"] = {
         "rate_per_s": rate,
         "throughput_repeats": repeats,
