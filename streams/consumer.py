@@ -33,6 +33,7 @@ from mode import Service
 from mode.utils.times import Seconds, want_seconds
 
 from streams.assignment import apply_assignment, assign, member_metadata
+from streams.delivery import drain_messages
 from streams.membership import Generation, GroupMembership
 from streams.offsets import OffsetStore
 from streams.partitioner import partition_for
@@ -228,6 +229,9 @@ class Consumer(base.Consumer):
         return set(self._assigned)
 
     # -- fetching -------------------------------------------------------------------
+
+    async def _drain_messages(self, fetcher: Any) -> None:
+        await drain_messages(self, fetcher)
 
     async def _getmany(self, active_partitions: set[TP] | None, timeout: float) -> dict[TP, list[Record]]:
         active = self._assigned if active_partitions is None else active_partitions

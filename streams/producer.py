@@ -10,6 +10,13 @@ Records are queued and published by one task that lingers ``linger_ms``
 (default 5 ms) after waking up, so one socket write carries many records;
 each record still gets its own publish ack.
 
+``send_soon`` (table changelogs) hands a record to the publisher directly
+instead of through Faust's ``ProducerBuffer``: the buffer's task sends one
+record per three event-loop turns (``maybe_start_producer`` is a ``stampede``
+wrapper with three ``sleep(0)``), and under load the agent fills it faster than
+that, so the conductor stalls in ``wait_until_ebb``. Records keep their order:
+the direct path is taken only while the buffer is empty.
+
 Guarantee: a future resolves only once the server stored the record (file
 storage). A failed publish, or one not acknowledged within ``ack_timeout``
 (default 10 s; nats-py itself never gives up), fails its future, and the
@@ -22,12 +29,15 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Mapping
+from functools import partial
 from typing import Any, cast
 
 from faust.exceptions import ProducerSendError
+from faust.topics import Topic
 from faust.transport import base
 from faust.types import TP, RecordMetadata
 from faust.types.core import HeadersArg
+from faust.types.tuples import FutureMessage
 from mode.utils.times import Seconds, want_seconds
 
 from streams import naming
@@ -37,6 +47,10 @@ from streams.records import encode_headers
 from streams.topics import TopicSpec
 
 __all__ = ["Producer"]
+
+
+def _size(data: bytes | None) -> int:
+    return len(data) if isinstance(data, bytes) else 0
 
 
 class Producer(base.Producer):
@@ -98,6 +112,18 @@ class Producer(base.Producer):
     ) -> Awaitable[RecordMetadata]:
         """Queue one record; the returned future resolves when the server stored it."""
         spec = await self._spec(topic)
+        return self._submit(spec, topic, key, value, partition, timestamp, headers)
+
+    def _submit(
+        self,
+        spec: TopicSpec,
+        topic: str,
+        key: bytes | None,
+        value: bytes | None,
+        partition: int | None,
+        timestamp: float | None,
+        headers: HeadersArg | None,
+    ) -> asyncio.Future[RecordMetadata]:
         if partition is None:
             partition = partition_for(key, spec.partitions, self.partitioner)
         if spec.compacting and key is not None:
@@ -107,6 +133,44 @@ class Producer(base.Producer):
         hdrs = encode_headers(key, value, timestamp, cast(Any, headers))
         assert self._publisher is not None
         return self._publisher.submit(subject, value or b"", hdrs, TP(topic, partition), timestamp)
+
+    def send_soon(self, fut: FutureMessage) -> None:
+        """Publish a record of ``Topic.send_soon`` (table changelogs) without a detour.
+
+        Does what Faust's buffer task does for it (``Topic.publish_message(fut,
+        wait=False)``: send-initiated sensor, send, then ``Topic._on_published``
+        on the ack), minus the three event-loop turns per record of its
+        ``maybe_start_producer``. Falls back to Faust's buffer while it holds
+        records (ordering), before the producer is connected, for a topic not
+        described yet and for channels that publish their own way.
+        """
+        message = fut.message
+        channel = message.channel
+        conn = self._conn
+        if not (
+            conn is not None
+            and self._publisher is not None
+            and not self.buffer.size
+            and isinstance(channel, Topic)
+            and type(channel).publish_message is Topic.publish_message
+            and not channel.pattern
+            and len(channel.topics) == 1
+            and not self.app.in_transaction
+        ):
+            self.buffer.put(fut)
+            return
+        name = channel.topics[0]
+        spec = conn.topics.cached(name)
+        if spec is None:
+            self.buffer.put(fut)
+            return
+        key = cast(bytes | None, message.key)
+        value = cast(bytes | None, message.value)
+        state = self.app.sensors.on_send_initiated(
+            self, name, message=message, keysize=_size(key), valsize=_size(value)
+        )
+        result = self._submit(spec, name, key, value, message.partition, message.timestamp, message.headers)
+        result.add_done_callback(partial(channel._on_published, message=fut, state=state, producer=self))
 
     async def send_and_wait(
         self,
