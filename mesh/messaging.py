@@ -20,16 +20,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Final
 
+import nats.errors
 from nats.aio.client import Client
 from nats.aio.msg import Msg
-from nats.aio.subscription import Subscription as NatsSubscription
 from nats.js import JetStreamContext
 
+from mesh import lean
 from mesh.acks import MESSAGES, AckTracker
 from mesh.channel_errors import InvalidChannelName, NoResponders, RemoteError
 from mesh.channels import (
@@ -55,6 +57,7 @@ from mesh.wire import Encoder, Outgoing, fast_id
 __all__ = ["MAX_MESSAGE_SIZE", "Mesh", "MeshConfig", "Subscription", "rpc_channel"]
 
 MAX_MESSAGE_SIZE: Final = 1_000_000  # encoded envelope; headers fit under NATS's 1 MiB
+_SUBJECT_BREAKS: Final = re.compile(r"[ \t\r\n]")
 RPC_PREFIX: Final = "af.rpc"  # ephemeral request subject: af.rpc.<agent>, queue group <agent>
 ERROR_TYPE: Final = "error"
 _REPLIES: Final = Channel(ChannelType.EPHEMERAL, "reply")  # replies go to an inbox, core NATS
@@ -101,8 +104,7 @@ class Mesh:
         self._registry: SubscriberRegistry | None = None
         self._subs: set[Subscription] = set()
         self._inbox = ""
-        self._inbox_sub: NatsSubscription | None = None
-        self._replies: InlineDelivery
+        self._replies: InlineDelivery | None = None
         self._waiting: dict[str, tuple[asyncio.Future[Msg], str]] = {}
         self._rpc_targets: dict[tuple[str, bool], tuple[Channel, str, str]] = {}
         self._sent = {kind: MESSAGES.labels(kind.value, "sent") for kind in ChannelType}
@@ -124,8 +126,11 @@ class Mesh:
         await self._registry.start()
         self._inbox = self.nc.new_inbox()
         # Replies resolve their request's future right in the connection's reader.
-        self._replies = InlineDelivery(self._on_reply, f"{self.agent or 'mesh'} replies")
-        self._inbox_sub = await self.nc.subscribe(f"{self._inbox}.*", future=self._replies.as_future())
+        replies = InlineDelivery(
+            self.nc, f"{self._inbox}.*", self._on_reply, f"{self.agent or 'mesh'} replies"
+        )
+        await replies.start()
+        self._replies = replies
 
     async def stop(self) -> None:
         for sub in list(self._subs):
@@ -134,11 +139,9 @@ class Mesh:
             if not future.done():
                 future.set_exception(MeshError(f"mesh stopped while waiting for {agent!r}"))
         self._waiting.clear()
-        if self._inbox_sub is not None:
-            with contextlib.suppress(Exception):
-                await self._inbox_sub.unsubscribe()
-            self._inbox_sub = None
-            await self._replies.close()
+        if self._replies is not None:
+            replies, self._replies = self._replies, None
+            await replies.stop()
         if self._registry is not None:
             await self._registry.stop()
         if self._js is not None:
@@ -229,7 +232,7 @@ class Mesh:
             out = self.encoder.encode(parsed, payload, type=type, message_type=message_type, **fields)
         else:  # the common call, without building a keyword dict per message
             out = self.encoder.encode(parsed, payload, type=type, message_type=message_type)
-        await self.nc.publish(parsed.subject, out.data, headers=out.headers)
+        await lean.publish(self.nc, parsed.subject, out.data, headers=out.header_block)
         self._sent_ephemeral.inc()
 
     async def broadcast(self, payload: Any, *, type: str = "broadcast", **fields: Any) -> None:
@@ -312,7 +315,9 @@ class Mesh:
                 out = self._reply(f"{request.type}.reply", await handler(request))
             except Exception as exc:
                 out = self._reply(ERROR_TYPE, {"error_type": type(exc).__name__, "error": str(exc)})
-            await self.nc.publish(request.reply_to, out.data, headers=out.headers)
+            await lean.publish(
+                self.nc, _checked_subject(request.reply_to), out.data, headers=out.header_block
+            )
 
         if durable:
             return await self.subscribe(rpc_channel(agent), answer, options=options)
@@ -375,7 +380,7 @@ class Mesh:
                 if durable:
                     await self.js.publish(subject, out.data, headers=out.headers)
                 else:
-                    await self.nc.publish(subject, out.data, reply=reply_to, headers=out.headers)
+                    await lean.publish(self.nc, subject, out.data, reply_to, out.header_block)
                 self._sent[channel.kind].inc()
                 msg = await future
             reply = decode_envelope(msg.data, msg.headers.get(CONTENT_TYPE) if msg.headers else None)
@@ -410,7 +415,7 @@ class Mesh:
                 target = (channel, channel.subject, f"rpc:{agent}")
             else:
                 channel = Channel(ChannelType.EPHEMERAL, f"rpc.{agent}")
-                target = (channel, f"{RPC_PREFIX}.{agent}", f"rpc:{agent}")
+                target = (channel, _checked_subject(f"{RPC_PREFIX}.{agent}"), f"rpc:{agent}")
             if len(self._rpc_targets) < 4096:
                 self._rpc_targets[(agent, durable)] = target
         return target
@@ -441,6 +446,14 @@ async def _close_publish_async_inbox(nc: Client, js: JetStreamContext) -> None:
         if sub.subject == subject:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
+
+
+def _checked_subject(subject: str) -> str:
+    """Refuse what ``Client.publish`` refuses (``mesh.lean.publish`` writes the
+    subject as given): an empty subject, or whitespace that would end the command."""
+    if not subject or _SUBJECT_BREAKS.search(subject):
+        raise nats.errors.BadSubjectError
+    return subject
 
 
 def _durable(channel: Channel | str) -> Channel:

@@ -33,7 +33,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine, Generator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, Final, cast
+from typing import Any, Final
 
 import nats.errors
 from nats.aio.client import Client
@@ -43,7 +43,7 @@ from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig
 from nats.js.errors import NotFoundError
 
-from mesh import trace
+from mesh import lean, trace
 from mesh.acks import MESSAGES, AckTracker, PendingAck, count_rejected
 from mesh.channel_errors import InvalidPayload, RejectMessage
 from mesh.channels import (
@@ -173,18 +173,17 @@ async def run_handler(
 
 
 class InlineDelivery:
-    """Delivers a core NATS subscription's messages without nats-py's queue and task hop.
+    """A core NATS subscription whose messages start their callback right in the
+    connection's reader: no ``asyncio.Queue`` put and get, no task switch.
 
-    For a callback subscription nats-py puts every message on an
-    ``asyncio.Queue`` and wakes one task per subscription to run the callback:
-    a put, a get and a task switch per message. Passed to
-    ``nc.subscribe(..., future=delivery)`` (the hook nats-py uses for one-shot
-    request inboxes: it calls ``set_result(msg)`` for every message), this
-    object starts the callback right away, inside the connection's reader. A
-    callback that completes without waiting (decode, check, handle, publish a
-    reply) never leaves the reader; one that waits continues in a task, and
-    messages arriving meanwhile wait in a backlog. Callbacks therefore still
-    run one at a time, in arrival order, as with nats-py's own dispatch; past
+    For a callback subscription nats-py parses the headers, queues the message
+    and wakes one task per subscription to run the callback. This subscription
+    is registered with :mod:`mesh.lean` instead, which hands it the raw frame
+    from the reader; the callback's coroutine is started there, eagerly. One
+    that completes without waiting (decode, check, handle, publish a reply)
+    never leaves the reader; one that waits continues in a task, and messages
+    arriving meanwhile wait in a backlog. Callbacks therefore still run one at a
+    time, in arrival order, as with nats-py's own dispatch; past
     ``pending_msgs_limit`` waiting messages (or 128 MiB) new ones are dropped,
     like nats-py's slow-consumer rule. Callbacks must handle their own errors;
     whatever escapes is logged, it never reaches the reader.
@@ -192,10 +191,17 @@ class InlineDelivery:
 
     def __init__(
         self,
+        nc: Client,
+        subject: str,
         callback: Callable[[Msg], Coroutine[Any, Any, None]],
         name: str,
+        *,
+        queue: str = "",
         pending_msgs_limit: int = 65_536,
     ) -> None:
+        self._nc = nc
+        self._subject = subject
+        self._queue = queue
         self._callback = callback
         self._name = name
         self._limit = pending_msgs_limit
@@ -204,20 +210,44 @@ class InlineDelivery:
         self._backlog: deque[Msg] = deque()
         self._backlog_bytes = 0
         self._task: asyncio.Task[None] | None = None
+        self._sub: NatsSubscription | None = None
         self._closed = False
         self.dropped = 0
 
-    def as_future(self) -> asyncio.Future[Msg]:
-        """This object typed as what ``nc.subscribe(future=...)`` accepts (duck-typed there)."""
-        return cast("asyncio.Future[Msg]", self)
+    async def start(self) -> None:
+        direct = lean.install(self._nc)
+        self._sub = await self._nc.subscribe(self._subject, queue=self._queue, cb=_not_direct)
+        direct[self._sub._id] = self._deliver  # before the next await: nothing has arrived yet
 
-    # The two methods nats-py calls on a subscription's future, for every message.
-    def cancelled(self) -> bool:
-        return self._closed
+    async def stop(self) -> None:
+        """Unsubscribe, drop the backlog and cancel a callback that is still running
+        (as unsubscribing a nats-py callback subscription does)."""
+        self._closed = True
+        if self._sub is not None:
+            sub, self._sub = self._sub, None
+            lean.install(self._nc).pop(sub._id, None)
+            with contextlib.suppress(nats.errors.ConnectionClosedError, nats.errors.BadSubscriptionError):
+                await sub.unsubscribe()
+        self._backlog.clear()
+        self._backlog_bytes = 0
+        task = self._task
+        if task is not None and task is not asyncio.current_task():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
-    def set_result(self, msg: Msg) -> None:
+    def _deliver(self, subject: bytes, reply: bytes, data: bytes, headers: bytes | None) -> None:
+        if self._closed:
+            return
+        msg = Msg(
+            self._nc,
+            subject=subject.decode(),
+            reply=reply.decode(),
+            data=data,
+            headers=lean.parse_headers(headers) if headers else None,
+        )
         if self._task is not None:  # a callback is waiting: keep arrival order
-            size = len(msg.data)
+            size = len(data)
             if len(self._backlog) >= self._limit or self._backlog_bytes + size > _PENDING_BYTES_LIMIT:
                 self.dropped += 1
                 if self.dropped == 1 or self.dropped % 10_000 == 0:
@@ -255,17 +285,9 @@ class InlineDelivery:
         finally:
             self._task = None
 
-    async def close(self) -> None:
-        """Drop the backlog and cancel a callback that is still running (as unsubscribing
-        a nats-py callback subscription does)."""
-        self._closed = True
-        self._backlog.clear()
-        self._backlog_bytes = 0
-        task = self._task
-        if task is not None and task is not asyncio.current_task():
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+
+async def _not_direct(msg: Msg) -> None:  # pragma: no cover - mesh.lean takes the sid first
+    log.error("message on %s bypassed the direct delivery", msg.subject)
 
 
 @types.coroutine
@@ -392,21 +414,16 @@ class EphemeralSubscription:
         self._name = str(channel)
         self._received = MESSAGES.labels("EPHEMERAL", "received")
         self._span = f"{self._name} receive"
-        self._sub: NatsSubscription | None = None
-        self._delivery = InlineDelivery(self._on_msg, self._name, pending_msgs_limit)
+        self._delivery = InlineDelivery(
+            nc, self._subject, self._on_msg, self._name, queue=queue, pending_msgs_limit=pending_msgs_limit
+        )
 
     async def start(self) -> None:
-        self._sub = await self._nc.subscribe(
-            self._subject, queue=self._queue, future=self._delivery.as_future()
-        )
+        await self._delivery.start()
         await sync_with_server(self._nc)  # the server knows the interest before start() returns
 
     async def stop(self) -> None:
-        if self._sub is not None:
-            sub, self._sub = self._sub, None
-            with contextlib.suppress(nats.errors.ConnectionClosedError, nats.errors.BadSubscriptionError):
-                await sub.unsubscribe()
-        await self._delivery.close()
+        await self._delivery.stop()
         if self._registry is not None and self._registration is not None:
             await self._registry.release(self._registration)
             self._registration = None

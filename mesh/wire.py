@@ -39,6 +39,7 @@ from mesh.envelope import (
     encode,
 )
 from mesh.errors import DecodeError, PayloadTooLarge
+from mesh.lean import encode_headers
 from mesh.schemas import SchemaRegistry
 from mesh.subscriptions import current_envelope
 from mesh.trace import CORRELATION_HEADER, TRACEPARENT, TRACESTATE
@@ -89,6 +90,7 @@ class Outgoing(NamedTuple):  # a tuple: the cheapest immutable record to build p
     headers: dict[str, str]
     id: str
     correlation_id: str
+    header_block: bytes  # ``headers`` as the NATS header block, for mesh.lean.publish
 
 
 class Encoder:
@@ -232,13 +234,19 @@ class Encoder:
         correlation = correlation_id or envelope_id
         traceparent, tracestate = trace.outgoing(envelope_id)
         headers = {CONTENT_TYPE: content_type, TRACEPARENT: traceparent, CORRELATION_HEADER: correlation}
-        if tracestate:
-            headers[TRACESTATE] = tracestate
-        if channel.durable:
-            headers["Nats-Msg-Id"] = envelope_id
-            if ttl_s is not None:
-                headers["Nats-TTL"] = str(max(1, math.ceil(ttl_s)))
-        return Outgoing(data, headers, envelope_id, correlation)
+        if tracestate or channel.durable or "\r" in correlation or "\n" in correlation:
+            if tracestate:
+                headers[TRACESTATE] = tracestate
+            if channel.durable:
+                headers["Nats-Msg-Id"] = envelope_id
+                if ttl_s is not None:
+                    headers["Nats-TTL"] = str(max(1, math.ceil(ttl_s)))
+            return Outgoing(data, headers, envelope_id, correlation, encode_headers(headers))
+        block = (  # the common case, in one format
+            f"NATS/1.0\r\n{CONTENT_TYPE}: {content_type}\r\n{TRACEPARENT}: {traceparent}\r\n"
+            f"{CORRELATION_HEADER}: {correlation}\r\n\r\n"
+        ).encode()
+        return Outgoing(data, headers, envelope_id, correlation, block)
 
     def _fixed(self, key: tuple[str, MessageType, str], channel: Channel) -> bytes:
         """The JSON between ``causation_id`` and the payload: the same for every message
@@ -260,7 +268,7 @@ class Encoder:
         data = encode(envelope, content_type, self.limit)
         correlation = envelope.correlation_id or envelope.id
         headers = self._headers(channel, content_type, envelope.id, correlation, envelope.metadata.ttl_s)
-        return Outgoing(data, headers, envelope.id, correlation)
+        return Outgoing(data, headers, envelope.id, correlation, encode_headers(headers))
 
     @staticmethod
     def _headers(

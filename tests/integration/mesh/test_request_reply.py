@@ -10,11 +10,13 @@ from typing import Any
 import pytest
 
 from mesh.channel_errors import NoResponders, RemoteError
-from mesh.channels import CHANNELS_STREAM
+from mesh.channels import CHANNELS_STREAM, Channel
 from mesh.envelope import Envelope
 from mesh.errors import RequestTimeout
 from mesh.messaging import Mesh, rpc_channel
 from mesh.subscriptions import DurableOptions
+
+Eventually = Callable[..., Awaitable[None]]
 
 
 async def double(env: Envelope) -> Any:
@@ -111,3 +113,20 @@ async def test_reply_too_large_reaches_the_caller_as_an_error(mesh: Mesh, unique
     await mesh.serve(unique, huge)
     with pytest.raises(RemoteError, match="PayloadTooLarge"):
         await mesh.request(unique, {"value": 1}, 2)
+
+
+async def test_a_request_whose_reply_subject_would_break_the_protocol_gets_no_reply(
+    mesh: Mesh, unique: str, eventually: Eventually
+) -> None:
+    served: list[Envelope] = []
+
+    async def echo(env: Envelope) -> Any:
+        served.append(env)
+        return env.payload
+
+    await mesh.serve(unique, echo)
+    bad = mesh.envelope(f"ephemeral:rpc.{unique}", "hi", reply_to="_INBOX.x\r\nPUB evil 0")
+    out = mesh.encoder.encode_envelope(Channel.parse(f"ephemeral:rpc.{unique}"), bad)
+    await mesh.nc.publish(f"af.rpc.{unique}", out.data, headers=out.headers)
+    await eventually(lambda: len(served) == 1)
+    assert (await mesh.request(unique, "still serving")).payload == "still serving"

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from mesh.channels import Channel
 from mesh.envelope import CONTENT_TYPE, JSON, MSGPACK, ChannelType, MessageType, Priority, decode
 from mesh.errors import PayloadTooLarge
+from mesh.lean import parse_headers
 from mesh.schemas import SchemaRegistry
 from mesh.trace import CORRELATION_HEADER, TRACEPARENT, trace_id_of
 from mesh.wire import Encoder, fast_id
@@ -141,3 +142,21 @@ def test_ids_are_unique_random_hex_and_a_forked_child_draws_its_own() -> None:
         os._exit(0)
     os.waitpid(pid, 0)
     assert os.read(read, 64).decode() != fast_id()
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    CHANNELS,
+    st.none() | st.text(min_size=1, max_size=128),
+    st.none() | st.floats(min_value=0.5, max_value=3600),
+)
+def test_the_header_block_says_what_the_header_dict_says(
+    channel_text: str, correlation_id: str | None, ttl_s: float | None
+) -> None:
+    out = Encoder("fuel-agent", SchemaRegistry(), {}).encode(
+        Channel.parse(channel_text), 1, correlation_id=correlation_id, ttl_s=ttl_s
+    )
+    parsed = parse_headers(out.header_block)
+    # CR and LF become spaces (as nats-py sends them); receivers trim ASCII whitespace.
+    expected = {k: v.replace("\r", " ").replace("\n", " ").strip(" \t\v\f") for k, v in out.headers.items()}
+    assert parsed == expected
