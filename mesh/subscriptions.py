@@ -201,7 +201,6 @@ class InlineDelivery:
     ) -> None:
         self._nc = nc
         self._subject = subject
-        self._queue = queue
         self._callback = callback
         self._name = name
         self._limit = pending_msgs_limit
@@ -408,7 +407,6 @@ class EphemeralSubscription:
         self._handler = handler
         self._schemas = schemas
         self._subject = subject or channel.subject
-        self._queue = queue
         self._registry = registry
         self._registration = registration
         self._name = str(channel)
