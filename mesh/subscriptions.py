@@ -201,6 +201,7 @@ class InlineDelivery:
     ) -> None:
         self._nc = nc
         self._subject = subject
+        self._queue = queue
         self._callback = callback
         self._name = name
         self._limit = pending_msgs_limit
