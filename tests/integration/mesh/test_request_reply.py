@@ -8,6 +8,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
+from nats.aio.client import Client
 
 from mesh.channel_errors import NoResponders, RemoteError
 from mesh.channels import CHANNELS_STREAM, Channel
@@ -130,3 +131,24 @@ async def test_a_request_whose_reply_subject_would_break_the_protocol_gets_no_re
     await mesh.nc.publish(f"af.rpc.{unique}", out.data, headers=out.headers)
     await eventually(lambda: len(served) == 1)
     assert (await mesh.request(unique, "still serving")).payload == "still serving"
+
+
+async def test_instances_serving_one_agent_share_the_requests_and_answer_each_once(
+    mesh: Mesh, other_nc: Client, unique: str
+) -> None:
+    served: dict[str, list[int]] = {"a": [], "b": []}
+
+    def server(name: str) -> Callable[[Envelope], Awaitable[Any]]:
+        async def answer(env: Envelope) -> Any:
+            served[name].append(env.payload)
+            return name
+
+        return answer
+
+    async with Mesh(other_nc, agent="twin") as twin:
+        await mesh.serve(unique, server("a"))
+        await twin.serve(unique, server("b"))
+        replies = [await mesh.request(unique, i) for i in range(200)]
+    assert sorted(served["a"] + served["b"]) == list(range(200))  # each request answered once
+    assert served["a"] and served["b"]  # and the queue group spread them
+    assert [r.payload for r in replies].count("a") == len(served["a"])
