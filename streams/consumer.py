@@ -38,7 +38,7 @@ from streams.membership import Generation, GroupMembership
 from streams.offsets import OffsetStore
 from streams.partitioner import partition_for
 from streams.reader import PartitionReader, Record
-from streams.records import decode_headers
+from streams.records import decode_header_block
 
 __all__ = ["Consumer"]
 
@@ -260,9 +260,9 @@ class Consumer(base.Consumer):
                 return {}
 
     def _to_message(self, tp: TP, record: Record) -> ConsumerMessage:
-        seq, ts_ns, msg = record
-        h = decode_headers(msg.headers)
-        value = None if h.is_null else msg.data
+        seq, ts_ns, data, raw_headers = record
+        h = decode_header_block(raw_headers)
+        key = h.key
         return ConsumerMessage(
             tp.topic,
             tp.partition,
@@ -270,11 +270,11 @@ class Consumer(base.Consumer):
             h.timestamp if h.timestamp is not None else ts_ns / 1e9,
             0,
             h.headers,
-            h.key,
-            value,
+            key,
+            None if h.is_null else data,
             None,
-            len(h.key) if h.key else 0,
-            len(msg.data),
+            len(key) if key else 0,
+            len(data),
             tp,
             generation_id=self.app.consumer_generation_id,
         )

@@ -6,23 +6,30 @@ published with its own reply subject under one wildcard subscription, so each
 gets its own JetStream ack (stored sequence, or error) without nats-py's
 per-publish semaphore, NUID and ``PubAck`` dataclass. A record whose ack does
 not arrive within ``ack_timeout_s`` (nats-py waits forever) fails.
+
+Acks are read straight off the connection (:class:`mesh.lean.DirectInbox`, no
+``Msg`` or task hop per ack) and publishes are written with pre-encoded
+headers (:func:`mesh.lean.publish`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
+import re
 import time
 from dataclasses import dataclass
 
 from faust.exceptions import ProducerSendError
 from faust.types import TP, RecordMetadata
 from nats.aio.client import Client
-from nats.aio.msg import Msg
-from nats.aio.subscription import Subscription
+
+from mesh import lean
 
 __all__ = ["Publisher"]
+
+#: The stored sequence in a JetStream publish ack, ``{"stream":"...","seq":42}``.
+_ACK_SEQ = re.compile(rb'"seq"\s*:\s*(\d+)')
 
 
 @dataclass(slots=True)
@@ -52,21 +59,22 @@ class Publisher:
         self._ack_timeout_s = ack_timeout_s
         self._max_in_flight = max_in_flight
         self._outbox: list[_Outgoing] = []
-        self._in_flight: dict[str, _Outgoing] = {}
+        self._in_flight: dict[int, _Outgoing] = {}
         self._next_token = 0
         self._prefix = ""
         self._wake = asyncio.Event()
         self._room = asyncio.Event()
         self._room.set()
         self._no_linger = False
-        self._sub: Subscription | None = None
+        self._inbox: lean.DirectInbox | None = None
         self._tasks: list[asyncio.Task[None]] = []
         #: The first failure since the last :meth:`take_failure`.
         self.failure: BaseException | None = None
 
     async def start(self) -> None:
         self._prefix = self._nc.new_inbox()
-        self._sub = await self._nc.subscribe(self._prefix + ".*", cb=self._on_reply)
+        self._inbox = lean.DirectInbox(self._nc, self._prefix + ".*", self._on_reply)
+        await self._inbox.start()
         loop = asyncio.get_running_loop()
         self._tasks = [
             loop.create_task(self._run(), name="streams-publisher"),
@@ -81,10 +89,10 @@ class Publisher:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks = []
-        if self._sub is not None:
+        if self._inbox is not None:
             with contextlib.suppress(Exception):
-                await self._sub.unsubscribe()
-            self._sub = None
+                await self._inbox.stop()
+            self._inbox = None
 
     def submit(
         self, subject: str, payload: bytes, headers: dict[str, str] | None, tp: TP, timestamp: float | None
@@ -110,6 +118,7 @@ class Publisher:
 
     async def _run(self) -> None:
         nc = self._nc
+        prefix = self._prefix + "."
         while True:
             await self._wake.wait()
             if self._linger_s and not self._no_linger:
@@ -122,34 +131,30 @@ class Publisher:
                 if len(self._in_flight) >= self._max_in_flight:
                     self._room.clear()
                     await self._room.wait()
-                token = str(self._next_token)
+                token = self._next_token
                 self._next_token += 1
                 item.sent_at = now
                 self._in_flight[token] = item
                 try:
-                    await nc.publish(
-                        item.subject, item.payload, reply=f"{self._prefix}.{token}", headers=item.headers
-                    )
+                    headers = lean.encode_headers(item.headers) if item.headers else None
+                    await lean.publish(nc, item.subject, item.payload, f"{prefix}{token}", headers)
                 except Exception as exc:
                     self._in_flight.pop(token, None)
                     self._fail(item, exc)
 
-    async def _on_reply(self, msg: Msg) -> None:
-        item = self._in_flight.pop(msg.subject[len(self._prefix) + 1 :], None)
+    def _on_reply(self, subject: bytes, reply: bytes, data: bytes, headers: bytes | None) -> None:
+        item = self._in_flight.pop(int(subject[len(self._prefix) + 1 :]), None)
         if item is None:
             return  # timed out already
         if len(self._in_flight) < self._max_in_flight // 2:
             self._room.set()
-        if msg.headers and msg.headers.get("Status"):
-            self._fail(
-                item, ProducerSendError(f"no stream stores {item.subject!r} (status {msg.headers['Status']})")
-            )
+        status = lean.parse_headers(headers).get("Status") if headers else None
+        if status:
+            self._fail(item, ProducerSendError(f"no stream stores {item.subject!r} (status {status})"))
             return
-        try:
-            ack = json.loads(msg.data)
-            seq = int(ack["seq"])
-        except Exception:
-            self._fail(item, ProducerSendError(f"publish to {item.subject!r} rejected: {msg.data!r}"))
+        match = _ACK_SEQ.search(data) if b'"error"' not in data else None
+        if match is None:
+            self._fail(item, ProducerSendError(f"publish to {item.subject!r} rejected: {data!r}"))
             return
         if not item.result.done():
             item.result.set_result(
@@ -157,7 +162,7 @@ class Publisher:
                     topic=item.tp.topic,
                     partition=item.tp.partition,
                     topic_partition=item.tp,
-                    offset=seq,
+                    offset=int(match[1]),
                     timestamp=item.timestamp,
                     timestamp_type=0,
                 )

@@ -11,6 +11,11 @@ stops fetching by itself. A pull that gets no answer at all (the server was
 restarted, the ephemeral consumer is gone) is detected after its expiry and the
 consumer is re-created at the next offset to read, so no message is skipped or
 delivered twice across a nats-server restart.
+
+Deliveries are read straight off the connection (:class:`mesh.lean.DirectInbox`):
+the raw payload and header block are buffered as they are, with no ``Msg``,
+no header dict and no task hop per message; the consumer decodes the headers
+when it hands the record to Faust.
 """
 
 from __future__ import annotations
@@ -25,11 +30,10 @@ from collections.abc import Callable
 
 from faust.types import TP
 from nats.aio.client import Client
-from nats.aio.msg import Msg
-from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
+from mesh.lean import DirectInbox, parse_headers
 from streams import naming
 from streams.records import parse_reply
 
@@ -37,8 +41,8 @@ __all__ = ["PartitionReader"]
 
 log = logging.getLogger(__name__)
 
-#: ``(offset, timestamp in ns, message)``
-Record = tuple[int, int, Msg]
+#: ``(offset, timestamp in ns, payload, raw NATS header block or None)``
+Record = tuple[int, int, bytes, bytes | None]
 
 
 class _Stale(Exception):
@@ -140,11 +144,12 @@ class PartitionReader:
         await self._js.add_consumer(self.stream, config)
         done = asyncio.Event()
         state = {"received": 0, "wanted": 0, "answered": False, "broken": False}
+        buffer = self.buffer
 
-        async def on_msg(msg: Msg) -> None:
+        def on_msg(subject: bytes, reply: bytes, data: bytes, headers: bytes | None) -> None:
             state["answered"] = True
-            if not msg.reply:
-                status = msg.headers.get("Status") if msg.headers else None
+            if not reply:
+                status = parse_headers(headers).get("Status") if headers else None
                 if status == "100":  # idle heartbeat
                     return
                 # 404/408: the pull ended; anything else (409 consumer deleted,
@@ -152,18 +157,19 @@ class PartitionReader:
                 state["broken"] = status not in ("404", "408")
                 done.set()
                 return
-            info = parse_reply(msg)
-            if info.stream_seq >= self._fetch_seq:
-                self.buffer.append((info.stream_seq, info.timestamp_ns, msg))
-                self._fetch_seq = info.stream_seq + 1
-                self.highwater_hint = max(self.highwater_hint, info.stream_seq + info.pending + 1)
+            seq, ts_ns, pending = parse_reply(reply)
+            if seq >= self._fetch_seq:
+                buffer.append((seq, ts_ns, data, headers))
+                self._fetch_seq = seq + 1
+                if seq + pending + 1 > self.highwater_hint:
+                    self.highwater_hint = seq + pending + 1
                 self._on_data()
             state["received"] += 1
             if state["received"] >= state["wanted"]:
                 done.set()
 
-        inbox = self._nc.new_inbox()
-        sub: Subscription = await self._nc.subscribe(inbox, cb=on_msg)
+        inbox = DirectInbox(self._nc, self._nc.new_inbox(), on_msg)
+        await inbox.start()
         next_subject = f"{self._js._prefix}.CONSUMER.MSG.NEXT.{self.stream}.{name}"
         try:
             while True:
@@ -176,7 +182,7 @@ class PartitionReader:
                 state.update(received=0, wanted=wanted, answered=False)
                 done.clear()
                 request = {"batch": wanted, "expires": int(self._expires * 1e9)}
-                await self._nc.publish(next_subject, json.dumps(request).encode(), reply=inbox)
+                await self._nc.publish(next_subject, json.dumps(request).encode(), reply=inbox.subject)
                 try:
                     await asyncio.wait_for(done.wait(), self._expires + 2.0)
                 except TimeoutError:
@@ -186,7 +192,7 @@ class PartitionReader:
                     raise _Stale(f"pull on {self.stream} ended abnormally")
         finally:
             with contextlib.suppress(Exception):
-                await sub.unsubscribe()
+                await inbox.stop()
             self._delete_later(name)
 
     def _delete_later(self, name: str) -> None:

@@ -23,9 +23,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from nats.aio.msg import Msg
+from mesh.lean import parse_headers
 
-__all__ = ["ReplyInfo", "decode_headers", "encode_headers", "parse_reply"]
+__all__ = ["decode_header_block", "decode_headers", "encode_headers", "parse_reply"]
 
 _PRINTABLE = re.compile(rb"[\x21-\x7e](?:[\x20-\x7e]*[\x21-\x7e])?")
 
@@ -69,6 +69,8 @@ def _as_bytes(value: Any) -> bytes:
 
 @dataclass(slots=True)
 class DecodedHeaders:
+    """A record's key, tombstone flag, timestamp and Faust headers, decoded."""
+
     key: bytes | None
     is_null: bool
     timestamp: float | None
@@ -95,25 +97,17 @@ def decode_headers(headers: Mapping[str, str] | None) -> DecodedHeaders:
     )
 
 
-@dataclass(slots=True)
-class ReplyInfo:
-    """What the JetStream ack subject of a delivered message says about it."""
-
-    stream_seq: int
-    timestamp_ns: int
-    pending: int
+def decode_header_block(raw: bytes | None) -> DecodedHeaders:
+    """:func:`decode_headers` of a raw ``NATS/1.0`` header block, as the reader buffers it."""
+    return decode_headers(parse_headers(raw) if raw else None)
 
 
-def parse_reply(msg: Msg) -> ReplyInfo:
-    """Stream sequence, timestamp and pending count of a JetStream delivery.
+def parse_reply(reply: bytes) -> tuple[int, int, int]:
+    """Stream sequence, timestamp (ns) and pending count from a JetStream delivery's reply subject.
 
     Handles both the v1 (``$JS.ACK.<stream>.<consumer>.<n>.<sseq>.<cseq>.<ts>.<pending>``)
     and the v2 ack subject layouts (with domain and account hash).
     """
-    tokens = msg.reply.split(".")
+    tokens = reply.split(b".")
     base = 2 if len(tokens) == 9 else 4
-    return ReplyInfo(
-        stream_seq=int(tokens[base + 3]),
-        timestamp_ns=int(tokens[base + 5]),
-        pending=int(tokens[base + 6]),
-    )
+    return int(tokens[base + 3]), int(tokens[base + 5]), int(tokens[base + 6])

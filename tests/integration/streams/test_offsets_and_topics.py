@@ -82,7 +82,7 @@ async def test_reader_seeks_and_reports_position(nc: Client, js: JetStreamContex
         got: list[int] = []
 
         async def read_all() -> bool:
-            got.extend(seq for seq, _ts, _msg in reader.take(100))
+            got.extend(record[0] for record in reader.take(100))
             return len(got) >= 7
 
         await eventually(read_all, 10, "offsets 4..10")
@@ -93,7 +93,7 @@ async def test_reader_seeks_and_reports_position(nc: Client, js: JetStreamContex
         got.clear()
 
         async def reread() -> bool:
-            got.extend(seq for seq, _ts, _msg in reader.take(100))
+            got.extend(record[0] for record in reader.take(100))
             return len(got) >= 9
 
         await eventually(reread, 10, "offsets 2..10 again")
