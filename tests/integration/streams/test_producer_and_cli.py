@@ -62,3 +62,35 @@ async def test_send_without_wait_then_flush_stores_every_record(nats_url: str, j
         await producer.stop()
     counts = [(await js.stream_info(naming.stream_name(topic, p))).state.messages for p in range(2)]
     assert counts == [250, 250]
+
+
+async def test_send_soon_records_keep_their_order_and_report_their_offsets(
+    nats_url: str, js: JetStreamContext
+) -> None:
+    # Table changelogs go through ``Topic.send_soon``; the driver publishes
+    # them without Faust's buffer task, and Faust's callbacks still run.
+    app_id = f"ss-{uuid.uuid4().hex[:6]}"
+    app = faust.App(app_id, broker=nats_url)
+    topic = app.topic(f"{app_id}-changes", partitions=1, key_serializer="raw", value_serializer="raw")
+    producer = app.producer
+    await producer.start()
+    try:
+        await topic.declare()
+        sent: list[int] = []
+        futures = [
+            topic.send_soon(
+                key=f"k{i}".encode(),
+                value=str(i).encode(),
+                partition=0,
+                callback=lambda fut: sent.append(fut.result().offset),
+            )
+            for i in range(300)
+        ]
+        await producer.flush()
+        offsets = [(await f).offset for f in futures]
+    finally:
+        await producer.stop()
+    assert offsets == list(range(1, 301))
+    assert sorted(sent) == offsets
+    stream = naming.stream_name(topic.get_topic_name(), 0)
+    assert [(await js.get_msg(stream, seq)).data for seq in (1, 150, 300)] == [b"0", b"149", b"299"]
