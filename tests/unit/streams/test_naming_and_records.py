@@ -9,9 +9,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from mesh import lean
 from streams import naming
 from streams.errors import UnsupportedGuarantee
-from streams.records import decode_headers, encode_headers
+from streams.records import decode_header_block, decode_headers, encode_headers, parse_reply
 from streams.transport import Transport, TransportSettings
 
 STREAM_NAME = re.compile(r"^[^\s.*>/\\]+$")
@@ -57,11 +58,20 @@ def test_key_subject_is_one_valid_token_per_key(key: bytes) -> None:
 def test_record_headers_round_trip(
     key: bytes | None, value: bytes | None, timestamp: float | None, headers: list[tuple[str, bytes]]
 ) -> None:
-    decoded = decode_headers(encode_headers(key, value, timestamp, headers))
-    assert decoded.key == key
-    assert decoded.is_null == (value is None)
-    assert decoded.timestamp == timestamp
-    assert decoded.headers == headers
+    encoded = encode_headers(key, value, timestamp, headers)
+    # As nats-py hands them over (a dict), and as the reader buffers them (the raw block).
+    wire = lean.encode_headers(encoded) if encoded else None
+    for decoded in (decode_headers(encoded), decode_header_block(wire)):
+        assert decoded.key == key
+        assert decoded.is_null == (value is None)
+        assert decoded.timestamp == timestamp
+        assert decoded.headers == headers
+
+
+def test_reply_subject_gives_offset_timestamp_and_pending() -> None:
+    v1 = b"$JS.ACK.faust-orders-0.c1.1.42.40.1700000000000000000.7"
+    v2 = b"$JS.ACK.hub.ACCHASH.faust-orders-0.c1.1.42.40.1700000000000000000.7.tok"
+    assert parse_reply(v1) == parse_reply(v2) == (42, 1700000000000000000, 7)
 
 
 def test_printable_keys_are_plain_text_for_the_nats_cli() -> None:
