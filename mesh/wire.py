@@ -2,15 +2,18 @@
 
 :class:`Encoder` turns a payload and its routing facts into the bytes and
 headers that a publish sends. The common case (generated id, caller fields
-within the envelope's limits) serializes a plain dict in the envelope's
-exact field order and format, about twice as fast as building and dumping a
-validated :class:`~mesh.envelope.Envelope`; anything else takes the validated
-path. A property test holds both paths to the same decoded envelope.
+within the envelope's limits) writes the envelope's JSON from parts: what is
+fixed per sender, channel and type is serialized once and cached, per message
+only the ids, the payload and the time are. The bytes are exactly what
+``Envelope.model_dump_json`` writes (a property test holds them to it);
+anything unusual takes the validated path through the model.
 
 Headers on every message: ``Content-Type``, ``traceparent`` (and
 ``tracestate``), ``AF-Correlation-Id``; on durable channels also
 ``Nats-Msg-Id`` (the envelope id: JetStream deduplicates re-sends) and
-``Nats-TTL`` when the message has a TTL (whole seconds, at least 1).
+``Nats-TTL`` when the message has a TTL (whole seconds, at least 1). They come
+both as a dict (for nats-py's JetStream calls) and as the encoded NATS header
+block (for :func:`mesh.lean.publish` on core NATS).
 """
 
 from __future__ import annotations
