@@ -18,7 +18,10 @@ dead-lettered without running the handler again. Handlers must therefore be
 idempotent by ``envelope.id``.
 
 Ephemeral guarantee: at most once, to the subscribers present at publish
-time, in publish order per subject and subscriber.
+time, in publish order per subject and subscriber. Ephemeral subscriptions
+(and a ``Mesh``'s reply inbox) start their handler right in the connection's
+reader (:class:`InlineDelivery`); a handler that waits holds later messages
+back, it never reorders them.
 """
 
 from __future__ import annotations
