@@ -28,6 +28,7 @@ fails loudly if the internals used here move.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable, Mapping
 
@@ -35,6 +36,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.errors import (
+    BadSubscriptionError,
     ConnectionClosedError,
     ConnectionDrainingError,
     MaxPayloadError,
@@ -167,23 +169,24 @@ class DirectInbox:
     not block (set a future, append to a deque).
     """
 
-    def __init__(self, nc: Client, subject: str, handler: RawHandler) -> None:
+    def __init__(self, nc: Client, subject: str, handler: RawHandler, *, queue: str = "") -> None:
         self.nc = nc
         self.subject = subject
+        self.queue = queue
         self.handler = handler
         self._sub: Subscription | None = None
 
     async def start(self) -> None:
         table = install(self.nc)
-        self._sub = await self.nc.subscribe(self.subject, cb=_unused)
-        table[self._sub._id] = self.handler
+        self._sub = await self.nc.subscribe(self.subject, queue=self.queue, cb=_unused)
+        table[self._sub._id] = self.handler  # before the next await: nothing has arrived yet
 
     async def stop(self) -> None:
         if self._sub is None:
             return
         sub, self._sub = self._sub, None
         install(self.nc).pop(sub._id, None)
-        if not self.nc.is_closed:
+        with contextlib.suppress(ConnectionClosedError, BadSubscriptionError):
             await sub.unsubscribe()
 
 

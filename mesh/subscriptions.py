@@ -38,10 +38,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
-import nats.errors
 from nats.aio.client import Client
 from nats.aio.msg import Msg
-from nats.aio.subscription import Subscription as NatsSubscription
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig
 from nats.js.errors import NotFoundError
@@ -213,24 +211,18 @@ class InlineDelivery:
         self._backlog: deque[Msg] = deque()
         self._backlog_bytes = 0
         self._task: asyncio.Task[None] | None = None
-        self._sub: NatsSubscription | None = None
+        self._inbox = lean.DirectInbox(nc, subject, self._deliver, queue=queue)
         self._closed = False
         self.dropped = 0
 
     async def start(self) -> None:
-        direct = lean.install(self._nc)
-        self._sub = await self._nc.subscribe(self._subject, queue=self._queue, cb=_not_direct)
-        direct[self._sub._id] = self._deliver  # before the next await: nothing has arrived yet
+        await self._inbox.start()
 
     async def stop(self) -> None:
         """Unsubscribe, drop the backlog and cancel a callback that is still running
         (as unsubscribing a nats-py callback subscription does)."""
         self._closed = True
-        if self._sub is not None:
-            sub, self._sub = self._sub, None
-            lean.install(self._nc).pop(sub._id, None)
-            with contextlib.suppress(nats.errors.ConnectionClosedError, nats.errors.BadSubscriptionError):
-                await sub.unsubscribe()
+        await self._inbox.stop()
         self._backlog.clear()
         self._backlog_bytes = 0
         task = self._task
@@ -242,13 +234,7 @@ class InlineDelivery:
     def _deliver(self, subject: bytes, reply: bytes, data: bytes, headers: bytes | None) -> None:
         if self._closed:
             return
-        msg = Msg(
-            self._nc,
-            subject=subject.decode(),
-            reply=reply.decode(),
-            data=data,
-            headers=lean.parse_headers(headers) if headers else None,
-        )
+        msg = lean.to_msg(self._nc, subject, reply, data, headers)
         if self._task is not None:  # a callback is waiting: keep arrival order
             size = len(data)
             if len(self._backlog) >= self._limit or self._backlog_bytes + size > _PENDING_BYTES_LIMIT:
@@ -287,10 +273,6 @@ class InlineDelivery:
                     log.exception("%s: message callback failed", self._name)
         finally:
             self._task = None
-
-
-async def _not_direct(msg: Msg) -> None:  # pragma: no cover - mesh.lean takes the sid first
-    log.error("message on %s bypassed the direct delivery", msg.subject)
 
 
 @types.coroutine
