@@ -49,6 +49,7 @@ __all__ = [
     "DirectInbox",
     "LeanParser",
     "RawHandler",
+    "delivery_of",
     "encode_headers",
     "install",
     "parse_headers",
@@ -228,6 +229,25 @@ def to_msg(nc: Client, subject: bytes, reply: bytes, data: bytes, headers: bytes
         data=data,
         headers=parse_headers(headers) if headers else None,
     )
+
+
+def delivery_of(msg: Msg) -> tuple[int, int]:
+    """``(attempt, stream sequence)`` of a JetStream delivery, read from its ack subject.
+
+    The same numbers as nats-py's ``msg.metadata`` (``num_delivered``,
+    ``sequence.stream``) for both ack subject layouts, without building its two
+    dataclasses and a datetime per message; anything unexpected goes to nats-py.
+    """
+    tokens: list[str] = msg.reply.split(".") if msg.reply else []
+    try:
+        if len(tokens) == 9 and tokens[0] == "$JS" and tokens[1] == "ACK":  # $JS.ACK.<stream>.<consumer>...
+            return int(tokens[4]) or 1, int(tokens[5])
+        if len(tokens) >= 11 and tokens[0] == "$JS" and tokens[1] == "ACK":  # ...with domain and account
+            return int(tokens[6]) or 1, int(tokens[7])
+    except ValueError:
+        pass
+    meta = msg.metadata
+    return meta.num_delivered or 1, meta.sequence.stream if meta.sequence else 0
 
 
 async def publish(

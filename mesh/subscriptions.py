@@ -294,25 +294,6 @@ def _resume(coro: Coroutine[Any, Any, None], waiting_on: Any) -> Generator[Any, 
                 return
 
 
-def delivery_of(msg: Msg) -> tuple[int, int]:
-    """``(attempt, stream sequence)`` of a JetStream delivery, read from its ack subject.
-
-    The same numbers as nats-py's ``msg.metadata`` (``num_delivered``,
-    ``sequence.stream``) for both ack subject layouts, without building its two
-    dataclasses and a datetime per message; anything unexpected goes to nats-py.
-    """
-    tokens: list[str] = msg.reply.split(".") if msg.reply else []
-    try:
-        if len(tokens) == 9 and tokens[0] == "$JS" and tokens[1] == "ACK":  # $JS.ACK.<stream>.<consumer>...
-            return int(tokens[4]) or 1, int(tokens[5])
-        if len(tokens) >= 11 and tokens[0] == "$JS" and tokens[1] == "ACK":  # ...with domain and account
-            return int(tokens[6]) or 1, int(tokens[7])
-    except ValueError:
-        pass
-    meta = msg.metadata
-    return meta.num_delivered or 1, meta.sequence.stream if meta.sequence else 0
-
-
 class Deadlines:
     """Cancels handlers that outlive ``timeout_s``, with one timer for all of them.
 
@@ -522,7 +503,7 @@ class DurableSubscription:
 
     async def _process(self, msg: Msg) -> None:
         self._received.inc()
-        attempt, seq = delivery_of(msg)
+        attempt, seq = lean.delivery_of(msg)
         opts = self.options
         pending = self._tracker.begin(self._name, str(seq), opts.ack_timeout_s, attempt)
         if attempt > opts.max_attempts:

@@ -37,7 +37,7 @@ from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 
-from mesh import metrics, names
+from mesh import lean, metrics, names
 from mesh.dispatch import DispatchPolicy, Lane
 from mesh.dlq import AttemptError, DeadLetter, dead_letter
 from mesh.envelope import (
@@ -281,7 +281,7 @@ class TaskWorker:
 
     async def _run(self, lane: Lane[Puller], msg: Msg) -> None:
         cfg, handler = self.handlers[lane.agent]
-        attempt = msg.metadata.num_delivered
+        attempt, _ = lean.delivery_of(msg)
         started = utcnow()
         try:
             task = decode(msg.data, (msg.headers or {}).get(CONTENT_TYPE))
