@@ -41,6 +41,7 @@ from mesh.channels import (
     ensure_channels,
 )
 from mesh.connection import jetstream
+from mesh.delivery import InlineDelivery
 from mesh.envelope import CONTENT_TYPE, JSON, ChannelType, Envelope, MessageType
 from mesh.errors import DecodeError, MeshError, RequestTimeout
 from mesh.schemas import SchemaRegistry
@@ -49,7 +50,6 @@ from mesh.subscriptions import (
     DurableSubscription,
     EphemeralSubscription,
     Handler,
-    InlineDelivery,
     decode_envelope,
 )
 from mesh.wire import Encoder, Outgoing, fast_id
