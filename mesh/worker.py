@@ -102,7 +102,6 @@ Handler = Callable[[TaskContext], Awaitable[Any]]
 class _InFlight:
     msg: Msg
     lane: Lane[Puller]
-    state: RunState | None = None
 
 
 class TaskWorker:
@@ -297,9 +296,6 @@ class TaskWorker:
             state.result, state.finished_at = None, None
         state = state or _state_from(task, lane.agent)
         state.status, state.attempts, state.started_at = RunStatus.RUNNING, attempt, started
-        item = self._inflight.get(asyncio.current_task())  # type: ignore[arg-type]
-        if item is not None:
-            item.state = state
 
         async def report(percent: float) -> None:
             state.progress = percent
