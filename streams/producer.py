@@ -15,7 +15,10 @@ instead of through Faust's ``ProducerBuffer``: the buffer's task sends one
 record per three event-loop turns (``maybe_start_producer`` is a ``stampede``
 wrapper with three ``sleep(0)``), and under load the agent fills it faster than
 that, so the conductor stalls in ``wait_until_ebb``. Records keep their order:
-the direct path is taken only while the buffer is empty.
+the direct path is taken only while the buffer is empty. Back-pressure: while
+the publisher is congested, ``send`` waits and ``send_soon`` uses Faust's
+buffer, so a slow or unreachable server stalls the agents instead of growing
+memory.
 
 Guarantee: a future resolves only once the server stored the record (file
 storage). A failed publish, or one not acknowledged within ``ack_timeout``
@@ -112,6 +115,9 @@ class Producer(base.Producer):
     ) -> Awaitable[RecordMetadata]:
         """Queue one record; the returned future resolves when the server stored it."""
         spec = await self._spec(topic)
+        publisher = self._publisher
+        if publisher is not None and publisher.congested:
+            await publisher.wait_uncongested()
         return self._submit(spec, topic, key, value, partition, timestamp, headers)
 
     def _submit(
@@ -141,8 +147,10 @@ class Producer(base.Producer):
         wait=False)``: send-initiated sensor, send, then ``Topic._on_published``
         on the ack), minus the three event-loop turns per record of its
         ``maybe_start_producer``. Falls back to Faust's buffer while it holds
-        records (ordering), before the producer is connected, for a topic not
-        described yet and for channels that publish their own way.
+        records (ordering), while the publisher is congested (the buffer then
+        fills and Faust's ``wait_until_ebb`` holds the agents back), before the
+        producer is connected, for a topic not described yet and for channels
+        that publish their own way.
         """
         message = fut.message
         channel = message.channel
@@ -150,6 +158,7 @@ class Producer(base.Producer):
         if not (
             conn is not None
             and self._publisher is not None
+            and not self._publisher.congested
             and not self.buffer.size
             and isinstance(channel, Topic)
             and type(channel).publish_message is Topic.publish_message

@@ -5,7 +5,10 @@ One task publishes queued records in order. After waking up it lingers
 published with its own reply subject under one wildcard subscription, so each
 gets its own JetStream ack (stored sequence, or error) without nats-py's
 per-publish semaphore, NUID and ``PubAck`` dataclass. A record whose ack does
-not arrive within ``ack_timeout_s`` (nats-py waits forever) fails.
+not arrive within ``ack_timeout_s`` (nats-py waits forever) fails. At most
+``max_in_flight`` records await their acks; once ``max_backlog`` records are
+queued or in flight the publisher is ``congested`` and the producer holds
+back new records until half of that has drained.
 
 Acks are read straight off the connection (:class:`mesh.lean.DirectInbox`, no
 ``Msg`` or task hop per ack) and publishes are written with pre-encoded
@@ -18,6 +21,7 @@ import asyncio
 import contextlib
 import re
 import time
+from collections import deque
 from dataclasses import dataclass
 
 from faust.exceptions import ProducerSendError
@@ -53,18 +57,23 @@ class Publisher:
         linger_s: float = 0.005,
         ack_timeout_s: float = 10.0,
         max_in_flight: int = 4_000,
+        max_backlog: int = 16_000,
     ) -> None:
         self._nc = nc
         self._linger_s = linger_s
         self._ack_timeout_s = ack_timeout_s
         self._max_in_flight = max_in_flight
-        self._outbox: list[_Outgoing] = []
+        self._max_backlog = max_backlog
+        #: Every unsettled record is in exactly one of these two, so ``flush`` sees it.
+        self._outbox: deque[_Outgoing] = deque()
         self._in_flight: dict[int, _Outgoing] = {}
         self._next_token = 0
         self._prefix = ""
         self._wake = asyncio.Event()
         self._room = asyncio.Event()
         self._room.set()
+        self._uncongested = asyncio.Event()
+        self._uncongested.set()
         self._no_linger = False
         self._inbox: lean.DirectInbox | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -101,7 +110,25 @@ class Publisher:
         result: asyncio.Future[RecordMetadata] = asyncio.get_running_loop().create_future()
         self._outbox.append(_Outgoing(subject, payload, headers, result, tp, timestamp))
         self._wake.set()
+        if len(self._outbox) + len(self._in_flight) >= self._max_backlog:
+            self._uncongested.clear()
         return result
+
+    @property
+    def congested(self) -> bool:
+        """``max_backlog`` records or more are queued or awaiting their acks."""
+        return not self._uncongested.is_set()
+
+    async def wait_uncongested(self) -> None:
+        """Return once the backlog has drained to half of ``max_backlog``."""
+        await self._uncongested.wait()
+
+    def _settled(self) -> None:
+        in_flight = len(self._in_flight)
+        if in_flight < self._max_in_flight // 2:
+            self._room.set()
+        if not self._uncongested.is_set() and len(self._outbox) + in_flight < self._max_backlog // 2:
+            self._uncongested.set()
 
     async def flush(self) -> None:
         """Publish what is queued and wait until everything submitted so far is settled."""
@@ -125,29 +152,32 @@ class Publisher:
                 await asyncio.sleep(self._linger_s)
             self._no_linger = False
             self._wake.clear()
-            batch, self._outbox = self._outbox, []
+            outbox, in_flight = self._outbox, self._in_flight
             now = time.monotonic()
-            for item in batch:
-                if len(self._in_flight) >= self._max_in_flight:
+            while outbox:
+                if len(in_flight) >= self._max_in_flight:
                     self._room.clear()
                     await self._room.wait()
+                    now = time.monotonic()
+                    continue
+                item = outbox.popleft()
                 token = self._next_token
                 self._next_token += 1
                 item.sent_at = now
-                self._in_flight[token] = item
+                in_flight[token] = item
                 try:
                     headers = lean.encode_headers(item.headers) if item.headers else None
                     await lean.publish(nc, item.subject, item.payload, f"{prefix}{token}", headers)
                 except Exception as exc:
-                    self._in_flight.pop(token, None)
+                    in_flight.pop(token, None)
                     self._fail(item, exc)
+                    self._settled()
 
     def _on_reply(self, subject: bytes, reply: bytes, data: bytes, headers: bytes | None) -> None:
         item = self._in_flight.pop(int(subject[len(self._prefix) + 1 :]), None)
         if item is None:
             return  # timed out already
-        if len(self._in_flight) < self._max_in_flight // 2:
-            self._room.set()
+        self._settled()
         status = lean.parse_headers(headers).get("Status") if headers else None
         if status:
             self._fail(item, ProducerSendError(f"no stream stores {item.subject!r} (status {status})"))
@@ -189,5 +219,4 @@ class Publisher:
                 self._fail(
                     item, ProducerSendError(f"no ack for {item.subject!r} within {self._ack_timeout_s}s")
                 )
-            if len(self._in_flight) < self._max_in_flight // 2:
-                self._room.set()
+            self._settled()

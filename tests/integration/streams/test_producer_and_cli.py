@@ -6,11 +6,14 @@ import asyncio
 import uuid
 
 import faust
+from faust.types import TP
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 
 from streams import naming
 from streams.partitioner import partition_for
+from streams.publisher import Publisher
+from streams.topics import TopicRegistry
 
 
 async def test_records_are_readable_on_documented_subjects(
@@ -94,3 +97,24 @@ async def test_send_soon_records_keep_their_order_and_report_their_offsets(
     assert sorted(sent) == offsets
     stream = naming.stream_name(topic.get_topic_name(), 0)
     assert [(await js.get_msg(stream, seq)).data for seq in (1, 150, 300)] == [b"0", b"149", b"299"]
+
+
+async def test_flush_waits_for_records_held_back_by_the_in_flight_bound(
+    nc: Client, js: JetStreamContext
+) -> None:
+    topic = f"pb-{uuid.uuid4().hex[:6]}"
+    await TopicRegistry(js).declare(topic, 1)
+    publisher = Publisher(nc, max_in_flight=20, max_backlog=200)
+    await publisher.start()
+    try:
+        subject, tp = naming.partition_subject(topic, 0), TP(topic, 0)
+        futures = [publisher.submit(subject, str(i).encode(), None, tp, None) for i in range(500)]
+        assert publisher.congested  # 500 queued >= max_backlog: the producer holds back
+        await publisher.flush()
+        assert all(f.done() for f in futures)  # including those still queued when flush began
+        assert [f.result().offset for f in futures] == list(range(1, 501))
+        assert not publisher.congested
+        await asyncio.wait_for(publisher.wait_uncongested(), 1)
+    finally:
+        await publisher.stop()
+    assert publisher.take_failure() is None
