@@ -11,8 +11,12 @@ on the agent's queue without yielding.
 :func:`deliver` therefore runs the callback's first step inline. If it
 completes, the event was delivered exactly as under ``wait_first`` (whose
 callback task would have completed in its first step too, whatever the flags
-say). Only if it suspends is the rest of it handed to ``wait_first``, which
-then behaves as Faust's loop does. :func:`drain_messages` is Faust's loop
+say), and one ``sleep(0)`` gives the agents their turn as ``wait_first`` did
+(without it the agents fall behind, their queues fill and every delivery
+takes the slow path). Only if it suspends is the rest of it handed to
+``wait_first``, which then behaves as Faust's loop does. The first step runs
+in the fetcher's context rather than a copy of it; the conductor's callback
+sets no context variables. :func:`drain_messages` is Faust's loop
 (faust-streaming 0.15.3) with that one call replaced; read offsets, gaps,
 ``broker_commit_every`` and shutdown are unchanged.
 """
