@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import itertools
 import json
+import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -174,7 +175,16 @@ def _settle(members: list[tuple[str, asyncio.Future[None]]], exc: BaseException 
                 fut.set_exception(exc)
 
 
+# The server's PubAck, exactly: {"stream":"S","seq":N} with an optional
+# ,"duplicate":true (and ,"domain":"D"). Anything else takes the JSON path.
+_PUBACK = re.compile(rb'\{"stream":"([^"\\]+)",(?:"domain":"[^"\\]*",)?"seq":(\d+)(,"duplicate":true)?\}')
+
+
 def parse_puback(reply: Reply | Msg) -> PubAck:
+    """The PubAck in ``reply``, or the error it carries as :class:`APIError`."""
+    fast = _PUBACK.fullmatch(reply.data)
+    if fast is not None:
+        return PubAck(fast[1].decode(), int(fast[2]), fast[3] is not None)
     if not reply.data:
         headers = reply.headers or {}
         status = headers.get("Status")
