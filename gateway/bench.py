@@ -18,6 +18,7 @@ from typing import Any
 
 import click
 
+from mesh import names
 from mesh.connection import connect, jetstream
 from mesh.embedded import NatsServer
 
@@ -119,19 +120,19 @@ async def bench_skeleton(runs: int, concurrency: int = 64) -> dict[str, Any]:
             site = web.TCPSite(runner, "127.0.0.1", 0)
             await site.start()
             port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-            sent: dict[str, float] = {}
+            sent: dict[int, float] = {}  # echo value -> POST time (set before the POST: no race)
             latencies: list[float] = []
             all_seen = asyncio.Event()
 
             async def on_finished(msg: Any) -> None:
                 env_ = decode(msg.data)
-                t0 = sent.get(env_.payload["run_id"])
+                t0 = sent.pop(env_.payload["input"]["echo"], None)
                 if t0 is not None:
                     latencies.append((time.perf_counter() - t0) * 1000)
                     if len(latencies) == runs:
                         all_seen.set()
 
-            sub = await nc.subscribe("af.events.execution.finished.noop", cb=on_finished)
+            sub = await nc.subscribe(names.finished_subject("noop", "*"), cb=on_finished)
             url = f"http://127.0.0.1:{port}/api/v1/agents/noop/runs"
             headers = {"Authorization": "Bearer bench"}
             gate = asyncio.Semaphore(concurrency)
@@ -139,10 +140,10 @@ async def bench_skeleton(runs: int, concurrency: int = 64) -> dict[str, Any]:
 
                 async def submit(i: int) -> None:
                     async with gate:
-                        t0 = time.perf_counter()
+                        sent[i] = time.perf_counter()
                         async with http.post(url, json={"input": {"echo": i}}) as resp:
-                            body = await resp.json()
-                            sent[body["run_id"]] = t0
+                            if resp.status != 202:
+                                raise RuntimeError(f"POST failed: {resp.status} {await resp.text()}")
 
                 start = time.perf_counter()
                 await asyncio.gather(*(submit(i) for i in range(runs)))
