@@ -58,8 +58,6 @@ class InlineDelivery:
         pending_msgs_limit: int = 65_536,
     ) -> None:
         self._nc = nc
-        self._subject = subject
-        self._queue = queue
         self._callback = callback
         self._name = name
         self._limit = pending_msgs_limit

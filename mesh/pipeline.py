@@ -157,13 +157,17 @@ class Pipeline:
             except Exception as exc:
                 _settle(members, exc)
                 continue
-            confirmed.add_done_callback(lambda f, m=members: _settle(m, f.exception()))  # type: ignore[misc]
+            confirmed.add_done_callback(lambda f, m=members: _settle(m, _failure(f)))  # type: ignore[misc]
 
 
 def _consumer_of(reply: str) -> str | None:
     """``$JS.ACK.<stream>.<consumer>`` of a (9-token) ack subject, else None."""
     head, *rest = reply.rsplit(".", 5)
     return head if len(rest) == 5 and head.startswith("$JS.ACK.") and head.count(".") == 3 else None
+
+
+def _failure(fut: asyncio.Future[Reply]) -> BaseException | None:
+    return ConnectionError("ack confirmation cancelled") if fut.cancelled() else fut.exception()
 
 
 def _settle(members: list[tuple[str, asyncio.Future[None]]], exc: BaseException | None) -> None:
