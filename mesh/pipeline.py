@@ -7,7 +7,8 @@ requests without waiting, matches replies by token on one wildcard inbox
 read directly off the connection (:mod:`mesh.lean`: no queue, no task hop,
 no ``Msg`` per reply), and expires overdue requests from a single sweeper
 task, so a lost reply surfaces as :class:`TimeoutError` and the caller
-retries (safely: every publish we make carries a ``Nats-Msg-Id``).
+retries (a publish that may be retried under the same identity carries a
+``Nats-Msg-Id``, so the retry stores one copy).
 """
 
 from __future__ import annotations

@@ -59,12 +59,10 @@ class Puller:
         self._ids = itertools.count(1)
         self._open: dict[str, _Request] = {}
         self._direct = lean.DirectInbox(nc, f"{self._inbox}.*", self._on_msg)
-        self._started = False
         self.last_status: str | None = None
 
     async def start(self) -> None:
         await self._direct.start()
-        self._started = True
 
     def _on_msg(self, subject: bytes, reply: bytes, data: bytes, headers: bytes | None) -> None:
         if data or not headers:
@@ -143,9 +141,7 @@ class Puller:
                     await asyncio.gather(*waits)
             except TimeoutError:
                 pass
-        if self._started:
-            self._started = False
-            await self._direct.stop()
+        await self._direct.stop()  # idempotent: a second close is a no-op
         leftover = list(self.ready)
         self.ready.clear()
         return leftover

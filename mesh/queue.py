@@ -47,7 +47,7 @@ from mesh.envelope import (
 from mesh.errors import BatchRejected, InvalidTask, QueueFull
 from mesh.lean import encode_headers
 from mesh.pipeline import Pipeline, parse_puback
-from mesh.runs import RunState, RunStatus, get_run, run_key
+from mesh.runs import RunStatus, get_run, run_key
 
 __all__ = ["DEFAULT_TTL_S", "MAX_BATCH", "MAX_TTL_S", "Enqueued", "TaskQueue", "TaskSpec"]
 
@@ -271,7 +271,7 @@ class TaskQueue:
         )
         await self._create_record(run_ids[0], records[0])
         for spec in specs:
-            metrics.TASKS_ENQUEUED.labels(spec.agent).inc()
+            metrics.for_agent(spec.agent).enqueued.inc()
         return [Enqueued(run_id, False) for run_id in run_ids]
 
     async def _claim_batch_key(self, tenant: str, batch_key: str, run_ids: list[str]) -> list[str] | None:
@@ -284,10 +284,6 @@ class TaskQueue:
             entry = await self._idempotency.get(token)
             assert entry.value is not None
             return list(json.loads(entry.value))
-
-
-def queued_state(task: Envelope, spec: TaskSpec) -> RunState:
-    return RunState.model_validate_json(queued_record(task, spec))
 
 
 def queued_record(task: Envelope, spec: TaskSpec) -> bytes:

@@ -288,10 +288,10 @@ class TaskWorker:
         except DecodeError as exc:
             await self._undecodable(lane, msg, exc)
             return
-        state = await get_run(self.js, task.id) if attempt > 1 else None
         if attempt > 1 and await _outcome_recorded(self.js, lane.agent, task):
             await self.pipeline.ack_sync(msg)  # outcome already recorded by an earlier delivery
             return
+        state = await get_run(self.js, task.id) if attempt > 1 else None
         if state is not None and state.status.finished:  # an earlier replay generation's outcome
             state.result, state.finished_at = None, None
         state = state or _state_from(task, lane.agent)

@@ -10,7 +10,7 @@ from mesh.dlq import AttemptError
 from mesh.envelope import Envelope, decode, utcnow
 from mesh.events import ExecutionFinished
 from mesh.outcome import finished_msg_id, outcome_message
-from mesh.queue import TaskSpec, build_task, queued_record, queued_state
+from mesh.queue import TaskSpec, build_task, queued_record
 from mesh.runs import RunStatus, parse_run
 
 
@@ -20,7 +20,7 @@ def _finished_task(replay: int = 0) -> tuple[Envelope, object]:
     task = build_task(spec, "0123456789abcdef0123456789abcdef")
     if replay:
         task = task.model_copy(update={"payload": {**task.payload, "replay": replay}})
-    state = queued_state(task, spec)
+    state = parse_run(queued_record(task, spec))
     state.status, state.attempts, state.result = RunStatus.FAILED, 2, {"co2e_kg": 1.5}
     state.errors = [AttemptError(attempt=1, error="boom", error_type="RuntimeError")]
     state.error = "RuntimeError: boom"
