@@ -19,6 +19,7 @@ import contextlib
 import io
 import json
 import logging
+import tempfile
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -40,10 +41,11 @@ PARTITIONS = 4
 KEYS = 1000
 
 
-def _app(app_id: str, nats_url: str) -> tuple[faust.App, Any]:
+def _app(app_id: str, nats_url: str, datadir: str) -> tuple[faust.App, Any]:
     app = faust.App(
         app_id,
         broker=nats_url,
+        datadir=f"{datadir}/{app_id}",  # Faust's default is ``<app id>-data`` in the working directory
         store="memory://",
         web_enabled=False,
         topic_partitions=PARTITIONS,
@@ -123,7 +125,7 @@ async def _ceiling(js: JetStreamContext, n: int) -> float:
         await js.delete_stream(name)
 
 
-async def _throughput(nats_url: str, js: JetStreamContext, events: int) -> float:
+async def _throughput(nats_url: str, js: JetStreamContext, events: int, datadir: str) -> float:
     app_id = f"bench-{uuid.uuid4().hex[:8]}"
     topic = f"{app_id}-events"
     await TopicRegistry(js).declare(topic, PARTITIONS)
@@ -133,7 +135,7 @@ async def _throughput(nats_url: str, js: JetStreamContext, events: int) -> float
         p = partition_for(key, PARTITIONS)
         items.append((naming.partition_subject(topic, p), key, b"1", encode_headers(key, b"1", None, None)))
     await _publish(js, items)
-    app, counts = _app(app_id, nats_url)
+    app, counts = _app(app_id, nats_url, datadir)
     async with _worker(app):
         await _wait(cast(Any, app.tables).recovery.completed.is_set, 60, "worker ready")
         start = time.perf_counter()
@@ -141,7 +143,7 @@ async def _throughput(nats_url: str, js: JetStreamContext, events: int) -> float
         return events / (time.perf_counter() - start)
 
 
-async def _recovery(nats_url: str, js: JetStreamContext, keys: int) -> float:
+async def _recovery(nats_url: str, js: JetStreamContext, keys: int, datadir: str) -> float:
     app_id = f"bench-{uuid.uuid4().hex[:8]}"
     changelog = f"{app_id}-counts-changelog"
     await TopicRegistry(js).declare(changelog, PARTITIONS, compacting=True)
@@ -153,7 +155,7 @@ async def _recovery(nats_url: str, js: JetStreamContext, keys: int) -> float:
             (naming.key_subject(changelog, p, key), key, b"1", encode_headers(key, b"1", None, None))
         )
     await _publish(js, items)
-    app, counts = _app(app_id, nats_url)
+    app, counts = _app(app_id, nats_url, datadir)
     start = time.perf_counter()
     async with _worker(app):
         await _wait(cast(Any, app.tables).recovery.completed.is_set, 600, "table recovery")
@@ -172,8 +174,9 @@ async def bench_streams(
     try:
         js = await jetstream(nc)
         ceiling = await _ceiling(js, events)
-        events_per_s = await _throughput(nats_url, js, events)
-        recovery_s = await _recovery(nats_url, js, recovery_keys)
+        with tempfile.TemporaryDirectory(prefix="af-bench-streams-") as datadir:
+            events_per_s = await _throughput(nats_url, js, events, datadir)
+            recovery_s = await _recovery(nats_url, js, recovery_keys, datadir)
     finally:
         await nc.drain()
     return {

@@ -6,6 +6,7 @@ test runs (and helpers) can run side by side.
 
 from __future__ import annotations
 
+import os
 import warnings
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -18,6 +19,15 @@ from mesh.connection import connect, jetstream
 from mesh.embedded import NatsServer
 
 warnings.filterwarnings("ignore", module="platformdirs")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def faust_datadir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Faust apps keep ``<app id>-data`` in the working directory unless told otherwise;
+    send every test app (and the worker processes the tests spawn) to a temp dir."""
+    os.environ["APP_DATADIR"] = str(tmp_path_factory.mktemp("faust") / "{conf.name}")
+    yield
+    os.environ.pop("APP_DATADIR", None)
 
 
 @pytest.fixture(scope="session")
