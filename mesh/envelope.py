@@ -142,7 +142,8 @@ def decode(data: bytes, content_type: str | None = None) -> Envelope:
     kind = content_type or JSON
     try:
         if kind == JSON:
-            return Envelope.model_validate_json(data)
+            # The validator itself: pydantic's classmethod wrapper costs ~0.5 µs a message.
+            return _validate_json(data)  # type: ignore[no-any-return]
         if kind == MSGPACK:
             return Envelope.model_validate(msgpack.unpackb(data, raw=False))
     except ValidationError as exc:
@@ -152,6 +153,9 @@ def decode(data: bytes, content_type: str | None = None) -> Envelope:
     except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as exc:
         raise DecodeError(f"undecodable {kind} message: {exc}") from exc
     raise DecodeError(f"unsupported content type {kind!r}")
+
+
+_validate_json: Final = Envelope.__pydantic_validator__.validate_json
 
 
 def _first(exc: ValidationError) -> str:

@@ -42,7 +42,7 @@ from mesh.channels import (
 )
 from mesh.connection import jetstream
 from mesh.delivery import InlineDelivery
-from mesh.envelope import CONTENT_TYPE, JSON, ChannelType, Envelope, MessageType
+from mesh.envelope import CONTENT_TYPE, JSON, ChannelType, Envelope, MessageType, decode
 from mesh.errors import DecodeError, MeshError, RequestTimeout
 from mesh.schemas import SchemaRegistry
 from mesh.subscriptions import (
@@ -50,7 +50,6 @@ from mesh.subscriptions import (
     DurableSubscription,
     EphemeralSubscription,
     Handler,
-    decode_envelope,
 )
 from mesh.wire import Encoder, Outgoing, fast_id
 
@@ -383,7 +382,7 @@ class Mesh:
                     await lean.publish(self.nc, subject, out.data, reply_to, out.header_block)
                 self._sent[channel.kind].inc()
                 msg = await future
-            reply = decode_envelope(msg.data, msg.headers.get(CONTENT_TYPE) if msg.headers else None)
+            reply = decode(msg.data, msg.headers.get(CONTENT_TYPE) if msg.headers else None)
             outcome = "ok"
         except NoResponders:
             outcome = "no_responders"

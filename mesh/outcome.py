@@ -9,12 +9,14 @@ a final run state is proof that the event is stored.
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from nats.js import JetStreamContext
 from pydantic_core import to_json
 
 from mesh import names
+from mesh.dlq import AttemptError
 from mesh.envelope import (
     CONTENT_TYPE,
     JSON,
@@ -25,11 +27,25 @@ from mesh.envelope import (
     utcnow,
 )
 from mesh.events import EXECUTION_FINISHED
-from mesh.runs import RunState
+from mesh.lean import parse_headers
+from mesh.runs import RunState, RunStatus
 
-__all__ = ["OutcomeMessage", "finished_msg_id", "outcome_message", "replay_generation", "write_outcome"]
+__all__ = [
+    "OutcomeMessage",
+    "finished_msg_id",
+    "outcome_message",
+    "replay_generation",
+    "success_message",
+    "write_outcome",
+]
 
-OutcomeMessage = tuple[str, bytes, dict[str, str]]
+OutcomeMessage = tuple[str, bytes, bytes]  # subject, data, pre-encoded headers
+
+# Plain strings, not the enums: pydantic-core serializes an enum member
+# through a slower inference path, and this runs once per task.
+_EVENT, _DURABLE = MessageType.EVENT.value, ChannelType.DURABLE.value
+_SUCCEEDED = RunStatus.SUCCEEDED.value
+_CONTENT_TYPE, _JSON = CONTENT_TYPE.encode(), JSON.encode()
 
 
 def replay_generation(task: Envelope) -> int:
@@ -43,55 +59,91 @@ def finished_msg_id(run_id: str, generation: int) -> str:
 
 
 def outcome_message(task: Envelope, state: RunState) -> OutcomeMessage:
-    """(subject, data, headers) of the run's finished event.
+    """(subject, data, headers) of the run's finished event, from its run state."""
+    return _finished(
+        task, state.agent, state.status.value, state.attempts, state.started_at,
+        state.finished_at or utcnow(), state.result,
+        tenant=state.tenant, priority=state.priority, enqueued_at=state.enqueued_at,
+        routing_key=state.routing_key, idempotency_key=state.idempotency_key,
+        error=state.error, errors=state.errors,
+    )  # fmt: skip
 
-    Hot path (once per task): the envelope and its :class:`ExecutionFinished`
+
+def success_message(
+    task: Envelope, agent: str, attempt: int, started_at: datetime, finished_at: datetime, result: Any
+) -> OutcomeMessage:
+    """The finished event of a first attempt that succeeded: the same bytes as
+    :func:`outcome_message` of its run state, without building that state
+    (everything else a run state holds comes from the task itself)."""
+    meta = task.metadata
+    payload = task.payload if isinstance(task.payload, dict) else {}
+    return _finished(
+        task, agent, _SUCCEEDED, attempt, started_at, finished_at, result,
+        tenant=meta.tenant, priority=int(meta.priority), enqueued_at=task.created_at,
+        routing_key=meta.routing_key, idempotency_key=payload.get("idempotency_key"),
+    )  # fmt: skip
+
+
+def _finished(
+    task: Envelope,
+    agent: str,
+    status: str,
+    attempts: int,
+    started_at: datetime | None,
+    finished_at: datetime,
+    result: Any,
+    *,
+    tenant: str,
+    priority: int,
+    enqueued_at: datetime,
+    routing_key: str | None,
+    idempotency_key: str | None,
+    error: str | None = None,
+    errors: list[AttemptError] | None = None,
+) -> OutcomeMessage:
+    """Hot path (once per task): the envelope and its :class:`ExecutionFinished`
     payload are serialized straight from a dict by pydantic-core, without
     building and re-validating models whose parts were all validated already;
     ``tests/unit/mesh/test_outcome.py`` checks the bytes against both models.
     """
-    finished_at = state.finished_at or utcnow()
+    run_id = task.id
     generation = replay_generation(task)
-    msg_id = finished_msg_id(state.run_id, generation)
+    msg_id = finished_msg_id(run_id, generation)
     payload = task.payload if isinstance(task.payload, dict) else {}
     event: dict[str, Any] = {
-        "run_id": state.run_id, "agent": state.agent, "tenant": state.tenant,
-        "status": state.status, "attempts": state.attempts, "input": payload.get("input"),
-        "priority": state.priority, "enqueued_at": state.enqueued_at,
-        "started_at": state.started_at, "finished_at": finished_at,
-        "duration_ms": (finished_at - state.started_at).total_seconds() * 1000
-        if state.started_at else None,
+        "run_id": run_id, "agent": agent, "tenant": tenant, "status": status,
+        "attempts": attempts, "input": payload.get("input"), "priority": priority,
+        "enqueued_at": enqueued_at, "started_at": started_at, "finished_at": finished_at,
+        "duration_ms": (finished_at - started_at).total_seconds() * 1000 if started_at else None,
     }  # fmt: skip
     # Optional fields only when set (readers fill the defaults): fewer bytes per outcome.
-    if state.result is not None:
-        event["result"] = state.result
-    if state.error is not None:
-        event["error"] = state.error
-    if state.errors:
-        event["errors"] = state.errors
-    if state.routing_key is not None:
-        event["routing_key"] = state.routing_key
-    if state.idempotency_key is not None:
-        event["idempotency_key"] = state.idempotency_key
+    if result is not None:
+        event["result"] = result
+    if error is not None:
+        event["error"] = error
+    if errors:
+        event["errors"] = errors
+    if routing_key is not None:
+        event["routing_key"] = routing_key
+    if idempotency_key is not None:
+        event["idempotency_key"] = idempotency_key
     if generation:
         event["replay"] = generation
     envelope = {
         # Deterministic: a re-sent outcome is the same event, id included.
         "schema_version": SCHEMA_VERSION, "id": msg_id, "correlation_id": task.correlation_id,
-        "causation_id": task.id, "source": state.agent,
-        "message_type": MessageType.EVENT, "channel_type": ChannelType.DURABLE,
+        "causation_id": run_id, "source": agent, "message_type": _EVENT, "channel_type": _DURABLE,
         "type": EXECUTION_FINISHED, "payload": event, "metadata": task.metadata,
         "created_at": finished_at,
     }  # fmt: skip
-    headers = {
-        CONTENT_TYPE: JSON,
-        "Nats-Msg-Id": msg_id,
-        "AF-Tenant": state.tenant,
-    }
-    return names.finished_subject(state.agent, state.run_id), to_json(envelope), headers
+    # The tenant passed the envelope's token pattern and the id is ours: no CR/LF to escape.
+    headers = b"NATS/1.0\r\n%s: %s\r\nNats-Msg-Id: %s\r\nAF-Tenant: %s\r\n\r\n" % (
+        _CONTENT_TYPE, _JSON, msg_id.encode(), tenant.encode(),
+    )  # fmt: skip
+    return names.finished_subject(agent, run_id), to_json(envelope), headers
 
 
 async def write_outcome(js: JetStreamContext, task: Envelope, state: RunState) -> None:
     """Unpipelined variant for cold paths (mover, reaper)."""
     subject, data, headers = outcome_message(task, state)
-    await js.publish(subject, data, headers=headers)
+    await js.publish(subject, data, headers=parse_headers(headers))

@@ -22,29 +22,33 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-from collections.abc import Sequence
+import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
+from functools import lru_cache
 from typing import Any, Final
 
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 from nats.js.errors import APIError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
-from pydantic_core import to_json
+from pydantic import ValidationError
+from pydantic_core import PydanticSerializationError, to_json
 
-from mesh import metrics, names
+from mesh import lean, metrics, names
 from mesh.envelope import (
-    CONTENT_TYPE,
     JSON,
+    SCHEMA_VERSION,
     Envelope,
     MessageType,
     Metadata,
     Priority,
     encode,
     new_id,
+    utcnow,
 )
-from mesh.errors import BatchRejected, InvalidTask, QueueFull
+from mesh.errors import BatchRejected, InvalidTask, PayloadTooLarge, QueueFull
 from mesh.lean import encode_headers
 from mesh.pipeline import Pipeline, parse_puback
 from mesh.runs import RunStatus, get_run, run_key
@@ -59,6 +63,9 @@ MAX_BATCH: Final = 1000  # JetStream's atomic batch limit
 _SUBJECT_FULL = 10077  # JetStream: maximum messages per subject exceeded
 _WRONG_LAST_SEQUENCE = 10071
 _CREATE_ONLY = encode_headers({"Nats-Expected-Last-Subject-Sequence": "0"})
+_RUN_ID = re.compile(r"[A-Za-z0-9_-]{1,128}\Z")  # the envelope's id pattern
+_COMMAND = MessageType.COMMAND.value
+_QUEUED = RunStatus.QUEUED.value
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,36 +94,131 @@ def _idempotency_token(tenant: str, key: str) -> str:
     return hashlib.sha256(f"{tenant}\x00{key}".encode()).hexdigest()
 
 
-def build_task(spec: TaskSpec, run_id: str) -> Envelope:
+def build_task(spec: TaskSpec, run_id: str, created_at: datetime | None = None) -> Envelope:
+    """The task's envelope, validated by the model (what a worker will decode)."""
     if not names.AGENT_KEY_RE.match(spec.agent):
         raise InvalidTask(f"invalid agent key {spec.agent!r}: lowercase letters, digits and '-'")
-    ttl = max(1, min(int(spec.ttl_s), MAX_TTL_S))
-    return Envelope(
-        id=run_id,
-        correlation_id=spec.correlation_id or run_id,
-        source=spec.source,
-        target=spec.agent,
-        message_type=MessageType.COMMAND,
-        type=TASK_TYPE,
-        payload={"agent": spec.agent, "input": spec.input, "idempotency_key": spec.idempotency_key},
-        metadata=Metadata(
-            tenant=spec.tenant, routing_key=spec.routing_key, priority=spec.priority, ttl_s=ttl
-        ),
-    )
+    try:
+        return Envelope(
+            id=run_id,
+            correlation_id=spec.correlation_id or run_id,
+            source=spec.source,
+            target=spec.agent,
+            message_type=MessageType.COMMAND,
+            type=TASK_TYPE,
+            payload=_payload(spec),
+            metadata=_metadata(spec.tenant, spec.routing_key, spec.priority, _ttl(spec)),
+            created_at=created_at or utcnow(),
+        )
+    except ValidationError as exc:
+        raise InvalidTask(f"invalid task: {_first_error(exc)}") from exc
 
 
-def task_headers(task: Envelope, content_type: str = JSON, *, dedup: bool = True) -> dict[str, str]:
-    """``dedup``: carry ``Nats-Msg-Id`` (only a task that may be re-published
-    under the same run id needs it: one with an idempotency or batch key)."""
-    meta = task.metadata
-    headers = {CONTENT_TYPE: content_type}
+@dataclass(frozen=True, slots=True)
+class TaskMessage:
+    """A task ready to publish: its bytes, headers and queued run record."""
+
+    run_id: str
+    data: bytes
+    headers: bytes
+    record: bytes
+
+
+def task_message(
+    spec: TaskSpec,
+    run_id: str,
+    content_type: str = JSON,
+    *,
+    limit: int | None = None,
+    dedup: bool = False,
+    extra_headers: Mapping[str, str] | None = None,
+) -> TaskMessage:
+    """Validate ``spec`` and serialize its task (see :func:`build_task`).
+
+    Hot path (once per enqueue). For JSON the envelope is serialized straight
+    from its parts: the fields the model would check are checked here (the
+    metadata through the model, cached per distinct tenant, key, priority and
+    TTL), so the model is not built and re-validated per task;
+    ``tests/unit/mesh/test_task_message.py`` holds the two paths together.
+    """
+    created_at = utcnow()
+    if content_type != JSON:
+        task = build_task(spec, run_id, created_at)
+        data, meta = encode(task, content_type, limit=limit), task.metadata
+    else:
+        if not names.AGENT_KEY_RE.match(spec.agent):
+            raise InvalidTask(f"invalid agent key {spec.agent!r}: lowercase letters, digits and '-'")
+        if not _RUN_ID.match(run_id):
+            raise InvalidTask(f"invalid run id {run_id!r}")
+        if spec.correlation_id is not None and len(spec.correlation_id) > 128:
+            raise InvalidTask("invalid task: correlation_id: at most 128 characters")
+        if spec.source is not None and len(spec.source) > 256:
+            raise InvalidTask("invalid task: source: at most 256 characters")
+        try:
+            meta = _metadata(spec.tenant, spec.routing_key, spec.priority, _ttl(spec))
+        except ValidationError as exc:
+            raise InvalidTask(f"invalid task: {_first_error(exc)}") from exc
+        envelope = {
+            "schema_version": SCHEMA_VERSION, "id": run_id,
+            "correlation_id": spec.correlation_id or run_id, "source": spec.source,
+            "target": spec.agent, "message_type": _COMMAND, "type": TASK_TYPE,
+            "payload": _payload(spec), "metadata": meta, "created_at": created_at,
+        }  # fmt: skip
+        try:
+            data = to_json(envelope)
+        except PydanticSerializationError as exc:
+            raise InvalidTask(f"task input is not serializable: {exc}") from exc
+        if limit is not None and len(data) > limit:
+            raise PayloadTooLarge(len(data), limit)
+    headers = b"NATS/1.0\r\nContent-Type: %s\r\n" % content_type.encode()
     if dedup:
-        headers["Nats-Msg-Id"] = f"run-{task.id}"
-    headers["Nats-TTL"] = str(int(meta.ttl_s or DEFAULT_TTL_S))
-    headers["AF-Tenant"] = meta.tenant
+        headers += b"Nats-Msg-Id: run-%s\r\n" % run_id.encode()
+    headers += _meta_headers(meta)
+    if extra_headers:
+        headers += encode_headers(extra_headers)[10:-2]  # without its status line and end
+    return TaskMessage(run_id, data, headers + b"\r\n", queued_record(run_id, spec, created_at, meta))
+
+
+def queued_record(run_id: str, spec: TaskSpec, created_at: datetime, meta: Metadata) -> bytes:
+    """The queued run record (a :class:`RunState` as JSON, defaults left out)."""
+    ttl = int(meta.ttl_s or DEFAULT_TTL_S)
+    record: dict[str, Any] = {
+        "run_id": run_id, "agent": spec.agent, "tenant": meta.tenant,
+        "priority": int(meta.priority), "status": _QUEUED,
+        "enqueued_at": created_at, "expires_at": created_at + timedelta(seconds=ttl),
+    }  # fmt: skip
     if meta.routing_key is not None:
-        headers["AF-Routing-Key"] = meta.routing_key
-    return headers
+        record["routing_key"] = meta.routing_key
+    if spec.idempotency_key is not None:
+        record["idempotency_key"] = spec.idempotency_key
+    return to_json(record)
+
+
+def _ttl(spec: TaskSpec) -> int:
+    return max(1, min(int(spec.ttl_s), MAX_TTL_S))
+
+
+def _payload(spec: TaskSpec) -> dict[str, Any]:
+    return {"agent": spec.agent, "input": spec.input, "idempotency_key": spec.idempotency_key}
+
+
+@lru_cache(maxsize=4096)
+def _metadata(tenant: str, routing_key: str | None, priority: int, ttl: int) -> Metadata:
+    """Validated once per distinct combination (raises ``ValidationError``)."""
+    return Metadata(tenant=tenant, routing_key=routing_key, priority=priority, ttl_s=ttl)
+
+
+@lru_cache(maxsize=4096)
+def _meta_headers(meta: Metadata) -> bytes:
+    fields = {"Nats-TTL": str(int(meta.ttl_s or DEFAULT_TTL_S)), "AF-Tenant": meta.tenant}
+    if meta.routing_key is not None:
+        fields["AF-Routing-Key"] = meta.routing_key  # CR/LF become spaces, as in encode_headers
+    return encode_headers(fields)[10:-2]
+
+
+def _first_error(exc: ValidationError) -> str:
+    err = exc.errors()[0]
+    return f"{'.'.join(str(p) for p in err['loc']) or '<root>'}: {err['msg']}"
 
 
 class TaskQueue:
@@ -162,9 +264,9 @@ class TaskQueue:
                 # The first caller recorded the key but died before enqueueing:
                 # finish its work under the same run id (dedup makes this safe).
                 run_id, duplicate = found, True
-        task = build_task(spec, run_id)
-        data = encode(task, content_type, limit=self.max_payload)
-        record = queued_record(task, spec)
+        message = task_message(
+            spec, run_id, content_type, limit=self.max_payload, dedup=spec.idempotency_key is not None
+        )
         # The task first, then its queued record: the record is the commit
         # marker a retry with the same idempotency key trusts ("the task is
         # stored"). It is create-only, so a fast worker's final state can
@@ -173,9 +275,7 @@ class TaskQueue:
             parse_puback(
                 await (
                     await self.pipeline.request(
-                        names.task_subject(spec.agent, int(spec.priority)),
-                        data,
-                        task_headers(task, content_type, dedup=spec.idempotency_key is not None),
+                        names.task_subject(spec.agent, int(spec.priority)), message.data, message.headers
                     )
                 )
             )
@@ -183,7 +283,7 @@ class TaskQueue:
             if isinstance(exc, APIError) and exc.err_code == _SUBJECT_FULL:
                 raise QueueFull(spec.agent, int(spec.priority), self.max_depth) from exc
             raise
-        await self._create_record(run_id, record)
+        await self._create_record(run_id, message.record)
         metrics.for_agent(spec.agent).enqueued.inc()
         return Enqueued(run_id, duplicate)
 
@@ -233,25 +333,26 @@ class TaskQueue:
                 if await get_run(self.js, claimed[0]) is not None:
                     return [Enqueued(run_id, True) for run_id in claimed]
                 run_ids = claimed  # first attempt died before publishing: finish it
-        tasks = [build_task(spec, run_id) for spec, run_id in zip(specs, run_ids, strict=True)]
-        datas = [encode(task, content_type, limit=self.max_payload) for task in tasks]
-        records = [queued_record(task, spec) for task, spec in zip(tasks, specs, strict=True)]
         batch_id = new_id()
-        last = len(tasks)
+        last = len(specs)
+        messages = [
+            task_message(
+                spec, run_id, content_type, limit=self.max_payload, dedup=batch_key is not None,
+                extra_headers={"Nats-Batch-Id": batch_id, "Nats-Batch-Sequence": str(i),
+                               **({"Nats-Batch-Commit": "1"} if i == last else {})},
+            )
+            for i, (spec, run_id) in enumerate(zip(specs, run_ids, strict=True), start=1)
+        ]  # fmt: skip
         first_reply = None
         commit = None
-        for i, (spec, task, data) in enumerate(zip(specs, tasks, datas, strict=True), start=1):
-            headers = task_headers(task, content_type, dedup=batch_key is not None)
-            headers["Nats-Batch-Id"] = batch_id
-            headers["Nats-Batch-Sequence"] = str(i)
+        for i, (spec, message) in enumerate(zip(specs, messages, strict=True), start=1):
             subject = names.task_subject(spec.agent, int(spec.priority))
             if i == last:
-                headers["Nats-Batch-Commit"] = "1"
-                commit = await self.pipeline.request(subject, data, headers)
+                commit = await self.pipeline.request(subject, message.data, message.headers)
             elif i == 1:
-                first_reply = await self.pipeline.request(subject, data, headers)
+                first_reply = await self.pipeline.request(subject, message.data, message.headers)
             else:
-                await self.nc.publish(subject, data, headers=headers)
+                await lean.publish(self.nc, subject, message.data, headers=message.headers)
         assert commit is not None
         try:
             if first_reply is not None:
@@ -266,10 +367,8 @@ class TaskQueue:
             raise BatchRejected(msg) from exc
         # Committed: now the queued records (the first one is the commit marker
         # a retried batch_key trusts, so it goes last).
-        await asyncio.gather(
-            *(self._create_record(r, rec) for r, rec in zip(run_ids[1:], records[1:], strict=True))
-        )
-        await self._create_record(run_ids[0], records[0])
+        await asyncio.gather(*(self._create_record(m.run_id, m.record) for m in messages[1:]))
+        await self._create_record(messages[0].run_id, messages[0].record)
         for spec in specs:
             metrics.for_agent(spec.agent).enqueued.inc()
         return [Enqueued(run_id, False) for run_id in run_ids]
@@ -284,21 +383,3 @@ class TaskQueue:
             entry = await self._idempotency.get(token)
             assert entry.value is not None
             return list(json.loads(entry.value))
-
-
-def queued_record(task: Envelope, spec: TaskSpec) -> bytes:
-    """The queued run record (a :class:`RunState` as JSON, defaults left out).
-
-    Serialized straight from its validated parts: this runs once per enqueue.
-    """
-    ttl = int(task.metadata.ttl_s or DEFAULT_TTL_S)
-    record: dict[str, Any] = {
-        "run_id": task.id, "agent": spec.agent, "tenant": spec.tenant,
-        "priority": int(spec.priority), "status": RunStatus.QUEUED,
-        "enqueued_at": task.created_at, "expires_at": task.created_at + timedelta(seconds=ttl),
-    }  # fmt: skip
-    if spec.routing_key is not None:
-        record["routing_key"] = spec.routing_key
-    if spec.idempotency_key is not None:
-        record["idempotency_key"] = spec.idempotency_key
-    return to_json(record)

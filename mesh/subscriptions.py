@@ -54,7 +54,7 @@ from mesh.channels import (
 )
 from mesh.delivery import Deadlines, InlineDelivery
 from mesh.dlq import AttemptError, DeadLetter, dead_letter
-from mesh.envelope import CONTENT_TYPE, JSON, Envelope, decode
+from mesh.envelope import CONTENT_TYPE, Envelope, decode
 from mesh.errors import DecodeError, UnknownSchemaVersion
 from mesh.pull import PullStream
 from mesh.schemas import SchemaRegistry
@@ -112,29 +112,12 @@ class Rejected(Exception):
         self.tenant = tenant
 
 
-_validate_json: Final = Envelope.__pydantic_validator__.validate_json
-
-
-def decode_envelope(data: bytes, content_type: str | None) -> Envelope:
-    """:func:`mesh.envelope.decode`, minus pydantic's Python wrapper on the JSON path.
-
-    A message that does not validate is decoded again by ``decode`` itself, so
-    the error raised is exactly the one it raises.
-    """
-    if content_type is None or content_type == JSON:
-        try:
-            return _validate_json(data)  # type: ignore[no-any-return]
-        except ValueError:  # pydantic's ValidationError included
-            pass
-    return decode(data, content_type)
-
-
 def admit(msg: Msg, channel: str, schemas: SchemaRegistry) -> Envelope:
     """Decode and check one message; raise :class:`Rejected` (already counted)."""
     headers = msg.headers
     tenant = "default"
     try:
-        envelope = decode_envelope(msg.data, headers.get(CONTENT_TYPE) if headers else None)
+        envelope = decode(msg.data, headers.get(CONTENT_TYPE) if headers else None)
         ttl = envelope.metadata.ttl_s
         if ttl is not None and envelope.created_at + timedelta(seconds=ttl) < datetime.now(UTC):
             raise Rejected("expired", f"message {envelope.id} expired after {ttl}s")

@@ -29,6 +29,7 @@ import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from nats.aio.client import Client
@@ -47,7 +48,13 @@ from mesh.envelope import (
     utcnow,
 )
 from mesh.errors import DecodeError
-from mesh.outcome import finished_msg_id, outcome_message, replay_generation
+from mesh.outcome import (
+    OutcomeMessage,
+    finished_msg_id,
+    outcome_message,
+    replay_generation,
+    success_message,
+)
 from mesh.pipeline import Pipeline, parse_puback
 from mesh.puller import Puller
 from mesh.runs import RunState, RunStatus, get_run, put_run
@@ -288,18 +295,29 @@ class TaskWorker:
         except DecodeError as exc:
             await self._undecodable(lane, msg, exc)
             return
-        if attempt > 1 and await _outcome_recorded(self.js, lane.agent, task):
-            await self.pipeline.ack_sync(msg)  # outcome already recorded by an earlier delivery
-            return
-        state = await get_run(self.js, task.id) if attempt > 1 else None
-        if state is not None and state.status.finished:  # an earlier replay generation's outcome
-            state.result, state.finished_at = None, None
-        state = state or _state_from(task, lane.agent)
-        state.status, state.attempts, state.started_at = RunStatus.RUNNING, attempt, started
+        # A first attempt starts from its task alone: the run state (a model)
+        # is built only when it is written (progress, a retry) or must carry
+        # earlier attempts' errors, never on the common path.
+        state: RunState | None = None
+        if attempt > 1:
+            if await _outcome_recorded(self.js, lane.agent, task):
+                await self.pipeline.ack_sync(msg)  # outcome already recorded by an earlier delivery
+                return
+            state = await get_run(self.js, task.id)
+            if state is not None and state.status.finished:  # an earlier replay generation's outcome
+                state.result, state.finished_at = None, None
+            state = _running(state or _state_from(task, lane.agent), attempt, started)
+
+        def current() -> RunState:
+            nonlocal state
+            if state is None:
+                state = _running(_state_from(task, lane.agent), attempt, started)
+            return state
 
         async def report(percent: float) -> None:
-            state.progress = percent
-            await put_run(self.js, state)
+            running = current()
+            running.progress = percent
+            await put_run(self.js, running)
 
         ctx = TaskContext(
             run_id=task.id, agent=lane.agent, tenant=task.metadata.tenant,
@@ -315,19 +333,23 @@ class TaskWorker:
             raise
         except Exception as exc:
             series.run.observe(time.perf_counter() - t0)
-            await self._failed(cfg, lane, msg, task, state, attempt, exc)
+            await self._failed(cfg, lane, msg, task, current(), attempt, exc)
             return
         series.run.observe(time.perf_counter() - t0)
-        state.status, state.result, state.progress = RunStatus.SUCCEEDED, result, 100.0
-        state.finished_at = utcnow()
-        await self._record_outcome(task, state)
+        if state is None:
+            outcome = success_message(task, lane.agent, attempt, started, utcnow(), result)
+        else:
+            state.status, state.result, state.progress = RunStatus.SUCCEEDED, result, 100.0
+            state.finished_at = utcnow()
+            outcome = outcome_message(task, state)
+        await self._record_outcome(outcome)
         await self.pipeline.ack_sync(msg)
         self.completed += 1
         series.completed.inc()
 
-    async def _record_outcome(self, task: Envelope, state: RunState) -> None:
+    async def _record_outcome(self, outcome: OutcomeMessage) -> None:
         """The execution event, durable before the ack (the server projects it into ``af_runs``)."""
-        subject, data, headers = outcome_message(task, state)
+        subject, data, headers = outcome
         parse_puback(await (await self.pipeline.request(subject, data, headers)))
 
     async def _failed(
@@ -370,7 +392,7 @@ class TaskWorker:
             dedup_id=f"tasks-{state.run_id}-{replay_generation(task)}",
         )  # fmt: skip
         state.status, state.finished_at = RunStatus.FAILED, utcnow()
-        await self._record_outcome(task, state)
+        await self._record_outcome(outcome_message(task, state))
         metrics.TASKS_DEAD_LETTERED.labels(state.agent).inc()
 
     async def _undecodable(self, lane: Lane[Puller], msg: Msg, exc: DecodeError) -> None:
@@ -414,6 +436,11 @@ async def _put_run_retrying(js: JetStreamContext, state: RunState, tries: int = 
             if attempt == tries:
                 raise
             await asyncio.sleep(0.5 * attempt)
+
+
+def _running(state: RunState, attempt: int, started: datetime) -> RunState:
+    state.status, state.attempts, state.started_at = RunStatus.RUNNING, attempt, started
+    return state
 
 
 def _state_from(task: Envelope, agent: str) -> RunState:

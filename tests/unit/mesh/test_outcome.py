@@ -6,10 +6,13 @@ from __future__ import annotations
 import json
 from datetime import timedelta
 
+import pytest
+
 from mesh.dlq import AttemptError
 from mesh.envelope import Envelope, decode, utcnow
 from mesh.events import ExecutionFinished
-from mesh.outcome import finished_msg_id, outcome_message
+from mesh.lean import parse_headers
+from mesh.outcome import finished_msg_id, outcome_message, success_message
 from mesh.queue import TaskSpec, build_task, queued_record
 from mesh.runs import RunStatus, parse_run
 
@@ -20,7 +23,7 @@ def _finished_task(replay: int = 0) -> tuple[Envelope, object]:
     task = build_task(spec, "0123456789abcdef0123456789abcdef")
     if replay:
         task = task.model_copy(update={"payload": {**task.payload, "replay": replay}})
-    state = parse_run(queued_record(task, spec))
+    state = parse_run(queued_record(task.id, spec, task.created_at, task.metadata))
     state.status, state.attempts, state.result = RunStatus.FAILED, 2, {"co2e_kg": 1.5}
     state.errors = [AttemptError(attempt=1, error="boom", error_type="RuntimeError")]
     state.error = "RuntimeError: boom"
@@ -31,7 +34,9 @@ def _finished_task(replay: int = 0) -> tuple[Envelope, object]:
 
 def test_the_event_bytes_validate_as_an_envelope_carrying_execution_finished() -> None:
     task, state = _finished_task()
-    subject, data, headers = outcome_message(task, state)  # type: ignore[arg-type]
+    subject, data, raw_headers = outcome_message(task, state)  # type: ignore[arg-type]
+    headers = parse_headers(raw_headers)
+    assert headers["Content-Type"] == "application/json"
     assert subject == f"af.events.execution.finished.fuel-combustion.{task.id}"
     assert headers["Nats-Msg-Id"] == finished_msg_id(task.id, 0) and headers["AF-Tenant"] == "acme"
     envelope = decode(data)
@@ -68,7 +73,7 @@ def test_the_event_bytes_validate_as_an_envelope_carrying_execution_finished() -
 def test_a_projected_event_reads_back_as_the_final_run_state() -> None:
     task, state = _finished_task(replay=2)
     _, data, headers = outcome_message(task, state)  # type: ignore[arg-type]
-    assert headers["Nats-Msg-Id"] == finished_msg_id(task.id, 2)
+    assert parse_headers(headers)["Nats-Msg-Id"] == finished_msg_id(task.id, 2)
     run = parse_run(data)
     assert run.model_dump(exclude={"expires_at", "progress"}) == state.model_dump(  # type: ignore[attr-defined]
         exclude={"expires_at", "progress"}
@@ -76,12 +81,32 @@ def test_a_projected_event_reads_back_as_the_final_run_state() -> None:
     assert parse_run(state.model_dump_json().encode()) == state  # type: ignore[attr-defined]
 
 
+@pytest.mark.parametrize("replay", [0, 3])
+@pytest.mark.parametrize("routing_key", [None, "site-7"])
+def test_a_first_attempt_success_is_the_same_event_as_its_run_state_would_give(
+    replay: int, routing_key: str | None
+) -> None:
+    spec = TaskSpec("fuel-combustion", {"fuel": "diesel"}, tenant="acme", routing_key=routing_key,
+                    idempotency_key="k-1" if routing_key else None)  # fmt: skip
+    task = build_task(spec, "0123456789abcdef0123456789abcdef")
+    if replay:
+        task = task.model_copy(update={"payload": {**task.payload, "replay": replay}})
+    started = utcnow()
+    finished = started + timedelta(milliseconds=3)
+    state = parse_run(queued_record(task.id, spec, task.created_at, task.metadata))
+    state.status, state.attempts, state.started_at = RunStatus.SUCCEEDED, 1, started
+    state.result, state.finished_at = {"co2e_kg": 2.5}, finished
+    fast = success_message(task, "fuel-combustion", 1, started, finished, {"co2e_kg": 2.5})
+    assert fast == outcome_message(task, state)
+    assert parse_run(fast[1]).status == RunStatus.SUCCEEDED
+
+
 def test_the_queued_record_is_a_run_state_with_its_defaults_left_out() -> None:
     spec = TaskSpec("noop", {}, tenant="acme", routing_key="site-7", idempotency_key="k", ttl_s=60)
     task = build_task(spec, "f" * 32)
-    record = json.loads(queued_record(task, spec))
+    record = json.loads(queued_record(task.id, spec, task.created_at, task.metadata))
     assert "result" not in record and "errors" not in record and record["status"] == "queued"
-    state = parse_run(queued_record(task, spec))
+    state = parse_run(queued_record(task.id, spec, task.created_at, task.metadata))
     assert (state.run_id, state.agent, state.tenant, state.routing_key, state.idempotency_key) == (
         "f" * 32, "noop", "acme", "site-7", "k",
     )  # fmt: skip
