@@ -20,7 +20,7 @@ import json
 import re
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from nats.aio.client import Client
 from nats.aio.msg import Msg
@@ -33,15 +33,15 @@ __all__ = ["Pipeline", "PubAck", "Reply", "parse_puback"]
 _ACK = b"+ACK"
 
 
-@dataclass(frozen=True, slots=True)
-class PubAck:
+# Named tuples, not frozen dataclasses: one of each per publish, and a frozen
+# dataclass pays an ``object.__setattr__`` per field on construction.
+class PubAck(NamedTuple):
     stream: str
     seq: int
     duplicate: bool = False
 
 
-@dataclass(frozen=True, slots=True)
-class Reply:
+class Reply(NamedTuple):
     """A reply as it came off the wire (headers parsed on demand)."""
 
     data: bytes

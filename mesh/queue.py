@@ -27,7 +27,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import lru_cache
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 from nats.aio.client import Client
 from nats.js import JetStreamContext
@@ -114,8 +114,7 @@ def build_task(spec: TaskSpec, run_id: str, created_at: datetime | None = None) 
         raise InvalidTask(f"invalid task: {_first_error(exc)}") from exc
 
 
-@dataclass(frozen=True, slots=True)
-class TaskMessage:
+class TaskMessage(NamedTuple):
     """A task ready to publish: its bytes, headers and queued run record."""
 
     run_id: str
