@@ -7,6 +7,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 import asyncpg
+from pydantic_core import to_json
 
 from agents.registry import Registry
 from mesh.events import ExecutionFinished
@@ -24,20 +25,22 @@ async def record_executions(pool: asyncpg.Pool, events: Sequence[ExecutionFinish
         return
     await pool.executemany(
         """INSERT INTO executions (run_id, tenant, agent_key, status, attempts, input, result,
-                                   error, enqueued_at, started_at, finished_at, duration_ms)
-           VALUES ($1,$2,$3,$4,$5,$6::jsonb,$7::jsonb,$8,$9,$10,$11,$12)
+                                   error, errors, enqueued_at, started_at, finished_at, duration_ms,
+                                   routing_key, priority, idempotency_key, replay)
+           VALUES ($1,$2,$3,$4,$5,$6::jsonb,$7::jsonb,$8,$9::jsonb,$10,$11,$12,$13,$14,$15,$16,$17)
            ON CONFLICT (run_id) DO UPDATE SET
                status = EXCLUDED.status, attempts = EXCLUDED.attempts, result = EXCLUDED.result,
-               error = EXCLUDED.error, started_at = EXCLUDED.started_at,
+               error = EXCLUDED.error, errors = EXCLUDED.errors, started_at = EXCLUDED.started_at,
                finished_at = EXCLUDED.finished_at, duration_ms = EXCLUDED.duration_ms,
-               recorded_at = now()
+               replay = EXCLUDED.replay, recorded_at = now()
            -- a replayed event changes nothing; a later outcome (DLQ replay) wins
            WHERE executions.finished_at < EXCLUDED.finished_at""",
         [
             (
                 e.run_id, e.tenant, e.agent, e.status.value, e.attempts,
                 json.dumps(e.input), json.dumps(e.result), e.error,
-                e.enqueued_at, e.started_at, e.finished_at, e.duration_ms,
+                to_json(e.errors).decode(), e.enqueued_at, e.started_at, e.finished_at,
+                e.duration_ms, e.routing_key, e.priority, e.idempotency_key, e.replay,
             )
             for e in events
         ],
@@ -49,7 +52,7 @@ async def get_execution(pool: asyncpg.Pool, run_id: str) -> dict[str, Any] | Non
     if row is None:
         return None
     out = dict(row)
-    for key in ("input", "result"):
+    for key in ("input", "result", "errors"):
         if isinstance(out[key], str):
             out[key] = json.loads(out[key])
     return out

@@ -65,7 +65,7 @@ async def get_run_view(request: web.Request) -> web.Response:
         raise RunNotFound(run_id)
     view = RunView(
         run_id=row["run_id"], agent=row["agent_key"], tenant=row["tenant"], status=row["status"],
-        attempts=row["attempts"], result=row["result"], error=row["error"],
+        attempts=row["attempts"], result=row["result"], error=row["error"], errors=row["errors"],
         enqueued_at=row["enqueued_at"], started_at=row["started_at"],
         finished_at=row["finished_at"], progress=100.0 if row["status"] == "succeeded" else None,
     )  # fmt: skip
