@@ -31,6 +31,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Callable, Mapping
+from typing import NamedTuple
 
 from nats.aio.client import Client
 from nats.aio.msg import Msg
@@ -46,9 +47,11 @@ from nats.errors import (
 from nats.protocol.parser import AWAITING_CONTROL_LINE, AWAITING_MSG_PAYLOAD, Parser
 
 __all__ = [
+    "AckSubject",
     "DirectInbox",
     "LeanParser",
     "RawHandler",
+    "ack_subject",
     "delivery_of",
     "encode_headers",
     "install",
@@ -231,6 +234,32 @@ def to_msg(nc: Client, subject: bytes, reply: bytes, data: bytes, headers: bytes
     )
 
 
+class AckSubject(NamedTuple):
+    """What a JetStream delivery's ack subject says about it."""
+
+    consumer: str  # ``$JS.ACK[.<domain>.<account>].<stream>.<consumer>``: one consumer's acks
+    attempt: int
+    stream_seq: int
+
+
+def ack_subject(reply: str) -> AckSubject | None:
+    """Parse ``reply`` as a JetStream ack subject (both layouts), or None.
+
+    ``$JS.ACK.<stream>.<consumer>.<delivered>.<stream seq>.<consumer seq>.<ts>.<pending>``
+    or, with domain and account hash, ``$JS.ACK.<domain>.<account>.<stream>...`` with
+    an optional trailing token.
+    """
+    tokens = reply.split(".")
+    n = len(tokens)
+    if n < 9 or tokens[0] != "$JS" or tokens[1] != "ACK" or n == 10:
+        return None
+    head = 4 if n == 9 else 6
+    try:
+        return AckSubject(".".join(tokens[:head]), int(tokens[head]) or 1, int(tokens[head + 1]))
+    except ValueError:
+        return None
+
+
 def delivery_of(msg: Msg) -> tuple[int, int]:
     """``(attempt, stream sequence)`` of a JetStream delivery, read from its ack subject.
 
@@ -238,14 +267,9 @@ def delivery_of(msg: Msg) -> tuple[int, int]:
     ``sequence.stream``) for both ack subject layouts, without building its two
     dataclasses and a datetime per message; anything unexpected goes to nats-py.
     """
-    tokens: list[str] = msg.reply.split(".") if msg.reply else []
-    try:
-        if len(tokens) == 9 and tokens[0] == "$JS" and tokens[1] == "ACK":  # $JS.ACK.<stream>.<consumer>...
-            return int(tokens[4]) or 1, int(tokens[5])
-        if len(tokens) >= 11 and tokens[0] == "$JS" and tokens[1] == "ACK":  # ...with domain and account
-            return int(tokens[6]) or 1, int(tokens[7])
-    except ValueError:
-        pass
+    parsed = ack_subject(msg.reply) if msg.reply else None
+    if parsed is not None:
+        return parsed.attempt, parsed.stream_seq
     meta = msg.metadata
     return meta.num_delivered or 1, meta.sequence.stream if meta.sequence else 0
 

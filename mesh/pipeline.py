@@ -137,14 +137,14 @@ class Pipeline:
         """
         if not msg.reply:
             return
-        group = _consumer_of(msg.reply)
-        if group is None:  # not a JetStream ack subject we can group: confirm it alone
+        parsed = lean.ack_subject(msg.reply)
+        if parsed is None:  # not a JetStream ack subject we can group: confirm it alone
             await (await self.request(msg.reply, _ACK))
         else:
             fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
             if not self._acks:
                 self._ack_flush = asyncio.create_task(self._flush_acks())
-            self._acks.setdefault(group, []).append((msg.reply, fut))
+            self._acks.setdefault(parsed.consumer, []).append((msg.reply, fut))
             await fut
         msg._ackd = True
 
@@ -159,12 +159,6 @@ class Pipeline:
                 _settle(members, exc)
                 continue
             confirmed.add_done_callback(lambda f, m=members: _settle(m, _failure(f)))  # type: ignore[misc]
-
-
-def _consumer_of(reply: str) -> str | None:
-    """``$JS.ACK.<stream>.<consumer>`` of a (9-token) ack subject, else None."""
-    head, *rest = reply.rsplit(".", 5)
-    return head if len(rest) == 5 and head.startswith("$JS.ACK.") and head.count(".") == 3 else None
 
 
 def _failure(fut: asyncio.Future[Reply]) -> BaseException | None:

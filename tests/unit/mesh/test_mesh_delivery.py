@@ -12,7 +12,7 @@ from nats.aio.msg import Msg
 from nats.errors import NotJSMessageError
 
 from mesh.delivery import Deadlines
-from mesh.lean import delivery_of
+from mesh.lean import ack_subject, delivery_of
 
 COUNTS = st.integers(min_value=0, max_value=2**63 - 1)
 
@@ -30,6 +30,26 @@ def test_delivery_facts_match_nats_py_metadata_for_both_ack_subject_layouts(
     msg = Msg(None, subject="af.ch.x", reply=reply)  # type: ignore[arg-type]
     meta = msg.metadata
     assert delivery_of(msg) == (meta.num_delivered or 1, meta.sequence.stream)
+
+
+@pytest.mark.parametrize(
+    ("reply", "consumer"),
+    [
+        ("$JS.ACK.AF_TASKS.tasks-x-p2.1.2.3.4.5", "$JS.ACK.AF_TASKS.tasks-x-p2"),
+        (
+            "$JS.ACK.hub.ACCHASH.AF_TASKS.tasks-x-p2.1.2.3.4.5.r4nd0m",
+            "$JS.ACK.hub.ACCHASH.AF_TASKS.tasks-x-p2",
+        ),
+        ("$JS.ACK.hub.ACCHASH.AF_TASKS.tasks-x-p2.1.2.3.4.5", "$JS.ACK.hub.ACCHASH.AF_TASKS.tasks-x-p2"),
+        ("$JS.ACK.AF_TASKS.tasks-x-p2.1.2.3.4.5.6", None),  # ten tokens: neither layout
+        ("$JS.ACK.AF_TASKS.tasks-x-p2.one.2.3.4.5", None),
+        ("_INBOX.abc.1.2.3.4.5.6.7", None),
+        ("$JS.API.AF_TASKS.tasks-x-p2.1.2.3.4.5", None),
+    ],
+)
+def test_the_consumer_of_an_ack_subject_groups_acks_of_one_consumer(reply: str, consumer: str | None) -> None:
+    parsed = ack_subject(reply)
+    assert (parsed.consumer if parsed else None) == consumer
 
 
 def test_delivery_facts_of_a_message_that_is_not_a_jetstream_delivery_raise_as_nats_py_does() -> None:
