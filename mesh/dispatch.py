@@ -19,9 +19,17 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
-__all__ = ["DispatchPolicy", "Lane"]
+__all__ = ["Budget", "DispatchPolicy", "Lane"]
 
 T = TypeVar("T")
+
+
+@dataclass(eq=False)
+class Budget:
+    """An in-flight limit shared by several lanes: an agent's concurrency over its priorities."""
+
+    limit: int
+    in_flight: int = 0
 
 
 @dataclass(eq=False)
@@ -32,12 +40,31 @@ class Lane(Generic[T]):
     priority: int
     source: T
     in_flight: int = 0
-    limit: int = 1_000_000
+    limit: int = 1_000_000  # this lane's own cap (its consumer's max_ack_pending)
+    budget: Budget | None = None  # shared with the agent's other lanes
     tenant_weights: dict[str, float] = field(default_factory=dict)  # reserved for fairness
 
     @property
+    def room(self) -> int:
+        """How many more tasks this lane may start now."""
+        room = self.limit - self.in_flight
+        if self.budget is not None:
+            room = min(room, self.budget.limit - self.budget.in_flight)
+        return room
+
+    @property
     def has_room(self) -> bool:
-        return self.in_flight < self.limit
+        return self.room > 0
+
+    def started(self) -> None:
+        self.in_flight += 1
+        if self.budget is not None:
+            self.budget.in_flight += 1
+
+    def finished(self) -> None:
+        self.in_flight -= 1
+        if self.budget is not None:
+            self.budget.in_flight -= 1
 
 
 class DispatchPolicy:

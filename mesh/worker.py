@@ -39,7 +39,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 
 from mesh import lean, metrics, names
-from mesh.dispatch import DispatchPolicy, Lane
+from mesh.dispatch import Budget, DispatchPolicy, Lane
 from mesh.dlq import AttemptError, DeadLetter, dead_letter
 from mesh.envelope import (
     CONTENT_TYPE,
@@ -143,12 +143,18 @@ class TaskWorker:
 
     async def start(self) -> None:
         for agent, (cfg, _) in self.handlers.items():
+            # The agent's concurrency holds across its priority lanes.
+            budget = Budget(cfg.concurrency) if cfg.concurrency else None
             for priority in cfg.priorities:
                 await ensure_lane(self.js, cfg, priority)
                 puller = Puller(self.nc, names.STREAM_TASKS, names.task_consumer(agent, priority))
                 await puller.start()
-                limit = cfg.concurrency or self.concurrency
-                self.lanes.append(Lane(agent, priority, puller, limit=limit))
+                # Never more in flight on a lane than its consumer lets be unacked:
+                # past max_ack_pending the server answers pulls with 409s, and a
+                # worker that keeps asking degrades to one message per round trip
+                # (measured: 16,000 -> 2,800 tasks/s at concurrency 1,024 over 1,000).
+                limit = min(self.concurrency, cfg.max_ack_pending)
+                self.lanes.append(Lane(agent, priority, puller, limit=limit, budget=budget))
         await self.pipeline.start()
         self._room.set()
         self._loops = [
@@ -193,7 +199,8 @@ class TaskWorker:
     async def _dispatch_loop(self) -> None:
         while not self._stopping.is_set():
             free = self.concurrency - len(self._inflight)
-            if free <= 0:
+            if free <= 0 or not any(lane.has_room for lane in self.lanes):
+                # Full, in total or on every lane: a finishing task makes room.
                 self._room.clear()
                 await self._room.wait()
                 continue
@@ -213,44 +220,48 @@ class TaskWorker:
 
     async def _sweep(self, free: int) -> list[tuple[Lane[Puller], list[Msg]]]:
         for lane in self.policy.order(self.lanes):
-            room = min(free, lane.limit - lane.in_flight)
+            room = min(free, lane.room)
             msgs = await lane.source.take(room)
             if msgs:
                 return [(lane, msgs)]
         return []
 
     async def _idle_wait(self) -> list[tuple[Lane[Puller], list[Msg]]]:
-        """Nothing ready anywhere: one lingering pull per lane, first answer wins.
+        """Nothing ready on any lane with room: one lingering pull per such lane,
+        first answer wins. A full lane (at its limit) takes no pull; if a task
+        of it finishes meanwhile, the wait ends so the next sweep can serve it.
 
         Answers that come later wait in their puller's buffer for the next sweep.
         """
         lanes = [lane for lane in self.lanes if lane.has_room]
-        if not lanes:
-            await asyncio.sleep(0.01)
-            return []
         waits: dict[asyncio.Future[Any], Lane[Puller]] = {
             asyncio.ensure_future(lane.source.wait(1, self.idle_poll_s)): lane for lane in lanes
         }
         stop: asyncio.Future[Any] = asyncio.ensure_future(self._stopping.wait())
+        wake = {stop}
+        if len(lanes) < len(self.lanes):
+            self._room.clear()
+            wake.add(asyncio.ensure_future(self._room.wait()))
         try:
             pending: set[asyncio.Future[Any]] = set(waits)
             while pending:
-                done, pending = await asyncio.wait(pending | {stop}, return_when=asyncio.FIRST_COMPLETED)
-                pending.discard(stop)
+                done, pending = await asyncio.wait(pending | wake, return_when=asyncio.FIRST_COMPLETED)
+                pending -= wake
                 got: list[tuple[Lane[Puller], list[Msg]]] = [
                     (waits[f], f.result()) for f in done if f in waits and f.result()
                 ]
-                if got or stop in done:
+                if got or done & wake:
                     return got
             return []
         finally:
-            stop.cancel()
+            for w in wake:
+                w.cancel()
             for f in waits:
                 if not f.done():
                     f.cancel()
 
     def _launch(self, lane: Lane[Puller], msg: Msg) -> None:
-        lane.in_flight += 1
+        lane.started()
         task = asyncio.create_task(self._run_guarded(lane, msg))
         self._inflight[task] = _InFlight(msg, lane)
         task.add_done_callback(self._finished)
@@ -258,7 +269,7 @@ class TaskWorker:
     def _finished(self, task: asyncio.Task[None]) -> None:
         item = self._inflight.pop(task, None)
         if item is not None:
-            item.lane.in_flight -= 1
+            item.lane.finished()
         self._room.set()
 
     async def _heartbeat_loop(self) -> None:

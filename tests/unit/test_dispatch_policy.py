@@ -6,7 +6,7 @@ import collections
 
 import pytest
 
-from mesh.dispatch import DispatchPolicy, Lane
+from mesh.dispatch import Budget, DispatchPolicy, Lane
 
 
 def lanes(agents: list[str], priorities: range = range(5)) -> list[Lane[None]]:
@@ -48,6 +48,19 @@ def test_lanes_without_room_are_skipped() -> None:
     assert [lane.priority for lane in policy.order(ls)] == [1]
     ls[1].in_flight, ls[1].limit = 1, 1
     assert policy.order(ls) == []
+
+
+def test_an_agent_budget_holds_across_its_priority_lanes() -> None:
+    policy = DispatchPolicy()
+    budget = Budget(2)
+    ls = [Lane("a", p, None, limit=10, budget=budget) for p in range(3)] + [Lane("b", 0, None, limit=10)]
+    ls[0].started()
+    ls[2].started()
+    assert [lane.room for lane in ls] == [0, 0, 0, 10]  # two in flight on a's lanes: a is full
+    assert [lane.agent for lane in policy.order(ls)] == ["b"]
+    ls[2].finished()
+    assert [lane.room for lane in ls[:3]] == [1, 1, 1] and budget.in_flight == 1
+    assert ls[0].in_flight == 1 and ls[2].in_flight == 0
 
 
 def test_fair_share_is_bounded() -> None:

@@ -131,3 +131,78 @@ async def test_critical_work_is_taken_before_background_work(
     # With fair_share 0.1 over 15 sweeps one sweep may start lower; CRITICAL still comes first.
     assert order[:3] == [0, 0, 0]
     assert sorted(order) == [0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 3, 4, 4, 4]
+
+
+async def test_a_lane_never_asks_for_more_than_its_consumer_lets_be_unacked(
+    nc: Client, mesh_js: JetStreamContext, queue: TaskQueue
+) -> None:
+    agent = unique("capped")
+    tracker = _Peak(60)
+    cfg = AgentQueueConfig(agent, max_ack_pending=8, priorities=(2,))
+    await asyncio.gather(*(queue.enqueue(TaskSpec(agent, {"i": i})) for i in range(60)))
+    worker = TaskWorker(nc, mesh_js, {agent: (cfg, tracker.handler)}, concurrency=64)
+    await worker.start()
+    try:
+        assert [lane.limit for lane in worker.lanes] == [8]
+        await asyncio.wait_for(tracker.done.wait(), 20)
+    finally:
+        await worker.stop()
+    assert tracker.peak == 8  # the consumer's limit is used in full, never exceeded
+
+
+async def test_an_agents_concurrency_holds_across_its_priorities(
+    nc: Client, mesh_js: JetStreamContext, queue: TaskQueue
+) -> None:
+    agent = unique("limited")
+    tracker = _Peak(20, hold_s=0.02)
+    for i in range(10):
+        for priority in (Priority.HIGH, Priority.NORMAL):
+            await queue.enqueue(TaskSpec(agent, {"i": i}, priority=priority))
+    cfg = AgentQueueConfig(agent, concurrency=1, priorities=(1, 2))
+    worker = TaskWorker(nc, mesh_js, {agent: (cfg, tracker.handler)}, concurrency=16)
+    await worker.start()
+    try:
+        await asyncio.wait_for(tracker.done.wait(), 20)
+    finally:
+        await worker.stop()
+    assert tracker.peak == 1  # one at a time over both priority lanes
+
+
+async def test_a_full_agent_is_served_again_as_soon_as_a_task_finishes(
+    nc: Client, mesh_js: JetStreamContext, queue: TaskQueue
+) -> None:
+    agent = unique("one-by-one")
+    tracker = _Peak(100, hold_s=0)
+    await asyncio.gather(*(queue.enqueue(TaskSpec(agent, {"i": i})) for i in range(100)))
+    cfg = AgentQueueConfig(agent, concurrency=1, priorities=(2,))
+    worker = TaskWorker(nc, mesh_js, {agent: (cfg, tracker.handler)}, concurrency=16)
+    await worker.start()
+    try:
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        await asyncio.wait_for(tracker.done.wait(), 20)
+        elapsed = loop.time() - start
+    finally:
+        await worker.stop()
+    # A finishing task wakes the dispatcher. Before, a worker with room whose
+    # only agent was full polled every 10 ms: 100 tasks took at least 1 s.
+    # Here each costs a pull round trip (about 1 ms).
+    assert elapsed < 0.7, f"100 tasks one at a time took {elapsed:.2f} s"
+
+
+class _Peak:
+    """A handler that records how many of its calls ran at once."""
+
+    def __init__(self, total: int, hold_s: float = 0.005) -> None:
+        self.total, self.hold_s = total, hold_s
+        self.running = self.peak = self.finished = 0
+        self.done = asyncio.Event()
+
+    async def handler(self, ctx: TaskContext) -> Any:
+        self.running += 1
+        self.peak = max(self.peak, self.running)
+        await asyncio.sleep(self.hold_s)
+        self.running -= 1
+        self.finished += 1
+        if self.finished == self.total:
+            self.done.set()
