@@ -11,6 +11,9 @@
   a fixed 1,000 tasks/s.
 * Both throughputs are the best of three alternating rounds (all rounds are
   printed under ``rounds``).
+* ``cpu_us_per_task``: CPU time per task of this process (``python``) and
+  of nats-server (``server``, from ``/proc``; null elsewhere) during the
+  best round of each side: where the time goes, on any machine.
 * ``two_processes``: the same throughput comparison with producer and
   consumer in separate processes, for both the raw client and our path (the
   production topology).
@@ -20,8 +23,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import resource
 import time
-from typing import Any
+from typing import Any, NamedTuple
 
 import nats
 from nats.js.api import RetentionPolicy, StreamConfig
@@ -36,14 +41,54 @@ from mesh.worker import AgentQueueConfig, TaskContext, TaskWorker
 __all__ = ["bench_queue"]
 
 
-async def _raw_ceiling(url: str, n: int, size: int = 256) -> float:
+class _Round(NamedTuple):
+    per_s: float
+    python_us: float  # CPU of this process per task
+    server_us: float | None  # CPU of nats-server per task (Linux only)
+
+
+def _per_s(r: _Round) -> float:
+    return r.per_s
+
+
+class _CpuClock:
+    """CPU seconds used by this process and by nats-server since ``start``."""
+
+    def __init__(self, server_pid: int | None) -> None:
+        self.server_pid = server_pid
+
+    def _now(self) -> tuple[float, float | None]:
+        own = resource.getrusage(resource.RUSAGE_SELF)
+        server = None
+        if self.server_pid is not None:
+            try:
+                with open(f"/proc/{self.server_pid}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+                server = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+            except (OSError, IndexError, ValueError):
+                server = None
+        return own.ru_utime + own.ru_stime, server
+
+    def start(self) -> None:
+        self._start = self._now()
+        self._t0 = time.perf_counter()
+
+    def stop(self, n: int) -> _Round:
+        elapsed = time.perf_counter() - self._t0
+        (own0, srv0), (own1, srv1) = self._start, self._now()
+        server = (srv1 - srv0) * 1e6 / n if srv0 is not None and srv1 is not None else None
+        return _Round(n / elapsed, (own1 - own0) * 1e6 / n, server)
+
+
+async def _raw_ceiling(url: str, n: int, size: int = 256, server_pid: int | None = None) -> _Round:
     nc = await nats.connect(url, name="bench-raw")  # plain nats-py, none of our hooks
     js = await jetstream(nc)
     with contextlib.suppress(Exception):
         await js.delete_stream("RAW")
     await js.add_stream(StreamConfig(name="RAW", subjects=["raw.>"], retention=RetentionPolicy.WORK_QUEUE))
     body = b"x" * size
-    start = time.perf_counter()
+    clock = _CpuClock(server_pid)
+    clock.start()
     window = 1000
     for i in range(0, n, window):
         futs = [await js.publish_async("raw.q", body) for _ in range(min(window, n - i))]
@@ -56,13 +101,13 @@ async def _raw_ceiling(url: str, n: int, size: int = 256) -> float:
             await m.ack()
         got += len(msgs)
     await nc.flush()
-    elapsed = time.perf_counter() - start
+    result = clock.stop(n)
     await js.delete_stream("RAW")
     await nc.drain()
-    return n / elapsed
+    return result
 
 
-async def _throughput(url: str, n: int) -> float:
+async def _throughput(url: str, n: int, server_pid: int | None = None) -> _Round:
     nc = await connect(url, name="bench-queue")
     js = await jetstream(nc)
     await provision(js)
@@ -74,7 +119,8 @@ async def _throughput(url: str, n: int) -> float:
     await worker.start()
     queue = TaskQueue(nc, js)
     await queue.start()
-    start = time.perf_counter()
+    clock = _CpuClock(server_pid)
+    clock.start()
     window = 500
     for i in range(0, n, window):
         batch = min(window, n - i)
@@ -82,11 +128,11 @@ async def _throughput(url: str, n: int) -> float:
     async with asyncio.timeout(300):
         while worker.completed < n:
             await asyncio.sleep(0.002)
-    elapsed = time.perf_counter() - start
+    result = clock.stop(n)
     await queue.stop()
     await worker.stop(5)
     await nc.drain()
-    return n / elapsed
+    return result
 
 
 async def _latency(url: str, rate: int = 1000, seconds: float = 5.0) -> list[float]:
@@ -128,24 +174,33 @@ async def bench_queue(n: int = 20_000, rounds: int = 3) -> dict[str, Any]:
     """Raw ceiling and our path alternate for ``rounds`` rounds; each reports
     its best round, so a burst of load from elsewhere on the machine during
     one round does not decide the ratio. Every round is in ``rounds``."""
-    ceilings: list[float] = []
-    throughputs: list[float] = []
+    ceilings: list[_Round] = []
+    throughputs: list[_Round] = []
     async with _servers() as env:
+        pid = env.nats.pid
         for _ in range(rounds):
-            ceilings.append(await _raw_ceiling(env.nats.url, n))
-            throughputs.append(await _throughput(env.nats.url, n))
+            ceilings.append(await _raw_ceiling(env.nats.url, n, server_pid=pid))
+            throughputs.append(await _throughput(env.nats.url, n, server_pid=pid))
         lat = await _latency(env.nats.url)
         split = await bench_queue_two_processes(env.nats.url, n)
-    tasks, ceiling = max(throughputs), max(ceilings)
+    tasks, ceiling = max(throughputs, key=_per_s), max(ceilings, key=_per_s)
+
+    def cpu(r: _Round) -> dict[str, float | None]:
+        return {
+            "python": round(r.python_us, 1),
+            "server": None if r.server_us is None else round(r.server_us, 1),
+        }
+
     return {
         "tasks": n,
-        "tasks_per_s": round(tasks, 1),
-        "ceiling_per_s": round(ceiling, 1),
-        "ratio": round(tasks / ceiling, 3),
+        "tasks_per_s": round(tasks.per_s, 1),
+        "ceiling_per_s": round(ceiling.per_s, 1),
+        "ratio": round(tasks.per_s / ceiling.per_s, 3),
         "rounds": {
-            "tasks_per_s": [round(t) for t in throughputs],
-            "ceiling_per_s": [round(c) for c in ceilings],
+            "tasks_per_s": [round(t.per_s) for t in throughputs],
+            "ceiling_per_s": [round(c.per_s) for c in ceilings],
         },
+        "cpu_us_per_task": {"ours": cpu(tasks), "raw": cpu(ceiling)},
         "p50_ms": round(percentile(lat, 50), 3),
         "p99_ms": round(percentile(lat, 99), 3),
         "latency_rate_per_s": 1000,

@@ -1,0 +1,46 @@
+"""The targets the benchmarks are held to (from the issues), checked against their JSON.
+
+``make bench`` runs the suites as tests (``tests/load``) and fails on any
+target missed; :func:`missed` says which, in words a reader can act on.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+__all__ = ["TARGETS", "Target", "missed"]
+
+
+class Target(NamedTuple):
+    path: str  # dotted path into the suite's JSON
+    op: str  # ">=" or "<"
+    bound: float
+
+
+TARGETS: dict[str, list[Target]] = {
+    "skeleton": [Target("runs_recorded_in_db_per_s", ">=", 1.0)],  # every run reaches PostgreSQL
+    "queue": [Target("ratio", ">=", 0.5), Target("p99_ms", "<", 5.0)],
+    "messaging": [
+        Target("ephemeral.p99_ms", "<", 1.0),
+        Target("ephemeral.ratio", ">=", 0.6),
+        Target("durable.p99_ms", "<", 5.0),
+        Target("durable.ratio", ">=", 0.6),
+        Target("request_reply.p99_ms", "<", 2.0),
+        Target("request_reply.ratio", ">=", 0.6),
+    ],
+    "streams": [Target("ratio", ">=", 0.3), Target("events_per_s", ">=", 5000.0)],
+}
+
+
+def missed(suite: str, result: dict[str, Any]) -> list[str]:
+    """The targets of ``suite`` that ``result`` misses (empty: all met)."""
+    out = []
+    for target in TARGETS[suite]:
+        value: Any = result
+        for key in target.path.split("."):
+            value = value.get(key) if isinstance(value, dict) else None
+        if not isinstance(value, int | float):
+            out.append(f"{suite}.{target.path}: missing from the result")
+        elif not (value >= target.bound if target.op == ">=" else value < target.bound):
+            out.append(f"{suite}.{target.path} = {value}, target {target.op} {target.bound}")
+    return out
