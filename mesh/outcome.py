@@ -140,7 +140,8 @@ def _finished(
     headers = b"NATS/1.0\r\n%s: %s\r\nNats-Msg-Id: %s\r\nAF-Tenant: %s\r\n\r\n" % (
         _CONTENT_TYPE, _JSON, msg_id.encode(), tenant.encode(),
     )  # fmt: skip
-    return names.finished_subject(agent, run_id), to_json(envelope), headers
+    # NaN/inf become null, as the models write them: the bytes stay JSON (jsonb refuses NaN).
+    return names.finished_subject(agent, run_id), to_json(envelope, inf_nan_mode="null"), headers
 
 
 async def write_outcome(js: JetStreamContext, task: Envelope, state: RunState) -> None:

@@ -164,7 +164,7 @@ def task_message(
             "payload": _payload(spec), "metadata": meta, "created_at": created_at,
         }  # fmt: skip
         try:
-            data = to_json(envelope)
+            data = to_json(envelope, inf_nan_mode="null")  # NaN/inf as the model writes them: null
         except PydanticSerializationError as exc:
             raise InvalidTask(f"task input is not serializable: {exc}") from exc
         if limit is not None and len(data) > limit:

@@ -206,7 +206,7 @@ class Encoder:
                     b'","correlation_id":', _NULL if correlation_id is None else _to_json(correlation_id),
                     b',"causation_id":', _NULL if causation_id is None else _to_json(causation_id),
                     self._fixed_json.get(key) or self._fixed(key, channel),
-                    _to_json(payload),
+                    _to_json(payload, inf_nan_mode="null"),  # as the model writes NaN/inf: null
                     _DEFAULT_METADATA_JSON if metadata is None else b"".join(
                         (b',"metadata":', _to_json(metadata), b',"created_at":')
                     ),

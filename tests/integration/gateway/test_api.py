@@ -101,6 +101,12 @@ async def test_malformed_and_oversized_bodies_are_rejected(api: TestClient[Any, 
     headers = {"Content-Type": "application/json"}
     resp = await api.post(url, data=b'{"input": ', headers=headers)
     assert resp.status == 400 and "not valid JSON" in (await resp.json())["detail"]
+    # Python's json module reads NaN and Infinity; JSON has neither.
+    nan = b'{"input": {"fuel": "diesel", "quantity": NaN, "unit": "L"}}'
+    resp = await api.post(url, data=nan, headers=headers)
+    assert resp.status == 400 and "NaN is not a JSON value" in (await resp.json())["detail"]
+    resp = await api.post(url, data=nan.replace(b"NaN", b"Infinity"), headers=headers)
+    assert resp.status == 400
     resp = await api.post(url, data=b"fuel=diesel", headers={"Content-Type": "text/plain"})
     assert resp.status == 415
     big = {"input": {**DIESEL, "note": "x" * 100_000}}

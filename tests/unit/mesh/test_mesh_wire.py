@@ -17,15 +17,22 @@ from mesh.schemas import SchemaRegistry
 from mesh.trace import CORRELATION_HEADER, TRACEPARENT, trace_id_of
 from mesh.wire import Encoder, fast_id
 
-PAYLOADS = st.recursive(
-    st.none()
-    | st.booleans()
-    | st.integers(min_value=-(2**63), max_value=2**63 - 1)
-    | st.floats(allow_nan=False, allow_infinity=False)
-    | st.text(max_size=30),
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
-    max_leaves=15,
-)
+
+def _payloads(floats: st.SearchStrategy[float]) -> st.SearchStrategy[Any]:
+    return st.recursive(
+        st.none()
+        | st.booleans()
+        | st.integers(min_value=-(2**63), max_value=2**63 - 1)
+        | floats
+        | st.text(max_size=30),
+        lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+        max_leaves=15,
+    )
+
+
+PAYLOADS = _payloads(st.floats(allow_nan=False, allow_infinity=False))
+# NaN and infinities too: the JSON fast path must write them as the model does (null).
+JSON_PAYLOADS = _payloads(st.floats())
 CHANNELS = st.sampled_from(["durable:carbon.calculate", "ephemeral:agent.health"])
 
 
@@ -93,7 +100,7 @@ def test_a_message_that_starts_a_trace_names_it_after_itself() -> None:
 
 @settings(max_examples=200, deadline=None)
 @given(
-    PAYLOADS,
+    JSON_PAYLOADS,
     CHANNELS,
     st.sampled_from(MessageType),
     st.text(min_size=1, max_size=128),
@@ -160,3 +167,12 @@ def test_the_header_block_says_what_the_header_dict_says(
     # CR and LF become spaces (as nats-py sends them); receivers trim ASCII whitespace.
     expected = {k: v.replace("\r", " ").replace("\n", " ").strip(" \t\v\f") for k, v in out.headers.items()}
     assert parsed == expected
+
+
+def test_nan_and_infinity_in_a_payload_are_written_as_null() -> None:
+    out = Encoder("fuel-agent", SchemaRegistry(), {}).encode(
+        Channel.parse("ephemeral:x"), {"a": float("nan"), "b": [float("-inf")]}
+    )
+    assert b"NaN" not in out.data and b"Infinity" not in out.data
+    assert decode(out.data, JSON).payload == {"a": None, "b": [None]}
+    assert decode(out.data, JSON).model_dump_json().encode() == out.data

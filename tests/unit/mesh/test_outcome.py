@@ -112,3 +112,16 @@ def test_the_queued_record_is_a_run_state_with_its_defaults_left_out() -> None:
     )  # fmt: skip
     assert state.status == RunStatus.QUEUED and state.attempts == 0 and state.errors == []
     assert state.expires_at == task.created_at + timedelta(seconds=60)
+
+
+def test_a_nan_result_is_recorded_as_null_so_the_event_stays_json() -> None:
+    spec = TaskSpec("noop", {"q": float("inf")})
+    task = build_task(spec, "f" * 32)
+    started = utcnow()
+    _, data, _ = success_message(task, "noop", 1, started, started, {"co2e_kg": float("nan")})
+
+    def refuse(name: str) -> object:
+        raise ValueError(name)
+
+    event = json.loads(data, parse_constant=refuse)["payload"]
+    assert event["result"] == {"co2e_kg": None} and event["input"] == {"q": None}

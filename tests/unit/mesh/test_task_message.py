@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mesh.envelope import MSGPACK, Envelope, Priority, decode
+from mesh.envelope import MSGPACK, Envelope, Priority, decode, encode
 from mesh.errors import InvalidTask, PayloadTooLarge
 from mesh.lean import encode_headers, parse_headers
 from mesh.queue import TaskSpec, build_task, task_message
@@ -19,7 +19,7 @@ from mesh.runs import RunStatus, parse_run
 
 RUN_ID = "0123456789abcdef0123456789abcdef"
 _json = st.recursive(
-    st.none() | st.booleans() | st.integers(-(2**53), 2**53) | st.text(max_size=20),
+    st.none() | st.booleans() | st.integers(-(2**53), 2**53) | st.floats() | st.text(max_size=20),
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
     max_leaves=12,
 )
@@ -52,7 +52,8 @@ def test_a_json_task_decodes_to_the_envelope_the_model_builds(
                     source=source)  # fmt: skip
     message = task_message(spec, RUN_ID)
     task = decode(message.data)
-    assert task == build_task(spec, RUN_ID, task.created_at)
+    # What a worker decodes is what it would decode from the model's bytes (NaN: null in both).
+    assert task == decode(encode(build_task(spec, RUN_ID, task.created_at)))
     headers = parse_headers(message.headers)
     assert headers["AF-Tenant"] == tenant and headers["Content-Type"] == "application/json"
     assert headers["Nats-TTL"] == str(int(task.metadata.ttl_s or 0)) and "Nats-Msg-Id" not in headers
@@ -124,3 +125,17 @@ def test_a_msgpack_task_goes_through_the_model() -> None:
     task = decode(message.data, MSGPACK)
     assert isinstance(task, Envelope) and task.payload["input"] == {"a": 1}
     assert json.loads(message.record)["run_id"] == RUN_ID
+
+
+def _strict(data: bytes) -> Any:
+    def refuse(name: str) -> Any:
+        raise ValueError(f"{name} in the bytes")
+
+    return json.loads(data, parse_constant=refuse)
+
+
+def test_nan_and_infinity_are_written_as_null_as_the_model_writes_them() -> None:
+    spec = TaskSpec("noop", {"x": float("nan"), "y": [float("inf"), -float("inf")], "z": 1.5})
+    message = task_message(spec, RUN_ID)
+    assert _strict(message.data)["payload"]["input"] == {"x": None, "y": [None, None], "z": 1.5}
+    assert decode(message.data) == decode(encode(build_task(spec, RUN_ID, decode(message.data).created_at)))
