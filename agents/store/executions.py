@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -10,19 +11,56 @@ import asyncpg
 from pydantic_core import to_json
 
 from agents.registry import Registry
+from mesh import names
 from mesh.events import ExecutionFinished
 
 __all__ = ["get_execution", "list_agents", "record_executions", "upsert_agents"]
 
+log = logging.getLogger(__name__)
 
-async def record_executions(pool: asyncpg.Pool, events: Sequence[ExecutionFinished]) -> None:
-    """Upsert finished executions in one statement.
+
+async def record_executions(pool: asyncpg.Pool, events: Sequence[ExecutionFinished]) -> int:
+    """Upsert finished executions in one statement; returns how many had to be mended.
 
     Idempotent: the same event twice changes nothing; the outcome of a run
     replayed from the DLQ (a later ``finished_at``) replaces the failure.
+
+    One event the database refuses must not stall every other one behind it
+    (the recorder retries a failed batch): on a data error the batch is
+    written event by event, and an event refused alone is written with its
+    NUL characters replaced by U+FFFD (PostgreSQL stores none, in ``text``
+    or ``jsonb``) and logged; one refused even then is logged and skipped.
+    The event itself stays unchanged in ``AF_EVENTS`` either way.
     """
     if not events:
-        return
+        return 0
+    try:
+        await _upsert(pool, events)
+        return 0
+    except asyncpg.DataError:
+        pass
+    mended = 0
+    for event in events:
+        try:
+            await _upsert(pool, [event])
+            continue
+        except asyncpg.DataError as exc:
+            log.error("execution %s refused by the database (%s): recording it with NUL replaced",
+                      event.run_id, exc)  # fmt: skip
+        mended += 1
+        try:
+            await _upsert(pool, [_without_nul(event)])
+        except asyncpg.DataError as exc:
+            log.error("execution %s refused again (%s): not recorded; it stays in %s",
+                      event.run_id, exc, names.STREAM_EVENTS)  # fmt: skip
+    return mended
+
+
+def _without_nul(event: ExecutionFinished) -> ExecutionFinished:
+    return ExecutionFinished.model_validate_json(event.model_dump_json().replace("\\u0000", "\\ufffd"))
+
+
+async def _upsert(pool: asyncpg.Pool, events: Sequence[ExecutionFinished]) -> None:
     await pool.executemany(
         """INSERT INTO executions (run_id, tenant, agent_key, status, attempts, input, result,
                                    error, errors, enqueued_at, started_at, finished_at, duration_ms,

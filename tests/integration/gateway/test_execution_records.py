@@ -68,3 +68,17 @@ async def test_the_api_serves_the_error_history_from_the_database(
         "meter offline (2)",
         "meter offline (3)",
     ]
+
+
+async def test_an_event_the_database_refuses_is_mended_and_does_not_hold_back_its_batch(
+    pool: asyncpg.Pool,
+) -> None:
+    good, bad = _failed_run(), _failed_run()
+    bad = bad.model_copy(update={"result": {"note": "meter\x00id"}, "error": "bad\x00byte"})
+    mended = await record_executions(pool, [good, bad])
+    assert mended == 1
+    assert (await get_execution(pool, good.run_id)) is not None
+    row = await get_execution(pool, bad.run_id)
+    assert row is not None
+    assert row["result"] == {"note": "meter\ufffdid"} and row["error"] == "bad\ufffdbyte"
+    assert await record_executions(pool, [good]) == 0  # a clean batch goes in one statement
