@@ -73,7 +73,7 @@ class AgentQueueConfig:
     agent: str
     ack_wait_s: float = 300.0
     max_attempts: int = 3
-    concurrency: int | None = None  # None: bounded by the worker's concurrency only
+    concurrency: int | None = None  # over all its priorities; None: the worker's concurrency only
     backoff_base_s: float = 1.0
     backoff_max_s: float = 60.0
     max_ack_pending: int = 1000
