@@ -8,6 +8,8 @@ and tags every pull request with its own reply subject, so:
 * :meth:`Puller.take` is one round trip (``no_wait``): up to *n* messages
   that are ready now, or ``[]``;
 * :meth:`Puller.wait` is a lingering pull with an expiry;
+* :meth:`Puller.arrival` waits on requests already open (a lingering pull
+  whose waiter gave up) instead of adding one;
 * status replies (404 no messages, 408 expired) come back on the request's
   own reply subject and end exactly that request;
 * a message that arrives for a request nobody awaits any more is never
@@ -21,6 +23,7 @@ per-message queue hop, and status replies never become ``Msg`` objects.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import json
 from collections import deque
@@ -37,13 +40,14 @@ _TERMINAL = {"404", "408", "409", "400"}
 
 
 class _Request:
-    __slots__ = ("done", "got", "status", "wanted")
+    __slots__ = ("deadline", "done", "got", "status", "wanted")
 
-    def __init__(self, wanted: int) -> None:
+    def __init__(self, wanted: int, deadline: float) -> None:
         self.wanted = wanted
         self.got = 0
         self.status: str | None = None
         self.done = asyncio.Event()
+        self.deadline = deadline  # loop time by which the server has answered, or forgot it
 
 
 class Puller:
@@ -59,6 +63,7 @@ class Puller:
         self._ids = itertools.count(1)
         self._open: dict[str, _Request] = {}
         self._direct = lean.DirectInbox(nc, f"{self._inbox}.*", self._on_msg)
+        self._changed = asyncio.Event()  # a message arrived or a request ended
         self.last_status: str | None = None
 
     async def start(self) -> None:
@@ -70,6 +75,7 @@ class Puller:
             # server serves a consumer's pulls in order, so it belongs to the
             # oldest open request.
             self.ready.append(lean.to_msg(self.nc, subject, reply, data, headers))
+            self._changed.set()
             if self._open:
                 oldest, first = next(iter(self._open.items()))
                 first.got += 1
@@ -80,6 +86,7 @@ class Puller:
         status = parsed.get("Status")
         if status is None:  # an empty message with headers but no status: still data
             self.ready.append(lean.to_msg(self.nc, subject, reply, data, headers))
+            self._changed.set()
             return
         if status == "100":  # idle heartbeat
             return
@@ -93,6 +100,7 @@ class Puller:
     def _finish(self, token: str, request: _Request) -> None:
         self._open.pop(token, None)
         request.done.set()
+        self._changed.set()
 
     def _pop(self, n: int) -> list[Msg]:
         out: list[Msg] = []
@@ -104,7 +112,7 @@ class Puller:
         if self.ready:
             return self._pop(n)
         token = str(next(self._ids))
-        request = _Request(n)
+        request = _Request(n, asyncio.get_running_loop().time() + wait_s)
         self._open[token] = request
         await lean.publish(self.nc, self._api, json.dumps(body).encode(), f"{self._inbox}.{token}")
         try:
@@ -125,9 +133,26 @@ class Puller:
         body = {"batch": n, "expires": int(expires * 1e9)}
         return await self._pull(n, body, expires + 1.0)
 
+    async def arrival(self, n: int) -> list[Msg]:
+        """Up to ``n`` messages, once one has arrived or an open request has
+        ended (then possibly none): waits on the pulls already out, adds none,
+        and not past the last of their deadlines."""
+        if not self.ready and self.outstanding:
+            self._changed.clear()
+            deadline = max(request.deadline for request in self._open.values())
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout_at(deadline):
+                    await self._changed.wait()
+        return self._pop(n)
+
     @property
     def outstanding(self) -> int:
-        """Pull requests the server may still answer."""
+        """Pull requests the server may still answer. One past its deadline
+        (the server forgot it in a reconnect, or never answered) is dropped."""
+        if self._open:
+            now = asyncio.get_running_loop().time()
+            for token in [t for t, r in self._open.items() if r.deadline < now]:
+                del self._open[token]
         return len(self._open)
 
     async def close(self, settle_s: float = 0.0) -> list[Msg]:

@@ -235,8 +235,13 @@ class TaskWorker:
         Answers that come later wait in their puller's buffer for the next sweep.
         """
         lanes = [lane for lane in self.lanes if lane.has_room]
+        # One lingering pull per lane at most: a lane whose pull from an earlier
+        # wait is still open (that wait ended early) waits on it, adds none.
         waits: dict[asyncio.Future[Any], Lane[Puller]] = {
-            asyncio.ensure_future(lane.source.wait(1, self.idle_poll_s)): lane for lane in lanes
+            asyncio.ensure_future(
+                lane.source.arrival(1) if lane.source.outstanding else lane.source.wait(1, self.idle_poll_s)
+            ): lane
+            for lane in lanes
         }
         stop: asyncio.Future[Any] = asyncio.ensure_future(self._stopping.wait())
         wake = {stop}

@@ -177,3 +177,43 @@ async def test_acks_of_one_turn_share_one_confirmation_and_all_take_effect(
     await puller.close()
     await pipeline.stop()
     await js.delete_stream(stream)
+
+
+async def test_waiting_on_open_pulls_adds_none_and_ends_at_their_deadline(
+    js: JetStreamContext, nc: Client
+) -> None:
+    stream = unique("LEANARR").upper().replace("-", "_")
+    subject = f"{stream.lower()}.q"
+    await js.add_stream(name=stream, subjects=[subject], retention="workqueue")
+    await js.add_consumer(stream, durable_name="c", filter_subject=subject)
+    puller = Puller(nc, stream, "c")
+    await puller.start()
+    # A lingering pull whose waiter gives up stays open on the server.
+    waiter = asyncio.ensure_future(puller.wait(1, expires=30))
+    async with asyncio.timeout(5):
+        while (await js.consumer_info(stream, "c")).num_waiting != 1:
+            await asyncio.sleep(0.01)
+    waiter.cancel()
+    assert puller.outstanding == 1
+    arrival = asyncio.ensure_future(puller.arrival(1))
+    await js.publish(subject, b"late")
+    async with asyncio.timeout(5):
+        got = await arrival
+    assert [m.data for m in got] == [b"late"]  # delivered to the open pull, none added
+    assert (await js.consumer_info(stream, "c")).num_waiting == 0 and puller.outstanding == 0
+    await puller.close()
+
+    # A pull nobody will ever answer (no such stream: the server only says 503)
+    # ends at its deadline instead of holding its waiter forever.
+    orphan = Puller(nc, f"{stream}_GONE", "c")
+    await orphan.start()
+    waiter = asyncio.ensure_future(orphan.wait(1, expires=0.2))
+    while not orphan.outstanding:  # until its request is out
+        await asyncio.sleep(0)
+    waiter.cancel()
+    assert orphan.outstanding == 1
+    async with asyncio.timeout(5):
+        assert await orphan.arrival(1) == []
+    assert orphan.outstanding == 0
+    await orphan.close()
+    await js.delete_stream(stream)

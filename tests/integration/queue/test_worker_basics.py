@@ -190,6 +190,32 @@ async def test_a_full_agent_is_served_again_as_soon_as_a_task_finishes(
     assert elapsed < 0.7, f"100 tasks one at a time took {elapsed:.2f} s"
 
 
+async def test_a_busy_full_agent_does_not_pile_up_pulls_on_an_idle_one(
+    nc: Client, mesh_js: JetStreamContext, queue: TaskQueue
+) -> None:
+    busy, idle = unique("busy"), unique("idle")
+    tracker = _Peak(200, hold_s=0)
+    await asyncio.gather(*(queue.enqueue(TaskSpec(busy, {"i": i})) for i in range(200)))
+    handlers = {
+        busy: (AgentQueueConfig(busy, concurrency=1, priorities=(2,)), tracker.handler),
+        idle: (AgentQueueConfig(idle, priorities=(2,)), tracker.handler),
+    }
+    worker = TaskWorker(nc, mesh_js, handlers, concurrency=16, idle_poll_s=2.0)
+    await worker.start()
+    waiting: list[int] = []
+    try:
+        async with asyncio.timeout(20):
+            while not tracker.done.is_set():
+                info = await mesh_js.consumer_info(names.STREAM_TASKS, names.task_consumer(idle, 2))
+                waiting.append(info.num_waiting)
+                await asyncio.sleep(0.02)
+    finally:
+        await worker.stop()
+    # Every time a busy task finished, the dispatcher woke; it must keep the idle
+    # lane's one lingering pull, not add another (each would live for 2 s).
+    assert max(waiting) <= 1, f"pulls waiting on the idle lane: {sorted(waiting)[-5:]}"
+
+
 class _Peak:
     """A handler that records how many of its calls ran at once."""
 
