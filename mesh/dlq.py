@@ -11,7 +11,7 @@ and runs again stores one dead letter, not two.
 from __future__ import annotations
 
 import base64
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Literal
 
 from nats.js import JetStreamContext
@@ -172,6 +172,10 @@ async def replay(js: JetStreamContext, seq: int) -> str:
     state = await get_run(js, task.id)
     if state is not None:
         state.status, state.finished_at, state.result = RunStatus.QUEUED, None, None
+        state.replay, state.lease_until = payload["replay"], None
+        # The republished task carries its TTL header: it may wait that long again.
+        ttl = task.metadata.ttl_s or float(headers.get("Nats-TTL", 0) or 0)
+        state.expires_at = utcnow() + timedelta(seconds=ttl) if ttl else None
         await put_run(js, state)
     await js.publish(entry.subject, encode(task, content_type), headers=headers)
     await js.delete_msg(names.STREAM_DLQ, seq)

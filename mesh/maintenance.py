@@ -8,7 +8,12 @@
 * **Expiry.** A task whose TTL passes while queued vanishes silently from the
   stream; the reaper finds queued runs past ``expires_at`` and records them
   as expired (run state and ``execution.finished`` with status ``expired``).
-  It scans the ``af_runs`` bucket every ``expiry_interval_s``.
+  It scans the ``af_runs`` bucket every ``expiry_interval_s``. A run a
+  worker claimed (still running as its TTL passed) is left alone while the
+  worker renews its lease, and expired once the lease lapses (worker lost).
+  An outcome already recorded wins over an expiry (the event is checked, not
+  only the projected state), and the expiry event has an id of its own, so a
+  worker's outcome that comes later is recorded too and becomes the final state.
 * **Gauges.** Depth, in-flight ratio (stall) and DLQ size every few seconds.
 
 Several replicas may run this: the mover's consumer is shared, expiry uses
@@ -22,7 +27,7 @@ import contextlib
 import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from nats.aio.client import Client
 from nats.aio.msg import Msg
@@ -34,7 +39,7 @@ from mesh import metrics, names
 from mesh.dlq import AttemptError, DeadLetter, dead_letter
 from mesh.envelope import CONTENT_TYPE, Envelope, MessageType, Metadata, decode, utcnow
 from mesh.errors import DecodeError
-from mesh.outcome import replay_generation, write_outcome
+from mesh.outcome import expired_msg_id, finished_msg_id, replay_generation, write_outcome
 from mesh.puller import Puller
 from mesh.runs import RunState, RunStatus, get_run, parse_run
 from mesh.stats import queue_stats
@@ -130,32 +135,55 @@ async def _scan_runs(js: JetStreamContext) -> AsyncIterator[tuple[RunState, int]
             await sub.unsubscribe()
 
 
+def _overdue(state: RunState, now: datetime, grace: timedelta) -> str | None:
+    """Why ``state`` is to be recorded as expired now, or None."""
+    if state.status == RunStatus.QUEUED and state.expires_at is not None and state.expires_at + grace <= now:
+        return f"TTL passed at {state.expires_at.isoformat()} before a worker took it"
+    lease = state.lease_until
+    if state.status == RunStatus.RUNNING and lease is not None and lease + grace <= now:
+        return (
+            "its worker was lost: it ran past its TTL (the task is gone from the queue, "
+            f"so it cannot be retried) and stopped renewing its claim at {lease.isoformat()}"
+        )
+    return None
+
+
+async def _outcome_exists(js: JetStreamContext, state: RunState) -> bool:
+    """Is this run's outcome (of its replay generation) stored, whatever the projection says?"""
+    try:
+        raw = await js.get_last_msg(names.STREAM_EVENTS, names.finished_subject(state.agent, state.run_id))
+    except NotFoundError:
+        return False
+    msg_id = (raw.headers or {}).get("Nats-Msg-Id")
+    return msg_id in (finished_msg_id(state.run_id, state.replay), expired_msg_id(state.run_id, state.replay))
+
+
 async def expire_overdue(js: JetStreamContext, grace_s: float = 5.0) -> list[str]:
-    """Record queued runs whose TTL passed as expired; returns their run ids."""
+    """Record overdue runs as expired (see the module docstring); returns their run ids."""
     kv = await js.key_value(names.BUCKET_RUNS)
     now = utcnow()
+    grace = timedelta(seconds=grace_s)
     expired: list[str] = []
     async for state, revision in _scan_runs(js):
-        if state.status != RunStatus.QUEUED or state.expires_at is None:
+        reason = _overdue(state, now, grace)
+        if reason is None or await _outcome_exists(js, state):
             continue
-        if state.expires_at + timedelta(seconds=grace_s) > now:
-            continue
-        state.status, state.finished_at = RunStatus.EXPIRED, now
-        state.error = f"TTL passed at {state.expires_at.isoformat()} before a worker took it"
+        state.status, state.finished_at, state.error = RunStatus.EXPIRED, now, reason
+        state.lease_until = None
         try:  # compare-and-set: a worker that just finished it wins
             await kv.update(state.run_id, state.model_dump_json().encode(), last=revision)
         except KeyWrongLastSequenceError:
             continue
         task = Envelope(
             id=state.run_id, type="task.run", message_type=MessageType.COMMAND,
-            payload={"agent": state.agent}, created_at=state.enqueued_at,
+            payload={"agent": state.agent, "replay": state.replay}, created_at=state.enqueued_at,
             metadata=Metadata(tenant=state.tenant, routing_key=state.routing_key),
         )  # fmt: skip
         # The state is already final (CAS won), so the event must not be lost
         # to a short outage: retry it before giving up.
         for attempt in range(1, 5):
             try:
-                await write_outcome(js, task, state)
+                await write_outcome(js, task, state, expired_msg_id(state.run_id, state.replay))
                 break
             except Exception:
                 if attempt == 4:

@@ -32,6 +32,7 @@ from mesh.runs import RunState, RunStatus
 
 __all__ = [
     "OutcomeMessage",
+    "expired_msg_id",
     "finished_msg_id",
     "outcome_message",
     "replay_generation",
@@ -58,14 +59,20 @@ def finished_msg_id(run_id: str, generation: int) -> str:
     return f"finished-{run_id}-{generation}"
 
 
-def outcome_message(task: Envelope, state: RunState) -> OutcomeMessage:
+def expired_msg_id(run_id: str, generation: int) -> str:
+    """The reaper's event: an id of its own, so that a worker's real outcome
+    arriving after an expiry is stored, not deduplicated against it."""
+    return f"expired-{run_id}-{generation}"
+
+
+def outcome_message(task: Envelope, state: RunState, msg_id: str | None = None) -> OutcomeMessage:
     """(subject, data, headers) of the run's finished event, from its run state."""
     return _finished(
         task, state.agent, state.status.value, state.attempts, state.started_at,
         state.finished_at or utcnow(), state.result,
         tenant=state.tenant, priority=state.priority, enqueued_at=state.enqueued_at,
         routing_key=state.routing_key, idempotency_key=state.idempotency_key,
-        error=state.error, errors=state.errors,
+        error=state.error, errors=state.errors, msg_id=msg_id,
     )  # fmt: skip
 
 
@@ -100,6 +107,7 @@ def _finished(
     idempotency_key: str | None,
     error: str | None = None,
     errors: list[AttemptError] | None = None,
+    msg_id: str | None = None,
 ) -> OutcomeMessage:
     """Hot path (once per task): the envelope and its :class:`ExecutionFinished`
     payload are serialized straight from a dict by pydantic-core, without
@@ -108,7 +116,7 @@ def _finished(
     """
     run_id = task.id
     generation = replay_generation(task)
-    msg_id = finished_msg_id(run_id, generation)
+    msg_id = msg_id or finished_msg_id(run_id, generation)
     payload = task.payload if isinstance(task.payload, dict) else {}
     event: dict[str, Any] = {
         "run_id": run_id, "agent": agent, "tenant": tenant, "status": status,
@@ -144,7 +152,9 @@ def _finished(
     return names.finished_subject(agent, run_id), to_json(envelope, inf_nan_mode="null"), headers
 
 
-async def write_outcome(js: JetStreamContext, task: Envelope, state: RunState) -> None:
+async def write_outcome(
+    js: JetStreamContext, task: Envelope, state: RunState, msg_id: str | None = None
+) -> None:
     """Unpipelined variant for cold paths (mover, reaper)."""
-    subject, data, headers = outcome_message(task, state)
+    subject, data, headers = outcome_message(task, state, msg_id)
     await js.publish(subject, data, headers=parse_headers(headers))

@@ -61,6 +61,11 @@ class RunState(BaseModel):
     started_at: datetime | None = None
     finished_at: datetime | None = None
     expires_at: datetime | None = None
+    # Set while a worker runs it past its TTL (the server has removed the task
+    # message by then): the worker renews it; the reaper expires the run once
+    # it lapses (the worker was lost). See mesh/worker.py, "claims".
+    lease_until: datetime | None = None
+    replay: int = 0  # DLQ replay generation this state belongs to
 
 
 def run_key(run_id: str) -> str:

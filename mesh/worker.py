@@ -18,6 +18,11 @@ Guarantees:
 * **Drain** (``stop``): stop pulling, let in-flight work finish within the
   drain timeout, and ``nak`` (no delay) whatever is left so another worker
   takes it at once.
+* **Claims**: a task's TTL bounds how long it may *wait*; the server removes
+  the message at the TTL even while a worker runs it. So a run still going
+  when its TTL is about to pass is *claimed*: its state becomes ``running``
+  with a lease the worker renews, and the reaper leaves it alone until the
+  lease lapses (the worker was lost: the run is recorded as expired).
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from nats.aio.client import Client
@@ -105,10 +110,18 @@ class TaskContext:
 Handler = Callable[[TaskContext], Awaitable[Any]]
 
 
+CLAIM_AHEAD_S = 3.0  # claim a run this long before its TTL passes
+LEASE_S = 30.0  # a claim lasts this long; renewed at a third left
+
+
 @dataclass(eq=False)
 class _InFlight:
     msg: Msg
     lane: Lane[Puller]
+    task: Envelope | None = None  # known once decoded
+    running: Callable[[], RunState] | None = None  # the run state, built on demand
+    lease_until: datetime | None = None  # claimed until
+    finishing: bool = False  # the handler returned: its outcome is being written
 
 
 class TaskWorker:
@@ -123,13 +136,17 @@ class TaskWorker:
         concurrency: int = 16,
         policy: DispatchPolicy | None = None,
         idle_poll_s: float = 1.0,
+        claim_interval_s: float | None = 1.0,
         name: str = "worker",
     ) -> None:
+        """``claim_interval_s``: how often runs near their TTL are claimed
+        (None: never, for tests of what happens without)."""
         self.nc, self.js = nc, js
         self.handlers = handlers
         self.concurrency = concurrency
         self.policy = policy or DispatchPolicy()
         self.idle_poll_s = idle_poll_s
+        self.claim_interval_s = claim_interval_s
         self.name = name
         self.lanes: list[Lane[Puller]] = []
         self.completed = 0  # tasks that succeeded and were acked by this worker
@@ -162,6 +179,8 @@ class TaskWorker:
             asyncio.create_task(self._dispatch_loop(), name=f"{self.name}-dispatch"),
             asyncio.create_task(self._heartbeat_loop(), name=f"{self.name}-heartbeat"),
         ]
+        if self.claim_interval_s is not None:
+            self._loops.append(asyncio.create_task(self._claim_loop(), name=f"{self.name}-claims"))
 
     async def stop(self, drain_timeout: float = 30.0) -> None:
         """Graceful drain; see the module docstring."""
@@ -268,8 +287,9 @@ class TaskWorker:
 
     def _launch(self, lane: Lane[Puller], msg: Msg) -> None:
         lane.started()
-        task = asyncio.create_task(self._run_guarded(lane, msg))
-        self._inflight[task] = _InFlight(msg, lane)
+        item = _InFlight(msg, lane)
+        task = asyncio.create_task(self._run_guarded(item))
+        self._inflight[task] = item
         task.add_done_callback(self._finished)
 
     def _finished(self, task: asyncio.Task[None]) -> None:
@@ -287,14 +307,43 @@ class TaskWorker:
                 with contextlib.suppress(Exception):
                     await item.msg.in_progress()
 
+    async def _claim_loop(self) -> None:
+        """Claim runs whose TTL is about to pass while they run; renew claims."""
+        assert self.claim_interval_s is not None
+        while True:
+            await asyncio.sleep(self.claim_interval_s)
+            now = utcnow()
+            for item in list(self._inflight.values()):
+                if item.finishing or item.running is None or item.task is None:
+                    continue
+                ttl = item.task.metadata.ttl_s
+                if not ttl:
+                    continue
+                due = item.task.created_at + timedelta(seconds=ttl - CLAIM_AHEAD_S)
+                if item.lease_until is not None:
+                    due = item.lease_until - timedelta(seconds=LEASE_S / 3)
+                if now < due:
+                    continue
+                state = item.running()
+                state.lease_until = now + timedelta(seconds=LEASE_S)
+                try:
+                    # Sent before any outcome of this run (``finishing`` is still
+                    # False and this connection keeps order), so a claim never
+                    # lands on top of a final state.
+                    await put_run(self.js, state)
+                    item.lease_until = state.lease_until
+                except Exception as exc:  # NATS away: the next round tries again
+                    log.warning("%s: could not claim %s: %s", self.name, state.run_id, exc)
+
     # ---- running -----------------------------------------------------------
 
-    async def _run_guarded(self, lane: Lane[Puller], msg: Msg) -> None:
+    async def _run_guarded(self, item: _InFlight) -> None:
         """Run one task; if recording its outcome fails (NATS away), hand it back
         soon rather than after the full ack wait. The outcome writes are
         idempotent, so the next delivery finishes the job."""
+        msg = item.msg
         try:
-            await self._run(lane, msg)
+            await self._run(item)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -302,7 +351,8 @@ class TaskWorker:
             with contextlib.suppress(Exception):
                 await msg.nak(delay=1.0)
 
-    async def _run(self, lane: Lane[Puller], msg: Msg) -> None:
+    async def _run(self, item: _InFlight) -> None:
+        lane, msg = item.lane, item.msg
         cfg, handler = self.handlers[lane.agent]
         attempt, _ = lean.delivery_of(msg)
         started = utcnow()
@@ -336,6 +386,8 @@ class TaskWorker:
             running.progress = percent
             await put_run(self.js, running)
 
+        item.task, item.running = task, current  # for claims (see _claim_loop)
+
         ctx = TaskContext(
             run_id=task.id, agent=lane.agent, tenant=task.metadata.tenant,
             routing_key=task.metadata.routing_key, attempt=attempt,
@@ -349,9 +401,11 @@ class TaskWorker:
         except asyncio.CancelledError:
             raise
         except Exception as exc:
+            item.finishing = True
             series.run.observe(time.perf_counter() - t0)
             await self._failed(cfg, lane, msg, task, current(), attempt, exc)
             return
+        item.finishing = True
         series.run.observe(time.perf_counter() - t0)
         if state is None:
             outcome = success_message(task, lane.agent, attempt, started, utcnow(), result)
@@ -387,7 +441,7 @@ class TaskWorker:
         )  # fmt: skip
         state.error = f"{type(exc).__name__}: {exc}"
         if retryable and attempt < cfg.max_attempts:
-            state.status = RunStatus.QUEUED
+            state.status, state.lease_until = RunStatus.QUEUED, None
             await _put_run_retrying(self.js, state)
             await msg.nak(delay=cfg.backoff(attempt))
             metrics.TASKS_RETRIED.labels(lane.agent).inc()
@@ -462,10 +516,13 @@ def _running(state: RunState, attempt: int, started: datetime) -> RunState:
 
 def _state_from(task: Envelope, agent: str) -> RunState:
     payload = task.payload if isinstance(task.payload, dict) else {}
+    ttl = task.metadata.ttl_s
     return RunState(
         run_id=task.id, agent=agent, tenant=task.metadata.tenant,
         routing_key=task.metadata.routing_key, priority=int(task.metadata.priority),
         idempotency_key=payload.get("idempotency_key"), enqueued_at=task.created_at,
+        expires_at=task.created_at + timedelta(seconds=ttl) if ttl else None,
+        replay=replay_generation(task),
     )  # fmt: skip
 
 

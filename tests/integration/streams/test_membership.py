@@ -80,7 +80,8 @@ async def test_crashed_member_is_dropped_within_the_session_timeout(
     _crash(victim)
     crashed_at = loop.time()
     await eventually(lambda: _is(survivor, (survivor.member_id,)), 10, "victim dropped")
-    assert loop.time() - crashed_at <= SESSION + 3 * HEARTBEAT + 0.5
+    # The bound, plus room for a loaded 2-core CI machine (0.5 s was seen to be too little).
+    assert loop.time() - crashed_at <= SESSION + 3 * HEARTBEAT + 1.5
 
 
 async def test_leader_lease_moves_when_the_leader_crashes(
