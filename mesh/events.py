@@ -53,5 +53,5 @@ class ExecutionFinished(BaseModel):
             progress=100.0 if self.status == RunStatus.SUCCEEDED else None,
             result=self.result, error=self.error, errors=self.errors,
             idempotency_key=self.idempotency_key, enqueued_at=self.enqueued_at,
-            started_at=self.started_at, finished_at=self.finished_at,
+            started_at=self.started_at, finished_at=self.finished_at, replay=self.replay,
         )  # fmt: skip

@@ -24,6 +24,7 @@ def _finished_task(replay: int = 0) -> tuple[Envelope, object]:
     if replay:
         task = task.model_copy(update={"payload": {**task.payload, "replay": replay}})
     state = parse_run(queued_record(task.id, spec, task.created_at, task.metadata))
+    state.replay = replay
     state.status, state.attempts, state.result = RunStatus.FAILED, 2, {"co2e_kg": 1.5}
     state.errors = [AttemptError(attempt=1, error="boom", error_type="RuntimeError")]
     state.error = "RuntimeError: boom"
