@@ -62,7 +62,7 @@ from mesh.outcome import (
 )
 from mesh.pipeline import Pipeline, parse_puback
 from mesh.puller import Puller
-from mesh.runs import RunState, RunStatus, get_run, put_run
+from mesh.runs import RunState, RunStatus, get_run, put_run, run_key
 
 __all__ = ["AgentQueueConfig", "PermanentError", "TaskContext", "TaskWorker"]
 
@@ -327,10 +327,11 @@ class TaskWorker:
                 state = item.running()
                 state.lease_until = now + timedelta(seconds=LEASE_S)
                 try:
-                    # Sent before any outcome of this run (``finishing`` is still
-                    # False and this connection keeps order), so a claim never
-                    # lands on top of a final state.
-                    await put_run(self.js, state)
+                    # Buffered on the connection before this coroutine yields, while
+                    # ``finishing`` is still False: it goes out before any outcome
+                    # of this run, so a claim never lands on top of a final state.
+                    data = state.model_dump_json().encode()
+                    parse_puback(await (await self.pipeline.request(run_key(state.run_id), data)))
                     item.lease_until = state.lease_until
                 except Exception as exc:  # NATS away: the next round tries again
                     log.warning("%s: could not claim %s: %s", self.name, state.run_id, exc)
