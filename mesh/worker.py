@@ -383,9 +383,13 @@ class TaskWorker:
             return state
 
         async def report(percent: float) -> None:
+            if item.finishing:  # a report not awaited by the handler, arriving late
+                return
             running = current()
             running.progress = percent
-            await put_run(self.js, running)
+            # Through the pipeline: buffered before this yields, so never after the outcome.
+            data = running.model_dump_json().encode()
+            parse_puback(await (await self.pipeline.request(run_key(running.run_id), data)))
 
         item.task, item.running = task, current  # for claims (see _claim_loop)
 
