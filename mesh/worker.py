@@ -114,7 +114,7 @@ CLAIM_AHEAD_S = 3.0  # claim a run this long before its TTL passes
 LEASE_S = 30.0  # a claim lasts this long; renewed at a third left
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class _InFlight:
     msg: Msg
     lane: Lane[Puller]
