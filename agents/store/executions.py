@@ -8,15 +8,22 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 import asyncpg
+from prometheus_client import Counter
 from pydantic_core import to_json
 
 from agents.registry import Registry
 from mesh import names
 from mesh.events import ExecutionFinished
 
-__all__ = ["get_execution", "list_agents", "record_executions", "upsert_agents"]
+__all__ = ["EXECUTIONS_MENDED", "get_execution", "list_agents", "record_executions", "upsert_agents"]
 
 log = logging.getLogger(__name__)
+
+EXECUTIONS_MENDED = Counter(
+    "af_executions_mended_total",
+    "Executions PostgreSQL refused as sent, recorded with NUL replaced (mended) or not at all (dropped)",
+    ["outcome"],
+)
 
 
 async def record_executions(pool: asyncpg.Pool, events: Sequence[ExecutionFinished]) -> int:
@@ -50,7 +57,9 @@ async def record_executions(pool: asyncpg.Pool, events: Sequence[ExecutionFinish
         mended += 1
         try:
             await _upsert(pool, [_without_nul(event)])
+            EXECUTIONS_MENDED.labels("mended").inc()
         except asyncpg.DataError as exc:
+            EXECUTIONS_MENDED.labels("dropped").inc()
             log.error("execution %s refused again (%s): not recorded; it stays in %s",
                       event.run_id, exc, names.STREAM_EVENTS)  # fmt: skip
     return mended

@@ -9,7 +9,7 @@ from typing import Any
 import asyncpg
 from aiohttp.test_utils import TestClient
 
-from agents.store.executions import get_execution, record_executions
+from agents.store.executions import EXECUTIONS_MENDED, get_execution, record_executions
 from mesh.dlq import AttemptError
 from mesh.envelope import new_id, utcnow
 from mesh.events import ExecutionFinished
@@ -75,8 +75,9 @@ async def test_an_event_the_database_refuses_is_mended_and_does_not_hold_back_it
 ) -> None:
     good, bad = _failed_run(), _failed_run()
     bad = bad.model_copy(update={"result": {"note": "meter\x00id"}, "error": "bad\x00byte"})
+    counted = EXECUTIONS_MENDED.labels("mended")._value.get()
     mended = await record_executions(pool, [good, bad])
-    assert mended == 1
+    assert mended == 1 and EXECUTIONS_MENDED.labels("mended")._value.get() == counted + 1
     assert (await get_execution(pool, good.run_id)) is not None
     row = await get_execution(pool, bad.run_id)
     assert row is not None
