@@ -110,6 +110,7 @@ class TaskContext:
 Handler = Callable[[TaskContext], Awaitable[Any]]
 
 
+MANY_LANES = 10  # past this many lanes, sweeps ask the stream which lanes hold tasks first
 CLAIM_AHEAD_S = 3.0  # claim a run this long before its TTL passes
 LEASE_S = 30.0  # a claim lasts this long; renewed at a third left
 
@@ -149,6 +150,7 @@ class TaskWorker:
         self.claim_interval_s = claim_interval_s
         self.name = name
         self.lanes: list[Lane[Puller]] = []
+        self._lane_of: dict[str, Lane[Puller]] = {}  # task subject -> lane
         self.completed = 0  # tasks that succeeded and were acked by this worker
         self._inflight: dict[asyncio.Task[None], _InFlight] = {}
         self._room = asyncio.Event()
@@ -173,6 +175,7 @@ class TaskWorker:
                 # 17,000 with this cap and the wait for room below).
                 limit = min(self.concurrency, cfg.max_ack_pending)
                 self.lanes.append(Lane(agent, priority, puller, limit=limit, budget=budget))
+                self._lane_of[names.task_subject(agent, priority)] = self.lanes[-1]
         await self.pipeline.start()
         self._room.set()
         self._loops = [
@@ -227,7 +230,8 @@ class TaskWorker:
             try:
                 got = await self._sweep(free)
                 if not got:
-                    got = await self._idle_wait()
+                    many = len(self.lanes) > MANY_LANES
+                    got = await (self._idle_wait_many(free) if many else self._idle_wait())
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # NATS down: back off, keep the loop alive
@@ -239,7 +243,13 @@ class TaskWorker:
                     self._launch(lane, msg)
 
     async def _sweep(self, free: int) -> list[tuple[Lane[Puller], list[Msg]]]:
-        for lane in self.policy.order(self.lanes):
+        order = self.policy.order(self.lanes)
+        if len(self.lanes) > MANY_LANES:
+            # A worker serving many agents asks the stream once which lanes hold
+            # tasks, instead of one empty pull per lane (100 agents: 500 lanes).
+            stored = await self._stored_lanes()
+            order = [lane for lane in order if lane in stored or lane.source.ready]
+        for lane in order:
             room = min(free, lane.room)
             msgs = await lane.source.take(room)
             if msgs:
@@ -284,6 +294,48 @@ class TaskWorker:
             for f in waits:
                 if not f.done():
                     f.cancel()
+
+    async def _stored_lanes(self) -> set[Lane[Puller]]:
+        """This worker's lanes with tasks in the stream (waiting or in flight somewhere)."""
+        info = await self.js.stream_info(names.STREAM_TASKS, subjects_filter=f"{names.TASKS_PREFIX}.>")
+        subjects = info.state.subjects or {}
+        return {lane for subject, lane in self._lane_of.items() if subjects.get(subject)}
+
+    async def _idle_wait_many(self, free: int) -> list[tuple[Lane[Puller], list[Msg]]]:
+        """Nothing ready, many lanes: instead of a lingering pull per lane, listen
+        to the task subjects themselves until one of ours is published (or a full
+        lane gets room, or ``idle_poll_s`` passes); the next sweep then pulls it.
+        Listening only while idle: a busy worker does not see every publish.
+        Redeliveries and delayed retries publish nothing: the ``idle_poll_s``
+        sweep finds those."""
+        published = asyncio.Event()
+
+        def on_task(subject: bytes, reply: bytes, data: bytes, headers: bytes | None) -> None:
+            lane = self._lane_of.get(subject.decode())
+            if lane is not None and lane.has_room:
+                published.set()
+
+        listener = lean.DirectInbox(self.nc, f"{names.TASKS_PREFIX}.>", on_task)
+        await listener.start()
+        try:
+            # A task stored before the subscription took effect is in the stream:
+            # this sweep goes after the SUB on the same connection. (A lane whose
+            # tasks are all in flight elsewhere answers 404: nothing to spin on.)
+            got = await self._sweep(free)
+            if got:
+                return got
+            wake = [asyncio.ensure_future(published.wait()), asyncio.ensure_future(self._stopping.wait())]
+            if not all(lane.has_room for lane in self.lanes):
+                self._room.clear()
+                wake.append(asyncio.ensure_future(self._room.wait()))
+            try:
+                await asyncio.wait(wake, timeout=self.idle_poll_s, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for w in wake:
+                    w.cancel()
+            return []
+        finally:
+            await listener.stop()
 
     def _launch(self, lane: Lane[Puller], msg: Msg) -> None:
         lane.started()

@@ -216,6 +216,40 @@ async def test_a_busy_full_agent_does_not_pile_up_pulls_on_an_idle_one(
     assert max(waiting) <= 1, f"pulls waiting on the idle lane: {sorted(waiting)[-5:]}"
 
 
+async def test_a_worker_serving_many_agents_pulls_only_where_tasks_are(
+    nc: Client, mesh_js: JetStreamContext, queue: TaskQueue
+) -> None:
+    agents = [unique("many") for _ in range(30)]  # 150 lanes
+    busy = agents[17]
+    tracker = _Peak(41, hold_s=0)
+    worker = TaskWorker(
+        nc,
+        mesh_js,
+        {a: (AgentQueueConfig(a), tracker.handler) for a in agents},
+        concurrency=4,
+        idle_poll_s=2.0,
+    )
+    await worker.start()
+    try:
+        await asyncio.gather(*(queue.enqueue(TaskSpec(busy, {"i": i})) for i in range(40)))
+        async with asyncio.timeout(20):
+            while tracker.finished < 40:
+                await asyncio.sleep(0.01)
+        # Idle now: one more task is noticed when it is published, not by polling.
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        await queue.enqueue(TaskSpec(agents[3], {}, priority=Priority.LOW))
+        await asyncio.wait_for(tracker.done.wait(), 1.5)  # well inside idle_poll_s
+        picked_up = loop.time() - start
+        lanes = list(worker.lanes)
+    finally:
+        await worker.stop()
+    pulls = sum(next(lane.source._ids) - 1 for lane in lanes)
+    # Asking each of the 150 lanes in turn took 50-80 empty pulls per sweep.
+    assert pulls < 150, f"{pulls} pull requests for 41 tasks"
+    assert picked_up < 1.0
+
+
 class _Peak:
     """A handler that records how many of its calls ran at once."""
 
