@@ -315,8 +315,15 @@ class TaskWorker:
             if lane is not None and lane.has_room:
                 published.set()
 
-        listener = lean.DirectInbox(self.nc, f"{names.TASKS_PREFIX}.>", on_task)
-        await listener.start()
+        # Only our agents' subjects when they are few; past that, one wildcard
+        # (fewer subscriptions to make and drop on every idle spell).
+        agents = sorted({lane.agent for lane in self.lanes})
+        subjects = [f"{names.TASKS_PREFIX}.>"] if len(agents) > 10 else [
+            f"{names.TASKS_PREFIX}.{agent}.*" for agent in agents
+        ]  # fmt: skip
+        listeners = [lean.DirectInbox(self.nc, subject, on_task) for subject in subjects]
+        for listener in listeners:
+            await listener.start()
         try:
             # A task stored before the subscription took effect is in the stream:
             # this sweep goes after the SUB on the same connection. (A lane whose
@@ -335,7 +342,8 @@ class TaskWorker:
                     w.cancel()
             return []
         finally:
-            await listener.stop()
+            for listener in listeners:
+                await listener.stop()
 
     def _launch(self, lane: Lane[Puller], msg: Msg) -> None:
         lane.started()
