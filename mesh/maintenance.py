@@ -39,7 +39,13 @@ from mesh import metrics, names
 from mesh.dlq import AttemptError, DeadLetter, dead_letter
 from mesh.envelope import CONTENT_TYPE, Envelope, MessageType, Metadata, decode, utcnow
 from mesh.errors import DecodeError
-from mesh.outcome import expired_msg_id, finished_msg_id, replay_generation, write_outcome
+from mesh.outcome import (
+    expired_msg_id,
+    finished_msg_id,
+    replay_generation,
+    stored_outcome_id,
+    write_outcome,
+)
 from mesh.puller import Puller
 from mesh.runs import RunState, RunStatus, get_run, parse_run
 from mesh.stats import queue_stats
@@ -150,12 +156,8 @@ def _overdue(state: RunState, now: datetime, grace: timedelta) -> str | None:
 
 async def _outcome_exists(js: JetStreamContext, state: RunState) -> bool:
     """Is this run's outcome (of its replay generation) stored, whatever the projection says?"""
-    try:
-        raw = await js.get_last_msg(names.STREAM_EVENTS, names.finished_subject(state.agent, state.run_id))
-    except NotFoundError:
-        return False
-    msg_id = (raw.headers or {}).get("Nats-Msg-Id")
-    return msg_id in (finished_msg_id(state.run_id, state.replay), expired_msg_id(state.run_id, state.replay))
+    stored = await stored_outcome_id(js, state.agent, state.run_id)
+    return stored in (finished_msg_id(state.run_id, state.replay), expired_msg_id(state.run_id, state.replay))
 
 
 async def expire_overdue(js: JetStreamContext, grace_s: float = 5.0) -> list[str]:

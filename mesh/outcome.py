@@ -13,6 +13,7 @@ from datetime import datetime
 from typing import Any
 
 from nats.js import JetStreamContext
+from nats.js.errors import NotFoundError
 from pydantic_core import to_json
 
 from mesh import names
@@ -36,6 +37,7 @@ __all__ = [
     "finished_msg_id",
     "outcome_message",
     "replay_generation",
+    "stored_outcome_id",
     "success_message",
     "write_outcome",
 ]
@@ -57,6 +59,19 @@ def replay_generation(task: Envelope) -> int:
 def finished_msg_id(run_id: str, generation: int) -> str:
     """One event per run and replay generation, however often it is re-sent."""
     return f"finished-{run_id}-{generation}"
+
+
+async def stored_outcome_id(js: JetStreamContext, agent: str, run_id: str) -> str | None:
+    """``Nats-Msg-Id`` of the run's last stored finished event (None: none yet).
+
+    The event is the truth; the state projected from it can lag by a moment,
+    so callers deciding whether an outcome exists look here, not at the state.
+    """
+    try:
+        raw = await js.get_last_msg(names.STREAM_EVENTS, names.finished_subject(agent, run_id))
+    except NotFoundError:
+        return None
+    return (raw.headers or {}).get("Nats-Msg-Id")
 
 
 def expired_msg_id(run_id: str, generation: int) -> str:

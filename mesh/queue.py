@@ -94,10 +94,14 @@ def _idempotency_token(tenant: str, key: str) -> str:
     return hashlib.sha256(f"{tenant}\x00{key}".encode()).hexdigest()
 
 
+def _check_agent(agent: str) -> None:
+    if not names.AGENT_KEY_RE.match(agent):
+        raise InvalidTask(f"invalid agent key {agent!r}: lowercase letters, digits and '-'")
+
+
 def build_task(spec: TaskSpec, run_id: str, created_at: datetime | None = None) -> Envelope:
     """The task's envelope, validated by the model (what a worker will decode)."""
-    if not names.AGENT_KEY_RE.match(spec.agent):
-        raise InvalidTask(f"invalid agent key {spec.agent!r}: lowercase letters, digits and '-'")
+    _check_agent(spec.agent)
     try:
         return Envelope(
             id=run_id,
@@ -145,8 +149,7 @@ def task_message(
         task = build_task(spec, run_id, created_at)
         data, meta = encode(task, content_type, limit=limit), task.metadata
     else:
-        if not names.AGENT_KEY_RE.match(spec.agent):
-            raise InvalidTask(f"invalid agent key {spec.agent!r}: lowercase letters, digits and '-'")
+        _check_agent(spec.agent)
         if not _RUN_ID.match(run_id):
             raise InvalidTask(f"invalid run id {run_id!r}")
         if spec.correlation_id is not None and len(spec.correlation_id) > 128:

@@ -41,7 +41,6 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
-from nats.js.errors import NotFoundError
 
 from mesh import lean, metrics, names
 from mesh.dispatch import Budget, DispatchPolicy, Lane
@@ -58,6 +57,7 @@ from mesh.outcome import (
     finished_msg_id,
     outcome_message,
     replay_generation,
+    stored_outcome_id,
     success_message,
 )
 from mesh.pipeline import Pipeline, parse_puback
@@ -387,14 +387,18 @@ class TaskWorker:
                 state = item.running()
                 state.lease_until = now + timedelta(seconds=LEASE_S)
                 try:
-                    # Buffered on the connection before this coroutine yields, while
-                    # ``finishing`` is still False: it goes out before any outcome
-                    # of this run, so a claim never lands on top of a final state.
-                    data = state.model_dump_json().encode()
-                    parse_puback(await (await self.pipeline.request(run_key(state.run_id), data)))
+                    # Sent while ``finishing`` is still False (see _write_state).
+                    await self._write_state(state)
                     item.lease_until = state.lease_until
                 except Exception as exc:  # NATS away: the next round tries again
                     log.warning("%s: could not claim %s: %s", self.name, state.run_id, exc)
+
+    async def _write_state(self, state: RunState) -> None:
+        """A running run's state, through the pipeline: buffered on the connection
+        before this yields, so it goes out before any outcome written after the
+        caller saw ``finishing`` False, and never lands on top of a final state."""
+        data = state.model_dump_json().encode()
+        parse_puback(await (await self.pipeline.request(run_key(state.run_id), data)))
 
     # ---- running -----------------------------------------------------------
 
@@ -447,9 +451,7 @@ class TaskWorker:
                 return
             running = current()
             running.progress = percent
-            # Through the pipeline: buffered before this yields, so never after the outcome.
-            data = running.model_dump_json().encode()
-            parse_puback(await (await self.pipeline.request(run_key(running.run_id), data)))
+            await self._write_state(running)
 
         item.task, item.running = task, current  # for claims (see _claim_loop)
 
@@ -549,16 +551,9 @@ class TaskWorker:
 
 
 async def _outcome_recorded(js: JetStreamContext, agent: str, task: Envelope) -> bool:
-    """Was this delivery's outcome (this replay generation) already written?
-
-    The event is the truth; the state projected from it can lag by a moment
-    (a redelivery right after a drain), so look at the event itself.
-    """
-    try:
-        raw = await js.get_last_msg(names.STREAM_EVENTS, names.finished_subject(agent, task.id))
-    except NotFoundError:
-        return False
-    return (raw.headers or {}).get("Nats-Msg-Id") == finished_msg_id(task.id, replay_generation(task))
+    """Was this delivery's outcome (this replay generation) already written?"""
+    stored = await stored_outcome_id(js, agent, task.id)
+    return stored == finished_msg_id(task.id, replay_generation(task))
 
 
 async def _put_run_retrying(js: JetStreamContext, state: RunState, tries: int = 4) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 from hypothesis import given
 from hypothesis import strategies as st
@@ -152,13 +153,19 @@ async def test_js_publish_through_the_pipeline_matches_nats_py(js: JetStreamCont
     await js.delete_stream(stream)
 
 
+async def _work_queue(js: JetStreamContext, prefix: str, **consumer: Any) -> tuple[str, str]:
+    """A fresh work-queue stream with one durable consumer ``c``: (stream, subject)."""
+    stream = unique(prefix).upper().replace("-", "_")
+    subject = f"{stream.lower()}.q"
+    await js.add_stream(name=stream, subjects=[subject], retention="workqueue")
+    await js.add_consumer(stream, durable_name="c", filter_subject=subject, **consumer)
+    return stream, subject
+
+
 async def test_acks_of_one_turn_share_one_confirmation_and_all_take_effect(
     js: JetStreamContext, nc: Client
 ) -> None:
-    stream = unique("LEANACK").upper().replace("-", "_")
-    subject = f"{stream.lower()}.q"
-    await js.add_stream(name=stream, subjects=[subject], retention="workqueue")
-    await js.add_consumer(stream, durable_name="c", filter_subject=subject, ack_wait=30)
+    stream, subject = await _work_queue(js, "LEANACK", ack_wait=30)
     pipeline = Pipeline(nc)
     await pipeline.start()
     for i in range(50):
@@ -182,10 +189,7 @@ async def test_acks_of_one_turn_share_one_confirmation_and_all_take_effect(
 async def test_waiting_on_open_pulls_adds_none_and_ends_at_their_deadline(
     js: JetStreamContext, nc: Client
 ) -> None:
-    stream = unique("LEANARR").upper().replace("-", "_")
-    subject = f"{stream.lower()}.q"
-    await js.add_stream(name=stream, subjects=[subject], retention="workqueue")
-    await js.add_consumer(stream, durable_name="c", filter_subject=subject)
+    stream, subject = await _work_queue(js, "LEANARR")
     puller = Puller(nc, stream, "c")
     await puller.start()
     # A lingering pull whose waiter gives up stays open on the server.

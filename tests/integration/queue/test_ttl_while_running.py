@@ -32,30 +32,37 @@ async def _gone(js: JetStreamContext, agent: str) -> None:
             await asyncio.sleep(0.05)
 
 
+class _Gate:
+    """A handler that says it started, then waits to be let through."""
+
+    def __init__(self, result: Any) -> None:
+        self.result = result
+        self.started, self.proceed = asyncio.Event(), asyncio.Event()
+
+    async def handler(self, ctx: TaskContext) -> Any:
+        self.started.set()
+        await self.proceed.wait()
+        return self.result
+
+
 async def test_a_task_still_running_when_its_ttl_passes_is_claimed_and_not_expired(
     nc: Client, mesh_js: JetStreamContext, queue: TaskQueue
 ) -> None:
     agent = unique("ttl-run")
-    started, proceed = asyncio.Event(), asyncio.Event()
-
-    async def handler(ctx: TaskContext) -> Any:
-        started.set()
-        await proceed.wait()
-        return {"done": True}
-
-    worker = TaskWorker(nc, mesh_js, {agent: (AgentQueueConfig(agent), handler)}, claim_interval_s=0.1)
+    gate = _Gate({"done": True})
+    worker = TaskWorker(nc, mesh_js, {agent: (AgentQueueConfig(agent), gate.handler)}, claim_interval_s=0.1)
     await worker.start()
     try:
         queued = await queue.enqueue(TaskSpec(agent, {}, ttl_s=1))
-        await asyncio.wait_for(started.wait(), 10)
+        await asyncio.wait_for(gate.started.wait(), 10)
         await _gone(mesh_js, agent)  # the TTL passed while the handler runs
         claimed = await wait_for_run(mesh_js, queued.run_id, RunStatus.RUNNING)
         assert claimed.lease_until is not None and claimed.lease_until > utcnow()
         assert await expire_overdue(mesh_js, grace_s=0) == []
-        proceed.set()
+        gate.proceed.set()
         state = await wait_for_run(mesh_js, queued.run_id, RunStatus.SUCCEEDED)
     finally:
-        proceed.set()
+        gate.proceed.set()
         await worker.stop()
     assert state.result == {"done": True}
 
@@ -66,26 +73,20 @@ async def test_an_outcome_after_an_expiry_is_recorded_not_deduplicated(
     # A worker too stalled to claim in time (claims off here): the reaper expires
     # the run, then the handler finishes; the real outcome must still land.
     agent = unique("ttl-late")
-    started, proceed = asyncio.Event(), asyncio.Event()
-
-    async def handler(ctx: TaskContext) -> Any:
-        started.set()
-        await proceed.wait()
-        return {"late": True}
-
-    worker = TaskWorker(nc, mesh_js, {agent: (AgentQueueConfig(agent), handler)}, claim_interval_s=None)
+    gate = _Gate({"late": True})
+    worker = TaskWorker(nc, mesh_js, {agent: (AgentQueueConfig(agent), gate.handler)}, claim_interval_s=None)
     await worker.start()
     try:
         queued = await queue.enqueue(TaskSpec(agent, {}, ttl_s=1))
-        await asyncio.wait_for(started.wait(), 10)
+        await asyncio.wait_for(gate.started.wait(), 10)
         await _gone(mesh_js, agent)
         async with asyncio.timeout(10):
             while queued.run_id not in await expire_overdue(mesh_js, grace_s=0):
                 await asyncio.sleep(0.1)
-        proceed.set()
+        gate.proceed.set()
         state = await wait_for_run(mesh_js, queued.run_id, RunStatus.SUCCEEDED)
     finally:
-        proceed.set()
+        gate.proceed.set()
         await worker.stop()
     assert state.result == {"late": True}
 
