@@ -7,10 +7,19 @@ so the worker never grows a second decision path.
 
 Policy, precisely: lanes are tried highest priority first (CRITICAL=0) and,
 within a level, agents in rotating order. Every ``1/fair_share``-th sweep
-(default every 10th) starts at a lower level instead, rotating over the
-levels below the top one, so under a sustained CRITICAL load each lower
-level with work still gets at least ``fair_share / (levels - 1)`` of the
-sweeps: BACKGROUND work keeps moving.
+(default every 10th) is a *fair* sweep: it starts at one (level, agent)
+below the top level instead, then that level's other agents, the levels
+below it, and last the higher ones. Fair sweeps take the (level, agent)
+pairs in turn with their own counter, so whatever the number of agents and
+levels, under a sustained CRITICAL load each lower level with work still
+gets at least ``fair_share / (levels - 1)`` of the sweeps, and each agent
+with work at that level at least its ``1 / agents`` part of that: every
+agent's BACKGROUND work keeps moving. (Rotating agents by the sweep count
+alone, as before, put the same agent first on every fair sweep whenever
+the number of agents shared a factor with ``1/fair_share``: with two
+agents, one agent's BACKGROUND lane got every fair sweep, the other's
+none.) A pair whose lane turns out empty passes its turn on, in that
+order, so no sweep is wasted.
 """
 
 from __future__ import annotations
@@ -76,7 +85,10 @@ class DispatchPolicy:
         self.fair_share = fair_share
         self._every = round(1 / fair_share) if fair_share > 0 else 0
         self._sweeps = 0
-        self._rotor = 0
+        # Separate turn counters for ordinary and fair sweeps: deriving either
+        # rotation from ``_sweeps`` ties it to the fair period.
+        self._ordinary_turns = 0
+        self._fair_turns = 0
 
     def order(self, lanes: Sequence[Lane[T]]) -> list[Lane[T]]:
         """The order to try ``lanes`` in for the next sweep (lanes with no room left out)."""
@@ -85,14 +97,18 @@ class DispatchPolicy:
         if not open_lanes:
             return []
         agents = sorted({lane.agent for lane in open_lanes})
-        shift = self._sweeps % len(agents)
-        rank = {agent: (i - shift) % len(agents) for i, agent in enumerate(agents)}
-        ordered = sorted(open_lanes, key=lambda lane: (lane.priority, rank[lane.agent]))
-        levels = sorted({lane.priority for lane in ordered})
+        levels = sorted({lane.priority for lane in open_lanes})
         if self._every and len(levels) > 1 and self._sweeps % self._every == 0:
             lower = levels[1:]
-            start = lower[self._rotor % len(lower)]
-            self._rotor += 1
-            first = [lane for lane in ordered if lane.priority >= start]
-            return first + [lane for lane in ordered if lane.priority < start]
-        return ordered
+            turn = self._fair_turns
+            self._fair_turns += 1
+            # Levels vary fastest, so consecutive fair sweeps spread over the levels.
+            start = lower[turn % len(lower)]
+            first_agent = (turn // len(lower)) % len(agents)
+        else:
+            start = levels[0]
+            first_agent = self._ordinary_turns % len(agents)
+            self._ordinary_turns += 1
+        rank = {agent: (i - first_agent) % len(agents) for i, agent in enumerate(agents)}
+        # From ``start`` down to the lowest level, then the levels above ``start``.
+        return sorted(open_lanes, key=lambda lane: (lane.priority < start, lane.priority, rank[lane.agent]))

@@ -13,6 +13,22 @@ def lanes(agents: list[str], priorities: range = range(5)) -> list[Lane[None]]:
     return [Lane(agent, p, None) for agent in agents for p in priorities]
 
 
+def served(
+    policy: DispatchPolicy, agents: list[str], has_work: set[tuple[str, int]], sweeps: int
+) -> collections.Counter[tuple[str, int]]:
+    """Which (agent, level) each sweep serves: the first lane in its order with work,
+    as the worker's sweep takes it. Every agent has a lane at each of the five levels."""
+    ls = lanes(agents)
+    counts: collections.Counter[tuple[str, int]] = collections.Counter()
+    for _ in range(sweeps):
+        lane = next(lane for lane in policy.order(ls) if (lane.agent, lane.priority) in has_work)
+        counts[lane.agent, lane.priority] += 1
+    return counts
+
+
+AGENT_COUNTS = [1, 2, 3, 4, 5, 6, 10]  # 2, 4, 5, 6 and 10 share a factor with the fair period 10
+
+
 def test_top_priority_comes_first_on_ordinary_sweeps() -> None:
     policy = DispatchPolicy(fair_share=0.1)
     for _ in range(9):
@@ -66,3 +82,50 @@ def test_an_agent_budget_holds_across_its_priority_lanes() -> None:
 def test_fair_share_is_bounded() -> None:
     with pytest.raises(ValueError):
         DispatchPolicy(fair_share=0.9)
+
+
+@pytest.mark.parametrize("n", AGENT_COUNTS)
+@pytest.mark.parametrize("fair_share", [0.1, 0.25])
+def test_every_agents_lower_levels_get_their_share_under_critical_load(n: int, fair_share: float) -> None:
+    agents = [f"agent{i}" for i in range(n)]
+    every = round(1 / fair_share)
+    sweeps = every * 4 * n * 5  # whole rounds over the 4 lower levels and the n agents
+    counts = served(DispatchPolicy(fair_share), agents, {(a, p) for a in agents for p in range(5)}, sweeps)
+    # Each (agent, lower level) pair: fair_share / (levels - 1), spread over the agents.
+    lower_share = sweeps * fair_share / 4 / n
+    for agent in agents:
+        assert [counts[agent, p] for p in range(1, 5)] == [lower_share] * 4, (agent, counts)
+        # ... and CRITICAL keeps the rest, the agents taking turns.
+        assert counts[agent, 0] == sweeps * (1 - fair_share) / n, (agent, counts)
+
+
+@pytest.mark.parametrize("n", AGENT_COUNTS)
+def test_every_agents_background_gets_its_share_when_the_levels_between_are_empty(n: int) -> None:
+    # The case of issue 18: CRITICAL and BACKGROUND work only. The turns of the
+    # empty levels 1-3 pass down to BACKGROUND, so it gets every fair sweep.
+    agents = [f"agent{i}" for i in range(n)]
+    sweeps = 10 * 4 * n * 25
+    has_work = {(a, p) for a in agents for p in (0, 4)}
+    counts = served(DispatchPolicy(0.1), agents, has_work, sweeps)
+    for agent in agents:
+        assert counts[agent, 4] == sweeps // 10 // n, counts
+        assert counts[agent, 0] == sweeps * 9 // 10 // n, counts
+
+
+def test_an_empty_lanes_fair_turn_goes_to_an_agent_with_work_at_that_level() -> None:
+    agents = ["a", "b", "c"]
+    has_work = {(a, 0) for a in agents} | {("c", 4)}
+    counts = served(DispatchPolicy(0.1), agents, has_work, 1200)
+    assert counts["c", 4] == 120  # every fair sweep, not a third of them
+
+
+@pytest.mark.parametrize("n", AGENT_COUNTS)
+def test_ordinary_sweeps_keep_strict_priority(n: int) -> None:
+    policy = DispatchPolicy(fair_share=0.1)
+    ls = lanes([f"agent{i}" for i in range(n)])
+    for sweep in range(1, 201):
+        order = policy.order(ls)
+        if sweep % 10:
+            assert [lane.priority for lane in order] == sorted(lane.priority for lane in ls)
+        else:
+            assert order[0].priority > 0
