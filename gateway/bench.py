@@ -21,6 +21,7 @@ import click
 from mesh import names
 from mesh.connection import connect, jetstream
 from mesh.embedded import NatsServer
+from mesh.settings import Settings
 
 __all__ = ["percentile", "run_benchmarks"]
 
@@ -45,7 +46,8 @@ class _Env:
 @contextlib.asynccontextmanager
 async def _servers() -> AsyncIterator[_Env]:
     with tempfile.TemporaryDirectory(prefix="af-bench-") as tmp:
-        nats = NatsServer(Path(tmp) / "nats")
+        # AF_NATS_SYNC_INTERVAL applies, so its cost can be measured (docs/durability.md).
+        nats = NatsServer(Path(tmp) / "nats", sync_interval=Settings().nats_sync_interval)
         nats.start()
         try:
             yield _Env(nats, Path(tmp))
@@ -94,7 +96,6 @@ async def bench_skeleton(runs: int, concurrency: int = 64) -> dict[str, Any]:
     from mesh.envelope import decode
     from mesh.provision import provision
     from mesh.queue import TaskQueue
-    from mesh.settings import Settings
 
     async with _servers() as env:
         pg = EmbeddedPostgres(env.tmp / "pg")

@@ -193,6 +193,7 @@ async def bench_queue(n: int = 20_000, rounds: int = 3) -> dict[str, Any]:
 
     return {
         "tasks": n,
+        "nats_sync_interval": env.nats.sync_interval,
         "tasks_per_s": round(tasks.per_s, 1),
         "ceiling_per_s": round(ceiling.per_s, 1),
         "ratio": round(tasks.per_s / ceiling.per_s, 3),

@@ -89,7 +89,11 @@ class Platform:
         nats_url, db_url = s.nats_url, s.database_url
         if nats_url is None:
             self._say("starting embedded nats-server …")
-            self.nats = NatsServer(s.data_dir / "nats", port=_port_or_free(self.state.nats_port))
+            self.nats = NatsServer(
+                s.data_dir / "nats",
+                port=_port_or_free(self.state.nats_port),
+                sync_interval=s.nats_sync_interval,
+            )
             await asyncio.to_thread(self.nats.start)
             nats_url = self.nats.url
         if db_url is None:

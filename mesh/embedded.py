@@ -2,11 +2,14 @@
 
 Used by ``agent-factory up`` in embedded mode and by the test fixtures. The
 server runs with JetStream on, its store under a directory we own, bound to
-loopback only.
+loopback only. ``sync_interval`` says how often JetStream fsyncs its files
+(nats-server has no flag for it: it goes in a generated config file); what
+each value guarantees is in docs/durability.md.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -17,6 +20,7 @@ import time
 from pathlib import Path
 
 from mesh.errors import ConnectionFailed
+from mesh.settings import check_sync_interval
 
 __all__ = ["NatsServer", "find_free_port", "nats_server_binary"]
 
@@ -39,7 +43,11 @@ def nats_server_binary() -> Path:
 
 
 class NatsServer:
-    """A nats-server child process. ``start()`` returns once it accepts clients."""
+    """A nats-server child process. ``start()`` returns once it accepts clients.
+
+    ``sync_interval``: ``default``, ``always`` or a duration (``10s``);
+    ``monitor_port``: serve the HTTP monitoring endpoints (``/varz``, ``/jsz``) there.
+    """
 
     def __init__(
         self,
@@ -47,11 +55,15 @@ class NatsServer:
         port: int | None = None,
         host: str = "127.0.0.1",
         log_file: Path | None = None,
+        sync_interval: str = "default",
+        monitor_port: int | None = None,
     ) -> None:
         self.store_dir = Path(store_dir)
         self.host = host
         self.port = port or find_free_port(host)
         self.log_file = log_file or self.store_dir / "nats-server.log"
+        self.sync_interval = check_sync_interval(sync_interval)
+        self.monitor_port = monitor_port
         self._proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -72,6 +84,10 @@ class NatsServer:
             "-p", str(self.port),
             "-l", str(self.log_file),
         ]  # fmt: skip
+        if self.monitor_port is not None:
+            args += ["-m", str(self.monitor_port)]
+        if self.sync_interval != "default":
+            args += ["-c", str(self._write_config())]
         self._proc = subprocess.Popen(
             args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             start_new_session=True,
@@ -88,6 +104,15 @@ class NatsServer:
         self.kill()
         msg = f"nats-server did not become ready in {timeout}s; see {self.log_file}"
         raise ConnectionFailed(msg)
+
+    def _write_config(self) -> Path:
+        """The settings that have no command-line flag; the flags above still apply."""
+        path = self.store_dir / "nats-server.conf"
+        path.write_text(
+            "# Written by mesh.embedded.NatsServer on every start.\n"
+            f"jetstream {{\n  sync_interval: {json.dumps(self.sync_interval)}\n}}\n"
+        )
+        return path
 
     def _accepts_clients(self) -> bool:
         try:

@@ -7,12 +7,31 @@ documented in the README and the Helm values.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
+from typing import Annotated
 
-from pydantic import Field
+from pydantic import AfterValidator, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-__all__ = ["Settings"]
+__all__ = ["Settings", "SyncInterval", "check_sync_interval"]
+
+# Go's time.ParseDuration, which nats-server uses: "10s", "500ms", "1m30s".
+_GO_DURATION = re.compile(r"(?:\d+(?:\.\d*)?(?:ns|us|µs|ms|s|m|h))+")
+
+
+def check_sync_interval(value: str) -> str:
+    """``default`` (the server's 2 min), ``always``, or a positive duration such as ``10s``."""
+    text = value.strip().lower()
+    if text in ("default", "always"):
+        return text
+    if _GO_DURATION.fullmatch(text) and any(c in "123456789" for c in text):
+        return text
+    msg = f"{value!r} is not 'default', 'always' or a duration such as '10s', '500ms' or '1m'"
+    raise ValueError(msg)
+
+
+SyncInterval = Annotated[str, AfterValidator(check_sync_interval)]
 
 
 class Settings(BaseSettings):
@@ -32,6 +51,11 @@ class Settings(BaseSettings):
     drain_timeout_s: float = Field(default=30.0, gt=0)
     max_payload_bytes: int = Field(default=1_048_576, ge=1024)
     stream_replicas: int = Field(default=1, ge=1, le=5)
+    nats_sync_interval: SyncInterval = Field(
+        default="default",
+        description="How often the embedded nats-server fsyncs JetStream files: 'default' (2 min), "
+        "'always' (before each ack) or a duration ('10s'); see docs/durability.md",
+    )
 
     @property
     def embedded_nats(self) -> bool:
