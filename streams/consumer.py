@@ -6,8 +6,10 @@
 * Positions: ``seek`` re-creates the partition's reader at the offset;
   ``position`` is the next offset ``getmany`` will return.
 * Commits: next-offset-to-read per partition into the group's KV bucket
-  (:mod:`streams.offsets`). Fenced: a member that the group declared dead
-  (absent from the newest generation) commits nothing.
+  (:mod:`streams.offsets`), tagged with the generation the partitions were
+  assigned in. Fenced: a member absent from the newest generation it knows of
+  commits nothing, and the server-side compare-and-set keeps any commit, even
+  a late one from a stalled member, from overwriting a newer generation's.
 * Group: :mod:`streams.membership` runs the heartbeats and leader election; this
   module turns each new generation into Faust's rebalance sequence:
   ``app.on_rebalance_start()`` -> ``on_partitions_revoked(everything held)`` ->
@@ -355,11 +357,13 @@ class Consumer(base.Consumer):
             log.warning("not committing %d offsets: this member was declared dead", len(offsets))
             return False
         try:
-            await store.commit(offsets)
+            refused = await store.commit(
+                offsets, self._generation, membership.newest_number if membership is not None else None
+            )
         except Exception as exc:
             log.warning("commit failed (will retry): %r", exc)
             return False
-        return True
+        return not refused
 
     # -- topics ---------------------------------------------------------------------
 

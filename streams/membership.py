@@ -224,6 +224,15 @@ class GroupMembership:
         """
         return time.monotonic() - self._last_ok < self.session_timeout_s / 2
 
+    async def newest_number(self) -> int:
+        """The number of the group's newest generation, read from the server now
+        (``latest`` is only as fresh as our last heartbeat); 0 before the first."""
+        try:
+            entry = await self._require_kv().get(ASSIGNMENT)
+        except KeyNotFoundError:
+            return 0
+        return Generation.loads(entry.value).number if entry.value else 0
+
     def is_current(self, generation: int) -> bool:
         """Whether ``generation`` is still the newest one we know of (commit fencing)."""
         return self.latest is not None and self.latest.number == generation

@@ -89,7 +89,7 @@ async def committed_offsets(
     for p in range(partitions):
         try:
             entry = await kv.get(naming.offset_key(topic, p))
-            out[p] = int(entry.value or b"1")
+            out[p] = int(json.loads(entry.value)["offset"]) if entry.value else 1
         except KeyNotFoundError:
             out[p] = 1
     return out

@@ -65,7 +65,7 @@ async def test_compaction_keeps_newest_per_key_and_the_last_offset_exists(js: Je
 async def test_committed_offsets_are_durable_per_group(js: JetStreamContext) -> None:
     group = f"g-{uuid.uuid4().hex[:6]}"
     tps = [TP("orders", 0), TP("orders", 1)]
-    await OffsetStore(js, group).commit({tps[0]: 42})
+    await OffsetStore(js, group).commit({tps[0]: 42}, generation=1)
     assert await OffsetStore(js, group).read(tps) == {tps[0]: 42, tps[1]: None}
     assert await OffsetStore(js, group + "x").read(tps) == {tps[0]: None, tps[1]: None}
 
