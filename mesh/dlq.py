@@ -6,27 +6,39 @@ and replayed exactly. Operations: :func:`list_dead_letters`,
 :func:`get_dead_letter`, :func:`replay` / :func:`replay_all`, :func:`purge`.
 Publishing is deduplicated by ``dedup_id`` so a mover that crashes half-way
 and runs again stores one dead letter, not two.
+
+A dead letter always fits under the max payload: the queue accepts tasks of
+at most half of it (:mod:`mesh.limits`) and the attempt history is trimmed
+(:func:`mesh.runs.bounded_errors`). A replay republishes first and deletes
+the dead letter only once the task is stored again, so a failure anywhere
+leaves the dead letter in place.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 from datetime import datetime, timedelta
 from typing import Literal
 
+from nats.errors import MaxPayloadError
 from nats.js import JetStreamContext
-from nats.js.errors import NotFoundError
+from nats.js.errors import APIError, NotFoundError
 from pydantic import BaseModel, ConfigDict, Field
 
 from mesh import names
 from mesh.envelope import CONTENT_TYPE, JSON, decode, encode, new_id, utcnow
-from mesh.errors import DecodeError, MeshError
+from mesh.errors import DecodeError, MeshError, PayloadTooLarge
+from mesh.outcome import replay_generation, stored_outcome
+from mesh.runs import AttemptError, RunStatus, bounded_errors, get_run, get_run_entry, run_key
 
 __all__ = [
     "AttemptError",
     "DeadLetter",
     "DeadLetterNotFound",
     "DeadLetterView",
+    "ReplayReport",
+    "StaleDeadLetter",
     "count",
     "dead_letter",
     "get_dead_letter",
@@ -45,14 +57,17 @@ class DeadLetterNotFound(MeshError):
         self.seq = seq
 
 
-class AttemptError(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class StaleDeadLetter(MeshError):
+    """The run succeeded after it was dead-lettered (a worker presumed lost finished)."""
 
-    attempt: int = Field(ge=1)
-    error: str = Field(max_length=8192)
-    error_type: str = "Error"
-    retryable: bool = True
-    at: datetime = Field(default_factory=utcnow)
+    status = 409
+
+    def __init__(self, seq: int, run_id: str) -> None:
+        super().__init__(
+            f"dead letter {seq} is stale: run {run_id} succeeded after it was dead-lettered; "
+            "nothing to replay (purge it)"
+        )
+        self.seq, self.run_id = seq, run_id
 
 
 class DeadLetter(BaseModel):
@@ -78,8 +93,12 @@ class DeadLetter(BaseModel):
         return base64.b64decode(self.payload_b64)
 
     @classmethod
-    def of(cls, *, payload: bytes, **fields: object) -> DeadLetter:
-        return cls(payload_b64=base64.b64encode(payload).decode(), **fields)  # type: ignore[arg-type]
+    def of(cls, *, payload: bytes, errors: list[AttemptError] | None = None, **fields: object) -> DeadLetter:
+        return cls(
+            payload_b64=base64.b64encode(payload).decode(),
+            errors=bounded_errors(errors or []),
+            **fields,  # type: ignore[arg-type]
+        )
 
 
 async def dead_letter(js: JetStreamContext, entry: DeadLetter, dedup_id: str) -> int:
@@ -87,12 +106,18 @@ async def dead_letter(js: JetStreamContext, entry: DeadLetter, dedup_id: str) ->
 
     ``dedup_id`` identifies the original (e.g. ``tasks-<run id>``): storing the
     same original twice within the duplicate window yields one dead letter.
+    Raises :class:`PayloadTooLarge` (before sending) for an original too large
+    to dead-letter (only a task published around the queue's size limit).
     """
-    ack = await js.publish(
-        names.dlq_subject(entry.origin, entry.name),
-        entry.model_dump_json().encode(),
-        headers={CONTENT_TYPE: JSON, "Nats-Msg-Id": f"dlq-{dedup_id}", "AF-Tenant": entry.tenant},
-    )
+    data = entry.model_dump_json().encode()
+    try:
+        ack = await js.publish(
+            names.dlq_subject(entry.origin, entry.name),
+            data,
+            headers={CONTENT_TYPE: JSON, "Nats-Msg-Id": f"dlq-{dedup_id}", "AF-Tenant": entry.tenant},
+        )
+    except MaxPayloadError as exc:
+        raise PayloadTooLarge(len(data), None, what="dead letter") from exc
     return int(ack.seq)
 
 
@@ -144,56 +169,83 @@ async def get_dead_letter(js: JetStreamContext, seq: int) -> DeadLetterView:
     return DeadLetterView(seq=seq, entry=DeadLetter.model_validate_json(raw.data))
 
 
+# Headers of the stored original that must not travel with a replay: batch
+# framing (a lone message with them is refused), compare-and-set
+# expectations, and a server TTL (tasks wait under the reaper's deadline).
+_NOT_REPLAYED = ("Nats-Batch-", "Nats-Expected-", "Nats-TTL", "Nats-Msg-Id")
+
+
 async def replay(js: JetStreamContext, seq: int) -> str:
     """Put dead letter ``seq`` back on its queue, then remove it from the DLQ.
 
     The task keeps its run id; its replay generation goes up so the new
-    outcome is recorded (not deduplicated against the failed one). A crash
-    between the two steps replays at most once: the republish carries a
-    ``Nats-Msg-Id`` derived from the DLQ sequence.
+    outcome is recorded (not deduplicated against the failed one), and it may
+    wait its TTL again from now. Republish first, delete last: a failure in
+    between leaves the dead letter; a retry within the duplicate window
+    stores one task (``Nats-Msg-Id: replay-<seq>``). Refuses a stale dead
+    letter (:class:`StaleDeadLetter`): one whose run succeeded after all.
     """
     view = await get_dead_letter(js, seq)
     entry = view.entry
     if entry.origin != "tasks":
         raise MeshError(f"dead letter {seq} came from a channel; replay it with the channel API")
-    headers = dict(entry.headers)
-    data = entry.payload
+    headers = {k: v for k, v in entry.headers.items() if not k.startswith(_NOT_REPLAYED)}
     try:
-        task = decode(data, headers.get(CONTENT_TYPE))
+        task = decode(entry.payload, headers.get(CONTENT_TYPE))
     except DecodeError as exc:
         raise MeshError(f"dead letter {seq} holds an undecodable task; purge it: {exc}") from exc
+    generation = replay_generation(task)
+    stored = await stored_outcome(js, entry.name, task.id)
+    if stored is not None and stored.real and stored.generation == generation:
+        state = await get_run(js, task.id)
+        if state is not None and state.status == RunStatus.SUCCEEDED and state.replay == generation:
+            raise StaleDeadLetter(seq, task.id)
+    now = utcnow()
     payload = dict(task.payload) if isinstance(task.payload, dict) else {}
-    payload["replay"] = int(payload.get("replay", 0)) + 1
+    payload["replay"] = generation + 1
+    payload["requeued_at"] = now.isoformat()  # its wait deadline counts from here
     task = task.model_copy(update={"payload": payload})
-    content_type = headers.get(CONTENT_TYPE, JSON)
     headers["Nats-Msg-Id"] = f"replay-{seq}"
-    from mesh.runs import RunStatus, get_run, put_run  # runs imports dlq
-
-    state = await get_run(js, task.id)
+    state, revision = await get_run_entry(js, task.id)
+    ack = await js.publish(entry.subject, encode(task, headers.get(CONTENT_TYPE, JSON)), headers=headers)
     if state is not None:
-        state.status, state.finished_at, state.result = RunStatus.QUEUED, None, None
-        state.replay, state.lease_until = payload["replay"], None
-        # The republished task carries its TTL header: it may wait that long again.
-        ttl = task.metadata.ttl_s or float(headers.get("Nats-TTL", 0) or 0)
-        state.expires_at = utcnow() + timedelta(seconds=ttl) if ttl else None
-        await put_run(js, state)
-    await js.publish(entry.subject, encode(task, content_type), headers=headers)
+        ttl = task.metadata.ttl_s
+        state.status, state.finished_at, state.result, state.progress = RunStatus.QUEUED, None, None, None
+        state.replay, state.returned, state.seq = payload["replay"], 0, int(ack.seq)
+        state.expires_at = now + timedelta(seconds=ttl) if ttl else None
+        # Compare-and-set: a worker may have taken the new task already, and
+        # its state (or outcome) must not be overwritten by "queued".
+        with contextlib.suppress(APIError):
+            await js.publish(
+                run_key(task.id), state.model_dump_json().encode(),
+                headers={"Nats-Expected-Last-Subject-Sequence": str(revision)},
+            )  # fmt: skip
     await js.delete_msg(names.STREAM_DLQ, seq)
     return task.id
 
 
-async def replay_all(js: JetStreamContext, *, name: str | None = None, limit: int = 10_000) -> list[str]:
-    """Replay every task dead letter (of agent ``name`` if given); returns run ids."""
-    replayed: list[str] = []
+class ReplayReport(BaseModel):
+    """What :func:`replay_all` did: one dead letter failing does not stop the rest."""
+
+    replayed: list[str] = Field(default_factory=list)
+    failed: list[dict[str, object]] = Field(default_factory=list)  # {"seq", "error"}
+
+
+async def replay_all(js: JetStreamContext, *, name: str | None = None, limit: int = 10_000) -> ReplayReport:
+    """Replay every task dead letter (of agent ``name`` if given)."""
+    report = ReplayReport()
     after = 0
-    while len(replayed) < limit:
+    while len(report.replayed) + len(report.failed) < limit:
         batch = await list_dead_letters(js, origin="tasks", name=name, after_seq=after, limit=100)
         if not batch:
             break
         for view in batch:
-            replayed.append(await replay(js, view.seq))
+            try:
+                report.replayed.append(await replay(js, view.seq))
+            except (MeshError, APIError) as exc:
+                report.failed.append({"seq": view.seq, "error": str(exc)})
         after = batch[-1].seq
-    return replayed
+    return report
 
 
 async def purge(

@@ -7,6 +7,7 @@ __all__ = [
     "ConnectionFailed",
     "DecodeError",
     "DuplicateTask",
+    "EnqueueOutcomeUnknown",
     "InvalidTask",
     "MeshError",
     "PayloadTooLarge",
@@ -39,8 +40,9 @@ class UnknownSchemaVersion(DecodeError):
 class PayloadTooLarge(MeshError):
     status = 413
 
-    def __init__(self, size: int, limit: int) -> None:
-        super().__init__(f"payload is {size} bytes, the limit is {limit} bytes")
+    def __init__(self, size: int, limit: int | None, what: str = "payload") -> None:
+        bound = f"the limit is {limit} bytes" if limit else "more than the NATS max payload"
+        super().__init__(f"{what} is {size} bytes, {bound}")
         self.size = size
         self.limit = limit
 
@@ -67,6 +69,14 @@ class BatchRejected(MeshError):
     """A batch was refused as a whole; none of its tasks was enqueued."""
 
     status = 422
+
+
+class EnqueueOutcomeUnknown(MeshError):
+    """NATS never answered a publish: the task (or batch) may or may not be
+    stored. Not a rejection: retry with the same idempotency key or batch_key,
+    which returns the stored run if there is one and stores it once if not."""
+
+    status = 503
 
 
 class DuplicateTask(MeshError):

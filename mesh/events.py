@@ -13,8 +13,7 @@ from typing import Any, Final
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from mesh.dlq import AttemptError
-from mesh.runs import RunState, RunStatus
+from mesh.runs import AttemptError, RunState, RunStatus
 
 __all__ = ["EXECUTION_FINISHED", "ExecutionFinished"]
 

@@ -1,23 +1,27 @@
 """Queue maintenance: the dead-letter mover, TTL expiry and the queue gauges.
 
-* **Mover.** A task whose worker died on its last attempt is not redelivered
-  and not removed: JetStream only announces it with a MAX_DELIVERIES
-  advisory (captured durably in ``AF_ADVISORIES``). The mover dead-letters
-  it with its history, records the failure, then deletes the original — in
-  that order, each step idempotent, so a crash anywhere repeats, never loses.
-* **Expiry.** A task whose TTL passes while queued vanishes silently from the
-  stream; the reaper finds queued runs past ``expires_at`` and records them
-  as expired (run state and ``execution.finished`` with status ``expired``).
-  It scans the ``af_runs`` bucket every ``expiry_interval_s``. A run a
-  worker claimed (still running as its TTL passed) is left alone while the
-  worker renews its lease, and expired once the lease lapses (worker lost).
-  An outcome already recorded wins over an expiry (the event is checked, not
-  only the projected state), and the expiry event has an id of its own, so a
-  worker's outcome that comes later is recorded too and becomes the final state.
+* **Mover.** Workers count attempts themselves and dead-letter a task whose
+  attempts were all lost; the server's ``max_deliver`` is only a backstop
+  (``max_attempts`` + an allowance for hand-backs). A task that reaches it is
+  not redelivered and not removed: JetStream only announces it with a
+  MAX_DELIVERIES advisory (captured durably in ``AF_ADVISORIES``). The mover
+  checks for a recorded outcome first — a task whose outcome is recorded
+  (its ack was lost) is deleted, not dead-lettered — and otherwise
+  dead-letters it with its history, records a *presumed* failure
+  (``lost-…``, which a stalled worker's real outcome still supersedes),
+  then deletes the original: in that order, each step idempotent, so a crash
+  anywhere repeats, never loses.
+* **Expiry.** A task's TTL bounds its wait for a first start. Tasks carry no
+  server TTL; the reaper finds queued runs past ``expires_at`` (the wait
+  deadline, set only while a run has never started), records them as
+  expired (a presumed outcome, after checking the stored event: the
+  projection may lag) and deletes the task by the sequence its queued record
+  holds. It scans the ``af_runs`` bucket every ``expiry_interval_s``. A worker
+  starting a task past its deadline expires it too, instead of running it.
 * **Gauges.** Depth, in-flight ratio (stall) and DLQ size every few seconds.
 
 Several replicas may run this: the mover's consumer is shared, expiry uses
-compare-and-set on the run record.
+compare-and-set on the run record and on the run's event subject.
 """
 
 from __future__ import annotations
@@ -35,19 +39,19 @@ from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import KeyWrongLastSequenceError, NotFoundError
 
-from mesh import metrics, names
-from mesh.dlq import AttemptError, DeadLetter, dead_letter
+from mesh import lean, metrics, names
+from mesh.dlq import DeadLetter, dead_letter
 from mesh.envelope import CONTENT_TYPE, Envelope, MessageType, Metadata, decode, utcnow
 from mesh.errors import DecodeError
 from mesh.outcome import (
     expired_msg_id,
-    finished_msg_id,
+    lost_msg_id,
     replay_generation,
-    stored_outcome_id,
+    stored_outcome,
     write_outcome,
 )
 from mesh.puller import Puller
-from mesh.runs import RunState, RunStatus, get_run, parse_run
+from mesh.runs import AttemptError, RunState, RunStatus, get_run, parse_run
 from mesh.stats import queue_stats
 
 __all__ = ["QueueMaintenance", "expire_overdue", "move_max_delivered"]
@@ -68,24 +72,31 @@ async def move_max_delivered(js: JetStreamContext, advisory: bytes) -> str | Non
     assert raw.data is not None and raw.subject is not None
     headers = dict(raw.headers or {})
     agent = raw.subject.split(".")[2]
-    error = AttemptError(
-        attempt=int(body.get("deliveries", 0)) or 1,
-        error="no ack within the ack wait on the last attempt (worker crashed or hung)",
-        error_type="MaxDeliveries",
-    )
     try:
         task = decode(raw.data, headers.get(CONTENT_TYPE))
     except DecodeError:
         task = None
+    generation = replay_generation(task) if task else 0
+    if task is not None:
+        stored = await stored_outcome(js, agent, task.id)
+        if stored is not None and stored.decides(generation, real=False):
+            # Its outcome is recorded (a success whose ack was lost, say): done, not dead.
+            with contextlib.suppress(NotFoundError):
+                await js.delete_msg(names.STREAM_TASKS, seq)
+            return None
     state = await get_run(js, task.id) if task is not None else None
-    if task is not None and state is None:
+    if task is not None and (state is None or state.replay != generation):
         state = RunState(
             run_id=task.id, agent=agent, tenant=task.metadata.tenant,
-            routing_key=task.metadata.routing_key, enqueued_at=task.created_at,
+            routing_key=task.metadata.routing_key, enqueued_at=task.created_at, replay=generation,
         )  # fmt: skip
+    error = AttemptError(
+        attempt=max(1, state.attempts if state else 0),
+        error="no ack within the ack wait on the last delivery the server allows (worker crashed or hung)",
+        error_type="MaxDeliveries",
+    )
     errors = [*(state.errors if state else []), error]
     run_id = task.id if task else None
-    generation = replay_generation(task) if task else 0
     await dead_letter(
         js,
         DeadLetter.of(
@@ -96,10 +107,12 @@ async def move_max_delivered(js: JetStreamContext, advisory: bytes) -> str | Non
         ),
         dedup_id=f"tasks-{run_id}-{generation}" if run_id else f"tasks-seq-{seq}",
     )  # fmt: skip
-    if task is not None and state is not None and not state.status.finished:
+    if task is not None and state is not None:
         state.errors, state.error = errors, error.error
-        state.status, state.attempts, state.finished_at = RunStatus.FAILED, error.attempt, utcnow()
-        await write_outcome(js, task, state)
+        state.status, state.finished_at = RunStatus.FAILED, utcnow()
+        # A presumed outcome of its own: a stalled last attempt that succeeds
+        # after all is recorded and wins (not deduplicated against this one).
+        await write_outcome(js, task, state, lost_msg_id(task.id, generation))
     with contextlib.suppress(NotFoundError):
         await js.delete_msg(names.STREAM_TASKS, seq)
     metrics.TASKS_DEAD_LETTERED.labels(agent).inc()
@@ -142,37 +155,35 @@ async def _scan_runs(js: JetStreamContext) -> AsyncIterator[tuple[RunState, int]
 
 
 def _overdue(state: RunState, now: datetime, grace: timedelta) -> str | None:
-    """Why ``state`` is to be recorded as expired now, or None."""
+    """Why ``state`` is to be recorded as expired now, or None. Only a run that
+    never started has a wait deadline (``expires_at``); a started one is the
+    ack wait's business (a lost worker's task is redelivered)."""
     if state.status == RunStatus.QUEUED and state.expires_at is not None and state.expires_at + grace <= now:
-        return f"TTL passed at {state.expires_at.isoformat()} before a worker took it"
-    lease = state.lease_until
-    if state.status == RunStatus.RUNNING and lease is not None and lease + grace <= now:
-        return (
-            "its worker was lost: it ran past its TTL (the task is gone from the queue, "
-            f"so it cannot be retried) and stopped renewing its claim at {lease.isoformat()}"
-        )
+        return f"TTL passed at {state.expires_at.isoformat()} before a worker started it"
     return None
 
 
-async def _outcome_exists(js: JetStreamContext, state: RunState) -> bool:
-    """Is this run's outcome (of its replay generation) stored, whatever the projection says?"""
-    stored = await stored_outcome_id(js, state.agent, state.run_id)
-    return stored in (finished_msg_id(state.run_id, state.replay), expired_msg_id(state.run_id, state.replay))
-
-
-async def expire_overdue(js: JetStreamContext, grace_s: float = 5.0) -> list[str]:
-    """Record overdue runs as expired (see the module docstring); returns their run ids."""
+async def expire_overdue(
+    js: JetStreamContext, grace_s: float = 5.0, *, agent: str | None = None
+) -> list[str]:
+    """Record overdue runs (of ``agent`` only, if given) as expired and delete
+    their tasks (see the module docstring); returns their run ids."""
     kv = await js.key_value(names.BUCKET_RUNS)
     now = utcnow()
     grace = timedelta(seconds=grace_s)
     expired: list[str] = []
     async for state, revision in _scan_runs(js):
-        reason = _overdue(state, now, grace)
-        if reason is None or await _outcome_exists(js, state):
+        if agent is not None and state.agent != agent:
             continue
+        reason = _overdue(state, now, grace)
+        if reason is None:
+            continue
+        stored = await stored_outcome(js, state.agent, state.run_id)
+        if stored is not None and stored.decides(state.replay, real=False):
+            continue  # its outcome is recorded; the projection lags
+        seq = state.seq
         state.status, state.finished_at, state.error = RunStatus.EXPIRED, now, reason
-        state.lease_until = None
-        try:  # compare-and-set: a worker that just finished it wins
+        try:  # compare-and-set: a worker that just claimed or finished it wins
             await kv.update(state.run_id, state.model_dump_json().encode(), last=revision)
         except KeyWrongLastSequenceError:
             continue
@@ -191,6 +202,9 @@ async def expire_overdue(js: JetStreamContext, grace_s: float = 5.0) -> list[str
                 if attempt == 4:
                     raise
                 await asyncio.sleep(0.5 * attempt)
+        if seq is not None:  # the task itself: no worker may start it now
+            with contextlib.suppress(NotFoundError):
+                await js.delete_msg(names.STREAM_TASKS, seq)
         metrics.TASKS_EXPIRED.labels(state.agent).inc()
         expired.append(state.run_id)
     return expired
@@ -257,9 +271,10 @@ class QueueMaintenance:
     async def _move(self, msg: Msg) -> None:
         try:
             await move_max_delivered(self.js, msg.data)
-        except Exception as exc:  # leave it for a retry after the ack wait
-            log.warning("dlq mover could not move %s: %s", msg.data[:200], exc)
-            await msg.nak(delay=1)
+        except Exception as exc:  # try again later, backing off up to a minute
+            attempt, _ = lean.delivery_of(msg)
+            log.warning("dlq mover could not move %s (try %d): %s", msg.data[:200], attempt, exc)
+            await msg.nak(delay=min(60.0, 2.0 ** min(attempt, 6)))
             return
         await msg.ack()
         self.moved += 1

@@ -5,19 +5,36 @@ exactly this, so a run that finished, failed, died with its worker or
 expired looks the same to readers. One message: the server projects the
 event into ``af_runs`` as the run's final state (see :mod:`mesh.runs`), so
 a final run state is proof that the event is stored.
+
+**One outcome per run and replay generation, for good** (not only within
+JetStream's 2-minute duplicate window): every outcome is written by
+:func:`record_outcome` with compare-and-set on the run's own event subject
+(``Nats-Expected-Last-Subject-Sequence``), after checking what is stored
+there. Two kinds of outcome exist:
+
+* a *real* one (``finished-<run>-<gen>``), written by the worker that ran
+  the attempt to its end;
+* a *presumed* one, written by someone who did not see the end: the reaper
+  (``expired-…``: its TTL passed before it started) or the dead-letter path
+  for a worker that was lost on the last attempt (``lost-…``).
+
+A real outcome is written unless a real one of its generation (or a later
+generation's outcome) is stored; it supersedes a presumed one (a stalled
+worker that finishes after all is recorded). A presumed outcome is written
+only if nothing of its generation is stored.
 """
 
 from __future__ import annotations
 
-from datetime import datetime
-from typing import Any
+from collections.abc import Awaitable, Callable
+from datetime import datetime, timedelta
+from typing import Any, NamedTuple
 
 from nats.js import JetStreamContext
-from nats.js.errors import NotFoundError
+from nats.js.errors import APIError, NotFoundError
 from pydantic_core import to_json
 
 from mesh import names
-from mesh.dlq import AttemptError
 from mesh.envelope import (
     CONTENT_TYPE,
     JSON,
@@ -29,16 +46,21 @@ from mesh.envelope import (
 )
 from mesh.events import EXECUTION_FINISHED
 from mesh.lean import parse_headers
-from mesh.runs import RunState, RunStatus
+from mesh.runs import AttemptError, RunState, RunStatus, bounded_errors
 
 __all__ = [
     "OutcomeMessage",
+    "StoredOutcome",
     "expired_msg_id",
     "finished_msg_id",
+    "lost_msg_id",
     "outcome_message",
+    "record_outcome",
     "replay_generation",
-    "stored_outcome_id",
+    "js_send",
+    "stored_outcome",
     "success_message",
+    "wait_deadline",
     "write_outcome",
 ]
 
@@ -56,13 +78,51 @@ def replay_generation(task: Envelope) -> int:
     return int(task.payload.get("replay", 0)) if isinstance(task.payload, dict) else 0
 
 
+def wait_deadline(task: Envelope) -> datetime | None:
+    """By when the task must have started (its TTL), counted from its enqueue
+    or, for a replayed dead letter, from its replay."""
+    ttl = task.metadata.ttl_s
+    if not ttl:
+        return None
+    since = task.created_at
+    if isinstance(task.payload, dict) and "requeued_at" in task.payload:
+        since = datetime.fromisoformat(task.payload["requeued_at"])
+    return since + timedelta(seconds=ttl)
+
+
 def finished_msg_id(run_id: str, generation: int) -> str:
     """One event per run and replay generation, however often it is re-sent."""
     return f"finished-{run_id}-{generation}"
 
 
-async def stored_outcome_id(js: JetStreamContext, agent: str, run_id: str) -> str | None:
-    """``Nats-Msg-Id`` of the run's last stored finished event (None: none yet).
+class StoredOutcome(NamedTuple):
+    """The last outcome stored on a run's event subject."""
+
+    seq: int  # its AF_EVENTS sequence: what a compare-and-set write expects
+    msg_id: str  # ``finished-…``, ``expired-…`` or ``lost-…`` ``-<run id>-<generation>``
+
+    @property
+    def generation(self) -> int:
+        tail = self.msg_id.rsplit("-", 1)[-1]
+        return int(tail) if tail.isdigit() else 0
+
+    @property
+    def real(self) -> bool:
+        return self.msg_id.startswith("finished-")
+
+    def decides(self, generation: int, real: bool) -> bool:
+        """Does this stored outcome make writing one of ``generation`` pointless?
+
+        A later generation's outcome always does; of the same generation, a
+        real outcome always does, a presumed one only for another presumed one.
+        """
+        if self.generation != generation:
+            return self.generation > generation
+        return self.real or not real
+
+
+async def stored_outcome(js: JetStreamContext, agent: str, run_id: str) -> StoredOutcome | None:
+    """The run's last stored finished event (None: none yet).
 
     The event is the truth; the state projected from it can lag by a moment,
     so callers deciding whether an outcome exists look here, not at the state.
@@ -71,13 +131,19 @@ async def stored_outcome_id(js: JetStreamContext, agent: str, run_id: str) -> st
         raw = await js.get_last_msg(names.STREAM_EVENTS, names.finished_subject(agent, run_id))
     except NotFoundError:
         return None
-    return (raw.headers or {}).get("Nats-Msg-Id")
+    assert raw.seq is not None
+    return StoredOutcome(raw.seq, (raw.headers or {}).get("Nats-Msg-Id", ""))
 
 
 def expired_msg_id(run_id: str, generation: int) -> str:
-    """The reaper's event: an id of its own, so that a worker's real outcome
-    arriving after an expiry is stored, not deduplicated against it."""
+    """The reaper's (presumed) outcome: an id of its own, so that a worker's real
+    outcome arriving after an expiry is stored, not deduplicated against it."""
     return f"expired-{run_id}-{generation}"
+
+
+def lost_msg_id(run_id: str, generation: int) -> str:
+    """The presumed outcome of a run whose worker was lost on its last attempt."""
+    return f"lost-{run_id}-{generation}"
 
 
 def outcome_message(task: Envelope, state: RunState, msg_id: str | None = None) -> OutcomeMessage:
@@ -145,7 +211,7 @@ def _finished(
     if error is not None:
         event["error"] = error
     if errors:
-        event["errors"] = errors
+        event["errors"] = bounded_errors(errors)  # under the max payload however many attempts
     if routing_key is not None:
         event["routing_key"] = routing_key
     if idempotency_key is not None:
@@ -167,9 +233,60 @@ def _finished(
     return names.finished_subject(agent, run_id), to_json(envelope, inf_nan_mode="null"), headers
 
 
+Send = Callable[[str, bytes, bytes], Awaitable[object]]  # subject, data, pre-encoded headers
+_WRONG_LAST_SEQUENCE = 10071
+
+
+async def record_outcome(
+    js: JetStreamContext,
+    send: Send,
+    outcome: OutcomeMessage,
+    *,
+    agent: str,
+    run_id: str,
+    generation: int,
+    real: bool = True,
+    expect: int | None = None,
+) -> bool:
+    """Store ``outcome`` unless its generation's outcome is decided already (see
+    the module docstring); True if stored, False if it was not needed.
+
+    ``expect``: the event subject's last sequence if known (0: no event yet,
+    the first attempt's common case, which costs no lookup); None looks it up.
+    A concurrent writer makes the compare-and-set fail: look again, decide again.
+    """
+    subject, data, headers = outcome
+    for _ in range(8):
+        if expect is None:
+            stored = await stored_outcome(js, agent, run_id)
+            if stored is not None and stored.decides(generation, real):
+                return False
+            expect = stored.seq if stored is not None else 0
+        cas = b"%sNats-Expected-Last-Subject-Sequence: %d\r\n\r\n" % (headers[:-2], expect)
+        try:
+            await send(subject, data, cas)
+            return True
+        except APIError as exc:
+            if exc.err_code != _WRONG_LAST_SEQUENCE:
+                raise
+            expect = None
+    raise RuntimeError(f"could not record the outcome of run {run_id}: its event subject keeps changing")
+
+
+def js_send(js: JetStreamContext) -> Send:
+    """A :data:`Send` over plain ``js.publish`` (cold paths)."""
+
+    async def send(subject: str, data: bytes, headers: bytes) -> object:
+        return await js.publish(subject, data, headers=parse_headers(headers))
+
+    return send
+
+
 async def write_outcome(
-    js: JetStreamContext, task: Envelope, state: RunState, msg_id: str | None = None
-) -> None:
-    """Unpipelined variant for cold paths (mover, reaper)."""
-    subject, data, headers = outcome_message(task, state, msg_id)
-    await js.publish(subject, data, headers=parse_headers(headers))
+    js: JetStreamContext, task: Envelope, state: RunState, msg_id: str, *, real: bool = False
+) -> bool:
+    """Unpipelined :func:`record_outcome` of ``state`` for cold paths (mover, reaper)."""
+    return await record_outcome(
+        js, js_send(js), outcome_message(task, state, msg_id),
+        agent=state.agent, run_id=state.run_id, generation=replay_generation(task), real=real,
+    )  # fmt: skip

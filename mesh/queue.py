@@ -8,13 +8,22 @@ Typical use::
         queued = await queue.enqueue(TaskSpec("fuel-combustion", {"fuel": "diesel", ...}))
 
 With an idempotency key, any number of retries by any number of clients
-yield one run: the key maps to the original run id for 24 h (KV), and the
-task itself is deduplicated by ``Nats-Msg-Id`` = run id. (A task without a
-key gets a fresh run id on every call, so it carries no ``Nats-Msg-Id``: the
-server keeps no dedup entry for it.) The queued run
+yield one run for the key's whole 24 h: the key maps to the original run id
+(KV, create-only), and the task itself carries ``Nats-Msg-Id`` = run id.
+(A task without a key gets a fresh run id on every call, so it carries no
+``Nats-Msg-Id``: the server keeps no dedup entry for it.) The queued run
 record is written only after the task is stored, so its presence proves the
-task was accepted; a caller that died between the two writes is completed
-by its retry (within JetStream's 2-minute duplicate window).
+task was accepted. A retry that finds the key but no record (the first
+caller died between its writes) looks for the task itself — its outcome
+event, or the task in its lane — and republishes only if it is in neither,
+so a retry after JetStream's 2-minute duplicate window cannot store it twice.
+
+A publish whose reply never came may or may not have been stored: that is
+reported as :class:`~mesh.errors.EnqueueOutcomeUnknown`, never as a
+rejection; retrying with the same key (or ``batch_key``) settles it.
+
+Sizes: a task is at most half the NATS max payload (:mod:`mesh.limits`), so
+its outcome event and its dead letter always fit.
 """
 
 from __future__ import annotations
@@ -31,7 +40,7 @@ from typing import Any, Final, NamedTuple
 
 from nats.aio.client import Client
 from nats.js import JetStreamContext
-from nats.js.errors import APIError, KeyWrongLastSequenceError
+from nats.js.errors import APIError, KeyWrongLastSequenceError, NotFoundError
 from nats.js.kv import KeyValue
 from pydantic import ValidationError
 from pydantic_core import PydanticSerializationError, to_json
@@ -48,9 +57,11 @@ from mesh.envelope import (
     new_id,
     utcnow,
 )
-from mesh.errors import BatchRejected, InvalidTask, PayloadTooLarge, QueueFull
+from mesh.errors import BatchRejected, EnqueueOutcomeUnknown, InvalidTask, PayloadTooLarge, QueueFull
 from mesh.lean import encode_headers
-from mesh.pipeline import Pipeline, parse_puback
+from mesh.limits import PayloadLimits
+from mesh.outcome import stored_outcome
+from mesh.pipeline import Pipeline, PubAck, parse_puback
 from mesh.runs import RunStatus, get_run, run_key
 
 __all__ = ["DEFAULT_TTL_S", "MAX_BATCH", "MAX_TTL_S", "Enqueued", "TaskQueue", "TaskSpec"]
@@ -171,7 +182,7 @@ def task_message(
         except PydanticSerializationError as exc:
             raise InvalidTask(f"task input is not serializable: {exc}") from exc
         if limit is not None and len(data) > limit:
-            raise PayloadTooLarge(len(data), limit)
+            raise PayloadTooLarge(len(data), limit, what="task")
     headers = b"NATS/1.0\r\nContent-Type: %s\r\n" % content_type.encode()
     if dedup:
         headers += b"Nats-Msg-Id: run-%s\r\n" % run_id.encode()
@@ -182,7 +193,8 @@ def task_message(
 
 
 def queued_record(run_id: str, spec: TaskSpec, created_at: datetime, meta: Metadata) -> bytes:
-    """The queued run record (a :class:`RunState` as JSON, defaults left out)."""
+    """The queued run record (a :class:`RunState` as JSON, defaults left out),
+    without the task's stream sequence: :func:`with_seq` adds it once stored."""
     ttl = int(meta.ttl_s or DEFAULT_TTL_S)
     record: dict[str, Any] = {
         "run_id": run_id, "agent": spec.agent, "tenant": meta.tenant,
@@ -194,6 +206,11 @@ def queued_record(run_id: str, spec: TaskSpec, created_at: datetime, meta: Metad
     if spec.idempotency_key is not None:
         record["idempotency_key"] = spec.idempotency_key
     return to_json(record)
+
+
+def with_seq(record: bytes, seq: int) -> bytes:
+    """``record`` (a JSON object) with the task's AF_TASKS sequence added."""
+    return b'%s,"seq":%d}' % (record[:-1], seq)
 
 
 def _ttl(spec: TaskSpec) -> int:
@@ -212,7 +229,10 @@ def _metadata(tenant: str, routing_key: str | None, priority: int, ttl: int) -> 
 
 @lru_cache(maxsize=4096)
 def _meta_headers(meta: Metadata) -> bytes:
-    fields = {"Nats-TTL": str(int(meta.ttl_s or DEFAULT_TTL_S)), "AF-Tenant": meta.tenant}
+    # No Nats-TTL: the server would remove the task at its TTL even while a
+    # worker runs it. The TTL bounds the wait for a first start; the worker
+    # (at that start) and the reaper (while it waits) enforce it.
+    fields = {"AF-Tenant": meta.tenant}
     if meta.routing_key is not None:
         fields["AF-Routing-Key"] = meta.routing_key  # CR/LF become spaces, as in encode_headers
     return encode_headers(fields)[10:-2]
@@ -234,8 +254,11 @@ class TaskQueue:
         max_payload: int | None = None,
         max_depth: int = DEFAULT_MAX_DEPTH,
     ) -> None:
+        """``max_payload``: the NATS max payload (default: the server's); a task
+        may be half of it (:mod:`mesh.limits`)."""
         self.nc, self.js = nc, js
-        self.max_payload = max_payload
+        known = [v for v in (max_payload, nc.max_payload) if v]
+        self.max_task_bytes = PayloadLimits.of(min(known) if known else None).task
         self.max_depth = max_depth
         self.pipeline = Pipeline(nc)
         self._idempotency: KeyValue | None = None
@@ -263,31 +286,36 @@ class TaskQueue:
             if found is not None:
                 if await get_run(self.js, found) is not None:
                     return Enqueued(found, True)
-                # The first caller recorded the key but died before enqueueing:
-                # finish its work under the same run id (dedup makes this safe).
+                # The first caller recorded the key but may have died before its
+                # task was stored, or after it but before the queued record.
                 run_id, duplicate = found, True
         message = task_message(
-            spec, run_id, content_type, limit=self.max_payload, dedup=spec.idempotency_key is not None
+            spec, run_id, content_type, limit=self.max_task_bytes, dedup=spec.idempotency_key is not None
         )
+        if duplicate and await task_stored(self.js, run_id, spec.agent, int(spec.priority)):
+            await self._create_record(run_id, message.record)  # the marker it lacked
+            return Enqueued(run_id, True)
         # The task first, then its queued record: the record is the commit
         # marker a retry with the same idempotency key trusts ("the task is
-        # stored"). It is create-only, so a fast worker's final state can
-        # never be overwritten by it.
-        try:
-            parse_puback(
-                await (
-                    await self.pipeline.request(
-                        names.task_subject(spec.agent, int(spec.priority)), message.data, message.headers
-                    )
-                )
-            )
-        except Exception as exc:
-            if isinstance(exc, APIError) and exc.err_code == _SUBJECT_FULL:
-                raise QueueFull(spec.agent, int(spec.priority), self.max_depth) from exc
-            raise
-        await self._create_record(run_id, message.record)
+        # stored"). It is create-only, so a fast worker's state can never be
+        # overwritten by it.
+        ack = await self._publish_task(spec, message)
+        await self._create_record(run_id, with_seq(message.record, ack.seq))
         metrics.for_agent(spec.agent).enqueued.inc()
         return Enqueued(run_id, duplicate)
+
+    async def _publish_task(self, spec: TaskSpec, message: TaskMessage) -> PubAck:
+        subject = names.task_subject(spec.agent, int(spec.priority))
+        try:
+            return parse_puback(await (await self.pipeline.request(subject, message.data, message.headers)))
+        except APIError as exc:
+            if exc.err_code == _SUBJECT_FULL:
+                raise QueueFull(spec.agent, int(spec.priority), self.max_depth) from exc
+            raise
+        except (TimeoutError, ConnectionError) as exc:
+            raise EnqueueOutcomeUnknown(
+                f"NATS did not confirm task {message.run_id} ({exc}): it may or may not be stored"
+            ) from exc
 
     async def _create_record(self, run_id: str, record: bytes) -> None:
         reply = await self.pipeline.request(run_key(run_id), record, _CREATE_ONLY)
@@ -332,14 +360,21 @@ class TaskQueue:
             if claimed is not None:
                 if len(claimed) != len(specs):
                     raise BatchRejected(f"batch_key {batch_key!r} was used for another batch")
+                run_ids = claimed
                 if await get_run(self.js, claimed[0]) is not None:
                     return [Enqueued(run_id, True) for run_id in claimed]
-                run_ids = claimed  # first attempt died before publishing: finish it
+                # The first attempt died before its first record (the commit
+                # marker): was its batch stored? (all of it or none: atomic)
+                if await task_stored(self.js, claimed[0], specs[0].agent, int(specs[0].priority)):
+                    for spec, run_id in zip(specs, claimed, strict=True):
+                        message = task_message(spec, run_id, content_type, limit=self.max_task_bytes)
+                        await self._create_record(run_id, message.record)
+                    return [Enqueued(run_id, True) for run_id in claimed]
         batch_id = new_id()
         last = len(specs)
         messages = [
             task_message(
-                spec, run_id, content_type, limit=self.max_payload, dedup=batch_key is not None,
+                spec, run_id, content_type, limit=self.max_task_bytes, dedup=batch_key is not None,
                 extra_headers={"Nats-Batch-Id": batch_id, "Nats-Batch-Sequence": str(i),
                                **({"Nats-Batch-Commit": "1"} if i == last else {})},
             )
@@ -361,16 +396,25 @@ class TaskQueue:
                 reply = await first_reply
                 if reply.data:  # success is an empty reply; anything else is an error
                     parse_puback(reply)
-            parse_puback(await commit)
-        except Exception as exc:
-            if isinstance(exc, APIError) and exc.err_code == _SUBJECT_FULL:
+            ack = parse_puback(await commit)
+        except APIError as exc:  # the server said no: nothing of the batch is stored
+            if exc.err_code == _SUBJECT_FULL:
                 raise QueueFull(specs[0].agent, int(specs[0].priority), self.max_depth) from exc
-            msg = f"batch rejected by JetStream, nothing was enqueued: {exc}"
-            raise BatchRejected(msg) from exc
+            raise BatchRejected(f"batch rejected by JetStream, nothing was enqueued: {exc}") from exc
+        except (TimeoutError, ConnectionError) as exc:  # no answer: it may have been committed
+            again = "retry with the same batch_key to find out" if batch_key else "give it a batch_key"
+            raise EnqueueOutcomeUnknown(
+                f"NATS did not confirm batch {batch_id} ({exc}): it may or may not be stored; {again}"
+            ) from exc
         # Committed: now the queued records (the first one is the commit marker
-        # a retried batch_key trusts, so it goes last).
-        await asyncio.gather(*(self._create_record(m.run_id, m.record) for m in messages[1:]))
-        await self._create_record(messages[0].run_id, messages[0].record)
+        # a retried batch_key trusts, so it goes last). An atomic batch is
+        # stored in consecutive sequences ending at the commit's.
+        first_seq = ack.seq - len(messages) + 1
+        records = [with_seq(m.record, first_seq + i) for i, m in enumerate(messages)]
+        await asyncio.gather(
+            *(self._create_record(m.run_id, r) for m, r in zip(messages[1:], records[1:], strict=True))
+        )
+        await self._create_record(messages[0].run_id, records[0])
         for spec in specs:
             metrics.for_agent(spec.agent).enqueued.inc()
         return [Enqueued(run_id, False) for run_id in run_ids]
@@ -385,3 +429,24 @@ class TaskQueue:
             entry = await self._idempotency.get(token)
             assert entry.value is not None
             return list(json.loads(entry.value))
+
+
+async def task_stored(js: JetStreamContext, run_id: str, agent: str, priority: int) -> bool:
+    """Was run ``run_id``'s task stored? Its outcome event exists, or it is in its
+    lane (waiting or in flight). The cold path of a retry whose first attempt
+    left no queued record: one lookup, then a scan of the lane (one request
+    per task waiting there) for its ``Nats-Msg-Id``."""
+    if await stored_outcome(js, agent, run_id) is not None:
+        return True
+    marker, subject, seq = f"run-{run_id}", names.task_subject(agent, priority), 0
+    while True:
+        try:
+            raw = await js.get_msg(names.STREAM_TASKS, seq=seq + 1, subject=subject, next=True)
+        except NotFoundError:
+            break
+        if (raw.headers or {}).get("Nats-Msg-Id") == marker:
+            return True
+        assert raw.seq is not None
+        seq = raw.seq
+    # Acked while we scanned? Its event was stored before its ack.
+    return await stored_outcome(js, agent, run_id) is not None

@@ -25,9 +25,52 @@ from nats.js.errors import KeyNotFoundError
 from pydantic import BaseModel, ConfigDict, Field
 
 from mesh import names
-from mesh.dlq import AttemptError
+from mesh.envelope import utcnow
+from mesh.limits import ERRORS_BUDGET, MAX_ERROR_CHARS
 
-__all__ = ["RunState", "RunStatus", "get_run", "parse_run", "put_run", "run_key"]
+__all__ = [
+    "AttemptError",
+    "RunState",
+    "RunStatus",
+    "bounded_errors",
+    "get_run",
+    "get_run_entry",
+    "parse_run",
+    "put_run",
+    "run_key",
+]
+
+
+class AttemptError(BaseModel):
+    """One attempt's error, as the run state, the event and the dead letter keep it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    attempt: int = Field(ge=1)
+    error: str = Field(max_length=8192)
+    error_type: str = "Error"
+    retryable: bool = True
+    at: datetime = Field(default_factory=utcnow)
+
+
+_KEEP_FIRST, _KEEP_LAST = 5, 20
+
+
+def bounded_errors(errors: list[AttemptError]) -> list[AttemptError]:
+    """``errors`` trimmed to :data:`~mesh.limits.ERRORS_BUDGET` bytes of text: the
+    first 5 and last 20 attempts at most, each text cut to its share. An event
+    or a dead letter carries this, so however many attempts failed with however
+    long a message, it stays under the max payload."""
+    if len(errors) > _KEEP_FIRST + _KEEP_LAST:
+        errors = errors[:_KEEP_FIRST] + errors[-_KEEP_LAST:]
+    share = min(MAX_ERROR_CHARS, ERRORS_BUDGET // max(1, len(errors)))
+    if all(len(e.error.encode()) <= share for e in errors):
+        return errors
+    return [
+        e if len(e.error.encode()) <= share
+        else e.model_copy(update={"error": e.error.encode()[: share - 3].decode(errors="ignore") + "..."})
+        for e in errors
+    ]  # fmt: skip
 
 
 class RunStatus(StrEnum):
@@ -60,11 +103,11 @@ class RunState(BaseModel):
     enqueued_at: datetime
     started_at: datetime | None = None
     finished_at: datetime | None = None
+    # The wait deadline: set while the run waits for its first start (the
+    # reaper expires a queued run past it); None once a worker started it.
     expires_at: datetime | None = None
-    # Set while a worker runs it past its TTL (the server has removed the task
-    # message by then): the worker renews it; the reaper expires the run once
-    # it lapses (the worker was lost). See mesh/worker.py, "claims".
-    lease_until: datetime | None = None
+    seq: int | None = None  # the task's AF_TASKS sequence (the reaper deletes an expired task by it)
+    returned: int = 0  # deliveries handed back unstarted (a drain): not attempts
     replay: int = 0  # DLQ replay generation this state belongs to
 
 
@@ -78,14 +121,19 @@ async def put_run(js: JetStreamContext, state: RunState) -> None:
 
 
 async def get_run(js: JetStreamContext, run_id: str) -> RunState | None:
+    return (await get_run_entry(js, run_id))[0]
+
+
+async def get_run_entry(js: JetStreamContext, run_id: str) -> tuple[RunState | None, int]:
+    """The run's state and its KV revision (0: no record), for compare-and-set writes."""
     kv = await js.key_value(names.BUCKET_RUNS)
     try:
         entry = await kv.get(run_id)
     except KeyNotFoundError:
-        return None
+        return None, 0
     if not entry.value:
-        return None
-    return parse_run(entry.value)
+        return None, int(entry.revision or 0)
+    return parse_run(entry.value), int(entry.revision or 0)
 
 
 def parse_run(data: bytes) -> RunState:

@@ -2,27 +2,44 @@
 
 Guarantees:
 
-* **At-least-once delivery, exactly-once effect on state**: the outcome (run
-  state in KV and the ``execution.finished`` event, deduplicated by run id)
-  is durably written *before* the double ack (``ack_sync``). A crash at any
-  point means a redelivery, never a lost task; a redelivered task whose
-  outcome is already recorded is acked without running again. Side effects
-  inside a handler must be fenced by :attr:`TaskContext.run_id`, because the
-  server can accept a late ack from a stalled worker.
-* **Visibility**: every in-flight task gets ``in_progress`` heartbeats at a
-  third of its ack wait, so a long run is never redelivered while alive; a
-  crashed worker's tasks come back after the ack wait.
+* **At-least-once delivery, one recorded outcome**: the outcome (the
+  ``execution.finished`` event, projected into the run state) is durably
+  written *before* the double ack (``ack_sync``), with compare-and-set on the
+  run's event subject (:func:`mesh.outcome.record_outcome`), so a run and
+  replay generation gets one outcome for good, however often it is delivered
+  or run. A redelivered task whose outcome is already recorded is acked
+  without running again. Side effects inside a handler must be fenced by
+  :attr:`TaskContext.run_id`: a worker stalled past its ack wait (or killed
+  after its effect, before its outcome) means the handler runs again.
+* **Run state writes never overwrite a final state**: progress, claims and
+  retry errors are compare-and-set on the record's revision and stop once
+  the record is final.
+* **Visibility**: every task a worker holds — running or buffered, waiting
+  to start — gets ``in_progress`` heartbeats at a third of its ack wait, so
+  it is never redelivered while the worker lives; a crashed worker's tasks
+  come back after the ack wait.
+* **Attempts count runs started, not deliveries**: a delivery handed back
+  unstarted (a drain) is recorded as returned (``RunState.returned``) before
+  its ``nak``. A redelivery whose previous attempt left no outcome counts
+  that attempt as lost; past ``max_attempts`` the task is dead-lettered
+  without running again, with a *presumed* outcome that a stalled worker
+  finishing after all still supersedes.
 * **Retries** use delayed redelivery (``nak`` with exponential backoff and
   jitter), never an instant storm. After the last attempt, or on a
   :class:`PermanentError`, the task goes to the DLQ with its history.
+* **Outcomes always fit** (:mod:`mesh.limits`): a result too large to record
+  fails the run permanently (:class:`~mesh.limits.ResultTooLarge`); an
+  outcome write that fails for a moment (NATS restarting) is retried for up
+  to 15 s before the task is handed back, so a short outage does not rerun it.
+* **TTL = how long a task may wait for its first start.** Tasks carry no
+  server TTL (the server would remove a task under a running worker). A
+  first start past the deadline records the run as expired and does not run
+  it; the reaper (:mod:`mesh.maintenance`) expires and deletes tasks still
+  waiting. A run still going near its deadline is *claimed* (state
+  ``running``) so the reaper leaves it alone.
 * **Drain** (``stop``): stop pulling, let in-flight work finish within the
-  drain timeout, and ``nak`` (no delay) whatever is left so another worker
-  takes it at once.
-* **Claims**: a task's TTL bounds how long it may *wait*; the server removes
-  the message at the TTL even while a worker runs it. So a run still going
-  when its TTL is about to pass is *claimed*: its state becomes ``running``
-  with a lease the worker renews, and the reaper leaves it alone until the
-  lease lapses (the worker was lost: the run is recorded as expired).
+  drain timeout, and hand back (``nak``, no delay) whatever is left so
+  another worker takes it at once.
 """
 
 from __future__ import annotations
@@ -41,10 +58,12 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.js.errors import APIError
+from pydantic_core import to_json
 
 from mesh import lean, metrics, names
 from mesh.dispatch import Budget, DispatchPolicy, Lane
-from mesh.dlq import AttemptError, DeadLetter, dead_letter
+from mesh.dlq import DeadLetter, dead_letter
 from mesh.envelope import (
     CONTENT_TYPE,
     Envelope,
@@ -52,17 +71,21 @@ from mesh.envelope import (
     utcnow,
 )
 from mesh.errors import DecodeError
+from mesh.limits import PayloadLimits, ResultTooLarge
 from mesh.outcome import (
     OutcomeMessage,
-    finished_msg_id,
+    expired_msg_id,
+    lost_msg_id,
     outcome_message,
+    record_outcome,
     replay_generation,
-    stored_outcome_id,
+    stored_outcome,
     success_message,
+    wait_deadline,
 )
-from mesh.pipeline import Pipeline, parse_puback
+from mesh.pipeline import Pipeline
 from mesh.puller import Puller
-from mesh.runs import RunState, RunStatus, get_run, put_run, run_key
+from mesh.runs import AttemptError, RunState, RunStatus, get_run_entry, run_key
 
 __all__ = ["AgentQueueConfig", "PermanentError", "TaskContext", "TaskWorker"]
 
@@ -83,6 +106,13 @@ class AgentQueueConfig:
     backoff_max_s: float = 60.0
     max_ack_pending: int = 1000
     priorities: Sequence[int] = (0, 1, 2, 3, 4)
+
+    @property
+    def max_deliveries(self) -> int:
+        """The consumer's ``max_deliver``: a backstop only. Attempts are counted by
+        the worker (runs started); deliveries handed back unstarted (drains)
+        are not attempts, so the server must allow more deliveries than that."""
+        return self.max_attempts + HAND_BACK_ALLOWANCE
 
     def backoff(self, attempt: int) -> float:
         """Full-jitter exponential backoff before attempt ``attempt + 1``."""
@@ -111,8 +141,11 @@ Handler = Callable[[TaskContext], Awaitable[Any]]
 
 
 MANY_LANES = 10  # past this many lanes, sweeps ask the stream which lanes hold tasks first
-CLAIM_AHEAD_S = 3.0  # claim a run this long before its TTL passes
-LEASE_S = 30.0  # a claim lasts this long; renewed at a third left
+CLAIM_AHEAD_S = 3.0  # claim a run this long before its wait deadline passes
+HAND_BACK_ALLOWANCE = 10  # deliveries past max_attempts before the server gives up (backstop)
+RECORD_PATIENCE_S = 15.0  # how long an outcome write rides out a NATS outage before a hand-back
+_WRONG_LAST_SEQUENCE = 10071
+_LOST = "no outcome within the ack wait: the worker was lost (crashed, killed or stalled)"
 
 
 @dataclass(eq=False, slots=True)
@@ -121,8 +154,10 @@ class _InFlight:
     lane: Lane[Puller]
     task: Envelope | None = None  # known once decoded
     running: Callable[[], RunState] | None = None  # the run state, built on demand
-    lease_until: datetime | None = None  # claimed until
+    claimable: bool = False  # a first start whose record may still say "queued" with a deadline
     finishing: bool = False  # the handler returned: its outcome is being written
+    revision: int | None = None  # the run record's KV revision last seen or written (compare-and-set)
+    settled: bool = False  # the record is final (or a later generation's): no more state writes
 
 
 class TaskWorker:
@@ -149,6 +184,7 @@ class TaskWorker:
         self.idle_poll_s = idle_poll_s
         self.claim_interval_s = claim_interval_s
         self.name = name
+        self.limits = PayloadLimits.of(nc.max_payload)
         self.lanes: list[Lane[Puller]] = []
         self._lane_of: dict[str, Lane[Puller]] = {}  # task subject -> lane
         self.completed = 0  # tasks that succeeded and were acked by this worker
@@ -193,25 +229,59 @@ class TaskWorker:
             loop.cancel()
         if self._inflight:
             _, pending = await asyncio.wait(list(self._inflight), timeout=drain_timeout)
-            for task in pending:
+            for task in pending:  # started and cut short: these count as attempts
                 item = self._inflight.get(task)
                 task.cancel()
                 if item is not None:
                     with contextlib.suppress(Exception):
                         await item.msg.nak()
-        for loop in self._loops[1:]:
+        for loop in self._loops[1:2]:  # dispatch is gone; keep the heartbeats while handing back
             loop.cancel()
-        await asyncio.gather(*self._loops, return_exceptions=True)
-        # Lingering pulls may still deliver for up to idle_poll_s: hand those back.
+        # Lingering pulls may still deliver for up to idle_poll_s: hand those
+        # back, each recorded as returned (not an attempt) before its nak.
         closed = await asyncio.gather(
             *(lane.source.close(settle_s=self.idle_poll_s + 0.5) for lane in self.lanes)
         )
-        for msgs in closed:
-            for msg in msgs:
-                with contextlib.suppress(Exception):
-                    await msg.nak()
+        await asyncio.gather(
+            *(
+                self._hand_back(lane.agent, msg)
+                for lane, msgs in zip(self.lanes, closed, strict=True)
+                for msg in msgs
+            )
+        )
+        for loop in self._loops:
+            loop.cancel()
+        await asyncio.gather(*self._loops, return_exceptions=True)
         self.lanes.clear()
         await self.pipeline.stop()
+
+    async def _hand_back(self, agent: str, msg: Msg) -> None:
+        """Return a delivery this worker never started: record it as returned
+        (so it does not count as an attempt), then ``nak`` it for another worker."""
+        try:
+            task = decode(msg.data, (msg.headers or {}).get(CONTENT_TYPE))
+        except DecodeError:
+            task = None  # the next worker dead-letters it
+        if task is not None:
+            try:
+                await self._note_returned(agent, msg, task)
+            except Exception as exc:  # it will count as an attempt: say so
+                log.warning("%s: could not record %s as handed back: %s", self.name, task.id, exc)
+        with contextlib.suppress(Exception):
+            await msg.nak()
+
+    async def _note_returned(self, agent: str, msg: Msg, task: Envelope) -> None:
+        generation = replay_generation(task)
+        for _ in range(4):
+            current, revision = await get_run_entry(self.js, task.id)
+            if current is not None and _settled(current, generation):
+                return  # recorded already: its redelivery is acked without running
+            if current is None or current.replay != generation:
+                current = _state_from(task, agent, lean.delivery_of(msg)[1])
+                current.status, current.expires_at = RunStatus.QUEUED, wait_deadline(task)
+            current.returned += 1
+            if await self._cas_state(current, revision) is not None:
+                return
 
     @property
     def in_flight(self) -> int:
@@ -359,53 +429,76 @@ class TaskWorker:
         self._room.set()
 
     async def _heartbeat_loop(self) -> None:
-        """``in_progress`` for every in-flight task at a third of its ack wait."""
+        """``in_progress`` at a third of the ack wait for every task this worker
+        holds: running, or buffered in a puller (a lingering pull answered
+        after its wait ended) until a lane has room to start it."""
         period = min(cfg.ack_wait_s for cfg, _ in self.handlers.values()) / 3
         while True:
             await asyncio.sleep(period)
-            for item in list(self._inflight.values()):
+            held = [item.msg for item in self._inflight.values()]
+            held += [msg for lane in self.lanes for msg in lane.source.ready]
+            for msg in held:
                 with contextlib.suppress(Exception):
-                    await item.msg.in_progress()
+                    await msg.in_progress()
 
     async def _claim_loop(self) -> None:
-        """Claim runs whose TTL is about to pass while they run; renew claims."""
+        """Claim first starts that are still running as their wait deadline nears:
+        their record says "queued" until something is written, and the reaper
+        expires a queued run past its deadline."""
         assert self.claim_interval_s is not None
         while True:
             await asyncio.sleep(self.claim_interval_s)
             now = utcnow()
             for item in list(self._inflight.values()):
-                if item.finishing or item.running is None or item.task is None:
+                if not item.claimable or item.finishing or item.running is None or item.task is None:
                     continue
-                ttl = item.task.metadata.ttl_s
-                if not ttl:
+                deadline = wait_deadline(item.task)
+                if deadline is None or now < deadline - timedelta(seconds=CLAIM_AHEAD_S):
                     continue
-                due = item.task.created_at + timedelta(seconds=ttl - CLAIM_AHEAD_S)
-                if item.lease_until is not None:
-                    due = item.lease_until - timedelta(seconds=LEASE_S / 3)
-                if now < due:
-                    continue
-                state = item.running()
-                state.lease_until = now + timedelta(seconds=LEASE_S)
                 try:
-                    # Sent while ``finishing`` is still False (see _write_state).
-                    await self._write_state(state)
-                    item.lease_until = state.lease_until
+                    await self._write_state(item, item.running())
                 except Exception as exc:  # NATS away: the next round tries again
-                    log.warning("%s: could not claim %s: %s", self.name, state.run_id, exc)
+                    log.warning("%s: could not claim %s: %s", self.name, item.task.id, exc)
 
-    async def _write_state(self, state: RunState) -> None:
-        """A running run's state, through the pipeline: buffered on the connection
-        before this yields, so it goes out before any outcome written after the
-        caller saw ``finishing`` False, and never lands on top of a final state."""
-        data = state.model_dump_json().encode()
-        parse_puback(await (await self.pipeline.request(run_key(state.run_id), data)))
+    async def _write_state(self, item: _InFlight, state: RunState) -> bool:
+        """Compare-and-set write of a run's state that never lands on a final
+        one: False (nothing written, and nothing more will be) once the record
+        is final for this generation or belongs to a later one."""
+        for _ in range(4):
+            if item.settled:
+                return False
+            if item.revision is None:
+                current, item.revision = await get_run_entry(self.js, state.run_id)
+                if current is not None and _settled(current, state.replay):
+                    item.settled = True
+                    return False
+            written = await self._cas_state(state, item.revision)
+            if written is not None:
+                item.revision, item.claimable = written, False
+                return True
+            item.revision = None
+        return False
+
+    async def _cas_state(self, state: RunState, revision: int) -> int | None:
+        """Write ``state`` if the record is still at ``revision``; its new revision, or None."""
+        headers = b"NATS/1.0\r\nNats-Expected-Last-Subject-Sequence: %d\r\n\r\n" % revision
+        try:
+            ack = await self.pipeline.publish(
+                run_key(state.run_id), state.model_dump_json().encode(), headers
+            )
+        except APIError as exc:
+            if exc.err_code != _WRONG_LAST_SEQUENCE:
+                raise
+            return None
+        return ack.seq
 
     # ---- running -----------------------------------------------------------
 
     async def _run_guarded(self, item: _InFlight) -> None:
-        """Run one task; if recording its outcome fails (NATS away), hand it back
-        soon rather than after the full ack wait. The outcome writes are
-        idempotent, so the next delivery finishes the job."""
+        """Run one task; if recording its outcome fails (NATS away longer than
+        :data:`RECORD_PATIENCE_S`), hand it back soon rather than after the full
+        ack wait. Outcome writes are compare-and-set, so the next delivery
+        finds a recorded outcome or records it once."""
         msg = item.msg
         try:
             await self._run(item)
@@ -419,7 +512,7 @@ class TaskWorker:
     async def _run(self, item: _InFlight) -> None:
         lane, msg = item.lane, item.msg
         cfg, handler = self.handlers[lane.agent]
-        attempt, _ = lean.delivery_of(msg)
+        delivered, seq = lean.delivery_of(msg)
         started = utcnow()
         try:
             task = decode(msg.data, (msg.headers or {}).get(CONTENT_TYPE))
@@ -427,33 +520,51 @@ class TaskWorker:
         except DecodeError as exc:
             await self._undecodable(lane, msg, exc)
             return
-        # A first attempt starts from its task alone: the run state (a model)
+        generation = replay_generation(task)
+        # The event subject's last sequence, for the outcome's compare-and-set:
+        # a first delivery of a first generation expects none (no lookup).
+        expect: int | None = 0 if generation == 0 else None
+        attempt = 1
+        # A first delivery starts from its task alone: the run state (a model)
         # is built only when it is written (progress, a retry) or must carry
         # earlier attempts' errors, never on the common path.
         state: RunState | None = None
-        if attempt > 1:
-            if await _outcome_recorded(self.js, lane.agent, task):
-                await self.pipeline.ack_sync(msg)  # outcome already recorded by an earlier delivery
+        if delivered > 1:
+            stored = await stored_outcome(self.js, lane.agent, task.id)
+            if stored is not None and stored.decides(generation, real=True):
+                await self.pipeline.ack_sync(msg)  # recorded by an earlier delivery
                 return
-            state = await get_run(self.js, task.id)
-            if state is not None and state.status.finished:  # an earlier replay generation's outcome
-                state.result, state.finished_at = None, None
-            state = _running(state or _state_from(task, lane.agent), attempt, started)
+            expect = stored.seq if stored is not None else 0
+            current, item.revision = await get_run_entry(self.js, task.id)
+            if current is None or current.replay != generation:
+                current = _state_from(task, lane.agent, seq)
+            elif current.status.finished:  # a presumed outcome (e.g. expired): this run supersedes it
+                current.result, current.finished_at = None, None
+            attempt = delivered - current.returned
+            if attempt > 1:
+                _note_lost_attempt(current, attempt - 1)
+                if attempt > cfg.max_attempts:  # every attempt was lost with its worker
+                    await self._give_up(lane, msg, task, current, attempt - 1, expect)
+                    return
+                state = _running(current, attempt, started)
+        if attempt == 1 and (deadline := wait_deadline(task)) is not None and started > deadline:
+            await self._expire(lane, msg, task, seq, deadline)
+            return
 
-        def current() -> RunState:
+        def current_state() -> RunState:
             nonlocal state
             if state is None:
-                state = _running(_state_from(task, lane.agent), attempt, started)
+                state = _running(_state_from(task, lane.agent, seq), attempt, started)
             return state
 
         async def report(percent: float) -> None:
             if item.finishing:  # a report not awaited by the handler, arriving late
                 return
-            running = current()
+            running = current_state()
             running.progress = percent
-            await self._write_state(running)
+            await self._write_state(item, running)
 
-        item.task, item.running = task, current  # for claims (see _claim_loop)
+        item.task, item.running, item.claimable = task, current_state, attempt == 1
 
         ctx = TaskContext(
             run_id=task.id, agent=lane.agent, tenant=task.metadata.tenant,
@@ -470,7 +581,7 @@ class TaskWorker:
         except Exception as exc:
             item.finishing = True
             series.run.observe(time.perf_counter() - t0)
-            await self._failed(cfg, lane, msg, task, current(), attempt, exc)
+            await self._failed(cfg, item, task, current_state(), attempt, exc, expect)
             return
         item.finishing = True
         series.run.observe(time.perf_counter() - t0)
@@ -480,45 +591,134 @@ class TaskWorker:
             state.status, state.result, state.progress = RunStatus.SUCCEEDED, result, 100.0
             state.finished_at = utcnow()
             outcome = outcome_message(task, state)
-        await self._record_outcome(outcome)
+        if len(outcome[1]) > self.limits.result:  # cheap first check: most outcomes are small
+            size = len(to_json(result, inf_nan_mode="null"))
+            if size > self.limits.result:
+                state = current_state()
+                state.status, state.result, state.progress, state.finished_at = (
+                    RunStatus.RUNNING,
+                    None,
+                    None,
+                    None,
+                )
+                await self._failed(
+                    cfg, item, task, state, attempt, ResultTooLarge(size, self.limits.result), expect
+                )
+                return
+        if await self._record(outcome, lane.agent, task, expect):
+            self.completed += 1
+            series.completed.inc()
         await self.pipeline.ack_sync(msg)
-        self.completed += 1
-        series.completed.inc()
 
-    async def _record_outcome(self, outcome: OutcomeMessage) -> None:
-        """The execution event, durable before the ack (the server projects it into ``af_runs``)."""
-        subject, data, headers = outcome
-        parse_puback(await (await self.pipeline.request(subject, data, headers)))
+    async def _record(
+        self, outcome: OutcomeMessage, agent: str, task: Envelope, expect: int | None, *, real: bool = True
+    ) -> bool:
+        """The execution event, durable before the ack (the server projects it
+        into ``af_runs``); False if this generation's outcome was recorded
+        already. Rides out a short NATS outage (:data:`RECORD_PATIENCE_S`)."""
+        loop = asyncio.get_running_loop()
+        give_up, pause = loop.time() + RECORD_PATIENCE_S, 0.25
+        while True:
+            try:
+                return await record_outcome(
+                    self.js, self.pipeline.publish, outcome, agent=agent, run_id=task.id,
+                    generation=replay_generation(task), real=real, expect=expect,
+                )  # fmt: skip
+            except APIError as exc:
+                if exc.err_code:  # the stream refused it: waiting will not help
+                    raise
+                failure: Exception = exc
+            except Exception as exc:  # timeout, connection lost, no responders: NATS restarting
+                failure = exc
+            if loop.time() + pause > give_up:
+                raise failure
+            await asyncio.sleep(pause)
+            pause, expect = min(pause * 2, 2.0), None  # the write may have landed: look first
 
     async def _failed(
         self,
         cfg: AgentQueueConfig,
-        lane: Lane[Puller],
-        msg: Msg,
+        item: _InFlight,
         task: Envelope,
         state: RunState,
         attempt: int,
         exc: Exception,
+        expect: int | None,
     ) -> None:
+        lane, msg = item.lane, item.msg
         metrics.TASKS_FAILED.labels(lane.agent).inc()
-        retryable = not isinstance(exc, PermanentError)
+        retryable = not isinstance(exc, PermanentError | ResultTooLarge)
         state.errors.append(
             AttemptError(attempt=attempt, error=str(exc)[:8000] or type(exc).__name__,
                          error_type=type(exc).__name__, retryable=retryable)
         )  # fmt: skip
-        state.error = f"{type(exc).__name__}: {exc}"
+        state.error = f"{type(exc).__name__}: {exc}"[:8000]
         if retryable and attempt < cfg.max_attempts:
-            state.status, state.lease_until = RunStatus.QUEUED, None
-            await _put_run_retrying(self.js, state)
+            state.status = RunStatus.QUEUED  # started already: no wait deadline any more
+            if not await self._write_state_patiently(item, state):
+                await self.pipeline.ack_sync(msg)  # its outcome is recorded (another copy ran)
+                return
             await msg.nak(delay=cfg.backoff(attempt))
             metrics.TASKS_RETRIED.labels(lane.agent).inc()
             return
         reason = "permanent error" if not retryable else f"failed {attempt} attempts"
-        await self.dead_letter_task(msg, task, state, reason)
+        await self.dead_letter_task(msg, task, state, reason, expect=expect)
         await self.pipeline.ack_sync(msg)
 
-    async def dead_letter_task(self, msg: Msg, task: Envelope, state: RunState, reason: str) -> None:
-        """DLQ entry, final state and event: all durable before the original is removed."""
+    async def _write_state_patiently(self, item: _InFlight, state: RunState, tries: int = 4) -> bool:
+        """Cold-path state write that rides out a short NATS outage (a restart), so
+        an attempt's error is not lost from the history the DLQ will carry."""
+        for n in range(1, tries + 1):
+            try:
+                return await self._write_state(item, state)
+            except Exception:
+                if n == tries:
+                    raise
+                item.revision = None
+                await asyncio.sleep(0.5 * n)
+        return False
+
+    async def _give_up(
+        self, lane: Lane[Puller], msg: Msg, task: Envelope, state: RunState, attempts: int, expect: int | None
+    ) -> None:
+        """Every attempt was lost with its worker: dead-letter it without running
+        again, with a *presumed* outcome (a stalled worker may still finish)."""
+        state.error = f"{attempts} attempts lost with their workers (crashed, killed or stalled)"
+        state.attempts = attempts
+        await self.dead_letter_task(
+            msg, task, state, "max attempts lost", expect=expect, msg_id=lost_msg_id(task.id, state.replay)
+        )
+        await self.pipeline.ack_sync(msg)
+
+    async def _expire(
+        self, lane: Lane[Puller], msg: Msg, task: Envelope, seq: int, deadline: datetime
+    ) -> None:
+        """A first start past the wait deadline: recorded as expired, not run."""
+        state = _state_from(task, lane.agent, seq)
+        state.status, state.finished_at = RunStatus.EXPIRED, utcnow()
+        state.error = f"TTL passed at {deadline.isoformat()} before a worker started it"
+        outcome = outcome_message(task, state, expired_msg_id(task.id, state.replay))
+        if await self._record(outcome, lane.agent, task, None, real=False):
+            metrics.TASKS_EXPIRED.labels(lane.agent).inc()
+        await self.pipeline.ack_sync(msg)
+
+    async def dead_letter_task(
+        self,
+        msg: Msg,
+        task: Envelope,
+        state: RunState,
+        reason: str,
+        *,
+        expect: int | None = None,
+        msg_id: str | None = None,
+    ) -> None:
+        """DLQ entry, then the final state and event: all durable before the
+        original is removed. Nothing is dead-lettered for a run whose outcome
+        is recorded already (``msg_id`` given: a presumed outcome)."""
+        real = msg_id is None
+        stored = await stored_outcome(self.js, state.agent, state.run_id)
+        if stored is not None and stored.decides(state.replay, real):
+            return
         await dead_letter(
             self.js,
             DeadLetter.of(
@@ -529,9 +729,11 @@ class TaskWorker:
             ),
             dedup_id=f"tasks-{state.run_id}-{replay_generation(task)}",
         )  # fmt: skip
-        state.status, state.finished_at = RunStatus.FAILED, utcnow()
-        await self._record_outcome(outcome_message(task, state))
-        metrics.TASKS_DEAD_LETTERED.labels(state.agent).inc()
+        state.status, state.finished_at, state.progress = RunStatus.FAILED, utcnow(), None
+        outcome = outcome_message(task, state, msg_id)
+        expect = stored.seq if stored is not None else 0
+        if await self._record(outcome, state.agent, task, expect, real=real):
+            metrics.TASKS_DEAD_LETTERED.labels(state.agent).inc()
 
     async def _undecodable(self, lane: Lane[Puller], msg: Msg, exc: DecodeError) -> None:
         log.warning("%s: undecodable task on %s: %s", self.name, msg.subject, exc)
@@ -550,39 +752,31 @@ class TaskWorker:
         await self.pipeline.ack_sync(msg)
 
 
-async def _outcome_recorded(js: JetStreamContext, agent: str, task: Envelope) -> bool:
-    """Was this delivery's outcome (this replay generation) already written?"""
-    stored = await stored_outcome_id(js, agent, task.id)
-    return stored == finished_msg_id(task.id, replay_generation(task))
+def _settled(current: RunState, generation: int) -> bool:
+    """Is the stored record final for ``generation``, or a later generation's?"""
+    return current.replay > generation or (current.replay == generation and current.status.finished)
 
 
-async def _put_run_retrying(js: JetStreamContext, state: RunState, tries: int = 4) -> None:
-    """Cold-path state write that rides out a short NATS outage (a restart), so
-    an attempt's error is not lost from the history the DLQ will carry."""
-    for attempt in range(1, tries + 1):
-        try:
-            await put_run(js, state)
-            return
-        except Exception:
-            if attempt == tries:
-                raise
-            await asyncio.sleep(0.5 * attempt)
+def _note_lost_attempt(state: RunState, attempt: int) -> None:
+    """An attempt that left no error and no outcome was lost with its worker."""
+    if not any(e.attempt == attempt for e in state.errors):
+        state.errors.append(AttemptError(attempt=attempt, error=_LOST, error_type="WorkerLost"))
+        state.errors.sort(key=lambda e: e.attempt)
 
 
 def _running(state: RunState, attempt: int, started: datetime) -> RunState:
     state.status, state.attempts, state.started_at = RunStatus.RUNNING, attempt, started
+    state.expires_at = None  # started: the wait deadline no longer applies
     return state
 
 
-def _state_from(task: Envelope, agent: str) -> RunState:
+def _state_from(task: Envelope, agent: str, seq: int | None = None) -> RunState:
     payload = task.payload if isinstance(task.payload, dict) else {}
-    ttl = task.metadata.ttl_s
     return RunState(
         run_id=task.id, agent=agent, tenant=task.metadata.tenant,
         routing_key=task.metadata.routing_key, priority=int(task.metadata.priority),
         idempotency_key=payload.get("idempotency_key"), enqueued_at=task.created_at,
-        expires_at=task.created_at + timedelta(seconds=ttl) if ttl else None,
-        replay=replay_generation(task),
+        replay=replay_generation(task), seq=seq,
     )  # fmt: skip
 
 
@@ -595,7 +789,7 @@ async def ensure_lane(js: JetStreamContext, cfg: AgentQueueConfig, priority: int
         ack_policy=AckPolicy.EXPLICIT,
         deliver_policy=DeliverPolicy.ALL,
         ack_wait=cfg.ack_wait_s,
-        max_deliver=cfg.max_attempts,
+        max_deliver=cfg.max_deliveries,
         max_ack_pending=cfg.max_ack_pending,
         max_waiting=512,
     )

@@ -93,10 +93,9 @@ async def replay_dlq(request: web.Request) -> web.Response:
     svc: Services = request.app[SERVICES]
     sel = DlqSelection.model_validate(await read_json(request))
     if sel.seq is not None:
-        replayed = [await dlq.replay(svc.js, sel.seq)]
-    else:
-        replayed = await dlq.replay_all(svc.js, name=sel.agent)
-    return json_response({"replayed": replayed})
+        return json_response({"replayed": [await dlq.replay(svc.js, sel.seq)], "failed": []})
+    report = await dlq.replay_all(svc.js, name=sel.agent)  # one failing does not stop the rest
+    return json_response(report.model_dump())
 
 
 @routes.post("/api/v1/queue/dlq/purge")

@@ -96,7 +96,12 @@ def _selection(seq: int | None, agent: str | None, everything: bool) -> dict[str
 def dlq_replay(obj: Ctx, seq: int | None, agent: str | None, everything: bool, output: str) -> None:
     """Put dead letters back on their queue (same run ids)."""
     data = _run(_call(obj, "POST", "/api/v1/queue/dlq/replay", _selection(seq, agent, everything)))
-    _emit(output, data, [("replayed", len(data["replayed"]))] + [("run", r) for r in data["replayed"]])
+    failed = data.get("failed", [])
+    rows = [("replayed", len(data["replayed"]))] + [("run", r) for r in data["replayed"]]
+    rows += [("failed", len(failed))] + [(f"seq {f['seq']}", f["error"]) for f in failed]
+    _emit(output, data, rows)
+    if failed:
+        raise SystemExit(1)
 
 
 @dlq.command("purge")

@@ -1,7 +1,8 @@
 """A worker process for fault tests: ``python effect_worker.py NATS_URL AGENT ACK_WAIT CONCURRENCY``.
 
-Its handler announces each start on core NATS (``test.started.<agent>``,
-body ``<run id> <attempt>``), sleeps ``input["sleep"]`` seconds, and returns.
+Its handler reports progress first if ``input["progress"]`` is set, announces
+each start on core NATS (``test.started.<agent>``, body ``<run id> <attempt>``),
+sleeps ``input["sleep"]`` seconds, and returns.
 SIGTERM drains it (exit 0), SIGKILL is the crash.
 """
 
@@ -24,6 +25,8 @@ async def main(url: str, agent: str, ack_wait: float, concurrency: int) -> None:
     js = await jetstream(nc)
 
     async def handler(ctx: TaskContext) -> Any:
+        if ctx.input.get("progress"):
+            await ctx.report_progress(float(ctx.input["progress"]))
         await nc.publish(f"test.started.{agent}", f"{ctx.run_id} {ctx.attempt}".encode())
         await asyncio.sleep(float(ctx.input.get("sleep", 0)))
         return {"done": ctx.run_id}

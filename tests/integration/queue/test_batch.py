@@ -66,8 +66,9 @@ async def test_a_batch_with_one_bad_task_stores_nothing(mesh_js: JetStreamContex
 async def test_oversized_task_is_rejected_before_publish(nc: Client, mesh_js: JetStreamContext) -> None:
     agent = unique("big")
     async with TaskQueue(nc, mesh_js, max_payload=10_000) as small:
-        with pytest.raises(PayloadTooLarge, match="limit is 10000"):
-            await small.enqueue(TaskSpec(agent, {"blob": "x" * 20_000}))
+        # Half the max payload: its dead letter (base64) and its outcome must fit too.
+        with pytest.raises(PayloadTooLarge, match="task is 6.* bytes, the limit is 5000 bytes"):
+            await small.enqueue(TaskSpec(agent, {"blob": "x" * 6_000}))
         with pytest.raises(PayloadTooLarge):
             await small.enqueue_batch([TaskSpec(agent, {}), TaskSpec(agent, {"b": "x" * 20_000})])
     assert await depth(mesh_js, agent) == 0

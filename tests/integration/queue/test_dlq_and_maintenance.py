@@ -9,6 +9,7 @@ from nats.aio.client import Client
 from nats.js import JetStreamContext
 
 from mesh import dlq, names
+from mesh.envelope import decode
 from mesh.maintenance import expire_overdue, move_max_delivered
 from mesh.puller import Puller
 from mesh.queue import TaskQueue, TaskSpec
@@ -20,7 +21,7 @@ from tests.helpers import unique
 from .test_worker_basics import wait_for_run
 
 
-async def test_dead_letters_can_be_listed_inspected_replayed_and_purged(
+async def test_dead_letters_can_be_listed_inspected_and_replayed(
     nc: Client, mesh_js: JetStreamContext, queue: TaskQueue
 ) -> None:
     agent = unique("dlq")
@@ -48,13 +49,16 @@ async def test_dead_letters_can_be_listed_inspected_replayed_and_purged(
         healthy.set()
         replayed = await dlq.replay(mesh_js, listed[0].seq)
         state = await wait_for_run(mesh_js, replayed, RunStatus.SUCCEEDED)
-        assert state.result == {"ok": shown.entry.payload and state.result["ok"]}
+        # The replayed run ran the dead letter's own input (the n it was enqueued with).
+        assert state.result == {"ok": runs.index(replayed)}
+        assert decode(shown.entry.payload).payload["input"] == {"n": runs.index(replayed)}
         assert await dlq.count(mesh_js, origin="tasks", name=agent) == 2
 
-        rest = await dlq.replay_all(mesh_js, name=agent)
-        assert sorted(rest) == sorted(r for r in runs if r != replayed)
-        for run_id in rest:
-            await wait_for_run(mesh_js, run_id, RunStatus.SUCCEEDED)
+        report = await dlq.replay_all(mesh_js, name=agent)
+        assert sorted(report.replayed) == sorted(r for r in runs if r != replayed) and not report.failed
+        for run_id in report.replayed:
+            state = await wait_for_run(mesh_js, run_id, RunStatus.SUCCEEDED)
+            assert state.result == {"ok": runs.index(run_id)}
         assert await dlq.count(mesh_js, origin="tasks", name=agent) == 0
     finally:
         await worker.stop(2)
@@ -125,23 +129,26 @@ async def test_task_whose_worker_died_on_the_last_attempt_is_dead_lettered(
     await advisories.unsubscribe()
 
 
-async def test_expired_tasks_are_recorded_as_expired(mesh_js: JetStreamContext, queue: TaskQueue) -> None:
+async def test_a_task_waiting_past_its_ttl_is_recorded_expired_and_removed(
+    mesh_js: JetStreamContext, queue: TaskQueue
+) -> None:
     agent = unique("ttl")
     queued = await queue.enqueue(TaskSpec(agent, {}, ttl_s=1))
+    kept = await queue.enqueue(TaskSpec(agent, {}, ttl_s=3600))
+    assert await expire_overdue(mesh_js, grace_s=0, agent=agent) == []  # not overdue yet
     async with asyncio.timeout(10):
-        while True:  # the server drops it silently after 1 s
-            info = await mesh_js.stream_info(names.STREAM_TASKS, subjects_filter=f"af.tasks.{agent}.>")
-            if not info.state.subjects:
-                break
-            await asyncio.sleep(0.1)
-    async with asyncio.timeout(10):
-        while queued.run_id not in await expire_overdue(mesh_js, grace_s=0):
+        while queued.run_id not in await expire_overdue(mesh_js, grace_s=0, agent=agent):
             await asyncio.sleep(0.2)
     state = await get_run(mesh_js, queued.run_id)
     assert state is not None and state.status == RunStatus.EXPIRED
     assert "TTL passed" in (state.error or "")
     event = await mesh_js.get_last_msg(names.STREAM_EVENTS, names.finished_subject(agent, queued.run_id))
     assert event.data is not None and b'"expired"' in event.data
+    # The reaper deleted the expired task (no server TTL does it), and only that one.
+    info = await mesh_js.stream_info(names.STREAM_TASKS, subjects_filter=f"af.tasks.{agent}.>")
+    assert sum((info.state.subjects or {}).values()) == 1
+    still = await get_run(mesh_js, kept.run_id)
+    assert still is not None and still.status == RunStatus.QUEUED
 
 
 async def test_stats_show_depth_per_lane_and_dead_letters(
