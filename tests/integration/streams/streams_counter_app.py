@@ -19,9 +19,12 @@ import faust
 
 PARTITIONS = 4
 WINDOW_S = 10.0
+SESSION_TIMEOUT = 4.0
 
 
-def build_app(app_id: str, nats_url: str, *, session_timeout: float = 4.0, **conf: Any) -> faust.App:
+def build_app(
+    app_id: str, nats_url: str, *, session_timeout: float = SESSION_TIMEOUT, **conf: Any
+) -> faust.App:
     app = faust.App(
         app_id,
         broker=f"{nats_url}?session_timeout={session_timeout}&heartbeat=0.5",

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import json
 import time
 from collections import Counter, defaultdict
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
 from nats.js.errors import KeyNotFoundError, NotFoundError
 
@@ -99,11 +103,94 @@ def partition_of_key(key: str, partitions: int = 4) -> int:
     return partition_for(key.encode(), partitions)
 
 
-async def eventually(check: Callable[[], Awaitable[bool]], timeout: float, what: str) -> None:
-    """Poll ``check`` until it is true; fail with ``what`` after ``timeout`` seconds."""
+async def eventually(check: Callable[[], Awaitable[bool] | bool], timeout: float, what: str) -> None:
+    """Poll ``check`` (sync or async) until it is true; fail with ``what`` after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if await check():
+        result = check()
+        if await result if inspect.isawaitable(result) else result:
             return
         await asyncio.sleep(0.2)
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+@dataclass(frozen=True)
+class GroupWrite:
+    """One write to a group's KV bucket, stamped by the server."""
+
+    at: float  # server time, seconds
+    kind: str  # "beat" (a member's key), "lease" or "generation"
+    member: str  # who wrote the beat or holds the lease; "" for a generation
+    members: tuple[str, ...] = ()  # of a generation
+
+
+@dataclass
+class GroupLog:
+    """Every write to a group's bucket in server order: the members' heartbeats
+    are the clock against which a takeover is judged, so a slow machine (slower
+    heartbeats) does not fail it and a slow takeover (more heartbeats) does."""
+
+    writes: list[GroupWrite] = field(default_factory=list)
+    _sub: Subscription | None = None
+
+    async def start(self, js: JetStreamContext, group: str) -> None:
+        async def on_write(msg: Msg) -> None:
+            key = msg.subject.split(".", 2)[2]
+            at = msg.metadata.timestamp.timestamp()
+            if not msg.data:  # a member left (delete marker)
+                return
+            if key == "assignment":
+                members = tuple(json.loads(msg.data)["members"])
+                self.writes.append(GroupWrite(at, "generation", "", members))
+            elif key == "leader":
+                self.writes.append(GroupWrite(at, "lease", msg.data.decode()))
+            else:
+                self.writes.append(GroupWrite(at, "beat", json.loads(msg.data)["id"]))
+
+        subject = f"$KV.{naming.group_bucket(group)}.>"
+        self._sub = await js.subscribe(subject, cb=on_write, ordered_consumer=True)
+
+    async def stop(self) -> None:
+        if self._sub is not None:
+            await self._sub.unsubscribe()
+
+    def beats(self, member: str) -> list[float]:
+        return [w.at for w in self.writes if w.kind == "beat" and w.member == member]
+
+    def drop(self, member: str) -> GroupWrite | None:
+        """The first generation without ``member`` after one with it."""
+        was_in = False
+        for w in self.writes:
+            if w.kind == "generation":
+                if member in w.members:
+                    was_in = True
+                elif was_in:
+                    return w
+        return None
+
+    def assert_dropped_on_time(self, victim: str, survivor: str, session_timeout: float) -> None:
+        """``victim`` was dropped from the group by ``survivor`` no sooner than
+        ``session_timeout`` after its last heartbeat, and no later than two of the
+        survivor's heartbeats after that.
+
+        The survivor times a member by when *it saw* the member's key change, at
+        one of its own heartbeat ticks: no earlier than its last beat before the
+        victim's last write, and no later than its first beat after it.
+        """
+        drop = self.drop(victim)
+        assert drop is not None, f"{victim} was never dropped"
+        last_beat = max(at for at in self.beats(victim) if at < drop.at)
+        last_write = max(w.at for w in self.writes if w.member == victim and w.at < drop.at)
+        beats = self.beats(survivor)
+        seen_from = max(at for at in beats if at <= last_beat)
+        seen_by = min(at for at in beats if at > last_write)
+        assert drop.at - seen_from >= session_timeout, (
+            f"dropped {drop.at - seen_from:.3f}s after the survivor could have seen its last heartbeat"
+        )
+        late = [at for at in beats if seen_by + session_timeout < at < drop.at]
+        assert len(late) <= 2, f"{len(late)} survivor heartbeats between the session timeout and the drop"
+
+    def ready(self, first: str, then: str) -> bool:
+        """Whether a heartbeat of ``first`` was logged before one of ``then``."""
+        firsts = self.beats(first)
+        return bool(firsts) and any(at > firsts[0] for at in self.beats(then))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 
 from faust.types import TP
@@ -106,15 +107,21 @@ async def test_paused_reader_stops_fetching_at_its_buffer_bound(nc: Client, js: 
     topic = _topic()
     await TopicRegistry(js).declare(topic, 1)
     await asyncio.gather(*[js.publish(naming.partition_subject(topic, 0), b"x") for _ in range(50)])
+    # The reader's pull requests, seen on its own connection: a flush orders them before us.
+    pulls = await nc.subscribe(f"$JS.API.CONSUMER.MSG.NEXT.{naming.stream_name(topic, 0)}.*")
     reader = PartitionReader(nc, js, TP(topic, 0), lambda: None, batch=8, max_buffered=16)
     try:
         reader.start(1)
-        await eventually(lambda: _true(len(reader.buffer) >= 16), 10, "buffer full")
-        await asyncio.sleep(0.3)  # give it a chance to over-fetch (it must not)
+        await eventually(lambda: len(reader.buffer) >= 16, 10, "buffer full")
+        # The first round trip lets the reader act on its full buffer; the second
+        # brings back any pull it sent meanwhile.
+        await nc.flush()
+        await nc.flush()
+        asked = 0
+        while pulls.pending_msgs:
+            asked += json.loads((await pulls.next_msg()).data)["batch"]
+        assert asked == 16  # no credit beyond the buffer's room, so nothing more can come
         assert len(reader.buffer) == 16
     finally:
         await reader.stop()
-
-
-async def _true(value: bool) -> bool:
-    return value
+        await pulls.unsubscribe()
