@@ -2,7 +2,8 @@
 
 Its handler reports progress first if ``input["progress"]`` is set, announces
 each start on core NATS (``test.started.<agent>``, body ``<run id> <attempt>``),
-sleeps ``input["sleep"]`` seconds, and returns.
+sleeps ``input["sleep"]`` seconds, reports progress if ``input["progress_after"]``
+is set, and returns.
 SIGTERM drains it (exit 0), SIGKILL is the crash.
 """
 
@@ -29,6 +30,8 @@ async def main(url: str, agent: str, ack_wait: float, concurrency: int) -> None:
             await ctx.report_progress(float(ctx.input["progress"]))
         await nc.publish(f"test.started.{agent}", f"{ctx.run_id} {ctx.attempt}".encode())
         await asyncio.sleep(float(ctx.input.get("sleep", 0)))
+        if ctx.input.get("progress_after"):
+            await ctx.report_progress(float(ctx.input["progress_after"]))
         return {"done": ctx.run_id}
 
     cfg = AgentQueueConfig(agent, ack_wait_s=ack_wait, max_attempts=5, priorities=(2,))

@@ -250,9 +250,10 @@ async def test_a_state_write_never_lands_on_a_final_state(
     started = asyncio.Event()
 
     async def handler(ctx: TaskContext) -> Any:
+        await ctx.report_progress(25)  # the worker now knows the record's revision
         started.set()
         await proceed.wait()
-        await ctx.report_progress(50)
+        await ctx.report_progress(50)  # compare-and-set against a revision that is gone
         reported.set()
         return "stale"
 
