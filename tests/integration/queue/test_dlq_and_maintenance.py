@@ -7,6 +7,7 @@ from typing import Any
 
 from nats.aio.client import Client
 from nats.js import JetStreamContext
+from nats.js.api import AckPolicy, ConsumerConfig
 
 from mesh import dlq, names
 from mesh.envelope import decode
@@ -18,6 +19,7 @@ from mesh.stats import queue_stats
 from mesh.worker import AgentQueueConfig, TaskContext, TaskWorker, ensure_lane
 from tests.helpers import unique
 
+from .conftest import Own
 from .test_worker_basics import wait_for_run
 
 
@@ -92,8 +94,14 @@ async def test_task_whose_worker_died_on_the_last_attempt_is_dead_lettered(
     nc: Client, mesh_js: JetStreamContext, queue: TaskQueue
 ) -> None:
     agent = unique("crash")
-    cfg = AgentQueueConfig(agent, ack_wait_s=1.0, max_attempts=1, priorities=(2,))
-    await ensure_lane(mesh_js, cfg, 2)
+    # The server's backstop (max_deliver) reached at once: one delivery allowed.
+    await mesh_js.add_consumer(
+        names.STREAM_TASKS,
+        ConsumerConfig(
+            durable_name=names.task_consumer(agent, 2), filter_subject=names.task_subject(agent, 2),
+            ack_policy=AckPolicy.EXPLICIT, ack_wait=1.0, max_deliver=1,
+        ),
+    )  # fmt: skip
     queued = await queue.enqueue(TaskSpec(agent, {"x": 1}))
     # A "worker" takes the task and dies: it never acks.
     dead_worker = Puller(nc, names.STREAM_TASKS, names.task_consumer(agent, 2))
@@ -166,18 +174,19 @@ async def test_stats_show_depth_per_lane_and_dead_letters(
     assert not lanes[2].stalled and lanes[2].max_in_flight == cfg.max_ack_pending
 
 
-async def test_maintenance_service_records_expiry_and_refreshes_gauges(
-    nc: Client, mesh_js: JetStreamContext, queue: TaskQueue
-) -> None:
+async def test_maintenance_service_records_expiry_and_refreshes_gauges(own: Own) -> None:
+    # On a server of its own: the service reaps every run it finds.
     from mesh import metrics
     from mesh.maintenance import QueueMaintenance
 
+    nc, js = own.nc, own.js
     agent, busy = unique("svc"), unique("gauge")
-    queued = await queue.enqueue(TaskSpec(agent, {}, ttl_s=1))
-    await ensure_lane(mesh_js, AgentQueueConfig(busy), 2)
-    for _ in range(2):
-        await queue.enqueue(TaskSpec(busy, {}))
-    service = QueueMaintenance(nc, mesh_js, expiry_interval_s=0.5, stats_interval_s=0.2, poll_s=0.2)
+    async with TaskQueue(nc, js) as queue:
+        queued = await queue.enqueue(TaskSpec(agent, {}, ttl_s=1))
+        await ensure_lane(js, AgentQueueConfig(busy), 2)
+        for _ in range(2):
+            await queue.enqueue(TaskSpec(busy, {}))
+    service = QueueMaintenance(nc, js, expiry_interval_s=0.5, stats_interval_s=0.2, poll_s=0.2)
     await service.start()
     try:
         async with asyncio.timeout(10):
@@ -185,7 +194,7 @@ async def test_maintenance_service_records_expiry_and_refreshes_gauges(
                 await asyncio.sleep(0.05)
         async with asyncio.timeout(20):
             while True:
-                state = await get_run(mesh_js, queued.run_id)
+                state = await get_run(js, queued.run_id)
                 if state is not None and state.status == RunStatus.EXPIRED:
                     break
                 await asyncio.sleep(0.1)

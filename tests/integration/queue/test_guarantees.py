@@ -13,8 +13,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -22,44 +20,20 @@ from nats.aio.client import Client
 from nats.js import JetStreamContext
 
 from mesh import dlq, names
-from mesh.connection import connect, jetstream
-from mesh.embedded import NatsServer
 from mesh.envelope import decode, utcnow
 from mesh.errors import EnqueueOutcomeUnknown, PayloadTooLarge, QueueFull
 from mesh.maintenance import expire_overdue, move_max_delivered
 from mesh.outcome import js_send, outcome_message, record_outcome
-from mesh.provision import ProvisionConfig, provision
+from mesh.provision import ProvisionConfig
 from mesh.puller import Puller
 from mesh.queue import TaskQueue, TaskSpec
 from mesh.runs import RunState, RunStatus, get_run, put_run
 from mesh.worker import AgentQueueConfig, PermanentError, TaskContext, TaskWorker, ensure_lane
 from tests.helpers import unique
 
+from .conftest import Own
 from .test_faults import finished_events
 from .test_worker_basics import wait_for_run
-
-
-class Own:
-    """A nats-server of the test's own, provisioned with ``cfg``."""
-
-    def __init__(self, server: NatsServer, nc: Client, js: JetStreamContext) -> None:
-        self.server, self.nc, self.js = server, nc, js
-
-
-@pytest.fixture
-async def own(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[Own]:
-    cfg: ProvisionConfig = getattr(request, "param", ProvisionConfig())
-    server = NatsServer(tmp_path / "nats")
-    server.start()
-    nc = await connect(server.url)
-    js = await jetstream(nc)
-    await provision(js, cfg)
-    try:
-        yield Own(server, nc, js)
-    finally:
-        await nc.close()
-        server.stop()
-
 
 ONE_SECOND_WINDOW = ProvisionConfig(duplicate_window_s=1.0)
 
