@@ -111,16 +111,18 @@ async def test_a_max_size_task_failing_every_attempt_with_long_errors_is_dead_le
             raise RuntimeError("é" * 8000)  # 16 kB of error text per attempt
         return {"size": len(ctx.input["blob"])}
 
-    cfg = AgentQueueConfig(agent, max_attempts=6, backoff_base_s=0.05, backoff_max_s=0.05)
+    # 25 attempts x 16 kB of error next to a max-size task: untrimmed, no dead letter would fit.
+    cfg = AgentQueueConfig(agent, max_attempts=25, backoff_base_s=0.05, backoff_max_s=0.05)
     worker = TaskWorker(nc, mesh_js, {agent: (cfg, handler)}, idle_poll_s=0.2)
     await worker.start()
     try:
         blob = "x" * (queue.max_task_bytes - 1_000)
         queued = await queue.enqueue(TaskSpec(agent, {"blob": blob}))
-        state = await wait_for_run(mesh_js, queued.run_id, RunStatus.FAILED, timeout=20)
-        assert runs == [1, 2, 3, 4, 5, 6] and len(state.errors) == 6
+        state = await wait_for_run(mesh_js, queued.run_id, RunStatus.FAILED, timeout=30)
+        assert runs == list(range(1, 26)) and len(state.errors) == 25
         (letter,) = await dlq.list_dead_letters(mesh_js, name=agent)
-        assert [e.attempt for e in letter.entry.errors] == [1, 2, 3, 4, 5, 6]
+        assert [e.attempt for e in letter.entry.errors] == list(range(1, 26))
+        assert all(e.error.startswith("ééé") for e in letter.entry.errors)  # trimmed, not dropped
         healthy.set()
         await dlq.replay(mesh_js, letter.seq)
         done = await wait_for_run(mesh_js, queued.run_id, RunStatus.SUCCEEDED)
