@@ -530,23 +530,10 @@ class TaskWorker:
         # earlier attempts' errors, never on the common path.
         state: RunState | None = None
         if delivered > 1:
-            stored = await stored_outcome(self.js, lane.agent, task.id)
-            if stored is not None and stored.decides(generation, real=True):
-                await self.pipeline.ack_sync(msg)  # recorded by an earlier delivery
+            resumed = await self._redelivered(item, cfg, task, delivered, seq, started)
+            if resumed is None:
                 return
-            expect = stored.seq if stored is not None else 0
-            current, item.revision = await get_run_entry(self.js, task.id)
-            if current is None or current.replay != generation:
-                current = _state_from(task, lane.agent, seq)
-            elif current.status.finished:  # a presumed outcome (e.g. expired): this run supersedes it
-                current.result, current.finished_at = None, None
-            attempt = delivered - current.returned
-            if attempt > 1:
-                _note_lost_attempt(current, attempt - 1)
-                if attempt > cfg.max_attempts:  # every attempt was lost with its worker
-                    await self._give_up(lane, msg, task, current, attempt - 1, expect)
-                    return
-                state = _running(current, attempt, started)
+            attempt, state, expect = resumed
         if attempt == 1 and (deadline := wait_deadline(task)) is not None and started > deadline:
             await self._expire(lane, msg, task, seq, deadline)
             return
@@ -591,24 +578,48 @@ class TaskWorker:
             state.status, state.result, state.progress = RunStatus.SUCCEEDED, result, 100.0
             state.finished_at = utcnow()
             outcome = outcome_message(task, state)
-        if len(outcome[1]) > self.limits.result:  # cheap first check: most outcomes are small
-            size = len(to_json(result, inf_nan_mode="null"))
-            if size > self.limits.result:
-                state = current_state()
-                state.status, state.result, state.progress, state.finished_at = (
-                    RunStatus.RUNNING,
-                    None,
-                    None,
-                    None,
-                )
-                await self._failed(
-                    cfg, item, task, state, attempt, ResultTooLarge(size, self.limits.result), expect
-                )
-                return
+        # Cheap first check (most outcomes are small), then the result itself.
+        if len(outcome[1]) > self.limits.result and (size := _size(result)) > self.limits.result:
+            state = current_state()
+            state.result, state.progress, state.finished_at = None, None, None
+            too_large = ResultTooLarge(size, self.limits.result)
+            await self._failed(cfg, item, task, state, attempt, too_large, expect)
+            return
         if await self._record(outcome, lane.agent, task, expect):
             self.completed += 1
             series.completed.inc()
         await self.pipeline.ack_sync(msg)
+
+    async def _redelivered(
+        self,
+        item: _InFlight,
+        cfg: AgentQueueConfig,
+        task: Envelope,
+        delivered: int,
+        seq: int,
+        started: datetime,
+    ) -> tuple[int, RunState, int | None] | None:
+        """A delivery after the first: (attempt, run state, event sequence to
+        expect), or None when it is settled here: its outcome is recorded
+        already (acked), or every attempt was lost with its worker (dead-lettered)."""  # fmt: skip
+        generation = replay_generation(task)
+        stored = await stored_outcome(self.js, item.lane.agent, task.id)
+        if stored is not None and stored.decides(generation, real=True):
+            await self.pipeline.ack_sync(item.msg)  # recorded by an earlier delivery
+            return None
+        expect = stored.seq if stored is not None else 0
+        current, item.revision = await get_run_entry(self.js, task.id)
+        if current is None or current.replay != generation:
+            current = _state_from(task, item.lane.agent, seq)
+        elif current.status.finished:  # a presumed outcome (e.g. expired): this run supersedes it
+            current.result, current.finished_at = None, None
+        attempt = delivered - current.returned  # deliveries handed back unstarted are no attempts
+        if attempt > 1:
+            _note_lost_attempt(current, attempt - 1)
+            if attempt > cfg.max_attempts:  # every attempt was lost with its worker
+                await self._give_up(item.lane, item.msg, task, current, attempt - 1, expect)
+                return None
+        return attempt, _running(current, attempt, started), expect
 
     async def _record(
         self, outcome: OutcomeMessage, agent: str, task: Envelope, expect: int | None, *, real: bool = True
@@ -750,6 +761,10 @@ class TaskWorker:
             dedup_id=f"tasks-seq-{seq}",
         )  # fmt: skip
         await self.pipeline.ack_sync(msg)
+
+
+def _size(result: Any) -> int:
+    return len(to_json(result, inf_nan_mode="null"))
 
 
 def _settled(current: RunState, generation: int) -> bool:

@@ -353,6 +353,40 @@ async def test_a_drain_with_one_attempt_left_hands_tasks_back_without_using_it(
     assert ran == [1] and state.result == "ran" and not await dlq.list_dead_letters(mesh_js, name=agent)
 
 
+async def test_a_handed_back_task_keeps_all_its_attempts_through_retries(
+    nc: Client, mesh_js: JetStreamContext, queue: TaskQueue
+) -> None:
+    agent = unique("drain-retry")
+    cfg = AgentQueueConfig(agent, max_attempts=2, backoff_base_s=0.05, backoff_max_s=0.05, priorities=(2,))
+    attempts: list[int] = []
+
+    async def handler(ctx: TaskContext) -> Any:
+        attempts.append(ctx.attempt)
+        if ctx.attempt == 1:
+            raise RuntimeError("first attempt fails")
+        return "second"
+
+    leaving = TaskWorker(nc, mesh_js, {agent: (cfg, handler)}, idle_poll_s=5.0)
+    await leaving.start()
+    async with asyncio.timeout(10):
+        while not leaving.lanes[0].source.outstanding:
+            await asyncio.sleep(0.02)
+    stopping = asyncio.create_task(leaving.stop(1))
+    async with asyncio.timeout(10):
+        while not leaving._stopping.is_set():
+            await asyncio.sleep(0.01)
+    queued = await queue.enqueue(TaskSpec(agent, {}))
+    await stopping
+    staying = TaskWorker(nc, mesh_js, {agent: (cfg, handler)}, idle_poll_s=0.2)
+    await staying.start()
+    try:
+        state = await wait_for_run(mesh_js, queued.run_id, RunStatus.SUCCEEDED, timeout=10)
+    finally:
+        await staying.stop()
+    # Delivery 3 is attempt 2: the hand-back is remembered across the retry's state write.
+    assert attempts == [1, 2] and state.result == "second" and state.attempts == 2
+
+
 async def test_the_mover_does_not_dead_letter_a_task_whose_outcome_is_recorded(
     nc: Client, mesh_js: JetStreamContext, queue: TaskQueue
 ) -> None:
