@@ -62,7 +62,7 @@ def _env(**extra: str) -> dict[str, str]:
     return {**{k: v for k, v in os.environ.items() if not k.startswith("AF_")}, **extra}
 
 
-def test_up_with_a_bad_sync_interval_says_so_in_one_line(tmp_path: Path) -> None:
+def test_up_with_a_bad_sync_interval_says_so_without_a_traceback(tmp_path: Path) -> None:
     done = subprocess.run(
         [*CLI, "--data-dir", str(tmp_path), "up"],
         capture_output=True, text=True, timeout=60, env=_env(AF_NATS_SYNC_INTERVAL="soon"),
@@ -70,6 +70,8 @@ def test_up_with_a_bad_sync_interval_says_so_in_one_line(tmp_path: Path) -> None
     assert done.returncode == 1
     assert "Traceback" not in done.stderr
     assert "invalid settings" in done.stderr and "nats_sync_interval" in done.stderr
+    assert "'soon' is not 'default', 'always' or a duration" in done.stderr
+    assert not (tmp_path / "nats").exists()  # refused before starting anything
 
 
 @pytest.mark.slow
