@@ -243,6 +243,16 @@ def _first_error(exc: ValidationError) -> str:
     return f"{'.'.join(str(p) for p in err['loc']) or '<root>'}: {err['msg']}"
 
 
+_CLOCK_MARGIN_S: Final = 20.0  # skew allowed between this host's clock and the server's
+
+
+class _Claim(NamedTuple):
+    """An idempotency key's earlier claim: its value and when the server stored it."""
+
+    value: bytes
+    at: datetime
+
+
 class TaskQueue:
     """The producer side of the queue. Owns a :class:`Pipeline` (``start``/``stop``)."""
 
@@ -262,10 +272,13 @@ class TaskQueue:
         self.max_depth = max_depth
         self.pipeline = Pipeline(nc)
         self._idempotency: KeyValue | None = None
+        self._dedup_window_s = 0.0
 
     async def start(self) -> None:
         await self.pipeline.start()
         self._idempotency = await self.js.key_value(names.BUCKET_IDEMPOTENCY)
+        info = await self.js.stream_info(names.STREAM_TASKS)
+        self._dedup_window_s = float(info.config.duplicate_window or 0)
 
     async def stop(self) -> None:
         await self.pipeline.stop()
@@ -280,10 +293,11 @@ class TaskQueue:
     async def enqueue(self, spec: TaskSpec, *, content_type: str = JSON) -> Enqueued:
         """Durably enqueue one task; see the module docstring for the guarantee."""
         run_id = new_id()
-        duplicate = False
+        duplicate, claim = False, None
         if spec.idempotency_key is not None:
-            found = await self._claim_idempotency_key(spec, run_id)
-            if found is not None:
+            claim = await self._claim_key(spec.tenant, spec.idempotency_key, run_id.encode())
+            if claim is not None:
+                found = claim.value.decode()
                 if await get_run(self.js, found) is not None:
                     return Enqueued(found, True)
                 # The first caller recorded the key but may have died before its
@@ -292,7 +306,7 @@ class TaskQueue:
         message = task_message(
             spec, run_id, content_type, limit=self.max_task_bytes, dedup=spec.idempotency_key is not None
         )
-        if duplicate and await task_stored(self.js, run_id, spec.agent, int(spec.priority)):
+        if claim is not None and await self._stored_past_window(claim, run_id, spec):
             await self._create_record(run_id, message.record)  # the marker it lacked
             return Enqueued(run_id, True)
         # The task first, then its queued record: the record is the commit
@@ -325,17 +339,27 @@ class TaskQueue:
             if exc.err_code != _WRONG_LAST_SEQUENCE:  # already written by the worker: fine
                 raise
 
-    async def _claim_idempotency_key(self, spec: TaskSpec, run_id: str) -> str | None:
-        """Record key -> run_id; returns the original run id if the key was taken."""
-        assert self._idempotency is not None and spec.idempotency_key is not None
-        token = _idempotency_token(spec.tenant, spec.idempotency_key)
+    async def _claim_key(self, tenant: str, key: str, value: bytes) -> _Claim | None:
+        """Record key -> ``value`` (create-only); the earlier claim if the key was taken."""
+        assert self._idempotency is not None
+        token = _idempotency_token(tenant, key)
         try:
-            await self._idempotency.create(token, run_id.encode())
+            await self._idempotency.create(token, value)
             return None
         except KeyWrongLastSequenceError:
-            entry = await self._idempotency.get(token)
-            assert entry.value is not None
-            return entry.value.decode()
+            raw = await self.js.get_last_msg(
+                f"KV_{names.BUCKET_IDEMPOTENCY}", f"$KV.{names.BUCKET_IDEMPOTENCY}.{token}"
+            )
+            assert raw.data is not None and raw.time is not None
+            return _Claim(raw.data, raw.time)
+
+    async def _stored_past_window(self, claim: _Claim, run_id: str, spec: TaskSpec) -> bool:
+        """Was the task of a claim that left no queued record stored? Inside the
+        duplicate window (less a margin for clock skew) the republish is
+        deduplicated by its ``Nats-Msg-Id``, so no lookup is needed; past it, look."""
+        if utcnow() - claim.at < timedelta(seconds=self._dedup_window_s - _CLOCK_MARGIN_S):
+            return False
+        return await task_stored(self.js, run_id, spec.agent, int(spec.priority))
 
     async def enqueue_batch(
         self,
@@ -356,8 +380,11 @@ class TaskQueue:
             raise BatchRejected("tasks in a batch cannot carry idempotency keys; use batch_key")
         run_ids = [new_id() for _ in specs]
         if batch_key is not None:
-            claimed = await self._claim_batch_key(specs[0].tenant, batch_key, run_ids)
-            if claimed is not None:
+            claim = await self._claim_key(
+                specs[0].tenant, f"batch\x00{batch_key}", json.dumps(run_ids).encode()
+            )
+            if claim is not None:
+                claimed = list(json.loads(claim.value))
                 if len(claimed) != len(specs):
                     raise BatchRejected(f"batch_key {batch_key!r} was used for another batch")
                 run_ids = claimed
@@ -365,7 +392,7 @@ class TaskQueue:
                     return [Enqueued(run_id, True) for run_id in claimed]
                 # The first attempt died before its first record (the commit
                 # marker): was its batch stored? (all of it or none: atomic)
-                if await task_stored(self.js, claimed[0], specs[0].agent, int(specs[0].priority)):
+                if await self._stored_past_window(claim, claimed[0], specs[0]):
                     for spec, run_id in zip(specs, claimed, strict=True):
                         message = task_message(spec, run_id, content_type, limit=self.max_task_bytes)
                         await self._create_record(run_id, message.record)
@@ -418,17 +445,6 @@ class TaskQueue:
         for spec in specs:
             metrics.for_agent(spec.agent).enqueued.inc()
         return [Enqueued(run_id, False) for run_id in run_ids]
-
-    async def _claim_batch_key(self, tenant: str, batch_key: str, run_ids: list[str]) -> list[str] | None:
-        assert self._idempotency is not None
-        token = _idempotency_token(tenant, f"batch\x00{batch_key}")
-        try:
-            await self._idempotency.create(token, json.dumps(run_ids).encode())
-            return None
-        except KeyWrongLastSequenceError:
-            entry = await self._idempotency.get(token)
-            assert entry.value is not None
-            return list(json.loads(entry.value))
 
 
 async def task_stored(js: JetStreamContext, run_id: str, agent: str, priority: int) -> bool:

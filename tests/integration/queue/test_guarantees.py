@@ -515,7 +515,7 @@ async def test_an_idempotent_retry_past_the_duplicate_window_does_not_store_the_
         from mesh.queue import task_message
 
         run_id = "first-caller-run"
-        assert await queue._claim_idempotency_key(spec, run_id) is None
+        assert await queue._claim_key(spec.tenant, "invoice-7", run_id.encode()) is None
         await queue._publish_task(spec, task_message(spec, run_id, dedup=True))
         await _past_window()
         again = await queue.enqueue(spec)
