@@ -61,7 +61,7 @@ from mesh.errors import BatchRejected, EnqueueOutcomeUnknown, InvalidTask, Paylo
 from mesh.lean import encode_headers
 from mesh.limits import PayloadLimits
 from mesh.outcome import stored_outcome
-from mesh.pipeline import Pipeline, PubAck, parse_puback
+from mesh.pipeline import Pipeline, parse_puback
 from mesh.runs import RunStatus, get_run, run_key
 
 __all__ = ["DEFAULT_TTL_S", "MAX_BATCH", "MAX_TTL_S", "Enqueued", "TaskQueue", "TaskSpec"]
@@ -313,23 +313,24 @@ class TaskQueue:
         # marker a retry with the same idempotency key trusts ("the task is
         # stored"). It is create-only, so a fast worker's state can never be
         # overwritten by it.
-        ack = await self._publish_task(spec, message)
+        subject = names.task_subject(spec.agent, int(spec.priority))
+        try:
+            ack = parse_puback(await (await self.pipeline.request(subject, message.data, message.headers)))
+        except Exception as exc:
+            raise self._refusal(spec, message.run_id, exc) from exc
         await self._create_record(run_id, with_seq(message.record, ack.seq))
         metrics.for_agent(spec.agent).enqueued.inc()
         return Enqueued(run_id, duplicate)
 
-    async def _publish_task(self, spec: TaskSpec, message: TaskMessage) -> PubAck:
-        subject = names.task_subject(spec.agent, int(spec.priority))
-        try:
-            return parse_puback(await (await self.pipeline.request(subject, message.data, message.headers)))
-        except APIError as exc:
-            if exc.err_code == _SUBJECT_FULL:
-                raise QueueFull(spec.agent, int(spec.priority), self.max_depth) from exc
-            raise
-        except (TimeoutError, ConnectionError) as exc:
-            raise EnqueueOutcomeUnknown(
-                f"NATS did not confirm task {message.run_id} ({exc}): it may or may not be stored"
-            ) from exc
+    def _refusal(self, spec: TaskSpec, run_id: str, exc: Exception) -> Exception:
+        """What a failed task publish means for the caller."""
+        if isinstance(exc, APIError) and exc.err_code == _SUBJECT_FULL:
+            return QueueFull(spec.agent, int(spec.priority), self.max_depth)
+        if isinstance(exc, TimeoutError | ConnectionError):
+            return EnqueueOutcomeUnknown(
+                f"NATS did not confirm task {run_id} ({exc}): it may or may not be stored"
+            )
+        return exc
 
     async def _create_record(self, run_id: str, record: bytes) -> None:
         reply = await self.pipeline.request(run_key(run_id), record, _CREATE_ONLY)

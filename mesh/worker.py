@@ -83,7 +83,7 @@ from mesh.outcome import (
     success_message,
     wait_deadline,
 )
-from mesh.pipeline import Pipeline
+from mesh.pipeline import Pipeline, parse_puback
 from mesh.puller import Puller
 from mesh.runs import AttemptError, RunState, RunStatus, get_run_entry, run_key
 
@@ -145,6 +145,7 @@ CLAIM_AHEAD_S = 3.0  # claim a run this long before its wait deadline passes
 HAND_BACK_ALLOWANCE = 10  # deliveries past max_attempts before the server gives up (backstop)
 RECORD_PATIENCE_S = 15.0  # how long an outcome write rides out a NATS outage before a hand-back
 _WRONG_LAST_SEQUENCE = 10071
+_CREATE_ONLY = b"Nats-Expected-Last-Subject-Sequence: 0\r\n\r\n"  # appended to a header block
 _LOST = "no outcome within the ack wait: the worker was lost (crashed, killed or stalled)"
 
 
@@ -585,7 +586,11 @@ class TaskWorker:
             too_large = ResultTooLarge(size, self.limits.result)
             await self._failed(cfg, item, task, state, attempt, too_large, expect)
             return
-        if await self._record(outcome, lane.agent, task, expect):
+        if expect == 0:  # the common case: no event yet, one publish and no lookup
+            recorded = await self._record_first(outcome, lane.agent, task)
+        else:
+            recorded = await self._record(outcome, lane.agent, task, expect)
+        if recorded:
             self.completed += 1
             series.completed.inc()
         await self.pipeline.ack_sync(msg)
@@ -620,6 +625,17 @@ class TaskWorker:
                 await self._give_up(item.lane, item.msg, task, current, attempt - 1, expect)
                 return None
         return attempt, _running(current, attempt, started), expect
+
+    async def _record_first(self, outcome: OutcomeMessage, agent: str, task: Envelope) -> bool:
+        """:meth:`_record` of a run's first outcome, inline (once per task): create-only
+        on the event subject; anything but a plain success goes the general way."""
+        subject, data, headers = outcome
+        try:
+            reply = await (await self.pipeline.request(subject, data, headers[:-2] + _CREATE_ONLY))
+            parse_puback(reply)
+            return True
+        except Exception:  # an event exists, or NATS is away: look, then decide
+            return await self._record(outcome, agent, task, None)
 
     async def _record(
         self, outcome: OutcomeMessage, agent: str, task: Envelope, expect: int | None, *, real: bool = True

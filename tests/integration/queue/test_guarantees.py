@@ -22,6 +22,7 @@ from nats.js import JetStreamContext
 from mesh import dlq, names
 from mesh.envelope import decode, utcnow
 from mesh.errors import EnqueueOutcomeUnknown, PayloadTooLarge, QueueFull
+from mesh.lean import parse_headers
 from mesh.maintenance import expire_overdue, move_max_delivered
 from mesh.outcome import js_send, outcome_message, record_outcome
 from mesh.provision import ProvisionConfig
@@ -516,7 +517,8 @@ async def test_an_idempotent_retry_past_the_duplicate_window_does_not_store_the_
 
         run_id = "first-caller-run"
         assert await queue._claim_key(spec.tenant, "invoice-7", run_id.encode()) is None
-        await queue._publish_task(spec, task_message(spec, run_id, dedup=True))
+        message = task_message(spec, run_id, dedup=True)
+        await js.publish(names.task_subject(agent, 2), message.data, headers=parse_headers(message.headers))
         await _past_window()
         again = await queue.enqueue(spec)
     assert again.run_id == run_id and again.duplicate
