@@ -228,6 +228,7 @@ class QueueMaintenance:
         self.poll_s = poll_s
         self._puller: Puller | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self._stopping = False
         self.moved = 0
 
     async def start(self) -> None:
@@ -240,27 +241,57 @@ class QueueMaintenance:
         )  # fmt: skip
         self._puller = Puller(self.nc, names.STREAM_ADVISORIES, MOVER)
         await self._puller.start()
+        self._stopping = False
         self._tasks = [
             asyncio.create_task(self._mover(), name="dlq-mover"),
             asyncio.create_task(self._every(self.expiry_interval_s, self._expire), name="expiry"),
             asyncio.create_task(self._every(self.stats_interval_s, self._stats), name="stats"),
         ]
 
-    async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+    async def stop(self, timeout: float = 10.0) -> None:
+        """Stop the loops and hand back undelivered advisories, within ``timeout`` s.
+
+        One cancel is not enough: nats-py's flush swallows ``CancelledError``,
+        and Python 3.11's ``wait_for`` (under every nats-py request) returns
+        the reply instead when it lands together with the cancel. So the
+        loops also end at their next turn once stopping, and a loop still
+        running is cancelled again each second; past ``timeout`` it is left
+        behind with a warning rather than waited for.
+        """
+        self._stopping = True
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        running = {task for task in self._tasks if not task.done()}
+        while running and loop.time() < deadline:
+            for task in running:
+                task.cancel()
+            _, running = await asyncio.wait(running, timeout=min(1.0, deadline - loop.time()))
+        if running:
+            names_left = ", ".join(sorted(task.get_name() for task in running))
+            log.warning(
+                "queue maintenance: %s still running %.0f s after stop; abandoned", names_left, timeout
+            )
         if self._puller is not None:
-            for msg in await self._puller.close(settle_s=self.poll_s + 0.5):
+            settle = max(0.0, min(self.poll_s + 0.5, deadline - loop.time()))
+            closing = asyncio.ensure_future(self._puller.close(settle_s=settle))
+            done, _ = await asyncio.wait({closing}, timeout=settle + 2.0)
+            if not done:
+                closing.cancel()
+                log.warning("queue maintenance: advisory puller did not close; abandoned")
+                return
+            for msg in closing.result():
                 with contextlib.suppress(Exception):
-                    await msg.nak()
+                    await asyncio.wait_for(msg.nak(), 1.0)
 
     async def _mover(self) -> None:
         assert self._puller is not None
-        while True:
+        while not self._stopping:
             try:
                 msgs = await self._puller.take(32) or await self._puller.wait(1, self.poll_s)
-                for msg in msgs:
+                for i, msg in enumerate(msgs):
+                    if self._stopping:  # hand the rest back: close() naks them
+                        self._puller.ready.extendleft(reversed(msgs[i:]))
+                        break
                     await self._move(msg)
             except asyncio.CancelledError:
                 raise
@@ -280,7 +311,7 @@ class QueueMaintenance:
         self.moved += 1
 
     async def _every(self, interval: float, job: Callable[[], Awaitable[object]]) -> None:
-        while True:
+        while not self._stopping:
             try:
                 await job()
             except asyncio.CancelledError:
