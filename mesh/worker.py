@@ -521,7 +521,7 @@ class TaskWorker:
         except DecodeError as exc:
             await self._undecodable(lane, msg, exc)
             return
-        generation = replay_generation(task)
+        generation = int(payload.get("replay", 0))  # replay_generation(task), inline
         # The event subject's last sequence, for the outcome's compare-and-set:
         # a first delivery of a first generation expects none (no lookup).
         expect: int | None = 0 if generation == 0 else None
@@ -535,7 +535,11 @@ class TaskWorker:
             if resumed is None:
                 return
             attempt, state, expect = resumed
-        if attempt == 1 and (deadline := wait_deadline(task)) is not None and started > deadline:
+        waited = (started - task.created_at).total_seconds()
+        ttl = task.metadata.ttl_s
+        # A first start past its wait deadline (the cheap test first: a replay's
+        # deadline counts from its replay, later than the enqueue).
+        if attempt == 1 and ttl and waited > ttl and (deadline := wait_deadline(task)) and started > deadline:
             await self._expire(lane, msg, task, seq, deadline)
             return
 
@@ -561,7 +565,7 @@ class TaskWorker:
         )  # fmt: skip
         t0 = time.perf_counter()
         series = metrics.for_agent(lane.agent)
-        series.wait.observe(max(0.0, (started - task.created_at).total_seconds()))
+        series.wait.observe(max(0.0, waited))
         try:
             result = await handler(ctx)
         except asyncio.CancelledError:
