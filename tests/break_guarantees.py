@@ -1,0 +1,255 @@
+# ruff: noqa: E501  (the table of mutations is data: one line each)
+"""Break each queue guarantee's line on purpose and watch its test fail.
+
+    .venv/bin/python tests/break_guarantees.py            # every mutation (~6 min)
+    .venv/bin/python tests/break_guarantees.py "no event CAS" "ack before outcome"
+
+Each entry replaces one exact piece of product code (the guarantee's line)
+in a throwaway git worktree of HEAD, runs the test that attacks that
+guarantee, and reports CAUGHT (the test failed, as it must) or MISSED.
+A pattern that no longer matches is reported too: update the entry with
+the code. Not collected by pytest (slow; run it after changing a guarantee).
+"""
+
+from __future__ import annotations
+
+import pathlib
+import subprocess
+import sys
+import tempfile
+
+HERE = pathlib.Path(__file__).resolve().parents[1]
+PYTEST = str(HERE / ".venv" / "bin" / "pytest")
+
+G = "tests/integration/queue/test_guarantees.py::"
+T = "tests/integration/queue/test_ttl_while_running.py::"
+M = [
+    (
+        "ack before outcome",
+        "mesh/worker.py",
+        "        if expect == 0:  # the common case",
+        "        await self.pipeline.ack_sync(msg)\n        if expect == 0:  # the common case",
+        G + "test_a_task_is_not_acked_while_its_outcome_cannot_be_stored",
+    ),
+    (
+        "no redelivery check",
+        "mesh/worker.py",
+        "        if stored is not None and stored.decides(generation, real=True):\n            await self.pipeline.ack_sync(item.msg)",
+        "        if False:\n            await self.pipeline.ack_sync(item.msg)",
+        G + "test_a_redelivered_task_whose_outcome_is_stored_is_acked_without_running",
+    ),
+    (
+        "no first-outcome CAS",
+        "mesh/worker.py",
+        '_CREATE_ONLY = b"Nats-Expected-Last-Subject-Sequence: 0\\r\\n\\r\\n"',
+        '_CREATE_ONLY = b"\\r\\n"',
+        "tests/integration/queue/test_sigstop_worker.py",
+    ),
+    (
+        "no event CAS",
+        "mesh/outcome.py",
+        '        cas = b"%sNats-Expected-Last-Subject-Sequence: %d\\r\\n\\r\\n" % (headers[:-2], expect)',
+        "        cas = headers",
+        G + "test_a_second_outcome_is_refused_even_past_the_duplicate_window",
+    ),
+    (
+        "no state CAS",
+        "mesh/worker.py",
+        '        headers = b"NATS/1.0\\r\\nNats-Expected-Last-Subject-Sequence: %d\\r\\n\\r\\n" % revision',
+        '        headers = b"NATS/1.0\\r\\n\\r\\n"',
+        G + "test_a_state_write_never_lands_on_a_final_state",
+    ),
+    (
+        "no settled check",
+        "mesh/worker.py",
+        "                if current is not None and _settled(current, state.replay):\n                    item.settled = True\n                    return False",
+        "                pass",
+        G + "test_a_state_write_never_lands_on_a_final_state",
+    ),
+    (
+        "no buffered heartbeat",
+        "mesh/worker.py",
+        "            held += [msg for lane in self.lanes for msg in lane.source.ready]\n",
+        "",
+        G + "test_a_task_buffered_in_a_busy_worker_is_heartbeated_not_redelivered",
+    ),
+    (
+        "hand back not recorded",
+        "mesh/worker.py",
+        "                await self._note_returned(agent, msg, task)",
+        "                pass",
+        G + "test_a_drain_with_one_attempt_left_hands_tasks_back_without_using_it",
+    ),
+    (
+        "hand back no nak",
+        "mesh/worker.py",
+        "        with contextlib.suppress(Exception):\n            await msg.nak()\n\n    async def _note_returned",
+        "\n    async def _note_returned",
+        G + "test_a_drain_with_one_attempt_left_hands_tasks_back_without_using_it",
+    ),
+    (
+        "mover no outcome check",
+        "mesh/maintenance.py",
+        "        if stored is not None and stored.decides(generation, real=False):\n            # Its outcome",
+        "        if False:\n            # Its outcome",
+        G + "test_the_mover_does_not_dead_letter_a_task_whose_outcome_is_recorded",
+    ),
+    (
+        "mover real id",
+        "mesh/maintenance.py",
+        "        await write_outcome(js, task, state, lost_msg_id(task.id, generation))",
+        "        await write_outcome(js, task, state, f'finished-{task.id}-{generation}', real=True)",
+        G + "test_a_last_attempt_that_stalls_then_succeeds_is_recorded_succeeded_and_not_replayed",
+    ),
+    (
+        "replay keeps batch headers",
+        "mesh/dlq.py",
+        '_NOT_REPLAYED = ("Nats-Batch-", "Nats-Expected-", "Nats-TTL", "Nats-Msg-Id")',
+        '_NOT_REPLAYED = ("Nats-Expected-", "Nats-TTL", "Nats-Msg-Id")',
+        G + "test_dead_lettered_batch_tasks_replay",
+    ),
+    (
+        "replay deletes first",
+        "mesh/dlq.py",
+        '    headers["Nats-Msg-Id"] = f"replay-{seq}"\n',
+        '    headers["Nats-Msg-Id"] = f"replay-{seq}"\n    await js.delete_msg(names.STREAM_DLQ, seq)\n',
+        G + "test_a_replay_that_cannot_republish_keeps_the_dead_letter",
+    ),
+    (
+        "no task search",
+        "mesh/queue.py",
+        "        if duplicate and await task_stored(self.js, run_id, spec.agent, int(spec.priority)):",
+        "        if False:",
+        G + "test_an_idempotent_retry_past_the_duplicate_window_does_not_store_the_task_twice",
+    ),
+    (
+        "timeout = rejected",
+        "mesh/queue.py",
+        "        except (TimeoutError, ConnectionError) as exc:  # no answer: it may have been committed",
+        "        except ZeroDivisionError as exc:",
+        G + "test_a_batch_committed_but_unconfirmed_is_unknown_not_rejected_and_its_retry_stores_it_once",
+    ),
+    (
+        "record before task",
+        "mesh/queue.py",
+        "        ack = await self._publish_task(spec, message)\n        await self._create_record(run_id, with_seq(message.record, ack.seq))",
+        "        await self._create_record(run_id, message.record)\n        ack = await self._publish_task(spec, message)",
+        G + "test_a_refused_task_leaves_no_queued_record",
+    ),
+    (
+        "record not create-only",
+        "mesh/queue.py",
+        "        reply = await self.pipeline.request(run_key(run_id), record, _CREATE_ONLY)",
+        "        reply = await self.pipeline.request(run_key(run_id), record)",
+        G + "test_the_queued_record_never_overwrites_a_later_state",
+    ),
+    (
+        "keys not per tenant",
+        "mesh/queue.py",
+        '    return hashlib.sha256(f"{tenant}\\x00{key}".encode()).hexdigest()',
+        '    return hashlib.sha256(f"{key}".encode()).hexdigest()',
+        G + "test_idempotency_keys_are_scoped_per_tenant",
+    ),
+    (
+        "reaper no outcome check",
+        "mesh/maintenance.py",
+        "        if stored is not None and stored.decides(state.replay, real=False):\n            continue  # its outcome",
+        "        if False:\n            continue  # its outcome",
+        G + "test_the_reaper_never_expires_a_run_whose_outcome_is_stored",
+    ),
+    (
+        "no result limit",
+        "mesh/worker.py",
+        "            if size > self.limits.result:",
+        "            if False:",
+        G + "test_a_result_too_large_to_record_fails_the_run_once_with_a_clear_error",
+    ),
+    (
+        "errors unbounded",
+        "mesh/runs.py",
+        "    if len(errors) > _KEEP_FIRST + _KEEP_LAST:",
+        "    return errors\n    if len(errors) > _KEEP_FIRST + _KEEP_LAST:",
+        G + "test_a_max_size_task_failing_every_attempt_with_long_errors_is_dead_lettered_and_replays",
+    ),
+    (
+        "task limit = max payload",
+        "mesh/limits.py",
+        "        return self.max_payload // 2",
+        "        return self.max_payload",
+        G + "test_a_task_over_half_the_max_payload_is_refused_at_enqueue",
+    ),
+    (
+        "no deadline at start",
+        "mesh/worker.py",
+        "        if attempt == 1 and ttl and waited > ttl and (deadline := wait_deadline(task)) and started > deadline:",
+        "        if False and (deadline := wait_deadline(task)):",
+        T + "test_a_first_start_past_the_deadline_is_expired_not_run",
+    ),
+    (
+        "server TTL back",
+        "mesh/queue.py",
+        '    fields = {"AF-Tenant": meta.tenant}',
+        '    fields = {"Nats-TTL": str(int(meta.ttl_s or 3600)), "AF-Tenant": meta.tenant}',
+        T + "test_a_worker_killed_after_reporting_progress_is_replaced_even_with_a_short_ttl",
+    ),
+    (
+        "retry keeps deadline",
+        "mesh/worker.py",
+        "            state.status = RunStatus.QUEUED  # started already: no wait deadline any more",
+        "            state.status = RunStatus.QUEUED\n            state.expires_at = wait_deadline(task)",
+        T + "test_a_replayed_dead_letter_waiting_for_its_retry_is_not_expired",
+    ),
+    (
+        "no claims",
+        "mesh/worker.py",
+        "                    await self._write_state(item, item.running())",
+        "                    pass",
+        T + "test_a_task_still_running_when_its_ttl_passes_is_claimed_kept_and_not_expired",
+    ),
+]
+
+
+def main(only: list[str]) -> int:
+    missed = 0
+    with tempfile.TemporaryDirectory() as tmp:
+        root = pathlib.Path(tmp) / "tree"
+        subprocess.run(
+            ["git", "-C", str(HERE), "worktree", "add", "-q", "--detach", str(root), "HEAD"], check=True
+        )
+        try:
+            for name, f, old, new, test in M:
+                if only and name not in only:
+                    continue
+                missed += not run_one(root, name, f, old, new, test)
+        finally:
+            subprocess.run(["git", "-C", str(HERE), "worktree", "remove", "--force", str(root)], check=False)
+    return 1 if missed else 0
+
+
+def run_one(root: pathlib.Path, name: str, f: str, old: str, new: str, test: str) -> bool:
+    p = root / f
+    src = p.read_text()
+    if src.count(old) != 1:
+        print(f"{name}: PATTERN FOUND {src.count(old)} TIMES (update the entry)", flush=True)
+        return False
+    p.write_text(src.replace(old, new))
+    try:
+        r = subprocess.run(
+            [PYTEST, "-q", "-x", "-p", "no:cacheprovider", test],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            timeout=240,
+        )
+        out = r.stdout.strip().splitlines()[-1] if r.stdout.strip() else r.stderr[-200:]
+    except subprocess.TimeoutExpired:
+        out = "TIMEOUT (counts as failing)"
+    finally:
+        p.write_text(src)
+    caught = "failed" in out or "TIMEOUT" in out or "error" in out
+    print(f"{name}: {'CAUGHT' if caught else 'MISSED'} -- {out}", flush=True)
+    return caught
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
