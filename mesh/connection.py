@@ -7,7 +7,7 @@ subscriptions and JetStream API calls over it.
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, Final
 
 import nats
 from nats.aio.client import Client
@@ -17,9 +17,28 @@ from nats.js.errors import ServiceUnavailableError
 from mesh import lean
 from mesh.errors import ConnectionFailed
 
-__all__ = ["connect", "jetstream"]
+__all__ = ["MIN_SERVER_VERSION", "check_server_version", "connect", "jetstream"]
 
 log = logging.getLogger(__name__)
+
+# Per-message TTL 2.11, atomic batch publish 2.12, message schedules 2.14.
+MIN_SERVER_VERSION: Final = (2, 14, 0)
+
+
+def check_server_version(version: str, url: str = "") -> None:
+    """Refuse a nats-server too old for the features the platform stands on,
+    at connect time and by name, instead of failing later on a first batch
+    or schedule with a cryptic API error."""
+    try:
+        found = tuple(int(part) for part in version.lstrip("v").split("-")[0].split(".")[:3])
+    except ValueError:
+        return  # an unparsable (development) version: let it try
+    if found < MIN_SERVER_VERSION:
+        need = ".".join(map(str, MIN_SERVER_VERSION))
+        raise ConnectionFailed(
+            f"nats-server {version}{f' at {url}' if url else ''} is too old: Agent Factory needs {need} "
+            "or newer (atomic batch publish since 2.12, message schedules since 2.14)"
+        )
 
 
 async def connect(url: str, name: str = "agent-factory", initial_attempts: int = 3, **options: Any) -> Client:
@@ -61,6 +80,12 @@ async def connect(url: str, name: str = "agent-factory", initial_attempts: int =
     except Exception as exc:  # nats-py raises several unrelated types here
         raise ConnectionFailed(f"cannot connect to NATS at {url}: {exc}") from exc
     nc.options["max_reconnect_attempts"] = later_attempts
+    try:
+        v = nc.connected_server_version
+        check_server_version(f"{v.major}.{v.minor}.{v.patch}", url)
+    except ConnectionFailed:
+        await nc.close()
+        raise
     lean.install(nc)  # before any subscription: the parser is swapped while idle
     return nc
 

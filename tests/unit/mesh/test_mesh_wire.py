@@ -176,3 +176,14 @@ def test_nan_and_infinity_in_a_payload_are_written_as_null() -> None:
     assert b"NaN" not in out.data and b"Infinity" not in out.data
     assert decode(out.data, JSON).payload == {"a": None, "b": [None]}
     assert decode(out.data, JSON).model_dump_json().encode() == out.data
+
+
+def test_a_nats_server_too_old_for_batches_and_schedules_is_refused_by_name() -> None:
+    from mesh.connection import check_server_version
+    from mesh.errors import ConnectionFailed
+
+    for ok in ("2.14.0", "2.15.1", "v2.15.1", "3.0.0", "2.16.0-beta.1", "dev"):
+        check_server_version(ok)
+    for old in ("2.11.3", "2.13.9", "v2.12.0"):
+        with pytest.raises(ConnectionFailed, match=rf"nats-server {old} at nats://x is too old: .* 2\.14\.0"):
+            check_server_version(old, "nats://x")
