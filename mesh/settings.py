@@ -51,6 +51,9 @@ class Settings(BaseSettings):
     drain_timeout_s: float = Field(default=30.0, gt=0)
     max_payload_bytes: int = Field(default=1_048_576, ge=1024)
     stream_replicas: int = Field(default=1, ge=1, le=5)
+    agents: str = Field(
+        default="", description="Your agents besides the examples: 'module:Class,…' (see agents.registry)"
+    )
     nats_sync_interval: SyncInterval = Field(
         default="default",
         description="How often the embedded nats-server fsyncs JetStream files: 'default' (2 min), "
