@@ -55,9 +55,10 @@ def up(obj: Ctx, port: int | None, host: str | None, workers: int | None) -> Non
     """Start the whole system: NATS, PostgreSQL, API, workers.
 
     Embedded servers are started unless AF_NATS_URL / AF_DATABASE_URL point
-    at existing ones. Ctrl-C drains in-flight work and stops everything.
+    at existing ones. Ctrl-C drains in-flight work and stops everything;
+    a second Ctrl-C (or SIGTERM) forces it.
     """
-    from gateway.up import run_up
+    from gateway.up import DataDirInUse, run_up
     from mesh.settings import Settings
 
     overrides: dict[str, Any] = {"data_dir": obj.data_dir}
@@ -73,6 +74,8 @@ def up(obj: Ctx, port: int | None, host: str | None, workers: int | None) -> Non
         asyncio.run(run_up(settings))
     except KeyboardInterrupt:
         pass
+    except DataDirInUse as exc:
+        raise CliError(str(exc)) from exc
     except Exception as exc:
         if obj.verbose:
             raise

@@ -4,21 +4,35 @@ Embedded mode (no ``AF_NATS_URL`` / ``AF_DATABASE_URL``) starts nats-server
 and PostgreSQL as children with their data under the data dir, so a second
 ``up`` finds everything where it was. Then: migrations, streams and
 buckets, the agents registry, the execution recorder, the API and the
-worker pools (child processes, restarted if they die). SIGINT/SIGTERM
-drains the workers first, then stops everything in reverse order.
+worker pools (child processes, restarted if they die).
+
+One ``up`` per data dir: ``up.lock`` (an flock the OS releases if we die)
+holds its pid, and a second ``up`` is refused. Servers an ``up`` killed -9
+left running are stopped at the next start; the children die with ``up``
+anyway (``PR_SET_PDEATHSIG``).
+
+SIGINT/SIGTERM drains the workers first, then stops everything in reverse
+order, each step bounded and the whole within ``stop_timeout_s``: a step
+that overruns is abandoned (and said so). A second signal forces the stop:
+what is left is abandoned, and the workers and servers are killed. The
+servers are stopped whatever failed before; after an abandoned step the
+process exits at once rather than wait for it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import logging
 import os
 import secrets
 import signal
 import sys
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, NoReturn
 
 import asyncpg
 import click
@@ -32,16 +46,40 @@ from agents.store.migrations import apply_migrations
 from gateway.api import Services, create_app
 from gateway.state import UpState, read_state, write_state
 from mesh.connection import connect, jetstream
-from mesh.embedded import NatsServer, find_free_port
+from mesh.embedded import NatsServer, find_free_port, parent_death_signal
 from mesh.maintenance import QueueMaintenance
 from mesh.provision import ProvisionConfig, provision
 from mesh.queue import TaskQueue
 from mesh.scheduler import Scheduler
 from mesh.settings import Settings
 
-__all__ = ["Platform", "run_up"]
+__all__ = ["DataDirInUse", "Platform", "lock_data_dir", "run_up"]
 
 log = logging.getLogger(__name__)
+
+STEP_TIMEOUT_S = 10.0  # each component's stop but the workers' drain (drain_timeout_s + 10)
+SERVERS_STOP_S = 10.0  # nats-server and PostgreSQL, after the rest; 2 s once forced
+
+
+class DataDirInUse(Exception):
+    """Another ``up`` runs on this data dir."""
+
+
+def lock_data_dir(data_dir: Path) -> int:
+    """Hold ``<data dir>/up.lock`` with our pid in it; returns its fd (close it
+    to let go). An flock: the OS releases it when we exit, however we exit."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(data_dir / "up.lock", os.O_RDWR | os.O_CREAT, 0o644)  # not inherited by children
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        msg = f"{data_dir} is in use by another `agent-factory up` (pid {holder}); stop it first"
+        raise DataDirInUse(msg) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
 
 
 def _port_or_free(preferred: int | None) -> int:
@@ -65,6 +103,7 @@ class Platform:
 
     settings: Settings
     say: bool = True
+    stop_timeout_s: float | None = None  # None: drain_timeout_s + 30
     nats: NatsServer | None = None
     postgres: EmbeddedPostgres | None = None
     services: Services | None = None
@@ -75,32 +114,46 @@ class Platform:
     workers: list[asyncio.subprocess.Process] = field(default_factory=list)
     state: UpState = field(default_factory=UpState)
     api_url: str = ""
+    abandoned: list[str] = field(default_factory=list)
+    _lock: int | None = None
     _supervisor: asyncio.Task[None] | None = None
     _stopping: bool = False
+    forced: asyncio.Event = field(default_factory=asyncio.Event)  # see force()
 
     def _say(self, text: str) -> None:
         if self.say:
             click.echo(text, err=True)
 
+    @property
+    def clean(self) -> bool:
+        """Stopped in order, nothing forced or abandoned."""
+        return not self.forced.is_set() and not self.abandoned
+
     async def start(self) -> None:
         s = self.settings
-        s.data_dir.mkdir(parents=True, exist_ok=True)
+        self._lock = lock_data_dir(s.data_dir)
         self.state = read_state(s.data_dir)
         nats_url, db_url = s.nats_url, s.database_url
+        # The servers are launched from this (the main) thread, as die_with_parent
+        # follows the thread that starts them; only the waiting runs in threads.
         if nats_url is None:
             self._say("starting embedded nats-server …")
             self.nats = NatsServer(
-                s.data_dir / "nats",
-                port=_port_or_free(self.state.nats_port),
-                sync_interval=s.nats_sync_interval,
+                s.data_dir / "nats", sync_interval=s.nats_sync_interval, die_with_parent=True
             )
-            await asyncio.to_thread(self.nats.start)
+            self._reclaimed("nats-server", await asyncio.to_thread(self.nats.reclaim))
+            self.nats.port = _port_or_free(self.state.nats_port)
+            self.nats.launch()
+            await asyncio.to_thread(self.nats.wait_ready)
             nats_url = self.nats.url
         if db_url is None:
             self._say("starting embedded PostgreSQL …")
-            pg_port = _port_or_free(self.state.postgres_port)
-            self.postgres = EmbeddedPostgres(s.data_dir / "postgres", port=pg_port)
-            await asyncio.to_thread(self.postgres.start)
+            self.postgres = EmbeddedPostgres(s.data_dir / "postgres", die_with_parent=True)
+            self._reclaimed("PostgreSQL", await asyncio.to_thread(self.postgres.reclaim))
+            self.postgres.port = _port_or_free(self.state.postgres_port)
+            await asyncio.to_thread(self.postgres.prepare)
+            self.postgres.launch()
+            await asyncio.to_thread(self.postgres.wait_ready)
             db_url = self.postgres.url
         pool = await asyncpg.create_pool(db_url, min_size=1, max_size=10)
         async with pool.acquire() as conn:
@@ -124,7 +177,7 @@ class Platform:
         await self.scheduler.start()
         token = s.api_token or self.state.token or secrets.token_urlsafe(32)
         app = create_app(self.services, token if s.auth_enabled else None)
-        self.runner = web.AppRunner(app, handle_signals=False, access_log=None)
+        self.runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=5.0)
         await self.runner.setup()
         port = s.port or find_free_port()
         site = web.TCPSite(self.runner, s.host, port)
@@ -137,7 +190,12 @@ class Platform:
         )  # fmt: skip
         for i in range(s.workers):
             self.workers.append(await self._spawn_worker(i, nats_url))
-        self._supervisor = asyncio.create_task(self._supervise(nats_url))
+        if self.workers:
+            self._supervisor = asyncio.create_task(self._supervise(nats_url))
+
+    def _reclaimed(self, server: str, pid: int | None) -> None:
+        if pid is not None:
+            self._say(f"stopped {server} (pid {pid}) that an earlier `up` left running on this data dir")
 
     async def _spawn_worker(self, index: int, nats_url: str) -> asyncio.subprocess.Process:
         env = {**os.environ, "AF_NATS_URL": nats_url}
@@ -146,11 +204,12 @@ class Platform:
             "--concurrency", str(self.settings.worker_concurrency),
             "--drain-timeout", str(self.settings.drain_timeout_s),
             env=env, stdin=asyncio.subprocess.DEVNULL,
+            preexec_fn=parent_death_signal(signal.SIGTERM),  # drains, as on Ctrl-C, if `up` dies
         )  # fmt: skip
 
     async def _supervise(self, nats_url: str) -> None:
         """Restart a worker pool that died (with a pause, so a crash loop is not a storm)."""
-        while not self._stopping:
+        while not self._stopping and self.workers:
             waits = {asyncio.ensure_future(p.wait()): i for i, p in enumerate(self.workers)}
             done, pending = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
             for f in pending:
@@ -179,58 +238,181 @@ class Platform:
             "--input '{\"fuel\": \"diesel\", \"quantity\": 100, \"unit\": \"L\"}' --wait",
             "  .venv/bin/agent-factory status",
             "",
-            "Ctrl-C drains in-flight work and stops everything.",
+            "Ctrl-C drains in-flight work and stops everything; a second Ctrl-C forces it.",
         ])  # fmt: skip
 
+    def force(self, why: str) -> None:
+        """Stop at once: abandon what is left of the orderly stop, kill the
+        workers and the servers."""
+        if not self.forced.is_set():
+            self._say(f"{why}: forcing the stop (killing workers and servers) …")
+            self.forced.set()
+
     async def stop(self) -> None:
+        """Stop everything in reverse order, each step bounded and all within
+        ``stop_timeout_s``; then the children (workers, servers), always."""
         self._stopping = True
+        loop = asyncio.get_running_loop()
+        total = self.stop_timeout_s or self.settings.drain_timeout_s + 30
+        deadline = loop.time() + total
+        for what, step, limit in self._stop_steps():
+            await self._bounded(what, step, min(limit, deadline - loop.time()))
+        await self._stop_children()
+        if self._lock is None:
+            return  # refused the data dir: nothing of ours ran
+        with contextlib.suppress(OSError):  # say we are gone, then let the data dir go
+            write_state(self.settings.data_dir, self.state, pid=None)
+        os.close(self._lock)
+        self._lock = None
+        self._say(f"stopped; abandoned: {', '.join(self.abandoned)}" if self.abandoned else "stopped.")
+
+    def _stop_steps(self) -> list[tuple[str, Callable[[], Awaitable[object]], float]]:
+        steps: list[tuple[str, Callable[[], Awaitable[object]], float]] = []
         if self._supervisor is not None:
-            self._supervisor.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._supervisor
+            steps.append(("the worker supervisor", self._stop_supervisor, STEP_TIMEOUT_S))
+        if self.workers:
+            steps.append(("the workers' drain", self._drain_workers, self.settings.drain_timeout_s + 10))
+        if self.runner is not None:
+            steps.append(("the API", self.runner.cleanup, STEP_TIMEOUT_S))
+        if self.scheduler is not None:
+            steps.append(("the scheduler", self.scheduler.stop, STEP_TIMEOUT_S))
+        if self.maintenance is not None:
+            steps.append(("the queue maintenance", self.maintenance.stop, STEP_TIMEOUT_S))
+        if self.recorder is not None:
+            steps.append(("the recorder", self.recorder.stop, STEP_TIMEOUT_S))
+        if self.services is not None:
+            steps.append(("the task queue", self.services.queue.stop, STEP_TIMEOUT_S))
+            steps.append(("the NATS connection", self.services.nc.drain, STEP_TIMEOUT_S))
+            steps.append(("the database pool", self.services.pool.close, STEP_TIMEOUT_S))
+        return steps
+
+    async def _bounded(self, what: str, step: Callable[[], Awaitable[object]], timeout: float) -> None:
+        """Run one stop step for at most ``timeout`` s, or until forced; else abandon it.
+
+        ``asyncio.wait``, not a timeout around ``await``: a step that loses a
+        cancel could not be interrupted that way, and would hang us with it.
+        """
+        if self.forced.is_set() or timeout <= 0:
+            self.abandoned.append(what)
+            return
+        task = asyncio.ensure_future(step())
+        forced = asyncio.ensure_future(self._until_forced())
+        await asyncio.wait({task, forced}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        forced.cancel()
+        if task.done():
+            if not task.cancelled() and task.exception() is not None:
+                self._say(f"{what} failed to stop: {task.exception()!r}; going on")
+            return
+        task.cancel()
+        self.abandoned.append(what)
+        if not self.forced.is_set():
+            self._say(f"{what} did not stop in {timeout:.0f} s; abandoning it")
+
+    async def _until_forced(self) -> None:
+        await self.forced.wait()
+
+    async def _stop_supervisor(self) -> None:
+        assert self._supervisor is not None
+        self._supervisor.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._supervisor
+
+    async def _drain_workers(self) -> None:
         self._say("draining workers …")
         for proc in self.workers:
             if proc.returncode is None:
                 with contextlib.suppress(ProcessLookupError):
                     proc.send_signal(signal.SIGTERM)
+        await asyncio.gather(*(proc.wait() for proc in self.workers))
+
+    async def _stop_children(self) -> None:
+        """Kill the workers still running, stop the servers; bounded, and at
+        once if forced (then or while it runs)."""
         for proc in self.workers:
-            try:
-                await asyncio.wait_for(proc.wait(), self.settings.drain_timeout_s + 10)
-            except TimeoutError:
-                proc.kill()
-                await proc.wait()
-        if self.runner is not None:
-            await self.runner.cleanup()
-        if self.scheduler is not None:
-            await self.scheduler.stop()
-        if self.maintenance is not None:
-            await self.maintenance.stop()
-        if self.recorder is not None:
-            await self.recorder.stop()
-        if self.services is not None:
-            await self.services.queue.stop()
-            await self.services.nc.drain()
-            await self.services.pool.close()
+            if proc.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.kill()
+        if self.workers:
+            reaped = asyncio.gather(*(proc.wait() for proc in self.workers))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(reaped, 5.0)
+        hurry = self.forced.is_set() or bool(self.abandoned)
+        if hurry and self.services is not None:
+            self.services.pool.terminate()  # no reconnect attempts (and warnings) as the server goes
+        grace = 2.0 if hurry else SERVERS_STOP_S
+        stops: dict[asyncio.Future[None], str] = {}
+        crash: list[tuple[int | None, signal.Signals]] = []
         if self.postgres is not None:
-            await asyncio.to_thread(self.postgres.stop)
+            crash.append((self.postgres.pid, signal.SIGQUIT))  # PostgreSQL's immediate shutdown
+            stops[asyncio.ensure_future(asyncio.to_thread(self.postgres.stop, grace))] = "PostgreSQL"
         if self.nats is not None:
-            await asyncio.to_thread(self.nats.stop)
-        write_state(self.settings.data_dir, self.state, pid=None)
-        self._say("stopped.")
+            crash.append((self.nats.pid, signal.SIGKILL))
+            stops[asyncio.ensure_future(asyncio.to_thread(self.nats.stop, grace))] = "nats-server"
+        if not stops:
+            return
+        stopped: asyncio.Future[Any] = asyncio.gather(*stops, return_exceptions=True)
+        forced = asyncio.ensure_future(self._until_forced())
+        await asyncio.wait({stopped, forced}, timeout=grace + 10, return_when=asyncio.FIRST_COMPLETED)
+        if not stopped.done() and self.forced.is_set():  # forced while they stop in order: crash them
+            for pid, sig in crash:
+                if pid is not None:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, sig)
+            await asyncio.wait({stopped}, timeout=10)
+        forced.cancel()
+        for stopping, server in stops.items():
+            if not stopping.done():
+                self.abandoned.append(server)
+                self._say(f"{server} did not stop; abandoning it")
+            elif stopping.exception() is not None:
+                self._say(f"{server} failed to stop: {stopping.exception()!r}")
+
+
+async def _start(platform: Platform) -> None:
+    """``platform.start()``, unless forced first (then it is abandoned)."""
+    starting = asyncio.ensure_future(platform.start())
+    force = asyncio.ensure_future(platform.forced.wait())
+    await asyncio.wait({starting, force}, return_when=asyncio.FIRST_COMPLETED)
+    force.cancel()
+    if not starting.done():
+        starting.cancel()
+        platform.abandoned.append("the start")
+        return
+    starting.result()
 
 
 async def run_up(settings: Settings) -> None:
     platform = Platform(settings)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+
+    def on_signal(sig: signal.Signals) -> None:
+        if stop.is_set():
+            platform.force(f"{sig.name} while stopping")
+        stop.set()
+
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, on_signal, sig)
     try:
-        await platform.start()
-        click.echo(platform.banner(), err=True)
+        await _start(platform)
+        if not stop.is_set():
+            click.echo(platform.banner(), err=True)
         await stop.wait()
     finally:
         await platform.stop()
+        if not platform.clean:
+            _exit_at_once()
+
+
+def _exit_at_once() -> NoReturn:
+    """Exit without asyncio.run's teardown, which would wait for what the stop
+    abandoned (for ever, if it ignores cancels), nor for threads still running."""
+    error = sys.exc_info()[1]
+    if error is not None:
+        click.echo(f"Error: up failed: {error}", err=True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(1)
 
 
 def data_dir_default() -> Path:

@@ -1,20 +1,29 @@
-"""`agent-factory up` as a user runs it: start, run a task with the CLI, Ctrl-C, start again."""
+"""`agent-factory up` as a user runs it: start, run a task with the CLI, Ctrl-C, start again;
+a stop is bounded and can be forced, a data dir has one `up`, and nothing outlives `up`."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import psutil
 import pytest
 
-from mesh.embedded import find_free_port
+from agents.store.embedded import EmbeddedPostgres
+from gateway.up import Platform
+from mesh.embedded import NatsServer, find_free_port, pid_alive
+from mesh.maintenance import QueueMaintenance
+from mesh.scheduler import Scheduler
+from mesh.settings import Settings
 
 CLI = [sys.executable, "-m", "gateway.cli"]
 
@@ -31,21 +40,34 @@ def _env() -> dict[str, str]:
     return env
 
 
-def _start(data_dir: Path, port: int) -> subprocess.Popen[str]:
-    proc = subprocess.Popen(
-        [*CLI, "--data-dir", str(data_dir), "up", "--port", str(port)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=_env(),
-        start_new_session=True,
-    )  # fmt: skip
+def _start(data_dir: Path, port: int, *args: str) -> subprocess.Popen[str]:
+    """`up` in its own session (signals reach it only), its output in ``up.log`` beside the data dir."""
+    log = data_dir.parent / "up.log"
+    with open(log, "a") as out:
+        proc = subprocess.Popen(
+            [*CLI, "--data-dir", str(data_dir), "up", "--port", str(port), *args],
+            stdout=out, stderr=subprocess.STDOUT, text=True, env=_env(), start_new_session=True,
+        )  # fmt: skip
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
-        assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
+        assert proc.poll() is None, log.read_text()
         state = _state(data_dir)
         if state.get("pid") == proc.pid and state.get("api_url"):
             return proc
         time.sleep(0.1)
     proc.kill()
     pytest.fail("up did not become ready in 60 s")
+
+
+def _output(data_dir: Path) -> str:
+    return (data_dir.parent / "up.log").read_text()
+
+
+def _wait_until(condition: Callable[[], bool], seconds: float, what: str) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, f"{what}: not within {seconds} s"
+        time.sleep(0.05)
 
 
 def _state(data_dir: Path) -> dict[str, Any]:
@@ -62,6 +84,16 @@ def _children_of(data_dir: Path) -> list[psutil.Process]:
         if str(data_dir) in cmd and ("nats-server" in cmd or "postgres" in cmd):
             found.append(p)
     return found
+
+
+def _servers_and_workers(proc: subprocess.Popen[str], data_dir: Path) -> list[int]:
+    """The pids of the nats-server and the postmaster on ``data_dir``, and of `up`'s workers."""
+    workers = [p.pid for p in psutil.Process(proc.pid).children() if "worker" in " ".join(p.cmdline())]
+    return sorted({p.pid for p in _children_of(data_dir)} | set(workers))
+
+
+def _all_gone(pids: list[int]) -> Callable[[], bool]:
+    return lambda: not any(pid_alive(pid) for pid in pids)
 
 
 def _stop(proc: subprocess.Popen[str], data_dir: Path) -> None:
@@ -109,3 +141,128 @@ def test_cli_without_a_running_gateway_says_what_to_do(tmp_path: Path) -> None:
     done = cli(tmp_path, "status", check=False)
     assert done.returncode == 1
     assert "agent-factory up" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_ctrl_c_stops_up_promptly_with_no_server_left_and_a_second_up_is_refused(tmp_path: Path) -> None:
+    data_dir = tmp_path / "af"
+    proc = _start(data_dir, find_free_port(), "--workers", "0")  # no workers: once a crash
+    try:
+        second = subprocess.run(
+            [*CLI, "--data-dir", str(data_dir), "up", "--port", str(find_free_port())],
+            capture_output=True, text=True, timeout=30, env=_env(),
+        )  # fmt: skip
+        assert second.returncode == 1
+        assert f"in use by another `agent-factory up` (pid {proc.pid})" in second.stderr
+        assert "Traceback" not in second.stderr and len(second.stderr.strip().splitlines()) == 1
+        assert _state(data_dir)["pid"] == proc.pid  # the refused one changed nothing
+        children = _servers_and_workers(proc, data_dir)
+        assert len(children) == 2
+    finally:
+        proc.send_signal(signal.SIGINT)
+        code = proc.wait(timeout=30)
+    assert code == 0, _output(data_dir)
+    _wait_until(_all_gone(children), 5, "nats-server and PostgreSQL stopped")
+    said = _output(data_dir)
+    assert "stopped." in said and "failed to stop" not in said and "Traceback" not in said
+
+
+def test_a_second_ctrl_c_during_a_slow_drain_forces_the_stop(tmp_path: Path) -> None:
+    data_dir = tmp_path / "af"
+    proc = _start(data_dir, find_free_port())
+    children = _servers_and_workers(proc, data_dir)
+    assert len(children) == 3
+    [worker] = [p for p in psutil.Process(proc.pid).children() if "worker" in " ".join(p.cmdline())]
+    try:
+        worker.suspend()  # SIGSTOP: its drain would last drain_timeout_s + 10 s (40 s)
+        proc.send_signal(signal.SIGINT)
+        _wait_until(lambda: "draining workers" in _output(data_dir), 15, "up drains")
+        proc.send_signal(signal.SIGINT)
+        forced_at = time.monotonic()
+        code = proc.wait(timeout=30)
+        assert time.monotonic() - forced_at < 10, "the second Ctrl-C did not force the stop"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert code == 1
+    assert "forcing the stop" in _output(data_dir)
+    _wait_until(_all_gone(children), 5, "worker, nats-server and PostgreSQL killed")
+
+
+def test_after_kill_9_nothing_is_left_running_and_the_next_up_reclaims_leftovers(tmp_path: Path) -> None:
+    data_dir = tmp_path / "af"
+    port = find_free_port()
+    proc = _start(data_dir, port)
+    children = _servers_and_workers(proc, data_dir)
+    assert len(children) == 3
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    _wait_until(_all_gone(children), 10, "worker, nats-server and PostgreSQL die with up")
+
+    # Servers left by an `up` that could not take them down with it (an older one):
+    # the next `up` stops them rather than start a second nats-server on the store.
+    nats = NatsServer(data_dir / "nats")
+    nats.start()
+    postgres = EmbeddedPostgres(data_dir / "postgres")
+    postgres.start()
+    leftovers = [nats.pid or 0, postgres.pid or 0]
+    try:
+        proc = _start(data_dir, port)
+        try:
+            said = _output(data_dir)
+            assert f"stopped nats-server (pid {nats.pid})" in said
+            assert f"stopped PostgreSQL (pid {postgres.pid})" in said
+            _wait_until(_all_gone(leftovers), 5, "the leftovers stopped")
+            assert len([p for p in _children_of(data_dir) if "nats-server" in p.name()]) == 1
+            done = cli(data_dir, "run", "noop", "--wait", "-o", "json", "--input", "{}")
+            assert json.loads(done.stdout)["status"] == "succeeded"
+        finally:
+            _stop(proc, data_dir)
+    finally:
+        nats.kill()
+        postgres.stop()
+
+
+class _StopIgnoresCancels:
+    """A component whose stop() never ends and swallows every cancel (as the dlq-mover's once did)."""
+
+    def __init__(self) -> None:
+        self.release = asyncio.Event()
+
+    async def stop(self) -> None:
+        while not self.release.is_set():
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.release.wait()
+
+
+class _StopFails:
+    async def stop(self) -> None:
+        raise RuntimeError("broken on the way out")
+
+
+async def test_a_stop_step_past_its_deadline_is_abandoned_and_the_servers_stop_anyway(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    nats = NatsServer(tmp_path / "nats")
+    postgres = EmbeddedPostgres(tmp_path / "pg")
+    await asyncio.to_thread(nats.start)
+    await asyncio.to_thread(postgres.start)
+    servers = [nats.pid or 0, postgres.pid or 0]
+    hangs = _StopIgnoresCancels()
+    platform = Platform(Settings(data_dir=tmp_path), stop_timeout_s=2.0, nats=nats, postgres=postgres)
+    platform.scheduler = cast(Scheduler, _StopFails())
+    platform.maintenance = cast(QueueMaintenance, hangs)
+    try:
+        started = time.monotonic()
+        stopping = asyncio.create_task(platform.stop())
+        done, _ = await asyncio.wait({stopping}, timeout=15)
+        assert stopping in done, "stop() waited for a step that never ends"
+        assert time.monotonic() - started < 10
+        assert platform.abandoned == ["the queue maintenance"]
+        said = capsys.readouterr().err
+        assert "the scheduler failed to stop: RuntimeError" in said
+        assert "the queue maintenance did not stop in 2 s; abandoning it" in said
+        assert not any(pid_alive(pid) for pid in servers), "a failed or abandoned step kept a server up"
+    finally:
+        hangs.release.set()
+        await asyncio.to_thread(postgres.stop)
+        nats.kill()
