@@ -26,7 +26,7 @@ import zoneinfo
 from datetime import UTC, datetime
 from typing import Annotated, Any, Final, Literal
 
-from croniter import croniter
+from croniter import CroniterBadDateError, croniter
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import APIError, KeyNotFoundError, KeyWrongLastSequenceError, NotFoundError
@@ -91,7 +91,7 @@ class ScheduleExists(MeshError):
 
 
 class ScheduleInvalid(MeshError):
-    """The server refused the schedule (something croniter let through)."""
+    """Something croniter let through: the server refused it, or it never fires (Feb 30)."""
 
     status = 422
 
@@ -182,7 +182,7 @@ class CronSchedule(_Common):
         if v is not None:
             try:
                 zoneinfo.ZoneInfo(v)
-            except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            except (zoneinfo.ZoneInfoNotFoundError, ValueError, OSError):  # OSError: "America", too long
                 raise ValueError(f"unknown time zone {v!r} (use an IANA name)") from None
         return v
 
@@ -313,6 +313,11 @@ async def add_definition(
     js: JetStreamContext, definition: CronSchedule | EventTrigger, *, replace: bool = False
 ) -> CronSchedule | EventTrigger:
     """Store and activate a definition. Without ``replace`` an existing name is an error."""
+    if isinstance(definition, CronSchedule):
+        try:
+            definition.next_fire()
+        except CroniterBadDateError as exc:  # checked on write only: a stored one stays readable
+            raise ScheduleInvalid(f"cron {definition.cron!r} never fires: {exc}") from None
     kv = await _bucket(js)
     data = definition.model_dump_json().encode()
     old: CronSchedule | EventTrigger | None = None

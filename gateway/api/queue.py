@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from agents.errors import AgentInputInvalid
 from gateway.api.bodies import json_response, read_json
 from gateway.api.models import RunRequest
+from gateway.api.params import AGENT_KEY, DLQ_SEQ, MAX_SEQ, path_value, query_int, query_value
 from gateway.api.problems import validation_errors
 from gateway.api.services import SERVICES, Services
 from mesh import dlq
@@ -40,21 +41,12 @@ def _summary(view: dlq.DeadLetterView) -> dict[str, Any]:
     }  # fmt: skip
 
 
-def _int(request: web.Request, name: str, default: int, high: int) -> int:
-    raw = request.query.get(name)
-    if raw is None:
-        return default
-    if not raw.isdigit() or not 0 <= int(raw) <= high:
-        raise web.HTTPBadRequest(text=f"{name} must be an integer from 0 to {high}")
-    return int(raw)
-
-
 @routes.get("/api/v1/queue/dlq")
 async def list_dlq(request: web.Request) -> web.Response:
     svc: Services = request.app[SERVICES]
-    agent = request.query.get("agent") or None
-    limit = _int(request, "limit", 100, 1000)
-    after = _int(request, "after", 0, 2**63)
+    agent = query_value(request, "agent", AGENT_KEY, "agent key")
+    limit = query_int(request, "limit", 100, 1000)
+    after = query_int(request, "after", 0, MAX_SEQ)
     views = await dlq.list_dead_letters(svc.js, name=agent, limit=limit, after_seq=after)
     return json_response({"dead_letters": [_summary(v) for v in views]})
 
@@ -62,10 +54,8 @@ async def list_dlq(request: web.Request) -> web.Response:
 @routes.get("/api/v1/queue/dlq/{seq}")
 async def show_dlq(request: web.Request) -> web.Response:
     svc: Services = request.app[SERVICES]
-    seq = request.match_info["seq"]
-    if not seq.isdigit():
-        raise web.HTTPBadRequest(text="a dead letter is addressed by its DLQ sequence number")
-    view = await dlq.get_dead_letter(svc.js, int(seq))
+    seq = int(path_value(request, "seq", DLQ_SEQ, f"DLQ sequence number (1 to {MAX_SEQ})"))
+    view = await dlq.get_dead_letter(svc.js, seq)
     body = view.entry.model_dump(mode="json")
     with contextlib.suppress(ValueError):  # not JSON: payload_b64 is the exact bytes
         body["payload"] = json.loads(view.entry.payload)
@@ -77,8 +67,8 @@ class DlqSelection(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    seq: int | None = Field(default=None, ge=1)
-    agent: str | None = Field(default=None, pattern=r"^[a-z0-9][a-z0-9-]{0,62}$")
+    seq: int | None = Field(default=None, ge=1, le=MAX_SEQ)
+    agent: str | None = Field(default=None, pattern=AGENT_KEY.pattern)
     all: bool = False
 
     @model_validator(mode="after")

@@ -10,6 +10,7 @@ from agents.errors import AgentInputInvalid, RunNotFound
 from agents.store.executions import get_execution
 from gateway.api.bodies import json_response, read_json
 from gateway.api.models import RunAccepted, RunRequest, RunView
+from gateway.api.params import RUN_ID, path_value
 from gateway.api.problems import validation_errors
 from gateway.api.services import SERVICES, Services
 from mesh.queue import TaskSpec
@@ -47,9 +48,7 @@ async def create_run(request: web.Request) -> web.Response:
 @routes.get("/api/v1/runs/{run_id}")
 async def get_run_view(request: web.Request) -> web.Response:
     svc: Services = request.app[SERVICES]
-    run_id = request.match_info["run_id"]
-    if not run_id.isalnum() or len(run_id) > 64:
-        raise web.HTTPBadRequest(text="run id must be alphanumeric (at most 64 chars)")
+    run_id = path_value(request, "run_id", RUN_ID, "run id (A-Z, a-z, 0-9, _ and -; at most 128)")
     state = await get_run(svc.js, run_id)
     if state is not None:
         view = RunView(
