@@ -20,7 +20,7 @@ import pytest
 
 from agents.store.embedded import EmbeddedPostgres
 from gateway.up import Platform
-from mesh.embedded import NatsServer, find_free_port, pid_alive
+from mesh.embedded import NatsServer, end_process, find_free_port, pid_alive
 from mesh.maintenance import QueueMaintenance
 from mesh.scheduler import Scheduler
 from mesh.settings import Settings
@@ -183,6 +183,8 @@ def test_a_second_ctrl_c_during_a_slow_drain_forces_the_stop(tmp_path: Path) -> 
     finally:
         if proc.poll() is None:
             proc.kill()
+        with contextlib.suppress(psutil.NoSuchProcess):
+            worker.kill()  # a stopped process keeps the SIGTERM its parent's death sends
     assert code == 1
     assert "forcing the stop" in _output(data_dir)
     _wait_until(_all_gone(children), 5, "worker, nats-server and PostgreSQL killed")
@@ -196,7 +198,11 @@ def test_after_kill_9_nothing_is_left_running_and_the_next_up_reclaims_leftovers
     assert len(children) == 3
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    _wait_until(_all_gone(children), 10, "worker, nats-server and PostgreSQL die with up")
+    try:
+        _wait_until(_all_gone(children), 10, "worker, nats-server and PostgreSQL die with up")
+    finally:  # if they did not, this test does not leave them behind either
+        for pid in children:
+            end_process(pid, 5)
 
     # Servers left by an `up` that could not take them down with it (an older one):
     # the next `up` stops them rather than start a second nats-server on the store.
