@@ -149,7 +149,9 @@ def decode(data: bytes, content_type: str | None = None) -> Envelope:
     except ValidationError as exc:
         if any(err["loc"] == ("schema_version",) for err in exc.errors()):
             raise UnknownSchemaVersion(f"unsupported envelope schema version: {exc}") from exc
-        raise DecodeError(f"invalid envelope: {exc.error_count()} error(s): {_first(exc)}") from exc
+        raise DecodeError(
+            f"invalid envelope: {exc.error_count()} error(s): {validation_errors(exc)}"
+        ) from exc
     except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as exc:
         raise DecodeError(f"undecodable {kind} message: {exc}") from exc
     raise DecodeError(f"unsupported content type {kind!r}")
@@ -158,7 +160,8 @@ def decode(data: bytes, content_type: str | None = None) -> Envelope:
 _validate_json: Final = Envelope.__pydantic_validator__.validate_json
 
 
-def _first(exc: ValidationError) -> str:
-    err = exc.errors()[0]
-    where = ".".join(str(p) for p in err["loc"]) or "<root>"
-    return f"{where}: {err['msg']}"
+def validation_errors(exc: ValidationError) -> str:
+    """Every error of ``exc``, ``field: message`` each, separated by ``; ``."""
+    return "; ".join(
+        f"{'.'.join(str(p) for p in err['loc']) or '<root>'}: {err['msg']}" for err in exc.errors()
+    )

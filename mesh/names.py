@@ -11,6 +11,7 @@ from typing import Final
 
 __all__ = [
     "AGENT_KEY_RE",
+    "RUN_ID_RE",
     "BUCKET_CONFIG",
     "BUCKET_IDEMPOTENCY",
     "BUCKET_LOCKS",
@@ -47,6 +48,7 @@ DLQ_PREFIX: Final = "af.dlq"
 SCHEDULES_PREFIX: Final = "af.schedules"
 
 AGENT_KEY_RE: Final = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+RUN_ID_RE: Final = re.compile(r"[A-Za-z0-9_-]{1,128}\Z")  # the envelope's id pattern (match, not search)
 
 
 def task_subject(agent: str, priority: int) -> str:

@@ -31,7 +31,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -56,6 +55,7 @@ from mesh.envelope import (
     encode,
     new_id,
     utcnow,
+    validation_errors,
 )
 from mesh.errors import BatchRejected, EnqueueOutcomeUnknown, InvalidTask, PayloadTooLarge, QueueFull
 from mesh.lean import encode_headers
@@ -74,7 +74,6 @@ MAX_BATCH: Final = 1000  # JetStream's atomic batch limit
 _SUBJECT_FULL = 10077  # JetStream: maximum messages per subject exceeded
 _WRONG_LAST_SEQUENCE = 10071
 _CREATE_ONLY = encode_headers({"Nats-Expected-Last-Subject-Sequence": "0"})
-_RUN_ID = re.compile(r"[A-Za-z0-9_-]{1,128}\Z")  # the envelope's id pattern
 _COMMAND = MessageType.COMMAND.value
 _QUEUED = RunStatus.QUEUED.value
 
@@ -126,7 +125,7 @@ def build_task(spec: TaskSpec, run_id: str, created_at: datetime | None = None) 
             created_at=created_at or utcnow(),
         )
     except ValidationError as exc:
-        raise InvalidTask(f"invalid task: {_first_error(exc)}") from exc
+        raise InvalidTask(f"invalid task: {validation_errors(exc)}") from exc
 
 
 class TaskMessage(NamedTuple):
@@ -161,7 +160,7 @@ def task_message(
         data, meta = encode(task, content_type, limit=limit), task.metadata
     else:
         _check_agent(spec.agent)
-        if not _RUN_ID.match(run_id):
+        if not names.RUN_ID_RE.match(run_id):
             raise InvalidTask(f"invalid run id {run_id!r}")
         if spec.correlation_id is not None and len(spec.correlation_id) > 128:
             raise InvalidTask("invalid task: correlation_id: at most 128 characters")
@@ -170,7 +169,7 @@ def task_message(
         try:
             meta = _metadata(spec.tenant, spec.routing_key, spec.priority, _ttl(spec))
         except ValidationError as exc:
-            raise InvalidTask(f"invalid task: {_first_error(exc)}") from exc
+            raise InvalidTask(f"invalid task: {validation_errors(exc)}") from exc
         envelope = {
             "schema_version": SCHEMA_VERSION, "id": run_id,
             "correlation_id": spec.correlation_id or run_id, "source": spec.source,
@@ -236,11 +235,6 @@ def _meta_headers(meta: Metadata) -> bytes:
     if meta.routing_key is not None:
         fields["AF-Routing-Key"] = meta.routing_key  # CR/LF become spaces, as in encode_headers
     return encode_headers(fields)[10:-2]
-
-
-def _first_error(exc: ValidationError) -> str:
-    err = exc.errors()[0]
-    return f"{'.'.join(str(p) for p in err['loc']) or '<root>'}: {err['msg']}"
 
 
 _CLOCK_MARGIN_S: Final = 20.0  # skew allowed between this host's clock and the server's

@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import random
 import time
@@ -59,6 +60,7 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import APIError
+from pydantic import ValidationError
 from pydantic_core import to_json
 
 from mesh import lean, metrics, names
@@ -67,6 +69,8 @@ from mesh.dlq import DeadLetter, dead_letter
 from mesh.envelope import (
     CONTENT_TYPE,
     Envelope,
+    MessageType,
+    Metadata,
     decode,
     utcnow,
 )
@@ -767,20 +771,48 @@ class TaskWorker:
             metrics.TASKS_DEAD_LETTERED.labels(state.agent).inc()
 
     async def _undecodable(self, lane: Lane[Puller], msg: Msg, exc: DecodeError) -> None:
+        """Dead-letter a task no worker can read, and, when it names a usable run
+        id, record that run as failed (with every validation error) so the
+        publisher can find out what happened (``GET /api/v1/runs/<id>``)."""
         log.warning("%s: undecodable task on %s: %s", self.name, msg.subject, exc)
         metrics.TASKS_DEAD_LETTERED.labels(lane.agent).inc()
         seq = msg.metadata.sequence.stream
+        error = AttemptError(attempt=1, error=str(exc)[:8000], error_type="DecodeError", retryable=False)
+        stand_in = _stand_in_task(msg, lane.agent)
+        run_id = stand_in.id if stand_in is not None else None
         await dead_letter(
             self.js,
             DeadLetter.of(
                 payload=msg.data, origin="tasks", name=lane.agent, subject=msg.subject,
-                headers=dict(msg.headers or {}), reason=f"undecodable: {exc}",
-                errors=[AttemptError(attempt=1, error=str(exc), error_type="DecodeError",
-                                     retryable=False)],
+                headers=dict(msg.headers or {}), reason=f"undecodable: {exc}", errors=[error],
+                run_id=run_id, tenant=stand_in.metadata.tenant if stand_in else "default",
             ),
             dedup_id=f"tasks-seq-{seq}",
         )  # fmt: skip
+        if stand_in is not None:
+            state = _state_from(stand_in, lane.agent, seq)
+            state.status, state.attempts, state.finished_at = RunStatus.FAILED, 1, utcnow()
+            state.error, state.errors = f"undecodable task: {exc}"[:8000], [error]
+            await self._record(outcome_message(stand_in, state), lane.agent, stand_in, None)
         await self.pipeline.ack_sync(msg)
+
+
+def _stand_in_task(msg: Msg, agent: str) -> Envelope | None:
+    """An envelope for an undecodable task's run, when its raw JSON names a usable run id."""
+    try:
+        raw = json.loads(msg.data)
+        run_id = raw["id"] if isinstance(raw, dict) else None
+        if not isinstance(run_id, str) or not names.RUN_ID_RE.match(run_id):
+            return None
+        tenant = (msg.headers or {}).get("AF-Tenant") or "default"
+        payload = raw.get("payload")
+        given = payload.get("input") if isinstance(payload, dict) else None
+        return Envelope(
+            id=run_id, type="task.run", message_type=MessageType.COMMAND,
+            payload={"agent": agent, "input": given}, metadata=Metadata(tenant=tenant),
+        )  # fmt: skip
+    except (ValueError, TypeError, ValidationError):  # not JSON, or a tenant no run can have
+        return None
 
 
 def _size(result: Any) -> int:

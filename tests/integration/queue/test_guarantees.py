@@ -614,3 +614,33 @@ async def test_the_reaper_never_expires_a_run_whose_outcome_is_stored(
         while utcnow() <= state.expires_at:
             await asyncio.sleep(0.05)
     assert await expire_overdue(mesh_js, grace_s=0, agent=agent) == []
+
+
+# ---- the wire contract --------------------------------------------------------
+
+
+async def test_an_undecodable_task_is_dead_lettered_and_its_run_is_findable_with_every_error(
+    nc: Client, mesh_js: JetStreamContext
+) -> None:
+    agent = unique("foreign")
+    ran: list[str] = []
+
+    async def handler(ctx: TaskContext) -> Any:
+        ran.append(ctx.run_id)
+
+    worker = TaskWorker(nc, mesh_js, {agent: (AgentQueueConfig(agent, priorities=(2,)), handler)})
+    await worker.start()
+    try:
+        # A task written by hand, three mistakes in it.
+        body = {"id": "my-own-run-1", "message_type": "task", "type": "task.run",
+                "metadata": {"priority": 9}, "created_at": "yesterday", "payload": {"input": {"x": 1}}}  # fmt: skip
+        await mesh_js.publish(names.task_subject(agent, 2), json.dumps(body).encode())
+        state = await wait_for_run(mesh_js, "my-own-run-1", RunStatus.FAILED)
+    finally:
+        await worker.stop()
+    assert ran == []
+    error = state.error or ""
+    assert "3 error(s)" in error
+    assert all(field in error for field in ("message_type", "metadata.priority", "created_at"))
+    (letter,) = await dlq.list_dead_letters(mesh_js, name=agent)
+    assert letter.entry.run_id == "my-own-run-1" and letter.entry.reason.startswith("undecodable")
