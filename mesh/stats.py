@@ -8,6 +8,7 @@ gauge make that visible (alert: ``deployment/prometheus/alerts.yml``).
 from __future__ import annotations
 
 from nats.js import JetStreamContext
+from prometheus_client import Gauge
 from pydantic import BaseModel
 
 from mesh import metrics, names
@@ -66,6 +67,24 @@ async def queue_stats(js: JetStreamContext, *, update_metrics: bool = True) -> Q
             metrics.QUEUE_DEPTH.labels(*labels).set(lane.waiting)
             ratio = lane.in_flight / lane.max_in_flight if lane.max_in_flight else 0.0
             metrics.QUEUE_ACK_PENDING.labels(*labels).set(ratio)
+        # Gauges follow the state: an agent whose dead letters were purged (or a
+        # lane that was removed) reads 0 / disappears, not its last count.
+        for (agent,) in _label_sets(metrics.DLQ_SIZE, ("agent",)):
+            if agent not in dead:
+                metrics.DLQ_SIZE.labels(agent).set(0)
         for agent, n in dead.items():
             metrics.DLQ_SIZE.labels(agent).set(n)
+        present = {(lane.agent, str(lane.priority)) for lane in lanes}
+        for gauge in (metrics.QUEUE_DEPTH, metrics.QUEUE_ACK_PENDING):
+            for stale in _label_sets(gauge, ("agent", "priority")) - present:
+                gauge.remove(*stale)
     return QueueStats(lanes=lanes, dead_letters=dead)
+
+
+def _label_sets(gauge: Gauge, label_names: tuple[str, ...]) -> set[tuple[str, ...]]:
+    """The label values a gauge has series for (from what it exports)."""
+    return {
+        tuple(sample.labels[name] for name in label_names)
+        for family in gauge.collect()
+        for sample in family.samples
+    }

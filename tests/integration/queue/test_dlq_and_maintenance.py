@@ -9,7 +9,7 @@ from nats.aio.client import Client
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig
 
-from mesh import dlq, names
+from mesh import dlq, metrics, names
 from mesh.envelope import decode
 from mesh.maintenance import expire_overdue, move_max_delivered
 from mesh.puller import Puller
@@ -84,10 +84,14 @@ async def test_purge_removes_one_or_all_dead_letters(
     finally:
         await worker.stop(2)
     first = (await dlq.list_dead_letters(mesh_js, name=agent))[0]
+    await queue_stats(mesh_js)
+    assert metrics.DLQ_SIZE.labels(agent)._value.get() == 3
     assert await dlq.purge(mesh_js, seq=first.seq) == 1
     assert await dlq.count(mesh_js, origin="tasks", name=agent) == 2
     assert await dlq.purge(mesh_js, origin="tasks", name=agent) == 2
     assert await dlq.list_dead_letters(mesh_js, name=agent) == []
+    await queue_stats(mesh_js)
+    assert metrics.DLQ_SIZE.labels(agent)._value.get() == 0  # the gauge follows a purge
 
 
 async def test_task_whose_worker_died_on_the_last_attempt_is_dead_lettered(
@@ -176,7 +180,6 @@ async def test_stats_show_depth_per_lane_and_dead_letters(
 
 async def test_maintenance_service_records_expiry_and_refreshes_gauges(own: Own) -> None:
     # On a server of its own: the service reaps every run it finds.
-    from mesh import metrics
     from mesh.maintenance import QueueMaintenance
 
     nc, js = own.nc, own.js
