@@ -103,7 +103,7 @@ class Platform:
 
     settings: Settings
     say: bool = True
-    stop_timeout_s: float | None = None  # None: drain_timeout_s + 30
+    stop_timeout_s: float | None = None  # the steps before the servers; None: drain_timeout_s + 20
     nats: NatsServer | None = None
     postgres: EmbeddedPostgres | None = None
     services: Services | None = None
@@ -114,11 +114,11 @@ class Platform:
     workers: list[asyncio.subprocess.Process] = field(default_factory=list)
     state: UpState = field(default_factory=UpState)
     api_url: str = ""
-    abandoned: list[str] = field(default_factory=list)
+    forced: asyncio.Event = field(default_factory=asyncio.Event)  # see force()
+    abandoned: list[str] = field(default_factory=list)  # stop steps given up on
     _lock: int | None = None
     _supervisor: asyncio.Task[None] | None = None
     _stopping: bool = False
-    forced: asyncio.Event = field(default_factory=asyncio.Event)  # see force()
 
     def _say(self, text: str) -> None:
         if self.say:
@@ -250,10 +250,11 @@ class Platform:
 
     async def stop(self) -> None:
         """Stop everything in reverse order, each step bounded and all within
-        ``stop_timeout_s``; then the children (workers, servers), always."""
+        ``stop_timeout_s``; then the children (workers, servers), always, in
+        at most 25 s more (7 s once forced or past a step's deadline)."""
         self._stopping = True
         loop = asyncio.get_running_loop()
-        total = self.stop_timeout_s or self.settings.drain_timeout_s + 30
+        total = self.stop_timeout_s or self.settings.drain_timeout_s + 20
         deadline = loop.time() + total
         for what, step, limit in self._stop_steps():
             await self._bounded(what, step, min(limit, deadline - loop.time()))
@@ -352,13 +353,13 @@ class Platform:
             return
         stopped: asyncio.Future[Any] = asyncio.gather(*stops, return_exceptions=True)
         forced = asyncio.ensure_future(self._until_forced())
-        await asyncio.wait({stopped, forced}, timeout=grace + 10, return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait({stopped, forced}, timeout=grace + 5, return_when=asyncio.FIRST_COMPLETED)
         if not stopped.done() and self.forced.is_set():  # forced while they stop in order: crash them
             for pid, sig in crash:
                 if pid is not None:
                     with contextlib.suppress(ProcessLookupError):
                         os.kill(pid, sig)
-            await asyncio.wait({stopped}, timeout=10)
+            await asyncio.wait({stopped}, timeout=5)
         forced.cancel()
         for stopping, server in stops.items():
             if not stopping.done():
@@ -393,21 +394,24 @@ async def run_up(settings: Settings) -> None:
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, on_signal, sig)
+    error: BaseException | None = None
     try:
         await _start(platform)
         if not stop.is_set():
             click.echo(platform.banner(), err=True)
         await stop.wait()
+    except BaseException as exc:
+        error = exc
+        raise
     finally:
         await platform.stop()
         if not platform.clean:
-            _exit_at_once()
+            _exit_at_once(error)
 
 
-def _exit_at_once() -> NoReturn:
+def _exit_at_once(error: BaseException | None) -> NoReturn:
     """Exit without asyncio.run's teardown, which would wait for what the stop
     abandoned (for ever, if it ignores cancels), nor for threads still running."""
-    error = sys.exc_info()[1]
     if error is not None:
         click.echo(f"Error: up failed: {error}", err=True)
     sys.stdout.flush()

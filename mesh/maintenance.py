@@ -248,8 +248,9 @@ class QueueMaintenance:
             asyncio.create_task(self._every(self.stats_interval_s, self._stats), name="stats"),
         ]
 
-    async def stop(self, timeout: float = 10.0) -> None:
-        """Stop the loops and hand back undelivered advisories, within ``timeout`` s.
+    async def stop(self, timeout: float = 5.0) -> None:
+        """Stop the loops, waiting ``timeout`` s at most, then hand back the
+        advisories delivered but not moved (a few seconds more at most).
 
         One cancel is not enough: nats-py's flush swallows ``CancelledError``,
         and Python 3.11's ``wait_for`` (under every nats-py request) returns
