@@ -632,10 +632,11 @@ async def test_an_undecodable_task_is_dead_lettered_and_its_run_is_findable_with
     await worker.start()
     try:
         # A task written by hand, three mistakes in it.
-        body = {"id": "my-own-run-1", "message_type": "task", "type": "task.run",
-                "metadata": {"priority": 9}, "created_at": "yesterday", "payload": {"input": {"x": 1}}}  # fmt: skip
+        run_id = unique("my-own-run")
+        body = {"id": run_id, "message_type": "task", "type": "task.run", "metadata": {"priority": 9},
+                "created_at": "yesterday", "payload": {"input": {"x": 1}}}  # fmt: skip
         await mesh_js.publish(names.task_subject(agent, 2), json.dumps(body).encode())
-        state = await wait_for_run(mesh_js, "my-own-run-1", RunStatus.FAILED)
+        state = await wait_for_run(mesh_js, run_id, RunStatus.FAILED)
     finally:
         await worker.stop()
     assert ran == []
@@ -643,4 +644,4 @@ async def test_an_undecodable_task_is_dead_lettered_and_its_run_is_findable_with
     assert "3 error(s)" in error
     assert all(field in error for field in ("message_type", "metadata.priority", "created_at"))
     (letter,) = await dlq.list_dead_letters(mesh_js, name=agent)
-    assert letter.entry.run_id == "my-own-run-1" and letter.entry.reason.startswith("undecodable")
+    assert letter.entry.run_id == run_id and letter.entry.reason.startswith("undecodable")
