@@ -50,14 +50,23 @@ def cli(ctx: click.Context, data_dir: Path, api_url: str | None, token: str | No
 @click.option("--port", type=int, default=None, help="API port (default 8080, AF_PORT).")
 @click.option("--host", default=None, help="API bind address (default 127.0.0.1, AF_HOST).")
 @click.option("--workers", type=int, default=None, help="Worker pools to start (default 1).")
+@click.option(
+    "--agent", "extra_agents", multiple=True, metavar="MODULE:CLASS",
+    help="Serve your own agent too (repeatable; adds to AF_AGENTS), e.g. my_pkg.agents:Double.",
+)  # fmt: skip
 @click.pass_obj
-def up(obj: Ctx, port: int | None, host: str | None, workers: int | None) -> None:
+def up(
+    obj: Ctx, port: int | None, host: str | None, workers: int | None, extra_agents: tuple[str, ...]
+) -> None:
     """Start the whole system: NATS, PostgreSQL, API, workers.
 
     Embedded servers are started unless AF_NATS_URL / AF_DATABASE_URL point
-    at existing ones. Ctrl-C drains in-flight work and stops everything;
-    a second Ctrl-C (or SIGTERM) forces it.
+    at existing ones. Besides the example agents it serves your own:
+    --agent module:Class, AF_AGENTS, or packages that declare the
+    agent_factory.agents entry point. Ctrl-C drains in-flight work and
+    stops everything; a second Ctrl-C (or SIGTERM) forces it.
     """
+    from agents.registry import AgentLoadError, load_registry
     from gateway.up import DataDirInUse, run_up
     from mesh.settings import Settings
 
@@ -69,6 +78,12 @@ def up(obj: Ctx, port: int | None, host: str | None, workers: int | None) -> Non
         settings = Settings(**overrides)
     except ValueError as exc:
         raise CliError(f"invalid settings: {exc}") from exc
+    if extra_agents:
+        settings.agents = ",".join([*filter(None, settings.agents.split(",")), *extra_agents])
+    try:
+        load_registry(settings.agents)  # a bad agent stops here, before any server starts
+    except AgentLoadError as exc:
+        raise CliError(str(exc)) from exc
     tune_gc()
     try:
         asyncio.run(run_up(settings))
@@ -104,13 +119,14 @@ def worker(obj: Ctx, name: str, concurrency: int, agents: str, drain_timeout: fl
 
 
 async def _worker(nats_url: str, name: str, concurrency: int, keys: list[str] | None, drain: float) -> None:
-    from agents.registry import example_registry
+    from agents.registry import load_registry
     from agents.runtime import worker_for
     from mesh.connection import connect, jetstream
 
+    registry = load_registry(os.environ.get("AF_AGENTS", ""))  # what `up` serves, passed down
     nc = await connect(nats_url, name=name)
     js = await jetstream(nc)
-    pool = worker_for(nc, js, example_registry(), keys, concurrency=concurrency, name=name)
+    pool = worker_for(nc, js, registry, keys, concurrency=concurrency, name=name)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

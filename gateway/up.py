@@ -39,7 +39,7 @@ import click
 from aiohttp import web
 
 from agents.recorder import Recorder
-from agents.registry import example_registry
+from agents.registry import load_registry
 from agents.store.embedded import EmbeddedPostgres
 from agents.store.executions import upsert_agents
 from agents.store.migrations import apply_migrations
@@ -163,7 +163,7 @@ class Platform:
         nc = await connect(nats_url, name="agent-factory-up")
         js = await jetstream(nc)
         await provision(js, ProvisionConfig(replicas=s.stream_replicas))
-        registry = example_registry()
+        registry = load_registry(s.agents)
         await upsert_agents(pool, registry)
         queue = TaskQueue(nc, js, max_payload=s.max_payload_bytes)
         await queue.start()
@@ -198,7 +198,7 @@ class Platform:
             self._say(f"stopped {server} (pid {pid}) that an earlier `up` left running on this data dir")
 
     async def _spawn_worker(self, index: int, nats_url: str) -> asyncio.subprocess.Process:
-        env = {**os.environ, "AF_NATS_URL": nats_url}
+        env = {**os.environ, "AF_NATS_URL": nats_url, "AF_AGENTS": self.settings.agents}
         return await asyncio.create_subprocess_exec(
             sys.executable, "-m", "gateway.cli", "worker", "--name", f"worker-{index}",
             "--concurrency", str(self.settings.worker_concurrency),

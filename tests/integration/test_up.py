@@ -40,13 +40,14 @@ def _env() -> dict[str, str]:
     return env
 
 
-def _start(data_dir: Path, port: int, *args: str) -> subprocess.Popen[str]:
+def _start(data_dir: Path, port: int, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
     """`up` in its own session (signals reach it only), its output in ``up.log`` beside the data dir."""
     log = data_dir.parent / "up.log"
     with open(log, "a") as out:
         proc = subprocess.Popen(
             [*CLI, "--data-dir", str(data_dir), "up", "--port", str(port), *args],
-            stdout=out, stderr=subprocess.STDOUT, text=True, env=_env(), start_new_session=True,
+            stdout=out, stderr=subprocess.STDOUT, text=True, env={**_env(), **(env or {})},
+            start_new_session=True,
         )  # fmt: skip
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
@@ -124,8 +125,20 @@ def test_up_runs_a_task_stops_cleanly_and_restarts_with_data_kept(tmp_path: Path
     finally:
         _stop(proc, data_dir)
 
-    proc = _start(data_dir, port)
+    # Started again with an agent of the user's own, from a module outside the platform.
+    (tmp_path / "my_agents.py").write_text(MY_AGENT)
+    proc = _start(data_dir, port, "--agent", "my_agents:Double", env={"PYTHONPATH": str(tmp_path)})
     try:
+        doubled = json.loads(
+            cli(data_dir, "run", "double", "--input", '{"value": 21}', "--wait", "-o", "json").stdout
+        )
+        assert doubled["status"] == "succeeded" and doubled["result"] == {"value": 42.0}
+        refused = cli(
+            data_dir, "run", "double", "--input", '{"value": -1}', "--wait", "-o", "json", check=False
+        )
+        assert (
+            '"attempts": 1' in refused.stdout and "negative values" in refused.stdout
+        )  # PermanentError: no retry
         assert _state(data_dir)["nats_url"] == first_nats
         again = json.loads(cli(data_dir, "get", view["run_id"], "-o", "json").stdout)
         assert again["status"] == "succeeded"
@@ -135,6 +148,37 @@ def test_up_runs_a_task_stops_cleanly_and_restarts_with_data_kept(tmp_path: Path
         assert "Traceback" not in bad.stderr and "unknown fuel" in bad.stderr
     finally:
         _stop(proc, data_dir)
+
+
+MY_AGENT = """
+from pydantic import BaseModel
+from agents import Agent, PermanentError, RunContext
+
+class In(BaseModel):
+    value: float
+
+class Out(BaseModel):
+    value: float
+
+class Double(Agent[In, Out]):
+    key = "double"
+    Input, Output = In, Out
+
+    async def run(self, input: In, ctx: RunContext) -> Out:
+        if input.value < 0:
+            raise PermanentError("negative values are not supported")
+        return Out(value=input.value * 2)
+"""
+
+
+def test_a_bad_agent_for_up_is_one_clear_line_before_anything_starts(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [*CLI, "--data-dir", str(tmp_path / "af"), "up", "--agent", "no_such_module_zz:Thing"],
+        capture_output=True, text=True, timeout=60, env=_env(),
+    )  # fmt: skip
+    assert done.returncode != 0 and "Traceback" not in done.stderr
+    assert "cannot import 'no_such_module_zz'" in done.stderr
+    assert not (tmp_path / "af" / "nats").exists()  # nothing was started
 
 
 def test_cli_without_a_running_gateway_says_what_to_do(tmp_path: Path) -> None:
