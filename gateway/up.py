@@ -45,7 +45,7 @@ from agents.store.executions import upsert_agents
 from agents.store.migrations import apply_migrations
 from gateway.api import Services, create_app
 from gateway.state import UpState, read_state, write_state
-from mesh.connection import connect, jetstream
+from mesh.connection import connect, jetstream, redacted
 from mesh.embedded import NatsServer, find_free_port, parent_death_signal
 from mesh.maintenance import QueueMaintenance
 from mesh.provision import ProvisionConfig, provision
@@ -138,9 +138,12 @@ class Platform:
         # follows the thread that starts them; only the waiting runs in threads.
         if nats_url is None:
             self._say("starting embedded nats-server …")
+            # Credentials of its own on every start (in state.json, mode 0600): the
+            # embedded server is not open to whoever else runs on this host.
             self.nats = NatsServer(
-                s.data_dir / "nats", sync_interval=s.nats_sync_interval, die_with_parent=True
-            )
+                s.data_dir / "nats", sync_interval=s.nats_sync_interval, die_with_parent=True,
+                credentials=("agent-factory", secrets.token_urlsafe(24)),
+            )  # fmt: skip
             self._reclaimed("nats-server", await asyncio.to_thread(self.nats.reclaim))
             self.nats.port = _port_or_free(self.state.nats_port)
             self.nats.launch()
@@ -228,7 +231,7 @@ class Platform:
             "",
             "Agent Factory is up.",
             f"  API        {self.api_url}   (token in {self.settings.data_dir / 'state.json'})",
-            f"  NATS       {st.nats_url}",
+            f"  NATS       {redacted(st.nats_url or '')}   (credentials in state.json)",
             f"  PostgreSQL {st.database_url}",
             f"  workers    {len(self.workers)} pool(s), agents: "
             + ", ".join(self.services.registry.keys() if self.services else []),

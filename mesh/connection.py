@@ -17,7 +17,7 @@ from nats.js.errors import ServiceUnavailableError
 from mesh import lean
 from mesh.errors import ConnectionFailed
 
-__all__ = ["MIN_SERVER_VERSION", "check_server_version", "connect", "jetstream"]
+__all__ = ["MIN_SERVER_VERSION", "check_server_version", "connect", "jetstream", "redacted"]
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +39,16 @@ def check_server_version(version: str, url: str = "") -> None:
             f"nats-server {version}{f' at {url}' if url else ''} is too old: Agent Factory needs {need} "
             "or newer (atomic batch publish since 2.12, message schedules since 2.14)"
         )
+
+
+def redacted(url: str) -> str:
+    """A NATS URL fit to print or log: a password (or a token: ``nats://TOKEN@host``) masked."""
+    scheme, sep, rest = url.partition("://")
+    userinfo, at, host = rest.rpartition("@")
+    if not sep or not at:
+        return url
+    user, colon, _ = userinfo.partition(":")
+    return f"{scheme}://{user}:***@{host}" if colon else f"{scheme}://***@{host}"
 
 
 async def connect(url: str, name: str = "agent-factory", initial_attempts: int = 3, **options: Any) -> Client:
@@ -78,11 +88,11 @@ async def connect(url: str, name: str = "agent-factory", initial_attempts: int =
     try:
         nc = await nats.connect(url, **defaults)
     except Exception as exc:  # nats-py raises several unrelated types here
-        raise ConnectionFailed(f"cannot connect to NATS at {url}: {exc}") from exc
+        raise ConnectionFailed(f"cannot connect to NATS at {redacted(url)}: {exc}") from exc
     nc.options["max_reconnect_attempts"] = later_attempts
     try:
         v = nc.connected_server_version
-        check_server_version(f"{v.major}.{v.minor}.{v.patch}", url)
+        check_server_version(f"{v.major}.{v.minor}.{v.patch}", redacted(url))
     except ConnectionFailed:
         await nc.close()
         raise

@@ -135,7 +135,12 @@ class NatsServer:
         sync_interval: str = "default",
         monitor_port: int | None = None,
         die_with_parent: bool = False,
+        credentials: tuple[str, str] | None = None,
     ) -> None:
+        """``credentials``: (user, password) clients must present; they go into
+        the config file (mode 0600), never on the command line, which any
+        local user can read."""
+        self.credentials = credentials
         self.store_dir = Path(store_dir).absolute()  # as in the command line reclaim() matches
         self.pid_file = self.store_dir / "nats-server.pid"
         self.die_with_parent = die_with_parent
@@ -148,7 +153,11 @@ class NatsServer:
 
     @property
     def url(self) -> str:
-        return f"nats://{self.host}:{self.port}"
+        """Where clients connect, with the credentials if the server has them."""
+        if self.credentials is None:
+            return f"nats://{self.host}:{self.port}"
+        user, password = self.credentials
+        return f"nats://{user}:{password}@{self.host}:{self.port}"
 
     @property
     def pid(self) -> int | None:
@@ -175,7 +184,7 @@ class NatsServer:
         ]  # fmt: skip
         if self.monitor_port is not None:
             args += ["-m", str(self.monitor_port)]
-        if self.sync_interval != "default":
+        if self.sync_interval != "default" or self.credentials is not None:
             args += ["-c", str(self._write_config())]
         self._proc = subprocess.Popen(
             args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -222,10 +231,16 @@ class NatsServer:
     def _write_config(self) -> Path:
         """The settings that have no command-line flag; the flags above still apply."""
         path = self.store_dir / "nats-server.conf"
-        path.write_text(
-            "# Written by mesh.embedded.NatsServer on every start.\n"
-            f"jetstream {{\n  sync_interval: {json.dumps(self.sync_interval)}\n}}\n"
-        )
+        text = "# Written by mesh.embedded.NatsServer on every start.\n"
+        if self.sync_interval != "default":
+            text += f"jetstream {{\n  sync_interval: {json.dumps(self.sync_interval)}\n}}\n"
+        if self.credentials is not None:
+            user, password = self.credentials
+            text += f"authorization {{\n  user: {json.dumps(user)}\n  password: {json.dumps(password)}\n}}\n"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # may hold the password
+        with os.fdopen(fd, "w") as out:
+            out.write(text)
+        os.chmod(path, 0o600)  # an older file keeps its mode through O_TRUNC
         return path
 
     def _accepts_clients(self) -> bool:

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, cast
 
+import nats
 import psutil
 import pytest
 
@@ -122,6 +123,13 @@ def test_up_runs_a_task_stops_cleanly_and_restarts_with_data_kept(tmp_path: Path
         table = cli(data_dir, "status").stdout
         assert "fuel-combustion" in table and "serving" in table
         first_nats = _state(data_dir)["nats_url"]
+        # The embedded NATS wants the credentials of state.json (mode 0600); the banner hides them.
+        assert (data_dir / "state.json").stat().st_mode & 0o077 == 0
+        user, password = first_nats.split("://")[1].split("@")[0].split(":")
+        assert password and password not in _output(data_dir)
+        anonymous = asyncio.run(_connects(first_nats.replace(f"{user}:{password}@", "")))
+        assert "Authorization Violation" in anonymous
+        assert asyncio.run(_connects(first_nats)) == "ok"
     finally:
         _stop(proc, data_dir)
 
@@ -129,6 +137,7 @@ def test_up_runs_a_task_stops_cleanly_and_restarts_with_data_kept(tmp_path: Path
     (tmp_path / "my_agents.py").write_text(MY_AGENT)
     proc = _start(data_dir, port, "--agent", "my_agents:Double", env={"PYTHONPATH": str(tmp_path)})
     try:
+        assert _state(data_dir)["nats_url"] != first_nats  # fresh credentials on every start
         doubled = json.loads(
             cli(data_dir, "run", "double", "--input", '{"value": 21}', "--wait", "-o", "json").stdout
         )
@@ -139,7 +148,7 @@ def test_up_runs_a_task_stops_cleanly_and_restarts_with_data_kept(tmp_path: Path
         assert (
             '"attempts": 1' in refused.stdout and "negative values" in refused.stdout
         )  # PermanentError: no retry
-        assert _state(data_dir)["nats_url"] == first_nats
+        assert _state(data_dir)["nats_port"] == int(first_nats.rsplit(":", 1)[1])
         again = json.loads(cli(data_dir, "get", view["run_id"], "-o", "json").stdout)
         assert again["status"] == "succeeded"
         assert again["result"]["co2e_kg"] == view["result"]["co2e_kg"]
@@ -148,6 +157,21 @@ def test_up_runs_a_task_stops_cleanly_and_restarts_with_data_kept(tmp_path: Path
         assert "Traceback" not in bad.stderr and "unknown fuel" in bad.stderr
     finally:
         _stop(proc, data_dir)
+
+
+async def _connects(url: str) -> str:
+    """ "ok", or why nats-py could not connect to ``url``."""
+    errors: list[str] = []
+
+    async def on_error(exc: Exception) -> None:
+        errors.append(str(exc))
+
+    try:
+        nc = await nats.connect(url, max_reconnect_attempts=1, connect_timeout=2, error_cb=on_error)
+    except Exception as exc:
+        return " ".join([*errors, str(exc)])
+    await nc.close()
+    return "ok"
 
 
 MY_AGENT = """

@@ -187,3 +187,11 @@ def test_a_nats_server_too_old_for_batches_and_schedules_is_refused_by_name() ->
     for old in ("2.11.3", "2.13.9", "v2.12.0"):
         with pytest.raises(ConnectionFailed, match=rf"nats-server {old} at nats://x is too old: .* 2\.14\.0"):
             check_server_version(old, "nats://x")
+
+
+def test_a_nats_url_is_printed_without_its_password() -> None:
+    from mesh.connection import redacted
+
+    assert redacted("nats://agent-factory:s3cr@t@127.0.0.1:4222") == "nats://agent-factory:***@127.0.0.1:4222"
+    assert redacted("nats://127.0.0.1:4222") == "nats://127.0.0.1:4222"
+    assert redacted("nats://s3cret-token@host:4222") == "nats://***@host:4222"  # a token is a secret too
