@@ -51,12 +51,21 @@ def cli(ctx: click.Context, data_dir: Path, api_url: str | None, token: str | No
 @click.option("--host", default=None, help="API bind address (default 127.0.0.1, AF_HOST).")
 @click.option("--workers", type=int, default=None, help="Worker pools to start (default 1).")
 @click.option(
+    "--data-dir", "data_dir", type=click.Path(path_type=Path), default=None,
+    help="State of the embedded mode (default .agent-factory, AF_DATA_DIR); same as the global option.",
+)  # fmt: skip
+@click.option(
     "--agent", "extra_agents", multiple=True, metavar="MODULE:CLASS",
     help="Serve your own agent too (repeatable; adds to AF_AGENTS), e.g. my_pkg.agents:Double.",
 )  # fmt: skip
 @click.pass_obj
 def up(
-    obj: Ctx, port: int | None, host: str | None, workers: int | None, extra_agents: tuple[str, ...]
+    obj: Ctx,
+    port: int | None,
+    host: str | None,
+    workers: int | None,
+    data_dir: Path | None,
+    extra_agents: tuple[str, ...],
 ) -> None:
     """Start the whole system: NATS, PostgreSQL, API, workers.
 
@@ -70,7 +79,7 @@ def up(
     from gateway.up import DataDirInUse, run_up
     from mesh.settings import Settings
 
-    overrides: dict[str, Any] = {"data_dir": obj.data_dir}
+    overrides: dict[str, Any] = {"data_dir": data_dir or obj.data_dir}
     for key, value in (("port", port), ("host", host), ("workers", workers)):
         if value is not None:
             overrides[key] = value

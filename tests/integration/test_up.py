@@ -215,8 +215,8 @@ def test_ctrl_c_stops_up_promptly_with_no_server_left_and_a_second_up_is_refused
     data_dir = tmp_path / "af"
     proc = _start(data_dir, find_free_port(), "--workers", "0")  # no workers: once a crash
     try:
-        second = subprocess.run(
-            [*CLI, "--data-dir", str(data_dir), "up", "--port", str(find_free_port())],
+        second = subprocess.run(  # `up --data-dir D`, as the README writes it
+            [*CLI, "up", "--data-dir", str(data_dir), "--port", str(find_free_port())],
             capture_output=True, text=True, timeout=30, env=_env(),
         )  # fmt: skip
         assert second.returncode == 1
