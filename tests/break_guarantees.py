@@ -118,7 +118,7 @@ M = [
     (
         "no task search",
         "mesh/queue.py",
-        "        if duplicate and await task_stored(self.js, run_id, spec.agent, int(spec.priority)):",
+        "        if claim is not None and await self._stored_past_window(claim, run_id, spec):",
         "        if False:",
         G + "test_an_idempotent_retry_past_the_duplicate_window_does_not_store_the_task_twice",
     ),
@@ -132,8 +132,8 @@ M = [
     (
         "record before task",
         "mesh/queue.py",
-        "        ack = await self._publish_task(spec, message)\n        await self._create_record(run_id, with_seq(message.record, ack.seq))",
-        "        await self._create_record(run_id, message.record)\n        ack = await self._publish_task(spec, message)",
+        "        subject = names.task_subject(spec.agent, int(spec.priority))\n        try:\n            ack = parse_puback(",
+        "        await self._create_record(run_id, message.record)\n        subject = names.task_subject(spec.agent, int(spec.priority))\n        try:\n            ack = parse_puback(",
         G + "test_a_refused_task_leaves_no_queued_record",
     ),
     (
@@ -160,8 +160,8 @@ M = [
     (
         "no result limit",
         "mesh/worker.py",
-        "            if size > self.limits.result:",
-        "            if False:",
+        "        if len(outcome[1]) > self.limits.result and (size := _size(result)) > self.limits.result:",
+        "        if False and (size := _size(result)):",
         G + "test_a_result_too_large_to_record_fails_the_run_once_with_a_clear_error",
     ),
     (
