@@ -240,7 +240,7 @@ class TaskWorker:
                 if item is not None:
                     with contextlib.suppress(Exception):
                         await item.msg.nak()
-        for loop in self._loops[1:2]:  # dispatch is gone; keep the heartbeats while handing back
+        for loop in self._loops[2:]:  # no more claims; the heartbeats go on while handing back
             loop.cancel()
         # Lingering pulls may still deliver for up to idle_poll_s: hand those
         # back, each recorded as returned (not an attempt) before its nak.
