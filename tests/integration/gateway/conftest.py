@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
+import re
 from collections.abc import AsyncIterator
 from typing import Any
 
 import asyncpg
 import pytest
+from aiohttp import ClientResponse
 from aiohttp.test_utils import TestClient, TestServer
 from nats.aio.client import Client
 from nats.js import JetStreamContext
@@ -18,6 +21,7 @@ from agents.store.executions import upsert_agents
 from agents.store.migrations import apply_migrations
 from gateway.api import Services, create_app
 from mesh.queue import TaskQueue
+from mesh.schedules import list_definitions, remove_definition
 from mesh.settings import Settings
 
 TOKEN = "test-token"
@@ -54,3 +58,54 @@ async def api(
     await worker.stop(drain_timeout=5)
     await recorder.stop()
     await queue.stop()
+
+
+# --- the routes of the app, for tests that go through all of them -------------------
+
+PROBLEM = "application/problem+json"
+PARAM = re.compile(r"\{(\w+)\}")
+
+
+def api_routes(api: TestClient[Any, Any]) -> list[tuple[str, str]]:
+    """(method, path template) of every registered route, HEAD included: a route added
+    later is covered by the tests that use this without touching them."""
+    assert api.app is not None
+    return sorted({(r.method, r.resource.canonical) for r in api.app.router.routes() if r.resource})
+
+
+def body_routes(api: TestClient[Any, Any]) -> list[tuple[str, str]]:
+    return [(method, path) for method, path in api_routes(api) if method in ("POST", "PUT", "PATCH")]
+
+
+def fill(template: str, segment: str) -> str:
+    """The path with every ``{param}`` replaced by ``segment``."""
+    return PARAM.sub(lambda _: segment, template)
+
+
+def nested(depth: int) -> dict[str, Any]:
+    """``{"echo": {"echo": ... 1}}``, ``depth`` objects deep (the noop agent takes it)."""
+    value: dict[str, Any] = {"echo": 1}
+    for _ in range(depth - 1):
+        value = {"echo": value}
+    return value
+
+
+async def assert_problem(resp: ClientResponse, method: str, context: object = None) -> None:
+    """Never a 5xx; a 4xx is problem+json naming its own status."""
+    text = "" if method == "HEAD" else await resp.text()
+    where = (method, str(resp.url)[:300], resp.status, text[:300], repr(context)[:300])
+    assert resp.status < 500, where
+    if resp.status >= 400:
+        assert resp.content_type == PROBLEM, where
+        if method != "HEAD":
+            assert json.loads(text)["status"] == resp.status, where
+
+
+@pytest.fixture
+async def schedules_cleaned(mesh_js: JetStreamContext) -> AsyncIterator[None]:
+    """Schedules a test happened to create are removed again."""
+    before = {d.name for d in await list_definitions(mesh_js)}
+    yield
+    for definition in await list_definitions(mesh_js):
+        if definition.name not in before:
+            await remove_definition(mesh_js, definition.name)
