@@ -64,7 +64,8 @@ def _parse(raw: bytes) -> Any:
     except ValueError as exc:
         unfit = str(exc)
     else:
-        if raw.count(b"[") + raw.count(b"{") > MAX_DEPTH and _too_deep(body):
+        deep_enough = isinstance(body, dict | list) and raw.count(b"[") + raw.count(b"{") > MAX_DEPTH
+        if deep_enough and _too_deep(body):
             unfit = f"nested more than {MAX_DEPTH} levels"
         elif _SURROGATE_ESCAPE.search(raw) and _lone_surrogate(body):
             unfit = "a string holds a lone UTF-16 surrogate"

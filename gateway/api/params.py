@@ -9,13 +9,10 @@ from typing import Final
 
 from aiohttp import web
 
-from mesh.names import AGENT_KEY_RE
-
-__all__ = ["AGENT_KEY", "DLQ_SEQ", "MAX_SEQ", "RUN_ID", "path_value", "query_int", "query_value"]
+__all__ = ["DLQ_SEQ", "MAX_SEQ", "RUN_ID", "path_value", "query_int", "query_value"]
 
 RUN_ID: Final = re.compile(r"[A-Za-z0-9_-]{1,128}")  # the envelope's id pattern (mesh.envelope)
-AGENT_KEY: Final = AGENT_KEY_RE
-MAX_SEQ: Final = 2**63 - 1  # stream sequences are uint64; JSON clients lose precision past int64
+MAX_SEQ: Final = 2**63 - 1  # stream sequences are uint64; nats-server refuses 2**64 and up
 DLQ_SEQ: Final = re.compile(r"[1-9][0-9]{0,18}")
 
 

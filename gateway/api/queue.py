@@ -12,10 +12,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from agents.errors import AgentInputInvalid
 from gateway.api.bodies import json_response, read_json
 from gateway.api.models import RunRequest
-from gateway.api.params import AGENT_KEY, DLQ_SEQ, MAX_SEQ, path_value, query_int, query_value
+from gateway.api.params import DLQ_SEQ, MAX_SEQ, path_value, query_int, query_value
 from gateway.api.problems import validation_errors
 from gateway.api.services import SERVICES, Services
 from mesh import dlq
+from mesh.names import AGENT_KEY_RE
 from mesh.queue import MAX_BATCH, TaskSpec
 from mesh.stats import queue_stats
 
@@ -44,7 +45,7 @@ def _summary(view: dlq.DeadLetterView) -> dict[str, Any]:
 @routes.get("/api/v1/queue/dlq")
 async def list_dlq(request: web.Request) -> web.Response:
     svc: Services = request.app[SERVICES]
-    agent = query_value(request, "agent", AGENT_KEY, "agent key")
+    agent = query_value(request, "agent", AGENT_KEY_RE, "agent key")
     limit = query_int(request, "limit", 100, 1000)
     after = query_int(request, "after", 0, MAX_SEQ)
     views = await dlq.list_dead_letters(svc.js, name=agent, limit=limit, after_seq=after)
@@ -68,7 +69,7 @@ class DlqSelection(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     seq: int | None = Field(default=None, ge=1, le=MAX_SEQ)
-    agent: str | None = Field(default=None, pattern=AGENT_KEY.pattern)
+    agent: str | None = Field(default=None, pattern=AGENT_KEY_RE.pattern)
     all: bool = False
 
     @model_validator(mode="after")
@@ -97,7 +98,7 @@ async def purge_dlq(request: web.Request) -> web.Response:
 
 
 class BatchTask(RunRequest):
-    agent: str = Field(pattern=r"^[a-z0-9][a-z0-9-]{0,62}$")
+    agent: str = Field(pattern=AGENT_KEY_RE.pattern)
     idempotency_key: None = None  # a batch is idempotent by batch_key
 
 
