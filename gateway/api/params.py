@@ -9,9 +9,11 @@ from typing import Final
 
 from aiohttp import web
 
+from mesh import names
+
 __all__ = ["DLQ_SEQ", "MAX_SEQ", "RUN_ID", "path_value", "query_int", "query_value"]
 
-RUN_ID: Final = re.compile(r"[A-Za-z0-9_-]{1,128}")  # the envelope's id pattern (mesh.envelope)
+RUN_ID: Final = names.RUN_ID_RE  # the envelope's id pattern
 MAX_SEQ: Final = 2**63 - 1  # stream sequences are uint64; nats-server refuses 2**64 and up
 DLQ_SEQ: Final = re.compile(r"[1-9][0-9]{0,18}")
 
