@@ -25,6 +25,7 @@ from mesh.embedded import NatsServer, end_process, find_free_port, pid_alive
 from mesh.maintenance import QueueMaintenance
 from mesh.scheduler import Scheduler
 from mesh.settings import Settings
+from tests.helpers import DOUBLE_AGENT_MODULE
 
 CLI = [sys.executable, "-m", "gateway.cli"]
 
@@ -134,7 +135,7 @@ def test_up_runs_a_task_stops_cleanly_and_restarts_with_data_kept(tmp_path: Path
         _stop(proc, data_dir)
 
     # Started again with an agent of the user's own, from a module outside the platform.
-    (tmp_path / "my_agents.py").write_text(MY_AGENT)
+    (tmp_path / "my_agents.py").write_text(DOUBLE_AGENT_MODULE)
     proc = _start(data_dir, port, "--agent", "my_agents:Double", env={"PYTHONPATH": str(tmp_path)})
     try:
         assert _state(data_dir)["nats_url"] != first_nats  # fresh credentials on every start
@@ -172,27 +173,6 @@ async def _connects(url: str) -> str:
         return " ".join([*errors, str(exc)])
     await nc.close()
     return "ok"
-
-
-MY_AGENT = """
-from pydantic import BaseModel
-from agents import Agent, PermanentError, RunContext
-
-class In(BaseModel):
-    value: float
-
-class Out(BaseModel):
-    value: float
-
-class Double(Agent[In, Out]):
-    key = "double"
-    Input, Output = In, Out
-
-    async def run(self, input: In, ctx: RunContext) -> Out:
-        if input.value < 0:
-            raise PermanentError("negative values are not supported")
-        return Out(value=input.value * 2)
-"""
 
 
 def test_a_bad_agent_for_up_is_one_clear_line_before_anything_starts(tmp_path: Path) -> None:

@@ -3,46 +3,25 @@
 from __future__ import annotations
 
 import sys
-import textwrap
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from agents import Agent, AgentLoadError, PermanentError, load_registry
+from tests.helpers import DOUBLE_AGENT_MODULE
 
 
 @pytest.fixture
 def my_agents(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    (tmp_path / "my_agents.py").write_text(
-        textwrap.dedent(
-            """
-            from pydantic import BaseModel
-            from agents import Agent, PermanentError, RunContext
+    extra = """
+class Abstract(Agent[In, Out]):
+    key = "abstract"
+    Input, Output = In, Out
 
-            class In(BaseModel):
-                value: float
-
-            class Out(BaseModel):
-                value: float
-
-            class Double(Agent[In, Out]):
-                key = "double"
-                Input, Output = In, Out
-
-                async def run(self, input: In, ctx: RunContext) -> Out:
-                    if input.value < 0:
-                        raise PermanentError("negative")
-                    return Out(value=input.value * 2)
-
-            class Abstract(Agent[In, Out]):
-                key = "abstract"
-                Input, Output = In, Out
-
-            NotAnAgent = 42
-            """
-        )
-    )
+NotAnAgent = 42
+"""
+    (tmp_path / "my_agents.py").write_text(DOUBLE_AGENT_MODULE + extra)
     monkeypatch.syspath_prepend(str(tmp_path))
     yield "my_agents"
     sys.modules.pop("my_agents", None)

@@ -319,6 +319,22 @@ async def test_a_task_buffered_in_a_busy_worker_is_heartbeated_not_redelivered(
 # ---- attempts count runs, not deliveries --------------------------------------
 
 
+async def _enqueue_into_a_drain(leaving: TaskWorker, queue: TaskQueue, agent: str) -> Any:
+    """Enqueue a task while ``leaving`` drains: it lands in the lingering pull the
+    worker still has open, so the worker holds it without ever starting it."""
+    await leaving.start()
+    async with asyncio.timeout(10):
+        while not leaving.lanes[0].source.outstanding:
+            await asyncio.sleep(0.02)
+    stopping = asyncio.create_task(leaving.stop(1))
+    async with asyncio.timeout(10):  # the dispatcher is gone; the lingering pull is still open
+        while not leaving._stopping.is_set():
+            await asyncio.sleep(0.01)
+    queued = await queue.enqueue(TaskSpec(agent, {}))
+    await stopping
+    return queued
+
+
 async def test_a_drain_with_one_attempt_left_hands_tasks_back_without_using_it(
     nc: Client, mesh_js: JetStreamContext, queue: TaskQueue
 ) -> None:
@@ -330,17 +346,9 @@ async def test_a_drain_with_one_attempt_left_hands_tasks_back_without_using_it(
         ran.append(ctx.attempt)
         return "ran"
 
-    leaving = TaskWorker(nc, mesh_js, {agent: (cfg, handler)}, idle_poll_s=5.0)
-    await leaving.start()
-    async with asyncio.timeout(10):
-        while not leaving.lanes[0].source.outstanding:
-            await asyncio.sleep(0.02)
-    stopping = asyncio.create_task(leaving.stop(1))
-    async with asyncio.timeout(10):  # the dispatcher is gone; the lingering pull is still open
-        while not leaving._stopping.is_set():
-            await asyncio.sleep(0.01)
-    queued = await queue.enqueue(TaskSpec(agent, {}))  # delivered to the leaving worker, never started
-    await stopping
+    queued = await _enqueue_into_a_drain(
+        TaskWorker(nc, mesh_js, {agent: (cfg, handler)}, idle_poll_s=5.0), queue, agent
+    )
     handed = await get_run(mesh_js, queued.run_id)
     assert handed is not None and handed.returned == 1 and handed.status == RunStatus.QUEUED
     assert ran == []
@@ -367,17 +375,9 @@ async def test_a_handed_back_task_keeps_all_its_attempts_through_retries(
             raise RuntimeError("first attempt fails")
         return "second"
 
-    leaving = TaskWorker(nc, mesh_js, {agent: (cfg, handler)}, idle_poll_s=5.0)
-    await leaving.start()
-    async with asyncio.timeout(10):
-        while not leaving.lanes[0].source.outstanding:
-            await asyncio.sleep(0.02)
-    stopping = asyncio.create_task(leaving.stop(1))
-    async with asyncio.timeout(10):
-        while not leaving._stopping.is_set():
-            await asyncio.sleep(0.01)
-    queued = await queue.enqueue(TaskSpec(agent, {}))
-    await stopping
+    queued = await _enqueue_into_a_drain(
+        TaskWorker(nc, mesh_js, {agent: (cfg, handler)}, idle_poll_s=5.0), queue, agent
+    )
     staying = TaskWorker(nc, mesh_js, {agent: (cfg, handler)}, idle_poll_s=0.2)
     await staying.start()
     try:
