@@ -14,6 +14,7 @@ import logging
 
 import asyncpg
 from nats.aio.client import Client
+from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
@@ -43,6 +44,7 @@ class Recorder:
         self.nc, self.js, self.pool, self.batch, self.poll_s = nc, js, pool, batch, poll_s
         self._puller: Puller | None = None
         self._task: asyncio.Task[None] | None = None
+        self._holding: list[Msg] = []  # the batch being written, not yet acked
         self.recorded = 0
 
     async def start(self) -> None:
@@ -61,15 +63,20 @@ class Recorder:
         await self._puller.start()
         self._task = asyncio.create_task(self._loop(), name="recorder")
 
-    async def stop(self) -> None:
+    async def stop(self, timeout: float = 10.0) -> None:
+        """Stop within ``timeout``; events taken but not recorded are handed back
+        (nak) at once, not left to the 60 s ack wait."""
         if self._task is not None:
             self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            # Bounded: a cancel can be lost below us (a reply arriving with it).
+            await asyncio.wait([self._task], timeout=timeout)
+        leftovers = list(self._holding)
+        self._holding = []
         if self._puller is not None:
-            for msg in await self._puller.close(settle_s=self.poll_s + 0.5):
-                with contextlib.suppress(Exception):
-                    await msg.nak()
+            leftovers += await self._puller.close(settle_s=self.poll_s + 0.5)
+        for msg in leftovers:
+            with contextlib.suppress(Exception):  # an acked one refuses: fine
+                await msg.nak()
 
     async def _loop(self) -> None:
         assert self._puller is not None
@@ -80,7 +87,9 @@ class Recorder:
                     msgs = await self._puller.wait(1, self.poll_s)
                     if not msgs:
                         continue
+                    self._holding = msgs
                     msgs += await self._puller.take(self.batch - 1)
+                self._holding = msgs
                 events = []
                 for msg in msgs:
                     try:
@@ -92,9 +101,14 @@ class Recorder:
                 await record_executions(self.pool, events)
                 for msg in msgs:
                     await msg.ack()
+                self._holding = []
                 self.recorded += len(events)
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:  # DB or NATS down: unacked events come back
+            except Exception as exc:  # DB or NATS down: hand the batch back for a retry soon
                 log.warning("recorder: batch failed, will retry: %s", exc)
+                held, self._holding = self._holding, []
+                for msg in held:
+                    with contextlib.suppress(Exception):
+                        await msg.nak(delay=1.0)
                 await asyncio.sleep(0.5)
