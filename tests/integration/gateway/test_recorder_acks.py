@@ -125,3 +125,39 @@ async def test_recorder_acks_nothing_until_its_batch_is_committed(
         await locker.close()  # ends the transaction, if an assertion left it open
         await recorder.stop()
         await acks.unsubscribe()
+
+
+async def test_a_stopped_recorder_hands_its_unwritten_batch_back_at_once(
+    nc: Client, mesh_js: JetStreamContext, pool: asyncpg.Pool, database_url: str
+) -> None:
+    js = mesh_js
+    await _settle_backlog(nc, js, pool)
+    before = await _consumer(js)
+    locker = await asyncpg.connect(database_url)
+    lock = locker.transaction()
+    recorder = Recorder(nc, js, pool, poll_s=0.2)
+    events = [_finished() for _ in range(5)]
+    try:
+        await lock.start()
+        await locker.execute("LOCK TABLE executions IN ACCESS EXCLUSIVE MODE")
+        for event in events:
+            await _publish(js, event)
+        await recorder.start()
+
+        async def holds_them_blocked() -> bool:
+            info = await _consumer(js)
+            took = info.delivered.consumer_seq - before.delivered.consumer_seq
+            return took == len(events) and await _insert_waits_on_the_lock(locker)
+
+        await _until(holds_them_blocked, "the recorder holding the batch, blocked on the lock")
+        await recorder.stop(timeout=5)  # mid-batch
+        await lock.rollback()
+        # Another recorder writes them within 30 s, far inside the consumer's 60 s
+        # ack wait: the stopped one handed its batch back (nak), it did not just drop it.
+        # (A nak'ed message counts as ack-pending until it is delivered again.)
+        await _settle_backlog(nc, js, pool)
+        for event in events:
+            assert await get_execution(pool, event.run_id) is not None, event.run_id
+    finally:
+        await locker.close()
+        await recorder.stop()
