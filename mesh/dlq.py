@@ -29,6 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from mesh import names
 from mesh.envelope import CONTENT_TYPE, JSON, decode, encode, new_id, utcnow
 from mesh.errors import DecodeError, MeshError, PayloadTooLarge
+from mesh.lean import EXPECTED_LAST_SUBJECT_SEQ
 from mesh.outcome import replay_generation, stored_outcome
 from mesh.runs import AttemptError, RunStatus, bounded_errors, get_run, get_run_entry, run_key
 
@@ -218,7 +219,7 @@ async def replay(js: JetStreamContext, seq: int) -> str:
         with contextlib.suppress(APIError):
             await js.publish(
                 run_key(task.id), state.model_dump_json().encode(),
-                headers={"Nats-Expected-Last-Subject-Sequence": str(revision)},
+                headers={EXPECTED_LAST_SUBJECT_SEQ: str(revision)},
             )  # fmt: skip
     await js.delete_msg(names.STREAM_DLQ, seq)
     return task.id

@@ -31,7 +31,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Callable, Mapping
-from typing import NamedTuple
+from typing import Final, NamedTuple
 
 from nats.aio.client import Client
 from nats.aio.msg import Msg
@@ -47,6 +47,9 @@ from nats.errors import (
 from nats.protocol.parser import AWAITING_CONTROL_LINE, AWAITING_MSG_PAYLOAD, Parser
 
 __all__ = [
+    "EMPTY_HEADERS",
+    "EXPECTED_LAST_SUBJECT_SEQ",
+    "WRONG_LAST_SEQUENCE",
     "AckSubject",
     "DirectInbox",
     "LeanParser",
@@ -54,6 +57,7 @@ __all__ = [
     "ack_subject",
     "delivery_of",
     "encode_headers",
+    "expect_last_subject_seq",
     "install",
     "parse_headers",
     "publish",
@@ -203,6 +207,19 @@ def encode_headers(headers: Mapping[str, str]) -> bytes:
         parts.append(f"{key}: {value}\r\n".encode())
     parts.append(b"\r\n")
     return b"".join(parts)
+
+
+#: JetStream's answer when a ``Nats-Expected-Last-Subject-Sequence`` does not hold.
+WRONG_LAST_SEQUENCE: Final = 10071
+EXPECTED_LAST_SUBJECT_SEQ: Final = "Nats-Expected-Last-Subject-Sequence"
+EMPTY_HEADERS: Final = b"NATS/1.0\r\n\r\n"
+_EXPECT: Final = EXPECTED_LAST_SUBJECT_SEQ.encode()
+
+
+def expect_last_subject_seq(headers: bytes, seq: int) -> bytes:
+    """``headers`` (a pre-encoded block) plus :data:`EXPECTED_LAST_SUBJECT_SEQ`:
+    compare-and-set on the subject (0: create-only), for run records and events."""
+    return b"%s%s: %d\r\n\r\n" % (headers[:-2], _EXPECT, seq)
 
 
 def parse_headers(raw: bytes) -> dict[str, str]:

@@ -45,7 +45,7 @@ from mesh.envelope import (
     utcnow,
 )
 from mesh.events import EXECUTION_FINISHED
-from mesh.lean import parse_headers
+from mesh.lean import WRONG_LAST_SEQUENCE, expect_last_subject_seq, parse_headers
 from mesh.runs import AttemptError, RunState, RunStatus, bounded_errors
 
 __all__ = [
@@ -234,7 +234,6 @@ def _finished(
 
 
 Send = Callable[[str, bytes, bytes], Awaitable[object]]  # subject, data, pre-encoded headers
-_WRONG_LAST_SEQUENCE = 10071
 
 
 async def record_outcome(
@@ -262,12 +261,11 @@ async def record_outcome(
             if stored is not None and stored.decides(generation, real):
                 return False
             expect = stored.seq if stored is not None else 0
-        cas = b"%sNats-Expected-Last-Subject-Sequence: %d\r\n\r\n" % (headers[:-2], expect)
         try:
-            await send(subject, data, cas)
+            await send(subject, data, expect_last_subject_seq(headers, expect))
             return True
         except APIError as exc:
-            if exc.err_code != _WRONG_LAST_SEQUENCE:
+            if exc.err_code != WRONG_LAST_SEQUENCE:
                 raise
             expect = None
     raise RuntimeError(f"could not record the outcome of run {run_id}: its event subject keeps changing")

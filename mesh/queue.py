@@ -72,8 +72,7 @@ MAX_TTL_S: Final = 86_400
 TASK_TYPE: Final = "task.run"
 MAX_BATCH: Final = 1000  # JetStream's atomic batch limit
 _SUBJECT_FULL = 10077  # JetStream: maximum messages per subject exceeded
-_WRONG_LAST_SEQUENCE = 10071
-_CREATE_ONLY = encode_headers({"Nats-Expected-Last-Subject-Sequence": "0"})
+_CREATE_ONLY = lean.expect_last_subject_seq(lean.EMPTY_HEADERS, 0)
 _COMMAND = MessageType.COMMAND.value
 _QUEUED = RunStatus.QUEUED.value
 
@@ -331,7 +330,7 @@ class TaskQueue:
         try:
             parse_puback(await reply)
         except APIError as exc:
-            if exc.err_code != _WRONG_LAST_SEQUENCE:  # already written by the worker: fine
+            if exc.err_code != lean.WRONG_LAST_SEQUENCE:  # already written by the worker: fine
                 raise
 
     async def _claim_key(self, tenant: str, key: str, value: bytes) -> _Claim | None:

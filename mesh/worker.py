@@ -148,8 +148,6 @@ MANY_LANES = 10  # past this many lanes, sweeps ask the stream which lanes hold 
 CLAIM_AHEAD_S = 3.0  # claim a run this long before its wait deadline passes
 HAND_BACK_ALLOWANCE = 10  # deliveries past max_attempts before the server gives up (backstop)
 RECORD_PATIENCE_S = 15.0  # how long an outcome write rides out a NATS outage before a hand-back
-_WRONG_LAST_SEQUENCE = 10071
-_CREATE_ONLY = b"Nats-Expected-Last-Subject-Sequence: 0\r\n\r\n"  # appended to a header block
 _LOST = "no outcome within the ack wait: the worker was lost (crashed, killed or stalled)"
 
 
@@ -486,13 +484,13 @@ class TaskWorker:
 
     async def _cas_state(self, state: RunState, revision: int) -> int | None:
         """Write ``state`` if the record is still at ``revision``; its new revision, or None."""
-        headers = b"NATS/1.0\r\nNats-Expected-Last-Subject-Sequence: %d\r\n\r\n" % revision
+        headers = lean.expect_last_subject_seq(lean.EMPTY_HEADERS, revision)
         try:
             ack = await self.pipeline.publish(
                 run_key(state.run_id), state.model_dump_json().encode(), headers
             )
         except APIError as exc:
-            if exc.err_code != _WRONG_LAST_SEQUENCE:
+            if exc.err_code != lean.WRONG_LAST_SEQUENCE:
                 raise
             return None
         return ack.seq
@@ -639,7 +637,9 @@ class TaskWorker:
         on the event subject; anything but a plain success goes the general way."""
         subject, data, headers = outcome
         try:
-            reply = await (await self.pipeline.request(subject, data, headers[:-2] + _CREATE_ONLY))
+            reply = await (
+                await self.pipeline.request(subject, data, lean.expect_last_subject_seq(headers, 0))
+            )
             parse_puback(reply)
             return True
         except Exception:  # an event exists, or NATS is away: look, then decide

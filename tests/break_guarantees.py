@@ -41,22 +41,22 @@ M = [
     (
         "no first-outcome CAS",
         "mesh/worker.py",
-        '_CREATE_ONLY = b"Nats-Expected-Last-Subject-Sequence: 0\\r\\n\\r\\n"',
-        '_CREATE_ONLY = b"\\r\\n"',
+        "            create_only = lean.expect_last_subject_seq(headers, 0)",
+        "            create_only = headers",
         "tests/integration/queue/test_sigstop_worker.py",
     ),
     (
         "no event CAS",
         "mesh/outcome.py",
-        '        cas = b"%sNats-Expected-Last-Subject-Sequence: %d\\r\\n\\r\\n" % (headers[:-2], expect)',
-        "        cas = headers",
+        "            await send(subject, data, expect_last_subject_seq(headers, expect))",
+        "            await send(subject, data, headers)",
         G + "test_a_second_outcome_is_refused_even_past_the_duplicate_window",
     ),
     (
         "no state CAS",
         "mesh/worker.py",
-        '        headers = b"NATS/1.0\\r\\nNats-Expected-Last-Subject-Sequence: %d\\r\\n\\r\\n" % revision',
-        '        headers = b"NATS/1.0\\r\\n\\r\\n"',
+        "        headers = lean.expect_last_subject_seq(lean.EMPTY_HEADERS, revision)",
+        "        headers = lean.EMPTY_HEADERS",
         G + "test_a_state_write_never_lands_on_a_final_state",
     ),
     (
