@@ -637,10 +637,8 @@ class TaskWorker:
         on the event subject; anything but a plain success goes the general way."""
         subject, data, headers = outcome
         try:
-            reply = await (
-                await self.pipeline.request(subject, data, lean.expect_last_subject_seq(headers, 0))
-            )
-            parse_puback(reply)
+            create_only = lean.expect_last_subject_seq(headers, 0)
+            parse_puback(await (await self.pipeline.request(subject, data, create_only)))
             return True
         except Exception:  # an event exists, or NATS is away: look, then decide
             return await self._record(outcome, agent, task, None)
