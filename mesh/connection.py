@@ -6,8 +6,10 @@ subscriptions and JetStream API calls over it.
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from typing import Any, Final
+from collections.abc import Awaitable, Callable
+from typing import Any, Final, TypeVar
 
 import nats
 from nats.aio.client import Client
@@ -17,9 +19,11 @@ from nats.js.errors import ServiceUnavailableError
 from mesh import lean
 from mesh.errors import ConnectionFailed
 
-__all__ = ["MIN_SERVER_VERSION", "check_server_version", "connect", "jetstream", "redacted"]
+__all__ = ["MIN_SERVER_VERSION", "check_server_version", "connect", "jetstream", "redacted", "through_outage"]
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 # Per-message TTL 2.11, atomic batch publish 2.12, message schedules 2.14.
 MIN_SERVER_VERSION: Final = (2, 14, 0)
@@ -111,3 +115,14 @@ async def jetstream(nc: Client, timeout: float = 5.0) -> JetStreamContext:
     except Exception as exc:
         raise ConnectionFailed(f"JetStream is not available: {exc}") from exc
     return js
+
+
+async def through_outage(call: Callable[[], Awaitable[T]], tries: int = 4, pause_s: float = 0.5) -> T:
+    """``call()``, tried again after ``pause_s``, twice that, three times… if it raises: a cold-path
+    write that must ride out a short NATS outage (a restart) rather than be lost."""
+    for attempt in range(1, tries):
+        try:
+            return await call()
+        except Exception:
+            await asyncio.sleep(pause_s * attempt)
+    return await call()

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -40,6 +41,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import KeyWrongLastSequenceError, NotFoundError
 
 from mesh import lean, metrics, names
+from mesh.connection import through_outage
 from mesh.dlq import DeadLetter, dead_letter
 from mesh.envelope import CONTENT_TYPE, Envelope, MessageType, Metadata, decode, utcnow
 from mesh.errors import DecodeError
@@ -194,14 +196,8 @@ async def expire_overdue(
         )  # fmt: skip
         # The state is already final (CAS won), so the event must not be lost
         # to a short outage: retry it before giving up.
-        for attempt in range(1, 5):
-            try:
-                await write_outcome(js, task, state, expired_msg_id(state.run_id, state.replay))
-                break
-            except Exception:
-                if attempt == 4:
-                    raise
-                await asyncio.sleep(0.5 * attempt)
+        event_id = expired_msg_id(state.run_id, state.replay)
+        await through_outage(functools.partial(write_outcome, js, task, state, event_id))
         if seq is not None:  # the task itself: no worker may start it now
             with contextlib.suppress(NotFoundError):
                 await js.delete_msg(names.STREAM_TASKS, seq)

@@ -64,6 +64,7 @@ from pydantic import ValidationError
 from pydantic_core import to_json
 
 from mesh import lean, metrics, names
+from mesh.connection import through_outage
 from mesh.dispatch import Budget, DispatchPolicy, Lane
 from mesh.dlq import DeadLetter, dead_letter
 from mesh.envelope import (
@@ -698,18 +699,18 @@ class TaskWorker:
         await self.dead_letter_task(msg, task, state, reason, expect=expect)
         await self.pipeline.ack_sync(msg)
 
-    async def _write_state_patiently(self, item: _InFlight, state: RunState, tries: int = 4) -> bool:
+    async def _write_state_patiently(self, item: _InFlight, state: RunState) -> bool:
         """Cold-path state write that rides out a short NATS outage (a restart), so
         an attempt's error is not lost from the history the DLQ will carry."""
-        for n in range(1, tries + 1):
+
+        async def write() -> bool:
             try:
                 return await self._write_state(item, state)
             except Exception:
-                if n == tries:
-                    raise
-                item.revision = None
-                await asyncio.sleep(0.5 * n)
-        return False
+                item.revision = None  # it may have landed: read the revision again
+                raise
+
+        return await through_outage(write)
 
     async def _give_up(
         self, lane: Lane[Puller], msg: Msg, task: Envelope, state: RunState, attempts: int, expect: int | None
