@@ -151,6 +151,9 @@ async def test_a_handler_that_waits_holds_back_later_events_which_keep_their_ord
             await mesh.publish_event(channel, i)
         await mesh.nc.flush()
         await other_nc.flush()  # everything sent has reached the listener's connection
+        # ... but its handler's first step may run a loop turn after the flush returns.
+        await eventually(lambda: started != [])
+        await other_nc.flush()  # a round trip more: a wrongly started second event would show
         assert started == [0] and finished == []
         release.set()
         await eventually(lambda: len(finished) == 200)
