@@ -30,7 +30,11 @@ async def group(js: JetStreamContext) -> AsyncIterator[list[GroupMembership]]:
 
 
 async def _join(
-    js: JetStreamContext, members: list[GroupMembership], group_id: str, name: str
+    js: JetStreamContext,
+    members: list[GroupMembership],
+    group_id: str,
+    name: str,
+    session_timeout_s: float = SESSION,
 ) -> GroupMembership:
     m = GroupMembership(
         js,
@@ -39,7 +43,7 @@ async def _join(
         metadata=lambda: b"meta",
         assign=_assign,
         heartbeat_s=HEARTBEAT,
-        session_timeout_s=SESSION,
+        session_timeout_s=session_timeout_s,
     )
     m.set_subscription(("events",))
     await m.start()
@@ -109,8 +113,11 @@ async def test_barrier_waits_until_every_other_member_released_the_generation(
     js: JetStreamContext, group: list[GroupMembership]
 ) -> None:
     gid = f"g{uuid.uuid4().hex[:8]}"
-    a = await _join(js, group, gid, "a")
-    b = await _join(js, group, gid, "b")
+    # A long session: b must stay alive in everyone's eyes for the whole test. With the
+    # short one, a 2-core machine under load once stalled b's heartbeat past it, a newer
+    # generation formed, and the barrier rightly returned False before the assertion.
+    a = await _join(js, group, gid, "a", session_timeout_s=30)
+    b = await _join(js, group, gid, "b", session_timeout_s=30)
     await eventually(lambda: _is(a, ("a", "b")), 10, "both members")
     gen = a.latest
     assert isinstance(gen, Generation)
