@@ -44,6 +44,7 @@ from agents.store.embedded import EmbeddedPostgres
 from agents.store.executions import upsert_agents
 from agents.store.migrations import apply_migrations
 from gateway.api import Services, create_app
+from gateway.ports import PortInUse, bindable, check_port
 from gateway.state import UpState, read_state, write_state
 from mesh.connection import connect, jetstream, redacted
 from mesh.embedded import NatsServer, find_free_port, parent_death_signal
@@ -82,18 +83,10 @@ def lock_data_dir(data_dir: Path) -> int:
     return fd
 
 
-def _port_or_free(preferred: int | None) -> int:
-    if preferred:
-        import socket
-
-        with socket.socket() as s:
-            # Servers bind with SO_REUSEADDR, so a port in TIME_WAIT is free for them.
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            try:
-                s.bind(("127.0.0.1", preferred))
-                return preferred
-            except OSError:
-                pass
+def _port_or_free(preferred: int | None, api_port: int) -> int:
+    """An embedded server's port: the one it had, unless taken (by the API too)."""
+    if preferred and preferred != api_port and bindable("127.0.0.1", preferred):
+        return preferred
     return find_free_port()
 
 
@@ -133,6 +126,7 @@ class Platform:
         s = self.settings
         self._lock = lock_data_dir(s.data_dir)
         self.state = read_state(s.data_dir)
+        self._refuse_a_busy_api_port()
         nats_url, db_url = s.nats_url, s.database_url
         # The servers are launched from this (the main) thread, as die_with_parent
         # follows the thread that starts them; only the waiting runs in threads.
@@ -145,7 +139,7 @@ class Platform:
                 credentials=("agent-factory", secrets.token_urlsafe(24)),
             )  # fmt: skip
             self._reclaimed("nats-server", await asyncio.to_thread(self.nats.reclaim))
-            self.nats.port = _port_or_free(self.state.nats_port)
+            self.nats.port = _port_or_free(self.state.nats_port, s.port)
             self.nats.launch()
             await asyncio.to_thread(self.nats.wait_ready)
             nats_url = self.nats.url
@@ -153,7 +147,7 @@ class Platform:
             self._say("starting embedded PostgreSQL …")
             self.postgres = EmbeddedPostgres(s.data_dir / "postgres", die_with_parent=True)
             self._reclaimed("PostgreSQL", await asyncio.to_thread(self.postgres.reclaim))
-            self.postgres.port = _port_or_free(self.state.postgres_port)
+            self.postgres.port = _port_or_free(self.state.postgres_port, s.port)
             await asyncio.to_thread(self.postgres.prepare)
             self.postgres.launch()
             await asyncio.to_thread(self.postgres.wait_ready)
@@ -195,6 +189,19 @@ class Platform:
             self.workers.append(await self._spawn_worker(i, nats_url))
         if self.workers:
             self._supervisor = asyncio.create_task(self._supervise(nats_url))
+
+    def _refuse_a_busy_api_port(self) -> None:
+        """Before anything starts: a taken API port is one line now, not an
+        error once the servers are up. (The servers' ports are not fixed:
+        each takes a free one if its own is taken.)"""
+        assert self._lock is not None
+        servers = {port for port in (self.state.nats_port, self.state.postgres_port) if port}
+        try:
+            check_port(self.settings.host, self.settings.port, what="API", flag="--port", avoid=servers)
+        except PortInUse:
+            os.close(self._lock)  # refused: let the data dir go, as if we never came
+            self._lock = None
+            raise
 
     def _reclaimed(self, server: str, pid: int | None) -> None:
         if pid is not None:
