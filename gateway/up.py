@@ -44,6 +44,7 @@ from agents.store.embedded import EmbeddedPostgres
 from agents.store.executions import upsert_agents
 from agents.store.migrations import apply_migrations
 from gateway.api import Services, create_app
+from gateway.api.problems import ApiRunner
 from gateway.ports import PortInUse, bindable, check_port
 from gateway.state import UpState, read_state, write_state
 from mesh.connection import connect, jetstream, redacted
@@ -174,7 +175,7 @@ class Platform:
         await self.scheduler.start()
         token = s.api_token or self.state.token or secrets.token_urlsafe(32)
         app = create_app(self.services, token if s.auth_enabled else None)
-        self.runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=5.0)
+        self.runner = ApiRunner(app, handle_signals=False, access_log=None, shutdown_timeout=5.0)
         await self.runner.setup()
         port = s.port or find_free_port()
         site = web.TCPSite(self.runner, s.host, port)

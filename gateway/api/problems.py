@@ -1,4 +1,6 @@
-"""Every error leaves the API as ``application/problem+json`` (RFC 9457), mapped here once."""
+"""Every error leaves the API as ``application/problem+json`` (RFC 9457), mapped here once:
+our handlers' by :func:`problem_middleware`, aiohttp's own (a request its parser
+refuses never reaches the app) by the :class:`ApiRunner` that serves it."""
 
 from __future__ import annotations
 
@@ -6,15 +8,17 @@ import json
 import logging
 import re
 from collections.abc import Awaitable, Callable
+from http import HTTPStatus
 from typing import Any
 
 from aiohttp import web
+from aiohttp.web_request import BaseRequest
 from pydantic import ValidationError
 
 from agents.errors import AgentError, AgentInputInvalid
 from mesh.errors import MeshError
 
-__all__ = ["problem", "problem_middleware"]
+__all__ = ["ApiRunner", "problem", "problem_middleware"]
 
 log = logging.getLogger(__name__)
 
@@ -61,3 +65,44 @@ async def problem_middleware(request: web.Request, handler: Handler) -> web.Stre
     except Exception:
         log.exception("unhandled error on %s %s", request.method, request.path)
         return problem(500, "Internal Server Error", "see the gateway log")
+
+
+# aiohttp answers a request its parser refuses (bad headers, a URL over 8 KiB, a
+# Content-Encoding it cannot decode), and a handler timeout, itself, in text/plain:
+# such a request has no app, so no middleware sees it. Its connection handler
+# makes that answer in ``handle_error``; the three classes below put ours there.
+# They are the one place that reaches into aiohttp's serving (``_make_server``,
+# ``Server._loop`` and ``_kwargs``); tests/integration/gateway/test_api_bad_input.py
+# fails, naming this module, when aiohttp changes them.
+
+
+class _ProblemRequestHandler(web.RequestHandler):
+    def handle_error(
+        self, request: BaseRequest, status: int = 500, exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:  # fmt: skip
+        super().handle_error(request, status, exc, message)  # logs it; raises if a response is half sent
+        try:
+            title = HTTPStatus(status).phrase
+        except ValueError:
+            title = "Error"
+        detail = message if status < 500 and message else "see the gateway log"
+        resp = problem(status, title, detail)
+        resp.force_close()  # the connection may be anywhere in a request: as aiohttp does
+        return resp
+
+
+class _ProblemServer(web.Server):
+    def __call__(self) -> web.RequestHandler:
+        return _ProblemRequestHandler(self, loop=self._loop, **self._kwargs)
+
+
+class ApiRunner(web.AppRunner):
+    """``web.AppRunner`` for the API: aiohttp's own error answers are problem+json too."""
+
+    async def _make_server(self) -> web.Server:
+        plain = await super()._make_server()
+        return _ProblemServer(
+            plain.request_handler, request_factory=plain.request_factory,
+            handler_cancellation=plain.handler_cancellation, loop=plain._loop, **plain._kwargs,
+        )  # fmt: skip

@@ -9,7 +9,7 @@ from typing import Any
 
 import asyncpg
 import pytest
-from aiohttp import ClientResponse
+from aiohttp import ClientResponse, web
 from aiohttp.test_utils import TestClient, TestServer
 from nats.aio.client import Client
 from nats.js import JetStreamContext
@@ -20,6 +20,7 @@ from agents.runtime import worker_for
 from agents.store.executions import upsert_agents
 from agents.store.migrations import apply_migrations
 from gateway.api import Services, create_app
+from gateway.api.problems import ApiRunner
 from mesh.queue import TaskQueue
 from mesh.schedules import list_definitions, remove_definition
 from mesh.settings import Settings
@@ -36,6 +37,13 @@ async def pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
     await pool.close()
 
 
+class ApiTestServer(TestServer):
+    """The app served as `up` serves it: aiohttp's own errors are problem+json too."""
+
+    async def _make_runner(self, **kwargs: Any) -> web.BaseRunner:
+        return ApiRunner(self.app, **kwargs)
+
+
 @pytest.fixture
 async def api(
     nc: Client, mesh_js: JetStreamContext, pool: asyncpg.Pool
@@ -50,7 +58,7 @@ async def api(
     await recorder.start()
     worker = worker_for(nc, mesh_js, registry, concurrency=8, idle_poll_s=0.2)
     await worker.start()
-    client = TestClient(TestServer(create_app(services, TOKEN)))
+    client = TestClient(ApiTestServer(create_app(services, TOKEN)))
     await client.start_server()
     client.session.headers["Authorization"] = f"Bearer {TOKEN}"
     yield client

@@ -3,6 +3,8 @@ cases each found as a 500 (see ``test_api_fuzz.py`` for the random search)."""
 
 from __future__ import annotations
 
+import asyncio
+import json
 from typing import Any
 
 import pytest
@@ -143,3 +145,40 @@ async def test_schedules_that_cannot_run_are_422_and_not_stored(
         assert resp.status == 422 and resp.content_type == PROBLEM, await resp.text()
         assert needle in await resp.text()
         assert (await api.get(f"{SCHEDULES}/boundary-bad")).status == 404
+
+
+BATCH = b"POST /api/v1/queue/batch HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
+AGENTS = b"GET /api/v1/agents HTTP/1.1\r\nHost: t\r\n"
+REFUSED_BEFORE_THE_APP = [  # aiohttp's parser answers these itself, before any middleware
+    pytest.param(BATCH + b"Content-Encoding: br\r\nContent-Length: 2\r\n\r\n{}", id="brotli-body"),
+    pytest.param(b"GET /api/v1/runs/" + b"a" * 8200 + b" HTTP/1.1\r\nHost: t\r\n\r\n", id="url-over-8-KiB"),
+    pytest.param(AGENTS + b"X-Big: " + b"a" * 8200 + b"\r\n\r\n", id="header-over-8-KiB"),
+    pytest.param(AGENTS + b"Bad Name: 1\r\n\r\n", id="space-in-a-header-name"),
+    pytest.param(BATCH + b"Content-Length: abc\r\n\r\n", id="bad-content-length"),
+    pytest.param(BATCH + b"Transfer-Encoding: chunked\r\n\r\nzz\r\n{}\r\n0\r\n\r\n", id="bad-chunk-size"),
+    pytest.param(b"GET /api/v1/agents HTTP/9.9\r\nHost: t\r\n\r\n", id="unknown-http-version"),
+]
+
+
+@pytest.mark.parametrize("request_bytes", REFUSED_BEFORE_THE_APP)
+async def test_requests_the_http_parser_refuses_are_400_problem_json_too(
+    api: TestClient[Any, Any], request_bytes: bytes
+) -> None:
+    assert api.server.port is not None
+    reader, writer = await asyncio.open_connection(api.server.host, api.server.port)
+    try:
+        writer.write(request_bytes)
+        await writer.drain()
+        async with asyncio.timeout(10):
+            answer = await reader.read()  # the server closes the connection after such an answer
+    finally:
+        writer.close()
+    head, _, body = answer.partition(b"\r\n\r\n")
+    status_line, *header_lines = head.decode().split("\r\n")
+    headers = {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in header_lines)}
+    assert status_line.split()[1] == "400", answer[:300]
+    assert headers["content-type"].startswith(PROBLEM), (
+        f"aiohttp's own answer is {headers['content-type']} again: see gateway/api/problems.py (ApiRunner)"
+    )
+    problem = json.loads(body)
+    assert problem["status"] == 400 and problem["title"] == "Bad Request" and problem["detail"]
