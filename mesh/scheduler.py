@@ -16,6 +16,8 @@ Run it in any number of replicas (``start()``/``stop()``); see docs/scheduler.md
   (only the newest one of a schedule is enqueued). So a schedule fires at
   most once to catch up, then continues on its schedule.
 * Definitions added or removed at runtime are picked up within ``refresh_s``.
+* ``stop(timeout)`` returns within ``timeout`` even if a cancel is lost below
+  us (:mod:`mesh.stopping`); what still runs then is left behind, with a warning.
 """
 
 from __future__ import annotations
@@ -58,6 +60,7 @@ from mesh.schedules import (
     remove_definition,
     trigger_consumer,
 )
+from mesh.stopping import cancel_within
 
 __all__ = [
     "RELAY_CONSUMER",
@@ -80,6 +83,7 @@ log = logging.getLogger(__name__)
 RELAY_CONSUMER: Final = "schedule-relay"
 _KV_STREAM: Final = f"KV_{names.BUCKET_SCHEDULES}"
 _RETRY_DELAY_S: Final = 2.0
+_TRIGGER_STOP_S: Final = 5.0  # for the event in hand, past the pull's settling, when a trigger changes
 
 
 class _ConsumerLoop:
@@ -124,15 +128,20 @@ class _ConsumerLoop:
                 await asyncio.sleep(pause)
                 pause = min(2.0, pause * 2)
 
-    async def stop(self) -> None:
+    async def stop(self, deadline: float) -> None:
+        """Stop by ``deadline`` (event loop time): a batch in hand is relayed
+        while there is time, then the loop is cancelled (again, should the
+        cancel be lost), and messages still delivered are handed back."""
         self._stopping = True
+        clock = asyncio.get_running_loop().time
+        settle_s = self.idle_s + 0.5  # a lingering pull may still deliver until it expires
         if self._task is not None:
-            if not self._busy:
-                self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        # A lingering pull may still deliver until it expires: hand those back.
-        for msg in await self.puller.close(settle_s=self.idle_s + 0.5):
+            if self._busy:  # enqueued but not acked would come back: let it finish if it can
+                await asyncio.wait([self._task], timeout=max(0.0, deadline - settle_s - clock()))
+            if await cancel_within([self._task], deadline - settle_s):
+                log.warning("%s: consumer loop still running at the stop's deadline; abandoned",
+                            self.puller.consumer)  # fmt: skip
+        for msg in await self.puller.close(settle_s=max(0.0, min(settle_s, deadline - clock()))):
             with contextlib.suppress(Exception):
                 await msg.nak()
 
@@ -194,15 +203,19 @@ class Scheduler:
         await self.refresh()
         self._refresher = asyncio.create_task(self._refresh_loop(), name="scheduler-refresh")
 
-    async def stop(self) -> None:
+    async def stop(self, timeout: float = 8.0) -> None:
+        """Stop within ``timeout`` s (``up`` abandons a step after 10): the
+        definitions refresh first, then the consumer loops, each finishing the
+        firing or event in hand if there is time and handing back the rest."""
+        deadline = asyncio.get_running_loop().time() + timeout
         if self._refresher is not None:
-            self._refresher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._refresher
+            if await cancel_within([self._refresher], deadline):
+                log.warning("scheduler: definitions refresh still running at the stop's deadline; abandoned")
+            self._refresher = None
         loops = [loop for _, loop in self._triggers.values()]
         if self._relay is not None:
             loops.append(self._relay)
-        await asyncio.gather(*(loop.stop() for loop in loops))
+        await asyncio.gather(*(loop.stop(deadline) for loop in loops))
         self._triggers.clear()
         self._relay = None
 
@@ -315,7 +328,7 @@ class Scheduler:
             current, loop = self._triggers[name]
             if wanted.get(name) != current:
                 del self._triggers[name]
-                await loop.stop()
+                await loop.stop(asyncio.get_running_loop().time() + self.idle_s + _TRIGGER_STOP_S)
         for name, trigger in wanted.items():
             if name in self._triggers:
                 continue
