@@ -17,7 +17,6 @@ leaves the dead letter in place.
 from __future__ import annotations
 
 import base64
-import contextlib
 from datetime import datetime, timedelta
 from typing import Literal
 
@@ -29,7 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from mesh import names
 from mesh.envelope import CONTENT_TYPE, JSON, decode, encode, new_id, utcnow
 from mesh.errors import DecodeError, MeshError, PayloadTooLarge
-from mesh.lean import EXPECTED_LAST_SUBJECT_SEQ
+from mesh.lean import EXPECTED_LAST_SUBJECT_SEQ, WRONG_LAST_SEQUENCE
 from mesh.outcome import replay_generation, stored_outcome
 from mesh.runs import AttemptError, RunStatus, bounded_errors, get_run, get_run_entry, run_key
 
@@ -215,12 +214,16 @@ async def replay(js: JetStreamContext, seq: int) -> str:
         state.replay, state.returned, state.seq = payload["replay"], 0, int(ack.seq)
         state.expires_at = now + timedelta(seconds=ttl) if ttl else None
         # Compare-and-set: a worker may have taken the new task already, and
-        # its state (or outcome) must not be overwritten by "queued".
-        with contextlib.suppress(APIError):
+        # its state (or outcome) must not be overwritten by "queued". Any other
+        # refusal is raised: the dead letter stays, and a retry stores one task.
+        try:
             await js.publish(
                 run_key(task.id), state.model_dump_json().encode(),
                 headers={EXPECTED_LAST_SUBJECT_SEQ: str(revision)},
             )  # fmt: skip
+        except APIError as exc:
+            if exc.err_code != WRONG_LAST_SEQUENCE:
+                raise
     await js.delete_msg(names.STREAM_DLQ, seq)
     return task.id
 
