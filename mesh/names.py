@@ -1,7 +1,7 @@
 """Every stream, subject, consumer and bucket name the platform uses, in one place.
 
 Names are human-readable so ``nats stream ls``, ``nats sub 'af.events.>'`` and
-``nats kv watch af_config`` explain themselves; the README lists them all.
+``nats kv watch af_runs`` explain themselves; the README lists them all.
 """
 
 from __future__ import annotations
@@ -38,8 +38,10 @@ STREAM_DLQ: Final = "AF_DLQ"  # dead letters: af.dlq.tasks.<agent>, af.dlq.chann
 
 BUCKET_RUNS: Final = "af_runs"  # run id -> run state (24 h)
 BUCKET_IDEMPOTENCY: Final = "af_idempotency"  # idempotency key -> run id (24 h)
-BUCKET_CONFIG: Final = "af_config"  # watched for hot reload
-BUCKET_LOCKS: Final = "af_locks"  # leases with TTL
+# Reserved: provisioned, but nothing reads them yet (the lifecycle manager and
+# configuration hot reload of later issues will).
+BUCKET_CONFIG: Final = "af_config"  # configuration, to be watched for hot reload
+BUCKET_LOCKS: Final = "af_locks"  # leases with per-key TTL, for the lifecycle manager
 BUCKET_SCHEDULES: Final = "af_schedules"  # schedule and trigger definitions
 
 TASKS_PREFIX: Final = "af.tasks"
