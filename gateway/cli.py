@@ -111,8 +111,13 @@ def up(
 @click.option("--concurrency", type=int, default=16, show_default=True)
 @click.option("--agents", default="", help="Comma-separated agent keys to serve (default: all).")
 @click.option("--drain-timeout", type=float, default=30.0, show_default=True)
+@click.option("--metrics-host", default="127.0.0.1", show_default=True,
+              help="Where the pool serves /metrics (the gateway on its data dir merges it).")  # fmt: skip
+@click.option("--metrics-port", type=int, default=0, show_default=True,
+              help="0: a free port, named in <data dir>/worker-metrics/.")  # fmt: skip
 @click.pass_obj
-def worker(obj: Ctx, name: str, concurrency: int, agents: str, drain_timeout: float) -> None:
+def worker(obj: Ctx, name: str, concurrency: int, agents: str, drain_timeout: float,
+           metrics_host: str, metrics_port: int) -> None:  # fmt: skip
     """Run a worker pool (`up` starts these; run more to scale out)."""
     nats_url = os.environ.get("AF_NATS_URL") or read_state(obj.data_dir).nats_url
     if not nats_url:
@@ -120,16 +125,19 @@ def worker(obj: Ctx, name: str, concurrency: int, agents: str, drain_timeout: fl
     keys = [k.strip() for k in agents.split(",") if k.strip()] or None
     tune_gc()
     try:
-        asyncio.run(_worker(nats_url, name, concurrency, keys, drain_timeout))
+        metrics_at = (obj.data_dir, metrics_host, metrics_port)
+        asyncio.run(_worker(nats_url, name, concurrency, keys, drain_timeout, metrics_at))
     except Exception as exc:
         if obj.verbose:
             raise
         raise CliError(f"{name}: {exc}") from exc
 
 
-async def _worker(nats_url: str, name: str, concurrency: int, keys: list[str] | None, drain: float) -> None:
+async def _worker(nats_url: str, name: str, concurrency: int, keys: list[str] | None, drain: float,
+                  metrics_at: tuple[Path, str, int]) -> None:  # fmt: skip
     from agents.registry import load_registry
     from agents.runtime import worker_for
+    from gateway.worker_metrics import serve_worker_metrics
     from mesh.connection import connect, jetstream
 
     registry = load_registry(os.environ.get("AF_AGENTS", ""))  # what `up` serves, passed down
@@ -140,9 +148,11 @@ async def _worker(nats_url: str, name: str, concurrency: int, keys: list[str] | 
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    await pool.start()
-    await stop.wait()
-    await pool.stop(drain_timeout=drain)
+    data_dir, host, port = metrics_at
+    async with serve_worker_metrics(data_dir, name, host, port):
+        await pool.start()
+        await stop.wait()
+        await pool.stop(drain_timeout=drain)
     await nc.drain()
 
 

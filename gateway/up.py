@@ -209,7 +209,9 @@ class Platform:
             self._say(f"stopped {server} (pid {pid}) that an earlier `up` left running on this data dir")
 
     async def _spawn_worker(self, index: int, nats_url: str) -> asyncio.subprocess.Process:
-        env = {**os.environ, "AF_NATS_URL": nats_url, "AF_AGENTS": self.settings.agents}
+        # The data dir too: the pool names its metrics port there for the gateway's /metrics.
+        env = {**os.environ, "AF_NATS_URL": nats_url, "AF_AGENTS": self.settings.agents,
+               "AF_DATA_DIR": str(self.settings.data_dir.resolve())}  # fmt: skip
         return await asyncio.create_subprocess_exec(
             sys.executable, "-m", "gateway.cli", "worker", "--name", f"worker-{index}",
             "--concurrency", str(self.settings.worker_concurrency),

@@ -1,4 +1,10 @@
-"""Prometheus metrics of the mesh layer (served by the gateway's ``/metrics``)."""
+"""Prometheus metrics of the mesh layer, in the registry of the process that counts them.
+
+Worker pools run in processes of their own: the gateway's ``/metrics`` merges
+their registries into its own (``gateway/worker_metrics.py``), each pool's
+samples labelled ``worker``; sum over it. Labels are created on first use, so
+a series may read 0 in a process that does not count it.
+"""
 
 from __future__ import annotations
 

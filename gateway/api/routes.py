@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import ValidationError
 
 from agents.errors import AgentInputInvalid, RunNotFound
@@ -13,6 +12,7 @@ from gateway.api.models import RunAccepted, RunRequest, RunView
 from gateway.api.params import RUN_ID, path_value
 from gateway.api.problems import validation_errors
 from gateway.api.services import SERVICES, Services
+from gateway.worker_metrics import CONTENT_TYPE, merged_metrics
 from mesh.queue import TaskSpec
 from mesh.runs import get_run
 
@@ -108,6 +108,7 @@ async def readyz(request: web.Request) -> web.Response:
 
 @routes.get("/metrics")
 async def prometheus(request: web.Request) -> web.Response:
-    response = web.Response(body=generate_latest())
-    response.content_type = CONTENT_TYPE_LATEST.split(";")[0]
-    return response
+    """This process's metrics and those of the worker pools in its data dir
+    (:mod:`gateway.worker_metrics`): one scrape target for the platform."""
+    svc: Services = request.app[SERVICES]
+    return web.Response(body=await merged_metrics(svc.settings.data_dir), content_type=CONTENT_TYPE)

@@ -1,0 +1,115 @@
+"""Merging worker pools' metrics into the gateway's exposition (gateway.worker_metrics)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterable
+from pathlib import Path
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.metrics_core import Metric
+from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.registry import Collector
+
+from gateway.worker_metrics import (
+    TARGETS_DIR,
+    WorkerTarget,
+    merge_families,
+    merged_metrics,
+    serve_worker_metrics,
+    worker_targets,
+)
+
+
+def _process(completed: int, *, with_worker_label: bool = False) -> str:
+    """The exposition of one process: a counter and a histogram, as the mesh's."""
+    registry = CollectorRegistry()
+    labels = ["agent", "worker"] if with_worker_label else ["agent"]
+    values = ["a", "inner"] if with_worker_label else ["a"]
+    Counter("af_tasks_completed_total", "Tasks that succeeded", labels, registry=registry).labels(
+        *values
+    ).inc(completed)
+    Histogram("af_task_run_seconds", "Handler run time", ["agent"], registry=registry, buckets=(1,)).labels(
+        "a"
+    ).observe(0.5)
+    return generate_latest(registry).decode()
+
+
+def _render(sources: list[tuple[dict[str, str], str]]) -> str:
+    class Merged(Collector):
+        def collect(self) -> Iterable[Metric]:
+            return merge_families((labels, text_string_to_metric_families(t)) for labels, t in sources)
+
+    return generate_latest(Merged()).decode()
+
+
+def _values(text: str, sample: str) -> dict[tuple[tuple[str, str], ...], float]:
+    return {
+        tuple(sorted(s.labels.items())): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if s.name == sample
+    }
+
+
+def test_each_pools_samples_are_labelled_with_its_worker_under_one_help_and_type() -> None:
+    text = _render([({}, _process(0)), ({"worker": "w0"}, _process(3)), ({"worker": "w1"}, _process(4))])
+    assert _values(text, "af_tasks_completed_total") == {
+        (("agent", "a"),): 0.0,
+        (("agent", "a"), ("worker", "w0")): 3.0,
+        (("agent", "a"), ("worker", "w1")): 4.0,
+    }
+    assert len(_values(text, "af_task_run_seconds_bucket")) == 2 * 3  # le="1.0" and "+Inf", 3 processes
+    types = [line for line in text.splitlines() if line.startswith("# ")]
+    assert len(types) == len(set(types))  # _created series too: one HELP/TYPE each
+    assert "# TYPE af_tasks_completed_total counter" in types
+
+
+def test_a_label_named_worker_of_the_pools_own_is_kept_as_exported_worker() -> None:
+    text = _render([({"worker": "w0"}, _process(2, with_worker_label=True))])
+    assert _values(text, "af_tasks_completed_total") == {
+        (("agent", "a"), ("exported_worker", "inner"), ("worker", "w0")): 2.0
+    }
+
+
+def test_a_family_of_another_type_in_a_pool_is_left_out_not_exposed_twice() -> None:
+    registry = CollectorRegistry()
+    Gauge("af_tasks_completed_total", "not a counter", registry=registry).set(9)
+    text = _render([({}, _process(1)), ({"worker": "w0"}, generate_latest(registry).decode())])
+    assert _values(text, "af_tasks_completed_total") == {(("agent", "a"),): 1.0}
+
+
+def test_targets_of_pools_that_are_gone_are_removed_and_unreadable_files_skipped(tmp_path: Path) -> None:
+    folder = tmp_path / TARGETS_DIR
+    folder.mkdir()
+    exited = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                            capture_output=True, text=True, check=True)  # fmt: skip
+    gone = WorkerTarget(worker="w-gone", url="http://127.0.0.1:1/metrics", pid=int(exited.stdout))
+    alive = WorkerTarget(worker="w-alive", url="http://127.0.0.1:2/metrics", pid=os.getpid())
+    (folder / f"{gone.pid}.json").write_text(gone.model_dump_json())
+    (folder / "self.json").write_text(alive.model_dump_json())
+    (folder / "junk.json").write_text("{not json")
+    assert worker_targets(tmp_path) == [alive]
+    assert not (folder / f"{gone.pid}.json").exists()
+    assert worker_targets(tmp_path / "no-such-dir") == []
+
+
+async def test_a_served_pool_is_in_the_merged_exposition_and_says_when_it_cannot_be_read(
+    tmp_path: Path,
+) -> None:
+    async with serve_worker_metrics(tmp_path, "w0") as url:
+        assert url.startswith("http://127.0.0.1:")
+        [target] = worker_targets(tmp_path)
+        assert target.url == url
+        text = (await merged_metrics(tmp_path)).decode()
+        assert _values(text, "af_worker_metrics_up") == {(("worker", "w0"),): 1.0}
+        # This process is both "gateway" and "w0" here: each sample once per source.
+        rss = _values(text, "process_resident_memory_bytes")
+        assert {labels for labels in rss} == {(), (("worker", "w0"),)}
+        unreachable = WorkerTarget(worker="w1", url=url.replace("/metrics", "/gone"), pid=os.getpid())
+        (tmp_path / TARGETS_DIR / "other.json").write_text(unreachable.model_dump_json())
+        text = (await merged_metrics(tmp_path)).decode()
+        assert _values(text, "af_worker_metrics_up") == {(("worker", "w0"),): 1.0, (("worker", "w1"),): 0.0}
+    assert not (tmp_path / TARGETS_DIR / f"{os.getpid()}.json").exists()
