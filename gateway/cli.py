@@ -18,7 +18,7 @@ from typing import Any
 
 import click
 
-from gateway.commands.common import CliError, Ctx, _emit, _run, output_option
+from gateway.commands.common import OUTPUTS, CliError, Ctx, _emit, _run, output_option
 from gateway.state import read_state
 from mesh.runtime import tune_gc
 
@@ -37,10 +37,19 @@ __all__ = ["CliError", "Ctx", "_emit", "_run", "main", "output_option"]
 @click.option("--api-url", envvar="AF_API_URL", help="Gateway URL (default: from the data dir).")
 @click.option("--token", envvar="AF_API_TOKEN", help="API token (default: from the data dir).")
 @click.option("-v", "--verbose", is_flag=True, help="Log more and show tracebacks.")
+@click.option(
+    "--output", "-o", type=OUTPUTS, default="table", show_default=True,
+    help="table for people, json for scripts; for every command (its own -o wins).",
+)  # fmt: skip
 @click.pass_context
 def cli(ctx: click.Context, data_dir: Path, api_url: str | None, token: str | None,
-        verbose: bool) -> None:  # fmt: skip
-    """Agent Factory: run a fleet of agents on a NATS JetStream mesh."""
+        verbose: bool, output: str) -> None:  # fmt: skip
+    """Agent Factory: run a fleet of agents on a NATS JetStream mesh.
+
+    \b
+    agent-factory -o json status    (or: agent-factory status -o json)
+    """
+    del output  # each command reads it back through output_option
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")  # fmt: skip
     ctx.obj = Ctx(data_dir, api_url, token, verbose)

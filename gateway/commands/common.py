@@ -13,7 +13,7 @@ import click
 from gateway.client import ApiClient, ApiError
 from gateway.state import read_state
 
-__all__ = ["CliError", "Ctx", "_emit", "_run", "output_option"]
+__all__ = ["OUTPUTS", "CliError", "Ctx", "_emit", "_run", "output_option"]
 
 T = TypeVar("T")
 
@@ -57,7 +57,20 @@ def _emit(output: str, data: Any, table: list[tuple[str, Any]] | None = None) ->
         click.echo(f"{key:<{width}}{value}")
 
 
+OUTPUTS = click.Choice(["table", "json"])
+
+
+def _resolved_output(ctx: click.Context, param: click.Parameter, value: str | None) -> str:
+    """A command's own ``-o`` wins; else the one given before the command
+    (``agent-factory -o json …``); else ``table``."""
+    if value is not None:
+        return value
+    given = ctx.find_root().params.get("output")
+    return given if isinstance(given, str) else "table"
+
+
+# Every command that prints data takes this: it injects ``output: str``.
 output_option = click.option(
-    "--output", "-o", type=click.Choice(["table", "json"]), default="table", show_default=True,
-    help="table for people, json for scripts",
+    "--output", "-o", type=OUTPUTS, default=None, callback=_resolved_output,
+    help="table for people, json for scripts [default: the -o given before the command, else table]",
 )  # fmt: skip

@@ -139,8 +139,9 @@ def ls(obj: Ctx, kind: str | None, output: str) -> None:
 
 @schedule.command("rm")
 @click.argument("name")
+@output_option
 @click.pass_obj
-def rm(obj: Ctx, name: str) -> None:
+def rm(obj: Ctx, name: str, output: str) -> None:
     """Remove schedule or trigger NAME."""
 
     async def go() -> None:
@@ -148,4 +149,7 @@ def rm(obj: Ctx, name: str) -> None:
             await api.request("DELETE", f"{BASE}/{name}")
 
     _run(go())
+    if output == "json":
+        _emit(output, {"removed": name})
+        return
     click.echo(f"removed {name}")
