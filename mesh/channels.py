@@ -25,12 +25,13 @@ import logging
 import os
 import re
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Final
 
 from nats.aio.client import Client
+from nats.errors import ConnectionClosedError
 from nats.js import JetStreamContext
 from nats.js.api import (
     DiscardPolicy,
@@ -46,6 +47,7 @@ from pydantic import BaseModel, Field
 from mesh.channel_errors import InvalidChannelName, TooManySubscribers
 from mesh.envelope import CONTENT_TYPE, ChannelType, Envelope, decode, new_id, utcnow
 from mesh.errors import DecodeError
+from mesh.kv import current_entries
 from mesh.provision import ensure_stream
 
 __all__ = [
@@ -300,54 +302,50 @@ class SubscriberRegistry:
 async def _entries(
     js: JetStreamContext, kv: KeyValue, channel: Channel | None = None
 ) -> list[KeyValue.Entry]:
-    """Current registry entries, for one channel or all.
-
-    Lists the keys present in the bucket's stream, then reads each one: a
-    KV watch would be cheaper, but its end-of-snapshot marker can arrive
-    before the entries do, and a listing must not miss a live subscriber.
-    """
-    prefix = f"$KV.{CHANNELS_BUCKET}."
+    """Current registry entries, for one channel or all (a listing must not
+    miss a live subscriber: see :mod:`mesh.kv`)."""
     pattern = f"{channel.registry_prefix}.*" if channel else ">"
-    info = await js.stream_info(f"KV_{CHANNELS_BUCKET}", subjects_filter=prefix + pattern)
-    found: list[KeyValue.Entry] = []
-    for subject in sorted(info.state.subjects or {}):
-        try:
-            entry = await kv.get(subject[len(prefix) :])
-        except NotFoundError:  # deleted (a marker remains), or expired meanwhile
-            continue
-        if entry.value:
-            found.append(entry)
-    return found
+    return await current_entries(js, kv, CHANNELS_BUCKET, pattern)
 
 
 async def list_channels(js: JetStreamContext) -> list[ChannelInfo]:
-    """Every channel with live subscribers or a durable consumer group, by name."""
+    """Every channel with live subscribers, a durable consumer group or a backlog, by name.
+
+    A durable channel nobody has subscribed to yet has no consumer group, but
+    its messages wait in ``AF_CHANNELS``: it is listed with that backlog.
+    """
     kv = await ensure_channels(js)
     channels: dict[str, ChannelInfo] = {}
-    for entry in await _entries(js, kv):
-        info = SubscriberInfo.model_validate_json(entry.value or b"{}")
-        channel = Channel.parse(info.channel)
-        row = channels.setdefault(
+
+    def row_of(channel: Channel) -> ChannelInfo:
+        return channels.setdefault(
             str(channel), ChannelInfo(name=str(channel), kind=channel.kind, subject=channel.subject)
         )
-        row.subscribers.append(info)
+
+    for entry in await _entries(js, kv):
+        info = SubscriberInfo.model_validate_json(entry.value or b"{}")
+        row_of(Channel.parse(info.channel)).subscribers.append(info)
     for consumer in await js.consumers_info(CHANNELS_STREAM):
         subject = consumer.config.filter_subject
         found = channel_of_subject(subject) if subject else None
         if found is None:
             continue
-        row = channels.setdefault(
-            str(found), ChannelInfo(name=str(found), kind=found.kind, subject=found.subject)
-        )
+        row = row_of(found)
         row.pending = consumer.num_pending
         row.ack_pending = consumer.num_ack_pending
         row.redelivered = consumer.num_redelivered
+    stored = await js.stream_info(CHANNELS_STREAM, subjects_filter=f"{DURABLE_PREFIX}.>")
+    for subject, count in (stored.state.subjects or {}).items():
+        found = channel_of_subject(subject)
+        if found is None or (row := row_of(found)).pending is not None:
+            continue  # its consumer group counted it
+        row.pending, row.ack_pending, row.redelivered = count, 0, 0
     for row in channels.values():
         row.subscribers.sort(key=lambda s: s.since)
     return [channels[name] for name in sorted(channels)]
 
 
-async def tail(nc: Client, channel: Channel | str) -> AsyncIterator[Envelope]:
+async def tail(nc: Client, channel: Channel | str) -> AsyncGenerator[Envelope, None]:
     """Every message published to ``channel`` from now on, decoded; never consumes.
 
     Works for durable channels too: JetStream publishes are also delivered to
@@ -365,4 +363,5 @@ async def tail(nc: Client, channel: Channel | str) -> AsyncIterator[Envelope]:
             except DecodeError as exc:
                 log.warning("tail %s: skipped a message: %s", parsed, exc)
     finally:
-        await sub.unsubscribe()
+        with contextlib.suppress(ConnectionClosedError):  # closed: nothing left to undo
+            await sub.unsubscribe()

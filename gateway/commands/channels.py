@@ -4,13 +4,28 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import Any
+import logging
+import os
+from typing import Any, Final
 
 import click
+from nats.errors import ConnectionClosedError
 
 from gateway.commands.common import CliError, Ctx, _emit, _run, output_option
+from gateway.state import read_state
+from mesh.channel_errors import InvalidChannelName
+from mesh.channels import Channel
+from mesh.channels import tail as tail_channel
+from mesh.connection import connect, redacted
+from mesh.errors import ConnectionFailed
 
 __all__ = ["channels"]
+
+log = logging.getLogger(__name__)
+
+# A tail rides out a nats-server restart (attempts 0.25 s apart), then ends
+# with one line rather than retry for ever.
+TAIL_RECONNECTS: Final = 20
 
 
 @click.group()
@@ -47,33 +62,43 @@ def tail(obj: Ctx, name: str, count: int) -> None:
     """Print messages on channel NAME as they flow (JSON lines); never consumes them.
 
     NAME is e.g. durable:carbon.calculate or ephemeral:agent.health (wildcards allowed).
-    Talks to NATS directly: the URL comes from AF_NATS_URL or the data dir.
+    Talks to NATS directly: the URL comes from AF_NATS_URL or the data dir. Ctrl-C
+    stops it; a connection lost for good ends it with exit code 1.
     """
-    import os
-
-    from gateway.state import read_state
-
+    try:
+        channel = Channel.parse(name)
+    except InvalidChannelName as exc:
+        raise CliError(str(exc)) from exc
     url = os.environ.get("AF_NATS_URL") or read_state(obj.data_dir).nats_url
     if not url:
         raise CliError("no NATS URL: set AF_NATS_URL or start `agent-factory up`")
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(_tail(url, name, count))
-
-
-async def _tail(url: str, name: str, count: int) -> None:
-    from mesh.channel_errors import InvalidChannelName
-    from mesh.channels import tail as tail_channel
-    from mesh.connection import connect
-
-    nc = await connect(url, name="agent-factory-tail")
-    seen = 0
+    seen = [0]
     try:
-        async for envelope in tail_channel(nc, name):
-            click.echo(envelope.model_dump_json())
-            seen += 1
-            if count and seen >= count:
-                break
-    except InvalidChannelName as exc:
+        asyncio.run(_tail(url, channel, count, seen))
+    except KeyboardInterrupt:
+        click.echo(f"stopped tailing {channel}: {seen[0]} message(s)", err=True)
+
+
+async def _quiet(exc: Exception) -> None:
+    log.info("nats connection error: %s", exc)  # the tail's last line says it, once
+
+
+async def _tail(url: str, channel: Channel, count: int, seen: list[int]) -> None:
+    """Print ``channel``'s messages until ``count`` (0: for ever); ``seen[0]`` counts them."""
+    try:
+        nc = await connect(url, name="agent-factory-tail", error_cb=_quiet,
+                           max_reconnect_attempts=TAIL_RECONNECTS)  # fmt: skip
+    except ConnectionFailed as exc:
         raise CliError(str(exc)) from exc
+    try:
+        # aclosing: the subscription ends before the connection does.
+        async with contextlib.aclosing(tail_channel(nc, channel)) as messages:
+            async for envelope in messages:
+                click.echo(envelope.model_dump_json())
+                seen[0] += 1
+                if count and seen[0] >= count:
+                    return
+    except ConnectionClosedError:
+        raise CliError(f"lost the connection to NATS at {redacted(url)} after {seen[0]} message(s)") from None
     finally:
         await nc.close()
