@@ -45,6 +45,7 @@ from pydantic import (
 from mesh import names
 from mesh.envelope import Priority, priority_by_name, utcnow
 from mesh.errors import MeshError
+from mesh.kv import current_entries
 from mesh.queue import DEFAULT_TTL_S, MAX_TTL_S
 
 __all__ = [
@@ -363,22 +364,10 @@ async def get_definition(
 
 
 async def list_definitions(js: JetStreamContext) -> list[CronSchedule | EventTrigger]:
-    """Every definition, sorted by name (one ordered-consumer pass over the bucket)."""
+    """Every definition, sorted by name; leaves no consumer behind (see :mod:`mesh.kv`)."""
     kv = await _bucket(js)
-    watcher = await kv.watchall(ignore_deletes=True)
-    found: dict[str, CronSchedule | EventTrigger] = {}
-    try:
-        while True:
-            entry = await watcher.updates(timeout=5.0)  # type: ignore[no-untyped-call]
-            if entry is None:
-                break
-            if entry.value:
-                found[entry.key] = parse_definition(entry.value)
-            if not entry.delta:
-                break
-    finally:
-        await watcher.stop()  # type: ignore[no-untyped-call]
-    return [found[k] for k in sorted(found)]
+    entries = await current_entries(js, kv, names.BUCKET_SCHEDULES)
+    return [parse_definition(entry.value) for entry in entries if entry.value]
 
 
 async def _deactivate(js: JetStreamContext, definition: CronSchedule | EventTrigger) -> None:
