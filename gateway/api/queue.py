@@ -16,7 +16,7 @@ from gateway.api.params import DLQ_SEQ, MAX_SEQ, path_value, query_int, query_va
 from gateway.api.problems import validation_errors
 from gateway.api.services import SERVICES, Services
 from mesh import dlq
-from mesh.names import AGENT_KEY_RE
+from mesh.names import AGENT_KEY_RE, RUN_ID_RE
 from mesh.queue import MAX_BATCH, TaskSpec
 from mesh.stats import queue_stats
 
@@ -33,12 +33,27 @@ async def stats(request: web.Request) -> web.Response:
     return json_response({"lanes": lanes, "dead_letters": result.dead_letters})
 
 
+def _run_id(entry: dlq.DeadLetter) -> str | None:
+    """The run of a task dead letter: recorded with it or, for a task that was
+    dead-lettered unread (undecodable), named by the original: its
+    ``Nats-Msg-Id: run-<id>`` (set by the queue), else its envelope's ``id``."""
+    if entry.run_id is not None or entry.origin != "tasks":
+        return entry.run_id
+    msg_id = entry.headers.get("Nats-Msg-Id", "")
+    candidate: object = msg_id.removeprefix("run-") if msg_id.startswith("run-") else None
+    if candidate is None:
+        with contextlib.suppress(ValueError, RecursionError):  # not JSON: nothing names the run
+            raw = json.loads(entry.payload)
+            candidate = raw.get("id") if isinstance(raw, dict) else None
+    return candidate if isinstance(candidate, str) and RUN_ID_RE.match(candidate) else None
+
+
 def _summary(view: dlq.DeadLetterView) -> dict[str, Any]:
     e = view.entry
     return {
-        "seq": view.seq, "run_id": e.run_id, "agent": e.name, "tenant": e.tenant,
+        "seq": view.seq, "run_id": _run_id(e), "agent": e.name, "tenant": e.tenant,
         "reason": e.reason, "attempts": len(e.errors),
-        "last_error": e.errors[-1].error if e.errors else None, "dead_at": e.dead_at,
+        "last_error": e.errors[-1].error if e.errors else None, "dead_at": e.dead_at.isoformat(),
     }  # fmt: skip
 
 
@@ -58,6 +73,7 @@ async def show_dlq(request: web.Request) -> web.Response:
     seq = int(path_value(request, "seq", DLQ_SEQ, f"DLQ sequence number (1 to {MAX_SEQ})"))
     view = await dlq.get_dead_letter(svc.js, seq)
     body = view.entry.model_dump(mode="json")
+    body["run_id"] = _run_id(view.entry)
     with contextlib.suppress(ValueError):  # not JSON: payload_b64 is the exact bytes
         body["payload"] = json.loads(view.entry.payload)
     return json_response({"seq": view.seq, **body})

@@ -62,7 +62,7 @@ def dlq_list(obj: Ctx, agent: str | None, limit: int, output: str) -> None:
         return
     click.echo(f"{'SEQ':<8}{'AGENT':<24}{'RUN':<34}{'TRIES':<7}LAST ERROR")
     for d in data["dead_letters"]:
-        error = (d["last_error"] or d["reason"] or "")[:60]
+        error = " ".join((d["last_error"] or d["reason"] or "").split())[:60]  # one line each
         click.echo(f"{d['seq']:<8}{d['agent']:<24}{d['run_id'] or '-':<34}{d['attempts']:<7}{error}")
 
 
@@ -73,7 +73,8 @@ def dlq_list(obj: Ctx, agent: str | None, limit: int, output: str) -> None:
 def dlq_show(obj: Ctx, seq: int, output: str) -> None:
     """One dead letter: payload, headers and every attempt's error."""
     data = _run(_call(obj, "GET", f"/api/v1/queue/dlq/{seq}"))
-    rows = [(k, data[k]) for k in ("seq", "name", "run_id", "tenant", "reason", "subject", "dead_at")]
+    keys = ("seq", "name", "run_id", "tenant", "reason", "subject", "dead_at")
+    rows = [(k, "-" if data.get(k) is None else data[k]) for k in keys]  # run_id: none for a channel's
     rows += [(f"attempt {e['attempt']}", f"{e['error_type']}: {e['error']}") for e in data["errors"]]
     rows.append(("payload", data.get("payload", data["payload_b64"])))
     _emit(output, data, rows)
