@@ -27,6 +27,7 @@ import fcntl
 import logging
 import os
 import secrets
+import shlex
 import signal
 import sys
 from collections.abc import Awaitable, Callable
@@ -237,6 +238,9 @@ class Platform:
 
     def banner(self) -> str:
         st = self.state
+        cli = ".venv/bin/agent-factory"
+        if self.settings.data_dir != Settings.model_fields["data_dir"].default:
+            cli += f" --data-dir {shlex.quote(str(self.settings.data_dir))}"  # or it finds another up
         return "\n".join([
             "",
             "Agent Factory is up.",
@@ -247,9 +251,9 @@ class Platform:
             + ", ".join(self.services.registry.keys() if self.services else []),
             "",
             "Try, in another terminal:",
-            "  .venv/bin/agent-factory run fuel-combustion "
+            f"  {cli} run fuel-combustion "
             "--input '{\"fuel\": \"diesel\", \"quantity\": 100, \"unit\": \"L\"}' --wait",
-            "  .venv/bin/agent-factory status",
+            f"  {cli} status",
             "",
             "Ctrl-C drains in-flight work and stops everything; a second Ctrl-C forces it.",
         ])  # fmt: skip
