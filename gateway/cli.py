@@ -85,6 +85,7 @@ def up(
     stops everything; a second Ctrl-C (or SIGTERM) forces it.
     """
     from agents.registry import AgentLoadError, load_registry
+    from gateway.ports import PortInUse
     from gateway.up import DataDirInUse, run_up
     from mesh.settings import Settings
 
@@ -107,7 +108,7 @@ def up(
         asyncio.run(run_up(settings))
     except KeyboardInterrupt:
         pass
-    except DataDirInUse as exc:
+    except (DataDirInUse, PortInUse) as exc:  # one line that says what to do
         raise CliError(str(exc)) from exc
     except Exception as exc:
         if obj.verbose:
@@ -290,10 +291,13 @@ def _register_groups() -> None:
     """Command groups live in gateway/commands/; they import helpers from here."""
     from gateway.commands.channels import channels
     from gateway.commands.queue import queue
+    from gateway.commands.runs import cancel, runs
     from gateway.commands.schedule import schedule
 
     cli.add_command(channels)
     cli.add_command(queue)
+    cli.add_command(runs)
+    cli.add_command(cancel)
     cli.add_command(schedule)
 
 

@@ -11,7 +11,7 @@ import aiohttp
 
 __all__ = ["ApiClient", "ApiError"]
 
-FINAL = {"succeeded", "failed", "expired"}
+FINAL = {"succeeded", "failed", "expired", "cancelled"}
 
 
 class ApiError(Exception):

@@ -39,7 +39,7 @@ import asyncpg
 import click
 from aiohttp import web
 
-from agents.recorder import Recorder
+from agents.recorder import RUN_INDEX, Recorder
 from agents.registry import load_registry
 from agents.store.embedded import EmbeddedPostgres
 from agents.store.executions import upsert_agents
@@ -103,6 +103,7 @@ class Platform:
     postgres: EmbeddedPostgres | None = None
     services: Services | None = None
     recorder: Recorder | None = None
+    run_index: Recorder | None = None
     maintenance: QueueMaintenance | None = None
     scheduler: Scheduler | None = None
     runner: web.AppRunner | None = None
@@ -170,6 +171,8 @@ class Platform:
         self.services = Services(nc, js, pool, registry, s, queue, served_agents=lambda: served)
         self.recorder = Recorder(nc, js, pool)
         await self.recorder.start()
+        self.run_index = Recorder(nc, js, pool, projection=RUN_INDEX)
+        await self.run_index.start()
         self.maintenance = QueueMaintenance(nc, js)
         await self.maintenance.start()
         self.scheduler = Scheduler(nc, js, queue)
@@ -298,6 +301,8 @@ class Platform:
             steps.append(("the queue maintenance", self.maintenance.stop, STEP_TIMEOUT_S))
         if self.recorder is not None:
             steps.append(("the recorder", self.recorder.stop, STEP_TIMEOUT_S))
+        if self.run_index is not None:
+            steps.append(("the run index", self.run_index.stop, STEP_TIMEOUT_S))
         if self.services is not None:
             steps.append(("the task queue", self.services.queue.stop, STEP_TIMEOUT_S))
             steps.append(("the NATS connection", self.services.nc.drain, STEP_TIMEOUT_S))

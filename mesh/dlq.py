@@ -29,6 +29,7 @@ from mesh import names
 from mesh.envelope import CONTENT_TYPE, JSON, decode, encode, new_id, utcnow
 from mesh.errors import DecodeError, MeshError, PayloadTooLarge
 from mesh.lean import EXPECTED_LAST_SUBJECT_SEQ, WRONG_LAST_SEQUENCE
+from mesh.limits import ERRORS_BUDGET
 from mesh.outcome import replay_generation, stored_outcome
 from mesh.runs import AttemptError, RunStatus, bounded_errors, get_run, get_run_entry, run_key
 
@@ -201,12 +202,20 @@ async def replay(js: JetStreamContext, seq: int) -> str:
         if state is not None and state.status == RunStatus.SUCCEEDED and state.replay == generation:
             raise StaleDeadLetter(seq, task.id)
     now = utcnow()
+    state, revision = await get_run_entry(js, task.id)
     payload = dict(task.payload) if isinstance(task.payload, dict) else {}
     payload["replay"] = generation + 1
     payload["requeued_at"] = now.isoformat()  # its wait deadline counts from here
+    # The rounds before travel with the task (the run record expires after
+    # 24 h, a dead letter may wait longer), so the run's history survives.
+    first = state.first_started_at or state.started_at if state is not None else None
+    history = bounded_errors(entry.errors, budget=ERRORS_BUDGET // 2)
+    payload["history"] = {
+        "errors": [e.model_dump(mode="json") for e in history],
+        "first_started_at": first.isoformat() if first else None,
+    }
     task = task.model_copy(update={"payload": payload})
     headers["Nats-Msg-Id"] = f"replay-{seq}"
-    state, revision = await get_run_entry(js, task.id)
     ack = await js.publish(entry.subject, encode(task, headers.get(CONTENT_TYPE, JSON)), headers=headers)
     if state is not None:
         ttl = task.metadata.ttl_s

@@ -6,13 +6,14 @@ __all__ = [
     "BatchRejected",
     "ConnectionFailed",
     "DecodeError",
-    "DuplicateTask",
     "EnqueueOutcomeUnknown",
+    "IdempotencyKeyReused",
     "InvalidTask",
     "MeshError",
     "PayloadTooLarge",
     "QueueFull",
     "RequestTimeout",
+    "RunAlreadyFinished",
     "UnknownSchemaVersion",
 ]
 
@@ -79,10 +80,29 @@ class EnqueueOutcomeUnknown(MeshError):
     status = 503
 
 
-class DuplicateTask(MeshError):
-    """Raised only where a caller asked to be told about duplicates."""
+class IdempotencyKeyReused(MeshError):
+    """An idempotency key (or ``batch_key``) came back with a different request:
+    another agent or another input. Refused rather than answered with the run
+    the key names, which would silently drop the new request."""
 
     status = 409
+
+    def __init__(self, key: str, run_id: str) -> None:
+        super().__init__(
+            f"idempotency key {key!r} was used for run {run_id} with another agent or input; "
+            "use a new key for a new request"
+        )
+        self.key, self.run_id = key, run_id
+
+
+class RunAlreadyFinished(MeshError):
+    """A cancel came after the run's outcome: nothing is left to stop."""
+
+    status = 409
+
+    def __init__(self, run_id: str, status: str) -> None:
+        super().__init__(f"run {run_id} already finished: {status}")
+        self.run_id, self.run_status = run_id, status
 
 
 class RequestTimeout(MeshError):

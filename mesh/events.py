@@ -41,9 +41,11 @@ class ExecutionFinished(BaseModel):
     idempotency_key: str | None = None
     replay: int = 0  # DLQ replay generation this outcome belongs to
     enqueued_at: datetime
-    started_at: datetime | None = None
+    started_at: datetime | None = None  # the last attempt's start
     finished_at: datetime
     duration_ms: float | None = None
+    worker: str | None = None  # who ran the last attempt (``name@host/pid``); None: no worker did
+    first_started_at: datetime | None = None  # the first attempt's start; None: started_at
 
     def run_state(self) -> RunState:
         return RunState(
@@ -53,4 +55,5 @@ class ExecutionFinished(BaseModel):
             result=self.result, error=self.error, errors=self.errors,
             idempotency_key=self.idempotency_key, enqueued_at=self.enqueued_at,
             started_at=self.started_at, finished_at=self.finished_at, replay=self.replay,
+            worker=self.worker, first_started_at=self.first_started_at or self.started_at, input=self.input,
         )  # fmt: skip

@@ -22,6 +22,7 @@ __all__ = [
     "STREAM_EVENTS",
     "STREAM_SCHEDULES",
     "STREAM_TASKS",
+    "cancel_subject",
     "dlq_subject",
     "event_subject",
     "finished_subject",
@@ -48,6 +49,7 @@ TASKS_PREFIX: Final = "af.tasks"
 EVENTS_PREFIX: Final = "af.events"
 DLQ_PREFIX: Final = "af.dlq"
 SCHEDULES_PREFIX: Final = "af.schedules"
+CANCEL_PREFIX: Final = "af.control.cancel"  # core NATS (no stream): "stop run <id> if you hold it"
 
 AGENT_KEY_RE: Final = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 RUN_ID_RE: Final = re.compile(r"[A-Za-z0-9_-]{1,128}\Z")  # the envelope's id pattern (match, not search)
@@ -74,6 +76,11 @@ def finished_subject(agent: str, run_id: str) -> str:
     """One subject per run, so the run state can be projected from it server-side
     (``af_runs`` sources these events) and looked up by subject."""
     return f"{FINISHED_PREFIX}.{agent}.{run_id}"
+
+
+def cancel_subject(agent: str) -> str:
+    """Where a cancel of one of ``agent``'s runs is announced (the run id is the body)."""
+    return f"{CANCEL_PREFIX}.{agent}"
 
 
 def dlq_subject(origin: str, name: str) -> str:

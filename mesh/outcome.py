@@ -13,7 +13,8 @@ JetStream's 2-minute duplicate window): every outcome is written by
 there. Two kinds of outcome exist:
 
 * a *real* one (``finished-<run>-<gen>``), written by the worker that ran
-  the attempt to its end;
+  the attempt to its end, or a cancel (``cancelled-<run>-<gen>``,
+  :mod:`mesh.cancel`), which ends the run as decisively;
 * a *presumed* one, written by someone who did not see the end: the reaper
   (``expired-…``: its TTL passed before it started) or the dead-letter path
   for a worker that was lost on the last attempt (``lost-…``).
@@ -51,6 +52,7 @@ from mesh.runs import AttemptError, RunState, RunStatus, bounded_errors
 __all__ = [
     "OutcomeMessage",
     "StoredOutcome",
+    "cancelled_msg_id",
     "expired_msg_id",
     "finished_msg_id",
     "lost_msg_id",
@@ -108,7 +110,8 @@ class StoredOutcome(NamedTuple):
 
     @property
     def real(self) -> bool:
-        return self.msg_id.startswith("finished-")
+        """Written by who saw the end: the worker, or a cancel (it ends the run)."""
+        return self.msg_id.startswith(("finished-", "cancelled-"))
 
     def decides(self, generation: int, real: bool) -> bool:
         """Does this stored outcome make writing one of ``generation`` pointless?
@@ -141,6 +144,12 @@ def expired_msg_id(run_id: str, generation: int) -> str:
     return f"expired-{run_id}-{generation}"
 
 
+def cancelled_msg_id(run_id: str, generation: int) -> str:
+    """A cancel's outcome. Decisive like a real one: a worker finishing after
+    it is not recorded, and a cancel after a real outcome is refused."""
+    return f"cancelled-{run_id}-{generation}"
+
+
 def lost_msg_id(run_id: str, generation: int) -> str:
     """The presumed outcome of a run whose worker was lost on its last attempt."""
     return f"lost-{run_id}-{generation}"
@@ -153,12 +162,19 @@ def outcome_message(task: Envelope, state: RunState, msg_id: str | None = None) 
         state.finished_at or utcnow(), state.result,
         tenant=state.tenant, priority=state.priority, enqueued_at=state.enqueued_at,
         routing_key=state.routing_key, idempotency_key=state.idempotency_key,
-        error=state.error, errors=state.errors, msg_id=msg_id,
+        error=state.error, errors=state.errors, msg_id=msg_id, worker=state.worker,
+        first_started_at=state.first_started_at,
     )  # fmt: skip
 
 
 def success_message(
-    task: Envelope, agent: str, attempt: int, started_at: datetime, finished_at: datetime, result: Any
+    task: Envelope,
+    agent: str,
+    attempt: int,
+    started_at: datetime,
+    finished_at: datetime,
+    result: Any,
+    worker: str | None = None,
 ) -> OutcomeMessage:
     """The finished event of a first attempt that succeeded: the same bytes as
     :func:`outcome_message` of its run state, without building that state
@@ -168,7 +184,7 @@ def success_message(
     return _finished(
         task, agent, _SUCCEEDED, attempt, started_at, finished_at, result,
         tenant=meta.tenant, priority=int(meta.priority), enqueued_at=task.created_at,
-        routing_key=meta.routing_key, idempotency_key=payload.get("idempotency_key"),
+        routing_key=meta.routing_key, idempotency_key=payload.get("idempotency_key"), worker=worker,
     )  # fmt: skip
 
 
@@ -189,6 +205,8 @@ def _finished(
     error: str | None = None,
     errors: list[AttemptError] | None = None,
     msg_id: str | None = None,
+    worker: str | None = None,
+    first_started_at: datetime | None = None,
 ) -> OutcomeMessage:
     """Hot path (once per task): the envelope and its :class:`ExecutionFinished`
     payload are serialized straight from a dict by pydantic-core, without
@@ -218,6 +236,10 @@ def _finished(
         event["idempotency_key"] = idempotency_key
     if generation:
         event["replay"] = generation
+    if worker is not None:
+        event["worker"] = worker
+    if first_started_at is not None and first_started_at != started_at:
+        event["first_started_at"] = first_started_at
     envelope = {
         # Deterministic: a re-sent outcome is the same event, id included.
         "schema_version": SCHEMA_VERSION, "id": msg_id, "correlation_id": task.correlation_id,

@@ -57,7 +57,14 @@ from mesh.envelope import (
     utcnow,
     validation_errors,
 )
-from mesh.errors import BatchRejected, EnqueueOutcomeUnknown, InvalidTask, PayloadTooLarge, QueueFull
+from mesh.errors import (
+    BatchRejected,
+    EnqueueOutcomeUnknown,
+    IdempotencyKeyReused,
+    InvalidTask,
+    PayloadTooLarge,
+    QueueFull,
+)
 from mesh.lean import encode_headers
 from mesh.limits import PayloadLimits
 from mesh.outcome import stored_outcome
@@ -96,11 +103,30 @@ class TaskSpec:
 class Enqueued:
     run_id: str
     duplicate: bool  # True: this idempotency key was seen before; run_id is the original
+    status: str = _QUEUED  # of a duplicate: the run's status now (queued, running, succeeded, ...)
 
 
 def _idempotency_token(tenant: str, key: str) -> str:
     # KV keys have a restricted alphabet; a digest also scopes keys per tenant.
     return hashlib.sha256(f"{tenant}\x00{key}".encode()).hexdigest()
+
+
+def request_digest(specs: Sequence[TaskSpec]) -> str:
+    """What an idempotency key promises stays the same: the agents and inputs
+    (key order in an input does not matter). Stored with the key's claim, so a
+    key reused for another request is refused (:class:`IdempotencyKeyReused`)."""
+    canonical = json.dumps(
+        [[spec.agent, spec.input] for spec in specs], sort_keys=True, separators=(",", ":"), default=str
+    )
+    return hashlib.sha256(canonical.encode()).hexdigest()[:32]
+
+
+def _claimed(value: bytes, key: str, digest: str) -> str:
+    """The run id a key's claim names (``<run id> <digest>``), if the request matches."""
+    run_id, _, claimed_digest = value.decode().partition(" ")
+    if claimed_digest and claimed_digest != digest:  # claims written before digests had none
+        raise IdempotencyKeyReused(key, run_id)
+    return run_id
 
 
 def _check_agent(agent: str) -> None:
@@ -288,11 +314,12 @@ class TaskQueue:
         run_id = new_id()
         duplicate, claim = False, None
         if spec.idempotency_key is not None:
-            claim = await self._claim_key(spec.tenant, spec.idempotency_key, run_id.encode())
+            digest = request_digest([spec])
+            claim = await self._claim_key(spec.tenant, spec.idempotency_key, f"{run_id} {digest}".encode())
             if claim is not None:
-                found = claim.value.decode()
-                if await get_run(self.js, found) is not None:
-                    return Enqueued(found, True)
+                found = _claimed(claim.value, spec.idempotency_key, digest)
+                if (current := await get_run(self.js, found)) is not None:
+                    return Enqueued(found, True, current.status.value)
                 # The first caller recorded the key but may have died before its
                 # task was stored, or after it but before the queued record.
                 run_id, duplicate = found, True
@@ -374,16 +401,22 @@ class TaskQueue:
             raise BatchRejected("tasks in a batch cannot carry idempotency keys; use batch_key")
         run_ids = [new_id() for _ in specs]
         if batch_key is not None:
-            claim = await self._claim_key(
-                specs[0].tenant, f"batch\x00{batch_key}", json.dumps(run_ids).encode()
-            )
+            digest = request_digest(specs)
+            value = json.dumps({"runs": run_ids, "digest": digest}).encode()
+            claim = await self._claim_key(specs[0].tenant, f"batch\x00{batch_key}", value)
             if claim is not None:
-                claimed = list(json.loads(claim.value))
-                if len(claimed) != len(specs):
-                    raise BatchRejected(f"batch_key {batch_key!r} was used for another batch")
+                stored = json.loads(claim.value)  # a list: a claim from before digests
+                claimed = list(stored["runs"] if isinstance(stored, dict) else stored)
+                other = isinstance(stored, dict) and stored.get("digest") != digest
+                if len(claimed) != len(specs) or other:
+                    raise IdempotencyKeyReused(batch_key, claimed[0])
                 run_ids = claimed
                 if await get_run(self.js, claimed[0]) is not None:
-                    return [Enqueued(run_id, True) for run_id in claimed]
+                    states = await asyncio.gather(*(get_run(self.js, run_id) for run_id in claimed))
+                    return [
+                        Enqueued(run_id, True, state.status.value if state else _QUEUED)
+                        for run_id, state in zip(claimed, states, strict=True)
+                    ]
                 # The first attempt died before its first record (the commit
                 # marker): was its batch stored? (all of it or none: atomic)
                 if await self._stored_past_window(claim, claimed[0], specs[0]):

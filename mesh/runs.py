@@ -21,11 +21,12 @@ from enum import StrEnum
 from typing import Any
 
 from nats.js import JetStreamContext
-from nats.js.errors import KeyNotFoundError
+from nats.js.errors import KeyNotFoundError, NotFoundError
 from pydantic import BaseModel, ConfigDict, Field
 
 from mesh import names
-from mesh.envelope import utcnow
+from mesh.envelope import CONTENT_TYPE, Envelope, decode, utcnow
+from mesh.errors import DecodeError
 from mesh.limits import ERRORS_BUDGET, MAX_ERROR_CHARS
 
 __all__ = [
@@ -38,6 +39,7 @@ __all__ = [
     "parse_run",
     "put_run",
     "run_key",
+    "stored_task",
 ]
 
 
@@ -51,19 +53,20 @@ class AttemptError(BaseModel):
     error_type: str = "Error"
     retryable: bool = True
     at: datetime = Field(default_factory=utcnow)
+    replay: int = Field(default=0, ge=0)  # the DLQ replay generation it belongs to (0: the first round)
 
 
 _KEEP_FIRST, _KEEP_LAST = 5, 20
 
 
-def bounded_errors(errors: list[AttemptError]) -> list[AttemptError]:
-    """``errors`` trimmed to :data:`~mesh.limits.ERRORS_BUDGET` bytes of text: the
-    first 5 and last 20 attempts at most, each text cut to its share. An event
-    or a dead letter carries this, so however many attempts failed with however
-    long a message, it stays under the max payload."""
+def bounded_errors(errors: list[AttemptError], budget: int = ERRORS_BUDGET) -> list[AttemptError]:
+    """``errors`` trimmed to ``budget`` bytes of text (:data:`~mesh.limits.ERRORS_BUDGET`):
+    the first 5 and last 20 attempts at most, each text cut to its share. An
+    event or a dead letter carries this, so however many attempts failed with
+    however long a message, it stays under the max payload."""
     if len(errors) > _KEEP_FIRST + _KEEP_LAST:
         errors = errors[:_KEEP_FIRST] + errors[-_KEEP_LAST:]
-    share = min(MAX_ERROR_CHARS, ERRORS_BUDGET // max(1, len(errors)))
+    share = min(MAX_ERROR_CHARS, budget // max(1, len(errors)))
     if all(len(e.error.encode()) <= share for e in errors):
         return errors
     return [
@@ -79,10 +82,14 @@ class RunStatus(StrEnum):
     SUCCEEDED = "succeeded"
     FAILED = "failed"  # ran out of attempts or hit a permanent error; also in the DLQ
     EXPIRED = "expired"  # its TTL passed before a worker took it
+    CANCELLED = "cancelled"  # someone asked to stop it before it finished
 
     @property
     def finished(self) -> bool:
-        return self in (RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.EXPIRED)
+        return self in _FINAL
+
+
+_FINAL = frozenset({RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.EXPIRED, RunStatus.CANCELLED})
 
 
 class RunState(BaseModel):
@@ -109,6 +116,9 @@ class RunState(BaseModel):
     seq: int | None = None  # the task's AF_TASKS sequence (the reaper deletes an expired task by it)
     returned: int = 0  # deliveries handed back unstarted (a drain): not attempts
     replay: int = 0  # DLQ replay generation this state belongs to
+    worker: str | None = None  # who ran the latest attempt (``name@host/pid``)
+    input: Any = None  # in a final record (from its event); a live one's is in its task (stored_task)
+    first_started_at: datetime | None = None  # the first attempt's start (None: started_at)
 
 
 def run_key(run_id: str) -> str:
@@ -144,3 +154,19 @@ def parse_run(data: bytes) -> RunState:
 
         return ExecutionFinished.model_validate(raw["payload"]).run_state()
     return RunState.model_validate(raw)
+
+
+async def stored_task(js: JetStreamContext, state: RunState) -> Envelope | None:
+    """The run's task, still in ``AF_TASKS`` at the sequence its record holds
+    (waiting, in flight or between attempts); None once it is gone."""
+    if state.seq is None:
+        return None
+    try:
+        raw = await js.get_msg(names.STREAM_TASKS, state.seq)
+    except NotFoundError:
+        return None
+    try:
+        task = decode(raw.data or b"", (raw.headers or {}).get(CONTENT_TYPE))
+    except DecodeError:
+        return None
+    return task if task.id == state.run_id else None

@@ -48,7 +48,9 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import random
+import socket
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -57,6 +59,7 @@ from typing import Any
 
 from nats.aio.client import Client
 from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import APIError
@@ -147,6 +150,7 @@ Handler = Callable[[TaskContext], Awaitable[Any]]
 
 MANY_LANES = 10  # past this many lanes, sweeps ask the stream which lanes hold tasks first
 CLAIM_AHEAD_S = 3.0  # claim a run this long before its wait deadline passes
+SHOW_RUNNING_AFTER_S = 1.0  # a run going this long gets its "running" state written (one KV write)
 HAND_BACK_ALLOWANCE = 10  # deliveries past max_attempts before the server gives up (backstop)
 RECORD_PATIENCE_S = 15.0  # how long an outcome write rides out a NATS outage before a hand-back
 _LOST = "no outcome within the ack wait: the worker was lost (crashed, killed or stalled)"
@@ -162,6 +166,9 @@ class _InFlight:
     finishing: bool = False  # the handler returned: its outcome is being written
     revision: int | None = None  # the run record's KV revision last seen or written (compare-and-set)
     settled: bool = False  # the record is final (or a later generation's): no more state writes
+    cancelled: bool = False  # stopped by a cancel request (mesh.cancel), which recorded its outcome
+    started: datetime | None = None  # when this attempt started (once decoded)
+    shown: bool = False  # its running state is written (a progress report, a claim, or running long)
 
 
 class TaskWorker:
@@ -188,6 +195,8 @@ class TaskWorker:
         self.idle_poll_s = idle_poll_s
         self.claim_interval_s = claim_interval_s
         self.name = name
+        # Who ran a run, as its record says: findable in logs and on the host.
+        self.identity = f"{name}@{socket.gethostname()}/{os.getpid()}"
         self.limits = PayloadLimits.of(nc.max_payload)
         self.lanes: list[Lane[Puller]] = []
         self._lane_of: dict[str, Lane[Puller]] = {}  # task subject -> lane
@@ -197,6 +206,7 @@ class TaskWorker:
         self._stopping = asyncio.Event()
         self._loops: list[asyncio.Task[None]] = []
         self.pipeline = Pipeline(nc)
+        self._cancels: list[Subscription] = []
 
     # ---- lifecycle ---------------------------------------------------------
 
@@ -217,6 +227,10 @@ class TaskWorker:
                 self.lanes.append(Lane(agent, priority, puller, limit=limit, budget=budget))
                 self._lane_of[names.task_subject(agent, priority)] = self.lanes[-1]
         await self.pipeline.start()
+        self._cancels = [
+            await self.nc.subscribe(names.cancel_subject(agent), cb=self._on_cancel)
+            for agent in self.handlers
+        ]
         self._room.set()
         self._loops = [
             asyncio.create_task(self._dispatch_loop(), name=f"{self.name}-dispatch"),
@@ -257,7 +271,22 @@ class TaskWorker:
             loop.cancel()
         await asyncio.gather(*self._loops, return_exceptions=True)
         self.lanes.clear()
+        for sub in self._cancels:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+        self._cancels = []
         await self.pipeline.stop()
+
+    async def _on_cancel(self, msg: Msg) -> None:
+        """A run was cancelled (its outcome is recorded already, :mod:`mesh.cancel`):
+        stop its handler here if this worker runs it. One whose outcome is being
+        written is left to finish that write, which finds the cancel and yields."""
+        run_id = msg.data.decode(errors="replace")
+        for task, item in list(self._inflight.items()):
+            if item.task is not None and item.task.id == run_id and not item.finishing:
+                item.cancelled = True
+                task.cancel()
+                log.info("%s: run %s cancelled; its handler is stopped", self.name, run_id)
 
     async def _hand_back(self, agent: str, msg: Msg) -> None:
         """Return a delivery this worker never started: record it as returned
@@ -446,18 +475,23 @@ class TaskWorker:
                     await msg.in_progress()
 
     async def _claim_loop(self) -> None:
-        """Claim first starts that are still running as their wait deadline nears:
-        their record says "queued" until something is written, and the reaper
-        expires a queued run past its deadline."""
+        """Write the running state of attempts that go on: a record says "queued"
+        until something is written (a short attempt goes from queued to its
+        outcome with no state write at all). Each attempt running longer than
+        :data:`SHOW_RUNNING_AFTER_S` is shown running (``get``, ``runs ls``),
+        and a first start is claimed as its wait deadline nears, since the
+        reaper expires a run still queued past its deadline."""
         assert self.claim_interval_s is not None
+        show_after = timedelta(seconds=SHOW_RUNNING_AFTER_S)
         while True:
             await asyncio.sleep(self.claim_interval_s)
             now = utcnow()
             for item in list(self._inflight.values()):
-                if not item.claimable or item.finishing or item.running is None or item.task is None:
+                if item.shown or item.finishing or item.running is None or item.task is None:
                     continue
-                deadline = wait_deadline(item.task)
-                if deadline is None or now < deadline - timedelta(seconds=CLAIM_AHEAD_S):
+                deadline = wait_deadline(item.task) if item.claimable else None
+                near_deadline = deadline is not None and now >= deadline - timedelta(seconds=CLAIM_AHEAD_S)
+                if not near_deadline and (item.started is None or now - item.started < show_after):
                     continue
                 try:
                     await self._write_state(item, item.running())
@@ -478,7 +512,7 @@ class TaskWorker:
                     return False
             written = await self._cas_state(state, item.revision)
             if written is not None:
-                item.revision, item.claimable = written, False
+                item.revision, item.claimable, item.shown = written, False, True
                 return True
             item.revision = None
         return False
@@ -507,7 +541,11 @@ class TaskWorker:
         try:
             await self._run(item)
         except asyncio.CancelledError:
-            raise
+            if not item.cancelled:
+                raise
+            # Stopped by a cancel, whose outcome is recorded: the task is done.
+            with contextlib.suppress(Exception):
+                await self.pipeline.ack_sync(msg)
         except Exception as exc:
             log.warning("%s: could not finish %s: %s", self.name, msg.subject, exc)
             with contextlib.suppress(Exception):
@@ -550,6 +588,7 @@ class TaskWorker:
             nonlocal state
             if state is None:
                 state = _running(_state_from(task, lane.agent, seq), attempt, started)
+                state.worker = self.identity
             return state
 
         async def report(percent: float) -> None:
@@ -559,7 +598,7 @@ class TaskWorker:
             running.progress = percent
             await self._write_state(item, running)
 
-        item.task, item.running, item.claimable = task, current_state, attempt == 1
+        item.task, item.running, item.claimable, item.started = task, current_state, attempt == 1, started
 
         ctx = TaskContext(
             run_id=task.id, agent=lane.agent, tenant=task.metadata.tenant,
@@ -580,9 +619,10 @@ class TaskWorker:
             return
         item.finishing = True
         series.run.observe(time.perf_counter() - t0)
-        if state is None:
-            outcome = success_message(task, lane.agent, attempt, started, utcnow(), result)
-        else:
+        if state is None and not generation:
+            outcome = success_message(task, lane.agent, attempt, started, utcnow(), result, self.identity)
+        else:  # a retry, or a replay: the outcome carries the earlier attempts' errors
+            state = current_state()
             state.status, state.result, state.progress = RunStatus.SUCCEEDED, result, 100.0
             state.finished_at = utcnow()
             outcome = outcome_message(task, state)
@@ -631,7 +671,9 @@ class TaskWorker:
             if attempt > cfg.max_attempts:  # every attempt was lost with its worker
                 await self._give_up(item.lane, item.msg, task, current, attempt - 1, expect)
                 return None
-        return attempt, _running(current, attempt, started), expect
+        current = _running(current, attempt, started)
+        current.worker = self.identity
+        return attempt, current, expect
 
     async def _record_first(self, outcome: OutcomeMessage, agent: str, task: Envelope) -> bool:
         """:meth:`_record` of a run's first outcome, inline (once per task): create-only
@@ -684,7 +726,7 @@ class TaskWorker:
         retryable = not isinstance(exc, PermanentError | ResultTooLarge)
         state.errors.append(
             AttemptError(attempt=attempt, error=str(exc)[:8000] or type(exc).__name__,
-                         error_type=type(exc).__name__, retryable=retryable)
+                         error_type=type(exc).__name__, retryable=retryable, replay=state.replay)
         )  # fmt: skip
         state.error = f"{type(exc).__name__}: {exc}"[:8000]
         if retryable and attempt < cfg.max_attempts:
@@ -797,14 +839,22 @@ class TaskWorker:
 
 
 def _stand_in_task(msg: Msg, agent: str) -> Envelope | None:
-    """An envelope for an undecodable task's run, when its raw JSON names a usable run id."""
+    """An envelope for an undecodable task's run, when it names a usable run id:
+    its raw JSON's ``id``, else its ``Nats-Msg-Id: run-<id>`` header."""
+    headers = msg.headers or {}
     try:
         raw = json.loads(msg.data)
-        run_id = raw["id"] if isinstance(raw, dict) else None
-        if not isinstance(run_id, str) or not names.RUN_ID_RE.match(run_id):
+    except ValueError:  # not JSON at all: the header may still name the run
+        raw = None
+    run_id = raw.get("id") if isinstance(raw, dict) else None
+    if not isinstance(run_id, str) or not names.RUN_ID_RE.match(run_id):
+        marker = headers.get("Nats-Msg-Id", "")
+        run_id = marker.removeprefix("run-") if marker.startswith("run-") else None
+        if run_id is None or not names.RUN_ID_RE.match(run_id):
             return None
-        tenant = (msg.headers or {}).get("AF-Tenant") or "default"
-        payload = raw.get("payload")
+    try:
+        tenant = headers.get("AF-Tenant") or "default"
+        payload = raw.get("payload") if isinstance(raw, dict) else None
         given = payload.get("input") if isinstance(payload, dict) else None
         return Envelope(
             id=run_id, type="task.run", message_type=MessageType.COMMAND,
@@ -825,25 +875,38 @@ def _settled(current: RunState, generation: int) -> bool:
 
 def _note_lost_attempt(state: RunState, attempt: int) -> None:
     """An attempt that left no error and no outcome was lost with its worker."""
-    if not any(e.attempt == attempt for e in state.errors):
-        state.errors.append(AttemptError(attempt=attempt, error=_LOST, error_type="WorkerLost"))
-        state.errors.sort(key=lambda e: e.attempt)
+    if not any(e.attempt == attempt and e.replay == state.replay for e in state.errors):
+        state.errors.append(
+            AttemptError(attempt=attempt, error=_LOST, error_type="WorkerLost", replay=state.replay)
+        )
+        state.errors.sort(key=lambda e: (e.replay, e.attempt))
 
 
 def _running(state: RunState, attempt: int, started: datetime) -> RunState:
     state.status, state.attempts, state.started_at = RunStatus.RUNNING, attempt, started
     state.expires_at = None  # started: the wait deadline no longer applies
+    if state.first_started_at is None:
+        state.first_started_at = started
     return state
 
 
 def _state_from(task: Envelope, agent: str, seq: int | None = None) -> RunState:
+    """A run's state from its task alone; a replayed task brings the earlier
+    rounds' attempt errors and first start (``history``, :func:`mesh.dlq.replay`)."""
     payload = task.payload if isinstance(task.payload, dict) else {}
-    return RunState(
+    state = RunState(
         run_id=task.id, agent=agent, tenant=task.metadata.tenant,
         routing_key=task.metadata.routing_key, priority=int(task.metadata.priority),
         idempotency_key=payload.get("idempotency_key"), enqueued_at=task.created_at,
         replay=replay_generation(task), seq=seq,
     )  # fmt: skip
+    history = payload.get("history")
+    if history and isinstance(history, dict):
+        with contextlib.suppress(ValidationError, TypeError):
+            state.errors = [AttemptError.model_validate(e) for e in history.get("errors", [])]
+            first = history.get("first_started_at")
+            state.first_started_at = datetime.fromisoformat(first) if isinstance(first, str) else None
+    return state
 
 
 async def ensure_lane(js: JetStreamContext, cfg: AgentQueueConfig, priority: int) -> None:

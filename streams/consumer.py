@@ -377,7 +377,7 @@ class Consumer(base.Consumer):
             return None
         if partition is not None:
             return partition
-        return partition_for(key, partitions, cast(Any, self.app.conf.producer_partitioner))
+        return partition_for(key, partitions, cast(Any, self.app.conf).producer_partitioner)
 
     async def create_topic(
         self,

@@ -23,6 +23,8 @@ PYTEST = str(HERE / ".venv" / "bin" / "pytest")
 
 G = "tests/integration/queue/test_guarantees.py::"
 T = "tests/integration/queue/test_ttl_while_running.py::"
+C = "tests/integration/queue/test_cancel.py::"
+R = "tests/integration/gateway/test_runs_api.py::"
 M = [
     (
         "ack before outcome",
@@ -205,6 +207,62 @@ M = [
         "                    await self._write_state(item, item.running())",
         "                    pass",
         T + "test_a_task_still_running_when_its_ttl_passes_is_claimed_kept_and_not_expired",
+    ),
+    (
+        "cancel not decisive",
+        "mesh/outcome.py",
+        '        return self.msg_id.startswith(("finished-", "cancelled-"))',
+        '        return self.msg_id.startswith("finished-")',
+        C + "test_the_first_recorded_of_a_cancel_and_a_worker_outcome_wins",
+    ),
+    (
+        "cancel not told",
+        "mesh/cancel.py",
+        "    await nc.publish(names.cancel_subject(state.agent), run_id.encode())",
+        "    pass",
+        C + "test_a_running_run_cancelled_stops_its_handler_and_its_task_is_done",
+    ),
+    (
+        "cancel leaves the task",
+        "mesh/cancel.py",
+        "            await js.delete_msg(names.STREAM_TASKS, state.seq)",
+        "            pass",
+        C + "test_a_run_waiting_for_its_retry_is_cancelled_before_it_runs_again",
+    ),
+    (
+        "key reuse not checked",
+        "mesh/queue.py",
+        "    if claimed_digest and claimed_digest != digest:",
+        "    if False:",
+        R + "test_an_idempotency_key_reused_for_another_request_is_refused_with_409",
+    ),
+    (
+        "duplicate says queued",
+        "mesh/queue.py",
+        "                    return Enqueued(found, True, current.status.value)",
+        "                    return Enqueued(found, True)",
+        R + "test_a_duplicate_submission_answers_with_the_runs_real_status",
+    ),
+    (
+        "replay drops history",
+        "mesh/dlq.py",
+        '    payload["history"] = {',
+        "    _dropped = {",
+        R + "test_a_replayed_run_keeps_the_errors_and_first_start_of_every_round",
+    ),
+    (
+        "cursor ignored",
+        "agents/store/runs.py",
+        '        clauses.append(f"(enqueued_at, run_id) < ({arg(at)}, {arg(run_id)})")',
+        "        pass",
+        R + "test_runs_are_listed_newest_first_filtered_and_paged_without_repeats_or_gaps",
+    ),
+    (
+        "running never shown",
+        "mesh/worker.py",
+        "SHOW_RUNNING_AFTER_S = 1.0 ",
+        "SHOW_RUNNING_AFTER_S = 1e9 ",
+        "tests/integration/queue/test_run_visibility.py",
     ),
 ]
 

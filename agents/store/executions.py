@@ -73,13 +73,16 @@ async def _upsert(pool: asyncpg.Pool, events: Sequence[ExecutionFinished]) -> No
     await pool.executemany(
         """INSERT INTO executions (run_id, tenant, agent_key, status, attempts, input, result,
                                    error, errors, enqueued_at, started_at, finished_at, duration_ms,
-                                   routing_key, priority, idempotency_key, replay)
-           VALUES ($1,$2,$3,$4,$5,$6::jsonb,$7::jsonb,$8,$9::jsonb,$10,$11,$12,$13,$14,$15,$16,$17)
+                                   routing_key, priority, idempotency_key, replay, worker,
+                                   first_started_at)
+           VALUES ($1,$2,$3,$4,$5,$6::jsonb,$7::jsonb,$8,$9::jsonb,$10,$11,$12,$13,$14,$15,$16,$17,
+                   $18,$19)
            ON CONFLICT (run_id) DO UPDATE SET
                status = EXCLUDED.status, attempts = EXCLUDED.attempts, result = EXCLUDED.result,
                error = EXCLUDED.error, errors = EXCLUDED.errors, started_at = EXCLUDED.started_at,
                finished_at = EXCLUDED.finished_at, duration_ms = EXCLUDED.duration_ms,
-               replay = EXCLUDED.replay, recorded_at = now()
+               replay = EXCLUDED.replay, worker = EXCLUDED.worker,
+               first_started_at = EXCLUDED.first_started_at, recorded_at = now()
            -- a replayed event changes nothing; a later outcome (DLQ replay) wins
            WHERE executions.finished_at < EXCLUDED.finished_at""",
         [
@@ -87,7 +90,8 @@ async def _upsert(pool: asyncpg.Pool, events: Sequence[ExecutionFinished]) -> No
                 e.run_id, e.tenant, e.agent, e.status.value, e.attempts,
                 json.dumps(e.input), json.dumps(e.result), e.error,
                 to_json(e.errors).decode(), e.enqueued_at, e.started_at, e.finished_at,
-                e.duration_ms, e.routing_key, e.priority, e.idempotency_key, e.replay,
+                e.duration_ms, e.routing_key, e.priority, e.idempotency_key, e.replay, e.worker,
+                e.first_started_at or e.started_at,
             )
             for e in events
         ],

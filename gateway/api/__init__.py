@@ -9,6 +9,7 @@ from gateway.api.channels import routes as channel_routes
 from gateway.api.problems import problem_middleware
 from gateway.api.queue import routes as queue_routes
 from gateway.api.routes import routes
+from gateway.api.runs import routes as run_routes
 from gateway.api.schedules import routes as schedule_routes
 from gateway.api.services import SERVICES, Services
 
@@ -23,6 +24,7 @@ def create_app(services: Services, token: str | None) -> web.Application:
     )
     app[SERVICES] = services
     app.add_routes(routes)
+    app.add_routes(run_routes)
     app.add_routes(queue_routes)
     app.add_routes(schedule_routes)
     app.add_routes(channel_routes)

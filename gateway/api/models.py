@@ -47,5 +47,12 @@ class RunView(BaseModel):
     error: str | None = None
     errors: list[dict[str, Any]] = Field(default_factory=list)
     enqueued_at: datetime | None = None
-    started_at: datetime | None = None
+    started_at: datetime | None = None  # the last attempt's start
     finished_at: datetime | None = None
+    input: Any = None
+    priority: str = "NORMAL"
+    replay: int = 0  # how often it was replayed from the DLQ (its errors say which round: "replay")
+    worker: str | None = None  # who ran the last attempt (name@host/pid)
+    first_started_at: datetime | None = None
+    idempotency_key: str | None = None
+    routing_key: str | None = None

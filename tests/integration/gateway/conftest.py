@@ -14,7 +14,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 
-from agents.recorder import Recorder
+from agents.recorder import RUN_INDEX, Recorder
 from agents.registry import example_registry
 from agents.runtime import worker_for
 from agents.store.executions import upsert_agents
@@ -56,6 +56,8 @@ async def api(
     services = Services(nc, mesh_js, pool, registry, settings, queue, lambda: set(registry.keys()))
     recorder = Recorder(nc, mesh_js, pool, poll_s=0.2)
     await recorder.start()
+    run_index = Recorder(nc, mesh_js, pool, poll_s=0.2, projection=RUN_INDEX)
+    await run_index.start()
     worker = worker_for(nc, mesh_js, registry, concurrency=8, idle_poll_s=0.2)
     await worker.start()
     client = TestClient(ApiTestServer(create_app(services, TOKEN)))
@@ -65,6 +67,7 @@ async def api(
     await client.close()
     await worker.stop(drain_timeout=5)
     await recorder.stop()
+    await run_index.stop()
     await queue.stop()
 
 

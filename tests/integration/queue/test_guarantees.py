@@ -645,3 +645,26 @@ async def test_an_undecodable_task_is_dead_lettered_and_its_run_is_findable_with
     assert all(field in error for field in ("message_type", "metadata.priority", "created_at"))
     (letter,) = await dlq.list_dead_letters(mesh_js, name=agent)
     assert letter.entry.run_id == run_id and letter.entry.reason.startswith("undecodable")
+
+
+async def test_a_task_that_is_not_json_but_names_its_run_in_its_header_is_findable(
+    nc: Client, mesh_js: JetStreamContext
+) -> None:
+    agent = unique("foreign-bytes")
+
+    async def handler(ctx: TaskContext) -> Any:
+        raise AssertionError("an undecodable task must not run")
+
+    worker = TaskWorker(nc, mesh_js, {agent: (AgentQueueConfig(agent, priorities=(2,)), handler)})
+    await worker.start()
+    try:
+        run_id = unique("bytes-run")
+        await mesh_js.publish(
+            names.task_subject(agent, 2), b"\x00not json", headers={"Nats-Msg-Id": f"run-{run_id}"}
+        )
+        state = await wait_for_run(mesh_js, run_id, RunStatus.FAILED)
+    finally:
+        await worker.stop()
+    assert "undecodable task" in (state.error or "")
+    (letter,) = await dlq.list_dead_letters(mesh_js, name=agent)
+    assert letter.entry.run_id == run_id

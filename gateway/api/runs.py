@@ -1,0 +1,153 @@
+"""Runs: submit, find, inspect and cancel (``/api/v1/agents/{key}/runs``, ``/api/v1/runs``).
+
+A run's live state comes from the ``af_runs`` bucket (24 h), its permanent
+record from PostgreSQL's ``executions``; listings come from the ``runs``
+index (:mod:`agents.store.runs`), which lags the bucket by one recorder batch.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from typing import Any, Final
+
+from aiohttp import web
+from pydantic import ValidationError
+
+from agents.errors import AgentInputInvalid, RunNotFound
+from agents.store.executions import get_execution
+from agents.store.runs import RunFilter, list_runs
+from gateway.api.bodies import json_response, read_json
+from gateway.api.models import RunAccepted, RunRequest, RunView
+from gateway.api.params import RUN_ID, path_value, query_int, query_value
+from gateway.api.problems import validation_errors
+from gateway.api.services import SERVICES, Services
+from mesh.cancel import cancel_run
+from mesh.envelope import Priority
+from mesh.errors import RunAlreadyFinished
+from mesh.names import AGENT_KEY_RE
+from mesh.queue import TaskSpec
+from mesh.runs import RunState, RunStatus, get_run, stored_task
+
+__all__ = ["routes"]
+
+routes = web.RouteTableDef()
+
+TENANT: Final = re.compile(r"[A-Za-z0-9_-]{1,128}")
+CURSOR: Final = re.compile(r"[A-Za-z0-9_-]{1,512}")
+_STATUS = "|".join(s.value for s in RunStatus)
+STATUSES: Final = re.compile(rf"(?:{_STATUS})(?:,(?:{_STATUS}))*")
+MAX_PAGE: Final = 1000
+
+
+@routes.post("/api/v1/agents/{key}/runs")
+async def create_run(request: web.Request) -> web.Response:
+    svc: Services = request.app[SERVICES]
+    agent = svc.registry.get(request.match_info["key"])
+    body = RunRequest.model_validate(await read_json(request))
+    try:
+        agent.Input.model_validate(body.input)
+    except ValidationError as exc:
+        raise AgentInputInvalid(
+            f"input does not match the schema of {agent.key}", validation_errors(exc)
+        ) from exc
+    spec = TaskSpec(
+        agent=agent.key, input=body.input, tenant=body.tenant, routing_key=body.routing_key,
+        priority=body.priority, idempotency_key=body.idempotency_key, ttl_s=body.ttl_s,
+        source="gateway",
+    )  # fmt: skip
+    queued = await svc.queue.enqueue(spec)
+    url = f"/api/v1/runs/{queued.run_id}"
+    accepted = RunAccepted(
+        run_id=queued.run_id, agent=agent.key, status=queued.status, duplicate=queued.duplicate, url=url
+    )
+    response = json_response(accepted.model_dump(), status=202)
+    response.headers["Location"] = url
+    return response
+
+
+@routes.get("/api/v1/runs")
+async def list_runs_view(request: web.Request) -> web.Response:
+    """Runs newest first; ``?agent=&tenant=&status=a,b&since=<ISO time>&limit=&cursor=``."""
+    svc: Services = request.app[SERVICES]
+    statuses = query_value(request, "status", STATUSES, "comma-separated list of run statuses")
+    where = RunFilter(
+        agent=query_value(request, "agent", AGENT_KEY_RE, "agent key"),
+        tenant=query_value(request, "tenant", TENANT, "tenant (A-Z, a-z, 0-9, _ and -)"),
+        statuses=statuses.split(",") if statuses else (),
+        since=_since(request),
+    )
+    limit = max(1, query_int(request, "limit", 50, MAX_PAGE))
+    cursor = query_value(request, "cursor", CURSOR, "cursor from an earlier page")
+    rows, after = await list_runs(svc.pool, where, limit=limit, cursor=cursor)
+    for row in rows:
+        row["priority"] = Priority(row["priority"]).name
+    return json_response({"runs": rows, "next_cursor": after})
+
+
+def _since(request: web.Request) -> datetime | None:
+    raw = request.query.get("since") or None
+    if raw is None:
+        return None
+    try:
+        since = datetime.fromisoformat(raw)
+    except ValueError:
+        since = None
+    if since is None or since.tzinfo is None:
+        raise web.HTTPBadRequest(text=f"since={raw[:60]!r} is not an ISO 8601 time with a UTC offset")
+    return since
+
+
+@routes.get("/api/v1/runs/{run_id}")
+async def get_run_view(request: web.Request) -> web.Response:
+    svc: Services = request.app[SERVICES]
+    run_id = path_value(request, "run_id", RUN_ID, "run id (A-Z, a-z, 0-9, _ and -; at most 128)")
+    state = await get_run(svc.js, run_id)
+    if state is not None:
+        return json_response(await _live_view(svc, state))
+    row = await get_execution(svc.pool, run_id)
+    if row is None:
+        raise RunNotFound(run_id)
+    view = RunView(
+        run_id=row["run_id"], agent=row["agent_key"], tenant=row["tenant"], status=row["status"],
+        attempts=row["attempts"], result=row["result"], error=row["error"], errors=row["errors"],
+        enqueued_at=row["enqueued_at"], started_at=row["started_at"],
+        finished_at=row["finished_at"], progress=100.0 if row["status"] == "succeeded" else None,
+        input=row["input"], priority=Priority(row["priority"]).name, replay=row["replay"],
+        worker=row["worker"], first_started_at=row["first_started_at"] or row["started_at"],
+        idempotency_key=row["idempotency_key"], routing_key=row["routing_key"],
+    )  # fmt: skip
+    return json_response(view.model_dump(mode="json"))
+
+
+async def _live_view(svc: Services, state: RunState) -> dict[str, Any]:
+    run_input = state.input
+    if run_input is None and not state.status.finished:  # a live record does not copy it
+        task = await stored_task(svc.js, state)
+        if task is not None and isinstance(task.payload, dict):
+            run_input = task.payload.get("input")
+    view = RunView(
+        run_id=state.run_id, agent=state.agent, tenant=state.tenant, status=state.status.value,
+        attempts=state.attempts, progress=state.progress, result=state.result,
+        error=state.error, errors=[e.model_dump(mode="json") for e in state.errors],
+        enqueued_at=state.enqueued_at, started_at=state.started_at,
+        finished_at=state.finished_at, input=run_input, priority=Priority(state.priority).name,
+        replay=state.replay, worker=state.worker,
+        first_started_at=state.first_started_at or state.started_at,
+        idempotency_key=state.idempotency_key, routing_key=state.routing_key,
+    )  # fmt: skip
+    return view.model_dump(mode="json")
+
+
+@routes.delete("/api/v1/runs/{run_id}")
+async def cancel_run_view(request: web.Request) -> web.Response:
+    """Cancel a queued or running run: 200 with its state, 409 if it already finished."""
+    svc: Services = request.app[SERVICES]
+    run_id = path_value(request, "run_id", RUN_ID, "run id (A-Z, a-z, 0-9, _ and -; at most 128)")
+    state = await cancel_run(svc.nc, svc.js, run_id, reason="by request")
+    if state is None:
+        row = await get_execution(svc.pool, run_id)
+        if row is None:
+            raise RunNotFound(run_id)
+        raise RunAlreadyFinished(run_id, row["status"])
+    return json_response(await _live_view(svc, state))
