@@ -10,7 +10,9 @@ counted, it cannot crash a subscriber.
 
 from __future__ import annotations
 
+import json
 import os
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from enum import IntEnum, StrEnum
 from typing import Any, Final
@@ -19,8 +21,10 @@ import msgpack
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from mesh.errors import DecodeError, PayloadTooLarge, UnknownSchemaVersion
+from mesh.names import RUN_ID_RE
 
 __all__ = [
+    "named_run_id",
     "CONTENT_TYPE",
     "JSON",
     "MSGPACK",
@@ -158,6 +162,22 @@ def decode(data: bytes, content_type: str | None = None) -> Envelope:
 
 
 _validate_json: Final = Envelope.__pydantic_validator__.validate_json
+
+
+def named_run_id(data: bytes, headers: Mapping[str, str] | None) -> str | None:
+    """The run an *undecodable* task names, if any: its raw JSON's ``id``, else its
+    ``Nats-Msg-Id: run-<id>`` header (the queue sets it); None when neither is a
+    usable run id. The worker, the dead-letter mover and the DLQ listing use it."""
+    candidate: object = None
+    try:
+        raw = json.loads(data)
+        candidate = raw.get("id") if isinstance(raw, dict) else None
+    except (ValueError, RecursionError):  # not JSON, or nested past the parser
+        pass
+    if not (isinstance(candidate, str) and RUN_ID_RE.match(candidate)):
+        marker = (headers or {}).get("Nats-Msg-Id", "")
+        candidate = marker.removeprefix("run-") if marker.startswith("run-") else None
+    return candidate if isinstance(candidate, str) and RUN_ID_RE.match(candidate) else None
 
 
 def validation_errors(exc: ValidationError) -> str:

@@ -43,7 +43,7 @@ from nats.js.errors import KeyWrongLastSequenceError, NotFoundError
 from mesh import lean, metrics, names
 from mesh.connection import through_outage
 from mesh.dlq import DeadLetter, dead_letter
-from mesh.envelope import CONTENT_TYPE, Envelope, MessageType, Metadata, decode, utcnow
+from mesh.envelope import CONTENT_TYPE, Envelope, MessageType, Metadata, decode, named_run_id, utcnow
 from mesh.errors import DecodeError
 from mesh.outcome import (
     expired_msg_id,
@@ -55,6 +55,7 @@ from mesh.outcome import (
 from mesh.puller import Puller
 from mesh.runs import AttemptError, RunState, RunStatus, get_run, parse_run
 from mesh.stats import queue_stats
+from mesh.stopping import cancel_within
 
 __all__ = ["QueueMaintenance", "expire_overdue", "move_max_delivered"]
 
@@ -98,7 +99,7 @@ async def move_max_delivered(js: JetStreamContext, advisory: bytes) -> str | Non
         error_type="MaxDeliveries",
     )
     errors = [*(state.errors if state else []), error]
-    run_id = task.id if task else None
+    run_id = task.id if task else named_run_id(raw.data, headers)  # an unread task may name its run
     await dead_letter(
         js,
         DeadLetter.of(
@@ -248,21 +249,15 @@ class QueueMaintenance:
         """Stop the loops, waiting ``timeout`` s at most, then hand back the
         advisories delivered but not moved (a few seconds more at most).
 
-        One cancel is not enough: nats-py's flush swallows ``CancelledError``,
-        and Python 3.11's ``wait_for`` (under every nats-py request) returns
-        the reply instead when it lands together with the cancel. So the
-        loops also end at their next turn once stopping, and a loop still
-        running is cancelled again each second; past ``timeout`` it is left
-        behind with a warning rather than waited for.
+        One cancel is not enough (:mod:`mesh.stopping`): the loops also end at
+        their next turn once stopping, and a loop still running is cancelled
+        again each second; past ``timeout`` it is left behind with a warning
+        rather than waited for.
         """
         self._stopping = True
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        running = {task for task in self._tasks if not task.done()}
-        while running and loop.time() < deadline:
-            for task in running:
-                task.cancel()
-            _, running = await asyncio.wait(running, timeout=min(1.0, deadline - loop.time()))
+        running = await cancel_within(self._tasks, deadline)
         if running:
             names_left = ", ".join(sorted(task.get_name() for task in running))
             log.warning(

@@ -76,6 +76,7 @@ from mesh.envelope import (
     MessageType,
     Metadata,
     decode,
+    named_run_id,
     utcnow,
 )
 from mesh.errors import DecodeError
@@ -839,28 +840,25 @@ class TaskWorker:
 
 
 def _stand_in_task(msg: Msg, agent: str) -> Envelope | None:
-    """An envelope for an undecodable task's run, when it names a usable run id:
-    its raw JSON's ``id``, else its ``Nats-Msg-Id: run-<id>`` header."""
+    """An envelope for an undecodable task's run, when it names a usable run id
+    (:func:`~mesh.envelope.named_run_id`), with the input it gave if any."""
     headers = msg.headers or {}
+    run_id = named_run_id(msg.data, headers)
+    if run_id is None:
+        return None
     try:
         raw = json.loads(msg.data)
-    except ValueError:  # not JSON at all: the header may still name the run
+    except (ValueError, RecursionError):  # named by its header only
         raw = None
-    run_id = raw.get("id") if isinstance(raw, dict) else None
-    if not isinstance(run_id, str) or not names.RUN_ID_RE.match(run_id):
-        marker = headers.get("Nats-Msg-Id", "")
-        run_id = marker.removeprefix("run-") if marker.startswith("run-") else None
-        if run_id is None or not names.RUN_ID_RE.match(run_id):
-            return None
+    payload = raw.get("payload") if isinstance(raw, dict) else None
+    given = payload.get("input") if isinstance(payload, dict) else None
     try:
-        tenant = headers.get("AF-Tenant") or "default"
-        payload = raw.get("payload") if isinstance(raw, dict) else None
-        given = payload.get("input") if isinstance(payload, dict) else None
         return Envelope(
             id=run_id, type="task.run", message_type=MessageType.COMMAND,
-            payload={"agent": agent, "input": given}, metadata=Metadata(tenant=tenant),
+            payload={"agent": agent, "input": given},
+            metadata=Metadata(tenant=headers.get("AF-Tenant") or "default"),
         )  # fmt: skip
-    except (ValueError, TypeError, ValidationError):  # not JSON, or a tenant no run can have
+    except ValidationError:  # a tenant no run can have
         return None
 
 

@@ -16,7 +16,8 @@ from gateway.api.params import DLQ_SEQ, MAX_SEQ, path_value, query_int, query_va
 from gateway.api.problems import validation_errors
 from gateway.api.services import SERVICES, Services
 from mesh import dlq
-from mesh.names import AGENT_KEY_RE, RUN_ID_RE
+from mesh.envelope import named_run_id
+from mesh.names import AGENT_KEY_RE
 from mesh.queue import MAX_BATCH, TaskSpec
 from mesh.stats import queue_stats
 
@@ -35,17 +36,10 @@ async def stats(request: web.Request) -> web.Response:
 
 def _run_id(entry: dlq.DeadLetter) -> str | None:
     """The run of a task dead letter: recorded with it or, for a task that was
-    dead-lettered unread (undecodable), named by the original: its
-    ``Nats-Msg-Id: run-<id>`` (set by the queue), else its envelope's ``id``."""
+    dead-lettered unread before runs were named, the one its bytes name."""
     if entry.run_id is not None or entry.origin != "tasks":
         return entry.run_id
-    msg_id = entry.headers.get("Nats-Msg-Id", "")
-    candidate: object = msg_id.removeprefix("run-") if msg_id.startswith("run-") else None
-    if candidate is None:
-        with contextlib.suppress(ValueError, RecursionError):  # not JSON: nothing names the run
-            raw = json.loads(entry.payload)
-            candidate = raw.get("id") if isinstance(raw, dict) else None
-    return candidate if isinstance(candidate, str) and RUN_ID_RE.match(candidate) else None
+    return named_run_id(entry.payload, entry.headers)
 
 
 def _summary(view: dlq.DeadLetterView) -> dict[str, Any]:

@@ -668,3 +668,17 @@ async def test_a_task_that_is_not_json_but_names_its_run_in_its_header_is_findab
     assert "undecodable task" in (state.error or "")
     (letter,) = await dlq.list_dead_letters(mesh_js, name=agent)
     assert letter.entry.run_id == run_id
+
+
+async def test_the_mover_names_the_run_of_an_unreadable_task_it_dead_letters(
+    mesh_js: JetStreamContext,
+) -> None:
+    agent = unique("mover-bytes")
+    run_id = unique("bytes-run")
+    ack = await mesh_js.publish(
+        names.task_subject(agent, 2), b"\x00not json", headers={"Nats-Msg-Id": f"run-{run_id}"}
+    )
+    advisory = json.dumps({"stream_seq": ack.seq, "deliveries": 13}).encode()
+    assert await move_max_delivered(mesh_js, advisory) == run_id
+    (letter,) = await dlq.list_dead_letters(mesh_js, name=agent)
+    assert letter.entry.run_id == run_id and letter.entry.payload == b"\x00not json"
