@@ -226,14 +226,19 @@ def run(obj: Ctx, agent: str, input_json: str, priority: str, idempotency_key: s
 @output_option
 @click.pass_obj
 def get(obj: Ctx, run_id: str, output: str) -> None:
-    """Show one run: status, progress, result or errors."""
+    """Show one run: status, input, priority, progress, result, which worker ran it,
+    its first and last start, and every attempt's error across DLQ replays."""
 
     async def go() -> dict[str, Any]:
         async with obj.client() as api:
             return await api.run(run_id)
 
     view = _run(go())
-    _emit(output, view, [(k, v) for k, v in view.items() if v not in (None, [])])
+    rows = [(k, v) for k, v in view.items() if v not in (None, []) and k != "errors"]
+    for e in view.get("errors") or []:  # one line each: which round, which attempt, what
+        where = f"attempt {e['attempt']}" + (f" (replay {e['replay']})" if e.get("replay") else "")
+        rows.append((where, f"{e['error_type']}: {e['error']}"))
+    _emit(output, view, rows)
 
 
 @cli.command()

@@ -82,6 +82,8 @@ async def list_runs_view(request: web.Request) -> web.Response:
     rows, after = await list_runs(svc.pool, where, limit=limit, cursor=cursor)
     for row in rows:
         row["priority"] = Priority(row["priority"]).name
+        for key in ("enqueued_at", "started_at", "finished_at"):  # ISO 8601, as everywhere
+            row[key] = row[key].isoformat() if row[key] is not None else None
     return json_response({"runs": rows, "next_cursor": after})
 
 

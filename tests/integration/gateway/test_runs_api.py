@@ -224,5 +224,14 @@ async def test_the_cli_lists_and_cancels(api: TestClient[Any, Any]) -> None:
     assert [r["run_id"] for r in json.loads(listed.output)["runs"]] == [run["run_id"]]
     table = await asyncio.to_thread(invoke, "runs", "ls", "--tenant", tenant, "--status", "succeeded")
     assert run["run_id"] in table.output and "succeeded" in table.output
+    assert datetime.fromisoformat(json.loads(listed.output)["runs"][0]["enqueued_at"]).tzinfo is not None
+    failing = await _submit(api, "fuel-combustion", tenant, input={**DIESEL, "unit": "kg"})
+    await _final(api, failing["run_id"])
+    shown = await asyncio.to_thread(invoke, "get", failing["run_id"])
+    assert (
+        shown.exit_code == 0
+        and "attempt 1" in shown.output
+        and "ValueError: diesel is measured" in shown.output
+    )
     refused = await asyncio.to_thread(invoke, "cancel", run["run_id"])
     assert refused.exit_code == 1 and "already finished: succeeded" in refused.output
