@@ -26,6 +26,6 @@ and run it with ``AF_AGENTS=my_module:Double agent-factory up`` (see
 
 from agents.contract import Agent, RunContext
 from agents.registry import AgentLoadError, Registry, load_registry
-from mesh.worker import PermanentError
+from mesh.queue.worker import PermanentError
 
 __all__ = ["Agent", "AgentLoadError", "PermanentError", "Registry", "RunContext", "load_registry"]

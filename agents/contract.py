@@ -52,7 +52,7 @@ class Agent(ABC, Generic[I, O]):
     description: ClassVar[str] = ""
     Input: ClassVar[type[BaseModel]]
     Output: ClassVar[type[BaseModel]]
-    # Queue settings (see mesh.worker.AgentQueueConfig)
+    # Queue settings (see mesh.queue.worker.AgentQueueConfig)
     ack_wait_s: ClassVar[float] = 300.0
     max_attempts: ClassVar[int] = 3
 

@@ -35,8 +35,8 @@ from agents.store.runs import index_runs
 from mesh import names
 from mesh.envelope import CONTENT_TYPE, decode
 from mesh.errors import DecodeError
-from mesh.events import ExecutionFinished
-from mesh.puller import Puller
+from mesh.queue.runs import ExecutionFinished
+from mesh.wire.puller import Puller
 
 __all__ = ["EXECUTIONS", "RUN_INDEX", "Projection", "Recorder"]
 

@@ -1,4 +1,4 @@
-"""Run agents on the task queue: the bridge from :mod:`mesh.worker` to :class:`Agent`.
+"""Run agents on the task queue: the bridge from :mod:`mesh.queue.worker` to :class:`Agent`.
 
 Bad input is a permanent error (no retry can fix it); anything else an
 agent raises is retried by the queue with backoff.
@@ -14,7 +14,7 @@ from pydantic import ValidationError
 
 from agents.contract import Agent, RunContext
 from agents.registry import Registry
-from mesh.worker import AgentQueueConfig, Handler, PermanentError, TaskContext, TaskWorker
+from mesh.queue.worker import AgentQueueConfig, Handler, PermanentError, TaskContext, TaskWorker
 
 __all__ = ["agent_handler", "worker_for"]
 

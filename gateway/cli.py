@@ -148,7 +148,7 @@ async def _worker(nats_url: str, name: str, concurrency: int, keys: list[str] | 
     from agents.registry import load_registry
     from agents.runtime import worker_for
     from gateway.worker_metrics import serve_worker_metrics
-    from mesh.connection import connect, jetstream
+    from mesh.wire.connection import connect, jetstream
 
     registry = load_registry(os.environ.get("AF_AGENTS", ""))  # what `up` serves, passed down
     nc = await connect(nats_url, name=name)
@@ -268,7 +268,7 @@ def status(obj: Ctx, output: str) -> None:
 @click.option("-n", "count", type=int, default=None, help="Runs/tasks/events to push through.")
 def bench(suite: str, as_json: bool, count: int | None) -> None:
     """Benchmarks with the raw nats-py ceiling measured in the same run."""
-    from gateway.bench import run_benchmarks
+    from benchmarks.suites import run_benchmarks
 
     tune_gc()  # as in `up` and `worker`; the raw nats-py ceiling runs under the same settings
     result = asyncio.run(run_benchmarks(suite, count))

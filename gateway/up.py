@@ -48,13 +48,13 @@ from gateway.api import Services, create_app
 from gateway.api.problems import ApiRunner
 from gateway.ports import PortInUse, bindable, check_port
 from gateway.state import UpState, read_state, write_state
-from mesh.connection import connect, jetstream, redacted
 from mesh.embedded import NatsServer, find_free_port, parent_death_signal
-from mesh.maintenance import QueueMaintenance
 from mesh.provision import ProvisionConfig, provision
-from mesh.queue import TaskQueue
-from mesh.scheduler import Scheduler
+from mesh.queue.maintenance import QueueMaintenance
+from mesh.queue.producer import TaskQueue
+from mesh.schedules.scheduler import Scheduler
 from mesh.settings import Settings
+from mesh.wire.connection import connect, jetstream, redacted
 
 __all__ = ["DataDirInUse", "Platform", "lock_data_dir", "run_up"]
 

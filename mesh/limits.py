@@ -11,7 +11,7 @@ written would run again and again. With the server's max payload ``M``
 * a result is at most ``M / 4``: the finished event carries the input
   (within the task's half) and the result;
 * the attempt errors an event or a dead letter carries total at most
-  32 KiB (:func:`mesh.dlq.bounded_errors` trims them).
+  32 KiB (:func:`mesh.deadletters.bounded_errors` trims them).
 
 A larger result fails the run permanently with :class:`ResultTooLarge`.
 """

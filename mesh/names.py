@@ -12,12 +12,16 @@ from typing import Final
 __all__ = [
     "AGENT_KEY_RE",
     "RUN_ID_RE",
+    "BUCKET_CHANNELS",
     "BUCKET_CONFIG",
     "BUCKET_IDEMPOTENCY",
     "BUCKET_LOCKS",
     "BUCKET_RUNS",
     "BUCKET_SCHEDULES",
+    "DURABLE_CHANNEL_PREFIX",
+    "EPHEMERAL_CHANNEL_PREFIX",
     "STREAM_ADVISORIES",
+    "STREAM_CHANNELS",
     "STREAM_DLQ",
     "STREAM_EVENTS",
     "STREAM_SCHEDULES",
@@ -44,6 +48,10 @@ BUCKET_IDEMPOTENCY: Final = "af_idempotency"  # idempotency key -> run id (24 h)
 BUCKET_CONFIG: Final = "af_config"  # configuration, to be watched for hot reload
 BUCKET_LOCKS: Final = "af_locks"  # leases with per-key TTL, for the lifecycle manager
 BUCKET_SCHEDULES: Final = "af_schedules"  # schedule and trigger definitions
+BUCKET_CHANNELS: Final = "af_channels"  # live channel subscribers (heartbeat TTL)
+STREAM_CHANNELS: Final = "AF_CHANNELS"  # durable channels: af.ch.<channel>
+DURABLE_CHANNEL_PREFIX: Final = "af.ch"
+EPHEMERAL_CHANNEL_PREFIX: Final = "af.eph"
 
 TASKS_PREFIX: Final = "af.tasks"
 EVENTS_PREFIX: Final = "af.events"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import Final
 
 from nats.js import JetStreamContext
 from nats.js.api import (
@@ -22,13 +23,16 @@ from nats.js.api import (
 from nats.js.errors import BadRequestError, NotFoundError
 
 from mesh import names
-from mesh.queue import DEFAULT_MAX_DEPTH
 
 __all__ = ["ProvisionConfig", "ensure_run_projection", "ensure_stream", "provision"]
 
 log = logging.getLogger(__name__)
 
 DAY = 86_400.0
+
+
+DEFAULT_MAX_DEPTH: Final = 100_000  # waiting tasks per agent and priority, enforced by the server
+CHANNEL_REGISTRY_TTL_S: Final = 30.0  # a channel subscriber's registry entry lives this long unrenewed
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,7 +48,6 @@ class ProvisionConfig:
 
 
 def stream_configs(cfg: ProvisionConfig) -> list[StreamConfig]:
-    from mesh.channels import channel_stream_config  # channels builds on ensure_stream
 
     return [
         StreamConfig(
@@ -115,8 +118,6 @@ def stream_configs(cfg: ProvisionConfig) -> list[StreamConfig]:
 
 
 def bucket_configs(cfg: ProvisionConfig) -> list[KeyValueConfig]:
-    from mesh.channels import channel_bucket_config
-
     return [
         KeyValueConfig(bucket=names.BUCKET_RUNS, history=1, ttl=cfg.runs_ttl_s,
                        replicas=cfg.replicas, description="run id -> run state"),
@@ -130,6 +131,35 @@ def bucket_configs(cfg: ProvisionConfig) -> list[KeyValueConfig]:
                        description="schedule and trigger definitions"),
         channel_bucket_config(replicas=cfg.replicas),
     ]  # fmt: skip
+
+
+def channel_stream_config(
+    replicas: int = 1, max_age_s: float = 7 * 86_400.0, max_msg_size: int = 1_048_576
+) -> StreamConfig:
+    """``AF_CHANNELS``: a work queue, so a message lives until one subscriber acks it."""
+    return StreamConfig(
+        name=names.STREAM_CHANNELS,
+        description="Durable channels: af.ch.<channel>, one consumer group per channel",
+        subjects=[f"{names.DURABLE_CHANNEL_PREFIX}.>"],
+        retention=RetentionPolicy.WORK_QUEUE,
+        storage=StorageType.FILE,
+        num_replicas=replicas,
+        duplicate_window=120.0,
+        max_age=max_age_s,
+        max_msg_size=max_msg_size,
+        discard=DiscardPolicy.NEW,
+        allow_msg_ttl=True,
+    )
+
+
+def channel_bucket_config(replicas: int = 1) -> KeyValueConfig:
+    return KeyValueConfig(
+        bucket=names.BUCKET_CHANNELS,
+        history=1,
+        ttl=CHANNEL_REGISTRY_TTL_S,
+        replicas=replicas,
+        description="live channel subscribers, renewed by heartbeat",
+    )
 
 
 async def ensure_stream(js: JetStreamContext, config: StreamConfig) -> None:

@@ -29,7 +29,7 @@ import faust
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, StorageType, StreamConfig
 
-from mesh.connection import connect, jetstream
+from mesh.wire.connection import connect, jetstream
 from streams import naming
 from streams.partitioner import partition_for
 from streams.records import encode_headers

@@ -10,9 +10,9 @@ not arrive within ``ack_timeout_s`` (nats-py waits forever) fails. At most
 queued or in flight the publisher is ``congested`` and the producer holds
 back new records until half of that has drained.
 
-Acks are read straight off the connection (:class:`mesh.lean.DirectInbox`, no
+Acks are read straight off the connection (:class:`mesh.wire.protocol.DirectInbox`, no
 ``Msg`` or task hop per ack) and publishes are written with pre-encoded
-headers (:func:`mesh.lean.publish`).
+headers (:func:`mesh.wire.protocol.publish`).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from faust.exceptions import ProducerSendError
 from faust.types import TP, RecordMetadata
 from nats.aio.client import Client
 
-from mesh import lean
+from mesh.wire import protocol
 
 __all__ = ["Publisher"]
 
@@ -75,14 +75,14 @@ class Publisher:
         self._uncongested = asyncio.Event()
         self._uncongested.set()
         self._no_linger = False
-        self._inbox: lean.DirectInbox | None = None
+        self._inbox: protocol.DirectInbox | None = None
         self._tasks: list[asyncio.Task[None]] = []
         #: The first failure since the last :meth:`take_failure`.
         self.failure: BaseException | None = None
 
     async def start(self) -> None:
         self._prefix = self._nc.new_inbox()
-        self._inbox = lean.DirectInbox(self._nc, self._prefix + ".*", self._on_reply)
+        self._inbox = protocol.DirectInbox(self._nc, self._prefix + ".*", self._on_reply)
         await self._inbox.start()
         loop = asyncio.get_running_loop()
         self._tasks = [
@@ -166,8 +166,8 @@ class Publisher:
                 item.sent_at = now
                 in_flight[token] = item
                 try:
-                    headers = lean.encode_headers(item.headers) if item.headers else None
-                    await lean.publish(nc, item.subject, item.payload, f"{prefix}{token}", headers)
+                    headers = protocol.encode_headers(item.headers) if item.headers else None
+                    await protocol.publish(nc, item.subject, item.payload, f"{prefix}{token}", headers)
                 except Exception as exc:
                     in_flight.pop(token, None)
                     self._fail(item, exc)
@@ -178,7 +178,7 @@ class Publisher:
         if item is None:
             return  # timed out already
         self._settled()
-        status = lean.parse_headers(headers).get("Status") if headers else None
+        status = protocol.parse_headers(headers).get("Status") if headers else None
         if status:
             self._fail(item, ProducerSendError(f"no stream stores {item.subject!r} (status {status})"))
             return

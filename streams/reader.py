@@ -12,7 +12,7 @@ restarted, the ephemeral consumer is gone) is detected after its expiry and the
 consumer is re-created at the next offset to read, so no message is skipped or
 delivered twice across a nats-server restart.
 
-Deliveries are read straight off the connection (:class:`mesh.lean.DirectInbox`):
+Deliveries are read straight off the connection (:class:`mesh.wire.protocol.DirectInbox`):
 the raw payload and header block are buffered as they are, with no ``Msg``,
 no header dict and no task hop per message; the consumer decodes the headers
 when it hands the record to Faust.
@@ -33,7 +33,7 @@ from nats.aio.client import Client
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
-from mesh.lean import DirectInbox, parse_headers
+from mesh.wire.protocol import DirectInbox, api_prefix, parse_headers
 from streams import naming
 from streams.records import parse_reply
 
@@ -170,7 +170,7 @@ class PartitionReader:
 
         inbox = DirectInbox(self._nc, self._nc.new_inbox(), on_msg)
         await inbox.start()
-        next_subject = f"{self._js._prefix}.CONSUMER.MSG.NEXT.{self.stream}.{name}"
+        next_subject = f"{api_prefix(self._js)}.CONSUMER.MSG.NEXT.{self.stream}.{name}"
         try:
             while True:
                 await self._room.wait()

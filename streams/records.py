@@ -23,7 +23,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from mesh.lean import parse_headers
+from mesh.wire.protocol import parse_headers
 
 __all__ = ["decode_header_block", "decode_headers", "encode_headers", "parse_reply"]
 

@@ -33,7 +33,7 @@ from nats.aio.client import Client
 from nats.js import JetStreamContext
 from yarl import URL
 
-from mesh.connection import connect, jetstream
+from mesh.wire.connection import connect, jetstream
 from streams.consumer import Consumer
 from streams.errors import UnsupportedGuarantee
 from streams.producer import Producer

@@ -15,8 +15,8 @@ import pytest
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 
-from mesh.connection import connect, jetstream
 from mesh.embedded import NatsServer
+from mesh.wire.connection import connect, jetstream
 
 warnings.filterwarnings("ignore", module="platformdirs")
 
@@ -86,7 +86,7 @@ async def mesh_js(js: JetStreamContext, nats_url: str) -> JetStreamContext:
 
 @pytest.fixture
 async def queue(nc: Client, mesh_js: JetStreamContext) -> AsyncIterator[object]:
-    from mesh.queue import TaskQueue
+    from mesh.queue.producer import TaskQueue
 
     async with TaskQueue(nc, mesh_js) as q:
         yield q

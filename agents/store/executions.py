@@ -13,7 +13,7 @@ from pydantic_core import to_json
 
 from agents.registry import Registry
 from mesh import names
-from mesh.events import ExecutionFinished
+from mesh.queue.runs import ExecutionFinished
 
 __all__ = ["EXECUTIONS_MENDED", "get_execution", "list_agents", "record_executions", "upsert_agents"]
 

@@ -20,7 +20,7 @@ import asyncpg
 from nats.aio.msg import Msg
 
 from agents.errors import AgentError
-from mesh.runs import RunState, parse_run
+from mesh.queue.runs import RunState, parse_run
 
 __all__ = ["BadCursor", "RunFilter", "index_runs", "list_runs"]
 

@@ -6,7 +6,7 @@ from aiohttp import web
 
 from gateway.api.bodies import json_response
 from gateway.api.services import SERVICES, Services
-from mesh.channels import list_channels
+from mesh.channels.registry import list_channels
 
 __all__ = ["routes"]
 

@@ -8,7 +8,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from mesh.envelope import Priority, priority_by_name
-from mesh.queue import DEFAULT_TTL_S, MAX_TTL_S
+from mesh.queue.producer import DEFAULT_TTL_S, MAX_TTL_S
 
 __all__ = ["RunAccepted", "RunRequest", "RunView"]
 

@@ -15,11 +15,12 @@ from gateway.api.models import RunRequest
 from gateway.api.params import DLQ_SEQ, MAX_SEQ, path_value, query_int, query_value
 from gateway.api.problems import validation_errors
 from gateway.api.services import SERVICES, Services
-from mesh import dlq
+from mesh.deadletters import DeadLetter
 from mesh.envelope import named_run_id
 from mesh.names import AGENT_KEY_RE
-from mesh.queue import MAX_BATCH, TaskSpec
-from mesh.stats import queue_stats
+from mesh.queue import dlq
+from mesh.queue.producer import MAX_BATCH, TaskSpec
+from mesh.queue.stats import queue_stats
 
 __all__ = ["routes"]
 
@@ -34,7 +35,7 @@ async def stats(request: web.Request) -> web.Response:
     return json_response({"lanes": lanes, "dead_letters": result.dead_letters})
 
 
-def _run_id(entry: dlq.DeadLetter) -> str | None:
+def _run_id(entry: DeadLetter) -> str | None:
     """The run of a task dead letter: recorded with it or, for a task that was
     dead-lettered unread before runs were named, the one its bytes name."""
     if entry.run_id is not None or entry.origin != "tasks":

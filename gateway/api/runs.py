@@ -22,12 +22,12 @@ from gateway.api.models import RunAccepted, RunRequest, RunView
 from gateway.api.params import RUN_ID, path_value, query_int, query_value
 from gateway.api.problems import validation_errors
 from gateway.api.services import SERVICES, Services
-from mesh.cancel import cancel_run
 from mesh.envelope import Priority
 from mesh.errors import RunAlreadyFinished
 from mesh.names import AGENT_KEY_RE
-from mesh.queue import TaskSpec
-from mesh.runs import RunState, RunStatus, get_run, stored_task
+from mesh.queue.cancel import cancel_run
+from mesh.queue.producer import TaskSpec
+from mesh.queue.runs import RunState, RunStatus, get_run, stored_task
 
 __all__ = ["routes"]
 

@@ -21,7 +21,7 @@ from agents.errors import AgentInputInvalid
 from gateway.api.bodies import json_response, read_json
 from gateway.api.problems import validation_errors
 from gateway.api.services import SERVICES, Services
-from mesh.schedules import (
+from mesh.schedules.definitions import (
     CronSchedule,
     EventTrigger,
     add_definition,

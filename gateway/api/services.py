@@ -11,7 +11,7 @@ from nats.aio.client import Client
 from nats.js import JetStreamContext
 
 from agents.registry import Registry
-from mesh.queue import TaskQueue
+from mesh.queue.producer import TaskQueue
 from mesh.settings import Settings
 
 __all__ = ["SERVICES", "Services"]

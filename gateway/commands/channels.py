@@ -13,11 +13,11 @@ from nats.errors import ConnectionClosedError
 
 from gateway.commands.common import CliError, Ctx, _emit, _run, output_option
 from gateway.state import read_state
-from mesh.channel_errors import InvalidChannelName
-from mesh.channels import Channel
-from mesh.channels import tail as tail_channel
-from mesh.connection import connect, redacted
+from mesh.channels.errors import InvalidChannelName
+from mesh.channels.registry import Channel
+from mesh.channels.registry import tail as tail_channel
 from mesh.errors import ConnectionFailed
+from mesh.wire.connection import connect, redacted
 
 __all__ = ["channels"]
 

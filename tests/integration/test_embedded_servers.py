@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 from nats.js import JetStreamContext
 
-from mesh.connection import connect
 from mesh.embedded import find_free_port
 from mesh.errors import ConnectionFailed
+from mesh.wire.connection import connect
 
 
 async def test_jetstream_is_enabled_on_the_embedded_server(js: JetStreamContext) -> None:

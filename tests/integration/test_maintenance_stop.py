@@ -19,11 +19,12 @@ import pytest
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 
-from mesh import maintenance, names
-from mesh.connection import connect, jetstream
+from mesh import names
 from mesh.embedded import NatsServer
-from mesh.maintenance import QueueMaintenance
 from mesh.provision import provision
+from mesh.queue import maintenance
+from mesh.queue.maintenance import QueueMaintenance
+from mesh.wire.connection import connect, jetstream
 
 
 @pytest.fixture

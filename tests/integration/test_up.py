@@ -22,8 +22,8 @@ import pytest
 from agents.store.embedded import EmbeddedPostgres
 from gateway.up import Platform
 from mesh.embedded import NatsServer, end_process, find_free_port, pid_alive
-from mesh.maintenance import QueueMaintenance
-from mesh.scheduler import Scheduler
+from mesh.queue.maintenance import QueueMaintenance
+from mesh.schedules.scheduler import Scheduler
 from mesh.settings import Settings
 from tests.helpers import DOUBLE_AGENT_MODULE
 

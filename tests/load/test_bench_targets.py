@@ -10,8 +10,8 @@ import json
 
 import pytest
 
-from gateway.bench import run_benchmarks
-from gateway.bench_targets import TARGETS, missed
+from benchmarks.suites import run_benchmarks
+from benchmarks.targets import TARGETS, missed
 from mesh.runtime import tune_gc
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from gateway.bench_targets import missed
+from benchmarks.targets import missed
 
 
 def test_a_result_that_meets_every_target_misses_none() -> None:

@@ -6,7 +6,7 @@ import collections
 
 import pytest
 
-from mesh.dispatch import Budget, DispatchPolicy, Lane
+from mesh.queue.dispatch import Budget, DispatchPolicy, Lane
 
 
 def lanes(agents: list[str], priorities: range = range(5)) -> list[Lane[None]]:

@@ -57,6 +57,9 @@ def readme_lines() -> list[tuple[str, str, bool]]:
             pending = pending[:-1] + " "
             continue
         line, pending = pending, ""
+        head = [w for w in line.split() if not ENV_WORD.match(w)][:1]
+        if not head or (head[0] not in PROGRAMS and head[0] != "make"):
+            continue  # not a command line (a layout drawing, a code sample): not shell
         words = shlex.split(line, comments=True)
         while words and ENV_WORD.match(words[0]):
             words.pop(0)

@@ -8,7 +8,7 @@ import pytest
 from pydantic import ValidationError
 
 from mesh.envelope import Priority
-from mesh.schedules import (
+from mesh.schedules.definitions import (
     CronSchedule,
     EventTrigger,
     parse_definition,

@@ -21,8 +21,8 @@ from agents.store.executions import upsert_agents
 from agents.store.migrations import apply_migrations
 from gateway.api import Services, create_app
 from gateway.api.problems import ApiRunner
-from mesh.queue import TaskQueue
-from mesh.schedules import list_definitions, remove_definition
+from mesh.queue.producer import TaskQueue
+from mesh.schedules.definitions import list_definitions, remove_definition
 from mesh.settings import Settings
 
 TOKEN = "test-token"

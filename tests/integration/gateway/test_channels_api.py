@@ -20,11 +20,11 @@ from nats.js import JetStreamContext
 
 from gateway.commands.channels import channels
 from gateway.commands.common import Ctx
-from mesh.channels import CHANNELS_STREAM
-from mesh.connection import connect
+from mesh.channels.messaging import Mesh
+from mesh.channels.registry import CHANNELS_STREAM
 from mesh.embedded import NatsServer, find_free_port
 from mesh.envelope import Envelope
-from mesh.messaging import Mesh
+from mesh.wire.connection import connect
 from tests.helpers import unique
 
 from .conftest import TOKEN

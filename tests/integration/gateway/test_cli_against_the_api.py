@@ -12,8 +12,9 @@ from click.testing import CliRunner, Result
 from nats.js import JetStreamContext
 
 from gateway.cli import cli
-from mesh import dlq, names
+from mesh import deadletters, names
 from mesh.envelope import new_id
+from mesh.queue import dlq
 
 from .conftest import TOKEN
 
@@ -86,8 +87,8 @@ async def test_dead_letter_stored_without_a_run_id_is_named_by_its_envelope(
     run_id = new_id()
     payload = json.dumps({"id": run_id, "payload": "not an envelope"}).encode()
     subject = names.task_subject("noop", 2)
-    entry = dlq.DeadLetter.of(payload=payload, origin="tasks", name="noop", subject=subject)
-    seq = await dlq.dead_letter(mesh_js, entry, dedup_id=f"test-{run_id}")
+    entry = deadletters.DeadLetter.of(payload=payload, origin="tasks", name="noop", subject=subject)
+    seq = await deadletters.dead_letter(mesh_js, entry, dedup_id=f"test-{run_id}")
     try:
         shown = await (await api.get(f"/api/v1/queue/dlq/{seq}")).json()
         assert shown["run_id"] == run_id

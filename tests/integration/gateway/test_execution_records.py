@@ -10,10 +10,9 @@ import asyncpg
 from aiohttp.test_utils import TestClient
 
 from agents.store.executions import EXECUTIONS_MENDED, get_execution, record_executions
-from mesh.dlq import AttemptError
+from mesh.deadletters import AttemptError
 from mesh.envelope import new_id, utcnow
-from mesh.events import ExecutionFinished
-from mesh.runs import RunStatus
+from mesh.queue.runs import ExecutionFinished, RunStatus
 
 
 def _failed_run(replay: int = 0) -> ExecutionFinished:

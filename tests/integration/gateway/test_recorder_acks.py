@@ -21,8 +21,7 @@ from agents.recorder import CONSUMER, Recorder
 from agents.store.executions import get_execution
 from mesh import names
 from mesh.envelope import CONTENT_TYPE, JSON, Envelope, encode, new_id, utcnow
-from mesh.events import EXECUTION_FINISHED, ExecutionFinished
-from mesh.runs import RunStatus
+from mesh.queue.runs import EXECUTION_FINISHED, ExecutionFinished, RunStatus
 
 EVENTS = 20
 

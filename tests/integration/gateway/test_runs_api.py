@@ -14,7 +14,7 @@ from click.testing import CliRunner
 
 from gateway.api.services import SERVICES
 from gateway.cli import cli
-from mesh.queue import TaskSpec
+from mesh.queue.producer import TaskSpec
 from tests.helpers import unique
 
 DIESEL = {"fuel": "diesel", "quantity": 100, "unit": "L"}

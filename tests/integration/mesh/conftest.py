@@ -10,10 +10,10 @@ import pytest
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 
-from mesh.connection import connect
+from mesh.channels.messaging import Mesh
 from mesh.envelope import new_id
-from mesh.messaging import Mesh
 from mesh.provision import provision
+from mesh.wire.connection import connect
 
 
 @pytest.fixture

@@ -12,12 +12,12 @@ import pytest
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 
-from mesh.channels import CHANNELS_STREAM, Channel
+from mesh.channels.messaging import Mesh
+from mesh.channels.registry import CHANNELS_STREAM, Channel
+from mesh.channels.subscriptions import DurableOptions
 from mesh.envelope import Envelope
 from mesh.errors import PayloadTooLarge
-from mesh.messaging import Mesh
 from mesh.names import STREAM_DLQ, dlq_subject
-from mesh.subscriptions import DurableOptions
 
 Eventually = Callable[..., Awaitable[None]]
 FAST = DurableOptions(max_attempts=3, ack_timeout_s=2.0, backoff_s=(0.05,), poll_s=1.0)

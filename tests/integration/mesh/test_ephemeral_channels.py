@@ -8,12 +8,12 @@ from collections.abc import Awaitable, Callable
 import pytest
 from nats.aio.client import Client
 
-from mesh.channel_errors import InvalidChannelName, TooManySubscribers
-from mesh.channels import BROADCAST, Channel
+from mesh.channels.errors import InvalidChannelName, TooManySubscribers
+from mesh.channels.messaging import Mesh, MeshConfig
+from mesh.channels.registry import BROADCAST, Channel
+from mesh.channels.schemas import SchemaRegistry
+from mesh.channels.subscriptions import EphemeralSubscription
 from mesh.envelope import Envelope
-from mesh.messaging import Mesh, MeshConfig
-from mesh.schemas import SchemaRegistry
-from mesh.subscriptions import EphemeralSubscription
 
 Eventually = Callable[..., Awaitable[None]]
 

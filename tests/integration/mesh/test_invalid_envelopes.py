@@ -10,12 +10,12 @@ import pytest
 from prometheus_client import REGISTRY
 from pydantic import BaseModel, Field
 
-from mesh.channel_errors import InvalidPayload
-from mesh.channels import Channel
+from mesh.channels.errors import InvalidPayload
+from mesh.channels.messaging import Mesh, MeshConfig
+from mesh.channels.registry import Channel
+from mesh.channels.subscriptions import DurableOptions
 from mesh.envelope import CONTENT_TYPE, JSON, MSGPACK, Envelope, encode
-from mesh.messaging import Mesh, MeshConfig
 from mesh.names import STREAM_DLQ, dlq_subject
-from mesh.subscriptions import DurableOptions
 
 Eventually = Callable[..., Awaitable[None]]
 

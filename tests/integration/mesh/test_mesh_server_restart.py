@@ -5,11 +5,11 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 
-from mesh.channels import sync_with_server
+from mesh.channels.messaging import Mesh
+from mesh.channels.subscriptions import DurableOptions
 from mesh.embedded import NatsServer
 from mesh.envelope import Envelope
-from mesh.messaging import Mesh
-from mesh.subscriptions import DurableOptions
+from mesh.wire.protocol import sync_with_server
 
 
 async def test_durable_subscriber_resumes_after_the_server_restarts(

@@ -10,12 +10,12 @@ from typing import Any
 import pytest
 from nats.aio.client import Client
 
-from mesh.channel_errors import NoResponders, RemoteError
-from mesh.channels import CHANNELS_STREAM, Channel
+from mesh.channels.errors import NoResponders, RemoteError
+from mesh.channels.messaging import Mesh, rpc_channel
+from mesh.channels.registry import CHANNELS_STREAM, Channel
+from mesh.channels.subscriptions import DurableOptions
 from mesh.envelope import Envelope
 from mesh.errors import RequestTimeout
-from mesh.messaging import Mesh, rpc_channel
-from mesh.subscriptions import DurableOptions
 
 Eventually = Callable[..., Awaitable[None]]
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from mesh import connection
 from mesh.errors import ConnectionFailed
+from mesh.wire import connection
 
 
 async def test_connect_refuses_a_server_older_than_the_platform_needs(

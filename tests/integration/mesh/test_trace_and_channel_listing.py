@@ -8,10 +8,11 @@ from collections.abc import Awaitable, Callable
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
-from mesh.channels import Channel, list_channels, sync_with_server, tail
+from mesh.channels.messaging import RPC_PREFIX, Mesh
+from mesh.channels.registry import Channel, list_channels, tail
 from mesh.envelope import Envelope
-from mesh.messaging import RPC_PREFIX, Mesh
 from mesh.trace import CORRELATION_HEADER, trace_id_of
+from mesh.wire.protocol import sync_with_server
 
 Eventually = Callable[..., Awaitable[None]]
 

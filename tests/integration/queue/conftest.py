@@ -9,9 +9,9 @@ import pytest
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 
-from mesh.connection import connect, jetstream
 from mesh.embedded import NatsServer
 from mesh.provision import ProvisionConfig, provision
+from mesh.wire.connection import connect, jetstream
 
 
 class Own:

@@ -17,8 +17,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
 
-from mesh.connection import connect, jetstream
-from mesh.worker import AgentQueueConfig, TaskContext, TaskWorker
+from mesh.queue.worker import AgentQueueConfig, TaskContext, TaskWorker
+from mesh.wire.connection import connect, jetstream
 
 
 async def main(url: str, agent: str, ack_wait: float, concurrency: int) -> None:

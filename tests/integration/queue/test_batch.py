@@ -11,13 +11,13 @@ from nats.aio.client import Client
 from nats.js import JetStreamContext
 
 from mesh import names
-from mesh.connection import connect, jetstream
 from mesh.embedded import NatsServer
 from mesh.errors import BatchRejected, PayloadTooLarge, QueueFull
 from mesh.provision import ProvisionConfig, provision
-from mesh.queue import MAX_BATCH, TaskQueue, TaskSpec
-from mesh.runs import RunStatus, get_run
-from mesh.worker import AgentQueueConfig, TaskContext, TaskWorker
+from mesh.queue.producer import MAX_BATCH, TaskQueue, TaskSpec
+from mesh.queue.runs import RunStatus, get_run
+from mesh.queue.worker import AgentQueueConfig, TaskContext, TaskWorker
+from mesh.wire.connection import connect, jetstream
 from tests.helpers import unique
 
 

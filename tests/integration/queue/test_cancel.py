@@ -10,14 +10,15 @@ import pytest
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 
-from mesh import dlq, names
-from mesh.cancel import cancel_run
+from mesh import names
 from mesh.envelope import decode
 from mesh.errors import RunAlreadyFinished
-from mesh.outcome import js_send, outcome_message, record_outcome, stored_outcome
-from mesh.queue import TaskQueue, TaskSpec
-from mesh.runs import RunStatus, get_run
-from mesh.worker import AgentQueueConfig, TaskContext, TaskWorker, ensure_lane
+from mesh.queue import dlq
+from mesh.queue.cancel import cancel_run
+from mesh.queue.outcome import js_send, outcome_message, record_outcome, stored_outcome
+from mesh.queue.producer import TaskQueue, TaskSpec
+from mesh.queue.runs import RunStatus, get_run
+from mesh.queue.worker import AgentQueueConfig, TaskContext, TaskWorker, ensure_lane
 from tests.helpers import unique
 
 from .test_faults import finished_events

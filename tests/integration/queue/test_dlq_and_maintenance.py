@@ -9,14 +9,15 @@ from nats.aio.client import Client
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig
 
-from mesh import dlq, metrics, names
+from mesh import names
 from mesh.envelope import decode
-from mesh.maintenance import expire_overdue, move_max_delivered
-from mesh.puller import Puller
-from mesh.queue import TaskQueue, TaskSpec
-from mesh.runs import RunStatus, get_run
-from mesh.stats import queue_stats
-from mesh.worker import AgentQueueConfig, TaskContext, TaskWorker, ensure_lane
+from mesh.queue import dlq, metrics
+from mesh.queue.maintenance import expire_overdue, move_max_delivered
+from mesh.queue.producer import TaskQueue, TaskSpec
+from mesh.queue.runs import RunStatus, get_run
+from mesh.queue.stats import queue_stats
+from mesh.queue.worker import AgentQueueConfig, TaskContext, TaskWorker, ensure_lane
+from mesh.wire.puller import Puller
 from tests.helpers import unique
 
 from .conftest import Own
@@ -180,7 +181,7 @@ async def test_stats_show_depth_per_lane_and_dead_letters(
 
 async def test_maintenance_service_records_expiry_and_refreshes_gauges(own: Own) -> None:
     # On a server of its own: the service reaps every run it finds.
-    from mesh.maintenance import QueueMaintenance
+    from mesh.queue.maintenance import QueueMaintenance
 
     nc, js = own.nc, own.js
     agent, busy = unique("svc"), unique("gauge")

@@ -13,8 +13,8 @@ from nats.aio.client import Client
 from nats.js import JetStreamContext
 
 from mesh.envelope import Priority
-from mesh.queue import TaskQueue, TaskSpec
-from mesh.worker import AgentQueueConfig, TaskContext, TaskWorker
+from mesh.queue.producer import TaskQueue, TaskSpec
+from mesh.queue.worker import AgentQueueConfig, TaskContext, TaskWorker
 from tests.helpers import unique
 
 CRITICAL_PER_AGENT = 500

@@ -14,14 +14,15 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
-from mesh import dlq, names
-from mesh.connection import connect, jetstream
+from mesh import names
 from mesh.embedded import NatsServer
 from mesh.envelope import decode
 from mesh.provision import provision
-from mesh.queue import TaskQueue, TaskSpec
-from mesh.runs import RunStatus, get_run
-from mesh.worker import AgentQueueConfig, TaskContext, TaskWorker
+from mesh.queue import dlq
+from mesh.queue.producer import TaskQueue, TaskSpec
+from mesh.queue.runs import RunStatus, get_run
+from mesh.queue.worker import AgentQueueConfig, TaskContext, TaskWorker
+from mesh.wire.connection import connect, jetstream
 from tests.helpers import unique
 
 WORKER = Path(__file__).with_name("effect_worker.py")

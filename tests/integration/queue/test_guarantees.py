@@ -19,17 +19,18 @@ import pytest
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 
-from mesh import dlq, names
+from mesh import names
 from mesh.envelope import decode, utcnow
 from mesh.errors import EnqueueOutcomeUnknown, PayloadTooLarge, QueueFull
-from mesh.lean import parse_headers
-from mesh.maintenance import expire_overdue, move_max_delivered
-from mesh.outcome import js_send, outcome_message, record_outcome
 from mesh.provision import ProvisionConfig
-from mesh.puller import Puller
-from mesh.queue import TaskQueue, TaskSpec
-from mesh.runs import RunState, RunStatus, get_run, put_run
-from mesh.worker import AgentQueueConfig, PermanentError, TaskContext, TaskWorker, ensure_lane
+from mesh.queue import dlq
+from mesh.queue.maintenance import expire_overdue, move_max_delivered
+from mesh.queue.outcome import js_send, outcome_message, record_outcome
+from mesh.queue.producer import TaskQueue, TaskSpec
+from mesh.queue.runs import RunState, RunStatus, get_run, put_run
+from mesh.queue.worker import AgentQueueConfig, PermanentError, TaskContext, TaskWorker, ensure_lane
+from mesh.wire.protocol import parse_headers
+from mesh.wire.puller import Puller
 from tests.helpers import unique
 
 from .conftest import Own
@@ -513,7 +514,7 @@ async def test_an_idempotent_retry_past_the_duplicate_window_does_not_store_the_
     spec = TaskSpec(agent, {"x": 1}, idempotency_key="invoice-7")
     async with TaskQueue(own.nc, js) as queue:
         # The first caller claims the key, stores the task, and dies before its record.
-        from mesh.queue import task_message
+        from mesh.queue.producer import task_message
 
         run_id = "first-caller-run"
         assert await queue._claim_key(spec.tenant, "invoice-7", run_id.encode()) is None
@@ -563,7 +564,7 @@ async def test_a_refused_task_leaves_no_queued_record(own: Own, monkeypatch: pyt
     agent, js = unique("refused"), own.js
     async with TaskQueue(own.nc, js) as queue:
         await queue.enqueue(TaskSpec(agent, {}))
-        monkeypatch.setattr("mesh.queue.new_id", lambda: "refused-run")
+        monkeypatch.setattr("mesh.queue.producer.new_id", lambda: "refused-run")
         with pytest.raises(QueueFull):
             await queue.enqueue(TaskSpec(agent, {}))
     assert await get_run(js, "refused-run") is None  # the record is written only after the task is stored

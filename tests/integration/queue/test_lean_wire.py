@@ -1,4 +1,4 @@
-"""mesh.lean against a real nats-server: what the hooks deliver is exactly what was sent."""
+"""mesh.wire.protocol against a real nats-server: what the hooks deliver is exactly what was sent."""
 
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ from hypothesis import strategies as st
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 
-from mesh import lean
 from mesh.embedded import NatsServer
-from mesh.pipeline import Pipeline, parse_puback
-from mesh.puller import Puller
+from mesh.wire import protocol
+from mesh.wire.publisher import Pipeline, parse_puback
+from mesh.wire.puller import Puller
 from tests.helpers import unique
 
 
@@ -27,8 +27,8 @@ async def test_direct_inbox_gets_every_frame_byte_exact_in_order(nc: Client) -> 
         if len(got) == total:
             all_in.set()
 
-    subject = f"lean.{unique('direct')}"
-    inbox = lean.DirectInbox(nc, f"{subject}.*", on_msg)
+    subject = f"protocol.{unique('direct')}"
+    inbox = protocol.DirectInbox(nc, f"{subject}.*", on_msg)
     await inbox.start()
     sender = await nats_client_like(nc)
     # Sizes straddle the 32 KiB read buffer so frames split across reads.
@@ -37,9 +37,9 @@ async def test_direct_inbox_gets_every_frame_byte_exact_in_order(nc: Client) -> 
         if i % 3 == 0:
             await sender.publish(f"{subject}.{i}", body, reply=f"r.{i}", headers={"K": str(i)})
         elif i % 3 == 1:
-            await lean.publish(sender, f"{subject}.{i}", body, "", lean.encode_headers({"K": str(i)}))
+            await protocol.publish(sender, f"{subject}.{i}", body, "", protocol.encode_headers({"K": str(i)}))
         else:
-            await lean.publish(sender, f"{subject}.{i}", body)
+            await protocol.publish(sender, f"{subject}.{i}", body)
     await sender.flush()
     async with asyncio.timeout(20):
         await all_in.wait()
@@ -52,21 +52,21 @@ async def test_direct_inbox_gets_every_frame_byte_exact_in_order(nc: Client) -> 
         if i % 3 == 2:
             assert headers is None
         else:
-            assert headers is not None and lean.parse_headers(headers) == {"K": str(i)}
+            assert headers is not None and protocol.parse_headers(headers) == {"K": str(i)}
 
 
 async def nats_client_like(nc: Client) -> Client:
     """A second, hooked connection to the same server."""
-    from mesh.connection import connect
+    from mesh.wire.connection import connect
 
     url = f"nats://{nc.connected_url.hostname}:{nc.connected_url.port}"  # type: ignore[union-attr]
     return await connect(url, name="pytest-sender")
 
 
 async def test_other_subscriptions_on_a_hooked_connection_are_untouched(nc: Client) -> None:
-    subject = f"lean.{unique('plain')}"
+    subject = f"protocol.{unique('plain')}"
     sub = await nc.subscribe(subject)
-    await lean.publish(nc, subject, b"hello", "", lean.encode_headers({"A": "b\r\nInjected: x"}))
+    await protocol.publish(nc, subject, b"hello", "", protocol.encode_headers({"A": "b\r\nInjected: x"}))
     msg = await sub.next_msg(timeout=5)
     assert msg.data == b"hello" and msg.headers == {"A": "b  Injected: x"}  # no header injection
     await sub.unsubscribe()
@@ -77,8 +77,8 @@ async def test_pipeline_and_puller_survive_a_server_restart(tmp_path: object) ->
 
     from nats.js.api import RetentionPolicy, StreamConfig
 
-    from mesh.connection import connect, jetstream
     from mesh.provision import ensure_stream
+    from mesh.wire.connection import connect, jetstream
 
     server = NatsServer(Path(str(tmp_path)) / "nats")
     server.start()
@@ -86,20 +86,20 @@ async def test_pipeline_and_puller_survive_a_server_restart(tmp_path: object) ->
         nc = await connect(server.url, name="pytest-restart")
         js = await jetstream(nc)
         await ensure_stream(
-            js, StreamConfig(name="LEAN", subjects=["lean.q"], retention=RetentionPolicy.WORK_QUEUE)
+            js, StreamConfig(name="LEAN", subjects=["protocol.q"], retention=RetentionPolicy.WORK_QUEUE)
         )
-        await js.add_consumer("LEAN", durable_name="c", filter_subject="lean.q")
+        await js.add_consumer("LEAN", durable_name="c", filter_subject="protocol.q")
         pipeline = Pipeline(nc)
         await pipeline.start()
         puller = Puller(nc, "LEAN", "c")
         await puller.start()
-        assert parse_puback(await (await pipeline.request("lean.q", b"before"))).seq == 1
+        assert parse_puback(await (await pipeline.request("protocol.q", b"before"))).seq == 1
         server.stop()
         server.start()  # same port, same store
         async with asyncio.timeout(20):
             while True:
                 try:
-                    ack = parse_puback(await (await pipeline.request("lean.q", b"after")))
+                    ack = parse_puback(await (await pipeline.request("protocol.q", b"after")))
                     break
                 except Exception:
                     await asyncio.sleep(0.2)
@@ -124,16 +124,16 @@ def test_headers_round_trip(headers: dict[str, str]) -> None:
     # CR/LF would end the header line: they travel as spaces; edges are trimmed (bytes whitespace).
     newlines = str.maketrans({"\r": " ", "\n": " "})
     expected = {k: v.translate(newlines).encode().strip().decode() for k, v in headers.items()}
-    assert lean.parse_headers(lean.encode_headers(headers)) == expected
+    assert protocol.parse_headers(protocol.encode_headers(headers)) == expected
 
 
 def test_status_lines_parse_like_nats_py() -> None:
-    assert lean.parse_headers(b"NATS/1.0 404 No Messages\r\n\r\n") == {
+    assert protocol.parse_headers(b"NATS/1.0 404 No Messages\r\n\r\n") == {
         "Status": "404",
         "Description": "No Messages",
     }
-    assert lean.parse_headers(b"NATS/1.0 503\r\n\r\n") == {"Status": "503"}
-    assert lean.parse_headers(b"NATS/1.0 100 Idle Heartbeat\r\nNats-Last-Stream: 7\r\n\r\n") == {
+    assert protocol.parse_headers(b"NATS/1.0 503\r\n\r\n") == {"Status": "503"}
+    assert protocol.parse_headers(b"NATS/1.0 100 Idle Heartbeat\r\nNats-Last-Stream: 7\r\n\r\n") == {
         "Status": "100", "Description": "Idle Heartbeat", "Nats-Last-Stream": "7",
     }  # fmt: skip
 

@@ -9,9 +9,9 @@ from nats.aio.client import Client
 from nats.js import JetStreamContext
 
 from mesh.envelope import Priority
-from mesh.queue import TaskQueue, TaskSpec
-from mesh.runs import RunStatus, get_run
-from mesh.worker import AgentQueueConfig, TaskContext, TaskWorker
+from mesh.queue.producer import TaskQueue, TaskSpec
+from mesh.queue.runs import RunStatus, get_run
+from mesh.queue.worker import AgentQueueConfig, TaskContext, TaskWorker
 from tests.helpers import unique
 
 from .test_worker_basics import wait_for_run

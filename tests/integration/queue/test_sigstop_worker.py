@@ -14,11 +14,11 @@ import pytest
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 
-from mesh.connection import connect, jetstream
 from mesh.embedded import NatsServer
 from mesh.provision import ProvisionConfig, provision
-from mesh.queue import TaskQueue, TaskSpec
-from mesh.runs import RunStatus, get_run
+from mesh.queue.producer import TaskQueue, TaskSpec
+from mesh.queue.runs import RunStatus, get_run
+from mesh.wire.connection import connect, jetstream
 from tests.helpers import unique
 
 from .test_faults import Starts, finished_events, spawn_worker

@@ -15,12 +15,13 @@ from typing import Any
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 
-from mesh import dlq, names
+from mesh import names
 from mesh.envelope import utcnow
-from mesh.maintenance import expire_overdue
-from mesh.queue import TaskQueue, TaskSpec
-from mesh.runs import RunStatus, get_run
-from mesh.worker import AgentQueueConfig, PermanentError, TaskContext, TaskWorker
+from mesh.queue import dlq
+from mesh.queue.maintenance import expire_overdue
+from mesh.queue.producer import TaskQueue, TaskSpec
+from mesh.queue.runs import RunStatus, get_run
+from mesh.queue.worker import AgentQueueConfig, PermanentError, TaskContext, TaskWorker
 from tests.helpers import unique
 
 from .test_faults import Starts, spawn_worker

@@ -11,10 +11,10 @@ from nats.aio.client import Client
 from nats.js import JetStreamContext
 
 from mesh import names
-from mesh.contract import CONTRACT, rendered
 from mesh.envelope import utcnow
-from mesh.runs import RunStatus, get_run, parse_run
-from mesh.worker import AgentQueueConfig, TaskContext, TaskWorker
+from mesh.queue.contract import CONTRACT, rendered
+from mesh.queue.runs import RunStatus, get_run, parse_run
+from mesh.queue.worker import AgentQueueConfig, TaskContext, TaskWorker
 from tests.helpers import unique
 
 from .test_worker_basics import wait_for_run
@@ -25,9 +25,9 @@ SCHEMAS = Path(__file__).resolve().parents[3] / "docs" / "schemas"
 def test_the_committed_schemas_and_examples_are_what_the_code_generates() -> None:
     for file, text in rendered().items():
         committed = SCHEMAS / file
-        assert committed.exists(), f"{committed} missing: run python -m mesh.contract docs/schemas"
+        assert committed.exists(), f"{committed} missing: run python -m mesh.queue.contract docs/schemas"
         assert committed.read_text() == text, (
-            f"{committed} is stale: run python -m mesh.contract docs/schemas"
+            f"{committed} is stale: run python -m mesh.queue.contract docs/schemas"
         )
 
 

@@ -10,9 +10,9 @@ from nats.js import JetStreamContext
 
 from mesh import names
 from mesh.envelope import Priority
-from mesh.queue import TaskQueue, TaskSpec
-from mesh.runs import RunState, RunStatus, get_run
-from mesh.worker import AgentQueueConfig, PermanentError, TaskContext, TaskWorker
+from mesh.queue.producer import TaskQueue, TaskSpec
+from mesh.queue.runs import RunState, RunStatus, get_run
+from mesh.queue.worker import AgentQueueConfig, PermanentError, TaskContext, TaskWorker
 from tests.helpers import unique
 
 

@@ -18,10 +18,10 @@ from gateway.api import Services, create_app
 from gateway.api.schedules import BASE, routes
 from mesh import names
 from mesh.envelope import Envelope, decode, new_id
-from mesh.puller import Puller
-from mesh.queue import TaskQueue
-from mesh.scheduler import Scheduler
+from mesh.queue.producer import TaskQueue
+from mesh.schedules.scheduler import Scheduler
 from mesh.settings import Settings
+from mesh.wire.puller import Puller
 
 
 async def task_count(js: JetStreamContext, agent: str, priority: int = 2) -> int:

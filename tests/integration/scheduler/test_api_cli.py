@@ -13,7 +13,7 @@ from nats.js import JetStreamContext
 from gateway.commands.common import Ctx
 from gateway.commands.schedule import schedule
 from mesh import names
-from mesh.schedules import def_subject, trigger_consumer
+from mesh.schedules.definitions import def_subject, trigger_consumer
 
 from .conftest import TOKEN
 

@@ -9,8 +9,8 @@ from nats.aio.client import Client
 from nats.js import JetStreamContext
 
 from mesh import names
-from mesh.scheduler import CronSchedule, Scheduler, add_definition, remove_definition
-from mesh.schedules import def_subject, fire_subject, register_cron
+from mesh.schedules.definitions import def_subject, fire_subject, register_cron
+from mesh.schedules.scheduler import CronSchedule, Scheduler, add_definition, remove_definition
 from tests.helpers import unique
 
 from .conftest import read_tasks, task_count, until

@@ -16,11 +16,11 @@ from pathlib import Path
 
 from nats.js import JetStreamContext
 
-from mesh.connection import connect, jetstream
 from mesh.embedded import NatsServer
 from mesh.provision import provision
-from mesh.queue import TaskQueue
-from mesh.scheduler import CronSchedule, Scheduler, add_definition
+from mesh.queue.producer import TaskQueue
+from mesh.schedules.scheduler import CronSchedule, Scheduler, add_definition
+from mesh.wire.connection import connect, jetstream
 
 from .conftest import read_tasks, task_count
 

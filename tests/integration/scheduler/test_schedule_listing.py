@@ -12,7 +12,7 @@ from nats.js import JetStreamContext
 from gateway.commands.common import Ctx
 from gateway.commands.schedule import schedule
 from mesh import names
-from mesh.schedules import list_definitions
+from mesh.schedules.definitions import list_definitions
 
 from .conftest import TOKEN
 

@@ -13,9 +13,9 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
-from mesh.queue import TaskQueue
-from mesh.scheduler import CronSchedule, Scheduler
-from mesh.schedules import fire_subject
+from mesh.queue.producer import TaskQueue
+from mesh.schedules.definitions import fire_subject
+from mesh.schedules.scheduler import CronSchedule, Scheduler
 from tests.helpers import unique
 
 

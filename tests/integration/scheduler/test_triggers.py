@@ -9,8 +9,8 @@ from nats.js import JetStreamContext
 
 from mesh import names
 from mesh.envelope import CONTENT_TYPE, JSON, Envelope, Priority, encode
-from mesh.scheduler import EventTrigger, Scheduler, add_definition, remove_definition
-from mesh.schedules import trigger_consumer
+from mesh.schedules.definitions import trigger_consumer
+from mesh.schedules.scheduler import EventTrigger, Scheduler, add_definition, remove_definition
 from tests.helpers import unique
 
 from .conftest import read_tasks, task_count, until

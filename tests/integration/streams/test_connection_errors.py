@@ -16,9 +16,9 @@ from streams_counter_app import build_app
 from streams_helpers import eventually, publish_events
 from streams_workers import running
 
-from mesh.connection import connect, jetstream
 from mesh.embedded import NatsServer, find_free_port, nats_server_binary
 from mesh.errors import ConnectionFailed
+from mesh.wire.connection import connect, jetstream
 from streams import naming
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from mesh.channel_errors import InvalidChannelName
-from mesh.channels import Channel, channel_of_subject
+from mesh.channels.errors import InvalidChannelName
+from mesh.channels.registry import Channel, channel_of_subject
 from mesh.envelope import ChannelType
 
 

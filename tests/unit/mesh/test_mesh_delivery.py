@@ -11,8 +11,8 @@ from hypothesis import strategies as st
 from nats.aio.msg import Msg
 from nats.errors import NotJSMessageError
 
-from mesh.delivery import Deadlines
-from mesh.lean import ack_subject, delivery_of
+from mesh.wire.delivery import Deadlines
+from mesh.wire.protocol import ack_subject, delivery_of
 
 COUNTS = st.integers(min_value=0, max_value=2**63 - 1)
 

@@ -9,9 +9,9 @@ from prometheus_client import REGISTRY
 from pydantic import BaseModel
 
 from mesh import trace
-from mesh.acks import MESSAGES, AckTracker
-from mesh.channel_errors import InvalidPayload
-from mesh.schemas import SchemaRegistry
+from mesh.channels.acks import MESSAGES, AckTracker
+from mesh.channels.errors import InvalidPayload
+from mesh.channels.schemas import SchemaRegistry
 
 
 class Reading(BaseModel):

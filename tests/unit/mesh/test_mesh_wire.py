@@ -9,13 +9,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mesh.channels import Channel
+from mesh.channels.encoder import Encoder, fast_id
+from mesh.channels.registry import Channel
+from mesh.channels.schemas import SchemaRegistry
 from mesh.envelope import CONTENT_TYPE, JSON, MSGPACK, ChannelType, MessageType, Priority, decode
 from mesh.errors import PayloadTooLarge
-from mesh.lean import parse_headers
-from mesh.schemas import SchemaRegistry
 from mesh.trace import CORRELATION_HEADER, TRACEPARENT, trace_id_of
-from mesh.wire import Encoder, fast_id
+from mesh.wire.protocol import parse_headers
 
 
 def _payloads(floats: st.SearchStrategy[float]) -> st.SearchStrategy[Any]:
@@ -179,8 +179,8 @@ def test_nan_and_infinity_in_a_payload_are_written_as_null() -> None:
 
 
 def test_a_nats_server_too_old_for_batches_and_schedules_is_refused_by_name() -> None:
-    from mesh.connection import check_server_version
     from mesh.errors import ConnectionFailed
+    from mesh.wire.connection import check_server_version
 
     for ok in ("2.14.0", "2.15.1", "v2.15.1", "3.0.0", "2.16.0-beta.1", "dev"):
         check_server_version(ok)
@@ -190,7 +190,7 @@ def test_a_nats_server_too_old_for_batches_and_schedules_is_refused_by_name() ->
 
 
 def test_a_nats_url_is_printed_without_its_password() -> None:
-    from mesh.connection import redacted
+    from mesh.wire.connection import redacted
 
     assert redacted("nats://agent-factory:s3cr@t@127.0.0.1:4222") == "nats://agent-factory:***@127.0.0.1:4222"
     assert redacted("nats://127.0.0.1:4222") == "nats://127.0.0.1:4222"

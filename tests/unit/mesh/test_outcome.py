@@ -8,13 +8,12 @@ from datetime import timedelta
 
 import pytest
 
-from mesh.dlq import AttemptError
+from mesh.deadletters import AttemptError
 from mesh.envelope import Envelope, decode, utcnow
-from mesh.events import ExecutionFinished
-from mesh.lean import parse_headers
-from mesh.outcome import finished_msg_id, outcome_message, success_message
-from mesh.queue import TaskSpec, build_task, queued_record
-from mesh.runs import RunStatus, parse_run
+from mesh.queue.outcome import finished_msg_id, outcome_message, success_message
+from mesh.queue.producer import TaskSpec, build_task, queued_record
+from mesh.queue.runs import ExecutionFinished, RunStatus, parse_run
+from mesh.wire.protocol import parse_headers
 
 
 def _finished_task(replay: int = 0) -> tuple[Envelope, object]:

@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from nats.js.errors import APIError
 
-from mesh.pipeline import PubAck, Reply, parse_puback
+from mesh.wire.publisher import PubAck, Reply, parse_puback
 
 
 @given(

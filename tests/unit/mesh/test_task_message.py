@@ -13,9 +13,9 @@ from hypothesis import strategies as st
 
 from mesh.envelope import MSGPACK, Envelope, Priority, decode, encode
 from mesh.errors import InvalidTask, PayloadTooLarge
-from mesh.lean import encode_headers, parse_headers
-from mesh.queue import TaskSpec, build_task, task_message
-from mesh.runs import RunStatus, parse_run
+from mesh.queue.producer import TaskSpec, build_task, task_message
+from mesh.queue.runs import RunStatus, parse_run
+from mesh.wire.protocol import encode_headers, parse_headers
 
 RUN_ID = "0123456789abcdef0123456789abcdef"
 _json = st.recursive(

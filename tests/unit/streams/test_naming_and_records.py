@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from mesh import lean
+from mesh.wire import protocol
 from streams import naming
 from streams.errors import UnsupportedGuarantee
 from streams.records import decode_header_block, decode_headers, encode_headers, parse_reply
@@ -60,7 +60,7 @@ def test_record_headers_round_trip(
 ) -> None:
     encoded = encode_headers(key, value, timestamp, headers)
     # As nats-py hands them over (a dict), and as the reader buffers them (the raw block).
-    wire = lean.encode_headers(encoded) if encoded else None
+    wire = protocol.encode_headers(encoded) if encoded else None
     for decoded in (decode_headers(encoded), decode_header_block(wire)):
         assert decoded.key == key
         assert decoded.is_null == (value is None)

@@ -1,6 +1,6 @@
 """Cancel a run that has not finished: ``DELETE /api/v1/runs/{id}``, ``agent-factory cancel``.
 
-A cancel is an outcome like any other (:mod:`mesh.outcome`): the run's
+A cancel is an outcome like any other (:mod:`mesh.queue.outcome`): the run's
 ``execution.finished`` event with status ``cancelled``, written by
 compare-and-set on the run's event subject, so exactly one of a cancel and
 the worker's own outcome is recorded:
@@ -33,8 +33,8 @@ from nats.js.errors import NotFoundError
 from mesh import names
 from mesh.envelope import Envelope, MessageType, Metadata, utcnow
 from mesh.errors import RunAlreadyFinished
-from mesh.outcome import cancelled_msg_id, write_outcome
-from mesh.runs import RunState, RunStatus, get_run, get_run_entry, stored_task
+from mesh.queue.outcome import cancelled_msg_id, write_outcome
+from mesh.queue.runs import RunState, RunStatus, get_run, get_run_entry, stored_task
 
 __all__ = ["cancel_run"]
 

@@ -41,9 +41,8 @@ from pydantic import ValidationError
 from mesh import names
 from mesh.envelope import CONTENT_TYPE, decode
 from mesh.errors import DecodeError
-from mesh.puller import Puller
-from mesh.queue import TaskQueue, TaskSpec
-from mesh.schedules import (
+from mesh.queue.producer import TaskQueue, TaskSpec
+from mesh.schedules.definitions import (
     CronSchedule,
     Definition,
     EventTrigger,
@@ -61,6 +60,7 @@ from mesh.schedules import (
     trigger_consumer,
 )
 from mesh.stopping import cancel_within
+from mesh.wire.puller import Puller
 
 __all__ = [
     "RELAY_CONSUMER",

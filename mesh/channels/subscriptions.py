@@ -42,22 +42,23 @@ from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig
 from nats.js.errors import NotFoundError
 
-from mesh import lean, trace
-from mesh.acks import MESSAGES, AckTracker, PendingAck, count_rejected
-from mesh.channel_errors import InvalidPayload, RejectMessage
-from mesh.channels import (
+from mesh import trace
+from mesh.channels.acks import MESSAGES, AckTracker, PendingAck, count_rejected
+from mesh.channels.errors import InvalidPayload, RejectMessage
+from mesh.channels.registry import (
     CHANNELS_STREAM,
     Channel,
     Registration,
     SubscriberRegistry,
-    sync_with_server,
 )
-from mesh.delivery import Deadlines, InlineDelivery
-from mesh.dlq import AttemptError, DeadLetter, dead_letter
+from mesh.channels.schemas import SchemaRegistry
+from mesh.deadletters import AttemptError, DeadLetter, dead_letter
 from mesh.envelope import CONTENT_TYPE, Envelope, decode
 from mesh.errors import DecodeError, UnknownSchemaVersion
-from mesh.pull import PullStream
-from mesh.schemas import SchemaRegistry
+from mesh.wire import protocol
+from mesh.wire.delivery import Deadlines, InlineDelivery
+from mesh.wire.protocol import sync_with_server
+from mesh.wire.stream import PullStream
 
 __all__ = [
     "DurableOptions",
@@ -265,7 +266,7 @@ class DurableSubscription:
             await self._js.add_consumer(CHANNELS_STREAM, config)
         self._pull = PullStream(
             self._nc, CHANNELS_STREAM, consumer, self._on_msg, batch=opts.batch,
-            expires_s=opts.poll_s, api_prefix=self._js._prefix,
+            expires_s=opts.poll_s, api_prefix=protocol.api_prefix(self._js),
         )  # fmt: skip
         await self._pull.start()
 
@@ -303,7 +304,7 @@ class DurableSubscription:
 
     async def _process(self, msg: Msg) -> None:
         self._received.inc()
-        attempt, seq = lean.delivery_of(msg)
+        attempt, seq = protocol.delivery_of(msg)
         opts = self.options
         pending = self._tracker.begin(self._name, str(seq), opts.ack_timeout_s, attempt)
         if attempt > opts.max_attempts:

@@ -14,7 +14,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from mesh.channel_errors import InvalidPayload
+from mesh.channels.errors import InvalidPayload
 
 __all__ = ["SchemaRegistry"]
 

@@ -19,7 +19,6 @@ envelope's correlation id (and take its id as causation id) and trace.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -31,27 +30,27 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
-from mesh import lean
-from mesh.acks import MESSAGES, AckTracker
-from mesh.channel_errors import InvalidChannelName, NoResponders, RemoteError
-from mesh.channels import (
+from mesh.channels.acks import MESSAGES, AckTracker
+from mesh.channels.encoder import Encoder, Outgoing, fast_id
+from mesh.channels.errors import InvalidChannelName, NoResponders, RemoteError
+from mesh.channels.registry import (
     BROADCAST,
     Channel,
     SubscriberRegistry,
     ensure_channels,
 )
-from mesh.connection import jetstream
-from mesh.delivery import InlineDelivery
-from mesh.envelope import CONTENT_TYPE, JSON, ChannelType, Envelope, MessageType, decode
-from mesh.errors import DecodeError, MeshError, RequestTimeout
-from mesh.schemas import SchemaRegistry
-from mesh.subscriptions import (
+from mesh.channels.schemas import SchemaRegistry
+from mesh.channels.subscriptions import (
     DurableOptions,
     DurableSubscription,
     EphemeralSubscription,
     Handler,
 )
-from mesh.wire import Encoder, Outgoing, fast_id
+from mesh.envelope import CONTENT_TYPE, JSON, ChannelType, Envelope, MessageType, decode
+from mesh.errors import DecodeError, MeshError, RequestTimeout
+from mesh.wire import protocol
+from mesh.wire.connection import jetstream
+from mesh.wire.delivery import InlineDelivery
 
 __all__ = ["MAX_MESSAGE_SIZE", "Mesh", "MeshConfig", "Subscription", "rpc_channel"]
 
@@ -144,7 +143,7 @@ class Mesh:
         if self._registry is not None:
             await self._registry.stop()
         if self._js is not None:
-            await _close_publish_async_inbox(self.nc, self._js)
+            await protocol.close_publish_async_inbox(self.nc, self._js)
 
     async def __aenter__(self) -> Mesh:
         await self.start()
@@ -231,7 +230,7 @@ class Mesh:
             out = self.encoder.encode(parsed, payload, type=type, message_type=message_type, **fields)
         else:  # the common call, without building a keyword dict per message
             out = self.encoder.encode(parsed, payload, type=type, message_type=message_type)
-        await lean.publish(self.nc, parsed.subject, out.data, headers=out.header_block)
+        await protocol.publish(self.nc, parsed.subject, out.data, headers=out.header_block)
         self._sent_ephemeral.inc()
 
     async def broadcast(self, payload: Any, *, type: str = "broadcast", **fields: Any) -> None:
@@ -314,7 +313,7 @@ class Mesh:
                 out = self._reply(f"{request.type}.reply", await handler(request))
             except Exception as exc:
                 out = self._reply(ERROR_TYPE, {"error_type": type(exc).__name__, "error": str(exc)})
-            await lean.publish(
+            await protocol.publish(
                 self.nc, _checked_subject(request.reply_to), out.data, headers=out.header_block
             )
 
@@ -379,7 +378,7 @@ class Mesh:
                 if durable:
                     await self.js.publish(subject, out.data, headers=out.headers)
                 else:
-                    await lean.publish(self.nc, subject, out.data, reply_to, out.header_block)
+                    await protocol.publish(self.nc, subject, out.data, reply_to, out.header_block)
                 self._sent[channel.kind].inc()
                 msg = await future
             reply = decode(msg.data, msg.headers.get(CONTENT_TYPE) if msg.headers else None)
@@ -431,24 +430,8 @@ class Mesh:
             future.set_result(msg)
 
 
-async def _close_publish_async_inbox(nc: Client, js: JetStreamContext) -> None:
-    """Unsubscribe the reply inbox nats-py opens on the first ``publish_async``.
-
-    nats-py keeps no handle to it, so without this every stopped ``Mesh``
-    that used :meth:`Mesh.send_durable_many` would leave one subscription behind.
-    """
-    prefix = js._async_reply_prefix
-    if prefix is None:
-        return
-    subject = prefix.decode() + "*"
-    for sub in list(nc._subs.values()):
-        if sub.subject == subject:
-            with contextlib.suppress(Exception):
-                await sub.unsubscribe()
-
-
 def _checked_subject(subject: str) -> str:
-    """Refuse what ``Client.publish`` refuses (``mesh.lean.publish`` writes the
+    """Refuse what ``Client.publish`` refuses (``mesh.wire.protocol.publish`` writes the
     subject as given): an empty subject, or whitespace that would end the command."""
     if not subject or _SUBJECT_BREAKS.search(subject):
         raise nats.errors.BadSubjectError

@@ -11,7 +11,8 @@ from nats.js import JetStreamContext
 from prometheus_client import Gauge
 from pydantic import BaseModel
 
-from mesh import metrics, names
+from mesh import names
+from mesh.queue import metrics
 
 __all__ = ["LaneStats", "QueueStats", "queue_stats"]
 

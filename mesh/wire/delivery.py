@@ -1,7 +1,7 @@
 """Running message callbacks cheaply: inline delivery and shared handler deadlines.
 
 * :class:`InlineDelivery` starts a core NATS subscription's callback right in
-  the connection's reader (through :mod:`mesh.lean`), keeping nats-py's
+  the connection's reader (through :mod:`mesh.wire.protocol`), keeping nats-py's
   one-at-a-time, in-order semantics and its slow-consumer limit.
 * :class:`Deadlines` cancels handlers that outlive their timeout with one
   timer per subscription instead of one ``asyncio.timeout`` per message.
@@ -21,7 +21,7 @@ from typing import Any, Final
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
-from mesh import lean
+from mesh.wire import protocol
 
 __all__ = ["Deadlines", "InlineDelivery"]
 
@@ -36,7 +36,7 @@ class InlineDelivery:
 
     For a callback subscription nats-py parses the headers, queues the message
     and wakes one task per subscription to run the callback. This subscription
-    is registered with :mod:`mesh.lean` instead, which hands it the raw frame
+    is registered with :mod:`mesh.wire.protocol` instead, which hands it the raw frame
     from the reader; the callback's coroutine is started there, eagerly. One
     that completes without waiting (decode, check, handle, publish a reply)
     never leaves the reader; one that waits continues in a task, and messages
@@ -66,7 +66,7 @@ class InlineDelivery:
         self._backlog: deque[Msg] = deque()
         self._backlog_bytes = 0
         self._task: asyncio.Task[None] | None = None
-        self._inbox = lean.DirectInbox(nc, subject, self._deliver, queue=queue)
+        self._inbox = protocol.DirectInbox(nc, subject, self._deliver, queue=queue)
         self._closed = False
         self.dropped = 0
 
@@ -89,7 +89,7 @@ class InlineDelivery:
     def _deliver(self, subject: bytes, reply: bytes, data: bytes, headers: bytes | None) -> None:
         if self._closed:
             return
-        msg = lean.to_msg(self._nc, subject, reply, data, headers)
+        msg = protocol.to_msg(self._nc, subject, reply, data, headers)
         if self._task is not None:  # a callback is waiting: keep arrival order
             size = len(data)
             if len(self._backlog) >= self._limit or self._backlog_bytes + size > _PENDING_BYTES_LIMIT:

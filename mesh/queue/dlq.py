@@ -9,39 +9,34 @@ and runs again stores one dead letter, not two.
 
 A dead letter always fits under the max payload: the queue accepts tasks of
 at most half of it (:mod:`mesh.limits`) and the attempt history is trimmed
-(:func:`mesh.runs.bounded_errors`). A replay republishes first and deletes
+(:func:`mesh.deadletters.bounded_errors`). A replay republishes first and deletes
 the dead letter only once the task is stored again, so a failure anywhere
 leaves the dead letter in place.
 """
 
 from __future__ import annotations
 
-import base64
-from datetime import datetime, timedelta
-from typing import Literal
+from datetime import timedelta
 
-from nats.errors import MaxPayloadError
 from nats.js import JetStreamContext
 from nats.js.errors import APIError, NotFoundError
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 
 from mesh import names
-from mesh.envelope import CONTENT_TYPE, JSON, decode, encode, new_id, utcnow
-from mesh.errors import DecodeError, MeshError, PayloadTooLarge
-from mesh.lean import EXPECTED_LAST_SUBJECT_SEQ, WRONG_LAST_SEQUENCE
+from mesh.deadletters import DeadLetter, bounded_errors
+from mesh.envelope import CONTENT_TYPE, JSON, decode, encode, utcnow
+from mesh.errors import DecodeError, MeshError
 from mesh.limits import ERRORS_BUDGET
-from mesh.outcome import replay_generation, stored_outcome
-from mesh.runs import AttemptError, RunStatus, bounded_errors, get_run, get_run_entry, run_key
+from mesh.queue.outcome import replay_generation, stored_outcome
+from mesh.queue.runs import RunStatus, get_run, get_run_entry, run_key
+from mesh.wire.protocol import EXPECTED_LAST_SUBJECT_SEQ, WRONG_LAST_SEQUENCE
 
 __all__ = [
-    "AttemptError",
-    "DeadLetter",
     "DeadLetterNotFound",
     "DeadLetterView",
     "ReplayReport",
     "StaleDeadLetter",
     "count",
-    "dead_letter",
     "get_dead_letter",
     "list_dead_letters",
     "purge",
@@ -69,57 +64,6 @@ class StaleDeadLetter(MeshError):
             "nothing to replay (purge it)"
         )
         self.seq, self.run_id = seq, run_id
-
-
-class DeadLetter(BaseModel):
-    """One dead letter, stored as JSON on ``af.dlq.<origin>.<name>``."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    id: str = Field(default_factory=new_id)
-    origin: Literal["tasks", "channels"]
-    name: str  # agent key or channel name
-    subject: str  # the subject the original was published on
-    payload_b64: str  # the original bytes, exactly
-    headers: dict[str, str] = Field(default_factory=dict)
-    errors: list[AttemptError] = Field(default_factory=list)
-    reason: str = "max attempts reached"
-    tenant: str = "default"
-    run_id: str | None = None
-    first_attempt_at: datetime | None = None
-    dead_at: datetime = Field(default_factory=utcnow)
-
-    @property
-    def payload(self) -> bytes:
-        return base64.b64decode(self.payload_b64)
-
-    @classmethod
-    def of(cls, *, payload: bytes, errors: list[AttemptError] | None = None, **fields: object) -> DeadLetter:
-        return cls(
-            payload_b64=base64.b64encode(payload).decode(),
-            errors=bounded_errors(errors or []),
-            **fields,  # type: ignore[arg-type]
-        )
-
-
-async def dead_letter(js: JetStreamContext, entry: DeadLetter, dedup_id: str) -> int:
-    """Store ``entry`` durably; returns its DLQ stream sequence.
-
-    ``dedup_id`` identifies the original (e.g. ``tasks-<run id>``): storing the
-    same original twice within the duplicate window yields one dead letter.
-    Raises :class:`PayloadTooLarge` (before sending) for an original too large
-    to dead-letter (only a task published around the queue's size limit).
-    """
-    data = entry.model_dump_json().encode()
-    try:
-        ack = await js.publish(
-            names.dlq_subject(entry.origin, entry.name),
-            data,
-            headers={CONTENT_TYPE: JSON, "Nats-Msg-Id": f"dlq-{dedup_id}", "AF-Tenant": entry.tenant},
-        )
-    except MaxPayloadError as exc:
-        raise PayloadTooLarge(len(data), None, what="dead letter") from exc
-    return int(ack.seq)
 
 
 # ---- operating the DLQ ------------------------------------------------------

@@ -16,7 +16,7 @@ and tags every pull request with its own reply subject, so:
   dropped: it waits in :attr:`ready` and is handed out by the next call
   (or nak'ed by :meth:`close`), so it cannot sit invisible until ack-wait.
 
-The inbox is read directly off the connection (:mod:`mesh.lean`): no
+The inbox is read directly off the connection (:mod:`mesh.wire.protocol`): no
 per-message queue hop, and status replies never become ``Msg`` objects.
 """
 
@@ -32,7 +32,7 @@ from collections.abc import Mapping
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
-from mesh import lean
+from mesh.wire import protocol
 
 __all__ = ["Puller"]
 
@@ -62,7 +62,7 @@ class Puller:
         self._inbox = nc.new_inbox()
         self._ids = itertools.count(1)
         self._open: dict[str, _Request] = {}
-        self._direct = lean.DirectInbox(nc, f"{self._inbox}.*", self._on_msg)
+        self._direct = protocol.DirectInbox(nc, f"{self._inbox}.*", self._on_msg)
         self._changed = asyncio.Event()  # a message arrived or a request ended
         self.last_status: str | None = None
 
@@ -74,7 +74,7 @@ class Puller:
             # Data arrives under its original subject, not our token; the
             # server serves a consumer's pulls in order, so it belongs to the
             # oldest open request.
-            self.ready.append(lean.to_msg(self.nc, subject, reply, data, headers))
+            self.ready.append(protocol.to_msg(self.nc, subject, reply, data, headers))
             self._changed.set()
             if self._open:
                 oldest, first = next(iter(self._open.items()))
@@ -82,10 +82,10 @@ class Puller:
                 if first.got >= first.wanted:
                     self._finish(oldest, first)
             return
-        parsed = lean.parse_headers(headers)
+        parsed = protocol.parse_headers(headers)
         status = parsed.get("Status")
         if status is None:  # an empty message with headers but no status: still data
-            self.ready.append(lean.to_msg(self.nc, subject, reply, data, headers))
+            self.ready.append(protocol.to_msg(self.nc, subject, reply, data, headers))
             self._changed.set()
             return
         if status == "100":  # idle heartbeat
@@ -114,7 +114,7 @@ class Puller:
         token = str(next(self._ids))
         request = _Request(n, asyncio.get_running_loop().time() + wait_s)
         self._open[token] = request
-        await lean.publish(self.nc, self._api, json.dumps(body).encode(), f"{self._inbox}.{token}")
+        await protocol.publish(self.nc, self._api, json.dumps(body).encode(), f"{self._inbox}.{token}")
         try:
             async with asyncio.timeout(wait_s):
                 await request.done.wait()

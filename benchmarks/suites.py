@@ -19,9 +19,9 @@ from typing import Any
 import click
 
 from mesh import names
-from mesh.connection import connect, jetstream
 from mesh.embedded import NatsServer
 from mesh.settings import Settings
+from mesh.wire.connection import connect, jetstream
 
 __all__ = ["percentile", "run_benchmarks"]
 
@@ -61,12 +61,12 @@ async def run_benchmarks(suite: str, count: int | None = None) -> dict[str, Any]
         _say("bench skeleton: no-op runs through API → queue → worker → event → PostgreSQL …")
         out["skeleton"] = await bench_skeleton(count or 2000)
     if suite in ("queue", "all"):
-        from gateway.bench_queue import bench_queue
+        from benchmarks.queue import bench_queue
 
         _say("bench queue: raw ceiling, end-to-end throughput, latency at 1,000 tasks/s …")
         out["queue"] = await bench_queue(count or 20_000)
     if suite in ("messaging", "all"):
-        from mesh.messaging_bench import bench_messaging
+        from benchmarks.messaging import bench_messaging
 
         _say("bench messaging …")
         async with _servers() as env:
@@ -95,7 +95,7 @@ async def bench_skeleton(runs: int, concurrency: int = 64) -> dict[str, Any]:
     from gateway.api import Services, create_app
     from mesh.envelope import decode
     from mesh.provision import provision
-    from mesh.queue import TaskQueue
+    from mesh.queue.producer import TaskQueue
 
     async with _servers() as env:
         pg = EmbeddedPostgres(env.tmp / "pg")

@@ -44,7 +44,7 @@ from nats.js.kv import KeyValue
 from pydantic import ValidationError
 from pydantic_core import PydanticSerializationError, to_json
 
-from mesh import lean, metrics, names
+from mesh import names
 from mesh.envelope import (
     JSON,
     SCHEMA_VERSION,
@@ -65,21 +65,23 @@ from mesh.errors import (
     PayloadTooLarge,
     QueueFull,
 )
-from mesh.lean import encode_headers
 from mesh.limits import PayloadLimits
-from mesh.outcome import stored_outcome
-from mesh.pipeline import Pipeline, parse_puback
-from mesh.runs import RunStatus, get_run, run_key
+from mesh.provision import DEFAULT_MAX_DEPTH
+from mesh.queue import metrics
+from mesh.queue.outcome import stored_outcome
+from mesh.queue.runs import RunStatus, get_run, run_key
+from mesh.wire import protocol
+from mesh.wire.protocol import encode_headers
+from mesh.wire.publisher import Pipeline, parse_puback
 
 __all__ = ["DEFAULT_TTL_S", "MAX_BATCH", "MAX_TTL_S", "Enqueued", "TaskQueue", "TaskSpec"]
 
 DEFAULT_TTL_S: Final = 3600
-DEFAULT_MAX_DEPTH: Final = 100_000  # per agent and priority, enforced by the server
 MAX_TTL_S: Final = 86_400
 TASK_TYPE: Final = "task.run"
 MAX_BATCH: Final = 1000  # JetStream's atomic batch limit
 _SUBJECT_FULL = 10077  # JetStream: maximum messages per subject exceeded
-_CREATE_ONLY = lean.expect_last_subject_seq(lean.EMPTY_HEADERS, 0)
+_CREATE_ONLY = protocol.expect_last_subject_seq(protocol.EMPTY_HEADERS, 0)
 _COMMAND = MessageType.COMMAND.value
 _QUEUED = RunStatus.QUEUED.value
 
@@ -357,7 +359,7 @@ class TaskQueue:
         try:
             parse_puback(await reply)
         except APIError as exc:
-            if exc.err_code != lean.WRONG_LAST_SEQUENCE:  # already written by the worker: fine
+            if exc.err_code != protocol.WRONG_LAST_SEQUENCE:  # already written by the worker: fine
                 raise
 
     async def _claim_key(self, tenant: str, key: str, value: bytes) -> _Claim | None:
@@ -443,7 +445,7 @@ class TaskQueue:
             elif i == 1:
                 first_reply = await self.pipeline.request(subject, message.data, message.headers)
             else:
-                await lean.publish(self.nc, subject, message.data, headers=message.headers)
+                await protocol.publish(self.nc, subject, message.data, headers=message.headers)
         assert commit is not None
         try:
             if first_reply is not None:

@@ -28,7 +28,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
-from mesh.channels import sync_with_server
+from mesh.wire.protocol import sync_with_server
 
 __all__ = ["PullStream"]
 

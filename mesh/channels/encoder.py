@@ -13,7 +13,7 @@ Headers on every message: ``Content-Type``, ``traceparent`` (and
 ``Nats-Msg-Id`` (the envelope id: JetStream deduplicates re-sends) and
 ``Nats-TTL`` when the message has a TTL (whole seconds, at least 1). They come
 both as a dict (for nats-py's JetStream calls) and as the encoded NATS header
-block (for :func:`mesh.lean.publish` on core NATS).
+block (for :func:`mesh.wire.protocol.publish` on core NATS).
 """
 
 from __future__ import annotations
@@ -28,7 +28,9 @@ import msgpack
 import pydantic_core
 
 from mesh import trace
-from mesh.channels import Channel
+from mesh.channels.registry import Channel
+from mesh.channels.schemas import SchemaRegistry
+from mesh.channels.subscriptions import current_envelope
 from mesh.envelope import (
     CONTENT_TYPE,
     JSON,
@@ -42,10 +44,8 @@ from mesh.envelope import (
     encode,
 )
 from mesh.errors import DecodeError, PayloadTooLarge
-from mesh.lean import encode_headers
-from mesh.schemas import SchemaRegistry
-from mesh.subscriptions import current_envelope
 from mesh.trace import CORRELATION_HEADER, TRACEPARENT, TRACESTATE
+from mesh.wire.protocol import encode_headers
 
 __all__ = ["Encoder", "Outgoing", "fast_id"]
 
@@ -93,7 +93,7 @@ class Outgoing(NamedTuple):  # a tuple: the cheapest immutable record to build p
     headers: dict[str, str]
     id: str
     correlation_id: str
-    header_block: bytes  # ``headers`` as the NATS header block, for mesh.lean.publish
+    header_block: bytes  # ``headers`` as the NATS header block, for mesh.wire.protocol.publish
 
 
 class Encoder:

@@ -5,7 +5,7 @@ Guarantees:
 * **At-least-once delivery, one recorded outcome**: the outcome (the
   ``execution.finished`` event, projected into the run state) is durably
   written *before* the double ack (``ack_sync``), with compare-and-set on the
-  run's event subject (:func:`mesh.outcome.record_outcome`), so a run and
+  run's event subject (:func:`mesh.queue.outcome.record_outcome`), so a run and
   replay generation gets one outcome for good, however often it is delivered
   or run. A redelivered task whose outcome is already recorded is acked
   without running again. Side effects inside a handler must be fenced by
@@ -34,7 +34,7 @@ Guarantees:
 * **TTL = how long a task may wait for its first start.** Tasks carry no
   server TTL (the server would remove a task under a running worker). A
   first start past the deadline records the run as expired and does not run
-  it; the reaper (:mod:`mesh.maintenance`) expires and deletes tasks still
+  it; the reaper (:mod:`mesh.queue.maintenance`) expires and deletes tasks still
   waiting. A run still going near its deadline is *claimed* (state
   ``running``) so the reaper leaves it alone.
 * **Drain** (``stop``): stop pulling, let in-flight work finish within the
@@ -66,10 +66,8 @@ from nats.js.errors import APIError
 from pydantic import ValidationError
 from pydantic_core import to_json
 
-from mesh import lean, metrics, names
-from mesh.connection import through_outage
-from mesh.dispatch import Budget, DispatchPolicy, Lane
-from mesh.dlq import DeadLetter, dead_letter
+from mesh import names
+from mesh.deadletters import AttemptError, DeadLetter, dead_letter
 from mesh.envelope import (
     CONTENT_TYPE,
     Envelope,
@@ -81,7 +79,9 @@ from mesh.envelope import (
 )
 from mesh.errors import DecodeError
 from mesh.limits import PayloadLimits, ResultTooLarge
-from mesh.outcome import (
+from mesh.queue import metrics
+from mesh.queue.dispatch import Budget, DispatchPolicy, Lane
+from mesh.queue.outcome import (
     OutcomeMessage,
     expired_msg_id,
     lost_msg_id,
@@ -92,9 +92,11 @@ from mesh.outcome import (
     success_message,
     wait_deadline,
 )
-from mesh.pipeline import Pipeline, parse_puback
-from mesh.puller import Puller
-from mesh.runs import AttemptError, RunState, RunStatus, get_run_entry, run_key
+from mesh.queue.runs import RunState, RunStatus, get_run_entry, run_key
+from mesh.wire import protocol
+from mesh.wire.connection import through_outage
+from mesh.wire.publisher import Pipeline, parse_puback
+from mesh.wire.puller import Puller
 
 __all__ = ["AgentQueueConfig", "PermanentError", "TaskContext", "TaskWorker"]
 
@@ -167,7 +169,7 @@ class _InFlight:
     finishing: bool = False  # the handler returned: its outcome is being written
     revision: int | None = None  # the run record's KV revision last seen or written (compare-and-set)
     settled: bool = False  # the record is final (or a later generation's): no more state writes
-    cancelled: bool = False  # stopped by a cancel request (mesh.cancel), which recorded its outcome
+    cancelled: bool = False  # stopped by a cancel request (mesh.queue.cancel), which recorded its outcome
     started: datetime | None = None  # when this attempt started (once decoded)
     shown: bool = False  # its running state is written (a progress report, a claim, or running long)
 
@@ -279,7 +281,7 @@ class TaskWorker:
         await self.pipeline.stop()
 
     async def _on_cancel(self, msg: Msg) -> None:
-        """A run was cancelled (its outcome is recorded already, :mod:`mesh.cancel`):
+        """A run was cancelled (its outcome is recorded already, :mod:`mesh.queue.cancel`):
         stop its handler here if this worker runs it. One whose outcome is being
         written is left to finish that write, which finds the cancel and yields."""
         run_id = msg.data.decode(errors="replace")
@@ -311,7 +313,7 @@ class TaskWorker:
             if current is not None and _settled(current, generation):
                 return  # recorded already: its redelivery is acked without running
             if current is None or current.replay != generation:
-                current = _state_from(task, agent, lean.delivery_of(msg)[1])
+                current = _state_from(task, agent, protocol.delivery_of(msg)[1])
                 current.status, current.expires_at = RunStatus.QUEUED, wait_deadline(task)
             current.returned += 1
             if await self._cas_state(current, revision) is not None:
@@ -425,7 +427,7 @@ class TaskWorker:
         subjects = [f"{names.TASKS_PREFIX}.>"] if len(agents) > 10 else [
             f"{names.TASKS_PREFIX}.{agent}.*" for agent in agents
         ]  # fmt: skip
-        listeners = [lean.DirectInbox(self.nc, subject, on_task) for subject in subjects]
+        listeners = [protocol.DirectInbox(self.nc, subject, on_task) for subject in subjects]
         for listener in listeners:
             await listener.start()
         try:
@@ -520,13 +522,13 @@ class TaskWorker:
 
     async def _cas_state(self, state: RunState, revision: int) -> int | None:
         """Write ``state`` if the record is still at ``revision``; its new revision, or None."""
-        headers = lean.expect_last_subject_seq(lean.EMPTY_HEADERS, revision)
+        headers = protocol.expect_last_subject_seq(protocol.EMPTY_HEADERS, revision)
         try:
             ack = await self.pipeline.publish(
                 run_key(state.run_id), state.model_dump_json().encode(), headers
             )
         except APIError as exc:
-            if exc.err_code != lean.WRONG_LAST_SEQUENCE:
+            if exc.err_code != protocol.WRONG_LAST_SEQUENCE:
                 raise
             return None
         return ack.seq
@@ -555,7 +557,7 @@ class TaskWorker:
     async def _run(self, item: _InFlight) -> None:
         lane, msg = item.lane, item.msg
         cfg, handler = self.handlers[lane.agent]
-        delivered, seq = lean.delivery_of(msg)
+        delivered, seq = protocol.delivery_of(msg)
         started = utcnow()
         try:
             task = decode(msg.data, (msg.headers or {}).get(CONTENT_TYPE))
@@ -681,7 +683,7 @@ class TaskWorker:
         on the event subject; anything but a plain success goes the general way."""
         subject, data, headers = outcome
         try:
-            create_only = lean.expect_last_subject_seq(headers, 0)
+            create_only = protocol.expect_last_subject_seq(headers, 0)
             parse_puback(await (await self.pipeline.request(subject, data, create_only)))
             return True
         except Exception:  # an event exists, or NATS is away: look, then decide
@@ -890,7 +892,7 @@ def _running(state: RunState, attempt: int, started: datetime) -> RunState:
 
 def _state_from(task: Envelope, agent: str, seq: int | None = None) -> RunState:
     """A run's state from its task alone; a replayed task brings the earlier
-    rounds' attempt errors and first start (``history``, :func:`mesh.dlq.replay`)."""
+    rounds' attempt errors and first start (``history``, :func:`mesh.queue.dlq.replay`)."""
     payload = task.payload if isinstance(task.payload, dict) else {}
     state = RunState(
         run_id=task.id, agent=agent, tenant=task.metadata.tenant,

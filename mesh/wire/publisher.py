@@ -4,7 +4,7 @@
 timer and a future per call; nats-py's ``publish_async`` has no timeout at
 all (a lost PubAck waits forever). :class:`Pipeline` sends any number of
 requests without waiting, matches replies by token on one wildcard inbox
-read directly off the connection (:mod:`mesh.lean`: no queue, no task hop,
+read directly off the connection (:mod:`mesh.wire.protocol`: no queue, no task hop,
 no ``Msg`` per reply), and expires overdue requests from a single sweeper
 task, so a lost reply surfaces as :class:`TimeoutError` and the caller
 retries (a publish that may be retried under the same identity carries a
@@ -26,7 +26,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js.errors import APIError, NoStreamResponseError
 
-from mesh import lean
+from mesh.wire import protocol
 
 __all__ = ["Pipeline", "PubAck", "Reply", "parse_puback"]
 
@@ -49,7 +49,7 @@ class Reply(NamedTuple):
 
     @property
     def headers(self) -> dict[str, str] | None:
-        return lean.parse_headers(self.raw_headers) if self.raw_headers else None
+        return protocol.parse_headers(self.raw_headers) if self.raw_headers else None
 
 
 class Pipeline:
@@ -62,7 +62,7 @@ class Pipeline:
         self._cut = len(self._prefix) + 1
         self._ids = itertools.count(1)
         self._pending: dict[bytes, tuple[asyncio.Future[Reply], float]] = {}
-        self._inbox = lean.DirectInbox(nc, f"{self._prefix}.*", self._on_reply)
+        self._inbox = protocol.DirectInbox(nc, f"{self._prefix}.*", self._on_reply)
         self._sweeper: asyncio.Task[None] | None = None
         self._acks: dict[str, list[tuple[str, asyncio.Future[None]]]] = {}
         self._ack_flush: asyncio.Task[None] | None = None
@@ -106,14 +106,14 @@ class Pipeline:
     ) -> asyncio.Future[Reply]:
         """Send now; the returned future resolves with the reply.
 
-        ``headers`` may be pre-encoded (:func:`mesh.lean.encode_headers`).
+        ``headers`` may be pre-encoded (:func:`mesh.wire.protocol.encode_headers`).
         """
         token = b"%d" % next(self._ids)
         fut: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
         self._pending[token] = (fut, time.monotonic() + self.timeout)
-        raw = lean.encode_headers(headers) if isinstance(headers, Mapping) else headers
+        raw = protocol.encode_headers(headers) if isinstance(headers, Mapping) else headers
         try:
-            await lean.publish(self.nc, subject, data, f"{self._prefix}.{token.decode()}", raw)
+            await protocol.publish(self.nc, subject, data, f"{self._prefix}.{token.decode()}", raw)
         except BaseException:
             self._pending.pop(token, None)
             raise
@@ -137,7 +137,7 @@ class Pipeline:
         """
         if not msg.reply:
             return
-        parsed = lean.ack_subject(msg.reply)
+        parsed = protocol.ack_subject(msg.reply)
         if parsed is None:  # not a JetStream ack subject we can group: confirm it alone
             await (await self.request(msg.reply, _ACK))
         else:
@@ -153,7 +153,7 @@ class Pipeline:
         for members in groups.values():
             try:
                 for reply, _ in members[:-1]:
-                    await lean.publish(self.nc, reply, _ACK)
+                    await protocol.publish(self.nc, reply, _ACK)
                 confirmed = await self.request(members[-1][0], _ACK)
             except Exception as exc:
                 _settle(members, exc)

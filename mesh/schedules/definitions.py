@@ -12,7 +12,7 @@ with a ``kind`` of ``cron`` or ``trigger``:
   ``AF_EVENTS`` filtered by its subject pattern, created when it is added (so
   events published after ``add_trigger`` returns are never missed).
 
-The :class:`~mesh.scheduler.Scheduler` service turns firings and matching events
+The :class:`~mesh.schedules.scheduler.Scheduler` service turns firings and matching events
 into tasks with an idempotency key per firing/event, so each becomes exactly
 one task even with redeliveries and several replicas.
 """
@@ -46,7 +46,7 @@ from mesh import names
 from mesh.envelope import Priority, priority_by_name, utcnow
 from mesh.errors import MeshError
 from mesh.kv import current_entries
-from mesh.queue import DEFAULT_TTL_S, MAX_TTL_S
+from mesh.queue.producer import DEFAULT_TTL_S, MAX_TTL_S
 
 __all__ = [
     "CronSchedule",

@@ -31,12 +31,12 @@ from typing import Any, NamedTuple
 import nats
 from nats.js.api import RetentionPolicy, StreamConfig
 
-from gateway.bench import _servers, percentile
-from mesh.connection import connect, jetstream
+from benchmarks.suites import _servers, percentile
 from mesh.provision import provision
-from mesh.queue import TaskQueue, TaskSpec
+from mesh.queue.producer import TaskQueue, TaskSpec
+from mesh.queue.worker import AgentQueueConfig, TaskContext, TaskWorker
 from mesh.runtime import tune_gc
-from mesh.worker import AgentQueueConfig, TaskContext, TaskWorker
+from mesh.wire.connection import connect, jetstream
 
 __all__ = ["bench_queue"]
 
@@ -213,7 +213,7 @@ async def bench_queue(n: int = 20_000, rounds: int = 3) -> dict[str, Any]:
 #
 # Production runs producers (gateway) and workers in different processes; so
 # does this variant, for both the raw ceiling and our path, so the ratio
-# compares like with like. Each side is `python -m gateway.bench_queue ROLE URL N`.
+# compares like with like. Each side is `python -m benchmarks.queue ROLE URL N`.
 
 
 async def _ready() -> None:
@@ -291,7 +291,7 @@ async def _two_processes(url: str, n: int, producer: str, consumer: str) -> floa
 
     async def spawn(role: str) -> asyncio.subprocess.Process:
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "gateway.bench_queue", role, url, str(n),
+            sys.executable, "-m", "benchmarks.queue", role, url, str(n),
             stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
         )  # fmt: skip
         assert proc.stdout is not None

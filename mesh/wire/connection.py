@@ -16,8 +16,8 @@ from nats.aio.client import Client
 from nats.js import JetStreamContext
 from nats.js.errors import ServiceUnavailableError
 
-from mesh import lean
 from mesh.errors import ConnectionFailed
+from mesh.wire import protocol
 
 __all__ = ["MIN_SERVER_VERSION", "check_server_version", "connect", "jetstream", "redacted", "through_outage"]
 
@@ -100,7 +100,7 @@ async def connect(url: str, name: str = "agent-factory", initial_attempts: int =
     except ConnectionFailed:
         await nc.close()
         raise
-    lean.install(nc)  # before any subscription: the parser is swapped while idle
+    protocol.install(nc)  # before any subscription: the parser is swapped while idle
     return nc
 
 

@@ -11,6 +11,11 @@ envelope; :func:`parse_run` reads both.
 
 PostgreSQL keeps the permanent record, written from the same events, so the
 API reads KV first and the database after the record has expired.
+
+:class:`ExecutionFinished` is that event's payload, published on
+``af.events.execution.finished.<agent>.<run id>``: the fact ``streams`` and
+``agents`` both read (they agree through ``mesh`` without importing each
+other).
 """
 
 from __future__ import annotations
@@ -18,22 +23,22 @@ from __future__ import annotations
 import json
 from datetime import datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, Final
 
 from nats.js import JetStreamContext
 from nats.js.errors import KeyNotFoundError, NotFoundError
 from pydantic import BaseModel, ConfigDict, Field
 
 from mesh import names
-from mesh.envelope import CONTENT_TYPE, Envelope, decode, utcnow
+from mesh.deadletters import AttemptError
+from mesh.envelope import CONTENT_TYPE, Envelope, decode
 from mesh.errors import DecodeError
-from mesh.limits import ERRORS_BUDGET, MAX_ERROR_CHARS
 
 __all__ = [
-    "AttemptError",
+    "EXECUTION_FINISHED",
+    "ExecutionFinished",
     "RunState",
     "RunStatus",
-    "bounded_errors",
     "get_run",
     "get_run_entry",
     "parse_run",
@@ -41,39 +46,6 @@ __all__ = [
     "run_key",
     "stored_task",
 ]
-
-
-class AttemptError(BaseModel):
-    """One attempt's error, as the run state, the event and the dead letter keep it."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    attempt: int = Field(ge=1)
-    error: str = Field(max_length=8192)
-    error_type: str = "Error"
-    retryable: bool = True
-    at: datetime = Field(default_factory=utcnow)
-    replay: int = Field(default=0, ge=0)  # the DLQ replay generation it belongs to (0: the first round)
-
-
-_KEEP_FIRST, _KEEP_LAST = 5, 20
-
-
-def bounded_errors(errors: list[AttemptError], budget: int = ERRORS_BUDGET) -> list[AttemptError]:
-    """``errors`` trimmed to ``budget`` bytes of text (:data:`~mesh.limits.ERRORS_BUDGET`):
-    the first 5 and last 20 attempts at most, each text cut to its share. An
-    event or a dead letter carries this, so however many attempts failed with
-    however long a message, it stays under the max payload."""
-    if len(errors) > _KEEP_FIRST + _KEEP_LAST:
-        errors = errors[:_KEEP_FIRST] + errors[-_KEEP_LAST:]
-    share = min(MAX_ERROR_CHARS, budget // max(1, len(errors)))
-    if all(len(e.error.encode()) <= share for e in errors):
-        return errors
-    return [
-        e if len(e.error.encode()) <= share
-        else e.model_copy(update={"error": e.error.encode()[: share - 3].decode(errors="ignore") + "..."})
-        for e in errors
-    ]  # fmt: skip
 
 
 class RunStatus(StrEnum):
@@ -121,6 +93,48 @@ class RunState(BaseModel):
     first_started_at: datetime | None = None  # the first attempt's start (None: started_at)
 
 
+EXECUTION_FINISHED: Final = "execution.finished"
+
+
+class ExecutionFinished(BaseModel):
+    """A run reached a final state. Published once per run and replay generation
+    (deduplicated by ``Nats-Msg-Id``); it is also the run's final state in
+    ``af_runs``, which the server projects from these events."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    run_id: str
+    agent: str
+    tenant: str
+    status: RunStatus
+    attempts: int
+    result: Any = None
+    error: str | None = None
+    errors: list[AttemptError] = Field(default_factory=list)
+    input: Any = None
+    routing_key: str | None = None
+    priority: int = 2
+    idempotency_key: str | None = None
+    replay: int = 0  # DLQ replay generation this outcome belongs to
+    enqueued_at: datetime
+    started_at: datetime | None = None  # the last attempt's start
+    finished_at: datetime
+    duration_ms: float | None = None
+    worker: str | None = None  # who ran the last attempt (``name@host/pid``); None: no worker did
+    first_started_at: datetime | None = None  # the first attempt's start; None: started_at
+
+    def run_state(self) -> RunState:
+        return RunState(
+            run_id=self.run_id, agent=self.agent, tenant=self.tenant, routing_key=self.routing_key,
+            priority=self.priority, status=self.status, attempts=self.attempts,
+            progress=100.0 if self.status == RunStatus.SUCCEEDED else None,
+            result=self.result, error=self.error, errors=self.errors,
+            idempotency_key=self.idempotency_key, enqueued_at=self.enqueued_at,
+            started_at=self.started_at, finished_at=self.finished_at, replay=self.replay,
+            worker=self.worker, first_started_at=self.first_started_at or self.started_at, input=self.input,
+        )  # fmt: skip
+
+
 def run_key(run_id: str) -> str:
     return f"$KV.{names.BUCKET_RUNS}.{run_id}"
 
@@ -150,8 +164,6 @@ def parse_run(data: bytes) -> RunState:
     """A run record: a :class:`RunState`, or the finished event projected into the bucket."""
     raw = json.loads(data)
     if isinstance(raw, dict) and "schema_version" in raw and "payload" in raw:
-        from mesh.events import ExecutionFinished  # events builds on runs
-
         return ExecutionFinished.model_validate(raw["payload"]).run_state()
     return RunState.model_validate(raw)
 

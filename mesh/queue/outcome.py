@@ -3,7 +3,7 @@
 Both the worker and the queue maintenance (dead-letter mover, expiry) write
 exactly this, so a run that finished, failed, died with its worker or
 expired looks the same to readers. One message: the server projects the
-event into ``af_runs`` as the run's final state (see :mod:`mesh.runs`), so
+event into ``af_runs`` as the run's final state (see :mod:`mesh.queue.runs`), so
 a final run state is proof that the event is stored.
 
 **One outcome per run and replay generation, for good** (not only within
@@ -14,7 +14,7 @@ there. Two kinds of outcome exist:
 
 * a *real* one (``finished-<run>-<gen>``), written by the worker that ran
   the attempt to its end, or a cancel (``cancelled-<run>-<gen>``,
-  :mod:`mesh.cancel`), which ends the run as decisively;
+  :mod:`mesh.queue.cancel`), which ends the run as decisively;
 * a *presumed* one, written by someone who did not see the end: the reaper
   (``expired-…``: its TTL passed before it started) or the dead-letter path
   for a worker that was lost on the last attempt (``lost-…``).
@@ -36,6 +36,7 @@ from nats.js.errors import APIError, NotFoundError
 from pydantic_core import to_json
 
 from mesh import names
+from mesh.deadletters import AttemptError, bounded_errors
 from mesh.envelope import (
     CONTENT_TYPE,
     JSON,
@@ -45,9 +46,8 @@ from mesh.envelope import (
     MessageType,
     utcnow,
 )
-from mesh.events import EXECUTION_FINISHED
-from mesh.lean import WRONG_LAST_SEQUENCE, expect_last_subject_seq, parse_headers
-from mesh.runs import AttemptError, RunState, RunStatus, bounded_errors
+from mesh.queue.runs import EXECUTION_FINISHED, RunState, RunStatus
+from mesh.wire.protocol import WRONG_LAST_SEQUENCE, expect_last_subject_seq, parse_headers
 
 __all__ = [
     "OutcomeMessage",

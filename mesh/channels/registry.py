@@ -33,22 +33,22 @@ from typing import Final
 from nats.aio.client import Client
 from nats.errors import ConnectionClosedError
 from nats.js import JetStreamContext
-from nats.js.api import (
-    DiscardPolicy,
-    KeyValueConfig,
-    RetentionPolicy,
-    StorageType,
-    StreamConfig,
-)
 from nats.js.errors import BucketNotFoundError, KeyWrongLastSequenceError, NotFoundError
 from nats.js.kv import KeyValue
 from pydantic import BaseModel, Field
 
-from mesh.channel_errors import InvalidChannelName, TooManySubscribers
+from mesh import names
+from mesh.channels.errors import InvalidChannelName, TooManySubscribers
 from mesh.envelope import CONTENT_TYPE, ChannelType, Envelope, decode, new_id, utcnow
 from mesh.errors import DecodeError
 from mesh.kv import current_entries
-from mesh.provision import ensure_stream
+from mesh.provision import (
+    CHANNEL_REGISTRY_TTL_S,
+    channel_bucket_config,
+    channel_stream_config,
+    ensure_stream,
+)
+from mesh.wire.protocol import sync_with_server
 
 __all__ = [
     "BROADCAST",
@@ -68,11 +68,11 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-CHANNELS_STREAM: Final = "AF_CHANNELS"
-CHANNELS_BUCKET: Final = "af_channels"
-DURABLE_PREFIX: Final = "af.ch"
-EPHEMERAL_PREFIX: Final = "af.eph"
-REGISTRY_TTL_S: Final = 30.0
+CHANNELS_STREAM: Final = names.STREAM_CHANNELS
+CHANNELS_BUCKET: Final = names.BUCKET_CHANNELS
+DURABLE_PREFIX: Final = names.DURABLE_CHANNEL_PREFIX
+EPHEMERAL_PREFIX: Final = names.EPHEMERAL_CHANNEL_PREFIX
+REGISTRY_TTL_S: Final = CHANNEL_REGISTRY_TTL_S
 BROADCAST: Final = "ephemeral:broadcast"
 
 _TOKEN = r"[a-z0-9][a-z0-9-]{0,62}"
@@ -141,19 +141,6 @@ def _parse(text: str) -> Channel:
     return Channel(kind, name)
 
 
-async def sync_with_server(nc: Client) -> None:
-    """Return once the server has processed everything this client sent so far.
-
-    ``nc.flush()`` alone is not enough in nats-py 2.16: it writes its PING
-    straight to the socket, ahead of commands still queued for the flusher
-    task, so the PONG can come back before a just-sent SUB reached the server
-    (measured: 25 of 300 subscribe+flush pairs were followed by a no-responders
-    reply). Writing the queue out first restores the order.
-    """
-    await nc._flush_pending(force_flush=True)
-    await nc.flush()
-
-
 def channel_of_subject(subject: str) -> Channel | None:
     for prefix, kind in (
         (DURABLE_PREFIX, ChannelType.DURABLE),
@@ -162,35 +149,6 @@ def channel_of_subject(subject: str) -> Channel | None:
         if subject.startswith(prefix + "."):
             return Channel(kind, subject[len(prefix) + 1 :])
     return None
-
-
-def channel_stream_config(
-    replicas: int = 1, max_age_s: float = 7 * 86_400.0, max_msg_size: int = 1_048_576
-) -> StreamConfig:
-    """``AF_CHANNELS``: a work queue, so a message lives until one subscriber acks it."""
-    return StreamConfig(
-        name=CHANNELS_STREAM,
-        description="Durable channels: af.ch.<channel>, one consumer group per channel",
-        subjects=[f"{DURABLE_PREFIX}.>"],
-        retention=RetentionPolicy.WORK_QUEUE,
-        storage=StorageType.FILE,
-        num_replicas=replicas,
-        duplicate_window=120.0,
-        max_age=max_age_s,
-        max_msg_size=max_msg_size,
-        discard=DiscardPolicy.NEW,
-        allow_msg_ttl=True,
-    )
-
-
-def channel_bucket_config(replicas: int = 1) -> KeyValueConfig:
-    return KeyValueConfig(
-        bucket=CHANNELS_BUCKET,
-        history=1,
-        ttl=REGISTRY_TTL_S,
-        replicas=replicas,
-        description="live channel subscribers, renewed by heartbeat",
-    )
 
 
 async def ensure_channels(js: JetStreamContext) -> KeyValue:

@@ -1,16 +1,16 @@
 """The wire contract, as files: JSON Schema and an example of each message a
 client may publish or read, generated from the models the code runs on.
 
-    python -m mesh.contract docs/schemas     # regenerate (a test checks they are current)
+    python -m mesh.queue.contract docs/schemas     # regenerate (a test checks they are current)
 
 * ``task`` — what ``af.tasks.<agent>.<priority>`` carries: an
   :class:`~mesh.envelope.Envelope` whose payload is ``{"agent", "input",
   "idempotency_key"}`` (headers: ``Content-Type: application/json``,
   ``AF-Tenant``, and ``Nats-Msg-Id: run-<id>`` for an idempotent task);
-* ``run-state`` — a record of the ``af_runs`` bucket (:class:`~mesh.runs.RunState`;
+* ``run-state`` — a record of the ``af_runs`` bucket (:class:`~mesh.queue.runs.RunState`;
   a final record is the finished event's envelope instead);
 * ``execution-finished`` — the payload of ``af.events.execution.finished.<agent>.<run id>``
-  (:class:`~mesh.events.ExecutionFinished`, inside an envelope).
+  (:class:`~mesh.queue.runs.ExecutionFinished`, inside an envelope).
 """
 
 from __future__ import annotations
@@ -24,8 +24,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from mesh.envelope import Envelope, MessageType, Metadata, Priority
-from mesh.events import ExecutionFinished
-from mesh.runs import RunState, RunStatus
+from mesh.queue.runs import ExecutionFinished, RunState, RunStatus
 
 __all__ = ["CONTRACT", "write_schemas"]
 

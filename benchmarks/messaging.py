@@ -1,7 +1,7 @@
 """``agent-factory bench messaging``: mesh latency and throughput next to raw nats-py.
 
 Every figure is measured twice in the same run, on the same server and
-connections: once through the :class:`~mesh.messaging.Mesh` API (envelopes,
+connections: once through the :class:`~mesh.channels.messaging.Mesh` API (envelopes,
 headers, trace context, validation, acks) and once with plain nats-py doing the
 same transport operation with a payload of the same size, so the ratio is the
 cost of the mesh itself. Latency is one-way (send call to handler entry) for
@@ -23,17 +23,18 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, RetentionPolicy, StorageType, StreamConfig
 
-from mesh.channels import CHANNELS_STREAM, Channel, sync_with_server
-from mesh.connection import connect, jetstream
+from mesh.channels.messaging import Mesh
+from mesh.channels.registry import CHANNELS_STREAM, Channel
+from mesh.channels.subscriptions import DurableOptions
 from mesh.envelope import CONTENT_TYPE, JSON, Envelope, encode, new_id
-from mesh.messaging import Mesh
-from mesh.subscriptions import DurableOptions
 from mesh.trace import CORRELATION_HEADER, TRACEPARENT
+from mesh.wire.connection import connect, jetstream
+from mesh.wire.protocol import sync_with_server
 
 __all__ = ["bench_messaging"]
 
 now = time.perf_counter
-RAW_PENDING_SIZE = 64 * 1024 * 1024  # as mesh.connection.connect sets it
+RAW_PENDING_SIZE = 64 * 1024 * 1024  # as mesh.wire.connection.connect sets it
 PAYLOAD = {"agent": "fuel-combustion", "litres": 1234.5, "fuel": "diesel", "seq": 0}
 
 
@@ -47,7 +48,7 @@ async def bench_messaging(
     await sender.start()
     await receiver.start()
     # Raw nats-py gets plain connections of its own (same outgoing buffer size as the
-    # product's): mesh.connection.connect() also installs mesh.lean's parser, which is
+    # product's): mesh.wire.connection.connect() also installs mesh.wire.protocol's parser, which is
     # part of what the mesh is measured for, not of raw nats-py.
     tx = await nats.connect(nats_url, name="bench-raw-tx", pending_size=RAW_PENDING_SIZE)
     rx = await nats.connect(nats_url, name="bench-raw-rx", pending_size=RAW_PENDING_SIZE)

@@ -40,22 +40,24 @@ from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import KeyWrongLastSequenceError, NotFoundError
 
-from mesh import lean, metrics, names
-from mesh.connection import through_outage
-from mesh.dlq import DeadLetter, dead_letter
+from mesh import names
+from mesh.deadletters import AttemptError, DeadLetter, dead_letter
 from mesh.envelope import CONTENT_TYPE, Envelope, MessageType, Metadata, decode, named_run_id, utcnow
 from mesh.errors import DecodeError
-from mesh.outcome import (
+from mesh.queue import metrics
+from mesh.queue.outcome import (
     expired_msg_id,
     lost_msg_id,
     replay_generation,
     stored_outcome,
     write_outcome,
 )
-from mesh.puller import Puller
-from mesh.runs import AttemptError, RunState, RunStatus, get_run, parse_run
-from mesh.stats import queue_stats
+from mesh.queue.runs import RunState, RunStatus, get_run, parse_run
+from mesh.queue.stats import queue_stats
 from mesh.stopping import cancel_within
+from mesh.wire import protocol
+from mesh.wire.connection import through_outage
+from mesh.wire.puller import Puller
 
 __all__ = ["QueueMaintenance", "expire_overdue", "move_max_delivered"]
 
@@ -295,7 +297,7 @@ class QueueMaintenance:
         try:
             await move_max_delivered(self.js, msg.data)
         except Exception as exc:  # try again later, backing off up to a minute
-            attempt, _ = lean.delivery_of(msg)
+            attempt, _ = protocol.delivery_of(msg)
             log.warning("dlq mover could not move %s (try %d): %s", msg.data[:200], attempt, exc)
             await msg.nak(delay=min(60.0, 2.0 ** min(attempt, 6)))
             return

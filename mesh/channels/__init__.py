@@ -1,0 +1,35 @@
+"""Messaging between agents: durable and ephemeral channels, request/reply.
+
+Modules: ``messaging`` (the Mesh API agents call), ``registry`` (channel
+names, streams, who listens), ``subscriptions`` (the consumer loops),
+``encoder`` (envelope bytes and headers), ``acks``, ``schemas`` (typed
+payloads), ``errors``. Imports core and ``mesh.wire`` only.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from mesh.channels.messaging import Mesh, MeshConfig, Subscription, rpc_channel
+    from mesh.channels.registry import Channel, list_channels, tail
+
+__all__ = ["Channel", "Mesh", "MeshConfig", "Subscription", "list_channels", "rpc_channel", "tail"]
+
+# Loaded on first use: importing one module of the package does not load them all.
+_WHERE = {
+    "Mesh": "mesh.channels.messaging",
+    "MeshConfig": "mesh.channels.messaging",
+    "Subscription": "mesh.channels.messaging",
+    "rpc_channel": "mesh.channels.messaging",
+    "Channel": "mesh.channels.registry",
+    "list_channels": "mesh.channels.registry",
+    "tail": "mesh.channels.registry",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _WHERE:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(_WHERE[name]), name)
