@@ -23,7 +23,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from mesh.wire.protocol import parse_headers
+from mesh.wire.protocol import ack_position, parse_headers
 
 __all__ = ["decode_header_block", "decode_headers", "encode_headers", "parse_reply"]
 
@@ -103,11 +103,9 @@ def decode_header_block(raw: bytes | None) -> DecodedHeaders:
 
 
 def parse_reply(reply: bytes) -> tuple[int, int, int]:
-    """Stream sequence, timestamp (ns) and pending count from a JetStream delivery's reply subject.
-
-    Handles both the v1 (``$JS.ACK.<stream>.<consumer>.<n>.<sseq>.<cseq>.<ts>.<pending>``)
-    and the v2 ack subject layouts (with domain and account hash).
-    """
-    tokens = reply.split(b".")
-    base = 2 if len(tokens) == 9 else 4
-    return int(tokens[base + 3]), int(tokens[base + 5]), int(tokens[base + 6])
+    """Stream sequence, timestamp (ns) and pending count from a JetStream delivery's
+    reply subject (:func:`mesh.wire.protocol.ack_position`, both layouts)."""
+    position = ack_position(reply)
+    if position is None:
+        raise ValueError(f"not a JetStream ack subject: {reply[:200]!r}")
+    return position

@@ -55,6 +55,7 @@ __all__ = [
     "DirectInbox",
     "LeanParser",
     "RawHandler",
+    "ack_position",
     "ack_subject",
     "delivery_of",
     "encode_headers",
@@ -260,20 +261,38 @@ class AckSubject(NamedTuple):
     stream_seq: int
 
 
-def ack_subject(reply: str) -> AckSubject | None:
-    """Parse ``reply`` as a JetStream ack subject (both layouts), or None.
+# The one place that knows the ack subject's layout; ack_subject and ack_position
+# are its two views (text for the queue, raw bytes for the streams reader).
+#   $JS.ACK.<stream>.<consumer>.<delivered>.<stream seq>.<consumer seq>.<ts>.<pending>
+#   $JS.ACK.<domain>.<account>.<stream>.<consumer>.<delivered>...<pending>[.<token>]
+_DELIVERED_V1, _DELIVERED_V2 = 4, 6  # index of <delivered> in each layout
 
-    ``$JS.ACK.<stream>.<consumer>.<delivered>.<stream seq>.<consumer seq>.<ts>.<pending>``
-    or, with domain and account hash, ``$JS.ACK.<domain>.<account>.<stream>...`` with
-    an optional trailing token.
-    """
+
+def _delivered_at(n: int) -> int:
+    """Index of ``<delivered>`` in an ack subject of ``n`` tokens; 0 if none is that long."""
+    return _DELIVERED_V1 if n == 9 else _DELIVERED_V2 if n in (11, 12) else 0
+
+
+def ack_subject(reply: str) -> AckSubject | None:
+    """Parse ``reply`` as a JetStream ack subject (both layouts), or None."""
     tokens = reply.split(".")
-    n = len(tokens)
-    if n < 9 or tokens[0] != "$JS" or tokens[1] != "ACK" or n == 10:
+    head = _delivered_at(len(tokens))
+    if not head or tokens[0] != "$JS" or tokens[1] != "ACK":
         return None
-    head = 4 if n == 9 else 6
     try:
         return AckSubject(".".join(tokens[:head]), int(tokens[head]) or 1, int(tokens[head + 1]))
+    except ValueError:
+        return None
+
+
+def ack_position(reply: bytes) -> tuple[int, int, int] | None:
+    """``(stream seq, timestamp ns, pending)`` of a raw ack subject, or None."""
+    tokens = reply.split(b".")
+    head = _delivered_at(len(tokens))
+    if not head or tokens[0] != b"$JS" or tokens[1] != b"ACK":
+        return None
+    try:
+        return int(tokens[head + 1]), int(tokens[head + 3]), int(tokens[head + 4])
     except ValueError:
         return None
 
