@@ -16,6 +16,7 @@ leaves the dead letter in place.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import timedelta
 
 from nats.js import JetStreamContext
@@ -23,7 +24,7 @@ from nats.js.errors import APIError, NotFoundError
 from pydantic import BaseModel, Field
 
 from mesh import names
-from mesh.deadletters import DeadLetter, bounded_errors
+from mesh.deadletters import AttemptError, DeadLetter, bounded_errors, dead_letter
 from mesh.envelope import CONTENT_TYPE, JSON, decode, encode, utcnow
 from mesh.errors import DecodeError, MeshError
 from mesh.limits import ERRORS_BUDGET
@@ -32,6 +33,7 @@ from mesh.queue.runs import RunStatus, get_run, get_run_entry, run_key
 from mesh.wire.protocol import EXPECTED_LAST_SUBJECT_SEQ, WRONG_LAST_SEQUENCE
 
 __all__ = [
+    "store_task_dead_letter",
     "DeadLetterNotFound",
     "DeadLetterView",
     "ReplayReport",
@@ -64,6 +66,33 @@ class StaleDeadLetter(MeshError):
             "nothing to replay (purge it)"
         )
         self.seq, self.run_id = seq, run_id
+
+
+async def store_task_dead_letter(
+    js: JetStreamContext,
+    *,
+    payload: bytes,
+    subject: str,
+    headers: Mapping[str, str] | None,
+    agent: str,
+    errors: list[AttemptError],
+    reason: str,
+    run_id: str | None,
+    tenant: str,
+    generation: int | None,
+    seq: int,
+) -> int:
+    """Dead-letter a task (the worker's last attempt, an undecodable task, the
+    mover's): the one builder of a task's dead letter. Stored once however often
+    it is retried: a task that was read once per run and replay generation
+    (``tasks-<run>-<gen>``), one that could not be read once per stream sequence."""
+    dedup_id = f"tasks-{run_id}-{generation}" if generation is not None else f"tasks-seq-{seq}"
+    entry = DeadLetter.of(
+        payload=payload, origin="tasks", name=agent, subject=subject, headers=dict(headers or {}),
+        errors=errors, reason=reason, tenant=tenant, run_id=run_id,
+        first_attempt_at=errors[0].at if errors else None,
+    )  # fmt: skip
+    return await dead_letter(js, entry, dedup_id=dedup_id)
 
 
 # ---- operating the DLQ ------------------------------------------------------

@@ -41,10 +41,11 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import KeyWrongLastSequenceError, NotFoundError
 
 from mesh import names
-from mesh.deadletters import AttemptError, DeadLetter, dead_letter
+from mesh.deadletters import AttemptError
 from mesh.envelope import CONTENT_TYPE, Envelope, MessageType, Metadata, decode, named_run_id, utcnow
 from mesh.errors import DecodeError
 from mesh.queue import metrics
+from mesh.queue.dlq import store_task_dead_letter
 from mesh.queue.outcome import (
     expired_msg_id,
     lost_msg_id,
@@ -102,15 +103,11 @@ async def move_max_delivered(js: JetStreamContext, advisory: bytes) -> str | Non
     )
     errors = [*(state.errors if state else []), error]
     run_id = task.id if task else named_run_id(raw.data, headers)  # an unread task may name its run
-    await dead_letter(
-        js,
-        DeadLetter.of(
-            payload=raw.data, origin="tasks", name=agent, subject=raw.subject, headers=headers,
-            errors=errors, reason="max deliveries reached", run_id=run_id,
-            tenant=task.metadata.tenant if task else "default",
-            first_attempt_at=errors[0].at,
-        ),
-        dedup_id=f"tasks-{run_id}-{generation}" if run_id else f"tasks-seq-{seq}",
+    await store_task_dead_letter(
+        js, payload=raw.data, subject=raw.subject, headers=headers, agent=agent, errors=errors,
+        reason="max deliveries reached", run_id=run_id,
+        tenant=task.metadata.tenant if task else "default",
+        generation=generation if task is not None else None, seq=seq,
     )  # fmt: skip
     if task is not None and state is not None:
         state.errors, state.error = errors, error.error

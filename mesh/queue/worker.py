@@ -67,7 +67,7 @@ from pydantic import ValidationError
 from pydantic_core import to_json
 
 from mesh import names
-from mesh.deadletters import AttemptError, DeadLetter, dead_letter
+from mesh.deadletters import AttemptError
 from mesh.envelope import (
     CONTENT_TYPE,
     Envelope,
@@ -81,6 +81,7 @@ from mesh.errors import DecodeError
 from mesh.limits import PayloadLimits, ResultTooLarge
 from mesh.queue import metrics
 from mesh.queue.dispatch import Budget, DispatchPolicy, Lane
+from mesh.queue.dlq import store_task_dead_letter
 from mesh.queue.outcome import (
     OutcomeMessage,
     expired_msg_id,
@@ -798,15 +799,10 @@ class TaskWorker:
         stored = await stored_outcome(self.js, state.agent, state.run_id)
         if stored is not None and stored.decides(state.replay, real):
             return
-        await dead_letter(
-            self.js,
-            DeadLetter.of(
-                payload=msg.data, origin="tasks", name=state.agent, subject=msg.subject,
-                headers=dict(msg.headers or {}), errors=state.errors, reason=reason,
-                tenant=state.tenant, run_id=state.run_id,
-                first_attempt_at=state.errors[0].at if state.errors else None,
-            ),
-            dedup_id=f"tasks-{state.run_id}-{replay_generation(task)}",
+        await store_task_dead_letter(
+            self.js, payload=msg.data, subject=msg.subject, headers=msg.headers, agent=state.agent,
+            errors=state.errors, reason=reason, run_id=state.run_id, tenant=state.tenant,
+            generation=replay_generation(task), seq=protocol.delivery_of(msg)[1],
         )  # fmt: skip
         state.status, state.finished_at, state.progress = RunStatus.FAILED, utcnow(), None
         outcome = outcome_message(task, state, msg_id)
@@ -824,14 +820,10 @@ class TaskWorker:
         error = AttemptError(attempt=1, error=str(exc)[:8000], error_type="DecodeError", retryable=False)
         stand_in = _stand_in_task(msg, lane.agent)
         run_id = stand_in.id if stand_in is not None else None
-        await dead_letter(
-            self.js,
-            DeadLetter.of(
-                payload=msg.data, origin="tasks", name=lane.agent, subject=msg.subject,
-                headers=dict(msg.headers or {}), reason=f"undecodable: {exc}", errors=[error],
-                run_id=run_id, tenant=stand_in.metadata.tenant if stand_in else "default",
-            ),
-            dedup_id=f"tasks-seq-{seq}",
+        await store_task_dead_letter(
+            self.js, payload=msg.data, subject=msg.subject, headers=msg.headers, agent=lane.agent,
+            errors=[error], reason=f"undecodable: {exc}", run_id=run_id,
+            tenant=stand_in.metadata.tenant if stand_in else "default", generation=None, seq=seq,
         )  # fmt: skip
         if stand_in is not None:
             state = _state_from(stand_in, lane.agent, seq)
