@@ -2,9 +2,29 @@
 
 from __future__ import annotations
 
+import asyncio
+import inspect
+import time
 import uuid
+from collections.abc import Awaitable, Callable
 
-__all__ = ["DOUBLE_AGENT_MODULE", "unique"]
+__all__ = ["DOUBLE_AGENT_MODULE", "eventually", "unique"]
+
+
+async def eventually(
+    check: Callable[[], bool | Awaitable[bool]], timeout: float = 5.0, what: str = "", every: float = 0.01
+) -> None:
+    """Poll ``check`` (sync or async) every ``every`` s until it is true; fail the
+    test naming ``what`` after ``timeout`` seconds. The one poll-with-deadline
+    of the test suite: never a sleep as synchronisation."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if await result if inspect.isawaitable(result) else result:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not true within {timeout}s: {what or check}")
+        await asyncio.sleep(every)
 
 
 def unique(prefix: str) -> str:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
@@ -14,6 +12,7 @@ from mesh.channels.messaging import Mesh
 from mesh.envelope import new_id
 from mesh.provision import provision
 from mesh.wire.connection import connect
+from tests import helpers
 
 
 @pytest.fixture
@@ -46,20 +45,4 @@ def unique() -> str:
 @pytest.fixture
 def eventually() -> Callable[..., Awaitable[None]]:
     """``await eventually(check, timeout)``: poll until true, or fail the test."""
-    return _eventually
-
-
-async def _eventually(
-    check: Callable[[], bool | Awaitable[bool]], timeout: float = 5.0, what: str = ""
-) -> None:
-    """Poll ``check`` until true or fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if not isinstance(result, bool):
-            result = await result
-        if result:
-            return
-        if time.monotonic() > deadline:
-            pytest.fail(f"not true within {timeout}s: {what or check}")
-        await asyncio.sleep(0.01)
+    return helpers.eventually

@@ -19,17 +19,11 @@ from mesh.queue.outcome import js_send, outcome_message, record_outcome, stored_
 from mesh.queue.producer import TaskQueue, TaskSpec
 from mesh.queue.runs import RunStatus, get_run
 from mesh.queue.worker import AgentQueueConfig, TaskContext, TaskWorker, ensure_lane
-from tests.helpers import unique
+from tests.helpers import eventually, unique
 
 from .test_faults import finished_events
 from .test_guarantees import _lane_count, _take
 from .test_worker_basics import wait_for_run
-
-
-async def _eventually(check: Any, what: str, timeout: float = 10.0) -> None:
-    async with asyncio.timeout(timeout):
-        while not await check():
-            await asyncio.sleep(0.02)
 
 
 async def test_a_queued_run_cancelled_is_removed_and_never_starts(
@@ -93,7 +87,7 @@ async def test_a_running_run_cancelled_stops_its_handler_and_its_task_is_done(
             info = await mesh_js.consumer_info(names.STREAM_TASKS, names.task_consumer(agent, 2))
             return worker.in_flight == 0 and info.num_ack_pending == 0
 
-        await _eventually(settled, "the task settled")
+        await eventually(settled, 10, "the task settled")
     finally:
         await worker.stop()
     assert await _lane_count(mesh_js, agent) == 0
@@ -124,7 +118,7 @@ async def test_a_run_waiting_for_its_retry_is_cancelled_before_it_runs_again(
             state = await get_run(mesh_js, queued.run_id)
             return state is not None and len(state.errors) == 1
 
-        await _eventually(retry_written, "the first attempt's error")
+        await eventually(retry_written, 10, "the first attempt's error")
         nak_by = asyncio.get_running_loop().time()
         state = await cancel_run(nc, mesh_js, queued.run_id)
         assert state is not None and [e.error for e in state.errors] == ["flaky"]  # history kept

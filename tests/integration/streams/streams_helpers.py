@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import inspect
+import functools
 import json
-import time
 from collections import Counter, defaultdict
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from nats.aio.msg import Msg
@@ -18,6 +17,7 @@ from nats.js.errors import KeyNotFoundError, NotFoundError
 from streams import naming
 from streams.partitioner import partition_for
 from streams.records import decode_headers, encode_headers
+from tests import helpers
 
 KEYS = 1000
 
@@ -103,15 +103,8 @@ def partition_of_key(key: str, partitions: int = 4) -> int:
     return partition_for(key.encode(), partitions)
 
 
-async def eventually(check: Callable[[], Awaitable[bool] | bool], timeout: float, what: str) -> None:
-    """Poll ``check`` (sync or async) until it is true; fail with ``what`` after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = check()
-        if await result if inspect.isawaitable(result) else result:
-            return
-        await asyncio.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+# The suite's one poll-with-deadline, polling gently: these checks read KV over the network.
+eventually = functools.partial(helpers.eventually, every=0.2)
 
 
 @dataclass(frozen=True)
