@@ -36,6 +36,7 @@ from mesh import names
 from mesh.envelope import CONTENT_TYPE, decode
 from mesh.errors import DecodeError
 from mesh.queue.runs import ExecutionFinished
+from mesh.wire.protocol import api_prefix
 from mesh.wire.puller import Puller
 
 __all__ = ["EXECUTIONS", "RUN_INDEX", "Projection", "Recorder"]
@@ -104,7 +105,7 @@ class Recorder:
                 max_ack_pending=10_000,
             ),
         )
-        self._puller = Puller(self.nc, p.stream, p.consumer)
+        self._puller = Puller(self.nc, p.stream, p.consumer, api_prefix(self.js))
         await self._puller.start()
         self._task = asyncio.create_task(self._loop(), name=p.consumer)
 

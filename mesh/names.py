@@ -13,6 +13,7 @@ __all__ = [
     "AGENT_KEY_RE",
     "RUN_ID_RE",
     "BUCKET_CHANNELS",
+    "JS_API_PREFIX",
     "BUCKET_CONFIG",
     "BUCKET_IDEMPOTENCY",
     "BUCKET_LOCKS",
@@ -58,6 +59,7 @@ EVENTS_PREFIX: Final = "af.events"
 DLQ_PREFIX: Final = "af.dlq"
 SCHEDULES_PREFIX: Final = "af.schedules"
 CANCEL_PREFIX: Final = "af.control.cancel"  # core NATS (no stream): "stop run <id> if you hold it"
+JS_API_PREFIX: Final = "$JS.API"  # JetStream's API (a domain's is $JS.<domain>.API)
 
 AGENT_KEY_RE: Final = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 RUN_ID_RE: Final = re.compile(r"[A-Za-z0-9_-]{1,128}\Z")  # the envelope's id pattern (match, not search)

@@ -235,7 +235,7 @@ class QueueMaintenance:
                 deliver_policy=DeliverPolicy.ALL, ack_wait=60, max_deliver=-1,
             ),
         )  # fmt: skip
-        self._puller = Puller(self.nc, names.STREAM_ADVISORIES, MOVER)
+        self._puller = Puller(self.nc, names.STREAM_ADVISORIES, MOVER, protocol.api_prefix(self.js))
         await self._puller.start()
         self._stopping = False
         self._tasks = [

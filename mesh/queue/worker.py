@@ -220,7 +220,12 @@ class TaskWorker:
             budget = Budget(cfg.concurrency) if cfg.concurrency else None
             for priority in cfg.priorities:
                 await ensure_lane(self.js, cfg, priority)
-                puller = Puller(self.nc, names.STREAM_TASKS, names.task_consumer(agent, priority))
+                puller = Puller(
+                    self.nc,
+                    names.STREAM_TASKS,
+                    names.task_consumer(agent, priority),
+                    protocol.api_prefix(self.js),
+                )
                 await puller.start()
                 # Never more in flight on a lane than its consumer lets be unacked:
                 # past max_ack_pending the server answers pulls with 409s, and a

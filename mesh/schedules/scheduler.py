@@ -60,6 +60,7 @@ from mesh.schedules.definitions import (
     trigger_consumer,
 )
 from mesh.stopping import cancel_within
+from mesh.wire import protocol
 from mesh.wire.puller import Puller
 
 __all__ = [
@@ -92,9 +93,9 @@ class _ConsumerLoop:
 
     def __init__(
         self, nc: Client, stream: str, consumer: str,
-        handle: Callable[[Msg], Awaitable[None]], idle_s: float,
+        handle: Callable[[Msg], Awaitable[None]], idle_s: float, api_prefix: str = names.JS_API_PREFIX,
     ) -> None:  # fmt: skip
-        self.puller = Puller(nc, stream, consumer)
+        self.puller = Puller(nc, stream, consumer, api_prefix)
         self.handle, self.idle_s = handle, idle_s
         self._task: asyncio.Task[None] | None = None
         self._busy = False  # handling messages: let it finish on stop
@@ -197,8 +198,9 @@ class Scheduler:
             log.warning("using the existing %s consumer: %s", RELAY_CONSUMER, exc)
             await self.js.consumer_info(names.STREAM_SCHEDULES, RELAY_CONSUMER)
         self._relay = _ConsumerLoop(
-            self.nc, names.STREAM_SCHEDULES, RELAY_CONSUMER, self._on_firing, self.idle_s
-        )
+            self.nc, names.STREAM_SCHEDULES, RELAY_CONSUMER, self._on_firing, self.idle_s,
+            protocol.api_prefix(self.js),
+        )  # fmt: skip
         await self._relay.start()
         await self.refresh()
         self._refresher = asyncio.create_task(self._refresh_loop(), name="scheduler-refresh")
@@ -337,6 +339,9 @@ class Scheduler:
             async def handle(msg: Msg, trigger: EventTrigger = trigger) -> None:
                 await self._on_event(trigger, msg)
 
-            loop = _ConsumerLoop(self.nc, names.STREAM_EVENTS, trigger_consumer(name), handle, self.idle_s)
+            loop = _ConsumerLoop(
+                self.nc, names.STREAM_EVENTS, trigger_consumer(name), handle, self.idle_s,
+                protocol.api_prefix(self.js),
+            )  # fmt: skip
             await loop.start()
             self._triggers[name] = (trigger, loop)

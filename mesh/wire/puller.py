@@ -32,6 +32,7 @@ from collections.abc import Mapping
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
+from mesh import names
 from mesh.wire import protocol
 
 __all__ = ["Puller"]
@@ -51,14 +52,18 @@ class _Request:
 
 
 class Puller:
-    """Pull messages from ``stream``/``consumer``; ``start()`` before use."""
+    """Pull messages from ``stream``/``consumer``; ``start()`` before use.
 
-    def __init__(self, nc: Client, stream: str, consumer: str) -> None:
+    ``api_prefix``: the JetStream API prefix of the account or domain
+    (:func:`mesh.wire.protocol.api_prefix` of the caller's context).
+    """
+
+    def __init__(self, nc: Client, stream: str, consumer: str, api_prefix: str = names.JS_API_PREFIX) -> None:
         self.nc = nc
         self.stream = stream
         self.consumer = consumer
         self.ready: deque[Msg] = deque()
-        self._api = f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{consumer}"
+        self._api = f"{api_prefix}.CONSUMER.MSG.NEXT.{stream}.{consumer}"
         self._inbox = nc.new_inbox()
         self._ids = itertools.count(1)
         self._open: dict[str, _Request] = {}

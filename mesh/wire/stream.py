@@ -28,6 +28,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
+from mesh import names
 from mesh.wire.protocol import sync_with_server
 
 __all__ = ["PullStream"]
@@ -49,7 +50,7 @@ class PullStream:
         *,
         batch: int = 32,
         expires_s: float = 5.0,
-        api_prefix: str = "$JS.API",
+        api_prefix: str = names.JS_API_PREFIX,
     ) -> None:
         self._nc = nc
         self._on_msg = on_msg
