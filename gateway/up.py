@@ -3,8 +3,9 @@
 Embedded mode (no ``AF_NATS_URL`` / ``AF_DATABASE_URL``) starts nats-server
 and PostgreSQL as children with their data under the data dir, so a second
 ``up`` finds everything where it was. Then: migrations, streams and
-buckets, the agents registry, the execution recorder, the API and the
-worker pools (child processes, restarted if they die).
+buckets, the agents registry, the recorders, the queue maintenance, the
+scheduler and the API (the gateway, :mod:`gateway.app`), then the worker
+pools (child processes, restarted if they die).
 
 One ``up`` per data dir: ``up.lock`` (an flock the OS releases if we die)
 holds its pid, and a second ``up`` is refused. Servers an ``up`` killed -9
@@ -30,37 +31,25 @@ import secrets
 import shlex
 import signal
 import sys
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn
 
-import asyncpg
 import click
-from aiohttp import web
 
-from agents.recorder import RUN_INDEX, Recorder
 from agents.registry import load_registry
 from agents.store.embedded import EmbeddedPostgres
-from agents.store.executions import upsert_agents
-from agents.store.migrations import apply_migrations
-from gateway.api import Services, create_app
-from gateway.api.problems import ApiRunner
+from gateway.app import STEP_TIMEOUT_S, Gateway, Shutdown, StopStep
 from gateway.ports import PortInUse, bindable, check_port
 from gateway.state import UpState, read_state, write_state
 from mesh.embedded import NatsServer, find_free_port, parent_death_signal
-from mesh.provision import ProvisionConfig, provision
-from mesh.queue.maintenance import QueueMaintenance
-from mesh.queue.producer import TaskQueue
-from mesh.schedules.scheduler import Scheduler
 from mesh.settings import Settings
-from mesh.wire.connection import connect, jetstream, redacted
+from mesh.wire.connection import redacted
 
 __all__ = ["DataDirInUse", "Platform", "lock_data_dir", "run_up"]
 
 log = logging.getLogger(__name__)
 
-STEP_TIMEOUT_S = 10.0  # each component's stop but the workers' drain (drain_timeout_s + 10)
 SERVERS_STOP_S = 10.0  # nats-server and PostgreSQL, after the rest; 2 s once forced
 
 
@@ -94,22 +83,17 @@ def _port_or_free(preferred: int | None, api_port: int) -> int:
 
 @dataclass
 class Platform:
-    """Everything `up` started, so it can be stopped in reverse order."""
+    """Everything `up` started — the servers, the gateway, the worker pools —
+    so it can be stopped in reverse order."""
 
     settings: Settings
     say: bool = True
     stop_timeout_s: float | None = None  # the steps before the servers; None: drain_timeout_s + 20
     nats: NatsServer | None = None
     postgres: EmbeddedPostgres | None = None
-    services: Services | None = None
-    recorder: Recorder | None = None
-    run_index: Recorder | None = None
-    maintenance: QueueMaintenance | None = None
-    scheduler: Scheduler | None = None
-    runner: web.AppRunner | None = None
+    gateway: Gateway | None = None
     workers: list[asyncio.subprocess.Process] = field(default_factory=list)
     state: UpState = field(default_factory=UpState)
-    api_url: str = ""
     forced: asyncio.Event = field(default_factory=asyncio.Event)  # see force()
     abandoned: list[str] = field(default_factory=list)  # stop steps given up on
     _lock: int | None = None
@@ -155,38 +139,11 @@ class Platform:
             self.postgres.launch()
             await asyncio.to_thread(self.postgres.wait_ready)
             db_url = self.postgres.url
-        pool = await asyncpg.create_pool(db_url, min_size=1, max_size=10)
-        async with pool.acquire() as conn:
-            applied = await apply_migrations(conn)
-        if applied:
-            self._say(f"applied migrations {applied}")
-        nc = await connect(nats_url, name="agent-factory-up")
-        js = await jetstream(nc)
-        await provision(js, ProvisionConfig(replicas=s.stream_replicas))
-        registry = load_registry(s.agents)
-        await upsert_agents(pool, registry)
-        queue = TaskQueue(nc, js, max_payload=s.max_payload_bytes)
-        await queue.start()
-        served = set(registry.keys()) if s.workers else set()
-        self.services = Services(nc, js, pool, registry, s, queue, served_agents=lambda: served)
-        self.recorder = Recorder(nc, js, pool)
-        await self.recorder.start()
-        self.run_index = Recorder(nc, js, pool, projection=RUN_INDEX)
-        await self.run_index.start()
-        self.maintenance = QueueMaintenance(nc, js)
-        await self.maintenance.start()
-        self.scheduler = Scheduler(nc, js, queue)
-        await self.scheduler.start()
         token = s.api_token or self.state.token or secrets.token_urlsafe(32)
-        app = create_app(self.services, token if s.auth_enabled else None)
-        self.runner = ApiRunner(app, handle_signals=False, access_log=None, shutdown_timeout=5.0)
-        await self.runner.setup()
-        port = s.port or find_free_port()
-        site = web.TCPSite(self.runner, s.host, port)
-        await site.start()
-        self.api_url = f"http://{s.host}:{port}"
+        self.gateway = Gateway(s, load_registry(s.agents), say=self._say)
+        await self.gateway.start(nats_url, db_url, token=token if s.auth_enabled else None)
         self.state = write_state(
-            s.data_dir, self.state, api_url=self.api_url, nats_url=nats_url, database_url=db_url,
+            s.data_dir, self.state, api_url=self.gateway.api_url, nats_url=nats_url, database_url=db_url,
             token=token, pid=os.getpid(), nats_port=self.nats.port if self.nats else None,
             postgres_port=self.postgres.port if self.postgres else None,
         )  # fmt: skip
@@ -240,18 +197,19 @@ class Platform:
                 self.workers[i] = await self._spawn_worker(i, nats_url)
 
     def banner(self) -> str:
-        st = self.state
+        st, gateway = self.state, self.gateway
+        api_url = gateway.api_url if gateway else ""
         cli = ".venv/bin/agent-factory"
         if self.settings.data_dir != Settings.model_fields["data_dir"].default:
             cli += f" --data-dir {shlex.quote(str(self.settings.data_dir))}"  # or it finds another up
         return "\n".join([
             "",
             "Agent Factory is up.",
-            f"  API        {self.api_url}   (token in {self.settings.data_dir / 'state.json'})",
+            f"  API        {api_url}   (token in {self.settings.data_dir / 'state.json'})",
             f"  NATS       {redacted(st.nats_url or '')}   (credentials in state.json)",
             f"  PostgreSQL {st.database_url}",
             f"  workers    {len(self.workers)} pool(s), agents: "
-            + ", ".join(self.services.registry.keys() if self.services else []),
+            + ", ".join(gateway.registry.keys() if gateway else []),
             "",
             "Try, in another terminal:",
             f"  {cli} run fuel-combustion "
@@ -273,11 +231,8 @@ class Platform:
         ``stop_timeout_s``; then the children (workers, servers), always, in
         at most 25 s more (7 s once forced or past a step's deadline)."""
         self._stopping = True
-        loop = asyncio.get_running_loop()
-        total = self.stop_timeout_s or self.settings.drain_timeout_s + 20
-        deadline = loop.time() + total
-        for what, step, limit in self._stop_steps():
-            await self._bounded(what, step, min(limit, deadline - loop.time()))
+        shutdown = Shutdown(self._say, self.forced, self.abandoned)
+        await shutdown.run(self._stop_steps(), self.stop_timeout_s or self.settings.drain_timeout_s + 20)
         await self._stop_children()
         if self._lock is None:
             return  # refused the data dir: nothing of ours ran
@@ -287,52 +242,16 @@ class Platform:
         self._lock = None
         self._say(f"stopped; abandoned: {', '.join(self.abandoned)}" if self.abandoned else "stopped.")
 
-    def _stop_steps(self) -> list[tuple[str, Callable[[], Awaitable[object]], float]]:
-        steps: list[tuple[str, Callable[[], Awaitable[object]], float]] = []
+    def _stop_steps(self) -> list[StopStep]:
+        """The worker pools' drain first (the API still answers), then the gateway's steps."""
+        steps: list[StopStep] = []
         if self._supervisor is not None:
             steps.append(("the worker supervisor", self._stop_supervisor, STEP_TIMEOUT_S))
         if self.workers:
             steps.append(("the workers' drain", self._drain_workers, self.settings.drain_timeout_s + 10))
-        if self.runner is not None:
-            steps.append(("the API", self.runner.cleanup, STEP_TIMEOUT_S))
-        if self.scheduler is not None:
-            steps.append(("the scheduler", self.scheduler.stop, STEP_TIMEOUT_S))
-        if self.maintenance is not None:
-            steps.append(("the queue maintenance", self.maintenance.stop, STEP_TIMEOUT_S))
-        if self.recorder is not None:
-            steps.append(("the recorder", self.recorder.stop, STEP_TIMEOUT_S))
-        if self.run_index is not None:
-            steps.append(("the run index", self.run_index.stop, STEP_TIMEOUT_S))
-        if self.services is not None:
-            steps.append(("the task queue", self.services.queue.stop, STEP_TIMEOUT_S))
-            steps.append(("the NATS connection", self.services.nc.drain, STEP_TIMEOUT_S))
-            steps.append(("the database pool", self.services.pool.close, STEP_TIMEOUT_S))
+        if self.gateway is not None:
+            steps += self.gateway.stop_steps()
         return steps
-
-    async def _bounded(self, what: str, step: Callable[[], Awaitable[object]], timeout: float) -> None:
-        """Run one stop step for at most ``timeout`` s, or until forced; else abandon it.
-
-        ``asyncio.wait``, not a timeout around ``await``: a step that loses a
-        cancel could not be interrupted that way, and would hang us with it.
-        """
-        if self.forced.is_set() or timeout <= 0:
-            self.abandoned.append(what)
-            return
-        task = asyncio.ensure_future(step())
-        forced = asyncio.ensure_future(self._until_forced())
-        await asyncio.wait({task, forced}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-        forced.cancel()
-        if task.done():
-            if not task.cancelled() and task.exception() is not None:
-                self._say(f"{what} failed to stop: {task.exception()!r}; going on")
-            return
-        task.cancel()
-        self.abandoned.append(what)
-        if not self.forced.is_set():
-            self._say(f"{what} did not stop in {timeout:.0f} s; abandoning it")
-
-    async def _until_forced(self) -> None:
-        await self.forced.wait()
 
     async def _stop_supervisor(self) -> None:
         assert self._supervisor is not None
@@ -360,8 +279,8 @@ class Platform:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(reaped, 5.0)
         hurry = self.forced.is_set() or bool(self.abandoned)
-        if hurry and self.services is not None:
-            self.services.pool.terminate()  # no reconnect attempts (and warnings) as the server goes
+        if hurry and self.gateway is not None and self.gateway.pool is not None:
+            self.gateway.pool.terminate()  # no reconnect attempts (and warnings) as the server goes
         grace = 2.0 if hurry else SERVERS_STOP_S
         stops: dict[asyncio.Future[None], str] = {}
         crash: list[tuple[int | None, signal.Signals]] = []
@@ -374,7 +293,7 @@ class Platform:
         if not stops:
             return
         stopped: asyncio.Future[Any] = asyncio.gather(*stops, return_exceptions=True)
-        forced = asyncio.ensure_future(self._until_forced())
+        forced = asyncio.ensure_future(self.forced.wait())
         await asyncio.wait({stopped, forced}, timeout=grace + 5, return_when=asyncio.FIRST_COMPLETED)
         if not stopped.done() and self.forced.is_set():  # forced while they stop in order: crash them
             for pid, sig in crash:

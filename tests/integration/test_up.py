@@ -19,7 +19,9 @@ import nats
 import psutil
 import pytest
 
+from agents.registry import Registry
 from agents.store.embedded import EmbeddedPostgres
+from gateway.app import Gateway
 from gateway.up import Platform
 from mesh.embedded import NatsServer, end_process, find_free_port, pid_alive
 from mesh.queue.maintenance import QueueMaintenance
@@ -303,8 +305,8 @@ async def test_a_stop_step_past_its_deadline_is_abandoned_and_the_servers_stop_a
     servers = [nats.pid or 0, postgres.pid or 0]
     hangs = _StopIgnoresCancels()
     platform = Platform(Settings(data_dir=tmp_path), stop_timeout_s=2.0, nats=nats, postgres=postgres)
-    platform.scheduler = cast(Scheduler, _StopFails())
-    platform.maintenance = cast(QueueMaintenance, hangs)
+    platform.gateway = Gateway(platform.settings, Registry(), scheduler=cast(Scheduler, _StopFails()),
+                               maintenance=cast(QueueMaintenance, hangs))  # fmt: skip
     try:
         started = time.monotonic()
         stopping = asyncio.create_task(platform.stop())

@@ -14,14 +14,10 @@ from aiohttp.test_utils import TestClient, TestServer
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 
-from agents.recorder import RUN_INDEX, Recorder
 from agents.registry import example_registry
-from agents.runtime import worker_for
-from agents.store.executions import upsert_agents
 from agents.store.migrations import apply_migrations
-from gateway.api import Services, create_app
 from gateway.api.problems import ApiRunner
-from mesh.queue.producer import TaskQueue
+from gateway.app import Gateway, InProcessWorker, Parts
 from mesh.schedules.definitions import list_definitions, remove_definition
 from mesh.settings import Settings
 
@@ -48,27 +44,18 @@ class ApiTestServer(TestServer):
 async def api(
     nc: Client, mesh_js: JetStreamContext, pool: asyncpg.Pool
 ) -> AsyncIterator[TestClient[Any, Any]]:
-    registry = example_registry()
-    await upsert_agents(pool, registry)
-    settings = Settings(max_payload_bytes=64 * 1024)
-    queue = TaskQueue(nc, mesh_js, max_payload=settings.max_payload_bytes)
-    await queue.start()
-    services = Services(nc, mesh_js, pool, registry, settings, queue, lambda: set(registry.keys()))
-    recorder = Recorder(nc, mesh_js, pool, poll_s=0.2)
-    await recorder.start()
-    run_index = Recorder(nc, mesh_js, pool, poll_s=0.2, projection=RUN_INDEX)
-    await run_index.start()
-    worker = worker_for(nc, mesh_js, registry, concurrency=8, idle_poll_s=0.2)
-    await worker.start()
-    client = TestClient(ApiTestServer(create_app(services, TOKEN)))
-    await client.start_server()
-    client.session.headers["Authorization"] = f"Bearer {TOKEN}"
-    yield client
-    await client.close()
-    await worker.stop(drain_timeout=5)
-    await recorder.stop()
-    await run_index.stop()
-    await queue.stop()
+    """The gateway with its recorders and a worker (no maintenance, no scheduler), served by aiohttp's
+    test server; the NATS connection and the pool are the test's."""
+    parts = Parts(maintenance=False, scheduler=False, serve=False, poll_s=0.2,
+                  worker=InProcessWorker(concurrency=8, idle_poll_s=0.2, drain_timeout_s=5))  # fmt: skip
+    gateway = Gateway(Settings(max_payload_bytes=64 * 1024), example_registry(), parts)
+    async with gateway.running(nc, pool, token=TOKEN):
+        assert gateway.app is not None
+        client = TestClient(ApiTestServer(gateway.app))
+        await client.start_server()
+        client.session.headers["Authorization"] = f"Bearer {TOKEN}"
+        yield client
+        await client.close()
 
 
 # --- the routes of the app, for tests that go through all of them -------------------

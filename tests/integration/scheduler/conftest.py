@@ -14,8 +14,7 @@ from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig
 
 from agents.registry import example_registry
-from gateway.api import Services, create_app
-from gateway.api.schedules import BASE, routes
+from gateway.app import Gateway, Parts
 from mesh import names
 from mesh.envelope import Envelope, decode, new_id
 from mesh.queue.producer import TaskQueue
@@ -80,17 +79,15 @@ TOKEN = "schedules-token"
 
 @pytest.fixture
 async def schedules_api(
-    nc: Client, mesh_js: JetStreamContext, queue: TaskQueue
+    nc: Client, mesh_js: JetStreamContext, database_url: str
 ) -> AsyncIterator[TestClient[Any, Any]]:
-    """The gateway API (with the schedule routes) on the session server; no database."""
-    registry = example_registry()
-    services = Services(nc, mesh_js, None, registry, Settings(), queue)  # type: ignore[arg-type]
-    app = create_app(services, TOKEN)
-    registered = {r.resource.canonical for r in app.router.routes() if r.resource is not None}
-    if BASE not in registered:  # until create_app registers them itself
-        app.add_routes(routes)
-    client = TestClient(TestServer(app))
-    await client.start_server()
-    client.session.headers["Authorization"] = f"Bearer {TOKEN}"
-    yield client
-    await client.close()
+    """The gateway API on the session servers, with none of its services running beside it."""
+    parts = Parts(recorder=False, run_index=False, maintenance=False, scheduler=False, serve=False)
+    gateway = Gateway(Settings(), example_registry(), parts)
+    async with gateway.running(nc, database_url, token=TOKEN):
+        assert gateway.app is not None
+        client = TestClient(TestServer(gateway.app))
+        await client.start_server()
+        client.session.headers["Authorization"] = f"Bearer {TOKEN}"
+        yield client
+        await client.close()
