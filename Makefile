@@ -22,7 +22,7 @@ test: $(STAMP)
 	$(BIN)/pytest -q -p no:cacheprovider
 
 # Slow: every suite against its targets (tests/load), each printing its JSON.
-# `agent-factory bench all --json` prints the same numbers as one object.
+# `agent-factory bench all` prints the same numbers as one JSON object.
 bench: $(STAMP)
 	$(BIN)/pytest -q -s -p no:cacheprovider tests/load
 

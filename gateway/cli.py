@@ -264,10 +264,9 @@ def status(obj: Ctx, output: str) -> None:
 @cli.command()
 @click.argument("suite", type=click.Choice(["skeleton", "queue", "messaging", "streams", "all"]),
                 default="all")  # fmt: skip
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object (always JSON now).")
 @click.option("-n", "count", type=int, default=None, help="Runs/tasks/events to push through.")
-def bench(suite: str, as_json: bool, count: int | None) -> None:
-    """Benchmarks with the raw nats-py ceiling measured in the same run."""
+def bench(suite: str, count: int | None) -> None:
+    """Benchmarks with the raw nats-py ceiling measured in the same run; prints JSON."""
     from benchmarks.suites import run_benchmarks
 
     tune_gc()  # as in `up` and `worker`; the raw nats-py ceiling runs under the same settings

@@ -1,4 +1,4 @@
-"""``agent-factory bench streams``: Faust-on-JetStream throughput against the raw ceiling.
+"""Streams benchmark: Faust-on-JetStream throughput against the raw ceiling.
 
 Measured in one run against the same server:
 
@@ -6,7 +6,10 @@ Measured in one run against the same server:
                    (one worker, 4 partitions; events pre-published, timed from
                    worker-ready until the table has counted them all)
 ``ceiling_per_s``  the raw JetStream pull + ack rate of one Python client on the
-                   same number of messages (``fetch(1000)`` + ``ack()``)
+                   same number of messages (``fetch(1000)`` + ``ack()``), the
+                   stronger of the two raw clients (``ceiling_plain_per_s``:
+                   plain nats-py; ``ceiling_lean_per_s``: with the parser our
+                   connections, and so the Faust driver's, run on)
 ``ratio``          events_per_s / ceiling_per_s
 ``recovery_s``     time for a fresh worker to rebuild a table of
                    ``recovery_keys`` keys from its changelog
@@ -29,6 +32,7 @@ import faust
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, StorageType, StreamConfig
 
+from benchmarks.harness import RAW_CLIENTS, RawClient, raw_connect, wait_until
 from mesh.wire.connection import connect, jetstream
 from streams import naming
 from streams.partitioner import partition_for
@@ -96,15 +100,15 @@ async def _publish(
     await asyncio.gather(*pending)
 
 
-async def _wait(predicate: Any, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"bench: timed out waiting for {what}")
-        await asyncio.sleep(0.02)
+async def _ceiling(nats_url: str, n: int, client: RawClient) -> float:
+    nc = await raw_connect(nats_url, f"bench-streams-ceiling-{client}", client)
+    try:
+        return await _pull_and_ack(nc.jetstream(), n)
+    finally:
+        await nc.drain()
 
 
-async def _ceiling(js: JetStreamContext, n: int) -> float:
+async def _pull_and_ack(js: JetStreamContext, n: int) -> float:
     name = f"bench-ceiling-{uuid.uuid4().hex[:8]}"
     await js.add_stream(StreamConfig(name=name, subjects=[f"{name}.>"], storage=StorageType.FILE))
     try:
@@ -137,9 +141,9 @@ async def _throughput(nats_url: str, js: JetStreamContext, events: int, datadir:
     await _publish(js, items)
     app, counts = _app(app_id, nats_url, datadir)
     async with _worker(app):
-        await _wait(cast(Any, app.tables).recovery.completed.is_set, 60, "worker ready")
+        await wait_until(cast(Any, app.tables).recovery.completed.is_set, 60, "worker ready")
         start = time.perf_counter()
-        await _wait(lambda: sum(counts.data.values()) >= events, 600, "events counted")
+        await wait_until(lambda: sum(counts.data.values()) >= events, 600, "events counted")
         return events / (time.perf_counter() - start)
 
 
@@ -158,7 +162,7 @@ async def _recovery(nats_url: str, js: JetStreamContext, keys: int, datadir: str
     app, counts = _app(app_id, nats_url, datadir)
     start = time.perf_counter()
     async with _worker(app):
-        await _wait(cast(Any, app.tables).recovery.completed.is_set, 600, "table recovery")
+        await wait_until(cast(Any, app.tables).recovery.completed.is_set, 600, "table recovery")
         elapsed = time.perf_counter() - start
         if len(counts.data) != keys:
             raise AssertionError(f"recovered {len(counts.data)} keys, expected {keys}")
@@ -170,10 +174,11 @@ async def bench_streams(
 ) -> dict[str, float]:
     """Run the streams benchmark against ``nats_url``; returns the JSON fields."""
     logging.getLogger("faust").setLevel(logging.ERROR)
+    ceilings = {client: await _ceiling(nats_url, events, client) for client in RAW_CLIENTS}
+    ceiling = max(ceilings.values())
     nc = await connect(nats_url, name="bench-streams")
     try:
         js = await jetstream(nc)
-        ceiling = await _ceiling(js, events)
         with tempfile.TemporaryDirectory(prefix="af-bench-streams-") as datadir:
             events_per_s = await _throughput(nats_url, js, events, datadir)
             recovery_s = await _recovery(nats_url, js, recovery_keys, datadir)
@@ -182,6 +187,7 @@ async def bench_streams(
     return {
         "events_per_s": round(events_per_s, 1),
         "ceiling_per_s": round(ceiling, 1),
+        **{f"ceiling_{client}_per_s": round(per_s, 1) for client, per_s in ceilings.items()},
         "ratio": round(events_per_s / ceiling, 3),
         "recovery_s": round(recovery_s, 3),
         "events": float(events),
