@@ -43,8 +43,6 @@ __all__ = ["EXECUTIONS", "RUN_INDEX", "Projection", "Recorder"]
 
 log = logging.getLogger(__name__)
 
-CONSUMER = "recorder-postgres"
-
 
 @dataclass(frozen=True, slots=True)
 class Projection:
@@ -71,8 +69,13 @@ async def _write_executions(pool: asyncpg.Pool, msgs: list[Msg]) -> int:
     return len(events)
 
 
-EXECUTIONS = Projection(names.STREAM_EVENTS, CONSUMER, names.ALL_FINISHED, _write_executions)
-RUN_INDEX = Projection(f"KV_{names.BUCKET_RUNS}", "recorder-runs", f"$KV.{names.BUCKET_RUNS}.>", index_runs)
+EXECUTIONS = Projection(names.STREAM_EVENTS, names.CONSUMER_RECORDER, names.ALL_FINISHED, _write_executions)
+RUN_INDEX = Projection(
+    names.kv_stream(names.BUCKET_RUNS),
+    names.CONSUMER_RUN_INDEX,
+    names.kv_subject(names.BUCKET_RUNS, ">"),
+    index_runs,
+)
 
 
 class Recorder:

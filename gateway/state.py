@@ -9,6 +9,8 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from mesh import names
+
 __all__ = ["UpState", "read_state", "write_state"]
 
 
@@ -23,7 +25,7 @@ class UpState(BaseModel):
 
 
 def read_state(data_dir: Path) -> UpState:
-    path = data_dir / "state.json"
+    path = data_dir / names.STATE_FILE
     if not path.exists():
         return UpState()
     try:
@@ -34,7 +36,7 @@ def read_state(data_dir: Path) -> UpState:
 
 def write_state(data_dir: Path, state: UpState, **changes: Any) -> UpState:
     state = state.model_copy(update=changes)
-    path = data_dir / "state.json"
+    path = data_dir / names.STATE_FILE
     tmp = path.with_suffix(".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # holds the API token
     with os.fdopen(fd, "w") as f:

@@ -15,6 +15,8 @@ from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 from nats.js.kv import KeyValue
 
+from mesh import names
+
 __all__ = ["current_entries"]
 
 
@@ -23,8 +25,8 @@ async def current_entries(
 ) -> list[KeyValue.Entry]:
     """The current entries of ``bucket`` whose keys match ``pattern``, by key;
     deleted and purged keys are left out."""
-    prefix = f"$KV.{bucket}."
-    info = await js.stream_info(f"KV_{bucket}", subjects_filter=prefix + pattern)
+    prefix = names.kv_subject(bucket, "")
+    info = await js.stream_info(names.kv_stream(bucket), subjects_filter=prefix + pattern)
     found: list[KeyValue.Entry] = []
     for subject in sorted(info.state.subjects or {}):
         try:

@@ -1,4 +1,5 @@
-"""Every stream, subject, consumer and bucket name the platform uses, in one place.
+"""Every stream, subject, consumer and bucket name the platform uses, in one place
+(and the data dir's state file).
 
 Names are human-readable so ``nats stream ls``, ``nats sub 'af.events.>'`` and
 ``nats kv watch af_runs`` explain themselves; the README lists them all.
@@ -19,6 +20,10 @@ __all__ = [
     "BUCKET_LOCKS",
     "BUCKET_RUNS",
     "BUCKET_SCHEDULES",
+    "CONSUMER_DLQ_MOVER",
+    "CONSUMER_RECORDER",
+    "CONSUMER_RUN_INDEX",
+    "CONSUMER_SCHEDULE_RELAY",
     "DURABLE_CHANNEL_PREFIX",
     "EPHEMERAL_CHANNEL_PREFIX",
     "STREAM_ADVISORIES",
@@ -27,27 +32,34 @@ __all__ = [
     "STREAM_EVENTS",
     "STREAM_SCHEDULES",
     "STREAM_TASKS",
+    "STATE_FILE",
     "cancel_subject",
+    "channel_consumer",
     "dlq_subject",
-    "event_subject",
     "finished_subject",
+    "kv_stream",
+    "kv_subject",
+    "rpc_subject",
+    "schedule_def_subject",
+    "schedule_fire_subject",
     "task_consumer",
     "task_subject",
+    "trigger_consumer",
 ]
 
 STREAM_TASKS: Final = "AF_TASKS"  # work queue: af.tasks.<agent>.<priority>
 STREAM_EVENTS: Final = "AF_EVENTS"  # facts: af.events.<kind>.<agent>[.<run id>]
 STREAM_SCHEDULES: Final = "AF_SCHEDULES"  # af.schedules.def.<name>, af.schedules.fire.<name>
 STREAM_ADVISORIES: Final = "AF_ADVISORIES"  # captured MAX_DELIVERIES advisories of AF_TASKS
-MAX_DELIVERIES_ADVISORY: Final = "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.AF_TASKS.>"
+MAX_DELIVERIES_ADVISORY: Final = f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{STREAM_TASKS}.>"
 STREAM_DLQ: Final = "AF_DLQ"  # dead letters: af.dlq.tasks.<agent>, af.dlq.channels.<channel>
 
 BUCKET_RUNS: Final = "af_runs"  # run id -> run state (24 h)
 BUCKET_IDEMPOTENCY: Final = "af_idempotency"  # idempotency key -> run id (24 h)
-# Reserved: provisioned, but nothing reads them yet (the lifecycle manager and
+# Provisioned, but nothing reads them yet (the lifecycle manager and
 # configuration hot reload of later issues will).
-BUCKET_CONFIG: Final = "af_config"  # configuration, to be watched for hot reload
-BUCKET_LOCKS: Final = "af_locks"  # leases with per-key TTL, for the lifecycle manager
+BUCKET_CONFIG: Final = "af_config"  # reserved for configuration hot reload
+BUCKET_LOCKS: Final = "af_locks"  # reserved for the lifecycle manager's leases with per-key TTL
 BUCKET_SCHEDULES: Final = "af_schedules"  # schedule and trigger definitions
 BUCKET_CHANNELS: Final = "af_channels"  # live channel subscribers (heartbeat TTL)
 STREAM_CHANNELS: Final = "AF_CHANNELS"  # durable channels: af.ch.<channel>
@@ -59,6 +71,16 @@ EVENTS_PREFIX: Final = "af.events"
 DLQ_PREFIX: Final = "af.dlq"
 SCHEDULES_PREFIX: Final = "af.schedules"
 CANCEL_PREFIX: Final = "af.control.cancel"  # core NATS (no stream): "stop run <id> if you hold it"
+RPC_PREFIX: Final = "af.rpc"  # core NATS requests: af.rpc.<agent>, queue group <agent>
+
+# Durable consumers with a fixed name (the per-lane, per-trigger and per-channel
+# ones are named by the functions below).
+CONSUMER_RECORDER: Final = "recorder-postgres"  # on AF_EVENTS: finished executions -> PostgreSQL
+CONSUMER_RUN_INDEX: Final = "recorder-runs"  # on KV_af_runs: run states -> PostgreSQL's run index
+CONSUMER_DLQ_MOVER: Final = "dlq-mover"  # on AF_ADVISORIES: tasks past max_deliver -> AF_DLQ
+CONSUMER_SCHEDULE_RELAY: Final = "schedule-relay"  # on AF_SCHEDULES: cron firings -> AF_TASKS
+
+STATE_FILE: Final = "state.json"  # in the data dir: where `up` tells the CLI its URLs and token
 JS_API_PREFIX: Final = "$JS.API"  # JetStream's API (a domain's is $JS.<domain>.API)
 
 AGENT_KEY_RE: Final = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
@@ -71,11 +93,6 @@ def task_subject(agent: str, priority: int) -> str:
 
 def task_consumer(agent: str, priority: int) -> str:
     return f"tasks-{agent}-p{priority}"
-
-
-def event_subject(kind: str, agent: str) -> str:
-    """``kind`` is dotted, e.g. ``execution.finished``."""
-    return f"{EVENTS_PREFIX}.{kind}.{agent}"
 
 
 FINISHED_PREFIX: Final = f"{EVENTS_PREFIX}.execution.finished"
@@ -96,3 +113,40 @@ def cancel_subject(agent: str) -> str:
 def dlq_subject(origin: str, name: str) -> str:
     """``origin`` is ``tasks`` (name = agent) or ``channels`` (name = channel)."""
     return f"{DLQ_PREFIX}.{origin}.{name}"
+
+
+def schedule_def_subject(name: str) -> str:
+    """Where cron ``name``'s server-side schedule is stored (on ``AF_SCHEDULES``)."""
+    return f"{SCHEDULES_PREFIX}.def.{name}"
+
+
+def schedule_fire_subject(name: str) -> str:
+    """Where the server publishes cron ``name``'s firings (on ``AF_SCHEDULES``)."""
+    return f"{SCHEDULES_PREFIX}.fire.{name}"
+
+
+def trigger_consumer(name: str) -> str:
+    """The durable consumer on ``AF_EVENTS`` of event trigger ``name``."""
+    return f"trigger-{name}"
+
+
+def channel_consumer(channel: str) -> str:
+    """The durable consumer (consumer group) on ``AF_CHANNELS`` of durable channel ``channel``
+    (its name without the ``durable:`` kind; ``_`` is never in a channel name)."""
+    return "ch_" + channel.replace(".", "_")
+
+
+def rpc_subject(agent: str) -> str:
+    """Where core NATS requests to ``agent`` go (queue group ``agent``)."""
+    return f"{RPC_PREFIX}.{agent}"
+
+
+def kv_stream(bucket: str) -> str:
+    """The stream that holds KV bucket ``bucket``."""
+    return f"KV_{bucket}"
+
+
+def kv_subject(bucket: str, key: str) -> str:
+    """The subject of ``key`` in ``bucket``'s stream; ``key`` may be a wildcard
+    (``>``), or empty for the prefix every key's subject starts with."""
+    return f"$KV.{bucket}.{key}"

@@ -124,9 +124,9 @@ def bucket_configs(cfg: ProvisionConfig) -> list[KeyValueConfig]:
         KeyValueConfig(bucket=names.BUCKET_IDEMPOTENCY, history=1, ttl=cfg.idempotency_ttl_s,
                        replicas=cfg.replicas, description="idempotency key -> run id and request digest"),
         KeyValueConfig(bucket=names.BUCKET_CONFIG, history=10, replicas=cfg.replicas,
-                       description="reserved: configuration hot reload (not read yet)"),
+                       description="reserved for configuration hot reload (not read yet)"),
         KeyValueConfig(bucket=names.BUCKET_LOCKS, history=1, replicas=cfg.replicas,
-                       description="reserved: lifecycle leases with per-key TTL (not read yet)"),
+                       description="reserved for lifecycle leases with per-key TTL (not read yet)"),
         KeyValueConfig(bucket=names.BUCKET_SCHEDULES, history=5, replicas=cfg.replicas,
                        description="schedule and trigger definitions"),
         channel_bucket_config(replicas=cfg.replicas),
@@ -194,7 +194,7 @@ RUN_PROJECTION = StreamSource(
     name=names.STREAM_EVENTS,
     subject_transforms=[
         SubjectTransform(
-            src=f"{names.FINISHED_PREFIX}.*.*", dest=f"$KV.{names.BUCKET_RUNS}.{{{{wildcard(2)}}}}"
+            src=f"{names.FINISHED_PREFIX}.*.*", dest=names.kv_subject(names.BUCKET_RUNS, "{{wildcard(2)}}")
         )
     ],
 )
@@ -207,7 +207,7 @@ async def ensure_run_projection(js: JetStreamContext) -> None:
     ``$KV.af_runs.<run id>`` durably (it tracks its position in AF_EVENTS), so
     a worker records an outcome with one publish instead of two.
     """
-    info = await js.stream_info(f"KV_{names.BUCKET_RUNS}")
+    info = await js.stream_info(names.kv_stream(names.BUCKET_RUNS))
     config = info.config
     if config.sources and any(source.name == names.STREAM_EVENTS for source in config.sources):
         return

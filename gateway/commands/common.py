@@ -12,6 +12,7 @@ import click
 
 from gateway.client import ApiClient, ApiError
 from gateway.state import read_state
+from mesh import names
 
 __all__ = ["OUTPUTS", "CliError", "Ctx", "_emit", "_run", "output_option"]
 
@@ -39,7 +40,7 @@ class Ctx:
         url = self._api_url or state.api_url
         if not url:
             raise CliError(
-                f"no gateway found in {self.data_dir}/state.json: start one with "
+                f"no gateway found in {self.data_dir / names.STATE_FILE}: start one with "
                 "`agent-factory up`, or pass --api-url / --data-dir"
             )
         return ApiClient(url, self._token or state.token)

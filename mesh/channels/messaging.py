@@ -30,6 +30,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
+from mesh import names
 from mesh.channels.acks import MESSAGES, AckTracker
 from mesh.channels.encoder import Encoder, Outgoing, fast_id
 from mesh.channels.errors import InvalidChannelName, NoResponders, RemoteError
@@ -56,7 +57,6 @@ __all__ = ["MAX_MESSAGE_SIZE", "Mesh", "MeshConfig", "Subscription", "rpc_channe
 
 MAX_MESSAGE_SIZE: Final = 1_000_000  # encoded envelope; headers fit under NATS's 1 MiB
 _SUBJECT_BREAKS: Final = re.compile(r"[ \t\r\n]")
-RPC_PREFIX: Final = "af.rpc"  # ephemeral request subject: af.rpc.<agent>, queue group <agent>
 ERROR_TYPE: Final = "error"
 _REPLIES: Final = Channel(ChannelType.EPHEMERAL, "reply")  # replies go to an inbox, core NATS
 
@@ -323,7 +323,7 @@ class Mesh:
         channel = Channel(ChannelType.EPHEMERAL, f"rpc.{agent}")
         registration = await self._registry.claim(channel, self.agent)  # listed, not limited
         sub = EphemeralSubscription(
-            self.nc, channel, answer, self.schemas, subject=f"{RPC_PREFIX}.{agent}", queue=agent,
+            self.nc, channel, answer, self.schemas, subject=names.rpc_subject(agent), queue=agent,
             registry=self._registry, registration=registration,
         )  # fmt: skip
         try:
@@ -413,7 +413,7 @@ class Mesh:
                 target = (channel, channel.subject, f"rpc:{agent}")
             else:
                 channel = Channel(ChannelType.EPHEMERAL, f"rpc.{agent}")
-                target = (channel, _checked_subject(f"{RPC_PREFIX}.{agent}"), f"rpc:{agent}")
+                target = (channel, _checked_subject(names.rpc_subject(agent)), f"rpc:{agent}")
             if len(self._rpc_targets) < 4096:
                 self._rpc_targets[(agent, durable)] = target
         return target

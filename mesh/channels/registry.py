@@ -115,7 +115,7 @@ class Channel:
     @property
     def consumer(self) -> str:
         """The durable consumer (consumer group) of a durable channel."""
-        return "ch_" + self.name.replace(".", "_")
+        return names.channel_consumer(self.name)
 
     @property
     def registry_prefix(self) -> str:

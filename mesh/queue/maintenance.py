@@ -64,8 +64,6 @@ __all__ = ["QueueMaintenance", "expire_overdue", "move_max_delivered"]
 
 log = logging.getLogger(__name__)
 
-MOVER = "dlq-mover"
-
 
 async def move_max_delivered(js: JetStreamContext, advisory: bytes) -> str | None:
     """Dead-letter the task an advisory names; returns its run id (None: nothing to do)."""
@@ -128,8 +126,8 @@ async def _scan_runs(js: JetStreamContext) -> AsyncIterator[tuple[RunState, int]
     unlike a KV watch's end-of-initial-values marker, that cannot end early.
     """
     sub = await js.pull_subscribe(
-        f"$KV.{names.BUCKET_RUNS}.>",
-        stream=f"KV_{names.BUCKET_RUNS}",
+        names.kv_subject(names.BUCKET_RUNS, ">"),
+        stream=names.kv_stream(names.BUCKET_RUNS),
         config=ConsumerConfig(
             deliver_policy=DeliverPolicy.LAST_PER_SUBJECT, ack_policy=AckPolicy.NONE,
             inactive_threshold=30.0, mem_storage=True,
@@ -231,11 +229,13 @@ class QueueMaintenance:
         await self.js.add_consumer(
             names.STREAM_ADVISORIES,
             ConsumerConfig(
-                durable_name=MOVER, ack_policy=AckPolicy.EXPLICIT,
+                durable_name=names.CONSUMER_DLQ_MOVER, ack_policy=AckPolicy.EXPLICIT,
                 deliver_policy=DeliverPolicy.ALL, ack_wait=60, max_deliver=-1,
             ),
         )  # fmt: skip
-        self._puller = Puller(self.nc, names.STREAM_ADVISORIES, MOVER, protocol.api_prefix(self.js))
+        self._puller = Puller(
+            self.nc, names.STREAM_ADVISORIES, names.CONSUMER_DLQ_MOVER, protocol.api_prefix(self.js)
+        )
         await self._puller.start()
         self._stopping = False
         self._tasks = [

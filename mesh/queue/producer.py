@@ -371,7 +371,7 @@ class TaskQueue:
             return None
         except KeyWrongLastSequenceError:
             raw = await self.js.get_last_msg(
-                f"KV_{names.BUCKET_IDEMPOTENCY}", f"$KV.{names.BUCKET_IDEMPOTENCY}.{token}"
+                names.kv_stream(names.BUCKET_IDEMPOTENCY), names.kv_subject(names.BUCKET_IDEMPOTENCY, token)
             )
             assert raw.data is not None and raw.time is not None
             return _Claim(raw.data, raw.time)

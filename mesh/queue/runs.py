@@ -135,8 +135,11 @@ class ExecutionFinished(BaseModel):
         )  # fmt: skip
 
 
+_RUN_KEY_PREFIX: Final = names.kv_subject(names.BUCKET_RUNS, "")
+
+
 def run_key(run_id: str) -> str:
-    return f"$KV.{names.BUCKET_RUNS}.{run_id}"
+    return _RUN_KEY_PREFIX + run_id
 
 
 async def put_run(js: JetStreamContext, state: RunState) -> None:

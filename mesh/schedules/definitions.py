@@ -56,15 +56,12 @@ __all__ = [
     "ScheduleInvalid",
     "ScheduleNotFound",
     "add_definition",
-    "def_subject",
-    "fire_subject",
     "get_definition",
     "list_definitions",
     "parse_definition",
     "remove_definition",
     "subject_matches",
     "to_server_schedule",
-    "trigger_consumer",
 ]
 
 NAME_PATTERN: Final = r"^[a-z0-9][a-z0-9_-]{0,62}$"
@@ -72,7 +69,7 @@ MACROS: Final = frozenset({"@yearly", "@annually", "@monthly", "@weekly", "@dail
 _GO_DURATION = re.compile(r"^(?:\d+(?:\.\d+)?(?:ns|us|µs|ms|s|m|h))+$")
 _GO_PART = re.compile(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)")
 _UNIT_S = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
-_EVENTS_PATTERN = re.compile(r"^af\.events(?:\.(?:[A-Za-z0-9_-]+|\*))*(?:\.>)?$")
+_EVENTS_PATTERN = re.compile(rf"^{re.escape(names.EVENTS_PREFIX)}(?:\.(?:[A-Za-z0-9_-]+|\*))*(?:\.>)?$")
 
 
 class ScheduleNotFound(MeshError):
@@ -95,18 +92,6 @@ class ScheduleInvalid(MeshError):
     """Something croniter let through: the server refused it, or it never fires (Feb 30)."""
 
     status = 422
-
-
-def def_subject(name: str) -> str:
-    return f"{names.SCHEDULES_PREFIX}.def.{name}"
-
-
-def fire_subject(name: str) -> str:
-    return f"{names.SCHEDULES_PREFIX}.fire.{name}"
-
-
-def trigger_consumer(name: str) -> str:
-    return f"trigger-{name}"
 
 
 def _duration_s(text: str) -> float:
@@ -281,12 +266,14 @@ async def register_cron(js: JetStreamContext, sched: CronSchedule) -> None:
     """(Re)publish the server-side schedule message; replacing resets ``@every``."""
     headers = {
         "Nats-Schedule": sched.server_schedule,
-        "Nats-Schedule-Target": fire_subject(sched.name),
+        "Nats-Schedule-Target": names.schedule_fire_subject(sched.name),
     }
     if sched.timezone:
         headers["Nats-Schedule-Time-Zone"] = sched.timezone
     try:
-        await js.publish(def_subject(sched.name), sched.model_dump_json().encode(), headers=headers)
+        await js.publish(
+            names.schedule_def_subject(sched.name), sched.model_dump_json().encode(), headers=headers
+        )
     except APIError as exc:
         detail = exc.description or str(exc)
         raise ScheduleInvalid(f"nats-server refused schedule {sched.cron!r}: {detail}") from exc
@@ -294,7 +281,7 @@ async def register_cron(js: JetStreamContext, sched: CronSchedule) -> None:
 
 async def ensure_trigger_consumer(js: JetStreamContext, trig: EventTrigger) -> None:
     """Create the trigger's durable consumer (new events only) unless it exists as configured."""
-    durable = trigger_consumer(trig.name)
+    durable = names.trigger_consumer(trig.name)
     try:
         info = await js.consumer_info(names.STREAM_EVENTS, durable)
         if info.config.filter_subject == trig.on:
@@ -374,11 +361,11 @@ async def _deactivate(js: JetStreamContext, definition: CronSchedule | EventTrig
     if isinstance(definition, CronSchedule):
         # Purge the definition (the server forgets the schedule) and any
         # firing not yet relayed.
-        await js.purge_stream(names.STREAM_SCHEDULES, subject=def_subject(definition.name))
-        await js.purge_stream(names.STREAM_SCHEDULES, subject=fire_subject(definition.name))
+        await js.purge_stream(names.STREAM_SCHEDULES, subject=names.schedule_def_subject(definition.name))
+        await js.purge_stream(names.STREAM_SCHEDULES, subject=names.schedule_fire_subject(definition.name))
     else:
         with contextlib.suppress(NotFoundError):
-            await js.delete_consumer(names.STREAM_EVENTS, trigger_consumer(definition.name))
+            await js.delete_consumer(names.STREAM_EVENTS, names.trigger_consumer(definition.name))
 
 
 async def remove_definition(js: JetStreamContext, name: str) -> CronSchedule | EventTrigger:

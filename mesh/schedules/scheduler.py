@@ -50,21 +50,17 @@ from mesh.schedules.definitions import (
     ScheduleInvalid,
     ScheduleNotFound,
     add_definition,
-    def_subject,
     ensure_trigger_consumer,
-    fire_subject,
     get_definition,
     list_definitions,
     register_cron,
     remove_definition,
-    trigger_consumer,
 )
 from mesh.stopping import cancel_within
 from mesh.wire import protocol
 from mesh.wire.puller import Puller
 
 __all__ = [
-    "RELAY_CONSUMER",
     "CronSchedule",
     "Definition",
     "EventTrigger",
@@ -81,8 +77,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-RELAY_CONSUMER: Final = "schedule-relay"
-_KV_STREAM: Final = f"KV_{names.BUCKET_SCHEDULES}"
+_KV_STREAM: Final = names.kv_stream(names.BUCKET_SCHEDULES)
 _RETRY_DELAY_S: Final = 2.0
 _TRIGGER_STOP_S: Final = 5.0  # for the event in hand, past the pull's settling, when a trigger changes
 
@@ -188,17 +183,17 @@ class Scheduler:
 
     async def start(self) -> None:
         config = ConsumerConfig(
-            durable_name=RELAY_CONSUMER, filter_subject=fire_subject("*"),
+            durable_name=names.CONSUMER_SCHEDULE_RELAY, filter_subject=names.schedule_fire_subject("*"),
             deliver_policy=DeliverPolicy.ALL, ack_policy=AckPolicy.EXPLICIT, ack_wait=30.0,
             max_ack_pending=1000, description="scheduler replicas relay firings to AF_TASKS",
         )  # fmt: skip
         try:
             await self.js.add_consumer(names.STREAM_SCHEDULES, config)
         except APIError as exc:  # exists with another config (an older build): use it
-            log.warning("using the existing %s consumer: %s", RELAY_CONSUMER, exc)
-            await self.js.consumer_info(names.STREAM_SCHEDULES, RELAY_CONSUMER)
+            log.warning("using the existing %s consumer: %s", names.CONSUMER_SCHEDULE_RELAY, exc)
+            await self.js.consumer_info(names.STREAM_SCHEDULES, names.CONSUMER_SCHEDULE_RELAY)
         self._relay = _ConsumerLoop(
-            self.nc, names.STREAM_SCHEDULES, RELAY_CONSUMER, self._on_firing, self.idle_s,
+            self.nc, names.STREAM_SCHEDULES, names.CONSUMER_SCHEDULE_RELAY, self._on_firing, self.idle_s,
             protocol.api_prefix(self.js),
         )  # fmt: skip
         await self._relay.start()
@@ -309,19 +304,19 @@ class Scheduler:
                 log.info("re-registering schedule %s (missing on the server)", name)
                 await register_cron(self.js, d)
         for name in active_crons - definitions.keys():
-            await self.js.purge_stream(names.STREAM_SCHEDULES, subject=def_subject(name))
+            await self.js.purge_stream(names.STREAM_SCHEDULES, subject=names.schedule_def_subject(name))
         for name in active_triggers - definitions.keys():
             with contextlib.suppress(NotFoundError):
-                await self.js.delete_consumer(names.STREAM_EVENTS, trigger_consumer(name))
+                await self.js.delete_consumer(names.STREAM_EVENTS, names.trigger_consumer(name))
         await self._sync_triggers({n: d for n, d in definitions.items() if isinstance(d, EventTrigger)})
 
     async def _active_crons(self) -> set[str]:
-        prefix = def_subject("")
+        prefix = names.schedule_def_subject("")
         info = await self.js.stream_info(names.STREAM_SCHEDULES, subjects_filter=prefix + ">")
         return {s[len(prefix) :] for s in (info.state.subjects or {})}
 
     async def _active_trigger_consumers(self) -> set[str]:
-        prefix = trigger_consumer("")
+        prefix = names.trigger_consumer("")
         found = await self.js.consumers_info(names.STREAM_EVENTS)
         return {c.name[len(prefix) :] for c in found if c.name.startswith(prefix)}
 
@@ -340,7 +335,7 @@ class Scheduler:
                 await self._on_event(trigger, msg)
 
             loop = _ConsumerLoop(
-                self.nc, names.STREAM_EVENTS, trigger_consumer(name), handle, self.idle_s,
+                self.nc, names.STREAM_EVENTS, names.trigger_consumer(name), handle, self.idle_s,
                 protocol.api_prefix(self.js),
             )  # fmt: skip
             await loop.start()

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
+from mesh import names
 from mesh.embedded import NatsServer, find_free_port
 from mesh.settings import Settings
 
@@ -90,7 +91,7 @@ def test_up_starts_its_nats_server_with_the_sync_interval(tmp_path: Path) -> Non
             assert time.monotonic() < deadline, "up did not become ready in 60 s"
             time.sleep(0.1)
             try:
-                state = json.loads((data_dir / "state.json").read_text())
+                state = json.loads((data_dir / names.STATE_FILE).read_text())
             except (OSError, ValueError):
                 state = {}
         log = (data_dir / "nats" / "nats-server.log").read_text()

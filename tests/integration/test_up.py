@@ -23,6 +23,7 @@ from agents.registry import Registry
 from agents.store.embedded import EmbeddedPostgres
 from gateway.app import Gateway
 from gateway.up import Platform
+from mesh import names
 from mesh.embedded import NatsServer, end_process, find_free_port, pid_alive
 from mesh.queue.maintenance import QueueMaintenance
 from mesh.schedules.scheduler import Scheduler
@@ -77,7 +78,7 @@ def _wait_until(condition: Callable[[], bool], seconds: float, what: str) -> Non
 
 def _state(data_dir: Path) -> dict[str, Any]:
     try:
-        return dict(json.loads((data_dir / "state.json").read_text()))
+        return dict(json.loads((data_dir / names.STATE_FILE).read_text()))
     except (OSError, ValueError):
         return {}
 
@@ -127,7 +128,7 @@ def test_up_runs_a_task_stops_cleanly_and_restarts_with_data_kept(tmp_path: Path
         assert "fuel-combustion" in table and "serving" in table
         first_nats = _state(data_dir)["nats_url"]
         # The embedded NATS wants the credentials of state.json (mode 0600); the banner hides them.
-        assert (data_dir / "state.json").stat().st_mode & 0o077 == 0
+        assert (data_dir / names.STATE_FILE).stat().st_mode & 0o077 == 0
         user, password = first_nats.split("://")[1].split("@")[0].split(":")
         assert password and password not in _output(data_dir)
         anonymous = asyncio.run(_connects(first_nats.replace(f"{user}:{password}@", "")))

@@ -15,6 +15,7 @@ import pytest
 
 from gateway.ports import PortInUse, bindable
 from gateway.up import Platform, lock_data_dir
+from mesh import names
 from mesh.settings import Settings
 from tests.integration.test_up import CLI, _children_of, _env
 
@@ -61,11 +62,11 @@ async def test_a_refused_start_lets_the_data_dir_go_and_leaves_its_state_alone(
     data_dir = tmp_path / "af"
     data_dir.mkdir()
     state = '{"token": "kept", "nats_port": 4999}'
-    (data_dir / "state.json").write_text(state)
+    (data_dir / names.STATE_FILE).write_text(state)
     platform = Platform(Settings(data_dir=data_dir, port=taken_port), say=False)
     with pytest.raises(PortInUse, match=f"API port {taken_port} "):
         await platform.start()
     await platform.stop()  # what run_up does next
     assert platform.nats is None and platform.postgres is None
-    assert (data_dir / "state.json").read_text() == state
+    assert (data_dir / names.STATE_FILE).read_text() == state
     os.close(lock_data_dir(data_dir))  # not held by this process any more

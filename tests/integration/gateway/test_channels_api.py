@@ -21,7 +21,7 @@ from nats.js import JetStreamContext
 from gateway.commands.channels import channels
 from gateway.commands.common import Ctx
 from mesh.channels.messaging import Mesh
-from mesh.channels.registry import CHANNELS_STREAM
+from mesh.channels.registry import CHANNELS_STREAM, Channel
 from mesh.embedded import NatsServer, find_free_port
 from mesh.envelope import Envelope
 from mesh.wire.connection import connect
@@ -91,7 +91,7 @@ async def test_channels_ls_shows_a_backlog_nobody_subscribed_to(
         [line] = [line for line in table.output.splitlines() if line.startswith(f"durable:{name} ")]
         assert line.split()[1:] == ["DURABLE", "0", "3", "0"]
     finally:
-        await js.purge_stream(CHANNELS_STREAM, subject=f"af.ch.{name}")
+        await js.purge_stream(CHANNELS_STREAM, subject=Channel.parse(f"durable:{name}").subject)
 
 
 @contextlib.asynccontextmanager

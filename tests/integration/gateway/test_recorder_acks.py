@@ -17,7 +17,7 @@ from nats.aio.client import Client
 from nats.js import JetStreamContext
 from nats.js.api import ConsumerInfo
 
-from agents.recorder import CONSUMER, Recorder
+from agents.recorder import Recorder
 from agents.store.executions import get_execution
 from mesh import names
 from mesh.envelope import CONTENT_TYPE, JSON, Envelope, encode, new_id, utcnow
@@ -51,7 +51,7 @@ async def _publish(js: JetStreamContext, event: ExecutionFinished) -> None:
 
 
 async def _consumer(js: JetStreamContext) -> ConsumerInfo:
-    return await js.consumer_info(names.STREAM_EVENTS, CONSUMER)
+    return await js.consumer_info(names.STREAM_EVENTS, names.CONSUMER_RECORDER)
 
 
 async def _settle_backlog(nc: Client, js: JetStreamContext, pool: asyncpg.Pool) -> None:
@@ -84,7 +84,7 @@ async def test_recorder_acks_nothing_until_its_batch_is_committed(
     await _settle_backlog(nc, js, pool)
     before = await _consumer(js)  # everything delivered so far is acked
     # `delivered` counts in the read loop, so after a flush it includes every ack sent before.
-    acks = await nc.subscribe(f"$JS.ACK.{names.STREAM_EVENTS}.{CONSUMER}.>")
+    acks = await nc.subscribe(f"$JS.ACK.{names.STREAM_EVENTS}.{names.CONSUMER_RECORDER}.>")
     locker = await asyncpg.connect(database_url)
     lock = locker.transaction()
     recorder = Recorder(nc, js, pool, poll_s=0.2)

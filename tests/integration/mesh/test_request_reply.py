@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from nats.aio.client import Client
 
+from mesh import names
 from mesh.channels.errors import NoResponders, RemoteError
 from mesh.channels.messaging import Mesh, rpc_channel
 from mesh.channels.registry import CHANNELS_STREAM, Channel
@@ -128,7 +129,7 @@ async def test_a_request_whose_reply_subject_would_break_the_protocol_gets_no_re
     await mesh.serve(unique, echo)
     bad = mesh.envelope(f"ephemeral:rpc.{unique}", "hi", reply_to="_INBOX.x\r\nPUB evil 0")
     out = mesh.encoder.encode_envelope(Channel.parse(f"ephemeral:rpc.{unique}"), bad)
-    await mesh.nc.publish(f"af.rpc.{unique}", out.data, headers=out.headers)
+    await mesh.nc.publish(names.rpc_subject(unique), out.data, headers=out.headers)
     await eventually(lambda: len(served) == 1)
     assert (await mesh.request(unique, "still serving")).payload == "still serving"
 

@@ -8,7 +8,8 @@ from collections.abc import Awaitable, Callable
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
-from mesh.channels.messaging import RPC_PREFIX, Mesh
+from mesh import names
+from mesh.channels.messaging import Mesh
 from mesh.channels.registry import Channel, list_channels, tail
 from mesh.envelope import Envelope
 from mesh.trace import CORRELATION_HEADER, trace_id_of
@@ -26,7 +27,7 @@ async def test_a_chain_of_agent_calls_is_one_trace_with_one_correlation_id(
     async def spy(msg: Msg) -> None:
         seen.append(msg)
 
-    for subject in (Channel.parse(intake).subject, f"{RPC_PREFIX}.{calc}",
+    for subject in (Channel.parse(intake).subject, names.rpc_subject(calc),
                     Channel.parse(report).subject):  # fmt: skip
         await mesh.nc.subscribe(subject, cb=spy)
     await sync_with_server(mesh.nc)

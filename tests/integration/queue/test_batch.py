@@ -22,7 +22,7 @@ from tests.helpers import unique
 
 
 async def depth(js: JetStreamContext, agent: str) -> int:
-    info = await js.stream_info(names.STREAM_TASKS, subjects_filter=f"af.tasks.{agent}.>")
+    info = await js.stream_info(names.STREAM_TASKS, subjects_filter=f"{names.TASKS_PREFIX}.{agent}.>")
     return sum((info.state.subjects or {}).values())
 
 

@@ -132,7 +132,7 @@ async def test_task_whose_worker_died_on_the_last_attempt_is_dead_lettered(
     assert state.errors[-1].error_type == "MaxDeliveries"
     [dead] = await dlq.list_dead_letters(mesh_js, name=agent)
     assert dead.entry.run_id == queued.run_id and dead.entry.reason == "max deliveries reached"
-    info = await mesh_js.stream_info(names.STREAM_TASKS, subjects_filter=f"af.tasks.{agent}.>")
+    info = await mesh_js.stream_info(names.STREAM_TASKS, subjects_filter=f"{names.TASKS_PREFIX}.{agent}.>")
     assert not info.state.subjects  # the original is gone: no zombie redelivery
     # Moving the same advisory again changes nothing.
     assert await move_max_delivered(mesh_js, found.data) is None
@@ -158,7 +158,7 @@ async def test_a_task_waiting_past_its_ttl_is_recorded_expired_and_removed(
     event = await mesh_js.get_last_msg(names.STREAM_EVENTS, names.finished_subject(agent, queued.run_id))
     assert event.data is not None and b'"expired"' in event.data
     # The reaper deleted the expired task (no server TTL does it), and only that one.
-    info = await mesh_js.stream_info(names.STREAM_TASKS, subjects_filter=f"af.tasks.{agent}.>")
+    info = await mesh_js.stream_info(names.STREAM_TASKS, subjects_filter=f"{names.TASKS_PREFIX}.{agent}.>")
     assert sum((info.state.subjects or {}).values()) == 1
     still = await get_run(mesh_js, kept.run_id)
     assert still is not None and still.status == RunStatus.QUEUED

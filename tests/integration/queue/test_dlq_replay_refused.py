@@ -43,7 +43,7 @@ async def test_a_refused_run_state_write_fails_the_replay_and_keeps_the_dead_let
             await worker.stop(2)  # the replayed task is to stay queued
     [letter] = await dlq.list_dead_letters(js, name=agent)
 
-    runs = f"KV_{names.BUCKET_RUNS}"
+    runs = names.kv_stream(names.BUCKET_RUNS)
     bucket = (await js.stream_info(runs)).config
     limit, bucket.max_msg_size = bucket.max_msg_size, 64  # a run record is larger: refused (10054)
     await js.update_stream(bucket)

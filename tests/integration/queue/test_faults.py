@@ -61,7 +61,7 @@ async def finished_events(js: JetStreamContext, agent: str) -> collections.Count
     """How many execution.finished events each run has in AF_EVENTS."""
     counts: collections.Counter[str] = collections.Counter()
     seq = 0
-    subject = f"af.events.execution.finished.{agent}.*"
+    subject = names.finished_subject(agent, "*")
     while True:
         try:
             raw = await js.get_msg(names.STREAM_EVENTS, seq=seq + 1, subject=subject, next=True)

@@ -41,7 +41,7 @@ ONE_SECOND_WINDOW = ProvisionConfig(duplicate_window_s=1.0)
 
 
 async def _lane_count(js: JetStreamContext, agent: str) -> int:
-    info = await js.stream_info(names.STREAM_TASKS, subjects_filter=f"af.tasks.{agent}.>")
+    info = await js.stream_info(names.STREAM_TASKS, subjects_filter=f"{names.TASKS_PREFIX}.{agent}.>")
     return sum((info.state.subjects or {}).values())
 
 

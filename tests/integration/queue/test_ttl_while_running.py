@@ -29,7 +29,7 @@ from .test_worker_basics import wait_for_run
 
 
 async def _waiting(js: JetStreamContext, agent: str) -> int:
-    info = await js.stream_info(names.STREAM_TASKS, subjects_filter=f"af.tasks.{agent}.>")
+    info = await js.stream_info(names.STREAM_TASKS, subjects_filter=f"{names.TASKS_PREFIX}.{agent}.>")
     return sum((info.state.subjects or {}).values())
 
 

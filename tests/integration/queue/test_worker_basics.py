@@ -60,7 +60,7 @@ async def test_same_idempotency_key_yields_one_run(
     again = await asyncio.gather(*(queue.enqueue(spec) for _ in range(5)))
     assert {e.run_id for e in again} == {first.run_id}
     assert all(e.duplicate for e in again) and not first.duplicate
-    info = await mesh_js.stream_info(names.STREAM_TASKS, subjects_filter=f"af.tasks.{agent}.>")
+    info = await mesh_js.stream_info(names.STREAM_TASKS, subjects_filter=f"{names.TASKS_PREFIX}.{agent}.>")
     assert info.state.subjects == {names.task_subject(agent, 2): 1}
 
 

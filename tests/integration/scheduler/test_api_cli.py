@@ -13,7 +13,6 @@ from nats.js import JetStreamContext
 from gateway.commands.common import Ctx
 from gateway.commands.schedule import schedule
 from mesh import names
-from mesh.schedules.definitions import def_subject, trigger_consumer
 
 from .conftest import TOKEN
 
@@ -32,8 +31,8 @@ async def test_create_list_get_delete_a_cron_schedule(
     assert resp.headers["Location"] == f"{BASE}/api-nightly"
     assert created["kind"] == "cron" and created["priority"] == "LOW" and created["next_fire"]
     info = await mesh_js.stream_info(names.STREAM_SCHEDULES,
-                                     subjects_filter=def_subject("api-nightly"))  # fmt: skip
-    assert info.state.subjects == {def_subject("api-nightly"): 1}
+                                     subjects_filter=names.schedule_def_subject("api-nightly"))  # fmt: skip
+    assert info.state.subjects == {names.schedule_def_subject("api-nightly"): 1}
 
     again = await schedules_api.post(BASE, json=body)
     assert again.status == 409
@@ -49,7 +48,7 @@ async def test_create_list_get_delete_a_cron_schedule(
     assert (await schedules_api.get(f"{BASE}/api-nightly")).status == 404
     assert (await schedules_api.delete(f"{BASE}/api-nightly")).status == 404
     info = await mesh_js.stream_info(names.STREAM_SCHEDULES,
-                                     subjects_filter=def_subject("api-nightly"))  # fmt: skip
+                                     subjects_filter=names.schedule_def_subject("api-nightly"))  # fmt: skip
     assert not info.state.subjects
 
 
@@ -80,12 +79,12 @@ async def test_triggers_share_the_resource_and_put_replaces(
     body = {"on": "af.events.execution.finished.fuel-combustion.*", "agent": "noop"}
     resp = await schedules_api.put(f"{BASE}/api-on-finish", json=body)
     assert resp.status == 201 and (await resp.json())["kind"] == "trigger"
-    info = await mesh_js.consumer_info(names.STREAM_EVENTS, trigger_consumer("api-on-finish"))
+    info = await mesh_js.consumer_info(names.STREAM_EVENTS, names.trigger_consumer("api-on-finish"))
     assert info.config.filter_subject == body["on"]
     resp = await schedules_api.put(f"{BASE}/api-on-finish",
                                    json={**body, "on": "af.events.*.*.unit-normaliser"})  # fmt: skip
     assert resp.status == 200
-    info = await mesh_js.consumer_info(names.STREAM_EVENTS, trigger_consumer("api-on-finish"))
+    info = await mesh_js.consumer_info(names.STREAM_EVENTS, names.trigger_consumer("api-on-finish"))
     assert info.config.filter_subject == "af.events.*.*.unit-normaliser"
     loop = await schedules_api.put(f"{BASE}/api-on-finish",
                                    json={**body, "on": "af.events.execution.finished.*.*"})  # fmt: skip

@@ -9,7 +9,7 @@ from nats.aio.client import Client
 from nats.js import JetStreamContext
 
 from mesh import names
-from mesh.schedules.definitions import def_subject, fire_subject, register_cron
+from mesh.schedules.definitions import register_cron
 from mesh.schedules.scheduler import CronSchedule, Scheduler, add_definition, remove_definition
 from tests.helpers import unique
 
@@ -53,7 +53,9 @@ async def test_removing_a_schedule_stops_it(mesh_js: JetStreamContext, make_sche
     await add_definition(mesh_js, CronSchedule(name=agent, agent=agent, cron="@every 1s"))
     await until(lambda: _at_least(mesh_js, agent, 1), timeout=5)
     await remove_definition(mesh_js, agent)
-    info = await mesh_js.stream_info(names.STREAM_SCHEDULES, subjects_filter=def_subject(agent))
+    info = await mesh_js.stream_info(
+        names.STREAM_SCHEDULES, subjects_filter=names.schedule_def_subject(agent)
+    )
     assert not info.state.subjects  # the server no longer holds the schedule
     before = await task_count(mesh_js, agent)
     # Observe two and a half ticks: nothing more may arrive.
@@ -69,7 +71,7 @@ async def test_backlog_after_scheduler_downtime_is_coalesced_to_one_task(
     mesh_js: JetStreamContext, make_scheduler: MakeScheduler
 ) -> None:
     agent = unique("cron-late")
-    subject = fire_subject(agent)
+    subject = names.schedule_fire_subject(agent)
 
     async def fired() -> int:
         info = await mesh_js.stream_info(names.STREAM_SCHEDULES, subjects_filter=subject)

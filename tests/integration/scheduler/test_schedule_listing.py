@@ -20,7 +20,7 @@ BASE = "/api/v1/queue/schedules"
 
 
 async def consumers(js: JetStreamContext) -> set[str]:
-    return {c.name for c in await js.consumers_info(f"KV_{names.BUCKET_SCHEDULES}")}
+    return {c.name for c in await js.consumers_info(names.kv_stream(names.BUCKET_SCHEDULES))}
 
 
 async def test_listing_schedules_leaves_no_consumer_behind(

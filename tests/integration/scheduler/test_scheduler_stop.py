@@ -13,8 +13,8 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
+from mesh import names
 from mesh.queue.producer import TaskQueue
-from mesh.schedules.definitions import fire_subject
 from mesh.schedules.scheduler import CronSchedule, Scheduler
 from tests.helpers import unique
 
@@ -96,7 +96,7 @@ async def test_stop_leaves_a_relay_that_never_ends_behind_at_its_deadline(
     assert relay is not None and relay._task is not None
     name = unique("stop-test")
     firing = CronSchedule(name=name, agent="noop", cron="@hourly")
-    await mesh_js.publish(fire_subject(name), firing.model_dump_json().encode())
+    await mesh_js.publish(names.schedule_fire_subject(name), firing.model_dump_json().encode())
     try:
         async with asyncio.timeout(10):
             await scheduler.relaying.wait()

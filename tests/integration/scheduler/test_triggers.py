@@ -9,7 +9,6 @@ from nats.js import JetStreamContext
 
 from mesh import names
 from mesh.envelope import CONTENT_TYPE, JSON, Envelope, Priority, encode
-from mesh.schedules.definitions import trigger_consumer
 from mesh.schedules.scheduler import EventTrigger, Scheduler, add_definition, remove_definition
 from tests.helpers import unique
 
@@ -52,7 +51,7 @@ async def _both_follow(a: Scheduler, b: Scheduler, name: str) -> bool:
 
 
 async def _processed(js: JetStreamContext, agent: str) -> bool:
-    info = await js.consumer_info(names.STREAM_EVENTS, trigger_consumer(agent))
+    info = await js.consumer_info(names.STREAM_EVENTS, names.trigger_consumer(agent))
     return bool(info.num_pending == 0 and info.num_ack_pending == 0 and info.delivered.stream_seq)
 
 
@@ -77,7 +76,7 @@ async def test_task_input_carries_the_event_and_removal_stops_the_trigger(
 
     await remove_definition(mesh_js, agent)
     names_now = {c.name for c in await mesh_js.consumers_info(names.STREAM_EVENTS)}
-    assert trigger_consumer(agent) not in names_now
+    assert names.trigger_consumer(agent) not in names_now
     await publish_event(mesh_js, subject, {"run_id": "r2"})
     try:
         await until(lambda: _count_is(mesh_js, agent, 2), timeout=1.5)

@@ -14,6 +14,7 @@ from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
 from nats.js.errors import KeyNotFoundError, NotFoundError
 
+from mesh import names
 from streams import naming
 from streams.partitioner import partition_for
 from streams.records import decode_headers, encode_headers
@@ -140,7 +141,7 @@ class GroupLog:
             else:
                 self.writes.append(GroupWrite(at, "beat", json.loads(msg.data)["id"]))
 
-        subject = f"$KV.{naming.group_bucket(group)}.>"
+        subject = names.kv_subject(naming.group_bucket(group), ">")
         self._sub = await js.subscribe(subject, cb=on_write, ordered_consumer=True)
 
     async def stop(self) -> None:
