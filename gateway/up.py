@@ -42,6 +42,7 @@ from agents.store.embedded import EmbeddedPostgres
 from gateway.app import STEP_TIMEOUT_S, Gateway, Shutdown, StopStep
 from gateway.ports import PortInUse, bindable, check_port
 from gateway.state import UpState, read_state, write_state
+from mesh import names
 from mesh.embedded import NatsServer, find_free_port, parent_death_signal
 from mesh.settings import Settings
 from mesh.wire.connection import redacted
@@ -205,8 +206,8 @@ class Platform:
         return "\n".join([
             "",
             "Agent Factory is up.",
-            f"  API        {api_url}   (token in {self.settings.data_dir / 'state.json'})",
-            f"  NATS       {redacted(st.nats_url or '')}   (credentials in state.json)",
+            f"  API        {api_url}   (token in {self.settings.data_dir / names.STATE_FILE})",
+            f"  NATS       {redacted(st.nats_url or '')}   (credentials in {names.STATE_FILE})",
             f"  PostgreSQL {st.database_url}",
             f"  workers    {len(self.workers)} pool(s), agents: "
             + ", ".join(gateway.registry.keys() if gateway else []),
@@ -358,7 +359,3 @@ def _exit_at_once(error: BaseException | None) -> NoReturn:
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(1)
-
-
-def data_dir_default() -> Path:
-    return Path(os.environ.get("AF_DATA_DIR", ".agent-factory"))
