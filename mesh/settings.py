@@ -2,7 +2,7 @@
 
 It lives in ``mesh`` (the lowest layer) so every layer can read it without an
 upward import. Defaults are the embedded dev mode; production values are
-documented in the README and the Helm values.
+documented in the README ("Settings").
 """
 
 from __future__ import annotations
@@ -59,16 +59,3 @@ class Settings(BaseSettings):
         description="How often the embedded nats-server fsyncs JetStream files: 'default' (2 min), "
         "'always' (before each ack) or a duration ('10s'); see docs/durability.md",
     )
-
-    @property
-    def embedded_nats(self) -> bool:
-        return self.nats_url is None
-
-    @property
-    def embedded_postgres(self) -> bool:
-        return self.database_url is None
-
-    @property
-    def state_file(self) -> Path:
-        """Where `up` writes the URLs and token the CLI reads."""
-        return self.data_dir / "state.json"

@@ -29,9 +29,6 @@ class SchemaRegistry:
         """Register (or replace) the model for ``type_name``."""
         self._models[type_name] = model
 
-    def model_for(self, type_name: str) -> type[BaseModel] | None:
-        return self._models.get(type_name)
-
     def validate(self, type_name: str, payload: Any) -> Any:
         """Return ``payload`` parsed into its model; raise :class:`InvalidPayload`.
 

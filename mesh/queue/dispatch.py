@@ -25,7 +25,7 @@ order, so no sweep is wasted.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 __all__ = ["Budget", "DispatchPolicy", "Lane"]
@@ -51,7 +51,6 @@ class Lane(Generic[T]):
     in_flight: int = 0
     limit: int = 1_000_000  # this lane's own cap (its consumer's max_ack_pending)
     budget: Budget | None = None  # shared with the agent's other lanes
-    tenant_weights: dict[str, float] = field(default_factory=dict)  # reserved for fairness
 
     @property
     def room(self) -> int:
