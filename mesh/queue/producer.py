@@ -66,7 +66,6 @@ from mesh.errors import (
     QueueFull,
 )
 from mesh.limits import PayloadLimits
-from mesh.provision import DEFAULT_MAX_DEPTH
 from mesh.queue import metrics
 from mesh.queue.outcome import stored_outcome
 from mesh.queue.runs import RunStatus, get_run, run_key
@@ -283,14 +282,13 @@ class TaskQueue:
         js: JetStreamContext,
         *,
         max_payload: int | None = None,
-        max_depth: int = DEFAULT_MAX_DEPTH,
     ) -> None:
         """``max_payload``: the NATS max payload (default: the server's); a task
         may be half of it (:mod:`mesh.limits`)."""
         self.nc, self.js = nc, js
         known = [v for v in (max_payload, nc.max_payload) if v]
         self.max_task_bytes = PayloadLimits.of(min(known) if known else None).task
-        self.max_depth = max_depth
+        self.max_depth = 0  # waiting tasks per lane: the server's limit, read by start()
         self.pipeline = Pipeline(nc)
         self._idempotency: KeyValue | None = None
         self._dedup_window_s = 0.0
@@ -300,6 +298,7 @@ class TaskQueue:
         self._idempotency = await self.js.key_value(names.BUCKET_IDEMPOTENCY)
         info = await self.js.stream_info(names.STREAM_TASKS)
         self._dedup_window_s = float(info.config.duplicate_window or 0)
+        self.max_depth = info.config.max_msgs_per_subject or 0
 
     async def stop(self) -> None:
         await self.pipeline.stop()

@@ -95,12 +95,12 @@ async def test_full_queue_rejects_at_publish_time(tmp_path: Path) -> None:
         nc = await connect(server.url)
         js = await jetstream(nc)
         await provision(js, ProvisionConfig(max_queue_depth=5))
-        async with TaskQueue(nc, js, max_depth=5) as q:
+        async with TaskQueue(nc, js) as q:
             for i in range(5):
                 await q.enqueue(TaskSpec("full", {"i": i}))
             with pytest.raises(QueueFull, match="full") as caught:
                 await q.enqueue(TaskSpec("full", {"i": 5}))
-            assert caught.value.status == 429
+            assert caught.value.status == 429 and caught.value.limit == 5  # the server's limit
             with pytest.raises(QueueFull):
                 await q.enqueue_batch([TaskSpec("full", {"i": 6}), TaskSpec("full", {"i": 7})])
         assert await depth(js, "full") == 5
