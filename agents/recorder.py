@@ -19,7 +19,6 @@ Two projections, each a :class:`Recorder` with its own durable consumer:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -36,8 +35,8 @@ from mesh import names
 from mesh.envelope import CONTENT_TYPE, decode
 from mesh.errors import DecodeError
 from mesh.queue.runs import ExecutionFinished
+from mesh.wire.consumer import ConsumerLoop
 from mesh.wire.protocol import api_prefix
-from mesh.wire.puller import Puller
 
 __all__ = ["EXECUTIONS", "RUN_INDEX", "Projection", "Recorder"]
 
@@ -90,9 +89,7 @@ class Recorder:
     ) -> None:
         self.nc, self.js, self.pool, self.batch, self.poll_s = nc, js, pool, batch, poll_s
         self.projection = projection
-        self._puller: Puller | None = None
-        self._task: asyncio.Task[None] | None = None
-        self._holding: list[Msg] = []  # the batch being written, not yet acked
+        self._loop: ConsumerLoop | None = None
         self.recorded = 0
 
     async def start(self) -> None:
@@ -108,48 +105,22 @@ class Recorder:
                 max_ack_pending=10_000,
             ),
         )
-        self._puller = Puller(self.nc, p.stream, p.consumer, api_prefix(self.js))
-        await self._puller.start()
-        self._task = asyncio.create_task(self._loop(), name=p.consumer)
+        self._loop = ConsumerLoop(
+            self.nc, p.stream, p.consumer, self._write, batch=self.batch, idle_s=self.poll_s,
+            retry_delay_s=1.0, api_prefix=api_prefix(self.js),
+        )  # fmt: skip
+        await self._loop.start()
 
     async def stop(self, timeout: float = 10.0) -> None:
-        """Stop within ``timeout``; events taken but not recorded are handed back
-        (nak) at once, not left to the 60 s ack wait."""
-        if self._task is not None:
-            self._task.cancel()
-            # Bounded: a cancel can be lost below us (a reply arriving with it).
-            await asyncio.wait([self._task], timeout=timeout)
-        leftovers = list(self._holding)
-        self._holding = []
-        if self._puller is not None:
-            leftovers += await self._puller.close(settle_s=self.poll_s + 0.5)
-        for msg in leftovers:
-            with contextlib.suppress(Exception):  # an acked one refuses: fine
-                await msg.nak()
+        """Stop within ``timeout``: a batch being written may finish; one cut
+        short, and events taken but not handed to it, are handed back (nak) at
+        once, not left to the 60 s ack wait."""
+        if self._loop is not None:
+            await self._loop.stop(asyncio.get_running_loop().time() + timeout)
 
-    async def _loop(self) -> None:
-        assert self._puller is not None
-        while True:
-            try:
-                msgs = await self._puller.take(self.batch)
-                if not msgs:
-                    msgs = await self._puller.wait(1, self.poll_s)
-                    if not msgs:
-                        continue
-                    self._holding = msgs
-                    msgs += await self._puller.take(self.batch - 1)
-                self._holding = msgs
-                recorded = await self.projection.write(self.pool, msgs)
-                for msg in msgs:
-                    await msg.ack()
-                self._holding = []
-                self.recorded += recorded
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # DB or NATS down: hand the batch back for a retry soon
-                log.warning("%s: batch failed, will retry: %s", self.projection.consumer, exc)
-                held, self._holding = self._holding, []
-                for msg in held:
-                    with contextlib.suppress(Exception):
-                        await msg.nak(delay=1.0)
-                await asyncio.sleep(0.5)
+    async def _write(self, msgs: list[Msg]) -> None:
+        """One batch: written, then acked (a crash in between replays it: idempotent)."""
+        recorded = await self.projection.write(self.pool, msgs)
+        for msg in msgs:
+            await msg.ack()
+        self.recorded += recorded

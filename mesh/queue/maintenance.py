@@ -58,7 +58,7 @@ from mesh.queue.stats import queue_stats
 from mesh.stopping import cancel_within
 from mesh.wire import protocol
 from mesh.wire.connection import through_outage
-from mesh.wire.puller import Puller
+from mesh.wire.consumer import ConsumerLoop, each
 
 __all__ = ["QueueMaintenance", "expire_overdue", "move_max_delivered"]
 
@@ -220,7 +220,7 @@ class QueueMaintenance:
         self.expiry_interval_s = expiry_interval_s
         self.stats_interval_s = stats_interval_s
         self.poll_s = poll_s
-        self._puller: Puller | None = None
+        self._mover: ConsumerLoop | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
         self.moved = 0
@@ -233,62 +233,39 @@ class QueueMaintenance:
                 deliver_policy=DeliverPolicy.ALL, ack_wait=60, max_deliver=-1,
             ),
         )  # fmt: skip
-        self._puller = Puller(
-            self.nc, names.STREAM_ADVISORIES, names.CONSUMER_DLQ_MOVER, protocol.api_prefix(self.js)
-        )
-        await self._puller.start()
         self._stopping = False
+        self._mover = ConsumerLoop(
+            self.nc, names.STREAM_ADVISORIES, names.CONSUMER_DLQ_MOVER, each(self._move, 2.0),
+            batch=32, idle_s=self.poll_s, retry_delay_s=2.0, api_prefix=protocol.api_prefix(self.js),
+        )  # fmt: skip
+        await self._mover.start()
         self._tasks = [
-            asyncio.create_task(self._mover(), name="dlq-mover"),
             asyncio.create_task(self._every(self.expiry_interval_s, self._expire), name="expiry"),
             asyncio.create_task(self._every(self.stats_interval_s, self._stats), name="stats"),
         ]
 
     async def stop(self, timeout: float = 5.0) -> None:
-        """Stop the loops, waiting ``timeout`` s at most, then hand back the
-        advisories delivered but not moved (a few seconds more at most).
-
-        One cancel is not enough (:mod:`mesh.stopping`): the loops also end at
-        their next turn once stopping, and a loop still running is cancelled
-        again each second; past ``timeout`` it is left behind with a warning
-        rather than waited for.
+        """Stop the loops by ``timeout`` s from now: the dead-letter mover (a
+        :class:`~mesh.wire.consumer.ConsumerLoop`: a batch in hand may finish,
+        what it took and did not move is handed back) and the periodic jobs,
+        side by side. One cancel is not enough (:mod:`mesh.stopping`): a loop
+        still running is cancelled again each second, and past the deadline it
+        is left behind with a warning rather than waited for.
         """
         self._stopping = True
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        running = await cancel_within(self._tasks, deadline)
-        if running:
-            names_left = ", ".join(sorted(task.get_name() for task in running))
-            log.warning(
-                "queue maintenance: %s still running %.0f s after stop; abandoned", names_left, timeout
-            )
-        if self._puller is not None:
-            settle = max(0.0, min(self.poll_s + 0.5, deadline - loop.time()))
-            closing = asyncio.ensure_future(self._puller.close(settle_s=settle))
-            done, _ = await asyncio.wait({closing}, timeout=settle + 2.0)
-            if not done:
-                closing.cancel()
-                log.warning("queue maintenance: advisory puller did not close; abandoned")
-                return
-            for msg in closing.result():
-                with contextlib.suppress(Exception):
-                    await asyncio.wait_for(msg.nak(), 1.0)
+        deadline = asyncio.get_running_loop().time() + timeout
 
-    async def _mover(self) -> None:
-        assert self._puller is not None
-        while not self._stopping:
-            try:
-                msgs = await self._puller.take(32) or await self._puller.wait(1, self.poll_s)
-                for i, msg in enumerate(msgs):
-                    if self._stopping:  # hand the rest back: close() naks them
-                        self._puller.ready.extendleft(reversed(msgs[i:]))
-                        break
-                    await self._move(msg)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                log.warning("dlq mover: %s", exc)
-                await asyncio.sleep(0.5)
+        async def jobs() -> None:
+            running = await cancel_within(self._tasks, deadline)
+            if running:
+                names_left = ", ".join(sorted(task.get_name() for task in running))
+                log.warning(
+                    "queue maintenance: %s still running %.0f s after stop; abandoned", names_left, timeout
+                )
+
+        await asyncio.gather(
+            jobs(), self._mover.stop(deadline) if self._mover is not None else asyncio.sleep(0)
+        )
 
     async def _move(self, msg: Msg) -> None:
         try:

@@ -58,7 +58,7 @@ from mesh.schedules.definitions import (
 )
 from mesh.stopping import cancel_within
 from mesh.wire import protocol
-from mesh.wire.puller import Puller
+from mesh.wire.consumer import ConsumerLoop, each
 
 __all__ = [
     "CronSchedule",
@@ -80,66 +80,6 @@ log = logging.getLogger(__name__)
 _KV_STREAM: Final = names.kv_stream(names.BUCKET_SCHEDULES)
 _RETRY_DELAY_S: Final = 2.0
 _TRIGGER_STOP_S: Final = 5.0  # for the event in hand, past the pull's settling, when a trigger changes
-
-
-class _ConsumerLoop:
-    """Pull from one durable consumer and hand each message to ``handle``,
-    which must ack it; a raising handler gets the message nak'ed with a delay."""
-
-    def __init__(
-        self, nc: Client, stream: str, consumer: str,
-        handle: Callable[[Msg], Awaitable[None]], idle_s: float, api_prefix: str = names.JS_API_PREFIX,
-    ) -> None:  # fmt: skip
-        self.puller = Puller(nc, stream, consumer, api_prefix)
-        self.handle, self.idle_s = handle, idle_s
-        self._task: asyncio.Task[None] | None = None
-        self._busy = False  # handling messages: let it finish on stop
-        self._stopping = False
-
-    async def start(self) -> None:
-        await self.puller.start()
-        self._task = asyncio.create_task(self._run(), name=f"pull-{self.puller.consumer}")
-
-    async def _run(self) -> None:
-        pause = 0.05
-        while not self._stopping:
-            started = time.monotonic()
-            try:
-                msgs = await self.puller.wait(16, self.idle_s)
-            except Exception as exc:  # NATS down: back off, keep the loop alive
-                log.warning("%s: pull failed: %s", self.puller.consumer, exc)
-                msgs = []
-            self._busy = bool(msgs)
-            for msg in msgs:
-                try:
-                    await self.handle(msg)
-                except Exception as exc:
-                    log.warning("%s: %s; retrying in %ss", self.puller.consumer, exc, _RETRY_DELAY_S)
-                    with contextlib.suppress(Exception):
-                        await msg.nak(delay=_RETRY_DELAY_S)
-            self._busy = False
-            if msgs or time.monotonic() - started >= self.idle_s / 2:
-                pause = 0.05
-            else:  # the pull ended at once (consumer deleted, leader change): don't spin
-                await asyncio.sleep(pause)
-                pause = min(2.0, pause * 2)
-
-    async def stop(self, deadline: float) -> None:
-        """Stop by ``deadline`` (event loop time): a batch in hand is relayed
-        while there is time, then the loop is cancelled (again, should the
-        cancel be lost), and messages still delivered are handed back."""
-        self._stopping = True
-        clock = asyncio.get_running_loop().time
-        settle_s = self.idle_s + 0.5  # a lingering pull may still deliver until it expires
-        if self._task is not None:
-            if self._busy:  # enqueued but not acked would come back: let it finish if it can
-                await asyncio.wait([self._task], timeout=max(0.0, deadline - settle_s - clock()))
-            if await cancel_within([self._task], deadline - settle_s):
-                log.warning("%s: consumer loop still running at the stop's deadline; abandoned",
-                            self.puller.consumer)  # fmt: skip
-        for msg in await self.puller.close(settle_s=max(0.0, min(settle_s, deadline - clock()))):
-            with contextlib.suppress(Exception):
-                await msg.nak()
 
 
 def event_input(trigger: EventTrigger, msg: Msg) -> dict[str, Any]:
@@ -175,11 +115,19 @@ class Scheduler:
         self.nc, self.js, self.queue = nc, js, queue
         self.refresh_s, self.reconcile_s, self.idle_s = refresh_s, reconcile_s, idle_s
         self.stats: Counter[str] = Counter()  # enqueued, duplicate, coalesced, dropped
-        self._relay: _ConsumerLoop | None = None
-        self._triggers: dict[str, tuple[EventTrigger, _ConsumerLoop]] = {}
+        self._relay: ConsumerLoop | None = None
+        self._triggers: dict[str, tuple[EventTrigger, ConsumerLoop]] = {}
         self._refresher: asyncio.Task[None] | None = None
         self._kv_seq = -1
         self._reconciled_at = 0.0
+
+    def _loop(self, stream: str, consumer: str, handle: Callable[[Msg], Awaitable[None]]) -> ConsumerLoop:
+        """A consumer loop handing each message to ``handle`` (which acks it); one
+        that raises is nak'ed and retried after a delay."""
+        return ConsumerLoop(
+            self.nc, stream, consumer, each(handle, _RETRY_DELAY_S), batch=16, idle_s=self.idle_s,
+            retry_delay_s=_RETRY_DELAY_S, api_prefix=protocol.api_prefix(self.js),
+        )  # fmt: skip
 
     async def start(self) -> None:
         config = ConsumerConfig(
@@ -192,10 +140,7 @@ class Scheduler:
         except APIError as exc:  # exists with another config (an older build): use it
             log.warning("using the existing %s consumer: %s", names.CONSUMER_SCHEDULE_RELAY, exc)
             await self.js.consumer_info(names.STREAM_SCHEDULES, names.CONSUMER_SCHEDULE_RELAY)
-        self._relay = _ConsumerLoop(
-            self.nc, names.STREAM_SCHEDULES, names.CONSUMER_SCHEDULE_RELAY, self._on_firing, self.idle_s,
-            protocol.api_prefix(self.js),
-        )  # fmt: skip
+        self._relay = self._loop(names.STREAM_SCHEDULES, names.CONSUMER_SCHEDULE_RELAY, self._on_firing)
         await self._relay.start()
         await self.refresh()
         self._refresher = asyncio.create_task(self._refresh_loop(), name="scheduler-refresh")
@@ -334,9 +279,6 @@ class Scheduler:
             async def handle(msg: Msg, trigger: EventTrigger = trigger) -> None:
                 await self._on_event(trigger, msg)
 
-            loop = _ConsumerLoop(
-                self.nc, names.STREAM_EVENTS, names.trigger_consumer(name), handle, self.idle_s,
-                protocol.api_prefix(self.js),
-            )  # fmt: skip
+            loop = self._loop(names.STREAM_EVENTS, names.trigger_consumer(name), handle)
             await loop.start()
             self._triggers[name] = (trigger, loop)

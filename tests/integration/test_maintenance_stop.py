@@ -72,6 +72,7 @@ async def test_stop_ends_the_mover_even_if_it_swallows_the_cancel(
     assert swallowed.is_set()
     assert stopping in done, "stop() still waits for a mover that lost its cancel"
     assert all(task.done() for task in service._tasks)
+    assert service._mover is not None and not service._mover.running
 
 
 async def test_stop_abandons_a_loop_that_never_ends_at_its_deadline(
@@ -102,6 +103,6 @@ async def test_stop_abandons_a_loop_that_never_ends_at_its_deadline(
         done, _ = await asyncio.wait({stopping}, timeout=6.0)
         assert stopping in done, "stop() waited past its deadline"
         assert asyncio.get_running_loop().time() - started < 5.0
-        assert "dlq-mover still running" in caplog.text and "abandoned" in caplog.text
+        assert "dlq-mover: consumer loop still running" in caplog.text and "abandoned" in caplog.text
     finally:
         release.set()  # let the stuck move end, so the session's loop can close
