@@ -213,43 +213,47 @@ class Encoder:
                     _to_json(datetime.now(UTC)),
                     _NO_REPLY if reply_to is None else b"".join((b',"reply_to":', _to_json(reply_to), b"}")),
                 ))  # fmt: skip
-            else:
-                doc = {
-                    "schema_version": SCHEMA_VERSION,
-                    "id": envelope_id,
-                    "correlation_id": correlation_id,
-                    "causation_id": causation_id,
-                    "source": self.source,
-                    "target": channel.text,
-                    "message_type": message_type.value,
-                    "channel_type": channel.kind.value,
-                    "type": type,
-                    "payload": payload,
-                    "metadata": (metadata or _DEFAULT_METADATA).model_dump(mode="json"),
-                    "created_at": datetime.now(UTC),
-                    "reply_to": reply_to,
-                }
-                data = msgpack.packb(pydantic_core.to_jsonable_python(doc), use_bin_type=True)
+            else:  # off the common path: a call more costs nothing worth counting
+                data = self._msgpack(channel, message_type, type, envelope_id, correlation_id, causation_id,
+                                     payload, metadata, reply_to)  # fmt: skip
         except (pydantic_core.PydanticSerializationError, TypeError, ValueError) as exc:
             raise DecodeError(f"payload of type {type!r} cannot be serialized: {exc}") from exc
         if len(data) > self.limit:
             raise PayloadTooLarge(len(data), self.limit)
         correlation = correlation_id or envelope_id
         traceparent, tracestate = trace.outgoing(envelope_id)
-        headers = {CONTENT_TYPE: content_type, TRACEPARENT: traceparent, CORRELATION_HEADER: correlation}
         if tracestate or channel.durable or "\r" in correlation or "\n" in correlation:
-            if tracestate:
-                headers[TRACESTATE] = tracestate
-            if channel.durable:
-                headers["Nats-Msg-Id"] = envelope_id
-                if ttl_s is not None:
-                    headers["Nats-TTL"] = str(max(1, math.ceil(ttl_s)))
-            return Outgoing(data, headers, envelope_id, correlation, encode_headers(headers))
+            return _outgoing(channel, data, content_type, envelope_id, correlation, ttl_s,
+                             traceparent, tracestate)  # fmt: skip
+        headers = {CONTENT_TYPE: content_type, TRACEPARENT: traceparent, CORRELATION_HEADER: correlation}
         block = (  # the common case, in one format
             f"NATS/1.0\r\n{CONTENT_TYPE}: {content_type}\r\n{TRACEPARENT}: {traceparent}\r\n"
             f"{CORRELATION_HEADER}: {correlation}\r\n\r\n"
         ).encode()
         return Outgoing(data, headers, envelope_id, correlation, block)
+
+    def _msgpack(
+        self, channel: Channel, message_type: MessageType, type: str, envelope_id: str,
+        correlation_id: str | None, causation_id: str | None, payload: Any, metadata: Metadata | None,
+        reply_to: str | None,
+    ) -> bytes:  # fmt: skip
+        doc = {
+            "schema_version": SCHEMA_VERSION,
+            "id": envelope_id,
+            "correlation_id": correlation_id,
+            "causation_id": causation_id,
+            "source": self.source,
+            "target": channel.text,
+            "message_type": message_type.value,
+            "channel_type": channel.kind.value,
+            "type": type,
+            "payload": payload,
+            "metadata": (metadata or _DEFAULT_METADATA).model_dump(mode="json"),
+            "created_at": datetime.now(UTC),
+            "reply_to": reply_to,
+        }
+        data: bytes = msgpack.packb(pydantic_core.to_jsonable_python(doc), use_bin_type=True)
+        return data
 
     def _fixed(self, key: tuple[str, MessageType, str], channel: Channel) -> bytes:
         """The JSON between ``causation_id`` and the payload: the same for every message
@@ -280,15 +284,31 @@ class Encoder:
         envelope_id: str,
         correlation: str,
         ttl_s: float | None,
-        root_id: str | None = None,
     ) -> dict[str, str]:
         headers = {CONTENT_TYPE: content_type}
-        trace.inject(headers, correlation, root_id)
+        trace.inject(headers, correlation)
         if channel.durable:
             headers["Nats-Msg-Id"] = envelope_id
             if ttl_s is not None:
                 headers["Nats-TTL"] = str(max(1, math.ceil(ttl_s)))
         return headers
+
+
+def _outgoing(
+    channel: Channel, data: bytes, content_type: str, envelope_id: str, correlation: str,
+    ttl_s: float | None, traceparent: str, tracestate: str | None,
+) -> Outgoing:  # fmt: skip
+    """A message of :meth:`Encoder.encode` whose headers are more than the common
+    block: a durable channel's (``Nats-Msg-Id``, ``Nats-TTL``), a trace state, or a
+    correlation id the block cannot carry."""
+    headers = {CONTENT_TYPE: content_type, TRACEPARENT: traceparent, CORRELATION_HEADER: correlation}
+    if tracestate:
+        headers[TRACESTATE] = tracestate
+    if channel.durable:
+        headers["Nats-Msg-Id"] = envelope_id
+        if ttl_s is not None:
+            headers["Nats-TTL"] = str(max(1, math.ceil(ttl_s)))
+    return Outgoing(data, headers, envelope_id, correlation, encode_headers(headers))
 
 
 def _metadata(tenant: str | None, priority: Priority, ttl_s: float | None) -> Metadata:
