@@ -9,7 +9,7 @@ Typical use::
 
 With an idempotency key, any number of retries by any number of clients
 yield one run for the key's whole 24 h: the key maps to the original run id
-(KV, create-only), and the task itself carries ``Nats-Msg-Id`` = run id.
+(KV, create-only), and the task itself carries ``Nats-Msg-Id: run-<run id>``.
 (A task without a key gets a fresh run id on every call, so it carries no
 ``Nats-Msg-Id``: the server keeps no dedup entry for it.) The queued run
 record is written only after the task is stored, so its presence proves the
