@@ -211,7 +211,7 @@ def _finished(
     """Hot path (once per task): the envelope and its :class:`ExecutionFinished`
     payload are serialized straight from a dict by pydantic-core, without
     building and re-validating models whose parts were all validated already;
-    ``tests/unit/mesh/test_outcome.py`` checks the bytes against both models.
+    ``tests/unit/mesh/queue/test_outcome.py`` checks the bytes against both models.
     """
     run_id = task.id
     generation = replay_generation(task)

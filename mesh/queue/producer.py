@@ -178,7 +178,7 @@ def task_message(
     from its parts: the fields the model would check are checked here (the
     metadata through the model, cached per distinct tenant, key, priority and
     TTL), so the model is not built and re-validated per task;
-    ``tests/unit/mesh/test_task_message.py`` holds the two paths together.
+    ``tests/unit/mesh/queue/test_task_message.py`` holds the two paths together.
     """
     created_at = utcnow()
     if content_type != JSON:

@@ -22,7 +22,7 @@ CPU. This module hooks nats-py at two narrow points instead:
   bytes format and appends it to nats-py's pending buffer, the same place
   ``Client.publish`` ends up, with the same closed/draining/buffer checks.
 
-nats-py is pinned (``nats-py==2.16.0``); ``tests/unit/mesh/test_lean.py``
+nats-py is pinned (``nats-py==2.16.0``); ``tests/unit/mesh/wire/test_nats_py_pins.py``
 fails loudly if the internals used here move.
 """
 

@@ -10,7 +10,7 @@ placeholders) are expanded and checked for their commands and options.
 ``make`` lines must name a target of the Makefile.
 
 Run for real elsewhere: ``agent-factory up`` (with ``--agent``) and
-``agent-factory run … --wait`` by tests/integration/test_up.py on a real
+``agent-factory run … --wait`` by tests/integration/gateway/test_up.py on a real
 ``up``; ``make test`` by CI (``.ci/run`` runs exactly it).
 """
 

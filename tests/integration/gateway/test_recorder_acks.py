@@ -7,9 +7,6 @@ the same connection, so a flush orders them) and in the consumer's state.
 
 from __future__ import annotations
 
-import asyncio
-import time
-from collections.abc import Awaitable, Callable
 from datetime import timedelta
 
 import asyncpg
@@ -22,16 +19,9 @@ from agents.store.executions import get_execution
 from mesh import names
 from mesh.envelope import CONTENT_TYPE, JSON, Envelope, encode, new_id, utcnow
 from mesh.queue.runs import EXECUTION_FINISHED, ExecutionFinished, RunStatus
+from tests.helpers import eventually
 
 EVENTS = 20
-
-
-async def _until(check: Callable[[], Awaitable[bool]], what: str, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while not await check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(0.02)
 
 
 def _finished() -> ExecutionFinished:
@@ -64,7 +54,7 @@ async def _settle_backlog(nc: Client, js: JetStreamContext, pool: asyncpg.Pool) 
             info = await _consumer(js)
             return info.num_pending == 0 and info.num_ack_pending == 0
 
-        await _until(caught_up, "the recorder's backlog recorded and acked")
+        await eventually(caught_up, 30, "the recorder's backlog recorded and acked")
     finally:
         await recorder.stop()
 
@@ -101,7 +91,9 @@ async def test_recorder_acks_nothing_until_its_batch_is_committed(
             took = info.delivered.consumer_seq - before.delivered.consumer_seq
             return took == EVENTS and await _insert_waits_on_the_lock(locker)
 
-        await _until(took_all_and_is_blocked, f"the recorder taking {EVENTS} events, blocked on the lock")
+        await eventually(
+            took_all_and_is_blocked, 30, f"the recorder taking {EVENTS} events, blocked on the lock"
+        )
         await nc.flush()  # an ack the recorder sent before its insert has reached the server and us
         info = await _consumer(js)
         assert acks.delivered == 0, f"{acks.delivered} events acked before their batch was committed"
@@ -114,7 +106,7 @@ async def test_recorder_acks_nothing_until_its_batch_is_committed(
             info = await _consumer(js)
             return info.num_ack_pending == 0 and info.ack_floor.consumer_seq == info.delivered.consumer_seq
 
-        await _until(all_acked, "every event acked once the lock is gone")
+        await eventually(all_acked, 30, "every event acked once the lock is gone")
         for event in events:
             row = await get_execution(pool, event.run_id)
             assert row is not None and row["status"] == "succeeded", event.run_id
@@ -148,7 +140,7 @@ async def test_a_stopped_recorder_hands_its_unwritten_batch_back_at_once(
             took = info.delivered.consumer_seq - before.delivered.consumer_seq
             return took == len(events) and await _insert_waits_on_the_lock(locker)
 
-        await _until(holds_them_blocked, "the recorder holding the batch, blocked on the lock")
+        await eventually(holds_them_blocked, 30, "the recorder holding the batch, blocked on the lock")
         await recorder.stop(timeout=5)  # mid-batch
         await lock.rollback()
         # Another recorder writes them within 30 s, far inside the consumer's 60 s

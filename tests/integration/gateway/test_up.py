@@ -28,7 +28,7 @@ from mesh.embedded import NatsServer, end_process, find_free_port, pid_alive
 from mesh.queue.maintenance import QueueMaintenance
 from mesh.schedules.scheduler import Scheduler
 from mesh.settings import Settings
-from tests.helpers import DOUBLE_AGENT_MODULE
+from tests.helpers import DOUBLE_AGENT_MODULE, eventually_sync
 
 CLI = [sys.executable, "-m", "gateway.cli"]
 
@@ -67,13 +67,6 @@ def _start(data_dir: Path, port: int, *args: str, env: dict[str, str] | None = N
 
 def _output(data_dir: Path) -> str:
     return (data_dir.parent / "up.log").read_text()
-
-
-def _wait_until(condition: Callable[[], bool], seconds: float, what: str) -> None:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        assert time.monotonic() < deadline, f"{what}: not within {seconds} s"
-        time.sleep(0.05)
 
 
 def _state(data_dir: Path) -> dict[str, Any]:
@@ -212,7 +205,7 @@ def test_ctrl_c_stops_up_promptly_with_no_server_left_and_a_second_up_is_refused
         proc.send_signal(signal.SIGINT)
         code = proc.wait(timeout=30)
     assert code == 0, _output(data_dir)
-    _wait_until(_all_gone(children), 5, "nats-server and PostgreSQL stopped")
+    eventually_sync(_all_gone(children), 5, "nats-server and PostgreSQL stopped")
     said = _output(data_dir)
     assert "stopped." in said and "failed to stop" not in said and "Traceback" not in said
 
@@ -226,7 +219,7 @@ def test_a_second_ctrl_c_during_a_slow_drain_forces_the_stop(tmp_path: Path) -> 
     try:
         worker.suspend()  # SIGSTOP: its drain would last drain_timeout_s + 10 s (40 s)
         proc.send_signal(signal.SIGINT)
-        _wait_until(lambda: "draining workers" in _output(data_dir), 15, "up drains")
+        eventually_sync(lambda: "draining workers" in _output(data_dir), 15, "up drains")
         proc.send_signal(signal.SIGINT)
         forced_at = time.monotonic()
         code = proc.wait(timeout=30)
@@ -238,7 +231,7 @@ def test_a_second_ctrl_c_during_a_slow_drain_forces_the_stop(tmp_path: Path) -> 
             worker.kill()  # a stopped process keeps the SIGTERM its parent's death sends
     assert code == 1
     assert "forcing the stop" in _output(data_dir)
-    _wait_until(_all_gone(children), 5, "worker, nats-server and PostgreSQL killed")
+    eventually_sync(_all_gone(children), 5, "worker, nats-server and PostgreSQL killed")
 
 
 def test_after_kill_9_nothing_is_left_running_and_the_next_up_reclaims_leftovers(tmp_path: Path) -> None:
@@ -250,7 +243,7 @@ def test_after_kill_9_nothing_is_left_running_and_the_next_up_reclaims_leftovers
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     try:
-        _wait_until(_all_gone(children), 10, "worker, nats-server and PostgreSQL die with up")
+        eventually_sync(_all_gone(children), 10, "worker, nats-server and PostgreSQL die with up")
     finally:  # if they did not, this test does not leave them behind either
         for pid in children:
             end_process(pid, 5)
@@ -268,7 +261,7 @@ def test_after_kill_9_nothing_is_left_running_and_the_next_up_reclaims_leftovers
             said = _output(data_dir)
             assert f"stopped nats-server (pid {nats.pid})" in said
             assert f"stopped PostgreSQL (pid {postgres.pid})" in said
-            _wait_until(_all_gone(leftovers), 5, "the leftovers stopped")
+            eventually_sync(_all_gone(leftovers), 5, "the leftovers stopped")
             assert len([p for p in _children_of(data_dir) if "nats-server" in p.name()]) == 1
             done = cli(data_dir, "run", "noop", "--wait", "-o", "json", "--input", "{}")
             assert json.loads(done.stdout)["status"] == "succeeded"

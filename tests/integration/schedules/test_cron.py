@@ -11,9 +11,9 @@ from nats.js import JetStreamContext
 from mesh import names
 from mesh.schedules.definitions import register_cron
 from mesh.schedules.scheduler import CronSchedule, Scheduler, add_definition, remove_definition
-from tests.helpers import unique
+from tests.helpers import eventually, unique
 
-from .conftest import read_tasks, task_count, until
+from .conftest import read_tasks, task_count
 
 MakeScheduler = Callable[[], Awaitable[Scheduler]]
 
@@ -27,7 +27,7 @@ async def test_every_second_gives_one_task_per_tick_with_two_replicas(
                          tenant="acme")  # fmt: skip
     await add_definition(mesh_js, sched)
     try:
-        await until(lambda: _at_least(mesh_js, agent, 4), timeout=10)
+        await eventually(lambda: _at_least(mesh_js, agent, 4), timeout=10)
     finally:
         await remove_definition(mesh_js, sched.name)
     tasks = await read_tasks(nc, mesh_js, agent)
@@ -51,7 +51,7 @@ async def test_removing_a_schedule_stops_it(mesh_js: JetStreamContext, make_sche
     await make_scheduler()
     agent = unique("cron-rm")
     await add_definition(mesh_js, CronSchedule(name=agent, agent=agent, cron="@every 1s"))
-    await until(lambda: _at_least(mesh_js, agent, 1), timeout=5)
+    await eventually(lambda: _at_least(mesh_js, agent, 1), timeout=5)
     await remove_definition(mesh_js, agent)
     info = await mesh_js.stream_info(
         names.STREAM_SCHEDULES, subjects_filter=names.schedule_def_subject(agent)
@@ -60,7 +60,7 @@ async def test_removing_a_schedule_stops_it(mesh_js: JetStreamContext, make_sche
     before = await task_count(mesh_js, agent)
     # Observe two and a half ticks: nothing more may arrive.
     try:
-        await until(lambda: _at_least(mesh_js, agent, before + 1), timeout=2.5)
+        await eventually(lambda: _at_least(mesh_js, agent, before + 1), timeout=2.5)
     except AssertionError:
         pass
     else:
@@ -81,12 +81,12 @@ async def test_backlog_after_scheduler_downtime_is_coalesced_to_one_task(
     sched = CronSchedule(name=agent, agent=agent, cron="@every 1s")
     await add_definition(mesh_js, sched)
     try:
-        await until(lambda: _ge(fired, 3), timeout=6)
+        await eventually(lambda: _ge(fired, 3), timeout=6)
         # Freeze the schedule (its next tick a year away) so no tick races the relay.
         await register_cron(mesh_js, sched.model_copy(update={"cron": "@yearly"}))
         piled = await fired()
         scheduler = await make_scheduler()
-        await until(lambda: _eq(fired, 0), timeout=5)
+        await eventually(lambda: _eq(fired, 0), timeout=5)
         assert await task_count(mesh_js, agent) == 1
         assert scheduler.stats["coalesced"] == piled - 1
     finally:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -43,18 +42,6 @@ async def read_tasks(nc: Client, js: JetStreamContext, agent: str) -> list[Envel
         await puller.close()
         await js.delete_consumer(names.STREAM_TASKS, name)
     return [decode(m.data) for m in msgs]
-
-
-async def until(check: Callable[[], Awaitable[Any]], timeout: float = 10.0, every: float = 0.05) -> Any:
-    """Poll ``check`` until it returns something truthy; fail after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = await check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met in {timeout}s (last: {value!r})")
-        await asyncio.sleep(every)
 
 
 @pytest.fixture

@@ -10,9 +10,9 @@ from nats.js import JetStreamContext
 from mesh import names
 from mesh.envelope import CONTENT_TYPE, JSON, Envelope, Priority, encode
 from mesh.schedules.scheduler import EventTrigger, Scheduler, add_definition, remove_definition
-from tests.helpers import unique
+from tests.helpers import eventually, unique
 
-from .conftest import read_tasks, task_count, until
+from .conftest import read_tasks, task_count
 
 MakeScheduler = Callable[[], Awaitable[Scheduler]]
 
@@ -32,13 +32,13 @@ async def test_each_matching_event_enqueues_exactly_one_task_with_two_replicas(
     a, b = await make_scheduler(), await make_scheduler()
     await add_definition(mesh_js, trigger)
     try:
-        await until(lambda: _both_follow(a, b, agent), timeout=5)
+        await eventually(lambda: _both_follow(a, b, agent), timeout=5)
         for i in range(6):
             await publish_event(mesh_js, f"{base}.site{i}", {"i": i})
         for i in range(3):  # not matching: other token count / other prefix
             await publish_event(mesh_js, f"{base}.site{i}.extra", {"i": -1})
             await publish_event(mesh_js, f"{base}-other.site{i}", {"i": -1})
-        await until(lambda: _processed(mesh_js, agent), timeout=10)
+        await eventually(lambda: _processed(mesh_js, agent), timeout=10)
     finally:
         await remove_definition(mesh_js, agent)
     assert await task_count(mesh_js, agent, priority=int(Priority.HIGH)) == 6
@@ -66,7 +66,7 @@ async def test_task_input_carries_the_event_and_removal_stops_the_trigger(
     await add_definition(mesh_js, EventTrigger(name=agent, agent=agent, on=subject,
                                                input={"threshold": 3}))  # fmt: skip
     await publish_event(mesh_js, subject, {"run_id": "r1", "status": "succeeded"})
-    await until(lambda: _count_is(mesh_js, agent, 1), timeout=10)
+    await eventually(lambda: _count_is(mesh_js, agent, 1), timeout=10)
     [task] = await read_tasks(nc, mesh_js, agent)
     event = task.payload["input"]["event"]
     assert task.payload["input"]["threshold"] == 3
@@ -79,7 +79,7 @@ async def test_task_input_carries_the_event_and_removal_stops_the_trigger(
     assert names.trigger_consumer(agent) not in names_now
     await publish_event(mesh_js, subject, {"run_id": "r2"})
     try:
-        await until(lambda: _count_is(mesh_js, agent, 2), timeout=1.5)
+        await eventually(lambda: _count_is(mesh_js, agent, 2), timeout=1.5)
     except AssertionError:
         pass
     else:
