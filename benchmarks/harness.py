@@ -28,8 +28,8 @@ from nats.aio.client import Client
 from nats.js import JetStreamContext
 
 from agents.store.embedded import EmbeddedPostgres
+from gateway.settings import Settings
 from mesh.embedded import NatsServer
-from mesh.settings import Settings
 from mesh.wire import protocol
 
 __all__ = [

@@ -23,9 +23,9 @@ from nats.aio.msg import Msg
 from agents.registry import example_registry
 from benchmarks.harness import Servers, percentile, wait_until
 from gateway.app import Gateway, InProcessWorker, Parts
+from gateway.settings import Settings
 from mesh import names
 from mesh.envelope import decode
-from mesh.settings import Settings
 
 __all__ = ["DB_DEADLINE_S", "bench_skeleton"]
 

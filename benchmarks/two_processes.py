@@ -41,12 +41,12 @@ from benchmarks.harness import (
     server_cpu_s,
 )
 from benchmarks.queue import enqueue_all, publish_all
+from gateway.runtime import tune_gc
 from mesh import names
 from mesh.envelope import Priority
 from mesh.provision import provision
 from mesh.queue.producer import TaskQueue
 from mesh.queue.worker import AgentQueueConfig, TaskContext, TaskWorker
-from mesh.runtime import tune_gc
 from mesh.wire.connection import connect, jetstream
 
 __all__ = ["bench_two_processes"]

@@ -34,13 +34,13 @@ from agents.store.executions import upsert_agents
 from agents.store.migrations import apply_migrations
 from gateway.api import Services, create_app
 from gateway.api.problems import ApiRunner
+from gateway.settings import Settings
 from mesh.embedded import find_free_port
 from mesh.provision import ProvisionConfig, provision
 from mesh.queue.maintenance import QueueMaintenance
 from mesh.queue.producer import TaskQueue
 from mesh.queue.worker import TaskWorker
 from mesh.schedules.scheduler import Scheduler
-from mesh.settings import Settings
 from mesh.wire.connection import connect, jetstream
 
 __all__ = ["STEP_TIMEOUT_S", "Gateway", "InProcessWorker", "Parts", "Shutdown", "StopStep"]

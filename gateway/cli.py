@@ -19,8 +19,8 @@ from typing import Any
 import click
 
 from gateway.commands.common import OUTPUTS, CliError, Ctx, _emit, _run, output_option
+from gateway.runtime import tune_gc
 from gateway.state import read_state
-from mesh.runtime import tune_gc
 
 __all__ = ["CliError", "Ctx", "_emit", "_run", "main", "output_option"]
 
@@ -86,8 +86,8 @@ def up(
     """
     from agents.registry import AgentLoadError, load_registry
     from gateway.ports import PortInUse
+    from gateway.settings import Settings
     from gateway.up import DataDirInUse, run_up
-    from mesh.settings import Settings
 
     overrides: dict[str, Any] = {"data_dir": data_dir or obj.data_dir}
     for key, value in (("port", port), ("host", host), ("workers", workers)):

@@ -41,10 +41,10 @@ from agents.registry import load_registry
 from agents.store.embedded import EmbeddedPostgres
 from gateway.app import STEP_TIMEOUT_S, Gateway, Shutdown, StopStep
 from gateway.ports import PortInUse, bindable, check_port
+from gateway.settings import Settings
 from gateway.state import UpState, read_state, write_state
 from mesh import names
 from mesh.embedded import NatsServer, find_free_port, parent_death_signal
-from mesh.settings import Settings
 from mesh.wire.connection import redacted
 
 __all__ = ["DataDirInUse", "Platform", "lock_data_dir", "run_up"]

@@ -17,6 +17,7 @@ import contextlib
 import ctypes
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -27,10 +28,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 from mesh.errors import ConnectionFailed
-from mesh.settings import check_sync_interval
 
 __all__ = [
     "NatsServer",
+    "check_sync_interval",
     "command_line",
     "end_process",
     "find_free_port",
@@ -38,6 +39,20 @@ __all__ = [
     "parent_death_signal",
     "pid_alive",
 ]
+
+# Go's time.ParseDuration, which nats-server uses: "10s", "500ms", "1m30s".
+_GO_DURATION = re.compile(r"(?:\d+(?:\.\d*)?(?:ns|us|µs|ms|s|m|h))+")
+
+
+def check_sync_interval(value: str) -> str:
+    """``default`` (the server's 2 min), ``always``, or a positive duration such as ``10s``."""
+    text = value.strip().lower()
+    if text in ("default", "always"):
+        return text
+    if _GO_DURATION.fullmatch(text) and any(c in "123456789" for c in text):
+        return text
+    msg = f"{value!r} is not 'default', 'always' or a duration such as '10s', '500ms' or '1m'"
+    raise ValueError(msg)
 
 
 def find_free_port(host: str = "127.0.0.1") -> int:

@@ -11,8 +11,8 @@ from nats.aio.client import Client
 from nats.js import JetStreamContext
 
 from agents.registry import Registry
+from gateway.settings import Settings
 from mesh.queue.producer import TaskQueue
-from mesh.settings import Settings
 
 __all__ = ["SERVICES", "Services"]
 

@@ -12,7 +12,7 @@ import pytest
 
 from benchmarks.suites import run_benchmarks
 from benchmarks.targets import TARGETS, missed
-from mesh.runtime import tune_gc
+from gateway.runtime import tune_gc
 
 
 @pytest.mark.timeout(1200)

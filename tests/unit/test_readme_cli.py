@@ -24,8 +24,8 @@ import click
 import pytest
 
 from gateway.cli import cli
+from gateway.settings import Settings
 from gateway.up import Platform
-from mesh.settings import Settings
 from tests.cli_tree import command_context
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -18,8 +18,8 @@ from agents.registry import example_registry
 from agents.store.migrations import apply_migrations
 from gateway.api.problems import ApiRunner
 from gateway.app import Gateway, InProcessWorker, Parts
+from gateway.settings import Settings
 from mesh.schedules.definitions import list_definitions, remove_definition
-from mesh.settings import Settings
 
 TOKEN = "test-token"
 

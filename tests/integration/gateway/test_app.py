@@ -16,8 +16,8 @@ from nats.js import JetStreamContext
 
 from agents.registry import example_registry
 from gateway.app import Gateway, InProcessWorker, Parts
+from gateway.settings import Settings
 from mesh.embedded import NatsServer
-from mesh.settings import Settings
 
 
 @pytest.fixture

@@ -22,12 +22,12 @@ import pytest
 from agents.registry import Registry
 from agents.store.embedded import EmbeddedPostgres
 from gateway.app import Gateway
+from gateway.settings import Settings
 from gateway.up import Platform
 from mesh import names
 from mesh.embedded import NatsServer, end_process, find_free_port, pid_alive
 from mesh.queue.maintenance import QueueMaintenance
 from mesh.schedules.scheduler import Scheduler
-from mesh.settings import Settings
 from tests.helpers import DOUBLE_AGENT_MODULE, eventually_sync
 
 CLI = [sys.executable, "-m", "gateway.cli"]

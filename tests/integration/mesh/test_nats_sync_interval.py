@@ -16,9 +16,9 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
+from gateway.settings import Settings
 from mesh import names
 from mesh.embedded import NatsServer, find_free_port
-from mesh.settings import Settings
 
 CLI = [sys.executable, "-m", "gateway.cli"]
 

@@ -14,11 +14,11 @@ from nats.js.api import AckPolicy, ConsumerConfig
 
 from agents.registry import example_registry
 from gateway.app import Gateway, Parts
+from gateway.settings import Settings
 from mesh import names
 from mesh.envelope import Envelope, decode, new_id
 from mesh.queue.producer import TaskQueue
 from mesh.schedules.scheduler import Scheduler
-from mesh.settings import Settings
 from mesh.wire.puller import Puller
 
 

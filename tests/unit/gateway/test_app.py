@@ -13,7 +13,7 @@ import pytest
 from agents.registry import Registry
 from gateway import app
 from gateway.app import Gateway, InProcessWorker, Parts, Shutdown
-from mesh.settings import Settings
+from gateway.settings import Settings
 
 
 class _Part:

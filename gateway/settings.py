@@ -1,35 +1,22 @@
 """One settings model for the whole platform, read from ``AF_*`` env vars and CLI flags.
 
-It lives in ``mesh`` (the lowest layer) so every layer can read it without an
-upward import. Defaults are the embedded dev mode; production values are
-documented in the README ("Settings").
+It lives in the gateway, the layer that assembles the processes (``up``, the
+workers, the API) and hands each lower layer its values as arguments: ``mesh``,
+``agents`` and ``streams`` read no settings of their own. Defaults are the
+embedded dev mode; production values are documented in the README ("Settings").
 """
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Annotated
 
 from pydantic import AfterValidator, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-__all__ = ["Settings", "SyncInterval", "check_sync_interval"]
+from mesh.embedded import check_sync_interval
 
-# Go's time.ParseDuration, which nats-server uses: "10s", "500ms", "1m30s".
-_GO_DURATION = re.compile(r"(?:\d+(?:\.\d*)?(?:ns|us|µs|ms|s|m|h))+")
-
-
-def check_sync_interval(value: str) -> str:
-    """``default`` (the server's 2 min), ``always``, or a positive duration such as ``10s``."""
-    text = value.strip().lower()
-    if text in ("default", "always"):
-        return text
-    if _GO_DURATION.fullmatch(text) and any(c in "123456789" for c in text):
-        return text
-    msg = f"{value!r} is not 'default', 'always' or a duration such as '10s', '500ms' or '1m'"
-    raise ValueError(msg)
-
+__all__ = ["Settings", "SyncInterval"]
 
 SyncInterval = Annotated[str, AfterValidator(check_sync_interval)]
 
