@@ -12,10 +12,10 @@ from typing import Any
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from tests.integration.gateway.test_up import _start, _state, _stop
 
 from mesh.embedded import find_free_port
 from tests.helpers import DOUBLE_AGENT_MODULE
+from tests.integration.gateway.test_up import _start, _state, _stop
 
 RUNS = 12
 

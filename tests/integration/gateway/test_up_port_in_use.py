@@ -12,12 +12,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from tests.integration.gateway.test_up import CLI, _children_of, _env
 
 from gateway.ports import PortInUse, bindable
 from gateway.settings import Settings
 from gateway.up import Platform, lock_data_dir
 from mesh import names
+from tests.integration.gateway.test_up import CLI, _children_of, _env
 
 
 @pytest.fixture
