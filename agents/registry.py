@@ -19,6 +19,7 @@ from typing import Any
 
 from agents.contract import Agent
 from agents.errors import AgentError, AgentNotFound
+from agents.examples import FuelCombustion, NoOp, PurchasedElectricity, UnitNormaliser
 from mesh.names import AGENT_KEY_RE
 
 __all__ = ["ENTRY_POINT_GROUP", "AgentLoadError", "Registry", "example_registry", "load_registry"]
@@ -62,8 +63,6 @@ class Registry:
 
 
 def example_registry() -> Registry:
-    from agents.examples import FuelCombustion, NoOp, PurchasedElectricity, UnitNormaliser
-
     return Registry([FuelCombustion(), PurchasedElectricity(), UnitNormaliser(), NoOp()])
 
 

