@@ -19,6 +19,7 @@ from typing import Any, Final
 
 import msgpack
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic_core import ErrorDetails
 
 from mesh.errors import DecodeError, PayloadTooLarge, UnknownSchemaVersion
 from mesh.names import RUN_ID_RE
@@ -180,8 +181,14 @@ def named_run_id(data: bytes, headers: Mapping[str, str] | None) -> str | None:
     return candidate if isinstance(candidate, str) and RUN_ID_RE.match(candidate) else None
 
 
-def validation_errors(exc: ValidationError) -> str:
-    """Every error of ``exc``, ``field: message`` each, separated by ``; ``."""
-    return "; ".join(
-        f"{'.'.join(str(p) for p in err['loc']) or '<root>'}: {err['msg']}" for err in exc.errors()
-    )
+def validation_errors(exc: ValidationError, first_only: bool = False) -> str:
+    """Every error of ``exc``, ``field: message`` each, separated by ``; ``;
+    or, ``first_only``, how many there are and the first one."""
+    errors = exc.errors()
+    if first_only:
+        return f"{len(errors)} error(s), first at {_error_at(errors[0])}"
+    return "; ".join(_error_at(err) for err in errors)
+
+
+def _error_at(err: ErrorDetails) -> str:
+    return f"{'.'.join(str(p) for p in err['loc']) or '<root>'}: {err['msg']}"

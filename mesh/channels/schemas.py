@@ -15,6 +15,7 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from mesh.channels.errors import InvalidPayload
+from mesh.envelope import validation_errors
 
 __all__ = ["SchemaRegistry"]
 
@@ -41,10 +42,7 @@ class SchemaRegistry:
         try:
             return model.model_validate(payload)
         except ValidationError as exc:
-            err = exc.errors()[0]
-            where = ".".join(str(p) for p in err["loc"]) or "<root>"
-            detail = f"{exc.error_count()} error(s), first at {where}: {err['msg']}"
-            raise InvalidPayload(type_name, detail) from exc
+            raise InvalidPayload(type_name, validation_errors(exc, first_only=True)) from exc
 
     def json_schemas(self) -> dict[str, dict[str, Any]]:
         """Every registered type's JSON schema, by type name."""
