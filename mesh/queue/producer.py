@@ -71,7 +71,7 @@ from mesh.queue.outcome import stored_outcome
 from mesh.queue.runs import RunStatus, get_run, run_key
 from mesh.wire import protocol
 from mesh.wire.protocol import encode_headers
-from mesh.wire.publisher import Pipeline, parse_puback
+from mesh.wire.publisher import Pipeline, PubAck, parse_puback
 
 __all__ = ["DEFAULT_TTL_S", "MAX_BATCH", "MAX_TTL_S", "Enqueued", "TaskQueue", "TaskSpec"]
 
@@ -402,29 +402,9 @@ class TaskQueue:
             raise BatchRejected("tasks in a batch cannot carry idempotency keys; use batch_key")
         run_ids = [new_id() for _ in specs]
         if batch_key is not None:
-            digest = request_digest(specs)
-            value = json.dumps({"runs": run_ids, "digest": digest}).encode()
-            claim = await self._claim_key(specs[0].tenant, f"batch\x00{batch_key}", value)
-            if claim is not None:
-                stored = json.loads(claim.value)  # a list: a claim from before digests
-                claimed = list(stored["runs"] if isinstance(stored, dict) else stored)
-                other = isinstance(stored, dict) and stored.get("digest") != digest
-                if len(claimed) != len(specs) or other:
-                    raise IdempotencyKeyReused(batch_key, claimed[0])
-                run_ids = claimed
-                if await get_run(self.js, claimed[0]) is not None:
-                    states = await asyncio.gather(*(get_run(self.js, run_id) for run_id in claimed))
-                    return [
-                        Enqueued(run_id, True, state.status.value if state else _QUEUED)
-                        for run_id, state in zip(claimed, states, strict=True)
-                    ]
-                # The first attempt died before its first record (the commit
-                # marker): was its batch stored? (all of it or none: atomic)
-                if await self._stored_past_window(claim, claimed[0], specs[0]):
-                    for spec, run_id in zip(specs, claimed, strict=True):
-                        message = task_message(spec, run_id, content_type, limit=self.max_task_bytes)
-                        await self._create_record(run_id, message.record)
-                    return [Enqueued(run_id, True) for run_id in claimed]
+            run_ids, done = await self._claim_batch(specs, batch_key, run_ids, content_type)
+            if done is not None:
+                return done
         batch_id = new_id()
         last = len(specs)
         messages = [
@@ -435,6 +415,57 @@ class TaskQueue:
             )
             for i, (spec, run_id) in enumerate(zip(specs, run_ids, strict=True), start=1)
         ]  # fmt: skip
+        ack = await self._publish_batch(specs, messages, batch_id, batch_key)
+        # Committed: now the queued records (the first one is the commit marker
+        # a retried batch_key trusts, so it goes last). An atomic batch is
+        # stored in consecutive sequences ending at the commit's.
+        first_seq = ack.seq - len(messages) + 1
+        records = [with_seq(m.record, first_seq + i) for i, m in enumerate(messages)]
+        await asyncio.gather(
+            *(self._create_record(m.run_id, r) for m, r in zip(messages[1:], records[1:], strict=True))
+        )
+        await self._create_record(messages[0].run_id, records[0])
+        for spec in specs:
+            metrics.for_agent(spec.agent).enqueued.inc()
+        return [Enqueued(run_id, False) for run_id in run_ids]
+
+    async def _claim_batch(
+        self, specs: Sequence[TaskSpec], batch_key: str, run_ids: list[str], content_type: str
+    ) -> tuple[list[str], list[Enqueued] | None]:
+        """Claim ``batch_key`` for ``run_ids``: returns the run ids the batch has
+        (an earlier attempt's, if it claimed the key first) and, when that
+        attempt's batch is already stored, what to return instead of enqueuing."""
+        digest = request_digest(specs)
+        value = json.dumps({"runs": run_ids, "digest": digest}).encode()
+        claim = await self._claim_key(specs[0].tenant, f"batch\x00{batch_key}", value)
+        if claim is None:
+            return run_ids, None
+        stored = json.loads(claim.value)  # a list: a claim from before digests
+        claimed = list(stored["runs"] if isinstance(stored, dict) else stored)
+        other = isinstance(stored, dict) and stored.get("digest") != digest
+        if len(claimed) != len(specs) or other:
+            raise IdempotencyKeyReused(batch_key, claimed[0])
+        if await get_run(self.js, claimed[0]) is not None:
+            states = await asyncio.gather(*(get_run(self.js, run_id) for run_id in claimed))
+            return claimed, [
+                Enqueued(run_id, True, state.status.value if state else _QUEUED)
+                for run_id, state in zip(claimed, states, strict=True)
+            ]
+        # The first attempt died before its first record (the commit
+        # marker): was its batch stored? (all of it or none: atomic)
+        if await self._stored_past_window(claim, claimed[0], specs[0]):
+            for spec, run_id in zip(specs, claimed, strict=True):
+                message = task_message(spec, run_id, content_type, limit=self.max_task_bytes)
+                await self._create_record(run_id, message.record)
+            return claimed, [Enqueued(run_id, True) for run_id in claimed]
+        return claimed, None
+
+    async def _publish_batch(
+        self, specs: Sequence[TaskSpec], messages: list[TaskMessage], batch_id: str, batch_key: str | None
+    ) -> PubAck:
+        """Publish an atomic batch; the commit's PubAck, or the error that says
+        nothing was stored, or :class:`EnqueueOutcomeUnknown`."""
+        last = len(messages)
         first_reply = None
         commit = None
         for i, (spec, message) in enumerate(zip(specs, messages, strict=True), start=1):
@@ -451,7 +482,7 @@ class TaskQueue:
                 reply = await first_reply
                 if reply.data:  # success is an empty reply; anything else is an error
                     parse_puback(reply)
-            ack = parse_puback(await commit)
+            return parse_puback(await commit)
         except APIError as exc:  # the server said no: nothing of the batch is stored
             if exc.err_code == _SUBJECT_FULL:
                 raise QueueFull(specs[0].agent, int(specs[0].priority), self.max_depth) from exc
@@ -461,18 +492,6 @@ class TaskQueue:
             raise EnqueueOutcomeUnknown(
                 f"NATS did not confirm batch {batch_id} ({exc}): it may or may not be stored; {again}"
             ) from exc
-        # Committed: now the queued records (the first one is the commit marker
-        # a retried batch_key trusts, so it goes last). An atomic batch is
-        # stored in consecutive sequences ending at the commit's.
-        first_seq = ack.seq - len(messages) + 1
-        records = [with_seq(m.record, first_seq + i) for i, m in enumerate(messages)]
-        await asyncio.gather(
-            *(self._create_record(m.run_id, r) for m, r in zip(messages[1:], records[1:], strict=True))
-        )
-        await self._create_record(messages[0].run_id, records[0])
-        for spec in specs:
-            metrics.for_agent(spec.agent).enqueued.inc()
-        return [Enqueued(run_id, False) for run_id in run_ids]
 
 
 async def task_stored(js: JetStreamContext, run_id: str, agent: str, priority: int) -> bool:

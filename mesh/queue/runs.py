@@ -42,7 +42,6 @@ __all__ = [
     "get_run",
     "get_run_entry",
     "parse_run",
-    "put_run",
     "run_key",
     "stored_task",
 ]
@@ -140,11 +139,6 @@ _RUN_KEY_PREFIX: Final = names.kv_subject(names.BUCKET_RUNS, "")
 
 def run_key(run_id: str) -> str:
     return _RUN_KEY_PREFIX + run_id
-
-
-async def put_run(js: JetStreamContext, state: RunState) -> None:
-    """Write the state durably (one JetStream publish)."""
-    await js.publish(run_key(state.run_id), state.model_dump_json().encode())
 
 
 async def get_run(js: JetStreamContext, run_id: str) -> RunState | None:

@@ -628,28 +628,38 @@ class TaskWorker:
             return
         item.finishing = True
         series.run.observe(time.perf_counter() - t0)
-        if state is None and not generation:
-            outcome = success_message(task, lane.agent, attempt, started, utcnow(), result, self.identity)
+        fresh = state is None and not generation  # no earlier attempt or replay to carry
+        await self._succeeded(cfg, item, task, current_state, attempt, started, result, expect, fresh, series)
+
+    async def _succeeded(
+        self, cfg: AgentQueueConfig, item: _InFlight, task: Envelope, running: Callable[[], RunState],
+        attempt: int, started: datetime, result: Any, expect: int | None, fresh: bool,
+        series: metrics.AgentMetrics,
+    ) -> None:  # fmt: skip
+        """Record the handler's result as the run's outcome, then ack the task."""
+        agent = item.lane.agent
+        if fresh:
+            outcome = success_message(task, agent, attempt, started, utcnow(), result, self.identity)
         else:  # a retry, or a replay: the outcome carries the earlier attempts' errors
-            state = current_state()
+            state = running()
             state.status, state.result, state.progress = RunStatus.SUCCEEDED, result, 100.0
             state.finished_at = utcnow()
             outcome = outcome_message(task, state)
         # Cheap first check (most outcomes are small), then the result itself.
         if len(outcome[1]) > self.limits.result and (size := _size(result)) > self.limits.result:
-            state = current_state()
+            state = running()
             state.result, state.progress, state.finished_at = None, None, None
             too_large = ResultTooLarge(size, self.limits.result)
             await self._failed(cfg, item, task, state, attempt, too_large, expect)
             return
         if expect == 0:  # the common case: no event yet, one publish and no lookup
-            recorded = await self._record_first(outcome, lane.agent, task)
+            recorded = await self._record_first(outcome, agent, task)
         else:
-            recorded = await self._record(outcome, lane.agent, task, expect)
+            recorded = await self._record(outcome, agent, task, expect)
         if recorded:
             self.completed += 1
             series.completed.inc()
-        await self.pipeline.ack_sync(msg)
+        await self.pipeline.ack_sync(item.msg)
 
     async def _redelivered(
         self,

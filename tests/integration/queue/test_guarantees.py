@@ -27,7 +27,7 @@ from mesh.queue import dlq
 from mesh.queue.maintenance import expire_overdue, move_max_delivered
 from mesh.queue.outcome import js_send, outcome_message, record_outcome
 from mesh.queue.producer import TaskQueue, TaskSpec
-from mesh.queue.runs import RunState, RunStatus, get_run, put_run
+from mesh.queue.runs import RunState, RunStatus, get_run, run_key
 from mesh.queue.worker import AgentQueueConfig, PermanentError, TaskContext, TaskWorker, ensure_lane
 from mesh.wire.protocol import parse_headers
 from mesh.wire.puller import Puller
@@ -38,6 +38,11 @@ from .test_faults import finished_events
 from .test_worker_basics import wait_for_run
 
 ONE_SECOND_WINDOW = ProvisionConfig(duplicate_window_s=1.0)
+
+
+async def put_run(js: JetStreamContext, state: RunState) -> None:
+    """Overwrite a run's record, as a lagging or foreign writer would."""
+    await js.publish(run_key(state.run_id), state.model_dump_json().encode())
 
 
 async def _lane_count(js: JetStreamContext, agent: str) -> int:
