@@ -629,15 +629,24 @@ class TaskWorker:
         item.finishing = True
         series.run.observe(time.perf_counter() - t0)
         fresh = state is None and not generation  # no earlier attempt or replay to carry
-        await self._succeeded(cfg, item, task, current_state, attempt, started, result, expect, fresh, series)
+        outcome = self._success(task, lane.agent, current_state, attempt, started, result, fresh)
+        if isinstance(outcome, ResultTooLarge):
+            await self._failed(cfg, item, task, current_state(), attempt, outcome, expect)
+            return
+        if expect == 0:  # the common case: no event yet, one publish and no lookup
+            recorded = await self._record_first(outcome, lane.agent, task)
+        else:
+            recorded = await self._record(outcome, lane.agent, task, expect)
+        if recorded:
+            self.completed += 1
+            series.completed.inc()
+        await self.pipeline.ack_sync(msg)
 
-    async def _succeeded(
-        self, cfg: AgentQueueConfig, item: _InFlight, task: Envelope, running: Callable[[], RunState],
-        attempt: int, started: datetime, result: Any, expect: int | None, fresh: bool,
-        series: metrics.AgentMetrics,
-    ) -> None:  # fmt: skip
-        """Record the handler's result as the run's outcome, then ack the task."""
-        agent = item.lane.agent
+    def _success(
+        self, task: Envelope, agent: str, running: Callable[[], RunState], attempt: int,
+        started: datetime, result: Any, fresh: bool,
+    ) -> OutcomeMessage | ResultTooLarge:  # fmt: skip
+        """The outcome event of a handler's result, or why it cannot be one."""
         if fresh:
             outcome = success_message(task, agent, attempt, started, utcnow(), result, self.identity)
         else:  # a retry, or a replay: the outcome carries the earlier attempts' errors
@@ -649,17 +658,8 @@ class TaskWorker:
         if len(outcome[1]) > self.limits.result and (size := _size(result)) > self.limits.result:
             state = running()
             state.result, state.progress, state.finished_at = None, None, None
-            too_large = ResultTooLarge(size, self.limits.result)
-            await self._failed(cfg, item, task, state, attempt, too_large, expect)
-            return
-        if expect == 0:  # the common case: no event yet, one publish and no lookup
-            recorded = await self._record_first(outcome, agent, task)
-        else:
-            recorded = await self._record(outcome, agent, task, expect)
-        if recorded:
-            self.completed += 1
-            series.completed.inc()
-        await self.pipeline.ack_sync(item.msg)
+            return ResultTooLarge(size, self.limits.result)
+        return outcome
 
     async def _redelivered(
         self,
