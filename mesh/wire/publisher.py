@@ -9,6 +9,11 @@ no ``Msg`` per reply), and expires overdue requests from a single sweeper
 task, so a lost reply surfaces as :class:`TimeoutError` and the caller
 retries (a publish that may be retried under the same identity carries a
 ``Nats-Msg-Id``, so the retry stores one copy).
+
+:meth:`Pipeline.send` is the one primitive: the reply settles a
+:class:`Waiter`, which is an ``asyncio.Future`` for :meth:`Pipeline.request`,
+and the record itself for the Faust producer (:mod:`streams.publisher`), so a
+record pays for no second future. :func:`parse_puback` is the one PubAck parser.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ import json
 import re
 import time
 from collections.abc import Mapping
-from typing import NamedTuple
+from typing import NamedTuple, Protocol
 
 from nats.aio.client import Client
 from nats.aio.msg import Msg
@@ -28,13 +33,18 @@ from nats.js.errors import APIError, NoStreamResponseError
 
 from mesh.wire import protocol
 
-__all__ = ["Pipeline", "PubAck", "Reply", "parse_puback"]
+__all__ = ["Pipeline", "PubAck", "Reply", "Waiter", "parse_puback"]
 
 _ACK = b"+ACK"
 
 
 # Named tuples, not frozen dataclasses: one of each per publish, and a frozen
-# dataclass pays an ``object.__setattr__`` per field on construction.
+# dataclass pays an ``object.__setattr__`` per field on construction. On the
+# hot paths they are built with ``tuple.__new__``, skipping the Python-level
+# ``__new__`` frame of a named tuple.
+_new = tuple.__new__
+
+
 class PubAck(NamedTuple):
     stream: str
     seq: int
@@ -52,8 +62,27 @@ class Reply(NamedTuple):
         return protocol.parse_headers(self.raw_headers) if self.raw_headers else None
 
 
+class Waiter(Protocol):
+    """What a reply settles: an ``asyncio.Future[Reply]``, or any object with
+    its two methods. Called on the connection's reader: be quick, never block.
+
+    ``set_exception`` gets :class:`TimeoutError` once the pipeline's timeout
+    has passed, and :class:`ConnectionError` when the pipeline stops. A waiter
+    that raises :class:`asyncio.InvalidStateError` (a cancelled future) is
+    dropped: one ``try`` costs nothing until it raises, a ``done()`` call per
+    reply would.
+    """
+
+    def set_result(self, result: Reply, /) -> None: ...
+    def set_exception(self, exception: BaseException, /) -> None: ...
+
+
 class Pipeline:
-    """Owned via ``start()``/``stop()``; one per connection is enough."""
+    """Owned via ``start()``/``stop()``; one per connection is enough.
+
+    ``timeout`` is fixed for the pipeline's life: deadlines then grow in send
+    order, and the sweeper stops at the first one not yet due.
+    """
 
     def __init__(self, nc: Client, timeout: float = 5.0) -> None:
         self.nc = nc
@@ -61,7 +90,7 @@ class Pipeline:
         self._prefix = nc.new_inbox()
         self._cut = len(self._prefix) + 1
         self._ids = itertools.count(1)
-        self._pending: dict[bytes, tuple[asyncio.Future[Reply], float]] = {}
+        self._pending: dict[bytes, tuple[Waiter, float]] = {}
         self._inbox = protocol.DirectInbox(nc, f"{self._prefix}.*", self._on_reply)
         self._sweeper: asyncio.Task[None] | None = None
         self._acks: dict[str, list[tuple[str, asyncio.Future[None]]]] = {}
@@ -78,28 +107,49 @@ class Pipeline:
                 await self._sweeper
         with contextlib.suppress(Exception):
             await self._inbox.stop()
-        for fut, _ in self._pending.values():
-            if not fut.done():
-                fut.set_exception(ConnectionError("pipeline stopped"))
-        self._pending.clear()
+        pending, self._pending = self._pending, {}
+        for waiter, _ in pending.values():
+            with contextlib.suppress(asyncio.InvalidStateError):
+                waiter.set_exception(ConnectionError("pipeline stopped"))
         for members in self._acks.values():
             _settle(members, ConnectionError("pipeline stopped"))
         self._acks.clear()
 
     def _on_reply(self, subject: bytes, reply: bytes, data: bytes, headers: bytes | None) -> None:
         entry = self._pending.pop(subject[self._cut :], None)
-        if entry is not None and not entry[0].done():
-            entry[0].set_result(Reply(data, headers))
+        if entry is not None:
+            try:  # noqa: SIM105 - a with-suppress would cost a context manager per reply
+                entry[0].set_result(_new(Reply, (data, headers)))
+            except asyncio.InvalidStateError:
+                pass
 
     async def _sweep(self) -> None:
         while True:
             await asyncio.sleep(0.25)
             now = time.monotonic()
-            overdue = [t for t, (_, deadline) in self._pending.items() if deadline < now]
+            overdue = []
+            for token, (_, deadline) in self._pending.items():  # in send order
+                if deadline >= now:
+                    break
+                overdue.append(token)
             for token in overdue:
-                fut, _ = self._pending.pop(token)
-                if not fut.done():
-                    fut.set_exception(TimeoutError("no reply from NATS in time"))
+                waiter, _ = self._pending.pop(token)
+                with contextlib.suppress(asyncio.InvalidStateError):
+                    waiter.set_exception(TimeoutError("no reply from NATS in time"))
+
+    async def send(self, subject: str, data: bytes, headers: bytes | None, waiter: Waiter) -> None:
+        """Send now; the reply, or its absence after ``timeout``, settles ``waiter``.
+
+        ``headers`` are pre-encoded (:func:`mesh.wire.protocol.encode_headers`).
+        If sending raises, ``waiter`` is forgotten unsettled.
+        """
+        token = b"%d" % next(self._ids)
+        self._pending[token] = (waiter, time.monotonic() + self.timeout)
+        try:
+            await protocol.publish(self.nc, subject, data, f"{self._prefix}.{token.decode()}", headers)
+        except BaseException:
+            self._pending.pop(token, None)
+            raise
 
     async def request(
         self, subject: str, data: bytes, headers: Mapping[str, str] | bytes | None = None
@@ -108,15 +158,9 @@ class Pipeline:
 
         ``headers`` may be pre-encoded (:func:`mesh.wire.protocol.encode_headers`).
         """
-        token = b"%d" % next(self._ids)
         fut: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
-        self._pending[token] = (fut, time.monotonic() + self.timeout)
         raw = protocol.encode_headers(headers) if isinstance(headers, Mapping) else headers
-        try:
-            await protocol.publish(self.nc, subject, data, f"{self._prefix}.{token.decode()}", raw)
-        except BaseException:
-            self._pending.pop(token, None)
-            raise
+        await self.send(subject, data, raw, fut)
         return fut
 
     async def publish(
@@ -154,15 +198,24 @@ class Pipeline:
             try:
                 for reply, _ in members[:-1]:
                     await protocol.publish(self.nc, reply, _ACK)
-                confirmed = await self.request(members[-1][0], _ACK)
+                await self.send(members[-1][0], _ACK, None, _Confirmation(members))
             except Exception as exc:
                 _settle(members, exc)
-                continue
-            confirmed.add_done_callback(lambda f, m=members: _settle(m, _failure(f)))  # type: ignore[misc]
 
 
-def _failure(fut: asyncio.Future[Reply]) -> BaseException | None:
-    return ConnectionError("ack confirmation cancelled") if fut.cancelled() else fut.exception()
+class _Confirmation:
+    """The :class:`Waiter` of a group of acks: its reply, or its absence, settles them all."""
+
+    __slots__ = ("members",)
+
+    def __init__(self, members: list[tuple[str, asyncio.Future[None]]]) -> None:
+        self.members = members
+
+    def set_result(self, result: Reply, /) -> None:
+        _settle(self.members, None)
+
+    def set_exception(self, exception: BaseException, /) -> None:
+        _settle(self.members, exception)
 
 
 def _settle(members: list[tuple[str, asyncio.Future[None]]], exc: BaseException | None) -> None:
@@ -183,7 +236,8 @@ def parse_puback(reply: Reply | Msg) -> PubAck:
     """The PubAck in ``reply``, or the error it carries as :class:`APIError`."""
     fast = _PUBACK.fullmatch(reply.data)
     if fast is not None:
-        return PubAck(fast[1].decode(), int(fast[2]), fast[3] is not None)
+        stream, seq, duplicate = fast.groups()
+        return _new(PubAck, (stream.decode(), int(seq), duplicate is not None))
     if not reply.data:
         headers = reply.headers or {}
         status = headers.get("Status")

@@ -6,6 +6,8 @@ import asyncio
 import uuid
 
 import faust
+import pytest
+from faust.exceptions import ProducerSendError
 from faust.types import TP
 from nats.aio.client import Client
 from nats.js import JetStreamContext
@@ -118,3 +120,52 @@ async def test_flush_waits_for_records_held_back_by_the_in_flight_bound(
     finally:
         await publisher.stop()
     assert publisher.take_failure() is None
+
+
+async def test_a_record_no_stream_stores_fails_with_the_status(nc: Client) -> None:
+    publisher = Publisher(nc)
+    await publisher.start()
+    subject = f"streams-nowhere.{uuid.uuid4().hex[:6]}"
+    future = publisher.submit(subject, b"x", None, TP("t", 0), None)
+    await asyncio.wait_for(publisher.flush(), 5)
+    await publisher.stop()
+    with pytest.raises(ProducerSendError) as info:
+        future.result()
+    assert str(info.value) == f"no stream stores {subject!r} (status 503)"
+    assert publisher.take_failure() is info.value
+
+
+async def test_a_record_the_stream_refuses_fails_with_the_servers_answer(
+    nc: Client, js: JetStreamContext
+) -> None:
+    topic = f"pr-{uuid.uuid4().hex[:6]}"
+    await TopicRegistry(js).declare(topic, 1)
+    publisher = Publisher(nc)
+    await publisher.start()
+    subject, tp = naming.partition_subject(topic, 0), TP(topic, 0)
+    stored = publisher.submit(subject, b"1", None, tp, None)
+    refused = publisher.submit(subject, b"2", {"Nats-Expected-Last-Subject-Sequence": "7"}, tp, None)
+    after = publisher.submit(subject, b"3", None, tp, None)
+    await asyncio.wait_for(publisher.flush(), 5)
+    await publisher.stop()
+    assert stored.result().offset == 1 and after.result().offset == 2
+    with pytest.raises(ProducerSendError) as info:
+        refused.result()
+    assert str(info.value).startswith(f"publish to {subject!r} rejected: b'" + '{"error":')
+    assert "wrong last sequence" in str(info.value)
+    assert publisher.take_failure() is info.value and publisher.take_failure() is None
+
+
+async def test_a_record_without_an_ack_fails_after_the_publishers_ack_timeout(nc: Client) -> None:
+    subject = f"streams-silent.{uuid.uuid4().hex[:6]}"
+    sub = await nc.subscribe(subject)  # a responder that never answers: no 503, no ack
+    publisher = Publisher(nc, ack_timeout_s=0.3)
+    await publisher.start()
+    future = publisher.submit(subject, b"x", None, TP("t", 0), None)
+    await asyncio.wait_for(publisher.flush(), 5)
+    await publisher.stop()
+    await sub.unsubscribe()
+    with pytest.raises(ProducerSendError) as info:
+        future.result()
+    assert str(info.value) == f"no ack for {subject!r} within 0.3s"
+    assert not publisher.congested and publisher.take_failure() is info.value

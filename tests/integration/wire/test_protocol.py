@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from nats.aio.client import Client
 from nats.js import JetStreamContext
+from nats.js.errors import NoStreamResponseError
 
 from mesh.embedded import NatsServer
 from mesh.wire import protocol
@@ -151,6 +153,22 @@ async def test_js_publish_through_the_pipeline_matches_nats_py(js: JetStreamCont
     assert stored.data == b"x" and stored.headers == headers
     await pipeline.stop()
     await js.delete_stream(stream)
+
+
+async def test_a_lost_reply_fails_after_the_pipeline_timeout_and_no_stream_says_so(nc: Client) -> None:
+    silent = f"protocol.{unique('silent')}"
+    sub = await nc.subscribe(silent)  # a responder that never answers: no 503, no reply
+    pipeline = Pipeline(nc, timeout=0.3)
+    await pipeline.start()
+    lost = await pipeline.request(silent, b"x")
+    async with asyncio.timeout(5):
+        with pytest.raises(TimeoutError, match="no reply from NATS in time"):
+            await lost
+        with pytest.raises(NoStreamResponseError):
+            await pipeline.publish(f"protocol.{unique('nowhere')}", b"x")
+    assert not pipeline._pending
+    await pipeline.stop()
+    await sub.unsubscribe()
 
 
 async def _work_queue(js: JetStreamContext, prefix: str, **consumer: Any) -> tuple[str, str]:

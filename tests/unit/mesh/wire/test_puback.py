@@ -7,7 +7,7 @@ import json
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from nats.js.errors import APIError
+from nats.js.errors import APIError, NoStreamResponseError
 
 from mesh.wire.publisher import PubAck, Reply, parse_puback
 
@@ -38,3 +38,11 @@ def test_an_error_reply_raises_with_its_codes() -> None:
     with pytest.raises(APIError) as info:
         parse_puback(Reply(data))
     assert info.value.err_code == 10077 and info.value.code == 503
+
+
+def test_a_status_only_reply_raises_no_stream_or_its_status() -> None:
+    with pytest.raises(NoStreamResponseError):
+        parse_puback(Reply(b"", b"NATS/1.0 503\r\n\r\n"))
+    with pytest.raises(APIError) as info:
+        parse_puback(Reply(b"", b"NATS/1.0 408 Request Timeout\r\n\r\n"))
+    assert info.value.code == 408 and info.value.description == "Request Timeout"
