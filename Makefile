@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install up test bench lint clean
+.PHONY: install up test test-cluster bench lint clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,6 +20,10 @@ up: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/pytest -q -p no:cacheprovider
+
+# Only the 3-node JetStream cluster tests (also part of `make test`).
+test-cluster: $(STAMP)
+	$(BIN)/pytest -q -p no:cacheprovider tests/cluster
 
 # Slow: every suite against its targets (tests/load), each printing its JSON.
 # `agent-factory bench all` prints the same numbers as one JSON object.

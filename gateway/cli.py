@@ -79,6 +79,11 @@ def cli(ctx: click.Context, data_dir: Path, api_url: str | None, token: str | No
     "--agent", "extra_agents", multiple=True, metavar="MODULE:CLASS",
     help="Serve your own agent too (repeatable; adds to AF_AGENTS), e.g. my_pkg.agents:Double.",
 )  # fmt: skip
+@click.option(
+    "--cluster", "cluster", type=int, default=None, metavar="N",
+    help="Embedded mode: a JetStream cluster of N nats-servers, streams with N replicas "
+    "(default 1: one server; AF_NATS_CLUSTER_SIZE).",
+)  # fmt: skip
 @click.pass_obj
 def up(
     obj: Ctx,
@@ -87,6 +92,7 @@ def up(
     workers: int | None,
     data_dir: Path | None,
     extra_agents: tuple[str, ...],
+    cluster: int | None,
 ) -> None:
     """Start the whole system: NATS, PostgreSQL, API, workers.
 
@@ -100,7 +106,7 @@ def up(
     from gateway.up import DataDirInUse, run_up  # noqa: PLC0415 (start-up time)
 
     overrides: dict[str, Any] = {"data_dir": data_dir or obj.data_dir}
-    for key, value in (("port", port), ("host", host), ("workers", workers)):
+    for key, value in (("port", port), ("host", host), ("workers", workers), ("nats_cluster_size", cluster)):
         if value is not None:
             overrides[key] = value
     try:

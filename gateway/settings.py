@@ -38,6 +38,11 @@ class Settings(BaseSettings):
     drain_timeout_s: float = Field(default=30.0, gt=0)
     max_payload_bytes: int = Field(default=1_048_576, ge=1024)
     stream_replicas: int = Field(default=1, ge=1, le=5)
+    nats_cluster_size: int = Field(
+        default=1, ge=1, le=5,
+        description="Embedded nats-server nodes `up` starts; more than 1 is a JetStream cluster "
+        "whose streams get that many replicas (unless stream_replicas is set higher than 1)",
+    )  # fmt: skip
     agents: str = Field(
         default="", description="Your agents besides the examples: 'module:Class,…' (see agents.registry)"
     )

@@ -20,6 +20,7 @@ class UpState(BaseModel):
     database_url: str | None = None
     token: str | None = None
     nats_port: int | None = None
+    nats_urls: list[str] | None = None  # every node of an embedded cluster (up --cluster N)
     postgres_port: int | None = None
     pid: int | None = None
 

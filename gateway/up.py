@@ -44,6 +44,7 @@ from gateway.ports import PortInUse, bindable, check_port
 from gateway.settings import Settings
 from gateway.state import UpState, read_state, write_state
 from mesh import names
+from mesh.cluster import NatsCluster
 from mesh.embedded import NatsServer, find_free_port, parent_death_signal
 from mesh.wire.connection import redacted
 
@@ -91,6 +92,7 @@ class Platform:
     say: bool = True
     stop_timeout_s: float | None = None  # the steps before the servers; None: drain_timeout_s + 20
     nats: NatsServer | None = None
+    cluster: NatsCluster | None = None  # instead of ``nats`` with ``up --cluster N``
     postgres: EmbeddedPostgres | None = None
     gateway: Gateway | None = None
     workers: list[asyncio.subprocess.Process] = field(default_factory=list)
@@ -98,6 +100,7 @@ class Platform:
     forced: asyncio.Event = field(default_factory=asyncio.Event)  # see force()
     abandoned: list[str] = field(default_factory=list)  # stop steps given up on
     _lock: int | None = None
+    _worker_urls: list[str] = field(default_factory=list)  # worker i connects to [i % len]
     _supervisor: asyncio.Task[None] | None = None
     _stopping: bool = False
 
@@ -118,7 +121,10 @@ class Platform:
         nats_url, db_url = s.nats_url, s.database_url
         # The servers are launched from this (the main) thread, as die_with_parent
         # follows the thread that starts them; only the waiting runs in threads.
-        if nats_url is None:
+        if nats_url is None and s.nats_cluster_size > 1:
+            nats_url = await self._start_cluster()
+            s = self.settings  # with the cluster's stream replicas
+        elif nats_url is None:
             self._say("starting embedded nats-server …")
             # Credentials of its own on every start (in state.json, mode 0600): the
             # embedded server is not open to whoever else runs on this host.
@@ -131,6 +137,7 @@ class Platform:
             self.nats.launch()
             await asyncio.to_thread(self.nats.wait_ready)
             nats_url = self.nats.url
+        self._worker_urls = self._worker_urls or [nats_url]
         if db_url is None:
             self._say("starting embedded PostgreSQL …")
             self.postgres = EmbeddedPostgres(s.data_dir / "postgres", die_with_parent=True)
@@ -147,11 +154,38 @@ class Platform:
             s.data_dir, self.state, api_url=self.gateway.api_url, nats_url=nats_url, database_url=db_url,
             token=token, pid=os.getpid(), nats_port=self.nats.port if self.nats else None,
             postgres_port=self.postgres.port if self.postgres else None,
+            nats_urls=self.cluster.urls if self.cluster else None,
         )  # fmt: skip
         for i in range(s.workers):
-            self.workers.append(await self._spawn_worker(i, nats_url))
+            self.workers.append(await self._spawn_worker(i))
         if self.workers:
-            self._supervisor = asyncio.create_task(self._supervise(nats_url))
+            self._supervisor = asyncio.create_task(self._supervise())
+
+    async def _start_cluster(self) -> str:
+        """``up --cluster N``: N nodes under ``<data dir>/nats-cluster/n<i>``, the
+        streams with N replicas; returns the URL the gateway uses (node 0's).
+
+        Each client gets one node's URL: the gateway node 0, worker pool ``i``
+        node ``(i + 1) % N``, so the work crosses the routes. They should get
+        all N (a reconnect to a node learnt from the server's INFO carries no
+        credentials), but mesh.wire.connection.connect takes one URL today.
+        """
+        s = self.settings
+        size = s.nats_cluster_size
+        self._say(f"starting an embedded JetStream cluster of {size} nats-servers …")
+        self.cluster = NatsCluster(
+            s.data_dir / "nats-cluster", size=size, sync_interval=s.nats_sync_interval, die_with_parent=True,
+            credentials=("agent-factory", secrets.token_urlsafe(24)),
+        )  # fmt: skip
+        for pid in await asyncio.to_thread(self.cluster.reclaim):
+            self._reclaimed("nats-server", pid)
+        self.cluster.launch()
+        await asyncio.to_thread(self.cluster.wait_ready)
+        if s.stream_replicas == 1:
+            self.settings = s.model_copy(update={"stream_replicas": size})
+        urls = self.cluster.urls
+        self._worker_urls = urls[1:] + urls[:1]
+        return urls[0]
 
     def _refuse_a_busy_api_port(self) -> None:
         """Before anything starts: a taken API port is one line now, not an
@@ -170,7 +204,8 @@ class Platform:
         if pid is not None:
             self._say(f"stopped {server} (pid {pid}) that an earlier `up` left running on this data dir")
 
-    async def _spawn_worker(self, index: int, nats_url: str) -> asyncio.subprocess.Process:
+    async def _spawn_worker(self, index: int) -> asyncio.subprocess.Process:
+        nats_url = self._worker_urls[index % len(self._worker_urls)]
         # The data dir too: the pool names its metrics port there for the gateway's /metrics.
         env = {**os.environ, "AF_NATS_URL": nats_url, "AF_AGENTS": self.settings.agents,
                "AF_DATA_DIR": str(self.settings.data_dir.resolve())}  # fmt: skip
@@ -182,7 +217,7 @@ class Platform:
             preexec_fn=parent_death_signal(signal.SIGTERM),  # drains, as on Ctrl-C, if `up` dies
         )  # fmt: skip
 
-    async def _supervise(self, nats_url: str) -> None:
+    async def _supervise(self) -> None:
         """Restart a worker pool that died (with a pause, so a crash loop is not a storm)."""
         while not self._stopping and self.workers:
             waits = {asyncio.ensure_future(p.wait()): i for i, p in enumerate(self.workers)}
@@ -195,7 +230,7 @@ class Platform:
                 i = waits[f]
                 self._say(f"worker-{i} exited with code {f.result()}; restarting in 1 s")
                 await asyncio.sleep(1)
-                self.workers[i] = await self._spawn_worker(i, nats_url)
+                self.workers[i] = await self._spawn_worker(i)
 
     def banner(self) -> str:
         st, gateway = self.state, self.gateway
@@ -208,6 +243,8 @@ class Platform:
             "Agent Factory is up.",
             f"  API        {api_url}   (token in {self.settings.data_dir / names.STATE_FILE})",
             f"  NATS       {redacted(st.nats_url or '')}   (credentials in {names.STATE_FILE})",
+            *([f"             and {', '.join(redacted(url) for url in self.cluster.urls[1:])}"]
+              if self.cluster else []),
             f"  PostgreSQL {st.database_url}",
             f"  workers    {len(self.workers)} pool(s), agents: "
             + ", ".join(gateway.registry.keys() if gateway else []),
@@ -291,6 +328,9 @@ class Platform:
         if self.nats is not None:
             crash.append((self.nats.pid, signal.SIGKILL))
             stops[asyncio.ensure_future(asyncio.to_thread(self.nats.stop, grace))] = "nats-server"
+        if self.cluster is not None:
+            crash += [(node.pid, signal.SIGKILL) for node in self.cluster.nodes]
+            stops[asyncio.ensure_future(asyncio.to_thread(self.cluster.stop, grace))] = "the nats-servers"
         if not stops:
             return
         stopped: asyncio.Future[Any] = asyncio.gather(*stops, return_exceptions=True)

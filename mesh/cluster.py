@@ -90,19 +90,36 @@ class NatsCluster:
         raise KeyError(f"no node named {server_name!r} in cluster {self.name!r}")
 
     def start(self, timeout: float = 20.0) -> None:
-        """Launch every node (from this thread: ``die_with_parent`` follows it),
-        and return once all accept clients and JetStream has a meta leader
-        that sees all of them; stop what started if that fails."""
-        deadline = time.monotonic() + timeout
+        """Launch every node and wait until the cluster is ready; stop what
+        started if it does not get there."""
+        self.launch()
+        self.wait_ready(timeout)
+
+    def launch(self) -> None:
+        """Start every node's process and return at once (from the thread that
+        should own them: ``die_with_parent`` follows it)."""
         try:
             for node in self.nodes:
                 node.launch()
+        except BaseException:
+            self.stop()
+            raise
+
+    def wait_ready(self, timeout: float = 20.0) -> None:
+        """Return once every node accepts clients and JetStream has a meta
+        leader that sees all of them; stop the nodes if that fails."""
+        deadline = time.monotonic() + timeout
+        try:
             for node in self.nodes:
                 node.wait_ready(max(0.1, deadline - time.monotonic()))
             self._wait_for_meta_leader(range(len(self.nodes)), deadline)
         except BaseException:
             self.stop()
             raise
+
+    def reclaim(self, timeout: float = 10.0) -> list[int]:
+        """Stop the nodes an earlier owner left running on these stores; their pids."""
+        return [pid for node in self.nodes if (pid := node.reclaim(timeout)) is not None]
 
     def stop(self, timeout: float = 10.0) -> None:
         """Stop every node (a paused one is resumed first, or it could not exit)."""

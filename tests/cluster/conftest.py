@@ -43,7 +43,8 @@ async def provisioned(cluster: NatsCluster) -> NatsCluster:
     """The platform's streams and buckets, each with 3 replicas."""
     nc = await connect(cluster.urls[0], name="pytest-provision")
     try:
-        await provision(await jetstream(nc), ProvisionConfig(replicas=REPLICAS))
+        # R3 stream creates wait on a Raft election each: on a loaded machine more than 5 s.
+        await provision(await jetstream(nc, timeout=20), ProvisionConfig(replicas=REPLICAS))
     finally:
         await nc.close()
     return cluster

@@ -158,3 +158,16 @@ async def _waiting(node: Node, agent: str) -> int:
     subject = names.task_subject(agent, 2)
     info = await node.js.stream_info(names.STREAM_TASKS, subjects_filter=subject)
     return int((info.state.subjects or {}).get(subject, 0))
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="mesh.channels.registry.ensure_channels updates AF_CHANNELS to channel_stream_config()'s "
+    "defaults (replicas=1, max_msg_size 1 MiB) on every Mesh start: the server remaps the R3 stream "
+    "to R1 ('detected stream remapping ... from S-R3F-… to S-R1F-…' in its log)",
+)
+async def test_a_mesh_starting_on_r3_keeps_the_channel_stream_at_three_replicas(clients: list[Node]) -> None:
+    async with Mesh(clients[1].nc, agent="late-joiner"):
+        pass
+    info = await clients[2].js.stream_info(names.STREAM_CHANNELS)
+    assert info.config.num_replicas == REPLICAS

@@ -1,0 +1,150 @@
+"""deployment/nats/ is a 3-node JetStream cluster that starts, takes the platform's R3
+streams, and keeps an agent's credentials to its own subjects."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import nats
+import pytest
+
+from mesh import names
+from mesh.embedded import find_free_port, nats_server_binary
+from mesh.provision import ProvisionConfig, provision
+from tests.helpers import eventually, eventually_sync
+
+CONFIG = Path(__file__).parents[2] / "deployment" / "nats"
+NODES = ("nats-0", "nats-1", "nats-2")
+PASSWORDS = {
+    "AF_NATS_PLATFORM_PASSWORD": "platform-secret",
+    "AF_NATS_AGENT_FUEL_COMBUSTION_PASSWORD": "agent-secret",
+    "AF_NATS_SYS_PASSWORD": "sys-secret",
+}
+
+
+@pytest.mark.parametrize("node", NODES)
+def test_each_node_file_is_valid(node: str) -> None:
+    checked = subprocess.run(
+        [str(nats_server_binary()), "-c", str(CONFIG / f"{node}.conf"), "-t"],
+        capture_output=True, text=True, timeout=30, env={**os.environ, **PASSWORDS},
+    )  # fmt: skip
+    assert checked.returncode == 0, checked.stderr + checked.stdout
+
+
+class Deployed:
+    """The three files started on loopback: the same text, hosts and ports replaced."""
+
+    def __init__(self, base: Path) -> None:
+        self.client = {node: find_free_port() for node in NODES}
+        self.monitor = {node: find_free_port() for node in NODES}
+        self.route = {node: find_free_port() for node in NODES}
+        self.base = base
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    def write(self, node: str) -> Path:
+        here = self.base / node
+        here.mkdir(parents=True)
+        shutil.copy(CONFIG / "accounts.conf", here)
+        shutil.copy(CONFIG / f"{node}.conf", here)
+        text = (CONFIG / "cluster.conf").read_text()
+        swaps = {
+            "listen: 0.0.0.0:4222": f"listen: 127.0.0.1:{self.client[node]}",
+            "http: 0.0.0.0:8222": f"http: 127.0.0.1:{self.monitor[node]}",
+            "listen: 0.0.0.0:6222": f"listen: 127.0.0.1:{self.route[node]}",
+            "store_dir: /data/jetstream": f"store_dir: {json.dumps(str(here / 'jetstream'))}",
+            **{f"nats-route://{peer}:6222": f"nats-route://127.0.0.1:{self.route[peer]}" for peer in NODES},
+        }
+        for old, new in swaps.items():
+            assert text.count(old) == 1, f"cluster.conf no longer has {old!r} once: update this test"
+            text = text.replace(old, new)
+        (here / "cluster.conf").write_text(text)
+        return here / f"{node}.conf"
+
+    def start(self) -> None:
+        for node in NODES:
+            log = self.base / f"{node}.log"
+            self.procs.append(subprocess.Popen(
+                [str(nats_server_binary()), "-c", str(self.write(node)), "-l", str(log)],
+                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                env={**os.environ, **PASSWORDS},
+            ))  # fmt: skip
+        eventually_sync(self.meta_leader, timeout=20, what="a meta leader named by all three nodes")
+
+    def meta_leader(self) -> str | None:
+        leaders = set()
+        for node in NODES:
+            try:
+                url = f"http://127.0.0.1:{self.monitor[node]}/jsz"
+                with urllib.request.urlopen(url, timeout=0.5) as response:
+                    leaders.add((json.load(response).get("meta_cluster") or {}).get("leader"))
+            except OSError:
+                return None
+        return leaders.pop() if len(leaders) == 1 and None not in leaders else None
+
+    def url(self, node: str, user: str, password: str) -> str:
+        return f"nats://{user}:{password}@127.0.0.1:{self.client[node]}"
+
+    def stop(self) -> None:
+        for proc in self.procs:
+            proc.send_signal(signal.SIGTERM)
+        for proc in self.procs:
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+@pytest.fixture
+def deployed(tmp_path: Path) -> Iterator[Deployed]:
+    cluster = Deployed(tmp_path)
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+async def test_the_cluster_takes_the_platforms_r3_streams_and_an_agent_keeps_to_its_subjects(
+    deployed: Deployed,
+) -> None:
+    platform = await nats.connect(deployed.url("nats-0", "platform", PASSWORDS["AF_NATS_PLATFORM_PASSWORD"]))
+    try:
+        js = platform.jetstream(timeout=10)
+        await provision(js, ProvisionConfig(replicas=3))
+        info = await js.stream_info(names.STREAM_TASKS)
+        assert info.config.num_replicas == 3 and info.cluster is not None
+        assert (await js.account_info()).domain == "agent-factory"
+    finally:
+        await platform.close()
+
+    refused: list[str] = []
+
+    async def on_error(exc: Exception) -> None:
+        refused.append(str(exc))
+
+    agent_url = deployed.url(
+        "nats-1", "agent-fuel-combustion", PASSWORDS["AF_NATS_AGENT_FUEL_COMBUSTION_PASSWORD"]
+    )
+    agent = await nats.connect(agent_url, error_cb=on_error)
+    try:
+        await agent.publish(names.finished_subject("fuel-combustion", "run-1"), b"{}")
+        await agent.subscribe(names.cancel_subject("fuel-combustion"))
+        await agent.flush()
+        assert refused == []
+        await agent.publish(names.finished_subject("purchased-electricity", "run-2"), b"{}")
+        await agent.subscribe(names.cancel_subject("purchased-electricity"))
+        await agent.publish(names.task_subject("fuel-combustion", 2), b"{}")  # enqueueing is the gateway's
+        await eventually(lambda: len(refused) >= 3, timeout=5, what="three permission violations")
+    finally:
+        await agent.close()
+    assert all("permissions violation" in text.lower() for text in refused), refused
+    assert any("af.control.cancel.purchased-electricity" in text for text in refused), refused
+    assert any("af.events.execution.finished.purchased-electricity" in text for text in refused), refused
