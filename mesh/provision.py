@@ -162,14 +162,18 @@ def channel_bucket_config(replicas: int = 1) -> KeyValueConfig:
     )
 
 
-async def ensure_stream(js: JetStreamContext, config: StreamConfig) -> None:
-    """Create ``config.name`` or update it in place to ``config``."""
+async def ensure_stream(js: JetStreamContext, config: StreamConfig, update: bool = True) -> None:
+    """Create ``config.name``, or update it in place to ``config`` (unless not
+    ``update``: then an existing stream is left as the operator provisioned it,
+    e.g. with 3 replicas)."""
     assert config.name is not None
     try:
         await js.stream_info(config.name)
     except NotFoundError:
         await js.add_stream(config)
         log.info("created stream %s", config.name)
+        return
+    if not update:
         return
     try:
         await js.update_stream(config)

@@ -152,8 +152,10 @@ def channel_of_subject(subject: str) -> Channel | None:
 
 
 async def ensure_channels(js: JetStreamContext) -> KeyValue:
-    """Create or update ``AF_CHANNELS`` and ``af_channels``; idempotent."""
-    await ensure_stream(js, channel_stream_config())
+    """Create ``AF_CHANNELS`` and ``af_channels`` if missing; idempotent. An
+    existing stream keeps its config: ``provision`` sets it (replicas, message
+    size), and a Mesh starting with defaults must not scale an R3 stream to R1."""
+    await ensure_stream(js, channel_stream_config(), update=False)
     try:
         return await js.key_value(CHANNELS_BUCKET)
     except (BucketNotFoundError, NotFoundError):

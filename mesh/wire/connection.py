@@ -19,7 +19,10 @@ from nats.js.errors import ServiceUnavailableError
 from mesh.errors import ConnectionFailed
 from mesh.wire import protocol
 
-__all__ = ["MIN_SERVER_VERSION", "check_server_version", "connect", "jetstream", "redacted", "through_outage"]
+__all__ = [
+    "MIN_SERVER_VERSION", "check_server_version", "connect", "credentials", "jetstream", "redacted",
+    "through_outage",
+]  # fmt: skip
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +49,10 @@ def check_server_version(version: str, url: str = "") -> None:
 
 
 def redacted(url: str) -> str:
-    """A NATS URL fit to print or log: a password (or a token: ``nats://TOKEN@host``) masked."""
+    """A NATS URL (or a comma-separated list of them) fit to print or log: a
+    password (or a token: ``nats://TOKEN@host``) masked."""
+    if "," in url:
+        return ",".join(redacted(part) for part in url.split(","))
     scheme, sep, rest = url.partition("://")
     userinfo, at, host = rest.rpartition("@")
     if not sep or not at:
@@ -55,9 +61,25 @@ def redacted(url: str) -> str:
     return f"{scheme}://{user}:***@{host}" if colon else f"{scheme}://***@{host}"
 
 
+def credentials(url: str) -> dict[str, str]:
+    """The ``user``/``password`` (or ``token``) in the first URL of ``url`` that
+    has any, as nats-py connect options: nats-py presents a URL's own userinfo
+    only to that server, not to the cluster nodes it discovers and reconnects
+    to, but it presents these options to every server."""
+    for part in url.split(","):
+        rest = part.strip().partition("://")[2]
+        userinfo, at, _ = rest.rpartition("@")
+        if at and userinfo:
+            user, colon, password = userinfo.partition(":")
+            return {"user": user, "password": password} if colon else {"token": user}
+    return {}
+
+
 async def connect(url: str, name: str = "agent-factory", initial_attempts: int = 3, **options: Any) -> Client:
     """Open a connection that reconnects forever once established.
 
+    ``url`` is one NATS URL or a comma-separated list (the nodes of a
+    cluster); the credentials in it go to every node, discovered ones too.
     The first connect fails fast with :class:`ConnectionFailed` (a user who
     points at the wrong URL should hear so in seconds, not minutes); after
     that, reconnects are unbounded so a nats-server restart is survived.
@@ -84,13 +106,16 @@ async def connect(url: str, name: str = "agent-factory", initial_attempts: int =
         # Keep buffering publishes while reconnecting; callers await PubAcks anyway.
         "pending_size": 64 * 1024 * 1024,
     }
+    if not {"user", "password", "token", "user_credentials", "nkeys_seed"} & options.keys():
+        defaults.update(credentials(url))
     defaults.update(options)
+    servers = [part.strip() for part in url.split(",") if part.strip()]
     # nats-py retries the *first* connect forever when reconnects are
     # unbounded; bound it, then restore the caller's reconnect policy.
     later_attempts = defaults["max_reconnect_attempts"]
     defaults["max_reconnect_attempts"] = max(1, initial_attempts)
     try:
-        nc = await nats.connect(url, **defaults)
+        nc = await nats.connect(servers, **defaults)
     except Exception as exc:  # nats-py raises several unrelated types here
         raise ConnectionFailed(f"cannot connect to NATS at {redacted(url)}: {exc}") from exc
     nc.options["max_reconnect_attempts"] = later_attempts

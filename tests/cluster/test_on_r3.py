@@ -10,8 +10,6 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-import pytest
-
 from mesh import names
 from mesh.channels.errors import NoResponders
 from mesh.channels.messaging import Mesh
@@ -127,12 +125,6 @@ async def test_a_schedule_registered_on_one_node_fires_into_the_queue(clients: l
     assert scheduler.stats["enqueued"] >= 1 and scheduler.stats["duplicate"] == 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="mesh.wire.connection.connect passes its url string to nats.connect as one server: "
-    "'nats://a,nats://b' fails with 'invalid connect url option' (nats-py splits nothing); "
-    "it should split a comma-separated list into servers=[...] and redact each",
-)
 async def test_a_client_can_be_given_every_node_url(provisioned: NatsCluster) -> None:
     nc = await connect(",".join(provisioned.urls), name="pytest-all-nodes", initial_attempts=1)
     await nc.close()
@@ -160,12 +152,6 @@ async def _waiting(node: Node, agent: str) -> int:
     return int((info.state.subjects or {}).get(subject, 0))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="mesh.channels.registry.ensure_channels updates AF_CHANNELS to channel_stream_config()'s "
-    "defaults (replicas=1, max_msg_size 1 MiB) on every Mesh start: the server remaps the R3 stream "
-    "to R1 ('detected stream remapping ... from S-R3F-… to S-R1F-…' in its log)",
-)
 async def test_a_mesh_starting_on_r3_keeps_the_channel_stream_at_three_replicas(clients: list[Node]) -> None:
     async with Mesh(clients[1].nc, agent="late-joiner"):
         pass
