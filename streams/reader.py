@@ -12,17 +12,16 @@ restarted, the ephemeral consumer is gone) is detected after its expiry and the
 consumer is re-created at the next offset to read, so no message is skipped or
 delivered twice across a nats-server restart.
 
-Deliveries are read straight off the connection (:class:`mesh.wire.protocol.DirectInbox`):
-the raw payload and header block are buffered as they are, with no ``Msg``,
-no header dict and no task hop per message; the consumer decodes the headers
-when it hands the record to Faust.
+Pulls go through mesh's pull client (:class:`mesh.wire.puller.PullInbox`),
+which reads deliveries straight off the connection: the raw payload and header
+block are buffered as they are, with no ``Msg``, no header dict and no task hop
+per message; the consumer decodes the headers when it hands the record to Faust.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import uuid
 from collections import deque
@@ -33,7 +32,8 @@ from nats.aio.client import Client
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
-from mesh.wire.protocol import DirectInbox, api_prefix, parse_headers
+from mesh.wire.protocol import api_prefix
+from mesh.wire.puller import PullInbox, PullStatus
 from streams import naming
 from streams.records import parse_reply
 
@@ -146,17 +146,8 @@ class PartitionReader:
         state = {"received": 0, "wanted": 0, "answered": False, "broken": False}
         buffer = self.buffer
 
-        def on_msg(subject: bytes, reply: bytes, data: bytes, headers: bytes | None) -> None:
+        def on_data(subject: bytes, reply: bytes, data: bytes, headers: bytes | None) -> None:
             state["answered"] = True
-            if not reply:
-                status = parse_headers(headers).get("Status") if headers else None
-                if status == "100":  # idle heartbeat
-                    return
-                # 404/408: the pull ended; anything else (409 consumer deleted,
-                # leadership change, ...) means this consumer must be replaced.
-                state["broken"] = status not in ("404", "408")
-                done.set()
-                return
             seq, ts_ns, pending = parse_reply(reply)
             if seq >= self._fetch_seq:
                 buffer.append((seq, ts_ns, data, headers))
@@ -168,9 +159,17 @@ class PartitionReader:
             if state["received"] >= state["wanted"]:
                 done.set()
 
-        inbox = DirectInbox(self._nc, self._nc.new_inbox(), on_msg)
-        await inbox.start()
-        next_subject = f"{api_prefix(self._js)}.CONSUMER.MSG.NEXT.{self.stream}.{name}"
+        def on_status(status: PullStatus) -> None:
+            state["answered"] = True
+            if status.heartbeat:
+                return
+            # 404/408: the pull ended; anything else (409 consumer deleted,
+            # leadership change, ...) means this consumer must be replaced.
+            state["broken"] = not status.ended
+            done.set()
+
+        pulls = PullInbox(self._nc, self.stream, name, on_data, on_status, api_prefix=api_prefix(self._js))
+        await pulls.start()
         try:
             while True:
                 await self._room.wait()
@@ -181,8 +180,7 @@ class PartitionReader:
                 wanted = min(self._batch, room)
                 state.update(received=0, wanted=wanted, answered=False)
                 done.clear()
-                request = {"batch": wanted, "expires": int(self._expires * 1e9)}
-                await self._nc.publish(next_subject, json.dumps(request).encode(), reply=inbox.subject)
+                await pulls.request(wanted, expires_s=self._expires)
                 try:
                     await asyncio.wait_for(done.wait(), self._expires + 2.0)
                 except TimeoutError:
@@ -192,7 +190,7 @@ class PartitionReader:
                     raise _Stale(f"pull on {self.stream} ended abnormally")
         finally:
             with contextlib.suppress(Exception):
-                await inbox.stop()
+                await pulls.stop()
             self._delete_later(name)
 
     def _delete_later(self, name: str) -> None:

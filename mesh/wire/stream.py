@@ -2,9 +2,11 @@
 
 ``fetch()`` costs a round trip per batch and, when a subscriber keeps up with
 its producer, a batch is one message. Instead this keeps pull requests for up
-to ``batch`` messages outstanding on one inbox and tops them up at half, so
-the server streams while the handler works (the pattern of nats.go's
-``Consume``). Messages reach ``on_msg`` one at a time, in delivery order.
+to ``batch`` messages outstanding on one :class:`~mesh.wire.puller.PullInbox`
+and tops them up at half, so the server streams while the handler works (the
+pattern of nats.go's ``Consume``). Messages reach ``on_msg`` one at a time, in
+delivery order, from one task; a message counts as outstanding until
+``on_msg`` gets it, so no more than ``batch`` wait on this side.
 
 If the connection drops, the server forgets the outstanding requests; a
 watchdog re-issues them within a quarter second of the reconnect, or when
@@ -19,24 +21,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable
 
 from nats.aio.client import Client
 from nats.aio.msg import Msg
-from nats.aio.subscription import Subscription
 
 from mesh import names
-from mesh.wire.protocol import sync_with_server
+from mesh.wire import protocol
+from mesh.wire.puller import PullInbox, PullStatus
 
 __all__ = ["PullStream"]
 
 log = logging.getLogger(__name__)
 
-_HEARTBEAT = "100"
-_CONSUMER_GONE = "409"  # deleted, leadership change, too many waiting pulls
 _WATCH_INTERVAL_S = 0.25
 
 
@@ -56,22 +56,26 @@ class PullStream:
         self._on_msg = on_msg
         self._batch = max(1, batch)
         self._expires_s = expires_s
-        self._next_subject = f"{api_prefix}.CONSUMER.MSG.NEXT.{stream}.{consumer}"
-        self._inbox = ""
-        self._sub: Subscription | None = None
-        self._outstanding = 0  # messages requested and not yet received or expired
+        self._pulls = PullInbox(nc, stream, consumer, self._on_data, self._on_status, api_prefix=api_prefix)
+        # Deliveries and the statuses among them, in arrival order, for the delivery task.
+        self._arrived: deque[Msg | PullStatus] = deque()
+        self._wake = asyncio.Event()
+        self._pulling = False  # pull requests go out
+        self._closed = False  # nothing more arrives: the delivery task ends once _arrived is empty
+        self._outstanding = 0  # messages requested and not yet handed to on_msg, or expired
         self._last_activity = 0.0
         self._busy = False
+        self._delivery: asyncio.Task[None] | None = None
         self._watchdog: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        self._inbox = self._nc.new_inbox()
-        self._sub = await self._nc.subscribe(
-            self._inbox, cb=self._on_delivery, pending_msgs_limit=max(65_536, 4 * self._batch)
-        )
+        await self._pulls.start()
+        self._pulling, self._closed = True, False
         self._last_activity = time.monotonic()
+        name = f"af-pull-{self._pulls.subject}"
+        self._delivery = asyncio.create_task(self._deliver(), name=name)
         await self._top_up()
-        self._watchdog = asyncio.create_task(self._watch(), name=f"af-pull-{self._next_subject}")
+        self._watchdog = asyncio.create_task(self._watch(), name=f"{name}-watch")
 
     async def stop(self) -> None:
         if self._watchdog is not None:
@@ -79,58 +83,77 @@ class PullStream:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._watchdog
             self._watchdog = None
-        if self._sub is not None:
-            sub, self._sub = self._sub, None  # no more pull requests from here on
-            try:
-                # Everything the server sent before now lands in our queue and is
-                # drained through on_msg; only a message stored during these few
-                # milliseconds can still go to the closing inbox, and that one
-                # comes back after ack_wait.
-                await sync_with_server(self._nc)
-                await sub.drain()  # type: ignore[no-untyped-call]
-            except Exception:  # closed connection: nothing left to drain
-                with contextlib.suppress(Exception):
-                    await sub.unsubscribe()
-
-    async def _top_up(self) -> None:
-        if self._sub is None or self._outstanding > self._batch // 2:
+        if self._delivery is None:
             return
-        wanted = self._batch - self._outstanding
-        request = {"batch": wanted, "expires": int(self._expires_s * 1e9),
-                   "idle_heartbeat": int(self._expires_s / 2 * 1e9)}  # fmt: skip
-        self._outstanding += wanted
-        try:
-            await self._nc.publish(self._next_subject, json.dumps(request).encode(), self._inbox)
-        except Exception as exc:  # reconnecting or closed: the watchdog asks again
-            self._outstanding -= wanted
-            log.debug("pull request on %s failed: %s", self._next_subject, exc)
+        self._pulling = False  # no more pull requests from here on
+        # Everything the server sent before now lands in _arrived and is
+        # drained through on_msg; only a message stored during these few
+        # milliseconds can still go to the closing inbox, and that one
+        # comes back after ack_wait.
+        with contextlib.suppress(Exception):  # closed connection: nothing more to wait for
+            await protocol.sync_with_server(self._nc)
+        await self._pulls.stop()
+        self._closed = True
+        self._wake.set()
+        delivery, self._delivery = self._delivery, None
+        if delivery is not asyncio.current_task():  # (stopped from inside on_msg: it ends by itself)
+            await delivery
 
-    async def _on_delivery(self, msg: Msg) -> None:
+    def _on_data(self, subject: bytes, reply: bytes, data: bytes, headers: bytes | None) -> None:
         self._last_activity = time.monotonic()
-        headers = msg.headers
-        status = headers.get("Status") if headers and not msg.data else None
-        if status is None:
+        self._arrived.append(protocol.to_msg(self._nc, subject, reply, data, headers))
+        self._wake.set()
+
+    def _on_status(self, status: PullStatus) -> None:
+        self._last_activity = time.monotonic()
+        if not status.heartbeat:
+            self._arrived.append(status)
+            self._wake.set()
+
+    async def _deliver(self) -> None:
+        arrived = self._arrived
+        while True:
+            if not arrived:
+                if self._closed:
+                    return
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            item = arrived.popleft()
+            if isinstance(item, PullStatus):
+                self._expired(item)
+                await self._top_up()
+                continue
             self._outstanding -= 1
             await self._top_up()
             self._busy = True
             try:
-                await self._on_msg(msg)
+                await self._on_msg(item)
+            except Exception:
+                log.exception("pull on %s: message callback failed", self._pulls.subject)
             finally:
                 self._busy = False
                 self._last_activity = time.monotonic()
-            return
-        if status == _HEARTBEAT:
-            return
+
+    def _expired(self, status: PullStatus) -> None:
         # 408 (a request expired) and 404 report how much of it went unfilled.
-        unfilled = headers.get("Nats-Pending-Messages") if headers else None
-        if unfilled is not None:
-            self._outstanding = max(0, self._outstanding - int(unfilled))
+        if status.pending is not None:
+            self._outstanding = max(0, self._outstanding - status.pending)
         else:
             self._outstanding = 0
-        if status == _CONSUMER_GONE:
-            reason = headers.get("Description", "") if headers else ""
-            log.warning("pull on %s: %s %s", self._next_subject, status, reason)
-        await self._top_up()
+        if status.code == "409":
+            log.warning("pull on %s: %s %s", self._pulls.subject, status.code, status.description)
+
+    async def _top_up(self) -> None:
+        if not self._pulling or self._outstanding > self._batch // 2:
+            return
+        wanted = self._batch - self._outstanding
+        self._outstanding += wanted
+        try:
+            await self._pulls.request(wanted, expires_s=self._expires_s, heartbeat_s=self._expires_s / 2)
+        except Exception as exc:  # reconnecting or closed: the watchdog asks again
+            self._outstanding -= wanted
+            log.debug("pull request on %s failed: %s", self._pulls.subject, exc)
 
     async def _watch(self) -> None:
         """Re-issue pulls after a reconnect, or when the server has gone quiet too long."""

@@ -125,3 +125,33 @@ async def test_paused_reader_stops_fetching_at_its_buffer_bound(nc: Client, js: 
     finally:
         await reader.stop()
         await pulls.unsubscribe()
+
+
+async def test_reader_whose_pull_goes_unanswered_recreates_its_consumer_at_the_next_offset(
+    nc: Client, js: JetStreamContext
+) -> None:
+    topic = _topic()
+    stream = naming.stream_name(topic, 0)
+    await TopicRegistry(js).declare(topic, 1)
+    for i in range(1, 11):
+        await js.publish(naming.partition_subject(topic, 0), str(i).encode())
+    reader = PartitionReader(nc, js, TP(topic, 0), lambda: None, batch=4, max_buffered=4, expires=0.2)
+    # Something else listens on the pull subjects, so a pull to a vanished
+    # consumer is not refused (503): it goes unanswered, as one the server forgot.
+    listener = await nc.subscribe(f"$JS.API.CONSUMER.MSG.NEXT.{stream}.*")
+    try:
+        reader.start(1)
+        await eventually(lambda: len(reader.buffer) == 4, 10, "a full buffer: no pull open")
+        (consumer,) = await js.consumers_info(stream)
+        await js.delete_consumer(stream, consumer.name)  # no pull waits on it: nothing tells the reader
+        got = [record[0] for record in reader.take(100)]
+
+        def read_on() -> bool:
+            got.extend(record[0] for record in reader.take(100))
+            return len(got) >= 10
+
+        await eventually(read_on, 15, "offsets 5..10 through a new consumer")
+        assert got == list(range(1, 11))
+    finally:
+        await reader.stop()
+        await listener.unsubscribe()
