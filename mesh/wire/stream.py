@@ -14,7 +14,8 @@ nothing (message, heartbeat or expiry) has arrived for ``expires_s`` + 1 s.
 
 ``stop()`` drains: the message in hand finishes; the ones already received
 are still passed to ``on_msg``, which is expected to hand them back (nak)
-when its owner is stopping.
+when its owner is stopping, but only once the inbox is closed, so the server
+has no pull of ours left to send them back to.
 """
 
 from __future__ import annotations
@@ -78,6 +79,10 @@ class PullStream:
         self._watchdog = asyncio.create_task(self._watch(), name=f"{name}-watch")
 
     async def stop(self) -> None:
+        # No more pull requests from here on, before the first await: a message
+        # handed back (nak) while stopping must not be re-delivered to a pull
+        # of ours the server would then answer into the closing inbox.
+        self._pulling = False
         if self._watchdog is not None:
             self._watchdog.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -85,7 +90,6 @@ class PullStream:
             self._watchdog = None
         if self._delivery is None:
             return
-        self._pulling = False  # no more pull requests from here on
         # Everything the server sent before now lands in _arrived and is
         # drained through on_msg; only a message stored during these few
         # milliseconds can still go to the closing inbox, and that one
@@ -113,8 +117,11 @@ class PullStream:
     async def _deliver(self) -> None:
         arrived = self._arrived
         while True:
-            if not arrived:
-                if self._closed:
+            # While stopping, nothing more is handed out until the inbox is
+            # closed: a nak before that could come straight back to a pull of
+            # ours still open on the server, and then to a closed inbox.
+            if not arrived or (not self._pulling and not self._closed):
+                if self._closed and not arrived:
                     return
                 self._wake.clear()
                 await self._wake.wait()
