@@ -37,6 +37,7 @@ __all__ = [
     "DeadLetterNotFound",
     "DeadLetterView",
     "ReplayReport",
+    "NotReplayable",
     "StaleDeadLetter",
     "count",
     "get_dead_letter",
@@ -53,6 +54,12 @@ class DeadLetterNotFound(MeshError):
     def __init__(self, seq: int) -> None:
         super().__init__(f"no dead letter with sequence {seq}")
         self.seq = seq
+
+
+class NotReplayable(MeshError):
+    """The dead letter is not a task this queue can replay (a channel's, or undecodable)."""
+
+    status = 409
 
 
 class StaleDeadLetter(MeshError):
@@ -162,12 +169,12 @@ async def replay(js: JetStreamContext, seq: int) -> str:
     view = await get_dead_letter(js, seq)
     entry = view.entry
     if entry.origin != "tasks":
-        raise MeshError(f"dead letter {seq} came from a channel; replay it with the channel API")
+        raise NotReplayable(f"dead letter {seq} came from a channel; replay it with the channel API")
     headers = {k: v for k, v in entry.headers.items() if not k.startswith(_NOT_REPLAYED)}
     try:
         task = decode(entry.payload, headers.get(CONTENT_TYPE))
     except DecodeError as exc:
-        raise MeshError(f"dead letter {seq} holds an undecodable task; purge it: {exc}") from exc
+        raise NotReplayable(f"dead letter {seq} holds an undecodable task; purge it: {exc}") from exc
     generation = replay_generation(task)
     stored = await stored_outcome(js, entry.name, task.id)
     if stored is not None and stored.real and stored.generation == generation:

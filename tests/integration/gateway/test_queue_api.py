@@ -7,6 +7,11 @@ from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient
+from nats.js import JetStreamContext
+
+from mesh.deadletters import DeadLetter, dead_letter
+from mesh.envelope import new_id
+from mesh.queue import dlq
 
 DIESEL = {"fuel": "diesel", "quantity": 100, "unit": "L"}
 
@@ -89,3 +94,15 @@ async def test_bad_queue_requests_get_problems(
     resp = await api.request(method, path, json=body)
     assert resp.status == status
     assert resp.content_type == "application/problem+json"
+
+
+async def test_replaying_a_channel_dead_letter_is_refused_with_409_and_keeps_it(
+    api: TestClient[Any, Any], mesh_js: JetStreamContext
+) -> None:
+    channel = f"durable:{new_id()[:12]}"
+    letter = DeadLetter.of(origin="channels", name=channel, subject=f"af.ch.{channel}", payload=b"{}")
+    seq = await dead_letter(mesh_js, letter, f"test-{letter.id}")
+    resp = await api.post("/api/v1/queue/dlq/replay", json={"seq": seq})
+    assert resp.status == 409, await resp.text()
+    assert "came from a channel" in (await resp.json())["detail"]
+    assert await dlq.count(mesh_js, origin="channels", name=channel) == 1
