@@ -166,9 +166,9 @@ class Platform:
         streams with N replicas; returns the URL the gateway uses (node 0's).
 
         Each client gets one node's URL: the gateway node 0, worker pool ``i``
-        node ``(i + 1) % N``, so the work crosses the routes. They should get
-        all N (a reconnect to a node learnt from the server's INFO carries no
-        credentials), but mesh.wire.connection.connect takes one URL today.
+        node ``(i + 1) % N``, so the work crosses the routes; it learns the
+        others from the server, and ``connect`` presents the URL's credentials
+        to them too.
         """
         s = self.settings
         size = s.nats_cluster_size
