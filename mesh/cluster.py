@@ -14,8 +14,9 @@ meta leader included, about 0.2 to 0.7 s after launch; every node's ``/jsz``
 names the meta leader, and a stream's ``/jsz`` detail (``?accounts=true&
 streams=true``) names its leader on each node that holds a replica. A client
 connected to one node learns the others from the server's INFO
-(``connect_urls``), but without the credentials of its URL: pass every
-node's URL (:attr:`NatsCluster.urls`) so a reconnect can authenticate.
+(``connect_urls``); nats-py would present a URL's credentials only to that
+URL's server, so :func:`mesh.wire.connection.connect` passes them as
+options, which reach every node (``tests/cluster/test_reconnect.py``).
 """
 
 from __future__ import annotations
