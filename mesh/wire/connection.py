@@ -48,15 +48,22 @@ def check_server_version(version: str, url: str = "") -> None:
         )
 
 
+def _userinfo(url: str) -> tuple[str, str, str] | None:
+    """``(scheme, userinfo, host)`` of one URL that has a user info part, else None."""
+    scheme, sep, rest = url.partition("://")
+    userinfo, at, host = rest.rpartition("@")
+    return (scheme, userinfo, host) if sep and at else None
+
+
 def redacted(url: str) -> str:
     """A NATS URL (or a comma-separated list of them) fit to print or log: a
     password (or a token: ``nats://TOKEN@host``) masked."""
     if "," in url:
         return ",".join(redacted(part) for part in url.split(","))
-    scheme, sep, rest = url.partition("://")
-    userinfo, at, host = rest.rpartition("@")
-    if not sep or not at:
+    parts = _userinfo(url)
+    if parts is None:
         return url
+    scheme, userinfo, host = parts
     user, colon, _ = userinfo.partition(":")
     return f"{scheme}://{user}:***@{host}" if colon else f"{scheme}://***@{host}"
 
@@ -67,10 +74,9 @@ def credentials(url: str) -> dict[str, str]:
     only to that server, not to the cluster nodes it discovers and reconnects
     to, but it presents these options to every server."""
     for part in url.split(","):
-        rest = part.strip().partition("://")[2]
-        userinfo, at, _ = rest.rpartition("@")
-        if at and userinfo:
-            user, colon, password = userinfo.partition(":")
+        parts = _userinfo(part.strip())
+        if parts is not None and parts[1]:
+            user, colon, password = parts[1].partition(":")
             return {"user": user, "password": password} if colon else {"token": user}
     return {}
 
