@@ -20,14 +20,18 @@ ROOT = HERE.parents[2]
 
 @contextlib.asynccontextmanager
 async def running(app: faust.App, timeout: float = 30.0) -> AsyncIterator[faust.Worker]:
-    """Run ``app`` as an in-process worker until the block exits (then stop it cleanly)."""
+    """Run ``app`` as an in-process worker until the block exits, then stop it within ``timeout`` s."""
     worker = faust.Worker(app, loglevel="WARNING", quiet=True, redirect_stdouts=False, stdout=io.StringIO())
     task = asyncio.ensure_future(worker.start())
     try:
         yield worker
     finally:
-        await worker.stop()
-        task.cancel()
+        try:
+            await asyncio.wait_for(worker.stop(), timeout)
+        except TimeoutError:
+            raise AssertionError(f"the Faust worker did not stop within {timeout}s") from None
+        finally:
+            task.cancel()
         with contextlib.suppress(BaseException):
             await task
 
