@@ -123,12 +123,14 @@ class NatsCluster:
         return [pid for node in self.nodes if (pid := node.reclaim(timeout)) is not None]
 
     def stop(self, timeout: float = 10.0) -> None:
-        """Stop every node (a paused one is resumed first, or it could not exit)."""
+        """Stop every node (a paused one is resumed first, or it could not exit);
+        a node that already died is simply reaped."""
         for i in list(self._paused):
-            self.resume(i)
+            with contextlib.suppress(ConnectionFailed):
+                self.resume(i)
         for node in self.nodes:
             if node.pid is not None:
-                with contextlib.suppress(ProcessLookupError):
+                with contextlib.suppress(ProcessLookupError, ConnectionFailed):  # died on its own
                     node.send_signal(signal.SIGTERM)  # all at once, then wait for each
         for node in self.nodes:
             node.stop(timeout)
@@ -187,6 +189,38 @@ class NatsCluster:
             if named == self.server_name(i) and list(views.values()).count(named) >= quorum:
                 return i
         return None
+
+    def caught_up(self, account: str = GLOBAL_ACCOUNT) -> bool:
+        """Every running node answers, and the meta leader and the leader of
+        each stream and consumer of ``account`` run and see every running peer
+        of their group as current: stopping any one node now leaves every group
+        a caught-up majority (what a rolling restart waits for before it takes
+        the next node down)."""
+        meta = self.meta_leader()
+        if meta is None or not self._sees_every_peer(meta):
+            return False
+        running = {self.server_name(i) for i in self._reachable()}
+        query = f"?accounts=true&streams=true&consumers=true&acc={urllib.parse.quote(account)}"
+        groups: set[str] = set()  # every raft group a node holds
+        led: set[str] = set()  # those whose leader (running) sees its peers current
+        for i in self._reachable():
+            jsz = self._jsz(i, query)
+            if jsz is None:
+                return False
+            for detail in jsz.get("account_details") or []:
+                for stream in detail.get("stream_detail") or []:
+                    for group in [stream, *(stream.get("consumer_detail") or [])]:
+                        cluster = group.get("cluster") or {}
+                        name = str(cluster.get("raft_group") or group.get("name"))
+                        groups.add(name)
+                        # Only a leader knows whether its followers are current.
+                        if cluster.get("leader") == self.server_name(i) and all(
+                            peer.get("current")
+                            for peer in cluster.get("replicas") or []
+                            if peer.get("name") in running
+                        ):
+                            led.add(name)
+        return groups <= led
 
     def _reachable(self) -> list[int]:
         return [i for i, node in enumerate(self.nodes) if node.pid is not None and i not in self._paused]

@@ -87,17 +87,18 @@ async def provisioned_r3(cluster: NatsCluster) -> NatsCluster:
 
 @asynccontextmanager
 async def connections(
-    cluster: NatsCluster, firsts: Sequence[int], only: bool = False
+    cluster: NatsCluster, firsts: Sequence[int], only: bool = False, timeout: float = 10.0
 ) -> AsyncIterator[list[Conn]]:
     """One connection per entry of ``firsts``, each to that node first (the
-    others follow in the list, so it fails over), or to it ``only``."""
+    others follow in the list, so it fails over), or to it ``only``;
+    ``timeout``: its JetStream API requests'."""
     urls = cluster.urls
     made: list[Conn] = []
     try:
         for i, first in enumerate(firsts):
             order = [urls[first]] if only else urls[first:] + urls[:first]
             nc = await connect(",".join(order), name=f"pytest-faults-{i}-n{first}", dont_randomize=True)
-            made.append(Conn(nc, await jetstream(nc, timeout=10)))
+            made.append(Conn(nc, await jetstream(nc, timeout=timeout)))
         yield made
     finally:
         for c in made:
