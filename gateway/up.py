@@ -100,7 +100,7 @@ class Platform:
     forced: asyncio.Event = field(default_factory=asyncio.Event)  # see force()
     abandoned: list[str] = field(default_factory=list)  # stop steps given up on
     _lock: int | None = None
-    _worker_urls: list[str] = field(default_factory=list)  # worker i connects to [i % len]
+    _nats_url: str = ""  # what the workers connect to: the server's URL, or every node's
     _supervisor: asyncio.Task[None] | None = None
     _stopping: bool = False
 
@@ -137,7 +137,7 @@ class Platform:
             self.nats.launch()
             await asyncio.to_thread(self.nats.wait_ready)
             nats_url = self.nats.url
-        self._worker_urls = self._worker_urls or [nats_url]
+        self._nats_url = nats_url
         if db_url is None:
             self._say("starting embedded PostgreSQL …")
             self.postgres = EmbeddedPostgres(s.data_dir / "postgres", die_with_parent=True)
@@ -163,12 +163,13 @@ class Platform:
 
     async def _start_cluster(self) -> str:
         """``up --cluster N``: N nodes under ``<data dir>/nats-cluster/n<i>``, the
-        streams with N replicas; returns the URL the gateway uses (node 0's).
+        streams with N replicas; returns every node's URL, comma-separated.
 
-        Each client gets one node's URL: the gateway node 0, worker pool ``i``
-        node ``(i + 1) % N``, so the work crosses the routes; it learns the
-        others from the server, and ``connect`` presents the URL's credentials
-        to them too.
+        Every client (the gateway, each worker pool) gets the whole list:
+        nats-py picks a node at random (so the clients spread over the nodes
+        and the work crosses the routes), and one that starts or restarts
+        while a node is down connects to another (``connect`` presents the
+        credentials to each).
         """
         s = self.settings
         size = s.nats_cluster_size
@@ -183,9 +184,7 @@ class Platform:
         await asyncio.to_thread(self.cluster.wait_ready)
         if s.stream_replicas == 1:
             self.settings = s.model_copy(update={"stream_replicas": size})
-        urls = self.cluster.urls
-        self._worker_urls = urls[1:] + urls[:1]
-        return urls[0]
+        return ",".join(self.cluster.urls)
 
     def _refuse_a_busy_api_port(self) -> None:
         """Before anything starts: a taken API port is one line now, not an
@@ -205,9 +204,8 @@ class Platform:
             self._say(f"stopped {server} (pid {pid}) that an earlier `up` left running on this data dir")
 
     async def _spawn_worker(self, index: int) -> asyncio.subprocess.Process:
-        nats_url = self._worker_urls[index % len(self._worker_urls)]
         # The data dir too: the pool names its metrics port there for the gateway's /metrics.
-        env = {**os.environ, "AF_NATS_URL": nats_url, "AF_AGENTS": self.settings.agents,
+        env = {**os.environ, "AF_NATS_URL": self._nats_url, "AF_AGENTS": self.settings.agents,
                "AF_DATA_DIR": str(self.settings.data_dir.resolve())}  # fmt: skip
         return await asyncio.create_subprocess_exec(
             sys.executable, "-m", "gateway.cli", "worker", "--name", f"worker-{index}",
@@ -242,7 +240,8 @@ class Platform:
             "",
             "Agent Factory is up.",
             f"  API        {api_url}   (token in {self.settings.data_dir / names.STATE_FILE})",
-            f"  NATS       {redacted(st.nats_url or '')}   (credentials in {names.STATE_FILE})",
+            f"  NATS       {redacted(self.cluster.urls[0] if self.cluster else st.nats_url or '')}"
+            f"   (credentials in {names.STATE_FILE})",
             *([f"             and {', '.join(redacted(url) for url in self.cluster.urls[1:])}"]
               if self.cluster else []),
             f"  PostgreSQL {st.database_url}",

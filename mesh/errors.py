@@ -14,6 +14,7 @@ __all__ = [
     "QueueFull",
     "RequestTimeout",
     "RunAlreadyFinished",
+    "StreamUnavailable",
     "UnknownSchemaVersion",
 ]
 
@@ -78,6 +79,21 @@ class EnqueueOutcomeUnknown(MeshError):
     which returns the stored run if there is one and stores it once if not."""
 
     status = 503
+
+
+class StreamUnavailable(MeshError):
+    """JetStream kept answering 503 to a write: no server of the stream took it
+    (a leader election that outlasted the client's patience, or too few of the
+    stream's replicas up). Nothing was stored: retrying later is safe."""
+
+    status = 503
+
+    def __init__(self, what: str, waited_s: float) -> None:
+        super().__init__(
+            f"no JetStream server took the write to {what} for {waited_s:.1f} s (a stream leader "
+            "is being elected, or too few of its replicas are up); nothing was stored: retry"
+        )
+        self.what, self.waited_s = what, waited_s
 
 
 class IdempotencyKeyReused(MeshError):

@@ -29,6 +29,7 @@ its outcome event and its dead letter always fit.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 from collections.abc import Mapping, Sequence
@@ -39,7 +40,7 @@ from typing import Any, Final, NamedTuple
 
 from nats.aio.client import Client
 from nats.js import JetStreamContext
-from nats.js.errors import APIError, KeyWrongLastSequenceError, NotFoundError
+from nats.js.errors import APIError, KeyWrongLastSequenceError, NoStreamResponseError, NotFoundError
 from nats.js.kv import KeyValue
 from pydantic import ValidationError
 from pydantic_core import PydanticSerializationError, to_json
@@ -71,7 +72,7 @@ from mesh.queue.outcome import stored_outcome
 from mesh.queue.runs import RunStatus, get_run, run_key
 from mesh.wire import protocol
 from mesh.wire.protocol import encode_headers
-from mesh.wire.publisher import Pipeline, PubAck, parse_puback
+from mesh.wire.publisher import ELECTION_PATIENCE_S, Patience, Pipeline, PubAck, parse_puback
 
 __all__ = ["DEFAULT_TTL_S", "MAX_BATCH", "MAX_TTL_S", "Enqueued", "TaskQueue", "TaskSpec"]
 
@@ -282,10 +283,14 @@ class TaskQueue:
         js: JetStreamContext,
         *,
         max_payload: int | None = None,
+        patience_s: float = ELECTION_PATIENCE_S,
     ) -> None:
         """``max_payload``: the NATS max payload (default: the server's); a task
-        may be half of it (:mod:`mesh.limits`)."""
+        may be half of it (:mod:`mesh.limits`). ``patience_s``: how long a write
+        JetStream answers 503 (a stream electing a leader: nothing stored) is
+        tried again before :class:`~mesh.errors.StreamUnavailable`."""
         self.nc, self.js = nc, js
+        self.patience_s = patience_s
         known = [v for v in (max_payload, nc.max_payload) if v]
         self.max_task_bytes = PayloadLimits.of(min(known) if known else None).task
         self.max_depth = 0  # waiting tasks per lane: the server's limit, read by start()
@@ -335,10 +340,16 @@ class TaskQueue:
         # stored"). It is create-only, so a fast worker's state can never be
         # overwritten by it.
         subject = names.task_subject(spec.agent, int(spec.priority))
-        try:
-            ack = parse_puback(await (await self.pipeline.request(subject, message.data, message.headers)))
-        except Exception as exc:
-            raise self._refusal(spec, message.run_id, exc) from exc
+        ack, patience = None, None
+        while ack is None:
+            try:
+                reply = await self.pipeline.request(subject, message.data, message.headers)
+                ack = parse_puback(await reply)
+            except NoStreamResponseError:  # nothing stored: the stream is electing a leader
+                patience = patience or Patience(self.patience_s)
+                await patience.pause(f"the task queue of {spec.agent}")
+            except Exception as exc:
+                raise self._refusal(spec, message.run_id, exc) from exc
         await self._create_record(run_id, with_seq(message.record, ack.seq))
         metrics.for_agent(spec.agent).enqueued.inc()
         return Enqueued(run_id, duplicate)
@@ -354,26 +365,39 @@ class TaskQueue:
         return exc
 
     async def _create_record(self, run_id: str, record: bytes) -> None:
-        reply = await self.pipeline.request(run_key(run_id), record, _CREATE_ONLY)
-        try:
-            parse_puback(await reply)
-        except APIError as exc:
-            if exc.err_code != protocol.WRONG_LAST_SEQUENCE:  # already written by the worker: fine
-                raise
+        patience = None
+        while True:
+            reply = await self.pipeline.request(run_key(run_id), record, _CREATE_ONLY)
+            try:
+                parse_puback(await reply)
+            except NoStreamResponseError:  # nothing stored: the bucket is electing a leader
+                patience = patience or Patience(self.patience_s)
+                await patience.pause(f"run record {run_id}")
+                continue
+            except APIError as exc:
+                if exc.err_code != protocol.WRONG_LAST_SEQUENCE:  # already written by the worker: fine
+                    raise
+            return
 
     async def _claim_key(self, tenant: str, key: str, value: bytes) -> _Claim | None:
         """Record key -> ``value`` (create-only); the earlier claim if the key was taken."""
         assert self._idempotency is not None
         token = _idempotency_token(tenant, key)
-        try:
-            await self._idempotency.create(token, value)
-            return None
-        except KeyWrongLastSequenceError:
-            raw = await self.js.get_last_msg(
-                names.kv_stream(names.BUCKET_IDEMPOTENCY), names.kv_subject(names.BUCKET_IDEMPOTENCY, token)
-            )
-            assert raw.data is not None and raw.time is not None
-            return _Claim(raw.data, raw.time)
+        patience = None
+        while True:
+            try:
+                await self._idempotency.create(token, value)
+                return None
+            except NoStreamResponseError:  # nothing stored: the bucket is electing a leader
+                patience = patience or Patience(self.patience_s)
+                await patience.pause(f"idempotency key {key!r}")
+            except KeyWrongLastSequenceError:
+                break
+        raw = await self.js.get_last_msg(
+            names.kv_stream(names.BUCKET_IDEMPOTENCY), names.kv_subject(names.BUCKET_IDEMPOTENCY, token)
+        )
+        assert raw.data is not None and raw.time is not None
+        return _Claim(raw.data, raw.time)
 
     async def _stored_past_window(self, claim: _Claim, run_id: str, spec: TaskSpec) -> bool:
         """Was the task of a claim that left no queued record stored? Inside the
@@ -405,17 +429,22 @@ class TaskQueue:
             run_ids, done = await self._claim_batch(specs, batch_key, run_ids, content_type)
             if done is not None:
                 return done
-        batch_id = new_id()
-        last = len(specs)
-        messages = [
-            task_message(
-                spec, run_id, content_type, limit=self.max_task_bytes, dedup=batch_key is not None,
-                extra_headers={"Nats-Batch-Id": batch_id, "Nats-Batch-Sequence": str(i),
-                               **({"Nats-Batch-Commit": "1"} if i == last else {})},
-            )
-            for i, (spec, run_id) in enumerate(zip(specs, run_ids, strict=True), start=1)
-        ]  # fmt: skip
-        ack = await self._publish_batch(specs, messages, batch_id, batch_key)
+        last, ack, patience = len(specs), None, None
+        while ack is None:
+            batch_id = new_id()
+            messages = [
+                task_message(
+                    spec, run_id, content_type, limit=self.max_task_bytes, dedup=batch_key is not None,
+                    extra_headers={"Nats-Batch-Id": batch_id, "Nats-Batch-Sequence": str(i),
+                                   **({"Nats-Batch-Commit": "1"} if i == last else {})},
+                )
+                for i, (spec, run_id) in enumerate(zip(specs, run_ids, strict=True), start=1)
+            ]  # fmt: skip
+            try:
+                ack = await self._publish_batch(specs, messages, batch_id, batch_key)
+            except NoStreamResponseError:  # not committed: the stream is electing a leader
+                patience = patience or Patience(self.patience_s)
+                await patience.pause("the task queue (a batch)")
         # Committed: now the queued records (the first one is the commit marker
         # a retried batch_key trusts, so it goes last). An atomic batch is
         # stored in consecutive sequences ending at the commit's.
@@ -480,8 +509,12 @@ class TaskQueue:
         try:
             if first_reply is not None:
                 reply = await first_reply
-                if reply.data:  # success is an empty reply; anything else is an error
-                    parse_puback(reply)
+                if reply.data or reply.raw_headers:  # success is an empty reply; anything else is an error
+                    try:
+                        parse_puback(reply)
+                    finally:  # the commit is refused then (the batch lacks a message): wait for it
+                        with contextlib.suppress(Exception):
+                            await commit
             return parse_puback(await commit)
         except APIError as exc:  # the server said no: nothing of the batch is stored
             if exc.err_code == _SUBJECT_FULL:

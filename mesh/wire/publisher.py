@@ -31,9 +31,14 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js.errors import APIError, NoStreamResponseError
 
+from mesh.errors import StreamUnavailable
 from mesh.wire import protocol
 
-__all__ = ["Pipeline", "PubAck", "Reply", "Waiter", "parse_puback"]
+__all__ = ["ELECTION_PATIENCE_S", "Patience", "Pipeline", "PubAck", "Reply", "Waiter", "parse_puback"]
+
+# How long a write answered 503 is tried again. An R3 stream whose leader died
+# elects another in 2-5 s on a quiet machine (tests/cluster/test_faults.py).
+ELECTION_PATIENCE_S = 15.0
 
 _ACK = b"+ACK"
 
@@ -252,3 +257,29 @@ def parse_puback(reply: Reply | Msg) -> PubAck:
             description=error.get("description"), stream=body.get("stream"),
         )  # fmt: skip
     return PubAck(body["stream"], body["seq"], bool(body.get("duplicate")))
+
+
+class Patience:
+    """Paces the retries of a JetStream write answered 503 (:func:`parse_puback`
+    raises ``NoStreamResponseError``): no server of the stream took it, so
+    nothing was stored and sending it again is safe, even without a
+    ``Nats-Msg-Id``. That happens while a stream's leader is being elected
+    (the node that led it died or was cut off). Made only on the first 503,
+    so a write that succeeds pays nothing for it."""
+
+    __slots__ = ("_delay", "_waited", "seconds")
+
+    def __init__(self, seconds: float = ELECTION_PATIENCE_S) -> None:
+        self.seconds = seconds
+        self._delay = 0.05
+        self._waited = 0.0
+
+    async def pause(self, what: str) -> None:
+        """Sleep before the next try (50 ms, doubling up to 1 s); raise
+        :class:`~mesh.errors.StreamUnavailable` once ``seconds`` are spent."""
+        if self._waited + self._delay > self.seconds:
+            raise StreamUnavailable(what, self._waited)
+        started = time.monotonic()
+        await asyncio.sleep(self._delay)  # a back-off, not a wait for an event
+        self._waited += time.monotonic() - started
+        self._delay = min(self._delay * 2, 1.0)
