@@ -1,5 +1,5 @@
-"""What every suite shares: its own servers, the raw clients, CPU clocks, the
-time of the last ack, one percentile, and waits that end.
+"""What every suite shares: its own servers (one nats-server or a cluster), the
+raw clients, CPU clocks, the time of the last ack, one percentile, and waits that end.
 
 Every suite starts its own servers in a temp dir, so numbers never mix with a
 running ``up``. A ratio compares our path with raw nats-py measured seconds
@@ -29,6 +29,7 @@ from nats.js import JetStreamContext
 
 from agents.store.embedded import EmbeddedPostgres
 from gateway.settings import Settings
+from mesh.cluster import NatsCluster
 from mesh.embedded import NatsServer
 from mesh.wire import protocol
 
@@ -37,11 +38,13 @@ __all__ = [
     "RAW_CLIENTS",
     "CpuClock",
     "CpuUse",
+    "Nodes",
     "RawClient",
     "Round",
     "Servers",
     "compare",
     "last_ack_at",
+    "nats_nodes",
     "percentile",
     "process_cpu_s",
     "raw_connect",
@@ -77,6 +80,31 @@ def percentile(values: Sequence[float], q: float) -> float:
     return ordered[min(len(ordered), max(rank, 1)) - 1]
 
 
+@dataclass(frozen=True)
+class Nodes:
+    """The nats-server a suite runs on, or every node of the cluster it runs on;
+    a cluster's streams get one replica per node."""
+
+    servers: list[NatsServer]
+
+    @property
+    def url(self) -> str:
+        """Every node's URL, comma-separated (what :func:`mesh.wire.connection.connect` takes)."""
+        return ",".join(server.url for server in self.servers)
+
+    @property
+    def pids(self) -> list[int | None]:
+        return [server.pid for server in self.servers]
+
+    @property
+    def replicas(self) -> int:
+        return len(self.servers)
+
+    @property
+    def sync_interval(self) -> str:
+        return self.servers[0].sync_interval
+
+
 @dataclass
 class Servers:
     nats: NatsServer
@@ -85,30 +113,58 @@ class Servers:
 
 
 @contextlib.asynccontextmanager
+async def nats_nodes(
+    size: int = 1, sync_interval: str | None = None, tmp: Path | None = None
+) -> AsyncIterator[Nodes]:
+    """One nats-server (``size`` 1) or a ``size``-node cluster, under ``tmp``
+    or a temp dir of its own.
+
+    ``sync_interval`` defaults to AF_NATS_SYNC_INTERVAL, so its cost can be
+    measured (docs/durability.md).
+    """
+    if tmp is None:
+        with tempfile.TemporaryDirectory(prefix="af-bench-") as own:
+            async with nats_nodes(size, sync_interval, Path(own)) as nodes:
+                yield nodes
+        return
+    sync = sync_interval or Settings().nats_sync_interval
+    if size == 1:
+        server = NatsServer(tmp / "nats", sync_interval=sync)
+        server.start()
+        try:
+            yield Nodes([server])
+        finally:
+            server.stop()
+        return
+    cluster = NatsCluster(tmp / "cluster", size=size, sync_interval=sync)
+    cluster.start()
+    try:
+        yield Nodes(cluster.nodes)
+    finally:
+        cluster.stop()
+
+
+@contextlib.asynccontextmanager
 async def servers(*, postgres: bool = False) -> AsyncIterator[Servers]:
     """A nats-server (and PostgreSQL if asked) of the suite's own, in a temp dir."""
     with tempfile.TemporaryDirectory(prefix="af-bench-") as tmp:
-        # AF_NATS_SYNC_INTERVAL applies, so its cost can be measured (docs/durability.md).
-        nats_server = NatsServer(Path(tmp) / "nats", sync_interval=Settings().nats_sync_interval)
-        nats_server.start()
-        try:
+        async with nats_nodes(tmp=Path(tmp)) as nodes:
             if not postgres:
-                yield Servers(nats_server, Path(tmp))
+                yield Servers(nodes.servers[0], Path(tmp))
                 return
             pg = EmbeddedPostgres(Path(tmp) / "pg")
             await asyncio.to_thread(pg.start)
             try:
-                yield Servers(nats_server, Path(tmp), pg)
+                yield Servers(nodes.servers[0], Path(tmp), pg)
             finally:
                 await asyncio.to_thread(pg.stop)
-        finally:
-            nats_server.stop()
 
 
 async def raw_connect(url: str, name: str, client: RawClient = "plain") -> Client:
     """A connection for the raw ceiling: plain ``nats.connect`` with our outgoing
-    buffer size, and with our parser when ``client`` is ``lean``."""
-    nc = await nats.connect(url, name=name, pending_size=PENDING_SIZE)
+    buffer size, and with our parser when ``client`` is ``lean``. ``url`` may
+    list a cluster's nodes, comma-separated, as for our own connections."""
+    nc = await nats.connect(url.split(","), name=name, pending_size=PENDING_SIZE)
     if client == "lean":
         protocol.install(nc)
     return nc
@@ -120,16 +176,20 @@ class CpuUse(NamedTuple):
     server_s: float | None  # CPU seconds of nats-server (Linux only)
 
 
-def server_cpu_s(pid: int | None) -> float | None:
-    """CPU seconds nats-server has used so far, from ``/proc`` (None elsewhere)."""
-    if pid is None:
-        return None
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    except (OSError, IndexError, ValueError):
-        return None
+def server_cpu_s(pids: Sequence[int | None]) -> float | None:
+    """CPU seconds the nats-server processes (a cluster's nodes: their sum)
+    have used so far, from ``/proc`` (None elsewhere)."""
+    total = 0.0
+    for pid in pids:
+        if pid is None:
+            return None
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        except (OSError, IndexError, ValueError):
+            return None
+    return total
 
 
 def process_cpu_s() -> float:
@@ -138,20 +198,20 @@ def process_cpu_s() -> float:
 
 
 class CpuClock:
-    """CPU seconds of this process and of nats-server from :meth:`start` to :meth:`stop`."""
+    """CPU seconds of this process and of nats-server (every node) from :meth:`start` to :meth:`stop`."""
 
-    def __init__(self, server_pid: int | None) -> None:
-        self.server_pid = server_pid
+    def __init__(self, server_pids: Sequence[int | None]) -> None:
+        self.server_pids = server_pids
         self.started_at = 0.0
         self._process = 0.0
         self._server: float | None = None
 
     def start(self) -> None:
-        self._process, self._server = process_cpu_s(), server_cpu_s(self.server_pid)
+        self._process, self._server = process_cpu_s(), server_cpu_s(self.server_pids)
         self.started_at = time.time()
 
     def stop(self) -> CpuUse:
-        server_now = server_cpu_s(self.server_pid)
+        server_now = server_cpu_s(self.server_pids)
         server = None if server_now is None or self._server is None else server_now - self._server
         return CpuUse(self.started_at, process_cpu_s() - self._process, server)
 

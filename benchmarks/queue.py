@@ -1,7 +1,11 @@
 """Queue benchmark: end-to-end no-op tasks/s and enqueue-to-start latency, vs raw nats-py.
 
+On one nats-server, or on a cluster (``bench queue --cluster 3``) where every
+stream, the raw one included, has one replica per node (``replicas``) and
+every client is given every node's URL.
+
 * ``ceiling_per_s``: raw nats-py on a bare work-queue stream, same count, same
-  server, same process: pipelined ``publish_async`` of N messages, then
+  server(s), same replicas, same process: pipelined ``publish_async`` of N messages, then
   ``fetch(500)`` + ``ack()`` until all are consumed. Measured with both raw
   clients (:data:`benchmarks.harness.RAW_CLIENTS`: plain nats-py, and nats-py
   with our parser) as ``ceiling_plain_per_s`` / ``ceiling_lean_per_s``; the
@@ -39,6 +43,7 @@ from nats.js.errors import NotFoundError
 from benchmarks.harness import (
     RAW_CLIENTS,
     CpuClock,
+    Nodes,
     RawClient,
     Round,
     compare,
@@ -47,18 +52,40 @@ from benchmarks.harness import (
     raw_connect,
 )
 from mesh import names
-from mesh.embedded import NatsServer
 from mesh.envelope import Priority
-from mesh.provision import provision
+from mesh.provision import ProvisionConfig, provision
 from mesh.queue.producer import TaskQueue, TaskSpec
 from mesh.queue.worker import AgentQueueConfig, TaskContext, TaskWorker
 from mesh.wire.connection import connect, jetstream
 
-__all__ = ["bench_queue", "enqueue_all", "publish_all"]
+__all__ = [
+    "JS_ADMIN_TIMEOUT_S",
+    "bench_queue",
+    "enqueue_all",
+    "provision_for",
+    "publish_all",
+    "raw_work_queue",
+]
 
 AGENT = "bench"
 RAW_STREAM = "RAW"
 TASK_BYTES = 256  # the raw message's body; a no-op task's envelope is about as large
+#: Creating a replicated stream waits on a Raft election: on a loaded machine more than 5 s.
+JS_ADMIN_TIMEOUT_S = 20.0
+
+
+def raw_work_queue(name: str, subject: str, replicas: int) -> StreamConfig:
+    """The raw side's stream: a bare work queue, replicated as ours are."""
+    return StreamConfig(
+        name=name, subjects=[subject], retention=RetentionPolicy.WORK_QUEUE, num_replicas=replicas
+    )
+
+
+async def provision_for(nodes: Nodes) -> None:
+    """The platform's streams and buckets, with one replica per node."""
+    nc = await connect(nodes.url, name="bench-provision")
+    await provision(await jetstream(nc, JS_ADMIN_TIMEOUT_S), ProvisionConfig(replicas=nodes.replicas))
+    await nc.drain()
 
 
 async def publish_all(js: JetStreamContext, subject: str, n: int, window: int = 1000) -> None:
@@ -76,15 +103,13 @@ async def enqueue_all(queue: TaskQueue, agent: str, n: int, window: int = 500) -
         await asyncio.gather(*(queue.enqueue(spec) for spec in specs))
 
 
-async def _raw_round(url: str, n: int, client: RawClient, server_pid: int | None) -> Round:
-    nc = await raw_connect(url, f"bench-raw-{client}", client)
-    js = nc.jetstream()
+async def _raw_round(nodes: Nodes, n: int, client: RawClient) -> Round:
+    nc = await raw_connect(nodes.url, f"bench-raw-{client}", client)
+    js = nc.jetstream(timeout=JS_ADMIN_TIMEOUT_S)
     with contextlib.suppress(NotFoundError):
         await js.delete_stream(RAW_STREAM)
-    await js.add_stream(
-        StreamConfig(name=RAW_STREAM, subjects=["raw.>"], retention=RetentionPolicy.WORK_QUEUE)
-    )
-    clock = CpuClock(server_pid)
+    await js.add_stream(raw_work_queue(RAW_STREAM, "raw.>", nodes.replicas))
+    clock = CpuClock(nodes.pids)
     clock.start()
     await publish_all(js, "raw.q", n)
     published_at = time.time()
@@ -102,10 +127,9 @@ async def _raw_round(url: str, n: int, client: RawClient, server_pid: int | None
     return _round(n, use.started_at, max(published_at, acked_at), use.process_s, use.server_s)
 
 
-async def _our_round(url: str, n: int, server_pid: int | None) -> Round:
-    nc = await connect(url, name="bench-queue")
+async def _our_round(nodes: Nodes, n: int) -> Round:
+    nc = await connect(nodes.url, name="bench-queue")
     js = await jetstream(nc)
-    await provision(js)
     handled = 0
     all_handled = asyncio.Event()
 
@@ -119,7 +143,7 @@ async def _our_round(url: str, n: int, server_pid: int | None) -> Round:
     await worker.start()
     queue = TaskQueue(nc, js)
     await queue.start()
-    clock = CpuClock(server_pid)
+    clock = CpuClock(nodes.pids)
     clock.start()
     await enqueue_all(queue, AGENT, n)
     enqueued_at = time.time()
@@ -174,19 +198,23 @@ async def _latency(url: str, rate: int = 1000, seconds: float = 5.0) -> list[flo
     return lat
 
 
-async def bench_queue(server: NatsServer, n: int = 20_000, rounds: int = 3) -> dict[str, Any]:
+async def bench_queue(
+    nodes: Nodes, n: int = 20_000, rounds: int = 3, latency_s: float = 5.0
+) -> dict[str, Any]:
     """Both raw clients and our path alternate for ``rounds`` rounds in this
-    process, then the latency at a fixed rate."""
+    process, then the latency at a fixed rate for ``latency_s`` seconds."""
+    await provision_for(nodes)
     ours: list[Round] = []
     raw: dict[RawClient, list[Round]] = {client: [] for client in RAW_CLIENTS}
     for _ in range(rounds):
         for client in RAW_CLIENTS:
-            raw[client].append(await _raw_round(server.url, n, client, server.pid))
-        ours.append(await _our_round(server.url, n, server.pid))
-    lat = await _latency(server.url)
+            raw[client].append(await _raw_round(nodes, n, client))
+        ours.append(await _our_round(nodes, n))
+    lat = await _latency(nodes.url, seconds=latency_s)
     return {
         "tasks": n,
-        "nats_sync_interval": server.sync_interval,
+        "replicas": nodes.replicas,
+        "nats_sync_interval": nodes.sync_interval,
         **compare(ours, raw, "tasks_per_s"),
         "p50_ms": round(percentile(lat, 50), 3),
         "p99_ms": round(percentile(lat, 99), 3),

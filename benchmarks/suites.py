@@ -1,63 +1,101 @@
 """The suites and their runner: ``agent-factory bench`` and ``make bench`` (``tests/load``) call
 :func:`run_benchmarks`.
 
-Each suite starts its own servers (:func:`benchmarks.harness.servers`) and
-measures the raw nats-py ceiling in the same run.
+Each suite starts its own servers (:func:`benchmarks.harness.servers`, or
+:func:`benchmarks.harness.nats_nodes` for those that also run on a cluster)
+and measures the raw nats-py ceiling in the same run.
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
-from benchmarks.harness import say, servers
+from benchmarks.fsync import bench_fsync
+from benchmarks.harness import nats_nodes, say, servers
 from benchmarks.messaging import bench_messaging
 from benchmarks.queue import bench_queue
+from benchmarks.scaling import bench_scaling
 from benchmarks.skeleton import bench_skeleton
 from benchmarks.streams import bench_streams
+from benchmarks.targets import TARGETS
 from benchmarks.two_processes import bench_two_processes
 
-__all__ = ["SUITES", "run_benchmarks"]
+__all__ = ["CLUSTER_SUITES", "SUITES", "BenchOptions", "run_benchmarks"]
 
 
-async def _skeleton(count: int | None) -> dict[str, Any]:
+@dataclass(frozen=True)
+class BenchOptions:
+    """What a run of the suites may be given; each suite reads what applies to it."""
+
+    count: int | None = None  # runs, tasks or events to push through (each suite has its default)
+    cluster: int = 1  # nats-server nodes; on more than one, every stream has one replica per node
+    rounds: int = 3  # rounds per side of a throughput comparison
+    workers: tuple[int, ...] = (1, 2, 4)  # the worker processes the scaling suite compares
+    latency_s: float = 5.0  # how long the queue's latency runs at 1,000 tasks/s
+
+
+async def _skeleton(opts: BenchOptions) -> dict[str, Any]:
     say("bench skeleton: no-op runs through API → queue → worker → event → PostgreSQL …")
     async with servers(postgres=True) as env:
-        return await bench_skeleton(env, count or 2000)
+        return await bench_skeleton(env, opts.count or 2000)
 
 
-async def _queue(count: int | None, rounds: int = 3) -> dict[str, Any]:
-    say("bench queue: raw ceilings and ours in one process, then in two; latency at 1,000 tasks/s …")
-    n = count or 20_000
-    async with servers() as env:
-        result = await bench_queue(env.nats, n, rounds)
-        result["two_processes"] = await bench_two_processes(env.nats.url, n, rounds, env.nats.pid)
+async def _queue(opts: BenchOptions) -> dict[str, Any]:
+    say(
+        f"bench queue on {opts.cluster} node(s): raw ceilings and ours in one process, then in two; "
+        "latency at 1,000 tasks/s …"
+    )
+    n = opts.count or 20_000
+    async with nats_nodes(opts.cluster) as nodes:
+        result = await bench_queue(nodes, n, opts.rounds, opts.latency_s)
+        result["two_processes"] = await bench_two_processes(nodes, n, opts.rounds)
     return result
 
 
-async def _messaging(count: int | None) -> dict[str, Any]:
+async def _fsync(opts: BenchOptions) -> dict[str, Any]:
+    return await bench_fsync(opts.cluster, opts.count or 20_000, opts.rounds, opts.latency_s)
+
+
+async def _scaling(opts: BenchOptions) -> dict[str, Any]:
+    workers = ", ".join(map(str, opts.workers))
+    say(f"bench scaling on {opts.cluster} node(s): {workers} worker processes draining, raw and ours …")
+    async with nats_nodes(opts.cluster) as nodes:
+        return await bench_scaling(nodes, opts.count or 20_000, opts.workers, opts.rounds)
+
+
+async def _messaging(opts: BenchOptions) -> dict[str, Any]:
     say("bench messaging …")
     async with servers() as env:
         return await bench_messaging(env.nats.url)
 
 
-async def _streams(count: int | None) -> dict[str, Any]:
+async def _streams(opts: BenchOptions) -> dict[str, Any]:
     say("bench streams …")
     async with servers() as env:
-        return await bench_streams(env.nats.url, **({"events": count} if count else {}))
+        return await bench_streams(env.nats.url, **({"events": opts.count} if opts.count else {}))
 
 
-SUITES: dict[str, Callable[[int | None], Awaitable[dict[str, Any]]]] = {
+SUITES: dict[str, Callable[[BenchOptions], Awaitable[dict[str, Any]]]] = {
     "skeleton": _skeleton,
     "queue": _queue,
     "messaging": _messaging,
     "streams": _streams,
+    "fsync": _fsync,
+    "scaling": _scaling,
 }
 
+#: The suites that run on a cluster when asked (``--cluster N``); the others run on one server.
+CLUSTER_SUITES = ("queue", "fsync", "scaling")
 
-async def run_benchmarks(suite: str, count: int | None = None) -> dict[str, Any]:
-    """One suite's JSON, or with ``all`` every suite's under its name.
-    ``count``: runs, tasks or events to push through (each suite has its default)."""
+
+async def run_benchmarks(suite: str, options: BenchOptions | None = None) -> dict[str, Any]:
+    """One suite's JSON, or with ``all`` the JSON of every suite that has
+    targets (what ``make bench`` checks) under its name."""
+    opts = options or BenchOptions()
+    if opts.cluster > 1 and suite not in CLUSTER_SUITES:
+        raise ValueError(f"{suite!r} runs on one server; --cluster applies to {', '.join(CLUSTER_SUITES)}")
     if suite != "all":
-        return await SUITES[suite](count)
-    return {name: await run(count) for name, run in SUITES.items()}
+        return await SUITES[suite](opts)
+    return {name: await SUITES[name](opts) for name in TARGETS}

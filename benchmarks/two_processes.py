@@ -1,9 +1,10 @@
 """The queue benchmark in the production topology: producer and consumer in separate processes.
 
 Production runs producers (the gateway) and workers in different processes;
-so does this comparison, for both raw clients and for our path. Each side is
-a long-lived ``python -m benchmarks.two_processes ROLE CLIENT URL N`` that
-speaks a line protocol on stdin/stdout:
+so does this comparison, for both raw clients and for our path, on one
+nats-server or a cluster (streams replicated on every node). Each side is
+a long-lived ``python -m benchmarks.two_processes ROLE CLIENT URL N``
+(:mod:`benchmarks.children`) that speaks a line protocol on stdin/stdout:
 
 * child → ``ready`` once it has connected and set up (a worker has started);
 * parent → ``go``: the child runs one round of N, then answers
@@ -21,17 +22,15 @@ alternate between them.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, cast
 
-from nats.js.api import RetentionPolicy, StreamConfig
-
+from benchmarks.children import Child, children
 from benchmarks.harness import (
     RAW_CLIENTS,
+    Nodes,
     RawClient,
     Round,
     compare,
@@ -40,11 +39,10 @@ from benchmarks.harness import (
     raw_connect,
     server_cpu_s,
 )
-from benchmarks.queue import enqueue_all, publish_all
+from benchmarks.queue import JS_ADMIN_TIMEOUT_S, enqueue_all, provision_for, publish_all, raw_work_queue
 from gateway.runtime import tune_gc
 from mesh import names
 from mesh.envelope import Priority
-from mesh.provision import provision
 from mesh.queue.producer import TaskQueue
 from mesh.queue.worker import AgentQueueConfig, TaskContext, TaskWorker
 from mesh.wire.connection import connect, jetstream
@@ -148,72 +146,17 @@ _ROLES: dict[str, Callable[[str, int, RawClient], Coroutine[Any, Any, None]]] = 
 # ---- the parent ------------------------------------------------------------
 
 
-@dataclass
-class _Child:
-    role: str
-    proc: asyncio.subprocess.Process
-
-    async def tell(self, line: str) -> None:
-        assert self.proc.stdin is not None
-        self.proc.stdin.write(f"{line}\n".encode())
-        await self.proc.stdin.drain()
-
-    async def answer(self, word: str, timeout: float) -> list[str]:
-        """The next line, which must start with ``word``; its other fields."""
-        assert self.proc.stdout is not None
-        line = (await asyncio.wait_for(self.proc.stdout.readline(), timeout)).decode().split()
-        if line[:1] != [word]:
-            raise RuntimeError(f"bench {self.role}: expected {word!r}, got {' '.join(line)!r}")
-        return line[1:]
-
-
-@contextlib.asynccontextmanager
-async def _children(url: str, n: int, roles: list[tuple[str, RawClient]]) -> AsyncIterator[list[_Child]]:
-    """Start one process per role, return once all said "ready"; on exit tell
-    them to stop and check they ended well (killing any that hangs)."""
-    children: list[_Child] = []
-    try:
-        for role, client in roles:
-            proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "benchmarks.two_processes", role, client, url, str(n),
-                stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-            )  # fmt: skip
-            children.append(_Child(f"{role} ({client})", proc))
-        for child in children:
-            await child.answer("ready", 60)
-        yield children
-    finally:
-        failed = await asyncio.gather(*(_stop(child) for child in children))
-    if any(failed):
-        raise RuntimeError(f"bench processes failed: {', '.join(f for f in failed if f)}")
-
-
-async def _stop(child: _Child) -> str | None:
-    """Ask ``child`` to exit; a description of how it failed, or None."""
-    with contextlib.suppress(ConnectionError):
-        await child.tell("exit")
-    try:
-        code = await asyncio.wait_for(child.proc.wait(), 30)
-    except TimeoutError:
-        child.proc.kill()
-        await child.proc.wait()
-        return f"{child.role} did not exit"
-    return None if code == 0 else f"{child.role} exited with {code}"
-
-
-async def _round(
-    url: str, n: int, producer: _Child, consumer: _Child, lane: tuple[str, str], server_pid: int | None
-) -> Round:
-    nc = await connect(url, name="bench-observer")
+async def _round(n: int, producer: Child, consumer: Child, lane: tuple[str, str], nodes: Nodes) -> Round:
+    nc = await connect(nodes.url, name="bench-observer")
     js = await jetstream(nc)
-    server_before = server_cpu_s(server_pid)
+    server_before = server_cpu_s(nodes.pids)
     started_at = time.time()
     for child in (consumer, producer):
         await child.tell("go")
     producer_cpu, produced_at = (float(field) for field in await producer.answer("done", 300))
     consumer_cpu = float((await consumer.answer("done", 300))[0])
     acked_at = await last_ack_at(js, *lane)
-    server_after = server_cpu_s(server_pid)
+    server_after = server_cpu_s(nodes.pids)
     await nc.drain()
     server = None if server_before is None or server_after is None else server_after - server_before
     cpu = {"producer": producer_cpu, "consumer": consumer_cpu, "server": server}
@@ -221,20 +164,15 @@ async def _round(
     return Round(n / (max(produced_at, acked_at) - started_at), per_task)
 
 
-async def bench_two_processes(
-    url: str, n: int, rounds: int = 3, server_pid: int | None = None
-) -> dict[str, Any]:
+async def bench_two_processes(nodes: Nodes, n: int, rounds: int = 3) -> dict[str, Any]:
     """Raw plain, raw lean and our path, each producer and consumer in a
     process of its own, alternating for ``rounds`` rounds."""
-    nc = await connect(url, name="bench-setup")
-    js = await jetstream(nc)
+    nc = await connect(nodes.url, name="bench-setup")
+    js = await jetstream(nc, JS_ADMIN_TIMEOUT_S)
     for client in RAW_CLIENTS:
-        config = StreamConfig(
-            name=_raw_stream(client), subjects=[_raw_subject(client)], retention=RetentionPolicy.WORK_QUEUE
-        )
-        await js.add_stream(config)
-    await provision(js)
+        await js.add_stream(raw_work_queue(_raw_stream(client), _raw_subject(client), nodes.replicas))
     await nc.drain()
+    await provision_for(nodes)
     lanes: dict[str, tuple[str, str]] = {client: (_raw_stream(client), DURABLE) for client in RAW_CLIENTS}
     lanes["ours"] = (names.STREAM_TASKS, names.task_consumer(AGENT, Priority.NORMAL))
     roles: list[tuple[str, RawClient]] = [
@@ -242,12 +180,12 @@ async def bench_two_processes(
     ] + [("worker", "plain"), ("producer", "plain")]
     ours: list[Round] = []
     raw: dict[RawClient, list[Round]] = {client: [] for client in RAW_CLIENTS}
-    async with _children(url, n, roles) as children:
-        consumers_and_producers = zip(children[::2], children[1::2], strict=True)
+    async with children("benchmarks.two_processes", nodes.url, n, roles) as started:
+        consumers_and_producers = zip(started[::2], started[1::2], strict=True)
         pairs = dict(zip([*RAW_CLIENTS, "ours"], consumers_and_producers, strict=True))
         for _ in range(rounds):
             for side, (consumer, producer) in pairs.items():
-                result = await _round(url, n, producer, consumer, lanes[side], server_pid)
+                result = await _round(n, producer, consumer, lanes[side], nodes)
                 if side == "ours":
                     ours.append(result)
                 else:

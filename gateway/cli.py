@@ -277,16 +277,59 @@ def status(obj: Ctx, output: str) -> None:
         click.echo(f"{a['key']:<24}{a['version']:<10}{a['state']:<12}{a['description']}")
 
 
-@cli.command()
-@click.argument("suite", type=click.Choice(["skeleton", "queue", "messaging", "streams", "all"]),
-                default="all")  # fmt: skip
-@click.option("-n", "count", type=int, default=None, help="Runs/tasks/events to push through.")
-def bench(suite: str, count: int | None) -> None:
-    """Benchmarks with the raw nats-py ceiling measured in the same run; prints JSON."""
-    from benchmarks.suites import run_benchmarks  # noqa: PLC0415 (start-up time)
+def _worker_counts(ctx: click.Context, param: click.Parameter, value: str) -> tuple[int, ...]:
+    try:
+        counts = tuple(int(word) for word in value.split(","))
+    except ValueError:
+        counts = ()
+    if not counts or min(counts) < 1:
+        raise click.BadParameter(f"{value!r} is not a comma-separated list of worker counts such as 1,2,4")
+    return counts
 
+
+@cli.command()
+@click.argument("suite", type=click.Choice(["skeleton", "queue", "messaging", "streams", "fsync", "scaling",
+                                            "all"]), default="all")  # fmt: skip
+@click.option("-n", "count", type=int, default=None, help="Runs/tasks/events to push through.")
+@click.option(
+    "--cluster", type=click.IntRange(min=1), default=1, show_default=True, metavar="N",
+    help="queue, fsync, scaling: run on a JetStream cluster of N local nats-servers, every stream "
+         "(the raw ceiling's too) with N replicas, clients given every node's URL.",
+)  # fmt: skip
+@click.option("--rounds", type=click.IntRange(min=1), default=3, show_default=True,
+              help="Rounds per side of each throughput comparison (the best is compared).")  # fmt: skip
+@click.option("--workers", default="1,2,4", show_default=True, callback=_worker_counts,
+              help="scaling: the worker process counts to compare, comma-separated.")  # fmt: skip
+@click.option("--json", "as_json", is_flag=True,
+              help="JSON on stdout: what bench prints in any case (progress goes to stderr).")  # fmt: skip
+def bench(suite: str, count: int | None, cluster: int, rounds: int, workers: tuple[int, ...],
+          as_json: bool) -> None:  # fmt: skip
+    """Benchmarks with the raw nats-py ceiling measured in the same run; prints JSON.
+
+    \b
+    queue     no-op tasks/s against raw nats-py (one process, then producer and
+              worker apart), p50/p99 enqueue-to-start at 1,000 tasks/s
+    fsync     the one-process queue bench with sync_interval default, then
+              always, each on servers of its own: the cost of fsync per write
+    scaling   tasks/s drained by 1, 2, 4 worker processes (--workers), against
+              as many raw nats-py consumers; and one producer's enqueues/s
+    skeleton, messaging, streams: see the README
+    all       the suites `make bench` holds to targets (skeleton to streams)
+
+    \b
+    agent-factory bench queue --cluster 3 --json
+    agent-factory bench fsync --cluster 3
+    agent-factory bench scaling --cluster 3 --workers 1,2,4
+    """
+    from benchmarks.suites import CLUSTER_SUITES, BenchOptions, run_benchmarks  # noqa: PLC0415 (start-up time)
+
+    if cluster > 1 and suite not in CLUSTER_SUITES:
+        raise click.UsageError(
+            f"--cluster applies to {', '.join(CLUSTER_SUITES)}; {suite} runs on one server"
+        )
+    del as_json  # JSON is bench's only output; the flag lets a script say so
     tune_gc()  # as in `up` and `worker`; the raw nats-py ceiling runs under the same settings
-    result = asyncio.run(run_benchmarks(suite, count))
+    result = asyncio.run(run_benchmarks(suite, BenchOptions(count, cluster, rounds, workers)))
     click.echo(json.dumps(result, indent=2))
 
 

@@ -37,9 +37,9 @@ def test_runs_missing_from_the_database_miss_the_skeleton_targets() -> None:
     assert missed("skeleton", {"runs_recorded_in_db_per_s": 3400.0, "runs_missing_from_db": 0}) == []
 
 
-def test_every_suite_has_targets_and_a_cli_choice() -> None:
+def test_every_suite_is_a_cli_choice_and_every_target_belongs_to_a_suite() -> None:
     choices = next(p for p in bench.params if p.name == "suite").type.choices  # type: ignore[attr-defined]
-    assert list(SUITES) == list(TARGETS)
+    assert set(TARGETS) <= set(SUITES)
     assert list(choices) == [*SUITES, "all"]
 
 
