@@ -57,6 +57,7 @@ class Tally:
     refused: dict[str, str] = field(default_factory=dict)  # idempotency key -> last error
     retries: Counter[str] = field(default_factory=Counter)  # error type -> enqueue retries
     runs: Counter[str] = field(default_factory=Counter)  # run id -> handler completions
+    statuses: Counter[str] = field(default_factory=Counter)  # final status -> runs, once all are final
 
 
 @dataclass(frozen=True)
@@ -156,6 +157,7 @@ class Outcome:
     rows: dict[str, int]  # run id -> rows in `executions`
     tally: Tally
     took: float
+    completed: list[int] = field(default_factory=list)  # runs recorded by each worker
     extra: str = ""
 
     @property
@@ -177,7 +179,8 @@ class Outcome:
             f"finished={len(self.finished)} lost={len(self.lost)} duplicated={len(self.duplicated)} "
             f"pg_rows={sum(self.rows.values())} "
             f"| refused={len(self.tally.refused)} enqueue retries={dict(self.tally.retries)} "
-            f"handler re-runs={reruns}{self.extra} took={self.took:.1f}s"
+            f"handler re-runs={reruns} per worker={self.completed} statuses={dict(self.tally.statuses)}"
+            f"{self.extra} took={self.took:.1f}s"
         )
 
     def check(self) -> None:
@@ -189,6 +192,7 @@ class Outcome:
         assert not self.duplicated, {run: self.events[run] for run in sorted(self.duplicated)[:5]}
         assert set(self.rows) == self.accepted, sorted(set(self.rows) ^ self.accepted)[:5]
         assert all(count == 1 for count in self.rows.values())
+        assert set(self.tally.statuses) == {"succeeded"}, self.tally.statuses
 
 
 Fault = Callable[[Tally], Awaitable[None]]
@@ -206,20 +210,26 @@ async def flow_through(
     during: Fault,
     after: Callable[[], Awaitable[None]] | None = None,
     max_tasks: int | None = None,
+    work_s: float = 0.0,
+    ack_wait_s: float = ACK_WAIT_S,
 ) -> Outcome:
     """Enqueue at ``rate_per_s`` while ``during`` runs (at least ``tasks``, and
     on until ``during`` returns, at most ``max_tasks``); once every enqueue is
     answered, ``after`` (a heal); then wait for every accepted run to finish
     and count. ``during`` may add enqueues of its own to the tally (keys of
-    ``agent``): they are counted with the rest."""
+    ``agent``): they are counted with the rest. Each run takes ``work_s``
+    (so a worker holds tasks when its node fails); a lost ack is redelivered
+    after ``ack_wait_s``."""
     started = time.monotonic()
     tally = Tally()
 
     async def handler(ctx: TaskContext) -> Any:
+        if work_s:
+            await asyncio.sleep(work_s)  # the handler's work
         tally.runs[ctx.run_id] += 1
         return {"n": ctx.input["n"]}
 
-    cfg = AgentQueueConfig(agent, ack_wait_s=ACK_WAIT_S, backoff_base_s=0.2, backoff_max_s=1.0)
+    cfg = AgentQueueConfig(agent, ack_wait_s=ack_wait_s, backoff_base_s=0.2, backoff_max_s=1.0)
     running = [
         TaskWorker(c.nc, c.js, {agent: (cfg, handler)}, name=f"fault-worker-{i}")
         for i, c in enumerate(workers)
@@ -267,10 +277,14 @@ async def flow_through(
     finally:
         for worker in running:
             await worker.stop(drain_timeout=10)
-    return Outcome(label, accepted, events, rows, tally, time.monotonic() - started)
+    outcome = Outcome(label, accepted, events, rows, tally, time.monotonic() - started)
+    outcome.completed = [worker.completed for worker in running]
+    return outcome
 
 
 async def all_finished(js: JetStreamContext, tally: Tally) -> bool:
+    """Every accepted run is final in ``af_runs`` (then counted by status in the tally)."""
+    statuses: Counter[str] = Counter()
     for run_id in tally.accepted.values():
         try:
             state = await get_run(js, run_id)
@@ -278,6 +292,8 @@ async def all_finished(js: JetStreamContext, tally: Tally) -> bool:
             return False  # the bucket is electing: ask again
         if state is None or not state.status.finished:
             return False
+        statuses[state.status.value] += 1
+    tally.statuses = statuses
     return True
 
 
