@@ -40,7 +40,13 @@ from typing import Any, Final, NamedTuple
 
 from nats.aio.client import Client
 from nats.js import JetStreamContext
-from nats.js.errors import APIError, KeyWrongLastSequenceError, NoStreamResponseError, NotFoundError
+from nats.js.errors import (
+    APIError,
+    KeyWrongLastSequenceError,
+    NoStreamResponseError,
+    NotFoundError,
+    ServiceUnavailableError,
+)
 from nats.js.kv import KeyValue
 from pydantic import ValidationError
 from pydantic_core import PydanticSerializationError, to_json
@@ -84,6 +90,9 @@ _SUBJECT_FULL = 10077  # JetStream: maximum messages per subject exceeded
 _CREATE_ONLY = protocol.expect_last_subject_seq(protocol.EMPTY_HEADERS, 0)
 _COMMAND = MessageType.COMMAND.value
 _QUEUED = RunStatus.QUEUED.value
+# No answer, or JetStream not ready (a node rejoining its cluster answers 503 10008
+# for a moment): what an enqueue step wrote, if anything, is unknown to the caller.
+_UNANSWERED = (TimeoutError, ServiceUnavailableError)
 
 
 @dataclass(frozen=True, slots=True)
@@ -317,6 +326,15 @@ class TaskQueue:
 
     async def enqueue(self, spec: TaskSpec, *, content_type: str = JSON) -> Enqueued:
         """Durably enqueue one task; see the module docstring for the guarantee."""
+        try:
+            return await self._enqueue(spec, content_type)
+        except _UNANSWERED as exc:  # a key claim, lookup or queued record (the task's own: _refusal)
+            raise EnqueueOutcomeUnknown(
+                f"NATS did not answer while enqueueing a task of {spec.agent} ({exc!r}): it may or "
+                "may not be stored; retrying with the same idempotency key settles it"
+            ) from exc
+
+    async def _enqueue(self, spec: TaskSpec, content_type: str) -> Enqueued:
         run_id = new_id()
         duplicate, claim = False, None
         if spec.idempotency_key is not None:

@@ -10,30 +10,33 @@ acks reach the cluster only on resume: a lost ack). The routes stay up,
 since nats-server pings them every 2 minutes by default and the embedded
 config does not change that: this is a partition as Raft sees it, bounded by
 what the test waits for (a new leader, the majority accepting tasks, a
-redelivered run), not by a fixed time. A client connected only to the frozen
-node enqueues meanwhile: each attempt must fail saying the outcome is
-unknown (nothing is accepted there), and once the node is resumed, its
-retries (same idempotency keys) are accepted and run once. The old leader
-comes back as a follower; whatever it held unreplicated must not surface as
-accepted work.
+redelivered run), not by a fixed time. A client connected only to that node
+is enqueueing when it freezes: the node is frozen just as the client's first
+enqueue, its key claimed, sends its task, so that task waits unanswered in
+the frozen node's socket (stored only once the node resumes: an outcome the
+client cannot know). Its other enqueues start during the freeze. Each
+attempt must fail with the platform's own 503 (EnqueueOutcomeUnknown,
+StreamUnavailable: retry), none is accepted while frozen, and after the
+resume every retry (same idempotency key) is accepted and runs once: the
+task stored late is the one run, not a second. The old leader comes back as
+a follower; whatever it held unreplicated must not surface as accepted work.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
-from nats.errors import NoRespondersError
-from nats.errors import TimeoutError as NatsTimeout
-from nats.js.errors import ServiceUnavailableError
 
 from mesh import names
 from mesh.cluster import NatsCluster
-from mesh.errors import EnqueueOutcomeUnknown
+from mesh.errors import EnqueueOutcomeUnknown, StreamUnavailable
 from mesh.queue.producer import TaskQueue
+from mesh.wire.publisher import Reply
 from tests.helpers import eventually, unique
 
 from . import flow
@@ -48,12 +51,9 @@ ACK_WAIT_S = 3.0  # ... and they are redelivered to the other worker while it is
 MINORITY_TASKS = 10
 MINORITY_PATIENCE_S = 60.0
 MINORITY_TIMEOUT_S = 2.0  # shorter than the pause: its requests time out while it lasts
-# What a client may hear from a node cut off from its peers: "not answered, may or
-# may not be stored" (timeouts) or "not stored, try again" (JetStream 503s).
-_UNAVAILABLE = {
-    EnqueueOutcomeUnknown.__name__, NatsTimeout.__name__, TimeoutError.__name__,
-    ServiceUnavailableError.__name__, NoRespondersError.__name__, "StreamUnavailable",
-}  # fmt: skip
+# What a client may hear from a node cut off from its peers: the platform's own
+# "may or may not be stored" or "nothing stored", each a 503 that says retry.
+_UNAVAILABLE = {EnqueueOutcomeUnknown.__name__, StreamUnavailable.__name__}
 
 
 @pytest.fixture(scope="module")
@@ -89,14 +89,19 @@ async def test_a_frozen_task_stream_leader_accepts_nothing_that_is_later_lost(
             lambda: len(tally.accepted) >= PAUSE_AFTER, timeout=30, what=f"{PAUSE_AFTER} accepted"
         )
         async with TaskQueue(cut_off.nc, cut_off.js) as queue:  # started while its node answers
-            cluster.pause(leader)
-            seen["paused"] = time.monotonic()
+
+            def freeze() -> None:
+                cluster.pause(leader)
+                seen["paused"] = time.monotonic()
+
+            _freeze_before_first_task(queue, freeze)
             requests = [
                 asyncio.create_task(
                     flow.enqueue(queue, agent, f"{agent}-minority-{k}", k, minority, MINORITY_PATIENCE_S)
                 )
                 for k in range(MINORITY_TASKS)
             ]
+            await eventually(lambda: "paused" in seen, timeout=10, what="the node frozen mid-enqueue")
             (new,) = await eventually(
                 lambda: flow.leader(cluster, stream, other_than=leader), timeout=30, what="a majority leader"
             )
@@ -150,3 +155,20 @@ async def test_a_frozen_task_stream_leader_accepts_nothing_that_is_later_lost(
     assert seen["accepted while paused"] == 0
     assert set(minority.retries) <= _UNAVAILABLE, minority.retries  # each says "try again", none "refused"
     assert len(minority.accepted) == MINORITY_TASKS
+
+
+def _freeze_before_first_task(queue: TaskQueue, freeze: Callable[[], None]) -> None:
+    """Call ``freeze`` just before ``queue`` sends its first task: that enqueue
+    has claimed its key and its task publish waits, unanswered, in the frozen
+    node's socket (its outcome is unknown to the client until the node resumes)."""
+    send = queue.pipeline.request
+    frozen = False
+
+    async def request(subject: str, data: bytes, headers: Any = None) -> asyncio.Future[Reply]:
+        nonlocal frozen
+        if subject.startswith(f"{names.TASKS_PREFIX}.") and not frozen:
+            frozen = True
+            freeze()
+        return await send(subject, data, headers)
+
+    queue.pipeline.request = request  # type: ignore[method-assign]
