@@ -47,7 +47,7 @@ async def test_killing_the_task_stream_leader_loses_and_doubles_nothing(
     await _flow_through_a_kill(faulty_r3, database_url, names.STREAM_TASKS)
 
 
-@pytest.mark.slow  # ~50 s: enqueues time out while the bucket elects
+@pytest.mark.slow  # 15-20 s here: enqueues wait while the run bucket elects
 async def test_killing_the_run_bucket_leader_loses_and_doubles_nothing(
     faulty_r3: NatsCluster, database_url: str
 ) -> None:
