@@ -73,7 +73,9 @@ class Consumer(base.Consumer):
     async def on_start(self) -> None:
         await super().on_start()
         await self._connection()
-        self._offsets = OffsetStore(self._conn.js, self.app.conf.id)
+        # The group's buckets are replicated as its topics are (R3 on a cluster).
+        replicas = self.app.conf.topic_replication_factor
+        self._offsets = OffsetStore(self._conn.js, self.app.conf.id, replicas)
         if not self.app.client_only:
             settings = self.transport.settings  # type: ignore[attr-defined]
             self._group_nc, group_js = await self.transport.open_dedicated("group")  # type: ignore[attr-defined]
@@ -85,6 +87,7 @@ class Consumer(base.Consumer):
                 assign=self._assign,
                 heartbeat_s=settings.heartbeat_s,
                 session_timeout_s=settings.session_timeout_s,
+                replicas=replicas,
             )
             self._membership.set_subscription(self._subscription)
             await self._membership.start()

@@ -113,8 +113,10 @@ class GroupMembership:
         assign: AssignFn,
         heartbeat_s: float = 1.0,
         session_timeout_s: float = 6.0,
+        replicas: int = 1,
     ) -> None:
         self._js = js
+        self.replicas = replicas  # of the group's bucket, if this member creates it
         self.group_id = group_id
         self.member_id = member_id
         self._metadata = metadata
@@ -141,7 +143,9 @@ class GroupMembership:
             self._kv = await self._js.key_value(bucket)
         except (NotFoundError, BadRequestError):
             try:
-                self._kv = await self._js.create_key_value(bucket=bucket, history=1, storage=StorageType.FILE)
+                self._kv = await self._js.create_key_value(
+                    bucket=bucket, history=1, storage=StorageType.FILE, replicas=self.replicas
+                )
             except BadRequestError:
                 self._kv = await self._js.key_value(bucket)
         await self._tick()

@@ -22,6 +22,7 @@ import re
 __all__ = [
     "PREFIX",
     "escape",
+    "is_key_subject",
     "key_subject",
     "key_token",
     "offset_key",
@@ -86,6 +87,11 @@ def key_token(key: bytes) -> str:
 def key_subject(topic: str, partition: int, key: bytes) -> str:
     """Subject of a keyed record of a compacted topic: the newest record per key survives."""
     return f"{partition_subject(topic, partition)}.{key_token(key)}"
+
+
+def is_key_subject(subject: str) -> bool:
+    """A subject made by :func:`key_subject` (topic names are escaped: no dots)."""
+    return subject.count(".") == 3
 
 
 def stream_subjects(topic: str, partition: int, compacting: bool) -> list[str]:

@@ -59,8 +59,9 @@ def _value(offset: int, generation: int) -> bytes:
 class OffsetStore:
     """Reads and writes one group's committed offsets."""
 
-    def __init__(self, js: JetStreamContext, group_id: str) -> None:
+    def __init__(self, js: JetStreamContext, group_id: str, replicas: int = 1) -> None:
         self._js = js
+        self.replicas = replicas  # of the bucket, if this store creates it
         self.bucket = naming.offsets_bucket(group_id)
         self._kv: KeyValue | None = None
         self._lock = asyncio.Lock()
@@ -73,7 +74,7 @@ class OffsetStore:
                         self._kv = await self._js.key_value(self.bucket)
                     except (NotFoundError, BadRequestError):
                         self._kv = await self._js.create_key_value(
-                            bucket=self.bucket, history=1, storage=StorageType.FILE
+                            bucket=self.bucket, history=1, storage=StorageType.FILE, replicas=self.replicas
                         )
         return self._kv
 

@@ -25,9 +25,12 @@ SESSION_TIMEOUT = 4.0
 def build_app(
     app_id: str, nats_url: str, *, session_timeout: float = SESSION_TIMEOUT, **conf: Any
 ) -> faust.App:
+    """``nats_url``: one server, or a cluster's nodes separated by ``;`` (Faust's
+    own separator; the transport reads its settings off the first)."""
+    first, *others = nats_url.split(";")
     app = faust.App(
         app_id,
-        broker=f"{nats_url}?session_timeout={session_timeout}&heartbeat=0.5",
+        broker=";".join([f"{first}?session_timeout={session_timeout}&heartbeat=0.5", *others]),
         store="memory://",
         web_enabled=False,
         topic_partitions=PARTITIONS,
