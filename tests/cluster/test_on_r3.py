@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from nats.js.api import AckPolicy, ConsumerConfig
+
 from mesh import names
 from mesh.channels.errors import NoResponders
 from mesh.channels.messaging import Mesh
@@ -17,11 +19,14 @@ from mesh.channels.subscriptions import DurableOptions
 from mesh.cluster import NatsCluster
 from mesh.envelope import Envelope
 from mesh.provision import ProvisionConfig, bucket_configs, stream_configs
+from mesh.queue import dlq
+from mesh.queue.maintenance import QueueMaintenance
 from mesh.queue.producer import TaskQueue, TaskSpec
 from mesh.queue.runs import RunStatus, get_run
 from mesh.queue.worker import AgentQueueConfig, TaskContext, TaskWorker
 from mesh.schedules.scheduler import CronSchedule, Scheduler, add_definition, remove_definition
 from mesh.wire.connection import connect
+from mesh.wire.puller import Puller
 from tests.helpers import eventually, unique
 
 from .conftest import REPLICAS, Node
@@ -70,6 +75,85 @@ async def test_a_task_enqueued_on_one_node_runs_on_a_worker_of_another_and_its_o
     assert event.data
     info = await reader.js.consumer_info(names.STREAM_TASKS, names.task_consumer(agent, 2))
     assert info.num_pending == 0 and info.num_ack_pending == 0
+
+
+async def test_a_task_failing_every_attempt_is_dead_lettered_and_readable_on_another_node(
+    clients: list[Node],
+) -> None:
+    producer, worker_node, reader = clients
+    agent = unique("r3-dlq")
+
+    async def handler(ctx: TaskContext) -> Any:
+        raise RuntimeError("downstream unavailable")
+
+    cfg = AgentQueueConfig(agent, max_attempts=2, backoff_base_s=0.05, backoff_max_s=0.05)
+    worker = TaskWorker(worker_node.nc, worker_node.js, {agent: (cfg, handler)}, idle_poll_s=0.2)
+    await worker.start()
+    try:
+        async with TaskQueue(producer.nc, producer.js) as queue:
+            queued = await queue.enqueue(TaskSpec(agent=agent, input={"x": 1}))
+        state = await eventually(lambda: _final(reader, queued.run_id), timeout=15, what="the run's outcome")
+        [dead] = await eventually(
+            lambda: dlq.list_dead_letters(reader.js, name=agent), timeout=5, what="the dead letter"
+        )
+    finally:
+        await worker.stop(2)
+    assert state.status == RunStatus.FAILED
+    assert dead.entry.run_id == queued.run_id
+    shown = await dlq.get_dead_letter(reader.js, dead.seq)
+    assert [e.attempt for e in shown.entry.errors] == [1, 2]
+    assert shown.entry.errors[-1].error == "downstream unavailable"
+    info = await reader.js.consumer_info(names.STREAM_TASKS, names.task_consumer(agent, 2))
+    assert info.num_pending == 0 and info.num_ack_pending == 0
+
+
+async def test_a_task_past_max_deliveries_is_moved_to_the_dlq_by_a_mover_on_another_node(
+    clients: list[Node],
+) -> None:
+    producer, worker_node, mover_node = clients
+    agent = unique("r3-maxdel")
+    lane = names.task_consumer(agent, 2)
+    # The server's backstop (max_deliver) reached at once: one delivery allowed.
+    await worker_node.js.add_consumer(
+        names.STREAM_TASKS,
+        ConsumerConfig(
+            durable_name=lane, filter_subject=names.task_subject(agent, 2),
+            ack_policy=AckPolicy.EXPLICIT, ack_wait=1.0, max_deliver=1,
+        ),
+    )  # fmt: skip
+    async with TaskQueue(producer.nc, producer.js) as queue:
+        queued = await queue.enqueue(TaskSpec(agent=agent, input={"x": 1}))
+    # A "worker" on node 1 takes the task and dies: it never acks.
+    dead_worker = Puller(worker_node.nc, names.STREAM_TASKS, lane)
+    waiting = Puller(worker_node.nc, names.STREAM_TASKS, lane)
+    mover = QueueMaintenance(
+        mover_node.nc, mover_node.js, expiry_interval_s=3600, stats_interval_s=3600, poll_s=0.2
+    )
+    await dead_worker.start()
+    await waiting.start()
+    await mover.start()
+    try:
+        assert len(await eventually(lambda: dead_worker.take(1), timeout=10, what="the delivery")) == 1
+
+        async def moved() -> Any:
+            # The advisory is only sent while a pull waits on the consumer;
+            # AF_ADVISORIES (R3) keeps it for the mover on node 2.
+            await waiting.wait(1, 0.3)
+            return await _final(mover_node, queued.run_id)
+
+        state = await eventually(moved, timeout=20, what="the run dead-lettered by the mover")
+    finally:
+        await mover.stop()
+        await dead_worker.close()
+        await waiting.close()
+    assert state.status == RunStatus.FAILED
+    assert state.errors[-1].error_type == "MaxDeliveries" and mover.moved >= 1
+    [dead] = await dlq.list_dead_letters(producer.js, name=agent)
+    assert dead.entry.run_id == queued.run_id and dead.entry.reason == "max deliveries reached"
+    info = await producer.js.stream_info(
+        names.STREAM_TASKS, subjects_filter=f"{names.TASKS_PREFIX}.{agent}.>"
+    )
+    assert not info.state.subjects  # the original is gone: no zombie redelivery
 
 
 async def test_a_durable_channel_message_sent_on_one_node_is_delivered_on_another(
