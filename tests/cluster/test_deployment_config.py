@@ -11,6 +11,7 @@ import subprocess
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import nats
 import pytest
@@ -18,6 +19,10 @@ import pytest
 from mesh import names
 from mesh.embedded import find_free_port, nats_server_binary
 from mesh.provision import ProvisionConfig, provision
+from mesh.queue import dlq
+from mesh.queue.producer import TaskQueue, TaskSpec
+from mesh.queue.runs import RunStatus, get_run
+from mesh.queue.worker import AgentQueueConfig, TaskContext, TaskWorker
 from tests.helpers import eventually, eventually_sync
 
 CONFIG = Path(__file__).parents[2] / "deployment" / "nats"
@@ -148,3 +153,62 @@ async def test_the_cluster_takes_the_platforms_r3_streams_and_an_agent_keeps_to_
     assert all("permissions violation" in text.lower() for text in refused), refused
     assert any("af.control.cancel.purchased-electricity" in text for text in refused), refused
     assert any("af.events.execution.finished.purchased-electricity" in text for text in refused), refused
+
+
+async def test_an_agents_worker_on_its_own_credentials_runs_retries_and_dead_letters_its_tasks(
+    deployed: Deployed,
+) -> None:
+    agent = "fuel-combustion"
+    refused: list[str] = []
+
+    async def on_error(exc: Exception) -> None:
+        refused.append(str(exc))
+
+    async def handler(ctx: TaskContext) -> Any:
+        if ctx.input["litres"] < 0:
+            raise RuntimeError("no such thing as negative fuel")
+        return {"kg_co2e": ctx.input["litres"] * 2.68}
+
+    platform_url = deployed.url("nats-0", "platform", PASSWORDS["AF_NATS_PLATFORM_PASSWORD"])
+    agent_url = deployed.url(
+        "nats-1", "agent-fuel-combustion", PASSWORDS["AF_NATS_AGENT_FUEL_COMBUSTION_PASSWORD"]
+    )
+    platform = await nats.connect(platform_url)
+    worker_nc = await nats.connect(agent_url, error_cb=on_error)
+    try:
+        platform_js = platform.jetstream(timeout=10)
+        await provision(platform_js, ProvisionConfig(replicas=3))
+        worker = TaskWorker(
+            worker_nc, worker_nc.jetstream(timeout=10),
+            {agent: (AgentQueueConfig(agent, max_attempts=2, backoff_base_s=0.05), handler)}, idle_poll_s=0.2,
+        )  # fmt: skip
+        await worker.start()
+        try:
+            async with TaskQueue(platform, platform_js) as queue:
+                queued = await queue.enqueue(TaskSpec(agent=agent, input={"litres": 10}))
+                failing = await queue.enqueue(TaskSpec(agent=agent, input={"litres": -1}))
+
+            async def finished(run_id: str) -> Any:
+                assert not refused, refused  # the server names the subject it refused
+                state = await get_run(platform_js, run_id)
+                return state if state is not None and state.status.finished else None
+
+            state = await eventually(lambda: finished(queued.run_id), timeout=15, what="the run's outcome")
+            failed = await eventually(
+                lambda: finished(failing.run_id), timeout=15, what="the failing run's outcome"
+            )
+        finally:
+            await worker.stop(2)
+        event = await platform_js.get_last_msg(
+            names.STREAM_EVENTS, names.finished_subject(agent, queued.run_id)
+        )
+        [dead] = await dlq.list_dead_letters(platform_js, name=agent)
+    finally:
+        await worker_nc.close()
+        await platform.close()
+    assert state.status == RunStatus.SUCCEEDED, state
+    assert state.result == {"kg_co2e": 26.8}
+    assert event.data
+    assert failed.status == RunStatus.FAILED and [e.attempt for e in failed.errors] == [1, 2], failed
+    assert dead.entry.run_id == failing.run_id
+    assert refused == []
