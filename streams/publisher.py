@@ -77,7 +77,8 @@ class _Outgoing:
             publisher._settled()
             return
         except Exception:
-            publisher._done(self)
+            if publisher._keys:  # records of a key unsettled (a compacted topic)
+                publisher._done(self)
             publisher._settled()
             status = (reply.headers or {}).get("Status")
             if status:
@@ -86,7 +87,8 @@ class _Outgoing:
                 why = f"publish to {self.subject!r} rejected: {reply.data!r}"
             publisher._fail(self, ProducerSendError(why))
             return
-        publisher._done(self)
+        if publisher._keys:  # records of a key unsettled (a compacted topic)
+            publisher._done(self)
         publisher._settled()
         if not self.result.done():
             tp = self.tp
@@ -109,7 +111,8 @@ class _Outgoing:
             publisher._unstored.append(self)
             publisher._settled()
             return
-        publisher._done(self)
+        if publisher._keys:  # records of a key unsettled (a compacted topic)
+            publisher._done(self)
         publisher._settled()
         if isinstance(exc, TimeoutError):
             exc = ProducerSendError(f"no ack for {self.subject!r} within {publisher._ack_timeout_s}s")
@@ -148,8 +151,7 @@ class Publisher:
         self._unstored: list[_Outgoing] = []
         #: Per key subject with records unsettled: how many, and the last one submitted.
         self._keys: dict[str, list[Any]] = {}
-        self._idle = asyncio.Event()  # nothing in flight
-        self._idle.set()
+        self._drained: asyncio.Future[None] | None = None  # made by _send_again to wait for in-flight
         self._patience: Patience | None = None
         self._patience_s = patience_s
         self._task: asyncio.Task[None] | None = None
@@ -201,8 +203,8 @@ class Publisher:
         in_flight = len(self._in_flight)
         if in_flight < self._max_in_flight // 2:
             self._room.set()
-            if not in_flight:
-                self._idle.set()
+            if not in_flight and self._drained is not None and not self._drained.done():
+                self._drained.set_result(None)
         if self._unstored:
             self._wake.set()  # the run loop sends them again
         if not self._uncongested.is_set() and len(self._outbox) + in_flight < self._max_backlog // 2:
@@ -244,7 +246,6 @@ class Publisher:
                     continue
                 item = outbox.popleft()
                 in_flight.add(item)
-                self._idle.clear()
                 try:
                     headers = protocol.encode_headers(item.headers) if item.headers else None
                     await send(item.subject, item.payload, headers, item)
@@ -258,7 +259,10 @@ class Publisher:
         """Queue the records answered 503 (or never answered) first, in order,
         once nothing is in flight and after a pause; or fail them once
         patience runs out."""
-        await self._idle.wait()
+        if self._in_flight:
+            self._drained = asyncio.get_running_loop().create_future()
+            await self._drained
+            self._drained = None
         self._patience = self._patience or Patience(self._patience_s)
         try:  # they stay in _unstored meanwhile, where flush() sees them
             await self._patience.pause(f"{len(self._unstored)} record(s) for {self._unstored[0].subject!r}")
