@@ -314,8 +314,17 @@ class GroupMembership:
                     self._changed.set()
             else:
                 self._record(key, revision, value, now)
-        for key in set(self._seen) - present:
-            del self._seen[key]
+        # A key one listing missed is looked up before it is forgotten: a member
+        # whose heartbeat raced the listing is alive (a spurious generation
+        # without it would rebalance the group twice); one that left is gone.
+        missing = list(set(self._seen) - present)
+        for key, entry in zip(
+            missing, await asyncio.gather(*(self._get(kv, k) for k in missing)), strict=True
+        ):
+            if entry is None:
+                del self._seen[key]
+            else:
+                self._record(key, entry[0], entry[1], now)
         self._last_ok = sent_at
         await self._lead(kv, now)
 

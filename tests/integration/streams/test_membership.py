@@ -140,3 +140,34 @@ async def test_barrier_waits_until_every_other_member_released_the_generation(
 
 async def _is(member: GroupMembership, members: tuple[str, ...]) -> bool:
     return member.latest is not None and member.latest.members == members
+
+
+async def test_a_member_one_listing_misses_is_looked_up_not_dropped(
+    js: JetStreamContext, group: list[GroupMembership]
+) -> None:
+    """The leader lists the group's keys every tick; a member whose key a listing
+    misses (its heartbeat raced the listing) is still alive: no generation
+    without it may form. One that left for good is dropped (the other tests)."""
+    gid = f"g{uuid.uuid4().hex[:8]}"
+    a = await _join(js, group, gid, "a", session_timeout_s=30)
+    b = await _join(js, group, gid, "b", session_timeout_s=30)
+    await eventually(lambda: _is(a, ("a", "b")), 10, "both members")
+    gen = a.latest
+    assert gen is not None
+    kv = a._kv
+    assert kv is not None
+    listings = kv.keys
+    missed: list[int] = []
+
+    async def keys_without_b(*args: object, **kwargs: object) -> list[str]:
+        found = await listings(*args, **kwargs)  # type: ignore[arg-type]
+        if len(missed) < 3:
+            missed.append(1)
+            return [k for k in found if k != GroupMembership._member_key(b.member_id)]
+        return found
+
+    kv.keys = keys_without_b  # type: ignore[method-assign]
+    await eventually(lambda: len(missed) >= 3, 10, "three listings that miss b")
+    beat = a._beat
+    await eventually(lambda: a._beat >= beat + 1, 10, "one more tick")
+    assert a.latest is not None and a.latest.number == gen.number and a.latest.members == ("a", "b")
