@@ -59,7 +59,7 @@ BUCKET_IDEMPOTENCY: Final = "af_idempotency"  # idempotency key -> run id (24 h)
 # Provisioned, but nothing reads them yet (the lifecycle manager and
 # configuration hot reload of later issues will).
 BUCKET_CONFIG: Final = "af_config"  # reserved for configuration hot reload
-BUCKET_LOCKS: Final = "af_locks"  # reserved for the lifecycle manager's leases with per-key TTL
+BUCKET_LOCKS: Final = "af_locks"  # leases with per-key TTL (mesh.locks), for the lifecycle manager
 BUCKET_SCHEDULES: Final = "af_schedules"  # schedule and trigger definitions
 BUCKET_CHANNELS: Final = "af_channels"  # live channel subscribers (heartbeat TTL)
 STREAM_CHANNELS: Final = "AF_CHANNELS"  # durable channels: af.ch.<channel>

@@ -126,7 +126,7 @@ def bucket_configs(cfg: ProvisionConfig) -> list[KeyValueConfig]:
         KeyValueConfig(bucket=names.BUCKET_CONFIG, history=10, replicas=cfg.replicas,
                        description="reserved for configuration hot reload (not read yet)"),
         KeyValueConfig(bucket=names.BUCKET_LOCKS, history=1, replicas=cfg.replicas,
-                       description="reserved for lifecycle leases with per-key TTL (not read yet)"),
+                       description="leases with per-key TTL (mesh.locks)"),
         KeyValueConfig(bucket=names.BUCKET_SCHEDULES, history=5, replicas=cfg.replicas,
                        description="schedule and trigger definitions"),
         channel_bucket_config(replicas=cfg.replicas),
