@@ -203,8 +203,8 @@ class Publisher:
         in_flight = len(self._in_flight)
         if in_flight < self._max_in_flight // 2:
             self._room.set()
-            if not in_flight and self._drained is not None and not self._drained.done():
-                self._drained.set_result(None)
+        if not in_flight and self._drained is not None and not self._drained.done():
+            self._drained.set_result(None)
         if self._unstored:
             self._wake.set()  # the run loop sends them again
         if not self._uncongested.is_set() and len(self._outbox) + in_flight < self._max_backlog // 2:
