@@ -31,7 +31,8 @@ from mesh.errors import MeshError
 __all__ = ["Lease", "LockHeld", "LockLost", "Locks"]
 
 DEFAULT_TTL_S = 10
-_WRONG_LAST_SEQUENCE = (10071, 10164)  # JetStream: the subject moved on (as nats-py reads it)
+# JetStream: the subject moved on (10164 from a clustered leader); as mesh.wire.protocol.
+_WRONG_LAST_SEQUENCE = frozenset({10071, 10164})
 
 
 class LockHeld(MeshError):
@@ -80,11 +81,15 @@ class Locks:
         if int(ttl_s) != ttl_s or ttl_s < 1:
             raise ValueError(f"a lock's TTL is whole seconds, at least 1 (not {ttl_s})")
         kv = await self._store()
-        try:
-            revision = await kv.create(key, holder.encode(), msg_ttl=ttl_s)
-        except KeyWrongLastSequenceError:
-            raise LockHeld(key, await self.holder(key) or "(just released)") from None
-        return Lease(key, holder, revision, int(ttl_s))
+        for _ in range(3):
+            try:
+                revision = await kv.create(key, holder.encode(), msg_ttl=ttl_s)
+            except KeyWrongLastSequenceError:
+                raise LockHeld(key, await self.holder(key) or "(just released)") from None
+            except KeyNotFoundError:  # expired between nats-py's create and its look at the key
+                continue
+            return Lease(key, holder, revision, int(ttl_s))
+        raise LockHeld(key, await self.holder(key) or "(changing hands)")
 
     async def renew(self, lease: Lease) -> Lease:
         """Extend ``lease`` by its TTL from now, or raise :class:`LockLost`."""

@@ -111,10 +111,16 @@ class PartitionReader:
 
     async def stop(self) -> None:
         task, self._task = self._task, None
-        if task is not None:
+        if task is None:
+            return
+        # Cancel until it is done: on Python 3.11 an ``asyncio.wait_for`` whose
+        # inner wait completes as the cancellation arrives swallows it (gh-86296),
+        # and the read loop then goes on; awaiting the task once hung for good.
+        while not task.done():
             task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+            await asyncio.wait({task}, timeout=1.0)
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            task.result()
 
     async def _run(self) -> None:
         backoff = 0.1

@@ -211,7 +211,7 @@ async def replay(js: JetStreamContext, seq: int) -> str:
                 headers={EXPECTED_LAST_SUBJECT_SEQ: str(revision)},
             )  # fmt: skip
         except APIError as exc:
-            if exc.err_code != WRONG_LAST_SEQUENCE:
+            if exc.err_code not in WRONG_LAST_SEQUENCE:
                 raise
     await js.delete_msg(names.STREAM_DLQ, seq)
     return task.id

@@ -287,7 +287,7 @@ async def record_outcome(
             await send(subject, data, expect_last_subject_seq(headers, expect))
             return True
         except APIError as exc:
-            if exc.err_code != WRONG_LAST_SEQUENCE:
+            if exc.err_code not in WRONG_LAST_SEQUENCE:
                 raise
             expect = None
     raise RuntimeError(f"could not record the outcome of run {run_id}: its event subject keeps changing")

@@ -393,7 +393,7 @@ class TaskQueue:
                 await patience.pause(f"run record {run_id}")
                 continue
             except APIError as exc:
-                if exc.err_code != protocol.WRONG_LAST_SEQUENCE:  # already written by the worker: fine
+                if exc.err_code not in protocol.WRONG_LAST_SEQUENCE:  # already written by the worker: fine
                     raise
             return
 

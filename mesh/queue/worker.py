@@ -534,7 +534,7 @@ class TaskWorker:
                 run_key(state.run_id), state.model_dump_json().encode(), headers
             )
         except APIError as exc:
-            if exc.err_code != protocol.WRONG_LAST_SEQUENCE:
+            if exc.err_code not in protocol.WRONG_LAST_SEQUENCE:
                 raise
             return None
         return ack.seq

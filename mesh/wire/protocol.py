@@ -211,8 +211,10 @@ def encode_headers(headers: Mapping[str, str]) -> bytes:
     return b"".join(parts)
 
 
-#: JetStream's answer when a ``Nats-Expected-Last-Subject-Sequence`` does not hold.
-WRONG_LAST_SEQUENCE: Final = 10071
+#: JetStream's answers when a ``Nats-Expected-Last-Subject-Sequence`` does not hold:
+#: 10071 from a single server ("wrong last sequence: N"), 10164 from a clustered
+#: stream's leader ("wrong last sequence", checked before it proposes the write).
+WRONG_LAST_SEQUENCE: Final = frozenset({10071, 10164})
 EXPECTED_LAST_SUBJECT_SEQ: Final = "Nats-Expected-Last-Subject-Sequence"
 EMPTY_HEADERS: Final = b"NATS/1.0\r\n\r\n"
 _EXPECT: Final = EXPECTED_LAST_SUBJECT_SEQ.encode()

@@ -270,7 +270,9 @@ async def flow_through(
         accepted = set(tally.accepted.values())
         # On time out, count what is there: Outcome.check names the runs missing or extra.
         with contextlib.suppress(AssertionError):
-            await eventually(lambda: recorded_rows(pool, agent, accepted), timeout=30, every=0.5, what="rows")
+            # The recorder's consumer redelivers a batch whose pull died with a node after
+            # its ack wait (60 s, agents/recorder.py): a row may come that late.
+            await eventually(lambda: recorded_rows(pool, agent, accepted), timeout=75, every=0.5, what="rows")
         rows = await recorded_rows(pool, agent, set()) or {}
         events = await finished_events(reader, agent)
     finally:

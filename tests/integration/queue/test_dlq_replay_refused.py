@@ -50,7 +50,7 @@ async def test_a_refused_run_state_write_fails_the_replay_and_keeps_the_dead_let
     try:
         with pytest.raises(APIError) as refused:
             await dlq.replay(js, letter.seq)
-        assert refused.value.err_code != WRONG_LAST_SEQUENCE
+        assert refused.value.err_code not in WRONG_LAST_SEQUENCE
     finally:
         bucket.max_msg_size = limit
         await js.update_stream(bucket)
