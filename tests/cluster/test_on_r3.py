@@ -11,6 +11,7 @@ import asyncio
 from typing import Any
 
 from nats.js.api import AckPolicy, ConsumerConfig
+from nats.js.errors import APIError
 
 from mesh import names
 from mesh.channels.errors import NoResponders
@@ -22,10 +23,12 @@ from mesh.provision import ProvisionConfig, bucket_configs, stream_configs
 from mesh.queue import dlq
 from mesh.queue.maintenance import QueueMaintenance
 from mesh.queue.producer import TaskQueue, TaskSpec
-from mesh.queue.runs import RunStatus, get_run
+from mesh.queue.runs import RunStatus, get_run, run_key
 from mesh.queue.worker import AgentQueueConfig, TaskContext, TaskWorker
 from mesh.schedules.scheduler import CronSchedule, Scheduler, add_definition, remove_definition
 from mesh.wire.connection import connect
+from mesh.wire.protocol import EMPTY_HEADERS, WRONG_LAST_SEQUENCE, expect_last_subject_seq
+from mesh.wire.publisher import parse_puback
 from mesh.wire.puller import Puller
 from tests.helpers import eventually, unique
 
@@ -241,3 +244,27 @@ async def test_a_mesh_starting_on_r3_keeps_the_channel_stream_at_three_replicas(
         pass
     info = await clients[2].js.stream_info(names.STREAM_CHANNELS)
     assert info.config.num_replicas == REPLICAS
+
+
+async def test_a_lost_compare_and_set_on_r3_is_read_as_lost_not_as_an_error(clients: list[Node]) -> None:
+    """On a clustered stream the leader refuses a create-only write racing one
+    still being replicated with 10164 ("wrong last sequence", its pre-check),
+    not 10071 as one server does; a later stale one gets 10071. The queued
+    record's create (a worker wrote the state first) and every CAS site of the
+    queue must read both as "lost the race", not as an error."""
+    node = clients[1]
+    async with TaskQueue(node.nc, node.js) as queue:
+        codes: set[int] = set()
+        for _ in range(20):
+            key, create_only = run_key(unique("cas")), expect_last_subject_seq(EMPTY_HEADERS, 0)
+            replies = [await queue.pipeline.request(key, b"{}", create_only) for _ in range(3)]
+            for reply in replies:
+                try:
+                    parse_puback(await reply)
+                except APIError as exc:
+                    codes.add(int(exc.err_code or 0))
+        print(f"\n[R3 create-only races refused with {sorted(codes)}]")
+        assert codes and codes <= WRONG_LAST_SEQUENCE, codes
+        run_id = unique("cas")
+        await queue._create_record(run_id, b'{"status":"queued"}')
+        await queue._create_record(run_id, b'{"status":"queued"}')  # taken as already written
