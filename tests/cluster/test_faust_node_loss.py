@@ -28,6 +28,7 @@ from pathlib import Path
 
 import pytest
 from nats.js import JetStreamContext
+from nats.js.api import StreamConfig
 
 from mesh import names
 from mesh.cluster import NatsCluster
@@ -50,8 +51,32 @@ def nodes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsCluster]:
     """A cluster of its own: this test kills nodes."""
     cluster = NatsCluster(Path(tmp_path_factory.mktemp("faust-faults")), size=REPLICAS)
     cluster.start()
-    yield cluster
-    cluster.stop()
+    try:
+        # Right after start an R3 create can fail with 10005 "no suitable peers for
+        # placement" (seen before); the Faust app declares its topics once, so
+        # wait until the cluster places an R3 stream.
+        asyncio.run(_wait_for_r3_placement(cluster))
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+async def _wait_for_r3_placement(cluster: NatsCluster) -> None:
+    nc = await connect(",".join(cluster.urls), name="pytest-faust-faults-probe")
+    js = await jetstream(nc, timeout=20)
+
+    async def placed() -> bool:
+        try:
+            await js.add_stream(StreamConfig(name="PROBE", subjects=["probe.r3"], num_replicas=REPLICAS))
+        except Exception:
+            return False
+        await js.delete_stream("PROBE")
+        return True
+
+    try:
+        await eventually(placed, 60, "an R3 stream placed")
+    finally:
+        await nc.close()
 
 
 async def _exists(js: JetStreamContext, stream: str) -> bool:
