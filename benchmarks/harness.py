@@ -25,7 +25,9 @@ from typing import Any, Literal, NamedTuple
 import click
 import nats
 from nats.aio.client import Client
+from nats.aio.msg import Msg
 from nats.js import JetStreamContext
+from nats.js.errors import ServiceUnavailableError
 
 from agents.store.embedded import EmbeddedPostgres
 from gateway.settings import Settings
@@ -47,6 +49,7 @@ __all__ = [
     "nats_nodes",
     "percentile",
     "process_cpu_s",
+    "raw_fetch",
     "raw_connect",
     "say",
     "server_cpu_s",
@@ -168,6 +171,25 @@ async def raw_connect(url: str, name: str, client: RawClient = "plain") -> Clien
     if client == "lean":
         protocol.install(nc)
     return nc
+
+
+#: How long a raw consumer waits after a 503 before it pulls again.
+_UNAVAILABLE_PAUSE_S = 0.05
+
+
+async def raw_fetch(sub: JetStreamContext.PullSubscription, batch: int, timeout: float) -> list[Msg]:
+    """One raw ``fetch`` (:class:`TimeoutError` when nothing came within ``timeout``).
+
+    A consumer just created on a replicated stream answers 503 until its group
+    has a leader (3 of 150 fresh R3 consumers on a 3-node cluster here; a
+    ``bench queue --cluster 3`` ended on it): the raw side pauses and returns
+    nothing, so its loop asks again, as our own pull loop does.
+    """
+    try:
+        return await sub.fetch(batch, timeout=timeout)
+    except ServiceUnavailableError:
+        await asyncio.sleep(_UNAVAILABLE_PAUSE_S)
+        return []
 
 
 class CpuUse(NamedTuple):

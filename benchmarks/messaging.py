@@ -27,7 +27,7 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, RetentionPolicy, StorageType, StreamConfig
 
-from benchmarks.harness import RAW_CLIENTS, RawClient, percentile, raw_connect
+from benchmarks.harness import RAW_CLIENTS, RawClient, percentile, raw_connect, raw_fetch
 from mesh import names
 from mesh.channels.messaging import Mesh
 from mesh.channels.registry import Channel
@@ -380,7 +380,7 @@ async def _raw_durable(
         async def pull() -> None:
             while not sink.done.is_set():
                 try:
-                    msgs = await sub.fetch(256, timeout=1)
+                    msgs = await raw_fetch(sub, 256, timeout=1)
                 except TimeoutError:
                     continue
                 for msg in msgs:

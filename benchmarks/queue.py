@@ -32,13 +32,12 @@ production topology, is :mod:`benchmarks.two_processes` (reported under
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import itertools
 import time
 from typing import Any
 
 from nats.js import JetStreamContext
 from nats.js.api import RetentionPolicy, StreamConfig
-from nats.js.errors import NotFoundError
 
 from benchmarks.harness import (
     RAW_CLIENTS,
@@ -50,6 +49,7 @@ from benchmarks.harness import (
     last_ack_at,
     percentile,
     raw_connect,
+    raw_fetch,
 )
 from mesh import names
 from mesh.envelope import Priority
@@ -69,6 +69,7 @@ __all__ = [
 
 AGENT = "bench"
 RAW_STREAM = "RAW"
+_raw_rounds = itertools.count()  # names each raw round's stream
 TASK_BYTES = 256  # the raw message's body; a no-op task's envelope is about as large
 #: Creating a replicated stream waits on a Raft election: on a loaded machine more than 5 s.
 JS_ADMIN_TIMEOUT_S = 20.0
@@ -106,23 +107,25 @@ async def enqueue_all(queue: TaskQueue, agent: str, n: int, window: int = 500) -
 async def _raw_round(nodes: Nodes, n: int, client: RawClient) -> Round:
     nc = await raw_connect(nodes.url, f"bench-raw-{client}", client)
     js = nc.jetstream(timeout=JS_ADMIN_TIMEOUT_S)
-    with contextlib.suppress(NotFoundError):
-        await js.delete_stream(RAW_STREAM)
-    await js.add_stream(raw_work_queue(RAW_STREAM, "raw.>", nodes.replicas))
+    # A stream of its own per round: a cluster's peers drop a deleted stream
+    # after the delete is answered, so a name reused at once could meet the old one.
+    k = next(_raw_rounds)
+    stream, subject = f"{RAW_STREAM}_{k}", f"raw.{k}"
+    await js.add_stream(raw_work_queue(stream, f"{subject}.>", nodes.replicas))
     clock = CpuClock(nodes.pids)
     clock.start()
-    await publish_all(js, "raw.q", n)
+    await publish_all(js, f"{subject}.q", n)
     published_at = time.time()
-    sub = await js.pull_subscribe("raw.q", durable="raw", stream=RAW_STREAM)
+    sub = await js.pull_subscribe(f"{subject}.q", durable="raw", stream=stream)
     got = 0
     while got < n:
-        msgs = await sub.fetch(500, timeout=5)
+        msgs = await raw_fetch(sub, 500, timeout=5)
         for m in msgs:
             await m.ack()
         got += len(msgs)
-    acked_at = await last_ack_at(js, RAW_STREAM, "raw")
+    acked_at = await last_ack_at(js, stream, "raw")
     use = clock.stop()
-    await js.delete_stream(RAW_STREAM)
+    await js.delete_stream(stream)
     await nc.drain()
     return _round(n, use.started_at, max(published_at, acked_at), use.process_s, use.server_s)
 

@@ -44,6 +44,7 @@ from benchmarks.harness import (
     compare,
     last_ack_at,
     raw_connect,
+    raw_fetch,
     server_cpu_s,
 )
 from benchmarks.queue import JS_ADMIN_TIMEOUT_S, enqueue_all, provision_for, publish_all, raw_work_queue
@@ -126,7 +127,7 @@ async def _raw_drainer(url: str, client: RawClient) -> None:
         nonlocal handled
         while not stopping.is_set():
             try:
-                msgs = await sub.fetch(500, timeout=1)
+                msgs = await raw_fetch(sub, 500, timeout=1)
             except TimeoutError:
                 continue
             for m in msgs:

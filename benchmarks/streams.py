@@ -32,7 +32,7 @@ import faust
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, StorageType, StreamConfig
 
-from benchmarks.harness import RAW_CLIENTS, RawClient, raw_connect, wait_until
+from benchmarks.harness import RAW_CLIENTS, RawClient, raw_connect, raw_fetch, wait_until
 from mesh.wire.connection import connect, jetstream
 from streams import naming
 from streams.partitioner import partition_for
@@ -119,7 +119,7 @@ async def _pull_and_ack(js: JetStreamContext, n: int) -> float:
         got = 0
         start = time.perf_counter()
         while got < n:
-            for msg in await sub.fetch(1000, timeout=5):
+            for msg in await raw_fetch(sub, 1000, timeout=5):
                 await msg.ack()
                 got += 1
         elapsed = time.perf_counter() - start

@@ -37,6 +37,7 @@ from benchmarks.harness import (
     last_ack_at,
     process_cpu_s,
     raw_connect,
+    raw_fetch,
     server_cpu_s,
 )
 from benchmarks.queue import JS_ADMIN_TIMEOUT_S, enqueue_all, provision_for, publish_all, raw_work_queue
@@ -89,7 +90,7 @@ async def _raw_consumer(url: str, n: int, client: RawClient) -> None:
         got = 0
         while got < n:
             try:
-                msgs = await sub.fetch(500, timeout=1)
+                msgs = await raw_fetch(sub, 500, timeout=1)
             except TimeoutError:
                 continue
             for m in msgs:

@@ -5,6 +5,7 @@ docs/scaling.md, not CI)."""
 from __future__ import annotations
 
 import json
+import traceback
 from typing import Any
 
 import pytest
@@ -16,7 +17,9 @@ from gateway.cli import cli
 def _bench(*args: str) -> dict[str, Any]:
     tiny = ["--cluster", "3", "-n", "200", "--rounds", "1", "--json"]
     result = CliRunner().invoke(cli, ["bench", *args, *tiny])
-    assert result.exit_code == 0, (result.output, result.exception)
+    if result.exit_code != 0 and result.exc_info is not None:  # say where, not only BadRequestError()
+        raise AssertionError(result.output + "".join(traceback.format_exception(*result.exc_info)))
+    assert result.exit_code == 0, result.output
     parsed: dict[str, Any] = json.loads(result.stdout)
     return parsed
 
