@@ -1,0 +1,3 @@
+-- Undoes 004: lifecycle states and their history go.
+DROP TABLE lifecycle_transitions;
+DROP TABLE agent_versions;
