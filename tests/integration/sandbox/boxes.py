@@ -1,0 +1,98 @@
+"""The tests' view of a real sandbox: the agents it serves, tight limits, and
+the check that nothing of an invocation is left behind."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from agents.sandbox import InvocationResult, Sandbox, SandboxLimits
+
+HERE = Path(__file__).parent
+AGENTS = [
+    "agents.examples.noop:NoOp",
+    *(f"hostile_agents:{name}" for name in (
+        "ForkBomb", "MemoryHog", "Spinner", "DiskFiller", "TermIgnorer", "OrphanMaker", "Connector",
+        "Printer",
+    )),
+]  # fmt: skip
+MiB = 1024 * 1024
+#: Small limits, so that each attack meets them quickly.
+TIGHT = SandboxLimits(
+    timeout_s=10, grace_s=1, cpu_s=10, memory_bytes=64 * MiB, address_space_bytes=512 * MiB,
+    open_files=64, file_size_bytes=8 * MiB, processes=16, output_cap_bytes=64 * 1024,
+)  # fmt: skip
+
+
+@dataclass
+class Box:
+    sandbox: Sandbox
+    workdirs: Path  # where the template makes each invocation's working directory
+    kind: str
+
+    @property
+    def cgroup_dirs(self) -> list[Path]:
+        tag = str(self.sandbox.template_pid)
+        template = self.sandbox._running()
+        return [path / f"af-sandbox-{tag}" for path in template.cgroups]
+
+    async def invoke(self, agent: str, input: str = "{}", **kw: object) -> InvocationResult:
+        kw.setdefault("limits", TIGHT)
+        return await self.sandbox.invoke(agent, input, **kw)  # type: ignore[arg-type]
+
+    async def noop_while(self, attack: asyncio.Task[InvocationResult]) -> float:
+        """Normal invocations keep succeeding while ``attack`` runs; the slowest one's seconds."""
+        slowest = 0.0
+        while True:
+            start = time.monotonic()
+            result = await self.invoke("noop", '{"echo": "still here"}')
+            assert result.ok and result.output == {"echo": "still here"}, result
+            slowest = max(slowest, time.monotonic() - start)
+            if attack.done():
+                return slowest
+
+    def assert_nothing_left(self, result: InvocationResult) -> None:
+        """No process of a slot's uid, no child of the template, no working directory, no process
+        in a slot's control group: what ``result``'s invocation started is gone."""
+        template = self.sandbox._running()
+        alive = [p for p in processes() if p.uid in template.uids or p.ppid == template.proc.pid]
+        assert alive == [], f"left behind by {result.audit.invocation_id}: {alive}"
+        workdirs = list(self.workdirs.glob("af-sandbox-*/*"))
+        assert workdirs == [], f"working directories left: {workdirs}"
+        for base in self.cgroup_dirs:
+            for slot in base.glob("slot-*"):
+                procs = (slot / "cgroup.procs").read_text().split()
+                assert procs == [], f"{slot} still holds {procs}"
+
+
+@dataclass(frozen=True)
+class Proc:
+    pid: int
+    ppid: int
+    uid: int
+    state: str
+
+
+def processes() -> list[Proc]:
+    """Every process but the zombies."""
+    out = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            lines = Path(entry.path, "status").read_text().splitlines()
+        except OSError:
+            continue
+        status = dict(line.split(":", 1) for line in lines if ":" in line)
+        uid, state = int(status["Uid"].split()[0]), status["State"].split()[0]
+        proc = Proc(int(entry.name), int(status["PPid"]), uid, state)
+        if proc.state != "Z":
+            out.append(proc)
+    return out
+
+
+def exists(path: str | Path) -> bool:
+    return Path(path).exists()

@@ -1,0 +1,143 @@
+"""A normal invocation: its output, its errors, what it sees, what it leaves, and the template's life."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from agents.contract import RunContext
+from agents.sandbox import ErrorCategory, InvocationAudit, Sandbox, SandboxConfig, SandboxStopped
+from tests.helpers import eventually
+from tests.integration.sandbox.boxes import AGENTS, HERE, TIGHT, Box, exists, processes
+
+
+async def test_the_output_comes_back_and_the_audit_says_what_it_cost(full: Box) -> None:
+    result = await full.sandbox.invoke("noop", '{"echo": [1, 2]}', RunContext(run_id="r-1", tenant="t"))
+    assert result.ok and result.output == {"echo": [1, 2]}, result
+    audit = result.audit
+    assert audit.exit_status == 0 and audit.signal is None and audit.error is None
+    assert audit.duration_ms > 0 and audit.cpu_ms >= 0 and audit.peak_rss_bytes > 0
+    assert audit.bytes_written >= len('{"output":{"echo":[1,2]}}')
+    assert audit.network is False
+    assert InvocationAudit.model_validate_json(audit.model_dump_json()) == audit
+    full.assert_nothing_left(result)
+
+
+async def test_input_that_does_not_fit_the_model_is_a_permanent_input_error(full: Box) -> None:
+    result = await full.invoke("spinner", '{"seconds": "soon"}')
+    assert result.category is ErrorCategory.INPUT_ERROR and result.category.permanent, result
+    assert "invalid input for spinner" in (result.error or "")
+    assert not ErrorCategory.TIMEOUT.permanent
+
+
+async def test_an_unknown_agent_is_an_input_error(full: Box) -> None:
+    result = await full.invoke("no-such-agent")
+    assert result.category is ErrorCategory.INPUT_ERROR, result
+
+
+async def test_the_environment_holds_only_af_otel_and_named_variables(
+    full: Box, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in ("AF_SANDBOX_TEST", "OTEL_SANDBOX_TEST", "SECRET_TOKEN", "NAMED_ONE"):
+        monkeypatch.setenv(name, "x")
+    result = await full.invoke("printer", env_names=["NAMED_ONE"])
+    names = set(result.output["done"]) if result.output else set()
+    assert {"AF_SANDBOX_TEST", "OTEL_SANDBOX_TEST", "NAMED_ONE"} <= names, result
+    assert "SECRET_TOKEN" not in names and "PATH" not in names
+
+
+async def test_stdin_is_empty_and_the_working_directory_is_private_and_removed(full: Box) -> None:
+    result = await full.invoke("printer")
+    assert result.output is not None, result
+    assert result.output["stdin"] == ""
+    cwd = Path(result.output["cwd"])
+    assert full.workdirs in cwd.parents
+    assert not exists(cwd)
+    assert result.stderr == b"to stderr\n"
+
+
+async def test_stdout_over_the_cap_is_truncated_with_a_marker(full: Box) -> None:
+    cap = TIGHT.output_cap_bytes
+    result = await full.invoke("printer", json.dumps({"limit": cap + 1000}))
+    assert result.ok, result
+    assert result.stdout.startswith(b"x" * cap)
+    assert result.stdout[cap:] == b"\n[truncated: 1000 more bytes]\n"
+    assert result.audit.stdout_bytes == cap + 1000
+
+
+async def test_fifty_invocations_at_once_all_succeed(full: Box) -> None:
+    results = await asyncio.gather(*(full.invoke("noop", json.dumps({"echo": i})) for i in range(50)))
+    assert [r.output for r in results] == [{"echo": i} for i in range(50)]
+
+
+async def test_the_levels_name_each_containment_and_why_one_is_off(full: Box) -> None:
+    levels = full.sandbox.levels.as_dict()
+    assert levels["rlimits"] is True
+    assert set(levels) >= {"cgroup", "network_namespace", "pid_namespace", "uid_drop", "off_because"}
+    for name in ("network_namespace", "uid_drop"):
+        assert levels[name] or name in levels["off_because"]
+    assert levels["cgroup"] or "cgroup" in levels["off_because"]
+
+
+def _config(**kw: object) -> SandboxConfig:
+    return SandboxConfig(agents=AGENTS, sys_path=[str(HERE)], limits=TIGHT, slots=2, **kw)  # type: ignore[arg-type]
+
+
+def _cgroup_bases(sandbox: Sandbox) -> list[Path]:
+    template = sandbox._running()
+    return [path / f"af-sandbox-{template.tag}" for path in template.cgroups]
+
+
+async def test_replace_starts_a_new_template_and_the_old_one_finishes_its_work() -> None:
+    async with Sandbox(_config()) as sandbox:
+        old_pid, old_cgroups = sandbox.template_pid, _cgroup_bases(sandbox)
+        running = asyncio.create_task(sandbox.invoke("spinner", '{"seconds": 0.5}'))
+        await eventually(lambda: list(Path(tempfile.gettempdir(), f"af-sandbox-{old_pid}").iterdir()),
+                         what="the spinner started")  # fmt: skip
+        await sandbox.replace()
+        assert sandbox.template_pid != old_pid
+        assert (await sandbox.invoke("noop", '{"echo": 1}')).ok
+        result = await running
+        assert result.ok, result
+        await eventually(lambda: not exists(f"/proc/{old_pid}"), what="the old template exited")
+        assert not any(exists(path) for path in old_cgroups)
+    assert not exists(Path(tempfile.gettempdir(), f"af-sandbox-{old_pid}"))
+
+
+async def test_stop_removes_the_template_its_cgroups_and_its_directories() -> None:
+    sandbox = Sandbox(_config())
+    await sandbox.start()
+    pid, cgroups = sandbox.template_pid, _cgroup_bases(sandbox)
+    assert (await sandbox.invoke("noop", "{}")).ok
+    await sandbox.stop()
+    assert not exists(f"/proc/{pid}")
+    assert not any(exists(path) for path in cgroups)
+    assert not exists(Path(tempfile.gettempdir(), f"af-sandbox-{pid}"))
+    with pytest.raises(SandboxStopped):
+        await sandbox.invoke("noop", "{}")
+
+
+async def test_a_dead_template_fails_its_invocations_and_its_children_die_with_it() -> None:
+    sandbox = Sandbox(_config())
+    await sandbox.start()
+    pid, uids, cgroups = sandbox.template_pid, sandbox._running().uids, _cgroup_bases(sandbox)
+    running = asyncio.create_task(sandbox.invoke("term-ignorer", '{"seconds": 600}'))
+    workdirs = Path(tempfile.gettempdir(), f"af-sandbox-{pid}")
+    await eventually(lambda: list(workdirs.iterdir()), what="the invocation started")
+    os.kill(pid, signal.SIGKILL)
+    with pytest.raises(SandboxStopped):
+        await running
+    await sandbox.stop()  # removes what the dead template could not
+    assert not any(exists(path) for path in cgroups)
+    assert not exists(workdirs)
+
+    def children_gone() -> bool:
+        return not [p for p in processes() if p.uid in uids]
+
+    await eventually(children_gone, what="the template's children died with it (PR_SET_PDEATHSIG)")
