@@ -68,13 +68,17 @@ class SandboxStopped(SandboxError):
 @dataclass(frozen=True)
 class InvocationResult:
     """``output`` on success (the agent's Output model, dumped to JSON types);
-    otherwise ``error`` says what went wrong and ``audit.error`` its category."""
+    otherwise ``error`` says what went wrong and ``audit.error`` its category.
+
+    A success can be answered before the child's exit (it closed its pipes and had no
+    descendant): its slot, process and ``workdir`` are cleaned right after, not before."""
 
     output: dict[str, Any] | None
     error: str | None
     audit: InvocationAudit
     stdout: bytes = b""
     stderr: bytes = b""
+    workdir: str | None = None  # the private working directory it had (removed by now or soon)
 
     @property
     def ok(self) -> bool:

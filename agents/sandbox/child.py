@@ -8,9 +8,12 @@ lowering the limits need root, so dropping to the slot's uid comes last.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
+import fcntl
 import json
 import os
+import resource
 import signal
 import socket
 import sys
@@ -29,6 +32,10 @@ from mesh.queue.worker import PermanentError
 __all__ = ["ChildSetup", "classify", "run_child"]
 
 RESULT_FD = 3
+REQUEST_FD = 4
+IO_FD = 5
+NETNS_FD = 6
+_result_fd = [0]  # where a setup failure is reported: the pipe's first descriptor until dup2
 EXIT_SETUP_FAILED = 70
 
 _RESOURCE_ERRNOS = {errno.EFBIG, errno.EMFILE, errno.ENFILE, errno.ENOSPC, errno.EDQUOT, errno.ENOMEM}
@@ -42,12 +49,11 @@ _NETWORK_ERRNOS = {
 class ChildSetup:
     """What the template decided for this child before forking it."""
 
-    request: InvocationRequest
     workdir: str
     cgroup_procs: list[str]
-    netns_fd: int | None  # None: stay in the template's network namespace
+    netns_fd: int | None  # the shared empty one, joined unless the request allows network
     uid: int | None  # None: keep the template's uid
-    pipes: tuple[int, int, int]  # stdout, stderr, result (write ends)
+    pipes: tuple[int, int, int, int]  # stdout, stderr, result (write ends), request (read end)
 
 
 def classify(exc: BaseException) -> ErrorCategory:
@@ -70,35 +76,59 @@ def classify(exc: BaseException) -> ErrorCategory:
     return ErrorCategory.INTERNAL_ERROR
 
 
-def _confine(setup: ChildSetup) -> None:
+def _prepare(setup: ChildSetup) -> asyncio.AbstractEventLoop:
+    """The part of the confinement that needs no request, done while the child waits for one
+    (a warm child): its group and control group, its descriptors, its directory, its loop."""
     for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGPIPE):
         signal.signal(sig, signal.SIG_DFL)
     signal.set_wakeup_fd(-1)
+    set_parent_death_signal()
     os.setsid()  # its own process group: the timeout signals the whole group
     pid = str(os.getpid())
-    for procs in setup.cgroup_procs:
+    for procs in setup.cgroup_procs:  # a migration is slow (an RCU grace period): done ahead of time
         with open(procs, "w") as f:
             f.write(pid)
+    # Lift every source above the targets first, or one dup2 could overwrite another's source.
+    # /proc/self/io is opened while root: after the uid drop a process may not open its own.
+    sources = [os.open(os.devnull, os.O_RDONLY), *setup.pipes, os.open("/proc/self/io", os.O_RDONLY)]
+    targets = [0, 1, 2, RESULT_FD, REQUEST_FD, IO_FD]
     if setup.netns_fd is not None:
-        enter_netns(setup.netns_fd)
-    apply_rlimits(setup.request.limits)
-    out, err, result = setup.pipes
-    null = os.open(os.devnull, os.O_RDONLY)
-    os.dup2(null, 0)
-    os.dup2(out, 1)
-    os.dup2(err, 2)
-    os.dup2(result, RESULT_FD)
-    os.closerange(RESULT_FD + 1, 1 << 16)
+        sources.append(setup.netns_fd)
+        targets.append(NETNS_FD)
+    lifted = [fcntl.fcntl(fd, fcntl.F_DUPFD, 64) for fd in sources]
+    for fd, target in zip(lifted, targets, strict=True):
+        os.dup2(fd, target)
+    _result_fd[0] = RESULT_FD  # the original descriptor is closed below
+    os.closerange(targets[-1] + 1, 1 << 16)
     os.chdir(setup.workdir)
+    os.environ.clear()
+    return asyncio.new_event_loop()
+
+
+def _read_request() -> InvocationRequest | None:
+    """The request, whole (the template closes its end after it); None: retired unused."""
+    chunks = []
+    while chunk := os.read(REQUEST_FD, 1 << 16):
+        chunks.append(chunk)
+    os.close(REQUEST_FD)
+    return InvocationRequest.model_validate_json(b"".join(chunks)) if chunks else None
+
+
+def _confine(setup: ChildSetup, request: InvocationRequest) -> None:
+    """The rest, once the request says what applies; the uid drop comes last (it needs root)."""
+    if setup.netns_fd is not None:
+        if not request.network:
+            enter_netns(NETNS_FD)
+        os.close(NETNS_FD)
+    apply_rlimits(request.limits)
     if setup.uid is not None:
         os.setgroups([])
         os.setgid(setup.uid)
         os.setuid(setup.uid)
     set_no_new_privs()
-    set_parent_death_signal()  # after setuid, which clears it
-    os.environ.clear()
-    os.environ.update(setup.request.env)
-    os.environ.update(HOME=setup.workdir, TMPDIR=setup.workdir, AF_INVOCATION_ID=setup.request.id)
+    set_parent_death_signal()  # again: setuid cleared it
+    os.environ.update(request.env)
+    os.environ.update(HOME=setup.workdir, TMPDIR=setup.workdir, AF_INVOCATION_ID=request.id)
 
 
 def _write_result(message: dict[str, Any]) -> None:
@@ -108,13 +138,14 @@ def _write_result(message: dict[str, Any]) -> None:
         view = view[os.write(RESULT_FD, view) :]
 
 
-def _run(agent: Agent[Any, Any], request: InvocationRequest) -> dict[str, Any]:
+def _run(
+    agent: Agent[Any, Any], request: InvocationRequest, loop: asyncio.AbstractEventLoop
+) -> dict[str, Any]:
     try:
         parsed = agent.Input.model_validate_json(request.input)
     except ValidationError as exc:
         return {"category": ErrorCategory.INPUT_ERROR, "error": f"invalid input for {agent.key}: {exc}"}
     ctx = RunContext(**request.context)
-    loop = asyncio.new_event_loop()
     try:
         output = loop.run_until_complete(agent.run(parsed, ctx))
     except Exception as exc:
@@ -128,22 +159,43 @@ def _run(agent: Agent[Any, Any], request: InvocationRequest) -> dict[str, Any]:
     return {"output": checked.model_dump(mode="json")}
 
 
-def run_child(agent: Agent[Any, Any], setup: ChildSetup) -> NoReturn:
+def run_child(agents: dict[str, Agent[Any, Any]], setup: ChildSetup) -> NoReturn:
     code = 0
     pid = os.getpid()
     try:
         try:
-            _confine(setup)
+            loop = _prepare(setup)
+            request = _read_request()
+            if request is None:
+                os._exit(0)
+            _confine(setup, request)
+            agent = agents[request.agent]
         except BaseException as exc:
             failed = {"category": ErrorCategory.INTERNAL_ERROR, "error": f"sandbox setup: {exc!r}"}
-            os.write(setup.pipes[2], json.dumps(failed).encode())
+            os.write(_result_fd[0] or setup.pipes[2], json.dumps(failed).encode())
             os._exit(EXIT_SETUP_FAILED)
-        message = _run(agent, setup.request)
+        message = _run(agent, request, loop)
         if os.getpid() != pid:  # a process the agent forked came back through here: only we answer
             os._exit(1)
-        _write_result(message)
         for stream in (sys.stdout, sys.stderr):
             stream.flush()
+        message["usage"] = _usage()
+        _write_result(message)
+        # Closing every pipe tells the template the result is whole: unless a descendant holds
+        # one, it answers now, not after this exit (which unmaps the whole interpreter).
+        for fd in (1, 2, RESULT_FD):
+            os.close(fd)
     except BaseException:
         code = 1
     os._exit(code)
+
+
+def _usage() -> dict[str, float]:
+    """What this process used so far, as the audit reports it (its exit comes right after)."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    wchar = 0
+    with contextlib.suppress(OSError, ValueError):
+        for line in os.pread(IO_FD, 4096, 0).decode().splitlines():
+            if line.startswith("wchar:"):
+                wchar = int(line.split()[1])
+    return {"cpu_s": usage.ru_utime + usage.ru_stime, "maxrss_kb": usage.ru_maxrss, "wchar": wchar}

@@ -229,4 +229,5 @@ class Sandbox:
             audit=InvocationAudit.model_validate(answer["audit"]),
             stdout=base64.b64decode(answer["stdout"]),
             stderr=base64.b64decode(answer["stderr"]),
+            workdir=answer["workdir"],
         )

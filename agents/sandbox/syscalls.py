@@ -6,6 +6,7 @@ Every function raises :class:`OSError` with the kernel's errno on failure.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import os
@@ -18,6 +19,7 @@ __all__ = [
     "set_child_subreaper",
     "set_no_new_privs",
     "set_parent_death_signal",
+    "trim_heap",
     "unshare",
 ]
 
@@ -59,6 +61,12 @@ def set_no_new_privs() -> None:
 
 def set_parent_death_signal(sig: int = signal.SIGKILL) -> None:
     _prctl(_PR_SET_PDEATHSIG, sig, "prctl(PR_SET_PDEATHSIG)")
+
+
+def trim_heap() -> None:
+    """Give free heap pages back (glibc's ``malloc_trim``): fewer pages for each fork to copy."""
+    with contextlib.suppress(AttributeError):
+        _libc.malloc_trim(ctypes.c_size_t(0))
 
 
 def empty_netns() -> int:

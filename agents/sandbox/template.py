@@ -9,6 +9,12 @@ its working directory and answers with the result and its audit record.
 One thread, one ``selectors`` loop: a hostile invocation only ever costs the
 others the time its own events take. The template is a child subreaper, so
 processes that an invocation double-forks are reparented here and reaped.
+
+Each free slot holds a *warm* child: forked, in its control group, with its
+descriptors, directory and event loop ready, waiting for a request. What is
+left once the request is known (network namespace, rlimits, uid, environment)
+is a handful of system calls, so an invocation does not wait for a fork or a
+control-group migration.
 """
 
 from __future__ import annotations
@@ -27,113 +33,37 @@ import sys
 import tempfile
 import time
 from collections import deque
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from agents.contract import Agent
 from agents.registry import load_agent
 from agents.sandbox.audit import ErrorCategory, InvocationAudit
-from agents.sandbox.cgroups import CgroupSlot, find_hierarchies, make_slots, remove_slots
+from agents.sandbox.cgroups import Hierarchy, find_hierarchies, make_slots, remove_slots
 from agents.sandbox.child import ChildSetup, run_child
 from agents.sandbox.config import InvocationRequest, SandboxConfig
 from agents.sandbox.frames import FrameReader, send_frame
+from agents.sandbox.invocation import (
+    ERR,
+    OUT,
+    RESULT,
+    Capture,
+    Invocation,
+    Slot,
+    audit_of,
+    live_children,
+    private_paths,
+    unstarted_audit,
+    verdict,
+    written_bytes,
+)  # fmt: skip
 from agents.sandbox.levels import Levels, detect_levels
-from agents.sandbox.syscalls import empty_netns, set_child_subreaper
+from agents.sandbox.syscalls import empty_netns, set_child_subreaper, trim_heap
 
 __all__ = ["main"]
 
 RESULT_CAP = 64 * 1024 * 1024
 DRAIN_S = 2.0  # after the main process exits, how long its pipes and leftovers may take
-_OUT, _ERR, _RESULT = range(3)
-
-
-@dataclass
-class Capture:
-    """One pipe from the child, kept up to ``cap`` bytes and counted beyond."""
-
-    cap: int
-    kept: bytearray = field(default_factory=bytearray)
-    total: int = 0
-    open: bool = True
-
-    def feed(self, data: bytes) -> None:
-        room = self.cap - len(self.kept)
-        if room > 0:
-            self.kept += data[:room]
-        self.total += len(data)
-
-    def value(self) -> bytes:
-        if self.total <= self.cap:
-            return bytes(self.kept)
-        return bytes(self.kept) + f"\n[truncated: {self.total - self.cap} more bytes]\n".encode()
-
-
-@dataclass
-class Slot:
-    index: int
-    uid: int | None
-    cgroup: CgroupSlot | None
-    busy: bool = False
-
-
-@dataclass
-class Running:
-    request: InvocationRequest
-    slot: Slot
-    pid: int
-    workdir: str
-    network: bool
-    started: float
-    captures: dict[int, tuple[int, Capture]]  # fd -> (which, capture)
-    timed_out: bool = False
-    kill_at: float | None = None
-    status: int | None = None  # the wait status, once reaped
-    cpu_s: float = 0.0
-    maxrss_kb: int = 0
-    wchar: int = 0
-    ended: float = 0.0
-    leftovers: int = 0
-
-    @property
-    def deadline(self) -> float:
-        return self.started + self.request.limits.timeout_s
-
-    def capture(self, which: int) -> Capture:
-        for kind, cap in self.captures.values():
-            if kind == which:
-                return cap
-        raise KeyError(which)
-
-
-def _wchar(pid: int) -> int:
-    with contextlib.suppress(OSError, ValueError):
-        for line in Path(f"/proc/{pid}/io").read_text().splitlines():
-            if line.startswith("wchar:"):
-                return int(line.split()[1])
-    return 0
-
-
-def _live_children() -> list[int]:
-    """Our children that are not zombies: with the subreaper, every orphan of an invocation."""
-    me = os.getpid()
-    out = []
-    for pid in Path(f"/proc/{me}/task/{me}/children").read_text().split():
-        with contextlib.suppress(OSError):
-            if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
-                out.append(int(pid))
-    return out
-
-
-def _private_paths() -> list[str]:
-    """The import paths a dropped uid cannot read: a lazy import from them fails in the child."""
-    out = []
-    for entry in sys.path:
-        path = Path(entry or ".").resolve()
-        chain = [path, *path.parents]
-        if any(p.exists() and not p.stat().st_mode & 0o001 for p in chain if p.is_dir()):
-            out.append(entry)
-    return out
 
 
 class Template:
@@ -159,15 +89,15 @@ class Template:
             for i in range(config.slots)
         ]
         self.waiting: deque[InvocationRequest] = deque()
-        self.running: dict[int, Running] = {}  # by pid
-        self.by_fd: dict[int, Running] = {}
+        self.children: dict[int, Invocation] = {}  # by pid: warm and running
+        self.by_fd: dict[int, Invocation] = {}
         self.stopping = False
         self.selector = selectors.DefaultSelector()
         self.frames = FrameReader()
 
-    def _contain(self) -> tuple[Levels, list[Any]]:
+    def _contain(self) -> tuple[Levels, list[Hierarchy]]:
         levels = detect_levels()
-        hierarchies: list[Any] = []
+        hierarchies: list[Hierarchy] = []
         if not self.config.use_cgroups:
             levels = levels.without("cgroup", "turned off by the sandbox's config")
         elif levels.cgroup:
@@ -200,10 +130,15 @@ class Template:
             "cgroups": [str(h.path) for h in self.hierarchies], "tag": self.tag,
             "workdirs": str(self.workdir_root),
             "uids": [s.uid for s in self.slots if s.uid is not None],
-            "private_paths": _private_paths() if self.levels.uid_drop else [],
+            "private_paths": private_paths() if self.levels.uid_drop else [],
         })  # fmt: skip
-        while not (self.stopping and not self.running and not self.waiting):
-            for key, _ in self.selector.select(self._next_timeout()):
+        while not (self.stopping and not self.children and not self.waiting):
+            # Warm children are forked when nothing else waits, one per turn of the loop.
+            unwarmed = self._unwarmed()
+            events = self.selector.select(0 if unwarmed else self._next_timeout())
+            if not events and unwarmed:
+                self._warm(unwarmed)
+            for key, _ in events:
                 if key.data == "control":
                     self._read_control()
                 elif key.data == "signal":
@@ -216,12 +151,13 @@ class Template:
         self._cleanup()
 
     def _next_timeout(self) -> float | None:
-        if not self.running:
+        busy = [c for c in self.children.values() if c.request is not None]
+        if not busy:
             return None
         now = time.monotonic()
         soonest = min(
-            (r.kill_at if r.kill_at is not None else r.deadline) if r.status is None else now + 0.005
-            for r in self.running.values()
+            (c.kill_at if c.kill_at is not None else c.deadline) if c.status is None else now + 0.005
+            for c in busy
         )
         return max(0.0, soonest - now)
 
@@ -236,8 +172,8 @@ class Template:
         if not data:  # the worker is gone: nothing will read our answers
             self.stopping = True
             self.waiting.clear()
-            for run in self.running.values():
-                self._signal(run, signal.SIGKILL)
+            for child in self.children.values():
+                self._signal(child, signal.SIGKILL)
             self.selector.unregister(self.sock)
             return
         for message in self.frames.feed(data):
@@ -247,69 +183,119 @@ class Template:
                 self.waiting.append(InvocationRequest.model_validate(message["request"]))
         self._start_waiting()
 
+    # -- children: warm, then running
+
     def _start_waiting(self) -> None:
         while self.waiting:
             request = self.waiting[0]
-            agent = self.agents.get(request.agent)
-            if agent is None:
+            if request.agent not in self.agents:
                 self.waiting.popleft()
                 self._answer_unstarted(request, f"no agent {request.agent!r} in this sandbox")
                 continue
-            slot = next((s for s in self.slots if not s.busy), None)
-            if slot is None:
+            # The longest-waiting warm child is surely done preparing; else a cold fork.
+            warm = [s.child for s in self.slots if s.child is not None and s.child.request is None]
+            free = [s for s in self.slots if s.child is None]
+            if not warm and not free:
                 return
             self.waiting.popleft()
             try:
-                self._fork(agent, request, slot)
+                self._dispatch(request, min(warm, key=lambda c: c.forked).slot if warm else free[0])
             except Exception as exc:
-                slot.busy = False
                 self._answer_unstarted(request, f"sandbox could not start the invocation: {exc!r}")
 
-    def _fork(self, agent: Agent[Any, Any], request: InvocationRequest, slot: Slot) -> None:
-        slot.busy = True
+    def _warm(self, slot: Slot) -> Invocation:
+        """Fork a child into ``slot`` that prepares itself and waits for a request."""
         workdir = tempfile.mkdtemp(dir=self.workdir_root)
         if slot.uid is not None:
             os.chown(workdir, slot.uid, slot.uid)
         if slot.cgroup is not None:
-            slot.cgroup.prepare(request.limits)
-        confined = not request.network and self.netns_fd is not None
-        pipes = [os.pipe2(os.O_CLOEXEC) for _ in range(3)]
+            slot.cgroup.prepare(self.config.limits)
+        out, err, result, request = (os.pipe2(os.O_CLOEXEC) for _ in range(4))
         setup = ChildSetup(
-            request=request, workdir=workdir,
-            cgroup_procs=slot.cgroup.join_path() if slot.cgroup else [],
-            netns_fd=self.netns_fd if confined else None, uid=slot.uid,
-            pipes=(pipes[0][1], pipes[1][1], pipes[2][1]),
+            workdir=workdir, cgroup_procs=slot.cgroup.join_path() if slot.cgroup else [],
+            netns_fd=self.netns_fd, uid=slot.uid, pipes=(out[1], err[1], result[1], request[0]),
         )  # fmt: skip
-        started = time.monotonic()
         pid = os.fork()
         if pid == 0:
-            run_child(agent, setup)
-        caps = (request.limits.output_cap_bytes, request.limits.output_cap_bytes, RESULT_CAP)
-        run = Running(request, slot, pid, workdir, not confined, started, {})
-        for which, (r, w) in enumerate(pipes):
+            run_child(self.agents, setup)
+        cap = self.config.limits.output_cap_bytes
+        child = Invocation(slot, pid, workdir, {}, request_fd=request[1], forked=time.monotonic())
+        os.close(request[0])
+        for which, (r, w), size in ((OUT, out, cap), (ERR, err, cap), (RESULT, result, RESULT_CAP)):
             os.close(w)
             os.set_blocking(r, False)
-            run.captures[r] = (which, Capture(caps[which]))
-            self.by_fd[r] = run
+            child.captures[r] = (which, Capture(size))
+            self.by_fd[r] = child
             self.selector.register(r, selectors.EVENT_READ, "pipe")
-        self.running[pid] = run
+        slot.child = child
+        self.children[pid] = child
+        return child
+
+    def _unwarmed(self) -> Slot | None:
+        if self.stopping:
+            return None
+        return next((s for s in self.slots if s.child is None and not s.warm_failed), None)
+
+    def _dispatch(self, request: InvocationRequest, slot: Slot) -> None:
+        child = slot.child or self._warm(slot)
+        slot.warm_failed = False
+        if slot.cgroup is not None and slot.cgroup.configured != request.limits:
+            slot.cgroup.prepare(request.limits)
+        for which, cap in child.captures.values():
+            if which != RESULT:
+                cap.cap = request.limits.output_cap_bytes
+        child.request, child.started = request, time.monotonic()
+        child.network = request.network or self.netns_fd is None
+        assert child.request_fd is not None
+        try:
+            with contextlib.suppress(BrokenPipeError):  # it died warm: its wait status says how
+                os.write(child.request_fd, request.model_dump_json().encode())
+        finally:
+            os.close(child.request_fd)
+            child.request_fd = None
 
     def _read_pipe(self, fd: int) -> None:
-        run = self.by_fd[fd]
+        child = self.by_fd[fd]
         try:
             data = os.read(fd, 1 << 16)
         except BlockingIOError:
             return
         if data:
-            run.captures[fd][1].feed(data)
+            child.captures[fd][1].feed(data)
         else:
             self._close_pipe(fd)
 
     def _close_pipe(self, fd: int) -> None:
-        run = self.by_fd.pop(fd)
-        run.captures[fd][1].open = False
+        child = self.by_fd.pop(fd)
+        child.captures[fd][1].open = False
         self.selector.unregister(fd)
         os.close(fd)
+        if child.status is None and child.request is not None:
+            self._answer_early(child)
+
+    def _answer_early(self, child: Invocation) -> None:
+        """Answer a success as soon as the child closed its pipes, not after its exit, when it
+        has no descendant left to kill (then its reap only frees the slot)."""
+        if any(cap.open for _, cap in child.captures.values()):
+            return
+        result = _parse(child.capture(RESULT))
+        usage = result.get("usage")
+        if "output" not in result or not isinstance(usage, dict) or self._has_descendants(child):
+            return
+        child.status, child.ended = 0, time.monotonic()  # the wait status of ``_exit(0)``, next
+        child.cpu_s, child.maxrss_kb = usage["cpu_s"], usage["maxrss_kb"]
+        child.wchar = usage["wchar"] + child.capture(RESULT).total  # it measured before the result
+        self._answer_result(child, result, left_behind=0)
+        child.answered, child.status = True, None
+
+    def _has_descendants(self, child: Invocation) -> bool:
+        if child.slot.cgroup is not None:
+            return bool(child.slot.cgroup.pids() - {child.pid})
+        try:
+            own = Path(f"/proc/{child.pid}/task/{child.pid}/children").read_text().split()
+        except OSError:
+            return True
+        return bool(own) or any(pid not in self.children for pid in live_children())
 
     def _reap(self) -> None:
         while True:
@@ -319,32 +305,32 @@ class Template:
                 return
             if info is None:
                 return
-            run = self.running.get(info.si_pid)
-            if run is not None and run.status is None:
+            child = self.children.get(info.si_pid)
+            if child is not None and child.status is None:
                 # Before the reap: until then its pid, so its group id, cannot be reused.
                 with contextlib.suppress(OSError):
-                    os.killpg(run.pid, signal.SIGKILL)
-                run.wchar = _wchar(run.pid)
+                    os.killpg(child.pid, signal.SIGKILL)
+                child.wchar = written_bytes(child.pid)
             _, status, usage = os.wait4(info.si_pid, 0)
-            if run is not None and run.status is None:
-                run.status, run.ended = status, time.monotonic()
-                run.cpu_s = usage.ru_utime + usage.ru_stime
-                run.maxrss_kb = usage.ru_maxrss
-                run.leftovers = self._sweep(run, signal.SIGKILL)
+            if child is not None and child.status is None:
+                child.status, child.ended = status, time.monotonic()
+                child.cpu_s = usage.ru_utime + usage.ru_stime
+                child.maxrss_kb = usage.ru_maxrss
+                child.leftovers = self._sweep(child, signal.SIGKILL)
 
-    def _signal(self, run: Running, sig: int) -> None:
-        if run.status is None:
+    def _signal(self, child: Invocation, sig: int) -> None:
+        if child.status is None:
             with contextlib.suppress(OSError):
-                os.killpg(run.pid, sig)
-        self._sweep(run, sig)
+                os.killpg(child.pid, sig)
+        self._sweep(child, sig)
 
-    def _sweep(self, run: Running, sig: int) -> int:
-        """Signal what is left of the invocation outside its process group; how many there were."""
-        if run.slot.cgroup is not None:
-            return run.slot.cgroup.signal_all(sig)
+    def _sweep(self, child: Invocation, sig: int) -> int:
+        """Signal what is left of the child outside its process group; how many there were."""
+        if child.slot.cgroup is not None:
+            return child.slot.cgroup.signal_all(sig)
         # Without a control group: orphans (reparented to us) are killed on sight, whichever
         # invocation they came from; nothing may outlive the invocation that started it.
-        pids = [pid for pid in _live_children() if pid not in self.running]
+        pids = [pid for pid in live_children() if pid not in self.children]
         for pid in pids:
             with contextlib.suppress(OSError):
                 os.kill(pid, sig)
@@ -352,21 +338,25 @@ class Template:
 
     def _tick(self) -> None:
         now = time.monotonic()
-        for run in list(self.running.values()):
-            if run.status is None:
-                if run.kill_at is None and now >= run.deadline:
-                    run.timed_out, run.kill_at = True, now + run.request.limits.grace_s
-                    self._signal(run, signal.SIGTERM)
-                elif run.kill_at is not None and now >= run.kill_at:
-                    self._signal(run, signal.SIGKILL)
+        for child in list(self.children.values()):
+            if child.status is None:
+                if child.request is None:
+                    if self.stopping and child.request_fd is not None:  # retire it: EOF, it exits
+                        os.close(child.request_fd)
+                        child.request_fd = None
+                elif child.kill_at is None and now >= child.deadline:
+                    child.timed_out, child.kill_at = True, now + child.request.limits.grace_s
+                    self._signal(child, signal.SIGTERM)
+                elif child.kill_at is not None and now >= child.kill_at:
+                    self._signal(child, signal.SIGKILL)
                 continue
-            pipes_open = any(cap.open for _, cap in run.captures.values())
-            left = self._sweep(run, signal.SIGKILL)
-            if (pipes_open or left) and now < run.ended + DRAIN_S:
+            pipes_open = any(cap.open for _, cap in child.captures.values())
+            left = self._sweep(child, signal.SIGKILL)
+            if (pipes_open or left) and now < child.ended + DRAIN_S:
                 continue
-            for fd in [fd for fd, (_, cap) in run.captures.items() if cap.open]:
+            for fd in [fd for fd, (_, cap) in child.captures.items() if cap.open]:
                 self._drain(fd)
-            self._finish(run, left_behind=left)
+            self._finish(child, left_behind=left)
         self._start_waiting()
 
     def _drain(self, fd: int) -> None:
@@ -377,67 +367,39 @@ class Template:
 
     # -- answers
 
-    def _finish(self, run: Running, left_behind: int) -> None:
-        del self.running[run.pid]
-        shutil.rmtree(run.workdir, ignore_errors=True)
-        result: dict[str, Any] = {}
-        with contextlib.suppress(ValueError):
-            result = json.loads(bytes(run.capture(_RESULT).kept) or b"{}")
-        category, error = self._categorise(run, result)
-        if left_behind:
-            error = f"{error or ''} ({left_behind} processes would not die: slot {run.slot.index} held)"
-        else:
-            run.slot.busy = False
-        assert run.status is not None
-        stdout, stderr = run.capture(_OUT), run.capture(_ERR)
-        audit = InvocationAudit(
-            invocation_id=run.request.id, agent=run.request.agent,
-            exit_status=os.waitstatus_to_exitcode(run.status) if os.WIFEXITED(run.status) else None,
-            signal=os.WTERMSIG(run.status) if os.WIFSIGNALED(run.status) else None,
-            duration_ms=(run.ended - run.started) * 1000, cpu_ms=run.cpu_s * 1000,
-            peak_rss_bytes=run.maxrss_kb * 1024,
-            memory_peak_bytes=run.slot.cgroup.memory_peak() if run.slot.cgroup else None,
-            bytes_written=run.wchar, stdout_bytes=stdout.total, stderr_bytes=stderr.total,
-            network=run.network, leftover_processes=run.leftovers, error=category,
-        )  # fmt: skip
-        self._answer(run.request.id, result.get("output") if category is None else None, error, audit,
-                     stdout.value(), stderr.value())  # fmt: skip
+    def _finish(self, child: Invocation, left_behind: int) -> None:
+        del self.children[child.pid]
+        if child.request_fd is not None:
+            os.close(child.request_fd)
+        shutil.rmtree(child.workdir, ignore_errors=True)
+        if not left_behind:
+            child.slot.child = None
+        if child.request is None:  # died warm (or retired): its next request warms it on demand
+            child.slot.warm_failed = not self.stopping
+            return
+        if not child.answered:
+            self._answer_result(child, _parse(child.capture(RESULT)), left_behind)
 
-    def _categorise(self, run: Running, result: dict[str, Any]) -> tuple[ErrorCategory | None, str | None]:
-        assert run.status is not None
-        exited = os.WIFEXITED(run.status) and os.WEXITSTATUS(run.status) == 0
-        if exited and "output" in result:
-            return None, None
-        sig = os.WTERMSIG(run.status) if os.WIFSIGNALED(run.status) else None
-        how = f"killed by signal {signal.Signals(sig).name}" if sig else f"exited with {run.status >> 8}"
-        limits = run.request.limits
-        if run.timed_out:
-            return ErrorCategory.TIMEOUT, f"timed out after {limits.timeout_s} s ({how})"
-        if sig in (signal.SIGXCPU, signal.SIGXFSZ) or (sig == signal.SIGKILL and run.cpu_s >= limits.cpu_s):
-            return ErrorCategory.RESOURCE_EXCEEDED, f"over its CPU or file size limit ({how})"
-        if run.slot.cgroup is not None and run.slot.cgroup.limit_hit():
-            return ErrorCategory.RESOURCE_EXCEEDED, f"hit its memory or process limit ({how}): " + str(
-                result.get("error", "")
-            )
-        if "category" in result:
-            return ErrorCategory(result["category"]), str(result.get("error"))
-        return ErrorCategory.INTERNAL_ERROR, f"the invocation {how} without a result"
+    def _answer_result(self, child: Invocation, result: dict[str, Any], left_behind: int) -> None:
+        assert child.request is not None
+        category, error = verdict(child, result)
+        if left_behind:
+            error = f"{error or ''} ({left_behind} processes would not die: slot {child.slot.index} held)"
+        output = result.get("output") if category is None else None
+        self._answer(child.request.id, output, error, audit_of(child, category),
+                     child.capture(OUT).value(), child.capture(ERR).value(), child.workdir)  # fmt: skip
 
     def _answer_unstarted(self, request: InvocationRequest, error: str) -> None:
         unknown = request.agent not in self.agents
         category = ErrorCategory.INPUT_ERROR if unknown else ErrorCategory.INTERNAL_ERROR
-        audit = InvocationAudit(
-            invocation_id=request.id, agent=request.agent, exit_status=None, signal=None,
-            duration_ms=0.0, cpu_ms=0.0, peak_rss_bytes=0, memory_peak_bytes=None, bytes_written=0,
-            stdout_bytes=0, stderr_bytes=0, network=False, leftover_processes=0, error=category,
-        )  # fmt: skip
-        self._answer(request.id, None, error, audit, b"", b"")
+        self._answer(request.id, None, error, unstarted_audit(request, category), b"", b"", None)
 
     def _answer(self, id: str, output: Any, error: str | None, audit: InvocationAudit,
-                stdout: bytes, stderr: bytes) -> None:  # fmt: skip
+                stdout: bytes, stderr: bytes, workdir: str | None) -> None:  # fmt: skip
         with contextlib.suppress(OSError):
             send_frame_blocking(self.sock, {
                 "id": id, "output": output, "error": error, "audit": audit.model_dump(mode="json"),
+                "workdir": workdir,
                 "stdout": base64.b64encode(stdout).decode(), "stderr": base64.b64encode(stderr).decode(),
             })  # fmt: skip
 
@@ -446,6 +408,14 @@ class Template:
         shutil.rmtree(self.workdir_root, ignore_errors=True)
         if self.netns_fd is not None:
             os.close(self.netns_fd)
+
+
+def _parse(capture: Capture) -> dict[str, Any]:
+    with contextlib.suppress(ValueError):
+        result = json.loads(bytes(capture.kept) or b"{}")
+        if isinstance(result, dict):
+            return result
+    return {}
 
 
 def send_frame_blocking(sock: socket.socket, message: dict[str, Any]) -> None:
@@ -469,6 +439,7 @@ def main(argv: list[str]) -> int:
     # collections then do not touch (and copy) the pages it shares with the template.
     gc.collect()
     gc.freeze()
+    trim_heap()
     template.serve()
     return 0
 

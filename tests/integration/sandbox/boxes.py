@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from agents.sandbox import InvocationResult, Sandbox, SandboxLimits
+from tests.helpers import eventually
 
 HERE = Path(__file__).parent
 AGENTS = [
@@ -54,18 +55,24 @@ class Box:
             if attack.done():
                 return slowest
 
-    def assert_nothing_left(self, result: InvocationResult) -> None:
-        """No process of a slot's uid, no child of the template, no working directory, no process
-        in a slot's control group: what ``result``'s invocation started is gone."""
+    async def assert_nothing_left(self, result: InvocationResult, within: float = 5.0) -> None:
+        """Within ``within`` s: no process runs as a slot's uid (what agent code runs as, and
+        everything it starts), or, without a uid drop, the template has no more children than
+        slots (its warm ones); the invocation's working directory is gone."""
+        await eventually(
+            lambda: self.leftovers(result) == [], within, f"{result.audit.invocation_id} cleaned"
+        )
+
+    def leftovers(self, result: InvocationResult) -> list[object]:
         template = self.sandbox._running()
-        alive = [p for p in processes() if p.uid in template.uids or p.ppid == template.proc.pid]
-        assert alive == [], f"left behind by {result.audit.invocation_id}: {alive}"
-        workdirs = list(self.workdirs.glob("af-sandbox-*/*"))
-        assert workdirs == [], f"working directories left: {workdirs}"
-        for base in self.cgroup_dirs:
-            for slot in base.glob("slot-*"):
-                procs = (slot / "cgroup.procs").read_text().split()
-                assert procs == [], f"{slot} still holds {procs}"
+        if template.uids:
+            left: list[object] = [p for p in processes() if p.uid in template.uids]
+        else:
+            children = [p for p in processes() if p.ppid == template.proc.pid]
+            left = children if len(children) > self.sandbox.config.slots else []
+        if result.workdir and Path(result.workdir).exists():
+            left.append(result.workdir)
+        return left
 
 
 @dataclass(frozen=True)

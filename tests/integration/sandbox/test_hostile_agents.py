@@ -42,7 +42,7 @@ async def test_a_fork_bomb_is_stopped_at_the_process_limit(box: Box) -> None:
     assert result.category is ErrorCategory.RESOURCE_EXCEEDED, result
     assert took < TIGHT.timeout_s, "stopped by the process limit, not by the clock"
     assert slowest < NOOP_MAX_S
-    box.assert_nothing_left(result)
+    await box.assert_nothing_left(result)
 
 
 async def test_memory_ten_times_the_limit_is_refused(box: Box) -> None:
@@ -53,7 +53,7 @@ async def test_memory_ten_times_the_limit_is_refused(box: Box) -> None:
         assert result.audit.memory_peak_bytes <= TIGHT.memory_bytes
     assert result.audit.peak_rss_bytes <= TIGHT.address_space_bytes
     assert slowest < NOOP_MAX_S
-    box.assert_nothing_left(result)
+    await box.assert_nothing_left(result)
 
 
 async def test_an_infinite_loop_times_out(box: Box) -> None:
@@ -66,7 +66,7 @@ async def test_an_infinite_loop_times_out(box: Box) -> None:
     assert 1.0 <= time.monotonic() - start < 1.0 + 1.0 + 1.0  # SIGTERM at 1 s ends it within the grace
     assert result.audit.signal == 15
     assert slowest < NOOP_MAX_S
-    box.assert_nothing_left(result)
+    await box.assert_nothing_left(result)
 
 
 async def test_cpu_seconds_over_the_limit_are_a_resource_error(box: Box) -> None:
@@ -74,7 +74,7 @@ async def test_cpu_seconds_over_the_limit_are_a_resource_error(box: Box) -> None
     result = await box.invoke("spinner", '{"seconds": 1e9}', limits=limits)
     assert result.category is ErrorCategory.RESOURCE_EXCEEDED, result
     assert 900 <= result.audit.cpu_ms < 3000  # the clock ticks in 10 ms
-    box.assert_nothing_left(result)
+    await box.assert_nothing_left(result)
 
 
 async def test_a_10_gb_file_stops_at_the_file_size_limit(box: Box) -> None:
@@ -83,7 +83,7 @@ async def test_a_10_gb_file_stops_at_the_file_size_limit(box: Box) -> None:
     assert "File too large" in (result.error or "")
     assert result.audit.bytes_written <= TIGHT.file_size_bytes + (1 << 20)
     assert took < 5.0
-    box.assert_nothing_left(result)
+    await box.assert_nothing_left(result)
 
 
 async def test_an_agent_ignoring_sigterm_is_killed_after_the_grace(box: Box) -> None:
@@ -97,7 +97,7 @@ async def test_an_agent_ignoring_sigterm_is_killed_after_the_grace(box: Box) -> 
     assert result.audit.signal == 9
     assert 1.0 <= took < 1.0 + 1.5
     assert slowest < NOOP_MAX_S
-    box.assert_nothing_left(result)
+    await box.assert_nothing_left(result)
 
 
 async def test_double_forked_orphans_are_killed_with_their_invocation(box: Box) -> None:
@@ -110,7 +110,7 @@ async def test_double_forked_orphans_are_killed_with_their_invocation(box: Box) 
     for pid in orphans:
         assert not exists(f"/proc/{pid}") or _zombie_or_other(pid), f"orphan {pid} survived"
     assert slowest < NOOP_MAX_S
-    box.assert_nothing_left(result)
+    await box.assert_nothing_left(result)
 
 
 def _zombie_or_other(pid: int) -> bool:
@@ -140,6 +140,6 @@ async def test_a_socket_to_localhost_without_network_permission_fails(box: Box) 
         allowed = await box.invoke("connector", json.dumps({"port": port}), network=True)
         assert allowed.ok and allowed.audit.network is True, allowed
         assert slowest < NOOP_MAX_S
-        box.assert_nothing_left(result)
+        await box.assert_nothing_left(result)
     finally:
         server.close()

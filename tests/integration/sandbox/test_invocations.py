@@ -26,7 +26,7 @@ async def test_the_output_comes_back_and_the_audit_says_what_it_cost(full: Box) 
     assert audit.bytes_written >= len('{"output":{"echo":[1,2]}}')
     assert audit.network is False
     assert InvocationAudit.model_validate_json(audit.model_dump_json()) == audit
-    full.assert_nothing_left(result)
+    await full.assert_nothing_left(result)
 
 
 async def test_input_that_does_not_fit_the_model_is_a_permanent_input_error(full: Box) -> None:
@@ -57,8 +57,8 @@ async def test_stdin_is_empty_and_the_working_directory_is_private_and_removed(f
     assert result.output is not None, result
     assert result.output["stdin"] == ""
     cwd = Path(result.output["cwd"])
-    assert full.workdirs in cwd.parents
-    assert not exists(cwd)
+    assert full.workdirs in cwd.parents and str(cwd) == result.workdir
+    await eventually(lambda: not exists(cwd), what="its working directory removed")
     assert result.stderr == b"to stderr\n"
 
 
