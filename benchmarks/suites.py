@@ -16,6 +16,7 @@ from benchmarks.fsync import bench_fsync
 from benchmarks.harness import nats_nodes, say, servers
 from benchmarks.messaging import bench_messaging
 from benchmarks.queue import bench_queue
+from benchmarks.sandbox import bench_sandbox
 from benchmarks.scaling import bench_scaling
 from benchmarks.skeleton import bench_skeleton
 from benchmarks.streams import bench_streams
@@ -77,6 +78,10 @@ async def _streams(opts: BenchOptions) -> dict[str, Any]:
         return await bench_streams(env.nats.url, **({"events": opts.count} if opts.count else {}))
 
 
+async def _sandbox(opts: BenchOptions) -> dict[str, Any]:
+    return await bench_sandbox(opts.count or 2000, opts.rounds)
+
+
 SUITES: dict[str, Callable[[BenchOptions], Awaitable[dict[str, Any]]]] = {
     "skeleton": _skeleton,
     "queue": _queue,
@@ -84,6 +89,7 @@ SUITES: dict[str, Callable[[BenchOptions], Awaitable[dict[str, Any]]]] = {
     "streams": _streams,
     "fsync": _fsync,
     "scaling": _scaling,
+    "sandbox": _sandbox,
 }
 
 #: The suites that run on a cluster when asked (``--cluster N``); the others run on one server.

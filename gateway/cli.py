@@ -289,7 +289,7 @@ def _worker_counts(ctx: click.Context, param: click.Parameter, value: str) -> tu
 
 @cli.command()
 @click.argument("suite", type=click.Choice(["skeleton", "queue", "messaging", "streams", "fsync", "scaling",
-                                            "all"]), default="all")  # fmt: skip
+                                            "sandbox", "all"]), default="all")  # fmt: skip
 @click.option("-n", "count", type=int, default=None, help="Runs/tasks/events to push through.")
 @click.option(
     "--cluster", type=click.IntRange(min=1), default=1, show_default=True, metavar="N",
@@ -313,6 +313,8 @@ def bench(suite: str, count: int | None, cluster: int, rounds: int, workers: tup
               always, each on servers of its own: the cost of fsync per write
     scaling   tasks/s drained by 1, 2, 4 worker processes (--workers), against
               as many raw nats-py consumers; and one producer's enqueues/s
+    sandbox   no-op invocations/s through the process sandbox, p50/p99 overhead
+              against the same agent called in-process, template RSS, levels
     skeleton, messaging, streams: see the README
     all       the suites `make bench` holds to targets (skeleton to streams)
 

@@ -1,0 +1,91 @@
+"""``agent-factory bench sandbox``: what running an agent in the sandbox costs.
+
+The no-op agent is called two ways in the same run: in-process, as
+:func:`agents.runtime.agent_handler` does (validate the input, ``run``, dump
+the output), and through a :class:`~agents.sandbox.Sandbox` with every
+containment level this host allows. ``overhead_p50_ms``/``overhead_p99_ms``
+are the difference of the two latency percentiles, one call at a time;
+``invocations_per_s`` is the sandbox's throughput with as many invocations
+in flight as it has slots.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from typing import Any
+
+from agents.contract import RunContext
+from agents.examples.noop import NoOp
+from agents.sandbox import Sandbox, SandboxConfig
+from benchmarks.harness import percentile, say
+
+__all__ = ["bench_sandbox"]
+
+now = time.perf_counter
+INPUT = json.dumps({"echo": {"agent": "fuel-combustion", "litres": 1234.5}})
+
+
+async def _in_process(n: int) -> list[float]:
+    agent, out = NoOp(), []
+    for i in range(n):
+        start = now()
+        parsed = agent.Input.model_validate_json(INPUT)
+        output = await agent.run(parsed, RunContext(run_id=str(i)))
+        output.model_dump(mode="json")
+        out.append(now() - start)
+    return out
+
+
+async def _sequential(sandbox: Sandbox, n: int) -> list[float]:
+    out = []
+    for _ in range(n):
+        start = now()
+        result = await sandbox.invoke("noop", INPUT)
+        out.append(now() - start)
+        if not result.ok:
+            raise RuntimeError(f"bench sandbox: a no-op invocation failed: {result.error}")
+    return out
+
+
+async def _throughput(sandbox: Sandbox, n: int, in_flight: int) -> float:
+    left = n
+
+    async def lane() -> None:
+        nonlocal left
+        while left > 0:
+            left -= 1
+            result = await sandbox.invoke("noop", INPUT)
+            if not result.ok:
+                raise RuntimeError(f"bench sandbox: a no-op invocation failed: {result.error}")
+
+    start = now()
+    await asyncio.gather(*(lane() for _ in range(in_flight)))
+    return n / (now() - start)
+
+
+async def bench_sandbox(count: int = 2000, rounds: int = 3, slots: int = 8) -> dict[str, Any]:
+    """``count`` invocations for the latencies and per throughput round; the best round counts."""
+    config = SandboxConfig(agents=["agents.examples.noop:NoOp"], slots=slots)
+    async with Sandbox(config) as sandbox:
+        say(f"bench sandbox: {count} no-op calls in-process and sandboxed, one at a time …")
+        await _sequential(sandbox, min(count, 50))  # warm-up: caches, slots
+        local = await _in_process(count)
+        boxed = await _sequential(sandbox, count)
+        say(f"bench sandbox: {rounds} round(s) of {count} with {slots} in flight …")
+        rates = [await _throughput(sandbox, count, slots) for _ in range(rounds)]
+        ms = 1000.0
+        return {
+            "invocations_per_s": round(max(rates), 1),
+            "overhead_p50_ms": round((percentile(boxed, 50) - percentile(local, 50)) * ms, 3),
+            "overhead_p99_ms": round((percentile(boxed, 99) - percentile(local, 99)) * ms, 3),
+            "sandboxed_p50_ms": round(percentile(boxed, 50) * ms, 3),
+            "sandboxed_p99_ms": round(percentile(boxed, 99) * ms, 3),
+            "in_process_p50_ms": round(percentile(local, 50) * ms, 4),
+            "in_process_p99_ms": round(percentile(local, 99) * ms, 4),
+            "rounds_per_s": [round(r, 1) for r in rates],
+            "in_flight": slots,
+            "template_rss_mb": round(sandbox.template_rss_bytes() / 2**20, 1),
+            "levels": sandbox.levels.as_dict(),
+        }
