@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Final
+
 __all__ = [
     "BatchRejected",
     "ConnectionFailed",
@@ -16,7 +18,14 @@ __all__ = [
     "RunAlreadyFinished",
     "StreamUnavailable",
     "UnknownSchemaVersion",
+    "WRONG_LAST_SEQUENCE",
 ]
+
+#: JetStream's answers when a ``Nats-Expected-Last-Subject-Sequence`` does not hold
+#: (a compare-and-set lost): 10071 from a single server ("wrong last sequence: N"),
+#: 10164 from a clustered stream's leader ("wrong last sequence", checked before
+#: it proposes the write). Every compare-and-set site tests membership.
+WRONG_LAST_SEQUENCE: Final = frozenset({10071, 10164})
 
 
 class MeshError(Exception):

@@ -26,13 +26,11 @@ from nats.js.errors import APIError, KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
 from mesh import names
-from mesh.errors import MeshError
+from mesh.errors import WRONG_LAST_SEQUENCE, MeshError
 
 __all__ = ["Lease", "LockHeld", "LockLost", "Locks"]
 
 DEFAULT_TTL_S = 10
-# JetStream: the subject moved on (10164 from a clustered leader); as mesh.wire.protocol.
-_WRONG_LAST_SEQUENCE = frozenset({10071, 10164})
 
 
 class LockHeld(MeshError):
@@ -99,7 +97,7 @@ class Locks:
         try:
             ack = await self._js.publish(subject, lease.holder.encode(), headers=headers, msg_ttl=lease.ttl_s)
         except APIError as exc:
-            if exc.err_code in _WRONG_LAST_SEQUENCE:
+            if exc.err_code in WRONG_LAST_SEQUENCE:
                 raise LockLost(lease.key, lease.holder) from None
             raise
         revision = ack.seq
@@ -111,7 +109,7 @@ class Locks:
         try:
             await kv.delete(lease.key, last=lease.revision)
         except APIError as exc:  # nats-py raises the bare BadRequestError here
-            if exc.err_code not in _WRONG_LAST_SEQUENCE:
+            if exc.err_code not in WRONG_LAST_SEQUENCE:
                 raise
 
     async def holder(self, key: str) -> str | None:

@@ -105,6 +105,14 @@ def finished_subject(agent: str, run_id: str) -> str:
     return f"{FINISHED_PREFIX}.{agent}.{run_id}"
 
 
+LIFECYCLE_PREFIX: Final = f"{EVENTS_PREFIX}.lifecycle.changed"
+
+
+def lifecycle_subject(agent: str) -> str:
+    """Where ``agent``'s lifecycle transitions are announced (on ``AF_EVENTS``)."""
+    return f"{LIFECYCLE_PREFIX}.{agent}"
+
+
 def cancel_subject(agent: str) -> str:
     """Where a cancel of one of ``agent``'s runs is announced (the run id is the body)."""
     return f"{CANCEL_PREFIX}.{agent}"

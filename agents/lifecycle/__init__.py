@@ -1,4 +1,5 @@
 """How an agent version lives: its states and the transitions between them
-(:mod:`agents.lifecycle.states`). The manager that applies transitions under a
-lease (:mod:`mesh.locks`), records them in PostgreSQL and publishes them is
-still to come (issue 22)."""
+(:mod:`agents.lifecycle.states`), and the manager that applies a transition
+under a lease (:mod:`mesh.locks`), fenced by the row's revision, records it in
+PostgreSQL with an audit row, gates dispatch through KV (:mod:`mesh.queue.gates`)
+and announces it on ``AF_EVENTS`` (:mod:`agents.lifecycle.manager`)."""

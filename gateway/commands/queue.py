@@ -25,16 +25,20 @@ def queue() -> None:
 @output_option
 @click.pass_obj
 def stats(obj: Ctx, output: str) -> None:
-    """Waiting and in-flight tasks per agent and priority; STALLED when max_ack_pending is full."""
+    """Waiting and in-flight tasks per agent and priority; STALLED when max_ack_pending
+    is full, and the agent's dispatch gate when it is not open (e.g. closed (draining)):
+    workers take no task of a closed agent."""
     data = _run(_call(obj, "GET", "/api/v1/queue/stats"))
     if output == "json":
         _emit(output, data)
         return
     click.echo(f"{'AGENT':<24}{'PRIO':<6}{'WAITING':>9}{'IN FLIGHT':>11}{'REDELIV':>9}  FLAGS")
     for lane in data["lanes"]:
-        if not (lane["waiting"] or lane["in_flight"] or lane["redelivered"]):
+        gate = lane.get("gate", "open")
+        if not (lane["waiting"] or lane["in_flight"] or lane["redelivered"] or gate != "open"):
             continue
-        flag = "STALLED" if lane["stalled"] else ""
+        flags = ["STALLED"] if lane["stalled"] else []
+        flag = " ".join(flags + ([f"GATE {gate}"] if gate != "open" else []))
         click.echo(
             f"{lane['agent']:<24}{lane['priority']:<6}{lane['waiting']:>9}"
             f"{lane['in_flight']:>7}/{lane['max_in_flight']:<4}{lane['redelivered']:>8}  {flag}"

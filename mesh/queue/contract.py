@@ -10,7 +10,9 @@ client may publish or read, generated from the models the code runs on.
 * ``run-state`` — a record of the ``af_runs`` bucket (:class:`~mesh.queue.runs.RunState`;
   a final record is the finished event's envelope instead);
 * ``execution-finished`` — the payload of ``af.events.execution.finished.<agent>.<run id>``
-  (:class:`~mesh.queue.runs.ExecutionFinished`, inside an envelope).
+  (:class:`~mesh.queue.runs.ExecutionFinished`, inside an envelope);
+* ``lifecycle-changed`` — the payload of ``af.events.lifecycle.changed.<agent>``
+  (:class:`~mesh.queue.runs.LifecycleChanged`, inside an envelope).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from mesh.envelope import Envelope, MessageType, Metadata, Priority
-from mesh.queue.runs import ExecutionFinished, RunState, RunStatus
+from mesh.queue.runs import ExecutionFinished, LifecycleChanged, RunState, RunStatus
 
 __all__ = ["CONTRACT", "write_schemas"]
 
@@ -58,6 +60,13 @@ CONTRACT: dict[str, tuple[type[BaseModel], BaseModel]] = {
             input={"fuel": "diesel", "quantity": 100, "unit": "L"},
             routing_key="site-7", priority=1, idempotency_key="invoice-2026-001", enqueued_at=_AT,
             started_at=_AT, finished_at=_AT, duration_ms=3.2,
+        ),
+    ),
+    "lifecycle-changed": (
+        LifecycleChanged,
+        LifecycleChanged(
+            id=17, agent="fuel-combustion", version="1.2.0", from_state="running", to_state="draining",
+            actor="ops-token", reason="replaced by 1.3.0", at=_AT,
         ),
     ),
 }  # fmt: skip

@@ -1,6 +1,8 @@
 """Which lane the next pull goes to: the one place dispatch decisions are made.
 
-A *lane* is one (agent, priority) consumer. Today the policy is strict
+A *lane* is one (agent, priority) consumer. A lane whose agent's dispatch
+gate is closed (:mod:`mesh.queue.gates`: the lifecycle says the agent is not
+ready, drains or is retired) has no room, so no sweep tries it. The policy is strict
 priority with an anti-starvation share; per-tenant weights, per-key limits
 and "why is this pending" answers will hang off :class:`DispatchPolicy` too,
 so the worker never grows a second decision path.
@@ -51,6 +53,7 @@ class Lane(Generic[T]):
     in_flight: int = 0
     limit: int = 1_000_000  # this lane's own cap (its consumer's max_ack_pending)
     budget: Budget | None = None  # shared with the agent's other lanes
+    gated: bool = False  # its agent's dispatch gate is closed (mesh.queue.gates): take nothing
 
     @property
     def room(self) -> int:
@@ -62,7 +65,8 @@ class Lane(Generic[T]):
 
     @property
     def has_room(self) -> bool:
-        return self.room > 0
+        """May this lane start a task now: its gate is open and it has room."""
+        return not self.gated and self.room > 0
 
     def started(self) -> None:
         self.in_flight += 1

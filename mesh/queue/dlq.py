@@ -26,11 +26,11 @@ from pydantic import BaseModel, Field
 from mesh import names
 from mesh.deadletters import AttemptError, DeadLetter, bounded_errors, dead_letter
 from mesh.envelope import CONTENT_TYPE, JSON, decode, encode, utcnow
-from mesh.errors import DecodeError, MeshError
+from mesh.errors import WRONG_LAST_SEQUENCE, DecodeError, MeshError
 from mesh.limits import ERRORS_BUDGET
 from mesh.queue.outcome import replay_generation, stored_outcome
 from mesh.queue.runs import RunStatus, get_run, get_run_entry, run_key
-from mesh.wire.protocol import EXPECTED_LAST_SUBJECT_SEQ, WRONG_LAST_SEQUENCE
+from mesh.wire.protocol import EXPECTED_LAST_SUBJECT_SEQ
 
 __all__ = [
     "store_task_dead_letter",

@@ -46,8 +46,9 @@ from mesh.envelope import (
     MessageType,
     utcnow,
 )
+from mesh.errors import WRONG_LAST_SEQUENCE
 from mesh.queue.runs import EXECUTION_FINISHED, RunState, RunStatus
-from mesh.wire.protocol import WRONG_LAST_SEQUENCE, expect_last_subject_seq, parse_headers
+from mesh.wire.protocol import expect_last_subject_seq, parse_headers
 
 __all__ = [
     "OutcomeMessage",

@@ -65,6 +65,7 @@ from mesh.envelope import (
     validation_errors,
 )
 from mesh.errors import (
+    WRONG_LAST_SEQUENCE,
     BatchRejected,
     EnqueueOutcomeUnknown,
     IdempotencyKeyReused,
@@ -393,7 +394,7 @@ class TaskQueue:
                 await patience.pause(f"run record {run_id}")
                 continue
             except APIError as exc:
-                if exc.err_code not in protocol.WRONG_LAST_SEQUENCE:  # already written by the worker: fine
+                if exc.err_code not in WRONG_LAST_SEQUENCE:  # already written by the worker: fine
                     raise
             return
 

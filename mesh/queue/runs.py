@@ -37,6 +37,8 @@ from mesh.errors import DecodeError
 __all__ = [
     "EXECUTION_FINISHED",
     "ExecutionFinished",
+    "LIFECYCLE_CHANGED",
+    "LifecycleChanged",
     "RunState",
     "RunStatus",
     "get_run",
@@ -132,6 +134,29 @@ class ExecutionFinished(BaseModel):
             started_at=self.started_at, finished_at=self.finished_at, replay=self.replay,
             worker=self.worker, first_started_at=self.first_started_at or self.started_at, input=self.input,
         )  # fmt: skip
+
+
+LIFECYCLE_CHANGED: Final = "lifecycle.changed"
+
+
+class LifecycleChanged(BaseModel):
+    """An agent version moved from one lifecycle state to another (``agents.lifecycle``).
+
+    The payload of an envelope on ``af.events.lifecycle.changed.<agent>``,
+    published once per transition (``Nats-Msg-Id: lifecycle-<id>``), at least
+    once: a transition whose event was not confirmed is published again, so a
+    reader that must not double-count keys on ``id``."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    id: int  # the transition's row in lifecycle_transitions
+    agent: str
+    version: str
+    from_state: str
+    to_state: str
+    actor: str  # who asked: an API token's name, a CLI user, "system"
+    reason: str | None = None
+    at: datetime
 
 
 _RUN_KEY_PREFIX: Final = names.kv_subject(names.BUCKET_RUNS, "")

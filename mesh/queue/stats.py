@@ -13,6 +13,7 @@ from pydantic import BaseModel
 
 from mesh import names
 from mesh.queue import metrics
+from mesh.queue.gates import read_gates
 
 __all__ = ["LaneStats", "QueueStats", "queue_stats"]
 
@@ -26,6 +27,7 @@ class LaneStats(BaseModel):
     max_in_flight: int  # max_ack_pending
     redelivered: int
     pulls_waiting: int  # idle workers' lingering pulls
+    gate: str = "open"  # its agent's dispatch gate (mesh.queue.gates): "closed (draining)" takes nothing
 
     @property
     def stalled(self) -> bool:
@@ -42,6 +44,7 @@ class QueueStats(BaseModel):
 
 async def queue_stats(js: JetStreamContext, *, update_metrics: bool = True) -> QueueStats:
     lanes: list[LaneStats] = []
+    gates = await read_gates(js)
     for info in await js.consumers_info(names.STREAM_TASKS):
         subject = info.config.filter_subject or ""
         parts = subject.split(".")
@@ -57,6 +60,7 @@ async def queue_stats(js: JetStreamContext, *, update_metrics: bool = True) -> Q
                 max_in_flight=info.config.max_ack_pending or 0,
                 redelivered=info.num_redelivered or 0,
                 pulls_waiting=info.num_waiting or 0,
+                gate=gates[parts[2]].describe() if parts[2] in gates else "open",
             )
         )
     lanes.sort(key=lambda lane: (lane.agent, lane.priority))

@@ -77,11 +77,12 @@ from mesh.envelope import (
     named_run_id,
     utcnow,
 )
-from mesh.errors import DecodeError
+from mesh.errors import WRONG_LAST_SEQUENCE, DecodeError
 from mesh.limits import PayloadLimits, ResultTooLarge
 from mesh.queue import metrics
 from mesh.queue.dispatch import Budget, DispatchPolicy, Lane
 from mesh.queue.dlq import store_task_dead_letter
+from mesh.queue.gates import Gate, GateWatch
 from mesh.queue.outcome import (
     OutcomeMessage,
     expired_msg_id,
@@ -171,6 +172,7 @@ class _InFlight:
     revision: int | None = None  # the run record's KV revision last seen or written (compare-and-set)
     settled: bool = False  # the record is final (or a later generation's): no more state writes
     cancelled: bool = False  # stopped by a cancel request (mesh.queue.cancel), which recorded its outcome
+    stopped: bool = False  # force-stopped by its agent's dispatch gate: handed back
     started: datetime | None = None  # when this attempt started (once decoded)
     shown: bool = False  # its running state is written (a progress report, a claim, or running long)
 
@@ -189,9 +191,11 @@ class TaskWorker:
         idle_poll_s: float = 1.0,
         claim_interval_s: float | None = 1.0,
         name: str = "worker",
+        follow_gates: bool = True,
     ) -> None:
         """``claim_interval_s``: how often runs near their TTL are claimed
-        (None: never, for tests of what happens without)."""
+        (None: never, for tests of what happens without). ``follow_gates``:
+        obey the agents' dispatch gates (:mod:`mesh.queue.gates`)."""
         self.nc, self.js = nc, js
         self.handlers = handlers
         self.concurrency = concurrency
@@ -211,6 +215,8 @@ class TaskWorker:
         self._loops: list[asyncio.Task[None]] = []
         self.pipeline = Pipeline(nc)
         self._cancels: list[Subscription] = []
+        self.gates = GateWatch(nc, js, list(handlers), self._on_gate) if follow_gates else None
+        self._gate_returns: set[asyncio.Task[None]] = set()
 
     # ---- lifecycle ---------------------------------------------------------
 
@@ -236,6 +242,8 @@ class TaskWorker:
                 self.lanes.append(Lane(agent, priority, puller, limit=limit, budget=budget))
                 self._lane_of[names.task_subject(agent, priority)] = self.lanes[-1]
         await self.pipeline.start()
+        if self.gates is not None:  # before the first pull: a closed agent takes nothing
+            await self.gates.start()
         self._cancels = [
             await self.nc.subscribe(names.cancel_subject(agent), cb=self._on_cancel)
             for agent in self.handlers
@@ -254,6 +262,10 @@ class TaskWorker:
         self._room.set()
         for loop in self._loops[:1]:
             loop.cancel()
+        if self.gates is not None:
+            await self.gates.stop()
+        for returning in list(self._gate_returns):
+            returning.cancel()
         if self._inflight:
             _, pending = await asyncio.wait(list(self._inflight), timeout=drain_timeout)
             for task in pending:  # started and cut short: these count as attempts
@@ -352,7 +364,45 @@ class TaskWorker:
                 continue
             for lane, msgs in got:
                 for msg in msgs:
-                    self._launch(lane, msg)
+                    if lane.gated:  # closed while this pull was out: back to the queue now
+                        self._return_later(lane.agent, [msg])
+                    else:
+                        self._launch(lane, msg)
+
+    # ---- dispatch gates ------------------------------------------------------
+
+    def _on_gate(self, agent: str, gate: Gate) -> None:
+        """The agent's gate changed: open or close its lanes; when closed, hand
+        back what this worker holds of it unstarted, and on a stop also what runs."""
+        lanes = [lane for lane in self.lanes if lane.agent == agent]
+        for lane in lanes:
+            lane.gated = not gate.open
+        if gate.open:
+            self._room.set()
+            return
+        if gate.stop:
+            for task, item in list(self._inflight.items()):
+                if item.lane.agent == agent and not item.finishing:
+                    item.stopped = True
+                    task.cancel()
+        for lane in lanes:
+            held = list(lane.source.ready)
+            lane.source.ready.clear()
+            self._return_later(agent, held, lane)
+        self._room.set()  # the dispatch loop looks at its lanes again
+
+    def _return_later(self, agent: str, msgs: list[Msg], lane: Lane[Puller] | None = None) -> None:
+        """Hand ``msgs`` back (not counted as attempts), then, with ``lane``,
+        whatever its pulls still out deliver before they end."""
+        task = asyncio.create_task(self._return(agent, msgs, lane), name=f"{self.name}-gate-return")
+        self._gate_returns.add(task)
+        task.add_done_callback(self._gate_returns.discard)
+
+    async def _return(self, agent: str, msgs: list[Msg], lane: Lane[Puller] | None) -> None:
+        await asyncio.gather(*(self._hand_back(agent, msg) for msg in msgs))
+        while lane is not None and lane.gated and lane.source.outstanding:
+            late = await lane.source.arrival(1_000)
+            await asyncio.gather(*(self._hand_back(agent, msg) for msg in late))
 
     async def _sweep(self, free: int) -> list[tuple[Lane[Puller], list[Msg]]]:
         order = self.policy.order(self.lanes)
@@ -534,7 +584,7 @@ class TaskWorker:
                 run_key(state.run_id), state.model_dump_json().encode(), headers
             )
         except APIError as exc:
-            if exc.err_code not in protocol.WRONG_LAST_SEQUENCE:
+            if exc.err_code not in WRONG_LAST_SEQUENCE:
                 raise
             return None
         return ack.seq
@@ -550,6 +600,10 @@ class TaskWorker:
         try:
             await self._run(item)
         except asyncio.CancelledError:
+            if item.stopped:  # force-stopped (its gate): back to the queue at once, as an attempt
+                with contextlib.suppress(Exception):
+                    await msg.nak()
+                return
             if not item.cancelled:
                 raise
             # Stopped by a cancel, whose outcome is recorded: the task is done.

@@ -50,7 +50,6 @@ from nats.protocol.parser import AWAITING_CONTROL_LINE, AWAITING_MSG_PAYLOAD, Pa
 __all__ = [
     "EMPTY_HEADERS",
     "EXPECTED_LAST_SUBJECT_SEQ",
-    "WRONG_LAST_SEQUENCE",
     "AckSubject",
     "DirectInbox",
     "LeanParser",
@@ -211,10 +210,6 @@ def encode_headers(headers: Mapping[str, str]) -> bytes:
     return b"".join(parts)
 
 
-#: JetStream's answers when a ``Nats-Expected-Last-Subject-Sequence`` does not hold:
-#: 10071 from a single server ("wrong last sequence: N"), 10164 from a clustered
-#: stream's leader ("wrong last sequence", checked before it proposes the write).
-WRONG_LAST_SEQUENCE: Final = frozenset({10071, 10164})
 EXPECTED_LAST_SUBJECT_SEQ: Final = "Nats-Expected-Last-Subject-Sequence"
 EMPTY_HEADERS: Final = b"NATS/1.0\r\n\r\n"
 _EXPECT: Final = EXPECTED_LAST_SUBJECT_SEQ.encode()

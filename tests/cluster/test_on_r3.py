@@ -19,6 +19,7 @@ from mesh.channels.messaging import Mesh
 from mesh.channels.subscriptions import DurableOptions
 from mesh.cluster import NatsCluster
 from mesh.envelope import Envelope
+from mesh.errors import WRONG_LAST_SEQUENCE
 from mesh.provision import ProvisionConfig, bucket_configs, stream_configs
 from mesh.queue import dlq
 from mesh.queue.maintenance import QueueMaintenance
@@ -27,7 +28,7 @@ from mesh.queue.runs import RunStatus, get_run, run_key
 from mesh.queue.worker import AgentQueueConfig, TaskContext, TaskWorker
 from mesh.schedules.scheduler import CronSchedule, Scheduler, add_definition, remove_definition
 from mesh.wire.connection import connect
-from mesh.wire.protocol import EMPTY_HEADERS, WRONG_LAST_SEQUENCE, expect_last_subject_seq
+from mesh.wire.protocol import EMPTY_HEADERS, expect_last_subject_seq
 from mesh.wire.publisher import parse_puback
 from mesh.wire.puller import Puller
 from tests.helpers import eventually, unique

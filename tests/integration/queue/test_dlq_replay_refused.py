@@ -11,11 +11,11 @@ import pytest
 from nats.js.errors import APIError
 
 from mesh import names
+from mesh.errors import WRONG_LAST_SEQUENCE
 from mesh.queue import dlq
 from mesh.queue.producer import TaskQueue, TaskSpec
 from mesh.queue.runs import RunStatus, get_run
 from mesh.queue.worker import AgentQueueConfig, TaskContext, TaskWorker
-from mesh.wire.protocol import WRONG_LAST_SEQUENCE
 from tests.helpers import unique
 
 from .conftest import Own

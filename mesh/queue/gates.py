@@ -1,0 +1,170 @@
+"""Dispatch gates: whether workers may start an agent's tasks, decided elsewhere, obeyed here.
+
+The lifecycle (``agents.lifecycle``) decides whether an agent takes work —
+not before its version is RUNNING, not while it drains, never once retired —
+and writes the decision to KV: key ``dispatch.gate.<agent>`` of ``af_config``,
+a :class:`Gate` as JSON. A worker follows those keys (:class:`GateWatch`) and
+its dispatch policy obeys them (:attr:`mesh.queue.dispatch.Lane.has_room`):
+no pull is made for a closed lane, deliveries that arrive for it anyway are
+handed back at once (not counted as attempts), and tasks already running go
+on unless the gate says ``stop`` (a force-stop: they are cancelled and handed
+back). An agent without a key is open: agents nobody manages run as before.
+
+Following is a core NATS subscription to the keys' subjects (each write is
+seen as it is stored; nothing is left on the server) plus a full read at
+start and every ``resync_s``, which repairs anything missed while
+disconnected. What is not guaranteed: a worker that cannot reach NATS keeps
+the gates it last saw until it can.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+from nats.js import JetStreamContext
+from nats.js.errors import BucketNotFoundError, NotFoundError
+from nats.js.kv import KeyValue
+from pydantic import BaseModel, ValidationError
+
+from mesh import names
+from mesh.kv import current_entries
+
+__all__ = ["GATE_PREFIX", "Gate", "GateWatch", "clear_gate", "gate_key", "read_gates", "write_gate"]
+
+log = logging.getLogger(__name__)
+
+GATE_PREFIX = "dispatch.gate."
+
+
+class Gate(BaseModel):
+    """An agent's dispatch gate. ``stop``: also cancel what runs (force-stop)."""
+
+    open: bool = True
+    stop: bool = False
+    state: str | None = None  # the lifecycle state that decided it, for `queue stats`
+    reason: str = ""
+
+    def describe(self) -> str:
+        if self.open:
+            return "open"
+        what = "stopped" if self.stop else "closed"
+        why = f" ({self.state}{': ' + self.reason if self.reason else ''})" if self.state else ""
+        return what + why
+
+
+OPEN = Gate()
+
+
+def gate_key(agent: str) -> str:
+    return GATE_PREFIX + agent
+
+
+async def _config(js: JetStreamContext) -> KeyValue:
+    return await js.key_value(names.BUCKET_CONFIG)
+
+
+async def write_gate(js: JetStreamContext, agent: str, gate: Gate) -> int:
+    """Store ``agent``'s gate; returns its revision."""
+    kv = await _config(js)
+    return await kv.put(gate_key(agent), gate.model_dump_json().encode())
+
+
+async def clear_gate(js: JetStreamContext, agent: str) -> None:
+    """Remove ``agent``'s gate: it is open again, as an unmanaged agent's."""
+    kv = await _config(js)
+    await kv.delete(gate_key(agent))
+
+
+def _parse(agent: str, data: bytes | None) -> Gate:
+    if not data:
+        return OPEN
+    try:
+        return Gate.model_validate_json(data)
+    except ValidationError as exc:  # never let a bad value open or close the fleet by accident
+        log.error("dispatch gate of %s is not a gate (%s); treating it as closed", agent, exc)
+        return Gate(open=False, reason="unreadable gate value")
+
+
+async def read_gates(js: JetStreamContext) -> dict[str, Gate]:
+    """Every agent's gate that is set (agents not listed are open)."""
+    try:
+        kv = await _config(js)
+        entries = await current_entries(js, kv, names.BUCKET_CONFIG, GATE_PREFIX + "*")
+    except (BucketNotFoundError, NotFoundError):  # not provisioned: nobody can have set a gate
+        return {}
+    return {e.key[len(GATE_PREFIX) :]: _parse(e.key[len(GATE_PREFIX) :], e.value) for e in entries}
+
+
+class GateWatch:
+    """Follows the gates of ``agents`` and calls ``on_change(agent, gate)`` on each change.
+
+    :meth:`start` returns once the current gates are known (a worker must not
+    pull for a closed agent while it starts)."""
+
+    def __init__(
+        self,
+        nc: Client,
+        js: JetStreamContext,
+        agents: list[str],
+        on_change: Callable[[str, Gate], None],
+        resync_s: float = 10.0,
+    ) -> None:
+        self.nc, self.js = nc, js
+        self.agents = set(agents)
+        self.on_change = on_change
+        self.resync_s = resync_s
+        self.gates: dict[str, Gate] = {agent: OPEN for agent in agents}
+        self._sub: Subscription | None = None
+        self._resync: asyncio.Task[None] | None = None
+        self._prefix = names.kv_subject(names.BUCKET_CONFIG, GATE_PREFIX)
+        self._writes: dict[str, int] = {}  # writes seen live, per agent
+
+    async def start(self) -> None:
+        # Subscribe first, then read: a write in between is seen by one or both.
+        self._sub = await self.nc.subscribe(self._prefix + "*", cb=self._on_write)
+        await self._read_all()
+        self._resync = asyncio.create_task(self._resync_loop(), name="gate-resync")
+
+    async def stop(self) -> None:
+        if self._resync is not None:
+            self._resync.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._resync
+        if self._sub is not None:
+            with contextlib.suppress(Exception):
+                await self._sub.unsubscribe()
+            self._sub = None
+
+    def _apply(self, agent: str, gate: Gate) -> None:
+        if agent in self.agents and self.gates.get(agent) != gate:
+            self.gates[agent] = gate
+            log.info("dispatch gate of %s: %s", agent, gate.describe())
+            self.on_change(agent, gate)
+
+    async def _on_write(self, msg: Msg) -> None:
+        agent = msg.subject[len(self._prefix) :]
+        self._writes[agent] = self._writes.get(agent, 0) + 1
+        operation = (msg.headers or {}).get("KV-Operation")
+        self._apply(agent, OPEN if operation in ("DEL", "PURGE") else _parse(agent, msg.data))
+
+    async def _read_all(self) -> None:
+        before = dict(self._writes)
+        found = await read_gates(self.js)
+        for agent in self.agents:
+            # A write seen live while reading is newer than what the read may hold.
+            if self._writes.get(agent) == before.get(agent):
+                self._apply(agent, found.get(agent, OPEN))
+
+    async def _resync_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.resync_s)
+            try:
+                await self._read_all()
+            except Exception as exc:  # NATS away: keep the gates last seen
+                log.warning("dispatch gates not re-read: %s", exc)
