@@ -20,7 +20,6 @@ and checks the changelog once every replica is current.
 from __future__ import annotations
 
 import asyncio
-import os
 import sys
 import time
 import uuid
@@ -90,10 +89,6 @@ async def _exists(js: JetStreamContext, stream: str) -> bool:
 
 @pytest.mark.slow
 @pytest.mark.timeout(240)
-@pytest.mark.skipif(
-    os.environ.get("AF_RUN_FAUST_FAULTS") != "1",
-    reason="flaky in the full cluster suite (1 of 3 runs, cause not found): AF_RUN_FAUST_FAULTS=1 runs it",
-)
 @pytest.mark.parametrize("victim", ["changelog", "offsets"])
 async def test_counts_stay_exact_when_the_node_leading_the_apps_state_dies(
     nodes: NatsCluster, victim: str
