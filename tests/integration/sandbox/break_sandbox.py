@@ -1,0 +1,126 @@
+# ruff: noqa: E501  (the table of mutations is data: one line each)
+"""Break each sandbox guarantee on purpose and watch its test fail.
+
+    .venv/bin/python tests/integration/sandbox/break_sandbox.py              # every mutation (~3 min)
+    .venv/bin/python tests/integration/sandbox/break_sandbox.py "no netns"   # one
+
+Each entry replaces one exact piece of product code in a throwaway git
+worktree of HEAD, runs the test that attacks that guarantee, and reports
+CAUGHT (the test failed, as it must) or MISSED. Not collected by pytest.
+
+Left out on purpose, because the broken sandbox would let the attack loose on
+the machine running it: the uid drop and RLIMIT_NPROC (a real fork bomb).
+Mutations here only ever loosen a limit to another finite one.
+"""
+
+from __future__ import annotations
+
+import pathlib
+import subprocess
+import sys
+import tempfile
+
+HERE = pathlib.Path(__file__).resolve().parents[3]
+PYTEST = str(HERE / ".venv" / "bin" / "pytest")
+H = "tests/integration/sandbox/test_hostile_agents.py::"
+I = "tests/integration/sandbox/test_invocations.py::"  # noqa: E741
+M = [
+    ("file size limit x64", "agents/sandbox/limits.py",
+     "resource.RLIMIT_FSIZE: (limits.file_size_bytes, limits.file_size_bytes),",
+     "resource.RLIMIT_FSIZE: (limits.file_size_bytes * 64, limits.file_size_bytes * 64),",
+     H + "test_a_10_gb_file_stops_at_the_file_size_limit"),
+    ("no CPU limit", "agents/sandbox/limits.py",
+     "resource.RLIMIT_CPU: (limits.cpu_s, limits.cpu_s + 1),",
+     "resource.RLIMIT_CPU: (10**6, 10**6),",
+     H + "test_cpu_seconds_over_the_limit_are_a_resource_error"),
+    ("no netns", "agents/sandbox/child.py",
+     "            enter_netns(NETNS_FD)",
+     "            pass",
+     H + "test_a_socket_to_localhost_without_network_permission_fails"),
+    ("no memory cgroup limit", "agents/sandbox/cgroups.py",
+     '                        _write(path / "memory.limit_in_bytes", str(limits.memory_bytes))',
+     "                        pass",
+     H + "test_memory_ten_times_the_limit_is_refused"),
+    ("no SIGKILL after the grace", "agents/sandbox/template.py",
+     "                elif child.kill_at is not None and now >= child.kill_at:\n                    self._signal(child, signal.SIGKILL)",
+     "                elif child.kill_at is not None and now >= child.kill_at:\n                    pass",
+     H + "test_an_agent_ignoring_sigterm_is_killed_after_the_grace"),
+    ("no SIGTERM at the deadline", "agents/sandbox/template.py",
+     "                    self._signal(child, signal.SIGTERM)",
+     "                    pass",
+     H + "test_an_infinite_loop_times_out"),
+    ("leftovers not swept", "agents/sandbox/template.py",
+     "        if child.slot.cgroup is not None:\n            return child.slot.cgroup.signal_all(sig)",
+     "        if True:\n            return 0",
+     H + "test_double_forked_orphans_are_killed_with_their_invocation"),
+    ("early answer despite descendants", "agents/sandbox/template.py",
+     "    def _has_descendants(self, child: Invocation) -> bool:\n",
+     "    def _has_descendants(self, child: Invocation) -> bool:\n        return False\n",
+     H + "test_double_forked_orphans_are_killed_with_their_invocation"),
+    ("environment kept", "agents/sandbox/child.py",
+     "    os.environ.clear()\n",
+     "",
+     I + "test_the_environment_holds_only_af_otel_and_named_variables"),
+    ("output uncapped", "agents/sandbox/invocation.py",
+     "        room = self.cap - len(self.kept)",
+     "        room = len(data)",
+     I + "test_stdout_over_the_cap_is_truncated_with_a_marker"),
+    ("workdir kept", "agents/sandbox/template.py",
+     "        shutil.rmtree(child.workdir, ignore_errors=True)",
+     "        pass",
+     I + "test_stdin_is_empty_and_the_working_directory_is_private_and_removed"),
+    ("input error retried", "agents/sandbox/child.py",
+     '        return {"category": ErrorCategory.INPUT_ERROR, "error": f"invalid input for {agent.key}: {exc}"}',
+     '        return {"category": ErrorCategory.INTERNAL_ERROR, "error": f"invalid input for {agent.key}: {exc}"}',
+     I + "test_input_that_does_not_fit_the_model_is_a_permanent_input_error"),
+    ("pending invocations hang when the template dies", "agents/sandbox/service.py",
+     '                    future.set_exception(SandboxStopped("the sandbox template stopped"))',
+     "                    pass",
+     I + "test_a_dead_template_fails_its_invocations_and_its_children_die_with_it"),
+]  # fmt: skip
+
+
+def main(only: list[str]) -> int:
+    missed = 0
+    with tempfile.TemporaryDirectory() as tmp:
+        root = pathlib.Path(tmp) / "tree"
+        subprocess.run(
+            ["git", "-C", str(HERE), "worktree", "add", "-q", "--detach", str(root), "HEAD"], check=True
+        )
+        try:
+            for name, f, old, new, test in M:
+                if not only or name in only:
+                    missed += not run_one(root, pathlib.Path(tmp) / "bt", name, f, old, new, test)
+        finally:
+            subprocess.run(["git", "-C", str(HERE), "worktree", "remove", "--force", str(root)], check=False)
+    return 1 if missed else 0
+
+
+def run_one(
+    root: pathlib.Path, basetemp: pathlib.Path, name: str, f: str, old: str, new: str, test: str
+) -> bool:
+    p = root / f
+    src = p.read_text()
+    if src.count(old) != 1:
+        print(f"{name}: PATTERN FOUND {src.count(old)} TIMES (update the entry)", flush=True)
+        return False
+    p.write_text(src.replace(old, new))
+    try:
+        r = subprocess.run(
+            [PYTEST, "-q", "-x", "-p", "no:cacheprovider", f"--basetemp={basetemp}", "--timeout=40", test],
+            cwd=root, capture_output=True, text=True, timeout=240,
+        )  # fmt: skip
+        lines = r.stdout.strip().splitlines()
+        why = next((line[:150] for line in lines if line.startswith("E ")), "")
+        out = (f"{lines[-1]} [{why}]" if why else lines[-1]) if lines else r.stderr[-200:]
+    except subprocess.TimeoutExpired:
+        out = "TIMEOUT (counts as failing)"
+    finally:
+        p.write_text(src)
+    caught = "failed" in out or "TIMEOUT" in out or "error" in out
+    print(f"{name}: {'CAUGHT' if caught else 'MISSED'} -- {out}", flush=True)
+    return caught
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
