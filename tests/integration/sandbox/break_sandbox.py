@@ -117,7 +117,7 @@ def run_one(
         out = "TIMEOUT (counts as failing)"
     finally:
         p.write_text(src)
-    caught = "failed" in out or "TIMEOUT" in out or "error" in out
+    caught = any(word in out.lower() for word in ("failed", "timeout", "error"))
     print(f"{name}: {'CAUGHT' if caught else 'MISSED'} -- {out}", flush=True)
     return caught
 

@@ -107,8 +107,8 @@ class TermIgnorer(_Hostile):
 
 
 class OrphanMaker(_Hostile):
-    """Double-forks ``limit`` orphans in sessions of their own that sleep for ``seconds``;
-    returns their pids at once."""
+    """Double-forks ``limit`` orphans in sessions of their own, holding none of its
+    descriptors, that sleep for ``seconds``; returns their pids at once."""
 
     key = "orphan-maker"
 
@@ -119,9 +119,8 @@ class OrphanMaker(_Hostile):
             if os.fork() == 0:  # the middle process: start the orphan, tell its pid, die
                 os.setsid()
                 pid = os.fork()
-                if pid == 0:
-                    os.close(r)
-                    os.close(w)
+                if pid == 0:  # a proper daemon: no descriptor of its parent's kept
+                    os.closerange(0, 1 << 16)
                     time.sleep(input.seconds)
                     os._exit(0)
                 os.write(w, str(pid).encode())
