@@ -126,7 +126,10 @@ class OrphanMaker(_Hostile):
                 os.write(w, str(pid).encode())
                 os._exit(0)
             os.close(w)
-            pids.append(int(os.read(r, 32)))
+            told = b""
+            while chunk := os.read(r, 32):  # EOF: the middle exited and the orphan closed everything
+                told += chunk
+            pids.append(int(told))
             os.close(r)
             os.wait()
         return Done(done=pids)
