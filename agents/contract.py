@@ -55,9 +55,16 @@ class Agent(ABC, Generic[I, O]):
     # Queue settings (see mesh.queue.worker.AgentQueueConfig)
     ack_wait_s: ClassVar[float] = 300.0
     max_attempts: ClassVar[int] = 3
+    # Lifecycle: how long warm_up may take before the version is FAILED
+    warm_up_timeout_s: ClassVar[float] = 60.0
 
     @abstractmethod
     async def run(self, input: I, ctx: RunContext) -> O: ...
+
+    async def warm_up(self) -> None:
+        """Prime caches, load models or data, open pools: runs while the version
+        is WARMING_UP, within ``warm_up_timeout_s``; raising fails the deploy."""
+        return None
 
     @classmethod
     def describe(cls) -> dict[str, Any]:

@@ -71,6 +71,7 @@ EVENTS_PREFIX: Final = "af.events"
 DLQ_PREFIX: Final = "af.dlq"
 SCHEDULES_PREFIX: Final = "af.schedules"
 CANCEL_PREFIX: Final = "af.control.cancel"  # core NATS (no stream): "stop run <id> if you hold it"
+INFLIGHT_PREFIX: Final = "af.control.inflight"  # core NATS: "how many of <agent>'s tasks do you hold?"
 RPC_PREFIX: Final = "af.rpc"  # core NATS requests: af.rpc.<agent>, queue group <agent>
 
 # Durable consumers with a fixed name (the per-lane, per-trigger and per-channel
@@ -111,6 +112,11 @@ LIFECYCLE_PREFIX: Final = f"{EVENTS_PREFIX}.lifecycle.changed"
 def lifecycle_subject(agent: str) -> str:
     """Where ``agent``'s lifecycle transitions are announced (on ``AF_EVENTS``)."""
     return f"{LIFECYCLE_PREFIX}.{agent}"
+
+
+def inflight_subject(agent: str) -> str:
+    """Where workers answer how many of ``agent``'s tasks they hold (every worker replies)."""
+    return f"{INFLIGHT_PREFIX}.{agent}"
 
 
 def cancel_subject(agent: str) -> str:

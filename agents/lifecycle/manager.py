@@ -11,7 +11,8 @@ A transition is:
    read is still the row's* (a fence: a holder whose lease expired while it
    worked cannot overwrite a newer transition) and the audit row;
 4. publish it: the agent's dispatch gate (:mod:`mesh.queue.gates`: open while a
-   version is RUNNING or DEGRADED, closed otherwise, ``stop`` on a force-stop),
+   version is RUNNING or DEGRADED, closed otherwise, ``stop`` on entering
+   FORCE_STOPPED or RETIRED),
    then the ``lifecycle.changed`` event on ``AF_EVENTS``, then mark the audit
    row published;
 5. release the lease.
@@ -60,6 +61,8 @@ log = logging.getLogger(__name__)
 
 #: The states in which a version takes tasks.
 OPEN_STATES = frozenset({State.RUNNING, State.DEGRADED})
+#: Entering these also stops what still runs (handed back to the queue).
+_STOPPING = frozenset({State.FORCE_STOPPED, State.RETIRED})
 
 Mode = Literal["pool", "dedicated"]
 
@@ -123,7 +126,7 @@ def gate_for(states: list[State], last: State | None = None) -> Gate:
     is the state just entered (it names why a gate is closed)."""
     if any(state in OPEN_STATES for state in states):
         return Gate()
-    stop = last == State.FORCE_STOPPED
+    stop = last in _STOPPING
     shown = last or (states[0] if states else None)
     return Gate(open=False, stop=stop, state=shown.value if shown else None)
 

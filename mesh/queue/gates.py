@@ -35,7 +35,17 @@ from pydantic import BaseModel, ValidationError
 from mesh import names
 from mesh.kv import current_entries
 
-__all__ = ["GATE_PREFIX", "Gate", "GateWatch", "clear_gate", "gate_key", "read_gates", "write_gate"]
+__all__ = [
+    "GATE_PREFIX",
+    "Gate",
+    "GateWatch",
+    "HeldBy",
+    "clear_gate",
+    "gate_key",
+    "held_tasks",
+    "read_gates",
+    "write_gate",
+]
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +109,38 @@ async def read_gates(js: JetStreamContext) -> dict[str, Gate]:
     except (BucketNotFoundError, NotFoundError):  # not provisioned: nobody can have set a gate
         return {}
     return {e.key[len(GATE_PREFIX) :]: _parse(e.key[len(GATE_PREFIX) :], e.value) for e in entries}
+
+
+class HeldBy(BaseModel):
+    """One worker's answer to :func:`held_tasks`."""
+
+    worker: str
+    running: int  # started, not finished
+    held: int  # delivered to it, not started (handed back when its gate is closed)
+
+
+async def held_tasks(nc: Client, agent: str, window_s: float = 0.3) -> list[HeldBy]:
+    """What every worker serving ``agent`` holds of it now: each answers on
+    ``af.control.inflight.<agent>``; answers are gathered for ``window_s``.
+
+    A drain is over when every answer says 0. What is not guaranteed: a worker
+    that does not answer within the window (stopped, cut off) is not counted;
+    what it holds comes back to the queue by its ack wait, never lost.
+    """
+    inbox = nc.new_inbox()
+    answers: list[HeldBy] = []
+
+    async def on_answer(msg: Msg) -> None:
+        with contextlib.suppress(ValidationError):
+            answers.append(HeldBy.model_validate_json(msg.data))
+
+    sub = await nc.subscribe(inbox, cb=on_answer)
+    try:
+        await nc.publish(names.inflight_subject(agent), b"", reply=inbox)
+        await asyncio.sleep(window_s)  # a scatter-gather has no last answer to wait for
+    finally:
+        await sub.unsubscribe()
+    return answers
 
 
 class GateWatch:

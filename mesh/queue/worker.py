@@ -82,7 +82,7 @@ from mesh.limits import PayloadLimits, ResultTooLarge
 from mesh.queue import metrics
 from mesh.queue.dispatch import Budget, DispatchPolicy, Lane
 from mesh.queue.dlq import store_task_dead_letter
-from mesh.queue.gates import Gate, GateWatch
+from mesh.queue.gates import Gate, GateWatch, HeldBy
 from mesh.queue.outcome import (
     OutcomeMessage,
     expired_msg_id,
@@ -100,7 +100,7 @@ from mesh.wire.connection import through_outage
 from mesh.wire.publisher import Pipeline, parse_puback
 from mesh.wire.puller import Puller
 
-__all__ = ["AgentQueueConfig", "PermanentError", "TaskContext", "TaskWorker"]
+__all__ = ["AgentQueueConfig", "PermanentError", "TaskContext", "TaskWorker", "ensure_lane"]
 
 log = logging.getLogger(__name__)
 
@@ -247,6 +247,9 @@ class TaskWorker:
         self._cancels = [
             await self.nc.subscribe(names.cancel_subject(agent), cb=self._on_cancel)
             for agent in self.handlers
+        ] + [
+            await self.nc.subscribe(names.inflight_subject(agent), cb=self._on_held_query)
+            for agent in self.handlers
         ]
         self._room.set()
         self._loops = [
@@ -308,6 +311,16 @@ class TaskWorker:
                 item.cancelled = True
                 task.cancel()
                 log.info("%s: run %s cancelled; its handler is stopped", self.name, run_id)
+
+    async def _on_held_query(self, msg: Msg) -> None:
+        """Say how many of the agent's tasks this worker holds (mesh.queue.gates.held_tasks)."""
+        agent = msg.subject[len(names.INFLIGHT_PREFIX) + 1 :]
+        running = sum(1 for item in self._inflight.values() if item.lane.agent == agent)
+        held = sum(len(lane.source.ready) for lane in self.lanes if lane.agent == agent)
+        if msg.reply:
+            answer = HeldBy(worker=self.identity, running=running, held=held)
+            with contextlib.suppress(Exception):
+                await self.nc.publish(msg.reply, answer.model_dump_json().encode())
 
     async def _hand_back(self, agent: str, msg: Msg) -> None:
         """Return a delivery this worker never started: record it as returned
@@ -600,9 +613,12 @@ class TaskWorker:
         try:
             await self._run(item)
         except asyncio.CancelledError:
-            if item.stopped:  # force-stopped (its gate): back to the queue at once, as an attempt
-                with contextlib.suppress(Exception):
-                    await msg.nak()
+            if item.stopped:
+                # Force-stopped by its gate: an operator's decision, not the task's
+                # failure, so back to the queue at once and not counted as an attempt
+                # (what it did before the stop may have happened: runs are redelivered
+                # at least once, as after any crash).
+                await self._hand_back(item.lane.agent, msg)
                 return
             if not item.cancelled:
                 raise

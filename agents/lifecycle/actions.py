@@ -1,0 +1,253 @@
+"""What an operator asks of an agent — deploy, drain, retire, restart, force-stop —
+as the transitions that carry it out (each one made by the manager, under the
+agent's lease, recorded and announced).
+
+* **deploy**: CREATED → VALIDATING → VALIDATED (the agent loads here, its
+  version is the one asked for, its schemas render) → DEPLOYING (its queue
+  lanes exist) → WARMING_UP (``Agent.warm_up()``, bounded by
+  ``warm_up_timeout_s``) → RUNNING, when the dispatch gate opens. A failed
+  step ends in FAILED with the reason. A FAILED or FORCE_STOPPED version is
+  checked again and deployed from DEPLOYING.
+* **drain**: RUNNING/DEGRADED → DRAINING: the gate closes, workers take no
+  more of the agent's tasks, what runs finishes. With ``wait``, returns once
+  no worker holds any of them (or the drain timeout passes).
+* **retire**: drains first (if running), waits up to the drain timeout
+  (default 30 s, at most 300 s) for what runs to finish → RETIRED; if it does
+  not finish in time → FORCE_STOPPED (the gate says stop: workers cancel what
+  runs and hand it back to the queue at once) → RETIRED. A version never
+  deployed, failed or force-stopped retires at once.
+* **force-stop**: → DRAINING → FORCE_STOPPED at once.
+* **restart**: a drain (as retire's) → FORCE_STOPPED, then deploy again.
+
+Tasks of an agent no version of which is RUNNING or DEGRADED wait in the
+queue (their TTL still runs), never lost: they run once a version is deployed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any, Final
+
+from nats.aio.client import Client
+from nats.js import JetStreamContext
+
+from agents.contract import Agent
+from agents.errors import AgentError
+from agents.lifecycle.manager import LifecycleManager, Transition, VersionRecord
+from agents.lifecycle.states import IllegalTransition, State
+from agents.registry import Registry
+from mesh.queue.gates import HeldBy, held_tasks
+from mesh.queue.worker import AgentQueueConfig, ensure_lane
+
+__all__ = ["DEFAULT_DRAIN_S", "MAX_DRAIN_S", "Action", "ActionFailed", "Operator", "Outcome"]
+
+DEFAULT_DRAIN_S: Final = 30.0
+MAX_DRAIN_S: Final = 300.0
+_LIVE = frozenset({State.RUNNING, State.DEGRADED})
+
+
+class Action(StrEnum):
+    DEPLOY = "deploy"
+    DRAIN = "drain"
+    RETIRE = "retire"
+    RESTART = "restart"
+    FORCE_STOP = "force-stop"
+
+
+class ActionFailed(AgentError):
+    """An action that cannot start (the version cannot be deployed from here)."""
+
+    status = 422
+
+
+@dataclass
+class Outcome:
+    """What an action did: the transitions made, where the version ended, and why."""
+
+    agent: str
+    version: str
+    action: Action
+    state: State
+    transitions: list[Transition] = field(default_factory=list)
+    detail: str = ""
+    held: list[HeldBy] = field(default_factory=list)  # what workers still held when it ended
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "agent": self.agent, "version": self.version, "action": self.action.value,
+            "state": self.state.value, "detail": self.detail,
+            "transitions": [t.as_dict() for t in self.transitions],
+            "held": [h.model_dump() for h in self.held],
+        }  # fmt: skip
+
+
+class Operator:
+    """Carries out :class:`Action` s with a :class:`LifecycleManager`."""
+
+    def __init__(
+        self, manager: LifecycleManager, nc: Client, js: JetStreamContext, registry: Registry,
+        *, poll_s: float = 0.25,
+    ) -> None:  # fmt: skip
+        self.manager, self.nc, self.js, self.registry = manager, nc, js, registry
+        self.poll_s = poll_s
+
+    async def run(
+        self, agent: str, action: Action, *, actor: str, version: str | None = None,
+        reason: str | None = None, drain_timeout_s: float = DEFAULT_DRAIN_S, wait: bool = False,
+    ) -> Outcome:  # fmt: skip
+        drain_timeout_s = min(max(drain_timeout_s, 0.0), MAX_DRAIN_S)
+        if action == Action.DEPLOY:
+            record = await self.manager.register(agent, version or self._loaded(agent).version)
+        else:
+            record = await self._current(agent, version)
+        out = Outcome(agent, record.version, action, record.state)
+        step = _Steps(self.manager, out, actor, reason)
+        if action == Action.DEPLOY:
+            await self._deploy(step)
+        elif action == Action.DRAIN:
+            await step.to(State.DRAINING)
+            if wait:
+                await self._wait_drained(out, drain_timeout_s)
+        elif action == Action.FORCE_STOP:
+            if out.state in _LIVE:
+                await step.to(State.DRAINING)
+            await step.to(State.FORCE_STOPPED)
+            out.detail = "stopped: what ran was handed back to the queue"
+        elif action == Action.RETIRE:
+            await self._retire(step, drain_timeout_s)
+        elif action == Action.RESTART:
+            if out.state in _LIVE | {State.DRAINING}:
+                await self._stop_gracefully(step, drain_timeout_s, then=State.FORCE_STOPPED)
+            await self._deploy(step)
+        return out
+
+    # ---- the actions ---------------------------------------------------------
+
+    async def _deploy(self, step: _Steps) -> None:
+        out = step.out
+        if out.state in _LIVE:
+            out.detail = f"already {out.state.value}"
+            return
+        if out.state not in {State.CREATED, State.VALIDATED, State.FAILED, State.FORCE_STOPPED}:
+            raise IllegalTransition(out.state, State.DEPLOYING)
+        problem = self._invalid(out.agent, out.version)
+        if out.state == State.CREATED:
+            await step.to(State.VALIDATING)
+            if problem:
+                await step.to(State.FAILED, problem)
+                return
+            await step.to(State.VALIDATED)
+        elif problem:
+            raise ActionFailed(f"{out.agent} {out.version} cannot be deployed: {problem}")
+        agent = self._loaded(out.agent)
+        await step.to(State.DEPLOYING)
+        try:
+            cfg = AgentQueueConfig(agent.key, ack_wait_s=agent.ack_wait_s, max_attempts=agent.max_attempts)
+            for priority in cfg.priorities:
+                await ensure_lane(self.js, cfg, priority)
+        except Exception as exc:
+            await step.to(State.FAILED, f"its queue lanes could not be made: {exc}")
+            return
+        await step.to(State.WARMING_UP)
+        failure = await _warm_up(agent)
+        if failure:
+            await step.to(State.FAILED, failure)
+            return
+        await step.to(State.RUNNING)
+        out.detail = "running: workers take its tasks"
+
+    async def _retire(self, step: _Steps, drain_timeout_s: float) -> None:
+        out = step.out
+        if out.state in _LIVE | {State.DRAINING}:
+            await self._stop_gracefully(step, drain_timeout_s, then=State.RETIRED)
+            return
+        await step.to(State.RETIRED)
+        out.detail = "retired"
+
+    async def _stop_gracefully(self, step: _Steps, drain_timeout_s: float, then: State) -> None:
+        """Drain, wait for what runs; ``then`` if it finished in time, else force-stop."""
+        out = step.out
+        if out.state in _LIVE:
+            await step.to(State.DRAINING)
+        if await self._wait_drained(out, drain_timeout_s):
+            await step.to(then)
+            return
+        running = sum(h.running + h.held for h in out.held)
+        await step.to(State.FORCE_STOPPED, f"not drained within {drain_timeout_s:g} s")
+        detail = f"not drained within {drain_timeout_s:g} s: force-stopped, {running} task(s) handed back"
+        if then != State.FORCE_STOPPED:
+            await step.to(then)
+        out.detail = detail
+
+    async def _wait_drained(self, out: Outcome, timeout_s: float) -> bool:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            out.held = [h for h in await held_tasks(self.nc, out.agent) if h.running or h.held]
+            if not out.held:
+                out.detail = "drained: no worker holds any of its tasks"
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            await asyncio.sleep(self.poll_s)
+
+    # ---- helpers -------------------------------------------------------------
+
+    def _loaded(self, agent: str) -> Agent[Any, Any]:
+        if agent not in self.registry:
+            raise ActionFailed(
+                f"agent {agent!r} is not loaded in this process (AF_AGENTS, --agent or an entry point)"
+            )
+        return self.registry.get(agent)
+
+    def _invalid(self, agent: str, version: str) -> str | None:
+        """Why ``agent`` ``version`` cannot run here, or None."""
+        if agent not in self.registry:
+            return "not loaded in this process (AF_AGENTS, --agent or an entry point)"
+        loaded = self.registry.get(agent)
+        if loaded.version != version:
+            return f"this process has version {loaded.version}, not {version}"
+        try:
+            loaded.describe()  # both schemas render
+        except Exception as exc:
+            return f"its input or output model has no JSON schema: {exc}"
+        return None
+
+    async def _current(self, agent: str, version: str | None) -> VersionRecord:
+        if version is not None:
+            return await self.manager.version(agent, version)
+        versions = await self.manager.versions(agent)
+        if not versions:
+            raise ActionFailed(f"agent {agent!r} has no lifecycle record; deploy it first")
+        live = [v for v in versions if v.state in _LIVE | {State.DRAINING}]
+        return (live or versions)[0]
+
+
+class _Steps:
+    """Makes an action's transitions one by one, keeping its outcome current."""
+
+    def __init__(self, manager: LifecycleManager, out: Outcome, actor: str, reason: str | None) -> None:
+        self.manager, self.out, self.actor, self.reason = manager, out, actor, reason
+
+    async def to(self, state: State, why: str | None = None) -> None:
+        reason = f"{self.out.action.value}: {why or self.reason or 'asked'}"
+        done = await self.manager.transition(self.out.agent, self.out.version, state, actor=self.actor,
+                                             reason=reason)  # fmt: skip
+        self.out.transitions.append(done)
+        self.out.state = state
+        if why:
+            self.out.detail = why
+
+
+async def _warm_up(agent: Agent[Any, Any]) -> str | None:
+    """Run the agent's warm-up within its timeout; why it failed, or None."""
+    try:
+        async with asyncio.timeout(agent.warm_up_timeout_s):
+            await agent.warm_up()
+    except TimeoutError:
+        return f"warm-up did not finish within {agent.warm_up_timeout_s:g} s"
+    except Exception as exc:
+        return f"warm-up failed: {type(exc).__name__}: {exc}"
+    return None
