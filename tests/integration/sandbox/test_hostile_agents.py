@@ -14,7 +14,7 @@ import time
 import pytest
 
 from agents.sandbox import ErrorCategory, InvocationResult
-from tests.integration.sandbox.boxes import TIGHT, Box, exists
+from tests.integration.sandbox.boxes import TIGHT, Box, processes
 
 # With full containment an attack is answered well within these; the slack is for a busy 2-core host.
 NOOP_MAX_S = 2.0
@@ -107,22 +107,11 @@ async def test_double_forked_orphans_are_killed_with_their_invocation(box: Box) 
     assert len(orphans) == 3
     if box.sandbox.levels.cgroup:  # without one, orphans die when any invocation ends: counts blur
         assert result.audit.leftover_processes >= 3
-    for pid in orphans:
-        assert not exists(f"/proc/{pid}") or _zombie_or_other(pid), f"orphan {pid} survived"
+    uids = box.sandbox._running().uids
+    survivors = [p for p in processes() if p.pid in orphans and (p.uid in uids or not uids)]
+    assert survivors == [], "orphans outlived the answer"
     assert slowest < NOOP_MAX_S
     await box.assert_nothing_left(result)
-
-
-def _zombie_or_other(pid: int) -> bool:
-    """A pid that is gone, a zombie, or already reused by an unrelated process."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            state = f.read().rsplit(")", 1)[1].split()[0]
-        with open(f"/proc/{pid}/environ", "rb") as f:
-            marked = b"AF_INVOCATION_ID=" in f.read()
-    except OSError:
-        return True
-    return state == "Z" or not marked
 
 
 async def test_a_socket_to_localhost_without_network_permission_fails(box: Box) -> None:
