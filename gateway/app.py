@@ -16,8 +16,11 @@ the steps left are abandoned, never waited for (:class:`Shutdown`). What
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
+import os
+import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -27,6 +30,8 @@ from aiohttp import web
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 
+from agents.lifecycle.actions import Operator
+from agents.lifecycle.manager import LifecycleManager
 from agents.recorder import RUN_INDEX, Recorder
 from agents.registry import Registry
 from agents.runtime import worker_for
@@ -48,6 +53,25 @@ __all__ = ["STEP_TIMEOUT_S", "Gateway", "InProcessWorker", "Parts", "Shutdown", 
 log = logging.getLogger(__name__)
 
 STEP_TIMEOUT_S = 10.0  # each part's stop; a worker's drain gets its drain timeout on top
+OUTBOX_EVERY_S = 5.0  # how often transitions NATS did not confirm are published again
+
+
+async def _publish_lifecycle(manager: LifecycleManager) -> None:
+    """The lifecycle's outbox: at start (a gateway killed between a transition's
+    commit and its event), then every few seconds."""
+    while True:
+        try:
+            await manager.publish_pending()
+        except Exception as exc:  # the database or NATS away: next time
+            log.warning("lifecycle outbox: %s", exc)
+        await asyncio.sleep(OUTBOX_EVERY_S)
+
+
+async def _cancel(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
 
 StopStep = tuple[str, Callable[[], Awaitable[object]], float]
 """A stop step: what stops (in the operator's words), how, and for at most how many seconds."""
@@ -143,6 +167,7 @@ class Gateway:
     worker: TaskWorker | None = None
     app: web.Application | None = None
     runner: web.AppRunner | None = None
+    outbox: asyncio.Task[None] | None = None  # re-sends lifecycle transitions NATS did not confirm
     api_url: str = ""  # where it serves the API (parts.serve)
     _opened: list[StopStep] = field(default_factory=list)  # closing the connections opened here
 
@@ -170,7 +195,11 @@ class Gateway:
         self.queue = TaskQueue(nc, js, max_payload=s.max_payload_bytes)
         await self.queue.start()
         served = self._served_agents()
-        self.services = Services(nc, js, self.pool, self.registry, s, self.queue, lambda: served)
+        holder = f"gateway@{socket.gethostname()}/{os.getpid()}"
+        manager = LifecycleManager(self.pool, js, holder=holder)
+        operator = Operator(manager, nc, js, self.registry)
+        self.services = Services(nc, js, self.pool, self.registry, s, self.queue, operator, lambda: served)
+        self.outbox = asyncio.create_task(_publish_lifecycle(manager), name="lifecycle-outbox")
         if parts.recorder:
             self.recorder = Recorder(nc, js, self.pool, poll_s=parts.poll_s)
             await self.recorder.start()
@@ -244,6 +273,8 @@ class Gateway:
             steps.append(("the recorder", self.recorder.stop, STEP_TIMEOUT_S))
         if self.run_index is not None:
             steps.append(("the run index", self.run_index.stop, STEP_TIMEOUT_S))
+        if self.outbox is not None:
+            steps.append(("the lifecycle outbox", functools.partial(_cancel, self.outbox), STEP_TIMEOUT_S))
         if self.queue is not None:
             steps.append(("the task queue", self.queue.stop, STEP_TIMEOUT_S))
         steps.extend(reversed(self._opened))  # NATS, then the database

@@ -24,6 +24,7 @@ from typing import Any
 
 import click
 
+from gateway.commands.agent import agent
 from gateway.commands.channels import channels
 from gateway.commands.common import OUTPUTS, CliError, Ctx, _emit, _run, output_option
 from gateway.commands.queue import queue
@@ -353,7 +354,7 @@ def main() -> None:
 
 
 # Command groups live in gateway/commands/ (helpers in commands/common.py).
-for _group in (channels, queue, runs, cancel, schedule):
+for _group in (agent, channels, queue, runs, cancel, schedule):
     cli.add_command(_group)
 
 

@@ -99,8 +99,9 @@ class Operator:
         reason: str | None = None, drain_timeout_s: float = DEFAULT_DRAIN_S, wait: bool = False,
     ) -> Outcome:  # fmt: skip
         drain_timeout_s = min(max(drain_timeout_s, 0.0), MAX_DRAIN_S)
-        if action == Action.DEPLOY:
-            record = await self.manager.register(agent, version or self._loaded(agent).version)
+        if action == Action.DEPLOY:  # only an agent loaded here gets a record
+            loaded = self._loaded(agent)
+            record = await self.manager.register(agent, version or loaded.version)
         else:
             record = await self._current(agent, version)
         out = Outcome(agent, record.version, action, record.state)

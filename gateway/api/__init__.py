@@ -6,6 +6,7 @@ from aiohttp import web
 
 from gateway.api.auth import auth_middleware
 from gateway.api.channels import routes as channel_routes
+from gateway.api.lifecycle import routes as lifecycle_routes
 from gateway.api.problems import problem_middleware
 from gateway.api.queue import routes as queue_routes
 from gateway.api.routes import routes
@@ -28,4 +29,5 @@ def create_app(services: Services, token: str | None) -> web.Application:
     app.add_routes(queue_routes)
     app.add_routes(schedule_routes)
     app.add_routes(channel_routes)
+    app.add_routes(lifecycle_routes)
     return app

@@ -10,6 +10,7 @@ from aiohttp import web
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 
+from agents.lifecycle.actions import Operator
 from agents.registry import Registry
 from gateway.settings import Settings
 from mesh.queue.producer import TaskQueue
@@ -25,6 +26,7 @@ class Services:
     registry: Registry
     settings: Settings
     queue: TaskQueue
+    lifecycle: Operator
     served_agents: Callable[[], set[str]] = field(default=lambda: set())
 
 

@@ -35,7 +35,7 @@ class Ctx:
         self.data_dir, self.verbose = data_dir, verbose
         self._api_url, self._token = api_url, token
 
-    def client(self) -> ApiClient:
+    def client(self, timeout: float = 30.0) -> ApiClient:
         state = read_state(self.data_dir)
         url = self._api_url or state.api_url
         if not url:
@@ -43,7 +43,7 @@ class Ctx:
                 f"no gateway found in {self.data_dir / names.STATE_FILE}: start one with "
                 "`agent-factory up`, or pass --api-url / --data-dir"
             )
-        return ApiClient(url, self._token or state.token)
+        return ApiClient(url, self._token or state.token, timeout)
 
 
 def _emit(output: str, data: Any, table: list[tuple[str, Any]] | None = None) -> None:

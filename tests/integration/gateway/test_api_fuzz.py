@@ -154,6 +154,11 @@ VALID: dict[str, st.SearchStrategy[Any]] = {
     "event_field": st.none() | st.text(min_size=1, max_size=64),
     "seq": st.integers(min_value=1, max_value=2**63 - 1),
     "all": st.just(True),
+    "action": st.sampled_from(["deploy", "drain", "retire", "restart", "force-stop"]),
+    "version": st.from_regex(r"[0-9]{1,3}\.[0-9]{1,3}\.[0-9]{1,3}", fullmatch=True),
+    "reason": st.none() | st.text(max_size=500),
+    "drain_timeout_s": st.sampled_from([0.1, 1, 300]),
+    "wait": st.booleans(),
 }
 # Per field: edge values the API may refuse, with a 4xx. Every one is tried on every
 # route that takes the field, the rest of the body valid (a 500 hides past validation).
@@ -206,7 +211,16 @@ EDGES: dict[str, list[Any]] = {
     "kind": ["cron", "trigger", "x", None, ""],
     "seq": [0, -1, 2**63, 2**64, 2**70, 1.5, "1", None],
     "all": [False, 1, "true", None],
+    "action": ["", "Deploy", "delete", "force_stop", None, 1],
+    "version": ["", "v" * 65, "../1", "1 0", "é", "*", None],
+    "reason": ["r" * 501, 1, "\x00"],
+    "drain_timeout_s": [0, -1, 301, 2**70, "30", float("nan"), None],
+    "wait": ["yes", 2, None],
 }
+LIFECYCLE_FIELDS = ("action", "version", "reason", "drain_timeout_s", "wait")
+#: The agent the fuzz acts on: loaded nowhere, so no action reaches a real agent's
+#: lifecycle (a retired noop would stop every later test's noop tasks).
+LIFECYCLE_AGENT = "fuzz-nobody"
 ANYTHING = JSON | st.sampled_from(SPECIAL_SEGMENTS)
 RUN_FIELDS = ("priority", "tenant", "ttl_s", "idempotency_key", "routing_key")
 SCHEDULE_FIELDS = ("name", "agent", "input", "priority", "tenant", "ttl_s", "kind")
@@ -224,6 +238,9 @@ def valid_body(template: str) -> tuple[list[str], st.SearchStrategy[dict[str, An
         return ["tasks", "batch_key"], st.fixed_dictionaries(
             {"tasks": tasks}, optional={"batch_key": VALID["batch_key"]}
         )
+    if template.endswith("/lifecycle"):
+        optional = {k: VALID[k] for k in LIFECYCLE_FIELDS[1:]}
+        return list(LIFECYCLE_FIELDS), st.fixed_dictionaries({"action": VALID["action"]}, optional=optional)
     if "/dlq/" in template:
         one = [st.fixed_dictionaries({k: VALID[k]}) for k in ("seq", "agent", "all")]
         return ["seq", "agent", "all"], st.one_of(one)
@@ -252,6 +269,9 @@ def edge_bodies(template: str, names: Iterator[int]) -> Iterator[tuple[str, Any,
         for field in ("agent", "input", *RUN_FIELDS):
             yield from ((field, v, {"tasks": [{**TASK, field: v}]}) for v in EDGES[field])
         yield from (("batch_key", v, {"tasks": [TASK], "batch_key": v}) for v in EDGES["batch_key"])
+    elif template.endswith("/lifecycle"):
+        for field in LIFECYCLE_FIELDS:
+            yield from ((field, v, {"action": "drain", field: v}) for v in EDGES[field])
     elif "/dlq/" in template:
         for field in ("seq", "agent", "all"):
             yield from ((field, v, {field: v}) for v in EDGES[field])
@@ -265,6 +285,8 @@ def edge_bodies(template: str, names: Iterator[int]) -> Iterator[tuple[str, Any,
 
 def schedule_path(template: str, body: dict[str, Any]) -> str:
     """PUT names the schedule in the path too: the body's name when it has a string one."""
+    if template.endswith("/lifecycle"):
+        return fill(template, LIFECYCLE_AGENT)
     name = body.get("name")
     return fill(template, quote(name if isinstance(name, str) else "noop", safe=""))
 

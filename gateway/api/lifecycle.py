@@ -1,0 +1,96 @@
+"""An agent's lifecycle over the API: act on it, see its health, read its history.
+
+* ``POST /api/v1/agents/{key}/lifecycle`` ``{"action": "deploy"|"drain"|"retire"|"restart"|"force-stop",
+  "version"?, "reason"?, "drain_timeout_s"? (default 30, at most 300), "wait"? (drain only)}``:
+  the transitions made and where the version ended (:mod:`agents.lifecycle.actions`).
+  409 when another manager is changing the agent or the state machine forbids it
+  (the answer names the current state and the allowed next ones), 404 for an
+  unknown version, 422 for a version this gateway cannot deploy.
+* ``GET /api/v1/agents/{key}/health``: every version's state, the dispatch gate
+  workers obey, and what each worker holds of the agent now.
+* ``GET /api/v1/agents/{key}/history?limit=&before=``: transitions, newest first
+  (``next`` pages on).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Final
+
+from aiohttp import web
+from pydantic import BaseModel, ConfigDict, Field
+
+from agents.lifecycle.actions import DEFAULT_DRAIN_S, MAX_DRAIN_S, Action
+from gateway.api.bodies import json_response, read_json
+from gateway.api.params import path_value, query_int
+from gateway.api.services import SERVICES, Services
+from mesh.names import AGENT_KEY_RE
+from mesh.queue.gates import held_tasks, read_gates
+
+__all__ = ["LifecycleRequest", "routes"]
+
+routes = web.RouteTableDef()
+
+VERSION: Final = r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$"
+ACTOR: Final = re.compile(r"[A-Za-z0-9._@-]{1,64}")
+MAX_HISTORY: Final = 1000
+
+
+class LifecycleRequest(BaseModel):
+    """``POST /api/v1/agents/{key}/lifecycle``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    action: Action
+    version: str | None = Field(default=None, pattern=VERSION, description="default: the live one")
+    reason: str | None = Field(default=None, max_length=500)
+    drain_timeout_s: float = Field(default=DEFAULT_DRAIN_S, gt=0, le=MAX_DRAIN_S)
+    wait: bool = Field(default=False, description="drain: return once nothing of it runs")
+
+
+def _actor(request: web.Request) -> str:
+    """Who asked, for the audit row: ``api``, or ``api:<name>`` from an ``AF-Actor`` header."""
+    name = request.headers.get("AF-Actor", "")
+    return f"api:{name}" if ACTOR.fullmatch(name) else "api"
+
+
+@routes.post("/api/v1/agents/{key}/lifecycle")
+async def act(request: web.Request) -> web.Response:
+    svc: Services = request.app[SERVICES]
+    agent = path_value(request, "key", AGENT_KEY_RE, "agent key")
+    body = LifecycleRequest.model_validate(await read_json(request))
+    outcome = await svc.lifecycle.run(
+        agent, body.action, actor=_actor(request), version=body.version, reason=body.reason,
+        drain_timeout_s=body.drain_timeout_s, wait=body.wait,
+    )  # fmt: skip
+    return json_response(outcome.as_dict())
+
+
+@routes.get("/api/v1/agents/{key}/health")
+async def health(request: web.Request) -> web.Response:
+    svc: Services = request.app[SERVICES]
+    agent = path_value(request, "key", AGENT_KEY_RE, "agent key")
+    versions = await svc.lifecycle.manager.versions(agent)
+    gate = (await read_gates(svc.js)).get(agent)
+    held = await held_tasks(svc.nc, agent)
+    return json_response({
+        "agent": agent,
+        "managed": bool(versions),  # an agent with no lifecycle record runs wherever it is served
+        "versions": [v.as_dict() for v in versions],
+        "gate": gate.describe() if gate else "open",
+        "workers": [h.model_dump() for h in held],
+    })  # fmt: skip
+
+
+@routes.get("/api/v1/agents/{key}/history")
+async def history(request: web.Request) -> web.Response:
+    svc: Services = request.app[SERVICES]
+    agent = path_value(request, "key", AGENT_KEY_RE, "agent key")
+    limit = query_int(request, "limit", 50, MAX_HISTORY) or 1
+    before = query_int(request, "before", 0, 2**63 - 1) or None
+    found = await svc.lifecycle.manager.history(agent, limit, before)
+    return json_response({
+        "agent": agent,
+        "transitions": [t.as_dict() for t in found],
+        "next": found[-1].id if len(found) == limit else None,
+    })  # fmt: skip

@@ -1,0 +1,175 @@
+"""``agent-factory agent …``: deploy, drain, retire, restart, force-stop an agent; its health, history."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from gateway.commands.common import Ctx, _emit, _run, output_option
+
+__all__ = ["agent"]
+
+_SLACK_S = 30.0  # the request's own time on top of a drain
+
+
+@click.group()
+def agent() -> None:
+    """An agent's lifecycle: what runs it, whether it takes tasks, what happened to it.
+
+    \b
+    agent-factory agent deploy fuel-combustion      # validate, warm up, RUNNING
+    agent-factory agent status fuel-combustion      # versions, gate, what workers hold
+    agent-factory agent retire fuel-combustion --drain-timeout 60
+    agent-factory agent history fuel-combustion
+    """
+
+
+def _act(obj: Ctx, key: str, action: str, output: str, **body: Any) -> None:
+    payload = {"action": action, **{k: v for k, v in body.items() if v not in (None, False)}}
+    timeout = float(body.get("drain_timeout_s") or 30.0) + _SLACK_S
+
+    async def go() -> dict[str, Any]:
+        async with obj.client(timeout) as api:
+            result: dict[str, Any] = await api.request("POST", f"/api/v1/agents/{key}/lifecycle", payload)
+            return result
+
+    out = _run(go())
+    if output == "json":
+        _emit(output, out)
+        return
+    for t in out["transitions"]:
+        click.echo(f"  {t['from_state']} -> {t['to_state']}" + (f"   ({t['reason']})" if t["reason"] else ""))
+    click.echo(
+        f"{out['agent']} {out['version']}: {out['state']}" + (f" — {out['detail']}" if out["detail"] else "")
+    )
+    for held in out["held"]:
+        click.echo(f"  still held by {held['worker']}: {held['running']} running, {held['held']} waiting")
+    if out["state"] == "failed":
+        raise click.exceptions.Exit(1)
+
+
+_version = click.option(
+    "--version", "version", help="The version to act on [default: the live one; deploy: the loaded one]."
+)
+_reason = click.option("--reason", help="Why, for the history.")
+_drain = click.option(
+    "--drain-timeout", "drain_timeout_s", type=click.FloatRange(0, 300, min_open=True), default=30.0,
+    show_default=True, help="Seconds what runs may take to finish before it is handed back to the queue.",
+)  # fmt: skip
+
+
+@agent.command()
+@click.argument("key")
+@_version
+@_reason
+@output_option
+@click.pass_obj
+def deploy(obj: Ctx, key: str, version: str | None, reason: str | None, output: str) -> None:
+    """Validate, deploy and warm up KEY; it takes tasks once RUNNING. Exit 1 if it FAILED."""
+    _act(obj, key, "deploy", output, version=version, reason=reason)
+
+
+@agent.command()
+@click.argument("key")
+@_version
+@_reason
+@_drain
+@click.option("--wait", is_flag=True, help="Return once no worker holds any of its tasks.")
+@output_option
+@click.pass_obj
+def drain(obj: Ctx, key: str, version: str | None, reason: str | None, drain_timeout_s: float, wait: bool,
+          output: str) -> None:  # fmt: skip
+    """Stop KEY taking tasks; what runs finishes. Its tasks wait in the queue."""
+    _act(
+        obj, key, "drain", output, version=version, reason=reason, drain_timeout_s=drain_timeout_s, wait=wait
+    )
+
+
+@agent.command()
+@click.argument("key")
+@_version
+@_reason
+@_drain
+@output_option
+@click.pass_obj
+def retire(obj: Ctx, key: str, version: str | None, reason: str | None, drain_timeout_s: float,
+           output: str) -> None:  # fmt: skip
+    """Drain KEY, then retire it for good (what is still running at the timeout goes back to the queue)."""
+    _act(obj, key, "retire", output, version=version, reason=reason, drain_timeout_s=drain_timeout_s)
+
+
+@agent.command()
+@click.argument("key")
+@_version
+@_reason
+@_drain
+@output_option
+@click.pass_obj
+def restart(obj: Ctx, key: str, version: str | None, reason: str | None, drain_timeout_s: float,
+            output: str) -> None:  # fmt: skip
+    """Drain KEY (handing back what outlasts the timeout), then deploy it again."""
+    _act(obj, key, "restart", output, version=version, reason=reason, drain_timeout_s=drain_timeout_s)
+
+
+@agent.command("force-stop")
+@click.argument("key")
+@_version
+@_reason
+@output_option
+@click.pass_obj
+def force_stop(obj: Ctx, key: str, version: str | None, reason: str | None, output: str) -> None:
+    """Stop KEY now: what runs is cancelled and handed back to the queue (not counted as an attempt)."""
+    _act(obj, key, "force-stop", output, version=version, reason=reason)
+
+
+@agent.command()
+@click.argument("key")
+@output_option
+@click.pass_obj
+def status(obj: Ctx, key: str, output: str) -> None:
+    """KEY's versions and states, the dispatch gate workers obey, what each worker holds."""
+
+    async def go() -> dict[str, Any]:
+        async with obj.client() as api:
+            result: dict[str, Any] = await api.request("GET", f"/api/v1/agents/{key}/health")
+            return result
+
+    data = _run(go())
+    if output == "json":
+        _emit(output, data)
+        return
+    click.echo(
+        f"{data['agent']}: gate {data['gate']}"
+        + ("" if data["managed"] else " (not managed: no lifecycle record)")
+    )
+    for v in data["versions"]:
+        click.echo(f"  {v['version']:<12}{v['state']:<15}{v['mode']:<10}{v['reason'] or ''}")
+    for w in data["workers"]:
+        click.echo(f"  worker {w['worker']}: {w['running']} running, {w['held']} waiting")
+
+
+@agent.command()
+@click.argument("key")
+@click.option("--limit", type=click.IntRange(1, 1000), default=50, show_default=True)
+@click.option("--before", type=click.IntRange(1), help="Only transitions older than this id (paging).")
+@output_option
+@click.pass_obj
+def history(obj: Ctx, key: str, limit: int, before: int | None, output: str) -> None:
+    """KEY's lifecycle transitions, newest first: when, who, from, to, why."""
+    query = f"?limit={limit}" + (f"&before={before}" if before else "")
+
+    async def go() -> dict[str, Any]:
+        async with obj.client() as api:
+            result: dict[str, Any] = await api.request("GET", f"/api/v1/agents/{key}/history{query}")
+            return result
+
+    data = _run(go())
+    if output == "json":
+        _emit(output, data)
+        return
+    for t in data["transitions"]:
+        click.echo(f"{t['id']:>6}  {t['at']}  {t['version']:<10}{t['from_state']:>13} -> {t['to_state']:<14}"
+                   f"{t['actor']:<16}{t['reason'] or ''}")  # fmt: skip
+    if data["next"]:
+        click.echo(f"(more: --before {data['next']})")
