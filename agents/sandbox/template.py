@@ -255,15 +255,21 @@ class Template:
             child.request_fd = None
 
     def _read_pipe(self, fd: int) -> None:
-        child = self.by_fd[fd]
-        try:
-            data = os.read(fd, 1 << 16)
-        except BlockingIOError:
-            return
+        with contextlib.suppress(BlockingIOError):
+            self._read_pipe_once(fd)
+
+    def _read_pipe_once(self, fd: int) -> None:
+        data = os.read(fd, 1 << 16)
         if data:
-            child.captures[fd][1].feed(data)
+            self.by_fd[fd].captures[fd][1].feed(data)
         else:
             self._close_pipe(fd)
+
+    def _read_ready(self, child: Invocation) -> None:
+        for fd in [fd for fd, (_, cap) in child.captures.items() if cap.open]:
+            with contextlib.suppress(BlockingIOError):
+                while cap_open(child, fd):
+                    self._read_pipe_once(fd)
 
     def _close_pipe(self, fd: int) -> None:
         child = self.by_fd.pop(fd)
@@ -306,6 +312,8 @@ class Template:
             if info is None:
                 return
             child = self.children.get(info.si_pid)
+            if child is not None and child.status is None and child.request is not None:
+                self._read_ready(child)  # EOFs not yet seen: the early answer must not depend on luck
             if child is not None and child.status is None:
                 # Before the reap: until then its pid, so its group id, cannot be reused.
                 with contextlib.suppress(OSError):
@@ -408,6 +416,10 @@ class Template:
         shutil.rmtree(self.workdir_root, ignore_errors=True)
         if self.netns_fd is not None:
             os.close(self.netns_fd)
+
+
+def cap_open(child: Invocation, fd: int) -> bool:
+    return child.captures[fd][1].open
 
 
 def _parse(capture: Capture) -> dict[str, Any]:
