@@ -57,6 +57,9 @@ class Agent(ABC, Generic[I, O]):
     max_attempts: ClassVar[int] = 3
     # Lifecycle: how long warm_up may take before the version is FAILED
     warm_up_timeout_s: ClassVar[float] = 60.0
+    # Health probes (agents.lifecycle.health): how often each declared probe runs, and its limit
+    probe_interval_s: ClassVar[float] = 10.0
+    probe_timeout_s: ClassVar[float] = 5.0
 
     @abstractmethod
     async def run(self, input: I, ctx: RunContext) -> O: ...
@@ -65,6 +68,25 @@ class Agent(ABC, Generic[I, O]):
         """Prime caches, load models or data, open pools: runs while the version
         is WARMING_UP, within ``warm_up_timeout_s``; raising fails the deploy."""
         return None
+
+    # Health probes: override the ones the agent needs. Each runs in every worker
+    # serving the agent, every ``probe_interval_s``, within ``probe_timeout_s``;
+    # False, an exception or the timeout is a failure.
+
+    async def startup_probe(self) -> bool:
+        """Has the agent started in this worker? Until it first says so, the worker
+        takes none of its tasks (the other probes wait for it)."""
+        return True
+
+    async def readiness_probe(self) -> bool:
+        """May the agent take tasks in this worker now? While it says no, the
+        worker takes none of them (others may); what it holds goes back to the queue."""
+        return True
+
+    async def liveness_probe(self) -> bool:
+        """Is the agent healthy at all? A failing one marks the agent DEGRADED
+        (``agent-factory agent status`` shows it); it still takes tasks."""
+        return True
 
     @classmethod
     def describe(cls) -> dict[str, Any]:

@@ -7,7 +7,8 @@
   (the answer names the current state and the allowed next ones), 404 for an
   unknown version, 422 for a version this gateway cannot deploy.
 * ``GET /api/v1/agents/{key}/health``: every version's state, the dispatch gate
-  workers obey, and what each worker holds of the agent now.
+  workers obey, and what each worker holds of the agent now with its probes'
+  last results, summed up as ``status`` (:func:`agents.lifecycle.health.aggregate`).
 * ``GET /api/v1/agents/{key}/history?limit=&before=``: transitions, newest first
   (``next`` pages on).
 """
@@ -21,6 +22,7 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
 from agents.lifecycle.actions import DEFAULT_DRAIN_S, MAX_DRAIN_S, Action
+from agents.lifecycle.health import aggregate
 from gateway.api.bodies import json_response, read_json
 from gateway.api.params import path_value, query_int
 from gateway.api.services import SERVICES, Services
@@ -75,6 +77,7 @@ async def health(request: web.Request) -> web.Response:
     held = await held_tasks(svc.nc, agent)
     return json_response({
         "agent": agent,
+        "status": aggregate(held),  # over the workers' probes: ready, degraded, not_ready, unknown
         "managed": bool(versions),  # an agent with no lifecycle record runs wherever it is served
         "versions": [v.as_dict() for v in versions],
         "gate": gate.describe() if gate else "open",

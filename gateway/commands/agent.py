@@ -140,13 +140,18 @@ def status(obj: Ctx, key: str, output: str) -> None:
         _emit(output, data)
         return
     click.echo(
-        f"{data['agent']}: gate {data['gate']}"
+        f"{data['agent']}: {data['status']}, gate {data['gate']}"
         + ("" if data["managed"] else " (not managed: no lifecycle record)")
     )
     for v in data["versions"]:
         click.echo(f"  {v['version']:<12}{v['state']:<15}{v['mode']:<10}{v['reason'] or ''}")
     for w in data["workers"]:
-        click.echo(f"  worker {w['worker']}: {w['running']} running, {w['held']} waiting")
+        said_by = w["probes"]
+        probes = {k: said_by[k] for k in ("started", "ready", "alive") if said_by.get(k) is not None}
+        said = ", ".join(f"{k}={'yes' if v else 'no'}" for k, v in probes.items())
+        error = f" ({w['probes']['error']})" if w["probes"].get("error") else ""
+        click.echo(f"  worker {w['worker']}: {w['running']} running, {w['held']} waiting"
+                   + (f"; probes {said}{error}" if said else ""))  # fmt: skip
 
 
 @agent.command()

@@ -2,7 +2,8 @@
 
 A *lane* is one (agent, priority) consumer. A lane whose agent's dispatch
 gate is closed (:mod:`mesh.queue.gates`: the lifecycle says the agent is not
-ready, drains or is retired) has no room, so no sweep tries it. The policy is strict
+ready, drains or is retired), or whose agent's readiness probe fails in this
+worker, has no room, so no sweep tries it. The policy is strict
 priority with an anti-starvation share; per-tenant weights, per-key limits
 and "why is this pending" answers will hang off :class:`DispatchPolicy` too,
 so the worker never grows a second decision path.
@@ -54,6 +55,7 @@ class Lane(Generic[T]):
     limit: int = 1_000_000  # this lane's own cap (its consumer's max_ack_pending)
     budget: Budget | None = None  # shared with the agent's other lanes
     gated: bool = False  # its agent's dispatch gate is closed (mesh.queue.gates): take nothing
+    unready: bool = False  # its agent's readiness probe fails in this worker: take nothing here
 
     @property
     def room(self) -> int:
@@ -65,8 +67,13 @@ class Lane(Generic[T]):
 
     @property
     def has_room(self) -> bool:
-        """May this lane start a task now: its gate is open and it has room."""
-        return not self.gated and self.room > 0
+        """May this lane start a task now: its gate is open, its agent ready here, and it has room."""
+        return not (self.gated or self.unready) and self.room > 0
+
+    @property
+    def closed(self) -> bool:
+        """Closed to new tasks (by its gate or its agent's readiness), room or not."""
+        return self.gated or self.unready
 
     def started(self) -> None:
         self.in_flight += 1

@@ -30,7 +30,7 @@ from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
 from nats.js.errors import BucketNotFoundError, NotFoundError
 from nats.js.kv import KeyValue
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, Field, ValidationError
 
 from mesh import names
 from mesh.kv import current_entries
@@ -40,6 +40,7 @@ __all__ = [
     "Gate",
     "GateWatch",
     "HeldBy",
+    "Probes",
     "clear_gate",
     "gate_key",
     "held_tasks",
@@ -111,12 +112,23 @@ async def read_gates(js: JetStreamContext) -> dict[str, Gate]:
     return {e.key[len(GATE_PREFIX) :]: _parse(e.key[len(GATE_PREFIX) :], e.value) for e in entries}
 
 
+class Probes(BaseModel):
+    """What an agent's health probes last said in one worker (None: it declares no such probe)."""
+
+    started: bool | None = None  # startup: passed once (until then, not ready)
+    ready: bool | None = None  # readiness: may it take tasks here now
+    alive: bool | None = None  # liveness
+    error: str | None = None  # the last failing probe's error
+    checked_at: float | None = None  # time.time() of the last probe
+
+
 class HeldBy(BaseModel):
     """One worker's answer to :func:`held_tasks`."""
 
     worker: str
     running: int  # started, not finished
     held: int  # delivered to it, not started (handed back when its gate is closed)
+    probes: Probes = Field(default_factory=Probes)
 
 
 async def held_tasks(nc: Client, agent: str, window_s: float = 0.3) -> list[HeldBy]:

@@ -55,7 +55,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Protocol
 
 from nats.aio.client import Client
 from nats.aio.msg import Msg
@@ -82,7 +82,7 @@ from mesh.limits import PayloadLimits, ResultTooLarge
 from mesh.queue import metrics
 from mesh.queue.dispatch import Budget, DispatchPolicy, Lane
 from mesh.queue.dlq import store_task_dead_letter
-from mesh.queue.gates import Gate, GateWatch, HeldBy
+from mesh.queue.gates import Gate, GateWatch, HeldBy, Probes
 from mesh.queue.outcome import (
     OutcomeMessage,
     expired_msg_id,
@@ -103,6 +103,15 @@ from mesh.wire.puller import Puller
 __all__ = ["AgentQueueConfig", "PermanentError", "TaskContext", "TaskWorker", "ensure_lane"]
 
 log = logging.getLogger(__name__)
+_NO_PROBES = Probes()
+
+
+class Companion(Protocol):
+    """Something that lives as long as a worker (:meth:`TaskWorker.attach`)."""
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
 
 
 class PermanentError(Exception):
@@ -216,6 +225,8 @@ class TaskWorker:
         self.pipeline = Pipeline(nc)
         self._cancels: list[Subscription] = []
         self.gates = GateWatch(nc, js, list(handlers), self._on_gate) if follow_gates else None
+        self.probes: dict[str, Probes] = {}  # what each agent's health probes last said here
+        self._companions: list[Companion] = []
         self._gate_returns: set[asyncio.Task[None]] = set()
 
     # ---- lifecycle ---------------------------------------------------------
@@ -244,6 +255,8 @@ class TaskWorker:
         await self.pipeline.start()
         if self.gates is not None:  # before the first pull: a closed agent takes nothing
             await self.gates.start()
+        for companion in self._companions:  # e.g. health probes: also before the first pull
+            await companion.start()
         self._cancels = [
             await self.nc.subscribe(names.cancel_subject(agent), cb=self._on_cancel)
             for agent in self.handlers
@@ -259,6 +272,11 @@ class TaskWorker:
         if self.claim_interval_s is not None:
             self._loops.append(asyncio.create_task(self._claim_loop(), name=f"{self.name}-claims"))
 
+    def attach(self, companion: Companion) -> None:
+        """Start ``companion`` with this worker (after its lanes exist, before its
+        first pull) and stop it when the worker stops."""
+        self._companions.append(companion)
+
     async def stop(self, drain_timeout: float = 30.0) -> None:
         """Graceful drain; see the module docstring."""
         self._stopping.set()
@@ -267,6 +285,8 @@ class TaskWorker:
             loop.cancel()
         if self.gates is not None:
             await self.gates.stop()
+        for companion in reversed(self._companions):
+            await companion.stop()
         for returning in list(self._gate_returns):
             returning.cancel()
         if self._inflight:
@@ -318,7 +338,8 @@ class TaskWorker:
         running = sum(1 for item in self._inflight.values() if item.lane.agent == agent)
         held = sum(len(lane.source.ready) for lane in self.lanes if lane.agent == agent)
         if msg.reply:
-            answer = HeldBy(worker=self.identity, running=running, held=held)
+            answer = HeldBy(worker=self.identity, running=running, held=held,
+                            probes=self.probes.get(agent, _NO_PROBES))  # fmt: skip
             with contextlib.suppress(Exception):
                 await self.nc.publish(msg.reply, answer.model_dump_json().encode())
 
@@ -377,7 +398,7 @@ class TaskWorker:
                 continue
             for lane, msgs in got:
                 for msg in msgs:
-                    if lane.gated:  # closed while this pull was out: back to the queue now
+                    if lane.closed:  # closed while this pull was out: back to the queue now
                         self._return_later(lane.agent, [msg])
                     else:
                         self._launch(lane, msg)
@@ -393,7 +414,25 @@ class TaskWorker:
         if gate.open:
             self._room.set()
             return
-        if gate.stop:
+        self._close(agent, lanes, stop=gate.stop)
+
+    def set_probes(self, agent: str, probes: Probes) -> None:
+        """The agent's health probes in this worker said ``probes`` (agents.lifecycle.health):
+        a failing readiness (or a startup not yet passed) closes its lanes here only."""
+        self.probes[agent] = probes
+        unready = probes.ready is False or probes.started is False
+        lanes = [lane for lane in self.lanes if lane.agent == agent]
+        was = any(lane.unready for lane in lanes)
+        for lane in lanes:
+            lane.unready = unready
+        if was and not unready:
+            self._room.set()
+        elif unready and not was:
+            self._close(agent, lanes, stop=False)
+
+    def _close(self, agent: str, lanes: list[Lane[Puller]], stop: bool) -> None:
+        """Hand back what this worker holds of ``agent`` unstarted; with ``stop``, what runs too."""
+        if stop:
             for task, item in list(self._inflight.items()):
                 if item.lane.agent == agent and not item.finishing:
                     item.stopped = True
@@ -413,7 +452,7 @@ class TaskWorker:
 
     async def _return(self, agent: str, msgs: list[Msg], lane: Lane[Puller] | None) -> None:
         await asyncio.gather(*(self._hand_back(agent, msg) for msg in msgs))
-        while lane is not None and lane.gated and lane.source.outstanding:
+        while lane is not None and lane.closed and lane.source.outstanding:
             late = await lane.source.arrival(1_000)
             await asyncio.gather(*(self._hand_back(agent, msg) for msg in late))
 
