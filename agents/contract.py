@@ -84,8 +84,8 @@ class Agent(ABC, Generic[I, O]):
         return True
 
     async def liveness_probe(self) -> bool:
-        """Is the agent healthy at all? A failing one marks the agent DEGRADED
-        (``agent-factory agent status`` shows it); it still takes tasks."""
+        """Is the agent healthy at all? A failing one makes the agent's health read
+        ``degraded`` (``agent-factory agent status``); it still takes tasks."""
         return True
 
     @classmethod
