@@ -21,7 +21,13 @@ def encode(message: dict[str, Any]) -> bytes:
 
 
 def send_frame(sock: socket.socket, message: dict[str, Any]) -> None:
-    sock.sendall(encode(message))
+    """Whole, even on a non-blocking socket (the template's): the worker reads every frame as it comes."""
+    blocking = sock.getblocking()
+    sock.setblocking(True)
+    try:
+        sock.sendall(encode(message))
+    finally:
+        sock.setblocking(blocking)
 
 
 class FrameReader:

@@ -4,6 +4,7 @@ how it ended; and the /proc readings it takes of them."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import sys
@@ -88,6 +89,14 @@ class Invocation:
     @property
     def deadline(self) -> float:
         return self.started + self.request.limits.timeout_s if self.request else float("inf")
+
+    def result(self) -> dict[str, Any]:
+        """What the child wrote on its result pipe ({} if nothing whole)."""
+        with contextlib.suppress(ValueError):
+            result = json.loads(bytes(self.capture(RESULT).kept) or b"{}")
+            if isinstance(result, dict):
+                return result
+        return {}
 
     def capture(self, which: int) -> Capture:
         for kind, cap in self.captures.values():

@@ -23,7 +23,6 @@ import base64
 import contextlib
 import gc
 import importlib
-import json
 import os
 import selectors
 import shutil
@@ -56,7 +55,7 @@ from agents.sandbox.invocation import (
     unstarted_audit,
     verdict,
     written_bytes,
-)  # fmt: skip
+)
 from agents.sandbox.levels import Levels, detect_levels
 from agents.sandbox.syscalls import empty_netns, set_child_subreaper, trim_heap
 
@@ -125,7 +124,7 @@ class Template:
         self.sock.setblocking(False)
         self.selector.register(self.sock, selectors.EVENT_READ, "control")
         self.selector.register(wake_r, selectors.EVENT_READ, "signal")
-        send_frame_blocking(self.sock, {
+        send_frame(self.sock, {
             "ready": True, "pid": os.getpid(), "levels": self.levels.as_dict(),
             "cgroups": [str(h.path) for h in self.hierarchies], "tag": self.tag,
             "workdirs": str(self.workdir_root),
@@ -268,7 +267,7 @@ class Template:
     def _read_ready(self, child: Invocation) -> None:
         for fd in [fd for fd, (_, cap) in child.captures.items() if cap.open]:
             with contextlib.suppress(BlockingIOError):
-                while cap_open(child, fd):
+                while child.captures[fd][1].open:
                     self._read_pipe_once(fd)
 
     def _close_pipe(self, fd: int) -> None:
@@ -284,7 +283,7 @@ class Template:
         has no descendant left to kill (then its reap only frees the slot)."""
         if any(cap.open for _, cap in child.captures.values()):
             return
-        result = _parse(child.capture(RESULT))
+        result = child.result()
         usage = result.get("usage")
         if "output" not in result or not isinstance(usage, dict) or self._has_descendants(child):
             return
@@ -386,7 +385,7 @@ class Template:
             child.slot.warm_failed = not self.stopping
             return
         if not child.answered:
-            self._answer_result(child, _parse(child.capture(RESULT)), left_behind)
+            self._answer_result(child, child.result(), left_behind)
 
     def _answer_result(self, child: Invocation, result: dict[str, Any], left_behind: int) -> None:
         assert child.request is not None
@@ -405,7 +404,7 @@ class Template:
     def _answer(self, id: str, output: Any, error: str | None, audit: InvocationAudit,
                 stdout: bytes, stderr: bytes, workdir: str | None) -> None:  # fmt: skip
         with contextlib.suppress(OSError):
-            send_frame_blocking(self.sock, {
+            send_frame(self.sock, {
                 "id": id, "output": output, "error": error, "audit": audit.model_dump(mode="json"),
                 "workdir": workdir,
                 "stdout": base64.b64encode(stdout).decode(), "stderr": base64.b64encode(stderr).decode(),
@@ -418,34 +417,12 @@ class Template:
             os.close(self.netns_fd)
 
 
-def cap_open(child: Invocation, fd: int) -> bool:
-    return child.captures[fd][1].open
-
-
-def _parse(capture: Capture) -> dict[str, Any]:
-    with contextlib.suppress(ValueError):
-        result = json.loads(bytes(capture.kept) or b"{}")
-        if isinstance(result, dict):
-            return result
-    return {}
-
-
-def send_frame_blocking(sock: socket.socket, message: dict[str, Any]) -> None:
-    """Answers are written whole: the worker reads every frame as it comes."""
-    blocking = sock.getblocking()
-    sock.setblocking(True)
-    try:
-        send_frame(sock, message)
-    finally:
-        sock.setblocking(blocking)
-
-
 def main(argv: list[str]) -> int:
     sock = socket.socket(fileno=int(argv[1]))
     try:
         template = Template(SandboxConfig.model_validate_json(argv[2]), sock)
     except Exception as exc:
-        send_frame_blocking(sock, {"ready": False, "error": f"{type(exc).__name__}: {exc}"})
+        send_frame(sock, {"ready": False, "error": f"{type(exc).__name__}: {exc}"})
         return 1
     # Everything imported so far is moved out of the collector's sight: a child's
     # collections then do not touch (and copy) the pages it shares with the template.
