@@ -9,8 +9,9 @@ worktree of HEAD, runs the test that attacks that guarantee, and reports
 CAUGHT (the test failed, as it must) or MISSED. Not collected by pytest.
 
 Left out on purpose, because the broken sandbox would let the attack loose on
-the machine running it: the uid drop and RLIMIT_NPROC (a real fork bomb).
-Mutations here only ever loosen a limit to another finite one.
+the machine running it: the uid drop and RLIMIT_NPROC (a real fork bomb;
+"no pids.max" is safe only because RLIMIT_NPROC still holds). Mutations here
+only ever loosen a limit to another finite one.
 """
 
 from __future__ import annotations
@@ -37,6 +38,10 @@ M = [
      "            enter_netns(NETNS_FD)",
      "            pass",
      H + "test_a_socket_to_localhost_without_network_permission_fails"),
+    ("no pids.max", "agents/sandbox/cgroups.py",
+     '                    _write(path / "pids.max", str(limits.processes))',
+     "                    pass",
+     H + "test_a_fork_bomb_is_stopped_at_the_process_limit"),
     ("no memory cgroup limit", "agents/sandbox/cgroups.py",
      '                        _write(path / "memory.limit_in_bytes", str(limits.memory_bytes))',
      "                        pass",

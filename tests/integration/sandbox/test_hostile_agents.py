@@ -40,6 +40,8 @@ async def test_a_fork_bomb_is_stopped_at_the_process_limit(box: Box) -> None:
     _needs_root_for_nproc(box)
     result, took, slowest = await _attack(box, "fork-bomb", seconds=1.0)
     assert result.category is ErrorCategory.RESOURCE_EXCEEDED, result
+    if "pids" in box.sandbox.levels.cgroup_controllers:  # the group's limit, not only the uid's
+        assert "memory or process limit" in (result.error or ""), result
     assert took < TIGHT.timeout_s, "stopped by the process limit, not by the clock"
     assert slowest < NOOP_MAX_S
     await box.assert_nothing_left(result)
