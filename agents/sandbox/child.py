@@ -51,6 +51,7 @@ class ChildSetup:
 
     workdir: str
     cgroup_procs: list[str]
+    pids_cgroup: bool  # one of them limits the number of processes
     netns_fd: int | None  # the shared empty one, joined unless the request allows network
     uid: int | None  # None: keep the template's uid
     pipes: tuple[int, int, int, int]  # stdout, stderr, result (write ends), request (read end)
@@ -120,7 +121,7 @@ def _confine(setup: ChildSetup, request: InvocationRequest) -> None:
         if not request.network:
             enter_netns(NETNS_FD)
         os.close(NETNS_FD)
-    apply_rlimits(request.limits)
+    apply_rlimits(request.limits, pids_cgroup=setup.pids_cgroup)
     if setup.uid is not None:
         os.setgroups([])
         os.setgid(setup.uid)

@@ -29,14 +29,19 @@ class SandboxLimits(BaseModel):
     output_cap_bytes: int = Field(10 * MiB, ge=0)  # stdout and stderr each, then a marker
 
 
-def apply_rlimits(limits: SandboxLimits) -> None:
-    """In the child, before it drops privileges (a non-root process could not raise them back)."""
+def apply_rlimits(limits: SandboxLimits, *, pids_cgroup: bool = False) -> None:
+    """In the child, before it drops privileges (a non-root process could not raise them back).
+
+    In a ``pids`` control group, that group's ``pids.max`` is the limit (it counts exactly
+    the invocation's processes, and says so in its events); ``RLIMIT_NPROC`` stays a
+    backstop at twice the number."""
+    nproc = limits.processes * 2 if pids_cgroup else limits.processes
     pairs = {
         resource.RLIMIT_AS: (limits.address_space_bytes, limits.address_space_bytes),
         resource.RLIMIT_CPU: (limits.cpu_s, limits.cpu_s + 1),
         resource.RLIMIT_NOFILE: (limits.open_files, limits.open_files),
         resource.RLIMIT_FSIZE: (limits.file_size_bytes, limits.file_size_bytes),
-        resource.RLIMIT_NPROC: (limits.processes, limits.processes),
+        resource.RLIMIT_NPROC: (nproc, nproc),
         resource.RLIMIT_CORE: (0, 0),
     }
     for which, (soft, hard) in pairs.items():

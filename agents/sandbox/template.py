@@ -212,6 +212,7 @@ class Template:
         out, err, result, request = (os.pipe2(os.O_CLOEXEC) for _ in range(4))
         setup = ChildSetup(
             workdir=workdir, cgroup_procs=slot.cgroup.join_path() if slot.cgroup else [],
+            pids_cgroup="pids" in self.levels.cgroup_controllers,
             netns_fd=self.netns_fd, uid=slot.uid, pipes=(out[1], err[1], result[1], request[0]),
         )  # fmt: skip
         pid = os.fork()
