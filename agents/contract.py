@@ -20,6 +20,8 @@ from typing import Any, ClassVar, Generic, TypeVar
 
 from pydantic import BaseModel
 
+from agents.resilience.policy import Resilience
+
 __all__ = ["Agent", "RunContext"]
 
 I = TypeVar("I", bound=BaseModel)  # noqa: E741
@@ -57,6 +59,13 @@ class Agent(ABC, Generic[I, O]):
     max_attempts: ClassVar[int] = 3
     # Lifecycle: how long warm_up may take before the version is FAILED
     warm_up_timeout_s: ClassVar[float] = 60.0
+    # Retry, timeout, bulkhead, fallback, breaker (agents.resilience; docs/resilience.md).
+    # retry.max_attempts, when set, wins over max_attempts above.
+    resilience: ClassVar[Resilience] = Resilience()
+    # Execution mode (agents.lifecycle): "pool" (the shared workers) or "dedicated" (worker
+    # processes of its own, dedicated_workers of them, started and stopped by the lifecycle)
+    execution_mode: ClassVar[str] = "pool"
+    dedicated_workers: ClassVar[int] = 1
     # Health probes (agents.lifecycle.health): how often each declared probe runs, and its limit
     probe_interval_s: ClassVar[float] = 10.0
     probe_timeout_s: ClassVar[float] = 5.0

@@ -1,7 +1,12 @@
 """Run agents on the task queue: the bridge from :mod:`mesh.queue.worker` to :class:`Agent`.
 
-Bad input is a permanent error (no retry can fix it); anything else an
-agent raises is retried by the queue with backoff.
+Bad input is a permanent error (no retry can fix it). Everything else follows
+the agent's resilience block (:mod:`agents.resilience`): its retry policy and
+bulkhead become the lanes' queue settings (:func:`~agents.resilience.retries.queue_config`),
+and when it declares a timeout, a breaker, a fallback chain or a narrower
+``retry.on``, the handler runs ``run`` under :class:`~agents.resilience.guard.AgentGuard`.
+An agent that declares none of those gets the plain handler: no extra await,
+nothing allocated per call beyond its context.
 """
 
 from __future__ import annotations
@@ -14,12 +19,18 @@ from pydantic import ValidationError
 
 from agents.contract import Agent, RunContext
 from agents.registry import Registry
+from agents.resilience.guard import AgentGuard
+from agents.resilience.retries import queue_config
 from mesh.queue.worker import AgentQueueConfig, Handler, PermanentError, TaskContext, TaskWorker
 
 __all__ = ["agent_handler", "worker_for"]
 
 
-def agent_handler(agent: Agent[Any, Any]) -> Handler:
+def agent_handler(agent: Agent[Any, Any], registry: Registry | None = None) -> Handler:
+    """The queue handler of ``agent``. ``registry``: where its fallback agents are
+    found (:class:`~agents.resilience.ResilienceConfigError` if one is missing)."""
+    guard = AgentGuard(agent, registry) if agent.resilience.enforced_in_handler else None
+
     async def handle(task: TaskContext) -> Any:
         try:
             parsed = agent.Input.model_validate(task.input)
@@ -29,6 +40,8 @@ def agent_handler(agent: Agent[Any, Any]) -> Handler:
             run_id=task.run_id, tenant=task.tenant, attempt=task.attempt,
             routing_key=task.routing_key, _progress=task.report_progress,
         )  # fmt: skip
+        if guard is not None:
+            return await guard.call(task, parsed, ctx)
         output = await agent.run(parsed, ctx)
         return output.model_dump(mode="json")
 
@@ -44,11 +57,11 @@ def worker_for(
     name: str = "worker",
     **options: Any,
 ) -> TaskWorker:
-    """A worker serving ``agents`` (default: all in ``registry``): agent affinity."""
+    """A worker serving ``agents`` (default: all in ``registry``): agent affinity.
+    Each agent's resilience block applies (its lanes' retry and bulkhead, its guard)."""
     keys = agents or registry.keys()
-    handlers = {}
+    handlers: dict[str, tuple[AgentQueueConfig, Handler]] = {}
     for key in keys:
         agent = registry.get(key)
-        cfg = AgentQueueConfig(key, ack_wait_s=agent.ack_wait_s, max_attempts=agent.max_attempts)
-        handlers[key] = (cfg, agent_handler(agent))
+        handlers[key] = (queue_config(agent), agent_handler(agent, registry))
     return TaskWorker(nc, js, handlers, concurrency=concurrency, name=name, **options)

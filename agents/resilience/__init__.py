@@ -1,0 +1,47 @@
+"""Resilience, declared per agent: retry, timeout, bulkhead, fallback chain, circuit breaker.
+
+Declare it with the agent::
+
+    from agents.resilience import Bulkhead, Fallback, Resilience, RetryPolicy
+
+    class Report(Agent[In, Out]):
+        key = "report"
+        resilience = Resilience(
+            retry=RetryPolicy(max_attempts=5, on=("timeout", "builtins.ConnectionError")),
+            timeout_s=30,
+            bulkhead=Bulkhead(max_concurrent=4),
+            fallback=Fallback(agents=("report-lite",), default={"status": "unavailable"}),
+        )
+
+Retry and bulkhead are the queue's own (delayed ``nak``, the dispatcher's per-agent
+budget); timeout, breaker and fallback act around ``run`` in the worker
+(:mod:`agents.resilience.guard`, applied by :func:`agents.runtime.worker_for`).
+docs/resilience.md says what each policy guarantees and what it does not.
+"""
+
+from agents.resilience.breaker import BreakerState, CircuitBreaker
+from agents.resilience.errors import (
+    AgentTimeout,
+    BreakerOpen,
+    FallbackExhausted,
+    NotRetryable,
+    ResilienceConfigError,
+    ResilienceError,
+)
+from agents.resilience.policy import BreakerPolicy, Bulkhead, Fallback, Resilience, RetryPolicy
+
+__all__ = [
+    "AgentTimeout",
+    "BreakerOpen",
+    "BreakerPolicy",
+    "BreakerState",
+    "Bulkhead",
+    "CircuitBreaker",
+    "Fallback",
+    "FallbackExhausted",
+    "NotRetryable",
+    "Resilience",
+    "ResilienceConfigError",
+    "ResilienceError",
+    "RetryPolicy",
+]

@@ -1,0 +1,176 @@
+"""What runs around one agent's ``run``: its resilience block, compiled once per worker.
+
+Order of one attempt: the breaker admits the call (or it fails fast), ``run``
+goes under the timeout, the outcome feeds the breaker, and a failure is
+classified: retryable ones are raised as they are (the queue retries them
+after a delayed ``nak``), others as :class:`NotRetryable`. A failure that
+ends the run (not retryable, the last attempt, or an open breaker) goes down
+the fallback chain first when the block declares one.
+
+Fallback hops run **in-process**, not via the queue: each secondary agent is
+taken from this worker's registry, its input validated against its own Input
+model and its answer against the primary's Output model (the run is the
+primary's), under its own ``timeout_s`` (else the primary's). A secondary's
+retry, breaker and fallback do not apply. The answer carries the chain in
+its ``_fallback`` key (:data:`FALLBACK_KEY`): which hop answered and why each
+earlier one failed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable
+from typing import TYPE_CHECKING, Any, Final
+
+from agents.resilience import metrics
+from agents.resilience.breaker import CircuitBreaker
+from agents.resilience.errors import (
+    AgentTimeout,
+    BreakerOpen,
+    FallbackExhausted,
+    NotRetryable,
+    ResilienceConfigError,
+)
+from agents.resilience.policy import Resilience
+from agents.resilience.retries import RetryRule, categorize
+from agents.sandbox.audit import ErrorCategory
+from mesh.queue.worker import TaskContext
+
+if TYPE_CHECKING:
+    from pydantic import BaseModel
+
+    from agents.contract import Agent, RunContext
+    from agents.registry import Registry
+
+__all__ = ["FALLBACK_KEY", "AgentGuard"]
+
+FALLBACK_KEY: Final = "_fallback"
+
+
+class AgentGuard:
+    """One agent's block, ready to enforce: the compiled retry rule, the breaker,
+    the resolved fallback agents. :class:`ResilienceConfigError` when the block
+    cannot apply (checked here, at worker start, not at the first failure)."""
+
+    def __init__(
+        self, agent: Agent[Any, Any], registry: Registry | None = None, block: Resilience | None = None
+    ) -> None:
+        self.agent = agent
+        self.block = block = block or agent.resilience
+        self.max_attempts = block.retry.max_attempts or agent.max_attempts
+        self.rule = RetryRule(agent.key, block.retry)
+        self.timeout_s = block.timeout_s
+        self.breaker = CircuitBreaker(agent.key, block.breaker) if block.breaker else None
+        self._rejected = metrics.BREAKER_REJECTED.labels(agent.key)
+        self.fallback = block.fallback
+        self.secondaries: list[Agent[Any, Any]] = []
+        self.default: dict[str, Any] | None = None
+        if self.fallback is not None:
+            self.secondaries = [self._secondary(key, registry) for key in self.fallback.agents]
+            if self.fallback.default is not None:
+                self.default = self._checked_default(self.fallback.default)
+
+    def _secondary(self, key: str, registry: Registry | None) -> Agent[Any, Any]:
+        if key == self.agent.key:
+            raise ResilienceConfigError(f"agent {key!r} names itself as its fallback")
+        if registry is None or key not in registry:
+            raise ResilienceConfigError(
+                f"agent {self.agent.key!r}: fallback agent {key!r} is not registered in this process"
+            )
+        return registry.get(key)
+
+    def _checked_default(self, default: dict[str, Any]) -> dict[str, Any]:
+        try:
+            answer = self.agent.Output.model_validate(default).model_dump(mode="json")
+        except Exception as exc:
+            raise ResilienceConfigError(
+                f"agent {self.agent.key!r}: fallback.default does not fit its Output model: {exc}"
+            ) from exc
+        return answer if isinstance(answer, dict) else {"value": answer}
+
+    async def call(self, task: TaskContext, parsed: BaseModel, ctx: RunContext) -> Any:
+        """Run the agent once under the block; its answer as JSON types, or the error to record."""
+        breaker, ticket = self.breaker, None
+        if breaker is not None:
+            ticket = breaker.admit()
+            if ticket is None:
+                self._rejected.inc()
+                refused = BreakerOpen(self.agent.key, breaker.retry_after_s)
+                if self.fallback is None:
+                    raise refused
+                final = task.attempt >= self.max_attempts
+                return await self._fall_back(task, ctx, refused, permanent=final)
+        try:
+            output = await self._bounded(self.agent.run(parsed, ctx), self.timeout_s)
+        except asyncio.CancelledError:
+            if breaker is not None and ticket is not None:
+                breaker.release(ticket)
+            raise
+        except Exception as exc:
+            category = categorize(exc)
+            if breaker is not None and ticket is not None:
+                # Bad input is the caller's fault, not the agent's: it does not trip the breaker.
+                breaker.record(ticket, ok=category is ErrorCategory.INPUT_ERROR)
+            retryable = self.rule.retries(exc, category)
+            if self.fallback is not None and (not retryable or task.attempt >= self.max_attempts):
+                return await self._fall_back(task, ctx, exc, permanent=not retryable)
+            if retryable:
+                raise
+            raise NotRetryable(f"[{category}] {type(exc).__name__}: {exc} (not in retry.on)") from exc
+        if breaker is not None and ticket is not None:
+            breaker.record(ticket, ok=True)
+        return output.model_dump(mode="json")
+
+    async def _bounded(self, run: Awaitable[BaseModel], timeout_s: float | None) -> BaseModel:
+        if timeout_s is None:
+            return await run
+        limit = asyncio.timeout(timeout_s)
+        try:
+            async with limit:
+                return await run
+        except TimeoutError:
+            if limit.expired():  # ours, not a TimeoutError the agent raised itself
+                raise AgentTimeout(self.agent.key, timeout_s) from None
+            raise
+
+    async def _fall_back(
+        self, task: TaskContext, ctx: RunContext, cause: Exception, *, permanent: bool
+    ) -> Any:
+        """The first answer down the chain, with the chain recorded; else the error to record."""
+        hops = [_hop("primary", self.agent.key, cause)]
+        for secondary in self.secondaries:
+            try:
+                parsed = secondary.Input.model_validate(task.input)
+                timeout_s = secondary.resilience.timeout_s or self.timeout_s
+                answer = (await self._bounded(secondary.run(parsed, ctx), timeout_s)).model_dump(mode="json")
+                answer = self.agent.Output.model_validate(answer).model_dump(mode="json")
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                hops.append(_hop("secondary", secondary.key, exc))
+                continue
+            hops.append(_hop("secondary", secondary.key, None))
+            return _answered(answer, hops)
+        if self.default is not None:
+            hops.append(_hop("default", None, None))
+            return _answered(dict(self.default), hops)
+        failed = "; ".join(f"{h['hop']} {h['agent']}: {h['error']}" for h in hops)
+        if permanent:
+            raise NotRetryable(f"every fallback hop failed: {failed}") from cause
+        raise FallbackExhausted(f"every fallback hop failed: {failed}") from cause
+
+
+def _hop(hop: str, agent: str | None, error: BaseException | None) -> dict[str, Any]:
+    if error is None:
+        return {"hop": hop, "agent": agent, "answered": True}
+    return {
+        "hop": hop, "agent": agent, "answered": False, "category": str(categorize(error)),
+        "error": f"{type(error).__name__}: {error}"[:2000],
+    }  # fmt: skip
+
+
+def _answered(answer: Any, hops: list[dict[str, Any]]) -> Any:
+    chain = {"answered_by": hops[-1]["hop"], "agent": hops[-1]["agent"], "hops": hops}
+    if isinstance(answer, dict):
+        return {**answer, FALLBACK_KEY: chain}
+    return {"value": answer, FALLBACK_KEY: chain}
