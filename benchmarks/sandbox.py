@@ -10,14 +10,19 @@ latency is measured at 1,000 tasks/s): each invocation leaves work behind
 (its child's exit, the next warm child's fork), and back to back on two
 cores that work competes with the next call (``back_to_back_p50_ms``
 says how much). ``invocations_per_s`` is the throughput with as many
-invocations in flight as the sandbox has slots.
+invocations in flight as the sandbox has slots; ``cpu_ms_per_invocation`` is
+the CPU all processes spent per invocation meanwhile (worker, template,
+children), which the host's other load does not change, and
+``cpu_bound_per_s_per_core`` the rate one idle core could sustain at that.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import os
 import time
+from pathlib import Path
 from typing import Any
 
 from agents.contract import RunContext
@@ -74,6 +79,14 @@ async def _throughput(sandbox: Sandbox, n: int, in_flight: int) -> float:
     return n / (now() - start)
 
 
+def _cpu_s(template_pid: int) -> float:
+    """CPU seconds so far of this process, the template and the children it reaped."""
+    fields = Path(f"/proc/{template_pid}/stat").read_text().rsplit(")", 1)[1].split()
+    ticks = sum(int(f) for f in fields[11:15])  # utime, stime, cutime, cstime
+    mine = os.times()
+    return ticks / os.sysconf("SC_CLK_TCK") + mine.user + mine.system
+
+
 async def bench_sandbox(
     count: int = 2000, rounds: int = 3, slots: int = 8, paced_per_s: float = 50.0
 ) -> dict[str, Any]:
@@ -89,7 +102,9 @@ async def bench_sandbox(
         boxed = await _sequential(sandbox, paced_n, paced_per_s)
         back_to_back = await _sequential(sandbox, count)
         say(f"bench sandbox: {rounds} round(s) of {count} with {slots} in flight …")
+        cpu_before = _cpu_s(sandbox.template_pid)
         rates = [await _throughput(sandbox, count, slots) for _ in range(rounds)]
+        cpu_ms = (_cpu_s(sandbox.template_pid) - cpu_before) * 1000 / (count * rounds)
         ms = 1000.0
         return {
             "invocations_per_s": round(max(rates), 1),
@@ -103,6 +118,9 @@ async def bench_sandbox(
             "in_process_p50_ms": round(percentile(local, 50) * ms, 4),
             "in_process_p99_ms": round(percentile(local, 99) * ms, 4),
             "rounds_per_s": [round(r, 1) for r in rates],
+            # Worker, template and children together: what the host's other load cannot skew.
+            "cpu_ms_per_invocation": round(cpu_ms, 2),
+            "cpu_bound_per_s_per_core": round(1000 / cpu_ms, 1),
             "in_flight": slots,
             "template_rss_mb": round(sandbox.template_rss_bytes() / 2**20, 1),
             "levels": sandbox.levels.as_dict(),
