@@ -21,6 +21,7 @@ import functools
 import logging
 import os
 import socket
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -31,6 +32,7 @@ from nats.aio.client import Client
 from nats.js import JetStreamContext
 
 from agents.lifecycle.actions import Operator
+from agents.lifecycle.dedicated import DedicatedWorkers
 from agents.lifecycle.manager import LifecycleManager
 from agents.recorder import RUN_INDEX, Recorder
 from agents.registry import Registry
@@ -98,6 +100,7 @@ class Parts:
     serve: bool = True  # the API on settings.host:port; False: the caller serves ``gateway.app``
     worker: InProcessWorker | None = None
     poll_s: float = 1.0  # how long the recorders' idle pulls wait
+    dedicated: bool = True  # start agents' dedicated worker processes (agents.lifecycle.dedicated)
 
 
 @dataclass
@@ -168,6 +171,7 @@ class Gateway:
     app: web.Application | None = None
     runner: web.AppRunner | None = None
     outbox: asyncio.Task[None] | None = None  # re-sends lifecycle transitions NATS did not confirm
+    dedicated: DedicatedWorkers | None = None  # the worker processes of agents in dedicated mode
     api_url: str = ""  # where it serves the API (parts.serve)
     _opened: list[StopStep] = field(default_factory=list)  # closing the connections opened here
 
@@ -198,6 +202,10 @@ class Gateway:
         holder = f"gateway@{socket.gethostname()}/{os.getpid()}"
         manager = LifecycleManager(self.pool, js, holder=holder)
         operator = Operator(manager, nc, js, self.registry)
+        if parts.dedicated:
+            operator.dedicated = self.dedicated = DedicatedWorkers(
+                self._dedicated_command, operator.crashed, env=self._dedicated_env(nats, nc)
+            )
         self.services = Services(nc, js, self.pool, self.registry, s, self.queue, operator, lambda: served)
         self.outbox = asyncio.create_task(_publish_lifecycle(manager), name="lifecycle-outbox")
         if parts.recorder:
@@ -241,6 +249,22 @@ class Gateway:
         await provision(js, ProvisionConfig(replicas=self.settings.stream_replicas))
         return nc, js
 
+    def _dedicated_command(self, agent: str, index: int) -> list[str]:
+        s = self.settings
+        return [
+            sys.executable, "-m", "gateway.cli", "worker", "--name", f"dedicated-{agent}-{index}",
+            "--agents", agent, "--role", "dedicated", "--concurrency", str(s.worker_concurrency),
+            "--drain-timeout", str(s.drain_timeout_s),
+        ]  # fmt: skip
+
+    def _dedicated_env(self, nats: str | Client, nc: Client) -> dict[str, str]:
+        """What a dedicated worker needs: where NATS is (the URL given, or the one
+        connected to), the agents this gateway loads, the data dir (metrics)."""
+        at = nc.connected_url
+        url = nats if isinstance(nats, str) else f"{at.scheme}://{at.netloc}" if at else ""
+        return {**os.environ, "AF_NATS_URL": url, "AF_AGENTS": self.settings.agents,
+                "AF_DATA_DIR": str(self.settings.data_dir.resolve())}  # fmt: skip
+
     def _served_agents(self) -> set[str]:
         """The agents a worker serves: this process's worker's, or every one when
         `up` runs worker pools (``settings.workers``; each serves them all)."""
@@ -273,6 +297,9 @@ class Gateway:
             steps.append(("the recorder", self.recorder.stop, STEP_TIMEOUT_S))
         if self.run_index is not None:
             steps.append(("the run index", self.run_index.stop, STEP_TIMEOUT_S))
+        if self.dedicated is not None:
+            drain = self.settings.drain_timeout_s
+            steps.append(("the dedicated workers", self.dedicated.close, drain + STEP_TIMEOUT_S))
         if self.outbox is not None:
             steps.append(("the lifecycle outbox", functools.partial(_cancel, self.outbox), STEP_TIMEOUT_S))
         if self.queue is not None:

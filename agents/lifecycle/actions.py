@@ -19,6 +19,14 @@ agent's lease, recorded and announced).
 * **force-stop**: → DRAINING → FORCE_STOPPED at once.
 * **restart**: a drain (as retire's) → FORCE_STOPPED, then deploy again.
 
+An agent in **dedicated** mode (``Agent.execution_mode = "dedicated"``, or
+``mode`` on deploy) gets ``dedicated_workers`` processes of its own while
+DEPLOYING (:mod:`agents.lifecycle.dedicated`: the deploy waits until each
+answers, and fails with the last words of one that died); its gate opens to
+them only; retire, force-stop and restart stop them. A dedicated worker that
+keeps crashing is restarted with backoff, and the version is FAILED with its
+last error once the supervisor gives up.
+
 Tasks of an agent no version of which is RUNNING or DEGRADED wait in the
 queue (their TTL still runs), never lost: they run once a version is deployed.
 """
@@ -26,6 +34,7 @@ queue (their TTL still runs), never lost: they run once a version is deployed.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -36,13 +45,16 @@ from nats.js import JetStreamContext
 
 from agents.contract import Agent
 from agents.errors import AgentError
-from agents.lifecycle.manager import LifecycleManager, Transition, VersionRecord
+from agents.lifecycle.dedicated import DedicatedWorkers
+from agents.lifecycle.manager import LifecycleManager, Mode, Transition, VersionRecord
 from agents.lifecycle.states import IllegalTransition, State
 from agents.registry import Registry
 from mesh.queue.gates import HeldBy, held_tasks
 from mesh.queue.worker import AgentQueueConfig, ensure_lane
 
 __all__ = ["DEFAULT_DRAIN_S", "MAX_DRAIN_S", "Action", "ActionFailed", "Operator", "Outcome"]
+
+log = logging.getLogger(__name__)
 
 DEFAULT_DRAIN_S: Final = 30.0
 MAX_DRAIN_S: Final = 300.0
@@ -89,25 +101,33 @@ class Operator:
 
     def __init__(
         self, manager: LifecycleManager, nc: Client, js: JetStreamContext, registry: Registry,
-        *, poll_s: float = 0.25,
+        *, poll_s: float = 0.25, dedicated: DedicatedWorkers | None = None, start_timeout_s: float = 60.0,
     ) -> None:  # fmt: skip
         self.manager, self.nc, self.js, self.registry = manager, nc, js, registry
         self.poll_s = poll_s
+        self.dedicated = dedicated  # None: this gateway cannot run dedicated workers
+        self.start_timeout_s = start_timeout_s  # dedicated workers: until they answer
 
     async def run(
         self, agent: str, action: Action, *, actor: str, version: str | None = None,
         reason: str | None = None, drain_timeout_s: float = DEFAULT_DRAIN_S, wait: bool = False,
+        mode: Mode | None = None,
     ) -> Outcome:  # fmt: skip
         drain_timeout_s = min(max(drain_timeout_s, 0.0), MAX_DRAIN_S)
         if action == Action.DEPLOY:  # only an agent loaded here gets a record
             loaded = self._loaded(agent)
-            record = await self.manager.register(agent, version or loaded.version)
+            wanted = mode or _mode_of(loaded)
+            if wanted == "dedicated" and self.dedicated is None:
+                raise ActionFailed("this gateway cannot start dedicated workers (it runs without `up`)")
+            record = await self.manager.register(agent, version or loaded.version, wanted)
+            if record.mode != wanted:
+                record = await self.manager.set_mode(agent, record.version, wanted)
         else:
             record = await self._current(agent, version)
         out = Outcome(agent, record.version, action, record.state)
         step = _Steps(self.manager, out, actor, reason)
         if action == Action.DEPLOY:
-            await self._deploy(step)
+            await self._deploy(step, record.mode)
         elif action == Action.DRAIN:
             await step.to(State.DRAINING)
             if wait:
@@ -117,17 +137,20 @@ class Operator:
                 await step.to(State.DRAINING)
             await step.to(State.FORCE_STOPPED)
             out.detail = "stopped: what ran was handed back to the queue"
+            await self._stop_dedicated(agent, record.mode)
         elif action == Action.RETIRE:
             await self._retire(step, drain_timeout_s)
+            await self._stop_dedicated(agent, record.mode)
         elif action == Action.RESTART:
             if out.state in _LIVE | {State.DRAINING}:
                 await self._stop_gracefully(step, drain_timeout_s, then=State.FORCE_STOPPED)
-            await self._deploy(step)
+            await self._stop_dedicated(agent, record.mode)
+            await self._deploy(step, record.mode)
         return out
 
     # ---- the actions ---------------------------------------------------------
 
-    async def _deploy(self, step: _Steps) -> None:
+    async def _deploy(self, step: _Steps, mode: Mode) -> None:
         out = step.out
         if out.state in _LIVE:
             out.detail = f"already {out.state.value}"
@@ -152,6 +175,11 @@ class Operator:
         except Exception as exc:
             await step.to(State.FAILED, f"its queue lanes could not be made: {exc}")
             return
+        if mode == "dedicated":
+            failure = await self._start_dedicated(agent)
+            if failure:
+                await step.to(State.FAILED, failure)
+                return
         await step.to(State.WARMING_UP)
         failure = await _warm_up(agent)
         if failure:
@@ -193,6 +221,39 @@ class Operator:
             if time.monotonic() >= deadline:
                 return False
             await asyncio.sleep(self.poll_s)
+
+    # ---- dedicated workers ---------------------------------------------------
+
+    async def _start_dedicated(self, agent: Agent[Any, Any]) -> str | None:
+        """Start the agent's own workers and wait until each answers; why not, or None."""
+        assert self.dedicated is not None
+        count = max(1, agent.dedicated_workers)
+        await self.dedicated.start(agent.key, count)
+        deadline = time.monotonic() + self.start_timeout_s
+        while time.monotonic() < deadline:
+            answers = [h for h in await held_tasks(self.nc, agent.key) if h.role == "dedicated"]
+            if len(answers) >= count:
+                return None
+            if not self.dedicated.pids(agent.key) and self.dedicated.crashes.get(agent.key):
+                break  # they keep dying: the supervisor says why
+            await asyncio.sleep(self.poll_s)
+        await self.dedicated.stop(agent.key)
+        crashed = self.dedicated.last_error.get(agent.key)
+        if crashed:
+            return f"its dedicated workers did not start: {crashed}"
+        return f"its {count} dedicated worker(s) did not answer within {self.start_timeout_s:g} s"
+
+    async def _stop_dedicated(self, agent: str, mode: Mode) -> None:
+        if mode == "dedicated" and self.dedicated is not None:
+            await self.dedicated.stop(agent)
+
+    async def crashed(self, agent: str, why: str) -> None:
+        """The supervisor gave up on ``agent``'s dedicated workers: its live version FAILED."""
+        try:
+            record = await self._current(agent, None)
+            await self.manager.transition(agent, record.version, State.FAILED, actor="supervisor", reason=why)
+        except AgentError as exc:  # nothing live to fail (retired meanwhile): say so only
+            log.warning("dedicated workers of %s gave up (%s); no transition: %s", agent, why, exc)
 
     # ---- helpers -------------------------------------------------------------
 
@@ -240,6 +301,10 @@ class _Steps:
         self.out.state = state
         if why:
             self.out.detail = why
+
+
+def _mode_of(agent: Agent[Any, Any]) -> Mode:
+    return "dedicated" if agent.execution_mode == "dedicated" else "pool"
 
 
 async def _warm_up(agent: Agent[Any, Any]) -> str | None:

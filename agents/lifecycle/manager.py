@@ -121,13 +121,15 @@ class Transition:
         return {**self.event().model_dump(mode="json"), "published": self.published}
 
 
-def gate_for(states: list[State], last: State | None = None) -> Gate:
-    """The dispatch gate of an agent whose versions are in ``states``; ``last``
-    is the state just entered (it names why a gate is closed)."""
-    if any(state in OPEN_STATES for state in states):
-        return Gate()
+def gate_for(versions: list[VersionRecord], last: State | None = None) -> Gate:
+    """The dispatch gate of an agent whose versions are ``versions`` (newest change
+    first); ``last`` is the state just entered (it names why a gate is closed).
+    Open to dedicated workers only when every open version runs dedicated."""
+    live = [v for v in versions if v.state in OPEN_STATES]
+    if live:
+        return Gate(only="dedicated" if all(v.mode == "dedicated" for v in live) else None)
     stop = last in _STOPPING
-    shown = last or (states[0] if states else None)
+    shown = last or (versions[0].state if versions else None)
     return Gate(open=False, stop=stop, state=shown.value if shown else None)
 
 
@@ -182,6 +184,22 @@ class LifecycleManager:
                 agent, version,
             )  # fmt: skip
         assert row is not None
+        return _version(row)
+
+    async def set_mode(self, agent: str, version: str, mode: Mode) -> VersionRecord:
+        """Run ``version`` in ``mode`` from its next deploy (refused while it is live)."""
+        async with self.pool.acquire() as conn:
+            row = await conn.fetchrow(
+                f"UPDATE agent_versions SET mode = $3, updated_at = now() WHERE agent_key = $1"
+                f" AND version = $2 AND state NOT IN ('running', 'degraded', 'draining')"
+                f" RETURNING {_VERSION_COLUMNS}",
+                agent, version, mode,
+            )  # fmt: skip
+        if row is None:
+            current = await self.version(agent, version)  # 404 if there is none
+            raise TransitionConflict(
+                f"{agent} {version} is {current.state.value}: its mode changes only when it is not live"
+            )
         return _version(row)
 
     async def versions(self, agent: str) -> list[VersionRecord]:
@@ -304,7 +322,7 @@ class LifecycleManager:
     async def sync_gate(self, agent: str, last: State | None = None) -> Gate:
         """Write ``agent``'s dispatch gate as its versions' current states decide."""
         versions = await self.versions(agent)
-        gate = gate_for([v.state for v in versions], last or (versions[0].state if versions else None))
+        gate = gate_for(versions, last)
         await write_gate(self.js, agent, gate)
         return gate
 

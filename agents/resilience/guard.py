@@ -32,7 +32,7 @@ from agents.resilience.errors import (
     ResilienceConfigError,
 )
 from agents.resilience.policy import Resilience
-from agents.resilience.retries import RetryRule, categorize
+from agents.resilience.retries import RetryRule, categorize, queue_config
 from agents.sandbox.audit import ErrorCategory
 from mesh.queue.worker import TaskContext
 
@@ -42,7 +42,7 @@ if TYPE_CHECKING:
     from agents.contract import Agent, RunContext
     from agents.registry import Registry
 
-__all__ = ["FALLBACK_KEY", "AgentGuard"]
+__all__ = ["FALLBACK_KEY", "AgentGuard", "check", "describe_resilience"]
 
 FALLBACK_KEY: Final = "_fallback"
 
@@ -60,33 +60,13 @@ class AgentGuard:
         self.max_attempts = block.retry.max_attempts or agent.max_attempts
         self.rule = RetryRule(agent.key, block.retry)
         self.timeout_s = block.timeout_s
+        self.fallback = block.fallback
+        self.secondaries = (
+            [_secondary(agent, key, registry) for key in self.fallback.agents] if self.fallback else []
+        )
+        self.default = _checked_default(agent, self.fallback.default) if self.fallback else None
         self.breaker = CircuitBreaker(agent.key, block.breaker) if block.breaker else None
         self._rejected = metrics.BREAKER_REJECTED.labels(agent.key)
-        self.fallback = block.fallback
-        self.secondaries: list[Agent[Any, Any]] = []
-        self.default: dict[str, Any] | None = None
-        if self.fallback is not None:
-            self.secondaries = [self._secondary(key, registry) for key in self.fallback.agents]
-            if self.fallback.default is not None:
-                self.default = self._checked_default(self.fallback.default)
-
-    def _secondary(self, key: str, registry: Registry | None) -> Agent[Any, Any]:
-        if key == self.agent.key:
-            raise ResilienceConfigError(f"agent {key!r} names itself as its fallback")
-        if registry is None or key not in registry:
-            raise ResilienceConfigError(
-                f"agent {self.agent.key!r}: fallback agent {key!r} is not registered in this process"
-            )
-        return registry.get(key)
-
-    def _checked_default(self, default: dict[str, Any]) -> dict[str, Any]:
-        try:
-            answer = self.agent.Output.model_validate(default).model_dump(mode="json")
-        except Exception as exc:
-            raise ResilienceConfigError(
-                f"agent {self.agent.key!r}: fallback.default does not fit its Output model: {exc}"
-            ) from exc
-        return answer if isinstance(answer, dict) else {"value": answer}
 
     async def call(self, task: TaskContext, parsed: BaseModel, ctx: RunContext) -> Any:
         """Run the agent once under the block; its answer as JSON types, or the error to record."""
@@ -158,6 +138,60 @@ class AgentGuard:
         if permanent:
             raise NotRetryable(f"every fallback hop failed: {failed}") from cause
         raise FallbackExhausted(f"every fallback hop failed: {failed}") from cause
+
+
+def describe_resilience(agent: Agent[Any, Any], registry: Registry | None) -> dict[str, Any]:
+    """What ``agent inspect`` shows: the block as declared, the queue settings it
+    becomes, whether anything runs around ``run``, and why it cannot apply (if so)."""
+    cfg = queue_config(agent)
+    return {
+        "block": agent.resilience.model_dump(mode="json"),
+        "queue": {
+            "max_attempts": cfg.max_attempts, "backoff_base_s": cfg.backoff_base_s,
+            "backoff_max_s": cfg.backoff_max_s, "jitter": cfg.jitter,
+            "concurrency": cfg.concurrency, "ack_wait_s": cfg.ack_wait_s,
+        },
+        "enforced_in_handler": agent.resilience.enforced_in_handler,
+        "problem": check(agent, registry),
+    }  # fmt: skip
+
+
+def check(agent: Agent[Any, Any], registry: Registry | None) -> str | None:
+    """Why ``agent``'s block cannot apply in a process with ``registry``, or None:
+    what :class:`AgentGuard` checks at worker start, without making a breaker."""
+    block = agent.resilience
+    try:
+        RetryRule(agent.key, block.retry)
+        if block.fallback is not None:
+            for key in block.fallback.agents:
+                _secondary(agent, key, registry)
+            _checked_default(agent, block.fallback.default)
+    except ResilienceConfigError as exc:
+        return str(exc)
+    return None
+
+
+def _secondary(agent: Agent[Any, Any], key: str, registry: Registry | None) -> Agent[Any, Any]:
+    if key == agent.key:
+        raise ResilienceConfigError(f"agent {key!r} names itself as its fallback")
+    if registry is None or key not in registry:
+        raise ResilienceConfigError(
+            f"agent {agent.key!r}: fallback agent {key!r} is not registered in this process"
+        )
+    return registry.get(key)
+
+
+def _checked_default(agent: Agent[Any, Any], default: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The default response as the primary's Output model dumps it."""
+    if default is None:
+        return None
+    try:
+        answer = agent.Output.model_validate(default).model_dump(mode="json")
+    except Exception as exc:
+        raise ResilienceConfigError(
+            f"agent {agent.key!r}: fallback.default does not fit its Output model: {exc}"
+        ) from exc
+    return answer if isinstance(answer, dict) else {"value": answer}
 
 
 def _hop(hop: str, agent: str | None, error: BaseException | None) -> dict[str, Any]:

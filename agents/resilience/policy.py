@@ -117,7 +117,7 @@ class Fallback(_Policy):
         if not self.agents and self.default is None:
             raise ValueError("a fallback needs secondary agents, a default response, or both")
         for key in self.agents:
-            if not AGENT_KEY_RE.match(key):
+            if not AGENT_KEY_RE.fullmatch(key):
                 raise ValueError(f"fallback agent {key!r} is not an agent key")
         if len(set(self.agents)) != len(self.agents):
             raise ValueError("a fallback agent is named twice")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from gateway.api.agent_detail import routes as agent_detail_routes
 from gateway.api.auth import auth_middleware
 from gateway.api.channels import routes as channel_routes
 from gateway.api.lifecycle import routes as lifecycle_routes
@@ -30,4 +31,5 @@ def create_app(services: Services, token: str | None) -> web.Application:
     app.add_routes(schedule_routes)
     app.add_routes(channel_routes)
     app.add_routes(lifecycle_routes)
+    app.add_routes(agent_detail_routes)
     return app

@@ -1,7 +1,8 @@
 """An agent's lifecycle over the API: act on it, see its health, read its history.
 
 * ``POST /api/v1/agents/{key}/lifecycle`` ``{"action": "deploy"|"drain"|"retire"|"restart"|"force-stop",
-  "version"?, "reason"?, "drain_timeout_s"? (default 30, at most 300), "wait"? (drain only)}``:
+  "version"?, "reason"?, "drain_timeout_s"? (default 30, at most 300), "wait"? (drain only),
+  "mode"? ("pool"|"dedicated", deploy only)}``:
   the transitions made and where the version ended (:mod:`agents.lifecycle.actions`).
   409 when another manager is changing the agent or the state machine forbids it
   (the answer names the current state and the allowed next ones), 404 for an
@@ -16,7 +17,7 @@
 from __future__ import annotations
 
 import re
-from typing import Final
+from typing import Final, Literal
 
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
@@ -48,6 +49,9 @@ class LifecycleRequest(BaseModel):
     reason: str | None = Field(default=None, max_length=500)
     drain_timeout_s: float = Field(default=DEFAULT_DRAIN_S, gt=0, le=MAX_DRAIN_S)
     wait: bool = Field(default=False, description="drain: return once nothing of it runs")
+    mode: Literal["pool", "dedicated"] | None = Field(
+        default=None, description="deploy: shared workers, or processes of its own [default: the agent's]"
+    )
 
 
 def _actor(request: web.Request) -> str:
@@ -63,7 +67,7 @@ async def act(request: web.Request) -> web.Response:
     body = LifecycleRequest.model_validate(await read_json(request))
     outcome = await svc.lifecycle.run(
         agent, body.action, actor=_actor(request), version=body.version, reason=body.reason,
-        drain_timeout_s=body.drain_timeout_s, wait=body.wait,
+        drain_timeout_s=body.drain_timeout_s, wait=body.wait, mode=body.mode,
     )  # fmt: skip
     return json_response(outcome.as_dict())
 

@@ -178,3 +178,5 @@ def history(obj: Ctx, key: str, limit: int, before: int | None, output: str) -> 
                    f"{t['actor']:<16}{t['reason'] or ''}")  # fmt: skip
     if data["next"]:
         click.echo(f"(more: --before {data['next']})")
+
+from gateway.commands import agent_inspect as _agent_inspect  # noqa: E402, F401  (registers `agent inspect`)

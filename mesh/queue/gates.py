@@ -4,7 +4,9 @@ The lifecycle (``agents.lifecycle``) decides whether an agent takes work —
 not before its version is RUNNING, not while it drains, never once retired —
 and writes the decision to KV: key ``dispatch.gate.<agent>`` of ``af_config``,
 a :class:`Gate` as JSON. A worker follows those keys (:class:`GateWatch`) and
-its dispatch policy obeys them (:attr:`mesh.queue.dispatch.Lane.has_room`):
+its dispatch policy obeys them (:attr:`mesh.queue.dispatch.Lane.has_room`);
+a gate open ``only`` to dedicated workers (an agent in dedicated mode, served by
+workers of its own) is closed to the shared pools:
 no pull is made for a closed lane, deliveries that arrive for it anyway are
 handed back at once (not counted as attempts), and tasks already running go
 on unless the gate says ``stop`` (a force-stop: they are cancelled and handed
@@ -60,10 +62,15 @@ class Gate(BaseModel):
     stop: bool = False
     state: str | None = None  # the lifecycle state that decided it, for `queue stats`
     reason: str = ""
+    only: str | None = None  # open only to workers of this role ("dedicated": the agent's own)
+
+    def open_to(self, role: str) -> bool:
+        """Is it open to a worker of ``role`` ("pool" or "dedicated")?"""
+        return self.open and (self.only is None or self.only == role)
 
     def describe(self) -> str:
         if self.open:
-            return "open"
+            return "open" if self.only is None else f"open to {self.only} workers only"
         what = "stopped" if self.stop else "closed"
         why = f" ({self.state}{': ' + self.reason if self.reason else ''})" if self.state else ""
         return what + why
@@ -126,6 +133,7 @@ class HeldBy(BaseModel):
     """One worker's answer to :func:`held_tasks`."""
 
     worker: str
+    role: str = "pool"  # "dedicated": one of the agent's own workers
     running: int  # started, not finished
     held: int  # delivered to it, not started (handed back when its gate is closed)
     probes: Probes = Field(default_factory=Probes)

@@ -201,10 +201,13 @@ class TaskWorker:
         claim_interval_s: float | None = 1.0,
         name: str = "worker",
         follow_gates: bool = True,
+        role: str = "pool",
     ) -> None:
         """``claim_interval_s``: how often runs near their TTL are claimed
         (None: never, for tests of what happens without). ``follow_gates``:
-        obey the agents' dispatch gates (:mod:`mesh.queue.gates`)."""
+        obey the agents' dispatch gates (:mod:`mesh.queue.gates`). ``role``:
+        ``pool`` (shared workers) or ``dedicated`` (an agent's own workers,
+        the only ones a dedicated agent's gate is open to)."""
         self.nc, self.js = nc, js
         self.handlers = handlers
         self.concurrency = concurrency
@@ -212,6 +215,7 @@ class TaskWorker:
         self.idle_poll_s = idle_poll_s
         self.claim_interval_s = claim_interval_s
         self.name = name
+        self.role = role
         # Who ran a run, as its record says: findable in logs and on the host.
         self.identity = f"{name}@{socket.gethostname()}/{os.getpid()}"
         self.limits = PayloadLimits.of(nc.max_payload)
@@ -338,7 +342,7 @@ class TaskWorker:
         running = sum(1 for item in self._inflight.values() if item.lane.agent == agent)
         held = sum(len(lane.source.ready) for lane in self.lanes if lane.agent == agent)
         if msg.reply:
-            answer = HeldBy(worker=self.identity, running=running, held=held,
+            answer = HeldBy(worker=self.identity, role=self.role, running=running, held=held,
                             probes=self.probes.get(agent, _NO_PROBES))  # fmt: skip
             with contextlib.suppress(Exception):
                 await self.nc.publish(msg.reply, answer.model_dump_json().encode())
@@ -409,9 +413,10 @@ class TaskWorker:
         """The agent's gate changed: open or close its lanes; when closed, hand
         back what this worker holds of it unstarted, and on a stop also what runs."""
         lanes = [lane for lane in self.lanes if lane.agent == agent]
+        is_open = gate.open_to(self.role)
         for lane in lanes:
-            lane.gated = not gate.open
-        if gate.open:
+            lane.gated = not is_open
+        if is_open:
             self._room.set()
             return
         self._close(agent, lanes, stop=gate.stop)

@@ -1,0 +1,46 @@
+"""Agents for the dedicated-mode tests: their worker processes import them by name
+(``AF_AGENTS=tests.integration.lifecycle.dedicated_agents:…``)."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from pydantic import BaseModel
+
+from agents.contract import Agent, RunContext
+
+
+class In(BaseModel):
+    i: int = 0
+
+
+class Out(BaseModel):
+    i: int
+    pid: int  # which process ran it
+
+
+class DedicatedEcho(Agent[In, Out]):
+    key = "ded-echo"
+    Input, Output = In, Out
+    execution_mode = "dedicated"
+    dedicated_workers = 2
+
+    async def run(self, input: In, ctx: RunContext) -> Out:
+        return Out(i=input.i, pid=os.getpid())
+
+
+class CrashesInItsOwnWorker(Agent[In, Out]):
+    """Fine in the gateway; its dedicated worker process dies while loading it."""
+
+    key = "ded-crash"
+    Input, Output = In, Out
+    execution_mode = "dedicated"
+
+    def __init__(self) -> None:
+        if "dedicated" in sys.argv:  # `agent-factory worker … --role dedicated`
+            sys.stderr.write("loading the model: file /models/crash.bin not found\n")
+            raise SystemExit(3)
+
+    async def run(self, input: In, ctx: RunContext) -> Out:
+        return Out(i=input.i, pid=os.getpid())
