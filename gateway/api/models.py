@@ -54,5 +54,6 @@ class RunView(BaseModel):
     replay: int = 0  # how often it was replayed from the DLQ (its errors say which round: "replay")
     worker: str | None = None  # who ran the last attempt (name@host/pid)
     first_started_at: datetime | None = None
+    audit: dict[str, Any] | None = None  # what it cost, as its runner measured (a sandboxed run)
     idempotency_key: str | None = None
     routing_key: str | None = None

@@ -117,7 +117,7 @@ async def get_run_view(request: web.Request) -> web.Response:
         finished_at=row["finished_at"], progress=100.0 if row["status"] == "succeeded" else None,
         input=row["input"], priority=Priority(row["priority"]).name, replay=row["replay"],
         worker=row["worker"], first_started_at=row["first_started_at"] or row["started_at"],
-        idempotency_key=row["idempotency_key"], routing_key=row["routing_key"],
+        idempotency_key=row["idempotency_key"], routing_key=row["routing_key"], audit=row.get("audit"),
     )  # fmt: skip
     return json_response(view.model_dump(mode="json"))
 
@@ -135,7 +135,7 @@ async def _live_view(svc: Services, state: RunState) -> dict[str, Any]:
         enqueued_at=state.enqueued_at, started_at=state.started_at,
         finished_at=state.finished_at, input=run_input, priority=Priority(state.priority).name,
         replay=state.replay, worker=state.worker,
-        first_started_at=state.first_started_at or state.started_at,
+        first_started_at=state.first_started_at or state.started_at, audit=state.audit,
         idempotency_key=state.idempotency_key, routing_key=state.routing_key,
     )  # fmt: skip
     return view.model_dump(mode="json")

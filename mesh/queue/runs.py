@@ -92,6 +92,7 @@ class RunState(BaseModel):
     worker: str | None = None  # who ran the latest attempt (``name@host/pid``)
     input: Any = None  # in a final record (from its event); a live one's is in its task (stored_task)
     first_started_at: datetime | None = None  # the first attempt's start (None: started_at)
+    audit: dict[str, Any] | None = None  # the latest attempt's cost as measured (ExecutionFinished.audit)
 
 
 EXECUTION_FINISHED: Final = "execution.finished"
@@ -123,6 +124,9 @@ class ExecutionFinished(BaseModel):
     duration_ms: float | None = None
     worker: str | None = None  # who ran the last attempt (``name@host/pid``); None: no worker did
     first_started_at: datetime | None = None  # the first attempt's start; None: started_at
+    # What running it cost, as its runner measured (a sandboxed run: exit status, CPU,
+    # peak memory, error category …; agents.sandbox), for metering; None: not measured
+    audit: dict[str, Any] | None = None
 
     def run_state(self) -> RunState:
         return RunState(
@@ -133,6 +137,7 @@ class ExecutionFinished(BaseModel):
             idempotency_key=self.idempotency_key, enqueued_at=self.enqueued_at,
             started_at=self.started_at, finished_at=self.finished_at, replay=self.replay,
             worker=self.worker, first_started_at=self.first_started_at or self.started_at, input=self.input,
+            audit=self.audit,
         )  # fmt: skip
 
 

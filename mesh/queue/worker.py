@@ -154,6 +154,9 @@ class TaskContext:
     input: Any
     envelope: Envelope
     _report: Callable[[float], Awaitable[None]] = field(repr=False)
+    #: Set by a handler that measured what running it cost (a sandboxed run's
+    #: audit record): carried on the finished event and kept with the execution.
+    audit: dict[str, Any] | None = None
 
     async def report_progress(self, percent: float) -> None:
         await self._report(max(0.0, min(100.0, float(percent))))
@@ -738,12 +741,14 @@ class TaskWorker:
         except Exception as exc:
             item.finishing = True
             series.run.observe(time.perf_counter() - t0)
-            await self._failed(cfg, item, task, current_state(), attempt, exc, expect)
+            failing = current_state()
+            failing.audit = ctx.audit
+            await self._failed(cfg, item, task, failing, attempt, exc, expect)
             return
         item.finishing = True
         series.run.observe(time.perf_counter() - t0)
         fresh = state is None and not generation  # no earlier attempt or replay to carry
-        outcome = self._success(task, lane.agent, current_state, attempt, started, result, fresh)
+        outcome = self._success(task, lane.agent, current_state, attempt, started, result, fresh, ctx.audit)
         if isinstance(outcome, ResultTooLarge):
             await self._failed(cfg, item, task, current_state(), attempt, outcome, expect)
             return
@@ -758,15 +763,15 @@ class TaskWorker:
 
     def _success(
         self, task: Envelope, agent: str, running: Callable[[], RunState], attempt: int,
-        started: datetime, result: Any, fresh: bool,
+        started: datetime, result: Any, fresh: bool, audit: dict[str, Any] | None = None,
     ) -> OutcomeMessage | ResultTooLarge:  # fmt: skip
         """The outcome event of a handler's result, or why it cannot be one."""
         if fresh:
-            outcome = success_message(task, agent, attempt, started, utcnow(), result, self.identity)
+            outcome = success_message(task, agent, attempt, started, utcnow(), result, self.identity, audit)
         else:  # a retry, or a replay: the outcome carries the earlier attempts' errors
             state = running()
             state.status, state.result, state.progress = RunStatus.SUCCEEDED, result, 100.0
-            state.finished_at = utcnow()
+            state.finished_at, state.audit = utcnow(), audit
             outcome = outcome_message(task, state)
         # Cheap first check (most outcomes are small), then the result itself.
         if len(outcome[1]) > self.limits.result and (size := _size(result)) > self.limits.result:

@@ -1,0 +1,2 @@
+-- Undoes 005: the measured cost of each execution goes.
+ALTER TABLE executions DROP COLUMN audit;
