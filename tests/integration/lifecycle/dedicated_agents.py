@@ -1,8 +1,10 @@
-"""Agents for the dedicated-mode tests: their worker processes import them by name
+"""Agents for the dedicated-mode and sandboxed-pool tests: their worker processes and
+sandbox templates import them by name
 (``AF_AGENTS=tests.integration.lifecycle.dedicated_agents:…``)."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import sys
 
@@ -43,4 +45,15 @@ class CrashesInItsOwnWorker(Agent[In, Out]):
             raise SystemExit(3)
 
     async def run(self, input: In, ctx: RunContext) -> Out:
+        return Out(i=input.i, pid=os.getpid())
+
+
+class Sleepy(Agent[In, Out]):
+    """Sleeps ``i`` seconds (the sandboxed-pool tests: a run cut at its wall clock)."""
+
+    key = "sleepy"
+    Input, Output = In, Out
+
+    async def run(self, input: In, ctx: RunContext) -> Out:
+        await asyncio.sleep(input.i)
         return Out(i=input.i, pid=os.getpid())

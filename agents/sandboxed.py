@@ -1,0 +1,70 @@
+"""Pool mode with the sandbox: each task an agent runs is one invocation in a
+fresh, confined child of the agent's warm template (:mod:`agents.sandbox`).
+
+The child validates the input against the agent's model and runs it; the
+worker gets its output or its failure, and its audit record, which rides on
+the finished event (``TaskContext.audit``) for metering. An ``input_error``
+is permanent (no retry can fix it); every other category (``timeout``,
+``resource_exceeded``, ``dependency_failure``, ``internal_error``) is retried
+by the queue with the agent's backoff, as an exception of an in-process agent
+is. What is not carried into the child: progress reports (``ctx.report_progress``
+is not available there) and the resilience block's in-process parts (fallback
+chain, breaker); its queue parts (retries, bulkhead) apply as always, and its
+``timeout_s`` becomes the invocation's wall-clock limit.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from agents.contract import Agent, RunContext
+from agents.errors import AgentError
+from agents.sandbox import Sandbox, SandboxConfig, SandboxLimits
+from mesh.queue.worker import Handler, PermanentError, TaskContext
+
+__all__ = ["SandboxedRunFailed", "sandbox_config", "sandboxed_handler", "spec_of"]
+
+
+class SandboxedRunFailed(AgentError):
+    """A sandboxed run failed in a way a retry may fix (the queue retries it)."""
+
+    def __init__(self, agent: str, category: str, error: str | None) -> None:
+        super().__init__(f"{agent}: {category}: {error or 'no detail'}")
+        self.category = category
+
+
+def spec_of(agent: Agent[Any, Any]) -> str:
+    """``module:Class`` of ``agent``, as its template imports it."""
+    cls = type(agent)
+    return f"{cls.__module__}:{cls.__qualname__}"
+
+
+def sandbox_config(agents: list[Agent[Any, Any]], **options: Any) -> SandboxConfig:
+    """One template for ``agents`` (their classes must be importable by name)."""
+    for agent in agents:
+        if "<locals>" in type(agent).__qualname__:
+            raise AgentError(f"{agent.key}: a class defined inside a function cannot run sandboxed")
+    return SandboxConfig(agents=[spec_of(agent) for agent in agents], **options)
+
+
+def sandboxed_handler(agent: Agent[Any, Any], sandbox: Sandbox) -> Handler:
+    timeout_s = getattr(getattr(agent, "resilience", None), "timeout_s", None)
+    limits: SandboxLimits | None = None
+    if timeout_s:
+        limits = sandbox.config.limits.model_copy(update={"timeout_s": float(timeout_s)})
+
+    async def handle(task: TaskContext) -> Any:
+        ctx = RunContext(run_id=task.run_id, tenant=task.tenant, attempt=task.attempt,
+                         routing_key=task.routing_key)  # fmt: skip
+        result = await sandbox.invoke(agent.key, task.input if task.input is not None else {}, ctx,
+                                      limits=limits)  # fmt: skip
+        task.audit = result.audit.model_dump(mode="json")
+        if result.ok:
+            return result.output
+        category = result.audit.error
+        assert category is not None
+        if category.permanent:
+            raise PermanentError(f"{agent.key}: {result.error}")
+        raise SandboxedRunFailed(agent.key, category.value, result.error)
+
+    return handle
