@@ -17,13 +17,14 @@ import asyncio
 import base64
 import contextlib
 import itertools
+import json
 import logging
 import os
 import shutil
 import socket
 import sys
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -203,21 +204,22 @@ class Sandbox:
     async def invoke(
         self,
         agent: str,
-        input: str | bytes,
+        input: str | bytes | Mapping[str, Any],
         context: RunContext | None = None,
         *,
         limits: SandboxLimits | None = None,
         network: bool = False,
         env_names: Iterable[str] = (),
     ) -> InvocationResult:
-        """Run ``agent`` once on ``input`` (JSON text) in a fresh child.
+        """Run ``agent`` once on ``input`` (JSON text, or a mapping such as a task's
+        parsed input) in a fresh child.
 
         An agent's failure is a result (``result.audit.error``); only the
         sandbox itself failing raises (:class:`SandboxStopped`)."""
         ctx = context or RunContext(run_id=f"{self._prefix}-{next(self._ids)}")
         request = InvocationRequest(
             id=f"{self._prefix}-{next(self._ids)}", agent=agent,
-            input=input.decode() if isinstance(input, bytes) else input,
+            input=_json_text(input),
             context={"run_id": ctx.run_id, "tenant": ctx.tenant, "attempt": ctx.attempt,
                      "routing_key": ctx.routing_key},
             limits=limits or self.config.limits, network=network, env=self.environment(env_names),
@@ -231,3 +233,9 @@ class Sandbox:
             stderr=base64.b64decode(answer["stderr"]),
             workdir=answer["workdir"],
         )
+
+
+def _json_text(input: str | bytes | Mapping[str, Any]) -> str:
+    if isinstance(input, bytes):
+        return input.decode()
+    return input if isinstance(input, str) else json.dumps(input)

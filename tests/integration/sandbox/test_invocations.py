@@ -29,6 +29,11 @@ async def test_the_output_comes_back_and_the_audit_says_what_it_cost(full: Box) 
     await full.assert_nothing_left(result)
 
 
+async def test_a_mapping_input_is_sent_as_json(full: Box) -> None:
+    result = await full.sandbox.invoke("noop", {"echo": {"litres": 12.5}})
+    assert result.output == {"echo": {"litres": 12.5}}, result
+
+
 async def test_input_that_does_not_fit_the_model_is_a_permanent_input_error(full: Box) -> None:
     result = await full.invoke("spinner", '{"seconds": "soon"}')
     assert result.category is ErrorCategory.INPUT_ERROR and result.category.permanent, result
