@@ -18,6 +18,7 @@ import tempfile
 
 HERE = pathlib.Path(__file__).resolve().parents[3]
 PYTEST = str(HERE / ".venv" / "bin" / "pytest")
+# fmt: off
 T = "tests/integration/resilience/"
 RETRIED = T + "test_retry.py::test_a_retryable_exception_is_retried_by_the_queue_with_backoff_and_succeeds_on_attempt_3"
 Q, G, B, RT = "agents/resilience/retries.py", "agents/resilience/guard.py", "agents/resilience/breaker.py", "agents/runtime.py"
@@ -43,6 +44,7 @@ M = [
     ("breaker never half-opens", [(B, "        if self._state is BreakerState.OPEN and self._clock() - self._opened_at >= self.policy.open_s:", "        if False:")],
      T + "test_breaker.py::test_the_breaker_opens_at_its_failure_rate_fails_fast_and_half_opens_after_its_duration"),
 ]
+# fmt: on
 
 
 def run_one(root: pathlib.Path, name: str, edits: list[tuple[str, str, str]], test: str) -> bool:
@@ -74,7 +76,8 @@ def main(only: list[str]) -> int:
     missed = 0
     with tempfile.TemporaryDirectory() as tmp:
         root = pathlib.Path(tmp) / "tree"
-        subprocess.run(["git", "-C", str(HERE), "worktree", "add", "-q", "--detach", str(root), "HEAD"], check=True)
+        add = ["git", "-C", str(HERE), "worktree", "add", "-q", "--detach", str(root), "HEAD"]
+        subprocess.run(add, check=True)
         try:
             for name, edits, test in M:
                 if not only or name in only:
