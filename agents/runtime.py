@@ -18,9 +18,12 @@ from nats.js import JetStreamContext
 from pydantic import ValidationError
 
 from agents.contract import Agent, RunContext
+from agents.lifecycle.health import HealthProbes
 from agents.registry import Registry
 from agents.resilience.guard import AgentGuard
 from agents.resilience.retries import queue_config
+from agents.sandbox import Sandbox
+from agents.sandboxed import sandboxed_handler
 from mesh.queue.worker import AgentQueueConfig, Handler, PermanentError, TaskContext, TaskWorker
 
 __all__ = ["agent_handler", "worker_for"]
@@ -55,13 +58,23 @@ def worker_for(
     agents: list[str] | None = None,
     concurrency: int = 16,
     name: str = "worker",
+    sandbox: Sandbox | None = None,
     **options: Any,
 ) -> TaskWorker:
     """A worker serving ``agents`` (default: all in ``registry``): agent affinity.
-    Each agent's resilience block applies (its lanes' retry and bulkhead, its guard)."""
+    Each agent's resilience block applies (its lanes' retry and bulkhead, its guard).
+    With ``sandbox`` (its template holding these agents), every task runs in a
+    fresh confined child (:mod:`agents.sandboxed`); the sandbox starts and stops
+    with the worker. Agents that declare health probes get them run
+    (:mod:`agents.lifecycle.health`)."""
     keys = agents or registry.keys()
     handlers: dict[str, tuple[AgentQueueConfig, Handler]] = {}
     for key in keys:
         agent = registry.get(key)
-        handlers[key] = (queue_config(agent), agent_handler(agent, registry))
-    return TaskWorker(nc, js, handlers, concurrency=concurrency, name=name, **options)
+        handler = sandboxed_handler(agent, sandbox) if sandbox else agent_handler(agent, registry)
+        handlers[key] = (queue_config(agent), handler)
+    worker = TaskWorker(nc, js, handlers, concurrency=concurrency, name=name, **options)
+    if sandbox is not None:
+        worker.attach(sandbox)
+    worker.attach(HealthProbes(worker, [registry.get(key) for key in keys]))
+    return worker

@@ -138,6 +138,11 @@ def up(
 @click.option("--concurrency", type=int, default=16, show_default=True)
 @click.option("--agents", default="", help="Comma-separated agent keys to serve (default: all).")
 @click.option("--drain-timeout", type=float, default=30.0, show_default=True)
+@click.option(
+    "--sandbox/--no-sandbox",
+    default=None,
+    help="Run each task in a fresh confined child (docs/sandbox.md) [default: AF_SANDBOX, on].",
+)
 @click.option("--role", type=click.Choice(["pool", "dedicated"]), default="pool", show_default=True,
               help="pool: shared; dedicated: an agent's own (started by its lifecycle).")  # fmt: skip
 @click.option("--metrics-host", default="127.0.0.1", show_default=True,
@@ -145,8 +150,8 @@ def up(
 @click.option("--metrics-port", type=int, default=0, show_default=True,
               help="0: a free port, named in <data dir>/worker-metrics/.")  # fmt: skip
 @click.pass_obj
-def worker(obj: Ctx, name: str, concurrency: int, agents: str, drain_timeout: float, role: str,
-           metrics_host: str, metrics_port: int) -> None:  # fmt: skip
+def worker(obj: Ctx, name: str, concurrency: int, agents: str, drain_timeout: float, sandbox: bool | None,
+           role: str, metrics_host: str, metrics_port: int) -> None:  # fmt: skip
     """Run a worker pool (`up` starts these; run more to scale out)."""
     nats_url = os.environ.get("AF_NATS_URL") or read_state(obj.data_dir).nats_url
     if not nats_url:
@@ -155,7 +160,8 @@ def worker(obj: Ctx, name: str, concurrency: int, agents: str, drain_timeout: fl
     tune_gc()
     try:
         metrics_at = (obj.data_dir, metrics_host, metrics_port)
-        asyncio.run(_worker(nats_url, name, concurrency, keys, drain_timeout, metrics_at, role))
+        sandboxed = Settings().sandbox if sandbox is None else sandbox
+        asyncio.run(_worker(nats_url, name, concurrency, keys, drain_timeout, metrics_at, role, sandboxed))
     except Exception as exc:
         if obj.verbose:
             raise
@@ -163,7 +169,8 @@ def worker(obj: Ctx, name: str, concurrency: int, agents: str, drain_timeout: fl
 
 
 async def _worker(nats_url: str, name: str, concurrency: int, keys: list[str] | None, drain: float,
-                  metrics_at: tuple[Path, str, int], role: str = "pool") -> None:  # fmt: skip
+                  metrics_at: tuple[Path, str, int], role: str = "pool",
+                  sandboxed: bool = False) -> None:  # fmt: skip
     from agents.registry import load_registry  # noqa: PLC0415 (start-up time)
     from agents.runtime import worker_for  # noqa: PLC0415 (start-up time)
     from gateway.worker_metrics import serve_worker_metrics  # noqa: PLC0415 (start-up time)
@@ -172,7 +179,14 @@ async def _worker(nats_url: str, name: str, concurrency: int, keys: list[str] | 
     registry = load_registry(os.environ.get("AF_AGENTS", ""))  # what `up` serves, passed down
     nc = await connect(nats_url, name=name)
     js = await jetstream(nc)
-    pool = worker_for(nc, js, registry, keys, concurrency=concurrency, name=name, role=role)
+    sandbox = None
+    if sandboxed:
+        from agents.sandbox import Sandbox  # noqa: PLC0415 (start-up time)
+        from agents.sandboxed import sandbox_config  # noqa: PLC0415 (start-up time)
+
+        served = [registry.get(key) for key in keys or registry.keys()]
+        sandbox = Sandbox(sandbox_config(served, sys_path=[os.getcwd()]))
+    pool = worker_for(nc, js, registry, keys, concurrency=concurrency, name=name, role=role, sandbox=sandbox)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -36,6 +36,11 @@ class Settings(BaseSettings):
     workers: int = Field(default=1, ge=0, le=64, description="Worker pools started by `up`")
     worker_concurrency: int = Field(default=16, ge=1, le=4096)
     drain_timeout_s: float = Field(default=30.0, gt=0)
+    sandbox: bool = Field(
+        default=True,
+        description="Pool workers run each task in a fresh confined child of the agent's template "
+        "(docs/sandbox.md); False: in the worker's own process",
+    )
     max_payload_bytes: int = Field(default=1_048_576, ge=1024)
     stream_replicas: int = Field(default=1, ge=1, le=5)
     nats_cluster_size: int = Field(

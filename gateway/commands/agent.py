@@ -179,4 +179,5 @@ def history(obj: Ctx, key: str, limit: int, before: int | None, output: str) -> 
     if data["next"]:
         click.echo(f"(more: --before {data['next']})")
 
+
 from gateway.commands import agent_inspect as _agent_inspect  # noqa: E402, F401  (registers `agent inspect`)

@@ -281,7 +281,7 @@ class TaskWorker:
 
     def attach(self, companion: Companion) -> None:
         """Start ``companion`` with this worker (after its lanes exist, before its
-        first pull) and stop it when the worker stops."""
+        first pull) and stop it once the worker has stopped (after its drain)."""
         self._companions.append(companion)
 
     async def stop(self, drain_timeout: float = 30.0) -> None:
@@ -292,8 +292,6 @@ class TaskWorker:
             loop.cancel()
         if self.gates is not None:
             await self.gates.stop()
-        for companion in reversed(self._companions):
-            await companion.stop()
         for returning in list(self._gate_returns):
             returning.cancel()
         if self._inflight:
@@ -327,6 +325,8 @@ class TaskWorker:
                 await sub.unsubscribe()
         self._cancels = []
         await self.pipeline.stop()
+        for companion in reversed(self._companions):  # last: a sandbox serves the drain's runs
+            await companion.stop()
 
     async def _on_cancel(self, msg: Msg) -> None:
         """A run was cancelled (its outcome is recorded already, :mod:`mesh.queue.cancel`):

@@ -1,7 +1,8 @@
-"""Health probes in a real worker on a real nats-server: a startup probe not yet
-passed and a failing readiness probe keep the agent's tasks in the queue (this
-worker takes none), a passing one lets them run; workers report their probes
-when asked, and the agent's health sums them up."""
+"""Health probes in a real worker (``worker_for`` attaches them) on a real
+nats-server: a startup probe not yet passed and a failing readiness probe keep
+the agent's tasks in the queue (this worker takes none), a passing one lets
+them run; workers report their probes when asked, and the agent's health sums
+them up."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from nats.js import JetStreamContext
 from pydantic import BaseModel
 
 from agents.contract import Agent, RunContext
-from agents.lifecycle.health import HealthProbes, aggregate, declared
+from agents.lifecycle.health import aggregate, declared
 from agents.registry import Registry
 from agents.runtime import worker_for
 from mesh import names
@@ -73,7 +74,6 @@ async def test_a_startup_probe_not_yet_passed_keeps_the_agents_tasks_in_the_queu
     cls = _probed(started_after=10**9)  # never, until the test says so
     agent = cls()
     worker = worker_for(nc, mesh_js, Registry([agent]), idle_poll_s=0.1)
-    worker.attach(HealthProbes(worker, [agent]))
     await worker.start()
     try:
         for i in range(5):
@@ -96,7 +96,6 @@ async def test_a_failing_readiness_probe_stops_intake_here_until_it_passes_again
     cls = _probed()
     agent = cls()
     worker = worker_for(nc, mesh_js, Registry([agent]), idle_poll_s=0.1)
-    worker.attach(HealthProbes(worker, [agent]))
     await worker.start()
     try:
         await queue.enqueue(TaskSpec(cls.key, {"i": 0}))
