@@ -19,7 +19,7 @@ earlier one failed.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Final
 
 from agents.resilience import metrics
@@ -42,9 +42,16 @@ if TYPE_CHECKING:
     from agents.contract import Agent, RunContext
     from agents.registry import Registry
 
-__all__ = ["FALLBACK_KEY", "AgentGuard", "check", "describe_resilience"]
+__all__ = ["FALLBACK_KEY", "AgentGuard", "Invoke", "check", "describe_resilience"]
 
 FALLBACK_KEY: Final = "_fallback"
+
+Invoke = Callable[[TaskContext, "RunContext"], Awaitable[Any]]
+"""Runs the primary once somewhere else than in-process (a sandboxed child): its
+answer as JSON types. It parses the input and enforces ``timeout_s`` itself (the
+guard adds no timer), and a failure it raises may carry ``category`` (an
+:class:`~agents.sandbox.audit.ErrorCategory` value), which :func:`categorize`
+honours. Breaker, ``retry.on`` and fallback apply to it as to ``run``."""
 
 
 class AgentGuard:
@@ -53,9 +60,14 @@ class AgentGuard:
     cannot apply (checked here, at worker start, not at the first failure)."""
 
     def __init__(
-        self, agent: Agent[Any, Any], registry: Registry | None = None, block: Resilience | None = None
+        self,
+        agent: Agent[Any, Any],
+        registry: Registry | None = None,
+        block: Resilience | None = None,
+        invoke: Invoke | None = None,
     ) -> None:
-        self.agent = agent
+        """``invoke``: how the primary runs when not in-process (the sandbox), see :data:`Invoke`."""
+        self.agent, self.invoke = agent, invoke
         self.block = block = block or agent.resilience
         self.max_attempts = block.retry.max_attempts or agent.max_attempts
         self.rule = RetryRule(agent.key, block.retry)
@@ -68,8 +80,9 @@ class AgentGuard:
         self.breaker = CircuitBreaker(agent.key, block.breaker) if block.breaker else None
         self._rejected = metrics.BREAKER_REJECTED.labels(agent.key)
 
-    async def call(self, task: TaskContext, parsed: BaseModel, ctx: RunContext) -> Any:
-        """Run the agent once under the block; its answer as JSON types, or the error to record."""
+    async def call(self, task: TaskContext, parsed: BaseModel | None, ctx: RunContext) -> Any:
+        """Run the agent once under the block; its answer as JSON types, or the error to record.
+        ``parsed``: the input as the agent's model (None with ``invoke``, which parses its own)."""
         breaker, ticket = self.breaker, None
         if breaker is not None:
             ticket = breaker.admit()
@@ -81,7 +94,12 @@ class AgentGuard:
                 final = task.attempt >= self.max_attempts
                 return await self._fall_back(task, ctx, refused, permanent=final)
         try:
-            output = await self._bounded(self.agent.run(parsed, ctx), self.timeout_s)
+            if self.invoke is not None:
+                answer = await self.invoke(task, ctx)
+            else:
+                answer = (await self._bounded(self.agent.run(parsed, ctx), self.timeout_s)).model_dump(
+                    mode="json"
+                )
         except asyncio.CancelledError:
             if breaker is not None and ticket is not None:
                 breaker.release(ticket)
@@ -99,7 +117,7 @@ class AgentGuard:
             raise NotRetryable(f"[{category}] {type(exc).__name__}: {exc} (not in retry.on)") from exc
         if breaker is not None and ticket is not None:
             breaker.record(ticket, ok=True)
-        return output.model_dump(mode="json")
+        return answer
 
     async def _bounded(self, run: Awaitable[BaseModel], timeout_s: float | None) -> BaseModel:
         if timeout_s is None:

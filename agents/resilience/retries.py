@@ -58,7 +58,11 @@ def queue_config(agent: Agent[Any, Any], block: Resilience | None = None) -> Lan
 
 
 def categorize(exc: BaseException) -> ErrorCategory:
-    """The category of a failure, in the sandbox's words (:class:`ErrorCategory`)."""
+    """The category of a failure, in the sandbox's words (:class:`ErrorCategory`): its
+    own ``category`` attribute when it carries one (a sandboxed run's failure), else by type."""
+    declared = getattr(exc, "category", None)
+    if isinstance(declared, str) and declared in _CATEGORY_VALUES:
+        return ErrorCategory(declared)
     if isinstance(exc, PermanentError | ValidationError):
         return ErrorCategory.INPUT_ERROR
     if isinstance(exc, AgentTimeout | TimeoutError):
@@ -68,6 +72,9 @@ def categorize(exc: BaseException) -> ErrorCategory:
     if isinstance(exc, MemoryError | RecursionError):
         return ErrorCategory.RESOURCE_EXCEEDED
     return ErrorCategory.INTERNAL_ERROR
+
+
+_CATEGORY_VALUES = frozenset(c.value for c in ErrorCategory)
 
 
 class RetryRule:

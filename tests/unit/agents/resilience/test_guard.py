@@ -10,9 +10,17 @@ from pydantic import BaseModel
 
 from agents.contract import Agent, RunContext
 from agents.registry import Registry
-from agents.resilience import Fallback, Resilience, ResilienceConfigError, RetryPolicy
-from agents.resilience.guard import check, describe_resilience
+from agents.resilience import (
+    BreakerPolicy,
+    Fallback,
+    NotRetryable,
+    Resilience,
+    ResilienceConfigError,
+    RetryPolicy,
+)
+from agents.resilience.guard import AgentGuard, check, describe_resilience
 from agents.runtime import agent_handler
+from mesh.queue.worker import TaskContext
 
 
 class Io(BaseModel):
@@ -55,3 +63,47 @@ def test_a_block_that_applies_has_no_problem_and_describes_its_queue_settings() 
     assert described["problem"] is None and described["enforced_in_handler"] is True
     assert described["queue"]["max_attempts"] == 3 and described["queue"]["concurrency"] is None
     assert described["block"]["fallback"] == {"agents": ["backup"], "default": {"value": 0}}
+
+
+class _Failed(Exception):
+    """A failure that says its category, as a sandboxed run's does."""
+
+    def __init__(self, category: str) -> None:
+        super().__init__(f"{category} in the child")
+        self.category = category
+
+
+def _task(attempt: int = 1) -> Any:
+    async def nothing(percent: float) -> None:
+        return None
+
+    return TaskContext(run_id="r", agent="primary", tenant="t", routing_key=None, attempt=attempt,
+                       input={"value": 1}, envelope=None, _report=nothing)  # type: ignore[arg-type]  # fmt: skip
+
+
+async def test_an_invocation_elsewhere_gets_the_same_retry_rule_breaker_and_fallback() -> None:
+    outcomes: list[str] = []
+
+    async def sandboxed(task: Any, ctx: RunContext) -> Any:
+        category = outcomes.pop(0)
+        if category == "ok":
+            return {"value": 2.0}
+        raise _Failed(category)
+
+    breaker = BreakerPolicy(min_calls=3, failure_rate=0.5)
+    block = Resilience(retry=RetryPolicy(on=("timeout",)), breaker=breaker)
+    guard = AgentGuard(_agent("primary", block), None, invoke=sandboxed)
+    ctx = RunContext(run_id="r")
+    outcomes[:] = ["ok", "timeout", "internal_error"]
+    assert await guard.call(_task(), None, ctx) == {"value": 2.0}
+    with pytest.raises(_Failed):  # its category is in retry.on: raised as it is, for the queue to retry
+        await guard.call(_task(), None, ctx)
+    with pytest.raises(NotRetryable, match=r"\[internal_error\]"):
+        await guard.call(_task(), None, ctx)
+    assert guard.breaker is not None and guard.breaker.state == "open"  # 2 of 3 failed
+    with_default = AgentGuard(
+        _agent("primary", Resilience(fallback=Fallback(default={"value": 0}))), None, invoke=sandboxed
+    )
+    outcomes[:] = ["input_error"]
+    answer = await with_default.call(_task(), None, ctx)
+    assert answer["value"] == 0 and answer["_fallback"]["hops"][0]["category"] == "input_error"
