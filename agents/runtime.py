@@ -6,7 +6,9 @@ bulkhead become the lanes' queue settings (:func:`~agents.resilience.retries.que
 and when it declares a timeout, a breaker, a fallback chain or a narrower
 ``retry.on``, the handler runs ``run`` under :class:`~agents.resilience.guard.AgentGuard`.
 An agent that declares none of those gets the plain handler: no extra await,
-nothing allocated per call beyond its context.
+nothing allocated per call beyond its context. On a sandboxed worker the guard
+runs the agent (and its fallback agents) through the sandbox
+(:data:`~agents.resilience.guard.Invoke`), so the block holds there too.
 """
 
 from __future__ import annotations
@@ -20,18 +22,23 @@ from pydantic import ValidationError
 from agents.contract import Agent, RunContext
 from agents.lifecycle.health import HealthProbes
 from agents.registry import Registry
-from agents.resilience.guard import AgentGuard
+from agents.resilience.guard import AgentGuard, Invoke
 from agents.resilience.retries import queue_config
 from agents.sandbox import Sandbox
 from agents.sandboxed import sandboxed_handler
 from mesh.queue.worker import AgentQueueConfig, Handler, PermanentError, TaskContext, TaskWorker
 
-__all__ = ["agent_handler", "worker_for"]
+__all__ = ["agent_handler", "through", "worker_for"]
 
 
-def agent_handler(agent: Agent[Any, Any], registry: Registry | None = None) -> Handler:
+def agent_handler(
+    agent: Agent[Any, Any], registry: Registry | None = None, invoke: Invoke | None = None
+) -> Handler:
     """The queue handler of ``agent``. ``registry``: where its fallback agents are
-    found (:class:`~agents.resilience.ResilienceConfigError` if one is missing)."""
+    found (:class:`~agents.resilience.ResilienceConfigError` if one is missing);
+    ``invoke``: run it elsewhere (the sandbox) under its guard instead of in-process."""
+    if invoke is not None:
+        return _elsewhere(AgentGuard(agent, registry, invoke=invoke))
     guard = AgentGuard(agent, registry) if agent.resilience.enforced_in_handler else None
 
     async def handle(task: TaskContext) -> Any:
@@ -51,6 +58,29 @@ def agent_handler(agent: Agent[Any, Any], registry: Registry | None = None) -> H
     return handle
 
 
+def _elsewhere(guard: AgentGuard) -> Handler:
+    async def handle(task: TaskContext) -> Any:
+        ctx = RunContext(run_id=task.run_id, tenant=task.tenant, attempt=task.attempt,
+                         routing_key=task.routing_key)  # fmt: skip
+        return await guard.call(task, None, ctx)
+
+    return handle
+
+
+def through(sandbox: Sandbox) -> Invoke:
+    """Run any agent of ``sandbox``'s template as one confined invocation
+    (:func:`~agents.sandboxed.sandboxed_handler`), for :class:`AgentGuard`."""
+    handlers: dict[str, Handler] = {}
+
+    async def invoke(agent: Agent[Any, Any], task: TaskContext, ctx: RunContext) -> Any:
+        handler = handlers.get(agent.key)
+        if handler is None:
+            handler = handlers[agent.key] = sandboxed_handler(agent, sandbox)
+        return await handler(task)
+
+    return invoke
+
+
 def worker_for(
     nc: Client,
     js: JetStreamContext,
@@ -68,10 +98,16 @@ def worker_for(
     with the worker. Agents that declare health probes get them run
     (:mod:`agents.lifecycle.health`)."""
     keys = agents or registry.keys()
+    invoke = through(sandbox) if sandbox else None
     handlers: dict[str, tuple[AgentQueueConfig, Handler]] = {}
     for key in keys:
         agent = registry.get(key)
-        handler = sandboxed_handler(agent, sandbox) if sandbox else agent_handler(agent, registry)
+        if sandbox is None:
+            handler = agent_handler(agent, registry)
+        elif agent.resilience.enforced_in_handler:
+            handler = agent_handler(agent, registry, invoke)
+        else:  # nothing acts around the invocation: the sandbox's handler alone
+            handler = sandboxed_handler(agent, sandbox)
         handlers[key] = (queue_config(agent), handler)
     worker = TaskWorker(nc, js, handlers, concurrency=concurrency, name=name, **options)
     if sandbox is not None:

@@ -7,10 +7,11 @@ after a delayed ``nak``), others as :class:`NotRetryable`. A failure that
 ends the run (not retryable, the last attempt, or an open breaker) goes down
 the fallback chain first when the block declares one.
 
-Fallback hops run **in-process**, not via the queue: each secondary agent is
-taken from this worker's registry, its input validated against its own Input
-model and its answer against the primary's Output model (the run is the
-primary's), under its own ``timeout_s`` (else the primary's). A secondary's
+Fallback hops run in the worker, not via the queue: each secondary agent is
+taken from this worker's registry and called in-process (or through
+:data:`Invoke`, the sandbox, on a sandboxed worker), its input validated
+against its own Input model and its answer against the primary's Output model
+(the run is the primary's), under its own ``timeout_s`` (else the primary's). A secondary's
 retry, breaker and fallback do not apply. The answer carries the chain in
 its ``_fallback`` key (:data:`FALLBACK_KEY`): which hop answered and why each
 earlier one failed.
@@ -46,12 +47,14 @@ __all__ = ["FALLBACK_KEY", "AgentGuard", "Invoke", "check", "describe_resilience
 
 FALLBACK_KEY: Final = "_fallback"
 
-Invoke = Callable[[TaskContext, "RunContext"], Awaitable[Any]]
-"""Runs the primary once somewhere else than in-process (a sandboxed child): its
-answer as JSON types. It parses the input and enforces ``timeout_s`` itself (the
-guard adds no timer), and a failure it raises may carry ``category`` (an
-:class:`~agents.sandbox.audit.ErrorCategory` value), which :func:`categorize`
-honours. Breaker, ``retry.on`` and fallback apply to it as to ``run``."""
+Invoke = Callable[["Agent[Any, Any]", TaskContext, "RunContext"], Awaitable[Any]]
+"""Runs an agent once somewhere else than in-process (a sandboxed child): its
+answer as JSON types. It parses the input and enforces the agent's ``timeout_s``
+itself (the guard adds no timer), and a failure it raises may carry ``category``
+(an :class:`~agents.sandbox.audit.ErrorCategory` value), which :func:`categorize`
+honours. The breaker, ``retry.on`` and the fallback chain apply as to ``run``;
+the secondaries of the chain run through it too, so a sandboxed worker never
+runs agent code unconfined."""
 
 
 class AgentGuard:
@@ -66,7 +69,7 @@ class AgentGuard:
         block: Resilience | None = None,
         invoke: Invoke | None = None,
     ) -> None:
-        """``invoke``: how the primary runs when not in-process (the sandbox), see :data:`Invoke`."""
+        """``invoke``: how agents run when not in-process (the sandbox), see :data:`Invoke`."""
         self.agent, self.invoke = agent, invoke
         self.block = block = block or agent.resilience
         self.max_attempts = block.retry.max_attempts or agent.max_attempts
@@ -95,7 +98,7 @@ class AgentGuard:
                 return await self._fall_back(task, ctx, refused, permanent=final)
         try:
             if self.invoke is not None:
-                answer = await self.invoke(task, ctx)
+                answer = await self.invoke(self.agent, task, ctx)
             else:
                 answer = (await self._bounded(self.agent.run(parsed, ctx), self.timeout_s)).model_dump(
                     mode="json"
@@ -138,9 +141,14 @@ class AgentGuard:
         hops = [_hop("primary", self.agent.key, cause)]
         for secondary in self.secondaries:
             try:
-                parsed = secondary.Input.model_validate(task.input)
-                timeout_s = secondary.resilience.timeout_s or self.timeout_s
-                answer = (await self._bounded(secondary.run(parsed, ctx), timeout_s)).model_dump(mode="json")
+                if self.invoke is not None:
+                    answer = await self.invoke(secondary, task, ctx)
+                else:
+                    parsed = secondary.Input.model_validate(task.input)
+                    timeout_s = secondary.resilience.timeout_s or self.timeout_s
+                    answer = (await self._bounded(secondary.run(parsed, ctx), timeout_s)).model_dump(
+                        mode="json"
+                    )
                 answer = self.agent.Output.model_validate(answer).model_dump(mode="json")
             except asyncio.CancelledError:
                 raise

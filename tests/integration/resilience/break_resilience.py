@@ -41,6 +41,7 @@ M = [
      T + "test_fallback.py::test_primary_fails_and_the_first_secondary_that_answers_is_the_result"),
     ("default before secondaries", [(G, "        for secondary in self.secondaries:", "        for secondary in self.secondaries if self.default is None else []:")], T + "test_fallback.py"),
     ("breaker never refuses", [(B, "        if state is BreakerState.OPEN:\n            return None", "        if state is BreakerState.OPEN:\n            return self._generation")], T + "test_breaker.py"),
+    ("sandboxed worker skips the guard", [(RT, "        elif agent.resilience.enforced_in_handler:", "        elif False:")], T + "test_sandboxed.py"),
     ("breaker never half-opens", [(B, "        if self._state is BreakerState.OPEN and self._clock() - self._opened_at >= self.policy.open_s:", "        if False:")],
      T + "test_breaker.py::test_the_breaker_opens_at_its_failure_rate_fails_fast_and_half_opens_after_its_duration"),
 ]

@@ -84,7 +84,7 @@ def _task(attempt: int = 1) -> Any:
 async def test_an_invocation_elsewhere_gets_the_same_retry_rule_breaker_and_fallback() -> None:
     outcomes: list[str] = []
 
-    async def sandboxed(task: Any, ctx: RunContext) -> Any:
+    async def sandboxed(agent: Any, task: Any, ctx: RunContext) -> Any:
         category = outcomes.pop(0)
         if category == "ok":
             return {"value": 2.0}
