@@ -12,6 +12,9 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+from agents.examples.noop import NoOp
+from agents.sandbox import Sandbox
+from agents.sandboxed import sandbox_config
 from benchmarks.fsync import bench_fsync
 from benchmarks.harness import nats_nodes, say, servers
 from benchmarks.messaging import bench_messaging
@@ -35,6 +38,7 @@ class BenchOptions:
     rounds: int = 3  # rounds per side of a throughput comparison
     workers: tuple[int, ...] = (1, 2, 4)  # the worker processes the scaling suite compares
     latency_s: float = 5.0  # how long the queue's latency runs at 1,000 tasks/s
+    sandbox: bool = False  # queue: each of our tasks runs the noop agent in a confined child
 
 
 async def _skeleton(opts: BenchOptions) -> dict[str, Any]:
@@ -50,6 +54,9 @@ async def _queue(opts: BenchOptions) -> dict[str, Any]:
     )
     n = opts.count or 20_000
     async with nats_nodes(opts.cluster) as nodes:
+        if opts.sandbox:  # one process only: the sandbox's cost on the queue's own path
+            async with Sandbox(sandbox_config([NoOp()])) as sandbox:
+                return await bench_queue(nodes, n, opts.rounds, opts.latency_s, sandbox)
         result = await bench_queue(nodes, n, opts.rounds, opts.latency_s)
         result["two_processes"] = await bench_two_processes(nodes, n, opts.rounds)
     return result

@@ -317,10 +317,16 @@ def _worker_counts(ctx: click.Context, param: click.Parameter, value: str) -> tu
               help="Rounds per side of each throughput comparison (the best is compared).")  # fmt: skip
 @click.option("--workers", default="1,2,4", show_default=True, callback=_worker_counts,
               help="scaling: the worker process counts to compare, comma-separated.")  # fmt: skip
+@click.option(
+    "--sandbox",
+    "sandboxed",
+    is_flag=True,
+    help="queue: each of our tasks runs the noop agent in a confined child (docs/sandbox.md).",
+)
 @click.option("--json", "as_json", is_flag=True,
               help="JSON on stdout: what bench prints in any case (progress goes to stderr).")  # fmt: skip
 def bench(suite: str, count: int | None, cluster: int, rounds: int, workers: tuple[int, ...],
-          as_json: bool) -> None:  # fmt: skip
+          sandboxed: bool, as_json: bool) -> None:  # fmt: skip
     """Benchmarks with the raw nats-py ceiling measured in the same run; prints JSON.
 
     \b
@@ -348,7 +354,10 @@ def bench(suite: str, count: int | None, cluster: int, rounds: int, workers: tup
         )
     del as_json  # JSON is bench's only output; the flag lets a script say so
     tune_gc()  # as in `up` and `worker`; the raw nats-py ceiling runs under the same settings
-    result = asyncio.run(run_benchmarks(suite, BenchOptions(count, cluster, rounds, workers)))
+    if sandboxed and suite != "queue":
+        raise click.UsageError("--sandbox applies to the queue suite")
+    options = BenchOptions(count, cluster, rounds, workers, sandbox=sandboxed)
+    result = asyncio.run(run_benchmarks(suite, options))
     click.echo(json.dumps(result, indent=2))
 
 

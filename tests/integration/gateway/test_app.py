@@ -69,11 +69,14 @@ async def test_a_gateway_given_urls_serves_a_run_end_to_end_and_closes_what_it_o
 async def test_a_connection_and_a_pool_given_are_used_and_left_open(
     nc: Client, mesh_js: JetStreamContext, pool: asyncpg.Pool
 ) -> None:
-    parts = Parts(recorder=False, run_index=False, maintenance=False, scheduler=False, serve=False)
+    parts = Parts(recorder=False, run_index=False, maintenance=False, scheduler=False, serve=False,
+                  dedicated=False)  # fmt: skip
     gateway = Gateway(Settings(), example_registry(), parts)
     async with gateway.running(nc, pool, token=None):
         assert gateway.nc is nc and gateway.pool is pool and gateway.app is not None
         assert gateway.runner is None and gateway.recorder is None and gateway.scheduler is None
-    assert [what for what, _, _ in gateway.stop_steps()] == ["the task queue"]
+        assert gateway.dedicated is None
+    # Only what it started itself: none of the connections it was given.
+    assert [what for what, _, _ in gateway.stop_steps()] == ["the lifecycle outbox", "the task queue"]
     assert nc.is_connected
     assert await pool.fetchval("SELECT 1") == 1
