@@ -292,6 +292,25 @@ def status(obj: Ctx, output: str) -> None:
     click.echo(f"{'AGENT':<24}{'VERSION':<10}{'STATE':<12}DESCRIPTION")
     for a in data["agents"]:
         click.echo(f"{a['key']:<24}{a['version']:<10}{a['state']:<12}{a['description']}")
+    sandbox = data.get("sandbox")
+    if sandbox:
+        click.echo("sandbox: " + _sandbox_line(sandbox))
+
+
+def _sandbox_line(sandbox: dict[str, Any]) -> str:
+    """``on: rlimits, cgroup v1 (memory, pids), network namespace, uid drop``."""
+    if not sandbox["enabled"]:
+        return "off (AF_SANDBOX=false): agents run in the worker's own process"
+    levels = sandbox["levels"]
+    parts = ["rlimits"]
+    if levels.get("cgroup"):
+        parts.append(f"cgroup {levels['cgroup']} ({', '.join(levels.get('cgroup_controllers', []))})")
+    parts += [
+        name.replace("_", " ")
+        for name in ("network_namespace", "pid_namespace", "uid_drop")
+        if levels.get(name)
+    ]
+    return "on: " + ", ".join(parts)
 
 
 def _worker_counts(ctx: click.Context, param: click.Parameter, value: str) -> tuple[int, ...]:

@@ -3,8 +3,13 @@
 
 from __future__ import annotations
 
+import functools
+from typing import Any
+
 from aiohttp import web
 
+from agents.sandbox import detect_levels
+from agents.sandbox.levels import log_levels_once
 from gateway.api.bodies import json_response
 from gateway.api.services import SERVICES, Services
 from gateway.worker_metrics import CONTENT_TYPE, merged_metrics
@@ -22,7 +27,20 @@ async def list_agents(request: web.Request) -> web.Response:
         desc = agent.describe()
         desc["state"] = "serving" if agent.key in svc.served_agents() else "registered"
         agents.append(desc)
-    return json_response({"agents": agents})
+    return json_response({"agents": agents, "sandbox": _sandbox(svc)})
+
+
+def _sandbox(svc: Services) -> dict[str, Any]:
+    """Whether pool workers sandbox each task, and what containment this host gives
+    (found once per process: :func:`agents.sandbox.detect_levels`)."""
+    return {"enabled": svc.settings.sandbox, "levels": _levels()}
+
+
+@functools.cache
+def _levels() -> dict[str, Any]:
+    levels = detect_levels()
+    log_levels_once(levels)
+    return levels.as_dict()
 
 
 @routes.get("/healthz")
@@ -45,8 +63,8 @@ async def readyz(request: web.Request) -> web.Response:
     except Exception as exc:
         checks["postgres"] = f"error: {exc}"
     ready = all(v == "ok" for v in checks.values())
-    return json_response({"status": "ready" if ready else "not ready", "checks": checks},
-                 status=200 if ready else 503)  # fmt: skip
+    body = {"status": "ready" if ready else "not ready", "checks": checks, "sandbox": _sandbox(svc)}
+    return json_response(body, status=200 if ready else 503)
 
 
 @routes.get("/metrics")

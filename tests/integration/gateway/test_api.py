@@ -65,7 +65,11 @@ async def test_probes_and_metrics_need_no_token(api: TestClient[Any, Any]) -> No
     assert (await api.get("/healthz", headers=bare)).status == 200
     ready = await api.get("/readyz", headers=bare)
     assert ready.status == 200
-    assert (await ready.json())["checks"] == {"nats": "ok", "postgres": "ok"}
+    body = await ready.json()
+    assert body["checks"] == {"nats": "ok", "postgres": "ok"}
+    # What containment a sandboxed run gets here (found once; docs/sandbox.md)
+    assert body["sandbox"]["enabled"] is True and body["sandbox"]["levels"]["rlimits"] is True
+    assert set(body["sandbox"]["levels"]["off_because"]) >= {"pid_namespace"}
     metrics = await (await api.get("/metrics", headers=bare)).text()
     assert "af_task_wait_seconds" in metrics
 

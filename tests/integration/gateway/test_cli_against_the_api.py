@@ -49,6 +49,7 @@ async def test_output_json_given_before_the_command(api: TestClient[Any, Any]) -
         assert "lanes" in stats and "dead_letters" in stats
     table = ok(await agent_factory(api, "-o", "json", "status", "-o", "table"))  # its own wins
     assert table.startswith("AGENT ")
+    assert table.splitlines()[-1].startswith("sandbox: on: rlimits")
 
 
 async def test_dead_letter_of_an_undecodable_task_is_shown_with_its_run(
