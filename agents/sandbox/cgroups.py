@@ -18,7 +18,7 @@ from pathlib import Path
 
 from agents.sandbox.limits import SandboxLimits
 
-__all__ = ["CgroupSlot", "Hierarchy", "find_hierarchies", "make_slots", "remove_slots"]
+__all__ = ["CgroupSlot", "Hierarchy", "find_hierarchies", "make_slots", "remove_slots", "stale_tags"]
 
 CONTROLLERS = ("pids", "memory")
 
@@ -232,3 +232,14 @@ def remove_slots(hierarchies: list[Hierarchy], tag: str) -> list[str]:
         with contextlib.suppress(OSError):
             base.rmdir()
     return left
+
+
+def stale_tags(parent: Path) -> list[str]:
+    """The ``af-sandbox-<pid>`` entries under ``parent`` whose template is dead (SIGKILLed
+    before it could clean up): their pid no longer exists."""
+    out = []
+    for path in parent.glob("af-sandbox-*"):
+        tag = path.name.removeprefix("af-sandbox-")
+        if tag.isdigit() and not Path(f"/proc/{tag}").exists():
+            out.append(tag)
+    return out

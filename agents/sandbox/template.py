@@ -38,7 +38,7 @@ from typing import Any
 from agents.contract import Agent
 from agents.registry import load_agent
 from agents.sandbox.audit import ErrorCategory, InvocationAudit
-from agents.sandbox.cgroups import Hierarchy, find_hierarchies, make_slots, remove_slots
+from agents.sandbox.cgroups import Hierarchy, find_hierarchies, make_slots, remove_slots, stale_tags
 from agents.sandbox.child import ChildSetup, run_child
 from agents.sandbox.config import InvocationRequest, SandboxConfig
 from agents.sandbox.frames import FrameReader, send_frame
@@ -77,8 +77,9 @@ class Template:
             importlib.import_module(module)
         self.levels, self.hierarchies = self._contain()
         self.tag = str(os.getpid())
-        root = config.workdir_root or tempfile.gettempdir()
-        self.workdir_root = Path(root) / f"af-sandbox-{self.tag}"
+        root = Path(config.workdir_root or tempfile.gettempdir())
+        self._remove_stale(root)
+        self.workdir_root = root / f"af-sandbox-{self.tag}"
         self.workdir_root.mkdir(mode=0o711)
         cgroups = make_slots(self.hierarchies, config.slots, self.tag) if self.hierarchies else []
         # Slot uids are unique to this template (its pid), so RLIMIT_NPROC counts one invocation.
@@ -93,6 +94,18 @@ class Template:
         self.stopping = False
         self.selector = selectors.DefaultSelector()
         self.frames = FrameReader()
+
+    def _remove_stale(self, root: Path) -> None:
+        """What templates killed before their cleanup left: empty control groups (a group
+        that still holds a process is left alone) and working directories."""
+        for h in self.hierarchies:
+            for tag in stale_tags(h.path):
+                base = h.path / f"af-sandbox-{tag}"
+                for path in [*base.glob("slot-*"), base]:
+                    with contextlib.suppress(OSError):
+                        path.rmdir()
+        for tag in stale_tags(root):
+            shutil.rmtree(root / f"af-sandbox-{tag}", ignore_errors=True)
 
     def _contain(self) -> tuple[Levels, list[Hierarchy]]:
         levels = detect_levels()

@@ -146,3 +146,21 @@ async def test_a_dead_template_fails_its_invocations_and_its_children_die_with_i
         return not [p for p in processes() if p.uid in uids]
 
     await eventually(children_gone, what="the template's children died with it (PR_SET_PDEATHSIG)")
+
+
+async def test_a_new_template_removes_what_a_killed_one_left_behind() -> None:
+    """A template SIGKILLed with its worker cannot clean up: the next one removes its empty
+    control groups and its working directories."""
+    gone = await asyncio.create_subprocess_exec("true")
+    await gone.wait()  # a pid that no longer runs
+    workdirs = Path(tempfile.gettempdir(), f"af-sandbox-{gone.pid}")
+    (workdirs / "tmpleft").mkdir(parents=True)
+    probe = Sandbox(_config())
+    await probe.start()
+    bases = [path.parent / f"af-sandbox-{gone.pid}" for path in _cgroup_bases(probe)]
+    await probe.stop()
+    for base in bases:
+        (base / "slot-0").mkdir(parents=True)
+    async with Sandbox(_config()):
+        assert not exists(workdirs)
+        assert not any(exists(base) for base in bases)
