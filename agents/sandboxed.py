@@ -7,10 +7,12 @@ the finished event (``TaskContext.audit``) for metering. An ``input_error``
 is permanent (no retry can fix it); every other category (``timeout``,
 ``resource_exceeded``, ``dependency_failure``, ``internal_error``) is retried
 by the queue with the agent's backoff, as an exception of an in-process agent
-is. What is not carried into the child: progress reports (``ctx.report_progress``
-is not available there) and the resilience block's in-process parts (fallback
-chain, breaker); its queue parts (retries, bulkhead) apply as always, and its
-``timeout_s`` becomes the invocation's wall-clock limit.
+is. Progress reports (``ctx.report_progress``) are not carried out of the
+child. The resilience block applies in full: its queue parts (retries,
+bulkhead) as always, its ``timeout_s`` as the invocation's wall-clock limit,
+and its breaker and fallback chain around the invocation
+(:func:`agents.runtime.through` runs the agent and its fallback agents as
+sandbox invocations).
 """
 
 from __future__ import annotations

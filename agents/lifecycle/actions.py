@@ -49,8 +49,9 @@ from agents.lifecycle.dedicated import DedicatedWorkers
 from agents.lifecycle.manager import LifecycleManager, Mode, Transition, VersionRecord
 from agents.lifecycle.states import IllegalTransition, State
 from agents.registry import Registry
+from agents.resilience.retries import queue_config
 from mesh.queue.gates import HeldBy, held_tasks
-from mesh.queue.worker import AgentQueueConfig, ensure_lane
+from mesh.queue.worker import ensure_lane
 
 __all__ = ["DEFAULT_DRAIN_S", "MAX_DRAIN_S", "Action", "ActionFailed", "Operator", "Outcome"]
 
@@ -169,7 +170,7 @@ class Operator:
         agent = self._loaded(out.agent)
         await step.to(State.DEPLOYING)
         try:
-            cfg = AgentQueueConfig(agent.key, ack_wait_s=agent.ack_wait_s, max_attempts=agent.max_attempts)
+            cfg = queue_config(agent)  # its resilience block's retries, as the workers' lanes
             for priority in cfg.priorities:
                 await ensure_lane(self.js, cfg, priority)
         except Exception as exc:
