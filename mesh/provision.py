@@ -6,9 +6,13 @@ an existing one is updated to the configured limits, nothing is deleted.
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import logging
+import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, TypeVar
 
 from nats.js import JetStreamContext
 from nats.js.api import (
@@ -20,13 +24,50 @@ from nats.js.api import (
     StreamSource,
     SubjectTransform,
 )
-from nats.js.errors import BadRequestError, NotFoundError
+from nats.js.errors import BadRequestError, NotFoundError, ServiceUnavailableError
 
 from mesh import names
 
-__all__ = ["ProvisionConfig", "ensure_run_projection", "ensure_stream", "provision"]
+__all__ = [
+    "PLACEMENT_PATIENCE_S",
+    "ProvisionConfig",
+    "ensure_run_projection",
+    "ensure_stream",
+    "placed",
+    "provision",
+]
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+#: JetStream's "no suitable peers for placement" (10005): a replicated stream asked
+#: for while one of its peers is not known online — right after a cluster starts, or
+#: for a moment on a starved host (seen in CI: a stream, a bucket, a Faust topic).
+NO_PEERS_FOR_PLACEMENT: Final = 10005
+#: How long a create is tried again on that, or on a 503 (a meta leader election).
+PLACEMENT_PATIENCE_S: Final = 30.0
+
+
+async def placed(
+    create: Callable[[], Awaitable[T]], what: str, patience_s: float = PLACEMENT_PATIENCE_S
+) -> T:
+    """``create()`` (a stream, bucket or consumer), asked again while the cluster
+    cannot place it yet (10005) or has no meta leader (503), for up to
+    ``patience_s``; then its error. Creates are idempotent: the same config asked
+    again is answered with what exists."""
+    deadline = time.monotonic() + patience_s
+    pause = 0.1
+    while True:
+        try:
+            return await create()
+        except (BadRequestError, ServiceUnavailableError) as exc:
+            transient = isinstance(exc, ServiceUnavailableError) or exc.err_code == NO_PEERS_FOR_PLACEMENT
+            if not transient or time.monotonic() + pause > deadline:
+                raise
+            log.warning("%s not placed yet (%s); asking again in %.1f s", what, exc.description, pause)
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 2.0)
+
 
 DAY = 86_400.0
 
@@ -123,8 +164,10 @@ def bucket_configs(cfg: ProvisionConfig) -> list[KeyValueConfig]:
                        replicas=cfg.replicas, description="run id -> run state"),
         KeyValueConfig(bucket=names.BUCKET_IDEMPOTENCY, history=1, ttl=cfg.idempotency_ttl_s,
                        replicas=cfg.replicas, description="idempotency key -> run id and request digest"),
-        KeyValueConfig(bucket=names.BUCKET_CONFIG, history=10, replicas=cfg.replicas,
-                       description="reserved for configuration hot reload (not read yet)"),
+        # Direct gets: a worker reads its agents' dispatch gates by key, which an
+        # agent's own credentials can be allowed to (deployment/nats/accounts.conf).
+        KeyValueConfig(bucket=names.BUCKET_CONFIG, history=10, replicas=cfg.replicas, direct=True,
+                       description="what the platform obeys live: dispatch.gate.<agent> (mesh.queue.gates)"),
         KeyValueConfig(bucket=names.BUCKET_LOCKS, history=1, replicas=cfg.replicas,
                        description="leases with per-key TTL (mesh.locks)"),
         KeyValueConfig(bucket=names.BUCKET_SCHEDULES, history=5, replicas=cfg.replicas,
@@ -170,7 +213,7 @@ async def ensure_stream(js: JetStreamContext, config: StreamConfig, update: bool
     try:
         await js.stream_info(config.name)
     except NotFoundError:
-        await js.add_stream(config)
+        await placed(lambda: js.add_stream(config), f"stream {config.name}")
         log.info("created stream %s", config.name)
         return
     if not update:
@@ -189,9 +232,19 @@ async def provision(js: JetStreamContext, cfg: ProvisionConfig | None = None) ->
         try:
             await js.key_value(bucket.bucket)
         except Exception:
-            await js.create_key_value(bucket)
+            await placed(functools.partial(js.create_key_value, bucket), f"KV bucket {bucket.bucket}")
             log.info("created KV bucket %s", bucket.bucket)
+    await ensure_direct_gets(js, names.BUCKET_CONFIG)
     await ensure_run_projection(js)
+
+
+async def ensure_direct_gets(js: JetStreamContext, bucket: str) -> None:
+    """Turn on direct gets for ``bucket`` made before they were asked for."""
+    info = await js.stream_info(names.kv_stream(bucket))
+    if not info.config.allow_direct:
+        info.config.allow_direct = True
+        await js.update_stream(info.config)
+        log.info("%s now answers direct gets", bucket)
 
 
 RUN_PROJECTION = StreamSource(

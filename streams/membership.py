@@ -49,6 +49,7 @@ from nats.js.errors import (
 )
 from nats.js.kv import KeyValue
 
+from mesh.provision import placed
 from streams import naming
 
 __all__ = ["Generation", "GroupMembership"]
@@ -143,8 +144,11 @@ class GroupMembership:
             self._kv = await self._js.key_value(bucket)
         except (NotFoundError, BadRequestError):
             try:
-                self._kv = await self._js.create_key_value(
-                    bucket=bucket, history=1, storage=StorageType.FILE, replicas=self.replicas
+                self._kv = await placed(
+                    lambda: self._js.create_key_value(
+                        bucket=bucket, history=1, storage=StorageType.FILE, replicas=self.replicas
+                    ),
+                    f"group bucket {bucket}",
                 )
             except BadRequestError:
                 self._kv = await self._js.key_value(bucket)

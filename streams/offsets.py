@@ -29,6 +29,7 @@ from nats.js.api import StorageType
 from nats.js.errors import BadRequestError, KeyNotFoundError, KeyWrongLastSequenceError, NotFoundError
 from nats.js.kv import KeyValue
 
+from mesh.provision import placed
 from streams import naming
 
 __all__ = ["OffsetStore"]
@@ -73,8 +74,14 @@ class OffsetStore:
                     try:
                         self._kv = await self._js.key_value(self.bucket)
                     except (NotFoundError, BadRequestError):
-                        self._kv = await self._js.create_key_value(
-                            bucket=self.bucket, history=1, storage=StorageType.FILE, replicas=self.replicas
+                        self._kv = await placed(
+                            lambda: self._js.create_key_value(
+                                bucket=self.bucket,
+                                history=1,
+                                storage=StorageType.FILE,
+                                replicas=self.replicas,
+                            ),
+                            f"offsets bucket {self.bucket}",
                         )
         return self._kv
 

@@ -37,6 +37,7 @@ from nats.js.errors import (
 )
 from nats.js.kv import KeyValue
 
+from mesh.provision import placed
 from streams import naming
 from streams.errors import TopicNotFound
 
@@ -81,8 +82,11 @@ class TopicRegistry:
                     try:
                         self._kv = await self._js.key_value(naming.TOPICS_BUCKET)
                     except (NotFoundError, BadRequestError):
-                        self._kv = await self._js.create_key_value(
-                            bucket=naming.TOPICS_BUCKET, history=1, storage=StorageType.FILE
+                        self._kv = await placed(
+                            lambda: self._js.create_key_value(
+                                bucket=naming.TOPICS_BUCKET, history=1, storage=StorageType.FILE
+                            ),
+                            "the topics bucket",
                         )
         return self._kv
 
@@ -162,7 +166,7 @@ class TopicRegistry:
             allow_direct=True,
         )
         try:
-            await self._js.add_stream(config)
+            await placed(lambda: self._js.add_stream(config), f"topic stream {config.name}")
         except BadRequestError as exc:
             if exc.err_code != _STREAM_NAME_IN_USE:
                 raise

@@ -47,6 +47,7 @@ from mesh.provision import (
     channel_bucket_config,
     channel_stream_config,
     ensure_stream,
+    placed,
 )
 from mesh.wire.protocol import sync_with_server
 
@@ -159,7 +160,7 @@ async def ensure_channels(js: JetStreamContext) -> KeyValue:
     try:
         return await js.key_value(CHANNELS_BUCKET)
     except (BucketNotFoundError, NotFoundError):
-        return await js.create_key_value(channel_bucket_config())
+        return await placed(lambda: js.create_key_value(channel_bucket_config()), "the channels bucket")
 
 
 class SubscriberInfo(BaseModel):

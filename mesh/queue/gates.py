@@ -30,12 +30,13 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
-from nats.js.errors import BucketNotFoundError, NotFoundError
+from nats.js.errors import BucketNotFoundError, NotFoundError, ServiceUnavailableError
 from nats.js.kv import KeyValue
 from pydantic import BaseModel, Field, ValidationError
 
 from mesh import names
 from mesh.kv import current_entries
+from mesh.wire import protocol
 
 __all__ = [
     "GATE_PREFIX",
@@ -182,14 +183,18 @@ class GateWatch:
         self.on_change = on_change
         self.resync_s = resync_s
         self.gates: dict[str, Gate] = {agent: OPEN for agent in agents}
-        self._sub: Subscription | None = None
+        self._subs: list[Subscription] = []
         self._resync: asyncio.Task[None] | None = None
         self._prefix = names.kv_subject(names.BUCKET_CONFIG, GATE_PREFIX)
         self._writes: dict[str, int] = {}  # writes seen live, per agent
 
     async def start(self) -> None:
         # Subscribe first, then read: a write in between is seen by one or both.
-        self._sub = await self.nc.subscribe(self._prefix + "*", cb=self._on_write)
+        # One subject per agent, each read by a direct get of its key: what an
+        # agent's own credentials allow (deployment/nats/accounts.conf), nothing more.
+        self._subs = [
+            await self.nc.subscribe(self._prefix + agent, cb=self._on_write) for agent in sorted(self.agents)
+        ]
         await self._read_all()
         self._resync = asyncio.create_task(self._resync_loop(), name="gate-resync")
 
@@ -198,10 +203,10 @@ class GateWatch:
             self._resync.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._resync
-        if self._sub is not None:
+        for sub in self._subs:
             with contextlib.suppress(Exception):
-                await self._sub.unsubscribe()
-            self._sub = None
+                await sub.unsubscribe()
+        self._subs = []
 
     def _apply(self, agent: str, gate: Gate) -> None:
         if agent in self.agents and self.gates.get(agent) != gate:
@@ -217,11 +222,23 @@ class GateWatch:
 
     async def _read_all(self) -> None:
         before = dict(self._writes)
-        found = await read_gates(self.js)
-        for agent in self.agents:
+        found = await asyncio.gather(*(self._read(agent) for agent in sorted(self.agents)))
+        for agent, gate in zip(sorted(self.agents), found, strict=True):
             # A write seen live while reading is newer than what the read may hold.
             if self._writes.get(agent) == before.get(agent):
-                self._apply(agent, found.get(agent, OPEN))
+                self._apply(agent, gate)
+
+    async def _read(self, agent: str) -> Gate:
+        """``agent``'s gate now: a direct get of its key (no stream info, no listing)."""
+        prefix = protocol.api_prefix(self.js)
+        stream = names.kv_stream(names.BUCKET_CONFIG)
+        msg = await self.nc.request(f"{prefix}.DIRECT.GET.{stream}.{self._prefix}{agent}", b"", timeout=5)
+        headers = msg.headers or {}
+        if headers.get("Status") in ("404", "408") or headers.get("KV-Operation") in ("DEL", "PURGE"):
+            return OPEN  # no key (or a deleted one): open
+        if headers.get("Status"):  # 503 and the like: the bucket cannot answer now
+            raise ServiceUnavailableError(description=headers.get("Description"))
+        return _parse(agent, msg.data)
 
     async def _resync_loop(self) -> None:
         while True:

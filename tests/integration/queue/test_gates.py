@@ -10,9 +10,11 @@ from typing import Any
 
 from nats.aio.client import Client
 from nats.js import JetStreamContext
+from nats.js.api import KeyValueConfig
 
 from mesh import names
-from mesh.queue.gates import Gate, clear_gate, read_gates, write_gate
+from mesh.provision import provision
+from mesh.queue.gates import Gate, GateWatch, clear_gate, read_gates, write_gate
 from mesh.queue.producer import TaskQueue, TaskSpec
 from mesh.queue.runs import RunStatus, get_run
 from mesh.queue.stats import queue_stats
@@ -198,3 +200,21 @@ def _held(worker: TaskWorker) -> int:
 async def _succeeded(js: JetStreamContext, run_id: str) -> bool:
     state = await get_run(js, run_id)
     return state is not None and state.status == RunStatus.SUCCEEDED
+
+
+async def test_provision_turns_on_direct_gets_for_a_config_bucket_made_before(own: Any) -> None:
+    """Gates are read by key (what an agent's credentials may be allowed); a bucket
+    from before that is given direct gets by the next provision."""
+    info = await own.js.stream_info(names.kv_stream(names.BUCKET_CONFIG))
+    assert info.config.allow_direct  # made by this provision: direct from the start
+    await own.js.delete_key_value(names.BUCKET_CONFIG)
+    await own.js.create_key_value(KeyValueConfig(bucket=names.BUCKET_CONFIG, history=10))
+    assert not (await own.js.stream_info(names.kv_stream(names.BUCKET_CONFIG))).config.allow_direct
+    await provision(own.js)
+    assert (await own.js.stream_info(names.kv_stream(names.BUCKET_CONFIG))).config.allow_direct
+    await write_gate(own.js, "old-bucket", CLOSED)
+    seen: list[tuple[str, Gate]] = []
+    watch = GateWatch(own.nc, own.js, ["old-bucket"], lambda agent, gate: seen.append((agent, gate)))
+    await watch.start()
+    await watch.stop()
+    assert seen == [("old-bucket", CLOSED)]
