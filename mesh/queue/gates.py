@@ -29,6 +29,7 @@ from collections.abc import Callable
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
+from nats.errors import NoRespondersError
 from nats.js import JetStreamContext
 from nats.js.errors import BucketNotFoundError, NotFoundError, ServiceUnavailableError
 from nats.js.kv import KeyValue
@@ -187,6 +188,7 @@ class GateWatch:
         self._resync: asyncio.Task[None] | None = None
         self._prefix = names.kv_subject(names.BUCKET_CONFIG, GATE_PREFIX)
         self._writes: dict[str, int] = {}  # writes seen live, per agent
+        self._unreadable = False  # said once
 
     async def start(self) -> None:
         # Subscribe first, then read: a write in between is seen by one or both.
@@ -232,7 +234,14 @@ class GateWatch:
         """``agent``'s gate now: a direct get of its key (no stream info, no listing)."""
         prefix = protocol.api_prefix(self.js)
         stream = names.kv_stream(names.BUCKET_CONFIG)
-        msg = await self.nc.request(f"{prefix}.DIRECT.GET.{stream}.{self._prefix}{agent}", b"", timeout=5)
+        try:
+            msg = await self.nc.request(f"{prefix}.DIRECT.GET.{stream}.{self._prefix}{agent}", b"", timeout=5)
+        except NoRespondersError:  # no af_config (not provisioned) or one without direct gets
+            if not self._unreadable:
+                self._unreadable = True
+                log.warning("dispatch gates cannot be read (run provision: af_config with direct gets); "
+                            "following their changes only")  # fmt: skip
+            return self.gates.get(agent, OPEN)
         headers = msg.headers or {}
         if headers.get("Status") in ("404", "408") or headers.get("KV-Operation") in ("DEL", "PURGE"):
             return OPEN  # no key (or a deleted one): open
