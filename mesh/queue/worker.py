@@ -292,8 +292,10 @@ class TaskWorker:
             loop.cancel()
         if self.gates is not None:
             await self.gates.stop()
-        for returning in list(self._gate_returns):
-            returning.cancel()
+        if self._gate_returns:  # hand-backs under way finish (else they wait out their ack wait)
+            await asyncio.wait(list(self._gate_returns), timeout=self.idle_poll_s + 2.0)
+            for returning in list(self._gate_returns):
+                returning.cancel()
         if self._inflight:
             _, pending = await asyncio.wait(list(self._inflight), timeout=drain_timeout)
             for task in pending:  # started and cut short: these count as attempts
