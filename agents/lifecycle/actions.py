@@ -185,6 +185,7 @@ class Operator:
         failure = await _warm_up(agent)
         if failure:
             await step.to(State.FAILED, failure)
+            await self._stop_dedicated(agent.key, mode)  # a failed version keeps no processes
             return
         await step.to(State.RUNNING)
         out.detail = "running: workers take its tasks"
