@@ -26,7 +26,7 @@ import click
 
 from gateway.commands.agent import agent
 from gateway.commands.channels import channels
-from gateway.commands.common import OUTPUTS, CliError, Ctx, _emit, _run, output_option
+from gateway.commands.common import OUTPUTS, CliError, Ctx, _call, _emit, _run, output_option
 from gateway.commands.queue import queue
 from gateway.commands.runs import cancel, runs
 from gateway.commands.schedule import schedule
@@ -280,12 +280,7 @@ def get(obj: Ctx, run_id: str, output: str) -> None:
 def status(obj: Ctx, output: str) -> None:
     """List agents and their state."""
 
-    async def go() -> dict[str, Any]:
-        async with obj.client() as api:
-            result: dict[str, Any] = await api.request("GET", "/api/v1/agents")
-            return result
-
-    data = _run(go())
+    data = _run(_call(obj, "GET", "/api/v1/agents"))
     if output == "json":
         _emit(output, data)
         return

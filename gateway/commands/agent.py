@@ -6,7 +6,7 @@ from typing import Any
 
 import click
 
-from gateway.commands.common import Ctx, _emit, _run, output_option
+from gateway.commands.common import Ctx, _call, _emit, _run, output_option
 
 __all__ = ["agent"]
 
@@ -29,12 +29,7 @@ def _act(obj: Ctx, key: str, action: str, output: str, **body: Any) -> None:
     payload = {"action": action, **{k: v for k, v in body.items() if v not in (None, False)}}
     timeout = float(body.get("drain_timeout_s") or 30.0) + _SLACK_S
 
-    async def go() -> dict[str, Any]:
-        async with obj.client(timeout) as api:
-            result: dict[str, Any] = await api.request("POST", f"/api/v1/agents/{key}/lifecycle", payload)
-            return result
-
-    out = _run(go())
+    out = _run(_call(obj, "POST", f"/api/v1/agents/{key}/lifecycle", payload, timeout))
     if output == "json":
         _emit(output, out)
         return
@@ -130,12 +125,7 @@ def force_stop(obj: Ctx, key: str, version: str | None, reason: str | None, outp
 def status(obj: Ctx, key: str, output: str) -> None:
     """KEY's versions and states, the dispatch gate workers obey, what each worker holds."""
 
-    async def go() -> dict[str, Any]:
-        async with obj.client() as api:
-            result: dict[str, Any] = await api.request("GET", f"/api/v1/agents/{key}/health")
-            return result
-
-    data = _run(go())
+    data = _run(_call(obj, "GET", f"/api/v1/agents/{key}/health"))
     if output == "json":
         _emit(output, data)
         return
@@ -164,12 +154,7 @@ def history(obj: Ctx, key: str, limit: int, before: int | None, output: str) -> 
     """KEY's lifecycle transitions, newest first: when, who, from, to, why."""
     query = f"?limit={limit}" + (f"&before={before}" if before else "")
 
-    async def go() -> dict[str, Any]:
-        async with obj.client() as api:
-            result: dict[str, Any] = await api.request("GET", f"/api/v1/agents/{key}/history{query}")
-            return result
-
-    data = _run(go())
+    data = _run(_call(obj, "GET", f"/api/v1/agents/{key}/history{query}"))
     if output == "json":
         _emit(output, data)
         return

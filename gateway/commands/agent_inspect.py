@@ -13,7 +13,7 @@ from urllib.parse import quote
 import click
 
 from gateway.commands.agent import agent
-from gateway.commands.common import Ctx, _emit, _run, output_option
+from gateway.commands.common import Ctx, _call, _emit, _run, output_option
 
 __all__ = ["inspect"]
 
@@ -26,12 +26,7 @@ def inspect(obj: Ctx, key: str, output: str) -> None:
     """KEY's description, version, schemas and resilience block (retry, timeout,
     bulkhead, fallback, breaker) with the queue settings it becomes."""
 
-    async def go() -> dict[str, Any]:
-        async with obj.client() as api:
-            result: dict[str, Any] = await api.request("GET", f"/api/v1/agents/{quote(key, safe='')}")
-            return result
-
-    data = _run(go())
+    data = _run(_call(obj, "GET", f"/api/v1/agents/{quote(key, safe='')}"))
     if output == "json":
         _emit(output, data)
         return

@@ -14,7 +14,7 @@ from gateway.client import ApiClient, ApiError
 from gateway.state import read_state
 from mesh import names
 
-__all__ = ["OUTPUTS", "CliError", "Ctx", "_emit", "_run", "output_option"]
+__all__ = ["OUTPUTS", "CliError", "Ctx", "_call", "_emit", "_run", "output_option"]
 
 T = TypeVar("T")
 
@@ -44,6 +44,12 @@ class Ctx:
                 "`agent-factory up`, or pass --api-url / --data-dir"
             )
         return ApiClient(url, self._token or state.token, timeout)
+
+
+async def _call(obj: Ctx, method: str, path: str, body: Any = None, timeout: float = 30.0) -> Any:
+    """One API request with the CLI's gateway and token (``timeout``: the whole request)."""
+    async with obj.client(timeout) as api:
+        return await api.request(method, path, body)
 
 
 def _emit(output: str, data: Any, table: list[tuple[str, Any]] | None = None) -> None:

@@ -6,14 +6,9 @@ from typing import Any
 
 import click
 
-from gateway.commands.common import CliError, Ctx, _emit, _run, output_option
+from gateway.commands.common import CliError, Ctx, _call, _emit, _run, output_option
 
 __all__ = ["queue"]
-
-
-async def _call(obj: Ctx, method: str, path: str, body: Any = None) -> Any:
-    async with obj.client() as api:
-        return await api.request(method, path, body)
 
 
 @click.group()
