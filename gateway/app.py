@@ -16,7 +16,6 @@ the steps left are abandoned, never waited for (:class:`Shutdown`). What
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import logging
 import os
@@ -48,6 +47,7 @@ from mesh.queue.maintenance import QueueMaintenance
 from mesh.queue.producer import TaskQueue
 from mesh.queue.worker import TaskWorker
 from mesh.schedules.scheduler import Scheduler
+from mesh.stopping import cancel_within
 from mesh.wire.connection import connect, jetstream
 
 __all__ = ["STEP_TIMEOUT_S", "Gateway", "InProcessWorker", "Parts", "Shutdown", "StopStep"]
@@ -70,9 +70,8 @@ async def _publish_lifecycle(manager: LifecycleManager) -> None:
 
 
 async def _cancel(task: asyncio.Task[None]) -> None:
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
+    """End a loop whose cancel its NATS or database call may swallow (mesh.stopping)."""
+    await cancel_within([task], asyncio.get_running_loop().time() + STEP_TIMEOUT_S)
 
 
 StopStep = tuple[str, Callable[[], Awaitable[object]], float]

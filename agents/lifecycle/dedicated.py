@@ -24,6 +24,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from mesh.embedded import parent_death_signal
+from mesh.stopping import cancel_within
 
 __all__ = ["DedicatedWorkers", "RestartPolicy"]
 
@@ -91,9 +92,7 @@ class DedicatedWorkers:
         """Stop ``agent``'s processes: SIGTERM (each drains), SIGKILL after the grace."""
         supervisor = self._supervisors.pop(agent, None)
         if supervisor is not None:
-            supervisor.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await supervisor
+            await cancel_within([supervisor], asyncio.get_running_loop().time() + 5.0)
         procs = self._procs.pop(agent, [])
         await asyncio.gather(*(self._end(p) for p in procs))
 

@@ -21,7 +21,6 @@ with their probes' last results when asked what they hold
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable
@@ -30,12 +29,14 @@ from typing import Any
 from agents.contract import Agent
 from mesh.queue.gates import HeldBy, Probes
 from mesh.queue.worker import TaskWorker
+from mesh.stopping import cancel_within
 
 __all__ = ["HealthProbes", "aggregate", "declared"]
 
 log = logging.getLogger(__name__)
 
 _KINDS = ("startup_probe", "readiness_probe", "liveness_probe")
+STOP_WITHIN_S = 5.0
 
 
 def declared(agent: Agent[Any, Any]) -> set[str]:
@@ -60,11 +61,8 @@ class HealthProbes:
             self._loops.append(asyncio.create_task(self._probe(agent, kinds), name=f"probes-{agent.key}"))
 
     async def stop(self) -> None:
-        for loop in self._loops:
-            loop.cancel()
-        for loop in self._loops:
-            with contextlib.suppress(asyncio.CancelledError):
-                await loop
+        # A probe is the agent's code: bounded, as every stop (mesh.stopping).
+        await cancel_within(self._loops, asyncio.get_running_loop().time() + STOP_WITHIN_S)
         self._loops.clear()
 
     async def _probe(self, agent: Agent[Any, Any], kinds: set[str]) -> None:

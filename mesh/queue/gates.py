@@ -37,6 +37,7 @@ from pydantic import BaseModel, Field, ValidationError
 
 from mesh import names
 from mesh.kv import current_entries
+from mesh.stopping import cancel_within
 from mesh.wire import protocol
 
 __all__ = [
@@ -201,10 +202,8 @@ class GateWatch:
         self._resync = asyncio.create_task(self._resync_loop(), name="gate-resync")
 
     async def stop(self) -> None:
-        if self._resync is not None:
-            self._resync.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._resync
+        if self._resync is not None:  # its reads are NATS requests: a cancel can be lost
+            await cancel_within([self._resync], asyncio.get_running_loop().time() + 5.0)
         for sub in self._subs:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
