@@ -11,10 +11,12 @@ import warnings
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
+import asyncpg
 import pytest
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 
+from agents.store.migrations import apply_migrations
 from mesh.embedded import NatsServer
 from mesh.wire.connection import connect, jetstream
 
@@ -56,6 +58,17 @@ def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
 @pytest.fixture(scope="session")
 def database_url(postgres: object) -> str:
     return str(postgres.url)  # type: ignore[attr-defined]
+
+
+@pytest.fixture
+async def pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
+    """A pool on the session's PostgreSQL, every migration applied. Twelve
+    connections: the lifecycle race test runs ten managers at once."""
+    pool = await asyncpg.create_pool(database_url, min_size=1, max_size=12)
+    async with pool.acquire() as conn:
+        await apply_migrations(conn)
+    yield pool
+    await pool.close()
 
 
 @pytest.fixture

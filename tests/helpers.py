@@ -4,12 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import json
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
-__all__ = ["DOUBLE_AGENT_MODULE", "eventually", "eventually_sync", "unique"]
+from nats.js import JetStreamContext
+from nats.js.errors import NotFoundError
+
+from mesh import names
+
+__all__ = ["DOUBLE_AGENT_MODULE", "eventually", "eventually_sync", "finished_event", "unique"]
 
 T = TypeVar("T")
 
@@ -42,6 +48,16 @@ def eventually_sync(check: Callable[[], T], timeout: float, what: str, every: fl
         if time.monotonic() > deadline:
             raise AssertionError(f"not true within {timeout}s: {what} (last: {value!r})")
         time.sleep(every)
+
+
+async def finished_event(js: JetStreamContext, agent: str, run_id: str) -> dict[str, Any] | None:
+    """The payload of the run's finished event on ``AF_EVENTS`` (None: not yet)."""
+    try:
+        raw = await js.get_last_msg(names.STREAM_EVENTS, names.finished_subject(agent, run_id))
+    except NotFoundError:
+        return None
+    payload: dict[str, Any] = json.loads(raw.data or b"{}")["payload"]
+    return payload
 
 
 def unique(prefix: str) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 from collections.abc import AsyncIterator
@@ -11,26 +12,18 @@ import asyncpg
 import pytest
 from aiohttp import ClientResponse, web
 from aiohttp.test_utils import TestClient, TestServer
+from click.testing import CliRunner, Result
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 
 from agents.registry import example_registry
-from agents.store.migrations import apply_migrations
 from gateway.api.problems import ApiRunner
 from gateway.app import Gateway, InProcessWorker, Parts
+from gateway.cli import cli
 from gateway.settings import Settings
 from mesh.schedules.definitions import list_definitions, remove_definition
 
 TOKEN = "test-token"
-
-
-@pytest.fixture
-async def pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
-    pool = await asyncpg.create_pool(database_url, min_size=1, max_size=4)
-    async with pool.acquire() as conn:
-        await apply_migrations(conn)
-    yield pool
-    await pool.close()
 
 
 class ApiTestServer(TestServer):
@@ -56,6 +49,20 @@ async def api(
         client.session.headers["Authorization"] = f"Bearer {TOKEN}"
         yield client
         await client.close()
+
+
+# --- the CLI against a served app ----------------------------------------------------
+
+
+def agent_factory(api: TestClient[Any, Any], *args: str, token: str = TOKEN) -> Any:
+    """``agent-factory --api-url … --token … ARGS`` in a thread (commands run their own loop)."""
+    url = str(api.make_url("/")).rstrip("/")
+    return asyncio.to_thread(CliRunner().invoke, cli, ["--api-url", url, "--token", token, *args])
+
+
+def ok(result: Result) -> str:
+    assert result.exit_code == 0, result.output
+    return result.output
 
 
 # --- the routes of the app, for tests that go through all of them -------------------

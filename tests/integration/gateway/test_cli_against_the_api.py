@@ -8,26 +8,13 @@ import time
 from typing import Any
 
 from aiohttp.test_utils import TestClient
-from click.testing import CliRunner, Result
 from nats.js import JetStreamContext
 
-from gateway.cli import cli
 from mesh import deadletters, names
 from mesh.envelope import new_id
 from mesh.queue import dlq
 
-from .conftest import TOKEN
-
-
-def agent_factory(api: TestClient[Any, Any], *args: str) -> Any:
-    """``agent-factory --api-url … --token … ARGS`` in a thread (commands run their own loop)."""
-    url = str(api.make_url("/")).rstrip("/")
-    return asyncio.to_thread(CliRunner().invoke, cli, ["--api-url", url, "--token", TOKEN, *args])
-
-
-def ok(result: Result) -> str:
-    assert result.exit_code == 0, result.output
-    return result.output
+from .conftest import agent_factory, ok
 
 
 async def dead_letter_of(js: JetStreamContext, agent: str, msg_id: str) -> int:

@@ -3,7 +3,6 @@ against a gateway with its own worker, a real nats-server and PostgreSQL."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import AsyncIterator
 from typing import Any
@@ -11,7 +10,6 @@ from typing import Any
 import asyncpg
 import pytest
 from aiohttp.test_utils import TestClient
-from click.testing import CliRunner, Result
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 from pydantic import BaseModel
@@ -19,11 +17,10 @@ from pydantic import BaseModel
 from agents.contract import Agent, RunContext
 from agents.registry import Registry
 from gateway.app import Gateway, InProcessWorker, Parts
-from gateway.cli import cli
 from gateway.settings import Settings
 from tests.helpers import eventually, unique
 
-from .conftest import PROBLEM, TOKEN, ApiTestServer
+from .conftest import PROBLEM, TOKEN, ApiTestServer, agent_factory, ok
 
 
 class In(BaseModel):
@@ -62,16 +59,6 @@ async def managed(
         client.session.headers["Authorization"] = f"Bearer {TOKEN}"
         yield client, key
         await client.close()
-
-
-def _cli(api: TestClient[Any, Any], *args: str) -> Any:
-    url = str(api.make_url("/")).rstrip("/")
-    return asyncio.to_thread(CliRunner().invoke, cli, ["--api-url", url, "--token", TOKEN, *args])
-
-
-def _ok(result: Result) -> str:
-    assert result.exit_code == 0, result.output
-    return result.output
 
 
 async def test_deploy_health_run_retire_and_history_through_the_api(
@@ -138,15 +125,15 @@ async def test_the_cli_deploys_shows_drains_and_lists_history(
     managed: tuple[TestClient[Any, Any], str],
 ) -> None:
     api, key = managed
-    out = _ok(await _cli(api, "agent", "deploy", key, "--reason", "from the CLI"))
+    out = ok(await agent_factory(api, "agent", "deploy", key, "--reason", "from the CLI"))
     assert f"{key} 1.2.0: running" in out and "warming_up -> running" in out
-    status = json.loads(_ok(await _cli(api, "agent", "status", key, "-o", "json")))
+    status = json.loads(ok(await agent_factory(api, "agent", "status", key, "-o", "json")))
     assert status["gate"] == "open" and status["versions"][0]["state"] == "running"
-    out = _ok(await _cli(api, "agent", "drain", key, "--wait", "--drain-timeout", "5"))
+    out = ok(await agent_factory(api, "agent", "drain", key, "--wait", "--drain-timeout", "5"))
     assert "running -> draining" in out and "drained" in out
-    assert "gate closed (draining" in _ok(await _cli(api, "agent", "status", key))
-    history = _ok(await _cli(api, "agent", "history", key)).splitlines()
+    assert "gate closed (draining" in ok(await agent_factory(api, "agent", "status", key))
+    history = ok(await agent_factory(api, "agent", "history", key)).splitlines()
     assert "running -> draining" in history[0] and "api" in history[0]
     assert "created -> validating" in history[-1] and "deploy: from the CLI" in history[-1]
-    refused = await _cli(api, "agent", "drain", key)
+    refused = await agent_factory(api, "agent", "drain", key)
     assert refused.exit_code == 1 and "cannot go from draining to draining" in refused.output

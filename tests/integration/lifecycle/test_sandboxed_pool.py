@@ -4,10 +4,8 @@ rides on the finished event; an input error is permanent, a timeout is retried."
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import AsyncIterator
-from typing import Any
 
 import pytest
 from nats.aio.client import Client
@@ -16,10 +14,9 @@ from nats.js import JetStreamContext
 from agents.registry import Registry, load_agent
 from agents.sandbox import Sandbox, SandboxLimits
 from agents.sandboxed import sandbox_config, sandboxed_handler
-from mesh import names
 from mesh.queue.producer import TaskQueue, TaskSpec
 from mesh.queue.worker import AgentQueueConfig, TaskWorker
-from tests.helpers import eventually
+from tests.helpers import eventually, finished_event
 
 SPECS = ["agents.examples.noop:NoOp", "agents.examples.fuel_combustion:FuelCombustion",
          "tests.integration.lifecycle.dedicated_agents:Sleepy"]  # fmt: skip
@@ -42,15 +39,6 @@ async def sandboxed(nc: Client, mesh_js: JetStreamContext) -> AsyncIterator[Task
         await worker.stop()
 
 
-async def _event(js: JetStreamContext, agent: str, run_id: str) -> dict[str, Any] | None:
-    try:
-        raw = await js.get_last_msg(names.STREAM_EVENTS, names.finished_subject(agent, run_id))
-    except Exception:
-        return None
-    payload: dict[str, Any] = json.loads(raw.data or b"{}")["payload"]
-    return payload
-
-
 async def test_each_task_runs_in_a_confined_child_and_its_audit_rides_on_the_event(
     sandboxed: TaskWorker, mesh_js: JetStreamContext, queue: TaskQueue
 ) -> None:
@@ -58,17 +46,21 @@ async def test_each_task_runs_in_a_confined_child_and_its_audit_rides_on_the_eve
     unknown_fuel = {"fuel": "unobtainium", "quantity": 1, "unit": "L"}
     bad = await queue.enqueue(TaskSpec("fuel-combustion", unknown_fuel))
     slow = await queue.enqueue(TaskSpec("sleepy", {"i": 30}))
-    done = await eventually(lambda: _event(mesh_js, "noop", ok.run_id), 15, "noop finished")
+    done = await eventually(lambda: finished_event(mesh_js, "noop", ok.run_id), 15, "noop finished")
     assert done["status"] == "succeeded" and done["result"] == {"echo": "hi"}
     audit = done["audit"]
     assert audit["exit_status"] == 0 and audit["error"] is None and audit["network"] is False
     assert audit["agent"] == "noop" and audit["cpu_ms"] >= 0 and audit["peak_rss_bytes"] > 0
 
-    refused = await eventually(lambda: _event(mesh_js, "fuel-combustion", bad.run_id), 15, "bad input")
+    refused = await eventually(
+        lambda: finished_event(mesh_js, "fuel-combustion", bad.run_id), 15, "bad input"
+    )
     assert refused["status"] == "failed" and refused["attempts"] == 1  # permanent: not retried
     assert refused["audit"]["error"] == "input_error"
 
-    cut = await eventually(lambda: _event(mesh_js, "sleepy", slow.run_id), 20, "the slow one given up")
+    cut = await eventually(
+        lambda: finished_event(mesh_js, "sleepy", slow.run_id), 20, "the slow one given up"
+    )
     assert cut["status"] == "failed" and cut["attempts"] == 2  # a timeout is retried
     assert cut["audit"]["error"] == "timeout"
     assert [e["error"].split(":")[1].strip() for e in cut["errors"]] == ["timeout", "timeout"]

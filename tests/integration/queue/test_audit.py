@@ -4,7 +4,6 @@ failure — and is kept with the execution in PostgreSQL."""
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import asyncpg
@@ -13,20 +12,10 @@ from nats.js import JetStreamContext
 
 from agents.store.executions import get_execution, record_executions
 from agents.store.migrations import apply_migrations
-from mesh import names
 from mesh.queue.producer import TaskQueue, TaskSpec
 from mesh.queue.runs import ExecutionFinished, RunStatus, get_run
 from mesh.queue.worker import AgentQueueConfig, PermanentError, TaskContext, TaskWorker
-from tests.helpers import eventually, unique
-
-
-async def _finished(js: JetStreamContext, agent: str, run_id: str) -> dict[str, Any] | None:
-    try:
-        raw = await js.get_last_msg(names.STREAM_EVENTS, names.finished_subject(agent, run_id))
-    except Exception:
-        return None
-    payload: dict[str, Any] = json.loads(raw.data or b"{}")["payload"]
-    return payload
+from tests.helpers import eventually, finished_event, unique
 
 
 async def test_the_audit_a_handler_sets_is_on_the_finished_event_whatever_the_outcome(
@@ -51,7 +40,7 @@ async def test_the_audit_a_handler_sets_is_on_the_finished_event_whatever_the_ou
             how: await queue.enqueue(TaskSpec(agent, {"fail": how})) for how in ("never", "once", "always")
         }
         events = {
-            how: await eventually(lambda q=q: _finished(mesh_js, agent, q.run_id), 15, f"{how} finished")
+            how: await eventually(lambda q=q: finished_event(mesh_js, agent, q.run_id), 15, f"{how} finished")
             for how, q in runs.items()
         }
     finally:

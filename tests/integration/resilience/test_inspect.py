@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import AsyncIterator
 from typing import Any
@@ -10,7 +9,6 @@ from typing import Any
 import asyncpg
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
-from click.testing import CliRunner
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 
@@ -20,8 +18,8 @@ from agents.registry import Registry
 from agents.resilience import BreakerPolicy, Bulkhead, Fallback, Resilience, RetryPolicy
 from agents.store.migrations import apply_migrations
 from gateway.app import Gateway, Parts
-from gateway.cli import cli
 from gateway.settings import Settings
+from tests.integration.gateway.conftest import agent_factory
 from tests.integration.resilience.conftest import In, Out, make_agent
 
 TOKEN = "inspect-token"
@@ -61,11 +59,6 @@ async def gateway_api(
             await client.close()
     finally:
         await pool.close()
-
-
-def _cli(api: TestClient[Any, Any], *args: str) -> Any:
-    url = str(api.make_url("/")).rstrip("/")
-    return asyncio.to_thread(CliRunner().invoke, cli, ["--api-url", url, "--token", TOKEN, *args])
 
 
 async def test_one_agent_is_described_with_its_resilience_block_and_the_queue_settings_it_becomes(
@@ -108,7 +101,7 @@ async def test_agent_inspect_shows_the_block_as_a_table_and_as_json(
     gateway_api: tuple[TestClient[Any, Any], str],
 ) -> None:
     api, key = gateway_api
-    table = await _cli(api, "agent", "inspect", key)
+    table = await agent_factory(api, "agent", "inspect", key, token=TOKEN)
     assert table.exit_code == 0, table.output
     lines = table.output.splitlines()
     assert lines[0].startswith(f"{key} 2.1.0 (") and "Echoes its number" in lines[1]
@@ -118,7 +111,7 @@ async def test_agent_inspect_shows_the_block_as_a_table_and_as_json(
     assert "30 s per attempt" in shown["timeout"] and "3 at once per worker" in shown["bulkhead"]
     assert 'noop -> default {"i": 0, "by": "default"}' in shown["fallback"]
     assert "opens at 25% failures of >= 10 calls" in shown["breaker"]
-    as_json = await _cli(api, "agent", "inspect", key, "-o", "json")
+    as_json = await agent_factory(api, "agent", "inspect", key, "-o", "json", token=TOKEN)
     assert as_json.exit_code == 0 and json.loads(as_json.output)["resilience"]["queue"]["concurrency"] == 3
-    missing = await _cli(api, "agent", "inspect", "no-such-agent")
+    missing = await agent_factory(api, "agent", "inspect", "no-such-agent", token=TOKEN)
     assert missing.exit_code == 1 and "no agent named 'no-such-agent'" in missing.output
