@@ -267,46 +267,58 @@ M = [
 ]
 
 
-def main(only: list[str]) -> int:
+Edit = tuple[str, str, str]  # (file, exact old text, new text)
+Mutation = tuple[str, list[Edit], str]  # (name, edits, the test that must fail)
+
+
+def break_each(mutations: list[Mutation], only: list[str], pytest_args: tuple[str, ...] = ()) -> int:
+    """The harness of every ``break_*.py``: in a throwaway worktree of HEAD,
+    apply each mutation's edits, run its test, restore; 1 if one was MISSED."""
     missed = 0
     with tempfile.TemporaryDirectory() as tmp:
         root = pathlib.Path(tmp) / "tree"
-        subprocess.run(
-            ["git", "-C", str(HERE), "worktree", "add", "-q", "--detach", str(root), "HEAD"], check=True
-        )
+        add = ["git", "-C", str(HERE), "worktree", "add", "-q", "--detach", str(root), "HEAD"]
+        subprocess.run(add, check=True)
         try:
-            for name, f, old, new, test in M:
-                if only and name not in only:
-                    continue
-                missed += not run_one(root, name, f, old, new, test)
+            for name, edits, test in mutations:
+                if not only or name in only:
+                    # A basetemp of its own: a run without one can delete another's (pytest keeps 3).
+                    args = (f"--basetemp={tmp}/bt", *pytest_args)
+                    missed += not _run_one(root, name, edits, test, args)
         finally:
             subprocess.run(["git", "-C", str(HERE), "worktree", "remove", "--force", str(root)], check=False)
     return 1 if missed else 0
 
 
-def run_one(root: pathlib.Path, name: str, f: str, old: str, new: str, test: str) -> bool:
-    p = root / f
-    src = p.read_text()
-    if src.count(old) != 1:
-        print(f"{name}: PATTERN FOUND {src.count(old)} TIMES (update the entry)", flush=True)
-        return False
-    p.write_text(src.replace(old, new))
+def _run_one(root: pathlib.Path, name: str, edits: list[Edit], test: str, args: tuple[str, ...]) -> bool:
+    saved: dict[pathlib.Path, str] = {}
     try:
-        r = subprocess.run(
-            [PYTEST, "-q", "-x", "-p", "no:cacheprovider", test],
-            cwd=root,
-            capture_output=True,
-            text=True,
-            timeout=240,
-        )
-        out = r.stdout.strip().splitlines()[-1] if r.stdout.strip() else r.stderr[-200:]
-    except subprocess.TimeoutExpired:
-        out = "TIMEOUT (counts as failing)"
+        for f, old, new in edits:
+            p = root / f
+            src = p.read_text()
+            saved.setdefault(p, src)
+            if src.count(old) != 1:
+                print(f"{name}: PATTERN FOUND {src.count(old)} TIMES in {f} (update the entry)", flush=True)
+                return False
+            p.write_text(src.replace(old, new))
+        try:
+            r = subprocess.run([PYTEST, "-q", "-x", "-p", "no:cacheprovider", *args, test], cwd=root,
+                               capture_output=True, text=True, timeout=240)  # fmt: skip
+            lines = r.stdout.strip().splitlines()
+            why = next((line[:150] for line in lines if line.startswith("E ")), "")
+            out = (f"{lines[-1]} [{why}]" if why else lines[-1]) if lines else r.stderr[-200:]
+        except subprocess.TimeoutExpired:
+            out = "TIMEOUT (counts as failing)"
     finally:
-        p.write_text(src)
-    caught = "failed" in out or "TIMEOUT" in out or "error" in out
+        for p, src in saved.items():
+            p.write_text(src)
+    caught = any(word in out.lower() for word in ("failed", "timeout", "error"))
     print(f"{name}: {'CAUGHT' if caught else 'MISSED'} -- {out}", flush=True)
     return caught
+
+
+def main(only: list[str]) -> int:
+    return break_each([(name, [(f, old, new)], test) for name, f, old, new, test in M], only)
 
 
 if __name__ == "__main__":

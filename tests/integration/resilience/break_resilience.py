@@ -12,12 +12,12 @@ test failed, as it must) or MISSED. Not collected by pytest.
 from __future__ import annotations
 
 import pathlib
-import subprocess
 import sys
-import tempfile
 
-HERE = pathlib.Path(__file__).resolve().parents[3]
-PYTEST = str(HERE / ".venv" / "bin" / "pytest")
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[3]))  # run as a script: find `tests`
+
+from tests.break_guarantees import break_each
+
 # fmt: off
 T = "tests/integration/resilience/"
 RETRIED = T + "test_retry.py::test_a_retryable_exception_is_retried_by_the_queue_with_backoff_and_succeeds_on_attempt_3"
@@ -48,44 +48,8 @@ M = [
 # fmt: on
 
 
-def run_one(root: pathlib.Path, name: str, edits: list[tuple[str, str, str]], test: str) -> bool:
-    saved: dict[pathlib.Path, str] = {}
-    try:
-        for f, old, new in edits:
-            p = root / f
-            src = p.read_text()
-            saved.setdefault(p, src)
-            if src.count(old) != 1:
-                print(f"{name}: PATTERN FOUND {src.count(old)} TIMES in {f} (update the entry)", flush=True)
-                return False
-            p.write_text(src.replace(old, new))
-        try:
-            r = subprocess.run([PYTEST, "-q", "-x", "-p", "no:cacheprovider", test], cwd=root,
-                               capture_output=True, text=True, timeout=240)  # fmt: skip
-            out = r.stdout.strip().splitlines()[-1] if r.stdout.strip() else r.stderr[-200:]
-        except subprocess.TimeoutExpired:
-            out = "TIMEOUT (counts as failing)"
-    finally:
-        for p, src in saved.items():
-            p.write_text(src)
-    caught = "failed" in out or "TIMEOUT" in out or "error" in out
-    print(f"{name}: {'CAUGHT' if caught else 'MISSED'} -- {out}", flush=True)
-    return caught
-
-
 def main(only: list[str]) -> int:
-    missed = 0
-    with tempfile.TemporaryDirectory() as tmp:
-        root = pathlib.Path(tmp) / "tree"
-        add = ["git", "-C", str(HERE), "worktree", "add", "-q", "--detach", str(root), "HEAD"]
-        subprocess.run(add, check=True)
-        try:
-            for name, edits, test in M:
-                if not only or name in only:
-                    missed += not run_one(root, name, edits, test)
-        finally:
-            subprocess.run(["git", "-C", str(HERE), "worktree", "remove", "--force", str(root)], check=False)
-    return 1 if missed else 0
+    return break_each(M, only)
 
 
 if __name__ == "__main__":

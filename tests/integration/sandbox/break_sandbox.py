@@ -17,12 +17,12 @@ only ever loosen a limit to another finite one.
 from __future__ import annotations
 
 import pathlib
-import subprocess
 import sys
-import tempfile
 
-HERE = pathlib.Path(__file__).resolve().parents[3]
-PYTEST = str(HERE / ".venv" / "bin" / "pytest")
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[3]))  # run as a script: find `tests`
+
+from tests.break_guarantees import break_each
+
 H = "tests/integration/sandbox/test_hostile_agents.py::"
 I = "tests/integration/sandbox/test_invocations.py::"  # noqa: E741
 M = [
@@ -90,45 +90,8 @@ M = [
 
 
 def main(only: list[str]) -> int:
-    missed = 0
-    with tempfile.TemporaryDirectory() as tmp:
-        root = pathlib.Path(tmp) / "tree"
-        subprocess.run(
-            ["git", "-C", str(HERE), "worktree", "add", "-q", "--detach", str(root), "HEAD"], check=True
-        )
-        try:
-            for name, f, old, new, test in M:
-                if not only or name in only:
-                    missed += not run_one(root, pathlib.Path(tmp) / "bt", name, f, old, new, test)
-        finally:
-            subprocess.run(["git", "-C", str(HERE), "worktree", "remove", "--force", str(root)], check=False)
-    return 1 if missed else 0
-
-
-def run_one(
-    root: pathlib.Path, basetemp: pathlib.Path, name: str, f: str, old: str, new: str, test: str
-) -> bool:
-    p = root / f
-    src = p.read_text()
-    if src.count(old) != 1:
-        print(f"{name}: PATTERN FOUND {src.count(old)} TIMES (update the entry)", flush=True)
-        return False
-    p.write_text(src.replace(old, new))
-    try:
-        r = subprocess.run(
-            [PYTEST, "-q", "-x", "-p", "no:cacheprovider", f"--basetemp={basetemp}", "--timeout=40", test],
-            cwd=root, capture_output=True, text=True, timeout=240,
-        )  # fmt: skip
-        lines = r.stdout.strip().splitlines()
-        why = next((line[:150] for line in lines if line.startswith("E ")), "")
-        out = (f"{lines[-1]} [{why}]" if why else lines[-1]) if lines else r.stderr[-200:]
-    except subprocess.TimeoutExpired:
-        out = "TIMEOUT (counts as failing)"
-    finally:
-        p.write_text(src)
-    caught = any(word in out.lower() for word in ("failed", "timeout", "error"))
-    print(f"{name}: {'CAUGHT' if caught else 'MISSED'} -- {out}", flush=True)
-    return caught
+    mutations = [(name, [(f, old, new)], test) for name, f, old, new, test in M]
+    return break_each(mutations, only, ("--timeout=40",))
 
 
 if __name__ == "__main__":
