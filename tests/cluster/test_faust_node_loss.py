@@ -40,7 +40,15 @@ from .conftest import REPLICAS
 sys.path.insert(0, str(Path(__file__).parents[1] / "integration" / "streams"))
 
 from streams_counter_app import build_app  # the streams tests' helpers, found by plain name
-from streams_helpers import KEYS, committed_offsets, eventually, key_of, publish_events, read_changelog
+from streams_helpers import (
+    KEYS,
+    committed_offsets,
+    eventually,
+    key_of,
+    publish_events,
+    read_changelog,
+    topic_declared,
+)
 from streams_workers import running
 
 N = 12_000  # events; counting takes several seconds, so the kill lands mid-stream
@@ -112,7 +120,7 @@ async def test_counts_stay_exact_when_the_node_leading_the_apps_state_dies(
     leader = None
     try:
         async with running(app, timeout=60):
-            await eventually(lambda: _exists(js, naming.stream_name(topic, 0)), 60, "topic declared")
+            await eventually(lambda: topic_declared(js, topic), 60, "every partition declared, with a leader")
             per_partition = await publish_events(js, topic, N)
             await eventually(lambda: counted() >= N // 4, 60, "a quarter of the events counted")
             await eventually(lambda: _exists(js, stream), 30, f"{stream} created")

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
-from nats.js.errors import KeyNotFoundError, NotFoundError
+from nats.js.errors import KeyNotFoundError, NoStreamResponseError, NotFoundError
 
 from mesh import names
 from streams import naming
@@ -27,6 +27,18 @@ def key_of(i: int) -> bytes:
     return f"key-{i % KEYS:04d}".encode()
 
 
+async def topic_declared(js: JetStreamContext, topic: str, partitions: int = 4) -> bool:
+    """Whether every partition stream of ``topic`` exists and has a leader (on a cluster)."""
+    for p in range(partitions):
+        try:
+            info = await js.stream_info(naming.stream_name(topic, p))
+        except Exception:
+            return False
+        if info.cluster is not None and not info.cluster.leader:
+            return False
+    return True
+
+
 async def publish_events(
     js: JetStreamContext,
     topic: str,
@@ -36,23 +48,45 @@ async def publish_events(
     timestamp_of: Callable[[int], float] | None = None,
     window: int = 2000,
 ) -> Counter[int]:
-    """Publish ``n`` events the way a Faust producer would; returns events per partition."""
+    """Publish ``n`` events the way a Faust producer would; returns events per partition.
+
+    A publish answered "no responders" (an R3 partition between leaders) stored
+    nothing, so it is sent again, for up to 30 s; any other error raises.
+    """
     per_partition: Counter[int] = Counter()
-    pending: list[asyncio.Future[object]] = []
+    pending: list[tuple[asyncio.Future[object], str, dict[str, str] | None]] = []
+
+    async def settle() -> None:
+        futures = (f for f, _, _ in pending)
+        results = await asyncio.wait_for(asyncio.gather(*futures, return_exceptions=True), 30)
+        for result, (_, subject, headers) in zip(results, pending, strict=True):
+            if isinstance(result, NoStreamResponseError):
+                again = functools.partial(_published, js, subject, headers)
+                await helpers.eventually(again, 30, f"a publish to {subject}", every=0.05)
+            elif isinstance(result, BaseException):
+                raise result
+        pending.clear()
+
     for i in range(n):
         key = key_of(i)
         p = partition_for(key, partitions)
         per_partition[p] += 1
         ts = timestamp_of(i) if timestamp_of else None
-        fut = await js.publish_async(
-            naming.partition_subject(topic, p), b"1", headers=encode_headers(key, b"1", ts, None)
-        )
-        pending.append(fut)
+        subject = naming.partition_subject(topic, p)
+        headers = encode_headers(key, b"1", ts, None)
+        pending.append((await js.publish_async(subject, b"1", headers=headers), subject, headers))
         if len(pending) >= window:
-            await asyncio.wait_for(asyncio.gather(*pending), 30)
-            pending.clear()
-    await asyncio.wait_for(asyncio.gather(*pending), 30)
+            await settle()
+    await settle()
     return per_partition
+
+
+async def _published(js: JetStreamContext, subject: str, headers: dict[str, str] | None) -> bool:
+    try:
+        await js.publish(subject, b"1", headers=headers)
+    except NoStreamResponseError:
+        return False
+    return True
 
 
 async def read_changelog(js: JetStreamContext, topic: str, partitions: int = 4) -> dict[int, dict[str, int]]:

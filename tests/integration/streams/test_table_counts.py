@@ -8,10 +8,8 @@ from collections import Counter
 
 from nats.js import JetStreamContext
 from streams_counter_app import WINDOW_S, build_app
-from streams_helpers import KEYS, eventually, key_of, publish_events, read_changelog
+from streams_helpers import KEYS, eventually, key_of, publish_events, read_changelog, topic_declared
 from streams_workers import running
-
-from streams import naming
 
 # CI counts 20,000 events; `make bench` (tests/load/test_table_counts_100k.py)
 # runs the same scenario at 100,000, which takes minutes on a loaded machine.
@@ -20,14 +18,6 @@ N = 20_000
 
 def _window_start(ts: float) -> float:
     return math.floor(ts / WINDOW_S) * WINDOW_S
-
-
-async def _stream_exists(js: JetStreamContext, topic: str) -> bool:
-    try:
-        await js.stream_info(naming.stream_name(topic, 0))
-    except Exception:
-        return False
-    return True
 
 
 async def count_exactly(n: int, nats_url: str, js: JetStreamContext, app_id: str, *, within: float) -> None:
@@ -42,7 +32,7 @@ async def count_exactly(n: int, nats_url: str, js: JetStreamContext, app_id: str
     tumbling = app.tables["tumbling"]
     hopping = app.tables["hopping"]
     async with running(app):
-        await eventually(lambda: _stream_exists(js, f"{app_id}-events"), 30, "topic declared")
+        await eventually(lambda: topic_declared(js, f"{app_id}-events"), 30, "topic declared")
         await publish_events(js, f"{app_id}-events", n, timestamp_of=ts)
 
         async def all_counted() -> bool:
@@ -82,7 +72,7 @@ async def test_restarted_worker_recovers_table_from_changelog_and_resumes_from_c
     topic = f"{app_id}-events"
     first = build_app(app_id, nats_url)
     async with running(first):
-        await eventually(lambda: _stream_exists(js, topic), 30, "topic declared")
+        await eventually(lambda: topic_declared(js, topic), 30, "topic declared")
         await publish_events(js, topic, 5_000)
         counts = first.tables["counts"]
 

@@ -22,7 +22,14 @@ import pytest
 from aiokafka.coordinator.protocol import ConsumerProtocolMemberAssignment
 from nats.js import JetStreamContext
 from streams_counter_app import SESSION_TIMEOUT
-from streams_helpers import GroupLog, committed_offsets, eventually, publish_events, read_changelog
+from streams_helpers import (
+    GroupLog,
+    committed_offsets,
+    eventually,
+    publish_events,
+    read_changelog,
+    topic_declared,
+)
 from streams_workers import WorkerProcess
 
 from streams import naming
@@ -32,14 +39,6 @@ N = 30_000
 
 def _sum_by_partition(changelog: dict[int, dict[str, int]]) -> dict[int, int]:
     return {p: sum(changelog.get(p, {}).values()) for p in range(4)}
-
-
-async def _topic_exists(js: JetStreamContext, topic: str) -> bool:
-    try:
-        await js.stream_info(naming.stream_name(topic, 0))
-    except Exception:
-        return False
-    return True
 
 
 async def _owned_partitions(js: JetStreamContext, app_id: str, pid: int, topic: str) -> set[int]:
@@ -82,7 +81,7 @@ async def test_sigkilled_worker_restarts_with_exact_counts(
     topic, changelog = f"{app_id}-events", f"{app_id}-counts-changelog"
     worker = WorkerProcess(app_id, nats_url, tmp_path / "w1.log")
     worker_processes.append(worker)
-    await eventually(lambda: _topic_exists(js, topic), 30, "topic declared")
+    await eventually(lambda: topic_declared(js, topic), 30, "topic declared")
     per_partition = await publish_events(js, topic, N)
 
     async def midway() -> bool:
@@ -129,7 +128,7 @@ async def test_two_workers_then_one_killed_all_partitions_keep_being_processed(
     owned_by_a = await _owned_partitions(js, app_id, a.pid, topic)
     owned_by_b = await _owned_partitions(js, app_id, b.pid, topic)
     assert owned_by_a and owned_by_b and owned_by_a | owned_by_b == {0, 1, 2, 3}
-    await eventually(lambda: _topic_exists(js, topic), 30, "topic declared")
+    await eventually(lambda: topic_declared(js, topic), 30, "topic declared")
 
     per_partition = await publish_events(js, topic, N)
 
