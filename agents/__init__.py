@@ -24,8 +24,30 @@ and run it with ``AF_AGENTS=my_module:Double agent-factory up`` (see
 :mod:`agents.registry`).
 """
 
-from agents.contract import Agent, RunContext
-from agents.registry import AgentLoadError, Registry, load_registry
-from mesh.queue.worker import PermanentError
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from agents.contract import Agent, RunContext
+    from agents.registry import AgentLoadError, Registry, load_registry
+    from mesh.errors import PermanentError
 
 __all__ = ["Agent", "AgentLoadError", "PermanentError", "Registry", "RunContext", "load_registry"]
+
+# Loaded on first use: a sandbox template imports only what its agents need.
+_WHERE = {
+    "Agent": "agents.contract",
+    "RunContext": "agents.contract",
+    "AgentLoadError": "agents.registry",
+    "Registry": "agents.registry",
+    "load_registry": "agents.registry",
+    "PermanentError": "mesh.errors",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _WHERE:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(_WHERE[name]), name)

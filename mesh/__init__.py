@@ -18,7 +18,28 @@ Typical use::
         queued = await queue.enqueue(TaskSpec("fuel-combustion", {"fuel": "diesel", ...}))
 """
 
-from mesh.provision import ProvisionConfig, provision
-from mesh.wire.connection import connect, jetstream
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from mesh.provision import ProvisionConfig, provision
+    from mesh.wire.connection import connect, jetstream
 
 __all__ = ["ProvisionConfig", "connect", "jetstream", "provision"]
+
+# Loaded on first use: ``import mesh.names`` does not load nats-py and aiohttp (a
+# sandbox template imports little, so each fork copies and unmaps less).
+_WHERE = {
+    "ProvisionConfig": "mesh.provision",
+    "provision": "mesh.provision",
+    "connect": "mesh.wire.connection",
+    "jetstream": "mesh.wire.connection",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _WHERE:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(_WHERE[name]), name)

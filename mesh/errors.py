@@ -13,6 +13,7 @@ __all__ = [
     "InvalidTask",
     "MeshError",
     "PayloadTooLarge",
+    "PermanentError",
     "QueueFull",
     "RequestTimeout",
     "RunAlreadyFinished",
@@ -132,3 +133,7 @@ class RunAlreadyFinished(MeshError):
 
 class RequestTimeout(MeshError):
     status = 504
+
+
+class PermanentError(Exception):
+    """Raised by a handler (an agent's ``run``) for an error no retry can fix (bad input, a bug)."""

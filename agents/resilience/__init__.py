@@ -19,16 +19,22 @@ budget); timeout, breaker and fallback act around ``run`` in the worker
 docs/resilience.md says what each policy guarantees and what it does not.
 """
 
-from agents.resilience.breaker import BreakerState, CircuitBreaker
-from agents.resilience.errors import (
-    AgentTimeout,
-    BreakerOpen,
-    FallbackExhausted,
-    NotRetryable,
-    ResilienceConfigError,
-    ResilienceError,
-)
-from agents.resilience.policy import BreakerPolicy, Bulkhead, Fallback, Resilience, RetryPolicy
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from agents.resilience.breaker import BreakerState, CircuitBreaker
+    from agents.resilience.errors import (
+        AgentTimeout,
+        BreakerOpen,
+        FallbackExhausted,
+        NotRetryable,
+        ResilienceConfigError,
+        ResilienceError,
+    )
+    from agents.resilience.policy import BreakerPolicy, Bulkhead, Fallback, Resilience, RetryPolicy
 
 __all__ = [
     "AgentTimeout",
@@ -45,3 +51,27 @@ __all__ = [
     "ResilienceError",
     "RetryPolicy",
 ]
+
+# Loaded on first use: an agent's module (``agents.contract`` imports the policy)
+# does not load the breaker's Prometheus metrics, nor the queue's worker.
+_WHERE = {
+    "BreakerState": "agents.resilience.breaker",
+    "CircuitBreaker": "agents.resilience.breaker",
+    "AgentTimeout": "agents.resilience.errors",
+    "BreakerOpen": "agents.resilience.errors",
+    "FallbackExhausted": "agents.resilience.errors",
+    "NotRetryable": "agents.resilience.errors",
+    "ResilienceConfigError": "agents.resilience.errors",
+    "ResilienceError": "agents.resilience.errors",
+    "BreakerPolicy": "agents.resilience.policy",
+    "Bulkhead": "agents.resilience.policy",
+    "Fallback": "agents.resilience.policy",
+    "Resilience": "agents.resilience.policy",
+    "RetryPolicy": "agents.resilience.policy",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _WHERE:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(_WHERE[name]), name)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from agents.errors import AgentError
-from mesh.queue.worker import PermanentError
+from mesh.errors import PermanentError
 
 __all__ = [
     "AgentTimeout",

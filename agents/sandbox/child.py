@@ -27,7 +27,7 @@ from agents.sandbox.audit import ErrorCategory
 from agents.sandbox.config import InvocationRequest
 from agents.sandbox.limits import apply_rlimits
 from agents.sandbox.syscalls import enter_netns, set_no_new_privs, set_parent_death_signal
-from mesh.queue.worker import PermanentError
+from mesh.errors import PermanentError
 
 __all__ = ["ChildSetup", "classify", "run_child"]
 

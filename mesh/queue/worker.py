@@ -77,7 +77,7 @@ from mesh.envelope import (
     named_run_id,
     utcnow,
 )
-from mesh.errors import WRONG_LAST_SEQUENCE, DecodeError
+from mesh.errors import WRONG_LAST_SEQUENCE, DecodeError, PermanentError
 from mesh.limits import PayloadLimits, ResultTooLarge
 from mesh.queue import metrics
 from mesh.queue.dispatch import Budget, DispatchPolicy, Lane
@@ -112,10 +112,6 @@ class Companion(Protocol):
     async def start(self) -> None: ...
 
     async def stop(self) -> None: ...
-
-
-class PermanentError(Exception):
-    """Raised by a handler for an error no retry can fix (bad input, a bug)."""
 
 
 @dataclass(frozen=True, slots=True)
