@@ -8,7 +8,8 @@
 
 Typical use::
 
-    from mesh import connect, jetstream, provision
+    from mesh import connect, jetstream
+    from mesh.provision import provision
     from mesh.queue import TaskQueue, TaskSpec
 
     nc = await connect("nats://127.0.0.1:4222")
@@ -24,16 +25,16 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from mesh.provision import ProvisionConfig, provision
+    from mesh.provision import ProvisionConfig
     from mesh.wire.connection import connect, jetstream
 
-__all__ = ["ProvisionConfig", "connect", "jetstream", "provision"]
+__all__ = ["ProvisionConfig", "connect", "jetstream"]
 
 # Loaded on first use: ``import mesh.names`` does not load nats-py and aiohttp (a
-# sandbox template imports little, so each fork copies and unmaps less).
+# sandbox template imports little, so each fork copies and unmaps less). Not
+# ``provision``: once the submodule ``mesh.provision`` is imported, that name is the module.
 _WHERE = {
     "ProvisionConfig": "mesh.provision",
-    "provision": "mesh.provision",
     "connect": "mesh.wire.connection",
     "jetstream": "mesh.wire.connection",
 }

@@ -114,11 +114,11 @@ def written_bytes(pid: int) -> int:
     return 0
 
 
-def live_children() -> list[int]:
-    """Our children that are not zombies: with the subreaper, every orphan of an invocation."""
-    me = os.getpid()
+def live_children(parent: int) -> list[int]:
+    """The children of ``parent`` (the fork server) that are not zombies: as it is their
+    subreaper, every orphan of an invocation too."""
     out = []
-    for pid in Path(f"/proc/{me}/task/{me}/children").read_text().split():
+    for pid in Path(f"/proc/{parent}/task/{parent}/children").read_text().split():
         with contextlib.suppress(OSError):
             if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
                 out.append(int(pid))

@@ -6,7 +6,7 @@ import resource
 
 from pydantic import BaseModel, ConfigDict, Field
 
-__all__ = ["SandboxLimits", "apply_rlimits"]
+__all__ = ["SandboxLimits", "rlimits", "set_rlimits"]
 
 MiB = 1024 * 1024
 
@@ -29,22 +29,27 @@ class SandboxLimits(BaseModel):
     output_cap_bytes: int = Field(10 * MiB, ge=0)  # stdout and stderr each, then a marker
 
 
-def apply_rlimits(limits: SandboxLimits, *, pids_cgroup: bool = False) -> None:
-    """In the child, before it drops privileges (a non-root process could not raise them back).
+def rlimits(limits: SandboxLimits, *, pids_cgroup: bool = False) -> list[tuple[int, int, int]]:
+    """``(resource, soft, hard)`` for the child to set (computed by the template: the
+    child's side is a loop of ``setrlimit`` calls, see :func:`set_rlimits`).
 
     In a ``pids`` control group, that group's ``pids.max`` is the limit (it counts exactly
     the invocation's processes, and says so in its events); ``RLIMIT_NPROC`` stays a
     backstop at twice the number."""
     nproc = limits.processes * 2 if pids_cgroup else limits.processes
-    pairs = {
-        resource.RLIMIT_AS: (limits.address_space_bytes, limits.address_space_bytes),
-        resource.RLIMIT_CPU: (limits.cpu_s, limits.cpu_s + 1),
-        resource.RLIMIT_NOFILE: (limits.open_files, limits.open_files),
-        resource.RLIMIT_FSIZE: (limits.file_size_bytes, limits.file_size_bytes),
-        resource.RLIMIT_NPROC: (nproc, nproc),
-        resource.RLIMIT_CORE: (0, 0),
-    }
-    for which, (soft, hard) in pairs.items():
+    return [
+        (resource.RLIMIT_AS, limits.address_space_bytes, limits.address_space_bytes),
+        (resource.RLIMIT_CPU, limits.cpu_s, limits.cpu_s + 1),
+        (resource.RLIMIT_NOFILE, limits.open_files, limits.open_files),
+        (resource.RLIMIT_FSIZE, limits.file_size_bytes, limits.file_size_bytes),
+        (resource.RLIMIT_NPROC, nproc, nproc),
+        (resource.RLIMIT_CORE, 0, 0),
+    ]
+
+
+def set_rlimits(pairs: list[tuple[int, int, int]] | list[list[int]]) -> None:
+    """In the child, before it drops privileges (a non-root process could not raise them back)."""
+    for which, soft, hard in pairs:
         _, current_hard = resource.getrlimit(which)
         if current_hard != resource.RLIM_INFINITY:  # a limit is only ever lowered, never raised
             soft, hard = min(soft, current_hard), min(hard, current_hard)

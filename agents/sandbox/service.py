@@ -53,6 +53,7 @@ class _TemplateProcess:
         self.levels = Levels.from_dict(ready["levels"])
         self.cgroups = [Path(p) for p in ready["cgroups"]]
         self.tag = str(ready["tag"])
+        self.forker_pid = int(ready["forker"])
         self.uids: list[int] = ready["uids"]
         self.workdirs = Path(ready["workdirs"])
         if ready["private_paths"]:
@@ -187,6 +188,11 @@ class Sandbox:
     @property
     def template_pid(self) -> int:
         return self._running().proc.pid
+
+    @property
+    def forker_pid(self) -> int:
+        """The template's fork server: the parent of every invocation's process."""
+        return self._running().forker_pid
 
     def template_rss_bytes(self) -> int:
         return self._running().rss_bytes()

@@ -1,14 +1,17 @@
 """The warm template ("zygote"): ``python -m agents.sandbox.template FD CONFIG``.
 
-It imports the agents once, then forks one confined child per invocation
-request arriving on the socket ``FD`` (see :mod:`agents.sandbox.frames`),
-reads the child's stdout, stderr and result pipes, enforces its wall clock
+It imports the agents once, forks its fork server
+(:mod:`agents.sandbox.forker`), then has one confined child forked per
+invocation request arriving on the socket ``FD`` (see
+:mod:`agents.sandbox.frames`), reads the child's stdout, stderr and result pipes, enforces its wall clock
 (SIGTERM, grace, SIGKILL), reaps it, kills whatever it left behind, removes
 its working directory and answers with the result and its audit record.
 
 One thread, one ``selectors`` loop: a hostile invocation only ever costs the
-others the time its own events take. The template is a child subreaper, so
-processes that an invocation double-forks are reparented here and reaped.
+others the time its own events take. The fork server is the children's parent
+and subreaper: it reaps them (processes an invocation double-forks too) and
+reports each exit here. The template itself never forks after its start, so
+its loop does not fault in (and copy) its own pages again after every fork.
 
 Each free slot holds a *warm* child: forked, in its control group, with its
 descriptors, directory and event loop ready, waiting for a request. What is
@@ -39,8 +42,9 @@ from agents.contract import Agent
 from agents.registry import load_agent
 from agents.sandbox.audit import ErrorCategory, InvocationAudit
 from agents.sandbox.cgroups import Hierarchy, find_hierarchies, make_slots, remove_slots, stale_tags
-from agents.sandbox.child import ChildSetup, run_child
+from agents.sandbox.child import child_request, prepare_loop
 from agents.sandbox.config import InvocationRequest, SandboxConfig
+from agents.sandbox.forker import ForkServer, ForkServerGone
 from agents.sandbox.frames import FrameReader, send_frame
 from agents.sandbox.invocation import (
     ERR,
@@ -54,7 +58,6 @@ from agents.sandbox.invocation import (
     private_paths,
     unstarted_audit,
     verdict,
-    written_bytes,
 )
 from agents.sandbox.levels import Levels, detect_levels
 from agents.sandbox.syscalls import empty_netns, set_child_subreaper, trim_heap
@@ -94,6 +97,13 @@ class Template:
         self.stopping = False
         self.selector = selectors.DefaultSelector()
         self.frames = FrameReader()
+        self.forker: ForkServer | None = None
+        self._pids_cgroup = "pids" in self.levels.cgroup_controllers
+
+    def start_forker(self) -> None:
+        """Fork the fork server (once everything it will copy is imported and frozen)."""
+        close = [self.sock.fileno(), self.selector.fileno()]
+        self.forker = ForkServer.start(self.agents, self.netns_fd, close)
 
     def _remove_stale(self, root: Path) -> None:
         """What templates killed before their cleanup left: empty control groups (a group
@@ -137,8 +147,10 @@ class Template:
         self.sock.setblocking(False)
         self.selector.register(self.sock, selectors.EVENT_READ, "control")
         self.selector.register(wake_r, selectors.EVENT_READ, "signal")
+        assert self.forker is not None
+        self.selector.register(self.forker.sock, selectors.EVENT_READ, "forker")
         send_frame(self.sock, {
-            "ready": True, "pid": os.getpid(), "levels": self.levels.as_dict(),
+            "ready": True, "pid": os.getpid(), "forker": self.forker.pid, "levels": self.levels.as_dict(),
             "cgroups": [str(h.path) for h in self.hierarchies], "tag": self.tag,
             "workdirs": str(self.workdir_root),
             "uids": [s.uid for s in self.slots if s.uid is not None],
@@ -149,13 +161,16 @@ class Template:
             unwarmed = self._unwarmed()
             events = self.selector.select(0 if unwarmed else self._next_timeout())
             if not events and unwarmed:
-                self._warm(unwarmed)
+                with contextlib.suppress(ForkServerGone):  # then the template stops
+                    self._warm(unwarmed)
             for key, _ in events:
                 if key.data == "control":
                     self._read_control()
                 elif key.data == "signal":
                     with contextlib.suppress(BlockingIOError):
                         os.read(wake_r, 4096)
+                elif key.data == "forker":
+                    pass  # exits: read right below, as after every turn
                 else:
                     self._read_pipe(key.fd)
             self._reap()
@@ -223,14 +238,19 @@ class Template:
         if slot.cgroup is not None:
             slot.cgroup.prepare(self.config.limits)
         out, err, result, request = (os.pipe2(os.O_CLOEXEC) for _ in range(4))
-        setup = ChildSetup(
-            workdir=workdir, cgroup_procs=slot.cgroup.join_path() if slot.cgroup else [],
-            pids_cgroup="pids" in self.levels.cgroup_controllers,
-            netns_fd=self.netns_fd, uid=slot.uid, pipes=(out[1], err[1], result[1], request[0]),
-        )  # fmt: skip
-        pid = os.fork()
-        if pid == 0:
-            run_child(self.agents, setup)
+        setup = {
+            "workdir": workdir, "cgroup_procs": slot.cgroup.join_path() if slot.cgroup else [],
+            "pids_cgroup": self._pids_cgroup, "uid": slot.uid,
+        }  # fmt: skip
+        assert self.forker is not None
+        try:
+            pid = self.forker.fork(setup, [out[1], err[1], result[1], request[0]])
+        except ForkServerGone:
+            for fd in (*out, *err, *result, *request):
+                os.close(fd)
+            shutil.rmtree(workdir, ignore_errors=True)
+            self._forker_gone()
+            raise
         cap = self.config.limits.output_cap_bytes
         child = Invocation(slot, pid, workdir, {}, request_fd=request[1], forked=time.monotonic())
         os.close(request[0])
@@ -262,7 +282,7 @@ class Template:
         assert child.request_fd is not None
         try:
             with contextlib.suppress(BrokenPipeError):  # it died warm: its wait status says how
-                os.write(child.request_fd, request.model_dump_json().encode())
+                os.write(child.request_fd, child_request(request, pids_cgroup=self._pids_cgroup))
         finally:
             os.close(child.request_fd)
             child.request_fd = None
@@ -314,29 +334,41 @@ class Template:
             own = Path(f"/proc/{child.pid}/task/{child.pid}/children").read_text().split()
         except OSError:
             return True
-        return bool(own) or any(pid not in self.children for pid in live_children())
+        return bool(own) or any(pid not in self.children for pid in self._forker_children())
 
     def _reap(self) -> None:
+        """Take the exits the fork server reported; reap our own children (the server)."""
+        assert self.forker is not None
+        for pid, status, cpu_s, maxrss_kb, wchar in self.forker.exits():
+            child = self.children.get(pid)
+            if child is None or child.status is not None:
+                continue
+            if child.request is not None:
+                self._read_ready(child)  # EOFs not yet seen: the early answer must not depend on luck
+            child.status, child.ended = status, time.monotonic()
+            child.cpu_s, child.maxrss_kb, child.wchar = cpu_s, maxrss_kb, wchar
+            child.leftovers = self._sweep(child, signal.SIGKILL)
+        if self.forker.gone:
+            self._forker_gone()
         while True:
             try:
-                info = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+                pid, _ = os.waitpid(-1, os.WNOHANG)
             except ChildProcessError:
                 return
-            if info is None:
+            if pid == 0:
                 return
-            child = self.children.get(info.si_pid)
-            if child is not None and child.status is None and child.request is not None:
-                self._read_ready(child)  # EOFs not yet seen: the early answer must not depend on luck
-            if child is not None and child.status is None:
-                # Before the reap: until then its pid, so its group id, cannot be reused.
-                with contextlib.suppress(OSError):
-                    os.killpg(child.pid, signal.SIGKILL)
-                child.wchar = written_bytes(child.pid)
-            _, status, usage = os.wait4(info.si_pid, 0)
-            if child is not None and child.status is None:
-                child.status, child.ended = status, time.monotonic()
-                child.cpu_s = usage.ru_utime + usage.ru_stime
-                child.maxrss_kb = usage.ru_maxrss
+            if pid == self.forker.pid:
+                self._forker_gone()
+
+    def _forker_gone(self) -> None:
+        """The fork server died, and every child with it: each running invocation ends
+        as killed, nothing new starts, and the template stops."""
+        assert self.forker is not None
+        self.forker.gone, self.stopping = True, True
+        now = time.monotonic()
+        for child in self.children.values():
+            if child.status is None:
+                child.status, child.ended = int(signal.SIGKILL), now  # the wait status of a SIGKILL
                 child.leftovers = self._sweep(child, signal.SIGKILL)
 
     def _signal(self, child: Invocation, sig: int) -> None:
@@ -351,11 +383,17 @@ class Template:
             return child.slot.cgroup.signal_all(sig)
         # Without a control group: orphans (reparented to us) are killed on sight, whichever
         # invocation they came from; nothing may outlive the invocation that started it.
-        pids = [pid for pid in live_children() if pid not in self.children]
+        pids = [pid for pid in self._forker_children() if pid not in self.children]
         for pid in pids:
             with contextlib.suppress(OSError):
                 os.kill(pid, sig)
         return len(pids)
+
+    def _forker_children(self) -> list[int]:
+        assert self.forker is not None
+        with contextlib.suppress(OSError):
+            return live_children(self.forker.pid)
+        return []
 
     def _tick(self) -> None:
         now = time.monotonic()
@@ -425,6 +463,8 @@ class Template:
             })  # fmt: skip
 
     def _cleanup(self) -> None:
+        if self.forker is not None:
+            self.forker.close()
         remove_slots(self.hierarchies, self.tag)
         shutil.rmtree(self.workdir_root, ignore_errors=True)
         if self.netns_fd is not None:
@@ -438,11 +478,15 @@ def main(argv: list[str]) -> int:
     except Exception as exc:
         send_frame(sock, {"ready": False, "error": f"{type(exc).__name__}: {exc}"})
         return 1
+    prepare_loop()
+    # Children get the environment their request gives; the template needs none of its own.
+    os.environ.clear()
     # Everything imported so far is moved out of the collector's sight: a child's
     # collections then do not touch (and copy) the pages it shares with the template.
     gc.collect()
     gc.freeze()
     trim_heap()
+    template.start_forker()
     template.serve()
     return 0
 

@@ -148,6 +148,31 @@ async def test_a_dead_template_fails_its_invocations_and_its_children_die_with_i
     await eventually(children_gone, what="the template's children died with it (PR_SET_PDEATHSIG)")
 
 
+async def test_a_killed_fork_server_ends_its_invocations_and_the_template_with_them() -> None:
+    """The fork server (the children's parent) SIGKILLed: its children die with it, the
+    running invocation is answered as killed, the template stops (nothing more could be
+    forked), and nothing is left behind."""
+    sandbox = Sandbox(_config())
+    await sandbox.start()
+    pid, forker, uids = sandbox.template_pid, sandbox.forker_pid, sandbox._running().uids
+    cgroups = _cgroup_bases(sandbox)
+    assert forker != pid and (await sandbox.invoke("noop", "{}")).ok
+    running = asyncio.create_task(sandbox.invoke("term-ignorer", '{"seconds": 600}'))
+    workdirs = Path(tempfile.gettempdir(), f"af-sandbox-{pid}")
+    await eventually(lambda: list(workdirs.iterdir()), what="the invocation started")
+    os.kill(forker, signal.SIGKILL)
+    result = await asyncio.wait_for(running, 10)
+    assert result.audit.error is ErrorCategory.INTERNAL_ERROR
+    assert result.audit.signal == signal.SIGKILL, result
+    await eventually(lambda: not exists(f"/proc/{pid}"), what="the template stopped")
+    with pytest.raises(SandboxStopped):
+        await sandbox.invoke("noop", "{}")
+    await sandbox.stop()
+    assert not any(exists(path) for path in cgroups)
+    assert not exists(workdirs)
+    assert not [p for p in processes() if p.uid in uids]
+
+
 async def test_a_new_template_removes_what_a_killed_one_left_behind() -> None:
     """A template SIGKILLed with its worker cannot clean up: the next one removes its empty
     control groups and its working directories."""

@@ -34,7 +34,8 @@ def test_the_package_facades_still_export_their_names_on_first_use() -> None:
     assert agents.PermanentError.__module__ == "mesh.errors"
     assert agents.Agent.__name__ == "Agent"
     assert agents.resilience.Resilience.__name__ == "Resilience"
-    assert callable(mesh.connect) and callable(mesh.provision)
+    assert callable(mesh.connect) and callable(mesh.jetstream)
+    assert mesh.ProvisionConfig.__name__ == "ProvisionConfig"
     from mesh.queue.worker import PermanentError
 
     assert PermanentError is agents.PermanentError

@@ -1,0 +1,219 @@
+"""The fork server: the one process that forks invocations, and runs next to no
+Python between two forks.
+
+Every ``fork`` write-protects all of the forking process's memory again, so
+whatever that process touches afterwards it faults in (and, while the child
+lives, copies). The template's manager loop (pipes, clocks, answers, control
+groups) touches a lot: forking from it cost about 390 page faults per
+invocation. So the template forks this server once, right after importing the
+agents, and keeps the loop for itself; the server only
+
+* forks a child when the template sends it a setup (a JSON object, the
+  child's four pipe ends passed with ``SCM_RIGHTS``) and answers ``P<pid>``;
+* reaps its children, each after a ``SIGKILL`` to its process group (until
+  the reap the pid, so the group id, cannot be reused) and a read of its
+  ``/proc/<pid>/io``, and reports ``E[pid, wait status, cpu s, max RSS kB,
+  wchar]``;
+* reaps the orphans of invocations (it is their child subreaper).
+
+It dies with the template (``PR_SET_PDEATHSIG``), and its children with it.
+When the template closes the socket, it kills what is left of its children,
+reaps them and exits.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import select
+import signal
+import socket
+from typing import Any
+
+from agents.contract import Agent
+from agents.sandbox.child import ChildSetup, run_child
+from agents.sandbox.invocation import live_children
+from agents.sandbox.syscalls import set_child_subreaper, set_parent_death_signal
+
+__all__ = ["ForkServer", "ForkServerGone"]
+
+_FORKED, _EXITED = b"P", b"E"
+# A setup is a few paths; a small buffer: every page the server writes after a fork is a fault.
+_MAX_MESSAGE = 8192
+
+
+class ForkServerGone(OSError):
+    """The fork server died: nothing more can be forked."""
+
+
+class ForkServer:
+    """The template's handle on its fork server."""
+
+    def __init__(self, pid: int, sock: socket.socket) -> None:
+        self.pid = pid
+        self.sock = sock
+        self.gone = False
+        self._exits: list[tuple[int, int, float, int, int]] = []
+
+    @classmethod
+    def start(cls, agents: dict[str, Agent[Any, Any]], netns_fd: int | None, close: list[int]) -> ForkServer:
+        """Fork the server; ``close`` are descriptors of the template it must not hold."""
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        parent = os.getpid()
+        pid = os.fork()
+        if pid == 0:
+            code = 0
+            try:
+                ours.close()
+                for fd in close:
+                    os.close(fd)
+                _serve(agents, theirs, netns_fd, parent)
+            except BaseException:
+                code = 1
+            os._exit(code)
+        theirs.close()
+        return cls(pid, ours)
+
+    def fork(self, setup: dict[str, Any], fds: list[int]) -> int:
+        """Have a child forked with ``setup``; its pid (exits reported meanwhile are kept)."""
+        if self.gone:
+            raise ForkServerGone("the sandbox's fork server is gone")
+        try:
+            socket.send_fds(self.sock, [json.dumps(setup).encode()], fds)
+            while True:
+                message = self.sock.recv(_MAX_MESSAGE)
+                if message[:1] == _FORKED:
+                    return int(message[1:])
+                if not message:
+                    raise ForkServerGone("the sandbox's fork server is gone")
+                self._exits.append(_exit_report(message))
+        except OSError as exc:
+            self.gone = True
+            raise ForkServerGone(f"the sandbox's fork server is gone: {exc!r}") from exc
+
+    def exits(self) -> list[tuple[int, int, float, int, int]]:
+        """The exits reported so far: ``(pid, wait status, cpu s, max RSS kB, wchar)``.
+        Sets ``gone`` when the server closed its end."""
+        out, self._exits = self._exits, []
+        while not self.gone:
+            try:
+                message = self.sock.recv(_MAX_MESSAGE, socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                break
+            except OSError:
+                message = b""
+            if not message:
+                self.gone = True
+            elif message[:1] == _EXITED:
+                out.append(_exit_report(message))
+        return out
+
+    def close(self) -> None:
+        """Tell the server to go (it kills what is left) and wait for it."""
+        self.sock.close()
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(self.pid, 0)
+
+
+def _exit_report(message: bytes) -> tuple[int, int, float, int, int]:
+    pid, status, cpu_s, maxrss_kb, wchar = message[1:].split()
+    return int(pid), int(status), float(cpu_s), int(maxrss_kb), int(wchar)
+
+
+# -- the server's side
+
+
+def _serve(agents: dict[str, Agent[Any, Any]], ctl: socket.socket, netns_fd: int | None, parent: int) -> None:
+    set_parent_death_signal()
+    if os.getppid() != parent:  # the template died before the line above
+        return
+    set_child_subreaper()
+    for sig in (signal.SIGTERM, signal.SIGINT):  # the template decides when we stop: it closes ctl
+        signal.signal(sig, signal.SIG_IGN)
+    wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    signal.signal(signal.SIGCHLD, lambda *_: None)
+    signal.set_wakeup_fd(wake_w)
+    poller = select.poll()
+    poller.register(ctl, select.POLLIN)
+    poller.register(wake_r, select.POLLIN)
+    ours: set[int] = set()
+    while True:
+        for fd, _ in poller.poll():
+            if fd == wake_r:
+                with contextlib.suppress(BlockingIOError):
+                    os.read(wake_r, 4096)
+                _reap(ctl, ours)
+                continue
+            data, fds, _, _ = socket.recv_fds(ctl, _MAX_MESSAGE, 8)
+            if not data:
+                _last_rites(ours)
+                return
+            ours.add(_fork(agents, json.loads(data), fds, netns_fd, ctl))
+
+
+def _fork(agents: dict[str, Agent[Any, Any]], s: dict[str, Any], fds: list[int], netns_fd: int | None,
+          ctl: socket.socket) -> int:  # fmt: skip
+    setup = ChildSetup(
+        workdir=s["workdir"], cgroup_procs=s["cgroup_procs"], pids_cgroup=s["pids_cgroup"],
+        netns_fd=netns_fd, uid=s["uid"], pipes=(fds[0], fds[1], fds[2], fds[3]),
+    )  # fmt: skip
+    pid = os.fork()
+    if pid == 0:
+        run_child(agents, setup)
+    for fd in fds:
+        os.close(fd)
+    ctl.send(b"%s%d" % (_FORKED, pid))
+    return pid
+
+
+def _reap(ctl: socket.socket, ours: set[int]) -> None:
+    while True:
+        try:
+            info = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+        except ChildProcessError:
+            return
+        if info is None:
+            return
+        pid, wchar = info.si_pid, 0
+        if pid in ours:
+            with contextlib.suppress(OSError):
+                os.killpg(pid, signal.SIGKILL)
+            wchar = _wchar(pid)
+        _, status, usage = os.wait4(pid, 0)
+        if pid in ours:
+            ours.discard(pid)
+            cpu_s = usage.ru_utime + usage.ru_stime
+            with contextlib.suppress(OSError):
+                ctl.send(b"%s%d %d %r %d %d" % (_EXITED, pid, status, cpu_s, usage.ru_maxrss, wchar))
+
+
+def _wchar(pid: int) -> int:
+    """:func:`~agents.sandbox.invocation.written_bytes` with fewer objects (see above)."""
+    try:
+        fd = os.open(b"/proc/%d/io" % pid, os.O_RDONLY)
+    except OSError:
+        return 0
+    try:
+        data = os.read(fd, 1024)
+    except OSError:
+        return 0
+    finally:
+        os.close(fd)
+    start = data.find(b"wchar:")
+    return int(data[start + 6 : data.find(b"\n", start)]) if start >= 0 else 0
+
+
+def _last_rites(ours: set[int]) -> None:
+    """The template is done (or gone): nothing of ours may outlive us."""
+    for pid in ours:
+        with contextlib.suppress(OSError):
+            os.killpg(pid, signal.SIGKILL)
+    for pid in live_children(os.getpid()):  # ours and orphans alike
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
+    while True:
+        try:
+            os.wait()
+        except ChildProcessError:
+            return
