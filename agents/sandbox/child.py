@@ -1,6 +1,11 @@
 """What a forked invocation does: confine itself, run the agent once, write
 its result on fd 3, exit. Runs only in the child, between ``fork`` and ``_exit``.
 
+A child confines itself completely while it is warm, before any request:
+the template forks it for a *profile* (network or not, the rlimits) and
+sends it only requests of that profile, so what is left when one comes is
+reading it, setting its environment and running the agent.
+
 Order matters: joining the control group and the network namespace and
 lowering the limits need root, so dropping to the slot's uid comes last.
 """
@@ -27,10 +32,14 @@ from agents.contract import Agent, RunContext
 from agents.sandbox.audit import ErrorCategory
 from agents.sandbox.config import InvocationRequest
 from agents.sandbox.limits import rlimits, set_rlimits
-from agents.sandbox.syscalls import enter_netns, set_no_new_privs, set_parent_death_signal
+from agents.sandbox.syscalls import enter_netns, set_name, set_no_new_privs, set_parent_death_signal
 from mesh.errors import PermanentError
 
-__all__ = ["ChildSetup", "child_request", "classify", "prepare_loop", "run_child"]
+#: What ``ps`` shows of a warm child, confined and waiting, and of a running invocation
+#: (its descendants inherit the name until they exec).
+WARM_NAME, RUN_NAME = b"af-warm", b"af-invocation"
+
+__all__ = ["RUN_NAME", "WARM_NAME", "ChildSetup", "child_request", "classify", "prepare_loop", "run_child"]
 
 RESULT_FD = 3
 REQUEST_FD = 4
@@ -47,25 +56,30 @@ _NETWORK_ERRNOS = {
 
 
 class ChildRequest(TypedDict):
-    """What the template writes down a child's request pipe: the validated request, with
-    its limits already turned into ``setrlimit`` calls (plain JSON: parsing it in the child
-    costs a ``json.loads``, not a pydantic model's pages)."""
+    """What the template writes down a child's request pipe (plain JSON: parsing it in the
+    child costs a ``json.loads``, not a pydantic model's pages). Network and limits are not
+    in it: the child was confined for them before (:func:`profile_of`)."""
 
     id: str
     agent: str
     input: str
     context: dict[str, Any]
-    network: bool
     env: dict[str, str]
-    rlimits: list[list[int]]
 
 
-def child_request(request: InvocationRequest, *, pids_cgroup: bool) -> bytes:
+#: What a warm child is confined for: network or not, and its ``setrlimit`` calls.
+Profile = tuple[bool, tuple[tuple[int, int, int], ...]]
+
+
+def profile_of(request: InvocationRequest, *, pids_cgroup: bool) -> Profile:
+    return request.network, tuple(rlimits(request.limits, pids_cgroup=pids_cgroup))
+
+
+def child_request(request: InvocationRequest) -> bytes:
     """The template's side of :class:`ChildRequest`."""
     return json.dumps({
         "id": request.id, "agent": request.agent, "input": request.input, "context": request.context,
-        "network": request.network, "env": request.env,
-        "rlimits": rlimits(request.limits, pids_cgroup=pids_cgroup),
+        "env": request.env,
     }).encode()  # fmt: skip
 
 
@@ -111,6 +125,8 @@ class ChildSetup:
     netns_fd: int | None  # the shared empty one, joined unless the request allows network
     uid: int | None  # None: keep the template's uid
     pipes: tuple[int, int, int, int]  # stdout, stderr, result (write ends), request (read end)
+    network: bool  # its profile: may it reach the network ...
+    rlimits: tuple[tuple[int, int, int], ...]  # ... and its limits
 
 
 def classify(exc: BaseException) -> ErrorCategory:
@@ -134,18 +150,22 @@ def classify(exc: BaseException) -> ErrorCategory:
 
 
 def _prepare(setup: ChildSetup) -> asyncio.AbstractEventLoop:
-    """The part of the confinement that needs no request, done while the child waits for one
-    (a warm child): its group and control group, its descriptors, its directory, its loop."""
+    """All of the confinement, done while the child waits for a request (a warm child): its
+    group and control group, its descriptors, its directory, its loop, then its profile's
+    network namespace and limits and, last, its uid."""
     for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGPIPE):
         signal.signal(sig, signal.SIG_DFL)
     signal.set_wakeup_fd(-1)
     set_parent_death_signal()
     os.setsid()  # its own process group: the timeout signals the whole group
     _drop_inherited_loop()
-    pid = str(os.getpid())
+    pid = str(os.getpid()).encode()
     for procs in setup.cgroup_procs:  # a migration is slow (an RCU grace period): done ahead of time
-        with open(procs, "w") as f:
-            f.write(pid)
+        fd = os.open(procs, os.O_WRONLY)  # not open(): a text file is three objects of five types
+        try:
+            os.write(fd, pid)
+        finally:
+            os.close(fd)
     # Lift every source above the targets first, or one dup2 could overwrite another's source.
     # /proc/self/io is opened while root: after the uid drop a process may not open its own.
     sources = [os.open(os.devnull, os.O_RDONLY), *setup.pipes, os.open("/proc/self/io", os.O_RDONLY)]
@@ -160,7 +180,9 @@ def _prepare(setup: ChildSetup) -> asyncio.AbstractEventLoop:
     os.closerange(targets[-1] + 1, 1 << 16)
     os.chdir(setup.workdir)
     os.environ.clear()  # the template emptied its own: nothing to do, unless run elsewhere
-    return _own_loop()
+    loop = _own_loop()
+    _confine(setup)
+    return loop
 
 
 def _read_request() -> ChildRequest | None:
@@ -172,21 +194,20 @@ def _read_request() -> ChildRequest | None:
     return json.loads(b"".join(chunks)) if chunks else None  # type: ignore[no-any-return]
 
 
-def _confine(setup: ChildSetup, request: ChildRequest) -> None:
-    """The rest, once the request says what applies; the uid drop comes last (it needs root)."""
+def _confine(setup: ChildSetup) -> None:
+    """The profile's namespace and limits, then the uid drop (the rest needs root)."""
     if setup.netns_fd is not None:
-        if not request["network"]:
+        if not setup.network:
             enter_netns(NETNS_FD)
         os.close(NETNS_FD)
-    set_rlimits(request["rlimits"])
+    set_rlimits(setup.rlimits)
     if setup.uid is not None:
         os.setgroups([])
         os.setgid(setup.uid)
         os.setuid(setup.uid)
     set_no_new_privs()
     set_parent_death_signal()  # again: setuid cleared it
-    os.environ.update(request["env"])
-    os.environ.update(HOME=setup.workdir, TMPDIR=setup.workdir, AF_INVOCATION_ID=request["id"])
+    set_name(WARM_NAME)
 
 
 def _write_result(message: dict[str, Any]) -> None:
@@ -202,12 +223,10 @@ def _run(agent: Agent[Any, Any], request: ChildRequest, loop: asyncio.AbstractEv
     except ValidationError as exc:
         return {"category": ErrorCategory.INPUT_ERROR, "error": f"invalid input for {agent.key}: {exc}"}
     ctx = RunContext(**request["context"])
-    try:
+    try:  # the loop is not closed: the process exits right after
         output = loop.run_until_complete(agent.run(parsed, ctx))
     except Exception as exc:
         return {"category": classify(exc), "error": f"{type(exc).__name__}: {exc}"}
-    finally:
-        loop.close()
     try:
         checked = agent.Output.model_validate(output, from_attributes=True)
     except ValidationError as exc:
@@ -224,7 +243,9 @@ def run_child(agents: dict[str, Agent[Any, Any]], setup: ChildSetup) -> NoReturn
             request = _read_request()
             if request is None:
                 os._exit(0)
-            _confine(setup, request)
+            set_name(RUN_NAME)
+            os.environ.update(request["env"])
+            os.environ.update(HOME=setup.workdir, TMPDIR=setup.workdir, AF_INVOCATION_ID=request["id"])
             agent = agents[request["agent"]]
         except BaseException as exc:
             failed = {"category": ErrorCategory.INTERNAL_ERROR, "error": f"sandbox setup: {exc!r}"}
@@ -250,7 +271,8 @@ def _usage() -> dict[str, float]:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     wchar = 0
     with contextlib.suppress(OSError, ValueError):
-        for line in os.pread(IO_FD, 4096, 0).decode().splitlines():
-            if line.startswith("wchar:"):
-                wchar = int(line.split()[1])
+        io = os.pread(IO_FD, 4096, 0)
+        start = io.find(b"wchar:")
+        if start >= 0:
+            wchar = int(io[start + 6 : io.find(b"\n", start)])
     return {"cpu_s": usage.ru_utime + usage.ru_stime, "maxrss_kb": usage.ru_maxrss, "wchar": wchar}

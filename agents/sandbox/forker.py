@@ -9,7 +9,8 @@ invocation. So the template forks this server once, right after importing the
 agents, and keeps the loop for itself; the server only
 
 * forks a child when the template sends it a setup (a JSON object, the
-  child's four pipe ends passed with ``SCM_RIGHTS``) and answers ``P<pid>``;
+  child's four pipe ends passed with ``SCM_RIGHTS``) and answers ``P<pid>``
+  (the template does not wait for it: its loop goes on);
 * reaps its children, each after a ``SIGKILL`` to its process group (until
   the reap the pid, so the group id, cannot be reused) and a read of its
   ``/proc/<pid>/io``, and reports ``E[pid, wait status, cpu s, max RSS kB,
@@ -29,18 +30,34 @@ import os
 import select
 import signal
 import socket
-from typing import Any
+from typing import Any, NamedTuple
 
 from agents.contract import Agent
 from agents.sandbox.child import ChildSetup, run_child
 from agents.sandbox.invocation import live_children
 from agents.sandbox.syscalls import set_child_subreaper, set_parent_death_signal
 
-__all__ = ["ForkServer", "ForkServerGone"]
+__all__ = ["Exited", "ForkServer", "ForkServerGone", "Forked"]
 
 _FORKED, _EXITED = b"P", b"E"
 # A setup is a few paths; a small buffer: every page the server writes after a fork is a fault.
 _MAX_MESSAGE = 8192
+
+
+class Forked(NamedTuple):
+    """The next child asked for is forked."""
+
+    pid: int
+
+
+class Exited(NamedTuple):
+    """A child ended and is reaped."""
+
+    pid: int
+    status: int  # the wait status
+    cpu_s: float
+    maxrss_kb: int
+    wchar: int  # bytes it passed to write(), read before the reap
 
 
 class ForkServerGone(OSError):
@@ -54,7 +71,6 @@ class ForkServer:
         self.pid = pid
         self.sock = sock
         self.gone = False
-        self._exits: list[tuple[int, int, float, int, int]] = []
 
     @classmethod
     def start(cls, agents: dict[str, Agent[Any, Any]], netns_fd: int | None, close: list[int]) -> ForkServer:
@@ -75,27 +91,21 @@ class ForkServer:
         theirs.close()
         return cls(pid, ours)
 
-    def fork(self, setup: dict[str, Any], fds: list[int]) -> int:
-        """Have a child forked with ``setup``; its pid (exits reported meanwhile are kept)."""
+    def fork(self, setup: dict[str, Any], fds: list[int]) -> None:
+        """Ask for a child forked with ``setup``; its pid comes later, from :meth:`messages`,
+        in the order asked (the template does not wait for the fork)."""
         if self.gone:
             raise ForkServerGone("the sandbox's fork server is gone")
         try:
             socket.send_fds(self.sock, [json.dumps(setup).encode()], fds)
-            while True:
-                message = self.sock.recv(_MAX_MESSAGE)
-                if message[:1] == _FORKED:
-                    return int(message[1:])
-                if not message:
-                    raise ForkServerGone("the sandbox's fork server is gone")
-                self._exits.append(_exit_report(message))
         except OSError as exc:
             self.gone = True
             raise ForkServerGone(f"the sandbox's fork server is gone: {exc!r}") from exc
 
-    def exits(self) -> list[tuple[int, int, float, int, int]]:
-        """The exits reported so far: ``(pid, wait status, cpu s, max RSS kB, wchar)``.
-        Sets ``gone`` when the server closed its end."""
-        out, self._exits = self._exits, []
+    def messages(self) -> list[Forked | Exited]:
+        """What the server said since the last call, in order. Sets ``gone`` when it
+        closed its end."""
+        out: list[Forked | Exited] = []
         while not self.gone:
             try:
                 message = self.sock.recv(_MAX_MESSAGE, socket.MSG_DONTWAIT)
@@ -105,8 +115,11 @@ class ForkServer:
                 message = b""
             if not message:
                 self.gone = True
+            elif message[:1] == _FORKED:
+                out.append(Forked(int(message[1:])))
             elif message[:1] == _EXITED:
-                out.append(_exit_report(message))
+                pid, status, cpu_s, maxrss_kb, wchar = message[1:].split()
+                out.append(Exited(int(pid), int(status), float(cpu_s), int(maxrss_kb), int(wchar)))
         return out
 
     def close(self) -> None:
@@ -114,11 +127,6 @@ class ForkServer:
         self.sock.close()
         with contextlib.suppress(ChildProcessError):
             os.waitpid(self.pid, 0)
-
-
-def _exit_report(message: bytes) -> tuple[int, int, float, int, int]:
-    pid, status, cpu_s, maxrss_kb, wchar = message[1:].split()
-    return int(pid), int(status), float(cpu_s), int(maxrss_kb), int(wchar)
 
 
 # -- the server's side
@@ -157,6 +165,7 @@ def _fork(agents: dict[str, Agent[Any, Any]], s: dict[str, Any], fds: list[int],
     setup = ChildSetup(
         workdir=s["workdir"], cgroup_procs=s["cgroup_procs"], pids_cgroup=s["pids_cgroup"],
         netns_fd=netns_fd, uid=s["uid"], pipes=(fds[0], fds[1], fds[2], fds[3]),
+        network=s["network"], rlimits=tuple((w, soft, hard) for w, soft, hard in s["rlimits"]),
     )  # fmt: skip
     pid = os.fork()
     if pid == 0:

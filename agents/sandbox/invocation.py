@@ -73,6 +73,8 @@ class Invocation:
     captures: dict[int, tuple[int, Capture]]  # fd -> (OUT | ERR | RESULT, capture)
     request_fd: int | None  # the write end the request goes down, closed once sent
     forked: float
+    profile: tuple[Any, ...] = ()  # what it is confined for: see agents.sandbox.child.Profile
+    retired: bool = False  # told to exit unused (to make room for another profile)
     request: InvocationRequest | None = None
     network: bool = False
     started: float = 0.0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import resource
+from collections.abc import Iterable, Sequence
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -47,7 +48,7 @@ def rlimits(limits: SandboxLimits, *, pids_cgroup: bool = False) -> list[tuple[i
     ]
 
 
-def set_rlimits(pairs: list[tuple[int, int, int]] | list[list[int]]) -> None:
+def set_rlimits(pairs: Iterable[Sequence[int]]) -> None:
     """In the child, before it drops privileges (a non-root process could not raise them back)."""
     for which, soft, hard in pairs:
         _, current_hard = resource.getrlimit(which)

@@ -17,6 +17,7 @@ __all__ = [
     "empty_netns",
     "enter_netns",
     "set_child_subreaper",
+    "set_name",
     "set_no_new_privs",
     "set_parent_death_signal",
     "trim_heap",
@@ -25,6 +26,7 @@ __all__ = [
 
 CLONE_NEWNET = 0x40000000
 _PR_SET_PDEATHSIG = 1
+_PR_SET_NAME = 15
 _PR_SET_CHILD_SUBREAPER = 36
 _PR_SET_NO_NEW_PRIVS = 38
 
@@ -53,6 +55,11 @@ def _prctl(option: int, arg: int, what: str) -> None:
 def set_child_subreaper() -> None:
     """Orphans of our descendants become our children (not init's), so we can reap and count them."""
     _prctl(_PR_SET_CHILD_SUBREAPER, 1, "prctl(PR_SET_CHILD_SUBREAPER)")
+
+
+def set_name(name: bytes) -> None:
+    """The process's name (``comm``: what ``ps`` shows), up to 15 bytes."""
+    _check(_libc.prctl(ctypes.c_int(_PR_SET_NAME), ctypes.c_char_p(name[:15]), 0, 0, 0), "prctl(PR_SET_NAME)")
 
 
 def set_no_new_privs() -> None:

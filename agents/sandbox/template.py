@@ -42,9 +42,9 @@ from agents.contract import Agent
 from agents.registry import load_agent
 from agents.sandbox.audit import ErrorCategory, InvocationAudit
 from agents.sandbox.cgroups import Hierarchy, find_hierarchies, make_slots, remove_slots, stale_tags
-from agents.sandbox.child import child_request, prepare_loop
+from agents.sandbox.child import Profile, child_request, prepare_loop, profile_of
 from agents.sandbox.config import InvocationRequest, SandboxConfig
-from agents.sandbox.forker import ForkServer, ForkServerGone
+from agents.sandbox.forker import Exited, Forked, ForkServer, ForkServerGone
 from agents.sandbox.frames import FrameReader, send_frame
 from agents.sandbox.invocation import (
     ERR,
@@ -60,6 +60,7 @@ from agents.sandbox.invocation import (
     verdict,
 )
 from agents.sandbox.levels import Levels, detect_levels
+from agents.sandbox.limits import rlimits
 from agents.sandbox.syscalls import empty_netns, set_child_subreaper, trim_heap
 
 __all__ = ["main"]
@@ -93,12 +94,19 @@ class Template:
         ]
         self.waiting: deque[InvocationRequest] = deque()
         self.children: dict[int, Invocation] = {}  # by pid: warm and running
+        self.forking: deque[Invocation] = deque()  # asked of the fork server, pid not yet known
+        self.exits: list[Exited] = []  # reported by the fork server, not yet taken
+        # Without a control group: pids signalled as orphans while forks were in flight (one
+        # may have been a child forked an instant before the server said so).
+        self.swept: set[int] = set()
         self.by_fd: dict[int, Invocation] = {}
         self.stopping = False
         self.selector = selectors.DefaultSelector()
         self.frames = FrameReader()
         self.forker: ForkServer | None = None
         self._pids_cgroup = "pids" in self.levels.cgroup_controllers
+        # What idle slots are warmed for: the sandbox's default limits, no network.
+        self.default_profile: Profile = (False, tuple(rlimits(config.limits, pids_cgroup=self._pids_cgroup)))
 
     def start_forker(self) -> None:
         """Fork the fork server (once everything it will copy is imported and frozen)."""
@@ -156,13 +164,13 @@ class Template:
             "uids": [s.uid for s in self.slots if s.uid is not None],
             "private_paths": private_paths() if self.levels.uid_drop else [],
         })  # fmt: skip
-        while not (self.stopping and not self.children and not self.waiting):
+        while not (self.stopping and not self.children and not self.forking and not self.waiting):
             # Warm children are forked when nothing else waits, one per turn of the loop.
             unwarmed = self._unwarmed()
             events = self.selector.select(0 if unwarmed else self._next_timeout())
             if not events and unwarmed:
                 with contextlib.suppress(ForkServerGone):  # then the template stops
-                    self._warm(unwarmed)
+                    self._warm(unwarmed, self.default_profile)
             for key, _ in events:
                 if key.data == "control":
                     self._read_control()
@@ -170,7 +178,7 @@ class Template:
                     with contextlib.suppress(BlockingIOError):
                         os.read(wake_r, 4096)
                 elif key.data == "forker":
-                    pass  # exits: read right below, as after every turn
+                    pass  # forks and exits: read right below, as after every turn
                 else:
                     self._read_pipe(key.fd)
             self._reap()
@@ -219,19 +227,50 @@ class Template:
                 self.waiting.popleft()
                 self._answer_unstarted(request, f"no agent {request.agent!r} in this sandbox")
                 continue
-            # The longest-waiting warm child is surely done preparing; else a cold fork.
-            warm = [s.child for s in self.slots if s.child is not None and s.child.request is None]
-            free = [s for s in self.slots if s.child is None]
-            if not warm and not free:
+            profile = profile_of(request, pids_cgroup=self._pids_cgroup)
+            # The longest-waiting warm child of the request's profile is surely done preparing.
+            warm = [c for c in self._idle() if c.profile == profile]
+            if not warm:
+                try:
+                    self._make_room(profile)
+                except Exception as exc:
+                    self.waiting.popleft()
+                    self._answer_unstarted(request, f"sandbox could not start the invocation: {exc!r}")
+                    continue
                 return
             self.waiting.popleft()
             try:
-                self._dispatch(request, min(warm, key=lambda c: c.forked).slot if warm else free[0])
+                self._dispatch(request, min(warm, key=lambda c: c.forked).slot)
             except Exception as exc:
                 self._answer_unstarted(request, f"sandbox could not start the invocation: {exc!r}")
 
-    def _warm(self, slot: Slot) -> Invocation:
-        """Fork a child into ``slot`` that prepares itself and waits for a request."""
+    def _idle(self) -> list[Invocation]:
+        """Warm children (pid known, no request) that are not on their way out."""
+        return [
+            c for c in (s.child for s in self.slots)
+            if c is not None and c.pid and c.request is None and not c.retired and c.status is None
+        ]  # fmt: skip
+
+    def _make_room(self, profile: Profile) -> None:
+        """Children for the waiting requests of ``profile``: forked into free slots (each
+        request goes to the first warm, in order); with no slot free and none coming, a warm
+        child of another profile is retired, and its slot is free once it has exited."""
+        wanted = sum(1 for r in self.waiting if profile_of(r, pids_cgroup=self._pids_cgroup) == profile)
+        coming = sum(1 for c in self.forking if c.profile == profile)
+        free = [s for s in self.slots if s.child is None]
+        while free and coming < wanted:
+            self._warm(free.pop(0), profile)
+            coming += 1
+        if not coming:
+            other = next((c for c in self._idle() if c.profile != profile), None)
+            if other is not None and other.request_fd is not None:
+                other.retired = True
+                os.close(other.request_fd)  # EOF: it exits unused
+                other.request_fd = None
+
+    def _warm(self, slot: Slot, profile: Profile) -> Invocation:
+        """Have a child forked into ``slot`` that prepares itself and waits for a request
+        (its pid comes with the fork server's next ``Forked``: :meth:`_from_forker`)."""
         workdir = tempfile.mkdtemp(dir=self.workdir_root)
         if slot.uid is not None:
             os.chown(workdir, slot.uid, slot.uid)
@@ -240,11 +279,11 @@ class Template:
         out, err, result, request = (os.pipe2(os.O_CLOEXEC) for _ in range(4))
         setup = {
             "workdir": workdir, "cgroup_procs": slot.cgroup.join_path() if slot.cgroup else [],
-            "pids_cgroup": self._pids_cgroup, "uid": slot.uid,
+            "pids_cgroup": self._pids_cgroup, "uid": slot.uid, "network": profile[0], "rlimits": profile[1],
         }  # fmt: skip
         assert self.forker is not None
         try:
-            pid = self.forker.fork(setup, [out[1], err[1], result[1], request[0]])
+            self.forker.fork(setup, [out[1], err[1], result[1], request[0]])
         except ForkServerGone:
             for fd in (*out, *err, *result, *request):
                 os.close(fd)
@@ -252,7 +291,9 @@ class Template:
             self._forker_gone()
             raise
         cap = self.config.limits.output_cap_bytes
-        child = Invocation(slot, pid, workdir, {}, request_fd=request[1], forked=time.monotonic())
+        child = Invocation(
+            slot, 0, workdir, {}, request_fd=request[1], forked=time.monotonic(), profile=profile
+        )
         os.close(request[0])
         for which, (r, w), size in ((OUT, out, cap), (ERR, err, cap), (RESULT, result, RESULT_CAP)):
             os.close(w)
@@ -261,7 +302,7 @@ class Template:
             self.by_fd[r] = child
             self.selector.register(r, selectors.EVENT_READ, "pipe")
         slot.child = child
-        self.children[pid] = child
+        self.forking.append(child)
         return child
 
     def _unwarmed(self) -> Slot | None:
@@ -270,7 +311,8 @@ class Template:
         return next((s for s in self.slots if s.child is None and not s.warm_failed), None)
 
     def _dispatch(self, request: InvocationRequest, slot: Slot) -> None:
-        child = slot.child or self._warm(slot)
+        child = slot.child
+        assert child is not None and child.pid and child.request_fd is not None
         slot.warm_failed = False
         if slot.cgroup is not None and slot.cgroup.configured != request.limits:
             slot.cgroup.prepare(request.limits)
@@ -279,10 +321,9 @@ class Template:
                 cap.cap = request.limits.output_cap_bytes
         child.request, child.started = request, time.monotonic()
         child.network = request.network or self.netns_fd is None
-        assert child.request_fd is not None
         try:
             with contextlib.suppress(BrokenPipeError):  # it died warm: its wait status says how
-                os.write(child.request_fd, child_request(request, pids_cgroup=self._pids_cgroup))
+                os.write(child.request_fd, child_request(request))
         finally:
             os.close(child.request_fd)
             child.request_fd = None
@@ -334,19 +375,21 @@ class Template:
             own = Path(f"/proc/{child.pid}/task/{child.pid}/children").read_text().split()
         except OSError:
             return True
-        return bool(own) or any(pid not in self.children for pid in self._forker_children())
+        return bool(own) or bool(self._orphans())
 
     def _reap(self) -> None:
-        """Take the exits the fork server reported; reap our own children (the server)."""
+        """Take what the fork server reported (forks, exits); reap our own child (the server)."""
         assert self.forker is not None
-        for pid, status, cpu_s, maxrss_kb, wchar in self.forker.exits():
-            child = self.children.get(pid)
+        self._from_forker()
+        exits, self.exits = self.exits, []
+        for message in exits:
+            child = self.children.get(message.pid)
             if child is None or child.status is not None:
                 continue
             if child.request is not None:
                 self._read_ready(child)  # EOFs not yet seen: the early answer must not depend on luck
-            child.status, child.ended = status, time.monotonic()
-            child.cpu_s, child.maxrss_kb, child.wchar = cpu_s, maxrss_kb, wchar
+            child.status, child.ended = message.status, time.monotonic()
+            child.cpu_s, child.maxrss_kb, child.wchar = message.cpu_s, message.maxrss_kb, message.wchar
             child.leftovers = self._sweep(child, signal.SIGKILL)
         if self.forker.gone:
             self._forker_gone()
@@ -360,11 +403,38 @@ class Template:
             if pid == self.forker.pid:
                 self._forker_gone()
 
+    def _from_forker(self) -> None:
+        """The fork server's news: the pids of forked children, at once; exits, queued
+        for :meth:`_reap`."""
+        assert self.forker is not None
+        for message in self.forker.messages():
+            if isinstance(message, Forked):
+                child = self.forking.popleft()
+                child.pid = message.pid
+                self.children[message.pid] = child
+                if message.pid in self.swept:  # signalled as an orphan before we knew it
+                    child.retired = True
+                    if child.request_fd is not None:
+                        os.close(child.request_fd)
+                        child.request_fd = None
+            else:
+                self.exits.append(message)
+        if not self.forking:  # every child of the server is known: no orphan can be one of ours
+            self.swept.clear()
+
     def _forker_gone(self) -> None:
         """The fork server died, and every child with it: each running invocation ends
         as killed, nothing new starts, and the template stops."""
         assert self.forker is not None
         self.forker.gone, self.stopping = True, True
+        while self.forking:  # asked for, never forked (or died with the server): warm, no request
+            child = self.forking.popleft()
+            for fd in [fd for fd, (_, cap) in child.captures.items() if cap.open]:
+                self._close_pipe(fd)
+            if child.request_fd is not None:
+                os.close(child.request_fd)
+            shutil.rmtree(child.workdir, ignore_errors=True)
+            child.slot.child = None
         now = time.monotonic()
         for child in self.children.values():
             if child.status is None:
@@ -383,16 +453,22 @@ class Template:
             return child.slot.cgroup.signal_all(sig)
         # Without a control group: orphans (reparented to us) are killed on sight, whichever
         # invocation they came from; nothing may outlive the invocation that started it.
-        pids = [pid for pid in self._forker_children() if pid not in self.children]
+        pids = self._orphans()
+        if self.forking:
+            self.swept.update(pids)
         for pid in pids:
             with contextlib.suppress(OSError):
                 os.kill(pid, sig)
         return len(pids)
 
-    def _forker_children(self) -> list[int]:
+    def _orphans(self) -> list[int]:
+        """The fork server's live children that are no invocation of ours. A child forked
+        an instant ago, before the server said so, would look like one: if it is signalled,
+        it is retired when its pid comes (``swept``), never given a request."""
         assert self.forker is not None
+        self._from_forker()
         with contextlib.suppress(OSError):
-            return live_children(self.forker.pid)
+            return [pid for pid in live_children(self.forker.pid) if pid not in self.children]
         return []
 
     def _tick(self) -> None:
@@ -434,7 +510,7 @@ class Template:
         if not left_behind:
             child.slot.child = None
         if child.request is None:  # died warm (or retired): its next request warms it on demand
-            child.slot.warm_failed = not self.stopping
+            child.slot.warm_failed = not self.stopping and not child.retired
             return
         if not child.answered:
             self._answer_result(child, child.result(), left_behind)

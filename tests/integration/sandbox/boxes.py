@@ -57,18 +57,19 @@ class Box:
 
     async def assert_nothing_left(self, result: InvocationResult, within: float = 5.0) -> None:
         """Within ``within`` s: no process runs as a slot's uid (what agent code runs as, and
-        everything it starts), or, without a uid drop, the template has no more children than
-        slots (its warm ones); the invocation's working directory is gone."""
+        everything it starts) but the warm children waiting for a request, or, without a uid
+        drop, the fork server has no more children than slots (its warm ones); the
+        invocation's working directory is gone."""
         await eventually(
             lambda: self.leftovers(result) == [], within, f"{result.audit.invocation_id} cleaned"
         )
 
     def leftovers(self, result: InvocationResult) -> list[object]:
         template = self.sandbox._running()
-        if template.uids:
-            left: list[object] = [p for p in processes() if p.uid in template.uids]
+        if template.uids:  # warm children are confined already: they run as slot uids, unused
+            left: list[object] = [p for p in processes() if p.uid in template.uids and p.name != "af-warm"]
         else:
-            children = [p for p in processes() if p.ppid == template.proc.pid]
+            children = [p for p in processes() if p.ppid == self.sandbox.forker_pid]
             left = children if len(children) > self.sandbox.config.slots else []
         if result.workdir and Path(result.workdir).exists():
             left.append(result.workdir)
@@ -81,6 +82,7 @@ class Proc:
     ppid: int
     uid: int
     state: str
+    name: str
 
 
 def processes() -> list[Proc]:
@@ -95,10 +97,15 @@ def processes() -> list[Proc]:
             continue
         status = dict(line.split(":", 1) for line in lines if ":" in line)
         uid, state = int(status["Uid"].split()[0]), status["State"].split()[0]
-        proc = Proc(int(entry.name), int(status["PPid"]), uid, state)
+        proc = Proc(int(entry.name), int(status["PPid"]), uid, state, status["Name"].strip())
         if proc.state != "Z":
             out.append(proc)
     return out
+
+
+def running(forker_pid: int) -> list[Proc]:
+    """The invocations running now (warm children are named ``af-warm`` until a request comes)."""
+    return [p for p in processes() if p.ppid == forker_pid and p.name == "af-invocation"]
 
 
 def exists(path: str | Path) -> bool:

@@ -14,7 +14,7 @@ import pytest
 from agents.contract import RunContext
 from agents.sandbox import ErrorCategory, InvocationAudit, Sandbox, SandboxConfig, SandboxStopped
 from tests.helpers import eventually
-from tests.integration.sandbox.boxes import AGENTS, HERE, TIGHT, Box, exists, processes
+from tests.integration.sandbox.boxes import AGENTS, HERE, TIGHT, Box, Proc, exists, processes, running
 
 
 async def test_the_output_comes_back_and_the_audit_says_what_it_cost(full: Box) -> None:
@@ -102,13 +102,13 @@ def _cgroup_bases(sandbox: Sandbox) -> list[Path]:
 async def test_replace_starts_a_new_template_and_the_old_one_finishes_its_work() -> None:
     async with Sandbox(_config()) as sandbox:
         old_pid, old_cgroups = sandbox.template_pid, _cgroup_bases(sandbox)
-        running = asyncio.create_task(sandbox.invoke("spinner", '{"seconds": 0.5}'))
-        await eventually(lambda: list(Path(tempfile.gettempdir(), f"af-sandbox-{old_pid}").iterdir()),
-                         what="the spinner started")  # fmt: skip
+        old_forker = sandbox.forker_pid
+        spinning = asyncio.create_task(sandbox.invoke("spinner", '{"seconds": 0.5}'))
+        await eventually(lambda: running(old_forker), what="the spinner started")
         await sandbox.replace()
         assert sandbox.template_pid != old_pid
         assert (await sandbox.invoke("noop", '{"echo": 1}')).ok
-        result = await running
+        result = await spinning
         assert result.ok, result
         await eventually(lambda: not exists(f"/proc/{old_pid}"), what="the old template exited")
         assert not any(exists(path) for path in old_cgroups)
@@ -132,12 +132,12 @@ async def test_a_dead_template_fails_its_invocations_and_its_children_die_with_i
     sandbox = Sandbox(_config())
     await sandbox.start()
     pid, uids, cgroups = sandbox.template_pid, sandbox._running().uids, _cgroup_bases(sandbox)
-    running = asyncio.create_task(sandbox.invoke("term-ignorer", '{"seconds": 600}'))
+    ignoring = asyncio.create_task(sandbox.invoke("term-ignorer", '{"seconds": 600}'))
     workdirs = Path(tempfile.gettempdir(), f"af-sandbox-{pid}")
-    await eventually(lambda: list(workdirs.iterdir()), what="the invocation started")
+    await eventually(lambda: running(sandbox.forker_pid), what="the invocation started")
     os.kill(pid, signal.SIGKILL)
     with pytest.raises(SandboxStopped):
-        await running
+        await ignoring
     await sandbox.stop()  # removes what the dead template could not
     assert not any(exists(path) for path in cgroups)
     assert not exists(workdirs)
@@ -146,6 +146,29 @@ async def test_a_dead_template_fails_its_invocations_and_its_children_die_with_i
         return not [p for p in processes() if p.uid in uids]
 
     await eventually(children_gone, what="the template's children died with it (PR_SET_PDEATHSIG)")
+
+
+async def test_warm_children_wait_confined_and_a_request_of_another_profile_gets_its_own() -> None:
+    """A warm child has dropped to its slot's uid and joined the empty network namespace
+    before any request (only reading it, setting the environment and running are left);
+    a request that may use the network is not sent to one: a child is forked for it."""
+    async with Sandbox(_config()) as sandbox:
+        assert (await sandbox.invoke("noop", "{}")).ok
+        uids = sandbox._running().uids
+
+        def warm() -> list[Proc]:
+            return [p for p in processes() if p.ppid == sandbox.forker_pid and p.name == "af-warm"]
+
+        await eventually(lambda: len(warm()) == 2, what="both slots warm")
+        host_net = os.readlink("/proc/self/ns/net")
+        for child in warm():
+            assert child.uid in uids
+            assert os.readlink(f"/proc/{child.pid}/ns/net") != host_net
+        confined_without_network = {os.readlink(f"/proc/{p.pid}/cwd") for p in warm()}
+        reached = await sandbox.invoke("printer", '{"limit": 0}', network=True)
+        assert reached.ok and reached.audit.network is True, reached
+        assert reached.workdir not in confined_without_network
+        assert (await sandbox.invoke("noop", "{}")).ok  # and the usual profile still runs
 
 
 async def test_a_killed_fork_server_ends_its_invocations_and_the_template_with_them() -> None:
@@ -157,11 +180,11 @@ async def test_a_killed_fork_server_ends_its_invocations_and_the_template_with_t
     pid, forker, uids = sandbox.template_pid, sandbox.forker_pid, sandbox._running().uids
     cgroups = _cgroup_bases(sandbox)
     assert forker != pid and (await sandbox.invoke("noop", "{}")).ok
-    running = asyncio.create_task(sandbox.invoke("term-ignorer", '{"seconds": 600}'))
+    ignoring = asyncio.create_task(sandbox.invoke("term-ignorer", '{"seconds": 600}'))
     workdirs = Path(tempfile.gettempdir(), f"af-sandbox-{pid}")
-    await eventually(lambda: list(workdirs.iterdir()), what="the invocation started")
+    await eventually(lambda: running(sandbox.forker_pid), what="the invocation started")
     os.kill(forker, signal.SIGKILL)
-    result = await asyncio.wait_for(running, 10)
+    result = await asyncio.wait_for(ignoring, 10)
     assert result.audit.error is ErrorCategory.INTERNAL_ERROR
     assert result.audit.signal == signal.SIGKILL, result
     await eventually(lambda: not exists(f"/proc/{pid}"), what="the template stopped")
