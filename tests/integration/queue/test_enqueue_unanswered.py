@@ -21,7 +21,14 @@ from mesh.errors import EnqueueOutcomeUnknown
 from mesh.provision import provision
 from mesh.queue.producer import TaskQueue, TaskSpec
 from mesh.wire.connection import connect, jetstream
-from tests.helpers import unique
+from tests.helpers import eventually, unique
+
+
+def _stopped(server: NatsServer) -> bool:
+    """Every thread of the server is stopped (state T), not only the signal sent."""
+    tasks = Path(f"/proc/{server.pid}/task")
+    states = [(task / "stat").read_text().rsplit(")", 1)[1].split()[0] for task in tasks.iterdir()]
+    return all(state == "T" for state in states)
 
 
 @pytest.fixture
@@ -42,6 +49,9 @@ async def test_an_unanswered_key_claim_is_reported_as_an_unknown_outcome(frozen_
         await provision(await jetstream(nc))
         async with TaskQueue(nc, js) as queue:
             frozen_later.send_signal(signal.SIGSTOP)
+            # A stop is delivered to each of the server's threads in turn: on a loaded machine
+            # one could still answer the claim (seen in CI). Enqueue once it stands still.
+            await eventually(lambda: _stopped(frozen_later), 5, "the server stopped")
             with pytest.raises(EnqueueOutcomeUnknown, match="same idempotency key"):
                 await queue.enqueue(TaskSpec(agent=unique("unanswered"), input={}, idempotency_key="k-1"))
             frozen_later.send_signal(signal.SIGCONT)
