@@ -182,7 +182,21 @@ def _prepare(setup: ChildSetup) -> asyncio.AbstractEventLoop:
     os.environ.clear()  # the template emptied its own: nothing to do, unless run elsewhere
     loop = _own_loop()
     _confine(setup)
+    _rehearse(loop)
     return loop
+
+
+async def _nothing() -> None:
+    return None
+
+
+def _rehearse(loop: asyncio.AbstractEventLoop) -> None:
+    """Run what every invocation runs once, without an agent, while warm: the pages a
+    run touches first (the loop's task and handle machinery, the result's encoding) are
+    copied now, not between the request and the answer."""
+    loop.run_until_complete(_nothing())
+    RunContext(run_id="warm")
+    json.dumps({"output": {}, "usage": _usage()}, separators=(",", ":"), default=str)
 
 
 def _read_request() -> ChildRequest | None:
@@ -207,6 +221,7 @@ def _confine(setup: ChildSetup) -> None:
         os.setuid(setup.uid)
     set_no_new_privs()
     set_parent_death_signal()  # again: setuid cleared it
+    os.environ.update(HOME=setup.workdir, TMPDIR=setup.workdir)
     set_name(WARM_NAME)
 
 
@@ -244,8 +259,9 @@ def run_child(agents: dict[str, Agent[Any, Any]], setup: ChildSetup) -> NoReturn
             if request is None:
                 os._exit(0)
             set_name(RUN_NAME)
-            os.environ.update(request["env"])
-            os.environ.update(HOME=setup.workdir, TMPDIR=setup.workdir, AF_INVOCATION_ID=request["id"])
+            os.environ.update(request["env"], AF_INVOCATION_ID=request["id"])
+            if "HOME" in request["env"] or "TMPDIR" in request["env"]:  # set while warm: its own
+                os.environ.update(HOME=setup.workdir, TMPDIR=setup.workdir)
             agent = agents[request["agent"]]
         except BaseException as exc:
             failed = {"category": ErrorCategory.INTERNAL_ERROR, "error": f"sandbox setup: {exc!r}"}
