@@ -10,6 +10,7 @@ counters are reset (v1) or read as a baseline (v2).
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import signal
 import time
@@ -92,7 +93,13 @@ def find_hierarchies() -> tuple[list[Hierarchy], str]:
     return [], "no writable cgroup v2 with pids+memory enabled, nor writable v1 pids/memory hierarchies"
 
 
-def _write(path: Path, value: str) -> None:
+@functools.lru_cache(maxsize=1024)
+def _at(group: Path, name: str) -> str:
+    """A control file's path, joined once (the template reads several per invocation)."""
+    return f"{group}/{name}"
+
+
+def _write(path: str | Path, value: str) -> None:
     fd = os.open(path, os.O_WRONLY)
     try:
         os.write(fd, value.encode())
@@ -100,7 +107,7 @@ def _write(path: Path, value: str) -> None:
         os.close(fd)
 
 
-def _read(path: Path) -> str:
+def _read(path: str | Path) -> str:
     """A control file, with one ``open``/``read``/``close`` (``Path.read_text`` adds four
     system calls per file, and the template reads several per invocation)."""
     fd = os.open(path, os.O_RDONLY)
@@ -113,7 +120,7 @@ def _read(path: Path) -> str:
         os.close(fd)
 
 
-def _read_int(path: Path, key: str | None = None) -> int:
+def _read_int(path: str | Path, key: str | None = None) -> int:
     """The number in a one-value file, or the one after ``key`` in a keyed file (0 if absent)."""
     with contextlib.suppress(OSError):
         text = _read(path)
@@ -139,38 +146,38 @@ class CgroupSlot:
         for h, path in self.dirs:
             if self.configured is None or self.configured != limits:
                 if "pids" in h.controllers:
-                    _write(path / "pids.max", str(limits.processes))
+                    _write(_at(path, "pids.max"), str(limits.processes))
                 if "memory" in h.controllers:
                     if h.version == 2:
-                        _write(path / "memory.max", str(limits.memory_bytes))
+                        _write(_at(path, "memory.max"), str(limits.memory_bytes))
                         with contextlib.suppress(OSError):  # no swap accounting: nothing to cap
-                            _write(path / "memory.swap.max", "0")
+                            _write(_at(path, "memory.swap.max"), "0")
                     else:
-                        _write(path / "memory.limit_in_bytes", str(limits.memory_bytes))
+                        _write(_at(path, "memory.limit_in_bytes"), str(limits.memory_bytes))
                         with contextlib.suppress(OSError):
-                            _write(path / "memory.memsw.limit_in_bytes", str(limits.memory_bytes))
+                            _write(_at(path, "memory.memsw.limit_in_bytes"), str(limits.memory_bytes))
             if h.version == 1 and "memory" in h.controllers:
-                _write(path / "memory.max_usage_in_bytes", "0")
-                _write(path / "memory.failcnt", "0")
+                _write(_at(path, "memory.max_usage_in_bytes"), "0")
+                _write(_at(path, "memory.failcnt"), "0")
         self.configured = limits
         self.baseline = self._counters()
 
     def join_path(self) -> list[str]:
         """The ``cgroup.procs`` files the child writes its pid to, first thing after the fork."""
-        return [str(path / "cgroup.procs") for _, path in self.dirs]
+        return [str(_at(path, "cgroup.procs")) for _, path in self.dirs]
 
     def _counters(self) -> dict[str, int]:
         out = {}
         for h, path in self.dirs:
             if "pids" in h.controllers:
-                out["pids_max_hits"] = _read_int(path / "pids.events", "max")
+                out["pids_max_hits"] = _read_int(_at(path, "pids.events"), "max")
             if "memory" in h.controllers:
                 if h.version == 2:
-                    out["oom_kills"] = _read_int(path / "memory.events", "oom_kill")
-                    out["memory_max_hits"] = _read_int(path / "memory.events", "max")
+                    out["oom_kills"] = _read_int(_at(path, "memory.events"), "oom_kill")
+                    out["memory_max_hits"] = _read_int(_at(path, "memory.events"), "max")
                 else:
-                    out["oom_kills"] = _read_int(path / "memory.oom_control", "oom_kill")
-                    out["memory_max_hits"] = _read_int(path / "memory.failcnt")
+                    out["oom_kills"] = _read_int(_at(path, "memory.oom_control"), "oom_kill")
+                    out["memory_max_hits"] = _read_int(_at(path, "memory.failcnt"))
         return out
 
     def limit_hit(self) -> bool:
@@ -182,7 +189,7 @@ class CgroupSlot:
         for h, path in self.dirs:
             if "memory" in h.controllers:
                 name = "memory.peak" if h.version == 2 else "memory.max_usage_in_bytes"
-                return _read_int(path / name)
+                return _read_int(_at(path, name))
         return None
 
     def count(self) -> int | None:
@@ -192,7 +199,7 @@ class CgroupSlot:
         for h, path in self.dirs:
             if "pids" in h.controllers:
                 with contextlib.suppress(OSError, ValueError):
-                    return int(_read(path / "pids.current"))
+                    return int(_read(_at(path, "pids.current")))
         return None
 
     def pids(self) -> set[int]:
@@ -201,7 +208,7 @@ class CgroupSlot:
             return out
         for _, path in self.dirs:
             with contextlib.suppress(OSError):
-                out.update(int(p) for p in _read(path / "cgroup.procs").split())
+                out.update(int(p) for p in _read(_at(path, "cgroup.procs")).split())
         return out
 
     def signal_all(self, sig: int) -> int:
@@ -217,7 +224,7 @@ class CgroupSlot:
         for h, path in self.dirs:
             if h.version == 2:
                 with contextlib.suppress(OSError):
-                    _write(path / "cgroup.kill", "1")
+                    _write(_at(path, "cgroup.kill"), "1")
         while self.signal_all(signal.SIGKILL):
             pass
 
