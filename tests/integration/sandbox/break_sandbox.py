@@ -27,23 +27,23 @@ H = "tests/integration/sandbox/test_hostile_agents.py::"
 I = "tests/integration/sandbox/test_invocations.py::"  # noqa: E741
 M = [
     ("file size limit x64", "agents/sandbox/limits.py",
-     "resource.RLIMIT_FSIZE: (limits.file_size_bytes, limits.file_size_bytes),",
-     "resource.RLIMIT_FSIZE: (limits.file_size_bytes * 64, limits.file_size_bytes * 64),",
+     "(resource.RLIMIT_FSIZE, limits.file_size_bytes, limits.file_size_bytes),",
+     "(resource.RLIMIT_FSIZE, limits.file_size_bytes * 64, limits.file_size_bytes * 64),",
      H + "test_a_10_gb_file_stops_at_the_file_size_limit"),
     ("no CPU limit", "agents/sandbox/limits.py",
-     "resource.RLIMIT_CPU: (limits.cpu_s, limits.cpu_s + 1),",
-     "resource.RLIMIT_CPU: (10**6, 10**6),",
+     "(resource.RLIMIT_CPU, limits.cpu_s, limits.cpu_s + 1),",
+     "(resource.RLIMIT_CPU, 10**6, 10**6),",
      H + "test_cpu_seconds_over_the_limit_are_a_resource_error"),
     ("no netns", "agents/sandbox/child.py",
      "            enter_netns(NETNS_FD)",
      "            pass",
      H + "test_a_socket_to_localhost_without_network_permission_fails"),
     ("no pids.max", "agents/sandbox/cgroups.py",
-     '                    _write(path / "pids.max", str(limits.processes))',
+     '                    _write(_at(path, "pids.max"), str(limits.processes))',
      "                    pass",
      H + "test_a_fork_bomb_is_stopped_at_the_process_limit"),
     ("no memory cgroup limit", "agents/sandbox/cgroups.py",
-     '                        _write(path / "memory.limit_in_bytes", str(limits.memory_bytes))',
+     '                        _write(_at(path, "memory.limit_in_bytes"), str(limits.memory_bytes))',
      "                        pass",
      H + "test_memory_ten_times_the_limit_is_refused"),
     ("no SIGKILL after the grace", "agents/sandbox/template.py",
@@ -62,17 +62,13 @@ M = [
      "    def _has_descendants(self, child: Invocation) -> bool:\n",
      "    def _has_descendants(self, child: Invocation) -> bool:\n        return False\n",
      H + "test_double_forked_orphans_are_killed_with_their_invocation"),
-    ("environment kept", "agents/sandbox/child.py",
-     "    os.environ.clear()\n",
-     "",
-     I + "test_the_environment_holds_only_af_otel_and_named_variables"),
     ("output uncapped", "agents/sandbox/invocation.py",
      "        room = self.cap - len(self.kept)",
      "        room = len(data)",
      I + "test_stdout_over_the_cap_is_truncated_with_a_marker"),
     ("workdir kept", "agents/sandbox/template.py",
-     "        shutil.rmtree(child.workdir, ignore_errors=True)",
-     "        pass",
+     "            os.close(child.request_fd)\n        shutil.rmtree(child.workdir, ignore_errors=True)",
+     "            os.close(child.request_fd)\n        pass",
      I + "test_stdin_is_empty_and_the_working_directory_is_private_and_removed"),
     ("input error retried", "agents/sandbox/child.py",
      '        return {"category": ErrorCategory.INPUT_ERROR, "error": f"invalid input for {agent.key}: {exc}"}',
@@ -86,11 +82,28 @@ M = [
      '                    future.set_exception(SandboxStopped("the sandbox template stopped"))',
      "                    pass",
      I + "test_a_dead_template_fails_its_invocations_and_its_children_die_with_it"),
+    ("a request given a warm child of another profile", "agents/sandbox/template.py",
+     "            warm = [c for c in self._idle() if c.profile == profile]",
+     "            warm = self._idle()",
+     I + "test_warm_children_wait_confined_and_a_request_of_another_profile_gets_its_own"),
+    ("a dead fork server's invocations left unanswered", "agents/sandbox/template.py",
+     "                child.status, child.ended = int(signal.SIGKILL), now  # the wait status of a SIGKILL",
+     "                pass",
+     I + "test_a_killed_fork_server_ends_its_invocations_and_the_template_with_them"),
+]  # fmt: skip
+
+# Mutations of more than one place: the environment is emptied in the template and again
+# in each child (either alone keeps the guarantee).
+MULTI = [
+    ("environment kept", [
+        ("agents/sandbox/template.py", "    os.environ.clear()\n", ""),
+        ("agents/sandbox/child.py", "    os.environ.clear()  # the template emptied its own", "    pass  #"),
+    ], I + "test_the_environment_holds_only_af_otel_and_named_variables"),
 ]  # fmt: skip
 
 
 def main(only: list[str]) -> int:
-    mutations = [(name, [(f, old, new)], test) for name, f, old, new, test in M]
+    mutations = [(name, [(f, old, new)], test) for name, f, old, new, test in M] + MULTI
     return break_each(mutations, only, ("--timeout=40",))
 
 
