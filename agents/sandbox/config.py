@@ -29,6 +29,7 @@ class SandboxConfig(BaseModel):
     slots: int = Field(8, ge=1, le=1000)  # invocations running at once; more wait their turn
     use_cgroups: bool = True  # where the host has them
     use_network_namespace: bool = True  # where the host allows it
+    use_pid_namespace: bool = True  # where the host allows it: one for the template's invocations
     drop_privileges: bool = True  # when the worker runs as root
     # Slot i of the template with pid P runs as uid and gid uid_base + P * 1000 + i.
     uid_base: int = Field(100_000, ge=1000, le=10**8)

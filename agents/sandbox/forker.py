@@ -30,12 +30,19 @@ import os
 import select
 import signal
 import socket
+import traceback
 from typing import Any, NamedTuple
 
 from agents.contract import Agent
 from agents.sandbox.child import ChildSetup, run_child
 from agents.sandbox.invocation import live_children
-from agents.sandbox.syscalls import set_child_subreaper, set_parent_death_signal
+from agents.sandbox.syscalls import (
+    CLONE_NEWPID,
+    set_child_subreaper,
+    set_name,
+    set_parent_death_signal,
+    unshare,
+)
 
 __all__ = ["Exited", "ForkServer", "ForkServerGone", "Forked"]
 
@@ -67,14 +74,19 @@ class ForkServerGone(OSError):
 class ForkServer:
     """The template's handle on its fork server."""
 
-    def __init__(self, pid: int, sock: socket.socket) -> None:
+    def __init__(self, pid: int, sock: socket.socket, init_pid: int, pid_namespace_error: str) -> None:
         self.pid = pid
         self.sock = sock
         self.gone = False
+        # PID 1 of the invocations' PID namespace (0: none), and why there is none when asked.
+        self.init_pid, self.pid_namespace_error = init_pid, pid_namespace_error
 
     @classmethod
-    def start(cls, agents: dict[str, Agent[Any, Any]], netns_fd: int | None, close: list[int]) -> ForkServer:
-        """Fork the server; ``close`` are descriptors of the template it must not hold."""
+    def start(
+        cls, agents: dict[str, Agent[Any, Any]], netns_fd: int | None, close: list[int], pid_namespace: bool
+    ) -> ForkServer:
+        """Fork the server; ``close`` are descriptors of the template it must not hold. With
+        ``pid_namespace`` its children live in a PID namespace of their own (see :func:`_serve`)."""
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         parent = os.getpid()
         pid = os.fork()
@@ -84,12 +96,19 @@ class ForkServer:
                 ours.close()
                 for fd in close:
                     os.close(fd)
-                _serve(agents, theirs, netns_fd, parent)
-            except BaseException:
+                _serve(agents, theirs, netns_fd, parent, pid_namespace)
+            except BaseException:  # said on the template's stderr (the worker's log)
+                traceback.print_exc()
                 code = 1
             os._exit(code)
         theirs.close()
-        return cls(pid, ours)
+        hello = ours.recv(_MAX_MESSAGE)  # N<pid of the namespace's init> or N0 <why none>
+        if hello[:1] != b"N":
+            ours.close()
+            os.waitpid(pid, 0)
+            raise ForkServerGone(f"the sandbox's fork server did not start ({hello!r})")
+        init, _, error = hello[1:].decode().partition(" ")
+        return cls(pid, ours, int(init), error)
 
     def fork(self, setup: dict[str, Any], fds: list[int]) -> None:
         """Ask for a child forked with ``setup``; its pid comes later, from :meth:`messages`,
@@ -132,11 +151,28 @@ class ForkServer:
 # -- the server's side
 
 
-def _serve(agents: dict[str, Agent[Any, Any]], ctl: socket.socket, netns_fd: int | None, parent: int) -> None:
+def _serve(
+    agents: dict[str, Agent[Any, Any]],
+    ctl: socket.socket,
+    netns_fd: int | None,
+    parent: int,
+    pid_namespace: bool,
+) -> None:
     set_parent_death_signal()
     if os.getppid() != parent:  # the template died before the line above
         return
     set_child_subreaper()
+    init = 0
+    if pid_namespace:
+        try:
+            unshare(CLONE_NEWPID)  # our children, not us: the first one is its PID 1
+            init = _start_init()
+        except OSError as exc:
+            ctl.send(b"N0 " + f"unshare(CLONE_NEWPID) refused: {exc}".encode())
+        else:
+            ctl.send(b"N%d" % init)
+    else:
+        ctl.send(b"N0")
     for sig in (signal.SIGTERM, signal.SIGINT):  # the template decides when we stop: it closes ctl
         signal.signal(sig, signal.SIG_IGN)
     wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
@@ -151,7 +187,9 @@ def _serve(agents: dict[str, Agent[Any, Any]], ctl: socket.socket, netns_fd: int
             if fd == wake_r:
                 with contextlib.suppress(BlockingIOError):
                     os.read(wake_r, 4096)
-                _reap(ctl, ours)
+                if not _reap(ctl, ours, init):  # the namespace's init died: nothing can be forked
+                    _last_rites(ours)
+                    return
                 continue
             data, fds, _, _ = socket.recv_fds(ctl, _MAX_MESSAGE, 8)
             if not data:
@@ -176,15 +214,18 @@ def _fork(agents: dict[str, Agent[Any, Any]], s: dict[str, Any], fds: list[int],
     return pid
 
 
-def _reap(ctl: socket.socket, ours: set[int]) -> None:
+def _reap(ctl: socket.socket, ours: set[int], init: int) -> bool:
+    """Reap what ended; False once the PID namespace's init is among them."""
+    alive = True
     while True:
         try:
             info = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
         except ChildProcessError:
-            return
+            return alive
         if info is None:
-            return
+            return alive
         pid, wchar = info.si_pid, 0
+        alive = alive and pid != init
         if pid in ours:
             with contextlib.suppress(OSError):
                 os.killpg(pid, signal.SIGKILL)
@@ -211,6 +252,40 @@ def _wchar(pid: int) -> int:
         os.close(fd)
     start = data.find(b"wchar:")
     return int(data[start + 6 : data.find(b"\n", start)]) if start >= 0 else 0
+
+
+def _start_init() -> int:
+    """Fork PID 1 of the invocations' namespace: it only reaps. Orphans of invocations are
+    reparented to it (a subreaper outside a namespace is not one inside it). When it dies,
+    the kernel kills every process of the namespace: with the server (``PR_SET_PDEATHSIG``),
+    so a dead template leaves no invocation process, double-forked ones included."""
+    alive_r, alive_w = os.pipe()  # the server keeps the write end: EOF means it died
+    pid = os.fork()
+    if pid:
+        os.close(alive_r)
+        return pid
+    code = 0
+    try:
+        os.close(alive_w)
+        set_parent_death_signal()
+        # The server may have died before that line (getppid() says 0 in here: the parent
+        # is outside the namespace): then its end of the pipe is closed.
+        if select.select([alive_r], [], [], 0)[0]:
+            os._exit(0)
+        set_name(b"af-pid-init")
+        os.closerange(3, 1 << 16)  # nothing of the server's: its socket's EOF must tell the template
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGCHLD})
+        while True:
+            signal.sigwaitinfo({signal.SIGCHLD})
+            while True:
+                try:
+                    if os.waitpid(-1, os.WNOHANG)[0] == 0:
+                        break
+                except ChildProcessError:
+                    break
+    except BaseException:
+        code = 1
+    os._exit(code)
 
 
 def _last_rites(ours: set[int]) -> None:

@@ -60,9 +60,7 @@ def _has_cap_sys_admin() -> bool:
 
 
 def detect_levels() -> Levels:
-    off: dict[str, str] = {
-        "pid_namespace": "not used: it needs a second fork per invocation (see docs/sandbox.md)"
-    }
+    off: dict[str, str] = {}
     hierarchies, reason = find_hierarchies()
     if not hierarchies:
         off["cgroup"] = reason
@@ -72,6 +70,9 @@ def detect_levels() -> Levels:
         netns = False
     if not netns:
         off["network_namespace"] = "no CAP_SYS_ADMIN (or no /proc/self/ns/net)"
+    pidns = netns and os.path.exists("/proc/self/ns/pid")
+    if not pidns:
+        off["pid_namespace"] = "no CAP_SYS_ADMIN (or no /proc/self/ns/pid)"
     uid_drop = os.geteuid() == 0
     if not uid_drop:
         off["uid_drop"] = "the worker does not run as root: invocations keep its uid"
@@ -80,6 +81,7 @@ def detect_levels() -> Levels:
         cgroup=f"v{versions.pop()}" if versions else None,
         cgroup_controllers=tuple(sorted(c for h in hierarchies for c in h.controllers)),
         network_namespace=netns,
+        pid_namespace=pidns,
         uid_drop=uid_drop,
         off_because=off,
     )

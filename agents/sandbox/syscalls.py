@@ -14,6 +14,7 @@ import signal
 
 __all__ = [
     "CLONE_NEWNET",
+    "CLONE_NEWPID",
     "empty_netns",
     "enter_netns",
     "set_child_subreaper",
@@ -25,6 +26,7 @@ __all__ = [
 ]
 
 CLONE_NEWNET = 0x40000000
+CLONE_NEWPID = 0x20000000
 _PR_SET_PDEATHSIG = 1
 _PR_SET_NAME = 15
 _PR_SET_CHILD_SUBREAPER = 36

@@ -111,7 +111,9 @@ class Template:
     def start_forker(self) -> None:
         """Fork the fork server (once everything it will copy is imported and frozen)."""
         close = [self.sock.fileno(), self.selector.fileno()]
-        self.forker = ForkServer.start(self.agents, self.netns_fd, close)
+        self.forker = ForkServer.start(self.agents, self.netns_fd, close, self.levels.pid_namespace)
+        if self.levels.pid_namespace and not self.forker.init_pid:
+            self.levels = self.levels.without("pid_namespace", self.forker.pid_namespace_error)
 
     def _remove_stale(self, root: Path) -> None:
         """What templates killed before their cleanup left: empty control groups (a group
@@ -140,6 +142,8 @@ class Template:
                 self.netns_fd = empty_netns()
             except OSError as exc:
                 levels = levels.without("network_namespace", f"cannot create one: {exc}")
+        if levels.pid_namespace and not self.config.use_pid_namespace:
+            levels = levels.without("pid_namespace", "turned off by the sandbox's config")
         if levels.uid_drop and not self.config.drop_privileges:
             levels = levels.without("uid_drop", "turned off by the sandbox's config")
         set_child_subreaper()
@@ -467,9 +471,12 @@ class Template:
         it is retired when its pid comes (``swept``), never given a request."""
         assert self.forker is not None
         self._from_forker()
-        with contextlib.suppress(OSError):
-            return [pid for pid in live_children(self.forker.pid) if pid not in self.children]
-        return []
+        out = []
+        for parent in (self.forker.pid, self.forker.init_pid):  # the namespace's init: reparented
+            if parent:
+                with contextlib.suppress(OSError):
+                    out += [pid for pid in live_children(parent) if pid not in self.children]
+        return [pid for pid in out if pid != self.forker.init_pid]  # the init is the server's too
 
     def _tick(self) -> None:
         now = time.monotonic()

@@ -149,9 +149,10 @@ async def test_a_dead_template_fails_its_invocations_and_its_children_die_with_i
 
 
 async def test_warm_children_wait_confined_and_a_request_of_another_profile_gets_its_own() -> None:
-    """A warm child has dropped to its slot's uid and joined the empty network namespace
-    before any request (only reading it, setting the environment and running are left);
-    a request that may use the network is not sent to one: a child is forked for it."""
+    """A warm child has dropped to its slot's uid, joined the empty network namespace and
+    lives in the sandbox's PID namespace before any request (only reading it, setting the
+    environment and running are left); a request that may use the network is not sent to
+    one: a child is forked for it."""
     async with Sandbox(_config()) as sandbox:
         assert (await sandbox.invoke("noop", "{}")).ok
         uids = sandbox._running().uids
@@ -160,10 +161,12 @@ async def test_warm_children_wait_confined_and_a_request_of_another_profile_gets
             return [p for p in processes() if p.ppid == sandbox.forker_pid and p.name == "af-warm"]
 
         await eventually(lambda: len(warm()) == 2, what="both slots warm")
-        host_net = os.readlink("/proc/self/ns/net")
+        host_net, host_pid = os.readlink("/proc/self/ns/net"), os.readlink("/proc/self/ns/pid")
+        assert sandbox.levels.pid_namespace, sandbox.levels
         for child in warm():
             assert child.uid in uids
             assert os.readlink(f"/proc/{child.pid}/ns/net") != host_net
+            assert os.readlink(f"/proc/{child.pid}/ns/pid") != host_pid
         confined_without_network = {os.readlink(f"/proc/{p.pid}/cwd") for p in warm()}
         reached = await sandbox.invoke("printer", '{"limit": 0}', network=True)
         assert reached.ok and reached.audit.network is True, reached
