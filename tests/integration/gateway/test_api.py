@@ -69,7 +69,10 @@ async def test_probes_and_metrics_need_no_token(api: TestClient[Any, Any]) -> No
     assert body["checks"] == {"nats": "ok", "postgres": "ok"}
     # What containment a sandboxed run gets here (found once; docs/sandbox.md)
     assert body["sandbox"]["enabled"] is True and body["sandbox"]["levels"]["rlimits"] is True
-    assert set(body["sandbox"]["levels"]["off_because"]) >= {"pid_namespace"}
+    levels = body["sandbox"]["levels"]
+    assert {"network_namespace", "pid_namespace", "uid_drop"} <= set(levels)
+    missing = {name for name in ("network_namespace", "pid_namespace", "uid_drop") if not levels[name]}
+    assert missing <= set(levels["off_because"]), levels  # each level that is off says why
     metrics = await (await api.get("/metrics", headers=bare)).text()
     assert "af_task_wait_seconds" in metrics
 
