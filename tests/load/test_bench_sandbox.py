@@ -2,7 +2,7 @@
 
 p50 overhead under 5 ms against the same no-op agent called in-process, and
 at least 200 sandboxed invocations/s, with the containment this host gives
-(on the development machine: cgroup v1, a network namespace, the uid drop).
+(on the development machine: cgroup v1, a network and a PID namespace, the uid drop).
 The targets live here, not in benchmarks/targets.py, so ``bench all`` (every
 suite with targets) does not run the sandbox suite yet.
 """

@@ -27,7 +27,7 @@ async def no_kernel(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[B
     root.chmod(0o755)
     config = SandboxConfig(
         agents=AGENTS, sys_path=[str(HERE)], workdir_root=str(root), limits=TIGHT,
-        use_cgroups=False, use_network_namespace=False,
+        use_cgroups=False, use_network_namespace=False, use_pid_namespace=False,
     )  # fmt: skip
     async with Sandbox(config) as sandbox:
         yield Box(sandbox, root, "no_kernel")
