@@ -26,8 +26,9 @@ and run it with ``AF_AGENTS=my_module:Double agent-factory up`` (see
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from mesh.lazy import lazy_exports
 
 if TYPE_CHECKING:
     from agents.contract import Agent, RunContext
@@ -46,8 +47,4 @@ _WHERE = {
     "PermanentError": "mesh.errors",
 }
 
-
-def __getattr__(name: str) -> Any:
-    if name not in _WHERE:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(_WHERE[name]), name)
+__getattr__ = lazy_exports(__name__, _WHERE)

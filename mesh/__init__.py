@@ -1,6 +1,6 @@
 """Everything NATS, in layers (imports point down only; ``make lint`` checks it):
 
-* ``mesh`` (core): ``provision``, ``names``, ``envelope``, ``errors``,
+* ``mesh`` (core): ``provision``, ``names``, ``envelope``, ``errors``, ``lazy``,
   ``limits``, ``deadletters``, ``trace``, ``embedded``, ``kv``, ``stopping``,
   ``settings``;
 * ``mesh.wire``: connections and the NATS protocol hot path;
@@ -21,8 +21,9 @@ Typical use::
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from mesh.lazy import lazy_exports
 
 if TYPE_CHECKING:
     from mesh.provision import ProvisionConfig
@@ -39,8 +40,4 @@ _WHERE = {
     "jetstream": "mesh.wire.connection",
 }
 
-
-def __getattr__(name: str) -> Any:
-    if name not in _WHERE:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(_WHERE[name]), name)
+__getattr__ = lazy_exports(__name__, _WHERE)

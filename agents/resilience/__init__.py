@@ -21,8 +21,9 @@ docs/resilience.md says what each policy guarantees and what it does not.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from mesh.lazy import lazy_exports
 
 if TYPE_CHECKING:
     from agents.resilience.breaker import BreakerState, CircuitBreaker
@@ -70,8 +71,4 @@ _WHERE = {
     "RetryPolicy": "agents.resilience.policy",
 }
 
-
-def __getattr__(name: str) -> Any:
-    if name not in _WHERE:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(_WHERE[name]), name)
+__getattr__ = lazy_exports(__name__, _WHERE)

@@ -8,8 +8,9 @@ payloads), ``errors``. Imports core and ``mesh.wire`` only.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from mesh.lazy import lazy_exports
 
 if TYPE_CHECKING:
     from mesh.channels.messaging import Mesh, MeshConfig, Subscription, rpc_channel
@@ -28,8 +29,4 @@ _WHERE = {
     "tail": "mesh.channels.registry",
 }
 
-
-def __getattr__(name: str) -> Any:
-    if name not in _WHERE:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(_WHERE[name]), name)
+__getattr__ = lazy_exports(__name__, _WHERE)

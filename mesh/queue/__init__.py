@@ -10,8 +10,9 @@ the dead-letter mover), ``stats`` and ``metrics``, ``limits``, ``contract``
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from mesh.lazy import lazy_exports
 
 if TYPE_CHECKING:
     from mesh.queue.cancel import cancel_run
@@ -50,8 +51,4 @@ _WHERE = {
     "cancel_run": "mesh.queue.cancel",
 }
 
-
-def __getattr__(name: str) -> Any:
-    if name not in _WHERE:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(_WHERE[name]), name)
+__getattr__ = lazy_exports(__name__, _WHERE)

@@ -7,8 +7,9 @@ triggers onto the queue). Imports core, ``mesh.wire`` and ``mesh.queue``.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from mesh.lazy import lazy_exports
 
 if TYPE_CHECKING:
     from mesh.schedules.definitions import CronSchedule, EventTrigger
@@ -23,8 +24,4 @@ _WHERE = {
     "Scheduler": "mesh.schedules.scheduler",
 }
 
-
-def __getattr__(name: str) -> Any:
-    if name not in _WHERE:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(_WHERE[name]), name)
+__getattr__ = lazy_exports(__name__, _WHERE)
