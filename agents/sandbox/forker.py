@@ -44,9 +44,9 @@ from agents.sandbox.syscalls import (
     unshare,
 )
 
-__all__ = ["Exited", "ForkServer", "ForkServerGone", "Forked"]
+__all__ = ["Exited", "ForkFailed", "ForkServer", "ForkServerGone", "Forked"]
 
-_FORKED, _EXITED = b"P", b"E"
+_FORKED, _EXITED, _FAILED = b"P", b"E", b"X"
 # A setup is a few paths; a small buffer: every page the server writes after a fork is a fault.
 _MAX_MESSAGE = 8192
 
@@ -55,6 +55,13 @@ class Forked(NamedTuple):
     """The next child asked for is forked."""
 
     pid: int
+
+
+class ForkFailed(NamedTuple):
+    """The next child asked for could not be forked (``EAGAIN`` under a process limit,
+    ``ENOMEM``): the server lives on."""
+
+    error: str
 
 
 class Exited(NamedTuple):
@@ -121,10 +128,10 @@ class ForkServer:
             self.gone = True
             raise ForkServerGone(f"the sandbox's fork server is gone: {exc!r}") from exc
 
-    def messages(self) -> list[Forked | Exited]:
+    def messages(self) -> list[Forked | ForkFailed | Exited]:
         """What the server said since the last call, in order. Sets ``gone`` when it
         closed its end."""
-        out: list[Forked | Exited] = []
+        out: list[Forked | ForkFailed | Exited] = []
         while not self.gone:
             try:
                 message = self.sock.recv(_MAX_MESSAGE, socket.MSG_DONTWAIT)
@@ -136,6 +143,8 @@ class ForkServer:
                 self.gone = True
             elif message[:1] == _FORKED:
                 out.append(Forked(int(message[1:])))
+            elif message[:1] == _FAILED:
+                out.append(ForkFailed(message[1:].decode(errors="replace")))
             elif message[:1] == _EXITED:
                 pid, status, cpu_s, maxrss_kb, wchar = message[1:].split()
                 out.append(Exited(int(pid), int(status), float(cpu_s), int(maxrss_kb), int(wchar)))
@@ -195,7 +204,8 @@ def _serve(
             if not data:
                 _last_rites(ours)
                 return
-            ours.add(_fork(agents, json.loads(data), fds, netns_fd, ctl))
+            if pid := _fork(agents, json.loads(data), fds, netns_fd, ctl):
+                ours.add(pid)
 
 
 def _fork(agents: dict[str, Agent[Any, Any]], s: dict[str, Any], fds: list[int], netns_fd: int | None,
@@ -205,12 +215,18 @@ def _fork(agents: dict[str, Agent[Any, Any]], s: dict[str, Any], fds: list[int],
         netns_fd=netns_fd, uid=s["uid"], pipes=(fds[0], fds[1], fds[2], fds[3]),
         network=s["network"], rlimits=tuple((w, soft, hard) for w, soft, hard in s["rlimits"]),
     )  # fmt: skip
-    pid = os.fork()
-    if pid == 0:
-        run_child(agents, setup)
-    for fd in fds:
-        os.close(fd)
-    ctl.send(b"%s%d" % (_FORKED, pid))
+    try:
+        pid = os.fork()
+    except OSError as exc:  # said, not fatal: the running invocations live on
+        pid = 0
+        ctl.send(_FAILED + f"fork: {exc}".encode())
+    else:
+        if pid == 0:
+            run_child(agents, setup)
+        ctl.send(b"%s%d" % (_FORKED, pid))
+    finally:
+        for fd in fds:
+            os.close(fd)
     return pid
 
 

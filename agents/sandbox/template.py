@@ -44,7 +44,7 @@ from agents.sandbox.audit import ErrorCategory, InvocationAudit
 from agents.sandbox.cgroups import Hierarchy, find_hierarchies, make_slots, remove_slots, stale_tags
 from agents.sandbox.child import Profile, child_request, prepare_loop, profile_of
 from agents.sandbox.config import InvocationRequest, SandboxConfig
-from agents.sandbox.forker import Exited, Forked, ForkServer, ForkServerGone
+from agents.sandbox.forker import Exited, Forked, ForkFailed, ForkServer, ForkServerGone
 from agents.sandbox.frames import FrameReader, send_frame
 from agents.sandbox.invocation import (
     ERR,
@@ -421,10 +421,34 @@ class Template:
                     if child.request_fd is not None:
                         os.close(child.request_fd)
                         child.request_fd = None
+            elif isinstance(message, ForkFailed):
+                self._fork_failed(self.forking.popleft(), message.error)
             else:
                 self.exits.append(message)
         if not self.forking:  # every child of the server is known: no orphan can be one of ours
             self.swept.clear()
+
+    def _unfork(self, child: Invocation) -> None:
+        """Undo what :meth:`_warm` prepared for a child that was never forked."""
+        for fd in [fd for fd, (_, cap) in child.captures.items() if cap.open]:
+            self._close_pipe(fd)
+        if child.request_fd is not None:
+            os.close(child.request_fd)
+        shutil.rmtree(child.workdir, ignore_errors=True)
+        child.slot.child = None
+
+    def _fork_failed(self, child: Invocation, error: str) -> None:
+        """A fork the server could not make (a process limit, memory): the first request
+        waiting for a child of that profile is answered with the error (so a waiting
+        request cannot make the template fork in a loop); with none, the slot is warmed
+        on demand only."""
+        self._unfork(child)
+        for request in self.waiting:
+            if profile_of(request, pids_cgroup=self._pids_cgroup) == child.profile:
+                self.waiting.remove(request)
+                self._answer_unstarted(request, f"sandbox could not start the invocation: {error}")
+                return
+        child.slot.warm_failed = True
 
     def _forker_gone(self) -> None:
         """The fork server died, and every child with it: each running invocation ends
@@ -432,13 +456,7 @@ class Template:
         assert self.forker is not None
         self.forker.gone, self.stopping = True, True
         while self.forking:  # asked for, never forked (or died with the server): warm, no request
-            child = self.forking.popleft()
-            for fd in [fd for fd, (_, cap) in child.captures.items() if cap.open]:
-                self._close_pipe(fd)
-            if child.request_fd is not None:
-                os.close(child.request_fd)
-            shutil.rmtree(child.workdir, ignore_errors=True)
-            child.slot.child = None
+            self._unfork(self.forking.popleft())
         now = time.monotonic()
         for child in self.children.values():
             if child.status is None:

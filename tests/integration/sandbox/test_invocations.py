@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -13,6 +14,7 @@ import pytest
 
 from agents.contract import RunContext
 from agents.sandbox import ErrorCategory, InvocationAudit, Sandbox, SandboxConfig, SandboxStopped
+from agents.sandbox.cgroups import find_hierarchies
 from tests.helpers import eventually
 from tests.integration.sandbox.boxes import AGENTS, HERE, TIGHT, Box, Proc, exists, processes, running
 
@@ -172,6 +174,43 @@ async def test_warm_children_wait_confined_and_a_request_of_another_profile_gets
         assert reached.ok and reached.audit.network is True, reached
         assert reached.workdir not in confined_without_network
         assert (await sandbox.invoke("noop", "{}")).ok  # and the usual profile still runs
+
+
+async def test_a_fork_the_server_cannot_make_fails_one_request_and_nothing_else() -> None:
+    """The fork server moved into a pids control group with no room (a host out of
+    processes): the warm children still serve, a running invocation finishes, the next
+    request that needs a fork is answered with the kernel's error, and once there is room
+    again invocations run (the server lived on)."""
+    pids = next((h for h in find_hierarchies()[0] if "pids" in h.controllers), None)
+    if pids is None:
+        pytest.skip("no writable pids control group on this host")
+    full = pids.path / f"af-test-full-{os.getpid()}"
+    async with Sandbox(_config()) as sandbox:
+        forker = sandbox.forker_pid
+        home = (pids.path / "cgroup.procs").read_text()  # where the server is now
+        assert str(forker) in home.split()
+
+        def warm() -> int:
+            return len([p for p in processes() if p.ppid == forker and p.name == "af-warm"])
+
+        await eventually(lambda: warm() == 2, what="both slots warm")
+        spinning = asyncio.create_task(sandbox.invoke("spinner", '{"seconds": 0.5}'))
+        await eventually(lambda: running(forker), what="the spinner started")
+        full.mkdir()
+        try:
+            (full / "pids.max").write_text("1")
+            (full / "cgroup.procs").write_text(str(forker))  # the server alone: no fork fits
+            assert (await sandbox.invoke("noop", '{"echo": 1}')).ok  # the other warm child
+            refused = await sandbox.invoke("noop", '{"echo": 2}')
+            assert refused.audit.error is ErrorCategory.INTERNAL_ERROR, refused
+            assert "fork: [Errno 11] Resource temporarily unavailable" in (refused.error or ""), refused
+            assert (await spinning).ok
+        finally:
+            with contextlib.suppress(OSError):  # the server may be gone (when this test fails)
+                (pids.path / "cgroup.procs").write_text(str(forker))
+            full.rmdir()
+        assert sandbox.forker_pid == forker
+        assert (await sandbox.invoke("noop", '{"echo": 3}')).output == {"echo": 3}
 
 
 async def test_a_killed_fork_server_ends_its_invocations_and_the_template_with_them() -> None:
