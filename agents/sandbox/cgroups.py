@@ -164,7 +164,7 @@ class CgroupSlot:
 
     def join_path(self) -> list[str]:
         """The ``cgroup.procs`` files the child writes its pid to, first thing after the fork."""
-        return [str(_at(path, "cgroup.procs")) for _, path in self.dirs]
+        return [_at(path, "cgroup.procs") for _, path in self.dirs]
 
     def _counters(self) -> dict[str, int]:
         out = {}

@@ -31,6 +31,7 @@ from pydantic import ValidationError
 from agents.contract import Agent, RunContext
 from agents.sandbox.audit import ErrorCategory
 from agents.sandbox.config import InvocationRequest
+from agents.sandbox.invocation import wchar_of
 from agents.sandbox.limits import rlimits, set_rlimits
 from agents.sandbox.syscalls import enter_netns, set_name, set_no_new_privs, set_parent_death_signal
 from mesh.errors import PermanentError
@@ -122,7 +123,7 @@ class ChildSetup:
     workdir: str
     cgroup_procs: list[str]
     pids_cgroup: bool  # one of them limits the number of processes
-    netns_fd: int | None  # the shared empty one, joined unless the request allows network
+    netns_fd: int | None  # the shared empty one, joined unless the profile allows network
     uid: int | None  # None: keep the template's uid
     pipes: tuple[int, int, int, int]  # stdout, stderr, result (write ends), request (read end)
     network: bool  # its profile: may it reach the network ...
@@ -286,9 +287,6 @@ def _usage() -> dict[str, float]:
     """What this process used so far, as the audit reports it (its exit comes right after)."""
     usage = resource.getrusage(resource.RUSAGE_SELF)
     wchar = 0
-    with contextlib.suppress(OSError, ValueError):
-        io = os.pread(IO_FD, 4096, 0)
-        start = io.find(b"wchar:")
-        if start >= 0:
-            wchar = int(io[start + 6 : io.find(b"\n", start)])
+    with contextlib.suppress(OSError):
+        wchar = wchar_of(os.pread(IO_FD, 4096, 0))
     return {"cpu_s": usage.ru_utime + usage.ru_stime, "maxrss_kb": usage.ru_maxrss, "wchar": wchar}

@@ -35,7 +35,7 @@ from typing import Any, NamedTuple
 
 from agents.contract import Agent
 from agents.sandbox.child import ChildSetup, run_child
-from agents.sandbox.invocation import live_children
+from agents.sandbox.invocation import live_children, written_bytes
 from agents.sandbox.syscalls import (
     CLONE_NEWPID,
     set_child_subreaper,
@@ -245,29 +245,13 @@ def _reap(ctl: socket.socket, ours: set[int], init: int) -> bool:
         if pid in ours:
             with contextlib.suppress(OSError):
                 os.killpg(pid, signal.SIGKILL)
-            wchar = _wchar(pid)
+            wchar = written_bytes(pid)
         _, status, usage = os.wait4(pid, 0)
         if pid in ours:
             ours.discard(pid)
             cpu_s = usage.ru_utime + usage.ru_stime
             with contextlib.suppress(OSError):
                 ctl.send(b"%s%d %d %r %d %d" % (_EXITED, pid, status, cpu_s, usage.ru_maxrss, wchar))
-
-
-def _wchar(pid: int) -> int:
-    """:func:`~agents.sandbox.invocation.written_bytes` with fewer objects (see above)."""
-    try:
-        fd = os.open(b"/proc/%d/io" % pid, os.O_RDONLY)
-    except OSError:
-        return 0
-    try:
-        data = os.read(fd, 1024)
-    except OSError:
-        return 0
-    finally:
-        os.close(fd)
-    start = data.find(b"wchar:")
-    return int(data[start + 6 : data.find(b"\n", start)]) if start >= 0 else 0
 
 
 def _start_init() -> int:

@@ -25,6 +25,7 @@ __all__ = [
     "private_paths",
     "unstarted_audit",
     "verdict",
+    "wchar_of",
     "written_bytes",
 ]
 
@@ -107,13 +108,30 @@ class Invocation:
         raise KeyError(which)
 
 
-def written_bytes(pid: int) -> int:
-    """``wchar`` of a process not yet reaped: every byte it passed to write()."""
-    with contextlib.suppress(OSError, ValueError):
-        for line in Path(f"/proc/{pid}/io").read_text().splitlines():
-            if line.startswith("wchar:"):
-                return int(line.split()[1])
+def wchar_of(io: bytes) -> int:
+    """``wchar`` in the text of a ``/proc/<pid>/io``: every byte the process passed to
+    write() (0 if absent). Bytes, not lines: the fork server and each child call it, and
+    every object they make after a fork is a page fault."""
+    start = io.find(b"wchar:")
+    if start < 0:
+        return 0
+    with contextlib.suppress(ValueError):
+        return int(io[start + 6 : io.find(b"\n", start)])
     return 0
+
+
+def written_bytes(pid: int) -> int:
+    """``wchar`` of a process not yet reaped (0 if it cannot be read)."""
+    try:
+        fd = os.open(b"/proc/%d/io" % pid, os.O_RDONLY)
+    except OSError:
+        return 0
+    try:
+        return wchar_of(os.read(fd, 1024))
+    except OSError:
+        return 0
+    finally:
+        os.close(fd)
 
 
 def live_children(parent: int) -> list[int]:

@@ -92,7 +92,8 @@ class Template:
             Slot(i, None if uid is None else uid + i, cgroups[i] if cgroups else None)
             for i in range(config.slots)
         ]
-        self.waiting: deque[InvocationRequest] = deque()
+        # Requests not yet given to a child, each with the profile it needs (computed once).
+        self.waiting: deque[tuple[InvocationRequest, Profile]] = deque()
         self.children: dict[int, Invocation] = {}  # by pid: warm and running
         self.forking: deque[Invocation] = deque()  # asked of the fork server, pid not yet known
         self.exits: list[Exited] = []  # reported by the fork server, not yet taken
@@ -219,19 +220,19 @@ class Template:
             if message.get("op") == "stop":
                 self.stopping = True
             elif message.get("op") == "invoke":
-                self.waiting.append(InvocationRequest.model_validate(message["request"]))
+                request = InvocationRequest.model_validate(message["request"])
+                self.waiting.append((request, profile_of(request, pids_cgroup=self._pids_cgroup)))
         self._start_waiting()
 
     # -- children: warm, then running
 
     def _start_waiting(self) -> None:
         while self.waiting:
-            request = self.waiting[0]
+            request, profile = self.waiting[0]
             if request.agent not in self.agents:
                 self.waiting.popleft()
                 self._answer_unstarted(request, f"no agent {request.agent!r} in this sandbox")
                 continue
-            profile = profile_of(request, pids_cgroup=self._pids_cgroup)
             # The longest-waiting warm child of the request's profile is surely done preparing.
             warm = [c for c in self._idle() if c.profile == profile]
             if not warm:
@@ -259,7 +260,7 @@ class Template:
         """Children for the waiting requests of ``profile``: forked into free slots (each
         request goes to the first warm, in order); with no slot free and none coming, a warm
         child of another profile is retired, and its slot is free once it has exited."""
-        wanted = sum(1 for r in self.waiting if profile_of(r, pids_cgroup=self._pids_cgroup) == profile)
+        wanted = sum(1 for _, needs in self.waiting if needs == profile)
         coming = sum(1 for c in self.forking if c.profile == profile)
         free = [s for s in self.slots if s.child is None]
         while free and coming < wanted:
@@ -267,10 +268,8 @@ class Template:
             coming += 1
         if not coming:
             other = next((c for c in self._idle() if c.profile != profile), None)
-            if other is not None and other.request_fd is not None:
-                other.retired = True
-                os.close(other.request_fd)  # EOF: it exits unused
-                other.request_fd = None
+            if other is not None:
+                self._retire(other)
 
     def _warm(self, slot: Slot, profile: Profile) -> Invocation:
         """Have a child forked into ``slot`` that prepares itself and waits for a request
@@ -417,16 +416,20 @@ class Template:
                 child.pid = message.pid
                 self.children[message.pid] = child
                 if message.pid in self.swept:  # signalled as an orphan before we knew it
-                    child.retired = True
-                    if child.request_fd is not None:
-                        os.close(child.request_fd)
-                        child.request_fd = None
+                    self._retire(child)
             elif isinstance(message, ForkFailed):
                 self._fork_failed(self.forking.popleft(), message.error)
             else:
                 self.exits.append(message)
         if not self.forking:  # every child of the server is known: no orphan can be one of ours
             self.swept.clear()
+
+    def _retire(self, child: Invocation) -> None:
+        """Tell a warm child to exit unused: EOF on its request pipe."""
+        child.retired = True
+        if child.request_fd is not None:
+            os.close(child.request_fd)
+            child.request_fd = None
 
     def _unfork(self, child: Invocation) -> None:
         """Undo what :meth:`_warm` prepared for a child that was never forked."""
@@ -443,10 +446,10 @@ class Template:
         request cannot make the template fork in a loop); with none, the slot is warmed
         on demand only."""
         self._unfork(child)
-        for request in self.waiting:
-            if profile_of(request, pids_cgroup=self._pids_cgroup) == child.profile:
-                self.waiting.remove(request)
-                self._answer_unstarted(request, f"sandbox could not start the invocation: {error}")
+        for entry in self.waiting:
+            if entry[1] == child.profile:
+                self.waiting.remove(entry)
+                self._answer_unstarted(entry[0], f"sandbox could not start the invocation: {error}")
                 return
         child.slot.warm_failed = True
 
@@ -501,9 +504,8 @@ class Template:
         for child in list(self.children.values()):
             if child.status is None:
                 if child.request is None:
-                    if self.stopping and child.request_fd is not None:  # retire it: EOF, it exits
-                        os.close(child.request_fd)
-                        child.request_fd = None
+                    if self.stopping:
+                        self._retire(child)
                 elif child.kill_at is None and now >= child.deadline:
                     child.timed_out, child.kill_at = True, now + child.request.limits.grace_s
                     self._signal(child, signal.SIGTERM)

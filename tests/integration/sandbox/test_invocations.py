@@ -76,6 +76,8 @@ async def test_stdout_over_the_cap_is_truncated_with_a_marker(full: Box) -> None
     assert result.stdout.startswith(b"x" * cap)
     assert result.stdout[cap:] == b"\n[truncated: 1000 more bytes]\n"
     assert result.audit.stdout_bytes == cap + 1000
+    # Every write() counts, past the cap too (the child's /proc/self/io wchar, read by it)
+    assert result.audit.bytes_written >= cap + 1000 + len("to stderr\n")
 
 
 async def test_fifty_invocations_at_once_all_succeed(full: Box) -> None:
