@@ -136,7 +136,9 @@ class Consumer(base.Consumer):
         """
         self._subscription = tuple(sorted(set(topics)))
         await self._auto_create(self._subscription)
-        if self._membership is not None:
+        if self.app.client_only:
+            await self._read_everything(self._subscription)
+        elif self._membership is not None:
             self._membership.set_subscription(self._subscription)
             await self._membership.announce()
 
@@ -154,6 +156,30 @@ class Consumer(base.Consumer):
                     declared.get(topic) or conf.topic_partitions,
                     replicas=conf.topic_replication_factor,
                 )
+
+    async def _read_everything(self, topics: Iterable[str]) -> None:
+        """A client-only app (a Faust RPC client: ``agent.ask`` from a command)
+        is in no group. As Kafka's consumer without a group id, it reads every
+        partition of its subscription, from where ``consumer_auto_offset_reset``
+        says, and commits nothing (Faust's ``commit`` refuses for such apps)."""
+        wanted: set[TP] = set()
+        for topic in topics:
+            spec = await self._conn.topics.require(topic)
+            wanted.update(TP(topic, partition) for partition in range(spec.partitions))
+        for tp in self._assigned - wanted:
+            reader = self._readers.pop(tp, None)
+            if reader is not None:
+                await reader.stop()
+        new = wanted - self._assigned
+        if new:
+            bounds = await self._conn.topics.bounds(new)
+            latest = self.app.conf.consumer_auto_offset_reset == "latest"
+            for tp in new:
+                reader = PartitionReader(self._conn.nc, self._conn.js, tp, self._data.set)
+                reader.start(bounds[tp].highwater if latest else bounds[tp].earliest)
+                self._readers[tp] = reader
+        self._assigned = wanted
+        log.info("client-only: reading all %d partitions of %s", len(wanted), ", ".join(topics))
 
     def _member_metadata(self) -> bytes:
         return member_metadata(self._assignor, self._subscription)
@@ -231,7 +257,11 @@ class Consumer(base.Consumer):
         await self.commit()
 
     def assignment(self) -> set[TP]:
-        return set(self._assigned)
+        """The partitions the group gave this member. A client-only app reads
+        without a group and has none: it has nothing to hand over or commit, and
+        Faust's stop would otherwise wait for its reply stream to ack the last
+        reply, which only the next reply does (so it never stopped)."""
+        return set() if self.app.client_only else set(self._assigned)
 
     # -- fetching -------------------------------------------------------------------
 

@@ -94,8 +94,14 @@ async def connect(url: str, name: str = "agent-factory", initial_attempts: int =
     async def on_error(exc: Exception) -> None:
         log.warning("nats connection error: %s", exc)
 
+    client: list[Client] = []  # the connection, once made (its callbacks read its status)
+
     async def on_disconnect() -> None:
-        log.info("nats disconnected; reconnecting")
+        # nats-py calls this on a deliberate close (or drain) too.
+        if client and (client[0].is_closed or client[0].is_draining):
+            log.info("nats connection closed")
+        else:
+            log.info("nats disconnected; reconnecting")
 
     async def on_reconnect() -> None:
         log.info("nats reconnected")
@@ -125,6 +131,7 @@ async def connect(url: str, name: str = "agent-factory", initial_attempts: int =
     except Exception as exc:  # nats-py raises several unrelated types here
         raise ConnectionFailed(f"cannot connect to NATS at {redacted(url)}: {exc}") from exc
     nc.options["max_reconnect_attempts"] = later_attempts
+    client.append(nc)
     try:
         v = nc.connected_server_version
         check_server_version(f"{v.major}.{v.minor}.{v.patch}", redacted(url))
