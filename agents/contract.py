@@ -32,6 +32,10 @@ async def _no_progress(percent: float) -> None:
     return None
 
 
+def _no_usage(model: str, input_tokens: int, output_tokens: int) -> None:
+    return None
+
+
 @dataclass
 class RunContext:
     """What an agent knows about the run it serves. Fence side effects by ``run_id``."""
@@ -41,9 +45,15 @@ class RunContext:
     attempt: int = 1
     routing_key: str | None = None
     _progress: Callable[[float], Awaitable[None]] = field(default=_no_progress, repr=False)
+    _usage: Callable[[str, int, int], None] = field(default=_no_usage, repr=False)
 
     async def report_progress(self, percent: float) -> None:
         await self._progress(percent)
+
+    def report_usage(self, model: str, input_tokens: int = 0, output_tokens: int = 0) -> None:
+        """Say that this run spent tokens on ``model``: carried on the run's finished
+        event and priced by metering (docs/processors.md). Call it once per model call."""
+        self._usage(model, input_tokens, output_tokens)
 
 
 class Agent(ABC, Generic[I, O]):

@@ -48,7 +48,7 @@ def agent_handler(
             raise PermanentError(f"invalid input for {agent.key}: {exc}") from exc
         ctx = RunContext(
             run_id=task.run_id, tenant=task.tenant, attempt=task.attempt,
-            routing_key=task.routing_key, _progress=task.report_progress,
+            routing_key=task.routing_key, _progress=task.report_progress, _usage=task.report_usage,
         )  # fmt: skip
         if guard is not None:
             return await guard.call(task, parsed, ctx)
@@ -61,7 +61,7 @@ def agent_handler(
 def _elsewhere(guard: AgentGuard) -> Handler:
     async def handle(task: TaskContext) -> Any:
         ctx = RunContext(run_id=task.run_id, tenant=task.tenant, attempt=task.attempt,
-                         routing_key=task.routing_key)  # fmt: skip
+                         routing_key=task.routing_key, _usage=task.report_usage)  # fmt: skip
         return await guard.call(task, None, ctx)
 
     return handle

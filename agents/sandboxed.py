@@ -57,7 +57,7 @@ def sandboxed_handler(agent: Agent[Any, Any], sandbox: Sandbox) -> Handler:
 
     async def handle(task: TaskContext) -> Any:
         ctx = RunContext(run_id=task.run_id, tenant=task.tenant, attempt=task.attempt,
-                         routing_key=task.routing_key)  # fmt: skip
+                         routing_key=task.routing_key, _usage=task.report_usage)  # fmt: skip
         result = await sandbox.invoke(agent.key, task.input if task.input is not None else {}, ctx,
                                       limits=limits)  # fmt: skip
         task.audit = result.audit.model_dump(mode="json")

@@ -54,6 +54,7 @@ def queue_config(agent: Agent[Any, Any], block: Resilience | None = None) -> Lan
         backoff_base_s=retry.backoff_base_s,
         backoff_max_s=retry.backoff_max_s,
         jitter=retry.jitter,
+        version=agent.version,
     )
 
 

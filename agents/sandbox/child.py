@@ -238,16 +238,22 @@ def _run(agent: Agent[Any, Any], request: ChildRequest, loop: asyncio.AbstractEv
         parsed = agent.Input.model_validate_json(request["input"])
     except ValidationError as exc:
         return {"category": ErrorCategory.INPUT_ERROR, "error": f"invalid input for {agent.key}: {exc}"}
-    ctx = RunContext(**request["context"])
+    tokens: list[dict[str, Any]] = []  # RunContext.report_usage, checked by the worker
+
+    def report_usage(model: str, input_tokens: int, output_tokens: int) -> None:
+        tokens.append({"model": model, "input_tokens": input_tokens, "output_tokens": output_tokens})
+
+    ctx = RunContext(**request["context"], _usage=report_usage)
     try:  # the loop is not closed: the process exits right after
         output = loop.run_until_complete(agent.run(parsed, ctx))
     except Exception as exc:
-        return {"category": classify(exc), "error": f"{type(exc).__name__}: {exc}"}
+        return {"category": classify(exc), "error": f"{type(exc).__name__}: {exc}", "tokens": tokens}
     try:
         checked = agent.Output.model_validate(output, from_attributes=True)
     except ValidationError as exc:
-        return {"category": ErrorCategory.INTERNAL_ERROR, "error": f"{agent.key} returned bad output: {exc}"}
-    return {"output": checked.model_dump(mode="json")}
+        error = f"{agent.key} returned bad output: {exc}"
+        return {"category": ErrorCategory.INTERNAL_ERROR, "error": error, "tokens": tokens}
+    return {"output": checked.model_dump(mode="json"), "tokens": tokens}
 
 
 def run_child(agents: dict[str, Agent[Any, Any]], setup: ChildSetup) -> NoReturn:

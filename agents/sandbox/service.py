@@ -231,6 +231,11 @@ class Sandbox:
             limits=limits or self.config.limits, network=network, env=self.environment(env_names),
         )  # fmt: skip
         answer = await self._running().invoke(request)
+        for used in answer.get("tokens") or ():  # what the agent said it spent; it could say anything
+            try:
+                ctx.report_usage(str(used["model"]), int(used["input_tokens"]), int(used["output_tokens"]))
+            except (KeyError, TypeError, ValueError) as exc:  # ValidationError is a ValueError
+                log.warning("invocation %s: token usage ignored (%s)", request.id, exc)
         return InvocationResult(
             output=answer["output"],
             error=answer["error"],

@@ -548,8 +548,10 @@ class Template:
         if left_behind:
             error = f"{error or ''} ({left_behind} processes would not die: slot {child.slot.index} held)"
         output = result.get("output") if category is None else None
+        tokens = result.get("tokens")
         self._answer(child.request.id, output, error, audit_of(child, category),
-                     child.capture(OUT).value(), child.capture(ERR).value(), child.workdir)  # fmt: skip
+                     child.capture(OUT).value(), child.capture(ERR).value(), child.workdir,
+                     tokens if isinstance(tokens, list) else [])  # fmt: skip
 
     def _answer_unstarted(self, request: InvocationRequest, error: str) -> None:
         unknown = request.agent not in self.agents
@@ -557,11 +559,12 @@ class Template:
         self._answer(request.id, None, error, unstarted_audit(request, category), b"", b"", None)
 
     def _answer(self, id: str, output: Any, error: str | None, audit: InvocationAudit,
-                stdout: bytes, stderr: bytes, workdir: str | None) -> None:  # fmt: skip
+                stdout: bytes, stderr: bytes, workdir: str | None, tokens: list[Any] | None = None,
+                ) -> None:  # fmt: skip
         with contextlib.suppress(OSError):
             send_frame(self.sock, {
                 "id": id, "output": output, "error": error, "audit": audit.model_dump(mode="json"),
-                "workdir": workdir,
+                "workdir": workdir, "tokens": tokens or [],
                 "stdout": base64.b64encode(stdout).decode(), "stderr": base64.b64encode(stderr).decode(),
             })  # fmt: skip
 

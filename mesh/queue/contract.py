@@ -26,7 +26,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from mesh.envelope import Envelope, MessageType, Metadata, Priority
-from mesh.queue.runs import ExecutionFinished, LifecycleChanged, RunState, RunStatus
+from mesh.queue.runs import ExecutionFinished, LifecycleChanged, ModelUsage, RunState, RunStatus
 
 __all__ = ["CONTRACT", "write_schemas"]
 
@@ -59,7 +59,8 @@ CONTRACT: dict[str, tuple[type[BaseModel], BaseModel]] = {
             attempts=1, result={"co2e_kg": 270.58298, "co2_kg": 269.719665, "scope": 1, "fuel": "diesel"},
             input={"fuel": "diesel", "quantity": 100, "unit": "L"},
             routing_key="site-7", priority=1, idempotency_key="invoice-2026-001", enqueued_at=_AT,
-            started_at=_AT, finished_at=_AT, duration_ms=3.2,
+            started_at=_AT, finished_at=_AT, duration_ms=3.2, version="1.2.0",
+            usage=[ModelUsage(model="small-model", input_tokens=420, output_tokens=37)],
         ),
     ),
     "lifecycle-changed": (

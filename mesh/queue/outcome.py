@@ -164,7 +164,8 @@ def outcome_message(task: Envelope, state: RunState, msg_id: str | None = None) 
         tenant=state.tenant, priority=state.priority, enqueued_at=state.enqueued_at,
         routing_key=state.routing_key, idempotency_key=state.idempotency_key,
         error=state.error, errors=state.errors, msg_id=msg_id, worker=state.worker,
-        first_started_at=state.first_started_at, audit=state.audit,
+        first_started_at=state.first_started_at, audit=state.audit, version=state.version,
+        usage=[u.model_dump() for u in state.usage] or None,
     )  # fmt: skip
 
 
@@ -177,6 +178,8 @@ def success_message(
     result: Any,
     worker: str | None = None,
     audit: dict[str, Any] | None = None,
+    version: str | None = None,
+    usage: list[dict[str, Any]] | None = None,
 ) -> OutcomeMessage:
     """The finished event of a first attempt that succeeded: the same bytes as
     :func:`outcome_message` of its run state, without building that state
@@ -187,7 +190,7 @@ def success_message(
         task, agent, _SUCCEEDED, attempt, started_at, finished_at, result,
         tenant=meta.tenant, priority=int(meta.priority), enqueued_at=task.created_at,
         routing_key=meta.routing_key, idempotency_key=payload.get("idempotency_key"), worker=worker,
-        audit=audit,
+        audit=audit, version=version, usage=usage,
     )  # fmt: skip
 
 
@@ -211,6 +214,8 @@ def _finished(
     worker: str | None = None,
     first_started_at: datetime | None = None,
     audit: dict[str, Any] | None = None,
+    version: str | None = None,
+    usage: list[dict[str, Any]] | None = None,
 ) -> OutcomeMessage:
     """Hot path (once per task): the envelope and its :class:`ExecutionFinished`
     payload are serialized straight from a dict by pydantic-core, without
@@ -246,6 +251,10 @@ def _finished(
         event["first_started_at"] = first_started_at
     if audit is not None:
         event["audit"] = audit
+    if version is not None:
+        event["version"] = version
+    if usage:
+        event["usage"] = usage
     envelope = {
         # Deterministic: a re-sent outcome is the same event, id included.
         "schema_version": SCHEMA_VERSION, "id": msg_id, "correlation_id": task.correlation_id,

@@ -39,6 +39,7 @@ __all__ = [
     "ExecutionFinished",
     "LIFECYCLE_CHANGED",
     "LifecycleChanged",
+    "ModelUsage",
     "RunState",
     "RunStatus",
     "get_run",
@@ -63,6 +64,16 @@ class RunStatus(StrEnum):
 
 
 _FINAL = frozenset({RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.EXPIRED, RunStatus.CANCELLED})
+
+
+class ModelUsage(BaseModel):
+    """Tokens a run's agent reported spending on one model call (``RunContext.report_usage``)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    model: str = Field(min_length=1, max_length=128)
+    input_tokens: int = Field(default=0, ge=0)
+    output_tokens: int = Field(default=0, ge=0)
 
 
 class RunState(BaseModel):
@@ -93,6 +104,8 @@ class RunState(BaseModel):
     input: Any = None  # in a final record (from its event); a live one's is in its task (stored_task)
     first_started_at: datetime | None = None  # the first attempt's start (None: started_at)
     audit: dict[str, Any] | None = None  # the latest attempt's cost as measured (ExecutionFinished.audit)
+    version: str | None = None  # the agent version that ran the latest attempt
+    usage: list[ModelUsage] = Field(default_factory=list)  # model tokens the latest attempt reported
 
 
 EXECUTION_FINISHED: Final = "execution.finished"
@@ -127,6 +140,9 @@ class ExecutionFinished(BaseModel):
     # What running it cost, as its runner measured (a sandboxed run: exit status, CPU,
     # peak memory, error category …; agents.sandbox), for metering; None: not measured
     audit: dict[str, Any] | None = None
+    version: str | None = None  # the agent version that ran the last attempt; None: not known
+    # Model tokens the last attempt reported (``RunContext.report_usage``), for metering
+    usage: list[ModelUsage] = Field(default_factory=list)
 
     def run_state(self) -> RunState:
         return RunState(
@@ -137,7 +153,7 @@ class ExecutionFinished(BaseModel):
             idempotency_key=self.idempotency_key, enqueued_at=self.enqueued_at,
             started_at=self.started_at, finished_at=self.finished_at, replay=self.replay,
             worker=self.worker, first_started_at=self.first_started_at or self.started_at, input=self.input,
-            audit=self.audit,
+            audit=self.audit, version=self.version, usage=self.usage,
         )  # fmt: skip
 
 

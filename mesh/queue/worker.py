@@ -94,7 +94,7 @@ from mesh.queue.outcome import (
     success_message,
     wait_deadline,
 )
-from mesh.queue.runs import RunState, RunStatus, get_run_entry, run_key
+from mesh.queue.runs import ModelUsage, RunState, RunStatus, get_run_entry, run_key
 from mesh.wire import protocol
 from mesh.wire.connection import through_outage
 from mesh.wire.publisher import Pipeline, parse_puback
@@ -124,6 +124,7 @@ class AgentQueueConfig:
     backoff_max_s: float = 60.0
     max_ack_pending: int = 1000
     priorities: Sequence[int] = (0, 1, 2, 3, 4)
+    version: str | None = None  # the agent version this worker runs: on every finished event
 
     @property
     def max_deliveries(self) -> int:
@@ -153,9 +154,19 @@ class TaskContext:
     #: Set by a handler that measured what running it cost (a sandboxed run's
     #: audit record): carried on the finished event and kept with the execution.
     audit: dict[str, Any] | None = None
+    #: Model tokens the handler reported (:meth:`report_usage`), carried on the finished event.
+    usage: list[dict[str, Any]] | None = None
 
     async def report_progress(self, percent: float) -> None:
         await self._report(max(0.0, min(100.0, float(percent))))
+
+    def report_usage(self, model: str, input_tokens: int = 0, output_tokens: int = 0) -> None:
+        """Record tokens spent on ``model`` (priced by metering). Raises ``ValidationError``
+        for a negative count or an empty model name."""
+        usage = ModelUsage(model=model, input_tokens=input_tokens, output_tokens=output_tokens)
+        if self.usage is None:
+            self.usage = []
+        self.usage.append(usage.model_dump())
 
 
 Handler = Callable[[TaskContext], Awaitable[Any]]
@@ -209,6 +220,8 @@ class TaskWorker:
         the only ones a dedicated agent's gate is open to)."""
         self.nc, self.js = nc, js
         self.handlers = handlers
+        # Each agent's version (on its finished events, for canary metrics); None: not known.
+        self.versions = {agent: cfg.version for agent, (cfg, _) in handlers.items()}
         self.concurrency = concurrency
         self.policy = policy or DispatchPolicy()
         self.idle_poll_s = idle_poll_s
@@ -700,6 +713,7 @@ class TaskWorker:
             if resumed is None:
                 return
             attempt, state, expect = resumed
+            state.version = cfg.version
         waited = (started - task.created_at).total_seconds()
         ttl = task.metadata.ttl_s
         # A first start past its wait deadline (the cheap test first: a replay's
@@ -712,7 +726,7 @@ class TaskWorker:
             nonlocal state
             if state is None:
                 state = _running(_state_from(task, lane.agent, seq), attempt, started)
-                state.worker = self.identity
+                state.worker, state.version = self.identity, cfg.version
             return state
 
         async def report(percent: float) -> None:
@@ -741,12 +755,14 @@ class TaskWorker:
             series.run.observe(time.perf_counter() - t0)
             failing = current_state()
             failing.audit = ctx.audit
+            if ctx.usage:
+                failing.usage = [ModelUsage.model_validate(u) for u in ctx.usage]
             await self._failed(cfg, item, task, failing, attempt, exc, expect)
             return
         item.finishing = True
         series.run.observe(time.perf_counter() - t0)
         fresh = state is None and not generation  # no earlier attempt or replay to carry
-        outcome = self._success(task, lane.agent, current_state, attempt, started, result, fresh, ctx.audit)
+        outcome = self._success(task, lane.agent, current_state, attempt, started, result, fresh, ctx)
         if isinstance(outcome, ResultTooLarge):
             await self._failed(cfg, item, task, current_state(), attempt, outcome, expect)
             return
@@ -761,15 +777,20 @@ class TaskWorker:
 
     def _success(
         self, task: Envelope, agent: str, running: Callable[[], RunState], attempt: int,
-        started: datetime, result: Any, fresh: bool, audit: dict[str, Any] | None = None,
+        started: datetime, result: Any, fresh: bool, ctx: TaskContext,
     ) -> OutcomeMessage | ResultTooLarge:  # fmt: skip
         """The outcome event of a handler's result, or why it cannot be one."""
         if fresh:
-            outcome = success_message(task, agent, attempt, started, utcnow(), result, self.identity, audit)
+            outcome = success_message(
+                task, agent, attempt, started, utcnow(), result, self.identity, ctx.audit,
+                self.versions.get(agent), ctx.usage,
+            )  # fmt: skip
         else:  # a retry, or a replay: the outcome carries the earlier attempts' errors
             state = running()
             state.status, state.result, state.progress = RunStatus.SUCCEEDED, result, 100.0
-            state.finished_at, state.audit = utcnow(), audit
+            state.finished_at, state.audit = utcnow(), ctx.audit
+            if ctx.usage:
+                state.usage = [ModelUsage.model_validate(u) for u in ctx.usage]
             outcome = outcome_message(task, state)
         # Cheap first check (most outcomes are small), then the result itself.
         if len(outcome[1]) > self.limits.result and (size := _size(result)) > self.limits.result:

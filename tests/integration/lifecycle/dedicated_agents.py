@@ -57,3 +57,18 @@ class Sleepy(Agent[In, Out]):
     async def run(self, input: In, ctx: RunContext) -> Out:
         await asyncio.sleep(input.i)
         return Out(i=input.i, pid=os.getpid())
+
+
+class Tokens(Agent[In, Out]):
+    """Reports model tokens (``i`` input tokens); a negative ``i`` also reports a forged,
+    invalid count, which the worker must ignore (the sandboxed-pool tests)."""
+
+    key = "tokens"
+    version = "3.0.1"
+    Input, Output = In, Out
+
+    async def run(self, input: In, ctx: RunContext) -> Out:
+        ctx.report_usage("small-model", input_tokens=abs(input.i), output_tokens=2)
+        if input.i < 0:
+            ctx.report_usage("forged", input_tokens=input.i)
+        return Out(i=input.i, pid=os.getpid())

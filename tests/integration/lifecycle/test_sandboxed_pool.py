@@ -19,7 +19,8 @@ from mesh.queue.worker import AgentQueueConfig, TaskWorker
 from tests.helpers import eventually, finished_event
 
 SPECS = ["agents.examples.noop:NoOp", "agents.examples.fuel_combustion:FuelCombustion",
-         "tests.integration.lifecycle.dedicated_agents:Sleepy"]  # fmt: skip
+         "tests.integration.lifecycle.dedicated_agents:Sleepy",
+         "tests.integration.lifecycle.dedicated_agents:Tokens"]  # fmt: skip
 
 
 @pytest.fixture
@@ -29,7 +30,8 @@ async def sandboxed(nc: Client, mesh_js: JetStreamContext) -> AsyncIterator[Task
     config = sandbox_config(agents, sys_path=[os.getcwd()], limits=limits, slots=4)
     async with Sandbox(config) as sandbox:
         handlers = {
-            a.key: (AgentQueueConfig(a.key, max_attempts=2, backoff_base_s=0.05, backoff_max_s=0.1),
+            a.key: (AgentQueueConfig(a.key, max_attempts=2, backoff_base_s=0.05, backoff_max_s=0.1,
+                                     version=a.version),
                     sandboxed_handler(a, sandbox))
             for a in Registry(agents)
         }  # fmt: skip
@@ -64,3 +66,16 @@ async def test_each_task_runs_in_a_confined_child_and_its_audit_rides_on_the_eve
     assert cut["status"] == "failed" and cut["attempts"] == 2  # a timeout is retried
     assert cut["audit"]["error"] == "timeout"
     assert [e["error"].split(":")[1].strip() for e in cut["errors"]] == ["timeout", "timeout"]
+
+
+async def test_tokens_reported_inside_the_sandbox_ride_on_the_event_and_forged_ones_do_not(
+    sandboxed: TaskWorker, mesh_js: JetStreamContext, queue: TaskQueue
+) -> None:
+    honest = await queue.enqueue(TaskSpec("tokens", {"i": 40}))
+    forging = await queue.enqueue(TaskSpec("tokens", {"i": -9}))
+    done = await eventually(lambda: finished_event(mesh_js, "tokens", honest.run_id), 15, "honest finished")
+    assert done["status"] == "succeeded" and done["version"] == "3.0.1"
+    assert done["usage"] == [{"model": "small-model", "input_tokens": 40, "output_tokens": 2}]
+    done = await eventually(lambda: finished_event(mesh_js, "tokens", forging.run_id), 15, "forging finished")
+    assert done["status"] == "succeeded"  # a bad report is dropped, the run stands
+    assert done["usage"] == [{"model": "small-model", "input_tokens": 9, "output_tokens": 2}]

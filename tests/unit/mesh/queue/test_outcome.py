@@ -12,7 +12,7 @@ from mesh.deadletters import AttemptError
 from mesh.envelope import Envelope, decode, utcnow
 from mesh.queue.outcome import finished_msg_id, outcome_message, success_message
 from mesh.queue.producer import TaskSpec, build_task, queued_record
-from mesh.queue.runs import ExecutionFinished, RunStatus, parse_run
+from mesh.queue.runs import ExecutionFinished, ModelUsage, RunStatus, parse_run
 from mesh.wire.protocol import parse_headers
 
 
@@ -100,6 +100,14 @@ def test_a_first_attempt_success_is_the_same_event_as_its_run_state_would_give(
     fast = success_message(task, "fuel-combustion", 1, started, finished, {"co2e_kg": 2.5})
     assert fast == outcome_message(task, state)
     assert parse_run(fast[1]).status == RunStatus.SUCCEEDED
+    # With the agent's version and the model tokens it reported: still the same bytes.
+    tokens = [{"model": "gpt-x", "input_tokens": 120, "output_tokens": 30}]
+    state.version, state.usage = "1.4.0", [ModelUsage.model_validate(t) for t in tokens]
+    fast = success_message(task, "fuel-combustion", 1, started, finished, {"co2e_kg": 2.5},
+                           version="1.4.0", usage=tokens)  # fmt: skip
+    assert fast == outcome_message(task, state)
+    event = ExecutionFinished.model_validate(decode(fast[1]).payload)
+    assert event.version == "1.4.0" and event.usage == state.usage
 
 
 def test_the_queued_record_is_a_run_state_with_its_defaults_left_out() -> None:
