@@ -27,6 +27,7 @@ import click
 from gateway.commands.agent import agent
 from gateway.commands.channels import channels
 from gateway.commands.common import OUTPUTS, CliError, Ctx, _call, _emit, _run, output_option
+from gateway.commands.processors import processors
 from gateway.commands.queue import queue
 from gateway.commands.runs import cancel, runs
 from gateway.commands.schedule import schedule
@@ -393,7 +394,7 @@ def main() -> None:
 
 
 # Command groups live in gateway/commands/ (helpers in commands/common.py).
-for _group in (agent, channels, queue, runs, cancel, schedule):
+for _group in (agent, channels, queue, runs, cancel, schedule, processors):
     cli.add_command(_group)
 
 

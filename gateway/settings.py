@@ -11,10 +11,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import AfterValidator, Field
+from pydantic import AfterValidator, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from mesh.embedded import check_sync_interval
+from streams.processors import PROCESSORS
 
 __all__ = ["Settings", "SyncInterval"]
 
@@ -48,6 +49,12 @@ class Settings(BaseSettings):
         description="Embedded nats-server nodes `up` starts; more than 1 is a JetStream cluster "
         "whose streams get that many replicas (unless stream_replicas is set higher than 1)",
     )  # fmt: skip
+    processors: str = Field(
+        default="all",
+        description="Stream processors `up` starts (docs/processors.md): 'all', 'off', or some of "
+        + ", ".join(PROCESSORS)
+        + " separated by commas",
+    )
     agents: str = Field(
         default="", description="Your agents besides the examples: 'module:Class,…' (see agents.registry)"
     )
@@ -56,3 +63,30 @@ class Settings(BaseSettings):
         description="How often the embedded nats-server fsyncs JetStream files: 'default' (2 min), "
         "'always' (before each ack) or a duration ('10s'); see docs/durability.md",
     )
+
+    @field_validator("processors")
+    @classmethod
+    def _known_processors(cls, value: str) -> str:
+        chosen = processor_names(value)  # raises on an unknown name
+        return ",".join(chosen) if chosen or value.strip().lower() == "off" else "off"
+
+    @property
+    def processor_names(self) -> list[str]:
+        return processor_names(self.processors)
+
+
+def processor_names(value: str) -> list[str]:
+    """'all', 'off' (or empty) or a comma list of processors, as a list; ``ValueError``
+    names an unknown one."""
+    text = value.strip().lower()
+    if text == "all":
+        return list(PROCESSORS)
+    if text in ("off", "none", ""):
+        return []
+    chosen = [name.strip() for name in text.split(",") if name.strip()]
+    unknown = [name for name in chosen if name not in PROCESSORS]
+    if unknown:
+        known = ", ".join(PROCESSORS) or "none yet"
+        names = ", ".join(unknown)
+        raise ValueError(f"unknown stream processor(s) {names} (known: {known}; or 'all', 'off')")
+    return list(dict.fromkeys(chosen))

@@ -40,12 +40,13 @@ import click
 from agents.registry import load_registry
 from agents.store.embedded import EmbeddedPostgres
 from gateway.app import STEP_TIMEOUT_S, Gateway, Shutdown, StopStep
+from gateway.children import Children
 from gateway.ports import PortInUse, bindable, check_port
 from gateway.settings import Settings
 from gateway.state import UpState, read_state, write_state
 from mesh import names
 from mesh.cluster import NatsCluster
-from mesh.embedded import NatsServer, find_free_port, parent_death_signal
+from mesh.embedded import NatsServer, find_free_port
 from mesh.wire.connection import redacted
 
 __all__ = ["DataDirInUse", "Platform", "lock_data_dir", "run_up"]
@@ -95,14 +96,13 @@ class Platform:
     cluster: NatsCluster | None = None  # instead of ``nats`` with ``up --cluster N``
     postgres: EmbeddedPostgres | None = None
     gateway: Gateway | None = None
-    workers: list[asyncio.subprocess.Process] = field(default_factory=list)
+    children: Children | None = None  # the worker pools and the stream processors, restarted if they die
     state: UpState = field(default_factory=UpState)
     forced: asyncio.Event = field(default_factory=asyncio.Event)  # see force()
     abandoned: list[str] = field(default_factory=list)  # stop steps given up on
     _lock: int | None = None
     _nats_url: str = ""  # what the workers connect to: the server's URL, or every node's
     _supervisor: asyncio.Task[None] | None = None
-    _stopping: bool = False
 
     def _say(self, text: str) -> None:
         if self.say:
@@ -156,10 +156,11 @@ class Platform:
             postgres_port=self.postgres.port if self.postgres else None,
             nats_urls=self.cluster.urls if self.cluster else None,
         )  # fmt: skip
-        for i in range(s.workers):
-            self.workers.append(await self._spawn_worker(i))
-        if self.workers:
-            self._supervisor = asyncio.create_task(self._supervise())
+        self.children = Children(self._say)
+        self._add_children()
+        await self.children.start()
+        if self.children.children:
+            self._supervisor = asyncio.create_task(self.children.supervise())
 
     async def _start_cluster(self) -> str:
         """``up --cluster N``: N nodes under ``<data dir>/nats-cluster/n<i>``, the
@@ -203,32 +204,21 @@ class Platform:
         if pid is not None:
             self._say(f"stopped {server} (pid {pid}) that an earlier `up` left running on this data dir")
 
-    async def _spawn_worker(self, index: int) -> asyncio.subprocess.Process:
-        # The data dir too: the pool names its metrics port there for the gateway's /metrics.
-        env = {**os.environ, "AF_NATS_URL": self._nats_url, "AF_AGENTS": self.settings.agents,
-               "AF_DATA_DIR": str(self.settings.data_dir.resolve())}  # fmt: skip
-        return await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "gateway.cli", "worker", "--name", f"worker-{index}",
-            "--concurrency", str(self.settings.worker_concurrency),
-            "--drain-timeout", str(self.settings.drain_timeout_s),
-            env=env, stdin=asyncio.subprocess.DEVNULL,
-            preexec_fn=parent_death_signal(signal.SIGTERM),  # drains, as on Ctrl-C, if `up` dies
-        )  # fmt: skip
-
-    async def _supervise(self) -> None:
-        """Restart a worker pool that died (with a pause, so a crash loop is not a storm)."""
-        while not self._stopping and self.workers:
-            waits = {asyncio.ensure_future(p.wait()): i for i, p in enumerate(self.workers)}
-            done, pending = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
-            for f in pending:
-                f.cancel()
-            if self._stopping:
-                return
-            for f in done:
-                i = waits[f]
-                self._say(f"worker-{i} exited with code {f.result()}; restarting in 1 s")
-                await asyncio.sleep(1)
-                self.workers[i] = await self._spawn_worker(i)
+    def _add_children(self) -> None:
+        """The worker pools and one process per stream processor (``AF_PROCESSORS``)."""
+        assert self.children is not None
+        s = self.settings
+        # The data dir too: a pool names its metrics port there for the gateway's /metrics.
+        env = {**os.environ, "AF_NATS_URL": self._nats_url, "AF_AGENTS": s.agents,
+               "AF_DATA_DIR": str(s.data_dir.resolve()),
+               "AF_STREAM_REPLICAS": str(s.stream_replicas)}  # fmt: skip
+        cli = [sys.executable, "-m", "gateway.cli"]
+        for i in range(s.workers):
+            self.children.add(f"worker-{i}", [*cli, "worker", "--name", f"worker-{i}",
+                                              "--concurrency", str(s.worker_concurrency),
+                                              "--drain-timeout", str(s.drain_timeout_s)], env)  # fmt: skip
+        for name in s.processor_names:
+            self.children.add(f"processor-{name}", [*cli, "processors", "--only", name], env)
 
     def banner(self) -> str:
         st, gateway = self.state, self.gateway
@@ -245,8 +235,9 @@ class Platform:
             *([f"             and {', '.join(redacted(url) for url in self.cluster.urls[1:])}"]
               if self.cluster else []),
             f"  PostgreSQL {st.database_url}",
-            f"  workers    {len(self.workers)} pool(s), agents: "
+            f"  workers    {len(self.children.named('worker-')) if self.children else 0} pool(s), agents: "
             + ", ".join(gateway.registry.keys() if gateway else []),
+            f"  processors {', '.join(self.settings.processor_names) or 'off (AF_PROCESSORS=off)'}",
             "",
             "Try, in another terminal:",
             f"  {cli} run fuel-combustion "
@@ -267,7 +258,6 @@ class Platform:
         """Stop everything in reverse order, each step bounded and all within
         ``stop_timeout_s``; then the children (workers, servers), always, in
         at most 25 s more (7 s once forced or past a step's deadline)."""
-        self._stopping = True
         shutdown = Shutdown(self._say, self.forced, self.abandoned)
         await shutdown.run(self._stop_steps(), self.stop_timeout_s or self.settings.drain_timeout_s + 20)
         await self._stop_children()
@@ -284,7 +274,7 @@ class Platform:
         steps: list[StopStep] = []
         if self._supervisor is not None:
             steps.append(("the worker supervisor", self._stop_supervisor, STEP_TIMEOUT_S))
-        if self.workers:
+        if self.children is not None and self.children.children:
             steps.append(("the workers' drain", self._drain_workers, self.settings.drain_timeout_s + 10))
         if self.gateway is not None:
             steps += self.gateway.stop_steps()
@@ -297,24 +287,16 @@ class Platform:
             await self._supervisor
 
     async def _drain_workers(self) -> None:
+        """SIGTERM: the pools drain, the processors commit what they processed."""
+        assert self.children is not None
         self._say("draining workers …")
-        for proc in self.workers:
-            if proc.returncode is None:
-                with contextlib.suppress(ProcessLookupError):
-                    proc.send_signal(signal.SIGTERM)
-        await asyncio.gather(*(proc.wait() for proc in self.workers))
+        await self.children.terminate()
 
     async def _stop_children(self) -> None:
         """Kill the workers still running, stop the servers; bounded, and at
         once if forced (then or while it runs)."""
-        for proc in self.workers:
-            if proc.returncode is None:
-                with contextlib.suppress(ProcessLookupError):
-                    proc.kill()
-        if self.workers:
-            reaped = asyncio.gather(*(proc.wait() for proc in self.workers))
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(reaped, 5.0)
+        if self.children is not None:
+            await self.children.kill()
         hurry = self.forced.is_set() or bool(self.abandoned)
         if hurry and self.gateway is not None and self.gateway.pool is not None:
             self.gateway.pool.terminate()  # no reconnect attempts (and warnings) as the server goes

@@ -17,6 +17,9 @@ __all__ = [
     "JS_API_PREFIX",
     "BUCKET_CONFIG",
     "BUCKET_IDEMPOTENCY",
+    "BUCKET_BREAKERS",
+    "BUCKET_BUDGETS",
+    "BUCKET_CANARY_METRICS",
     "BUCKET_LOCKS",
     "BUCKET_RUNS",
     "BUCKET_SCHEDULES",
@@ -29,13 +32,16 @@ __all__ = [
     "STREAM_ADVISORIES",
     "STREAM_CHANNELS",
     "STREAM_DLQ",
+    "STREAM_BILLING",
     "STREAM_EVENTS",
+    "STREAM_EXECUTIONS",
     "STREAM_SCHEDULES",
     "STREAM_TASKS",
     "STATE_FILE",
     "cancel_subject",
     "channel_consumer",
     "dlq_subject",
+    "execution_partition_subject",
     "finished_subject",
     "kv_stream",
     "kv_subject",
@@ -53,6 +59,10 @@ STREAM_SCHEDULES: Final = "AF_SCHEDULES"  # af.schedules.def.<name>, af.schedule
 STREAM_ADVISORIES: Final = "AF_ADVISORIES"  # captured MAX_DELIVERIES advisories of AF_TASKS
 MAX_DELIVERIES_ADVISORY: Final = f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{STREAM_TASKS}.>"
 STREAM_DLQ: Final = "AF_DLQ"  # dead letters: af.dlq.tasks.<agent>, af.dlq.channels.<channel>
+# Finished executions partitioned by agent, sourced from AF_EVENTS by the server:
+# af.executions.<partition>.<agent>.<run id>; the stream processors' input (streams.processors)
+STREAM_EXECUTIONS: Final = "AF_EXECUTIONS"
+STREAM_BILLING: Final = "AF_BILLING"  # one priced record per execution: af.billing.<tenant>.<agent>
 
 BUCKET_RUNS: Final = "af_runs"  # run id -> run state (24 h)
 BUCKET_IDEMPOTENCY: Final = "af_idempotency"  # idempotency key -> run id (24 h)
@@ -62,6 +72,10 @@ BUCKET_CONFIG: Final = "af_config"  # reserved for configuration hot reload
 BUCKET_LOCKS: Final = "af_locks"  # leases with per-key TTL (mesh.locks), for the lifecycle manager
 BUCKET_SCHEDULES: Final = "af_schedules"  # schedule and trigger definitions
 BUCKET_CHANNELS: Final = "af_channels"  # live channel subscribers (heartbeat TTL)
+# Decisions the stream processors compute and workers and the gateway obey (streams.processors)
+BUCKET_BREAKERS: Final = "af_breakers"  # fleet-wide circuit breakers, per agent
+BUCKET_BUDGETS: Final = "af_budgets"  # budgets and quotas: definitions, and which are spent
+BUCKET_CANARY_METRICS: Final = "af_canary_metrics"  # per agent version: counts, errors, percentiles
 STREAM_CHANNELS: Final = "AF_CHANNELS"  # durable channels: af.ch.<channel>
 DURABLE_CHANNEL_PREFIX: Final = "af.ch"
 EPHEMERAL_CHANNEL_PREFIX: Final = "af.eph"
@@ -69,6 +83,8 @@ EPHEMERAL_CHANNEL_PREFIX: Final = "af.eph"
 TASKS_PREFIX: Final = "af.tasks"
 EVENTS_PREFIX: Final = "af.events"
 DLQ_PREFIX: Final = "af.dlq"
+EXECUTIONS_PREFIX: Final = "af.executions"
+BILLING_PREFIX: Final = "af.billing"
 SCHEDULES_PREFIX: Final = "af.schedules"
 CANCEL_PREFIX: Final = "af.control.cancel"  # core NATS (no stream): "stop run <id> if you hold it"
 INFLIGHT_PREFIX: Final = "af.control.inflight"  # core NATS: "how many of <agent>'s tasks do you hold?"
@@ -104,6 +120,12 @@ def finished_subject(agent: str, run_id: str) -> str:
     """One subject per run, so the run state can be projected from it server-side
     (``af_runs`` sources these events) and looked up by subject."""
     return f"{FINISHED_PREFIX}.{agent}.{run_id}"
+
+
+def execution_partition_subject(partition: int | str) -> str:
+    """Every finished execution of partition ``partition`` of ``AF_EXECUTIONS``
+    (``*``: the wildcard the server's partitioning writes)."""
+    return f"{EXECUTIONS_PREFIX}.{partition}.>"
 
 
 LIFECYCLE_PREFIX: Final = f"{EVENTS_PREFIX}.lifecycle.changed"

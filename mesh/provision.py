@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import re
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -32,6 +33,7 @@ __all__ = [
     "PLACEMENT_PATIENCE_S",
     "ProvisionConfig",
     "ensure_run_projection",
+    "execution_partitions",
     "ensure_stream",
     "placed",
     "provision",
@@ -86,6 +88,10 @@ class ProvisionConfig:
     duplicate_window_s: float = 120.0
     max_msg_size: int = 1_048_576
     max_queue_depth: int = DEFAULT_MAX_DEPTH
+    # AF_EXECUTIONS: how many partitions (fixed once created: the processors' state
+    # is per partition) and how long it keeps what the processors have not read
+    execution_partitions: int = 4
+    executions_max_age_s: float = DAY
 
 
 def stream_configs(cfg: ProvisionConfig) -> list[StreamConfig]:
@@ -144,6 +150,19 @@ def stream_configs(cfg: ProvisionConfig) -> list[StreamConfig]:
             num_replicas=cfg.replicas,
             max_age=cfg.dlq_max_age_s,
         ),
+        executions_stream_config(cfg),
+        StreamConfig(
+            # One priced record per execution (streams.processors.metering), deduplicated
+            # by its id, projected into PostgreSQL for accounting.
+            name=names.STREAM_BILLING,
+            description="Billing: one priced record per execution, af.billing.<tenant>.<agent>",
+            subjects=[f"{names.BILLING_PREFIX}.>"],
+            retention=RetentionPolicy.LIMITS,
+            storage=StorageType.FILE,
+            num_replicas=cfg.replicas,
+            duplicate_window=cfg.duplicate_window_s,
+            max_age=cfg.events_max_age_s,
+        ),
         channel_stream_config(replicas=cfg.replicas, max_msg_size=cfg.max_msg_size),
         StreamConfig(
             name=names.STREAM_DLQ,
@@ -156,6 +175,44 @@ def stream_configs(cfg: ProvisionConfig) -> list[StreamConfig]:
             max_age=cfg.dlq_max_age_s,
         ),
     ]
+
+
+def executions_stream_config(cfg: ProvisionConfig) -> StreamConfig:
+    """``AF_EXECUTIONS``: every finished execution of ``AF_EVENTS``, copied by the
+    server onto ``af.executions.<partition>.<agent>.<run id>``, the partition a hash
+    of the agent. One agent's executions are in one partition, in order, so a
+    stream processor owning a partition holds all of that agent's state."""
+    n = cfg.execution_partitions
+    dest = f"{names.EXECUTIONS_PREFIX}.{{{{partition({n},1)}}}}.{{{{wildcard(1)}}}}.{{{{wildcard(2)}}}}"
+    return StreamConfig(
+        name=names.STREAM_EXECUTIONS,
+        description=f"Finished executions by agent, {n} partitions: "
+        "af.executions.<partition>.<agent>.<run id>",
+        sources=[
+            StreamSource(
+                name=names.STREAM_EVENTS,
+                subject_transforms=[SubjectTransform(src=f"{names.FINISHED_PREFIX}.*.*", dest=dest)],
+            )
+        ],
+        retention=RetentionPolicy.LIMITS,
+        storage=StorageType.FILE,
+        num_replicas=cfg.replicas,
+        max_age=cfg.executions_max_age_s,
+    )
+
+
+_PARTITIONS = re.compile(r"\{\{\s*partition\((\d+)\s*,")
+
+
+async def execution_partitions(js: JetStreamContext) -> int:
+    """How many partitions ``AF_EXECUTIONS`` has (its source transform says)."""
+    info = await js.stream_info(names.STREAM_EXECUTIONS)
+    for source in info.config.sources or ():
+        for transform in source.subject_transforms or ():
+            found = _PARTITIONS.search(transform.dest or "")
+            if found:
+                return int(found.group(1))
+    raise ValueError(f"{names.STREAM_EXECUTIONS} has no partitioning transform (provision it)")
 
 
 def bucket_configs(cfg: ProvisionConfig) -> list[KeyValueConfig]:
@@ -173,6 +230,14 @@ def bucket_configs(cfg: ProvisionConfig) -> list[KeyValueConfig]:
         KeyValueConfig(bucket=names.BUCKET_SCHEDULES, history=5, replicas=cfg.replicas,
                        description="schedule and trigger definitions"),
         channel_bucket_config(replicas=cfg.replicas),
+        # Direct gets, as af_config: workers read the breakers of their agents by key.
+        KeyValueConfig(bucket=names.BUCKET_BREAKERS, history=1, replicas=cfg.replicas, direct=True,
+                       description="fleet-wide circuit breakers per agent (streams.processors.breaker)"),
+        KeyValueConfig(bucket=names.BUCKET_BUDGETS, history=5, replicas=cfg.replicas, direct=True,
+                       description="budgets and quotas, and which are spent (streams.processors.metering)"),
+        KeyValueConfig(bucket=names.BUCKET_CANARY_METRICS, history=1, replicas=cfg.replicas,
+                       description="per agent version: requests, errors, percentiles "
+                                   "(streams.processors.canary)"),
     ]  # fmt: skip
 
 
@@ -227,7 +292,9 @@ async def ensure_stream(js: JetStreamContext, config: StreamConfig, update: bool
 async def provision(js: JetStreamContext, cfg: ProvisionConfig | None = None) -> None:
     cfg = cfg or ProvisionConfig()
     for stream in stream_configs(cfg):
-        await ensure_stream(js, stream)
+        # AF_EXECUTIONS keeps the partitions it was made with: re-partitioning would
+        # split agents' state between the processors' partitions.
+        await ensure_stream(js, stream, update=stream.name != names.STREAM_EXECUTIONS)
     for bucket in bucket_configs(cfg):
         try:
             await js.key_value(bucket.bucket)

@@ -23,12 +23,12 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass
 
 from faust.types import TP
 from nats.js import JetStreamContext
-from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
+from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig, StreamSource
 from nats.js.errors import (
     BadRequestError,
     KeyNotFoundError,
@@ -56,6 +56,7 @@ class TopicSpec:
     compacting: bool = False
     retention_s: float | None = None
     replicas: int = 1
+    sourced: bool = False  # its partitions copy another stream (server-side); nobody publishes to it
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,13 +125,18 @@ class TopicRegistry:
         retention_s: float | None = None,
         compacting: bool = False,
         deleting: bool | None = None,
+        source: Callable[[int], StreamSource] | None = None,
     ) -> TopicSpec:
         """Create ``topic`` with ``partitions`` streams unless it exists; return its spec.
 
         Compaction keeps the newest record per key (``max_msgs_per_subject=1`` over
         one subject per key). ``retention_s`` becomes the streams' ``max_age``
         (for a compacted topic only when ``deleting`` is also set, as with
-        Kafka's ``cleanup.policy=compact,delete``).
+        Kafka's ``cleanup.policy=compact,delete``). ``source``: each partition
+        is filled by the server from ``source(partition)`` (a stream of the
+        platform, e.g. ``AF_EXECUTIONS``) and has no subjects of its own; the
+        records are that stream's messages as they are (no key, the payload
+        as the value).
         """
         existing = await self.describe(topic)
         if existing is not None:
@@ -141,8 +147,9 @@ class TopicRegistry:
             compacting=bool(compacting),
             retention_s=max_age,
             replicas=max(1, replicas),
+            sourced=source is not None,
         )
-        await asyncio.gather(*(self._create_stream(topic, p, spec) for p in range(partitions)))
+        await asyncio.gather(*(self._create_stream(topic, p, spec, source) for p in range(partitions)))
         kv = await self._bucket()
         try:
             await kv.create(naming.escape(topic), json.dumps(asdict(spec)).encode())
@@ -153,10 +160,13 @@ class TopicRegistry:
         self._specs[topic] = spec
         return spec
 
-    async def _create_stream(self, topic: str, partition: int, spec: TopicSpec) -> None:
+    async def _create_stream(
+        self, topic: str, partition: int, spec: TopicSpec, source: Callable[[int], StreamSource] | None
+    ) -> None:
         config = StreamConfig(
             name=naming.stream_name(topic, partition),
-            subjects=naming.stream_subjects(topic, partition, spec.compacting),
+            subjects=None if source else naming.stream_subjects(topic, partition, spec.compacting),
+            sources=[source(partition)] if source else None,
             retention=RetentionPolicy.LIMITS,
             storage=StorageType.FILE,
             discard=DiscardPolicy.OLD,

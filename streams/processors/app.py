@@ -1,0 +1,136 @@
+"""A stream processor is a Faust app on ``af-executions``; this module builds and runs one.
+
+Each processor (``metering``, ``breaker``, ``canary``) is a module with
+``install(app, source, config)``, which adds its agents, tables and timers to
+the app :func:`processor_app` made. Its group is ``af-<name>``: any number of
+replicas of a processor share the partitions through the driver's group
+membership, and each processor reads every event (groups are independent).
+
+Decisions a processor computes go to KV over a connection of their own
+(:class:`Decisions`), so a breaker trip never waits behind megabytes of
+records and changelog writes on the app's shared connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import faust
+from mode import Service
+from nats.aio.client import Client
+from nats.js import JetStreamContext
+
+from mesh.wire.connection import connect, jetstream
+from streams.processors import PROCESSORS
+from streams.processors.executions import EXECUTIONS_TOPIC, declare_executions
+
+__all__ = ["Decisions", "ProcessorConfig", "prepare", "processor_app", "run_processor"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ProcessorConfig:
+    """How to run a processor. ``nats_url``: one URL, or a cluster's, comma-separated.
+    ``options``: the processor's own settings (each module documents and validates them)."""
+
+    nats_url: str
+    partitions: int
+    replicas: int = 1
+    session_timeout_s: float = 6.0
+    heartbeat_s: float = 1.0
+    commit_interval_s: float = 1.0
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def broker(self) -> str:
+        first, *others = [u.strip() for u in self.nats_url.split(",") if u.strip()]
+        query = f"session_timeout={self.session_timeout_s}&heartbeat={self.heartbeat_s}"
+        return ";".join([f"{first}{'&' if '?' in first else '?'}{query}", *others])
+
+
+class Decisions(Service):
+    """The processor's own NATS connection, for the KV writes that are its decisions."""
+
+    def __init__(self, app: faust.App, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.app = app
+        self.nc: Client | None = None
+        self._js: JetStreamContext | None = None
+
+    @property
+    def js(self) -> JetStreamContext:
+        if self._js is None:
+            raise RuntimeError("the processor's decisions connection is not open (the app has not started)")
+        return self._js
+
+    async def on_start(self) -> None:
+        self.nc, self._js = await self.app.transport.open_dedicated("decisions")  # type: ignore[attr-defined]
+
+    async def on_stop(self) -> None:
+        nc, self.nc, self._js = self.nc, None, None
+        if nc is not None:
+            with contextlib.suppress(Exception):
+                await nc.drain()
+
+
+def processor_app(name: str, config: ProcessorConfig, **conf: Any) -> tuple[faust.App, faust.TopicT]:
+    """The Faust app of processor ``name`` and its source topic (``af-executions``)."""
+    app = faust.App(
+        f"af-{name}",
+        broker=config.broker,
+        store="memory://",
+        web_enabled=False,
+        topic_partitions=config.partitions,
+        topic_replication_factor=config.replicas,
+        broker_commit_interval=config.commit_interval_s,
+        **conf,
+    )
+    source = app.topic(EXECUTIONS_TOPIC, value_serializer="raw", partitions=config.partitions)
+    return app, source
+
+
+def installer(name: str) -> Callable[[faust.App, faust.TopicT, ProcessorConfig], Any]:
+    if name not in PROCESSORS:
+        raise ValueError(f"no processor {name!r} (known: {', '.join(PROCESSORS) or 'none'})")
+    module = importlib.import_module(f"{__package__}.{name}")
+    install: Callable[[faust.App, faust.TopicT, ProcessorConfig], Any] = module.install
+    return install
+
+
+def build(name: str, config: ProcessorConfig, **conf: Any) -> faust.App:
+    """Processor ``name``'s app with its agents and tables installed."""
+    install = installer(name)
+    app, source = processor_app(name, config, **conf)
+    install(app, source, config)
+    return app
+
+
+async def prepare(nats_url: str, replicas: int = 1) -> int:
+    """Declare ``af-executions`` (before any processor's consumer would create it
+    without its sources); returns its partition count."""
+    nc = await connect(nats_url, name="af-processors-prepare")
+    try:
+        spec = await declare_executions(await jetstream(nc), replicas)
+    finally:
+        await nc.close()
+    return spec.partitions
+
+
+def run_processor(
+    name: str, nats_url: str, replicas: int = 1, loglevel: str = "INFO", **options: Any
+) -> None:
+    """Run processor ``name`` in this process until SIGINT/SIGTERM (a graceful stop
+    commits what was processed). Blocks; owns the event loop."""
+    installer(name)  # an unknown name is refused before anything starts
+    partitions = asyncio.run(prepare(nats_url, replicas))
+    config = ProcessorConfig(nats_url=nats_url, partitions=partitions, replicas=replicas, options=options)
+    app = build(name, config)
+    worker = faust.Worker(app, loglevel=loglevel, quiet=True)
+    worker.execute_from_commandline()
