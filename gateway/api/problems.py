@@ -61,7 +61,8 @@ async def problem_middleware(request: web.Request, handler: Handler) -> web.Stre
     except AgentInputInvalid as exc:
         return problem(exc.status, "Invalid agent input", str(exc), errors=exc.errors)
     except (AgentError, MeshError) as exc:
-        return problem(exc.status, _title(type(exc).__name__), str(exc), error=type(exc).__name__)
+        details = getattr(exc, "details", None) or {}  # what a caller needs to act (a budget's reset …)
+        return problem(exc.status, _title(type(exc).__name__), str(exc), error=type(exc).__name__, **details)
     except Exception:
         log.exception("unhandled error on %s %s", request.method, request.path)
         return problem(500, "Internal Server Error", "see the gateway log")

@@ -33,10 +33,15 @@ __all__ = ["processors"]
     "--replicas", type=click.IntRange(1, 5), default=None,
     help="Stream replicas of the processors' topics and tables [default: AF_STREAM_REPLICAS, 1].",
 )  # fmt: skip
+@click.option("--session-timeout", type=click.FloatRange(1.0, 300.0), default=6.0, show_default=True,
+              help="Seconds without a heartbeat before a replica counts as dead "
+                   "and its partitions move.")  # fmt: skip
 @click.option("--log-level", default="INFO", show_default=True,
               type=click.Choice(["DEBUG", "INFO", "WARNING"]))  # fmt: skip
 @click.pass_obj
-def processors(obj: Ctx, only: str | None, replicas: int | None, log_level: str) -> None:
+def processors(
+    obj: Ctx, only: str | None, replicas: int | None, session_timeout: float, log_level: str
+) -> None:
     """Run the stream processors: metering, the fleet-wide breaker, canary metrics.
 
     They read every finished execution (topic af-executions) and write their
@@ -59,23 +64,27 @@ def processors(obj: Ctx, only: str | None, replicas: int | None, log_level: str)
         from streams.processors.app import run_processor  # noqa: PLC0415 (start-up time: Faust)
 
         try:
-            run_processor(chosen[0], nats_url, replicas=replicas, loglevel=log_level)
+            run_processor(chosen[0], nats_url, replicas=replicas, loglevel=log_level,
+                          session_timeout_s=session_timeout)  # fmt: skip
         except Exception as exc:
             if obj.verbose:
                 raise
             raise CliError(f"processor {chosen[0]}: {exc}") from exc
         return
-    asyncio.run(_several(chosen, nats_url, replicas, log_level))
+    asyncio.run(_several(chosen, nats_url, replicas, session_timeout, log_level))
 
 
-async def _several(chosen: list[str], nats_url: str, replicas: int, log_level: str) -> None:
+async def _several(
+    chosen: list[str], nats_url: str, replicas: int, session_timeout: float, log_level: str
+) -> None:
     from gateway.children import Children  # noqa: PLC0415 (start-up time)
 
     children = Children(lambda line: click.echo(line, err=True))
     env = {**os.environ, "AF_NATS_URL": nats_url}
     for name in chosen:
         argv = [sys.executable, "-m", "gateway.cli", "processors", "--only", name,
-                "--replicas", str(replicas), "--log-level", log_level]  # fmt: skip
+                "--replicas", str(replicas), "--session-timeout", str(session_timeout),
+                "--log-level", log_level]  # fmt: skip
         children.add(f"processor-{name}", argv, env)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -32,6 +32,7 @@ import asyncio
 import contextlib
 import hashlib
 import json
+import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -42,6 +43,7 @@ from nats.aio.client import Client
 from nats.js import JetStreamContext
 from nats.js.errors import (
     APIError,
+    BucketNotFoundError,
     KeyWrongLastSequenceError,
     NoStreamResponseError,
     NotFoundError,
@@ -75,6 +77,7 @@ from mesh.errors import (
 )
 from mesh.limits import PayloadLimits
 from mesh.queue import metrics
+from mesh.queue.budgets import SpendGuard
 from mesh.queue.outcome import stored_outcome
 from mesh.queue.runs import RunStatus, get_run, run_key
 from mesh.wire import protocol
@@ -82,6 +85,8 @@ from mesh.wire.protocol import encode_headers
 from mesh.wire.publisher import ELECTION_PATIENCE_S, Patience, Pipeline, PubAck, parse_puback
 
 __all__ = ["DEFAULT_TTL_S", "MAX_BATCH", "MAX_TTL_S", "Enqueued", "TaskQueue", "TaskSpec"]
+
+log = logging.getLogger(__name__)
 
 DEFAULT_TTL_S: Final = 3600
 MAX_TTL_S: Final = 86_400
@@ -294,11 +299,13 @@ class TaskQueue:
         *,
         max_payload: int | None = None,
         patience_s: float = ELECTION_PATIENCE_S,
+        obey_budgets: bool = True,
     ) -> None:
         """``max_payload``: the NATS max payload (default: the server's); a task
         may be half of it (:mod:`mesh.limits`). ``patience_s``: how long a write
         JetStream answers 503 (a stream electing a leader: nothing stored) is
-        tried again before :class:`~mesh.errors.StreamUnavailable`."""
+        tried again before :class:`~mesh.errors.StreamUnavailable`. ``obey_budgets``:
+        refuse work of spent budgets and quotas (:mod:`mesh.queue.budgets`)."""
         self.nc, self.js = nc, js
         self.patience_s = patience_s
         known = [v for v in (max_payload, nc.max_payload) if v]
@@ -307,15 +314,26 @@ class TaskQueue:
         self.pipeline = Pipeline(nc)
         self._idempotency: KeyValue | None = None
         self._dedup_window_s = 0.0
+        self.guard = SpendGuard(nc, js) if obey_budgets else None
 
     async def start(self) -> None:
         await self.pipeline.start()
+        if self.guard is not None:
+            try:
+                await self.guard.start()
+            except (BucketNotFoundError, NotFoundError):  # provisioned before budgets existed
+                log.warning("no %s bucket (run provision): budgets and quotas are not enforced",
+                            names.BUCKET_BUDGETS)  # fmt: skip
+                await self.guard.stop()
+                self.guard = None
         self._idempotency = await self.js.key_value(names.BUCKET_IDEMPOTENCY)
         info = await self.js.stream_info(names.STREAM_TASKS)
         self._dedup_window_s = float(info.config.duplicate_window or 0)
         self.max_depth = info.config.max_msgs_per_subject or 0
 
     async def stop(self) -> None:
+        if self.guard is not None:
+            await self.guard.stop()
         await self.pipeline.stop()
 
     async def __aenter__(self) -> TaskQueue:
@@ -336,6 +354,8 @@ class TaskQueue:
             ) from exc
 
     async def _enqueue(self, spec: TaskSpec, content_type: str) -> Enqueued:
+        if self.guard is not None:
+            self.guard.check(spec.agent, spec.tenant)
         run_id = new_id()
         duplicate, claim = False, None
         if spec.idempotency_key is not None:
@@ -443,6 +463,9 @@ class TaskQueue:
             raise BatchRejected(f"a batch holds 1 to {MAX_BATCH} tasks, not {len(specs)}")
         if any(spec.idempotency_key for spec in specs):
             raise BatchRejected("tasks in a batch cannot carry idempotency keys; use batch_key")
+        if self.guard is not None:  # all or nothing, as the batch
+            for spec in specs:
+                self.guard.check(spec.agent, spec.tenant)
         run_ids = [new_id() for _ in specs]
         if batch_key is not None:
             run_ids, done = await self._claim_batch(specs, batch_key, run_ids, content_type)

@@ -124,13 +124,21 @@ async def prepare(nats_url: str, replicas: int = 1) -> int:
 
 
 def run_processor(
-    name: str, nats_url: str, replicas: int = 1, loglevel: str = "INFO", **options: Any
+    name: str,
+    nats_url: str,
+    replicas: int = 1,
+    loglevel: str = "INFO",
+    session_timeout_s: float = 6.0,
+    **options: Any,
 ) -> None:
     """Run processor ``name`` in this process until SIGINT/SIGTERM (a graceful stop
     commits what was processed). Blocks; owns the event loop."""
     installer(name)  # an unknown name is refused before anything starts
     partitions = asyncio.run(prepare(nats_url, replicas))
-    config = ProcessorConfig(nats_url=nats_url, partitions=partitions, replicas=replicas, options=options)
+    config = ProcessorConfig(
+        nats_url=nats_url, partitions=partitions, replicas=replicas, options=options,
+        session_timeout_s=session_timeout_s, heartbeat_s=min(1.0, session_timeout_s / 4),
+    )  # fmt: skip
     app = build(name, config)
     worker = faust.Worker(app, loglevel=loglevel, quiet=True)
     worker.execute_from_commandline()

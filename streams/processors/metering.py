@@ -1,0 +1,440 @@
+"""Metering: every execution priced, aggregated, billed; budgets and quotas decided.
+
+Per event (``af-executions``, partitioned by agent):
+
+* it is priced (:mod:`streams.processors.pricing`);
+* table ``metering-usage`` adds it to the entry of (agent, tenant, UTC day):
+  counts, cost per resource, quantities, and cost and count per hour of the
+  day. **Exactly once**: an agent's events are all in one partition, in
+  order, so each entry is written by one owner; the entry keeps the source
+  offset it last applied and an event at or below it is skipped. State and
+  fence are one changelog record, so a processor SIGKILLed and restarted (or
+  a partition moved) re-reads events after its last commit and counts none
+  of them twice;
+* a billing record (:class:`BillingRecord`, id ``bill-<event id>``) goes to
+  topic ``af-billing`` through the app's producer, which Faust flushes before
+  it commits: at least once (a re-processed event sends its record again,
+  with the same id; ``AF_BILLING`` and PostgreSQL keep one per id).
+
+Every ``flush_interval_s`` (1 s) each replica, from its table:
+
+* writes, for every budget and quota, its partitions' part of the current
+  period's spend (or count) to ``af_budgets`` (``partial.<id>.<period>.p<n>``),
+  and sums all partitions' parts (a tenant's spend is spread over the
+  partitions of its agents);
+* alerts at each threshold **once per period**: the alert is a publish to
+  ``af.events.budget.alert.<id>.<period>.<pct>`` that the server accepts only
+  if that subject has no message yet (``Nats-Expected-Last-Subject-Sequence:
+  0``), so replicas and restarts cannot send it twice; ``alerted.<…>`` in
+  ``af_budgets`` remembers it past ``AF_EVENTS``'s retention;
+* marks a spent hard budget or a used-up quota ``spent.<id>`` (which
+  ``TaskQueue.enqueue`` obeys) and removes the mark when the period ends;
+* raises a spend-rate anomaly (``af.events.cost.anomaly.<agent>.<hour>``, once
+  per agent and hour) when an agent's spend in the current hour exceeds
+  ``anomaly_multiple`` x its average over the previous ``anomaly_hours``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+from collections import defaultdict
+from collections.abc import Iterable
+from datetime import UTC, datetime, timedelta
+from typing import Any, cast
+
+import faust
+from mode import Service
+from nats.js.errors import APIError, KeyWrongLastSequenceError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from mesh import names
+from mesh.errors import WRONG_LAST_SEQUENCE
+from mesh.kv import KeyMirror
+from mesh.queue.budgets import BUDGET_PREFIX, QUOTA_PREFIX, SPENT_PREFIX, Budget, Period, Quota, Spent
+from mesh.queue.runs import RunStatus
+from streams.processors.app import Decisions, ProcessorConfig
+from streams.processors.executions import EXECUTIONS_TOPIC, read_finished
+from streams.processors.pricing import NANO, PriceTable, load_prices, price
+
+__all__ = ["BILLING_TOPIC", "BillingRecord", "MeteringSettings", "install"]
+
+log = logging.getLogger(__name__)
+
+BILLING_TOPIC = "af-billing"
+USAGE_TABLE = "metering-usage"
+PARTIAL_PREFIX = "partial."
+ALERTED_PREFIX = "alerted."
+KEEP_DAYS = 40  # usage entries older than this are dropped from the table (a month + margin)
+
+
+class MeteringSettings(BaseModel):
+    """``agent-factory processors`` options of the metering processor."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    prices: str | None = Field(default=None, description="price table file (JSON); AF_PRICES")
+    flush_interval_s: float = Field(default=1.0, gt=0)
+    anomaly_multiple: float = Field(default=3.0, gt=1)
+    anomaly_hours: int = Field(default=24, ge=1, le=24 * 7)
+    anomaly_min_spend: float = Field(default=0.01, ge=0, description="an hour below this is never anomalous")
+
+
+class BillingRecord(BaseModel):
+    """One priced execution, for accounting (``af-billing``, ``AF_BILLING``, PostgreSQL)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    id: str  # bill-<finished event id>: stable, one per run and replay generation
+    run_id: str
+    agent: str
+    tenant: str
+    version: str | None = None
+    status: RunStatus
+    finished_at: datetime
+    price_version: str
+    currency: str
+    amount_nano: int
+    compute_nano: int
+    tokens_nano: int
+    storage_nano: int
+    network_nano: int
+    cpu_ms: float
+    wall_ms: float
+    input_tokens: int
+    output_tokens: int
+    unpriced_tokens: int
+    bytes_written: int
+    bytes_network: int
+
+
+def _day(at: datetime) -> str:
+    return at.astimezone(UTC).strftime("%Y-%m-%d")
+
+
+def usage_key(agent: str, tenant: str, day: str) -> str:
+    return f"{agent}/{tenant}/{day}"
+
+
+def split_key(key: str) -> tuple[str, str, str]:
+    agent, tenant, day = key.split("/")
+    return agent, tenant, day
+
+
+_SUMS = ("n", "failed", "cost", "compute", "tokens", "storage", "network", "cpu_ms", "wall_ms",
+         "input_tokens", "output_tokens", "unpriced_tokens", "bytes_written", "bytes_network")  # fmt: skip
+
+
+def apply(
+    entry: dict[str, Any] | None, offset: int, partition: int, record: BillingRecord
+) -> dict[str, Any] | None:
+    """``entry`` with ``record`` added, or None if the entry has it already (the fence)."""
+    if entry is not None and offset <= entry["o"]:
+        return None
+    fresh: dict[str, Any] = {k: 0 for k in _SUMS} | {"h": [0] * 24, "hn": [0] * 24}
+    new: dict[str, Any] = dict(entry) if entry is not None else fresh
+    new["o"], new["p"] = offset, partition
+    new["n"] += 1
+    new["failed"] += record.status != RunStatus.SUCCEEDED
+    new["cost"] += record.amount_nano
+    new["compute"] += record.compute_nano
+    new["tokens"] += record.tokens_nano
+    new["storage"] += record.storage_nano
+    new["network"] += record.network_nano
+    for field in ("cpu_ms", "wall_ms", "input_tokens", "output_tokens", "unpriced_tokens", "bytes_written",
+                  "bytes_network"):  # fmt: skip
+        new[field] += getattr(record, field)
+    hour = record.finished_at.astimezone(UTC).hour
+    new["h"] = list(new["h"])
+    new["hn"] = list(new["hn"])
+    new["h"][hour] += record.amount_nano
+    new["hn"][hour] += 1
+    return new
+
+
+def bill(event_id: str, offset_event: Any, table: PriceTable) -> BillingRecord:
+    """The billing record of a finished event (``offset_event``: its payload)."""
+    e = offset_event
+    p = price(e, table)
+    return BillingRecord(
+        id=f"bill-{event_id}", run_id=e.run_id, agent=e.agent, tenant=e.tenant, version=e.version,
+        status=e.status, finished_at=e.finished_at, price_version=table.version, currency=table.currency,
+        amount_nano=p.total, compute_nano=p.compute, tokens_nano=p.tokens, storage_nano=p.storage,
+        network_nano=p.network, cpu_ms=p.cpu_ms, wall_ms=p.wall_ms, input_tokens=p.input_tokens,
+        output_tokens=p.output_tokens, unpriced_tokens=p.unpriced_tokens, bytes_written=p.bytes_written,
+        bytes_network=p.bytes_network,
+    )  # fmt: skip
+
+
+def in_period(period: Period, now: datetime, day: str, entry: dict[str, Any], what: str) -> int:
+    """The part of ``entry`` (a day's usage) in ``period``'s current period: its cost
+    (``what="h"``) or count (``"hn"``)."""
+    _, start, end = period.bounds(now)
+    day_start = datetime.strptime(day, "%Y-%m-%d").replace(tzinfo=UTC)
+    if day_start >= end or day_start + timedelta(days=1) <= start:
+        return 0
+    if period is Period.HOUR:
+        return int(entry[what][start.hour]) if day_start == start.replace(hour=0) else 0
+    return int(sum(entry[what]))
+
+
+def _define(
+    into: dict[str, Any], model: type[Budget] | type[Quota], key: str, ident: str, value: bytes | None
+) -> None:
+    if value is None:
+        into.pop(ident, None)
+        return
+    try:
+        into[ident] = model.model_validate_json(value)
+    except ValidationError as exc:
+        log.error("%s is not a valid %s, ignored: %s", key, model.__name__, exc)
+        into.pop(ident, None)
+
+
+class Meter(Service):
+    """Each replica's periodic work: partials, budget and quota decisions, anomalies."""
+
+    def __init__(self, app: faust.App, table: Any, prices: PriceTable, settings: MeteringSettings,
+                 decisions: Decisions, **kwargs: Any) -> None:  # fmt: skip
+        super().__init__(**kwargs)
+        self.app, self.table, self.prices, self.settings = app, table, prices, settings
+        self.decisions = decisions
+        self.add_dependency(decisions)  # started before us, stopped after
+        self.budgets: dict[str, Budget] = {}
+        self.quotas: dict[str, Quota] = {}
+        self.definitions: KeyMirror | None = None
+        self.partials: KeyMirror | None = None
+        self.flags: KeyMirror | None = None
+        self._written: dict[str, int] = {}  # partial key -> value we last wrote
+        self._alerted: set[str] = set()
+
+    async def on_started(self) -> None:
+        nc, js = self.decisions.nc, self.decisions.js
+        assert nc is not None
+        self.definitions = KeyMirror(nc, js, names.BUCKET_BUDGETS, "", self._definitions_changed)
+        self.partials = KeyMirror(nc, js, names.BUCKET_BUDGETS, PARTIAL_PREFIX)
+        self.flags = KeyMirror(nc, js, names.BUCKET_BUDGETS, SPENT_PREFIX)
+        for mirror in (self.definitions, self.partials, self.flags):
+            await mirror.start()
+        self.add_future(self._flusher())
+
+    async def on_stop(self) -> None:
+        for mirror in (self.definitions, self.partials, self.flags):
+            if mirror is not None:
+                await mirror.stop()
+
+    def _definitions_changed(self, key: str, value: bytes | None) -> None:
+        if key.startswith(BUDGET_PREFIX):
+            _define(self.budgets, Budget, key, key[len(BUDGET_PREFIX) :], value)
+        elif key.startswith(QUOTA_PREFIX):
+            _define(self.quotas, Quota, key, key[len(QUOTA_PREFIX) :], value)
+
+    async def _flusher(self) -> None:
+        while not self.should_stop:
+            await self.sleep(self.settings.flush_interval_s)
+            try:
+                await self.flush(datetime.now(UTC))
+            except Exception as exc:  # NATS away, a rebalance: the next flush tries again
+                log.warning("metering flush failed (next in %.1f s): %r", self.settings.flush_interval_s, exc)
+
+    def _active(self) -> set[int]:
+        return {tp.partition for tp in self.app.consumer.assignment() if tp.topic == EXECUTIONS_TOPIC}
+
+    async def flush(self, now: datetime) -> None:
+        active = self._active()
+        entries = [(split_key(k), v) for k, v in list(self.table.data.items()) if v and v.get("p") in active]
+        await self._write_partials(now, active, entries)
+        await self._decide(now)
+        await self._anomalies(now, entries)
+        self._expire(now, entries)
+
+    def _parts(
+        self, now: datetime, active: set[int], entries: Iterable[tuple[tuple[str, str, str], Any]]
+    ) -> dict[str, int]:
+        parts: dict[str, int] = {}
+        limits: list[tuple[str, Budget | Quota, Period, str]] = [
+            (f"{b.id}", b, b.period, "h") for b in self.budgets.values()
+        ] + [(q.id, q, Period.DAY, "hn") for q in self.quotas.values()]
+        for ident, limit, period, what in limits:
+            period_id = period.bounds(now)[0]
+            for p in active:
+                parts[f"{PARTIAL_PREFIX}{ident}.{period_id}.p{p}"] = 0
+            for (agent, tenant, day), entry in entries:
+                if (limit.agent and limit.agent != agent) or (limit.tenant and limit.tenant != tenant):
+                    continue
+                key = f"{PARTIAL_PREFIX}{ident}.{period_id}.p{entry['p']}"
+                parts[key] += in_period(period, now, day, entry, what)
+        return parts
+
+    async def _write_partials(self, now: datetime, active: set[int], entries: list[Any]) -> None:
+        kv = await self.decisions.js.key_value(names.BUCKET_BUDGETS)
+        for key, used in self._parts(now, active, entries).items():
+            seen = self.partials.values.get(key[len(PARTIAL_PREFIX) :]) if self.partials else None
+            if self._written.get(key) == used and seen is not None:
+                continue
+            await kv.put(key, json.dumps({"used": used}).encode())
+            self._written[key] = used
+            if self.partials is not None:  # our own write, known before its echo arrives
+                self.partials.values[key[len(PARTIAL_PREFIX) :]] = json.dumps({"used": used}).encode()
+
+    def _used(self, ident: str, period_id: str) -> int:
+        """The sum of every partition's part (ours and other replicas')."""
+        assert self.partials is not None
+        prefix = f"{ident}.{period_id}.p"
+        total = 0
+        for key, raw in self.partials.values.items():
+            if key.startswith(prefix):
+                with contextlib.suppress(ValueError, KeyError, TypeError):
+                    total += int(json.loads(raw)["used"])
+        return total
+
+    async def _decide(self, now: datetime) -> None:
+        kv = await self.decisions.js.key_value(names.BUCKET_BUDGETS)
+        keep: set[str] = set()
+        for budget in list(self.budgets.values()):
+            period_id, _, end = budget.period.bounds(now)
+            used = self._used(budget.id, period_id) / NANO
+            for pct in budget.thresholds:
+                if used >= budget.limit * pct / 100:
+                    await self._alert_once(
+                        f"budget.alert.{budget.id}.{period_id}.{pct}", f"{budget.id}.{period_id}.{pct}",
+                        {"budget": budget.model_dump(mode="json"), "period": period_id, "threshold_pct": pct,
+                         "spend": used, "limit": budget.limit, "currency": self.prices.currency,
+                         "reset_at": end.isoformat()},
+                    )  # fmt: skip
+            if budget.hard and used >= budget.limit:
+                keep.add(budget.id)
+                spent = Spent(
+                    id=budget.id,
+                    kind="budget",
+                    agent=budget.agent,
+                    tenant=budget.tenant,
+                    period=period_id,
+                    limit=budget.limit,
+                    used=used,
+                    currency=self.prices.currency,
+                    reset_at=end,
+                )
+                await self._mark(kv, spent)
+        for quota in list(self.quotas.values()):
+            period_id, _, end = Period.DAY.bounds(now)
+            used = self._used(quota.id, period_id)
+            if used >= quota.max_daily:
+                keep.add(quota.id)
+                spent = Spent(
+                    id=quota.id,
+                    kind="quota",
+                    agent=quota.agent,
+                    tenant=quota.tenant,
+                    period=period_id,
+                    limit=quota.max_daily,
+                    used=used,
+                    reset_at=end,
+                )
+                await self._mark(kv, spent)
+        assert self.flags is not None
+        for ident in list(self.flags.values):
+            if ident not in keep:  # its period ended, its limit rose, or it was removed
+                with contextlib.suppress(Exception):
+                    await kv.delete(SPENT_PREFIX + ident)
+
+    async def _mark(self, kv: Any, spent: Spent) -> None:
+        assert self.flags is not None
+        current = self.flags.values.get(spent.id)
+        if current is not None:
+            with contextlib.suppress(ValidationError):
+                old = Spent.model_validate_json(current)
+                if old.period == spent.period and old.limit == spent.limit:
+                    return  # marked already (its spend figure may lag: enqueue needs the mark only)
+        await kv.put(SPENT_PREFIX + spent.id, spent.model_dump_json().encode())
+        log.info("%s %s spent for %s: %s of %s", spent.kind, spent.id, spent.period, spent.used, spent.limit)
+
+    async def _alert_once(self, kind: str, marker: str, payload: dict[str, Any]) -> None:
+        """Publish ``af.events.<kind>`` unless it was published before: the server refuses
+        a second message on the subject; ``alerted.<marker>`` remembers it longer."""
+        if marker in self._alerted:
+            return
+        kv = await self.decisions.js.key_value(names.BUCKET_BUDGETS)
+        with contextlib.suppress(Exception):
+            if (await kv.get(ALERTED_PREFIX + marker)).value:
+                self._alerted.add(marker)
+                return
+        envelope = {"schema_version": 1, "id": kind.replace(".", "-"), "type": kind.rsplit(".", 3)[0]
+                    if kind.startswith("budget") else "cost.anomaly", "message_type": "EVENT",
+                    "channel_type": "DURABLE", "source": "metering", "payload": payload,
+                    "created_at": datetime.now(UTC).isoformat()}  # fmt: skip
+        try:
+            await self.decisions.js.publish(
+                f"{names.EVENTS_PREFIX}.{kind}", json.dumps(envelope, default=str).encode(),
+                headers={"Nats-Expected-Last-Subject-Sequence": "0", "Content-Type": "application/json"},
+            )  # fmt: skip
+            log.warning("alert %s: %s", kind, payload.get("spend"))
+        except APIError as exc:
+            if exc.err_code not in WRONG_LAST_SEQUENCE:
+                raise  # not sent: the next flush tries again
+        with contextlib.suppress(KeyWrongLastSequenceError):
+            await kv.put(ALERTED_PREFIX + marker, b"1")
+        self._alerted.add(marker)
+
+    async def _anomalies(self, now: datetime, entries: list[Any]) -> None:
+        hour_id, start, _ = Period.HOUR.bounds(now)
+        per_agent: dict[str, list[int]] = defaultdict(lambda: [0] * (self.settings.anomaly_hours + 1))
+        for (agent, _tenant, day), entry in entries:
+            day_start = datetime.strptime(day, "%Y-%m-%d").replace(tzinfo=UTC)
+            for h, cost in enumerate(entry["h"]):
+                if not cost:
+                    continue
+                back = int((start - (day_start + timedelta(hours=h))).total_seconds() // 3600)
+                if 0 <= back <= self.settings.anomaly_hours:
+                    per_agent[agent][back] += cost
+        for agent, hours in per_agent.items():
+            current = hours[0] / NANO
+            trailing = sum(hours[1:]) / self.settings.anomaly_hours / NANO
+            if (
+                current >= self.settings.anomaly_min_spend
+                and current > self.settings.anomaly_multiple * trailing
+            ):
+                await self._alert_once(
+                    f"cost.anomaly.{agent}.{hour_id}", f"anomaly.{agent}.{hour_id}",
+                    {"agent": agent, "hour": hour_id, "spend": current, "trailing_hourly_average": trailing,
+                     "multiple": self.settings.anomaly_multiple, "currency": self.prices.currency},
+                )  # fmt: skip
+
+    def _expire(self, now: datetime, entries: list[Any]) -> None:
+        """Drop usage entries past ``KEEP_DAYS``: a tombstone in the entry's own changelog
+        partition (outside an event, Faust cannot tell which one it is), then locally."""
+        oldest = _day(now - timedelta(days=KEEP_DAYS))
+        for (agent, tenant, day), entry in entries:
+            if day < oldest:
+                key = usage_key(agent, tenant, day)
+                self.table.send_changelog(entry["p"], key, None, value_serializer="raw")
+                self.table.data.pop(key, None)
+
+
+def install(app: faust.App, source: faust.TopicT, config: ProcessorConfig) -> None:
+    settings = MeteringSettings.model_validate({"prices": os.environ.get("AF_PRICES"), **config.options})
+    prices = load_prices(settings.prices)
+    usage = app.Table(
+        USAGE_TABLE, default=None, partitions=config.partitions, help="usage per agent, tenant, day"
+    )
+    billing = app.topic(BILLING_TOPIC, value_serializer="raw", partitions=config.partitions)
+    meter = Meter(app, usage, prices, settings, Decisions(app))
+    app.service(cast(Any, meter))  # an instance: Faust starts it with the app (and its connection)
+
+    @app.agent(source, name="metering")
+    async def meter_executions(stream: faust.StreamT[bytes]) -> None:
+        async for event in stream.events():
+            finished = read_finished(event.value)
+            if finished is None:
+                continue
+            e = finished.payload
+            record = bill(finished.id, e, prices)
+            # Sent even if the usage has it already: a crash can fall between the two, and
+            # a record sent twice is one record downstream (its id).
+            await billing.send(key=e.tenant.encode(), value=record.model_dump_json().encode())
+            key = usage_key(e.agent, e.tenant, _day(e.finished_at))
+            updated = apply(usage.get(key), event.message.offset, event.message.partition, record)
+            if updated is not None:  # None: applied before a crash or a move
+                usage[key] = updated
