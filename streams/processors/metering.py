@@ -36,6 +36,7 @@ Every ``flush_interval_s`` (1 s) each replica, from its table:
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
@@ -53,6 +54,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from mesh import names
 from mesh.errors import WRONG_LAST_SEQUENCE
 from mesh.kv import KeyMirror
+from mesh.stopping import cancel_within
 from mesh.queue.budgets import BUDGET_PREFIX, QUOTA_PREFIX, SPENT_PREFIX, Budget, Period, Quota, Spent
 from mesh.queue.runs import RunStatus
 from streams.processors.app import Decisions, ProcessorConfig
@@ -209,6 +211,7 @@ class Meter(Service):
         self.flags: KeyMirror | None = None
         self._written: dict[str, int] = {}  # partial key -> value we last wrote
         self._alerted: set[str] = set()
+        self._flushing: asyncio.Task[None] | None = None
 
     async def on_started(self) -> None:
         nc, js = self.decisions.nc, self.decisions.js
@@ -218,9 +221,12 @@ class Meter(Service):
         self.flags = KeyMirror(nc, js, names.BUCKET_BUDGETS, SPENT_PREFIX)
         for mirror in (self.definitions, self.partials, self.flags):
             await mirror.start()
-        self.add_future(self._flusher())
+        self._flushing = asyncio.create_task(self._flusher(), name="metering-flush")
 
     async def on_stop(self) -> None:
+        # Before the connection (a dependency) closes: a flush must not run on a closed one.
+        if self._flushing is not None:
+            await cancel_within([self._flushing], asyncio.get_running_loop().time() + 5.0)
         for mirror in (self.definitions, self.partials, self.flags):
             if mirror is not None:
                 await mirror.stop()
@@ -232,8 +238,8 @@ class Meter(Service):
             _define(self.quotas, Quota, key, key[len(QUOTA_PREFIX) :], value)
 
     async def _flusher(self) -> None:
-        while not self.should_stop:
-            await self.sleep(self.settings.flush_interval_s)
+        while True:
+            await asyncio.sleep(self.settings.flush_interval_s)
             try:
                 await self.flush(datetime.now(UTC))
             except Exception as exc:  # NATS away, a rebalance: the next flush tries again

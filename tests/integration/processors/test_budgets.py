@@ -1,0 +1,127 @@
+"""Budgets and quotas on real servers: an alert at each threshold exactly once per
+period (restarts included), a spent hard budget and a used-up quota refuse new
+work at enqueue, until the limit is raised or the definition removed."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+
+import pytest
+from nats.aio.client import Client
+from nats.js import JetStreamContext
+
+from mesh import names
+from mesh.embedded import NatsServer
+from mesh.kv import current_entries
+from mesh.queue.budgets import Budget, BudgetExceeded, Period, Quota, QuotaExceeded
+from mesh.queue.producer import TaskQueue, TaskSpec
+from mesh.envelope import utcnow
+from streams.processors.app import ProcessorConfig, build, prepare
+from streams.processors.executions import read_finished
+from streams.processors.pricing import DEFAULT_PRICES, NANO, price
+from tests.helpers import eventually
+from tests.integration.processors.test_executions_topic import publish_finished
+from tests.integration.streams.streams_workers import running
+
+
+async def _metering(url: str) -> object:
+    partitions = await prepare(url)
+    config = ProcessorConfig(url, partitions, session_timeout_s=4, heartbeat_s=0.5,
+                             options={"flush_interval_s": 0.1})  # fmt: skip
+    return build("metering", config)
+
+
+async def _alerts(js: JetStreamContext, budget: str) -> dict[str, int]:
+    """Alert events per subject for ``budget``."""
+    info = await js.stream_info(names.STREAM_EVENTS, subjects_filter=f"af.events.budget.alert.{budget}.>")
+    return dict(info.state.subjects or {})
+
+
+async def _one_cost(js: JetStreamContext) -> float:
+    raw = await js.get_last_msg(names.STREAM_EVENTS, f"{names.FINISHED_PREFIX}.>")
+    finished = read_finished(raw.data)
+    assert finished is not None
+    return price(finished.payload, DEFAULT_PRICES).total / NANO
+
+
+@pytest.fixture
+async def queue(own_nc: Client, own_js: JetStreamContext) -> AsyncIterator[TaskQueue]:
+    async with TaskQueue(own_nc, own_js) as q:
+        yield q
+
+
+async def test_alerts_fire_once_per_threshold_and_a_spent_hard_budget_refuses_work(
+    own_nats: NatsServer, own_js: JetStreamContext, queue: TaskQueue
+) -> None:
+    await publish_finished(own_js, "pricey", 1, tenant="acme")
+    each = await _one_cost(own_js)  # every event of the workload costs the same
+    kv = await own_js.key_value(names.BUCKET_BUDGETS)
+    budget = Budget(id="acme-month", tenant="acme", period=Period.MONTH, limit=each * 10, hard=True)
+    await kv.put("budget.acme-month", budget.model_dump_json().encode())
+    period = Period.MONTH.bounds(utcnow())[0]
+    await queue.enqueue(TaskSpec("pricey", {}, tenant="acme"))  # not spent yet
+
+    app = await _metering(own_nats.url)
+    async with running(app):
+        await publish_finished(own_js, "pricey", 7, tenant="acme", start=1)  # 8 of 10: 80 %
+        await eventually(lambda: _alerts(own_js, "acme-month"), 30, "the 80 % alert")
+        assert await _alerts(own_js, "acme-month") == {f"af.events.budget.alert.acme-month.{period}.80": 1}
+        await queue.enqueue(TaskSpec("pricey", {}, tenant="acme"))  # soft threshold: still open
+        await publish_finished(own_js, "pricey", 4, tenant="acme", start=8)  # 12 of 10
+        await eventually(lambda: _has(own_js, "acme-month", 100), 30, "the 100 % alert")
+        await eventually(lambda: queue.guard is not None and queue.guard._by_scope, 10, "the spent flag seen")
+        with pytest.raises(BudgetExceeded) as refused:
+            await queue.enqueue(TaskSpec("pricey", {}, tenant="acme"))
+        details = refused.value.details
+        assert details["budget"] == "acme-month" and details["period"] == period
+        assert details["spend"] >= each * 10 and details["limit"] == pytest.approx(each * 10)
+        with pytest.raises(BudgetExceeded):  # batches too, all or nothing
+            await queue.enqueue_batch(
+                [TaskSpec("other", {}, tenant="globex"), TaskSpec("pricey", {}, tenant="acme")]
+            )
+        await queue.enqueue(TaskSpec("pricey", {}, tenant="globex"))  # another tenant: not concerned
+        await publish_finished(own_js, "pricey", 3, tenant="acme", start=12)  # more spend: no new alert
+    # A restarted processor re-reads what it did not commit and re-evaluates: still one alert each.
+    app = await _metering(own_nats.url)
+    async with running(app):
+        await publish_finished(own_js, "pricey", 1, tenant="acme", start=15)
+        await eventually(lambda: _partials(own_js, "acme-month", period, each * 16), 30, "all 16 counted")
+    alerts = await _alerts(own_js, "acme-month")
+    assert alerts == {f"af.events.budget.alert.acme-month.{period}.80": 1,
+                      f"af.events.budget.alert.acme-month.{period}.100": 1}  # fmt: skip
+    # Raising the limit lifts the refusal.
+    app = await _metering(own_nats.url)
+    async with running(app):
+        raised = budget.model_copy(update={"limit": each * 100})
+        await kv.put("budget.acme-month", raised.model_dump_json().encode())
+        await eventually(lambda: not queue.guard._by_scope, 30, "the flag removed")  # type: ignore[union-attr]
+        await queue.enqueue(TaskSpec("pricey", {}, tenant="acme"))
+
+
+async def test_a_daily_quota_refuses_the_agents_work_once_used_up(
+    own_nats: NatsServer, own_js: JetStreamContext, queue: TaskQueue
+) -> None:
+    kv = await own_js.key_value(names.BUCKET_BUDGETS)
+    await kv.put("quota.q-lim", Quota(id="q-lim", agent="limited", max_daily=5).model_dump_json().encode())
+    app = await _metering(own_nats.url)
+    async with running(app):
+        await publish_finished(own_js, "limited", 4, tenant="acme")
+        await publish_finished(own_js, "limited", 1, tenant="globex", start=4)
+        await eventually(lambda: queue.guard is not None and queue.guard._by_scope, 30, "the quota flag seen")
+        with pytest.raises(
+            QuotaExceeded, match="quota 'q-lim' of agent limited is used up .* 5 of 5 executions"
+        ):
+            await queue.enqueue(TaskSpec("limited", {}, tenant="initech"))
+        await queue.enqueue(TaskSpec("unlimited", {}, tenant="initech"))
+
+
+async def _has(js: JetStreamContext, budget: str, pct: int) -> bool:
+    return any(s.endswith(f".{pct}") for s in await _alerts(js, budget))
+
+
+async def _partials(js: JetStreamContext, ident: str, period: str, want: float) -> bool:
+    """Do the partitions' parts of ``ident``'s spend in ``period`` add up to ``want``?"""
+    kv = await js.key_value(names.BUCKET_BUDGETS)
+    entries = await current_entries(js, kv, names.BUCKET_BUDGETS, f"partial.{ident}.{period}.*")
+    return sum(json.loads(e.value or b"0")["used"] for e in entries) == round(want * NANO)
