@@ -215,6 +215,10 @@ class SpendGuard:
                 continue
             self._by_scope.setdefault((spent.agent, spent.tenant), []).append(spent)
 
+    def spent(self) -> list[Spent]:
+        """Every budget and quota seen spent (the current period's or not)."""
+        return [s for found in self._by_scope.values() for s in found]
+
     def check(self, agent: str, tenant: str, now: datetime | None = None) -> None:
         """Raise :class:`BudgetExceeded` or :class:`QuotaExceeded` if ``agent``'s work
         for ``tenant`` may not be enqueued now."""

@@ -54,9 +54,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from mesh import names
 from mesh.errors import WRONG_LAST_SEQUENCE
 from mesh.kv import KeyMirror
-from mesh.stopping import cancel_within
 from mesh.queue.budgets import BUDGET_PREFIX, QUOTA_PREFIX, SPENT_PREFIX, Budget, Period, Quota, Spent
 from mesh.queue.runs import RunStatus
+from mesh.stopping import cancel_within
 from streams.processors.app import Decisions, ProcessorConfig
 from streams.processors.executions import EXECUTIONS_TOPIC, read_finished
 from streams.processors.pricing import NANO, PriceTable, load_prices, price

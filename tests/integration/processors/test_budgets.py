@@ -13,10 +13,10 @@ from nats.js import JetStreamContext
 
 from mesh import names
 from mesh.embedded import NatsServer
+from mesh.envelope import utcnow
 from mesh.kv import current_entries
 from mesh.queue.budgets import Budget, BudgetExceeded, Period, Quota, QuotaExceeded
 from mesh.queue.producer import TaskQueue, TaskSpec
-from mesh.envelope import utcnow
 from streams.processors.app import ProcessorConfig, build, prepare
 from streams.processors.executions import read_finished
 from streams.processors.pricing import DEFAULT_PRICES, NANO, price
@@ -70,7 +70,7 @@ async def test_alerts_fire_once_per_threshold_and_a_spent_hard_budget_refuses_wo
         await queue.enqueue(TaskSpec("pricey", {}, tenant="acme"))  # soft threshold: still open
         await publish_finished(own_js, "pricey", 4, tenant="acme", start=8)  # 12 of 10
         await eventually(lambda: _has(own_js, "acme-month", 100), 30, "the 100 % alert")
-        await eventually(lambda: queue.guard is not None and queue.guard._by_scope, 10, "the spent flag seen")
+        await eventually(lambda: queue.guard is not None and queue.guard.spent(), 10, "the spent flag seen")
         with pytest.raises(BudgetExceeded) as refused:
             await queue.enqueue(TaskSpec("pricey", {}, tenant="acme"))
         details = refused.value.details
@@ -95,7 +95,7 @@ async def test_alerts_fire_once_per_threshold_and_a_spent_hard_budget_refuses_wo
     async with running(app):
         raised = budget.model_copy(update={"limit": each * 100})
         await kv.put("budget.acme-month", raised.model_dump_json().encode())
-        await eventually(lambda: not queue.guard._by_scope, 30, "the flag removed")  # type: ignore[union-attr]
+        await eventually(lambda: not queue.guard.spent(), 30, "the flag removed")  # type: ignore[union-attr]
         await queue.enqueue(TaskSpec("pricey", {}, tenant="acme"))
 
 
@@ -108,9 +108,9 @@ async def test_a_daily_quota_refuses_the_agents_work_once_used_up(
     async with running(app):
         await publish_finished(own_js, "limited", 4, tenant="acme")
         await publish_finished(own_js, "limited", 1, tenant="globex", start=4)
-        await eventually(lambda: queue.guard is not None and queue.guard._by_scope, 30, "the quota flag seen")
+        await eventually(lambda: queue.guard is not None and queue.guard.spent(), 30, "the quota flag seen")
         with pytest.raises(
-            QuotaExceeded, match="quota 'q-lim' of agent limited is used up .* 5 of 5 executions"
+            QuotaExceeded, match=r"quota 'q-lim' of agent limited is used up .* 5 of 5 executions"
         ):
             await queue.enqueue(TaskSpec("limited", {}, tenant="initech"))
         await queue.enqueue(TaskSpec("unlimited", {}, tenant="initech"))
