@@ -10,6 +10,8 @@ Two projections, each a :class:`Recorder` with its own durable consumer:
 
 * :data:`EXECUTIONS` (the default): every ``execution.finished`` event of
   ``AF_EVENTS`` into ``executions``, the permanent record of outcomes;
+* :data:`BILLING`: every billing record (``AF_BILLING``, from the metering
+  processor) into ``billing_records``, once per record id;
 * :data:`RUN_INDEX`: every write to the ``af_runs`` bucket (queued records,
   state writes, and the finished events the server projects into it) into
   ``runs``, which ``GET /api/v1/runs`` lists and filters. It lags the bucket
@@ -29,16 +31,18 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
+from agents.store.billing import record_billing
 from agents.store.executions import record_executions
 from agents.store.runs import index_runs
 from mesh import names
 from mesh.envelope import CONTENT_TYPE, decode
 from mesh.errors import DecodeError
+from mesh.queue.billing import BillingRecord
 from mesh.queue.runs import ExecutionFinished
 from mesh.wire.consumer import ConsumerLoop
 from mesh.wire.protocol import api_prefix
 
-__all__ = ["EXECUTIONS", "RUN_INDEX", "Projection", "Recorder"]
+__all__ = ["BILLING", "EXECUTIONS", "RUN_INDEX", "Projection", "Recorder"]
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +72,17 @@ async def _write_executions(pool: asyncpg.Pool, msgs: list[Msg]) -> int:
     return len(events)
 
 
+async def _write_billing(pool: asyncpg.Pool, msgs: list[Msg]) -> int:
+    records = []
+    for msg in msgs:
+        try:
+            records.append(BillingRecord.model_validate_json(msg.data))
+        except ValueError as exc:  # it stays in AF_BILLING; only the projection skips it
+            log.error("recorder: skipping unreadable billing record %s: %s", msg.subject, exc)
+    await record_billing(pool, records)
+    return len(records)
+
+
 EXECUTIONS = Projection(names.STREAM_EVENTS, names.CONSUMER_RECORDER, names.ALL_FINISHED, _write_executions)
 RUN_INDEX = Projection(
     names.kv_stream(names.BUCKET_RUNS),
@@ -75,6 +90,7 @@ RUN_INDEX = Projection(
     names.kv_subject(names.BUCKET_RUNS, ">"),
     index_runs,
 )
+BILLING = Projection(names.STREAM_BILLING, names.CONSUMER_BILLING_RECORDER, ">", _write_billing)
 
 
 class Recorder:

@@ -39,7 +39,7 @@ from streams.partitioner import partition_for
 from streams.records import encode_headers
 from streams.topics import TopicRegistry
 
-__all__ = ["bench_streams"]
+__all__ = ["bench_streams", "ceiling"]
 
 PARTITIONS = 4
 KEYS = 1000
@@ -100,7 +100,8 @@ async def _publish(
     await asyncio.gather(*pending)
 
 
-async def _ceiling(nats_url: str, n: int, client: RawClient) -> float:
+async def ceiling(nats_url: str, n: int, client: RawClient) -> float:
+    """One raw nats-py client pulling and acking ``n`` messages: the ceiling a processor is compared with."""
     nc = await raw_connect(nats_url, f"bench-streams-ceiling-{client}", client)
     try:
         return await _pull_and_ack(nc.jetstream(), n)
@@ -174,8 +175,8 @@ async def bench_streams(
 ) -> dict[str, float]:
     """Run the streams benchmark against ``nats_url``; returns the JSON fields."""
     logging.getLogger("faust").setLevel(logging.ERROR)
-    ceilings = {client: await _ceiling(nats_url, events, client) for client in RAW_CLIENTS}
-    ceiling = max(ceilings.values())
+    ceilings = {client: await ceiling(nats_url, events, client) for client in RAW_CLIENTS}
+    top = max(ceilings.values())
     nc = await connect(nats_url, name="bench-streams")
     try:
         js = await jetstream(nc)
@@ -186,9 +187,9 @@ async def bench_streams(
         await nc.drain()
     return {
         "events_per_s": round(events_per_s, 1),
-        "ceiling_per_s": round(ceiling, 1),
+        "ceiling_per_s": round(top, 1),
         **{f"ceiling_{client}_per_s": round(per_s, 1) for client, per_s in ceilings.items()},
-        "ratio": round(events_per_s / ceiling, 3),
+        "ratio": round(events_per_s / top, 3),
         "recovery_s": round(recovery_s, 3),
         "events": float(events),
         "recovery_keys": float(recovery_keys),

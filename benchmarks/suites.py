@@ -18,6 +18,7 @@ from agents.sandboxed import sandbox_config
 from benchmarks.fsync import bench_fsync
 from benchmarks.harness import nats_nodes, say, servers
 from benchmarks.messaging import bench_messaging
+from benchmarks.processors import bench_processors
 from benchmarks.queue import bench_queue
 from benchmarks.sandbox import bench_sandbox
 from benchmarks.scaling import bench_scaling
@@ -85,6 +86,12 @@ async def _streams(opts: BenchOptions) -> dict[str, Any]:
         return await bench_streams(env.nats.url, **({"events": opts.count} if opts.count else {}))
 
 
+async def _processors(opts: BenchOptions) -> dict[str, Any]:
+    say("bench processors: each stream processor over the same finished executions …")
+    async with servers() as env:
+        return await bench_processors(env.nats.url, **({"events": opts.count} if opts.count else {}))
+
+
 async def _sandbox(opts: BenchOptions) -> dict[str, Any]:
     return await bench_sandbox(opts.count or 2000, opts.rounds)
 
@@ -97,6 +104,7 @@ SUITES: dict[str, Callable[[BenchOptions], Awaitable[dict[str, Any]]]] = {
     "fsync": _fsync,
     "scaling": _scaling,
     "sandbox": _sandbox,
+    "processors": _processors,
 }
 
 #: The suites that run on a cluster when asked (``--cluster N``); the others run on one server.

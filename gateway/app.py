@@ -33,7 +33,7 @@ from nats.js import JetStreamContext
 from agents.lifecycle.actions import Operator
 from agents.lifecycle.dedicated import DedicatedWorkers
 from agents.lifecycle.manager import LifecycleManager
-from agents.recorder import RUN_INDEX, Recorder
+from agents.recorder import BILLING, RUN_INDEX, Recorder
 from agents.registry import Registry
 from agents.runtime import worker_for
 from agents.store.executions import upsert_agents
@@ -94,6 +94,7 @@ class Parts:
 
     recorder: bool = True  # execution events -> PostgreSQL
     run_index: bool = True  # run states -> PostgreSQL
+    billing: bool = True  # billing records (the metering processor's) -> PostgreSQL
     maintenance: bool = True
     scheduler: bool = True
     serve: bool = True  # the API on settings.host:port; False: the caller serves ``gateway.app``
@@ -164,6 +165,7 @@ class Gateway:
     services: Services | None = None
     recorder: Recorder | None = None
     run_index: Recorder | None = None
+    billing: Recorder | None = None
     maintenance: QueueMaintenance | None = None
     scheduler: Scheduler | None = None
     worker: TaskWorker | None = None
@@ -213,6 +215,9 @@ class Gateway:
         if parts.run_index:
             self.run_index = Recorder(nc, js, self.pool, poll_s=parts.poll_s, projection=RUN_INDEX)
             await self.run_index.start()
+        if parts.billing:
+            self.billing = Recorder(nc, js, self.pool, poll_s=parts.poll_s, projection=BILLING)
+            await self.billing.start()
         if parts.maintenance:
             self.maintenance = QueueMaintenance(nc, js)
             await self.maintenance.start()
@@ -296,6 +301,8 @@ class Gateway:
             steps.append(("the recorder", self.recorder.stop, STEP_TIMEOUT_S))
         if self.run_index is not None:
             steps.append(("the run index", self.run_index.stop, STEP_TIMEOUT_S))
+        if self.billing is not None:
+            steps.append(("the billing recorder", self.billing.stop, STEP_TIMEOUT_S))
         if self.dedicated is not None:
             drain = self.settings.drain_timeout_s
             steps.append(("the dedicated workers", self.dedicated.close, drain + STEP_TIMEOUT_S))

@@ -27,6 +27,7 @@ import click
 from gateway.commands.agent import agent
 from gateway.commands.channels import channels
 from gateway.commands.common import OUTPUTS, CliError, Ctx, _call, _emit, _run, output_option
+from gateway.commands.costs import budget, costs, quota
 from gateway.commands.processors import processors
 from gateway.commands.queue import queue
 from gateway.commands.runs import cancel, runs
@@ -321,7 +322,7 @@ def _worker_counts(ctx: click.Context, param: click.Parameter, value: str) -> tu
 
 @cli.command()
 @click.argument("suite", type=click.Choice(["skeleton", "queue", "messaging", "streams", "fsync", "scaling",
-                                            "sandbox", "all"]), default="all")  # fmt: skip
+                                            "sandbox", "processors", "all"]), default="all")  # fmt: skip
 @click.option("-n", "count", type=int, default=None, help="Runs/tasks/events to push through.")
 @click.option(
     "--cluster", type=click.IntRange(min=1), default=1, show_default=True, metavar="N",
@@ -353,6 +354,8 @@ def bench(suite: str, count: int | None, cluster: int, rounds: int, workers: tup
               as many raw nats-py consumers; and one producer's enqueues/s
     sandbox   no-op invocations/s through the process sandbox, p50/p99 overhead
               against the same agent called in-process, template RSS, levels
+    processors  events/s each stream processor (metering, breaker, canary)
+              sustains on one worker, against the raw pull-and-ack ceiling
     skeleton, messaging, streams: see the README
     all       the suites `make bench` holds to targets (skeleton to streams)
 
@@ -394,7 +397,7 @@ def main() -> None:
 
 
 # Command groups live in gateway/commands/ (helpers in commands/common.py).
-for _group in (agent, channels, queue, runs, cancel, schedule, processors):
+for _group in (agent, channels, queue, runs, cancel, schedule, processors, costs, budget, quota):
     cli.add_command(_group)
 
 

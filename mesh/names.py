@@ -23,6 +23,7 @@ __all__ = [
     "BUCKET_LOCKS",
     "BUCKET_RUNS",
     "BUCKET_SCHEDULES",
+    "CONSUMER_BILLING_RECORDER",
     "CONSUMER_DLQ_MOVER",
     "CONSUMER_RECORDER",
     "CONSUMER_RUN_INDEX",
@@ -96,6 +97,7 @@ CONSUMER_RECORDER: Final = "recorder-postgres"  # on AF_EVENTS: finished executi
 CONSUMER_RUN_INDEX: Final = "recorder-runs"  # on KV_af_runs: run states -> PostgreSQL's run index
 CONSUMER_DLQ_MOVER: Final = "dlq-mover"  # on AF_ADVISORIES: tasks past max_deliver -> AF_DLQ
 CONSUMER_SCHEDULE_RELAY: Final = "schedule-relay"  # on AF_SCHEDULES: cron firings -> AF_TASKS
+CONSUMER_BILLING_RECORDER: Final = "recorder-billing"  # on AF_BILLING: billing records -> PostgreSQL
 
 STATE_FILE: Final = "state.json"  # in the data dir: where `up` tells the CLI its URLs and token
 JS_API_PREFIX: Final = "$JS.API"  # JetStream's API (a domain's is $JS.<domain>.API)

@@ -32,11 +32,12 @@ from typing import Any, Literal
 
 from nats.aio.client import Client
 from nats.js import JetStreamContext
+from nats.js.errors import KeyNotFoundError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from mesh import names
 from mesh.errors import MeshError
-from mesh.kv import KeyMirror
+from mesh.kv import KeyMirror, current_entries
 
 __all__ = [
     "BUDGET_PREFIX",
@@ -49,6 +50,9 @@ __all__ = [
     "QuotaExceeded",
     "Spent",
     "SpendGuard",
+    "put_limit",
+    "read_limits",
+    "remove_limit",
     "scope_key",
 ]
 
@@ -228,3 +232,47 @@ class SpendGuard:
             for spent in self._by_scope.get(scope, ()):
                 if (now or datetime.now(UTC)) < spent.reset_at:
                     raise BudgetExceeded(spent) if spent.kind == "budget" else QuotaExceeded(spent)
+
+
+async def put_limit(js: JetStreamContext, limit: Budget | Quota) -> bool:
+    """Store a budget or quota (replacing one of the same id); True if it existed."""
+    kv = await js.key_value(names.BUCKET_BUDGETS)
+    key = (BUDGET_PREFIX if isinstance(limit, Budget) else QUOTA_PREFIX) + limit.id
+    try:
+        existed = bool((await kv.get(key)).value)
+    except KeyNotFoundError:
+        existed = False
+    await kv.put(key, limit.model_dump_json().encode())
+    return existed
+
+
+async def remove_limit(js: JetStreamContext, kind: Literal["budget", "quota"], ident: str) -> bool:
+    """Remove a budget or quota; False if there was none. Its spent mark goes at the
+    metering processor's next flush."""
+    kv = await js.key_value(names.BUCKET_BUDGETS)
+    key = (BUDGET_PREFIX if kind == "budget" else QUOTA_PREFIX) + ident
+    try:
+        if not (await kv.get(key)).value:
+            return False
+    except KeyNotFoundError:
+        return False
+    await kv.delete(key)
+    return True
+
+
+async def read_limits(js: JetStreamContext) -> tuple[list[Budget], list[Quota], dict[str, Spent]]:
+    """Every budget and quota, and the spent marks by id."""
+    kv = await js.key_value(names.BUCKET_BUDGETS)
+    budgets, quotas, spent = [], [], {}
+    for entry in await current_entries(js, kv, names.BUCKET_BUDGETS):
+        try:
+            if entry.key.startswith(BUDGET_PREFIX):
+                budgets.append(Budget.model_validate_json(entry.value or b""))
+            elif entry.key.startswith(QUOTA_PREFIX):
+                quotas.append(Quota.model_validate_json(entry.value or b""))
+            elif entry.key.startswith(SPENT_PREFIX):
+                mark = Spent.model_validate_json(entry.value or b"")
+                spent[mark.id] = mark
+        except ValidationError as exc:
+            log.error("%s in %s is not readable, left out: %s", entry.key, names.BUCKET_BUDGETS, exc)
+    return budgets, quotas, spent

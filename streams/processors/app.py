@@ -112,12 +112,18 @@ def build(name: str, config: ProcessorConfig, **conf: Any) -> faust.App:
     return app
 
 
-async def prepare(nats_url: str, replicas: int = 1) -> int:
+async def prepare(nats_url: str, replicas: int = 1, name: str | None = None) -> int:
     """Declare ``af-executions`` (before any processor's consumer would create it
-    without its sources); returns its partition count."""
+    without its sources), and what processor ``name`` needs before it starts
+    (its module's ``prepare(js, partitions, replicas)``, if it has one);
+    returns the partition count."""
     nc = await connect(nats_url, name="af-processors-prepare")
     try:
-        spec = await declare_executions(await jetstream(nc), replicas)
+        js = await jetstream(nc)
+        spec = await declare_executions(js, replicas)
+        own = getattr(importlib.import_module(f"{__package__}.{name}"), "prepare", None) if name else None
+        if own is not None:
+            await own(js, spec.partitions, replicas)
     finally:
         await nc.close()
     return spec.partitions
@@ -134,7 +140,7 @@ def run_processor(
     """Run processor ``name`` in this process until SIGINT/SIGTERM (a graceful stop
     commits what was processed). Blocks; owns the event loop."""
     installer(name)  # an unknown name is refused before anything starts
-    partitions = asyncio.run(prepare(nats_url, replicas))
+    partitions = asyncio.run(prepare(nats_url, replicas, name))
     config = ProcessorConfig(
         nats_url=nats_url, partitions=partitions, replicas=replicas, options=options,
         session_timeout_s=session_timeout_s, heartbeat_s=min(1.0, session_timeout_s / 4),

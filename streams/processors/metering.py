@@ -48,20 +48,25 @@ from typing import Any, cast
 
 import faust
 from mode import Service
+from nats.js import JetStreamContext
+from nats.js.api import StreamSource
 from nats.js.errors import APIError, KeyWrongLastSequenceError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from mesh import names
 from mesh.errors import WRONG_LAST_SEQUENCE
 from mesh.kv import KeyMirror
+from mesh.queue.billing import NANO, BillingRecord
 from mesh.queue.budgets import BUDGET_PREFIX, QUOTA_PREFIX, SPENT_PREFIX, Budget, Period, Quota, Spent
 from mesh.queue.runs import RunStatus
 from mesh.stopping import cancel_within
+from streams import naming
 from streams.processors.app import Decisions, ProcessorConfig
 from streams.processors.executions import EXECUTIONS_TOPIC, read_finished
-from streams.processors.pricing import NANO, PriceTable, load_prices, price
+from streams.processors.pricing import PriceTable, load_prices, price
+from streams.topics import TopicRegistry
 
-__all__ = ["BILLING_TOPIC", "BillingRecord", "MeteringSettings", "install"]
+__all__ = ["BILLING_TOPIC", "MeteringSettings", "install", "prepare"]
 
 log = logging.getLogger(__name__)
 
@@ -82,34 +87,6 @@ class MeteringSettings(BaseModel):
     anomaly_multiple: float = Field(default=3.0, gt=1)
     anomaly_hours: int = Field(default=24, ge=1, le=24 * 7)
     anomaly_min_spend: float = Field(default=0.01, ge=0, description="an hour below this is never anomalous")
-
-
-class BillingRecord(BaseModel):
-    """One priced execution, for accounting (``af-billing``, ``AF_BILLING``, PostgreSQL)."""
-
-    model_config = ConfigDict(extra="ignore")
-
-    id: str  # bill-<finished event id>: stable, one per run and replay generation
-    run_id: str
-    agent: str
-    tenant: str
-    version: str | None = None
-    status: RunStatus
-    finished_at: datetime
-    price_version: str
-    currency: str
-    amount_nano: int
-    compute_nano: int
-    tokens_nano: int
-    storage_nano: int
-    network_nano: int
-    cpu_ms: float
-    wall_ms: float
-    input_tokens: int
-    output_tokens: int
-    unpriced_tokens: int
-    bytes_written: int
-    bytes_network: int
 
 
 def _day(at: datetime) -> str:
@@ -417,6 +394,22 @@ class Meter(Service):
                 key = usage_key(agent, tenant, day)
                 self.table.send_changelog(entry["p"], key, None, value_serializer="raw")
                 self.table.data.pop(key, None)
+
+
+async def prepare(js: JetStreamContext, partitions: int, replicas: int) -> None:
+    """Declare ``af-billing`` and make ``AF_BILLING`` source its partitions (idempotent)."""
+    await TopicRegistry(js).declare(BILLING_TOPIC, partitions, replicas=replicas, retention_s=7 * 86_400.0)
+    info = await js.stream_info(names.STREAM_BILLING)
+    have = {source.name for source in info.config.sources or ()}
+    wanted = [naming.stream_name(BILLING_TOPIC, p) for p in range(partitions)]
+    if set(wanted) <= have:
+        return
+    info.config.sources = [
+        *(info.config.sources or []),
+        *(StreamSource(name=n) for n in wanted if n not in have),
+    ]
+    await js.update_stream(info.config)
+    log.info("%s now sources the %d partitions of %s", names.STREAM_BILLING, partitions, BILLING_TOPIC)
 
 
 def install(app: faust.App, source: faust.TopicT, config: ProcessorConfig) -> None:

@@ -26,11 +26,11 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from mesh.queue.billing import NANO
 from mesh.queue.runs import ExecutionFinished
 
 __all__ = ["NANO", "ModelPrice", "PriceTable", "Priced", "load_prices", "price"]
 
-NANO = 1_000_000_000  # nano-units per currency unit
 GB = 1024**3
 
 

@@ -69,8 +69,8 @@ async def test_a_gateway_given_urls_serves_a_run_end_to_end_and_closes_what_it_o
 async def test_a_connection_and_a_pool_given_are_used_and_left_open(
     nc: Client, mesh_js: JetStreamContext, pool: asyncpg.Pool
 ) -> None:
-    parts = Parts(recorder=False, run_index=False, maintenance=False, scheduler=False, serve=False,
-                  dedicated=False)  # fmt: skip
+    parts = Parts(recorder=False, run_index=False, billing=False, maintenance=False, scheduler=False,
+                  serve=False, dedicated=False)  # fmt: skip
     gateway = Gateway(Settings(), example_registry(), parts)
     async with gateway.running(nc, pool, token=None):
         assert gateway.nc is nc and gateway.pool is pool and gateway.app is not None

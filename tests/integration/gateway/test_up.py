@@ -156,6 +156,36 @@ def test_up_runs_a_task_stops_cleanly_and_restarts_with_data_kept(tmp_path: Path
         _stop(proc, data_dir)
 
 
+def _processors(proc: subprocess.Popen[str]) -> list[psutil.Process]:
+    return [p for p in psutil.Process(proc.pid).children() if "processors" in " ".join(p.cmdline())]
+
+
+def _priced(data_dir: Path, n: int) -> dict[str, Any] | None:
+    costs = json.loads(cli(data_dir, "costs", "--group-by", "agent", "--agent", "noop", "-o", "json").stdout)
+    return costs if costs["executions"] >= n else None
+
+
+@pytest.mark.slow
+def test_up_prices_runs_with_its_metering_processor_and_restarts_a_killed_one(tmp_path: Path) -> None:
+    data_dir = tmp_path / "af"
+    proc = _start(data_dir, find_free_port(), env={"AF_PROCESSORS": "metering"})
+    try:
+        eventually_sync(lambda: "processors metering" in _output(data_dir), 30, "the banner")
+        for i in range(2):
+            cli(data_dir, "run", "noop", "--input", json.dumps({"echo": i}), "--wait")
+        costs = eventually_sync(lambda: _priced(data_dir, 2), 60, "2 runs priced")
+        assert costs["executions"] == 2 and costs["total_nano"] > 0
+        (first,) = _processors(proc)
+        first.kill()  # -9: `up` starts it again, and it resumes from its commits
+        eventually_sync(lambda: "processor-metering exited with code -9" in _output(data_dir), 30, "noticed")
+        eventually_sync(lambda: [p.pid for p in _processors(proc)] not in ([], [first.pid]), 30, "restarted")
+        cli(data_dir, "run", "noop", "--input", '{"echo": 9}', "--wait")
+        costs = eventually_sync(lambda: _priced(data_dir, 3), 90, "the third run priced")
+        assert costs["executions"] == 3
+    finally:
+        _stop(proc, data_dir)
+
+
 async def _connects(url: str) -> str:
     """ "ok", or why nats-py could not connect to ``url``."""
     errors: list[str] = []

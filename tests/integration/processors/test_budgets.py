@@ -15,11 +15,12 @@ from mesh import names
 from mesh.embedded import NatsServer
 from mesh.envelope import utcnow
 from mesh.kv import current_entries
+from mesh.queue.billing import NANO
 from mesh.queue.budgets import Budget, BudgetExceeded, Period, Quota, QuotaExceeded
 from mesh.queue.producer import TaskQueue, TaskSpec
 from streams.processors.app import ProcessorConfig, build, prepare
 from streams.processors.executions import read_finished
-from streams.processors.pricing import DEFAULT_PRICES, NANO, price
+from streams.processors.pricing import DEFAULT_PRICES, price
 from tests.helpers import eventually
 from tests.integration.processors.test_executions_topic import publish_finished
 from tests.integration.streams.streams_workers import running

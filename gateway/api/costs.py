@@ -1,0 +1,165 @@
+"""Costs, budgets and quotas (docs/processors.md).
+
+* ``GET    /api/v1/costs?group_by=agent|tenant&period=hour|day|month[&since&until&agent&tenant]``
+  -> cost per agent or tenant and period, from the billing records in PostgreSQL
+* ``GET    /api/v1/budgets`` -> ``{"budgets": [...], "quotas": [...]}``, each with its spent mark
+* ``PUT    /api/v1/budgets/{id}`` / ``PUT /api/v1/quotas/{id}`` -> create (201) or replace (200)
+* ``GET    /api/v1/budgets/{id}`` / ``GET /api/v1/quotas/{id}``
+* ``DELETE /api/v1/budgets/{id}`` / ``DELETE /api/v1/quotas/{id}`` -> 204, 404 if none
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime, timedelta
+from typing import Any, Literal
+
+from aiohttp import web
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from agents.store.billing import cost_totals
+from gateway.api.bodies import json_response, read_json
+from gateway.api.services import SERVICES, Services
+from mesh.queue.billing import NANO
+from mesh.queue.budgets import Budget, Quota, Spent, put_limit, read_limits, remove_limit
+
+__all__ = ["routes"]
+
+routes = web.RouteTableDef()
+
+_PARTS = ("compute", "tokens", "storage", "network")
+_DEFAULT_SPAN = {"hour": timedelta(days=2), "day": timedelta(days=31), "month": timedelta(days=366)}
+
+
+class CostQuery(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    group_by: Literal["agent", "tenant"] = "agent"
+    period: Literal["hour", "day", "month"] = "day"
+    since: datetime | None = None
+    until: datetime | None = None
+    agent: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_-]{1,128}$")
+    tenant: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_-]{1,128}$")
+
+    @model_validator(mode="after")
+    def _span(self) -> Any:
+        self.until = (self.until or datetime.now(UTC)).astimezone(UTC)
+        self.since = (self.since or self.until - _DEFAULT_SPAN[self.period]).astimezone(UTC)
+        if self.since >= self.until:
+            raise ValueError("since must be before until")
+        return self
+
+
+@routes.get("/api/v1/costs")
+async def costs(request: web.Request) -> web.Response:
+    svc: Services = request.app[SERVICES]
+    q = CostQuery.model_validate(dict(request.query))
+    assert q.since is not None and q.until is not None
+    rows = await cost_totals(svc.pool, q.group_by, q.period, q.since, q.until, q.agent, q.tenant)
+    out = [
+        {
+            q.group_by: row["key"], "start": row["start"].replace(tzinfo=UTC).isoformat(),
+            "currency": row["currency"], "executions": row["executions"],
+            "amount": int(row["amount_nano"]) / NANO, "amount_nano": int(row["amount_nano"]),
+            "breakdown": {part: int(row[f"{part}_nano"]) / NANO for part in _PARTS},
+            "input_tokens": int(row["input_tokens"]), "output_tokens": int(row["output_tokens"]),
+            "cpu_s": float(row["cpu_ms"]) / 1000,
+        }
+        for row in rows
+    ]  # fmt: skip
+    total = sum(r["amount_nano"] for r in out)
+    return json_response({
+        "group_by": q.group_by, "period": q.period, "since": q.since.isoformat(),
+        "until": q.until.isoformat(), "rows": out, "total": total / NANO, "total_nano": total,
+        "executions": sum(r["executions"] for r in out),
+    })  # fmt: skip
+
+
+_ID = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+
+
+def _ident(request: web.Request) -> str:
+    ident = request.match_info["id"]
+    if not _ID.match(ident):
+        raise web.HTTPBadRequest(
+            text=f"{ident[:70]!r} is not a budget or quota id (a-z, 0-9 and -, up to 63)"
+        )
+    return ident
+
+
+def _shown(limit: Budget | Quota, spent: dict[str, Spent]) -> dict[str, Any]:
+    mark = spent.get(limit.id)
+    return {**limit.model_dump(mode="json", exclude_none=True),
+            "spent": mark.model_dump(mode="json") if mark else None}  # fmt: skip
+
+
+@routes.get("/api/v1/budgets")
+async def list_budgets(request: web.Request) -> web.Response:
+    svc: Services = request.app[SERVICES]
+    budgets, quotas, spent = await read_limits(svc.js)
+    return json_response(
+        {"budgets": [_shown(b, spent) for b in budgets], "quotas": [_shown(q, spent) for q in quotas]}
+    )
+
+
+async def _put(request: web.Request, model: type[Budget] | type[Quota], base: str) -> web.Response:
+    svc: Services = request.app[SERVICES]
+    body = await read_json(request)
+    if not isinstance(body, dict):
+        raise web.HTTPBadRequest(text="the body must be a JSON object")
+    ident = _ident(request)
+    if body.setdefault("id", ident) != ident:
+        raise web.HTTPBadRequest(text=f"the body names {body['id']!r}, the path {ident!r}")
+    limit = model.model_validate(body)
+    existed = await put_limit(svc.js, limit)
+    response = json_response(limit.model_dump(mode="json", exclude_none=True), status=200 if existed else 201)
+    response.headers["Location"] = f"{base}/{ident}"
+    return response
+
+
+async def _get(request: web.Request, kind: str) -> web.Response:
+    svc: Services = request.app[SERVICES]
+    ident = _ident(request)
+    budgets, quotas, spent = await read_limits(svc.js)
+    for limit in budgets if kind == "budget" else quotas:
+        if limit.id == ident:
+            return json_response(_shown(limit, spent))
+    raise web.HTTPNotFound(text=f"no {kind} {ident!r}")
+
+
+async def _delete(request: web.Request, kind: Literal["budget", "quota"]) -> web.Response:
+    svc: Services = request.app[SERVICES]
+    ident = _ident(request)
+    if not await remove_limit(svc.js, kind, ident):
+        raise web.HTTPNotFound(text=f"no {kind} {ident!r}")
+    return web.Response(status=204)
+
+
+@routes.put("/api/v1/budgets/{id}")
+async def put_budget(request: web.Request) -> web.Response:
+    return await _put(request, Budget, "/api/v1/budgets")
+
+
+@routes.put("/api/v1/quotas/{id}")
+async def put_quota(request: web.Request) -> web.Response:
+    return await _put(request, Quota, "/api/v1/quotas")
+
+
+@routes.get("/api/v1/budgets/{id}")
+async def get_budget(request: web.Request) -> web.Response:
+    return await _get(request, "budget")
+
+
+@routes.get("/api/v1/quotas/{id}")
+async def get_quota(request: web.Request) -> web.Response:
+    return await _get(request, "quota")
+
+
+@routes.delete("/api/v1/budgets/{id}")
+async def delete_budget(request: web.Request) -> web.Response:
+    return await _delete(request, "budget")
+
+
+@routes.delete("/api/v1/quotas/{id}")
+async def delete_quota(request: web.Request) -> web.Response:
+    return await _delete(request, "quota")
