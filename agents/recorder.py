@@ -30,6 +30,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from pydantic import TypeAdapter
 
 from agents.store.billing import record_billing
 from agents.store.executions import record_executions
@@ -72,13 +73,17 @@ async def _write_executions(pool: asyncpg.Pool, msgs: list[Msg]) -> int:
     return len(events)
 
 
+_BILLING_LIST = TypeAdapter(list[BillingRecord])
+
+
 async def _write_billing(pool: asyncpg.Pool, msgs: list[Msg]) -> int:
-    records = []
+    """Each message holds the billing records of one batch the metering processor priced."""
+    records: list[BillingRecord] = []
     for msg in msgs:
         try:
-            records.append(BillingRecord.model_validate_json(msg.data))
+            records += _BILLING_LIST.validate_json(msg.data)
         except ValueError as exc:  # it stays in AF_BILLING; only the projection skips it
-            log.error("recorder: skipping unreadable billing record %s: %s", msg.subject, exc)
+            log.error("recorder: skipping unreadable billing records %s: %s", msg.subject, exc)
     await record_billing(pool, records)
     return len(records)
 

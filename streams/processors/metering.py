@@ -11,7 +11,7 @@ Per event (``af-executions``, partitioned by agent):
   fence are one changelog record, so a processor SIGKILLed and restarted (or
   a partition moved) re-reads events after its last commit and counts none
   of them twice;
-* a billing record (:class:`BillingRecord`, id ``bill-<event id>``) goes to
+* a billing record (``mesh.queue.billing.BillingRecord``, id ``bill-<event id>``) goes to
   topic ``af-billing`` through the app's producer, which Faust flushes before
   it commits: at least once (a re-processed event sends its record again,
   with the same id; ``AF_BILLING`` and PostgreSQL keep one per id).
@@ -52,13 +52,14 @@ from nats.js import JetStreamContext
 from nats.js.api import StreamSource
 from nats.js.errors import APIError, KeyWrongLastSequenceError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic_core import to_json
 
 from mesh import names
 from mesh.errors import WRONG_LAST_SEQUENCE
 from mesh.kv import KeyMirror
-from mesh.queue.billing import NANO, BillingRecord
+from mesh.queue.billing import NANO
 from mesh.queue.budgets import BUDGET_PREFIX, QUOTA_PREFIX, SPENT_PREFIX, Budget, Period, Quota, Spent
-from mesh.queue.runs import RunStatus
+from mesh.queue.runs import ExecutionFinished, RunStatus
 from mesh.stopping import cancel_within
 from streams import naming
 from streams.processors.app import Decisions, ProcessorConfig
@@ -87,6 +88,8 @@ class MeteringSettings(BaseModel):
     anomaly_multiple: float = Field(default=3.0, gt=1)
     anomaly_hours: int = Field(default=24, ge=1, le=24 * 7)
     anomaly_min_spend: float = Field(default=0.01, ge=0, description="an hour below this is never anomalous")
+    batch: int = Field(default=500, ge=1, le=5000, description="events priced per batch")
+    batch_wait_s: float = Field(default=0.05, gt=0, description="how long a batch waits to fill")
 
 
 def _day(at: datetime) -> str:
@@ -106,45 +109,46 @@ _SUMS = ("n", "failed", "cost", "compute", "tokens", "storage", "network", "cpu_
          "input_tokens", "output_tokens", "unpriced_tokens", "bytes_written", "bytes_network")  # fmt: skip
 
 
-def apply(
-    entry: dict[str, Any] | None, offset: int, partition: int, record: BillingRecord
-) -> dict[str, Any] | None:
-    """``entry`` with ``record`` added, or None if the entry has it already (the fence)."""
-    if entry is not None and offset <= entry["o"]:
-        return None
-    fresh: dict[str, Any] = {k: 0 for k in _SUMS} | {"h": [0] * 24, "hn": [0] * 24}
-    new: dict[str, Any] = dict(entry) if entry is not None else fresh
-    new["o"], new["p"] = offset, partition
-    new["n"] += 1
-    new["failed"] += record.status != RunStatus.SUCCEEDED
-    new["cost"] += record.amount_nano
-    new["compute"] += record.compute_nano
-    new["tokens"] += record.tokens_nano
-    new["storage"] += record.storage_nano
-    new["network"] += record.network_nano
-    for field in ("cpu_ms", "wall_ms", "input_tokens", "output_tokens", "unpriced_tokens", "bytes_written",
-                  "bytes_network"):  # fmt: skip
-        new[field] += getattr(record, field)
-    hour = record.finished_at.astimezone(UTC).hour
-    new["h"] = list(new["h"])
-    new["hn"] = list(new["hn"])
-    new["h"][hour] += record.amount_nano
-    new["hn"][hour] += 1
-    return new
+def _copy(entry: dict[str, Any] | None) -> dict[str, Any]:
+    if entry is None:
+        return {k: 0 for k in _SUMS} | {"o": 0, "p": 0, "h": [0] * 24, "hn": [0] * 24}
+    return {**entry, "h": list(entry["h"]), "hn": list(entry["hn"])}
 
 
-def bill(event_id: str, offset_event: Any, table: PriceTable) -> BillingRecord:
-    """The billing record of a finished event (``offset_event``: its payload)."""
-    e = offset_event
-    p = price(e, table)
-    return BillingRecord(
-        id=f"bill-{event_id}", run_id=e.run_id, agent=e.agent, tenant=e.tenant, version=e.version,
-        status=e.status, finished_at=e.finished_at, price_version=table.version, currency=table.currency,
-        amount_nano=p.total, compute_nano=p.compute, tokens_nano=p.tokens, storage_nano=p.storage,
-        network_nano=p.network, cpu_ms=p.cpu_ms, wall_ms=p.wall_ms, input_tokens=p.input_tokens,
-        output_tokens=p.output_tokens, unpriced_tokens=p.unpriced_tokens, bytes_written=p.bytes_written,
-        bytes_network=p.bytes_network,
-    )  # fmt: skip
+def add(entry: dict[str, Any], offset: int, partition: int, record: dict[str, Any]) -> None:
+    """Add billing ``record`` to ``entry`` in place (a working copy: :func:`meter_batch`)."""
+    entry["o"], entry["p"] = offset, partition
+    entry["n"] += 1
+    entry["failed"] += record["status"] != RunStatus.SUCCEEDED
+    for total, part in _ADDED:
+        entry[total] += record[part]
+    hour = record["finished_at"].astimezone(UTC).hour
+    entry["h"][hour] += record["amount_nano"]
+    entry["hn"][hour] += 1
+
+
+_ADDED = (("cost", "amount_nano"), ("compute", "compute_nano"), ("tokens", "tokens_nano"),
+          ("storage", "storage_nano"), ("network", "network_nano"), ("cpu_ms", "cpu_ms"),
+          ("wall_ms", "wall_ms"),
+          ("input_tokens", "input_tokens"), ("output_tokens", "output_tokens"),
+          ("unpriced_tokens", "unpriced_tokens"), ("bytes_written", "bytes_written"),
+          ("bytes_network", "bytes_network"))  # fmt: skip
+
+
+def bill(event_id: str, e: ExecutionFinished, table: PriceTable, carried: int = 0) -> dict[str, Any]:
+    """The billing record of finished event ``e`` (``carried``: its size as it arrived), as
+    the dict a :class:`~mesh.queue.billing.BillingRecord` validates (hot path: no model
+    is built per event; ``tests/unit/streams/test_metering.py`` checks it validates)."""
+    p = price(e, table, carried)
+    return {
+        "id": f"bill-{event_id}", "run_id": e.run_id, "agent": e.agent, "tenant": e.tenant,
+        "version": e.version, "status": e.status, "finished_at": e.finished_at,
+        "price_version": table.version, "currency": table.currency, "amount_nano": p.total,
+        "compute_nano": p.compute, "tokens_nano": p.tokens, "storage_nano": p.storage,
+        "network_nano": p.network, "cpu_ms": p.cpu_ms, "wall_ms": p.wall_ms, "input_tokens": p.input_tokens,
+        "output_tokens": p.output_tokens, "unpriced_tokens": p.unpriced_tokens,
+        "bytes_written": p.bytes_written, "bytes_network": p.bytes_network,
+    }  # fmt: skip
 
 
 def in_period(period: Period, now: datetime, day: str, entry: dict[str, Any], what: str) -> int:
@@ -412,6 +416,37 @@ async def prepare(js: JetStreamContext, partitions: int, replicas: int) -> None:
     log.info("%s now sources the %d partitions of %s", names.STREAM_BILLING, partitions, BILLING_TOPIC)
 
 
+def meter_batch(usage: Any, events: Iterable[Any], prices: PriceTable) -> list[dict[str, Any]]:
+    """Price ``events`` into the usage table (one changelog record per entry changed, in
+    the entry's own partition) and return their billing records, every one (a record
+    of an event the usage already has is sent again: a crash can fall between the two,
+    and a record sent twice is one record downstream)."""
+    records: list[dict[str, Any]] = []
+    working: dict[str, dict[str, Any]] = {}
+    for event in events:
+        finished = read_finished(event.value)
+        if finished is None:
+            continue
+        e = finished.payload
+        record = bill(finished.id, e, prices, len(event.value))
+        records.append(record)
+        key = usage_key(e.agent, e.tenant, _day(e.finished_at))
+        entry = working.get(key)
+        if entry is None:
+            current = usage.data.get(key)
+            if current is not None and event.message.offset <= current["o"]:
+                continue  # applied before a crash or a move
+            entry = working[key] = _copy(current)
+        elif event.message.offset <= entry["o"]:
+            continue
+        add(entry, event.message.offset, event.message.partition, record)
+    for key, entry in working.items():
+        # Outside one event Faust cannot tell the partition: the entry knows its own.
+        usage.send_changelog(entry["p"], key, entry)
+        usage.data[key] = entry
+    return records
+
+
 def install(app: faust.App, source: faust.TopicT, config: ProcessorConfig) -> None:
     settings = MeteringSettings.model_validate({"prices": os.environ.get("AF_PRICES"), **config.options})
     prices = load_prices(settings.prices)
@@ -424,16 +459,10 @@ def install(app: faust.App, source: faust.TopicT, config: ProcessorConfig) -> No
 
     @app.agent(source, name="metering")
     async def meter_executions(stream: faust.StreamT[bytes]) -> None:
-        async for event in stream.events():
-            finished = read_finished(event.value)
-            if finished is None:
-                continue
-            e = finished.payload
-            record = bill(finished.id, e, prices)
-            # Sent even if the usage has it already: a crash can fall between the two, and
-            # a record sent twice is one record downstream (its id).
-            await billing.send(key=e.tenant.encode(), value=record.model_dump_json().encode())
-            key = usage_key(e.agent, e.tenant, _day(e.finished_at))
-            updated = apply(usage.get(key), event.message.offset, event.message.partition, record)
-            if updated is not None:  # None: applied before a crash or a move
-                usage[key] = updated
+        # Batches: Faust acks a batch's events only after this body is done with them,
+        # so their billing records and usage are sent before any commit covers them.
+        batches = cast(Any, stream).take_events(settings.batch, within=settings.batch_wait_s)
+        async for events in batches:
+            records = meter_batch(usage, events, prices)
+            if records:
+                await billing.send(value=to_json(records))  # a list of BillingRecord

@@ -10,7 +10,8 @@ sums are exact however many executions are added (floats drift). Resources:
   agent reported (``usage``); a model not in the table is priced at
   ``models["*"]`` if present, else 0 and counted as ``unpriced_tokens``;
 * storage — bytes the run wrote (``audit.bytes_written``);
-* network — the bytes of the input and result the mesh carried.
+* network — the bytes of the finished event the mesh carried (its input,
+  result and metadata: what the run moved through NATS, measured as it arrived).
 
 The table is configuration (``AF_PRICES``: a JSON file; the default
 below otherwise). Its ``version`` is recorded on every priced execution, so a
@@ -19,10 +20,8 @@ price change never silently re-prices history.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -98,13 +97,8 @@ def _nano(amount: float) -> int:
     return round(amount * NANO)
 
 
-def _size(value: Any) -> int:
-    if value is None:
-        return 0
-    return len(json.dumps(value, separators=(",", ":"), default=str))
-
-
-def price(event: ExecutionFinished, table: PriceTable) -> Priced:
+def price(event: ExecutionFinished, table: PriceTable, carried: int = 0) -> Priced:
+    """``carried``: the bytes of the finished event as it arrived (the network it used)."""
     audit = event.audit or {}
     wall_ms = float(event.duration_ms or 0.0)
     cpu_ms = audit.get("cpu_ms")
@@ -130,7 +124,6 @@ def price(event: ExecutionFinished, table: PriceTable) -> Priced:
         )
     written = audit.get("bytes_written")
     written = int(written) if isinstance(written, int | float) else 0
-    carried = _size(event.input) + _size(event.result)
     return Priced(
         compute=compute, tokens=tokens, storage=_nano(written / GB * table.gb_written),
         network=_nano(carried / GB * table.gb_network), cpu_ms=float(cpu_ms), wall_ms=wall_ms,

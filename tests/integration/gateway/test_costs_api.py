@@ -27,7 +27,7 @@ async def _finished_costs(js: JetStreamContext, run_ids: list[str]) -> int:
         raw = await js.get_last_msg(names.STREAM_EVENTS, names.finished_subject("noop", run_id))
         finished = read_finished(raw.data)
         assert finished is not None
-        total += price(finished.payload, DEFAULT_PRICES).total
+        total += price(finished.payload, DEFAULT_PRICES, len(raw.data)).total
     return total
 
 

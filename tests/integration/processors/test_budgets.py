@@ -43,7 +43,7 @@ async def _one_cost(js: JetStreamContext) -> float:
     raw = await js.get_last_msg(names.STREAM_EVENTS, f"{names.FINISHED_PREFIX}.>")
     finished = read_finished(raw.data)
     assert finished is not None
-    return price(finished.payload, DEFAULT_PRICES).total / NANO
+    return price(finished.payload, DEFAULT_PRICES, len(raw.data)).total / NANO
 
 
 @pytest.fixture
@@ -55,8 +55,9 @@ async def queue(own_nc: Client, own_js: JetStreamContext) -> AsyncIterator[TaskQ
 async def test_alerts_fire_once_per_threshold_and_a_spent_hard_budget_refuses_work(
     own_nats: NatsServer, own_js: JetStreamContext, queue: TaskQueue
 ) -> None:
-    await publish_finished(own_js, "pricey", 1, tenant="acme")
-    each = await _one_cost(own_js)  # every event of the workload costs the same
+    # Runs 10 to 25: inputs and results of one size, so every event costs the same.
+    await publish_finished(own_js, "pricey", 1, tenant="acme", start=10)
+    each = await _one_cost(own_js)
     kv = await own_js.key_value(names.BUCKET_BUDGETS)
     budget = Budget(id="acme-month", tenant="acme", period=Period.MONTH, limit=each * 10, hard=True)
     await kv.put("budget.acme-month", budget.model_dump_json().encode())
@@ -65,11 +66,11 @@ async def test_alerts_fire_once_per_threshold_and_a_spent_hard_budget_refuses_wo
 
     app = await _metering(own_nats.url)
     async with running(app):
-        await publish_finished(own_js, "pricey", 7, tenant="acme", start=1)  # 8 of 10: 80 %
+        await publish_finished(own_js, "pricey", 7, tenant="acme", start=11)  # 8 of 10: 80 %
         await eventually(lambda: _alerts(own_js, "acme-month"), 30, "the 80 % alert")
         assert await _alerts(own_js, "acme-month") == {f"af.events.budget.alert.acme-month.{period}.80": 1}
         await queue.enqueue(TaskSpec("pricey", {}, tenant="acme"))  # soft threshold: still open
-        await publish_finished(own_js, "pricey", 4, tenant="acme", start=8)  # 12 of 10
+        await publish_finished(own_js, "pricey", 4, tenant="acme", start=18)  # 12 of 10
         await eventually(lambda: _has(own_js, "acme-month", 100), 30, "the 100 % alert")
         await eventually(lambda: queue.guard is not None and queue.guard.spent(), 10, "the spent flag seen")
         with pytest.raises(BudgetExceeded) as refused:
@@ -82,11 +83,11 @@ async def test_alerts_fire_once_per_threshold_and_a_spent_hard_budget_refuses_wo
                 [TaskSpec("other", {}, tenant="globex"), TaskSpec("pricey", {}, tenant="acme")]
             )
         await queue.enqueue(TaskSpec("pricey", {}, tenant="globex"))  # another tenant: not concerned
-        await publish_finished(own_js, "pricey", 3, tenant="acme", start=12)  # more spend: no new alert
+        await publish_finished(own_js, "pricey", 3, tenant="acme", start=22)  # more spend: no new alert
     # A restarted processor re-reads what it did not commit and re-evaluates: still one alert each.
     app = await _metering(own_nats.url)
     async with running(app):
-        await publish_finished(own_js, "pricey", 1, tenant="acme", start=15)
+        await publish_finished(own_js, "pricey", 1, tenant="acme", start=25)
         await eventually(lambda: _partials(own_js, "acme-month", period, each * 16), 30, "all 16 counted")
     alerts = await _alerts(own_js, "acme-month")
     assert alerts == {f"af.events.budget.alert.acme-month.{period}.80": 1,

@@ -81,7 +81,7 @@ async def test_costs_are_exact_and_counted_once_across_a_sigkilled_processor(
         e = read_finished(data)
         assert e is not None
         expected["n"] += 1
-        expected["cost"] += price(e.payload, DEFAULT_PRICES).total
+        expected["cost"] += price(e.payload, DEFAULT_PRICES, len(data)).total
         expected["input_tokens"] += sum(u.input_tokens for u in e.payload.usage)
     await publish(own_js, events)
 
