@@ -1,6 +1,9 @@
 """Metering: every execution priced, aggregated, billed; budgets and quotas decided.
 
-Per event (``af-executions``, partitioned by agent):
+Events (``af-executions``, partitioned by agent) are taken in batches (up to
+``batch``, or what came within ``batch_wait_s``); Faust acks a batch's events
+only once this module is done with them, so nothing below can be committed
+before it was sent. Per event:
 
 * it is priced (:mod:`streams.processors.pricing`);
 * table ``metering-usage`` adds it to the entry of (agent, tenant, UTC day):
@@ -8,13 +11,14 @@ Per event (``af-executions``, partitioned by agent):
   day. **Exactly once**: an agent's events are all in one partition, in
   order, so each entry is written by one owner; the entry keeps the source
   offset it last applied and an event at or below it is skipped. State and
-  fence are one changelog record, so a processor SIGKILLed and restarted (or
-  a partition moved) re-reads events after its last commit and counts none
-  of them twice;
-* a billing record (``mesh.queue.billing.BillingRecord``, id ``bill-<event id>``) goes to
-  topic ``af-billing`` through the app's producer, which Faust flushes before
-  it commits: at least once (a re-processed event sends its record again,
-  with the same id; ``AF_BILLING`` and PostgreSQL keep one per id).
+  fence are one value, one changelog record (one per entry changed per
+  batch), so a processor SIGKILLed and restarted (or a partition moved)
+  re-reads the events after its last commit and counts none of them twice;
+* its billing record (``mesh.queue.billing.BillingRecord``, id
+  ``bill-<event id>``) goes, with the batch's others in one message, to topic
+  ``af-billing`` through the app's producer, which Faust flushes before it
+  commits: at least once (a re-processed event sends its record again, with
+  the same id; PostgreSQL keeps one row per id).
 
 Every ``flush_interval_s`` (1 s) each replica, from its table:
 
