@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
+from datetime import datetime, timedelta
 
 import pytest
 from nats.aio.client import Client
@@ -17,7 +18,9 @@ from mesh.envelope import utcnow
 from mesh.kv import current_entries
 from mesh.queue.billing import NANO
 from mesh.queue.budgets import Budget, BudgetExceeded, Period, Quota, QuotaExceeded
-from mesh.queue.producer import TaskQueue, TaskSpec
+from mesh.queue.outcome import success_message
+from mesh.queue.producer import TaskQueue, TaskSpec, build_task
+from mesh.wire.protocol import parse_headers
 from streams.processors.app import ProcessorConfig, build, prepare
 from streams.processors.executions import read_finished
 from streams.processors.pricing import DEFAULT_PRICES, price
@@ -127,3 +130,46 @@ async def _partials(js: JetStreamContext, ident: str, period: str, want: float) 
     kv = await js.key_value(names.BUCKET_BUDGETS)
     entries = await current_entries(js, kv, names.BUCKET_BUDGETS, f"partial.{ident}.{period}.*")
     return sum(json.loads(e.value or b"0")["used"] for e in entries) == round(want * NANO)
+
+
+async def test_a_spend_rate_far_above_the_agents_trailing_average_is_one_anomaly_event(
+    own_nats: NatsServer, own_js: JetStreamContext
+) -> None:
+    now = utcnow()
+    hour = Period.HOUR.bounds(now)[0]
+    # One run in each of the previous 24 hours, then 30 in this one: 30 x the average.
+    for back in range(1, 25):
+        await publish_at(own_js, "bursty", f"past-{back:02d}", now - timedelta(hours=back))
+    partitions = await prepare(own_nats.url)
+    options = {"flush_interval_s": 0.1, "anomaly_min_spend": 0, "anomaly_multiple": 10}
+    app = build("metering", ProcessorConfig(own_nats.url, partitions, session_timeout_s=4, heartbeat_s=0.5,
+                                            options=options))  # fmt: skip
+    async with running(app):
+        for i in range(5):
+            await publish_at(own_js, "bursty", f"now-{i:02d}", now)
+        await eventually(lambda: _counted(app, "bursty", 29), 10, "the first 5 of this hour counted")
+        assert await _anomalies(own_js) == {}  # 5 x the average: under 10 x (as far as a flush got)
+        for i in range(5, 30):
+            await publish_at(own_js, "bursty", f"now-{i:02d}", now)
+        found = await eventually(lambda: _anomalies(own_js), 30, "the anomaly event")
+        assert found == {f"af.events.cost.anomaly.bursty.{hour}": 1}
+        for i in range(30, 40):  # more of the same hour: no second event
+            await publish_at(own_js, "bursty", f"now-{i:02d}", now)
+        await eventually(lambda: _counted(app, "bursty", 64), 30, "all counted")
+    assert await _anomalies(own_js) == {f"af.events.cost.anomaly.bursty.{hour}": 1}
+
+
+async def publish_at(js: JetStreamContext, agent: str, run: str, at: datetime) -> None:
+    task = build_task(TaskSpec(agent, {"i": 0}, tenant="acme"), f"{agent}-{run}")
+    subject, data, headers = success_message(task, agent, 1, at, at, {"i": 0})
+    await js.publish(subject, data, headers=parse_headers(headers))
+
+
+async def _anomalies(js: JetStreamContext) -> dict[str, int]:
+    info = await js.stream_info(names.STREAM_EVENTS, subjects_filter="af.events.cost.anomaly.>")
+    return dict(info.state.subjects or {})
+
+
+def _counted(app: object, agent: str, n: int) -> bool:
+    table = app.tables["metering-usage"]  # type: ignore[attr-defined]
+    return sum(v["n"] for k, v in table.data.items() if v and k.startswith(agent + "/")) >= n
