@@ -56,8 +56,9 @@ class KeyMirror:
     ``resync_s``, which repairs what was missed while disconnected.
 
     ``values`` maps each key (without the prefix) to its bytes; ``on_change(key,
-    value)`` (value None: deleted) is called for each change. What is not
-    guaranteed: while NATS is unreachable the copy is the last one seen.
+    value)`` (value None: deleted) is called for each change; ``ready`` says a
+    full read succeeded. What is not guaranteed: while NATS is unreachable the
+    copy is the last one seen.
     """
 
     def __init__(
@@ -74,15 +75,24 @@ class KeyMirror:
         self.on_change = on_change
         self.resync_s = resync_s
         self.values: dict[str, bytes] = {}
+        self.ready = False
         self._subject = names.kv_subject(bucket, prefix)
         self._sub: Subscription | None = None
         self._resync: asyncio.Task[None] | None = None
-        self._writes = 0  # writes seen live
+        self._live: set[str] | None = None  # keys written while a full read runs
 
-    async def start(self) -> None:
+    async def start(self, strict: bool = True) -> None:
+        """Subscribe, then read everything. ``strict=False``: a read that fails (NATS
+        away) is logged and tried again soon instead of raised; ``ready`` stays False."""
         # Subscribe first, then read: a write in between is seen by one or both.
         self._sub = await self.nc.subscribe(self._subject + ">", cb=self._on_write)
-        await self.read_all()
+        try:
+            await self.read_all()
+        except Exception as exc:
+            if strict:
+                await self.stop()
+                raise
+            log.warning("%s %s* not read yet (%s); trying again", self.bucket, self.prefix, exc)
         self._resync = asyncio.create_task(self._resync_loop(), name=f"mirror-{self.bucket}-{self.prefix}")
 
     async def stop(self) -> None:
@@ -107,29 +117,36 @@ class KeyMirror:
             self.on_change(key, value or None)
 
     async def _on_write(self, msg: Msg) -> None:
-        self._writes += 1
         operation = (msg.headers or {}).get("KV-Operation")
         key = msg.subject[len(self._subject) :]
+        if self._live is not None:
+            self._live.add(key)
         self._set(key, None if operation in ("DEL", "PURGE") else msg.data)
 
     async def read_all(self) -> None:
-        """Read every key now (a write seen live meanwhile wins over the read)."""
-        before = self._writes
-        kv = await self.js.key_value(self.bucket)
-        entries = await current_entries(self.js, kv, self.bucket, self.prefix + ">")
-        if self._writes != before:
-            return  # something changed while reading: the next resync reads again
+        """Read every key now; a key written live meanwhile keeps what the write said."""
+        self._live = set()
+        try:
+            kv = await self.js.key_value(self.bucket)
+            entries = await current_entries(self.js, kv, self.bucket, self.prefix + ">")
+            live = self._live
+        finally:
+            self._live = None
         found = {e.key[len(self.prefix) :]: e.value or b"" for e in entries}
         for key in list(self.values):
-            if key not in found:
+            if key not in found and key not in live:
                 self._set(key, None)
         for key, value in found.items():
-            self._set(key, value)
+            if key not in live:
+                self._set(key, value)
+        self.ready = True
 
     async def _resync_loop(self) -> None:
+        pause = 1.0 if not self.ready else self.resync_s  # a failed first read is retried soon
         while True:
-            await asyncio.sleep(self.resync_s)
+            await asyncio.sleep(pause)
             try:
                 await self.read_all()
+                pause = self.resync_s
             except Exception as exc:  # NATS away: keep what was seen
                 log.warning("%s %s* not re-read: %s", self.bucket, self.prefix, exc)

@@ -205,7 +205,7 @@ class Meter(Service):
         self.partials = KeyMirror(nc, js, names.BUCKET_BUDGETS, PARTIAL_PREFIX)
         self.flags = KeyMirror(nc, js, names.BUCKET_BUDGETS, SPENT_PREFIX)
         for mirror in (self.definitions, self.partials, self.flags):
-            await mirror.start()
+            await mirror.start(strict=False)  # NATS away at start: read again soon, do not crash
         self._flushing = asyncio.create_task(self._flusher(), name="metering-flush")
 
     async def on_stop(self) -> None:
@@ -234,6 +234,9 @@ class Meter(Service):
         return {tp.partition for tp in self.app.consumer.assignment() if tp.topic == EXECUTIONS_TOPIC}
 
     async def flush(self, now: datetime) -> None:
+        mirrors = (self.definitions, self.partials, self.flags)
+        if not all(m is not None and m.ready for m in mirrors):
+            return  # deciding without knowing the budgets would drop every spent mark
         active = self._active()
         entries = [(split_key(k), v) for k, v in list(self.table.data.items()) if v and v.get("p") in active]
         await self._write_partials(now, active, entries)

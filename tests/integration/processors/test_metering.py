@@ -14,6 +14,7 @@ from mesh.embedded import NatsServer
 from mesh.envelope import utcnow
 from mesh.queue.outcome import success_message
 from mesh.queue.producer import TaskSpec, build_task
+from mesh.wire.connection import connect, jetstream
 from mesh.wire.protocol import parse_headers
 from streams.processors.executions import read_finished
 from streams.processors.metering import USAGE_TABLE
@@ -105,3 +106,31 @@ async def _counted_between(js: JetStreamContext, low: int, high: int) -> bool:
 async def _counted_all(js: JetStreamContext, n: int) -> dict[str, int] | None:
     totals = await usage_totals(js)
     return totals if totals.get("n", 0) >= n else None
+
+
+async def test_counts_stay_exact_across_a_kill_9_of_nats_server(
+    own_nats: NatsServer, own_js: JetStreamContext, tmp_path: Path, processors: list[ProcessorProcess]
+) -> None:
+    """The server's own copying (AF_EVENTS -> AF_EXECUTIONS -> the topic's partitions)
+    resumes where it was after a crash, and the processor reconnects: nothing lost,
+    nothing counted twice."""
+    n = 6_000
+    events = list(workload(n))
+    await publish(own_js, events[: n // 2])
+    processor = ProcessorProcess("metering", own_nats.url, tmp_path / "metering.log")
+    processors.append(processor)
+    await eventually(lambda: _counted_between(own_js, 1, n), 90, "counting under way")
+    own_nats.kill()
+    own_nats.start()
+    nc = await connect(own_nats.url)
+    try:
+        js = await jetstream(nc)
+        await publish(js, events[n // 2 :])
+        totals = await eventually(lambda: _counted_all(js, n), 120, f"all {n} counted")
+        assert totals["n"] == n, processor.output()[-3000:]
+        want = sum(
+            price(e.payload, DEFAULT_PRICES, len(d)).total for _, d, _ in events if (e := read_finished(d))
+        )
+        assert totals["cost"] == want
+    finally:
+        await nc.close()
