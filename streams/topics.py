@@ -70,14 +70,18 @@ class PartitionBounds:
 class TopicRegistry:
     """Creates and describes topics; caches what it learned (topics never shrink)."""
 
-    def __init__(self, js: JetStreamContext) -> None:
+    def __init__(self, js: JetStreamContext, replicas: int = 1) -> None:
+        """``replicas``: of the ``faust-topics`` bucket, if this registry creates it
+        (a topic declared with more replicas raises it): R3 on a cluster."""
         self._js = js
+        self._replicas = replicas
         self._kv: KeyValue | None = None
         self._specs: dict[str, TopicSpec] = {}
         self._lock = asyncio.Lock()
 
-    async def _bucket(self) -> KeyValue:
+    async def _bucket(self, replicas: int = 1) -> KeyValue:
         if self._kv is None:
+            replicas = max(replicas, self._replicas)
             async with self._lock:
                 if self._kv is None:
                     try:
@@ -85,7 +89,10 @@ class TopicRegistry:
                     except (NotFoundError, BadRequestError):
                         self._kv = await placed(
                             lambda: self._js.create_key_value(
-                                bucket=naming.TOPICS_BUCKET, history=1, storage=StorageType.FILE
+                                bucket=naming.TOPICS_BUCKET,
+                                history=1,
+                                storage=StorageType.FILE,
+                                replicas=replicas,
                             ),
                             "the topics bucket",
                         )
@@ -150,7 +157,7 @@ class TopicRegistry:
             sourced=source is not None,
         )
         await asyncio.gather(*(self._create_stream(topic, p, spec, source) for p in range(partitions)))
-        kv = await self._bucket()
+        kv = await self._bucket(spec.replicas)
         try:
             await kv.create(naming.escape(topic), json.dumps(asdict(spec)).encode())
         except KeyWrongLastSequenceError:

@@ -409,7 +409,9 @@ class Meter(Service):
 
 async def prepare(js: JetStreamContext, partitions: int, replicas: int) -> None:
     """Declare ``af-billing`` and make ``AF_BILLING`` source its partitions (idempotent)."""
-    await TopicRegistry(js).declare(BILLING_TOPIC, partitions, replicas=replicas, retention_s=7 * 86_400.0)
+    await TopicRegistry(js, replicas).declare(
+        BILLING_TOPIC, partitions, replicas=replicas, retention_s=7 * 86_400.0
+    )
     info = await js.stream_info(names.STREAM_BILLING)
     have = {source.name for source in info.config.sources or ()}
     wanted = [naming.stream_name(BILLING_TOPIC, p) for p in range(partitions)]
