@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Final, TypeVar
 
+from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
 from nats.js.api import (
     DiscardPolicy,
@@ -53,10 +54,11 @@ PLACEMENT_PATIENCE_S: Final = 30.0
 async def placed(
     create: Callable[[], Awaitable[T]], what: str, patience_s: float = PLACEMENT_PATIENCE_S
 ) -> T:
-    """``create()`` (a stream, bucket or consumer), asked again while the cluster
-    cannot place it yet (10005) or has no meta leader (503), for up to
-    ``patience_s``; then its error. Creates are idempotent: the same config asked
-    again is answered with what exists."""
+    """``create()`` (a stream, bucket or consumer, or a look at one), asked again
+    while the cluster cannot place it yet (10005), has no meta leader (503) or
+    does not answer (a timeout), for up to ``patience_s``; then its error.
+    Creates are idempotent: the same config asked again is answered with what
+    exists."""
     deadline = time.monotonic() + patience_s
     pause = 0.1
     while True:
@@ -67,8 +69,12 @@ async def placed(
             if not transient or time.monotonic() + pause > deadline:
                 raise
             log.warning("%s not placed yet (%s); asking again in %.1f s", what, exc.description, pause)
-            await asyncio.sleep(pause)
-            pause = min(pause * 2, 2.0)
+        except NatsTimeoutError:  # no answer at all: a meta leader being elected on a starved cluster
+            if time.monotonic() + pause > deadline:
+                raise
+            log.warning("%s: JetStream did not answer; asking again in %.1f s", what, pause)
+        await asyncio.sleep(pause)
+        pause = min(pause * 2, 2.0)
 
 
 DAY = 86_400.0
@@ -274,9 +280,10 @@ async def ensure_stream(js: JetStreamContext, config: StreamConfig, update: bool
     """Create ``config.name``, or update it in place to ``config`` (unless not
     ``update``: then an existing stream is left as the operator provisioned it,
     e.g. with 3 replicas)."""
-    assert config.name is not None
+    name = config.name
+    assert name is not None
     try:
-        await js.stream_info(config.name)
+        await placed(lambda: js.stream_info(name), f"stream {name}")
     except NotFoundError:
         await placed(lambda: js.add_stream(config), f"stream {config.name}")
         log.info("created stream %s", config.name)

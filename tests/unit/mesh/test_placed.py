@@ -6,7 +6,8 @@ on a starved 3-node cluster: tests/cluster.)"""
 from __future__ import annotations
 
 import pytest
-from nats.js.errors import BadRequestError, ServiceUnavailableError
+from nats.errors import TimeoutError as NatsTimeoutError
+from nats.js.errors import BadRequestError, NotFoundError, ServiceUnavailableError
 
 from mesh.provision import placed
 
@@ -45,3 +46,13 @@ async def test_patience_runs_out_with_the_last_refusal() -> None:
     with pytest.raises(BadRequestError):
         await placed(create, "stream X", patience_s=0.5)  # type: ignore[arg-type]
     assert 2 <= len(calls) < 10  # 0.1 s, 0.2 s, … pauses: a few tries, not a spin
+
+
+async def test_no_answer_is_asked_again_and_not_found_is_the_callers_at_once() -> None:
+    calls, create = _refusing(NatsTimeoutError(), NatsTimeoutError())
+    assert await placed(create, "stream X") == "created"  # type: ignore[arg-type]
+    assert len(calls) == 3
+    calls, create = _refusing(NotFoundError(code=404, err_code=10059))
+    with pytest.raises(NotFoundError):
+        await placed(create, "stream X")  # type: ignore[arg-type]
+    assert len(calls) == 1
