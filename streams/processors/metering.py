@@ -247,18 +247,29 @@ class Meter(Service):
     def _parts(
         self, now: datetime, active: set[int], entries: Iterable[tuple[tuple[str, str, str], Any]]
     ) -> dict[str, int]:
+        """Each budget's and quota's part of its current period, per partition we own.
+        Entries are indexed by scope once, so a limit reads only its own entries, and
+        only those of the current month (the longest period) count."""
         parts: dict[str, int] = {}
-        limits: list[tuple[str, Budget | Quota, Period, str]] = [
-            (f"{b.id}", b, b.period, "h") for b in self.budgets.values()
-        ] + [(q.id, q, Period.DAY, "hn") for q in self.quotas.values()]
-        for ident, limit, period, what in limits:
+        limits: list[tuple[Budget | Quota, Period, str]] = [
+            (b, b.period, "h") for b in self.budgets.values()
+        ] + [(q, Period.DAY, "hn") for q in self.quotas.values()]
+        if not limits:
+            return parts
+        oldest = _day(min(p.bounds(now)[1] for _, p, _ in limits))
+        by_scope: dict[tuple[str | None, str | None], list[Any]] = defaultdict(list)
+        for (agent, tenant, day), entry in entries:
+            if day >= oldest:
+                item = (day, entry)
+                by_scope[(agent, None)].append(item)
+                by_scope[(None, tenant)].append(item)
+                by_scope[(agent, tenant)].append(item)
+        for limit, period, what in limits:
             period_id = period.bounds(now)[0]
             for p in active:
-                parts[f"{PARTIAL_PREFIX}{ident}.{period_id}.p{p}"] = 0
-            for (agent, tenant, day), entry in entries:
-                if (limit.agent and limit.agent != agent) or (limit.tenant and limit.tenant != tenant):
-                    continue
-                key = f"{PARTIAL_PREFIX}{ident}.{period_id}.p{entry['p']}"
+                parts[f"{PARTIAL_PREFIX}{limit.id}.{period_id}.p{p}"] = 0
+            for day, entry in by_scope.get((limit.agent, limit.tenant), ()):
+                key = f"{PARTIAL_PREFIX}{limit.id}.{period_id}.p{entry['p']}"
                 parts[key] += in_period(period, now, day, entry, what)
         return parts
 
@@ -375,7 +386,10 @@ class Meter(Service):
     async def _anomalies(self, now: datetime, entries: list[Any]) -> None:
         hour_id, start, _ = Period.HOUR.bounds(now)
         per_agent: dict[str, list[int]] = defaultdict(lambda: [0] * (self.settings.anomaly_hours + 1))
+        oldest = _day(start - timedelta(hours=self.settings.anomaly_hours))
         for (agent, _tenant, day), entry in entries:
+            if day < oldest:
+                continue
             day_start = datetime.strptime(day, "%Y-%m-%d").replace(tzinfo=UTC)
             for h, cost in enumerate(entry["h"]):
                 if not cost:
