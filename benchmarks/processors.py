@@ -11,12 +11,10 @@ client pulling and acking the same number of messages, same server, same run.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import io
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, cast
 
 import faust
@@ -24,6 +22,7 @@ from nats.js import JetStreamContext
 
 from benchmarks.harness import RAW_CLIENTS, wait_until
 from benchmarks.streams import ceiling as raw_ceiling
+from benchmarks.streams import faust_worker
 from mesh import names
 from mesh.envelope import utcnow
 from mesh.provision import provision
@@ -73,25 +72,12 @@ async def publish_workload(js: JetStreamContext, items: list[tuple[str, bytes, d
     await wait_until(copied, 120, "the events copied into AF_EXECUTIONS")
 
 
-@contextlib.asynccontextmanager
-async def running(app: faust.App) -> AsyncIterator[None]:
-    worker = faust.Worker(app, loglevel="ERROR", quiet=True, redirect_stdouts=False, stdout=io.StringIO())
-    task = asyncio.ensure_future(worker.start())
-    try:
-        yield
-    finally:
-        await worker.stop()
-        task.cancel()
-        with contextlib.suppress(BaseException):
-            await task
-
-
 async def timed(name: str, nats_url: str, done: Callable[[faust.App], Awaitable[bool] | bool]) -> float:
     """Seconds processor ``name`` takes from ready until ``done(app)``."""
     partitions = await prepare(nats_url, name=name)
     config = ProcessorConfig(nats_url, partitions, session_timeout_s=4, heartbeat_s=0.5)
     app = build(name, config)
-    async with running(app):
+    async with faust_worker(app):
         await wait_until(cast(Any, app.tables).recovery.completed.is_set, 120, f"{name} ready")
         start = time.perf_counter()
         await wait_until(lambda: done(app), 900, f"{name} done")

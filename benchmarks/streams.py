@@ -39,7 +39,7 @@ from streams.partitioner import partition_for
 from streams.records import encode_headers
 from streams.topics import TopicRegistry
 
-__all__ = ["bench_streams", "ceiling"]
+__all__ = ["bench_streams", "ceiling", "faust_worker"]
 
 PARTITIONS = 4
 KEYS = 1000
@@ -75,7 +75,8 @@ def _app(app_id: str, nats_url: str, datadir: str) -> tuple[faust.App, Any]:
 
 
 @contextlib.asynccontextmanager
-async def _worker(app: faust.App) -> AsyncIterator[None]:
+async def faust_worker(app: faust.App) -> AsyncIterator[None]:
+    """Run ``app`` as an in-process Faust worker for the block (quiet: the output is JSON)."""
     # The worker's terminal spinner would write escape codes into the JSON output.
     worker = faust.Worker(app, loglevel="ERROR", quiet=True, redirect_stdouts=False, stdout=io.StringIO())
     task = asyncio.ensure_future(worker.start())
@@ -141,7 +142,7 @@ async def _throughput(nats_url: str, js: JetStreamContext, events: int, datadir:
         items.append((naming.partition_subject(topic, p), key, b"1", encode_headers(key, b"1", None, None)))
     await _publish(js, items)
     app, counts = _app(app_id, nats_url, datadir)
-    async with _worker(app):
+    async with faust_worker(app):
         await wait_until(cast(Any, app.tables).recovery.completed.is_set, 60, "worker ready")
         start = time.perf_counter()
         await wait_until(lambda: sum(counts.data.values()) >= events, 600, "events counted")
@@ -162,7 +163,7 @@ async def _recovery(nats_url: str, js: JetStreamContext, keys: int, datadir: str
     await _publish(js, items)
     app, counts = _app(app_id, nats_url, datadir)
     start = time.perf_counter()
-    async with _worker(app):
+    async with faust_worker(app):
         await wait_until(cast(Any, app.tables).recovery.completed.is_set, 600, "table recovery")
         elapsed = time.perf_counter() - start
         if len(counts.data) != keys:

@@ -50,6 +50,17 @@ def costs(obj: Ctx, group_by: str, period: str, since: str | None, until: str | 
     click.echo(f"{'total':<50}{data['executions']:>8}  {data['total']:>14.9f}")
 
 
+def _put(
+    obj: Ctx, path: str, agent: str | None, tenant: str | None, body: dict[str, Any], output: str
+) -> None:
+    """Create or replace a budget or quota, scoped to ``agent``, ``tenant`` or both."""
+    if not (agent or tenant):
+        raise CliError("give --agent, --tenant or both")
+    scope = {k: v for k, v in (("agent", agent), ("tenant", tenant)) if v}
+    data = _run(_call(obj, "PUT", path, {**scope, **body}))
+    _emit(output, data, list(data.items()))
+
+
 def _limit_rows(kind: str, items: list[dict[str, Any]]) -> None:
     if not items:
         click.echo(f"no {kind}s")
@@ -88,24 +99,12 @@ def budget() -> None:
 def budget_set(obj: Ctx, budget_id: str, agent: str | None, tenant: str | None, limit: float, period: str,
                hard: bool, thresholds: str, output: str) -> None:  # fmt: skip
     """Create or replace budget BUDGET_ID."""
-    if not (agent or tenant):
-        raise CliError("give --agent, --tenant or both")
     try:
         pcts = [int(p) for p in thresholds.split(",") if p.strip()]
     except ValueError as exc:
         raise CliError(f"--thresholds: comma-separated whole percentages, not {thresholds!r}") from exc
-    body = {
-        "agent": agent,
-        "tenant": tenant,
-        "limit": limit,
-        "period": period,
-        "hard": hard,
-        "thresholds": pcts,
-    }
-    data = _run(
-        _call(obj, "PUT", f"/api/v1/budgets/{budget_id}", {k: v for k, v in body.items() if v is not None})
-    )
-    _emit(output, data, list(data.items()))
+    body = {"limit": limit, "period": period, "hard": hard, "thresholds": pcts}
+    _put(obj, f"/api/v1/budgets/{budget_id}", agent, tenant, body, output)
 
 
 @budget.command("ls")
@@ -146,13 +145,7 @@ def quota_set(
     obj: Ctx, quota_id: str, agent: str | None, tenant: str | None, max_daily: int, output: str
 ) -> None:
     """Create or replace quota QUOTA_ID."""
-    if not (agent or tenant):
-        raise CliError("give --agent, --tenant or both")
-    body = {"agent": agent, "tenant": tenant, "max_daily": max_daily}
-    data = _run(
-        _call(obj, "PUT", f"/api/v1/quotas/{quota_id}", {k: v for k, v in body.items() if v is not None})
-    )
-    _emit(output, data, list(data.items()))
+    _put(obj, f"/api/v1/quotas/{quota_id}", agent, tenant, {"max_daily": max_daily}, output)
 
 
 @quota.command("ls")

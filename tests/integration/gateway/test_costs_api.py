@@ -111,3 +111,16 @@ async def _refused(api: TestClient[Any, Any], tenant: str) -> dict[str, Any] | N
 async def _accepted(api: TestClient[Any, Any], tenant: str) -> bool:
     async with api.post("/api/v1/agents/noop/runs", json={"input": {"echo": 0}, "tenant": tenant}) as resp:
         return resp.status == 202
+
+
+async def test_quotas_through_the_cli(api: TestClient[Any, Any]) -> None:
+    ident = f"q-{uuid.uuid4().hex[:8]}"
+    made = await agent_factory(api, "quota", "set", ident, "--agent", "noop", "--max-daily", "5", "-ojson")
+    assert json.loads(ok(made)) == {"id": ident, "agent": "noop", "max_daily": 5}
+    listed = ok(await agent_factory(api, "quota", "ls"))
+    assert ident in listed and "5 executions per day" in listed
+    assert ok(await agent_factory(api, "quota", "rm", ident)).strip() == f"removed quota {ident}"
+    gone = await agent_factory(api, "quota", "rm", ident)
+    assert gone.exit_code == 1 and f"no quota {ident!r}" in gone.output
+    refused = await agent_factory(api, "quota", "set", ident, "--max-daily", "5")
+    assert refused.exit_code == 1 and "give --agent, --tenant or both" in refused.output

@@ -36,24 +36,14 @@ async def running(app: faust.App, timeout: float = 30.0) -> AsyncIterator[faust.
             await task
 
 
-class WorkerProcess:
-    """A worker of ``streams_counter_app`` in its own process, to be SIGKILLed."""
+class LoggedProcess:
+    """A child process of a test, its output in ``log``: to SIGKILL, or stop with SIGTERM."""
 
-    def __init__(self, app_id: str, nats_url: str, log: Path, standby_replicas: int = 0) -> None:
+    def __init__(self, argv: list[str], log: Path, env: dict[str, str], cwd: Path | None = None) -> None:
+        self.log_path = log
         self._log = log.open("ab")
-        env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{HERE}"}
         self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                str(HERE / "streams_counter_app.py"),
-                app_id,
-                nats_url,
-                str(standby_replicas),
-            ],
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            env=env,
-            start_new_session=True,
+            argv, stdout=self._log, stderr=subprocess.STDOUT, env=env, cwd=cwd, start_new_session=True
         )
 
     @property
@@ -69,7 +59,18 @@ class WorkerProcess:
         if self.proc.poll() is None:
             self.proc.terminate()
             try:
-                self.proc.wait(15)
+                self.proc.wait(20)
             except subprocess.TimeoutExpired:
                 self.kill()
         self._log.close()
+
+    def output(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+class WorkerProcess(LoggedProcess):
+    """A worker of ``streams_counter_app`` in its own process, to be SIGKILLed."""
+
+    def __init__(self, app_id: str, nats_url: str, log: Path, standby_replicas: int = 0) -> None:
+        argv = [sys.executable, str(HERE / "streams_counter_app.py"), app_id, nats_url, str(standby_replicas)]
+        super().__init__(argv, log, {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{HERE}"})
