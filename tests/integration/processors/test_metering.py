@@ -3,6 +3,7 @@ SIGKILLed processor included; billing records one per execution."""
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -10,8 +11,12 @@ from pathlib import Path
 import pytest
 from nats.js import JetStreamContext
 
+from mesh import names
 from mesh.embedded import NatsServer
 from mesh.envelope import utcnow
+from mesh.kv import current_entries
+from mesh.queue.billing import NANO
+from mesh.queue.budgets import Budget, Period
 from mesh.queue.outcome import success_message
 from mesh.queue.producer import TaskSpec, build_task
 from mesh.wire.connection import connect, jetstream
@@ -134,3 +139,58 @@ async def test_counts_stay_exact_across_a_kill_9_of_nats_server(
         assert totals["cost"] == want
     finally:
         await nc.close()
+
+
+async def test_two_replicas_share_the_partitions_and_a_tenant_budget_spans_them(
+    own_nats: NatsServer, own_js: JetStreamContext, tmp_path: Path, processors: list[ProcessorProcess]
+) -> None:
+    """Each replica counts its own partitions; a tenant's spend is spread over the
+    partitions of its agents, and its budget is decided on the sum of both replicas'
+    parts: one alert, at the right total."""
+    n = 6_000
+    events = list(workload(n))
+    acme = sum(
+        price(e.payload, DEFAULT_PRICES, len(d)).total
+        for _, d, _ in events
+        if (e := read_finished(d)) and e.payload.tenant == "acme"
+    )
+    kv = await own_js.key_value(names.BUCKET_BUDGETS)
+    budget = Budget(id="acme-day", tenant="acme", period=Period.DAY, limit=acme / NANO, thresholds=[100])
+    await kv.put("budget.acme-day", budget.model_dump_json().encode())
+    for i in range(2):
+        processors.append(ProcessorProcess("metering", own_nats.url, tmp_path / f"metering-{i}.log"))
+    await eventually(lambda: _members(own_js, 2), 60, "two replicas in the group")
+    await publish(own_js, events)
+    totals = await eventually(lambda: _counted_all(own_js, n), 120, f"all {n} counted")
+    assert totals["n"] == n
+    period = Period.DAY.bounds(utcnow())[0]
+    parts = await eventually(lambda: _parts(own_js, f"acme-day.{period}", acme), 60, "the parts add up")
+    assert len([p for p in parts.values() if p]) > 1  # acme's agents are on more than one partition
+    subject = f"af.events.budget.alert.acme-day.{period}.100"
+    await eventually(lambda: _alerts(own_js, subject), 30, "the 100 % alert")
+    for p in processors:
+        p.stop()
+    assert await _alerts(own_js, subject) == 1
+    owned = [p.output().count("partitions assigned") for p in processors]
+    assert all(owned), "both replicas held partitions"
+
+
+async def _members(js: JetStreamContext, n: int) -> bool:
+    try:
+        kv = await js.key_value("faust-group-af-metering")
+        entry = await kv.get("assignment")
+    except Exception:
+        return False
+    return len(json.loads(entry.value or b"{}").get("members", [])) >= n
+
+
+async def _parts(js: JetStreamContext, prefix: str, want: int) -> dict[str, int] | None:
+    kv = await js.key_value(names.BUCKET_BUDGETS)
+    entries = await current_entries(js, kv, names.BUCKET_BUDGETS, f"partial.{prefix}.*")
+    parts = {e.key: json.loads(e.value or b"{}")["used"] for e in entries}
+    return parts if sum(parts.values()) == want else None
+
+
+async def _alerts(js: JetStreamContext, subject: str) -> int:
+    info = await js.stream_info(names.STREAM_EVENTS, subjects_filter=subject)
+    return sum((info.state.subjects or {}).values())
