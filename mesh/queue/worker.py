@@ -80,6 +80,7 @@ from mesh.envelope import (
 from mesh.errors import WRONG_LAST_SEQUENCE, DecodeError, PermanentError
 from mesh.limits import PayloadLimits, ResultTooLarge
 from mesh.queue import metrics
+from mesh.queue.breakers import BreakerState, BreakerStatus, claim_trial, follow_breakers
 from mesh.queue.dispatch import Budget, DispatchPolicy, Lane
 from mesh.queue.dlq import store_task_dead_letter
 from mesh.queue.gates import Gate, GateWatch, HeldBy, Probes
@@ -211,13 +212,15 @@ class TaskWorker:
         claim_interval_s: float | None = 1.0,
         name: str = "worker",
         follow_gates: bool = True,
+        obey_breakers: bool = True,
         role: str = "pool",
     ) -> None:
         """``claim_interval_s``: how often runs near their TTL are claimed
         (None: never, for tests of what happens without). ``follow_gates``:
         obey the agents' dispatch gates (:mod:`mesh.queue.gates`). ``role``:
         ``pool`` (shared workers) or ``dedicated`` (an agent's own workers,
-        the only ones a dedicated agent's gate is open to)."""
+        the only ones a dedicated agent's gate is open to). ``obey_breakers``: obey
+        the agents' circuit breakers (:mod:`mesh.queue.breakers`)."""
         self.nc, self.js = nc, js
         self.handlers = handlers
         # Each agent's version (on its finished events, for canary metrics); None: not known.
@@ -241,6 +244,7 @@ class TaskWorker:
         self.pipeline = Pipeline(nc)
         self._cancels: list[Subscription] = []
         self.gates = GateWatch(nc, js, list(handlers), self._on_gate) if follow_gates else None
+        self.breakers = follow_breakers(nc, js, list(handlers), self._on_breaker) if obey_breakers else None
         self.probes: dict[str, Probes] = {}  # what each agent's health probes last said here
         self._companions: list[Companion] = []
         self._gate_returns: set[asyncio.Task[None]] = set()
@@ -271,6 +275,8 @@ class TaskWorker:
         await self.pipeline.start()
         if self.gates is not None:  # before the first pull: a closed agent takes nothing
             await self.gates.start()
+        if self.breakers is not None:  # likewise an agent whose breaker is open
+            await self.breakers.start()
         for companion in self._companions:  # e.g. health probes: also before the first pull
             await companion.start()
         self._cancels = [
@@ -301,6 +307,8 @@ class TaskWorker:
             loop.cancel()
         if self.gates is not None:
             await self.gates.stop()
+        if self.breakers is not None:
+            await self.breakers.stop()
         if self._gate_returns:  # hand-backs under way finish (else they wait out their ack wait)
             await asyncio.wait(list(self._gate_returns), timeout=self.idle_poll_s + 2.0)
             for returning in list(self._gate_returns):
@@ -434,6 +442,37 @@ class TaskWorker:
             self._room.set()
             return
         self._close(agent, lanes, stop=gate.stop)
+
+    def _on_breaker(self, agent: str, state: BreakerState) -> None:
+        """The agent's breaker changed: while open its lanes take nothing and what this
+        worker holds of it unstarted goes back; half-open, a task starts only with a
+        trial claimed (:meth:`_trial_refused`); what runs goes on either way."""
+        metrics.BREAKER_STATE.labels(agent).set(list(BreakerStatus).index(state.state))
+        lanes = [lane for lane in self.lanes if lane.agent == agent]
+        for lane in lanes:
+            lane.tripped = state.is_open
+        if state.is_open:
+            self._close(agent, lanes, stop=False)
+        else:
+            self._room.set()
+
+    async def _trial_refused(self, agent: str, run_id: str) -> bool:
+        """Half-open and no trial left for ``run_id``: True, and the agent's lanes here take
+        nothing more until its breaker changes (the trials' outcomes decide it)."""
+        state = self.breakers.values.get(agent) if self.breakers is not None else None
+        if (
+            state is None
+            or state.state != BreakerStatus.HALF_OPEN
+            or await claim_trial(self.js, state, run_id)
+        ):
+            return False
+        if self.breakers is not None and self.breakers.values.get(agent) is state:  # not changed meanwhile
+            lanes = [lane for lane in self.lanes if lane.agent == agent]
+            for lane in lanes:
+                lane.tripped = True
+            self._close(agent, lanes, stop=False)
+        metrics.BREAKER_REFUSED.labels(agent).inc()
+        return True
 
     def set_probes(self, agent: str, probes: Probes) -> None:
         """The agent's health probes in this worker said ``probes`` (agents.lifecycle.health):
@@ -720,6 +759,9 @@ class TaskWorker:
         # deadline counts from its replay, later than the enqueue).
         if attempt == 1 and ttl and waited > ttl and (deadline := wait_deadline(task)) and started > deadline:
             await self._expire(lane, msg, task, seq, deadline)
+            return
+        if self.breakers is not None and await self._trial_refused(lane.agent, task.id):
+            await self._hand_back(lane.agent, msg)  # not started: not an attempt
             return
 
         def current_state() -> RunState:

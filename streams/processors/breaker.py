@@ -1,0 +1,143 @@
+"""The breaker processor: each agent's failure and slow-call rates, and its breaker's transitions.
+
+Reads every finished execution (``af-executions``, partitioned by agent),
+keeps each agent's sliding window in table ``breaker-windows`` and writes the
+breaker's transitions to ``af_breakers`` (:mod:`mesh.queue.breakers`), which
+every worker and the gateway follow. The arithmetic is :mod:`.rates`.
+
+Exactly-once per event: all of an agent's events are in one partition, so one
+owner writes its window; the window carries the source offset it last applied
+and an event at or below it is skipped, and window and fence are one table
+write (one changelog record). A transition is written to KV *before* the
+window that caused it, so a processor killed in between applies the event
+again and decides again (the compare-and-set on the breaker's revision keeps
+that from writing twice). A timer moves breakers whose open wait is over to
+half-open; with several replicas each tries and the compare-and-set lets one win.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import faust
+
+from mesh.envelope import utcnow
+from mesh.queue.breakers import (
+    BreakerState,
+    BreakerStatus,
+    change_breaker,
+    closed_breaker,
+    follow_breakers,
+    read_breaker,
+    read_trials,
+)
+from mesh.queue.follow import KeyFollower
+from mesh.queue.runs import ExecutionFinished
+from streams.processors.app import Decisions, ProcessorConfig
+from streams.processors.executions import read_finished
+from streams.processors.rates import BreakerPolicy, Window, decide, half_open
+
+__all__ = ["TABLE", "BreakerDecisions", "install"]
+
+log = logging.getLogger(__name__)
+
+TABLE = "breaker-windows"
+BY = "processor"
+
+
+class BreakerDecisions(Decisions):
+    """The decisions connection, plus every breaker as it stands (followed live)."""
+
+    def __init__(self, app: faust.App, policy: BreakerPolicy, **kwargs: Any) -> None:
+        super().__init__(app, **kwargs)
+        self.policy = policy
+        self.ready = asyncio.Event()
+        self.follower: KeyFollower[BreakerState] | None = None
+
+    async def on_start(self) -> None:
+        await super().on_start()
+        assert self.nc is not None
+        self.follower = follow_breakers(self.nc, self.js, None, lambda agent, state: None, resync_s=5.0)
+        await self.follower.start()
+        self.ready.set()
+
+    async def on_stop(self) -> None:
+        self.ready.clear()
+        if self.follower is not None:
+            await self.follower.stop()
+        await super().on_stop()
+
+    def breaker_of(self, agent: str) -> BreakerState | None:
+        return self.follower.values.get(agent) if self.follower is not None else None
+
+    async def apply(self, window: Window, finished: ExecutionFinished) -> None:
+        """Apply one finished run to its agent's ``window``; write the transition it causes."""
+        agent = finished.agent
+        state = self.breaker_of(agent) or closed_breaker(agent)
+        trials = None
+        if state.state == BreakerStatus.HALF_OPEN:
+            trials, _ = await read_trials(self.js, agent)
+        new = decide(window, state, finished, self.policy, utcnow(), trials)
+        if new is not None:
+            await self._change(state, new)
+
+    async def open_wait_over(self) -> None:
+        """Half-open every breaker whose open wait is over."""
+        if self.follower is None:
+            return
+        now = utcnow()
+        for state in list(self.follower.values.values()):
+            new = half_open(state, now, self.policy)
+            if new is not None:
+                await self._change(state, new)
+
+    async def _change(self, seen: BreakerState, new: BreakerState) -> None:
+        current, revision = await read_breaker(self.js, new.agent)
+        if current.epoch != seen.epoch or current.state != seen.state:
+            return  # it moved on meanwhile (an operator, another replica): its change wins
+        if (
+            await change_breaker(self.js, new, current, revision, BY) is not None
+            and self.follower is not None
+        ):
+            self.follower.values[new.agent] = new  # the next event sees it without waiting for its echo
+
+
+def install(app: faust.App, source: faust.TopicT, config: ProcessorConfig) -> BreakerDecisions:
+    """Add the breaker's table, agent and timer to ``app``; ``config.options``: :class:`BreakerPolicy`."""
+    policy = BreakerPolicy.model_validate(dict(config.options))
+    windows = app.Table(TABLE, default=None, partitions=config.partitions, value_serializer="json")
+    decisions = BreakerDecisions(app, policy)
+    app.service(decisions)  # type: ignore[arg-type]  # an instance: started with the app
+    parsed: dict[str, tuple[Any, Window]] = {}  # agent -> (the table's value, it parsed): parse once
+
+    @app.agent(source, name="breaker")
+    async def breaker(stream: faust.StreamT[Any]) -> None:
+        async for event in stream.events():
+            finished = read_finished(event.value)
+            if finished is None:
+                continue
+            agent, offset = finished.payload.agent, event.message.offset
+            stored = windows.get(agent)
+            cached = parsed.get(agent)
+            if cached is not None and cached[0] is stored:
+                window = cached[1]
+            else:  # first sight, or recovered from the changelog
+                window = Window.model_validate(stored) if stored else Window()
+            if offset <= window.offset:
+                continue  # applied before a restart: its effect is in the window already
+            if not decisions.ready.is_set():
+                await decisions.ready.wait()
+            await decisions.apply(window, finished.payload)
+            window.offset = offset
+            value = window.model_dump()
+            windows[agent] = value
+            parsed[agent] = (windows.get(agent), window)
+
+    @app.timer(interval=0.25)  # type: ignore[untyped-decorator]  # faust's decorators are untyped
+    async def open_wait_over() -> None:
+        if decisions.ready.is_set():
+            await decisions.open_wait_over()
+
+    return decisions

@@ -1,0 +1,139 @@
+"""The breaker's arithmetic: sliding-window failure and slow-call rates, and the state machine.
+
+Pure functions over plain values (no I/O), so that they are tested directly.
+resilience4j's time-based breaker is the model: a window of the last
+``window_s`` seconds of calls, aggregated per second; once it holds at least
+``minimum_calls``, a failure rate or a slow-call rate at or over its threshold
+opens the breaker for ``open_s``; then half-open lets ``trials`` calls through,
+and their rates close it or open it again. A *call* is a finished run that
+succeeded or failed (expired and cancelled runs never ran: not calls). Time is
+the events' own (``finished_at``), so replaying a partition gives the same
+window; the open wait is counted on the processor's clock (``now``).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from mesh.queue.breakers import BreakerState, BreakerStatus, TrialClaims
+from mesh.queue.runs import ExecutionFinished, RunStatus
+
+__all__ = ["BreakerPolicy", "Window", "decide", "half_open"]
+
+
+class BreakerPolicy(BaseModel):
+    """The breaker processor's settings (its ``options``), with resilience4j's defaults where it has them."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    window_s: int = Field(60, ge=1, le=3600)  # sliding time window
+    minimum_calls: int = Field(5, ge=1)  # no decision on fewer calls in the window
+    failure_rate: float = Field(0.5, gt=0, le=1)  # open at or over this share of failed calls
+    slow_call_s: float = Field(5.0, gt=0)  # a call longer than this is slow
+    slow_rate: float = Field(0.8, gt=0, le=1)  # open at or over this share of slow calls
+    open_s: float = Field(60.0, gt=0)  # wait in open before half-open
+    trials: int = Field(3, ge=1)  # trial calls half-open lets through, across the fleet
+
+
+class Window(BaseModel):
+    """One agent's state in the processor's table: its calls per second over the window, the
+    current half-open spell's trial outcomes, and ``offset``, the source offset last applied
+    (the fence: an event at or below it was applied already)."""
+
+    offset: int = 0
+    seconds: list[tuple[int, int, int, int]] = []  # (unix second, calls, failed, slow), oldest first
+    trial_epoch: int = -1
+    trial_outcomes: dict[str, tuple[bool, bool]] = {}  # run id -> (failed, slow)
+
+    def add(self, second: int, failed: bool, slow: bool, window_s: int) -> None:
+        self.forget(second, window_s)
+        if self.seconds and self.seconds[-1][0] == second:
+            _, calls, failures, slows = self.seconds[-1]
+            self.seconds[-1] = (second, calls + 1, failures + failed, slows + slow)
+            return
+        self.seconds.append((second, 1, int(failed), int(slow)))
+        self.seconds.sort()  # events of a partition come nearly in order: this is cheap
+
+    def forget(self, now_second: int, window_s: int) -> None:
+        """Drop the seconds that left the window ending at ``now_second``."""
+        start = now_second - window_s + 1
+        while self.seconds and self.seconds[0][0] < start:
+            self.seconds.pop(0)
+
+    def totals(self) -> tuple[int, int, int]:
+        calls = sum(s[1] for s in self.seconds)
+        return calls, sum(s[2] for s in self.seconds), sum(s[3] for s in self.seconds)
+
+
+def _verdict(calls: int, failed: int, slow: int, policy: BreakerPolicy) -> str | None:
+    """Why these calls open the breaker, or None."""
+    if calls < policy.minimum_calls or calls == 0:
+        return None
+    if failed / calls >= policy.failure_rate:
+        return f"{failed} of {calls} calls failed ({failed / calls:.0%} >= {policy.failure_rate:.0%})"
+    if slow / calls >= policy.slow_rate:
+        return (f"{slow} of {calls} calls slower than {policy.slow_call_s:g} s "
+                f"({slow / calls:.0%} >= {policy.slow_rate:.0%})")  # fmt: skip
+    return None
+
+
+def _opened(state: BreakerState, reason: str, now: datetime, policy: BreakerPolicy) -> BreakerState:
+    return BreakerState(
+        agent=state.agent, state=BreakerStatus.OPEN, since=now,
+        open_until=now + timedelta(seconds=policy.open_s), reason=reason, epoch=state.epoch + 1,
+    )  # fmt: skip
+
+
+def decide(
+    window: Window,
+    state: BreakerState,
+    finished: ExecutionFinished,
+    policy: BreakerPolicy,
+    now: datetime,
+    trials: TrialClaims | None = None,
+) -> BreakerState | None:
+    """Apply one finished run to ``window`` (in place) and return the breaker's new state
+    if it changes. ``state``: the breaker now; ``trials``: its claims when half-open."""
+    if finished.status not in (RunStatus.SUCCEEDED, RunStatus.FAILED):
+        return None
+    failed = finished.status == RunStatus.FAILED
+    slow = finished.duration_ms is not None and finished.duration_ms > policy.slow_call_s * 1000
+    if state.state == BreakerStatus.CLOSED:
+        if finished.finished_at < state.since:  # before it (re)closed: from a window that is over
+            return None
+        second = int(finished.finished_at.timestamp())
+        window.add(second, failed, slow, policy.window_s)
+        reason = _verdict(*window.totals(), policy)
+        if reason is None:
+            return None
+        window.seconds = []  # a new window after the open spell, as resilience4j resets its metrics
+        return _opened(state, reason, now, policy)
+    if state.state == BreakerStatus.HALF_OPEN:
+        if trials is None or trials.epoch != state.epoch or finished.run_id not in trials.runs:
+            return None  # not one of this spell's trials (e.g. a task that started before the trip)
+        if window.trial_epoch != state.epoch:
+            window.trial_epoch, window.trial_outcomes = state.epoch, {}
+        window.trial_outcomes[finished.run_id] = (failed, slow)
+        if len(window.trial_outcomes) < state.trials:
+            return None
+        outcomes = list(window.trial_outcomes.values())
+        calls, bad, slows = len(outcomes), sum(f for f, _ in outcomes), sum(s for _, s in outcomes)
+        reason = _verdict(calls, bad, slows, policy.model_copy(update={"minimum_calls": 1}))
+        if reason is not None:
+            return _opened(state, f"trials: {reason}", now, policy)
+        return BreakerState(agent=state.agent, state=BreakerStatus.CLOSED, since=now,
+                            reason=f"{calls} trials passed", epoch=state.epoch + 1)  # fmt: skip
+    return None  # open: calls that finish now started before it opened
+
+
+def half_open(state: BreakerState, now: datetime, policy: BreakerPolicy) -> BreakerState | None:
+    """The open wait is over: half-open with ``policy.trials`` trials (None: not yet, or
+    forced open until closed by hand)."""
+    if not state.is_open or state.open_until is None or now < state.open_until:
+        return None
+    return BreakerState(
+        agent=state.agent, state=BreakerStatus.HALF_OPEN, since=now, trials=policy.trials,
+        reason="open wait over", epoch=state.epoch + 1,
+    )  # fmt: skip
