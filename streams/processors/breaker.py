@@ -107,7 +107,7 @@ class BreakerDecisions(Decisions):
 def install(app: faust.App, source: faust.TopicT, config: ProcessorConfig) -> BreakerDecisions:
     """Add the breaker's table, agent and timer to ``app``; ``config.options``: :class:`BreakerPolicy`."""
     policy = BreakerPolicy.model_validate(dict(config.options))
-    windows = app.Table(TABLE, default=None, partitions=config.partitions, value_serializer="json")
+    windows = app.Table(TABLE, default=None, partitions=config.partitions)
     decisions = BreakerDecisions(app, policy)
     app.service(decisions)  # type: ignore[arg-type]  # an instance: started with the app
     parsed: dict[str, tuple[Any, Window]] = {}  # agent -> (the table's value, it parsed): parse once

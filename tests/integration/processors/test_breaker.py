@@ -1,0 +1,110 @@
+"""The fleet-wide circuit breaker, end to end: finished events -> processor -> af_breakers -> workers.
+
+Real nats-server (one per test), a real Faust processor, two task workers on
+connections of their own."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+
+from nats.aio.client import Client
+from nats.js import JetStreamContext
+
+from mesh import names
+from mesh.embedded import NatsServer
+from mesh.envelope import Priority
+from mesh.queue.breakers import BreakerChanged, BreakerStatus, read_breaker, read_trials
+from mesh.queue.producer import TaskQueue, TaskSpec
+from mesh.queue.worker import TaskContext, TaskWorker
+from tests.helpers import eventually
+from tests.integration.processors.breaker_fleet import (
+    breaker_processor,
+    fleet,
+    publish_outcome,
+    window_calls,
+)
+
+
+def tripped(workers: list[TaskWorker], agent: str) -> bool:
+    """Every worker has stopped taking ``agent``'s tasks (all its lanes closed)."""
+    return all(lane.tripped for w in workers for lane in w.lanes if lane.agent == agent)
+
+
+async def test_a_failing_agent_opens_its_breaker_and_every_worker_stops_within_1s_while_others_flow(
+    own_nats: NatsServer, own_nc: Client, own_js: JetStreamContext
+) -> None:
+    ran: Counter[str] = Counter()
+
+    async def count(ctx: TaskContext) -> dict[str, int]:
+        ran[ctx.agent] += 1
+        return {}
+
+    async with breaker_processor(own_nats.url, open_s=30) as (app, _), fleet(
+        own_nats.url, {"flaky": count, "steady": count}
+    ) as workers:
+        await publish_outcome(own_js, "flaky", 0, failed=False)
+        for i in range(1, 4):
+            await publish_outcome(own_js, "flaky", i, failed=True)
+        await eventually(lambda: window_calls(app, "flaky") == 4, 30, "4 calls in the window")
+        assert not tripped(workers, "flaky")  # 3 of 4 failed, but fewer than 5 calls: no decision
+
+        events = await own_nc.subscribe(names.breaker_subject("flaky"))
+        t0 = time.perf_counter()
+        await publish_outcome(own_js, "flaky", 4, failed=True)  # 4 of 5 failed: over 50 %
+        await eventually(lambda: tripped(workers, "flaky"), 5, "both workers stopped taking flaky", every=0.002)
+        reaction = time.perf_counter() - t0
+        assert reaction < 1.0, f"{reaction:.3f} s from the crossing event to every worker stopped"
+
+        state, _ = await read_breaker(own_js, "flaky")
+        assert state.state == BreakerStatus.OPEN and "4 of 5 calls failed" in state.reason
+        event = BreakerChanged.model_validate_json((await events.next_msg(timeout=5)).data)
+        assert (event.previous, event.state.state, event.by) == ("closed", "open", "processor")
+        info = await own_js.consumer_info(names.STREAM_TASKS, names.task_consumer("flaky", Priority.NORMAL))
+        assert info.paused  # tasks wait in the queue, not delivered to anyone
+
+        async with TaskQueue(own_nc, own_js) as queue:
+            for i in range(5):
+                await queue.enqueue(TaskSpec("flaky", {"i": i}))
+                await queue.enqueue(TaskSpec("steady", {"i": i}))
+            await eventually(lambda: ran["steady"] == 5, 15, "the other agent's tasks ran")
+        assert ran["flaky"] == 0  # none of the open agent's
+        assert all(lane.tripped for w in workers for lane in w.lanes if lane.agent == "flaky")
+
+
+async def test_half_open_admits_exactly_n_trials_across_two_workers_then_recovery_closes(
+    own_nats: NatsServer, own_nc: Client, own_js: JetStreamContext
+) -> None:
+    during: Counter[str] = Counter()  # runs started, by the breaker state their worker saw
+    workers: list[TaskWorker] = []
+
+    async def recovered(ctx: TaskContext) -> dict[str, int]:
+        worker = next(w for w in workers if ctx.run_id in _running(w))
+        assert worker.breakers is not None
+        during[worker.breakers.values["flaky"].state] += 1
+        return {}
+
+    async with breaker_processor(own_nats.url, open_s=1.5, trials=3) as (app, _), fleet(
+        own_nats.url, {"flaky": recovered}
+    ) as started:
+        workers.extend(started)
+        for i in range(6):
+            await publish_outcome(own_js, "flaky", i, failed=True)
+        await eventually(lambda: tripped(workers, "flaky"), 15, "the breaker opened")
+        async with TaskQueue(own_nc, own_js) as queue:
+            for i in range(12):
+                await queue.enqueue(TaskSpec("flaky", {"i": i}))
+        # Open for 1.5 s, then half-open: three trials (across both workers), which
+        # succeed, so it closes and the other nine run.
+        await eventually(lambda: sum(during.values()) == 12, 30, "all 12 ran")
+        state, _ = await read_breaker(own_js, "flaky")
+        assert state.state == BreakerStatus.CLOSED and state.reason == "3 trials passed"
+        claims, _ = await read_trials(own_js, "flaky")
+        assert claims is not None and len(claims.runs) == 3
+        assert during[BreakerStatus.HALF_OPEN] == 3, during
+        assert during[BreakerStatus.OPEN] == 0, during
+
+
+def _running(worker: TaskWorker) -> set[str]:
+    """The run ids ``worker`` has started and not finished (a test's way to find who runs what)."""
+    return {item.task.id for item in worker._inflight.values() if item.task is not None}
