@@ -49,12 +49,12 @@ QUEUE_ACK_PENDING = Gauge(
 )
 DLQ_SIZE = Gauge("af_dlq_size", "Dead letters waiting per agent", ["agent"])
 BREAKER_STATE = Gauge(
-    "af_breaker_state",
-    "The agent's circuit breaker as this process follows it: 0 closed, 1 open, 2 half-open",
+    "af_fleet_breaker_state",
+    "The agent's fleet-wide circuit breaker as this process follows it: 0 closed, 1 half-open, 2 open",
     ["agent"],
 )
 BREAKER_REFUSED = Counter(
-    "af_breaker_refused_total",
+    "af_fleet_breaker_refused_total",
     "Deliveries handed back unstarted: the breaker is half-open, no trial left",
     ["agent"],
 )

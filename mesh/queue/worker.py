@@ -105,6 +105,7 @@ __all__ = ["AgentQueueConfig", "PermanentError", "TaskContext", "TaskWorker", "e
 
 log = logging.getLogger(__name__)
 _NO_PROBES = Probes()
+_GAUGE = {BreakerStatus.CLOSED: 0, BreakerStatus.HALF_OPEN: 1, BreakerStatus.OPEN: 2}  # as af_breaker_state
 
 
 class Companion(Protocol):
@@ -447,7 +448,7 @@ class TaskWorker:
         """The agent's breaker changed: while open its lanes take nothing and what this
         worker holds of it unstarted goes back; half-open, a task starts only with a
         trial claimed (:meth:`_trial_refused`); what runs goes on either way."""
-        metrics.BREAKER_STATE.labels(agent).set(list(BreakerStatus).index(state.state))
+        metrics.BREAKER_STATE.labels(agent).set(_GAUGE[state.state])
         lanes = [lane for lane in self.lanes if lane.agent == agent]
         for lane in lanes:
             lane.tripped = state.is_open

@@ -52,7 +52,7 @@ async def test_a_failing_agent_opens_its_breaker_and_every_worker_stops_within_1
         events = await own_nc.subscribe(names.breaker_subject("flaky"))
         t0 = time.perf_counter()
         await publish_outcome(own_js, "flaky", 4, failed=True)  # 4 of 5 failed: over 50 %
-        await eventually(lambda: tripped(workers, "flaky"), 5, "both workers stopped taking flaky", every=0.002)
+        await eventually(lambda: tripped(workers, "flaky"), 5, "both workers stopped taking it", every=0.002)
         reaction = time.perf_counter() - t0
         assert reaction < 1.0, f"{reaction:.3f} s from the crossing event to every worker stopped"
 
@@ -84,7 +84,7 @@ async def test_half_open_admits_exactly_n_trials_across_two_workers_then_recover
         during[worker.breakers.values["flaky"].state] += 1
         return {}
 
-    async with breaker_processor(own_nats.url, open_s=1.5, trials=3) as (app, _), fleet(
+    async with breaker_processor(own_nats.url, open_s=1.5, trials=3) as _, fleet(
         own_nats.url, {"flaky": recovered}
     ) as started:
         workers.extend(started)
