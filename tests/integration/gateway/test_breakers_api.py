@@ -24,8 +24,8 @@ async def test_force_open_refuses_waiting_callers_holds_tasks_and_force_close_re
 ) -> None:
     events = await nc.subscribe(names.breaker_subject(AGENT))
     try:
-        opened = json.loads(ok(await agent_factory(
-            api, "breakers", "open", AGENT, "--reason", "bad deploy", "--for", "120", "-o", "json")))  # fmt: skip
+        args = ["breakers", "open", AGENT, "--reason", "bad deploy", "--for", "120", "-o", "json"]
+        opened = json.loads(ok(await agent_factory(api, *args)))
         assert opened["state"] == "open" and opened["reason"] == "bad deploy" and "@" in opened["forced_by"]
         audit = BreakerChanged.model_validate_json((await events.next_msg(timeout=5)).data)
         assert (audit.state.state, audit.by, audit.state.reason) == (

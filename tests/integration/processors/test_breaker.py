@@ -40,9 +40,10 @@ async def test_a_failing_agent_opens_its_breaker_and_every_worker_stops_within_1
         ran[ctx.agent] += 1
         return {}
 
-    async with breaker_processor(own_nats.url, open_s=30) as (app, _), fleet(
-        own_nats.url, {"flaky": count, "steady": count}
-    ) as workers:
+    async with (
+        breaker_processor(own_nats.url, open_s=30) as (app, _),
+        fleet(own_nats.url, {"flaky": count, "steady": count}) as workers,
+    ):
         await publish_outcome(own_js, "flaky", 0, failed=False)
         for i in range(1, 4):
             await publish_outcome(own_js, "flaky", i, failed=True)
@@ -84,9 +85,10 @@ async def test_half_open_admits_exactly_n_trials_across_two_workers_then_recover
         during[worker.breakers.values["flaky"].state] += 1
         return {}
 
-    async with breaker_processor(own_nats.url, open_s=1.5, trials=3) as _, fleet(
-        own_nats.url, {"flaky": recovered}
-    ) as started:
+    async with (
+        breaker_processor(own_nats.url, open_s=1.5, trials=3) as _,
+        fleet(own_nats.url, {"flaky": recovered}) as started,
+    ):
         workers.extend(started)
         for i in range(6):
             await publish_outcome(own_js, "flaky", i, failed=True)
