@@ -55,6 +55,8 @@ class BreakerDecisions(Decisions):
         self.policy = policy
         self.ready = asyncio.Event()
         self.follower: KeyFollower[BreakerState] | None = None
+        self.applied = 0  # events applied by this process (a fenced replay is not counted)
+        self._closed: dict[str, BreakerState] = {}  # agents without a key: closed (built once each)
 
     async def on_start(self) -> None:
         await super().on_start()
@@ -75,7 +77,11 @@ class BreakerDecisions(Decisions):
     async def apply(self, window: Window, finished: ExecutionFinished) -> None:
         """Apply one finished run to its agent's ``window``; write the transition it causes."""
         agent = finished.agent
-        state = self.breaker_of(agent) or closed_breaker(agent)
+        state = (
+            self.breaker_of(agent)
+            or self._closed.get(agent)
+            or self._closed.setdefault(agent, closed_breaker(agent))
+        )
         trials = None
         if state.state == BreakerStatus.HALF_OPEN:
             trials, _ = await read_trials(self.js, agent)
@@ -130,6 +136,7 @@ def install(app: faust.App, source: faust.TopicT, config: ProcessorConfig) -> Br
             if not decisions.ready.is_set():
                 await decisions.ready.wait()
             await decisions.apply(window, finished.payload)
+            decisions.applied += 1
             window.offset = offset
             value = window.model_dump()
             windows[agent] = value
