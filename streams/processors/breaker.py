@@ -12,7 +12,9 @@ write (one changelog record). A transition is written to KV *before* the
 window that caused it, so a processor killed in between applies the event
 again and decides again (the compare-and-set on the breaker's revision keeps
 that from writing twice). A timer moves breakers whose open wait is over to
-half-open; with several replicas each tries and the compare-and-set lets one win.
+half-open (and, with ``half_open_max_s``, a half-open one without a verdict
+back to open); with several replicas each tries and the compare-and-set lets
+one win.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ from mesh.queue.follow import KeyFollower
 from mesh.queue.runs import ExecutionFinished
 from streams.processors.app import Decisions, ProcessorConfig
 from streams.processors.executions import read_finished
-from streams.processors.rates import BreakerPolicy, Window, decide, half_open
+from streams.processors.rates import BreakerPolicy, Window, decide, timed
 
 __all__ = ["TABLE", "BreakerDecisions", "install"]
 
@@ -89,13 +91,14 @@ class BreakerDecisions(Decisions):
         if new is not None:
             await self._change(state, new)
 
-    async def open_wait_over(self) -> None:
-        """Half-open every breaker whose open wait is over."""
+    async def time_passed(self) -> None:
+        """Half-open every breaker whose open wait is over; open again a half-open one
+        past its limit (:func:`.rates.timed`)."""
         if self.follower is None:
             return
         now = utcnow()
         for state in list(self.follower.values.values()):
-            new = half_open(state, now, self.policy)
+            new = timed(state, now, self.policy)
             if new is not None:
                 await self._change(state, new)
 
@@ -143,8 +146,8 @@ def install(app: faust.App, source: faust.TopicT, config: ProcessorConfig) -> Br
             parsed[agent] = (windows.get(agent), window)
 
     @app.timer(interval=0.25)  # type: ignore[untyped-decorator]  # faust's decorators are untyped
-    async def open_wait_over() -> None:
+    async def time_passed() -> None:
         if decisions.ready.is_set():
-            await decisions.open_wait_over()
+            await decisions.time_passed()
 
     return decisions

@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from mesh.queue.breakers import BreakerState, BreakerStatus, TrialClaims
 from mesh.queue.runs import ExecutionFinished, RunStatus
 
-__all__ = ["BreakerPolicy", "Window", "decide", "half_open"]
+__all__ = ["BreakerPolicy", "Window", "decide", "timed"]
 
 
 class BreakerPolicy(BaseModel):
@@ -35,6 +35,8 @@ class BreakerPolicy(BaseModel):
     slow_rate: float = Field(0.8, gt=0, le=1)  # open at or over this share of slow calls
     open_s: float = Field(60.0, gt=0)  # wait in open before half-open
     trials: int = Field(3, ge=1)  # trial calls half-open lets through, across the fleet
+    # Half-open this long without its trials' verdict: open again (None: wait, resilience4j's default).
+    half_open_max_s: float | None = Field(None, gt=0)
 
 
 class Window(BaseModel):
@@ -128,9 +130,15 @@ def decide(
     return None  # open: calls that finish now started before it opened
 
 
-def half_open(state: BreakerState, now: datetime, policy: BreakerPolicy) -> BreakerState | None:
-    """The open wait is over: half-open with ``policy.trials`` trials (None: not yet, or
-    forced open until closed by hand)."""
+def timed(state: BreakerState, now: datetime, policy: BreakerPolicy) -> BreakerState | None:
+    """What time alone changes: an open wait that is over goes half-open with ``policy.trials``
+    trials (never a breaker forced open until closed by hand), and a half-open spell past
+    ``policy.half_open_max_s`` opens again. None: nothing is due."""
+    if state.state == BreakerStatus.HALF_OPEN:
+        limit = policy.half_open_max_s
+        if limit is None or now < state.since + timedelta(seconds=limit):
+            return None
+        return _opened(state, f"trials gave no verdict within {limit:g} s", now, policy)
     if not state.is_open or state.open_until is None or now < state.open_until:
         return None
     return BreakerState(

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from mesh.queue.breakers import BreakerState, BreakerStatus, TrialClaims, closed_breaker
 from mesh.queue.runs import ExecutionFinished, RunStatus
-from streams.processors.rates import BreakerPolicy, Window, decide, half_open
+from streams.processors.rates import BreakerPolicy, Window, decide, timed
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 POLICY = BreakerPolicy()  # 60 s, 5 calls, 50 % failed, slow > 5 s at 80 %, open 60 s, 3 trials
@@ -82,11 +82,11 @@ def test_open_ignores_calls_and_half_opens_when_its_wait_is_over() -> None:
     opened = feed([run(i, FAIL) for i in range(5)])[-1]
     assert opened is not None
     assert feed([run(10 + i, FAIL) for i in range(10)], opened) == [None] * 10
-    assert half_open(opened, T0 + timedelta(seconds=59), POLICY) is None
-    trial = half_open(opened, T0 + timedelta(seconds=60), POLICY)
+    assert timed(opened, T0 + timedelta(seconds=59), POLICY) is None
+    trial = timed(opened, T0 + timedelta(seconds=60), POLICY)
     assert trial is not None and (trial.state, trial.trials, trial.epoch) == (BreakerStatus.HALF_OPEN, 3, 2)
     forced = opened.model_copy(update={"open_until": None, "forced_by": "ops"})
-    assert half_open(forced, T0 + timedelta(days=999), POLICY) is None  # until closed by hand
+    assert timed(forced, T0 + timedelta(days=999), POLICY) is None  # until closed by hand
 
 
 @pytest.mark.parametrize(
@@ -129,3 +129,20 @@ def test_window_opens_exactly_when_a_brute_force_count_of_the_last_60_s_says_so(
         assert (new is not None) == expected, (at, recent)
         if new is not None:
             return  # open: the rest is another spell's
+
+
+def test_a_half_open_spell_without_a_verdict_opens_again_only_past_its_limit() -> None:
+    state = BreakerState(agent="a", state=BreakerStatus.HALF_OPEN, since=T0, trials=3, epoch=2)
+    assert timed(state, T0 + timedelta(days=9), POLICY) is None  # no limit: wait, as resilience4j
+    limited = POLICY.model_copy(update={"half_open_max_s": 30.0})
+    assert timed(state, T0 + timedelta(seconds=29), limited) is None
+    again = timed(state, T0 + timedelta(seconds=30), limited)
+    assert again is not None and (again.state, again.epoch) == (BreakerStatus.OPEN, 3)
+    assert again.reason == "trials gave no verdict within 30 s"
+
+
+def test_unknown_or_out_of_range_options_are_refused() -> None:
+    with pytest.raises(ValueError, match="window_sec"):
+        BreakerPolicy.model_validate({"window_sec": 10})
+    with pytest.raises(ValueError, match="failure_rate"):
+        BreakerPolicy.model_validate({"failure_rate": 1.5})
