@@ -59,7 +59,7 @@ def window_calls(app: faust.App, agent: str) -> int:
 
 @asynccontextmanager
 async def fleet(
-    url: str, handlers: dict[str, Handler], workers: int = 2, **cfg: Any
+    url: str, handlers: dict[str, Handler], workers: int = 2, idle_poll_s: float = 0.5, **cfg: Any
 ) -> AsyncIterator[list[TaskWorker]]:
     """``workers`` task workers of ``handlers``, each on a connection of its own."""
     conns: list[Client] = []
@@ -70,7 +70,7 @@ async def fleet(
             conns.append(nc)
             js = await jetstream(nc)
             served = {agent: (AgentQueueConfig(agent, **cfg), h) for agent, h in handlers.items()}
-            worker = TaskWorker(nc, js, served, concurrency=4, idle_poll_s=0.5, name=f"w{n}")
+            worker = TaskWorker(nc, js, served, concurrency=4, idle_poll_s=idle_poll_s, name=f"w{n}")
             await worker.start()
             started.append(worker)
         yield started

@@ -10,12 +10,21 @@ from collections import Counter
 
 from nats.aio.client import Client
 from nats.js import JetStreamContext
+from prometheus_client import REGISTRY
 
 from mesh import names
 from mesh.embedded import NatsServer
-from mesh.envelope import Priority
-from mesh.queue.breakers import BreakerChanged, BreakerStatus, read_breaker, read_trials
+from mesh.envelope import Priority, utcnow
+from mesh.queue.breakers import (
+    BreakerChanged,
+    BreakerState,
+    BreakerStatus,
+    force_breaker,
+    read_breaker,
+    read_trials,
+)
 from mesh.queue.producer import TaskQueue, TaskSpec
+from mesh.queue.runs import get_run
 from mesh.queue.worker import TaskContext, TaskWorker
 from tests.helpers import eventually
 from tests.integration.processors.breaker_fleet import (
@@ -94,8 +103,7 @@ async def test_half_open_admits_exactly_n_trials_across_two_workers_then_recover
             await publish_outcome(own_js, "flaky", i, failed=True)
         await eventually(lambda: tripped(workers, "flaky"), 15, "the breaker opened")
         async with TaskQueue(own_nc, own_js) as queue:
-            for i in range(12):
-                await queue.enqueue(TaskSpec("flaky", {"i": i}))
+            runs = [(await queue.enqueue(TaskSpec("flaky", {"i": i}))).run_id for i in range(12)]
         # Open for 1.5 s, then half-open: three trials (across both workers), which
         # succeed, so it closes and the other nine run.
         await eventually(lambda: sum(during.values()) == 12, 30, "all 12 ran")
@@ -105,6 +113,46 @@ async def test_half_open_admits_exactly_n_trials_across_two_workers_then_recover
         assert claims is not None and len(claims.runs) == 3
         assert during[BreakerStatus.HALF_OPEN] == 3, during
         assert during[BreakerStatus.OPEN] == 0, during
+        # Deliveries refused for want of a trial went back unstarted: every run took one attempt.
+        assert (REGISTRY.get_sample_value("af_fleet_breaker_refused_total", {"agent": "flaky"}) or 0) > 0
+        assert [(await get_run(own_js, run)).attempts for run in runs] == [1] * 12  # type: ignore[union-attr]
+
+
+async def test_deliveries_that_arrive_for_an_open_breaker_go_back_unstarted_and_are_not_attempts(
+    own_nats: NatsServer, own_nc: Client, own_js: JetStreamContext
+) -> None:
+    """A pull already out when the breaker opens may still deliver (before the consumer
+    pause, or a pause that failed): the worker hands it back, recorded as returned."""
+    ran: Counter[str] = Counter()
+
+    async def count(ctx: TaskContext) -> dict[str, int]:
+        ran[ctx.run_id] += 1
+        return {}
+
+    async with fleet(own_nats.url, {"flaky": count}, workers=1, idle_poll_s=10, priorities=(2,)) as workers:
+        await eventually(lambda: workers[0].lanes[0].source.outstanding, 10, "an idle pull waiting")
+        kv = await own_js.key_value(names.BUCKET_BREAKERS)  # open, and no consumer pause
+        opened = BreakerState(agent="flaky", state=BreakerStatus.OPEN, since=utcnow(), reason="test", epoch=1)
+        await kv.put("state.flaky", opened.model_dump_json().encode())
+        await eventually(lambda: tripped(workers, "flaky"), 5, "the worker stopped taking flaky")
+        async with TaskQueue(own_nc, own_js) as queue:
+            run = (await queue.enqueue(TaskSpec("flaky", {}))).run_id  # delivered to the pull still out
+
+        async def returned() -> int:
+            state = await get_run(own_js, run)
+            return state.returned if state is not None else 0
+
+        await eventually(returned, 10, "the delivery handed back")
+        assert not ran
+        await force_breaker(own_js, "flaky", False, "test", "over")
+        await eventually(lambda: ran[run] == 1, 10, "it ran once the breaker closed")
+        await eventually(lambda: _attempts(own_js, run), 10, "its outcome")
+        assert await _attempts(own_js, run) == 1
+
+
+async def _attempts(js: JetStreamContext, run: str) -> int:
+    state = await get_run(js, run)
+    return state.attempts if state is not None and state.status.finished else 0
 
 
 def _running(worker: TaskWorker) -> set[str]:
