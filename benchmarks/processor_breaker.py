@@ -52,10 +52,11 @@ def _finished(agent: str, i: int, failed: bool) -> tuple[str, bytes, dict[str, s
     now = utcnow()
     if failed:
         state = RunState(run_id=task.id, agent=agent, status=RunStatus.FAILED, attempts=1, started_at=now,
-                         finished_at=now, enqueued_at=task.created_at, error="boom")  # fmt: skip
+                         finished_at=now, enqueued_at=task.created_at, error="boom",
+                         version="1.0.0")  # fmt: skip
         subject, data, headers = outcome_message(task, state)
     else:
-        subject, data, headers = success_message(task, agent, 1, now, now, {"i": i})
+        subject, data, headers = success_message(task, agent, 1, now, now, {"i": i}, version="1.0.0")
     return subject, data, parse_headers(headers)
 
 
@@ -71,7 +72,7 @@ async def _publish(js: JetStreamContext, items: list[tuple[str, bytes, dict[str,
 
 def _calls(app: Any, agents: list[str]) -> int:
     table = app.tables[TABLE]
-    return sum(sum(s[1] for s in value["seconds"]) for a in agents if (value := table.get(a)))
+    return sum(sum(s[1] for s in value["agent"]["seconds"]) for a in agents if (value := table.get(a)))
 
 
 async def _throughput(nats_url: str, js: JetStreamContext, events: int) -> float:
@@ -135,6 +136,7 @@ async def _reactions(nats_url: str, js: JetStreamContext) -> list[float]:
                 reactions.append((time.perf_counter() - t0) * 1000)
                 await force_breaker(js, agent, False, "bench", "next trip")
                 await wait_until(lambda: not any(lane.tripped for lane in lanes), 30, "workers take it again")
+                await wait_until(lambda: not decisions.breaker_of(agent).is_open, 30, "the processor saw it")
         finally:
             for worker in workers:
                 await worker.stop(drain_timeout=5)

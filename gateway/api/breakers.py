@@ -26,7 +26,7 @@ routes = web.RouteTableDef()
 
 class ForceBreaker(BaseModel):
     """``POST /api/v1/breakers/{agent}``: force it open (for ``open_for_s``, or until
-    closed by hand) or closed."""
+    closed by hand) or closed; with ``version``, that version's breaker only."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -34,11 +34,12 @@ class ForceBreaker(BaseModel):
     reason: str = Field(min_length=1, max_length=1000)
     by: str = Field(min_length=1, max_length=200)  # who: the operator, for the audit
     open_for_s: float | None = Field(None, gt=0, le=30 * 86_400)
+    version: str | None = Field(None, min_length=1, max_length=128)
 
 
 @routes.get("/api/v1/breakers")
 async def list_breakers(request: web.Request) -> web.Response:
-    """Every breaker that has ever left closed (agents not listed are closed)."""
+    """Every breaker with a key: agents', and versions' (``version`` set); those not listed are closed."""
     svc: Services = request.app[SERVICES]
     states = await read_breakers(svc.js)
     return json_response({"breakers": [s.model_dump(mode="json") for _, s in sorted(states.items())]})
@@ -51,7 +52,9 @@ async def force(request: web.Request) -> web.Response:
     body = ForceBreaker.model_validate(await read_json(request))
     if body.open_for_s is not None and body.action == "close":
         raise web.HTTPBadRequest(text="open_for_s is for action open only")
-    state = await force_breaker(svc.js, agent, body.action == "open", body.by, body.reason, body.open_for_s)
+    state = await force_breaker(
+        svc.js, agent, body.action == "open", body.by, body.reason, body.open_for_s, body.version
+    )
     if svc.breakers is not None:  # this gateway's callers see it at once, not at the write's echo
-        svc.breakers.values[agent] = state
+        svc.breakers.values[state.scope] = state
     return json_response(state.model_dump(mode="json"))

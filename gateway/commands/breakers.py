@@ -20,7 +20,9 @@ def breakers() -> None:
     The breaker processor opens an agent's breaker when its failure rate or
     slow-call rate over the last minute crosses its threshold: while open, no
     worker takes the agent's tasks (they wait in the queue, no retries burnt)
-    and `run --wait` is refused at once (503). After the open wait it goes
+    and `run --wait` is refused at once (503). While two versions serve (a
+    canary), a failing version's own breaker opens: its workers stop, the
+    other version's serve. After the open wait it goes
     half-open, lets a few trial tasks run, and closes or opens again from
     their outcomes. `open` and `close` override it; each is audited (who,
     when, why) on af.events.breaker.changed.<agent>.
@@ -32,7 +34,8 @@ def _who() -> str:
 
 
 def _show(output: str, state: dict[str, Any]) -> None:
-    rows = [(k, state[k]) for k in ("agent", "state", "since", "open_until", "trials", "reason", "forced_by")]
+    keys = ("agent", "version", "state", "since", "open_until", "trials", "reason", "forced_by")
+    rows = [(k, state[k]) for k in keys]
     _emit(output, state, [(k, "" if v is None else v) for k, v in rows])
 
 
@@ -47,31 +50,44 @@ def ls(obj: Ctx, output: str) -> None:
         return
     click.echo(f"{'AGENT':<24}{'STATE':<11}{'UNTIL':<34}{'BY':<20}REASON")
     for b in data["breakers"]:
-        click.echo(f"{b['agent']:<24}{b['state']:<11}{b['open_until'] or '':<34}"
+        name = b["agent"] + (f"@{b['version']}" if b["version"] else "")
+        click.echo(f"{name:<24}{b['state']:<11}{b['open_until'] or '':<34}"
                    f"{b['forced_by'] or 'processor':<20}{b['reason']}")  # fmt: skip
+
+
+_version = click.option(
+    "--version", help="Only this version's breaker (its workers stop; other versions serve)."
+)
 
 
 @breakers.command("open")
 @click.argument("agent")
+@_version
 @click.option("--reason", required=True, help="Why (kept in the audit event).")
 @click.option("--for", "open_for_s", type=click.FloatRange(min=0, min_open=True),
               help="Seconds to hold it open, then half-open as usual [default: until `close`].")  # fmt: skip
 @output_option
 @click.pass_obj
-def open_(obj: Ctx, agent: str, reason: str, open_for_s: float | None, output: str) -> None:
+def open_(obj: Ctx, agent: str, version: str | None, reason: str, open_for_s: float | None,
+          output: str) -> None:  # fmt: skip
     """Force AGENT's breaker open: no worker takes its tasks until closed (or --for passes)."""
     body: dict[str, Any] = {"action": "open", "reason": reason, "by": _who()}
     if open_for_s is not None:
         body["open_for_s"] = open_for_s
+    if version is not None:
+        body["version"] = version
     _show(output, _run(_call(obj, "POST", f"/api/v1/breakers/{agent}", body)))
 
 
 @breakers.command("close")
 @click.argument("agent")
+@_version
 @click.option("--reason", required=True, help="Why (kept in the audit event).")
 @output_option
 @click.pass_obj
-def close(obj: Ctx, agent: str, reason: str, output: str) -> None:
+def close(obj: Ctx, agent: str, version: str | None, reason: str, output: str) -> None:
     """Force AGENT's breaker closed: workers take its tasks again, with a fresh window."""
-    body = {"action": "close", "reason": reason, "by": _who()}
+    body: dict[str, Any] = {"action": "close", "reason": reason, "by": _who()}
+    if version is not None:
+        body["version"] = version
     _show(output, _run(_call(obj, "POST", f"/api/v1/breakers/{agent}", body)))

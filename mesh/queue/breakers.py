@@ -3,20 +3,28 @@
 The processor (``streams.processors.breaker``) follows each agent's failure
 and slow-call rates and writes its decision to KV bucket ``af_breakers``:
 
-* key ``state.<agent>``: a :class:`BreakerState` as JSON (no key: closed);
-* key ``trials.<agent>``: the :class:`TrialClaims` of the current half-open
+* key ``state.<scope>``: a :class:`BreakerState` as JSON (no key: closed);
+* key ``trials.<scope>``: the :class:`TrialClaims` of the current half-open
   spell (its ``epoch`` is the state's), the run ids that may run as trials.
+
+A *scope* is an agent (``<agent>``: its breaker) or one version of it
+(``<agent>.<version>``, :func:`breaker_scope`: the breaker of the workers that
+run that version, for a canary that fails while the other version serves).
 
 Transitions are announced on ``af.events.breaker.changed.<agent>``
 (:class:`BreakerChanged`: who, when, why; the audit of forced ones) and go
 through :func:`change_breaker`, the one writer, which also pauses the agent's
 JetStream consumers while it is open (``pause_until`` = the end of the open
 wait), so its tasks wait in the queue instead of failing and burning retries.
+(A version's breaker pauses no consumer: the consumers are shared with the
+agent's other versions, whose workers go on taking its tasks.)
 
-A worker follows its agents' keys (:func:`follow_breakers`): while open the
-agent's lanes take nothing (:attr:`mesh.queue.dispatch.Lane.tripped`) and
-deliveries that arrive anyway are handed back unstarted, not as attempts;
-while half-open a worker starts a task only once it has claimed one of the
+A worker follows its agents' keys, and those of the versions it runs
+(:func:`follow_breakers`): while either is open the agent's lanes take
+nothing (:attr:`mesh.queue.dispatch.Lane.tripped`) and deliveries that
+arrive anyway are handed back unstarted, not as attempts; while the breaker
+that governs (the agent's unless it is closed, else the version's) is
+half-open a worker starts a task only once it has claimed one of its
 ``trials`` (:func:`claim_trial`, compare-and-set), so exactly that many run
 across the fleet. What is not guaranteed: a worker cut off from NATS keeps the
 state it last saw; tasks already running when a breaker opens finish.
@@ -27,6 +35,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
@@ -49,6 +58,7 @@ __all__ = [
     "BreakerState",
     "BreakerStatus",
     "TrialClaims",
+    "breaker_scope",
     "change_breaker",
     "claim_trial",
     "closed_breaker",
@@ -73,9 +83,11 @@ class BreakerStatus(StrEnum):
 
 
 class BreakerState(BaseModel):
-    """An agent's breaker. ``epoch`` counts its transitions (trial claims belong to one)."""
+    """An agent's breaker (``version`` None), or one version's. ``epoch`` counts its
+    transitions (trial claims belong to one)."""
 
     agent: str
+    version: str | None = None
     state: BreakerStatus = BreakerStatus.CLOSED
     since: datetime
     open_until: datetime | None = None  # open: when it goes half-open (None: forced, until closed by hand)
@@ -88,6 +100,10 @@ class BreakerState(BaseModel):
     def is_open(self) -> bool:
         return self.state == BreakerStatus.OPEN
 
+    @property
+    def scope(self) -> str:
+        return breaker_scope(self.agent, self.version)
+
     def describe(self) -> str:
         if self.state == BreakerStatus.CLOSED:
             return "closed"
@@ -99,9 +115,20 @@ class BreakerState(BaseModel):
         return what + (f": {self.reason}" if self.reason else "")
 
 
-def closed_breaker(agent: str) -> BreakerState:
-    """The breaker of an agent without a key."""
-    return BreakerState(agent=agent, since=datetime.fromtimestamp(0, tz=UTC))
+_KEY_TOKEN = re.compile(r"[^A-Za-z0-9_.-]")
+
+
+def breaker_scope(agent: str, version: str | None = None) -> str:
+    """``agent``, or ``<agent>.<version>`` with what a KV key cannot hold escaped
+    (``+`` of semver's build metadata: ``=2b``). Agent keys have no dots."""
+    if version is None:
+        return agent
+    return f"{agent}.{_KEY_TOKEN.sub(lambda m: f'={ord(m.group()):02x}', version)}"
+
+
+def closed_breaker(agent: str, version: str | None = None) -> BreakerState:
+    """The breaker of a scope without a key."""
+    return BreakerState(agent=agent, version=version, since=datetime.fromtimestamp(0, tz=UTC))
 
 
 class TrialClaims(BaseModel):
@@ -121,13 +148,14 @@ class BreakerChanged(BaseModel):
     at: datetime
 
 
-def _parse(agent: str, data: bytes | None) -> BreakerState:
+def _parse(scope: str, data: bytes | None) -> BreakerState:
+    agent = scope.split(".", 1)[0]
     if not data:
         return closed_breaker(agent)
     try:
         return BreakerState.model_validate_json(data)
     except ValidationError as exc:  # never let a bad value stop the fleet's work by accident
-        log.error("breaker of %s is not a breaker state (%s); treating it as closed", agent, exc)
+        log.error("breaker of %s is not a breaker state (%s); treating it as closed", scope, exc)
         return closed_breaker(agent)
 
 
@@ -135,27 +163,31 @@ async def _bucket(js: JetStreamContext) -> KeyValue:
     return await js.key_value(names.BUCKET_BREAKERS)
 
 
-async def read_breaker(js: JetStreamContext, agent: str) -> tuple[BreakerState, int | None]:
-    """``agent``'s breaker and its KV revision (None: no key, closed)."""
+async def read_breaker(
+    js: JetStreamContext, agent: str, version: str | None = None
+) -> tuple[BreakerState, int | None]:
+    """The breaker of ``agent`` (or of its ``version``) and its KV revision (None: no key, closed)."""
     kv = await _bucket(js)
     try:
-        entry = await kv.get(STATE_PREFIX + agent)
+        entry = await kv.get(STATE_PREFIX + breaker_scope(agent, version))
     except NotFoundError:
-        return closed_breaker(agent), None
-    return _parse(agent, entry.value), entry.revision
+        return closed_breaker(agent, version), None
+    state = _parse(breaker_scope(agent, version), entry.value)
+    return state if state.version == version else closed_breaker(agent, version), entry.revision
 
 
 async def read_breakers(js: JetStreamContext) -> dict[str, BreakerState]:
-    """Every breaker that has a key (agents not listed are closed)."""
+    """Every breaker that has a key, by scope (agents and versions not listed are closed)."""
     kv = await _bucket(js)
-    entries = await current_entries(js, kv, names.BUCKET_BREAKERS, STATE_PREFIX + "*")
+    entries = await current_entries(js, kv, names.BUCKET_BREAKERS, STATE_PREFIX + ">")
     return {e.key[len(STATE_PREFIX) :]: _parse(e.key[len(STATE_PREFIX) :], e.value) for e in entries}
 
 
-async def read_trials(js: JetStreamContext, agent: str) -> tuple[TrialClaims | None, int | None]:
+async def read_trials(js: JetStreamContext, scope: str) -> tuple[TrialClaims | None, int | None]:
+    """The trial claims of breaker ``scope`` (:func:`breaker_scope`) and their revision."""
     kv = await _bucket(js)
     try:
-        entry = await kv.get(TRIALS_PREFIX + agent)
+        entry = await kv.get(TRIALS_PREFIX + scope)
     except NotFoundError:
         return None, None
     if not entry.value:
@@ -199,35 +231,39 @@ async def change_breaker(
     consumers; closing and half-opening resume them first, so a worker's first pull after
     it sees the change finds a consumer that delivers."""
     kv = await _bucket(js)
-    key, data = STATE_PREFIX + new.agent, new.model_dump_json().encode()
+    key, data = STATE_PREFIX + new.scope, new.model_dump_json().encode()
+    agent_wide = new.version is None  # a version's breaker pauses no consumer (shared by all versions)
     if not new.is_open:
-        await resume_lanes(js, new.agent)
+        if agent_wide:
+            await resume_lanes(js, new.agent)
         if new.state == BreakerStatus.HALF_OPEN:  # the claims first: a worker that sees the state can claim
-            await kv.put(TRIALS_PREFIX + new.agent, TrialClaims(epoch=new.epoch).model_dump_json().encode())
+            await kv.put(TRIALS_PREFIX + new.scope, TrialClaims(epoch=new.epoch).model_dump_json().encode())
     try:
         written = await (kv.put(key, data) if revision is None else kv.update(key, data, last=revision))
     except KeyWrongLastSequenceError:
-        if not new.is_open:  # what won may be open: its consumers stay paused
+        if not new.is_open and agent_wide:  # what won may be open: its consumers stay paused
             current, _ = await read_breaker(js, new.agent)
             if current.is_open:
                 await pause_lanes(js, new.agent, current.open_until or utcnow() + FORCED_PAUSE)
         return None
-    if new.is_open:
+    if new.is_open and agent_wide:
         await pause_lanes(js, new.agent, new.open_until or utcnow() + FORCED_PAUSE)
     event = BreakerChanged(agent=new.agent, previous=previous.state, state=new, by=by, at=utcnow())
     await js.publish(names.breaker_subject(new.agent), event.model_dump_json().encode())
-    log.info("breaker of %s: %s -> %s (%s)", new.agent, previous.state, new.describe(), by)
+    log.info("breaker of %s: %s -> %s (%s)", new.scope, previous.state, new.describe(), by)
     return written
 
 
 async def force_breaker(
-    js: JetStreamContext, agent: str, open_: bool, by: str, reason: str, open_for_s: float | None = None
-) -> BreakerState:
-    """An operator opens (for ``open_for_s``, or until closed by hand) or closes ``agent``'s breaker."""
-    previous, _ = await read_breaker(js, agent)
+    js: JetStreamContext, agent: str, open_: bool, by: str, reason: str, open_for_s: float | None = None,
+    version: str | None = None,
+) -> BreakerState:  # fmt: skip
+    """An operator opens (for ``open_for_s``, or until closed by hand) or closes ``agent``'s
+    breaker, or its ``version``'s."""
+    previous, _ = await read_breaker(js, agent, version)
     now = utcnow()
     new = BreakerState(
-        agent=agent, state=BreakerStatus.OPEN if open_ else BreakerStatus.CLOSED, since=now,
+        agent=agent, version=version, state=BreakerStatus.OPEN if open_ else BreakerStatus.CLOSED, since=now,
         open_until=now + timedelta(seconds=open_for_s) if open_ and open_for_s else None,
         reason=reason, forced_by=by, epoch=previous.epoch + 1,
     )  # fmt: skip
@@ -240,7 +276,7 @@ async def claim_trial(js: JetStreamContext, state: BreakerState, run_id: str) ->
     often it is delivered); False when all are taken or the spell is over."""
     kv = await _bucket(js)
     for _ in range(20):  # every worker of the agent may race for the last trial
-        claims, revision = await read_trials(js, state.agent)
+        claims, revision = await read_trials(js, state.scope)
         if claims is None or revision is None or claims.epoch != state.epoch:
             return False
         if run_id in claims.runs:
@@ -249,7 +285,7 @@ async def claim_trial(js: JetStreamContext, state: BreakerState, run_id: str) ->
             return False
         claims.runs.append(run_id)
         try:
-            await kv.update(TRIALS_PREFIX + state.agent, claims.model_dump_json().encode(), last=revision)
+            await kv.update(TRIALS_PREFIX + state.scope, claims.model_dump_json().encode(), last=revision)
             return True
         except KeyWrongLastSequenceError:
             continue
@@ -259,9 +295,10 @@ async def claim_trial(js: JetStreamContext, state: BreakerState, run_id: str) ->
 def follow_breakers(
     nc: Client,
     js: JetStreamContext,
-    agents: list[str] | None,
+    scopes: list[str] | None,
     on_change: Callable[[str, BreakerState], None],
     resync_s: float = 10.0,
 ) -> KeyFollower[BreakerState]:
-    """Follows the breakers of ``agents`` (None: every agent's); start it before the first pull."""
-    return KeyFollower(nc, js, names.BUCKET_BREAKERS, STATE_PREFIX, agents, _parse, on_change, resync_s)
+    """Follows the breakers of ``scopes`` (:func:`breaker_scope`; None: every one), calling
+    ``on_change(scope, state)``; start it before the first pull."""
+    return KeyFollower(nc, js, names.BUCKET_BREAKERS, STATE_PREFIX, scopes, _parse, on_change, resync_s)

@@ -5,8 +5,8 @@ left on the server, no consumer) plus a direct get of each key at start and
 every ``resync_s``, which repairs anything missed while disconnected. With a
 list of keys it subscribes to each key's subject and reads each by a direct
 get: what a worker's credentials allow, nothing more. Without one (``keys``
-None: every key under the prefix, for the gateway and the processors) it
-subscribes to the prefix's wildcard and lists the bucket.
+None: every key under the prefix, of any number of tokens, for the gateway and
+the processors) it subscribes to the prefix's wildcard and lists the bucket.
 
 What is not guaranteed: a follower that cannot reach NATS keeps the values it
 last saw until it can.
@@ -71,7 +71,7 @@ class KeyFollower(Generic[T]):
     async def start(self) -> None:
         # Subscribe first, then read: a write in between is seen by one or both.
         subjects = [self._subject + key for key in sorted(self.keys)] if self.keys is not None else [
-            self._subject + "*"
+            self._subject + ">"
         ]  # fmt: skip
         self._subs = [await self.nc.subscribe(subject, cb=self._on_write) for subject in subjects]
         await self._read_all()
@@ -112,7 +112,7 @@ class KeyFollower(Generic[T]):
     async def _read_every(self) -> dict[str, T]:
         try:
             kv = await self.js.key_value(self.bucket)
-            entries = await current_entries(self.js, kv, self.bucket, self.prefix + "*")
+            entries = await current_entries(self.js, kv, self.bucket, self.prefix + ">")
         except (BucketNotFoundError, NotFoundError):  # not provisioned: nothing set
             entries = []
         found = {e.key[len(self.prefix) :]: self.parse(e.key[len(self.prefix) :], e.value) for e in entries}

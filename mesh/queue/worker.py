@@ -80,7 +80,7 @@ from mesh.envelope import (
 from mesh.errors import WRONG_LAST_SEQUENCE, DecodeError, PermanentError
 from mesh.limits import PayloadLimits, ResultTooLarge
 from mesh.queue import metrics
-from mesh.queue.breakers import BreakerState, BreakerStatus, claim_trial, follow_breakers
+from mesh.queue.breakers import BreakerState, BreakerStatus, breaker_scope, claim_trial, follow_breakers
 from mesh.queue.dispatch import Budget, DispatchPolicy, Lane
 from mesh.queue.dlq import store_task_dead_letter
 from mesh.queue.gates import Gate, GateWatch, HeldBy, Probes
@@ -245,7 +245,12 @@ class TaskWorker:
         self.pipeline = Pipeline(nc)
         self._cancels: list[Subscription] = []
         self.gates = GateWatch(nc, js, list(handlers), self._on_gate) if follow_gates else None
-        self.breakers = follow_breakers(nc, js, list(handlers), self._on_breaker) if obey_breakers else None
+        # Each agent's breaker, and its version's when the version is known (a canary's own).
+        self._breaker_scopes = {
+            a: [a] + ([breaker_scope(a, v)] if v is not None else []) for a, v in self.versions.items()
+        }
+        scopes = [scope for scopes in self._breaker_scopes.values() for scope in scopes]
+        self.breakers = follow_breakers(nc, js, scopes, self._on_breaker) if obey_breakers else None
         self.probes: dict[str, Probes] = {}  # what each agent's health probes last said here
         self._companions: list[Companion] = []
         self._gate_returns: set[asyncio.Task[None]] = set()
@@ -444,30 +449,45 @@ class TaskWorker:
             return
         self._close(agent, lanes, stop=gate.stop)
 
-    def _on_breaker(self, agent: str, state: BreakerState) -> None:
-        """The agent's breaker changed: while open its lanes take nothing and what this
-        worker holds of it unstarted goes back; half-open, a task starts only with a
-        trial claimed (:meth:`_trial_refused`); what runs goes on either way."""
-        metrics.BREAKER_STATE.labels(agent).set(_GAUGE[state.state])
+    def _breakers_of(self, agent: str) -> list[BreakerState]:
+        """The agent's breaker, then its version's (the one this worker runs), as followed."""
+        if self.breakers is None:
+            return []
+        values = self.breakers.values
+        return [state for scope in self._breaker_scopes[agent] if (state := values.get(scope)) is not None]
+
+    def _on_breaker(self, scope: str, state: BreakerState) -> None:
+        """A breaker of the agent changed: while it or its version's is open its lanes take
+        nothing and what this worker holds of it unstarted goes back; half-open, a task starts
+        only with a trial claimed (:meth:`_trial_refused`); what runs goes on either way."""
+        agent = state.agent
+        tripped = any(b.is_open for b in self._breakers_of(agent))
+        worst = max((_GAUGE[b.state] for b in self._breakers_of(agent)), default=0)
+        metrics.BREAKER_STATE.labels(agent).set(worst)
         lanes = [lane for lane in self.lanes if lane.agent == agent]
         for lane in lanes:
-            lane.tripped = state.is_open
-        if state.is_open:
+            lane.tripped = tripped
+        if tripped:
             self._close(agent, lanes, stop=False)
         else:
             self._room.set()
 
+    def _trial_breaker(self, agent: str) -> BreakerState | None:
+        """The half-open breaker a task of ``agent`` needs a trial of: the agent's, or, while
+        the agent's is closed, its version's; None: no trial needed."""
+        states = self._breakers_of(agent)
+        if not states or states[0].state != BreakerStatus.CLOSED:
+            return states[0] if states and states[0].state == BreakerStatus.HALF_OPEN else None
+        version = states[1] if len(states) > 1 else None
+        return version if version is not None and version.state == BreakerStatus.HALF_OPEN else None
+
     async def _trial_refused(self, agent: str, run_id: str) -> bool:
         """Half-open and no trial left for ``run_id``: True, and the agent's lanes here take
         nothing more until its breaker changes (the trials' outcomes decide it)."""
-        state = self.breakers.values.get(agent) if self.breakers is not None else None
-        if (
-            state is None
-            or state.state != BreakerStatus.HALF_OPEN
-            or await claim_trial(self.js, state, run_id)
-        ):
+        state = self._trial_breaker(agent)
+        if state is None or await claim_trial(self.js, state, run_id):
             return False
-        if self.breakers is not None and self.breakers.values.get(agent) is state:  # not changed meanwhile
+        if self._trial_breaker(agent) is state:  # not changed meanwhile
             lanes = [lane for lane in self.lanes if lane.agent == agent]
             for lane in lanes:
                 lane.tripped = True

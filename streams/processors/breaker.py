@@ -29,6 +29,7 @@ from mesh.envelope import utcnow
 from mesh.queue.breakers import (
     BreakerState,
     BreakerStatus,
+    breaker_scope,
     change_breaker,
     closed_breaker,
     follow_breakers,
@@ -37,9 +38,10 @@ from mesh.queue.breakers import (
 )
 from mesh.queue.follow import KeyFollower
 from mesh.queue.runs import ExecutionFinished
+from streams.processors import rates
 from streams.processors.app import Decisions, ProcessorConfig
 from streams.processors.executions import read_finished
-from streams.processors.rates import BreakerPolicy, Window, decide, timed
+from streams.processors.rates import BreakerPolicy, Windows, timed
 
 __all__ = ["TABLE", "BreakerDecisions", "install"]
 
@@ -58,7 +60,7 @@ class BreakerDecisions(Decisions):
         self.ready = asyncio.Event()
         self.follower: KeyFollower[BreakerState] | None = None
         self.applied = 0  # events applied by this process (a fenced replay is not counted)
-        self._closed: dict[str, BreakerState] = {}  # agents without a key: closed (built once each)
+        self._closed: dict[str, BreakerState] = {}  # scopes without a key: closed (built once each)
 
     async def on_start(self) -> None:
         await super().on_start()
@@ -73,23 +75,27 @@ class BreakerDecisions(Decisions):
             await self.follower.stop()
         await super().on_stop()
 
-    def breaker_of(self, agent: str) -> BreakerState | None:
-        return self.follower.values.get(agent) if self.follower is not None else None
+    def breaker_of(self, agent: str, version: str | None = None) -> BreakerState:
+        scope = breaker_scope(agent, version)
+        state = self.follower.values.get(scope) if self.follower is not None else None
+        if state is None:
+            state = self._closed.get(scope) or self._closed.setdefault(scope, closed_breaker(agent, version))
+        return state
 
-    async def apply(self, window: Window, finished: ExecutionFinished) -> None:
-        """Apply one finished run to its agent's ``window``; write the transition it causes."""
-        agent = finished.agent
-        state = (
-            self.breaker_of(agent)
-            or self._closed.get(agent)
-            or self._closed.setdefault(agent, closed_breaker(agent))
-        )
-        trials = None
-        if state.state == BreakerStatus.HALF_OPEN:
-            trials, _ = await read_trials(self.js, agent)
-        new = decide(window, state, finished, self.policy, utcnow(), trials)
-        if new is not None:
-            await self._change(state, new)
+    async def apply(self, windows: Windows, finished: ExecutionFinished) -> None:
+        """Apply one finished run to its agent's ``windows``; write the transitions it causes."""
+        agent = self.breaker_of(finished.agent)
+        version = self.breaker_of(finished.agent, finished.version) if finished.version is not None else None
+        trials = version_trials = None
+        if agent.state == BreakerStatus.HALF_OPEN:
+            trials, _ = await read_trials(self.js, agent.scope)
+        if version is not None and version.state == BreakerStatus.HALF_OPEN:
+            version_trials, _ = await read_trials(self.js, version.scope)
+        seen = {agent.scope: agent} | ({version.scope: version} if version is not None else {})
+        for new in rates.apply(
+            windows, finished, self.policy, utcnow(), agent, version, trials, version_trials
+        ):
+            await self._change(seen[new.scope], new)
 
     async def time_passed(self) -> None:
         """Half-open every breaker whose open wait is over; open again a half-open one
@@ -103,14 +109,14 @@ class BreakerDecisions(Decisions):
                 await self._change(state, new)
 
     async def _change(self, seen: BreakerState, new: BreakerState) -> None:
-        current, revision = await read_breaker(self.js, new.agent)
+        current, revision = await read_breaker(self.js, new.agent, new.version)
         if current.epoch != seen.epoch or current.state != seen.state:
             return  # it moved on meanwhile (an operator, another replica): its change wins
         if (
             await change_breaker(self.js, new, current, revision, BY) is not None
             and self.follower is not None
         ):
-            self.follower.values[new.agent] = new  # the next event sees it without waiting for its echo
+            self.follower.values[new.scope] = new  # the next event sees it without waiting for its echo
 
 
 def install(app: faust.App, source: faust.TopicT, config: ProcessorConfig) -> BreakerDecisions:
@@ -119,7 +125,7 @@ def install(app: faust.App, source: faust.TopicT, config: ProcessorConfig) -> Br
     windows = app.Table(TABLE, default=None, partitions=config.partitions)
     decisions = BreakerDecisions(app, policy)
     app.service(decisions)  # type: ignore[arg-type]  # an instance: started with the app
-    parsed: dict[str, tuple[Any, Window]] = {}  # agent -> (the table's value, it parsed): parse once
+    parsed: dict[str, tuple[Any, Windows]] = {}  # agent -> (the table's value, it parsed): parse once
 
     @app.agent(source, name="breaker")
     async def breaker(stream: faust.StreamT[Any]) -> None:
@@ -133,7 +139,7 @@ def install(app: faust.App, source: faust.TopicT, config: ProcessorConfig) -> Br
             if cached is not None and cached[0] is stored:
                 window = cached[1]
             else:  # first sight, or recovered from the changelog
-                window = Window.model_validate(stored) if stored else Window()
+                window = Windows.model_validate(stored) if stored else Windows()
             if offset <= window.offset:
                 continue  # applied before a restart: its effect is in the window already
             if not decisions.ready.is_set():

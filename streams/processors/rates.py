@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from mesh.queue.breakers import BreakerState, BreakerStatus, TrialClaims
 from mesh.queue.runs import ExecutionFinished, RunStatus
 
-__all__ = ["BreakerPolicy", "Window", "decide", "timed"]
+__all__ = ["BreakerPolicy", "Window", "Windows", "apply", "decide", "timed"]
 
 
 class BreakerPolicy(BaseModel):
@@ -40,11 +40,9 @@ class BreakerPolicy(BaseModel):
 
 
 class Window(BaseModel):
-    """One agent's state in the processor's table: its calls per second over the window, the
-    current half-open spell's trial outcomes, and ``offset``, the source offset last applied
-    (the fence: an event at or below it was applied already)."""
+    """One breaker's calls per second over the window, and its current half-open spell's
+    trial outcomes."""
 
-    offset: int = 0
     seconds: list[tuple[int, int, int, int]] = []  # (unix second, calls, failed, slow), oldest first
     trial_epoch: int = -1
     trial_outcomes: dict[str, tuple[bool, bool]] = {}  # run id -> (failed, slow)
@@ -68,6 +66,53 @@ class Window(BaseModel):
         calls = sum(s[1] for s in self.seconds)
         return calls, sum(s[2] for s in self.seconds), sum(s[3] for s in self.seconds)
 
+    def active(self, now_second: int, window_s: int) -> bool:
+        """Has it calls in the window ending at ``now_second``?"""
+        return bool(self.seconds) and self.seconds[-1][0] > now_second - window_s
+
+
+class Windows(BaseModel):
+    """One agent's value in the processor's table: its window, its versions' windows, and
+    ``offset``, the source offset last applied (the fence: an event at or below it was
+    applied already). One value: window, versions and fence are one changelog record."""
+
+    offset: int = 0
+    agent: Window = Window()
+    versions: dict[str, Window] = {}
+
+
+def apply(
+    windows: Windows,
+    finished: ExecutionFinished,
+    policy: BreakerPolicy,
+    now: datetime,
+    agent: BreakerState,
+    version: BreakerState | None = None,
+    trials: TrialClaims | None = None,
+    version_trials: TrialClaims | None = None,
+) -> list[BreakerState]:
+    """Apply one finished run to its agent's ``windows`` (in place): the transitions of the
+    agent's breaker (``agent``) and of its version's (``version``: that of ``finished.version``)
+    it causes. A version's breaker opens only while the agent's is closed and another version
+    has calls in the window too (with one version, the agent's breaker is the one to open);
+    every transition of the agent's breaker starts its versions' windows afresh."""
+    changed = decide(windows.agent, agent, finished, policy, now, trials)
+    if changed is not None or agent.state != BreakerStatus.CLOSED:
+        windows.versions = {}
+        return [changed] if changed is not None else []
+    if version is None or finished.version is None:
+        return []
+    window = windows.versions.setdefault(finished.version, Window())
+    second = int(finished.finished_at.timestamp())
+    others = any(
+        w.active(second, policy.window_s) for v, w in windows.versions.items() if v != finished.version
+    )
+    new = decide(window, version, finished, policy, now, version_trials, may_open=others)
+    for stale in [v for v, w in windows.versions.items() if v != finished.version and not w.trial_outcomes
+                  and not w.active(second, policy.window_s)]:  # fmt: skip
+        del windows.versions[stale]  # a version gone: its window would only grow the record
+    return [new] if new is not None else []
+
 
 def _verdict(calls: int, failed: int, slow: int, policy: BreakerPolicy) -> str | None:
     """Why these calls open the breaker, or None."""
@@ -83,7 +128,7 @@ def _verdict(calls: int, failed: int, slow: int, policy: BreakerPolicy) -> str |
 
 def _opened(state: BreakerState, reason: str, now: datetime, policy: BreakerPolicy) -> BreakerState:
     return BreakerState(
-        agent=state.agent, state=BreakerStatus.OPEN, since=now,
+        agent=state.agent, version=state.version, state=BreakerStatus.OPEN, since=now,
         open_until=now + timedelta(seconds=policy.open_s), reason=reason, epoch=state.epoch + 1,
     )  # fmt: skip
 
@@ -95,9 +140,11 @@ def decide(
     policy: BreakerPolicy,
     now: datetime,
     trials: TrialClaims | None = None,
+    may_open: bool = True,
 ) -> BreakerState | None:
     """Apply one finished run to ``window`` (in place) and return the breaker's new state
-    if it changes. ``state``: the breaker now; ``trials``: its claims when half-open."""
+    if it changes. ``state``: the breaker now; ``trials``: its claims when half-open;
+    ``may_open``: False keeps a closed breaker closed (its window goes on counting)."""
     if finished.status not in (RunStatus.SUCCEEDED, RunStatus.FAILED):
         return None
     failed = finished.status == RunStatus.FAILED
@@ -108,7 +155,7 @@ def decide(
         second = int(finished.finished_at.timestamp())
         window.add(second, failed, slow, policy.window_s)
         reason = _verdict(*window.totals(), policy)
-        if reason is None:
+        if reason is None or not may_open:
             return None
         window.seconds = []  # a new window after the open spell, as resilience4j resets its metrics
         return _opened(state, reason, now, policy)
@@ -125,7 +172,7 @@ def decide(
         reason = _verdict(calls, bad, slows, policy.model_copy(update={"minimum_calls": 1}))
         if reason is not None:
             return _opened(state, f"trials: {reason}", now, policy)
-        return BreakerState(agent=state.agent, state=BreakerStatus.CLOSED, since=now,
+        return BreakerState(agent=state.agent, version=state.version, state=BreakerStatus.CLOSED, since=now,
                             reason=f"{calls} trials passed", epoch=state.epoch + 1)  # fmt: skip
     return None  # open: calls that finish now started before it opened
 
@@ -142,6 +189,6 @@ def timed(state: BreakerState, now: datetime, policy: BreakerPolicy) -> BreakerS
     if not state.is_open or state.open_until is None or now < state.open_until:
         return None
     return BreakerState(
-        agent=state.agent, state=BreakerStatus.HALF_OPEN, since=now, trials=policy.trials,
-        reason="open wait over", epoch=state.epoch + 1,
+        agent=state.agent, version=state.version, state=BreakerStatus.HALF_OPEN, since=now,
+        trials=policy.trials, reason="open wait over", epoch=state.epoch + 1,
     )  # fmt: skip

@@ -35,7 +35,7 @@ async def test_force_open_refuses_waiting_callers_holds_tasks_and_force_close_re
         )
 
         listed = json.loads(ok(await agent_factory(api, "breakers", "ls", "-o", "json")))["breakers"]
-        assert [b["state"] for b in listed if b["agent"] == AGENT] == ["open"]
+        assert [b["state"] for b in listed if b["agent"] == AGENT and not b["version"]] == ["open"]
         table = ok(await agent_factory(api, "breakers", "ls"))
         assert AGENT in table and "bad deploy" in table
 
@@ -77,3 +77,32 @@ async def test_breaker_commands_explain_themselves_and_refuse_bad_input(api: Tes
     resp = await api.post(f"/api/v1/breakers/{AGENT}", json={"action": "close", "reason": "x", "by": "me",
                                                               "open_for_s": 5})  # fmt: skip
     assert resp.status == 400 and resp.content_type == PROBLEM
+
+
+async def test_a_versions_breaker_is_forced_on_its_own_and_does_not_refuse_the_agents_callers(
+    api: TestClient[Any, Any],
+) -> None:
+    try:
+        args = [
+            "breakers",
+            "open",
+            AGENT,
+            "--version",
+            "9.9.9+build.1",
+            "--reason",
+            "bad canary",
+            "-o",
+            "json",
+        ]
+        opened = json.loads(ok(await agent_factory(api, *args)))
+        assert (opened["state"], opened["version"]) == ("open", "9.9.9+build.1")
+        listed = json.loads(ok(await agent_factory(api, "breakers", "ls", "-o", "json")))["breakers"]
+        versions = [(b["version"], b["state"]) for b in listed if b["agent"] == AGENT and b["version"]]
+        assert versions == [("9.9.9+build.1", "open")]
+        assert f"{AGENT}@9.9.9+build.1" in ok(await agent_factory(api, "breakers", "ls"))
+        resp = await api.post(f"/api/v1/agents/{AGENT}/runs?wait=true", json={"input": INPUT})
+        assert resp.status == 202  # other versions serve the agent
+    finally:
+        await agent_factory(
+            api, "breakers", "close", AGENT, "--version", "9.9.9+build.1", "--reason", "cleanup"
+        )

@@ -25,16 +25,20 @@ from tests.integration.streams.streams_workers import running
 Handler = Callable[[TaskContext], Awaitable[Any]]
 
 
-async def publish_outcome(js: JetStreamContext, agent: str, i: int, failed: bool) -> str:
-    """One finished run of ``agent`` (``<agent>-<i>``), succeeded or failed, as a worker writes it."""
+async def publish_outcome(
+    js: JetStreamContext, agent: str, i: int, failed: bool, version: str = "1.0.0"
+) -> str:
+    """One finished run of ``agent`` (``<agent>-<i>``) by ``version``, succeeded or failed,
+    as a worker writes it."""
     task = build_task(TaskSpec(agent, {"i": i}), f"{agent}-{i:05d}")
     now = utcnow()
     if failed:
         state = RunState(run_id=task.id, agent=agent, status=RunStatus.FAILED, attempts=1, started_at=now,
-                         finished_at=now, enqueued_at=task.created_at, error="boom")  # fmt: skip
+                         finished_at=now, enqueued_at=task.created_at, error="boom",
+                         version=version)  # fmt: skip
         subject, data, headers = outcome_message(task, state)
     else:
-        subject, data, headers = success_message(task, agent, 1, now, now, {"i": i}, version="1.0.0")
+        subject, data, headers = success_message(task, agent, 1, now, now, {"i": i}, version=version)
     await js.publish(subject, data, headers=parse_headers(headers))
     return task.id
 
@@ -54,7 +58,7 @@ async def breaker_processor(url: str, **options: Any) -> AsyncIterator[tuple[fau
 def window_calls(app: faust.App, agent: str) -> int:
     """How many calls ``agent``'s window holds in the processor (0: none yet)."""
     value = app.tables[TABLE].get(agent)
-    return sum(s[1] for s in value["seconds"]) if value else 0
+    return sum(s[1] for s in value["agent"]["seconds"]) if value else 0
 
 
 @asynccontextmanager

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from collections.abc import Awaitable, Callable
 
 from nats.aio.client import Client
 from nats.js import JetStreamContext
@@ -158,3 +159,53 @@ async def _attempts(js: JetStreamContext, run: str) -> int:
 def _running(worker: TaskWorker) -> set[str]:
     """The run ids ``worker`` has started and not finished (a test's way to find who runs what)."""
     return {item.task.id for item in worker._inflight.values() if item.task is not None}
+
+
+async def test_a_failing_canary_version_stops_its_own_workers_while_the_stable_version_serves(
+    own_nats: NatsServer, own_nc: Client, own_js: JetStreamContext
+) -> None:
+    ran: Counter[str] = Counter()
+
+    def counting(version: str) -> Callable[[TaskContext], Awaitable[dict[str, int]]]:
+        async def count(ctx: TaskContext) -> dict[str, int]:
+            ran[version] += 1
+            return {}
+
+        return count
+
+    async with (
+        breaker_processor(own_nats.url, open_s=30) as (app, _),
+        fleet(own_nats.url, {"shop": counting("1.0.0")}, workers=1, version="1.0.0") as stable,
+        fleet(own_nats.url, {"shop": counting("2.0.0")}, workers=1, version="2.0.0") as canary,
+    ):
+        n = 0
+        for i in range(5):  # a 20 % canary that fails every call: 20 % failed overall
+            for _ in range(4):
+                await publish_outcome(own_js, "shop", n, failed=False, version="1.0.0")
+                n += 1
+            if i == 4:
+                await eventually(lambda: window_calls(app, "shop") == 24, 30, "24 calls in the window")
+                assert not tripped(canary, "shop")
+                t0 = time.perf_counter()
+            await publish_outcome(own_js, "shop", n, failed=True, version="2.0.0")
+            n += 1
+        await eventually(lambda: tripped(canary, "shop"), 5, "the canary's worker stopped", every=0.002)
+        reaction = time.perf_counter() - t0
+        assert reaction < 1.0, f"{reaction:.3f} s from the crossing event to the canary's worker stopped"
+        assert not tripped(stable, "shop")
+
+        state, _ = await read_breaker(own_js, "shop", "2.0.0")
+        assert (state.state, state.version, state.reason) == (
+            "open",
+            "2.0.0",
+            "5 of 5 calls failed (100% >= 50%)",
+        )
+        assert (await read_breaker(own_js, "shop"))[0].state == "closed"
+        info = await own_js.consumer_info(names.STREAM_TASKS, names.task_consumer("shop", Priority.NORMAL))
+        assert not info.paused  # shared with the stable version's workers
+
+        async with TaskQueue(own_nc, own_js) as queue:
+            for i in range(6):
+                await queue.enqueue(TaskSpec("shop", {"i": i}))
+            await eventually(lambda: ran["1.0.0"] == 6, 15, "the stable version ran them all")
+        assert ran["2.0.0"] == 0

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from mesh.queue.breakers import BreakerState, BreakerStatus, TrialClaims, closed_breaker
 from mesh.queue.runs import ExecutionFinished, RunStatus
-from streams.processors.rates import BreakerPolicy, Window, decide, timed
+from streams.processors.rates import BreakerPolicy, Window, Windows, apply, decide, timed
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 POLICY = BreakerPolicy()  # 60 s, 5 calls, 50 % failed, slow > 5 s at 80 %, open 60 s, 3 trials
@@ -146,3 +146,30 @@ def test_unknown_or_out_of_range_options_are_refused() -> None:
         BreakerPolicy.model_validate({"window_sec": 10})
     with pytest.raises(ValueError, match="failure_rate"):
         BreakerPolicy.model_validate({"failure_rate": 1.5})
+
+
+def versioned(at: float, version: str, status: RunStatus = RunStatus.SUCCEEDED) -> ExecutionFinished:
+    return run(at, status).model_copy(update={"version": version})
+
+
+def test_a_failing_version_opens_its_own_breaker_only_while_another_version_serves() -> None:
+    windows, agent = Windows(), closed_breaker("a")
+    canary = closed_breaker("a", "2.0.0")
+    out = []
+    for i in range(10):  # a 20 % canary that fails: 20 % failed overall, 100 % of the canary's
+        for _ in range(4):
+            out += apply(windows, versioned(i, "1.0.0"), POLICY, T0, agent, closed_breaker("a", "1.0.0"))
+        out += apply(windows, versioned(i, "2.0.0", FAIL), POLICY, T0, agent, canary)
+        if out:
+            break
+    assert i == 4  # at the canary's fifth call
+    assert [(s.version, s.state) for s in out] == [("2.0.0", BreakerStatus.OPEN)]
+    assert out[0].reason == "5 of 5 calls failed (100% >= 50%)"
+
+
+def test_with_one_version_only_the_agents_breaker_opens() -> None:
+    windows, agent, only = Windows(), closed_breaker("a"), closed_breaker("a", "1.0.0")
+    out = [apply(windows, versioned(i, "1.0.0", FAIL), POLICY, T0, agent, only) for i in range(5)]
+    assert out[:4] == [[]] * 4
+    assert [(s.version, s.state) for s in out[4]] == [(None, BreakerStatus.OPEN)]
+    assert windows.versions == {}  # a transition of the agent's breaker: versions start afresh
