@@ -173,3 +173,14 @@ def test_with_one_version_only_the_agents_breaker_opens() -> None:
     assert out[:4] == [[]] * 4
     assert [(s.version, s.state) for s in out[4]] == [(None, BreakerStatus.OPEN)]
     assert windows.versions == {}  # a transition of the agent's breaker: versions start afresh
+
+
+def test_a_version_that_alone_has_calls_in_the_window_does_not_open_its_own_breaker() -> None:
+    windows, agent, only = Windows(), closed_breaker("a"), closed_breaker("a", "1.0.0")
+    for i in range(6):  # runs that carry no version: the agent's window only
+        assert apply(windows, run(i), POLICY, T0, agent, None) == []
+    # 5 of 5 of the version's calls failed, 5 of 11 of the agent's (45 %): no other version
+    # serves, so stopping this one's workers would stop the agent: that is the agent's call.
+    out = [apply(windows, versioned(10 + i, "1.0.0", FAIL), POLICY, T0, agent, only) for i in range(5)]
+    assert out == [[]] * 5
+    assert windows.versions["1.0.0"].totals() == (5, 5, 0)  # counted all the same
