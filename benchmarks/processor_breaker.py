@@ -98,7 +98,7 @@ async def _throughput(nats_url: str, js: JetStreamContext, events: int) -> float
     return rate
 
 
-async def _reactions(nats_url: str, js: JetStreamContext) -> list[float]:
+async def _reactions(nats_url: str, js: JetStreamContext, trips: int) -> list[float]:
     agent = "bench-tripping"
     partitions = await prepare(nats_url)
     config = ProcessorConfig(nats_url, partitions, options={"open_s": 3600})
@@ -121,7 +121,7 @@ async def _reactions(nats_url: str, js: JetStreamContext) -> list[float]:
                 workers.append(worker)
             lanes = [lane for w in workers for lane in w.lanes]
             n = 0
-            for _ in range(TRIPS):
+            for _ in range(trips):
                 for _ in range(4):
                     await _publish(js, [_finished(agent, n, failed=True)])
                     n += 1
@@ -145,7 +145,7 @@ async def _reactions(nats_url: str, js: JetStreamContext) -> list[float]:
     return reactions
 
 
-async def bench_breaker(nats_url: str, events: int = 50_000) -> dict[str, float]:
+async def bench_breaker(nats_url: str, events: int = 50_000, trips: int = TRIPS) -> dict[str, float]:
     """Run both measurements on a fresh server at ``nats_url`` (it is provisioned here)."""
     nc = await connect(nats_url, name="bench-breaker")
     try:
@@ -154,7 +154,7 @@ async def bench_breaker(nats_url: str, events: int = 50_000) -> dict[str, float]
         rate = await _throughput(nats_url, js, events)
         with tempfile.TemporaryDirectory() as datadir:  # Faust with a table and nothing else, same run
             baseline = await table_counter_throughput(nats_url, js, events, datadir)
-        reactions = sorted(await _reactions(nats_url, js))
+        reactions = sorted(await _reactions(nats_url, js, trips))
     finally:
         await nc.close()
     p99 = reactions[min(len(reactions) - 1, round(0.99 * (len(reactions) - 1)))]
