@@ -38,6 +38,7 @@ from mesh.queue.breakers import (
 )
 from mesh.queue.follow import KeyFollower
 from mesh.queue.runs import ExecutionFinished
+from mesh.wire.connection import through_outage
 from streams.processors import rates
 from streams.processors.app import Decisions, ProcessorConfig
 from streams.processors.executions import read_finished
@@ -106,16 +107,23 @@ class BreakerDecisions(Decisions):
         for state in list(self.follower.values.values()):
             new = timed(state, now, self.policy)
             if new is not None:
-                await self._change(state, new)
+                try:
+                    await self._change(state, new)
+                except Exception as exc:  # NATS away: the next tick tries again
+                    log.warning("breaker of %s not moved to %s: %s", new.scope, new.state, exc)
 
     async def _change(self, seen: BreakerState, new: BreakerState) -> None:
-        current, revision = await read_breaker(self.js, new.agent, new.version)
-        if current.epoch != seen.epoch or current.state != seen.state:
-            return  # it moved on meanwhile (an operator, another replica): its change wins
-        if (
-            await change_breaker(self.js, new, current, revision, BY) is not None
-            and self.follower is not None
-        ):
+        """Write ``new`` over ``seen`` unless the breaker moved on; rides out a short NATS
+        outage (a failure past that crashes the processor, which then applies the event
+        again from its last commit)."""
+
+        async def write() -> int | None:
+            current, revision = await read_breaker(self.js, new.agent, new.version)
+            if current.epoch != seen.epoch or current.state != seen.state:
+                return None  # it moved on meanwhile (an operator, another replica, an earlier try)
+            return await change_breaker(self.js, new, current, revision, BY)
+
+        if await through_outage(write) is not None and self.follower is not None:
             self.follower.values[new.scope] = new  # the next event sees it without waiting for its echo
 
 
