@@ -15,7 +15,12 @@ __all__ = ["breakers"]
 
 @click.group()
 def breakers() -> None:
-    """Fleet-wide circuit breakers, one per agent.
+    """Fleet-wide circuit breakers, one per agent and one per agent version.
+
+    \b
+    agent-factory breakers ls
+    agent-factory breakers open my-agent --reason "bad deploy" --for 600
+    agent-factory breakers close my-agent --reason "rolled back"
 
     The breaker processor opens an agent's breaker when its failure rate or
     slow-call rate over the last minute crosses its threshold: while open, no
