@@ -43,6 +43,8 @@ from gateway.api.problems import ApiRunner
 from gateway.settings import Settings
 from mesh.embedded import find_free_port
 from mesh.provision import ProvisionConfig, provision
+from mesh.queue.breakers import BreakerState, follow_breakers
+from mesh.queue.follow import KeyFollower
 from mesh.queue.maintenance import QueueMaintenance
 from mesh.queue.producer import TaskQueue
 from mesh.queue.worker import TaskWorker
@@ -172,6 +174,7 @@ class Gateway:
     app: web.Application | None = None
     runner: web.AppRunner | None = None
     outbox: asyncio.Task[None] | None = None  # re-sends lifecycle transitions NATS did not confirm
+    breakers: KeyFollower[BreakerState] | None = None  # circuit breakers, for callers waiting on a run
     dedicated: DedicatedWorkers | None = None  # the worker processes of agents in dedicated mode
     api_url: str = ""  # where it serves the API (parts.serve)
     _opened: list[StopStep] = field(default_factory=list)  # closing the connections opened here
@@ -208,6 +211,8 @@ class Gateway:
                 self._dedicated_command, operator.crashed, env=self._dedicated_env(nats, nc)
             )
         self.services = Services(nc, js, self.pool, self.registry, s, self.queue, operator, lambda: served)
+        self.breakers = self.services.breakers = follow_breakers(nc, js, None, lambda agent, state: None)
+        await self.breakers.start()
         self.outbox = asyncio.create_task(_publish_lifecycle(manager), name="lifecycle-outbox")
         if parts.recorder:
             self.recorder = Recorder(nc, js, self.pool, poll_s=parts.poll_s)
@@ -308,6 +313,8 @@ class Gateway:
             steps.append(("the dedicated workers", self.dedicated.close, drain + STEP_TIMEOUT_S))
         if self.outbox is not None:
             steps.append(("the lifecycle outbox", functools.partial(_cancel, self.outbox), STEP_TIMEOUT_S))
+        if self.breakers is not None:
+            steps.append(("the breaker follower", self.breakers.stop, STEP_TIMEOUT_S))
         if self.queue is not None:
             steps.append(("the task queue", self.queue.stop, STEP_TIMEOUT_S))
         steps.extend(reversed(self._opened))  # NATS, then the database

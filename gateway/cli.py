@@ -25,6 +25,7 @@ from typing import Any
 import click
 
 from gateway.commands.agent import agent
+from gateway.commands.breakers import breakers
 from gateway.commands.channels import channels
 from gateway.commands.common import OUTPUTS, CliError, Ctx, _call, _emit, _run, output_option
 from gateway.commands.costs import budget, costs, quota
@@ -231,7 +232,7 @@ def run(obj: Ctx, agent: str, input_json: str, priority: str, idempotency_key: s
 
     async def go() -> dict[str, Any]:
         async with obj.client() as api:
-            accepted = await api.submit(agent, body)
+            accepted = await api.submit(agent, body, wait=wait)
             if not wait:
                 return accepted
             last = {"status": ""}
@@ -397,7 +398,7 @@ def main() -> None:
 
 
 # Command groups live in gateway/commands/ (helpers in commands/common.py).
-for _group in (agent, channels, queue, runs, cancel, schedule, processors, costs, budget, quota):
+for _group in (agent, breakers, channels, queue, runs, cancel, schedule, processors, costs, budget, quota):
     cli.add_command(_group)
 
 

@@ -51,8 +51,10 @@ class ApiClient:
         except TimeoutError as exc:
             raise ApiError(f"the gateway at {self.base_url} did not answer in time") from exc
 
-    async def submit(self, agent: str, body: dict[str, Any]) -> dict[str, Any]:
-        result: dict[str, Any] = await self.request("POST", f"/api/v1/agents/{agent}/runs", body)
+    async def submit(self, agent: str, body: dict[str, Any], wait: bool = False) -> dict[str, Any]:
+        """``wait``: the caller will wait for the result, so an open breaker is refused (503)."""
+        query = "?wait=true" if wait else ""
+        result: dict[str, Any] = await self.request("POST", f"/api/v1/agents/{agent}/runs{query}", body)
         return result
 
     async def run(self, run_id: str) -> dict[str, Any]:

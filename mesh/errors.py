@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Final
 
 __all__ = [
     "BatchRejected",
+    "BreakerOpen",
     "ConnectionFailed",
     "DecodeError",
     "EnqueueOutcomeUnknown",
@@ -129,6 +131,19 @@ class RunAlreadyFinished(MeshError):
     def __init__(self, run_id: str, status: str) -> None:
         super().__init__(f"run {run_id} already finished: {status}")
         self.run_id, self.run_status = run_id, status
+
+
+class BreakerOpen(MeshError):
+    """The agent's circuit breaker is open: its tasks wait in the queue, a caller
+    waiting for a result would wait at least until ``open_until`` (None: until an
+    operator closes it)."""
+
+    status = 503
+
+    def __init__(self, agent: str, open_until: datetime | None, reason: str) -> None:
+        until = f"until {open_until.isoformat()}" if open_until else "until an operator closes it"
+        super().__init__(f"the circuit breaker of {agent} is open {until}: {reason}")
+        self.agent, self.open_until, self.reason = agent, open_until, reason
 
 
 class RequestTimeout(MeshError):

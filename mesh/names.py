@@ -39,6 +39,7 @@ __all__ = [
     "STREAM_SCHEDULES",
     "STREAM_TASKS",
     "STATE_FILE",
+    "breaker_subject",
     "cancel_subject",
     "channel_consumer",
     "dlq_subject",
@@ -136,6 +137,14 @@ LIFECYCLE_PREFIX: Final = f"{EVENTS_PREFIX}.lifecycle.changed"
 def lifecycle_subject(agent: str) -> str:
     """Where ``agent``'s lifecycle transitions are announced (on ``AF_EVENTS``)."""
     return f"{LIFECYCLE_PREFIX}.{agent}"
+
+
+BREAKER_PREFIX: Final = f"{EVENTS_PREFIX}.breaker.changed"
+
+
+def breaker_subject(agent: str) -> str:
+    """Where ``agent``'s circuit breaker transitions are announced (on ``AF_EVENTS``)."""
+    return f"{BREAKER_PREFIX}.{agent}"
 
 
 def inflight_subject(agent: str) -> str:

@@ -74,7 +74,7 @@ class TopicRegistry:
         """``replicas``: of the ``faust-topics`` bucket, if this registry creates it
         (a topic declared with more replicas raises it): R3 on a cluster."""
         self._js = js
-        self._replicas = replicas
+        self._replicas = max(1, replicas)
         self._kv: KeyValue | None = None
         self._specs: dict[str, TopicSpec] = {}
         self._lock = asyncio.Lock()

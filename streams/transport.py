@@ -110,9 +110,8 @@ class Transport(base.Transport):
                 except BaseException:
                     await nc.close()
                     raise
-                self._connection = Connection(
-                    nc=nc, js=js, topics=TopicRegistry(js, self.app.conf.topic_replication_factor)
-                )
+                replicas = self.app.conf.topic_replication_factor
+                self._connection = Connection(nc=nc, js=js, topics=TopicRegistry(js, replicas))
             self._users += 1
             return self._connection
 

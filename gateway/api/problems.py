@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import re
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from http import HTTPStatus
 from typing import Any
 
@@ -16,7 +18,7 @@ from aiohttp.web_request import BaseRequest
 from pydantic import ValidationError
 
 from agents.errors import AgentError, AgentInputInvalid
-from mesh.errors import MeshError
+from mesh.errors import BreakerOpen, MeshError
 
 __all__ = ["ApiRunner", "problem", "problem_middleware"]
 
@@ -58,6 +60,14 @@ async def problem_middleware(request: web.Request, handler: Handler) -> web.Stre
     except ValidationError as exc:
         return problem(422, "Invalid request", str(exc.error_count()) + " validation error(s)",
                        errors=validation_errors(exc))  # fmt: skip
+    except BreakerOpen as exc:  # the caller can act on when: say it, and in Retry-After
+        until = exc.open_until.isoformat().replace("+00:00", "Z") if exc.open_until else None  # as pydantic
+        response = problem(exc.status, "Breaker open", str(exc), error="BreakerOpen", agent=exc.agent,
+                           open_until=until, breaker_reason=exc.reason)  # fmt: skip
+        if exc.open_until is not None:
+            retry = (exc.open_until - datetime.now(UTC)).total_seconds()
+            response.headers["Retry-After"] = str(max(1, math.ceil(retry)))
+        return response
     except AgentInputInvalid as exc:
         return problem(exc.status, "Invalid agent input", str(exc), errors=exc.errors)
     except (AgentError, MeshError) as exc:

@@ -23,8 +23,9 @@ from gateway.api.params import RUN_ID, path_value, query_int, query_value
 from gateway.api.problems import validation_errors
 from gateway.api.services import SERVICES, Services
 from mesh.envelope import Priority
-from mesh.errors import RunAlreadyFinished
+from mesh.errors import BreakerOpen, RunAlreadyFinished
 from mesh.names import AGENT_KEY_RE
+from mesh.queue.breakers import read_breaker
 from mesh.queue.cancel import cancel_run
 from mesh.queue.producer import TaskSpec
 from mesh.queue.runs import RunState, RunStatus, get_run, stored_task
@@ -45,6 +46,8 @@ async def create_run(request: web.Request) -> web.Response:
     svc: Services = request.app[SERVICES]
     agent = svc.registry.get(request.match_info["key"])
     body = RunRequest.model_validate(await read_json(request))
+    if request.query.get("wait") in ("1", "true"):  # a caller waiting for the result: fail fast
+        await _refuse_if_open(svc, agent.key)
     try:
         agent.Input.model_validate(body.input)
     except ValidationError as exc:
@@ -64,6 +67,16 @@ async def create_run(request: web.Request) -> web.Response:
     response = json_response(accepted.model_dump(), status=202)
     response.headers["Location"] = url
     return response
+
+
+async def _refuse_if_open(svc: Services, agent: str) -> None:
+    """Raise :class:`BreakerOpen` while ``agent``'s breaker is open: its task would wait in the
+    queue at least until the breaker half-opens (half-open: accepted, it may run as a trial)."""
+    state = svc.breakers.values.get(agent) if svc.breakers is not None else None
+    if state is None and svc.breakers is None:
+        state, _ = await read_breaker(svc.js, agent)
+    if state is not None and state.is_open:
+        raise BreakerOpen(agent, state.open_until, state.reason)
 
 
 @routes.get("/api/v1/runs")

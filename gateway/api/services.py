@@ -13,6 +13,8 @@ from nats.js import JetStreamContext
 from agents.lifecycle.actions import Operator
 from agents.registry import Registry
 from gateway.settings import Settings
+from mesh.queue.breakers import BreakerState
+from mesh.queue.follow import KeyFollower
 from mesh.queue.producer import TaskQueue
 
 __all__ = ["SERVICES", "Services"]
@@ -28,6 +30,7 @@ class Services:
     queue: TaskQueue
     lifecycle: Operator
     served_agents: Callable[[], set[str]] = field(default=lambda: set())
+    breakers: KeyFollower[BreakerState] | None = None  # every agent's circuit breaker, followed live
 
 
 SERVICES = web.AppKey("services", Services)

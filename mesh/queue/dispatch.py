@@ -2,7 +2,8 @@
 
 A *lane* is one (agent, priority) consumer. A lane whose agent's dispatch
 gate is closed (:mod:`mesh.queue.gates`: the lifecycle says the agent is not
-ready, drains or is retired), or whose agent's readiness probe fails in this
+ready, drains or is retired), whose agent's circuit breaker is open
+(:mod:`mesh.queue.breakers`), or whose agent's readiness probe fails in this
 worker, has no room, so no sweep tries it. The policy is strict
 priority with an anti-starvation share; per-tenant weights, per-key limits
 and "why is this pending" answers will hang off :class:`DispatchPolicy` too,
@@ -56,6 +57,7 @@ class Lane(Generic[T]):
     budget: Budget | None = None  # shared with the agent's other lanes
     gated: bool = False  # its agent's dispatch gate is closed (mesh.queue.gates): take nothing
     unready: bool = False  # its agent's readiness probe fails in this worker: take nothing here
+    tripped: bool = False  # its agent's circuit breaker is open (mesh.queue.breakers): take nothing
 
     @property
     def room(self) -> int:
@@ -67,13 +69,14 @@ class Lane(Generic[T]):
 
     @property
     def has_room(self) -> bool:
-        """May this lane start a task now: its gate is open, its agent ready here, and it has room."""
-        return not (self.gated or self.unready) and self.room > 0
+        """May this lane start a task now: its gate is open, its agent ready here, its
+        breaker not open, and it has room."""
+        return not (self.gated or self.unready or self.tripped) and self.room > 0
 
     @property
     def closed(self) -> bool:
-        """Closed to new tasks (by its gate or its agent's readiness), room or not."""
-        return self.gated or self.unready
+        """Closed to new tasks (by its gate, its agent's readiness or its breaker), room or not."""
+        return self.gated or self.unready or self.tripped
 
     def started(self) -> None:
         self.in_flight += 1

@@ -15,8 +15,9 @@ back). An agent without a key is open: agents nobody manages run as before.
 Following is a core NATS subscription to the keys' subjects (each write is
 seen as it is stored; nothing is left on the server) plus a full read at
 start and every ``resync_s``, which repairs anything missed while
-disconnected. What is not guaranteed: a worker that cannot reach NATS keeps
-the gates it last saw until it can.
+disconnected (:mod:`mesh.queue.follow`, shared with the circuit breakers).
+What is not guaranteed: a worker that cannot reach NATS keeps the gates it
+last saw until it can.
 """
 
 from __future__ import annotations
@@ -28,17 +29,14 @@ from collections.abc import Callable
 
 from nats.aio.client import Client
 from nats.aio.msg import Msg
-from nats.aio.subscription import Subscription
-from nats.errors import NoRespondersError
 from nats.js import JetStreamContext
-from nats.js.errors import BucketNotFoundError, NotFoundError, ServiceUnavailableError
+from nats.js.errors import BucketNotFoundError, NotFoundError
 from nats.js.kv import KeyValue
 from pydantic import BaseModel, Field, ValidationError
 
 from mesh import names
 from mesh.kv import current_entries
-from mesh.stopping import cancel_within
-from mesh.wire import protocol
+from mesh.queue.follow import KeyFollower
 
 __all__ = [
     "GATE_PREFIX",
@@ -166,8 +164,9 @@ async def held_tasks(nc: Client, agent: str, window_s: float = 0.3) -> list[Held
     return answers
 
 
-class GateWatch:
-    """Follows the gates of ``agents`` and calls ``on_change(agent, gate)`` on each change.
+class GateWatch(KeyFollower[Gate]):
+    """Follows the gates of ``agents`` and calls ``on_change(agent, gate)`` on each change
+    (:class:`~mesh.queue.follow.KeyFollower` on ``dispatch.gate.<agent>`` of ``af_config``).
 
     :meth:`start` returns once the current gates are known (a worker must not
     pull for a closed agent while it starts)."""
@@ -180,78 +179,12 @@ class GateWatch:
         on_change: Callable[[str, Gate], None],
         resync_s: float = 10.0,
     ) -> None:
-        self.nc, self.js = nc, js
-        self.agents = set(agents)
-        self.on_change = on_change
-        self.resync_s = resync_s
-        self.gates: dict[str, Gate] = {agent: OPEN for agent in agents}
-        self._subs: list[Subscription] = []
-        self._resync: asyncio.Task[None] | None = None
-        self._prefix = names.kv_subject(names.BUCKET_CONFIG, GATE_PREFIX)
-        self._writes: dict[str, int] = {}  # writes seen live, per agent
-        self._unreadable = False  # said once
-
-    async def start(self) -> None:
-        # Subscribe first, then read: a write in between is seen by one or both.
-        # One subject per agent, each read by a direct get of its key: what an
-        # agent's own credentials allow (deployment/nats/accounts.conf), nothing more.
-        self._subs = [
-            await self.nc.subscribe(self._prefix + agent, cb=self._on_write) for agent in sorted(self.agents)
-        ]
-        await self._read_all()
-        self._resync = asyncio.create_task(self._resync_loop(), name="gate-resync")
-
-    async def stop(self) -> None:
-        if self._resync is not None:  # its reads are NATS requests: a cancel can be lost
-            await cancel_within([self._resync], asyncio.get_running_loop().time() + 5.0)
-        for sub in self._subs:
-            with contextlib.suppress(Exception):
-                await sub.unsubscribe()
-        self._subs = []
-
-    def _apply(self, agent: str, gate: Gate) -> None:
-        if agent in self.agents and self.gates.get(agent) != gate:
-            self.gates[agent] = gate
+        def changed(agent: str, gate: Gate) -> None:
             log.info("dispatch gate of %s: %s", agent, gate.describe())
-            self.on_change(agent, gate)
+            on_change(agent, gate)
 
-    async def _on_write(self, msg: Msg) -> None:
-        agent = msg.subject[len(self._prefix) :]
-        self._writes[agent] = self._writes.get(agent, 0) + 1
-        operation = (msg.headers or {}).get("KV-Operation")
-        self._apply(agent, OPEN if operation in ("DEL", "PURGE") else _parse(agent, msg.data))
+        super().__init__(nc, js, names.BUCKET_CONFIG, GATE_PREFIX, agents, _parse, changed, resync_s)
 
-    async def _read_all(self) -> None:
-        before = dict(self._writes)
-        found = await asyncio.gather(*(self._read(agent) for agent in sorted(self.agents)))
-        for agent, gate in zip(sorted(self.agents), found, strict=True):
-            # A write seen live while reading is newer than what the read may hold.
-            if self._writes.get(agent) == before.get(agent):
-                self._apply(agent, gate)
-
-    async def _read(self, agent: str) -> Gate:
-        """``agent``'s gate now: a direct get of its key (no stream info, no listing)."""
-        prefix = protocol.api_prefix(self.js)
-        stream = names.kv_stream(names.BUCKET_CONFIG)
-        try:
-            msg = await self.nc.request(f"{prefix}.DIRECT.GET.{stream}.{self._prefix}{agent}", b"", timeout=5)
-        except NoRespondersError:  # no af_config (not provisioned) or one without direct gets
-            if not self._unreadable:
-                self._unreadable = True
-                log.warning("dispatch gates cannot be read (run provision: af_config with direct gets); "
-                            "following their changes only")  # fmt: skip
-            return self.gates.get(agent, OPEN)
-        headers = msg.headers or {}
-        if headers.get("Status") in ("404", "408") or headers.get("KV-Operation") in ("DEL", "PURGE"):
-            return OPEN  # no key (or a deleted one): open
-        if headers.get("Status"):  # 503 and the like: the bucket cannot answer now
-            raise ServiceUnavailableError(description=headers.get("Description"))
-        return _parse(agent, msg.data)
-
-    async def _resync_loop(self) -> None:
-        while True:
-            await asyncio.sleep(self.resync_s)
-            try:
-                await self._read_all()
-            except Exception as exc:  # NATS away: keep the gates last seen
-                log.warning("dispatch gates not re-read: %s", exc)
+    @property
+    def gates(self) -> dict[str, Gate]:
+        return self.values

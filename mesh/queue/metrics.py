@@ -16,6 +16,8 @@ from prometheus_client import Counter, Gauge, Histogram
 
 __all__ = [
     "AgentMetrics",
+    "BREAKER_REFUSED",
+    "BREAKER_STATE",
     "for_agent",
     "QUEUE_ACK_PENDING",
     "DLQ_SIZE",
@@ -46,6 +48,16 @@ QUEUE_ACK_PENDING = Gauge(
     ["agent", "priority"],
 )
 DLQ_SIZE = Gauge("af_dlq_size", "Dead letters waiting per agent", ["agent"])
+BREAKER_STATE = Gauge(
+    "af_fleet_breaker_state",
+    "The agent's fleet-wide circuit breaker as this process follows it: 0 closed, 1 half-open, 2 open",
+    ["agent"],
+)
+BREAKER_REFUSED = Counter(
+    "af_fleet_breaker_refused_total",
+    "Deliveries handed back unstarted: the breaker is half-open, no trial left",
+    ["agent"],
+)
 TASKS_EXPIRED = Counter("af_tasks_expired_total", "Tasks whose TTL passed while queued", ["agent"])
 
 

@@ -80,6 +80,7 @@ from mesh.envelope import (
 from mesh.errors import WRONG_LAST_SEQUENCE, DecodeError, PermanentError
 from mesh.limits import PayloadLimits, ResultTooLarge
 from mesh.queue import metrics
+from mesh.queue.breakers import BreakerState, BreakerStatus, breaker_scope, claim_trial, follow_breakers
 from mesh.queue.dispatch import Budget, DispatchPolicy, Lane
 from mesh.queue.dlq import store_task_dead_letter
 from mesh.queue.gates import Gate, GateWatch, HeldBy, Probes
@@ -104,6 +105,7 @@ __all__ = ["AgentQueueConfig", "PermanentError", "TaskContext", "TaskWorker", "e
 
 log = logging.getLogger(__name__)
 _NO_PROBES = Probes()
+_GAUGE = {BreakerStatus.CLOSED: 0, BreakerStatus.HALF_OPEN: 1, BreakerStatus.OPEN: 2}  # as af_breaker_state
 
 
 class Companion(Protocol):
@@ -211,13 +213,15 @@ class TaskWorker:
         claim_interval_s: float | None = 1.0,
         name: str = "worker",
         follow_gates: bool = True,
+        obey_breakers: bool = True,
         role: str = "pool",
     ) -> None:
         """``claim_interval_s``: how often runs near their TTL are claimed
         (None: never, for tests of what happens without). ``follow_gates``:
         obey the agents' dispatch gates (:mod:`mesh.queue.gates`). ``role``:
         ``pool`` (shared workers) or ``dedicated`` (an agent's own workers,
-        the only ones a dedicated agent's gate is open to)."""
+        the only ones a dedicated agent's gate is open to). ``obey_breakers``: obey
+        the agents' circuit breakers (:mod:`mesh.queue.breakers`)."""
         self.nc, self.js = nc, js
         self.handlers = handlers
         # Each agent's version (on its finished events, for canary metrics); None: not known.
@@ -241,6 +245,12 @@ class TaskWorker:
         self.pipeline = Pipeline(nc)
         self._cancels: list[Subscription] = []
         self.gates = GateWatch(nc, js, list(handlers), self._on_gate) if follow_gates else None
+        # Each agent's breaker, and its version's when the version is known (a canary's own).
+        self._breaker_scopes = {
+            a: [a] + ([breaker_scope(a, v)] if v is not None else []) for a, v in self.versions.items()
+        }
+        scopes = [scope for scopes in self._breaker_scopes.values() for scope in scopes]
+        self.breakers = follow_breakers(nc, js, scopes, self._on_breaker) if obey_breakers else None
         self.probes: dict[str, Probes] = {}  # what each agent's health probes last said here
         self._companions: list[Companion] = []
         self._gate_returns: set[asyncio.Task[None]] = set()
@@ -271,6 +281,8 @@ class TaskWorker:
         await self.pipeline.start()
         if self.gates is not None:  # before the first pull: a closed agent takes nothing
             await self.gates.start()
+        if self.breakers is not None:  # likewise an agent whose breaker is open
+            await self.breakers.start()
         for companion in self._companions:  # e.g. health probes: also before the first pull
             await companion.start()
         self._cancels = [
@@ -301,6 +313,8 @@ class TaskWorker:
             loop.cancel()
         if self.gates is not None:
             await self.gates.stop()
+        if self.breakers is not None:
+            await self.breakers.stop()
         if self._gate_returns:  # hand-backs under way finish (else they wait out their ack wait)
             await asyncio.wait(list(self._gate_returns), timeout=self.idle_poll_s + 2.0)
             for returning in list(self._gate_returns):
@@ -434,6 +448,52 @@ class TaskWorker:
             self._room.set()
             return
         self._close(agent, lanes, stop=gate.stop)
+
+    def _breakers_of(self, agent: str) -> list[BreakerState]:
+        """The agent's breaker, then its version's (the one this worker runs), as followed."""
+        if self.breakers is None:
+            return []
+        values = self.breakers.values
+        return [state for scope in self._breaker_scopes[agent] if (state := values.get(scope)) is not None]
+
+    def _on_breaker(self, scope: str, state: BreakerState) -> None:
+        """A breaker of the agent changed: while it or its version's is open its lanes take
+        nothing and what this worker holds of it unstarted goes back; half-open, a task starts
+        only with a trial claimed (:meth:`_trial_refused`); what runs goes on either way."""
+        agent = state.agent
+        tripped = any(b.is_open for b in self._breakers_of(agent))
+        worst = max((_GAUGE[b.state] for b in self._breakers_of(agent)), default=0)
+        metrics.BREAKER_STATE.labels(agent).set(worst)
+        lanes = [lane for lane in self.lanes if lane.agent == agent]
+        for lane in lanes:
+            lane.tripped = tripped
+        if tripped:
+            self._close(agent, lanes, stop=False)
+        else:
+            self._room.set()
+
+    def _trial_breaker(self, agent: str) -> BreakerState | None:
+        """The half-open breaker a task of ``agent`` needs a trial of: the agent's, or, while
+        the agent's is closed, its version's; None: no trial needed."""
+        states = self._breakers_of(agent)
+        if not states or states[0].state != BreakerStatus.CLOSED:
+            return states[0] if states and states[0].state == BreakerStatus.HALF_OPEN else None
+        version = states[1] if len(states) > 1 else None
+        return version if version is not None and version.state == BreakerStatus.HALF_OPEN else None
+
+    async def _trial_refused(self, agent: str, run_id: str) -> bool:
+        """Half-open and no trial left for ``run_id``: True, and the agent's lanes here take
+        nothing more until its breaker changes (the trials' outcomes decide it)."""
+        state = self._trial_breaker(agent)
+        if state is None or await claim_trial(self.js, state, run_id):
+            return False
+        if self._trial_breaker(agent) is state:  # not changed meanwhile
+            lanes = [lane for lane in self.lanes if lane.agent == agent]
+            for lane in lanes:
+                lane.tripped = True
+            self._close(agent, lanes, stop=False)
+        metrics.BREAKER_REFUSED.labels(agent).inc()
+        return True
 
     def set_probes(self, agent: str, probes: Probes) -> None:
         """The agent's health probes in this worker said ``probes`` (agents.lifecycle.health):
@@ -720,6 +780,9 @@ class TaskWorker:
         # deadline counts from its replay, later than the enqueue).
         if attempt == 1 and ttl and waited > ttl and (deadline := wait_deadline(task)) and started > deadline:
             await self._expire(lane, msg, task, seq, deadline)
+            return
+        if self.breakers is not None and await self._trial_refused(lane.agent, task.id):
+            await self._hand_back(lane.agent, msg)  # not started: not an attempt
             return
 
         def current_state() -> RunState:

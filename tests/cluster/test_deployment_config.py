@@ -18,8 +18,17 @@ import pytest
 
 from mesh import names
 from mesh.embedded import find_free_port, nats_server_binary
+from mesh.envelope import utcnow
 from mesh.provision import ProvisionConfig, provision
 from mesh.queue import dlq
+from mesh.queue.breakers import (
+    BreakerState,
+    BreakerStatus,
+    change_breaker,
+    claim_trial,
+    closed_breaker,
+    follow_breakers,
+)
 from mesh.queue.producer import TaskQueue, TaskSpec
 from mesh.queue.runs import RunStatus, get_run
 from mesh.queue.worker import AgentQueueConfig, TaskContext, TaskWorker
@@ -212,3 +221,43 @@ async def test_an_agents_worker_on_its_own_credentials_runs_retries_and_dead_let
     assert failed.status == RunStatus.FAILED and [e.attempt for e in failed.errors] == [1, 2], failed
     assert dead.entry.run_id == failing.run_id
     assert refused == []
+
+
+async def test_an_agents_credentials_follow_its_own_breakers_and_claim_its_trials_only(
+    deployed: Deployed,
+) -> None:
+    agent = "fuel-combustion"
+    refused: list[str] = []
+
+    async def on_error(exc: Exception) -> None:
+        refused.append(str(exc))
+
+    platform = await nats.connect(deployed.url("nats-0", "platform", PASSWORDS["AF_NATS_PLATFORM_PASSWORD"]))
+    agent_nc = await nats.connect(
+        deployed.url("nats-1", "agent-fuel-combustion", PASSWORDS["AF_NATS_AGENT_FUEL_COMBUSTION_PASSWORD"]),
+        error_cb=on_error,
+    )
+    try:
+        platform_js = platform.jetstream(timeout=10)
+        await provision(platform_js, ProvisionConfig(replicas=3))
+        trial = BreakerState(agent=agent, state=BreakerStatus.HALF_OPEN, since=utcnow(), trials=1, epoch=1)
+        await change_breaker(platform_js, trial, closed_breaker(agent), None, "test")
+        agent_js = agent_nc.jetstream(timeout=10)
+        follower = follow_breakers(agent_nc, agent_js, [agent, f"{agent}.1.0.0"], lambda scope, state: None)
+        await follower.start()
+        try:
+            assert follower.values[agent].state == BreakerStatus.HALF_OPEN
+            assert await claim_trial(agent_js, trial, "run-1")
+            assert not await claim_trial(agent_js, trial, "run-2")  # the one trial is taken
+        finally:
+            await follower.stop()
+        assert refused == []
+        await agent_nc.subscribe("$KV.af_breakers.state.purchased-electricity")
+        await eventually(lambda: refused, timeout=5, what="a permission violation")
+        await change_breaker(
+            platform_js, closed_breaker(agent).model_copy(update={"epoch": 2}), trial, None, "test"
+        )
+    finally:
+        await agent_nc.close()
+        await platform.close()
+    assert "af_breakers.state.purchased-electricity" in refused[0], refused

@@ -1,0 +1,148 @@
+"""Following KV keys that hold decisions: a write is seen as it is stored, a missed one at the next resync.
+
+A follower is a core NATS subscription to the keys' subjects (nothing is
+left on the server, no consumer) plus a direct get of each key at start and
+every ``resync_s``, which repairs anything missed while disconnected. With a
+list of keys it subscribes to each key's subject and reads each by a direct
+get: what a worker's credentials allow, nothing more. Without one (``keys``
+None: every key under the prefix, of any number of tokens, for the gateway and
+the processors) it subscribes to the prefix's wildcard and lists the bucket.
+
+What is not guaranteed: a follower that cannot reach NATS keeps the values it
+last saw until it can.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from typing import Generic, TypeVar
+
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+from nats.errors import NoRespondersError
+from nats.js import JetStreamContext
+from nats.js.errors import BucketNotFoundError, NotFoundError, ServiceUnavailableError
+
+from mesh import names
+from mesh.kv import current_entries
+from mesh.stopping import cancel_within
+from mesh.wire import protocol
+
+__all__ = ["KeyFollower"]
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+class KeyFollower(Generic[T]):
+    """Follows keys ``prefix + name`` of ``bucket``; ``values[name]`` is the current
+    value parsed (``parse(name, None)`` for a missing or deleted key), and
+    ``on_change(name, value)`` is called on each change. :meth:`start` returns
+    once the current values are known."""
+
+    def __init__(
+        self,
+        nc: Client,
+        js: JetStreamContext,
+        bucket: str,
+        prefix: str,
+        keys: list[str] | None,
+        parse: Callable[[str, bytes | None], T],
+        on_change: Callable[[str, T], None],
+        resync_s: float = 10.0,
+    ) -> None:
+        self.nc, self.js = nc, js
+        self.bucket, self.prefix = bucket, prefix
+        self.keys = set(keys) if keys is not None else None
+        self.parse, self.on_change = parse, on_change
+        self.resync_s = resync_s
+        self.values: dict[str, T] = {key: parse(key, None) for key in self.keys or ()}
+        self._subject = names.kv_subject(bucket, prefix)
+        self._subs: list[Subscription] = []
+        self._resync: asyncio.Task[None] | None = None
+        self._writes: dict[str, int] = {}  # writes seen live, per key
+        self._unreadable = False  # said once
+
+    async def start(self) -> None:
+        # Subscribe first, then read: a write in between is seen by one or both.
+        subjects = [self._subject + key for key in sorted(self.keys)] if self.keys is not None else [
+            self._subject + ">"
+        ]  # fmt: skip
+        self._subs = [await self.nc.subscribe(subject, cb=self._on_write) for subject in subjects]
+        await self._read_all()
+        self._resync = asyncio.create_task(self._resync_loop(), name=f"follow-{self.bucket}")
+
+    async def stop(self) -> None:
+        if self._resync is not None:  # its reads are NATS requests: a cancel can be lost
+            await cancel_within([self._resync], asyncio.get_running_loop().time() + 5.0)
+            self._resync = None
+        for sub in self._subs:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+        self._subs = []
+
+    def _apply(self, key: str, value: T) -> None:
+        if (self.keys is None or key in self.keys) and self.values.get(key) != value:
+            self.values[key] = value
+            self.on_change(key, value)
+
+    async def _on_write(self, msg: Msg) -> None:
+        key = msg.subject[len(self._subject) :]
+        self._writes[key] = self._writes.get(key, 0) + 1
+        operation = (msg.headers or {}).get("KV-Operation")
+        self._apply(key, self.parse(key, None if operation in ("DEL", "PURGE") else msg.data))
+
+    async def _read_all(self) -> None:
+        before = dict(self._writes)
+        found = await (self._read_listed() if self.keys is not None else self._read_every())
+        for key, value in found.items():
+            # A write seen live while reading is newer than what the read may hold.
+            if self._writes.get(key) == before.get(key):
+                self._apply(key, value)
+
+    async def _read_listed(self) -> dict[str, T]:
+        keys = sorted(self.keys or ())
+        return dict(zip(keys, await asyncio.gather(*(self._read(key) for key in keys)), strict=True))
+
+    async def _read_every(self) -> dict[str, T]:
+        try:
+            kv = await self.js.key_value(self.bucket)
+            entries = await current_entries(self.js, kv, self.bucket, self.prefix + ">")
+        except (BucketNotFoundError, NotFoundError):  # not provisioned: nothing set
+            entries = []
+        found = {e.key[len(self.prefix) :]: self.parse(e.key[len(self.prefix) :], e.value) for e in entries}
+        for gone in set(self.values) - set(found):  # deleted while this follower was away
+            found[gone] = self.parse(gone, None)
+        return found
+
+    async def _read(self, key: str) -> T:
+        """``key``'s value now: a direct get (no stream info, no listing)."""
+        stream = names.kv_stream(self.bucket)
+        subject = f"{protocol.api_prefix(self.js)}.DIRECT.GET.{stream}.{self._subject}{key}"
+        try:
+            msg = await self.nc.request(subject, b"", timeout=5)
+        except NoRespondersError:  # the bucket is not provisioned, or has no direct gets
+            if not self._unreadable:
+                self._unreadable = True
+                log.warning("%s cannot be read (run provision: it needs direct gets); "
+                            "following its changes only", self.bucket)  # fmt: skip
+            return self.values.get(key, self.parse(key, None))
+        headers = msg.headers or {}
+        if headers.get("Status") in ("404", "408") or headers.get("KV-Operation") in ("DEL", "PURGE"):
+            return self.parse(key, None)
+        if headers.get("Status"):  # 503 and the like: the bucket cannot answer now
+            raise ServiceUnavailableError(description=headers.get("Description"))
+        return self.parse(key, msg.data)
+
+    async def _resync_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.resync_s)
+            try:
+                await self._read_all()
+            except Exception as exc:  # NATS away: keep the values last seen
+                log.warning("%s not re-read: %s", self.bucket, exc)
