@@ -28,7 +28,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 import faust
-from faust.serializers.codecs import Codec
 from nats.js.kv import KeyValue
 
 from mesh import names
@@ -69,17 +68,6 @@ class CanaryOptions:
         return chosen
 
 
-class BucketCodec(Codec):
-    """The table's value serializer: a bucket as compact JSON (sketch included)."""
-
-    def _dumps(self, s: Any) -> bytes:
-        bucket: MinuteBucket = s
-        return bucket.dumps()
-
-    def _loads(self, s: bytes) -> Any:
-        return MinuteBucket.loads(s)
-
-
 @dataclass
 class Counted:
     """What this worker applied since it started: versions to publish now, and all of them."""
@@ -92,7 +80,7 @@ class Counted:
 def apply(table: Any, counted: Counted, sample: Sample, offset: int) -> bool:
     """Apply one event to its bucket unless the bucket's fence says it was; True if applied."""
     key = bucket_key(sample.agent, sample.version, sample.minute)
-    bucket = table.get(key)
+    bucket = MinuteBucket.of(table.get(key))
     if bucket is None:
         bucket = MinuteBucket()
     elif offset <= bucket.offset:
@@ -122,10 +110,9 @@ def _expire(table: Any, sample: Sample, previous: int | None) -> None:
 
 def install(app: faust.App, source: faust.TopicT, config: ProcessorConfig) -> None:
     options = CanaryOptions.of(dict(config.options))
-    table: Any = app.Table(TABLE, partitions=config.partitions, key_type=str)  # str keys: JSON
-    # Faust takes a table's serializer from its value type's model; ours is not a model.
-    # Set before first use: the store and the changelog topic are made lazily from it.
-    table.value_serializer = BucketCodec()
+    # JSON keys and values: a bucket is written through its ``__json__`` and read back as a
+    # list after a recovery, which ``MinuteBucket.of`` turns into a bucket when it is next used.
+    table: Any = app.Table(TABLE, partitions=config.partitions, key_type=str)
     decisions = Decisions(app)
     app.add_dependency(decisions)
     counted = Counted()
@@ -149,8 +136,7 @@ def install(app: faust.App, source: faust.TopicT, config: ProcessorConfig) -> No
         for agent, version in pairs:
 
             def bucket_at(minute: int, agent: str = agent, version: str = version) -> MinuteBucket | None:
-                found: MinuteBucket | None = table.get(bucket_key(agent, version, minute))
-                return found
+                return MinuteBucket.of(table.get(bucket_key(agent, version, minute)))
 
             metrics = summarize(agent, version, bucket_at, now_minute, options.min_samples, now)
             await kv[0].put(canary_key(agent, version), metrics.model_dump_json().encode())
