@@ -25,6 +25,7 @@ from typing import Any
 import click
 
 from gateway.commands.agent import agent
+from gateway.commands.canary import canary
 from gateway.commands.channels import channels
 from gateway.commands.common import OUTPUTS, CliError, Ctx, _call, _emit, _run, output_option
 from gateway.commands.processors import processors
@@ -394,7 +395,7 @@ def main() -> None:
 
 
 # Command groups live in gateway/commands/ (helpers in commands/common.py).
-for _group in (agent, channels, queue, runs, cancel, schedule, processors):
+for _group in (agent, channels, queue, runs, cancel, schedule, processors, canary):
     cli.add_command(_group)
 
 
