@@ -11,11 +11,12 @@ puts in ``af_canary_metrics`` under :func:`canary_key` and what the gateway read
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Final, Literal
+from typing import Final, Literal
 
 from ddsketch import DDSketch
 from pydantic import BaseModel
@@ -126,16 +127,14 @@ class MinuteBucket:
             self.cost_sum += sample.cost
             self.costed += 1
 
-    def __json__(self) -> list[Any]:
-        """What the changelog holds (Faust's JSON serializer calls this)."""
-        return [self.offset, self.requests, self.errors, self.cost_sum, self.costed, encode(self.durations)]
+    def dumps(self) -> bytes:
+        """What the changelog holds: compact JSON, sketch included."""
+        state = [self.offset, self.requests, self.errors, self.cost_sum, self.costed, encode(self.durations)]
+        return json.dumps(state, separators=(",", ":")).encode()
 
     @classmethod
-    def of(cls, value: MinuteBucket | list[Any] | None) -> MinuteBucket | None:
-        """The bucket a table holds: itself once written, its JSON once recovered from the changelog."""
-        if value is None or isinstance(value, MinuteBucket):
-            return value
-        offset, requests, errors, cost_sum, costed, sketch = value
+    def loads(cls, raw: bytes) -> MinuteBucket:
+        offset, requests, errors, cost_sum, costed, sketch = json.loads(raw)
         return cls(offset, requests, errors, cost_sum, costed, decode(sketch))
 
 
