@@ -26,6 +26,7 @@ import click
 
 from gateway.commands.agent import agent
 from gateway.commands.breakers import breakers
+from gateway.commands.canary import canary
 from gateway.commands.channels import channels
 from gateway.commands.common import OUTPUTS, CliError, Ctx, _call, _emit, _run, output_option
 from gateway.commands.costs import budget, costs, quota
@@ -398,7 +399,20 @@ def main() -> None:
 
 
 # Command groups live in gateway/commands/ (helpers in commands/common.py).
-for _group in (agent, breakers, channels, queue, runs, cancel, schedule, processors, costs, budget, quota):
+for _group in (
+    agent,
+    breakers,
+    canary,
+    channels,
+    queue,
+    runs,
+    cancel,
+    schedule,
+    processors,
+    costs,
+    budget,
+    quota,
+):
     cli.add_command(_group)
 
 

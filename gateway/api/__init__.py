@@ -7,6 +7,7 @@ from aiohttp import web
 from gateway.api.agent_detail import routes as agent_detail_routes
 from gateway.api.auth import auth_middleware
 from gateway.api.breakers import routes as breaker_routes
+from gateway.api.canary import routes as canary_routes
 from gateway.api.channels import routes as channel_routes
 from gateway.api.costs import routes as cost_routes
 from gateway.api.lifecycle import routes as lifecycle_routes
@@ -36,4 +37,5 @@ def create_app(services: Services, token: str | None) -> web.Application:
     app.add_routes(agent_detail_routes)
     app.add_routes(cost_routes)
     app.add_routes(breaker_routes)
+    app.add_routes(canary_routes)
     return app

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 from mesh.lazy import lazy_exports
 
 #: Every processor: module ``streams.processors.<name>`` has its ``install(app, source, config)``.
-PROCESSORS: tuple[str, ...] = ("metering", "breaker")
+PROCESSORS: tuple[str, ...] = ("metering", "breaker", "canary")
 
 if TYPE_CHECKING:
     from streams.processors.app import ProcessorConfig, build, prepare, run_processor

@@ -1,0 +1,61 @@
+"""Canary metrics of an agent's versions: ``GET /api/v1/canary/{agent}/metrics``.
+
+What the canary processor last put in ``af_canary_metrics`` (one entry per
+version, ``<agent>.<version>``; docs/processors-canary.md): per window, the
+requests, errors, error rate, p50/p95/p99 duration and cost per task, or
+``"insufficient data"`` below the minimum sample count. ``?version=`` picks one
+version, ``?window=`` (1m, 5m, 15m, 1h) one window. 400 for a value that
+cannot name an agent, version or window; 404 when the processor has no metrics
+for it yet (no finished execution of it seen, or the processor is not running).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Final
+
+from aiohttp import web
+from nats.js.errors import NotFoundError
+
+from gateway.api.bodies import json_response
+from gateway.api.params import path_value, query_value
+from gateway.api.services import SERVICES, Services
+from mesh import names
+from mesh.kv import current_entries
+from streams.processors.rollup import WINDOWS, VersionMetrics, canary_key
+
+__all__ = ["routes"]
+
+routes = web.RouteTableDef()
+
+VERSION: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,127}")
+WINDOW: Final = re.compile("|".join(WINDOWS))
+
+
+@routes.get("/api/v1/canary/{agent}/metrics")
+async def canary_metrics(request: web.Request) -> web.Response:
+    svc: Services = request.app[SERVICES]
+    agent = path_value(request, "agent", names.AGENT_KEY_RE, "agent key")
+    version = query_value(request, "version", VERSION, "version")
+    window = query_value(request, "window", WINDOW, f"window (one of {', '.join(WINDOWS)})")
+    kv = await svc.js.key_value(names.BUCKET_CANARY_METRICS)
+    if version is not None:
+        try:
+            entry = await kv.get(canary_key(agent, version))
+        except NotFoundError:
+            entry = None
+        entries = [entry] if entry is not None and entry.value else []
+    else:
+        entries = await current_entries(svc.js, kv, names.BUCKET_CANARY_METRICS, f"{agent}.>")
+    if not entries:
+        which = f"{agent} version {version}" if version else agent
+        raise web.HTTPNotFound(
+            text=f"no canary metrics for {which} yet: the canary processor has counted no finished "
+            "execution of it (is it running? `agent-factory processors --only canary`)"
+        )
+    found = [VersionMetrics.model_validate_json(e.value or b"") for e in entries]
+    if window is not None:
+        for metrics in found:
+            metrics.windows = {window: metrics.windows[window]}
+    found.sort(key=lambda m: m.version)
+    return json_response({"agent": agent, "versions": [m.model_dump(mode="json") for m in found]})

@@ -1,0 +1,192 @@
+"""The canary processor: per (agent, version) request count, error rate, duration
+percentiles and cost per task over sliding windows, published to ``af_canary_metrics``.
+
+State is the Faust table ``canary-buckets``: one :class:`~streams.processors.rollup.MinuteBucket`
+per (agent, version, minute of finish), changelogged. **Each event is applied
+exactly once**, across crashes too: the source is partitioned by agent, so a
+bucket has one writer, and each bucket keeps the source offset it applied last;
+an event at or below it (re-delivered after a crash, because the changelog ran
+ahead of the committed offset) is skipped. The event's effect and the fence are
+one table write, so one changelog record: they are recovered together or not at all.
+
+Decisions: every ``publish_interval_s`` (1 s) the windows of each (agent, version)
+that changed are put to KV under ``<agent>.<version>`` (coalesced: one write per
+key per interval, not per event); every ``refresh_s`` (5 s) every version this
+worker counted is put again, so windows age as time passes without events.
+Buckets older than the longest window are deleted when their version's next minute starts.
+
+Options (``ProcessorConfig.options``): ``min_samples`` (20), ``publish_interval_s``
+(1.0), ``refresh_s`` (5.0).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import faust
+from nats.js.kv import KeyValue
+
+from mesh import names
+from streams.processors.app import Decisions, ProcessorConfig
+from streams.processors.executions import read_finished
+from streams.processors.rollup import (
+    RETENTION_MINUTES,
+    MinuteBucket,
+    Sample,
+    bucket_key,
+    canary_key,
+    sample_of,
+    summarize,
+)
+
+__all__ = ["CanaryOptions", "install"]
+
+log = logging.getLogger(__name__)
+
+TABLE = "canary-buckets"
+
+
+@dataclass(frozen=True)
+class CanaryOptions:
+    min_samples: int = 20  # a window with fewer requests says "insufficient data"
+    publish_interval_s: float = 1.0  # coalescing: at most one KV write per key per interval
+    refresh_s: float = 5.0  # every counted version is re-published this often (windows age)
+
+    @classmethod
+    def of(cls, options: dict[str, Any]) -> CanaryOptions:
+        chosen = cls(
+            min_samples=int(options.get("min_samples", cls.min_samples)),
+            publish_interval_s=float(options.get("publish_interval_s", cls.publish_interval_s)),
+            refresh_s=float(options.get("refresh_s", cls.refresh_s)),
+        )
+        if chosen.min_samples < 1 or chosen.publish_interval_s <= 0 or chosen.refresh_s <= 0:
+            raise ValueError(f"canary options out of range: {chosen}")
+        return chosen
+
+
+@dataclass
+class Counted:
+    """What this worker applied since it started: versions to publish now, and all of them."""
+
+    dirty: set[tuple[str, str]] = field(default_factory=set)
+    known: set[tuple[str, str]] = field(default_factory=set)
+    newest_minute: dict[tuple[str, str], int] = field(default_factory=dict)
+
+
+class Buckets:
+    """The canary table (bucket key -> the bucket's changelog bytes) and the buckets
+    decoded from it. A decoded bucket is used only while the table still holds the
+    very bytes it came from, so a recovery or rebalance that refills the table is
+    never hidden by the cache. Bytes, not Faust's JSON of an object: encoding a
+    bucket with the standard library's C encoder is several times cheaper per event."""
+
+    def __init__(self, table: Any) -> None:
+        self.table = table
+        self._decoded: dict[str, tuple[bytes, MinuteBucket]] = {}
+
+    def get(self, key: str) -> MinuteBucket | None:
+        raw = self.table.get(key)
+        if raw is None:
+            self._decoded.pop(key, None)
+            return None
+        hit = self._decoded.get(key)
+        if hit is not None and hit[0] is raw:
+            return hit[1]
+        bucket = MinuteBucket.loads(raw)
+        self._decoded[key] = (raw, bucket)
+        return bucket
+
+    def put(self, key: str, bucket: MinuteBucket) -> None:
+        raw = bucket.dumps()
+        self.table[key] = raw  # effect and fence: one changelog record
+        self._decoded[key] = (raw, bucket)
+
+    def delete(self, key: str) -> None:
+        if self.table.get(key) is not None:
+            del self.table[key]
+        self._decoded.pop(key, None)
+
+
+def apply(buckets: Buckets, counted: Counted, sample: Sample, offset: int) -> bool:
+    """Apply one event to its bucket unless the bucket's fence says it was; True if applied."""
+    key = bucket_key(sample.agent, sample.version, sample.minute)
+    bucket = buckets.get(key)
+    if bucket is None:
+        bucket = MinuteBucket()
+    elif offset <= bucket.offset:
+        return False
+    bucket.apply(sample, offset)
+    buckets.put(key, bucket)
+    pair = (sample.agent, sample.version)
+    counted.dirty.add(pair)
+    counted.known.add(pair)
+    newest = counted.newest_minute.get(pair)
+    if newest is None or sample.minute > newest:
+        counted.newest_minute[pair] = sample.minute
+        _expire(buckets, sample, newest)
+    return True
+
+
+def _expire(buckets: Buckets, sample: Sample, previous: int | None) -> None:
+    """Delete the pair's buckets that fell out of the longest window (in the event's
+    context: the deletions go to the agent's changelog partition)."""
+    oldest_kept = sample.minute - RETENTION_MINUTES + 1
+    since = previous - RETENTION_MINUTES + 1 if previous is not None else oldest_kept - RETENTION_MINUTES
+    for minute in range(max(since, oldest_kept - 2 * RETENTION_MINUTES), oldest_kept):
+        buckets.delete(bucket_key(sample.agent, sample.version, minute))
+
+
+def install(app: faust.App, source: faust.TopicT, config: ProcessorConfig) -> None:
+    options = CanaryOptions.of(dict(config.options))
+    # JSON keys, raw values: each value is a bucket's bytes (Buckets).
+    buckets = Buckets(app.Table(TABLE, partitions=config.partitions, key_type=str, value_type=bytes))
+    decisions = Decisions(app)
+    app.add_dependency(decisions)
+    counted = Counted()
+    kv: list[KeyValue] = []
+
+    @app.agent(source, name="canary")
+    async def canary(stream: faust.StreamT[Any]) -> None:
+        async for event in stream.events():
+            finished = read_finished(event.value)
+            if finished is None:
+                continue
+            sample = sample_of(finished.payload)
+            if sample is not None:
+                apply(buckets, counted, sample, event.message.offset)
+
+    async def put(pairs: set[tuple[str, str]]) -> None:
+        if not kv:
+            kv.append(await decisions.js.key_value(names.BUCKET_CANARY_METRICS))
+        now = datetime.now(UTC)
+        now_minute = int(now.timestamp() // 60)
+        for agent, version in pairs:
+
+            def bucket_at(minute: int, agent: str = agent, version: str = version) -> MinuteBucket | None:
+                return buckets.get(bucket_key(agent, version, minute))
+
+            metrics = summarize(agent, version, bucket_at, now_minute, options.min_samples, now)
+            await kv[0].put(canary_key(agent, version), metrics.model_dump_json().encode())
+            if metrics.windows["1h"].requests == 0:
+                counted.known.discard((agent, version))  # aged out: published empty once, then forgotten
+
+    last_refresh = [time.monotonic()]
+
+    @app.timer(options.publish_interval_s)  # type: ignore[untyped-decorator]
+    async def publish() -> None:
+        if decisions.nc is None:
+            return  # not connected yet (or stopping)
+        if time.monotonic() - last_refresh[0] >= options.refresh_s:
+            last_refresh[0] = time.monotonic()
+            pairs, counted.dirty = set(counted.known), set()
+        else:
+            pairs, counted.dirty = counted.dirty, set()
+        try:
+            await put(pairs)
+        except Exception:
+            counted.dirty |= pairs  # next tick tries again
+            log.exception("canary: publishing %d version(s) failed", len(pairs))
