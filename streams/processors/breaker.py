@@ -8,7 +8,7 @@ every worker and the gateway follow. The arithmetic is :mod:`.rates`.
 Exactly-once per event: all of an agent's events are in one partition, so one
 owner writes its window; the window carries the source offset it last applied
 and an event at or below it is skipped, and window and fence are one table
-write (one changelog record). A transition is written to KV *before* the
+write (one changelog record, per agent per batch of events). A transition is written to KV *before* the
 window that caused it, so a processor killed in between applies the event
 again and decides again (the compare-and-set on the breaker's revision keeps
 that from writing twice). A timer moves breakers whose open wait is over to
@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
+from typing import Any, cast
 
 import faust
 
@@ -50,6 +50,8 @@ log = logging.getLogger(__name__)
 
 TABLE = "breaker-windows"
 BY = "processor"
+BATCH = 500  # events taken at a time
+BATCH_WAIT_S = 0.02  # how long a batch waits to fill (it adds at most this to a trip's reaction)
 
 
 class BreakerDecisions(Decisions):
@@ -137,27 +139,40 @@ def install(app: faust.App, source: faust.TopicT, config: ProcessorConfig) -> Br
 
     @app.agent(source, name="breaker")
     async def breaker(stream: faust.StreamT[Any]) -> None:
-        async for event in stream.events():
-            finished = read_finished(event.value)
-            if finished is None:
-                continue
-            agent, offset = finished.payload.agent, event.message.offset
-            stored = windows.get(agent)
-            cached = parsed.get(agent)
-            if cached is not None and cached[0] is stored:
-                window = cached[1]
-            else:  # first sight, or recovered from the changelog
-                window = Windows.model_validate(stored) if stored else Windows()
-            if offset <= window.offset:
-                continue  # applied before a restart: its effect is in the window already
-            if not decisions.ready.is_set():
-                await decisions.ready.wait()
-            await decisions.apply(window, finished.payload)
-            decisions.applied += 1
-            window.offset = offset
-            value = window.model_dump()
-            windows[agent] = value
-            parsed[agent] = (windows.get(agent), window)
+        # Batches, as metering's: Faust acks a batch's events only after this body, and each
+        # agent's window is written once per batch (its transitions, to KV, as they happen).
+        batches = cast(Any, stream).take_events(BATCH, within=BATCH_WAIT_S)
+        async for events in batches:
+            working: dict[str, tuple[int, Windows]] = {}  # agent -> (its partition, its window)
+            for event in events:
+                finished = read_finished(event.value)
+                if finished is None:
+                    continue
+                agent, offset = finished.payload.agent, event.message.offset
+                held = working.get(agent)
+                if held is not None:
+                    window = held[1]
+                else:
+                    stored = windows.data.get(agent)
+                    cached = parsed.get(agent)
+                    if cached is not None and cached[0] is stored:
+                        window = cached[1]
+                    else:  # first sight, or recovered from the changelog
+                        window = Windows.model_validate(stored) if stored else Windows()
+                if offset <= window.offset:
+                    continue  # applied before a restart: its effect is in the window already
+                if not decisions.ready.is_set():
+                    await decisions.ready.wait()
+                await decisions.apply(window, finished.payload)
+                decisions.applied += 1
+                window.offset = offset
+                working[agent] = (event.message.partition, window)
+            for agent, (partition, window) in working.items():
+                value = window.model_dump()
+                # Outside one event Faust cannot tell the partition: the agent's events say it.
+                windows.send_changelog(partition, agent, value)
+                windows.data[agent] = value
+                parsed[agent] = (value, window)
 
     @app.timer(interval=0.25)  # type: ignore[untyped-decorator]  # faust's decorators are untyped
     async def time_passed() -> None:
