@@ -16,7 +16,6 @@ loop, as the test does; in production each is a process of its own.
 
 from __future__ import annotations
 
-import asyncio
 import statistics
 import tempfile
 import time
@@ -25,6 +24,7 @@ from typing import Any
 from nats.js import JetStreamContext
 
 from benchmarks.harness import wait_until
+from benchmarks.processors import publish_events
 from benchmarks.streams import _throughput as table_counter_throughput
 from benchmarks.streams import faust_worker
 from mesh.envelope import Priority, utcnow
@@ -60,16 +60,6 @@ def _finished(agent: str, i: int, failed: bool) -> tuple[str, bytes, dict[str, s
     return subject, data, parse_headers(headers)
 
 
-async def _publish(js: JetStreamContext, items: list[tuple[str, bytes, dict[str, str]]]) -> None:
-    pending = []
-    for subject, data, headers in items:
-        pending.append(await js.publish_async(subject, data, headers=headers))
-        if len(pending) >= 2000:
-            await asyncio.gather(*pending)
-            pending.clear()
-    await asyncio.gather(*pending)
-
-
 def _calls(app: Any, agents: list[str]) -> int:
     table = app.tables[TABLE]
     return sum(sum(s[1] for s in value["agent"]["seconds"]) for a in agents if (value := table.get(a)))
@@ -78,7 +68,7 @@ def _calls(app: Any, agents: list[str]) -> int:
 async def _throughput(nats_url: str, js: JetStreamContext, events: int) -> float:
     agents = [f"bench-{i:03d}" for i in range(AGENTS)]
     partitions = await prepare(nats_url)
-    await _publish(js, [_finished(agents[i % AGENTS], i, failed=False) for i in range(events)])
+    await publish_events(js, [_finished(agents[i % AGENTS], i, failed=False) for i in range(events)])
 
     async def sourced() -> bool:  # the server copies them into the topic: time the processor only
         infos = [await js.stream_info(naming.stream_name(EXECUTIONS_TOPIC, p)) for p in range(partitions)]
@@ -123,13 +113,13 @@ async def _reactions(nats_url: str, js: JetStreamContext, trips: int) -> list[fl
             n = 0
             for _ in range(trips):
                 for _ in range(4):
-                    await _publish(js, [_finished(agent, n, failed=True)])
+                    await publish_events(js, [_finished(agent, n, failed=True)])
                     n += 1
                 await wait_until(
                     lambda: _calls(app, [agent]) == 4, 60, "4 calls in the window", interval=0.002
                 )
                 t0 = time.perf_counter()
-                await _publish(js, [_finished(agent, n, failed=True)])
+                await publish_events(js, [_finished(agent, n, failed=True)])
                 n += 1
                 await wait_until(lambda: all(lane.tripped for lane in lanes), 30, "every worker stopped",
                                  interval=0.001)  # fmt: skip

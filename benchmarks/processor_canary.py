@@ -14,21 +14,18 @@ DDSketch insert; KV writes are coalesced (one per version per second).
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import io
 import json
 import random
 import tempfile
 import time
-from collections.abc import AsyncIterator
 from datetime import timedelta
 from typing import Any, cast
 
-import faust
 from nats.js import JetStreamContext
 
 from benchmarks.harness import wait_until
+from benchmarks.processors import publish_events
+from benchmarks.streams import faust_worker
 from mesh.envelope import utcnow
 from mesh.provision import provision
 from mesh.queue.outcome import outcome_message
@@ -65,34 +62,11 @@ def _events(n: int) -> list[tuple[str, bytes, dict[str, str]]]:
     return made
 
 
-async def _publish(js: JetStreamContext, events: list[tuple[str, bytes, dict[str, str]]]) -> None:
-    pending = []
-    for subject, data, headers in events:
-        pending.append(await js.publish_async(subject, data, headers=headers))
-        if len(pending) >= 2000:
-            await asyncio.gather(*pending)
-            pending.clear()
-    await asyncio.gather(*pending)
-
-
 async def _in_topic(js: JetStreamContext, partitions: int) -> int:
     total = 0
     for p in range(partitions):
         total += (await js.stream_info(naming.stream_name(EXECUTIONS_TOPIC, p))).state.messages
     return total
-
-
-@contextlib.asynccontextmanager
-async def _worker(app: faust.App) -> AsyncIterator[None]:
-    worker = faust.Worker(app, loglevel="ERROR", quiet=True, redirect_stdouts=False, stdout=io.StringIO())
-    task = asyncio.ensure_future(worker.start())
-    try:
-        yield
-    finally:
-        await worker.stop()
-        task.cancel()
-        with contextlib.suppress(BaseException):
-            await task
 
 
 def _counted(table: Any) -> int:
@@ -113,7 +87,7 @@ async def bench_canary(nats_url: str, events: int = 50_000) -> dict[str, float]:
         already = await _in_topic(js, partitions)
         batch = _events(events)
         start = time.perf_counter()
-        await _publish(js, batch)
+        await publish_events(js, batch)
         await wait_until(
             lambda: _at_least(js, partitions, already + events), 120, "every event in af-executions"
         )
@@ -121,7 +95,7 @@ async def bench_canary(nats_url: str, events: int = 50_000) -> dict[str, float]:
         with tempfile.TemporaryDirectory(prefix="bench-canary-") as datadir:
             app = build("canary", ProcessorConfig(nats_url, partitions), datadir=datadir)
             table = app.tables["canary-buckets"]
-            async with _worker(app):
+            async with faust_worker(app):
                 await wait_until(cast(Any, app.tables).recovery.completed.is_set, 120, "processor ready")
                 # Not "counted at ready": the worker starts counting as soon as it is ready,
                 # before this poll sees it. Every event in the topic is one of ours (a fresh

@@ -32,7 +32,7 @@ from mesh.wire.connection import connect, jetstream
 from mesh.wire.protocol import parse_headers
 from streams.processors.app import ProcessorConfig, build, prepare
 
-__all__ = ["bench_metering", "bench_processors", "finished_workload", "publish_workload"]
+__all__ = ["bench_metering", "bench_processors", "finished_workload", "publish_events", "publish_workload"]
 
 AGENTS = [f"bench-agent-{i}" for i in range(24)]
 TENANTS = [f"tenant-{i}" for i in range(6)]
@@ -55,9 +55,8 @@ def finished_workload(n: int, failing_every: int = 0) -> list[tuple[str, bytes, 
     return out
 
 
-async def publish_workload(js: JetStreamContext, items: list[tuple[str, bytes, dict[str, str]]]) -> None:
-    """Publish ``items`` to ``AF_EVENTS`` and wait until ``AF_EXECUTIONS`` holds them all."""
-    before = (await js.stream_info(names.STREAM_EXECUTIONS)).state.messages
+async def publish_events(js: JetStreamContext, items: list[tuple[str, bytes, dict[str, str]]]) -> None:
+    """Publish ``items`` (subject, data, headers), 2,000 acks in flight at most."""
     pending = []
     for subject, data, headers in items:
         pending.append(await js.publish_async(subject, data, headers=headers))
@@ -65,6 +64,12 @@ async def publish_workload(js: JetStreamContext, items: list[tuple[str, bytes, d
             await asyncio.gather(*pending)
             pending.clear()
     await asyncio.gather(*pending)
+
+
+async def publish_workload(js: JetStreamContext, items: list[tuple[str, bytes, dict[str, str]]]) -> None:
+    """Publish ``items`` to ``AF_EVENTS`` and wait until ``AF_EXECUTIONS`` holds them all."""
+    before = (await js.stream_info(names.STREAM_EXECUTIONS)).state.messages
+    await publish_events(js, items)
 
     async def copied() -> bool:
         return (await js.stream_info(names.STREAM_EXECUTIONS)).state.messages >= before + len(items)

@@ -18,6 +18,8 @@ from agents.sandboxed import sandbox_config
 from benchmarks.fsync import bench_fsync
 from benchmarks.harness import nats_nodes, say, servers
 from benchmarks.messaging import bench_messaging
+from benchmarks.processor_breaker import bench_breaker
+from benchmarks.processor_canary import bench_canary
 from benchmarks.processors import bench_processors
 from benchmarks.queue import bench_queue
 from benchmarks.sandbox import bench_sandbox
@@ -87,9 +89,20 @@ async def _streams(opts: BenchOptions) -> dict[str, Any]:
 
 
 async def _processors(opts: BenchOptions) -> dict[str, Any]:
-    say("bench processors: each stream processor over the same finished executions …")
+    """Each processor on a server of its own (each reads everything its server holds)."""
+    n = {"events": opts.count} if opts.count else {}
+    say("bench processors: metering (and the raw ceiling) …")
     async with servers() as env:
-        return await bench_processors(env.nats.url, **({"events": opts.count} if opts.count else {}))
+        result = await bench_processors(env.nats.url, **n)
+    say("bench processors: breaker (events/s, and reaction over repeated trips) …")
+    async with servers() as env:
+        result |= await bench_breaker(env.nats.url, **n)
+    say("bench processors: canary …")
+    async with servers() as env:
+        result |= {k: v for k, v in (await bench_canary(env.nats.url, **n)).items() if k != "events"}
+    for name in ("breaker", "canary"):
+        result[f"{name}_ratio"] = round(result[f"{name}_events_per_s"] / result["ceiling_per_s"], 3)
+    return result
 
 
 async def _sandbox(opts: BenchOptions) -> dict[str, Any]:

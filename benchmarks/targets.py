@@ -36,6 +36,12 @@ TARGETS: dict[str, list[Target]] = {
         Target("request_reply.ratio", ">=", 0.6),
     ],
     "streams": [Target("ratio", ">=", 0.3), Target("events_per_s", ">=", 5000.0)],
+    "processors": [  # issue 23: each processor on one worker, and the breaker's reaction
+        Target("metering_events_per_s", ">=", 5000.0),
+        Target("breaker_events_per_s", ">=", 5000.0),
+        Target("canary_events_per_s", ">=", 5000.0),
+        Target("breaker_reaction_p99_ms", "<", 1000.0),
+    ],
 }
 
 
