@@ -218,7 +218,9 @@ class Platform:
                                               "--concurrency", str(s.worker_concurrency),
                                               "--drain-timeout", str(s.drain_timeout_s)], env)  # fmt: skip
         for name in s.processor_names:
-            self.children.add(f"processor-{name}", [*cli, "processors", "--only", name], env)
+            # Faust's progress tables are for a processor run by hand; up's output stays readable.
+            argv = [*cli, "processors", "--only", name, "--log-level", "WARNING"]
+            self.children.add(f"processor-{name}", argv, env)
 
     def banner(self) -> str:
         st, gateway = self.state, self.gateway

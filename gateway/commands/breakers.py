@@ -53,6 +53,9 @@ def ls(obj: Ctx, output: str) -> None:
     if output == "json":
         _emit(output, data)
         return
+    if not data["breakers"]:
+        click.echo("every breaker is closed")
+        return
     click.echo(f"{'AGENT':<24}{'STATE':<11}{'UNTIL':<34}{'BY':<20}REASON")
     for b in data["breakers"]:
         name = b["agent"] + (f"@{b['version']}" if b["version"] else "")
