@@ -7,7 +7,8 @@ exactly once**, across crashes too: the source is partitioned by agent, so a
 bucket has one writer, and each bucket keeps the source offset it applied last;
 an event at or below it (re-delivered after a crash, because the changelog ran
 ahead of the committed offset) is skipped. The event's effect and the fence are
-one table write, so one changelog record: they are recovered together or not at all.
+one table value, so one changelog record (one per bucket changed in a batch of
+events): they are recovered together or not at all.
 
 Decisions: every ``publish_interval_s`` (1 s) the windows of each (agent, version)
 that changed are put to KV under ``<agent>.<version>`` (coalesced: one write per
@@ -25,7 +26,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 import faust
 from nats.js.kv import KeyValue
@@ -48,6 +49,8 @@ __all__ = ["CanaryOptions", "install"]
 log = logging.getLogger(__name__)
 
 TABLE = "canary-buckets"
+BATCH = 500  # events taken at a time
+BATCH_WAIT_S = 0.05  # how long a batch waits to fill
 
 
 @dataclass(frozen=True)
@@ -110,34 +113,73 @@ class Buckets:
             del self.table[key]
         self._decoded.pop(key, None)
 
+    # In batches (the processor's path): outside one event Faust cannot tell a key's
+    # changelog partition, so the caller names it (the agent's, from its events).
 
-def apply(buckets: Buckets, counted: Counted, sample: Sample, offset: int) -> bool:
-    """Apply one event to its bucket unless the bucket's fence says it was; True if applied."""
+    def write(self, working: dict[str, tuple[int, MinuteBucket]]) -> None:
+        """Store the buckets a batch changed: one changelog record each."""
+        for key, (partition, bucket) in working.items():
+            raw = bucket.dumps()
+            self.table.send_changelog(partition, key, raw)
+            self.table.data[key] = raw
+            self._decoded[key] = (raw, bucket)
+
+    def delete_in(self, partition: int, key: str) -> None:
+        if self.table.data.get(key) is not None:
+            self.table.send_changelog(partition, key, None, value_serializer="raw")
+            self.table.data.pop(key, None)
+        self._decoded.pop(key, None)
+
+
+def apply(
+    buckets: Buckets,
+    counted: Counted,
+    sample: Sample,
+    offset: int,
+    batch: tuple[int, dict[str, tuple[int, MinuteBucket]]] | None = None,
+) -> bool:
+    """Apply one event to its bucket unless the bucket's fence says it was; True if applied.
+    ``batch``: (the event's partition, the buckets the batch changed so far), stored by
+    :meth:`Buckets.write` when the batch is done; None: stored now (in an event's context)."""
     key = bucket_key(sample.agent, sample.version, sample.minute)
-    bucket = buckets.get(key)
+    held = batch[1].get(key) if batch is not None else None
+    bucket = held[1] if held is not None else buckets.get(key)
     if bucket is None:
         bucket = MinuteBucket()
     elif offset <= bucket.offset:
         return False
     bucket.apply(sample, offset)
-    buckets.put(key, bucket)
+    if batch is None:
+        buckets.put(key, bucket)
+    else:
+        batch[1][key] = (batch[0], bucket)
     pair = (sample.agent, sample.version)
     counted.dirty.add(pair)
     counted.known.add(pair)
     newest = counted.newest_minute.get(pair)
     if newest is None or sample.minute > newest:
         counted.newest_minute[pair] = sample.minute
-        _expire(buckets, sample, newest)
+        _expire(buckets, sample, newest, batch)
     return True
 
 
-def _expire(buckets: Buckets, sample: Sample, previous: int | None) -> None:
-    """Delete the pair's buckets that fell out of the longest window (in the event's
-    context: the deletions go to the agent's changelog partition)."""
+def _expire(
+    buckets: Buckets,
+    sample: Sample,
+    previous: int | None,
+    batch: tuple[int, dict[str, tuple[int, MinuteBucket]]] | None,
+) -> None:
+    """Delete the pair's buckets that fell out of the longest window (in the agent's
+    changelog partition: the event's context's, or the batch's)."""
     oldest_kept = sample.minute - RETENTION_MINUTES + 1
     since = previous - RETENTION_MINUTES + 1 if previous is not None else oldest_kept - RETENTION_MINUTES
     for minute in range(max(since, oldest_kept - 2 * RETENTION_MINUTES), oldest_kept):
-        buckets.delete(bucket_key(sample.agent, sample.version, minute))
+        key = bucket_key(sample.agent, sample.version, minute)
+        if batch is None:
+            buckets.delete(key)
+        else:
+            batch[1].pop(key, None)
+            buckets.delete_in(batch[0], key)
 
 
 def install(app: faust.App, source: faust.TopicT, config: ProcessorConfig) -> None:
@@ -151,13 +193,19 @@ def install(app: faust.App, source: faust.TopicT, config: ProcessorConfig) -> No
 
     @app.agent(source, name="canary")
     async def canary(stream: faust.StreamT[Any]) -> None:
-        async for event in stream.events():
-            finished = read_finished(event.value)
-            if finished is None:
-                continue
-            sample = sample_of(finished.payload)
-            if sample is not None:
-                apply(buckets, counted, sample, event.message.offset)
+        # Batches, as metering's: Faust acks a batch's events only after this body, and a
+        # bucket the batch changed is one changelog record, not one per event.
+        batches = cast(Any, stream).take_events(BATCH, within=BATCH_WAIT_S)
+        async for events in batches:
+            working: dict[str, tuple[int, MinuteBucket]] = {}
+            for event in events:
+                finished = read_finished(event.value)
+                if finished is None:
+                    continue
+                sample = sample_of(finished.payload)
+                if sample is not None:
+                    apply(buckets, counted, sample, event.message.offset, (event.message.partition, working))
+            buckets.write(working)
 
     async def put(pairs: set[tuple[str, str]]) -> None:
         if not kv:
