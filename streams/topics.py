@@ -70,8 +70,10 @@ class PartitionBounds:
 class TopicRegistry:
     """Creates and describes topics; caches what it learned (topics never shrink)."""
 
-    def __init__(self, js: JetStreamContext) -> None:
+    def __init__(self, js: JetStreamContext, replicas: int = 1) -> None:
+        """``replicas``: of the ``faust-topics`` bucket, if this registry creates it."""
         self._js = js
+        self._replicas = max(1, replicas)
         self._kv: KeyValue | None = None
         self._specs: dict[str, TopicSpec] = {}
         self._lock = asyncio.Lock()
@@ -85,7 +87,10 @@ class TopicRegistry:
                     except (NotFoundError, BadRequestError):
                         self._kv = await placed(
                             lambda: self._js.create_key_value(
-                                bucket=naming.TOPICS_BUCKET, history=1, storage=StorageType.FILE
+                                bucket=naming.TOPICS_BUCKET,
+                                history=1,
+                                storage=StorageType.FILE,
+                                replicas=self._replicas,
                             ),
                             "the topics bucket",
                         )

@@ -67,7 +67,7 @@ async def declare_executions(js: JetStreamContext, replicas: int = 1) -> TopicSp
     than ``AF_EXECUTIONS`` (one of them was re-created): the processors'
     partitions would no longer hold whole agents."""
     partitions = await execution_partitions(js)
-    spec = await TopicRegistry(js).declare(
+    spec = await TopicRegistry(js, replicas).declare(
         EXECUTIONS_TOPIC, partitions, replicas=replicas, retention_s=RETENTION_S, source=partition_source
     )
     if spec.partitions != partitions or not spec.sourced:
