@@ -17,8 +17,10 @@ import asyncio
 import contextlib
 import importlib
 import logging
+import os
+import tempfile
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import faust
@@ -47,6 +49,9 @@ class ProcessorConfig:
     heartbeat_s: float = 1.0
     commit_interval_s: float = 1.0
     options: Mapping[str, Any] = field(default_factory=dict)
+    # Faust's working directory (its default is ``<app id>-data`` in the current one,
+    # which left empty directories wherever a processor ran): ``<dir>/<app id>``
+    datadir: str = field(default_factory=lambda: os.path.join(tempfile.gettempdir(), "af-processors"))
 
     @property
     def broker(self) -> str:
@@ -90,7 +95,7 @@ def processor_app(name: str, config: ProcessorConfig, **conf: Any) -> tuple[faus
         topic_partitions=config.partitions,
         topic_replication_factor=config.replicas,
         broker_commit_interval=config.commit_interval_s,
-        **conf,
+        **{"datadir": os.path.join(config.datadir, f"af-{name}"), **conf},
     )
     source = app.topic(EXECUTIONS_TOPIC, value_serializer="raw", partitions=config.partitions)
     return app, source
@@ -145,6 +150,8 @@ def run_processor(
         nats_url=nats_url, partitions=partitions, replicas=replicas, options=options,
         session_timeout_s=session_timeout_s, heartbeat_s=min(1.0, session_timeout_s / 4),
     )  # fmt: skip
+    if data_dir := os.environ.get("AF_DATA_DIR"):  # up's data dir: beside its servers' data
+        config = replace(config, datadir=os.path.join(data_dir, "processors"))
     app = build(name, config)
     worker = faust.Worker(app, loglevel=loglevel, quiet=True)
     worker.execute_from_commandline()

@@ -11,10 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
-import signal
-import subprocess
-import sys
 from collections import Counter
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -29,34 +25,11 @@ from streams.processors.app import prepare
 from streams.processors.executions import EXECUTIONS_TOPIC
 from tests.helpers import eventually
 from tests.integration.processors.canary_events import Outcome, metrics, outcomes, publish, total
+from tests.integration.processors.processes import ProcessorProcess
 
 ROOT = Path(__file__).parents[3]
 AGENTS = [f"agent-{i}" for i in range(6)]
 VERSIONS = ["1.0.0", "1.1.0"]
-
-
-class CanaryProcess:
-    def __init__(self, nats_url: str, log: Path) -> None:
-        self._log = log.open("ab")
-        env = {**os.environ, "AF_NATS_URL": nats_url, "PYTHONPATH": str(ROOT)}
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "gateway.cli", "processors", "--only", "canary", "--log-level", "WARNING"],
-            stdout=self._log, stderr=subprocess.STDOUT, env=env, cwd=log.parent, start_new_session=True,
-        )  # fmt: skip
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.kill()
-        self._log.close()
 
 
 def _batch(seed: int, per_pair: int) -> list[Outcome]:
@@ -104,7 +77,7 @@ async def test_a_processor_sigkilled_mid_stream_and_restarted_counts_each_event_
     partitions = await prepare(own_nats.url)
     before, during, dead, after = _batch(1, 500), _batch(2, 250), _batch(3, 100), _batch(4, 50)
     await publish(own_js, before)
-    first = CanaryProcess(own_nats.url, tmp_path / "canary.log")
+    first = ProcessorProcess("canary", own_nats.url, tmp_path / "canary.log")
     try:
         await publish(own_js, during)
         await eventually(lambda: _counted(own_js), 60, "the processor counting")
@@ -114,7 +87,7 @@ async def test_a_processor_sigkilled_mid_stream_and_restarted_counts_each_event_
     counted_at_kill = await _counted(own_js)
     assert counted_at_kill < len(before) + len(during), "killed too late to be mid-stream"
     await publish(own_js, dead)
-    second = CanaryProcess(own_nats.url, tmp_path / "canary.log")
+    second = ProcessorProcess("canary", own_nats.url, tmp_path / "canary.log")
     try:
         await publish(own_js, after)
         events = before + during + dead + after
