@@ -57,6 +57,7 @@ from benchmarks.harness import (
 from mesh import names
 from mesh.envelope import Priority
 from mesh.provision import ProvisionConfig, provision
+from mesh.queue.budgets import Quota, put_limit
 from mesh.queue.producer import TaskQueue, TaskSpec
 from mesh.queue.worker import AgentQueueConfig, TaskContext, TaskWorker
 from mesh.wire.connection import connect, jetstream
@@ -214,13 +215,20 @@ async def _latency(
 
 
 async def bench_queue(
-    nodes: Nodes, n: int = 20_000, rounds: int = 3, latency_s: float = 5.0, sandbox: Sandbox | None = None
-) -> dict[str, Any]:
+    nodes: Nodes, n: int = 20_000, rounds: int = 3, latency_s: float = 5.0, sandbox: Sandbox | None = None,
+    quota: int | None = None,
+) -> dict[str, Any]:  # fmt: skip
     """Both raw clients and our path alternate for ``rounds`` rounds in this
     process, then the latency at a fixed rate for ``latency_s`` seconds. With
     ``sandbox``, each of our tasks runs the noop agent in a confined child
-    (``bench queue --sandbox``); the raw ceiling runs no agent at all."""
+    (``bench queue --sandbox``); the raw ceiling runs no agent at all. With
+    ``quota``, our agent has a fleet-wide concurrency quota of that many
+    (``bench queue --quota N``): each task claims a slot and gives it back."""
     await provision_for(nodes)
+    if quota is not None:
+        nc = await connect(nodes.url, name="bench-quota")
+        await put_limit(await jetstream(nc), Quota(id="bench", agent=AGENT, max_concurrent=quota))
+        await nc.drain()
     ours: list[Round] = []
     raw: dict[RawClient, list[Round]] = {client: [] for client in RAW_CLIENTS}
     for _ in range(rounds):
@@ -240,4 +248,5 @@ async def bench_queue(
         "p99_ms": round(percentile(lat, 99), 3),
         "latency_rate_per_s": rate,
         "sandbox": None if sandbox is None else sandbox.levels.as_dict(),
+        "quota": quota,
     }

@@ -42,6 +42,7 @@ class BenchOptions:
     workers: tuple[int, ...] = (1, 2, 4)  # the worker processes the scaling suite compares
     latency_s: float = 5.0  # how long the queue's latency runs at 1,000 tasks/s
     sandbox: bool = False  # queue: each of our tasks runs the noop agent in a confined child
+    quota: int | None = None  # queue: our agent under a fleet-wide concurrency quota of this many
 
 
 async def _skeleton(opts: BenchOptions) -> dict[str, Any]:
@@ -60,6 +61,8 @@ async def _queue(opts: BenchOptions) -> dict[str, Any]:
         if opts.sandbox:  # one process only: the sandbox's cost on the queue's own path
             async with Sandbox(sandbox_config([NoOp()])) as sandbox:
                 return await bench_queue(nodes, n, opts.rounds, opts.latency_s, sandbox)
+        if opts.quota:  # one process only: the slots' cost on the queue's own path
+            return await bench_queue(nodes, n, opts.rounds, opts.latency_s, quota=opts.quota)
         result = await bench_queue(nodes, n, opts.rounds, opts.latency_s)
         result["two_processes"] = await bench_two_processes(nodes, n, opts.rounds)
     return result

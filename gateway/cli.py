@@ -341,10 +341,13 @@ def _worker_counts(ctx: click.Context, param: click.Parameter, value: str) -> tu
     is_flag=True,
     help="queue: each of our tasks runs the noop agent in a confined child (docs/sandbox.md).",
 )
+@click.option("--quota", type=click.IntRange(min=1, max=10_000), default=None,
+              help="queue: our agent under a fleet-wide concurrency quota of N (its slots claimed "
+                   "and given back per task, docs/processors.md).")  # fmt: skip
 @click.option("--json", "as_json", is_flag=True,
               help="JSON on stdout: what bench prints in any case (progress goes to stderr).")  # fmt: skip
 def bench(suite: str, count: int | None, cluster: int, rounds: int, workers: tuple[int, ...],
-          sandboxed: bool, as_json: bool) -> None:  # fmt: skip
+          sandboxed: bool, quota: int | None, as_json: bool) -> None:  # fmt: skip
     """Benchmarks with the raw nats-py ceiling measured in the same run; prints JSON.
 
     \b
@@ -363,6 +366,7 @@ def bench(suite: str, count: int | None, cluster: int, rounds: int, workers: tup
 
     \b
     agent-factory bench queue --cluster 3 --json
+    agent-factory bench queue --quota 256
     agent-factory bench fsync --cluster 3
     agent-factory bench scaling --cluster 3 --workers 1,2,4
     """
@@ -374,9 +378,9 @@ def bench(suite: str, count: int | None, cluster: int, rounds: int, workers: tup
         )
     del as_json  # JSON is bench's only output; the flag lets a script say so
     tune_gc()  # as in `up` and `worker`; the raw nats-py ceiling runs under the same settings
-    if sandboxed and suite != "queue":
-        raise click.UsageError("--sandbox applies to the queue suite")
-    options = BenchOptions(count, cluster, rounds, workers, sandbox=sandboxed)
+    if (sandboxed or quota) and suite != "queue":
+        raise click.UsageError("--sandbox and --quota apply to the queue suite")
+    options = BenchOptions(count, cluster, rounds, workers, sandbox=sandboxed, quota=quota)
     result = asyncio.run(run_benchmarks(suite, options))
     click.echo(json.dumps(result, indent=2))
 

@@ -23,6 +23,7 @@ __all__ = [
     "BUCKET_LOCKS",
     "BUCKET_RUNS",
     "BUCKET_SCHEDULES",
+    "BUCKET_SLOTS",
     "CONSUMER_BILLING_RECORDER",
     "CONSUMER_DLQ_MOVER",
     "CONSUMER_RECORDER",
@@ -77,6 +78,7 @@ BUCKET_CHANNELS: Final = "af_channels"  # live channel subscribers (heartbeat TT
 # Decisions the stream processors compute and workers and the gateway obey (streams.processors)
 BUCKET_BREAKERS: Final = "af_breakers"  # fleet-wide circuit breakers, per agent
 BUCKET_BUDGETS: Final = "af_budgets"  # budgets and quotas: definitions, and which are spent
+BUCKET_SLOTS: Final = "af_slots"  # concurrency quotas: who holds each limited scope's slots
 BUCKET_CANARY_METRICS: Final = "af_canary_metrics"  # per agent version: counts, errors, percentiles
 STREAM_CHANNELS: Final = "AF_CHANNELS"  # durable channels: af.ch.<channel>
 DURABLE_CHANNEL_PREFIX: Final = "af.ch"

@@ -241,6 +241,10 @@ def bucket_configs(cfg: ProvisionConfig) -> list[KeyValueConfig]:
                        description="fleet-wide circuit breakers per agent (streams.processors.breaker)"),
         KeyValueConfig(bucket=names.BUCKET_BUDGETS, history=5, replicas=cfg.replicas, direct=True,
                        description="budgets and quotas, and which are spent (streams.processors.metering)"),
+        # Direct gets: every claim and release of a slot reads its scope's key first.
+        KeyValueConfig(bucket=names.BUCKET_SLOTS, history=1, replicas=cfg.replicas, direct=True,
+                       description="concurrency quotas: the runs holding each limited scope's slots "
+                                   "(mesh.queue.slots)"),
         KeyValueConfig(bucket=names.BUCKET_CANARY_METRICS, history=1, replicas=cfg.replicas,
                        description="per agent version: requests, errors, percentiles "
                                    "(streams.processors.canary)"),

@@ -3,6 +3,7 @@
 * ``GET    /api/v1/costs?group_by=agent|tenant&period=hour|day|month[&since&until&agent&tenant]``
   -> cost per agent or tenant and period, from the billing records in PostgreSQL
 * ``GET    /api/v1/budgets`` -> ``{"budgets": [...], "quotas": [...]}``, each with its spent mark
+  (and a concurrency quota with ``running``: its scope's slots held now)
 * ``PUT    /api/v1/budgets/{id}`` / ``PUT /api/v1/quotas/{id}`` -> create (201) or replace (200)
 * ``GET    /api/v1/budgets/{id}`` / ``GET /api/v1/quotas/{id}``
 * ``DELETE /api/v1/budgets/{id}`` / ``DELETE /api/v1/quotas/{id}`` -> 204, 404 if none
@@ -15,6 +16,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 from aiohttp import web
+from nats.js import JetStreamContext
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from agents.store.billing import cost_totals
@@ -22,6 +24,7 @@ from gateway.api.bodies import json_response, read_json
 from gateway.api.services import SERVICES, Services
 from mesh.queue.billing import NANO
 from mesh.queue.budgets import Budget, Quota, Spent, put_limit, read_limits, remove_limit
+from mesh.queue.slots import read_slots
 
 __all__ = ["routes"]
 
@@ -87,19 +90,23 @@ def _ident(request: web.Request) -> str:
     return ident
 
 
-def _shown(limit: Budget | Quota, spent: dict[str, Spent]) -> dict[str, Any]:
+async def _shown(js: JetStreamContext, limit: Budget | Quota, spent: dict[str, Spent]) -> dict[str, Any]:
     mark = spent.get(limit.id)
-    return {**limit.model_dump(mode="json", exclude_none=True),
-            "spent": mark.model_dump(mode="json") if mark else None}  # fmt: skip
+    shown = {**limit.model_dump(mode="json", exclude_none=True),
+             "spent": mark.model_dump(mode="json") if mark else None}  # fmt: skip
+    if isinstance(limit, Quota) and limit.max_concurrent is not None:
+        shown["running"] = len(await read_slots(js, limit.scope))  # its scope's slots held now
+    return shown
 
 
 @routes.get("/api/v1/budgets")
 async def list_budgets(request: web.Request) -> web.Response:
     svc: Services = request.app[SERVICES]
     budgets, quotas, spent = await read_limits(svc.js)
-    return json_response(
-        {"budgets": [_shown(b, spent) for b in budgets], "quotas": [_shown(q, spent) for q in quotas]}
-    )
+    return json_response({
+        "budgets": [await _shown(svc.js, b, spent) for b in budgets],
+        "quotas": [await _shown(svc.js, q, spent) for q in quotas],
+    })  # fmt: skip
 
 
 async def _put(request: web.Request, model: type[Budget] | type[Quota], base: str) -> web.Response:
@@ -123,7 +130,7 @@ async def _get(request: web.Request, kind: str) -> web.Response:
     budgets, quotas, spent = await read_limits(svc.js)
     for limit in budgets if kind == "budget" else quotas:
         if limit.id == ident:
-            return json_response(_shown(limit, spent))
+            return json_response(await _shown(svc.js, limit, spent))
     raise web.HTTPNotFound(text=f"no {kind} {ident!r}")
 
 

@@ -6,6 +6,7 @@ agent-factory budget set acme-monthly --tenant acme --limit 250 --period month -
 agent-factory budget ls
 agent-factory budget rm acme-monthly
 agent-factory quota set fuel-daily --agent fuel-combustion --max-daily 10000
+agent-factory quota set acme-running --tenant acme --max-concurrent 20
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any
 import click
 
 from gateway.commands.common import CliError, Ctx, _call, _emit, _run, output_option
+from mesh.queue.budgets import MAX_CONCURRENT
 
 __all__ = ["budget", "costs", "quota"]
 
@@ -71,7 +73,10 @@ def _limit_rows(kind: str, items: list[dict[str, Any]]) -> None:
             what = f"{item['limit']:g} per {item['period']}{' hard' if item['hard'] else ' soft'}"
             what += f" alerts at {','.join(str(p) for p in item['thresholds'])}%"
         else:
-            what = f"{item['max_daily']} executions per day"
+            parts = [f"{item['max_daily']} per day"] if item.get("max_daily") else []
+            if item.get("max_concurrent"):
+                parts.append(f"{item['max_concurrent']} at once ({item.get('running', 0)} running)")
+            what = ", ".join(parts)
         spent = item.get("spent")
         state = f"SPENT until {spent['reset_at']} ({spent['used']:g})" if spent else "ok"
         click.echo(f"{item['id']:<24}{scope:<40}{what:<48}{state}")
@@ -131,21 +136,26 @@ def budget_rm(obj: Ctx, budget_id: str) -> None:
 @click.group()
 def quota() -> None:
     """Execution limits per agent, tenant or agent x tenant: at most N per UTC day
-    (then HTTP 429 until midnight UTC)."""
+    (then HTTP 429 until midnight UTC) and at most N running at once across the
+    fleet (the rest wait in the queue)."""
 
 
 @quota.command("set")
 @click.argument("quota_id")
 @click.option("--agent", help="Whose executions: an agent (with --tenant: that agent for that tenant).")
 @click.option("--tenant", help="Whose executions: a tenant.")
-@click.option("--max-daily", type=click.IntRange(min=1), required=True, help="Executions per UTC day.")
+@click.option("--max-daily", type=click.IntRange(min=1), help="Executions per UTC day (then 429).")
+@click.option("--max-concurrent", type=click.IntRange(min=1, max=MAX_CONCURRENT),
+              help="Executions running at once, fleet-wide (the rest wait in the queue).")  # fmt: skip
 @output_option
 @click.pass_obj
-def quota_set(
-    obj: Ctx, quota_id: str, agent: str | None, tenant: str | None, max_daily: int, output: str
-) -> None:
-    """Create or replace quota QUOTA_ID."""
-    _put(obj, f"/api/v1/quotas/{quota_id}", agent, tenant, {"max_daily": max_daily}, output)
+def quota_set(obj: Ctx, quota_id: str, agent: str | None, tenant: str | None, max_daily: int | None,
+              max_concurrent: int | None, output: str) -> None:  # fmt: skip
+    """Create or replace quota QUOTA_ID (give --max-daily, --max-concurrent or both)."""
+    if max_daily is None and max_concurrent is None:
+        raise CliError("give --max-daily, --max-concurrent or both")
+    body = {k: v for k, v in (("max_daily", max_daily), ("max_concurrent", max_concurrent)) if v}
+    _put(obj, f"/api/v1/quotas/{quota_id}", agent, tenant, body, output)
 
 
 @quota.command("ls")

@@ -5,7 +5,8 @@ Everything is in the KV bucket ``af_budgets``:
 
 * ``budget.<id>`` — a :class:`Budget` (an agent's, a tenant's or an agent x
   tenant's spend per hour, day, week or month; soft or hard; thresholds);
-* ``quota.<id>`` — a :class:`Quota` (max executions per day);
+* ``quota.<id>`` — a :class:`Quota` (max executions per day, max running at once:
+  the latter enforced where tasks start, :mod:`mesh.queue.slots`);
 * ``spent.<id>`` — a :class:`Spent`: a hard budget or a quota that is used up
   for the current period, written by the metering processor
   (``streams.processors.metering``) and removed when the period ends.
@@ -41,6 +42,7 @@ from mesh.kv import KeyMirror, current_entries
 
 __all__ = [
     "BUDGET_PREFIX",
+    "MAX_CONCURRENT",
     "QUOTA_PREFIX",
     "SPENT_PREFIX",
     "Budget",
@@ -63,6 +65,7 @@ QUOTA_PREFIX = "quota."
 SPENT_PREFIX = "spent."
 _ID = r"^[a-z0-9][a-z0-9-]{0,62}$"
 _SCOPE = r"^[A-Za-z0-9_-]{1,128}$"
+MAX_CONCURRENT = 10_000  # a scope's slots are one KV value: this many holders fit well under 1 MB
 
 
 class Period(StrEnum):
@@ -138,9 +141,18 @@ class Budget(_Scoped):
 
 
 class Quota(_Scoped):
-    """At most ``max_daily`` executions per UTC day (counted when they finish)."""
+    """At most ``max_daily`` executions per UTC day (counted when they finish; refused at
+    enqueue once used up) and at most ``max_concurrent`` running at once across the fleet
+    (:mod:`mesh.queue.slots`: the rest wait in the queue). At least one of the two."""
 
-    max_daily: int = Field(ge=1)
+    max_daily: int | None = Field(default=None, ge=1)
+    max_concurrent: int | None = Field(default=None, ge=1, le=MAX_CONCURRENT)
+
+    @model_validator(mode="after")
+    def _limits(self) -> Any:
+        if self.max_daily is None and self.max_concurrent is None:
+            raise ValueError("give max_daily, max_concurrent or both")
+        return self
 
 
 class Spent(BaseModel):

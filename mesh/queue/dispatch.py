@@ -3,8 +3,9 @@
 A *lane* is one (agent, priority) consumer. A lane whose agent's dispatch
 gate is closed (:mod:`mesh.queue.gates`: the lifecycle says the agent is not
 ready, drains or is retired), whose agent's circuit breaker is open
-(:mod:`mesh.queue.breakers`), or whose agent's readiness probe fails in this
-worker, has no room, so no sweep tries it. The policy is strict
+(:mod:`mesh.queue.breakers`), whose agent's fleet-wide concurrency quota has
+no slot free (:mod:`mesh.queue.slots`), or whose agent's readiness probe
+fails in this worker, has no room, so no sweep tries it. The policy is strict
 priority with an anti-starvation share; per-tenant weights, per-key limits
 and "why is this pending" answers will hang off :class:`DispatchPolicy` too,
 so the worker never grows a second decision path.
@@ -58,6 +59,8 @@ class Lane(Generic[T]):
     gated: bool = False  # its agent's dispatch gate is closed (mesh.queue.gates): take nothing
     unready: bool = False  # its agent's readiness probe fails in this worker: take nothing here
     tripped: bool = False  # its agent's circuit breaker is open (mesh.queue.breakers): take nothing
+    # The slots its agent's fleet-wide concurrency quota has free (mesh.queue.slots); None: no quota.
+    quota_room: int | None = None
 
     @property
     def room(self) -> int:
@@ -65,6 +68,8 @@ class Lane(Generic[T]):
         room = self.limit - self.in_flight
         if self.budget is not None:
             room = min(room, self.budget.limit - self.budget.in_flight)
+        if self.quota_room is not None:
+            room = min(room, self.quota_room)
         return room
 
     @property

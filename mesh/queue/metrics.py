@@ -18,6 +18,7 @@ __all__ = [
     "AgentMetrics",
     "BREAKER_REFUSED",
     "BREAKER_STATE",
+    "QUOTA_WAITS",
     "for_agent",
     "QUEUE_ACK_PENDING",
     "DLQ_SIZE",
@@ -52,6 +53,11 @@ BREAKER_STATE = Gauge(
     "af_fleet_breaker_state",
     "The agent's fleet-wide circuit breaker as this process follows it: 0 closed, 1 half-open, 2 open",
     ["agent"],
+)
+QUOTA_WAITS = Counter(
+    "af_quota_slot_waits_total",
+    "Tasks that found a fleet-wide concurrency quota full when taken: waited here, or returned",
+    ["agent", "how"],
 )
 BREAKER_REFUSED = Counter(
     "af_fleet_breaker_refused_total",

@@ -96,6 +96,7 @@ from mesh.queue.outcome import (
     wait_deadline,
 )
 from mesh.queue.runs import ModelUsage, RunState, RunStatus, get_run_entry, run_key
+from mesh.queue.slots import ConcurrencyQuotas
 from mesh.wire import protocol
 from mesh.wire.connection import through_outage
 from mesh.wire.publisher import Pipeline, parse_puback
@@ -178,6 +179,8 @@ MANY_LANES = 10  # past this many lanes, sweeps ask the stream which lanes hold 
 CLAIM_AHEAD_S = 3.0  # claim a run this long before its wait deadline passes
 SHOW_RUNNING_AFTER_S = 1.0  # a run going this long gets its "running" state written (one KV write)
 HAND_BACK_ALLOWANCE = 10  # deliveries past max_attempts before the server gives up (backstop)
+QUOTA_RETURN_DELAY_S = 2.0  # a task handed back for a full concurrency quota comes back after this
+QUOTA_RECHECK_S = 1.0  # a task waiting for a slot tries again at least this often
 RECORD_PATIENCE_S = 15.0  # how long an outcome write rides out a NATS outage before a hand-back
 _LOST = "no outcome within the ack wait: the worker was lost (crashed, killed or stalled)"
 
@@ -196,6 +199,7 @@ class _InFlight:
     stopped: bool = False  # force-stopped by its agent's dispatch gate: handed back
     started: datetime | None = None  # when this attempt started (once decoded)
     shown: bool = False  # its running state is written (a progress report, a claim, or running long)
+    wants_slot: bool = False  # its agent has a concurrency quota and it holds no slot yet (mesh.queue.slots)
 
 
 class TaskWorker:
@@ -214,6 +218,7 @@ class TaskWorker:
         name: str = "worker",
         follow_gates: bool = True,
         obey_breakers: bool = True,
+        obey_quotas: bool = True,
         role: str = "pool",
     ) -> None:
         """``claim_interval_s``: how often runs near their TTL are claimed
@@ -221,7 +226,8 @@ class TaskWorker:
         obey the agents' dispatch gates (:mod:`mesh.queue.gates`). ``role``:
         ``pool`` (shared workers) or ``dedicated`` (an agent's own workers,
         the only ones a dedicated agent's gate is open to). ``obey_breakers``: obey
-        the agents' circuit breakers (:mod:`mesh.queue.breakers`)."""
+        the agents' circuit breakers (:mod:`mesh.queue.breakers`). ``obey_quotas``: keep the
+        fleet-wide concurrency quotas (:mod:`mesh.queue.slots`)."""
         self.nc, self.js = nc, js
         self.handlers = handlers
         # Each agent's version (on its finished events, for canary metrics); None: not known.
@@ -251,6 +257,12 @@ class TaskWorker:
         }
         scopes = [scope for scopes in self._breaker_scopes.values() for scope in scopes]
         self.breakers = follow_breakers(nc, js, scopes, self._on_breaker) if obey_breakers else None
+        self.quotas = ConcurrencyQuotas(nc, js, self._on_slots) if obey_quotas else None
+        self._slots_held: dict[str, tuple[list[str], float]] = {}  # run id -> (scopes, lease s)
+        self._slot_waits: dict[str, int] = {}  # scope -> tasks here waiting for one of its slots
+        self._slot_rechecks: dict[str, asyncio.TimerHandle] = {}  # agent -> a lease's end
+        self._slots_warned = -10.0  # when a failed claim was last logged (monotonic)
+        self._slot_pending: dict[str, int] = {}  # agent -> its tasks here that want a slot, hold none
         self.probes: dict[str, Probes] = {}  # what each agent's health probes last said here
         self._companions: list[Companion] = []
         self._gate_returns: set[asyncio.Task[None]] = set()
@@ -283,6 +295,9 @@ class TaskWorker:
             await self.gates.start()
         if self.breakers is not None:  # likewise an agent whose breaker is open
             await self.breakers.start()
+        if self.quotas is not None:  # and one whose concurrency quota is taken up
+            await self.quotas.start()
+            self._on_slots("*")
         for companion in self._companions:  # e.g. health probes: also before the first pull
             await companion.start()
         self._cancels = [
@@ -350,6 +365,10 @@ class TaskWorker:
                 await sub.unsubscribe()
         self._cancels = []
         await self.pipeline.stop()
+        if self.quotas is not None:
+            await self.quotas.stop()
+        for handle in self._slot_rechecks.values():
+            handle.cancel()
         for companion in reversed(self._companions):  # last: a sandbox serves the drain's runs
             await companion.stop()
 
@@ -375,9 +394,10 @@ class TaskWorker:
             with contextlib.suppress(Exception):
                 await self.nc.publish(msg.reply, answer.model_dump_json().encode())
 
-    async def _hand_back(self, agent: str, msg: Msg) -> None:
+    async def _hand_back(self, agent: str, msg: Msg, delay: float | None = None) -> None:
         """Return a delivery this worker never started: record it as returned
-        (so it does not count as an attempt), then ``nak`` it for another worker."""
+        (so it does not count as an attempt), then ``nak`` it for another worker
+        (after ``delay`` seconds, if given)."""
         try:
             task = decode(msg.data, (msg.headers or {}).get(CONTENT_TYPE))
         except DecodeError:
@@ -388,7 +408,7 @@ class TaskWorker:
             except Exception as exc:  # it will count as an attempt: say so
                 log.warning("%s: could not record %s as handed back: %s", self.name, task.id, exc)
         with contextlib.suppress(Exception):
-            await msg.nak()
+            await msg.nak(delay=delay)
 
     async def _note_returned(self, agent: str, msg: Msg, task: Envelope) -> None:
         generation = replay_generation(task)
@@ -494,6 +514,142 @@ class TaskWorker:
             self._close(agent, lanes, stop=False)
         metrics.BREAKER_REFUSED.labels(agent).inc()
         return True
+
+    # ---- concurrency quotas ---------------------------------------------------
+
+    def _on_slots(self, scope: str) -> None:
+        """A limit or an agent scope's slots changed: each lane's room under its agent's
+        quota follows (``"*"``: every agent's), so a full agent takes nothing here."""
+        if scope == "*":
+            agents: list[str] = list(self.handlers)
+        elif scope.startswith("agent.") and scope[6:] in self.handlers:
+            agents = [scope[6:]]
+        else:
+            return
+        for agent in agents:
+            self._quota_room(agent)
+
+    def _quota_room(self, agent: str) -> None:
+        """The agent's free slots as this worker knows them: its quota, less the holders
+        seen in af_slots and the slots this worker holds (a claim before its watch
+        message), less its tasks here that want a slot and hold none yet."""
+        assert self.quotas is not None
+        scope = f"agent.{agent}"
+        limit = self.quotas.limits.get(scope)
+        room = None
+        if limit is not None:
+            holders = set(self.quotas.held(scope))
+            holders.update(run for run, (scopes, _) in self._slots_held.items() if scope in scopes)
+            room = max(0, limit - len(holders) - self._slot_pending.get(agent, 0))
+        for lane in self.lanes:
+            if lane.agent == agent:
+                lane.quota_room = room
+        if (handle := self._slot_rechecks.pop(agent, None)) is not None:
+            handle.cancel()
+        if room == 0 and (until := self.quotas.next_expiry(scope)) is not None:
+            # A lease that ends frees a slot without any write: look again then.
+            delay = max(0.05, until - time.time() + 0.01)
+            self._slot_rechecks[agent] = asyncio.get_running_loop().call_later(delay, self._quota_room, agent)
+        if room != 0:
+            self._room.set()
+
+    async def _take_slots(self, item: _InFlight, task: Envelope, scopes: list[tuple[str, int]]) -> bool:
+        """Claim a slot of each of ``scopes`` for ``task`` (in order; all or none), waiting
+        here while one is full, up to ``limit`` tasks per scope; past that the task goes back
+        to the queue for a while (not an attempt). False: handed back, or the worker stops."""
+        assert self.quotas is not None
+        cfg, _ = self.handlers[item.lane.agent]
+        lease = cfg.ack_wait_s
+        delivered, _ = protocol.delivery_of(item.msg)
+        waited = False
+        while True:
+            if not scopes:  # the quotas changed while it waited: nothing limits it now
+                return True
+            claimed: list[str] = []
+            blocked: tuple[str, int] | None = None
+            try:
+                for scope, limit in scopes:
+                    try:
+                        taken = await self.quotas.claim(scope, limit, task.id, self.identity, lease)
+                    except Exception as exc:  # af_slots cannot answer: wait as if full, never run unlimited
+                        self._slots_unreachable(scope, exc)
+                        taken = False
+                    if not taken:
+                        blocked = (scope, limit)
+                        break
+                    claimed.append(scope)
+            finally:
+                if blocked is not None or len(claimed) < len(scopes):  # none held while waiting
+                    for scope in claimed:
+                        try:
+                            await self.quotas.release(scope, task.id)
+                        except Exception as exc:  # its lease ends after the ack wait instead
+                            self._slots_unreachable(scope, exc)
+            if blocked is None:
+                self._slots_held[task.id] = ([s for s, _ in scopes], lease)
+                self._slot_settled(item)
+                return True
+            scope, limit = blocked
+            waiting = self._slot_waits.get(scope, 0)
+            # Hand back while the server's delivery allowance is large (a hand-back is a
+            # delivery); past half of it, wait here whatever the number waiting.
+            if waiting >= limit and delivered <= HAND_BACK_ALLOWANCE // 2:
+                metrics.QUOTA_WAITS.labels(item.lane.agent, "returned").inc()
+                await self._hand_back(item.lane.agent, item.msg, delay=QUOTA_RETURN_DELAY_S)
+                return False
+            if not waited:
+                waited = True
+                metrics.QUOTA_WAITS.labels(item.lane.agent, "waited").inc()
+            self._slot_waits[scope] = waiting + 1
+            try:
+                until = self.quotas.next_expiry(scope)  # a lease ending frees a slot unannounced
+                timeout = QUOTA_RECHECK_S if until is None else until - time.time() + 0.01
+                await self.quotas.changed(scope, max(0.01, min(QUOTA_RECHECK_S, timeout)))
+            finally:
+                self._slot_waits[scope] -= 1
+            if self._stopping.is_set():
+                await self._hand_back(item.lane.agent, item.msg)
+                return False
+            scopes = self.quotas.applicable(item.lane.agent, task.metadata.tenant)
+
+    def _slot_settled(self, item: _InFlight) -> None:
+        """``item`` holds its slots now, or never will (handed back, finished)."""
+        if item.wants_slot:
+            item.wants_slot = False
+            self._slot_pending[item.lane.agent] -= 1
+            if self.quotas is not None:
+                self._quota_room(item.lane.agent)
+
+    def _slots_unreachable(self, scope: str, exc: Exception) -> None:
+        now = time.monotonic()
+        if now - self._slots_warned >= 10.0:  # once per 10 s, not once per waiting task
+            self._slots_warned = now
+            log.warning("%s: cannot claim a slot of %s (%s: run provision?); its tasks wait",
+                        self.name, scope, exc)  # fmt: skip
+
+    async def _give_slots(self, run_id: str) -> None:
+        held = self._slots_held.pop(run_id, None)
+        if held is None or self.quotas is None:
+            return
+        for scope in held[0]:
+            try:
+                await self.quotas.release(scope, run_id)
+            except Exception as exc:  # its lease ends after the ack wait instead
+                log.warning("%s: could not give back %s's slot of %s: %s", self.name, run_id, scope, exc)
+
+    async def _renew_slots(self) -> None:
+        """Extend the leases of the slots this worker's runs hold (one write per scope)."""
+        assert self.quotas is not None
+        now = time.time()
+        by_scope: dict[str, dict[str, float]] = {}
+        for run_id, (scopes, lease) in list(self._slots_held.items()):
+            for scope in scopes:
+                by_scope.setdefault(scope, {})[run_id] = now + lease
+        for scope, leases in by_scope.items():
+            try:
+                await self.quotas.renew(scope, leases, self.identity)
+            except Exception as exc:  # the next heartbeat tries again
+                log.warning("%s: could not renew slots of %s: %s", self.name, scope, exc)
 
     def set_probes(self, agent: str, probes: Probes) -> None:
         """The agent's health probes in this worker said ``probes`` (agents.lifecycle.health):
@@ -641,6 +797,12 @@ class TaskWorker:
     def _launch(self, lane: Lane[Puller], msg: Msg) -> None:
         lane.started()
         item = _InFlight(msg, lane)
+        if self.quotas is not None and f"agent.{lane.agent}" in self.quotas.limits:
+            # Counted against the agent's free slots here at once, not when its claim is
+            # seen in af_slots: the next sweep must not pull what the quota has no room for.
+            item.wants_slot = True
+            self._slot_pending[lane.agent] = self._slot_pending.get(lane.agent, 0) + 1
+            self._quota_room(lane.agent)
         task = asyncio.create_task(self._run_guarded(item))
         self._inflight[task] = item
         task.add_done_callback(self._finished)
@@ -649,6 +811,7 @@ class TaskWorker:
         item = self._inflight.pop(task, None)
         if item is not None:
             item.lane.finished()
+            self._slot_settled(item)
         self._room.set()
 
     async def _heartbeat_loop(self) -> None:
@@ -663,6 +826,8 @@ class TaskWorker:
             for msg in held:
                 with contextlib.suppress(Exception):
                     await msg.in_progress()
+            if self._slots_held and self.quotas is not None:
+                await self._renew_slots()
 
     async def _claim_loop(self) -> None:
         """Write the running state of attempts that go on: a record says "queued"
@@ -750,8 +915,6 @@ class TaskWorker:
 
     async def _run(self, item: _InFlight) -> None:
         lane, msg = item.lane, item.msg
-        cfg, handler = self.handlers[lane.agent]
-        delivered, seq = protocol.delivery_of(msg)
         started = utcnow()
         try:
             task = decode(msg.data, (msg.headers or {}).get(CONTENT_TYPE))
@@ -759,6 +922,23 @@ class TaskWorker:
         except DecodeError as exc:
             await self._undecodable(lane, msg, exc)
             return
+        scopes = self.quotas.applicable(lane.agent, task.metadata.tenant) if self.quotas is not None else []
+        if not scopes:
+            await self._run_task(item, task, payload, started)
+            return
+        if not await self._take_slots(item, task, scopes):
+            return
+        try:  # a run holding slots starts when it got them, and gives them back however it ends
+            await self._run_task(item, task, payload, utcnow())
+        finally:
+            await self._give_slots(task.id)
+
+    async def _run_task(
+        self, item: _InFlight, task: Envelope, payload: dict[str, Any], started: datetime
+    ) -> None:
+        lane, msg = item.lane, item.msg
+        cfg, handler = self.handlers[lane.agent]
+        delivered, seq = protocol.delivery_of(msg)
         generation = int(payload.get("replay", 0))  # replay_generation(task), inline
         # The event subject's last sequence, for the outcome's compare-and-set:
         # a first delivery of a first generation expects none (no lookup).

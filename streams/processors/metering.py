@@ -253,7 +253,7 @@ class Meter(Service):
         parts: dict[str, int] = {}
         limits: list[tuple[Budget | Quota, Period, str]] = [
             (b, b.period, "h") for b in self.budgets.values()
-        ] + [(q, Period.DAY, "hn") for q in self.quotas.values()]
+        ] + [(q, Period.DAY, "hn") for q in self.quotas.values() if q.max_daily is not None]
         if not limits:
             return parts
         oldest = _day(min(p.bounds(now)[1] for _, p, _ in limits))
@@ -324,6 +324,8 @@ class Meter(Service):
                 )
                 await self._mark(kv, spent)
         for quota in list(self.quotas.values()):
+            if quota.max_daily is None:  # a concurrency quota only: the workers keep it
+                continue
             period_id, _, end = Period.DAY.bounds(now)
             used = self._used(quota.id, period_id)
             if used >= quota.max_daily:

@@ -29,8 +29,10 @@ from mesh.queue.breakers import (
     closed_breaker,
     follow_breakers,
 )
+from mesh.queue.budgets import Quota, put_limit
 from mesh.queue.producer import TaskQueue, TaskSpec
 from mesh.queue.runs import RunStatus, get_run
+from mesh.queue.slots import ConcurrencyQuotas
 from mesh.queue.worker import AgentQueueConfig, TaskContext, TaskWorker
 from tests.helpers import eventually, eventually_sync
 
@@ -261,3 +263,41 @@ async def test_an_agents_credentials_follow_its_own_breakers_and_claim_its_trial
         await agent_nc.close()
         await platform.close()
     assert "af_breakers.state.purchased-electricity" in refused[0], refused
+
+
+async def test_an_agents_credentials_keep_concurrency_quotas_but_cannot_define_them(
+    deployed: Deployed,
+) -> None:
+    agent = "fuel-combustion"
+    refused: list[str] = []
+
+    async def on_error(exc: Exception) -> None:
+        refused.append(str(exc))
+
+    platform = await nats.connect(deployed.url("nats-0", "platform", PASSWORDS["AF_NATS_PLATFORM_PASSWORD"]))
+    agent_nc = await nats.connect(
+        deployed.url("nats-2", "agent-fuel-combustion", PASSWORDS["AF_NATS_AGENT_FUEL_COMBUSTION_PASSWORD"]),
+        error_cb=on_error,
+    )
+    try:
+        platform_js = platform.jetstream(timeout=10)
+        await provision(platform_js, ProvisionConfig(replicas=3))
+        await put_limit(platform_js, Quota(id="acme-running", tenant="acme", max_concurrent=1))
+        quotas = ConcurrencyQuotas(agent_nc, agent_nc.jetstream(timeout=10), lambda scope: None)
+        await quotas.start()
+        try:
+            assert quotas.applicable(agent, "acme") == [("tenant.acme", 1)]
+            assert await quotas.claim("tenant.acme", 1, "run-1", "w", 30)
+            assert not await quotas.claim("tenant.acme", 1, "run-2", "w", 30)  # the one slot is taken
+            await eventually(lambda: quotas.full("tenant.acme"), 5, "the claim seen by the follower")
+            await quotas.release("tenant.acme", "run-1")
+            assert await quotas.claim("tenant.acme", 1, "run-2", "w", 30)
+        finally:
+            await quotas.stop()
+        assert refused == []
+        await agent_nc.publish("$KV.af_budgets.quota.acme-running", b"{}")  # raising its own limit
+        await eventually(lambda: refused, timeout=5, what="a permission violation")
+    finally:
+        await agent_nc.close()
+        await platform.close()
+    assert "af_budgets.quota.acme-running" in refused[0], refused

@@ -87,6 +87,10 @@ async def test_budget_and_quota_bodies_are_validated_and_unknown_ones_are_404(
         assert resp.status == 400
     async with api.put("/api/v1/quotas/q1", json={"max_daily": 0, "agent": "noop"}) as resp:
         assert resp.status == 422
+    async with api.put("/api/v1/quotas/q1", json={"agent": "noop"}) as resp:  # no limit at all
+        assert resp.status == 422 and "max_daily, max_concurrent or both" in await resp.text()
+    async with api.put("/api/v1/quotas/q1", json={"max_concurrent": 10_001, "agent": "noop"}) as resp:
+        assert resp.status == 422
     async with api.delete("/api/v1/budgets/nope") as resp:
         assert resp.status == 404 and resp.content_type == PROBLEM
     async with api.get("/api/v1/costs?group_by=planet") as resp:
@@ -118,7 +122,16 @@ async def test_quotas_through_the_cli(api: TestClient[Any, Any]) -> None:
     made = await agent_factory(api, "quota", "set", ident, "--agent", "noop", "--max-daily", "5", "-ojson")
     assert json.loads(ok(made)) == {"id": ident, "agent": "noop", "max_daily": 5}
     listed = ok(await agent_factory(api, "quota", "ls"))
-    assert ident in listed and "5 executions per day" in listed
+    assert ident in listed and "5 per day" in listed
+    both = await agent_factory(
+        api, "quota", "set", ident, "--tenant", "acme", "--max-daily", "5", "--max-concurrent", "3", "-ojson"
+    )
+    assert json.loads(ok(both)) == {"id": ident, "tenant": "acme", "max_daily": 5, "max_concurrent": 3}
+    shown = [q for q in json.loads(ok(await agent_factory(api, "quota", "ls", "-ojson"))) if q["id"] == ident]
+    assert shown[0]["running"] == 0  # its scope's slots held now
+    assert "5 per day, 3 at once (0 running)" in ok(await agent_factory(api, "quota", "ls"))
+    neither = await agent_factory(api, "quota", "set", ident, "--agent", "noop")
+    assert neither.exit_code == 1 and "give --max-daily, --max-concurrent or both" in neither.output
     assert ok(await agent_factory(api, "quota", "rm", ident)).strip() == f"removed quota {ident}"
     gone = await agent_factory(api, "quota", "rm", ident)
     assert gone.exit_code == 1 and f"no quota {ident!r}" in gone.output

@@ -75,7 +75,8 @@ async def test_a_processor_sigkilled_mid_stream_and_restarted_counts_each_event_
     own_nats: NatsServer, own_js: JetStreamContext, tmp_path: Path
 ) -> None:
     partitions = await prepare(own_nats.url)
-    before, during, dead, after = _batch(1, 500), _batch(2, 250), _batch(3, 100), _batch(4, 50)
+    # Enough that the processor, at over 5,000 events/s, is still at it when its first count shows.
+    before, during, dead, after = _batch(1, 500), _batch(2, 1500), _batch(3, 100), _batch(4, 50)
     await publish(own_js, before)
     first = ProcessorProcess("canary", own_nats.url, tmp_path / "canary.log")
     try:

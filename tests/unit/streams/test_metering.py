@@ -114,3 +114,7 @@ def test_budgets_and_quotas_need_a_scope_and_sane_numbers() -> None:
             Budget.model_validate(bad)
     with pytest.raises(ValidationError):
         Quota(id="q", agent="a", max_daily=0)
+    for limits in ({}, {"max_concurrent": 0}, {"max_concurrent": 10_001}):
+        with pytest.raises(ValidationError):
+            Quota.model_validate({"id": "q", "agent": "a", **limits})
+    assert Quota(id="q", tenant="t", max_concurrent=5).max_daily is None

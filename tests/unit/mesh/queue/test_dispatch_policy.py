@@ -129,3 +129,14 @@ def test_ordinary_sweeps_keep_strict_priority(n: int) -> None:
             assert [lane.priority for lane in order] == sorted(lane.priority for lane in ls)
         else:
             assert order[0].priority > 0
+
+
+def test_a_full_concurrency_quota_leaves_its_lanes_no_room_and_a_partial_one_caps_the_pull() -> None:
+    lane: Lane[None] = Lane("a", 0, None, limit=8)
+    assert lane.room == 8
+    lane.quota_room = 3
+    assert lane.room == 3 and lane.has_room
+    lane.quota_room = 0
+    assert lane.room == 0 and not lane.has_room
+    assert not lane.closed  # full, not closed: what it holds unstarted stays
+    assert DispatchPolicy().order([lane]) == []
