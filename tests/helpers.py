@@ -7,15 +7,25 @@ import inspect
 import json
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
+from nats.aio.client import Client
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
 from mesh import names
 
-__all__ = ["DOUBLE_AGENT_MODULE", "eventually", "eventually_sync", "finished_event", "unique"]
+__all__ = [
+    "DOUBLE_AGENT_MODULE",
+    "eventually",
+    "eventually_sync",
+    "finished_event",
+    "fleet",
+    "serve_until_sigterm",
+    "unique",
+]
 
 T = TypeVar("T")
 
@@ -85,3 +95,51 @@ class Double(Agent[In, Out]):
             raise PermanentError("negative values are not supported")
         return Out(value=input.value * 2)
 """
+
+
+async def serve_until_sigterm(nc: Client, worker: Any, ready_subject: str) -> None:
+    """A worker process's life in a test: start ``worker`` (a TaskWorker), say so on
+    ``ready_subject``, serve until SIGTERM, then drain it and the connection."""
+    import signal
+
+    stop = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+    await worker.start()
+    await nc.publish(ready_subject, b"")
+    await stop.wait()
+    await worker.stop(drain_timeout=10)
+    await nc.drain()
+
+
+@asynccontextmanager
+async def fleet(
+    url: str,
+    handlers: dict[str, Callable[[Any], Awaitable[Any]]],
+    workers: int = 2,
+    idle_poll_s: float = 0.5,
+    concurrency: int = 4,
+    **cfg: Any,
+) -> AsyncIterator[list[Any]]:
+    """``workers`` task workers (TaskWorker) of ``handlers`` in this process, each on a
+    connection of its own; ``cfg``: the AgentQueueConfig of every agent."""
+    from mesh.queue.worker import AgentQueueConfig, TaskWorker
+    from mesh.wire.connection import connect, jetstream
+
+    conns: list[Client] = []
+    started: list[TaskWorker] = []
+    try:
+        for n in range(workers):
+            nc = await connect(url, name=f"test-worker-{n}")
+            conns.append(nc)
+            js = await jetstream(nc)
+            served = {agent: (AgentQueueConfig(agent, **cfg), h) for agent, h in handlers.items()}
+            worker = TaskWorker(nc, js, served, concurrency=concurrency, idle_poll_s=idle_poll_s,
+                                name=f"w{n}")  # fmt: skip
+            await worker.start()
+            started.append(worker)
+        yield started
+    finally:
+        for worker in started:
+            await worker.stop(drain_timeout=5)
+        for nc in conns:
+            await nc.close()

@@ -9,12 +9,15 @@ import shutil
 import signal
 import subprocess
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import nats
 import pytest
+from nats.aio.client import Client
+from nats.js import JetStreamContext
 
 from mesh import names
 from mesh.embedded import find_free_port, nats_server_binary
@@ -225,23 +228,37 @@ async def test_an_agents_worker_on_its_own_credentials_runs_retries_and_dead_let
     assert refused == []
 
 
-async def test_an_agents_credentials_follow_its_own_breakers_and_claim_its_trials_only(
-    deployed: Deployed,
-) -> None:
-    agent = "fuel-combustion"
+@asynccontextmanager
+async def platform_and_agent(
+    deployed: Deployed, agent_node: str
+) -> AsyncIterator[tuple[JetStreamContext, Client, list[str]]]:
+    """The platform's JetStream (on nats-0, everything provisioned with 3 replicas) and
+    fuel-combustion's own connection on ``agent_node``, with the permission violations
+    the server told it of."""
     refused: list[str] = []
 
     async def on_error(exc: Exception) -> None:
         refused.append(str(exc))
 
     platform = await nats.connect(deployed.url("nats-0", "platform", PASSWORDS["AF_NATS_PLATFORM_PASSWORD"]))
-    agent_nc = await nats.connect(
-        deployed.url("nats-1", "agent-fuel-combustion", PASSWORDS["AF_NATS_AGENT_FUEL_COMBUSTION_PASSWORD"]),
-        error_cb=on_error,
+    agent_url = deployed.url(
+        agent_node, "agent-fuel-combustion", PASSWORDS["AF_NATS_AGENT_FUEL_COMBUSTION_PASSWORD"]
     )
+    agent_nc = await nats.connect(agent_url, error_cb=on_error)
     try:
         platform_js = platform.jetstream(timeout=10)
         await provision(platform_js, ProvisionConfig(replicas=3))
+        yield platform_js, agent_nc, refused
+    finally:
+        await agent_nc.close()
+        await platform.close()
+
+
+async def test_an_agents_credentials_follow_its_own_breakers_and_claim_its_trials_only(
+    deployed: Deployed,
+) -> None:
+    agent = "fuel-combustion"
+    async with platform_and_agent(deployed, "nats-1") as (platform_js, agent_nc, refused):
         trial = BreakerState(agent=agent, state=BreakerStatus.HALF_OPEN, since=utcnow(), trials=1, epoch=1)
         await change_breaker(platform_js, trial, closed_breaker(agent), None, "test")
         agent_js = agent_nc.jetstream(timeout=10)
@@ -259,9 +276,6 @@ async def test_an_agents_credentials_follow_its_own_breakers_and_claim_its_trial
         await change_breaker(
             platform_js, closed_breaker(agent).model_copy(update={"epoch": 2}), trial, None, "test"
         )
-    finally:
-        await agent_nc.close()
-        await platform.close()
     assert "af_breakers.state.purchased-electricity" in refused[0], refused
 
 
@@ -269,19 +283,7 @@ async def test_an_agents_credentials_keep_concurrency_quotas_but_cannot_define_t
     deployed: Deployed,
 ) -> None:
     agent = "fuel-combustion"
-    refused: list[str] = []
-
-    async def on_error(exc: Exception) -> None:
-        refused.append(str(exc))
-
-    platform = await nats.connect(deployed.url("nats-0", "platform", PASSWORDS["AF_NATS_PLATFORM_PASSWORD"]))
-    agent_nc = await nats.connect(
-        deployed.url("nats-2", "agent-fuel-combustion", PASSWORDS["AF_NATS_AGENT_FUEL_COMBUSTION_PASSWORD"]),
-        error_cb=on_error,
-    )
-    try:
-        platform_js = platform.jetstream(timeout=10)
-        await provision(platform_js, ProvisionConfig(replicas=3))
+    async with platform_and_agent(deployed, "nats-2") as (platform_js, agent_nc, refused):
         await put_limit(platform_js, Quota(id="acme-running", tenant="acme", max_concurrent=1))
         quotas = ConcurrencyQuotas(agent_nc, agent_nc.jetstream(timeout=10), lambda scope: None)
         await quotas.start()
@@ -297,7 +299,4 @@ async def test_an_agents_credentials_keep_concurrency_quotas_but_cannot_define_t
         assert refused == []
         await agent_nc.publish("$KV.af_budgets.quota.acme-running", b"{}")  # raising its own limit
         await eventually(lambda: refused, timeout=5, what="a permission violation")
-    finally:
-        await agent_nc.close()
-        await platform.close()
     assert "af_budgets.quota.acme-running" in refused[0], refused

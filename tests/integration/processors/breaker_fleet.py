@@ -7,15 +7,13 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import faust
-from nats.aio.client import Client
 from nats.js import JetStreamContext
 
 from mesh.envelope import utcnow
 from mesh.queue.outcome import outcome_message, success_message
 from mesh.queue.producer import TaskSpec, build_task
 from mesh.queue.runs import RunState, RunStatus
-from mesh.queue.worker import AgentQueueConfig, TaskContext, TaskWorker
-from mesh.wire.connection import connect, jetstream
+from mesh.queue.worker import TaskContext
 from mesh.wire.protocol import parse_headers
 from streams.processors.app import ProcessorConfig, prepare, processor_app
 from streams.processors.breaker import TABLE, BreakerDecisions, install
@@ -59,27 +57,3 @@ def window_calls(app: faust.App, agent: str) -> int:
     """How many calls ``agent``'s window holds in the processor (0: none yet)."""
     value = app.tables[TABLE].get(agent)
     return sum(s[1] for s in value["agent"]["seconds"]) if value else 0
-
-
-@asynccontextmanager
-async def fleet(
-    url: str, handlers: dict[str, Handler], workers: int = 2, idle_poll_s: float = 0.5, **cfg: Any
-) -> AsyncIterator[list[TaskWorker]]:
-    """``workers`` task workers of ``handlers``, each on a connection of its own."""
-    conns: list[Client] = []
-    started: list[TaskWorker] = []
-    try:
-        for n in range(workers):
-            nc = await connect(url, name=f"breaker-worker-{n}")
-            conns.append(nc)
-            js = await jetstream(nc)
-            served = {agent: (AgentQueueConfig(agent, **cfg), h) for agent, h in handlers.items()}
-            worker = TaskWorker(nc, js, served, concurrency=4, idle_poll_s=idle_poll_s, name=f"w{n}")
-            await worker.start()
-            started.append(worker)
-        yield started
-    finally:
-        for worker in started:
-            await worker.stop(drain_timeout=5)
-        for nc in conns:
-            await nc.close()

@@ -9,7 +9,6 @@ once the worker has applied it. Ready: ``test.ready.<name>``. SIGTERM drains it.
 from __future__ import annotations
 
 import asyncio
-import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ from mesh.envelope import Priority
 from mesh.queue.breakers import BreakerState
 from mesh.queue.worker import AgentQueueConfig, TaskContext, TaskWorker
 from mesh.wire.connection import connect, jetstream
+from tests.helpers import serve_until_sigterm
 
 
 class AnnouncingWorker(TaskWorker):
@@ -42,13 +42,7 @@ async def main(url: str, name: str, agents: list[str]) -> None:
 
     served = {a: (AgentQueueConfig(a, priorities=(Priority.NORMAL,)), handler) for a in agents}
     worker = AnnouncingWorker(nc, js, served, concurrency=4, idle_poll_s=0.5, name=name)
-    stop = asyncio.Event()
-    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
-    await worker.start()
-    await nc.publish(f"test.ready.{name}", b"")
-    await stop.wait()
-    await worker.stop(drain_timeout=10)
-    await nc.drain()
+    await serve_until_sigterm(nc, worker, f"test.ready.{name}")
 
 
 if __name__ == "__main__":

@@ -27,13 +27,8 @@ from mesh.queue.breakers import (
 from mesh.queue.producer import TaskQueue, TaskSpec
 from mesh.queue.runs import get_run
 from mesh.queue.worker import TaskContext, TaskWorker
-from tests.helpers import eventually
-from tests.integration.processors.breaker_fleet import (
-    breaker_processor,
-    fleet,
-    publish_outcome,
-    window_calls,
-)
+from tests.helpers import eventually, fleet
+from tests.integration.processors.breaker_fleet import breaker_processor, publish_outcome, window_calls
 
 
 def tripped(workers: list[TaskWorker], agent: str) -> bool:

@@ -10,7 +10,6 @@ SIGTERM drains it (exit 0), SIGKILL is the crash.
 from __future__ import annotations
 
 import asyncio
-import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
 
 from mesh.queue.worker import AgentQueueConfig, TaskContext, TaskWorker
 from mesh.wire.connection import connect, jetstream
+from tests.helpers import serve_until_sigterm
 
 
 async def main(url: str, agent: str, ack_wait: float, concurrency: int) -> None:
@@ -36,14 +36,7 @@ async def main(url: str, agent: str, ack_wait: float, concurrency: int) -> None:
 
     cfg = AgentQueueConfig(agent, ack_wait_s=ack_wait, max_attempts=5, priorities=(2,))
     worker = TaskWorker(nc, js, {agent: (cfg, handler)}, concurrency=concurrency, idle_poll_s=0.5)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    loop.add_signal_handler(signal.SIGTERM, stop.set)
-    await worker.start()
-    await nc.publish(f"test.ready.{agent}", b"")
-    await stop.wait()
-    await worker.stop(drain_timeout=10)
-    await nc.drain()
+    await serve_until_sigterm(nc, worker, f"test.ready.{agent}")
 
 
 if __name__ == "__main__":

@@ -11,7 +11,6 @@ attempt, if given) and returns when it ran: ``{"start", "end", "worker"}``
 from __future__ import annotations
 
 import asyncio
-import signal
 import sys
 import time
 from pathlib import Path
@@ -22,6 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
 from mesh.envelope import Priority
 from mesh.queue.worker import AgentQueueConfig, TaskContext, TaskWorker
 from mesh.wire.connection import connect, jetstream
+from tests.helpers import serve_until_sigterm
 
 
 async def main(url: str, name: str, ack_wait_s: float, agents: list[str]) -> None:
@@ -38,13 +38,7 @@ async def main(url: str, name: str, ack_wait_s: float, agents: list[str]) -> Non
     lanes = (Priority.NORMAL,)
     served = {a: (AgentQueueConfig(a, ack_wait_s=ack_wait_s, priorities=lanes), handler) for a in agents}
     worker = TaskWorker(nc, js, served, concurrency=4, idle_poll_s=0.5, name=name)
-    stop = asyncio.Event()
-    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
-    await worker.start()
-    await nc.publish(f"test.ready.{name}", b"")
-    await stop.wait()
-    await worker.stop(drain_timeout=10)
-    await nc.drain()
+    await serve_until_sigterm(nc, worker, f"test.ready.{name}")
 
 
 if __name__ == "__main__":

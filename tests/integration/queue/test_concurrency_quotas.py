@@ -12,8 +12,8 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import Iterator
+from contextlib import AbstractAsyncContextManager, contextmanager
 from pathlib import Path
 from typing import IO, Any
 
@@ -29,9 +29,8 @@ from mesh.queue.budgets import Quota, put_limit, remove_limit
 from mesh.queue.producer import TaskQueue, TaskSpec
 from mesh.queue.runs import RunState, RunStatus, get_run
 from mesh.queue.slots import read_slots
-from mesh.queue.worker import AgentQueueConfig, TaskContext, TaskWorker
-from mesh.wire.connection import connect, jetstream
-from tests.helpers import eventually
+from mesh.queue.worker import TaskContext, TaskWorker
+from tests.helpers import eventually, fleet
 from tests.integration.queue.conftest import Own
 
 WORKER = Path(__file__).with_name("quota_worker.py")
@@ -220,34 +219,19 @@ async def test_removing_the_quota_lets_waiting_work_run_at_once(own: Own) -> Non
         await finished(own.js, runs, 10)
 
 
+def served(
+    own: Own, handlers: dict[str, Any], ack_wait_s: float, workers: int
+) -> AbstractAsyncContextManager[list[TaskWorker]]:
+    """``workers`` TaskWorkers (concurrency 8), each on its own connection, serving ``handlers``."""
+    return fleet(own.server.url, handlers, workers, idle_poll_s=0.2, concurrency=8, ack_wait_s=ack_wait_s)
+
+
 def waits(how: str, agents: tuple[str, ...] = ("alpha", "beta")) -> float:
     """Tasks of ``agents`` that found a quota full (or its slots unreachable), in this process."""
     return sum(
         REGISTRY.get_sample_value("af_quota_slot_waits_total", {"agent": agent, "how": how}) or 0.0
         for agent in agents
     )
-
-
-@asynccontextmanager
-async def served(own: Own, handlers: dict[str, Any], ack_wait_s: float, workers: int) -> AsyncIterator[
-    list[TaskWorker]
-]:  # fmt: skip
-    """``workers`` TaskWorkers (concurrency 8), each on its own connection, serving ``handlers``."""
-    conns = [await connect(own.server.url) for _ in range(workers)]
-    started: list[TaskWorker] = []
-    try:
-        for i, nc in enumerate(conns):
-            js = await jetstream(nc)
-            served = {a: (AgentQueueConfig(a, ack_wait_s=ack_wait_s), h) for a, h in handlers.items()}
-            worker = TaskWorker(nc, js, served, concurrency=8, idle_poll_s=0.2, name=f"w{i}")
-            await worker.start()
-            started.append(worker)
-        yield started
-    finally:
-        for worker in started:
-            await worker.stop(drain_timeout=10)
-        for nc in conns:
-            await nc.close()
 
 
 async def test_a_slot_left_by_a_dead_worker_frees_when_its_lease_ends_without_any_write(own: Own) -> None:
