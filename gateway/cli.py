@@ -378,8 +378,9 @@ def bench(suite: str, count: int | None, cluster: int, rounds: int, workers: tup
         )
     del as_json  # JSON is bench's only output; the flag lets a script say so
     tune_gc()  # as in `up` and `worker`; the raw nats-py ceiling runs under the same settings
-    if (sandboxed or quota) and suite != "queue":
-        raise click.UsageError("--sandbox and --quota apply to the queue suite")
+    for flag, given in (("--sandbox", sandboxed), ("--quota", quota)):
+        if given and suite != "queue":
+            raise click.UsageError(f"{flag} applies to the queue suite")
     options = BenchOptions(count, cluster, rounds, workers, sandbox=sandboxed, quota=quota)
     result = asyncio.run(run_benchmarks(suite, options))
     click.echo(json.dumps(result, indent=2))

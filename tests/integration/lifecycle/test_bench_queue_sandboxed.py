@@ -24,3 +24,5 @@ def test_bench_queue_sandboxed_reports_the_sandbox_and_a_lower_latency_rate() ->
 def test_sandbox_is_refused_for_other_suites() -> None:
     result = CliRunner().invoke(cli, ["bench", "messaging", "--sandbox"])
     assert result.exit_code == 2 and "--sandbox applies to the queue suite" in result.output
+    result = CliRunner().invoke(cli, ["bench", "scaling", "--quota", "16"])
+    assert result.exit_code == 2 and "--quota applies to the queue suite" in result.output
