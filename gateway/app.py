@@ -44,13 +44,13 @@ from gateway.settings import Settings
 from mesh.embedded import find_free_port
 from mesh.provision import ProvisionConfig, provision
 from mesh.queue.breakers import BreakerState, follow_breakers
-from mesh.queue.follow import KeyFollower
 from mesh.queue.maintenance import QueueMaintenance
 from mesh.queue.producer import TaskQueue
 from mesh.queue.worker import TaskWorker
 from mesh.schedules.scheduler import Scheduler
 from mesh.stopping import cancel_within
 from mesh.wire.connection import connect, jetstream
+from mesh.wire.follow import KeyFollower
 
 __all__ = ["STEP_TIMEOUT_S", "Gateway", "InProcessWorker", "Parts", "Shutdown", "StopStep"]
 

@@ -12,6 +12,7 @@ from typing import Final
 
 __all__ = [
     "AGENT_KEY_RE",
+    "version_key",
     "RUN_ID_RE",
     "BUCKET_CHANNELS",
     "JS_API_PREFIX",
@@ -188,6 +189,21 @@ def channel_consumer(channel: str) -> str:
 def rpc_subject(agent: str) -> str:
     """Where core NATS requests to ``agent`` go (queue group ``agent``)."""
     return f"{RPC_PREFIX}.{agent}"
+
+
+_KV_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]")
+
+
+def version_key(agent: str, version: str) -> str:
+    """``<agent>.<version>``: the KV key of one agent version (``af_breakers``,
+    ``af_canary_metrics``). Agent names have no dot, so the first dot separates; a
+    version character a KV key cannot hold (``+`` of semver build metadata, …) is
+    written ``=XX``, the hex of each of its UTF-8 bytes."""
+
+    def escape(m: re.Match[str]) -> str:
+        return "".join(f"={b:02X}" for b in m.group().encode())
+
+    return f"{agent}.{_KV_UNSAFE.sub(escape, version)}"
 
 
 def kv_stream(bucket: str) -> str:

@@ -15,14 +15,12 @@ import re
 from typing import Final
 
 from aiohttp import web
-from nats.js.errors import NotFoundError
 
 from gateway.api.bodies import json_response
 from gateway.api.params import path_value, query_value
 from gateway.api.services import SERVICES, Services
 from mesh import names
-from mesh.kv import current_entries
-from streams.processors.rollup import WINDOWS, VersionMetrics, canary_key
+from mesh.canary import WINDOWS, read_version_metrics
 
 __all__ = ["routes"]
 
@@ -38,24 +36,14 @@ async def canary_metrics(request: web.Request) -> web.Response:
     agent = path_value(request, "agent", names.AGENT_KEY_RE, "agent key")
     version = query_value(request, "version", VERSION, "version")
     window = query_value(request, "window", WINDOW, f"window (one of {', '.join(WINDOWS)})")
-    kv = await svc.js.key_value(names.BUCKET_CANARY_METRICS)
-    if version is not None:
-        try:
-            entry = await kv.get(canary_key(agent, version))
-        except NotFoundError:
-            entry = None
-        entries = [entry] if entry is not None and entry.value else []
-    else:
-        entries = await current_entries(svc.js, kv, names.BUCKET_CANARY_METRICS, f"{agent}.>")
-    if not entries:
+    found = await read_version_metrics(svc.js, agent, version)
+    if not found:
         which = f"{agent} version {version}" if version else agent
         raise web.HTTPNotFound(
             text=f"no canary metrics for {which} yet: the canary processor has counted no finished "
             "execution of it (is it running? `agent-factory processors --only canary`)"
         )
-    found = [VersionMetrics.model_validate_json(e.value or b"") for e in entries]
     if window is not None:
         for metrics in found:
             metrics.windows = {window: metrics.windows[window]}
-    found.sort(key=lambda m: m.version)
     return json_response({"agent": agent, "versions": [m.model_dump(mode="json") for m in found]})

@@ -14,8 +14,8 @@ from agents.lifecycle.actions import Operator
 from agents.registry import Registry
 from gateway.settings import Settings
 from mesh.queue.breakers import BreakerState
-from mesh.queue.follow import KeyFollower
 from mesh.queue.producer import TaskQueue
+from mesh.wire.follow import KeyFollower
 
 __all__ = ["SERVICES", "Services"]
 

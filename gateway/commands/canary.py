@@ -8,7 +8,7 @@ from urllib.parse import quote, urlencode
 import click
 
 from gateway.commands.common import Ctx, _call, _emit, _run, output_option
-from streams.processors.rollup import WINDOWS
+from mesh.canary import WINDOWS
 
 __all__ = ["canary"]
 

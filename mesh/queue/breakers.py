@@ -35,7 +35,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import re
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
@@ -49,7 +48,7 @@ from pydantic import BaseModel, ValidationError
 from mesh import names
 from mesh.envelope import Priority, utcnow
 from mesh.kv import current_entries
-from mesh.queue.follow import KeyFollower
+from mesh.wire.follow import KeyFollower
 
 __all__ = [
     "STATE_PREFIX",
@@ -115,15 +114,10 @@ class BreakerState(BaseModel):
         return what + (f": {self.reason}" if self.reason else "")
 
 
-_KEY_TOKEN = re.compile(r"[^A-Za-z0-9_.-]")
-
-
 def breaker_scope(agent: str, version: str | None = None) -> str:
-    """``agent``, or ``<agent>.<version>`` with what a KV key cannot hold escaped
-    (``+`` of semver's build metadata: ``=2b``). Agent keys have no dots."""
-    if version is None:
-        return agent
-    return f"{agent}.{_KEY_TOKEN.sub(lambda m: f'={ord(m.group()):02x}', version)}"
+    """``agent``, or its version's key (:func:`mesh.names.version_key`: ``+`` of semver's
+    build metadata is ``=2B``)."""
+    return agent if version is None else names.version_key(agent, version)
 
 
 def closed_breaker(agent: str, version: str | None = None) -> BreakerState:

@@ -12,7 +12,7 @@ Everything is in the KV bucket ``af_budgets``:
   (``streams.processors.metering``) and removed when the period ends.
 
 :class:`SpendGuard` is the enqueue side: a local copy of the ``spent.`` keys
-(:class:`~mesh.kv.KeyMirror`: no round trip per task), consulted by
+(:class:`~mesh.wire.follow.KeyFollower`: no round trip per task), consulted by
 ``TaskQueue.enqueue`` and ``enqueue_batch``, which refuse work of a spent
 agent or tenant with :class:`BudgetExceeded` (HTTP 402) or
 :class:`QuotaExceeded` (HTTP 429). A flag past its ``reset_at`` is ignored
@@ -38,7 +38,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from mesh import names
 from mesh.errors import MeshError
-from mesh.kv import KeyMirror, current_entries
+from mesh.kv import current_entries
+from mesh.wire.follow import KeyFollower, raw
 
 __all__ = [
     "BUDGET_PREFIX",
@@ -213,7 +214,7 @@ class SpendGuard:
 
     def __init__(self, nc: Client, js: JetStreamContext) -> None:
         self._by_scope: dict[tuple[str | None, str | None], list[Spent]] = {}
-        self.mirror = KeyMirror(nc, js, names.BUCKET_BUDGETS, SPENT_PREFIX, self._changed)
+        self.mirror = KeyFollower(nc, js, names.BUCKET_BUDGETS, SPENT_PREFIX, None, raw, self._changed)
 
     async def start(self) -> None:
         await self.mirror.start()
@@ -223,9 +224,9 @@ class SpendGuard:
 
     def _changed(self, key: str, value: bytes | None) -> None:
         self._by_scope.clear()
-        for raw in self.mirror.values.values():
+        for value in self.mirror.values.values():
             try:
-                spent = Spent.model_validate_json(raw)
+                spent = Spent.model_validate_json(value or b"")
             except ValidationError as exc:  # never let a bad value stop the fleet's work
                 log.error("af_budgets spent flag is not readable, ignored: %s", exc)
                 continue

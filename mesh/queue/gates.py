@@ -15,7 +15,7 @@ back). An agent without a key is open: agents nobody manages run as before.
 Following is a core NATS subscription to the keys' subjects (each write is
 seen as it is stored; nothing is left on the server) plus a full read at
 start and every ``resync_s``, which repairs anything missed while
-disconnected (:mod:`mesh.queue.follow`, shared with the circuit breakers).
+disconnected (:mod:`mesh.wire.follow`, shared with the circuit breakers).
 What is not guaranteed: a worker that cannot reach NATS keeps the gates it
 last saw until it can.
 """
@@ -36,7 +36,7 @@ from pydantic import BaseModel, Field, ValidationError
 
 from mesh import names
 from mesh.kv import current_entries
-from mesh.queue.follow import KeyFollower
+from mesh.wire.follow import KeyFollower
 
 __all__ = [
     "GATE_PREFIX",
@@ -166,7 +166,7 @@ async def held_tasks(nc: Client, agent: str, window_s: float = 0.3) -> list[Held
 
 class GateWatch(KeyFollower[Gate]):
     """Follows the gates of ``agents`` and calls ``on_change(agent, gate)`` on each change
-    (:class:`~mesh.queue.follow.KeyFollower` on ``dispatch.gate.<agent>`` of ``af_config``).
+    (:class:`~mesh.wire.follow.KeyFollower` on ``dispatch.gate.<agent>`` of ``af_config``).
 
     :meth:`start` returns once the current gates are known (a worker must not
     pull for a closed agent while it starts)."""

@@ -43,7 +43,7 @@ from pydantic import ValidationError
 
 from mesh import names
 from mesh.queue.budgets import QUOTA_PREFIX, Quota
-from mesh.queue.follow import KeyFollower
+from mesh.wire.follow import KeyFollower
 
 __all__ = ["ConcurrencyQuotas", "Holders", "live", "read_slots"]
 

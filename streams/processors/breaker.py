@@ -36,9 +36,9 @@ from mesh.queue.breakers import (
     read_breaker,
     read_trials,
 )
-from mesh.queue.follow import KeyFollower
 from mesh.queue.runs import ExecutionFinished
 from mesh.wire.connection import through_outage
+from mesh.wire.follow import KeyFollower
 from streams.processors import rates
 from streams.processors.app import Decisions, ProcessorConfig
 from streams.processors.executions import read_finished

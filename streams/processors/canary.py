@@ -17,12 +17,14 @@ worker counted is put again, so windows age as time passes without events.
 Buckets older than the longest window are deleted when their version's next minute starts.
 
 Options (``ProcessorConfig.options``): ``min_samples`` (20), ``publish_interval_s``
-(1.0), ``refresh_s`` (5.0).
+(1.0), ``refresh_s`` (5.0), ``prices`` (the price table file; default ``AF_PRICES``,
+as metering: cost per task is each task's price in its currency).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -34,12 +36,12 @@ from nats.js.kv import KeyValue
 from mesh import names
 from streams.processors.app import Decisions, ProcessorConfig
 from streams.processors.executions import read_finished
+from streams.processors.pricing import load_prices
 from streams.processors.rollup import (
     RETENTION_MINUTES,
     MinuteBucket,
     Sample,
     bucket_key,
-    canary_key,
     sample_of,
     summarize,
 )
@@ -184,6 +186,8 @@ def _expire(
 
 def install(app: faust.App, source: faust.TopicT, config: ProcessorConfig) -> None:
     options = CanaryOptions.of(dict(config.options))
+    # Cost per task is metering's price of each task (the same table: AF_PRICES).
+    prices = load_prices(config.options.get("prices") or os.environ.get("AF_PRICES"))
     # JSON keys, raw values: each value is a bucket's bytes (Buckets).
     buckets = Buckets(app.Table(TABLE, partitions=config.partitions, key_type=str, value_type=bytes))
     decisions = Decisions(app)
@@ -202,7 +206,7 @@ def install(app: faust.App, source: faust.TopicT, config: ProcessorConfig) -> No
                 finished = read_finished(event.value)
                 if finished is None:
                     continue
-                sample = sample_of(finished.payload)
+                sample = sample_of(finished.payload, prices, len(event.value))
                 if sample is not None:
                     apply(buckets, counted, sample, event.message.offset, (event.message.partition, working))
             buckets.write(working)
@@ -217,8 +221,10 @@ def install(app: faust.App, source: faust.TopicT, config: ProcessorConfig) -> No
             def bucket_at(minute: int, agent: str = agent, version: str = version) -> MinuteBucket | None:
                 return buckets.get(bucket_key(agent, version, minute))
 
-            metrics = summarize(agent, version, bucket_at, now_minute, options.min_samples, now)
-            await kv[0].put(canary_key(agent, version), metrics.model_dump_json().encode())
+            metrics = summarize(
+                agent, version, bucket_at, now_minute, options.min_samples, now, prices.currency
+            )
+            await kv[0].put(names.version_key(agent, version), metrics.model_dump_json().encode())
             if metrics.windows["1h"].requests == 0:
                 counted.known.discard((agent, version))  # aged out: published empty once, then forgotten
 

@@ -60,11 +60,11 @@ from pydantic_core import to_json
 
 from mesh import names
 from mesh.errors import WRONG_LAST_SEQUENCE
-from mesh.kv import KeyMirror
 from mesh.queue.billing import NANO
 from mesh.queue.budgets import BUDGET_PREFIX, QUOTA_PREFIX, SPENT_PREFIX, Budget, Period, Quota, Spent
 from mesh.queue.runs import ExecutionFinished, RunStatus
 from mesh.stopping import cancel_within
+from mesh.wire.follow import KeyFollower, raw
 from streams import naming
 from streams.processors.app import Decisions, ProcessorConfig
 from streams.processors.executions import EXECUTIONS_TOPIC, read_finished
@@ -191,9 +191,9 @@ class Meter(Service):
         self.add_dependency(decisions)  # started before us, stopped after
         self.budgets: dict[str, Budget] = {}
         self.quotas: dict[str, Quota] = {}
-        self.definitions: KeyMirror | None = None
-        self.partials: KeyMirror | None = None
-        self.flags: KeyMirror | None = None
+        self.definitions: KeyFollower[bytes | None] | None = None
+        self.partials: KeyFollower[bytes | None] | None = None
+        self.flags: KeyFollower[bytes | None] | None = None
         self._written: dict[str, int] = {}  # partial key -> value we last wrote
         self._alerted: set[str] = set()
         self._flushing: asyncio.Task[None] | None = None
@@ -201,9 +201,10 @@ class Meter(Service):
     async def on_started(self) -> None:
         nc, js = self.decisions.nc, self.decisions.js
         assert nc is not None
-        self.definitions = KeyMirror(nc, js, names.BUCKET_BUDGETS, "", self._definitions_changed)
-        self.partials = KeyMirror(nc, js, names.BUCKET_BUDGETS, PARTIAL_PREFIX)
-        self.flags = KeyMirror(nc, js, names.BUCKET_BUDGETS, SPENT_PREFIX)
+        bucket = names.BUCKET_BUDGETS
+        self.definitions = KeyFollower(nc, js, bucket, "", None, raw, self._definitions_changed)
+        self.partials = KeyFollower(nc, js, bucket, PARTIAL_PREFIX, None, raw)
+        self.flags = KeyFollower(nc, js, bucket, SPENT_PREFIX, None, raw)
         for mirror in (self.definitions, self.partials, self.flags):
             await mirror.start(strict=False)  # NATS away at start: read again soon, do not crash
         self._flushing = asyncio.create_task(self._flusher(), name="metering-flush")
@@ -289,10 +290,10 @@ class Meter(Service):
         assert self.partials is not None
         prefix = f"{ident}.{period_id}.p"
         total = 0
-        for key, raw in self.partials.values.items():
-            if key.startswith(prefix):
+        for key, value in self.partials.values.items():
+            if key.startswith(prefix) and value:
                 with contextlib.suppress(ValueError, KeyError, TypeError):
-                    total += int(json.loads(raw)["used"])
+                    total += int(json.loads(value)["used"])
         return total
 
     async def _decide(self, now: datetime) -> None:

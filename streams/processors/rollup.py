@@ -5,58 +5,48 @@ cost and a DDSketch of durations, plus the source offset it applied last (the
 fence that lets the canary processor apply each event once). Windows of 1, 5,
 15 and 60 minutes are merges of the newest buckets (:func:`summarize`);
 a window with fewer than ``min_samples`` requests reports counts only,
-``status: "insufficient data"``. :class:`VersionMetrics` is what the processor
-puts in ``af_canary_metrics`` under :func:`canary_key` and what the gateway reads.
+``status: "insufficient data"``. :class:`~mesh.canary.VersionMetrics` (the KV
+contract, in ``mesh``) is what the processor puts in ``af_canary_metrics``.
 """
 
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Final, Literal
+from typing import Final
 
 from ddsketch import DDSketch
-from pydantic import BaseModel
 
+from mesh.canary import INSUFFICIENT, WINDOWS, VersionMetrics, WindowMetrics
+from mesh.queue.billing import NANO
 from mesh.queue.runs import ExecutionFinished, RunStatus
-from streams.processors.sketch import RELATIVE_ACCURACY, decode, encode, new_sketch
+from streams.processors.pricing import PriceTable, price
+from streams.processors.sketch import decode, encode, new_sketch
 
 __all__ = [
     "RETENTION_MINUTES",
     "UNKNOWN_VERSION",
-    "WINDOWS",
     "MinuteBucket",
     "Sample",
-    "VersionMetrics",
-    "WindowMetrics",
     "bucket_key",
-    "canary_key",
     "sample_of",
     "summarize",
     "task_cost",
 ]
 
-#: Window name -> how many minute buckets it merges (the current minute and those before it).
-WINDOWS: Final[dict[str, int]] = {"1m": 1, "5m": 5, "15m": 15, "1h": 60}
 RETENTION_MINUTES: Final = max(WINDOWS.values())
 UNKNOWN_VERSION: Final = "unknown"  # an event that does not say which version ran
-INSUFFICIENT: Final = "insufficient data"
 
 _QUANTILES: Final = (("p50_ms", 0.5), ("p95_ms", 0.95), ("p99_ms", 0.99))
 
 
-def task_cost(event: ExecutionFinished) -> float | None:
-    """What one task cost, in CPU milliseconds: ``audit.cpu_ms`` when its runner measured
-    it, else its duration. The one place to swap for the priced cost of
-    ``streams.processors.metering`` once it exists."""
-    if event.audit is not None:
-        cpu = event.audit.get("cpu_ms")
-        if isinstance(cpu, int | float) and not isinstance(cpu, bool) and cpu >= 0:
-            return float(cpu)
-    return event.duration_ms
+def task_cost(event: ExecutionFinished, prices: PriceTable, carried: int = 0) -> float:
+    """What one task cost in ``prices``' currency: metering's price of it (compute, tokens,
+    storage, network; ``carried``: the finished event's size as it arrived), the same
+    amount its billing record says."""
+    return price(event, prices, carried).total / NANO
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,9 +61,10 @@ class Sample:
     cost: float | None
 
 
-def sample_of(event: ExecutionFinished) -> Sample | None:
-    """The sample of a run that a version ran to an end (succeeded or failed);
-    None for an expired or cancelled run, which says nothing about the version."""
+def sample_of(event: ExecutionFinished, prices: PriceTable, carried: int = 0) -> Sample | None:
+    """The sample of a run that a version ran to an end (succeeded or failed), priced
+    with ``prices``; None for an expired or cancelled run, which says nothing about the
+    version."""
     if event.status not in (RunStatus.SUCCEEDED, RunStatus.FAILED):
         return None
     duration = event.duration_ms if event.duration_ms is not None and event.duration_ms >= 0 else None
@@ -83,27 +74,13 @@ def sample_of(event: ExecutionFinished) -> Sample | None:
         minute=int(event.finished_at.timestamp() // 60),
         failed=event.status == RunStatus.FAILED,
         duration_ms=duration,
-        cost=task_cost(event),
+        cost=task_cost(event, prices, carried),
     )
 
 
 def bucket_key(agent: str, version: str, minute: int) -> str:
     """The canary table's key (agent names have no space; minutes neither)."""
     return f"{agent} {version} {minute}"
-
-
-_KV_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]")
-
-
-def canary_key(agent: str, version: str) -> str:
-    """``<agent>.<version>`` in ``af_canary_metrics``. Agent names have no dot, so the
-    first dot separates; a version character a KV key cannot hold (``+`` of semver
-    build metadata, …) is written ``=XX`` (hex of each UTF-8 byte)."""
-
-    def escape(m: re.Match[str]) -> str:
-        return "".join(f"={b:02X}" for b in m.group().encode())
-
-    return f"{agent}.{_KV_UNSAFE.sub(escape, version)}"
 
 
 @dataclass(slots=True)
@@ -138,33 +115,6 @@ class MinuteBucket:
         return cls(offset, requests, errors, cost_sum, costed, decode(sketch))
 
 
-class WindowMetrics(BaseModel):
-    """One sliding window of one version. Rates, percentiles and cost are None
-    (``status: "insufficient data"``) below the minimum sample count."""
-
-    minutes: int
-    requests: int
-    errors: int
-    status: Literal["ok", "insufficient data"]
-    error_rate: float | None = None
-    p50_ms: float | None = None
-    p95_ms: float | None = None
-    p99_ms: float | None = None
-    cost_per_task: float | None = None
-
-
-class VersionMetrics(BaseModel):
-    """The value of ``af_canary_metrics`` key ``<agent>.<version>`` (see docs/processors-canary.md)."""
-
-    agent: str
-    version: str
-    as_of: datetime  # when the processor computed it; windows end at this minute
-    min_samples: int
-    relative_accuracy: float = RELATIVE_ACCURACY
-    cost_unit: str = "cpu_ms"
-    windows: dict[str, WindowMetrics]
-
-
 def _window(minutes: int, requests: int, errors: int, cost_sum: float, costed: int,
             durations: DDSketch, min_samples: int) -> WindowMetrics:  # fmt: skip
     if requests < max(min_samples, 1):
@@ -183,6 +133,7 @@ def summarize(
     now_minute: int,
     min_samples: int,
     as_of: datetime,
+    cost_unit: str,
 ) -> VersionMetrics:
     """Every window of (agent, version) ending at ``now_minute``, merging the buckets
     ``bucket_at(minute)`` gives, newest first."""
@@ -202,4 +153,5 @@ def summarize(
         if back + 1 in ends:
             name = ends[back + 1]
             windows[name] = _window(back + 1, requests, errors, cost_sum, costed, merged, min_samples)
-    return VersionMetrics(agent=agent, version=version, as_of=as_of, min_samples=min_samples, windows=windows)
+    return VersionMetrics(agent=agent, version=version, as_of=as_of, min_samples=min_samples,
+                          cost_unit=cost_unit, windows=windows)  # fmt: skip

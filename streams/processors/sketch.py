@@ -13,14 +13,13 @@ ddsketch release renames them.
 
 from __future__ import annotations
 
-from typing import Any, Final
+from typing import Any
 
 from ddsketch import DDSketch
 
-__all__ = ["RELATIVE_ACCURACY", "decode", "encode", "new_sketch"]
+from mesh.canary import RELATIVE_ACCURACY
 
-#: Every quantile a sketch answers is within 1% of the true value of that rank.
-RELATIVE_ACCURACY: Final = 0.01
+__all__ = ["decode", "encode", "new_sketch"]
 
 
 def new_sketch() -> DDSketch:

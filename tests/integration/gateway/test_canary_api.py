@@ -11,7 +11,7 @@ from aiohttp.test_utils import TestClient
 from nats.js import JetStreamContext
 
 from mesh import names
-from streams.processors.rollup import MinuteBucket, Sample, bucket_key, canary_key, summarize
+from streams.processors.rollup import MinuteBucket, Sample, bucket_key, summarize
 from tests.helpers import unique
 
 from .conftest import PROBLEM, agent_factory, ok
@@ -27,10 +27,10 @@ async def _put(js: JetStreamContext, agent: str, version: str, requests: int, mi
         bucket.apply(Sample(agent, version, MINUTE, i % 3 == 0, 10.0 + i, 2.0), i + 1)
     table = {bucket_key(agent, version, MINUTE): bucket}
     metrics = summarize(
-        agent, version, lambda m: table.get(bucket_key(agent, version, m)), MINUTE, min_samples, NOW
+        agent, version, lambda m: table.get(bucket_key(agent, version, m)), MINUTE, min_samples, NOW, "USD"
     )
     kv = await js.key_value(names.BUCKET_CANARY_METRICS)
-    await kv.put(canary_key(agent, version), metrics.model_dump_json().encode())
+    await kv.put(names.version_key(agent, version), metrics.model_dump_json().encode())
 
 
 async def test_metrics_of_every_version_or_one_version_and_window(

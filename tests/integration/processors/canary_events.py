@@ -14,12 +14,12 @@ from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
 from mesh import names
+from mesh.canary import VersionMetrics
 from mesh.envelope import utcnow
 from mesh.queue.outcome import outcome_message
 from mesh.queue.producer import TaskSpec, build_task
 from mesh.queue.runs import RunState, RunStatus
 from mesh.wire.protocol import parse_headers
-from streams.processors.rollup import VersionMetrics, canary_key
 
 
 @dataclass(frozen=True)
@@ -61,16 +61,19 @@ def _message(o: Outcome) -> tuple[str, bytes, dict[str, str]]:
     return subject, data, parse_headers(headers)
 
 
-async def publish(js: JetStreamContext, events: list[Outcome]) -> None:
-    """Publish ``events`` in order (pipelined, acks awaited in batches)."""
-    pending = []
+async def publish(js: JetStreamContext, events: list[Outcome]) -> dict[str, bytes]:
+    """Publish ``events`` in order (pipelined, acks awaited in batches); what each run's
+    finished event was, as published."""
+    pending, published = [], {}
     for o in events:
         subject, data, headers = _message(o)
+        published[o.run] = data
         pending.append(await js.publish_async(subject, data, headers=headers))
         if len(pending) >= 1000:
             await asyncio.gather(*pending)
             pending.clear()
     await asyncio.gather(*pending)
+    return published
 
 
 def exact_quantile(values: list[float], q: float) -> float:
@@ -88,7 +91,7 @@ async def metrics(js: JetStreamContext, agent: str, version: str) -> VersionMetr
     try:
         bucket = names.BUCKET_CANARY_METRICS
         raw = await js.get_last_msg(
-            names.kv_stream(bucket), names.kv_subject(bucket, canary_key(agent, version))
+            names.kv_stream(bucket), names.kv_subject(bucket, names.version_key(agent, version))
         )
     except NotFoundError:
         return None

@@ -7,10 +7,14 @@ import faust
 import pytest
 from nats.js import JetStreamContext
 
+from mesh import names
 from mesh.embedded import NatsServer
-from mesh.queue.runs import RunStatus
+from mesh.queue.billing import NANO
+from mesh.queue.runs import ExecutionFinished, RunStatus
 from streams.processors.app import ProcessorConfig, build, prepare
-from streams.processors.rollup import UNKNOWN_VERSION, canary_key
+from streams.processors.executions import read_finished
+from streams.processors.pricing import DEFAULT_PRICES, price
+from streams.processors.rollup import UNKNOWN_VERSION
 from tests.helpers import eventually
 from tests.integration.processors.canary_events import (
     Outcome,
@@ -48,10 +52,10 @@ async def test_percentiles_error_rates_and_cost_match_the_same_events_offline(
         Outcome("shop", "1.0.0", "shop-expired", 5.0, status=RunStatus.EXPIRED),
         Outcome("shop", "1.0.0", "shop-cancelled", 5.0, status=RunStatus.CANCELLED),
     ]
-    await publish(own_js, events[:700] + not_counted)
+    published = await publish(own_js, events[:700] + not_counted)
     app = await _canary_app(own_nats.url)
     async with running(app):
-        await publish(own_js, events[700:] + other)
+        published |= await publish(own_js, events[700:] + other)
         for version, runs in versions.items():
             counted = lambda v=version, n=len(runs): _has(own_js, "shop", v, n)  # noqa: E731
             await eventually(counted, 60, f"{version} counted")
@@ -70,9 +74,18 @@ async def test_percentiles_error_rates_and_cost_match_the_same_events_offline(
             exact = exact_quantile(durations, q)
             got = getattr(window, name)
             assert abs(got - exact) <= found.relative_accuracy * exact + 1e-9, (version, name, got, exact)
-        costs = [o.cpu_ms if o.cpu_ms is not None else duration_of(o) for o in runs]
-        assert window.cost_per_task == pytest.approx(sum(costs) / len(costs))
-    assert canary_key("shop", "2.0.0+build.7") == "shop.2.0.0=2Bbuild.7"
+        # Each task as metering prices (and bills) it: its CPU time or its wall time, and the
+        # bytes of its finished event, at the default price table.
+        costs = [price(read(published[o.run]), DEFAULT_PRICES, len(published[o.run])).total for o in runs]
+        assert window.cost_per_task == pytest.approx(sum(costs) / len(costs) / NANO)
+        assert found.cost_unit == DEFAULT_PRICES.currency
+    assert names.version_key("shop", "2.0.0+build.7") == "shop.2.0.0=2Bbuild.7"
+
+
+def read(data: bytes) -> ExecutionFinished:
+    finished = read_finished(data)
+    assert finished is not None
+    return finished.payload
 
 
 async def _has(js: JetStreamContext, agent: str, version: str, n: int) -> bool:

@@ -8,14 +8,17 @@ from typing import Any
 
 import pytest
 
+from mesh.names import version_key
+from mesh.queue.billing import NANO
+from mesh.queue.breakers import breaker_scope
 from mesh.queue.runs import ExecutionFinished, RunStatus
 from streams.processors.canary import Buckets, Counted, apply
+from streams.processors.pricing import DEFAULT_PRICES, ModelPrice, PriceTable, price
 from streams.processors.rollup import (
     RETENTION_MINUTES,
     MinuteBucket,
     Sample,
     bucket_key,
-    canary_key,
     sample_of,
     summarize,
     task_cost,
@@ -40,9 +43,8 @@ def _table(samples: list[Sample]) -> tuple[dict[str, bytes], Counted]:
 
 def _summary(table: dict[str, bytes], min_samples: int = 1) -> Any:
     buckets = Buckets(table)
-    return summarize(
-        "shop", "1.0.0", lambda m: buckets.get(bucket_key("shop", "1.0.0", m)), MINUTE, min_samples, NOW
-    )
+    bucket_at = lambda m: buckets.get(bucket_key("shop", "1.0.0", m))  # noqa: E731
+    return summarize("shop", "1.0.0", bucket_at, MINUTE, min_samples, NOW, "USD")
 
 
 def test_each_window_merges_the_minutes_it_covers_ending_now() -> None:
@@ -122,9 +124,10 @@ def test_a_decoded_bucket_is_not_used_once_the_table_holds_other_bytes() -> None
 
 
 def test_kv_keys_are_agent_dot_version_with_unsafe_characters_escaped() -> None:
-    assert canary_key("shop", "1.2.3") == "shop.1.2.3"
-    assert canary_key("shop", "1.2.3-rc.1+build.5") == "shop.1.2.3-rc.1=2Bbuild.5"
-    assert canary_key("shop", "v 1/é") == "shop.v=201=2F=C3=A9"
+    assert version_key("shop", "1.2.3") == "shop.1.2.3"
+    assert version_key("shop", "1.2.3-rc.1+build.5") == "shop.1.2.3-rc.1=2Bbuild.5"
+    assert version_key("shop", "v 1/é") == "shop.v=201=2F=C3=A9"
+    assert breaker_scope("shop", "1.2.3+build.5") == version_key("shop", "1.2.3+build.5")  # one escaping
 
 
 def _event(**fields: Any) -> ExecutionFinished:
@@ -136,17 +139,22 @@ def _event(**fields: Any) -> ExecutionFinished:
     return ExecutionFinished.model_validate({**base, **fields})
 
 
-def test_the_cost_of_a_task_is_its_cpu_time_if_measured_else_its_duration() -> None:
-    assert task_cost(_event(audit={"cpu_ms": 120})) == 120.0
-    assert task_cost(_event(audit={"exit": 0})) == 2000.0
-    assert task_cost(_event(audit={"cpu_ms": "lots"})) == 2000.0
-    assert task_cost(_event()) == 2000.0
+def test_the_cost_of_a_task_is_its_price_as_metering_bills_it() -> None:
+    table = PriceTable(version="t", cpu_second=1.0, wall_second=0.5, gb_network=0.0,
+                       models={"m": ModelPrice(input_per_1k=2.0, output_per_1k=4.0)})  # fmt: skip
+    assert task_cost(_event(audit={"cpu_ms": 120}), table) == pytest.approx(0.12)  # CPU measured
+    assert task_cost(_event(audit={"exit": 0}), table) == pytest.approx(1.0)  # else 2 s of wall time
+    tokens = [{"model": "m", "input_tokens": 1000, "output_tokens": 500}]
+    assert task_cost(_event(usage=tokens), table) == pytest.approx(1.0 + 2.0 + 2.0)
+    carried = 10_000
+    event = _event(audit={"cpu_ms": 120})
+    assert task_cost(event, DEFAULT_PRICES, carried) == price(event, DEFAULT_PRICES, carried).total / NANO
 
 
 def test_only_runs_a_version_ran_to_an_end_are_samples() -> None:
-    assert sample_of(_event(status=RunStatus.EXPIRED)) is None
-    assert sample_of(_event(status=RunStatus.CANCELLED)) is None
-    failed = sample_of(_event(status=RunStatus.FAILED, version="2.0.0"))
+    assert sample_of(_event(status=RunStatus.EXPIRED), DEFAULT_PRICES) is None
+    assert sample_of(_event(status=RunStatus.CANCELLED), DEFAULT_PRICES) is None
+    failed = sample_of(_event(status=RunStatus.FAILED, version="2.0.0"), DEFAULT_PRICES)
     assert failed is not None and failed.failed and failed.version == "2.0.0" and failed.minute == MINUTE
-    unversioned = sample_of(_event(duration_ms=None))
+    unversioned = sample_of(_event(duration_ms=None), DEFAULT_PRICES)
     assert unversioned is not None and unversioned.version == "unknown" and unversioned.duration_ms is None

@@ -11,7 +11,8 @@ from ddsketch import DDSketch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streams.processors.sketch import RELATIVE_ACCURACY, decode, encode, new_sketch
+from mesh.canary import RELATIVE_ACCURACY
+from streams.processors.sketch import decode, encode, new_sketch
 
 values = st.lists(
     st.one_of(

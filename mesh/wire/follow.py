@@ -1,12 +1,18 @@
 """Following KV keys that hold decisions: a write is seen as it is stored, a missed one at the next resync.
 
+The one local copy of KV keys in the project (dispatch gates, breakers, spent
+budgets, quotas and slots, the metering processor's partials and marks).
+
 A follower is a core NATS subscription to the keys' subjects (nothing is
-left on the server, no consumer) plus a direct get of each key at start and
-every ``resync_s``, which repairs anything missed while disconnected. With a
-list of keys it subscribes to each key's subject and reads each by a direct
-get: what a worker's credentials allow, nothing more. Without one (``keys``
-None: every key under the prefix, of any number of tokens, for the gateway and
-the processors) it subscribes to the prefix's wildcard and lists the bucket.
+left on the server, no consumer) plus a read of each key at start and every
+``resync_s``, which repairs anything missed while disconnected. With a list of
+keys it subscribes to each key's subject and reads each by a direct get: what a
+worker's credentials allow, nothing more; ``values`` holds every listed key
+(``parse(key, None)`` for one not set). Without one (``keys`` None: every key
+under the prefix, of any number of tokens, for the gateway and the processors)
+it subscribes to the prefix's wildcard and lists the bucket; ``values`` holds
+the keys that are set (a deleted one goes, after ``on_change(key, parse(key,
+None))``).
 
 What is not guaranteed: a follower that cannot reach NATS keeps the values it
 last saw until it can.
@@ -32,18 +38,23 @@ from mesh.kv import current_entries
 from mesh.stopping import cancel_within
 from mesh.wire import protocol
 
-__all__ = ["KeyFollower"]
+__all__ = ["KeyFollower", "raw"]
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
 
+def raw(_: str, value: bytes | None) -> bytes | None:
+    """The ``parse`` of a follower that keeps values as they are stored."""
+    return value or None
+
+
 class KeyFollower(Generic[T]):
     """Follows keys ``prefix + name`` of ``bucket``; ``values[name]`` is the current
-    value parsed (``parse(name, None)`` for a missing or deleted key), and
-    ``on_change(name, value)`` is called on each change. :meth:`start` returns
-    once the current values are known."""
+    value parsed, and ``on_change(name, value)`` is called on each change
+    (``on_change`` None: nobody is told). :meth:`start` returns once the current
+    values are known; ``ready`` says a full read succeeded."""
 
     def __init__(
         self,
@@ -53,7 +64,7 @@ class KeyFollower(Generic[T]):
         prefix: str,
         keys: list[str] | None,
         parse: Callable[[str, bytes | None], T],
-        on_change: Callable[[str, T], None],
+        on_change: Callable[[str, T], None] | None = None,
         resync_s: float = 10.0,
     ) -> None:
         self.nc, self.js = nc, js
@@ -67,14 +78,23 @@ class KeyFollower(Generic[T]):
         self._resync: asyncio.Task[None] | None = None
         self._writes: dict[str, int] = {}  # writes seen live, per key
         self._unreadable = False  # said once
+        self.ready = False
 
-    async def start(self) -> None:
+    async def start(self, strict: bool = True) -> None:
+        """``strict=False``: a first read that fails (NATS away) is logged and tried again
+        within a second instead of raised; ``ready`` stays False until one succeeds."""
         # Subscribe first, then read: a write in between is seen by one or both.
         subjects = [self._subject + key for key in sorted(self.keys)] if self.keys is not None else [
             self._subject + ">"
         ]  # fmt: skip
         self._subs = [await self.nc.subscribe(subject, cb=self._on_write) for subject in subjects]
-        await self._read_all()
+        try:
+            await self._read_all()
+        except Exception as exc:
+            if strict:
+                await self.stop()
+                raise
+            log.warning("%s %s* not read yet (%s); trying again", self.bucket, self.prefix, exc)
         self._resync = asyncio.create_task(self._resync_loop(), name=f"follow-{self.bucket}")
 
     async def stop(self) -> None:
@@ -86,42 +106,56 @@ class KeyFollower(Generic[T]):
                 await sub.unsubscribe()
         self._subs = []
 
-    def _apply(self, key: str, value: T) -> None:
-        if (self.keys is None or key in self.keys) and self.values.get(key) != value:
+    def _apply(self, key: str, data: bytes | None) -> None:
+        """``key`` holds ``data`` now (None or empty: not set)."""
+        if self.keys is not None and key not in self.keys:
+            return
+        value = self.parse(key, data or None)
+        if self.keys is None and not data:  # a deleted key of a prefix goes
+            if key not in self.values:
+                return
+            del self.values[key]
+        elif key in self.values and self.values[key] == value:
+            return
+        else:
             self.values[key] = value
+        if self.on_change is not None:
             self.on_change(key, value)
 
     async def _on_write(self, msg: Msg) -> None:
         key = msg.subject[len(self._subject) :]
         self._writes[key] = self._writes.get(key, 0) + 1
         operation = (msg.headers or {}).get("KV-Operation")
-        self._apply(key, self.parse(key, None if operation in ("DEL", "PURGE") else msg.data))
+        self._apply(key, None if operation in ("DEL", "PURGE") else msg.data)
 
     async def _read_all(self) -> None:
         before = dict(self._writes)
         found = await (self._read_listed() if self.keys is not None else self._read_every())
-        for key, value in found.items():
+        for key, data in found.items():
             # A write seen live while reading is newer than what the read may hold.
             if self._writes.get(key) == before.get(key):
-                self._apply(key, value)
+                self._apply(key, data)
+        self.ready = True
 
-    async def _read_listed(self) -> dict[str, T]:
+    async def _read_listed(self) -> dict[str, bytes | None]:
         keys = sorted(self.keys or ())
-        return dict(zip(keys, await asyncio.gather(*(self._read(key) for key in keys)), strict=True))
+        read = await asyncio.gather(*(self._read(key) for key in keys))
+        return {key: data for key, (known, data) in zip(keys, read, strict=True) if known}
 
-    async def _read_every(self) -> dict[str, T]:
+    async def _read_every(self) -> dict[str, bytes | None]:
         try:
             kv = await self.js.key_value(self.bucket)
             entries = await current_entries(self.js, kv, self.bucket, self.prefix + ">")
         except (BucketNotFoundError, NotFoundError):  # not provisioned: nothing set
             entries = []
-        found = {e.key[len(self.prefix) :]: self.parse(e.key[len(self.prefix) :], e.value) for e in entries}
+        found: dict[str, bytes | None] = {e.key[len(self.prefix) :]: e.value for e in entries}
         for gone in set(self.values) - set(found):  # deleted while this follower was away
-            found[gone] = self.parse(gone, None)
+            found[gone] = None
         return found
 
-    async def _read(self, key: str) -> T:
-        """``key``'s value now: a direct get (no stream info, no listing)."""
+    async def _read(self, key: str) -> tuple[bool, bytes | None]:
+        """``key``'s value now (None: not set) by a direct get (no stream info, no
+        listing); ``(False, None)`` when the bucket cannot be read by key."""
         stream = names.kv_stream(self.bucket)
         subject = f"{protocol.api_prefix(self.js)}.DIRECT.GET.{stream}.{self._subject}{key}"
         try:
@@ -131,18 +165,18 @@ class KeyFollower(Generic[T]):
                 self._unreadable = True
                 log.warning("%s cannot be read (run provision: it needs direct gets); "
                             "following its changes only", self.bucket)  # fmt: skip
-            return self.values.get(key, self.parse(key, None))
+            return False, None
         headers = msg.headers or {}
         if headers.get("Status") in ("404", "408") or headers.get("KV-Operation") in ("DEL", "PURGE"):
-            return self.parse(key, None)
+            return True, None
         if headers.get("Status"):  # 503 and the like: the bucket cannot answer now
             raise ServiceUnavailableError(description=headers.get("Description"))
-        return self.parse(key, msg.data)
+        return True, msg.data
 
     async def _resync_loop(self) -> None:
         while True:
-            await asyncio.sleep(self.resync_s)
+            await asyncio.sleep(self.resync_s if self.ready else 1.0)  # a failed first read: soon
             try:
                 await self._read_all()
             except Exception as exc:  # NATS away: keep the values last seen
-                log.warning("%s not re-read: %s", self.bucket, exc)
+                log.warning("%s %s* not re-read: %s", self.bucket, self.prefix, exc)
