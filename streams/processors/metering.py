@@ -33,9 +33,13 @@ Every ``flush_interval_s`` (1 s) each replica, from its table:
   ``af_budgets`` remembers it past ``AF_EVENTS``'s retention;
 * marks a spent hard budget or a used-up quota ``spent.<id>`` (which
   ``TaskQueue.enqueue`` obeys) and removes the mark when the period ends;
-* raises a spend-rate anomaly (``af.events.cost.anomaly.<agent>.<hour>``, once
-  per agent and hour) when an agent's spend in the current hour exceeds
-  ``anomaly_multiple`` x its average over the previous ``anomaly_hours``.
+* raises a spend-rate anomaly (``af.events.cost.anomaly.agent.<agent>.<hour>``,
+  ``af.events.cost.anomaly.tenant.<tenant>.<hour>``; once per scope and hour)
+  when an agent's or a tenant's spend in the current hour exceeds
+  ``anomaly_multiple`` x its average over the previous ``anomaly_hours``. An agent's
+  spend is in one partition; a tenant's is summed over every partition's part
+  (``rate.tenant.<tenant>.p<n>`` in ``af_budgets``: the hour, its spend so far and the
+  trailing hours' sum, written at most every ``RATE_WRITE_S`` per key when it changed).
 """
 
 from __future__ import annotations
@@ -45,6 +49,7 @@ import contextlib
 import json
 import logging
 import os
+import time
 from collections import defaultdict
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
@@ -79,6 +84,8 @@ BILLING_TOPIC = "af-billing"
 USAGE_TABLE = "metering-usage"
 PARTIAL_PREFIX = "partial."
 ALERTED_PREFIX = "alerted."
+RATE_PREFIX = "rate."  # rate.tenant.<tenant>.p<n>: a partition's part of a tenant's hourly spend
+RATE_WRITE_S = 5.0  # a tenant's rate part is written at most this often (anomalies need no second)
 KEEP_DAYS = 40  # usage entries older than this are dropped from the table (a month + margin)
 
 
@@ -194,6 +201,8 @@ class Meter(Service):
         self.definitions: KeyFollower[bytes | None] | None = None
         self.partials: KeyFollower[bytes | None] | None = None
         self.flags: KeyFollower[bytes | None] | None = None
+        self.rates: KeyFollower[bytes | None] | None = None
+        self._rates_written: dict[str, tuple[float, bytes]] = {}  # rate key -> (when, value) we wrote
         self._written: dict[str, int] = {}  # partial key -> value we last wrote
         self._alerted: set[str] = set()
         self._flushing: asyncio.Task[None] | None = None
@@ -205,7 +214,8 @@ class Meter(Service):
         self.definitions = KeyFollower(nc, js, bucket, "", None, raw, self._definitions_changed)
         self.partials = KeyFollower(nc, js, bucket, PARTIAL_PREFIX, None, raw)
         self.flags = KeyFollower(nc, js, bucket, SPENT_PREFIX, None, raw)
-        for mirror in (self.definitions, self.partials, self.flags):
+        self.rates = KeyFollower(nc, js, bucket, RATE_PREFIX, None, raw)
+        for mirror in (self.definitions, self.partials, self.flags, self.rates):
             await mirror.start(strict=False)  # NATS away at start: read again soon, do not crash
         self._flushing = asyncio.create_task(self._flusher(), name="metering-flush")
 
@@ -213,7 +223,7 @@ class Meter(Service):
         # Before the connection (a dependency) closes: a flush must not run on a closed one.
         if self._flushing is not None:
             await cancel_within([self._flushing], asyncio.get_running_loop().time() + 5.0)
-        for mirror in (self.definitions, self.partials, self.flags):
+        for mirror in (self.definitions, self.partials, self.flags, self.rates):
             if mirror is not None:
                 await mirror.stop()
 
@@ -235,7 +245,7 @@ class Meter(Service):
         return {tp.partition for tp in self.app.consumer.assignment() if tp.topic == EXECUTIONS_TOPIC}
 
     async def flush(self, now: datetime) -> None:
-        mirrors = (self.definitions, self.partials, self.flags)
+        mirrors = (self.definitions, self.partials, self.flags, self.rates)
         if not all(m is not None and m.ready for m in mirrors):
             return  # deciding without knowing the budgets would drop every spent mark
         active = self._active()
@@ -387,10 +397,14 @@ class Meter(Service):
         self._alerted.add(marker)
 
     async def _anomalies(self, now: datetime, entries: list[Any]) -> None:
+        """Agents' anomalies from this replica's partitions (an agent is in one); tenants'
+        from every partition's part, summed (:meth:`_tenant_rates`)."""
         hour_id, start, _ = Period.HOUR.bounds(now)
-        per_agent: dict[str, list[int]] = defaultdict(lambda: [0] * (self.settings.anomaly_hours + 1))
-        oldest = _day(start - timedelta(hours=self.settings.anomaly_hours))
-        for (agent, _tenant, day), entry in entries:
+        hours_n = self.settings.anomaly_hours
+        per_agent: dict[str, list[int]] = defaultdict(lambda: [0] * (hours_n + 1))
+        per_tenant_part: dict[tuple[str, int], list[int]] = defaultdict(lambda: [0] * (hours_n + 1))
+        oldest = _day(start - timedelta(hours=hours_n))
+        for (agent, tenant, day), entry in entries:
             if day < oldest:
                 continue
             day_start = datetime.strptime(day, "%Y-%m-%d").replace(tzinfo=UTC)
@@ -398,20 +412,55 @@ class Meter(Service):
                 if not cost:
                     continue
                 back = int((start - (day_start + timedelta(hours=h))).total_seconds() // 3600)
-                if 0 <= back <= self.settings.anomaly_hours:
+                if 0 <= back <= hours_n:
                     per_agent[agent][back] += cost
+                    per_tenant_part[(tenant, entry["p"])][back] += cost
         for agent, hours in per_agent.items():
-            current = hours[0] / NANO
-            trailing = sum(hours[1:]) / self.settings.anomaly_hours / NANO
-            if (
-                current >= self.settings.anomaly_min_spend
-                and current > self.settings.anomaly_multiple * trailing
-            ):
-                await self._alert_once(
-                    f"cost.anomaly.{agent}.{hour_id}", f"anomaly.{agent}.{hour_id}",
-                    {"agent": agent, "hour": hour_id, "spend": current, "trailing_hourly_average": trailing,
-                     "multiple": self.settings.anomaly_multiple, "currency": self.prices.currency},
-                )  # fmt: skip
+            await self._anomaly_if(f"agent.{agent}", {"agent": agent}, hour_id, hours[0], sum(hours[1:]))
+        for tenant, (current, trailing) in (await self._tenant_rates(hour_id, per_tenant_part)).items():
+            await self._anomaly_if(f"tenant.{tenant}", {"tenant": tenant}, hour_id, current, trailing)
+
+    async def _tenant_rates(
+        self, hour_id: str, parts: dict[tuple[str, int], list[int]]
+    ) -> dict[str, list[int]]:
+        """Each tenant's spend this hour and over the trailing hours (nano-units), summed over
+        every partition: its parts here (written for the others to read), and theirs."""
+        assert self.rates is not None
+        kv = await self.decisions.js.key_value(names.BUCKET_BUDGETS)
+        mine: dict[str, dict[str, Any]] = {}
+        for (tenant, partition), hours in parts.items():
+            key = f"tenant.{tenant}.p{partition}"
+            mine[key] = {"hour": hour_id, "current": hours[0], "trailing": sum(hours[1:])}
+            data = json.dumps(mine[key]).encode()
+            written = self._rates_written.get(key)
+            due = written is None or (written[1] != data and time.monotonic() - written[0] >= RATE_WRITE_S)
+            if due or (written is not None and json.loads(written[1])["hour"] != hour_id):
+                await kv.put(RATE_PREFIX + key, data)
+                self._rates_written[key] = (time.monotonic(), data)
+                self.rates.values[key] = data  # known before its echo arrives
+        totals: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+        for key, stored in list(self.rates.values.items()):
+            try:
+                value = mine.get(key) or json.loads(stored or b"")
+                if value["hour"] != hour_id:
+                    continue  # a part not written this hour: nothing spent there since
+                total = totals[key.rsplit(".p", 1)[0].split(".", 1)[1]]
+                total[0] += int(value["current"])
+                total[1] += int(value["trailing"])
+            except (ValueError, KeyError, TypeError, IndexError):
+                continue
+        return totals
+
+    async def _anomaly_if(self, scope: str, who: dict[str, str], hour_id: str, current_nano: int,
+                          trailing_nano: int) -> None:  # fmt: skip
+        current = current_nano / NANO
+        trailing = trailing_nano / self.settings.anomaly_hours / NANO
+        if current >= self.settings.anomaly_min_spend and current > self.settings.anomaly_multiple * trailing:
+            await self._alert_once(
+                f"cost.anomaly.{scope}.{hour_id}", f"anomaly.{scope}.{hour_id}",
+                {**who, "hour": hour_id, "spend": current, "trailing_hourly_average": trailing,
+                 "multiple": self.settings.anomaly_multiple, "currency": self.prices.currency},
+            )  # fmt: skip
 
     def _expire(self, now: datetime, entries: list[Any]) -> None:
         """Drop usage entries past ``KEEP_DAYS``: a tombstone in the entry's own changelog

@@ -148,26 +148,65 @@ async def test_a_spend_rate_far_above_the_agents_trailing_average_is_one_anomaly
         for i in range(5):
             await publish_at(own_js, "bursty", f"now-{i:02d}", now)
         await eventually(lambda: _counted(app, "bursty", 29), 10, "the first 5 of this hour counted")
-        assert await _anomalies(own_js) == {}  # 5 x the average: under 10 x (as far as a flush got)
+        assert await _anomalies(own_js, "agent") == {}  # 5 x the average: under 10 x (as far as a flush got)
         for i in range(5, 30):
             await publish_at(own_js, "bursty", f"now-{i:02d}", now)
-        found = await eventually(lambda: _anomalies(own_js), 30, "the anomaly event")
-        assert found == {f"af.events.cost.anomaly.bursty.{hour}": 1}
+        found = await eventually(lambda: _anomalies(own_js, "agent"), 30, "the anomaly event")
+        assert found == {f"af.events.cost.anomaly.agent.bursty.{hour}": 1}
         for i in range(30, 40):  # more of the same hour: no second event
             await publish_at(own_js, "bursty", f"now-{i:02d}", now)
         await eventually(lambda: _counted(app, "bursty", 64), 30, "all counted")
-    assert await _anomalies(own_js) == {f"af.events.cost.anomaly.bursty.{hour}": 1}
+    assert await _anomalies(own_js, "agent") == {f"af.events.cost.anomaly.agent.bursty.{hour}": 1}
 
 
-async def publish_at(js: JetStreamContext, agent: str, run: str, at: datetime) -> None:
-    task = build_task(TaskSpec(agent, {"i": 0}, tenant="acme"), f"{agent}-{run}")
+async def test_a_tenants_spend_rate_summed_over_its_agents_partitions_is_its_own_anomaly(
+    own_nats: NatsServer, own_js: JetStreamContext
+) -> None:
+    """A tenant whose agents each spend too little to be anomalous (under the minimum
+    spend), but together far above the tenant's trailing average: one tenant event,
+    its spend summed over the partitions its agents' spend is in."""
+    now = utcnow()
+    hour = Period.HOUR.bounds(now)[0]
+    agents = ["surge-a", "surge-b", "surge-c", "surge-d"]
+    for back in range(1, 25):  # one run an hour of one agent: the tenant's average is one run
+        await publish_at(own_js, agents[0], f"past-{back:02d}", now - timedelta(hours=back), tenant="surge")
+    one_run = await _one_cost(own_js)
+    partitions = await prepare(own_nats.url)
+    # 2 runs of an agent this hour are under the minimum spend; the tenant's 8 are over it,
+    # and 8 x its average (over 5 x).
+    options = {"flush_interval_s": 0.1, "anomaly_min_spend": 4.5 * one_run, "anomaly_multiple": 5}
+    app = build("metering", ProcessorConfig(own_nats.url, partitions, session_timeout_s=4, heartbeat_s=0.5,
+                                            options=options))  # fmt: skip
+    async with running(app):
+        for agent in agents:
+            for i in range(2):
+                await publish_at(own_js, agent, f"now-{i}", now, tenant="surge")
+        found = await eventually(lambda: _anomalies(own_js, "tenant"), 30, "the tenant's anomaly event")
+        assert found == {f"af.events.cost.anomaly.tenant.surge.{hour}": 1}
+        assert len(set(_usage(app, "surge-", "p"))) > 1, (
+            "the tenant's agents are in one partition: nothing summed"
+        )
+        await eventually(lambda: sum(_usage(app, "surge-", "n")) >= 32, 30, "all counted")
+    assert await _anomalies(own_js, "agent") == {}  # no agent alone was anomalous
+    assert await _anomalies(own_js, "tenant") == {f"af.events.cost.anomaly.tenant.surge.{hour}": 1}
+
+
+async def publish_at(js: JetStreamContext, agent: str, run: str, at: datetime, tenant: str = "acme") -> None:
+    task = build_task(TaskSpec(agent, {"i": 0}, tenant=tenant), f"{agent}-{run}")
     subject, data, headers = success_message(task, agent, 1, at, at, {"i": 0})
     await js.publish(subject, data, headers=parse_headers(headers))
 
 
-async def _anomalies(js: JetStreamContext) -> dict[str, int]:
-    info = await js.stream_info(names.STREAM_EVENTS, subjects_filter="af.events.cost.anomaly.>")
+async def _anomalies(js: JetStreamContext, scope: str) -> dict[str, int]:
+    """Anomaly events per subject of ``scope`` (agent or tenant)."""
+    info = await js.stream_info(names.STREAM_EVENTS, subjects_filter=f"af.events.cost.anomaly.{scope}.>")
     return dict(info.state.subjects or {})
+
+
+def _usage(app: object, prefix: str, field: str) -> list[int]:
+    """``field`` of each usage entry whose key starts with ``prefix``."""
+    table = app.tables["metering-usage"]  # type: ignore[attr-defined]
+    return [v[field] for k, v in table.data.items() if v and k.startswith(prefix)]
 
 
 def _counted(app: object, agent: str, n: int) -> bool:

@@ -168,6 +168,10 @@ async def test_two_replicas_share_the_partitions_and_a_tenant_budget_spans_them(
     assert len([p for p in parts.values() if p]) > 1  # acme's agents are on more than one partition
     subject = f"af.events.budget.alert.acme-day.{period}.100"
     await eventually(lambda: _alerts(own_js, subject), 30, "the 100 % alert")
+    # Its spend rate for anomalies likewise: each replica's parts in KV, summed.
+    hour = Period.HOUR.bounds(utcnow())[0]
+    rates = await eventually(lambda: _rates(own_js, "acme", hour, acme), 60, "acme's hourly parts add up")
+    assert len([r for r in rates.values() if r]) > 1
     for p in processors:
         p.stop()
     assert await _alerts(own_js, subject) == 1
@@ -189,6 +193,14 @@ async def _parts(js: JetStreamContext, prefix: str, want: int) -> dict[str, int]
     entries = await current_entries(js, kv, names.BUCKET_BUDGETS, f"partial.{prefix}.*")
     parts = {e.key: json.loads(e.value or b"{}")["used"] for e in entries}
     return parts if sum(parts.values()) == want else None
+
+
+async def _rates(js: JetStreamContext, tenant: str, hour: str, want: int) -> dict[str, int] | None:
+    kv = await js.key_value(names.BUCKET_BUDGETS)
+    entries = await current_entries(js, kv, names.BUCKET_BUDGETS, f"rate.tenant.{tenant}.*")
+    parts = {e.key: json.loads(e.value or b"{}") for e in entries}
+    current = {key: part["current"] for key, part in parts.items() if part["hour"] == hour}
+    return current if sum(current.values()) == want else None
 
 
 async def _alerts(js: JetStreamContext, subject: str) -> int:
