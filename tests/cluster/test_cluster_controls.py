@@ -18,8 +18,9 @@ async def test_a_killed_stream_leader_is_replaced_and_comes_back_as_a_follower_w
         try:
             js = await jetstream(nc)
             await js.add_stream(name="CTRL", subjects=["ctrl.>"], num_replicas=3)
-            await js.publish("ctrl.a", b"1")
+            # A new R3 stream can exist before it has a leader; a publish then gets no responders.
             (first,) = await eventually(lambda: _leader(cluster, "CTRL"), timeout=10, what="a stream leader")
+            await js.publish("ctrl.a", b"1")
             ports = (cluster.nodes[first].port, cluster.nodes[first].monitor_port)
             cluster.kill(first)
             assert cluster.nodes[first].pid is None
