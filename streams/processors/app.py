@@ -87,6 +87,9 @@ class Decisions(Service):
 
 def processor_app(name: str, config: ProcessorConfig, **conf: Any) -> tuple[faust.App, faust.TopicT]:
     """The Faust app of processor ``name`` and its source topic (``af-executions``)."""
+    # Faust makes its own directory, not its parents: on a fresh machine there is no
+    # <tmp>/af-processors (or <AF_DATA_DIR>/processors) yet, and the worker died at start.
+    os.makedirs(config.datadir, exist_ok=True)
     app = faust.App(
         f"af-{name}",
         broker=config.broker,

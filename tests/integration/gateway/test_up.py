@@ -41,7 +41,9 @@ def cli(data_dir: Path, *args: str, check: bool = True) -> subprocess.CompletedP
 
 
 def _env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AF_")}
+    # As a user runs it: none of the test session's settings, Faust's data dir included
+    # (with APP_DATADIR set, a processor under `up` never used <data dir>/processors).
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AF_") and k != "APP_DATADIR"}
     return env
 
 

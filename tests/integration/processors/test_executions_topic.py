@@ -3,8 +3,10 @@ agent, in order, filled by the server (no process copies events)."""
 
 from __future__ import annotations
 
+import tempfile
 from collections import defaultdict
-from typing import Any
+from pathlib import Path
+from typing import Any, cast
 
 import faust
 import pytest
@@ -16,7 +18,7 @@ from mesh.envelope import utcnow
 from mesh.queue.outcome import success_message
 from mesh.queue.producer import TaskSpec, build_task
 from mesh.wire.protocol import parse_headers
-from streams.processors.app import ProcessorConfig, prepare, processor_app
+from streams.processors.app import ProcessorConfig, build, prepare, processor_app
 from streams.processors.executions import EXECUTIONS_TOPIC, read_finished
 from streams.topics import TopicRegistry
 from tests.helpers import eventually
@@ -87,3 +89,22 @@ async def test_a_topic_with_another_partition_count_is_refused_by_name(
     await TopicRegistry(own_js).declare(EXECUTIONS_TOPIC, 2)  # as a consumer's auto-create would
     with pytest.raises(ValueError, match="af-executions has 2 partitions of its own, AF_EXECUTIONS has 4"):
         await prepare(own_nats.url)
+
+
+async def test_a_processor_starts_on_a_machine_without_its_data_directory(
+    own_nats: NatsServer, own_js: JetStreamContext, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The default data directory is <system temp>/af-processors/af-<name>: on a fresh
+    machine neither level exists, and Faust makes only the last (the worker died at start,
+    and `bench processors` timed out waiting for it; the tests never saw it, since they
+    send every Faust app elsewhere with APP_DATADIR, which Faust prefers)."""
+    fresh = tmp_path / "fresh-tmp"
+    fresh.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(fresh))
+    monkeypatch.delenv("APP_DATADIR")  # the test session's own Faust data dir (tests/conftest.py)
+    partitions = await prepare(own_nats.url)
+    app = build("metering", ProcessorConfig(own_nats.url, partitions, session_timeout_s=4, heartbeat_s=0.5))
+    async with running(app):
+        recovered = cast(Any, app.tables).recovery.completed
+        await eventually(recovered.is_set, 30, "the processor started and recovered its tables")
+    assert (fresh / "af-processors" / "af-metering").is_dir()
