@@ -48,7 +48,8 @@ def _gateway(env: Servers) -> contextlib.AbstractAsyncContextManager[Gateway]:
         scheduler=False,
         worker=InProcessWorker(agents=[AGENT], concurrency=128),
     )
-    settings = Settings(host="127.0.0.1", port=0)  # a free port
+    # A free port; no rate limit: the bench measures the path, not the limiter.
+    settings = Settings(host="127.0.0.1", port=0, api_rate_per_s=0)
     return Gateway(settings, example_registry(), parts).running(env.nats.url, env.postgres.url, token=TOKEN)
 
 

@@ -39,6 +39,7 @@ from agents.runtime import worker_for
 from agents.store.executions import upsert_agents
 from agents.store.migrations import apply_migrations
 from gateway.api import Services, create_app
+from gateway.api.middleware import log_access_to_stderr
 from gateway.api.problems import ApiRunner
 from gateway.settings import Settings
 from mesh.embedded import find_free_port
@@ -283,6 +284,7 @@ class Gateway:
 
     async def _serve(self, app: web.Application) -> None:
         s = self.settings
+        log_access_to_stderr(s.access_log)  # ours (gateway.api.middleware), not aiohttp's
         self.runner = ApiRunner(app, handle_signals=False, access_log=None, shutdown_timeout=5.0)
         await self.runner.setup()
         port = s.port or find_free_port()

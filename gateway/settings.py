@@ -43,6 +43,15 @@ class Settings(BaseSettings):
         "(docs/sandbox.md); False: in the worker's own process",
     )
     max_payload_bytes: int = Field(default=1_048_576, ge=1024)
+    api_rate_per_s: float = Field(
+        default=2000.0, ge=0,
+        description="API requests a second per bearer token (per client address without one), "
+        "past a burst of api_burst: then 429 with Retry-After; 0: no limit",
+    )  # fmt: skip
+    api_burst: int = Field(default=4000, ge=1, description="Requests a token may make at once past its rate")
+    access_log: bool = Field(
+        default=True, description="One JSON line per API request on stderr (logger gateway.access)"
+    )
     stream_replicas: int = Field(default=1, ge=1, le=5)
     nats_cluster_size: int = Field(
         default=1, ge=1, le=5,

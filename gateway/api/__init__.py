@@ -11,6 +11,7 @@ from gateway.api.canary import routes as canary_routes
 from gateway.api.channels import routes as channel_routes
 from gateway.api.costs import routes as cost_routes
 from gateway.api.lifecycle import routes as lifecycle_routes
+from gateway.api.middleware import access_middleware, rate_limit_middleware
 from gateway.api.problems import problem_middleware
 from gateway.api.queue import routes as queue_routes
 from gateway.api.routes import routes
@@ -23,9 +24,13 @@ __all__ = ["SERVICES", "Services", "create_app"]
 
 def create_app(services: Services, token: str | None) -> web.Application:
     """The API app. ``token=None`` disables auth (embedded dev mode only)."""
+    s = services.settings
+    # Outermost first: every answer (a 401, a 429, a problem) is logged and carries
+    # the correlation id; a rate-limited request is refused before its token is checked.
+    limit = rate_limit_middleware(s.api_rate_per_s, s.api_burst)
     app = web.Application(
-        middlewares=[problem_middleware, auth_middleware(token)],
-        client_max_size=services.settings.max_payload_bytes,
+        middlewares=[access_middleware, problem_middleware, limit, auth_middleware(token)],
+        client_max_size=s.max_payload_bytes,
     )
     app[SERVICES] = services
     app.add_routes(routes)

@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from agents.errors import AgentInputInvalid
 from gateway.api.bodies import json_response, read_json
+from gateway.api.middleware import correlation_id
 from gateway.api.models import RunRequest
 from gateway.api.params import DLQ_SEQ, MAX_SEQ, path_value, query_int, query_value
 from gateway.api.problems import validation_errors
@@ -141,6 +142,7 @@ async def submit_batch(request: web.Request) -> web.Response:
                 routing_key=task.routing_key,
                 ttl_s=task.ttl_s,
                 source="gateway",
+                correlation_id=correlation_id(request),
             )
         )
     queued = await svc.queue.enqueue_batch(specs, batch_key=body.batch_key)

@@ -18,6 +18,7 @@ from agents.errors import AgentInputInvalid, RunNotFound
 from agents.store.executions import get_execution
 from agents.store.runs import RunFilter, list_runs
 from gateway.api.bodies import json_response, read_json
+from gateway.api.middleware import correlation_id
 from gateway.api.models import RunAccepted, RunRequest, RunView
 from gateway.api.params import RUN_ID, path_value, query_int, query_value
 from gateway.api.problems import validation_errors
@@ -57,7 +58,7 @@ async def create_run(request: web.Request) -> web.Response:
     spec = TaskSpec(
         agent=agent.key, input=body.input, tenant=body.tenant, routing_key=body.routing_key,
         priority=body.priority, idempotency_key=body.idempotency_key, ttl_s=body.ttl_s,
-        source="gateway",
+        source="gateway", correlation_id=correlation_id(request),
     )  # fmt: skip
     queued = await svc.queue.enqueue(spec)
     url = f"/api/v1/runs/{queued.run_id}"

@@ -35,13 +35,15 @@ class ApiTestServer(TestServer):
 
 @pytest.fixture
 async def api(
-    nc: Client, mesh_js: JetStreamContext, pool: asyncpg.Pool
+    nc: Client, mesh_js: JetStreamContext, pool: asyncpg.Pool, request: pytest.FixtureRequest
 ) -> AsyncIterator[TestClient[Any, Any]]:
     """The gateway with its recorders and a worker (no maintenance, no scheduler), served by aiohttp's
-    test server; the NATS connection and the pool are the test's."""
+    test server; the NATS connection and the pool are the test's. Parametrize indirectly
+    with a dict of Settings to change some."""
     parts = Parts(maintenance=False, scheduler=False, serve=False, poll_s=0.2,
                   worker=InProcessWorker(concurrency=8, idle_poll_s=0.2, drain_timeout_s=5))  # fmt: skip
-    gateway = Gateway(Settings(max_payload_bytes=64 * 1024), example_registry(), parts)
+    settings = Settings(**{"max_payload_bytes": 64 * 1024, **getattr(request, "param", {})})
+    gateway = Gateway(settings, example_registry(), parts)
     async with gateway.running(nc, pool, token=TOKEN):
         assert gateway.app is not None
         client = TestClient(ApiTestServer(gateway.app))
