@@ -181,6 +181,7 @@ SHOW_RUNNING_AFTER_S = 1.0  # a run going this long gets its "running" state wri
 HAND_BACK_ALLOWANCE = 10  # deliveries past max_attempts before the server gives up (backstop)
 QUOTA_RETURN_DELAY_S = 2.0  # a task handed back for a full concurrency quota comes back after this
 QUOTA_RECHECK_S = 1.0  # a task waiting for a slot tries again at least this often
+READ_TRIES = 8  # a redelivery's reads before its handler: tried again for up to 14 s
 RECORD_PATIENCE_S = 15.0  # how long an outcome write rides out a NATS outage before a hand-back
 _LOST = "no outcome within the ack wait: the worker was lost (crashed, killed or stalled)"
 
@@ -1055,12 +1056,17 @@ class TaskWorker:
         expect), or None when it is settled here: its outcome is recorded
         already (acked), or every attempt was lost with its worker (dead-lettered)."""  # fmt: skip
         generation = replay_generation(task)
-        stored = await stored_outcome(self.js, item.lane.agent, task.id)
+        # Reads only, before the handler: ride out a short outage (a node rejoining its
+        # cluster answers 503 for a while) instead of failing the delivery, which would
+        # count as one more attempt of a run that never started (the partition test saw
+        # runs of a frozen node's worker fail so). The heartbeat keeps the delivery meanwhile.
+        agent = item.lane.agent
+        stored = await through_outage(lambda: stored_outcome(self.js, agent, task.id), READ_TRIES)
         if stored is not None and stored.decides(generation, real=True):
             await self.pipeline.ack_sync(item.msg)  # recorded by an earlier delivery
             return None
         expect = stored.seq if stored is not None else 0
-        current, item.revision = await get_run_entry(self.js, task.id)
+        current, item.revision = await through_outage(lambda: get_run_entry(self.js, task.id), READ_TRIES)
         if current is None or current.replay != generation:
             current = _state_from(task, item.lane.agent, seq)
         elif current.status.finished:  # a presumed outcome (e.g. expired): this run supersedes it
