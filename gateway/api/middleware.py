@@ -48,6 +48,7 @@ ACCESS_LOG: Final = logging.getLogger("gateway.access")
 CORRELATION_HEADER: Final = "X-Correlation-ID"
 _CORRELATION: Final = re.compile(r"[A-Za-z0-9._:/-]{1,128}")
 _KEY: Final = web.RequestKey("correlation_id", str)
+_TOKEN: Final = web.RequestKey("token_fingerprint", str)
 _MAX_BUCKETS: Final = 100_000  # idle buckets are dropped past this many
 
 
@@ -68,8 +69,13 @@ def correlation_id(request: web.Request) -> str | None:
 
 
 def _fingerprint(request: web.Request) -> str | None:
+    """The first 12 hex digits of the Authorization header's sha256 (once per request:
+    the rate limit and the access log both use it)."""
+    if (known := request.get(_TOKEN)) is not None:
+        return known or None
     auth = request.headers.get("Authorization")
-    return hashlib.sha256(auth.encode()).hexdigest()[:12] if auth else None
+    request[_TOKEN] = hashlib.sha256(auth.encode()).hexdigest()[:12] if auth else ""
+    return request[_TOKEN] or None
 
 
 @web.middleware

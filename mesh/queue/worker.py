@@ -580,7 +580,7 @@ class TaskWorker:
                         break
                     claimed.append(scope)
             finally:
-                if blocked is not None or len(claimed) < len(scopes):  # none held while waiting
+                if len(claimed) < len(scopes):  # blocked or interrupted: none held while waiting
                     for scope in claimed:
                         try:
                             await self.quotas.release(scope, task.id)
@@ -798,7 +798,7 @@ class TaskWorker:
     def _launch(self, lane: Lane[Puller], msg: Msg) -> None:
         lane.started()
         item = _InFlight(msg, lane)
-        if self.quotas is not None and f"agent.{lane.agent}" in self.quotas.limits:
+        if self.quotas is not None and self.quotas.limits and f"agent.{lane.agent}" in self.quotas.limits:
             # Counted against the agent's free slots here at once, not when its claim is
             # seen in af_slots: the next sweep must not pull what the quota has no room for.
             item.wants_slot = True

@@ -24,7 +24,6 @@ as metering: cost per task is each task's price in its currency).
 from __future__ import annotations
 
 import logging
-import os
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -36,7 +35,7 @@ from nats.js.kv import KeyValue
 from mesh import names
 from streams.processors.app import Decisions, ProcessorConfig
 from streams.processors.executions import read_finished
-from streams.processors.pricing import load_prices
+from streams.processors.pricing import configured_prices
 from streams.processors.rollup import (
     RETENTION_MINUTES,
     MinuteBucket,
@@ -187,7 +186,7 @@ def _expire(
 def install(app: faust.App, source: faust.TopicT, config: ProcessorConfig) -> None:
     options = CanaryOptions.of(dict(config.options))
     # Cost per task is metering's price of each task (the same table: AF_PRICES).
-    prices = load_prices(config.options.get("prices") or os.environ.get("AF_PRICES"))
+    prices = configured_prices(config.options)
     # JSON keys, raw values: each value is a bucket's bytes (Buckets).
     buckets = Buckets(app.Table(TABLE, partitions=config.partitions, key_type=str, value_type=bytes))
     decisions = Decisions(app)

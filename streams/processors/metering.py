@@ -73,7 +73,7 @@ from mesh.wire.follow import KeyFollower, raw
 from streams import naming
 from streams.processors.app import Decisions, ProcessorConfig
 from streams.processors.executions import EXECUTIONS_TOPIC, read_finished
-from streams.processors.pricing import PriceTable, load_prices, price
+from streams.processors.pricing import PriceTable, configured_prices, price
 from streams.topics import TopicRegistry
 
 __all__ = ["BILLING_TOPIC", "MeteringSettings", "install", "prepare"]
@@ -202,7 +202,8 @@ class Meter(Service):
         self.partials: KeyFollower[bytes | None] | None = None
         self.flags: KeyFollower[bytes | None] | None = None
         self.rates: KeyFollower[bytes | None] | None = None
-        self._rates_written: dict[str, tuple[float, bytes]] = {}  # rate key -> (when, value) we wrote
+        # rate key -> (when, value, its hour) we wrote last
+        self._rates_written: dict[str, tuple[float, bytes, str]] = {}
         self._written: dict[str, int] = {}  # partial key -> value we last wrote
         self._alerted: set[str] = set()
         self._flushing: asyncio.Task[None] | None = None
@@ -434,9 +435,9 @@ class Meter(Service):
             data = json.dumps(mine[key]).encode()
             written = self._rates_written.get(key)
             due = written is None or (written[1] != data and time.monotonic() - written[0] >= RATE_WRITE_S)
-            if due or (written is not None and json.loads(written[1])["hour"] != hour_id):
+            if due or (written is not None and written[2] != hour_id):
                 await kv.put(RATE_PREFIX + key, data)
-                self._rates_written[key] = (time.monotonic(), data)
+                self._rates_written[key] = (time.monotonic(), data, hour_id)
                 self.rates.values[key] = data  # known before its echo arrives
         totals: dict[str, list[int]] = defaultdict(lambda: [0, 0])
         for key, stored in list(self.rates.values.items()):
@@ -524,7 +525,7 @@ def meter_batch(usage: Any, events: Iterable[Any], prices: PriceTable) -> list[d
 
 def install(app: faust.App, source: faust.TopicT, config: ProcessorConfig) -> None:
     settings = MeteringSettings.model_validate({"prices": os.environ.get("AF_PRICES"), **config.options})
-    prices = load_prices(settings.prices)
+    prices = configured_prices(config.options)
     usage = app.Table(
         USAGE_TABLE, default=None, partitions=config.partitions, help="usage per agent, tenant, day"
     )

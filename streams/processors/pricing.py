@@ -20,15 +20,18 @@ price change never silently re-prices history.
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from mesh.queue.billing import NANO
 from mesh.queue.runs import ExecutionFinished
 
-__all__ = ["NANO", "ModelPrice", "PriceTable", "Priced", "load_prices", "price"]
+__all__ = ["NANO", "ModelPrice", "PriceTable", "Priced", "configured_prices", "load_prices", "price"]
 
 GB = 1024**3
 
@@ -70,6 +73,12 @@ def load_prices(path: str | Path | None) -> PriceTable:
     if not path:
         return DEFAULT_PRICES
     return PriceTable.model_validate_json(Path(path).read_bytes())
+
+
+def configured_prices(options: Mapping[str, Any]) -> PriceTable:
+    """The price table a processor is given: option ``prices`` (a file), else ``AF_PRICES``,
+    else the default. Metering and the canary price the same way with it."""
+    return load_prices(options["prices"] if "prices" in options else os.environ.get("AF_PRICES"))
 
 
 @dataclass(frozen=True, slots=True)
