@@ -10,6 +10,7 @@ from gateway.api.breakers import routes as breaker_routes
 from gateway.api.canary import routes as canary_routes
 from gateway.api.channels import routes as channel_routes
 from gateway.api.costs import routes as cost_routes
+from gateway.api.docs import routes as docs_routes
 from gateway.api.lifecycle import routes as lifecycle_routes
 from gateway.api.middleware import access_middleware, rate_limit_middleware
 from gateway.api.problems import problem_middleware
@@ -43,4 +44,5 @@ def create_app(services: Services, token: str | None) -> web.Application:
     app.add_routes(cost_routes)
     app.add_routes(breaker_routes)
     app.add_routes(canary_routes)
+    app.add_routes(docs_routes)
     return app

@@ -11,7 +11,7 @@ from gateway.api.problems import Handler, problem
 
 __all__ = ["OPEN_PATHS", "auth_middleware"]
 
-OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/api/v1/openapi.json", "/api/v1/docs"})
 
 
 def auth_middleware(token: str | None) -> Middleware:

@@ -16,8 +16,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from gateway.api.bodies import json_response, read_json
 from gateway.api.params import path_value
 from gateway.api.services import SERVICES, Services
+from gateway.api.spec import endpoint
 from mesh.names import AGENT_KEY_RE
-from mesh.queue.breakers import force_breaker, read_breakers
+from mesh.queue.breakers import BreakerState, force_breaker, read_breakers
 
 __all__ = ["ForceBreaker", "routes"]
 
@@ -37,7 +38,12 @@ class ForceBreaker(BaseModel):
     version: str | None = Field(None, min_length=1, max_length=128)
 
 
+class BreakerList(BaseModel):
+    breakers: list[BreakerState]
+
+
 @routes.get("/api/v1/breakers")
+@endpoint("Every breaker that is not plainly closed", response=BreakerList, tags=("breakers",))
 async def list_breakers(request: web.Request) -> web.Response:
     """Every breaker with a key: agents', and versions' (``version`` set); those not listed are closed."""
     svc: Services = request.app[SERVICES]
@@ -46,6 +52,8 @@ async def list_breakers(request: web.Request) -> web.Response:
 
 
 @routes.post("/api/v1/breakers/{agent}")
+@endpoint("Force an agent's (or a version's) breaker open or closed", body=ForceBreaker,
+          response=BreakerState, tags=("breakers",))  # fmt: skip
 async def force(request: web.Request) -> web.Response:
     svc: Services = request.app[SERVICES]
     agent = path_value(request, "agent", AGENT_KEY_RE, "agent key")

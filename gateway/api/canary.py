@@ -15,12 +15,14 @@ import re
 from typing import Final
 
 from aiohttp import web
+from pydantic import BaseModel, Field
 
 from gateway.api.bodies import json_response
-from gateway.api.params import path_value, query_value
+from gateway.api.params import ecma_pattern, path_value, query_value
 from gateway.api.services import SERVICES, Services
+from gateway.api.spec import endpoint
 from mesh import names
-from mesh.canary import WINDOWS, read_version_metrics
+from mesh.canary import WINDOWS, VersionMetrics, read_version_metrics
 
 __all__ = ["routes"]
 
@@ -30,7 +32,19 @@ VERSION: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,127}")
 WINDOW: Final = re.compile("|".join(WINDOWS))
 
 
+class CanaryQuery(BaseModel):
+    version: str | None = Field(default=None, pattern=ecma_pattern(VERSION.pattern))
+    window: str | None = Field(default=None, pattern=ecma_pattern(WINDOW.pattern))
+
+
+class CanaryMetrics(BaseModel):
+    agent: str
+    versions: list[VersionMetrics]
+
+
 @routes.get("/api/v1/canary/{agent}/metrics")
+@endpoint("Canary metrics of an agent's versions, per window", query=CanaryQuery, response=CanaryMetrics,
+          errors=(404,), tags=("canary",))  # fmt: skip
 async def canary_metrics(request: web.Request) -> web.Response:
     svc: Services = request.app[SERVICES]
     agent = path_value(request, "agent", names.AGENT_KEY_RE, "agent key")

@@ -11,7 +11,6 @@
 
 from __future__ import annotations
 
-import re
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
@@ -21,7 +20,9 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from agents.store.billing import cost_totals
 from gateway.api.bodies import json_response, read_json
+from gateway.api.params import LIMIT_ID
 from gateway.api.services import SERVICES, Services
+from gateway.api.spec import endpoint
 from mesh.queue.billing import NANO
 from mesh.queue.budgets import Budget, Quota, Spent, put_limit, read_limits, remove_limit
 from mesh.queue.slots import read_slots
@@ -53,7 +54,50 @@ class CostQuery(BaseModel):
         return self
 
 
+class CostRow(BaseModel):
+    """One agent's or tenant's cost in one period (the key named by ``group_by``)."""
+
+    agent: str | None = None
+    tenant: str | None = None
+    start: datetime
+    currency: str
+    executions: int
+    amount: float
+    amount_nano: int
+    breakdown: dict[Literal["compute", "tokens", "storage", "network"], float]
+    input_tokens: int
+    output_tokens: int
+    cpu_s: float
+
+
+class CostReport(BaseModel):
+    group_by: Literal["agent", "tenant"]
+    period: Literal["hour", "day", "month"]
+    since: datetime
+    until: datetime
+    rows: list[CostRow]
+    total: float
+    total_nano: int
+    executions: int
+
+
+class BudgetView(Budget):
+    spent: Spent | None = Field(description="set while it is used up for its current period")
+
+
+class QuotaView(Quota):
+    spent: Spent | None = Field(description="set while it is used up for its current period")
+    running: int | None = Field(default=None, description="a concurrency quota: its scope's slots held now")
+
+
+class Limits(BaseModel):
+    budgets: list[BudgetView]
+    quotas: list[QuotaView]
+
+
 @routes.get("/api/v1/costs")
+@endpoint("Cost per agent or tenant and period, from the billing records", query=CostQuery,
+          response=CostReport, errors=(422,), tags=("costs",))  # fmt: skip
 async def costs(request: web.Request) -> web.Response:
     svc: Services = request.app[SERVICES]
     q = CostQuery.model_validate(dict(request.query))
@@ -78,12 +122,9 @@ async def costs(request: web.Request) -> web.Response:
     })  # fmt: skip
 
 
-_ID = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
-
-
 def _ident(request: web.Request) -> str:
     ident = request.match_info["id"]
-    if not _ID.match(ident):
+    if not LIMIT_ID.match(ident):
         raise web.HTTPBadRequest(
             text=f"{ident[:70]!r} is not a budget or quota id (a-z, 0-9 and -, up to 63)"
         )
@@ -100,6 +141,7 @@ async def _shown(js: JetStreamContext, limit: Budget | Quota, spent: dict[str, S
 
 
 @routes.get("/api/v1/budgets")
+@endpoint("Every budget and quota, each with its spent mark", response=Limits, tags=("budgets",))
 async def list_budgets(request: web.Request) -> web.Response:
     svc: Services = request.app[SERVICES]
     budgets, quotas, spent = await read_limits(svc.js)
@@ -143,30 +185,38 @@ async def _delete(request: web.Request, kind: Literal["budget", "quota"]) -> web
 
 
 @routes.put("/api/v1/budgets/{id}")
+@endpoint("Create (201) or replace (200) a budget; the body's id may be left out", body=Budget,
+          response=Budget, status=(200, 201), tags=("budgets",))  # fmt: skip
 async def put_budget(request: web.Request) -> web.Response:
     return await _put(request, Budget, "/api/v1/budgets")
 
 
 @routes.put("/api/v1/quotas/{id}")
+@endpoint("Create (201) or replace (200) a quota; the body's id may be left out", body=Quota,
+          response=Quota, status=(200, 201), tags=("budgets",))  # fmt: skip
 async def put_quota(request: web.Request) -> web.Response:
     return await _put(request, Quota, "/api/v1/quotas")
 
 
 @routes.get("/api/v1/budgets/{id}")
+@endpoint("One budget, with its spent mark", response=BudgetView, errors=(404,), tags=("budgets",))
 async def get_budget(request: web.Request) -> web.Response:
     return await _get(request, "budget")
 
 
 @routes.get("/api/v1/quotas/{id}")
+@endpoint("One quota, with its spent mark", response=QuotaView, errors=(404,), tags=("budgets",))
 async def get_quota(request: web.Request) -> web.Response:
     return await _get(request, "quota")
 
 
 @routes.delete("/api/v1/budgets/{id}")
+@endpoint("Delete a budget", status=204, errors=(404,), tags=("budgets",))
 async def delete_budget(request: web.Request) -> web.Response:
     return await _delete(request, "budget")
 
 
 @routes.delete("/api/v1/quotas/{id}")
+@endpoint("Delete a quota", status=204, errors=(404,), tags=("budgets",))
 async def delete_quota(request: web.Request) -> web.Response:
     return await _delete(request, "quota")

@@ -17,6 +17,7 @@
 from __future__ import annotations
 
 import re
+from datetime import datetime
 from typing import Final, Literal
 
 from aiohttp import web
@@ -24,11 +25,15 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from agents.lifecycle.actions import DEFAULT_DRAIN_S, MAX_DRAIN_S, Action
 from agents.lifecycle.health import aggregate
+from agents.lifecycle.manager import Mode
+from agents.lifecycle.states import State
 from gateway.api.bodies import json_response, read_json
 from gateway.api.params import path_value, query_int
 from gateway.api.services import SERVICES, Services
+from gateway.api.spec import endpoint
 from mesh.names import AGENT_KEY_RE
-from mesh.queue.gates import held_tasks, read_gates
+from mesh.queue.gates import HeldBy, held_tasks, read_gates
+from mesh.queue.runs import LifecycleChanged
 
 __all__ = ["LifecycleRequest", "routes"]
 
@@ -54,6 +59,54 @@ class LifecycleRequest(BaseModel):
     )
 
 
+class TransitionView(LifecycleChanged):
+    published: bool = Field(description="its gate and event are confirmed stored")
+
+
+class LifecycleOutcome(BaseModel):
+    """What an action did: the transitions made, where the version ended, and why."""
+
+    agent: str
+    version: str
+    action: Action
+    state: State
+    detail: str
+    transitions: list[TransitionView]
+    held: list[HeldBy] = Field(description="what workers still held when it ended")
+
+
+class VersionView(BaseModel):
+    agent: str
+    version: str
+    state: State
+    mode: Mode
+    reason: str | None
+    revision: int
+    updated_at: datetime
+
+
+class AgentHealth(BaseModel):
+    agent: str
+    status: Literal["ready", "degraded", "not_ready", "unknown"] = Field(
+        description="over the workers' probes"
+    )
+    managed: bool = Field(description="has a lifecycle record (else it runs wherever it is served)")
+    versions: list[VersionView]
+    gate: str = Field(description='the dispatch gate workers obey: "open", "closed (draining)" ...')
+    workers: list[HeldBy]
+
+
+class History(BaseModel):
+    agent: str
+    transitions: list[TransitionView]
+    next: int | None = Field(description="pass it as ?before= for older ones; null: no more")
+
+
+class HistoryQuery(BaseModel):
+    limit: int = Field(default=50, ge=0, le=MAX_HISTORY)
+    before: int = Field(default=0, ge=0, le=2**63 - 1, description="the next of the page before")
+
+
 def _actor(request: web.Request) -> str:
     """Who asked, for the audit row: ``api``, or ``api:<name>`` from an ``AF-Actor`` header."""
     name = request.headers.get("AF-Actor", "")
@@ -61,6 +114,8 @@ def _actor(request: web.Request) -> str:
 
 
 @routes.post("/api/v1/agents/{key}/lifecycle")
+@endpoint("Deploy, drain, retire, restart or force-stop an agent version", body=LifecycleRequest,
+          response=LifecycleOutcome, errors=(404, 409), tags=("lifecycle",))  # fmt: skip
 async def act(request: web.Request) -> web.Response:
     svc: Services = request.app[SERVICES]
     agent = path_value(request, "key", AGENT_KEY_RE, "agent key")
@@ -73,6 +128,8 @@ async def act(request: web.Request) -> web.Response:
 
 
 @routes.get("/api/v1/agents/{key}/health")
+@endpoint("An agent's versions, dispatch gate and what each worker holds", response=AgentHealth,
+          tags=("lifecycle",))  # fmt: skip
 async def health(request: web.Request) -> web.Response:
     svc: Services = request.app[SERVICES]
     agent = path_value(request, "key", AGENT_KEY_RE, "agent key")
@@ -90,6 +147,8 @@ async def health(request: web.Request) -> web.Response:
 
 
 @routes.get("/api/v1/agents/{key}/history")
+@endpoint("An agent's lifecycle transitions, newest first", query=HistoryQuery, response=History,
+          tags=("lifecycle",))  # fmt: skip
 async def history(request: web.Request) -> web.Response:
     svc: Services = request.app[SERVICES]
     agent = path_value(request, "key", AGENT_KEY_RE, "agent key")

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from agents.sandbox.levels import Levels
 from mesh.envelope import Priority, priority_by_name
 from mesh.queue.producer import DEFAULT_TTL_S, MAX_TTL_S
 
-__all__ = ["RunAccepted", "RunRequest", "RunView"]
+__all__ = ["AgentView", "RunAccepted", "RunRequest", "RunView", "SandboxView"]
 
 
 class RunRequest(BaseModel):
@@ -57,3 +58,21 @@ class RunView(BaseModel):
     audit: dict[str, Any] | None = None  # what it cost, as its runner measured (a sandboxed run)
     idempotency_key: str | None = None
     routing_key: str | None = None
+
+
+class SandboxView(BaseModel):
+    """Whether pool workers sandbox each task, and what containment this host gives."""
+
+    enabled: bool
+    levels: Levels
+
+
+class AgentView(BaseModel):
+    """An agent as ``Agent.describe()`` shows it, and whether this gateway's workers serve it."""
+
+    key: str
+    version: str
+    description: str
+    input_schema: dict[str, Any] = Field(description="JSON Schema of its input")
+    output_schema: dict[str, Any] = Field(description="JSON Schema of its output")
+    state: Literal["serving", "registered"]

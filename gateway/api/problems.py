@@ -15,16 +15,28 @@ from typing import Any
 
 from aiohttp import web
 from aiohttp.web_request import BaseRequest
-from pydantic import ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from agents.errors import AgentError, AgentInputInvalid
 from mesh.errors import BreakerOpen, MeshError
 
-__all__ = ["ApiRunner", "problem", "problem_middleware"]
+__all__ = ["ApiRunner", "Problem", "problem", "problem_middleware"]
 
 log = logging.getLogger(__name__)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class Problem(BaseModel):
+    """The body of every error answer; some carry more members that say what to act on
+    (``errors`` of a 422, ``agent`` and ``open_until`` of an open breaker ...)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: str = "about:blank"
+    title: str
+    status: int
+    detail: str = ""
 
 
 def problem(status: int, title: str, detail: str = "", **extra: Any) -> web.Response:

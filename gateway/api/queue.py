@@ -4,31 +4,77 @@ from __future__ import annotations
 
 import contextlib
 import json
+from datetime import datetime
 from typing import Any
 
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, computed_field, model_validator
 
 from agents.errors import AgentInputInvalid
 from gateway.api.bodies import json_response, read_json
 from gateway.api.middleware import correlation_id
 from gateway.api.models import RunRequest
-from gateway.api.params import DLQ_SEQ, MAX_SEQ, path_value, query_int, query_value
+from gateway.api.params import DLQ_SEQ, MAX_SEQ, ecma_pattern, path_value, query_int, query_value
 from gateway.api.problems import validation_errors
 from gateway.api.services import SERVICES, Services
+from gateway.api.spec import endpoint
 from mesh.deadletters import DeadLetter
 from mesh.envelope import named_run_id
 from mesh.names import AGENT_KEY_RE
 from mesh.queue import dlq
 from mesh.queue.producer import MAX_BATCH, TaskSpec
-from mesh.queue.stats import queue_stats
+from mesh.queue.stats import LaneStats, queue_stats
 
 __all__ = ["routes"]
 
 routes = web.RouteTableDef()
 
 
+class LaneView(LaneStats):
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def stalled(self) -> bool:
+        """As many in flight as it may have: its next task waits for one to finish."""
+        return super().stalled
+
+
+class QueueStatsView(BaseModel):
+    lanes: list[LaneView]
+    dead_letters: dict[str, int] = Field(description="dead letters per agent")
+
+
+class DeadLetterSummary(BaseModel):
+    seq: int
+    run_id: str | None
+    agent: str
+    tenant: str
+    reason: str
+    attempts: int
+    last_error: str | None
+    dead_at: datetime
+
+
+class DeadLetterList(BaseModel):
+    dead_letters: list[DeadLetterSummary]
+
+
+class DeadLetterDetail(DeadLetter):
+    seq: int
+    decoded: Any = Field(default=None, alias="payload", description="the payload, when it is JSON")
+
+
+class DlqQuery(BaseModel):
+    agent: str | None = Field(default=None, pattern=ecma_pattern(AGENT_KEY_RE.pattern))
+    limit: int = Field(default=100, ge=0, le=1000)
+    after: int = Field(default=0, ge=0, le=MAX_SEQ, description="the last seq of the page before")
+
+
+class Purged(BaseModel):
+    purged: int
+
+
 @routes.get("/api/v1/queue/stats")
+@endpoint("Every lane's depth and dead letters per agent", response=QueueStatsView, tags=("queue",))
 async def stats(request: web.Request) -> web.Response:
     svc: Services = request.app[SERVICES]
     result = await queue_stats(svc.js)
@@ -54,6 +100,9 @@ def _summary(view: dlq.DeadLetterView) -> dict[str, Any]:
 
 
 @routes.get("/api/v1/queue/dlq")
+@endpoint(
+    "Dead letters of tasks, oldest first", query=DlqQuery, response=DeadLetterList, tags=("dead letters",)
+)
 async def list_dlq(request: web.Request) -> web.Response:
     svc: Services = request.app[SERVICES]
     agent = query_value(request, "agent", AGENT_KEY_RE, "agent key")
@@ -64,6 +113,8 @@ async def list_dlq(request: web.Request) -> web.Response:
 
 
 @routes.get("/api/v1/queue/dlq/{seq}")
+@endpoint("One dead letter, with its payload and every attempt's error", response=DeadLetterDetail,
+          errors=(404,), tags=("dead letters",))  # fmt: skip
 async def show_dlq(request: web.Request) -> web.Response:
     svc: Services = request.app[SERVICES]
     seq = int(path_value(request, "seq", DLQ_SEQ, f"DLQ sequence number (1 to {MAX_SEQ})"))
@@ -92,6 +143,8 @@ class DlqSelection(BaseModel):
 
 
 @routes.post("/api/v1/queue/dlq/replay")
+@endpoint("Put dead letters back on their queue", body=DlqSelection, response=dlq.ReplayReport,
+          errors=(404, 409), tags=("dead letters",))  # fmt: skip
 async def replay_dlq(request: web.Request) -> web.Response:
     svc: Services = request.app[SERVICES]
     sel = DlqSelection.model_validate(await read_json(request))
@@ -102,6 +155,7 @@ async def replay_dlq(request: web.Request) -> web.Response:
 
 
 @routes.post("/api/v1/queue/dlq/purge")
+@endpoint("Delete dead letters", body=DlqSelection, response=Purged, tags=("dead letters",))
 async def purge_dlq(request: web.Request) -> web.Response:
     svc: Services = request.app[SERVICES]
     sel = DlqSelection.model_validate(await read_json(request))
@@ -121,7 +175,19 @@ class BatchRequest(BaseModel):
     batch_key: str | None = Field(default=None, min_length=1, max_length=256)
 
 
+class BatchRun(BaseModel):
+    run_id: str
+    agent: str
+
+
+class BatchAccepted(BaseModel):
+    runs: list[BatchRun]
+    duplicate: bool = Field(description="its batch_key was seen before: these are that batch's runs")
+
+
 @routes.post("/api/v1/queue/batch")
+@endpoint("Submit up to 1,000 runs at once, all or none", body=BatchRequest, response=BatchAccepted,
+          status=202, errors=(402, 404, 409, 429, 503), tags=("runs",))  # fmt: skip
 async def submit_batch(request: web.Request) -> web.Response:
     svc: Services = request.app[SERVICES]
     body = BatchRequest.model_validate(await read_json(request))

@@ -4,14 +4,17 @@
 from __future__ import annotations
 
 import functools
-from typing import Any
+from typing import Any, Literal
 
 from aiohttp import web
+from pydantic import BaseModel, Field
 
 from agents.sandbox import detect_levels
 from agents.sandbox.levels import log_levels_once
 from gateway.api.bodies import json_response
+from gateway.api.models import AgentView, SandboxView
 from gateway.api.services import SERVICES, Services
+from gateway.api.spec import endpoint
 from gateway.worker_metrics import CONTENT_TYPE, merged_metrics
 
 __all__ = ["routes"]
@@ -19,7 +22,23 @@ __all__ = ["routes"]
 routes = web.RouteTableDef()
 
 
+class AgentList(BaseModel):
+    agents: list[AgentView]
+    sandbox: SandboxView
+
+
+class Health(BaseModel):
+    status: Literal["ok"]
+
+
+class Readiness(BaseModel):
+    status: Literal["ready", "not ready"]
+    checks: dict[str, str] = Field(description='per dependency (nats, postgres): "ok" or "error: ..."')
+    sandbox: SandboxView
+
+
 @routes.get("/api/v1/agents")
+@endpoint("Every registered agent, with its schemas", response=AgentList, tags=("agents",))
 async def list_agents(request: web.Request) -> web.Response:
     svc: Services = request.app[SERVICES]
     agents = []
@@ -44,11 +63,14 @@ def _levels() -> dict[str, Any]:
 
 
 @routes.get("/healthz")
+@endpoint("Liveness: the gateway answers", response=Health, tags=("operations",))
 async def healthz(request: web.Request) -> web.Response:
     return json_response({"status": "ok"})
 
 
 @routes.get("/readyz")
+@endpoint("Readiness: NATS and PostgreSQL answer (503 when not)", response=Readiness, status=(200, 503),
+          tags=("operations",))  # fmt: skip
 async def readyz(request: web.Request) -> web.Response:
     svc: Services = request.app[SERVICES]
     checks: dict[str, str] = {}
@@ -68,6 +90,8 @@ async def readyz(request: web.Request) -> web.Response:
 
 
 @routes.get("/metrics")
+@endpoint("Prometheus metrics of the gateway and its worker pools", response=str,
+          media_type=CONTENT_TYPE, tags=("operations",))  # fmt: skip
 async def prometheus(request: web.Request) -> web.Response:
     """This process's metrics and those of the worker pools in its data dir
     (:mod:`gateway.worker_metrics`): one scrape target for the platform."""

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import re
 from datetime import datetime
-from typing import Any, Final
+from typing import Any, Final, Literal
 
 from aiohttp import web
-from pydantic import ValidationError
+from pydantic import BaseModel, Field, ValidationError
 
 from agents.errors import AgentInputInvalid, RunNotFound
 from agents.store.executions import get_execution
@@ -20,9 +20,10 @@ from agents.store.runs import RunFilter, list_runs
 from gateway.api.bodies import json_response, read_json
 from gateway.api.middleware import correlation_id
 from gateway.api.models import RunAccepted, RunRequest, RunView
-from gateway.api.params import RUN_ID, path_value, query_int, query_value
+from gateway.api.params import RUN_ID, ecma_pattern, path_value, query_int, query_value
 from gateway.api.problems import validation_errors
 from gateway.api.services import SERVICES, Services
+from gateway.api.spec import endpoint
 from mesh.envelope import Priority
 from mesh.errors import BreakerOpen, RunAlreadyFinished
 from mesh.names import AGENT_KEY_RE
@@ -42,7 +43,49 @@ STATUSES: Final = re.compile(rf"(?:{_STATUS})(?:,(?:{_STATUS}))*")
 MAX_PAGE: Final = 1000
 
 
+class WaitQuery(BaseModel):
+    wait: Literal["1", "true"] | None = Field(
+        default=None, description="the caller will wait for the result: 503 at once while the breaker is open"
+    )
+
+
+class RunsQuery(BaseModel):
+    """``GET /api/v1/runs``; each value must match what it names (else 400)."""
+
+    agent: str | None = Field(default=None, pattern=ecma_pattern(AGENT_KEY_RE.pattern))
+    tenant: str | None = Field(default=None, pattern=ecma_pattern(TENANT.pattern))
+    status: str | None = Field(default=None, pattern=ecma_pattern(STATUSES.pattern),
+                               description="comma-separated run statuses")  # fmt: skip
+    since: datetime | None = Field(default=None, description="ISO 8601 time with a UTC offset")
+    limit: int = Field(default=50, ge=0, le=MAX_PAGE)
+    cursor: str | None = Field(default=None, pattern=ecma_pattern(CURSOR.pattern),
+                               description="next_cursor of the page before")  # fmt: skip
+
+
+class RunSummary(BaseModel):
+    """A row of the run index."""
+
+    run_id: str
+    agent: str
+    tenant: str
+    status: str
+    priority: str
+    attempts: int
+    replay: int
+    enqueued_at: datetime | None
+    started_at: datetime | None
+    finished_at: datetime | None
+    error: str | None
+
+
+class RunPage(BaseModel):
+    runs: list[RunSummary]
+    next_cursor: str | None = Field(description="pass it as ?cursor= for the next page; null on the last")
+
+
 @routes.post("/api/v1/agents/{key}/runs")
+@endpoint("Submit a run of an agent", body=RunRequest, query=WaitQuery, response=RunAccepted, status=202,
+          errors=(402, 404, 409, 429, 503), tags=("runs",))  # fmt: skip
 async def create_run(request: web.Request) -> web.Response:
     svc: Services = request.app[SERVICES]
     agent = svc.registry.get(request.match_info["key"])
@@ -81,6 +124,7 @@ async def _refuse_if_open(svc: Services, agent: str) -> None:
 
 
 @routes.get("/api/v1/runs")
+@endpoint("Runs, newest first, a page at a time", query=RunsQuery, response=RunPage, tags=("runs",))
 async def list_runs_view(request: web.Request) -> web.Response:
     """Runs newest first; ``?agent=&tenant=&status=a,b&since=<ISO time>&limit=&cursor=``."""
     svc: Services = request.app[SERVICES]
@@ -115,6 +159,8 @@ def _since(request: web.Request) -> datetime | None:
 
 
 @routes.get("/api/v1/runs/{run_id}")
+@endpoint("One run's state: live, else its permanent record", response=RunView, errors=(404,),
+          tags=("runs",))  # fmt: skip
 async def get_run_view(request: web.Request) -> web.Response:
     svc: Services = request.app[SERVICES]
     run_id = path_value(request, "run_id", RUN_ID, "run id (A-Z, a-z, 0-9, _ and -; at most 128)")
@@ -156,6 +202,7 @@ async def _live_view(svc: Services, state: RunState) -> dict[str, Any]:
 
 
 @routes.delete("/api/v1/runs/{run_id}")
+@endpoint("Cancel a queued or running run", response=RunView, errors=(404, 409), tags=("runs",))
 async def cancel_run_view(request: web.Request) -> web.Response:
     """Cancel a queued or running run: 200 with its state, 409 if it already finished."""
     svc: Services = request.app[SERVICES]

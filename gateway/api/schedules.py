@@ -12,15 +12,18 @@ Both kinds live under one resource, told apart by ``kind`` (``cron`` or
 
 from __future__ import annotations
 
-from typing import Any
+from datetime import datetime
+from typing import Annotated, Any, Literal
 
 from aiohttp import web
-from pydantic import ValidationError
+from pydantic import BaseModel, Field, ValidationError
 
 from agents.errors import AgentInputInvalid
 from gateway.api.bodies import json_response, read_json
 from gateway.api.problems import validation_errors
 from gateway.api.services import SERVICES, Services
+from gateway.api.spec import endpoint
+from mesh.envelope import Priority
 from mesh.schedules.definitions import (
     CronSchedule,
     EventTrigger,
@@ -37,6 +40,33 @@ __all__ = ["BASE", "routes"]
 BASE = "/api/v1/queue/schedules"
 
 routes = web.RouteTableDef()
+
+PriorityName = Annotated[str, Field(json_schema_extra={"enum": [p.name for p in Priority]})]
+
+
+class CronView(CronSchedule):
+    """A cron schedule as the API shows it (:func:`~mesh.schedules.definitions.describe`)."""
+
+    priority: PriorityName  # type: ignore[assignment]
+    fires_next: datetime | None = Field(  # not ``next_fire``: that is the method computing it
+        alias="next_fire", description="null for @every: it counts from registration"
+    )
+
+
+class TriggerView(EventTrigger):
+    priority: PriorityName  # type: ignore[assignment]
+
+
+ScheduleView = CronView | TriggerView
+Definition = CronSchedule | EventTrigger  # a body: kind, else inferred from "on"
+
+
+class ScheduleList(BaseModel):
+    schedules: list[ScheduleView]
+
+
+class KindQuery(BaseModel):
+    kind: Literal["cron", "trigger"] | None = None
 
 
 async def _body(request: web.Request) -> dict[str, Any]:
@@ -67,6 +97,7 @@ def _created(definition: CronSchedule | EventTrigger, status: int) -> web.Respon
 
 
 @routes.get(BASE)
+@endpoint("Cron schedules and event triggers", query=KindQuery, response=ScheduleList, tags=("schedules",))
 async def list_schedules(request: web.Request) -> web.Response:
     svc: Services = request.app[SERVICES]
     kind = request.query.get("kind")
@@ -77,6 +108,8 @@ async def list_schedules(request: web.Request) -> web.Response:
 
 
 @routes.post(BASE)
+@endpoint("Create a schedule or trigger", body=Definition, response=ScheduleView, status=201,
+          errors=(404, 409), tags=("schedules",))  # fmt: skip
 async def create_schedule(request: web.Request) -> web.Response:
     svc: Services = request.app[SERVICES]
     definition = parse_definition(await _body(request))
@@ -86,6 +119,9 @@ async def create_schedule(request: web.Request) -> web.Response:
 
 
 @routes.put(BASE + "/{name}")
+@endpoint("Create (201) or replace (200) a schedule or trigger; the body's name may be left out",
+          body=Definition, response=ScheduleView, status=(200, 201), errors=(404,),
+          tags=("schedules",))  # fmt: skip
 async def replace_schedule(request: web.Request) -> web.Response:
     svc: Services = request.app[SERVICES]
     body = await _body(request)
@@ -100,6 +136,7 @@ async def replace_schedule(request: web.Request) -> web.Response:
 
 
 @routes.get(BASE + "/{name}")
+@endpoint("One schedule or trigger", response=ScheduleView, errors=(404,), tags=("schedules",))
 async def get_schedule(request: web.Request) -> web.Response:
     svc: Services = request.app[SERVICES]
     definition = await get_definition(svc.js, request.match_info["name"])
@@ -108,6 +145,7 @@ async def get_schedule(request: web.Request) -> web.Response:
 
 
 @routes.delete(BASE + "/{name}")
+@endpoint("Delete a schedule or trigger", status=204, errors=(404,), tags=("schedules",))
 async def delete_schedule(request: web.Request) -> web.Response:
     svc: Services = request.app[SERVICES]
     await remove_definition(svc.js, request.match_info["name"])
