@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install up test test-cluster bench lint clean
+.PHONY: install up test test-cluster bench fuzz lint clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,12 @@ test-cluster: $(STAMP)
 # `agent-factory bench all` prints the same numbers as one JSON object.
 bench: $(STAMP)
 	$(BIN)/pytest -q -s -p no:cacheprovider tests/load
+
+# Slow (minutes), not in CI: schemathesis over every operation of the API's OpenAPI
+# document, against a gateway on real NATS and PostgreSQL (tests/fuzz). No 5xx, every
+# error problem+json, every answer as documented. AF_FUZZ_EXAMPLES=N: cases per operation.
+fuzz: $(STAMP)
+	$(BIN)/pytest -q -s -p no:cacheprovider tests/fuzz
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

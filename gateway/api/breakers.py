@@ -35,7 +35,9 @@ class ForceBreaker(BaseModel):
     reason: str = Field(min_length=1, max_length=1000)
     by: str = Field(min_length=1, max_length=200)  # who: the operator, for the audit
     open_for_s: float | None = Field(None, gt=0, le=30 * 86_400)
-    version: str | None = Field(None, min_length=1, max_length=128)
+    # Any characters (version_key escapes them), but a dot only between two others: an
+    # empty token ("1.0.", "1..0") makes no KV key.
+    version: str | None = Field(None, min_length=1, max_length=128, pattern=r"^[^.]+(?:\.[^.]+)*$")
 
 
 class BreakerList(BaseModel):

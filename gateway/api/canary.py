@@ -28,7 +28,9 @@ __all__ = ["routes"]
 
 routes = web.RouteTableDef()
 
-VERSION: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,127}")
+# A dot only between two other characters: the version is part of a KV key
+# (mesh.names.version_key), and "1.0." or "1..0" would make an empty token, no key.
+VERSION: Final = re.compile(r"[A-Za-z0-9](?:\.?[A-Za-z0-9_+-]){0,127}")
 WINDOW: Final = re.compile("|".join(WINDOWS))
 
 

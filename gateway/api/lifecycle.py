@@ -51,7 +51,8 @@ class LifecycleRequest(BaseModel):
 
     action: Action
     version: str | None = Field(default=None, pattern=VERSION, description="default: the live one")
-    reason: str | None = Field(default=None, max_length=500)
+    # No NUL: the reason is stored in PostgreSQL text, which cannot hold one (a 500 before).
+    reason: str | None = Field(default=None, max_length=500, pattern=r"^[^\x00]*$")
     drain_timeout_s: float = Field(default=DEFAULT_DRAIN_S, gt=0, le=MAX_DRAIN_S)
     wait: bool = Field(default=False, description="drain: return once nothing of it runs")
     mode: Literal["pool", "dedicated"] | None = Field(

@@ -11,7 +11,7 @@ import re
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from http import HTTPStatus
-from typing import Any
+from typing import Any, Final
 
 from aiohttp import web
 from aiohttp.web_request import BaseRequest
@@ -25,6 +25,7 @@ __all__ = ["ApiRunner", "Problem", "problem", "problem_middleware"]
 log = logging.getLogger(__name__)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+_BODY_HEADERS: Final = frozenset({"content-type", "content-length"})  # the problem's own
 
 
 class Problem(BaseModel):
@@ -68,7 +69,10 @@ async def problem_middleware(request: web.Request, handler: Handler) -> web.Stre
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        return problem(exc.status, exc.reason, exc.text or "")
+        response = problem(exc.status, exc.reason, exc.text or "")
+        # What the exception says beside its text stays: a 405's Allow (RFC 9110 requires it) ...
+        response.headers.extend((k, v) for k, v in exc.headers.items() if k.lower() not in _BODY_HEADERS)
+        return response
     except ValidationError as exc:
         return problem(422, "Invalid request", str(exc.error_count()) + " validation error(s)",
                        errors=validation_errors(exc))  # fmt: skip

@@ -155,3 +155,42 @@ async def test_live_answers_match_the_documented_schemas(api: TestClient[Any, An
     async with api.get("/api/v1/runs/no-such-run") as resp:  # an error answer: the Problem schema
         assert resp.status == 404
         await answers.check(resp, "GET", "/api/v1/runs/{run_id}")
+
+
+async def test_a_method_a_route_lacks_is_a_405_problem_that_names_the_allowed_ones(
+    api: TestClient[Any, Any],
+) -> None:
+    """Found by the schemathesis run (tests/fuzz): the problem dropped aiohttp's Allow header."""
+    for method, path, allowed in [
+        ("TRACE", "/api/v1/agents", {"GET", "HEAD"}),
+        ("PATCH", "/api/v1/runs/r1", {"GET", "HEAD", "DELETE"}),
+        ("DELETE", "/api/v1/queue/schedules", {"GET", "HEAD", "POST"}),
+    ]:
+        async with api.request(method, path) as resp:
+            assert resp.status == 405, (method, path)
+            assert resp.content_type == "application/problem+json"
+            assert (await resp.json())["status"] == 405
+            assert set(resp.headers["Allow"].split(",")) == allowed, (method, path, resp.headers)
+
+
+async def test_a_lifecycle_reason_with_a_nul_character_is_refused_not_a_500(
+    api: TestClient[Any, Any],
+) -> None:
+    """Found by the schemathesis run: the reason is stored in PostgreSQL text, which holds no NUL."""
+    body = {"action": "deploy", "reason": "a\u0000b"}
+    async with api.post("/api/v1/agents/noop/lifecycle", json=body) as resp:
+        assert resp.status == 422, await resp.text()
+        assert resp.content_type == "application/problem+json"
+
+
+@pytest.mark.parametrize("version", ["1.0.", "1..0", ".1"])
+async def test_a_version_that_cannot_be_a_kv_key_token_is_a_400_not_a_500(
+    api: TestClient[Any, Any], version: str
+) -> None:
+    """Found by the schemathesis run: ``noop.1.0.`` is no KV key (an empty token), and
+    the canary metrics and the breakers look a version up by that key."""
+    async with api.get("/api/v1/canary/noop/metrics", params={"version": version}) as resp:
+        assert resp.status == 400, await resp.text()
+    force = {"action": "close", "reason": "test", "by": "me", "version": version}
+    async with api.post("/api/v1/breakers/noop", json=force) as resp:
+        assert resp.status in (400, 422), await resp.text()
