@@ -32,6 +32,7 @@ from gateway.api.problems import Problem
 
 __all__ = ["Endpoint", "endpoint", "endpoint_of", "openapi"]
 
+TITLE: Final = "Agent Factory management API"
 REF: Final = "#/components/schemas/{model}"
 PROBLEM_TYPE: Final = "application/problem+json"
 _MARK: Final = "__endpoint__"
@@ -99,10 +100,10 @@ def endpoint_of(handler: Callable[..., Any]) -> Endpoint | None:
 _built: weakref.WeakKeyDictionary[web.Application, dict[str, Any]] = weakref.WeakKeyDictionary()
 
 
-def openapi(app: web.Application, title: str = "Agent Factory management API") -> dict[str, Any]:
+def openapi(app: web.Application) -> dict[str, Any]:
     """The document of ``app``'s marked routes (built once per app: routes are fixed once it serves)."""
     if (doc := _built.get(app)) is None:
-        doc = _built[app] = _document(app, title)
+        doc = _built[app] = _document(app)
     return doc
 
 
@@ -139,7 +140,7 @@ class _Schemas:
         return self._refs[(id(form), mode)]
 
 
-def _document(app: web.Application, title: str) -> dict[str, Any]:
+def _document(app: web.Application) -> dict[str, Any]:
     schemas = _Schemas()
     schemas.want(Problem, "serialization")
     marked = list(_routes(app))
@@ -155,7 +156,7 @@ def _document(app: web.Application, title: str) -> dict[str, Any]:
         paths.setdefault(template, {})[method.lower()] = _operation(path, spec, op_id, schemas)
     return {
         "openapi": "3.1.0",
-        "info": {"title": title, "version": "v1"},
+        "info": {"title": TITLE, "version": "v1"},
         "jsonSchemaDialect": "https://spec.openapis.org/oas/3.1/dialect/base",
         "paths": paths,
         "components": {
