@@ -38,6 +38,8 @@ from agents.registry import Registry
 from agents.runtime import worker_for
 from agents.store.executions import upsert_agents
 from agents.store.migrations import apply_migrations
+from agents.store.tenancy import ALL_TENANTS, app_pool, tenant_scope
+from agents.store.tokens import register_token
 from gateway.api import Services, create_app
 from gateway.api.middleware import log_access_to_stderr
 from gateway.api.problems import ApiRunner
@@ -235,19 +237,31 @@ class Gateway:
             self.worker = worker_for(nc, js, self.registry, worker.agents, worker.concurrency,
                                      idle_poll_s=worker.idle_poll_s)  # fmt: skip
             await self.worker.start()
-        self.app = create_app(self.services, token)
+        if token is not None:
+            async with tenant_scope(self.pool, ALL_TENANTS) as conn:
+                await register_token(conn, "settings", token, "the configured token (AF_API_TOKEN or up's)")
+        self.app = create_app(self.services, auth=token is not None)
         if parts.serve:
             await self._serve(self.app)
 
     async def _database(self, database: str | asyncpg.Pool) -> asyncpg.Pool:
+        """The pool the platform works with: as the application's role (which row
+        security binds), after the migrations ran as ``database``'s own user."""
         if not isinstance(database, str):
             return database
-        pool = await asyncpg.create_pool(database, min_size=1, max_size=10)
-        self._opened.append(("the database pool", pool.close, STEP_TIMEOUT_S))
-        async with pool.acquire() as conn:
-            applied = await apply_migrations(conn)
+        owner = await asyncpg.connect(database)
+        try:
+            applied = await apply_migrations(owner)
+        finally:
+            await owner.close()
         if applied:
             self.say(f"applied migrations {applied}")
+        s = self.settings
+        password = s.database_app_password.get_secret_value() if s.database_app_password else None
+        pool = await app_pool(
+            database, role=s.database_app_role, password=password, size=s.database_pool_size
+        )
+        self._opened.append(("the database pool", pool.close, STEP_TIMEOUT_S))
         return pool
 
     async def _nats(self, nats: str | Client) -> tuple[Client, JetStreamContext]:

@@ -34,6 +34,7 @@ from gateway.commands.processors import processors
 from gateway.commands.queue import queue
 from gateway.commands.runs import cancel, runs
 from gateway.commands.schedule import schedule
+from gateway.commands.tokens import tenant, token
 from gateway.ports import PortInUse
 from gateway.runtime import tune_gc
 from gateway.settings import Settings
@@ -417,6 +418,8 @@ for _group in (
     costs,
     budget,
     quota,
+    token,
+    tenant,
 ):
     cli.add_command(_group)
 

@@ -12,6 +12,7 @@ from prometheus_client import Counter
 from pydantic_core import to_json
 
 from agents.registry import Registry
+from agents.store.tenancy import ALL_TENANTS, tenant_scope
 from mesh import names
 from mesh.queue.runs import ExecutionFinished
 
@@ -70,36 +71,37 @@ def _without_nul(event: ExecutionFinished) -> ExecutionFinished:
 
 
 async def _upsert(pool: asyncpg.Pool, events: Sequence[ExecutionFinished]) -> None:
-    await pool.executemany(
-        """INSERT INTO executions (run_id, tenant, agent_key, status, attempts, input, result,
-                                   error, errors, enqueued_at, started_at, finished_at, duration_ms,
-                                   routing_key, priority, idempotency_key, replay, worker,
-                                   first_started_at, audit)
-           VALUES ($1,$2,$3,$4,$5,$6::jsonb,$7::jsonb,$8,$9::jsonb,$10,$11,$12,$13,$14,$15,$16,$17,
-                   $18,$19,$20::jsonb)
-           ON CONFLICT (run_id) DO UPDATE SET
-               status = EXCLUDED.status, attempts = EXCLUDED.attempts, result = EXCLUDED.result,
-               error = EXCLUDED.error, errors = EXCLUDED.errors, started_at = EXCLUDED.started_at,
-               finished_at = EXCLUDED.finished_at, duration_ms = EXCLUDED.duration_ms,
-               replay = EXCLUDED.replay, worker = EXCLUDED.worker,
-               first_started_at = EXCLUDED.first_started_at, audit = EXCLUDED.audit,
-               recorded_at = now()
-           -- a replayed event changes nothing; a later outcome (DLQ replay) wins
-           WHERE executions.finished_at < EXCLUDED.finished_at""",
-        [
-            (
-                e.run_id, e.tenant, e.agent, e.status.value, e.attempts,
-                json.dumps(e.input), json.dumps(e.result), e.error,
-                to_json(e.errors).decode(), e.enqueued_at, e.started_at, e.finished_at,
-                e.duration_ms, e.routing_key, e.priority, e.idempotency_key, e.replay, e.worker,
-                e.first_started_at or e.started_at, None if e.audit is None else json.dumps(e.audit),
-            )
-            for e in events
-        ],
-    )  # fmt: skip
+    async with tenant_scope(pool, ALL_TENANTS) as conn:
+        await conn.executemany(
+            """INSERT INTO executions (run_id, tenant, agent_key, status, attempts, input, result,
+                                       error, errors, enqueued_at, started_at, finished_at, duration_ms,
+                                       routing_key, priority, idempotency_key, replay, worker,
+                                       first_started_at, audit)
+               VALUES ($1,$2,$3,$4,$5,$6::jsonb,$7::jsonb,$8,$9::jsonb,$10,$11,$12,$13,$14,$15,$16,$17,
+                       $18,$19,$20::jsonb)
+               ON CONFLICT (run_id) DO UPDATE SET
+                   status = EXCLUDED.status, attempts = EXCLUDED.attempts, result = EXCLUDED.result,
+                   error = EXCLUDED.error, errors = EXCLUDED.errors, started_at = EXCLUDED.started_at,
+                   finished_at = EXCLUDED.finished_at, duration_ms = EXCLUDED.duration_ms,
+                   replay = EXCLUDED.replay, worker = EXCLUDED.worker,
+                   first_started_at = EXCLUDED.first_started_at, audit = EXCLUDED.audit,
+                   recorded_at = now()
+               -- a replayed event changes nothing; a later outcome (DLQ replay) wins
+               WHERE executions.finished_at < EXCLUDED.finished_at""",
+            [
+                (
+                    e.run_id, e.tenant, e.agent, e.status.value, e.attempts,
+                    json.dumps(e.input), json.dumps(e.result), e.error,
+                    to_json(e.errors).decode(), e.enqueued_at, e.started_at, e.finished_at,
+                    e.duration_ms, e.routing_key, e.priority, e.idempotency_key, e.replay, e.worker,
+                    e.first_started_at or e.started_at, None if e.audit is None else json.dumps(e.audit),
+                )
+                for e in events
+            ],
+        )  # fmt: skip
 
 
-async def get_execution(pool: asyncpg.Pool, run_id: str) -> dict[str, Any] | None:
+async def get_execution(pool: asyncpg.Pool | asyncpg.Connection, run_id: str) -> dict[str, Any] | None:
     row = await pool.fetchrow("SELECT * FROM executions WHERE run_id = $1", run_id)
     if row is None:
         return None

@@ -11,6 +11,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from agents.resilience.guard import describe_resilience
+from gateway.api.auth import tenant_scoped
 from gateway.api.bodies import json_response
 from gateway.api.params import path_value
 from gateway.api.services import SERVICES, Services
@@ -22,6 +23,7 @@ routes = web.RouteTableDef()
 
 
 @routes.get("/api/v1/agents/{key}")
+@tenant_scoped  # the catalog: no tenant's data
 async def agent_detail(request: web.Request) -> web.Response:
     svc: Services = request.app[SERVICES]
     key = path_value(request, "key", AGENT_KEY_RE, "agent key")

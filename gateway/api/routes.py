@@ -10,6 +10,7 @@ from aiohttp import web
 
 from agents.sandbox import detect_levels
 from agents.sandbox.levels import log_levels_once
+from gateway.api.auth import tenant_scoped
 from gateway.api.bodies import json_response
 from gateway.api.services import SERVICES, Services
 from gateway.worker_metrics import CONTENT_TYPE, merged_metrics
@@ -20,6 +21,7 @@ routes = web.RouteTableDef()
 
 
 @routes.get("/api/v1/agents")
+@tenant_scoped  # the catalog: no tenant's data
 async def list_agents(request: web.Request) -> web.Response:
     svc: Services = request.app[SERVICES]
     agents = []
