@@ -38,6 +38,7 @@ from agents.registry import Registry
 from agents.runtime import worker_for
 from agents.store.executions import upsert_agents
 from agents.store.migrations import apply_migrations
+from agents.store.partitions import ensure_partitions, keep_partitions
 from agents.store.tenancy import ALL_TENANTS, app_pool, tenant_scope
 from agents.store.tokens import register_token
 from gateway.api import Services, create_app
@@ -177,6 +178,7 @@ class Gateway:
     app: web.Application | None = None
     runner: web.AppRunner | None = None
     outbox: asyncio.Task[None] | None = None  # re-sends lifecycle transitions NATS did not confirm
+    partitions: asyncio.Task[None] | None = None  # makes the months of executions ahead
     breakers: KeyFollower[BreakerState] | None = None  # circuit breakers, for callers waiting on a run
     dedicated: DedicatedWorkers | None = None  # the worker processes of agents in dedicated mode
     api_url: str = ""  # where it serves the API (parts.serve)
@@ -217,6 +219,9 @@ class Gateway:
         self.breakers = self.services.breakers = follow_breakers(nc, js, None, lambda agent, state: None)
         await self.breakers.start()
         self.outbox = asyncio.create_task(_publish_lifecycle(manager), name="lifecycle-outbox")
+        if parts.maintenance:
+            await ensure_partitions(self.pool)  # before the recorders write: this month exists
+            self.partitions = asyncio.create_task(keep_partitions(self.pool), name="executions-partitions")
         if parts.recorder:
             self.recorder = Recorder(nc, js, self.pool, poll_s=parts.poll_s)
             await self.recorder.start()
@@ -329,6 +334,10 @@ class Gateway:
             steps.append(("the dedicated workers", self.dedicated.close, drain + STEP_TIMEOUT_S))
         if self.outbox is not None:
             steps.append(("the lifecycle outbox", functools.partial(_cancel, self.outbox), STEP_TIMEOUT_S))
+        if self.partitions is not None:
+            steps.append(
+                ("the partition keeper", functools.partial(_cancel, self.partitions), STEP_TIMEOUT_S)
+            )
         if self.breakers is not None:
             steps.append(("the breaker follower", self.breakers.stop, STEP_TIMEOUT_S))
         if self.queue is not None:
