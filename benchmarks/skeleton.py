@@ -21,6 +21,7 @@ import aiohttp
 from nats.aio.msg import Msg
 
 from agents.registry import example_registry
+from agents.store.tenancy import ALL_TENANTS, tenant_scope
 from benchmarks.harness import Servers, percentile, wait_until
 from gateway.app import Gateway, InProcessWorker, Parts
 from gateway.settings import Settings
@@ -96,7 +97,8 @@ async def bench_skeleton(env: Servers, runs: int = 2000, concurrency: int = 64) 
 
         async def all_in_db() -> bool:
             nonlocal in_db
-            in_db = int(await pool.fetchval(_COUNT_SUCCEEDED, run_ids))
+            async with tenant_scope(pool, ALL_TENANTS) as conn:  # the gateway's pool: row security binds it
+                in_db = int(await conn.fetchval(_COUNT_SUCCEEDED, run_ids))
             return in_db == len(run_ids)
 
         with contextlib.suppress(TimeoutError):

@@ -15,6 +15,7 @@ from typing import Any
 from agents.examples.noop import NoOp
 from agents.sandbox import Sandbox
 from agents.sandboxed import sandbox_config
+from benchmarks.api import bench_api
 from benchmarks.fsync import bench_fsync
 from benchmarks.harness import nats_nodes, say, servers
 from benchmarks.messaging import bench_messaging
@@ -112,6 +113,11 @@ async def _sandbox(opts: BenchOptions) -> dict[str, Any]:
     return await bench_sandbox(opts.count or 2000, opts.rounds)
 
 
+async def _api(opts: BenchOptions) -> dict[str, Any]:
+    async with servers(postgres=True) as env:
+        return await bench_api(env)
+
+
 SUITES: dict[str, Callable[[BenchOptions], Awaitable[dict[str, Any]]]] = {
     "skeleton": _skeleton,
     "queue": _queue,
@@ -121,6 +127,7 @@ SUITES: dict[str, Callable[[BenchOptions], Awaitable[dict[str, Any]]]] = {
     "scaling": _scaling,
     "sandbox": _sandbox,
     "processors": _processors,
+    "api": _api,
 }
 
 #: The suites that run on a cluster when asked (``--cluster N``); the others run on one server.

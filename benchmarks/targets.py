@@ -42,6 +42,7 @@ TARGETS: dict[str, list[Target]] = {
         Target("canary_events_per_s", ">=", 5000.0),
         Target("breaker_reaction_p99_ms", "<", 1000.0),
     ],
+    "api": [Target("p99_ms", "<", 20.0)],  # issue 24: read endpoints, 200 concurrent clients
 }
 
 

@@ -38,6 +38,9 @@ from agents.registry import Registry
 from agents.runtime import worker_for
 from agents.store.executions import upsert_agents
 from agents.store.migrations import apply_migrations
+from agents.store.partitions import ensure_partitions, keep_partitions
+from agents.store.tenancy import ALL_TENANTS, app_pool, tenant_scope
+from agents.store.tokens import register_token
 from gateway.api import Services, create_app
 from gateway.api.middleware import log_access_to_stderr
 from gateway.api.problems import ApiRunner
@@ -175,6 +178,7 @@ class Gateway:
     app: web.Application | None = None
     runner: web.AppRunner | None = None
     outbox: asyncio.Task[None] | None = None  # re-sends lifecycle transitions NATS did not confirm
+    partitions: asyncio.Task[None] | None = None  # makes the months of executions ahead
     breakers: KeyFollower[BreakerState] | None = None  # circuit breakers, for callers waiting on a run
     dedicated: DedicatedWorkers | None = None  # the worker processes of agents in dedicated mode
     api_url: str = ""  # where it serves the API (parts.serve)
@@ -215,6 +219,9 @@ class Gateway:
         self.breakers = self.services.breakers = follow_breakers(nc, js, None, lambda agent, state: None)
         await self.breakers.start()
         self.outbox = asyncio.create_task(_publish_lifecycle(manager), name="lifecycle-outbox")
+        if parts.maintenance:
+            await ensure_partitions(self.pool)  # before the recorders write: this month exists
+            self.partitions = asyncio.create_task(keep_partitions(self.pool), name="executions-partitions")
         if parts.recorder:
             self.recorder = Recorder(nc, js, self.pool, poll_s=parts.poll_s)
             await self.recorder.start()
@@ -235,19 +242,31 @@ class Gateway:
             self.worker = worker_for(nc, js, self.registry, worker.agents, worker.concurrency,
                                      idle_poll_s=worker.idle_poll_s)  # fmt: skip
             await self.worker.start()
-        self.app = create_app(self.services, token)
+        if token is not None:
+            async with tenant_scope(self.pool, ALL_TENANTS) as conn:
+                await register_token(conn, "settings", token, "the configured token (AF_API_TOKEN or up's)")
+        self.app = create_app(self.services, auth=token is not None)
         if parts.serve:
             await self._serve(self.app)
 
     async def _database(self, database: str | asyncpg.Pool) -> asyncpg.Pool:
+        """The pool the platform works with: as the application's role (which row
+        security binds), after the migrations ran as ``database``'s own user."""
         if not isinstance(database, str):
             return database
-        pool = await asyncpg.create_pool(database, min_size=1, max_size=10)
-        self._opened.append(("the database pool", pool.close, STEP_TIMEOUT_S))
-        async with pool.acquire() as conn:
-            applied = await apply_migrations(conn)
+        owner = await asyncpg.connect(database)
+        try:
+            applied = await apply_migrations(owner)
+        finally:
+            await owner.close()
         if applied:
             self.say(f"applied migrations {applied}")
+        s = self.settings
+        password = s.database_app_password.get_secret_value() if s.database_app_password else None
+        pool = await app_pool(
+            database, role=s.database_app_role, password=password, size=s.database_pool_size
+        )
+        self._opened.append(("the database pool", pool.close, STEP_TIMEOUT_S))
         return pool
 
     async def _nats(self, nats: str | Client) -> tuple[Client, JetStreamContext]:
@@ -315,6 +334,10 @@ class Gateway:
             steps.append(("the dedicated workers", self.dedicated.close, drain + STEP_TIMEOUT_S))
         if self.outbox is not None:
             steps.append(("the lifecycle outbox", functools.partial(_cancel, self.outbox), STEP_TIMEOUT_S))
+        if self.partitions is not None:
+            steps.append(
+                ("the partition keeper", functools.partial(_cancel, self.partitions), STEP_TIMEOUT_S)
+            )
         if self.breakers is not None:
             steps.append(("the breaker follower", self.breakers.stop, STEP_TIMEOUT_S))
         if self.queue is not None:

@@ -34,6 +34,7 @@ from gateway.commands.processors import processors
 from gateway.commands.queue import queue
 from gateway.commands.runs import cancel, runs
 from gateway.commands.schedule import schedule
+from gateway.commands.tokens import tenant, token
 from gateway.ports import PortInUse
 from gateway.runtime import tune_gc
 from gateway.settings import Settings
@@ -323,8 +324,9 @@ def _worker_counts(ctx: click.Context, param: click.Parameter, value: str) -> tu
 
 
 @cli.command()
-@click.argument("suite", type=click.Choice(["skeleton", "queue", "messaging", "streams", "fsync", "scaling",
-                                            "sandbox", "processors", "all"]), default="all")  # fmt: skip
+@click.argument("suite", default="all", type=click.Choice(
+    ["skeleton", "queue", "messaging", "streams", "fsync", "scaling", "sandbox", "processors", "api", "all"]
+))  # fmt: skip
 @click.option("-n", "count", type=int, default=None, help="Runs/tasks/events to push through.")
 @click.option(
     "--cluster", type=click.IntRange(min=1), default=1, show_default=True, metavar="N",
@@ -361,6 +363,8 @@ def bench(suite: str, count: int | None, cluster: int, rounds: int, workers: tup
               against the same agent called in-process, template RSS, levels
     processors  events/s each stream processor (metering, breaker, canary)
               sustains on one worker, against the raw pull-and-ack ceiling
+    api       read endpoints under 200 concurrent clients (a load generator
+              process): p50/p99 paced at 1,000 requests/s, and the most it answers
     skeleton, messaging, streams: see the README
     all       the suites `make bench` holds to targets (skeleton to streams)
 
@@ -417,6 +421,8 @@ for _group in (
     costs,
     budget,
     quota,
+    token,
+    tenant,
 ):
     cli.add_command(_group)
 

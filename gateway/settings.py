@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import AfterValidator, Field, field_validator
+from pydantic import AfterValidator, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from mesh.embedded import check_sync_interval
@@ -29,7 +29,17 @@ class Settings(BaseSettings):
 
     data_dir: Path = Field(default=Path(".agent-factory"), description="State of the embedded mode")
     nats_url: str | None = Field(default=None, description="External NATS; None = embedded")
-    database_url: str | None = Field(default=None, description="External PostgreSQL, else embedded")
+    database_url: str | None = Field(
+        default=None,
+        description="External PostgreSQL, else embedded; its user owns the tables and runs the migrations",
+    )
+    database_app_role: str = Field(
+        default="af_app", pattern=r"^[a-z_][a-z0-9_]{0,62}$",
+        description="The role the platform works as (owns nothing, so row security binds it; "
+        "migration 007 creates it where it may)",
+    )  # fmt: skip
+    database_app_password: SecretStr | None = Field(default=None, description="database_app_role's password")
+    database_pool_size: int = Field(default=10, ge=1, le=200, description="Connections per gateway process")
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=0, le=65535)
     api_token: str | None = Field(default=None, description="Bearer token; generated in dev mode")

@@ -8,6 +8,7 @@ from typing import Any, Literal
 
 import asyncpg
 
+from agents.store.tenancy import ALL_TENANTS, tenant_scope
 from mesh.queue.billing import BillingRecord
 
 __all__ = ["GROUPS", "PERIODS", "cost_totals", "record_billing"]
@@ -35,12 +36,13 @@ async def record_billing(pool: asyncpg.Pool, records: Sequence[BillingRecord]) -
         return 0
     rows = [r.model_dump() for r in records]
     columns = [[row[c].value if c == "status" else row[c] for row in rows] for c in _COLUMNS]
-    result = await pool.execute(_INSERT, *columns)
+    async with tenant_scope(pool, ALL_TENANTS) as conn:
+        result = await conn.execute(_INSERT, *columns)
     return int(result.rsplit(" ", 1)[-1])
 
 
 async def cost_totals(
-    pool: asyncpg.Pool,
+    pool: asyncpg.Pool | asyncpg.Connection,
     group_by: Literal["agent", "tenant"],
     period: Literal["hour", "day", "month"],
     since: datetime,

@@ -12,6 +12,7 @@ from prometheus_client import Counter
 from pydantic_core import to_json
 
 from agents.registry import Registry
+from agents.store.tenancy import ALL_TENANTS, tenant_scope
 from mesh import names
 from mesh.queue.runs import ExecutionFinished
 
@@ -69,38 +70,51 @@ def _without_nul(event: ExecutionFinished) -> ExecutionFinished:
     return ExecutionFinished.model_validate_json(event.model_dump_json().replace("\\u0000", "\\ufffd"))
 
 
-async def _upsert(pool: asyncpg.Pool, events: Sequence[ExecutionFinished]) -> None:
-    await pool.executemany(
-        """INSERT INTO executions (run_id, tenant, agent_key, status, attempts, input, result,
-                                   error, errors, enqueued_at, started_at, finished_at, duration_ms,
-                                   routing_key, priority, idempotency_key, replay, worker,
-                                   first_started_at, audit)
-           VALUES ($1,$2,$3,$4,$5,$6::jsonb,$7::jsonb,$8,$9::jsonb,$10,$11,$12,$13,$14,$15,$16,$17,
-                   $18,$19,$20::jsonb)
-           ON CONFLICT (run_id) DO UPDATE SET
-               status = EXCLUDED.status, attempts = EXCLUDED.attempts, result = EXCLUDED.result,
-               error = EXCLUDED.error, errors = EXCLUDED.errors, started_at = EXCLUDED.started_at,
-               finished_at = EXCLUDED.finished_at, duration_ms = EXCLUDED.duration_ms,
-               replay = EXCLUDED.replay, worker = EXCLUDED.worker,
-               first_started_at = EXCLUDED.first_started_at, audit = EXCLUDED.audit,
-               recorded_at = now()
-           -- a replayed event changes nothing; a later outcome (DLQ replay) wins
-           WHERE executions.finished_at < EXCLUDED.finished_at""",
-        [
-            (
-                e.run_id, e.tenant, e.agent, e.status.value, e.attempts,
-                json.dumps(e.input), json.dumps(e.result), e.error,
-                to_json(e.errors).decode(), e.enqueued_at, e.started_at, e.finished_at,
-                e.duration_ms, e.routing_key, e.priority, e.idempotency_key, e.replay, e.worker,
-                e.first_started_at or e.started_at, None if e.audit is None else json.dumps(e.audit),
-            )
-            for e in events
-        ],
-    )  # fmt: skip
+_COLUMNS = (
+    "run_id, tenant, agent_key, status, attempts, input, result, error, errors, enqueued_at, started_at, "
+    "finished_at, duration_ms, routing_key, priority, idempotency_key, replay, worker, first_started_at, "
+    "audit"
+)
+
+# One row per run in a table partitioned by finished_at, whose key must hold that
+# column too (deployment/sql/010): a later outcome (a DLQ replay) deletes the older
+# row, possibly in another month, and an outcome no newer than the row's changes
+# nothing. Runs are locked first (in run id order: no deadlock between two recorders),
+# in a statement of their own, so the writes below see what a racing writer committed.
+_LOCK = """SELECT pg_advisory_xact_lock(hashtextextended(r, 4146504))
+    FROM unnest($1::text[]) WITH ORDINALITY AS runs(r, i) ORDER BY i"""
+_DELETE_OLDER = "DELETE FROM executions WHERE run_id = $1 AND finished_at < $2"
+_INSERT_NEWER = f"""INSERT INTO executions ({_COLUMNS})
+    SELECT $1,$2,$3,$4,$5,$6::jsonb,$7::jsonb,$8,$9::jsonb,$10,$11,$12,$13,$14,$15,$16,$17,$18,$19,$20::jsonb
+    WHERE NOT EXISTS (SELECT 1 FROM executions WHERE run_id = $1 AND finished_at >= $12)"""
 
 
-async def get_execution(pool: asyncpg.Pool, run_id: str) -> dict[str, Any] | None:
-    row = await pool.fetchrow("SELECT * FROM executions WHERE run_id = $1", run_id)
+async def _upsert(pool: asyncpg.Pool, batch: Sequence[ExecutionFinished]) -> None:
+    newest: dict[str, ExecutionFinished] = {}
+    for e in batch:  # a run twice in one batch: its newest outcome only (an older one is a no-op)
+        if e.run_id not in newest or newest[e.run_id].finished_at < e.finished_at:
+            newest[e.run_id] = e
+    events = list(newest.values())
+    rows = [
+        (
+            e.run_id, e.tenant, e.agent, e.status.value, e.attempts,
+            json.dumps(e.input), json.dumps(e.result), e.error,
+            to_json(e.errors).decode(), e.enqueued_at, e.started_at, e.finished_at,
+            e.duration_ms, e.routing_key, e.priority, e.idempotency_key, e.replay, e.worker,
+            e.first_started_at or e.started_at, None if e.audit is None else json.dumps(e.audit),
+        )
+        for e in events
+    ]  # fmt: skip
+    async with tenant_scope(pool, ALL_TENANTS) as conn:
+        await conn.execute(_LOCK, sorted({e.run_id for e in events}))
+        await conn.executemany(_DELETE_OLDER, [(e.run_id, e.finished_at) for e in events])
+        await conn.executemany(_INSERT_NEWER, rows)
+
+
+async def get_execution(pool: asyncpg.Pool | asyncpg.Connection, run_id: str) -> dict[str, Any] | None:
+    row = await pool.fetchrow(
+        "SELECT * FROM executions WHERE run_id = $1 ORDER BY finished_at DESC LIMIT 1", run_id
+    )
     if row is None:
         return None
     out = dict(row)

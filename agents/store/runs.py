@@ -20,6 +20,7 @@ import asyncpg
 from nats.aio.msg import Msg
 
 from agents.errors import AgentError
+from agents.store.tenancy import ALL_TENANTS, tenant_scope
 from mesh.queue.runs import RunState, parse_run
 
 __all__ = ["BadCursor", "RunFilter", "index_runs", "list_runs"]
@@ -59,22 +60,23 @@ async def index_runs(pool: asyncpg.Pool, msgs: list[Msg]) -> int:
             newest[state.run_id] = (revision, state)
     if not newest:
         return 0
-    await pool.executemany(
-        f"""INSERT INTO runs ({_COLUMNS}, revision)
-            VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12)
-            ON CONFLICT (run_id) DO UPDATE SET
-                status = EXCLUDED.status, attempts = EXCLUDED.attempts, replay = EXCLUDED.replay,
-                started_at = EXCLUDED.started_at, finished_at = EXCLUDED.finished_at,
-                error = EXCLUDED.error, revision = EXCLUDED.revision
-            WHERE runs.revision < EXCLUDED.revision""",
-        [
-            (
-                s.run_id, s.tenant, s.agent, s.status.value, s.priority, s.attempts, s.replay,
-                s.enqueued_at, s.started_at, s.finished_at, s.error and s.error[:2000], revision,
-            )
-            for revision, s in newest.values()
-        ],
-    )  # fmt: skip
+    async with tenant_scope(pool, ALL_TENANTS) as conn:
+        await conn.executemany(
+            f"""INSERT INTO runs ({_COLUMNS}, revision)
+                VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12)
+                ON CONFLICT (run_id) DO UPDATE SET
+                    status = EXCLUDED.status, attempts = EXCLUDED.attempts, replay = EXCLUDED.replay,
+                    started_at = EXCLUDED.started_at, finished_at = EXCLUDED.finished_at,
+                    error = EXCLUDED.error, revision = EXCLUDED.revision
+                WHERE runs.revision < EXCLUDED.revision""",
+            [
+                (
+                    s.run_id, s.tenant, s.agent, s.status.value, s.priority, s.attempts, s.replay,
+                    s.enqueued_at, s.started_at, s.finished_at, s.error and s.error[:2000], revision,
+                )
+                for revision, s in newest.values()
+            ],
+        )  # fmt: skip
     return len(newest)
 
 
@@ -93,7 +95,7 @@ class RunFilter:
 
 
 async def list_runs(
-    pool: asyncpg.Pool, where: RunFilter, *, limit: int, cursor: str | None = None
+    pool: asyncpg.Pool | asyncpg.Connection, where: RunFilter, *, limit: int, cursor: str | None = None
 ) -> tuple[list[dict[str, Any]], str | None]:
     """One page of runs, newest first, and the cursor of the next (None: last page)."""
     clauses, args = [], []

@@ -5,7 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from gateway.api.agent_detail import routes as agent_detail_routes
-from gateway.api.auth import auth_middleware
+from gateway.api.auth import TOKENS, TokenCache, auth_middleware
 from gateway.api.breakers import routes as breaker_routes
 from gateway.api.canary import routes as canary_routes
 from gateway.api.channels import routes as channel_routes
@@ -19,21 +19,24 @@ from gateway.api.routes import routes
 from gateway.api.runs import routes as run_routes
 from gateway.api.schedules import routes as schedule_routes
 from gateway.api.services import SERVICES, Services
+from gateway.api.tokens import routes as token_routes
 
 __all__ = ["SERVICES", "Services", "create_app"]
 
 
-def create_app(services: Services, token: str | None) -> web.Application:
-    """The API app. ``token=None`` disables auth (embedded dev mode only)."""
+def create_app(services: Services, auth: bool) -> web.Application:
+    """The API app. ``auth=False`` lets every request act as an admin (the embedded
+    dev mode only); else requests need a token of ``api_tokens``."""
     s = services.settings
     # Outermost first: every answer (a 401, a 429, a problem) is logged and carries
     # the correlation id; a rate-limited request is refused before its token is checked.
     limit = rate_limit_middleware(s.api_rate_per_s, s.api_burst)
     app = web.Application(
-        middlewares=[access_middleware, problem_middleware, limit, auth_middleware(token)],
+        middlewares=[access_middleware, problem_middleware, limit, auth_middleware(auth)],
         client_max_size=s.max_payload_bytes,
     )
     app[SERVICES] = services
+    app[TOKENS] = TokenCache(services.pool)
     app.add_routes(routes)
     app.add_routes(run_routes)
     app.add_routes(queue_routes)
@@ -45,4 +48,5 @@ def create_app(services: Services, token: str | None) -> web.Application:
     app.add_routes(breaker_routes)
     app.add_routes(canary_routes)
     app.add_routes(docs_routes)
+    app.add_routes(token_routes)
     return app

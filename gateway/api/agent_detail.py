@@ -13,6 +13,7 @@ from pydantic import BaseModel, Field
 
 from agents.resilience.guard import describe_resilience
 from agents.resilience.policy import Resilience
+from gateway.api.auth import tenant_scoped
 from gateway.api.bodies import json_response
 from gateway.api.models import AgentView
 from gateway.api.params import path_value
@@ -49,6 +50,7 @@ class AgentDetail(AgentView):
 
 @routes.get("/api/v1/agents/{key}")
 @endpoint("One agent: schemas, state and resilience", response=AgentDetail, errors=(404,), tags=("agents",))
+@tenant_scoped  # the catalog: no tenant's data
 async def agent_detail(request: web.Request) -> web.Response:
     svc: Services = request.app[SERVICES]
     key = path_value(request, "key", AGENT_KEY_RE, "agent key")

@@ -19,6 +19,8 @@ from nats.js import JetStreamContext
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from agents.store.billing import cost_totals
+from agents.store.tenancy import tenant_scope
+from gateway.api.auth import principal, tenant_scoped
 from gateway.api.bodies import json_response, read_json
 from gateway.api.params import LIMIT_ID
 from gateway.api.services import SERVICES, Services
@@ -98,11 +100,13 @@ class Limits(BaseModel):
 @routes.get("/api/v1/costs")
 @endpoint("Cost per agent or tenant and period, from the billing records", query=CostQuery,
           response=CostReport, errors=(422,), tags=("costs",))  # fmt: skip
+@tenant_scoped
 async def costs(request: web.Request) -> web.Response:
     svc: Services = request.app[SERVICES]
     q = CostQuery.model_validate(dict(request.query))
     assert q.since is not None and q.until is not None
-    rows = await cost_totals(svc.pool, q.group_by, q.period, q.since, q.until, q.agent, q.tenant)
+    async with tenant_scope(svc.pool, principal(request).tenant) as conn:  # a tenant's token: its own
+        rows = await cost_totals(conn, q.group_by, q.period, q.since, q.until, q.agent, q.tenant)
     out = [
         {
             q.group_by: row["key"], "start": row["start"].replace(tzinfo=UTC).isoformat(),
@@ -140,11 +144,22 @@ async def _shown(js: JetStreamContext, limit: Budget | Quota, spent: dict[str, S
     return shown
 
 
+async def _visible_limits(request: web.Request) -> tuple[list[Budget], list[Quota], dict[str, Spent]]:
+    """The limits :func:`principal` sees: every one, or those of its tenant."""
+    who = principal(request)
+    budgets, quotas, spent = await read_limits(request.app[SERVICES].js)
+    if who.tenant is not None:
+        budgets = [b for b in budgets if b.tenant == who.tenant]
+        quotas = [q for q in quotas if q.tenant == who.tenant]
+    return budgets, quotas, spent
+
+
 @routes.get("/api/v1/budgets")
 @endpoint("Every budget and quota, each with its spent mark", response=Limits, tags=("budgets",))
+@tenant_scoped
 async def list_budgets(request: web.Request) -> web.Response:
     svc: Services = request.app[SERVICES]
-    budgets, quotas, spent = await read_limits(svc.js)
+    budgets, quotas, spent = await _visible_limits(request)
     return json_response({
         "budgets": [await _shown(svc.js, b, spent) for b in budgets],
         "quotas": [await _shown(svc.js, q, spent) for q in quotas],
@@ -169,7 +184,7 @@ async def _put(request: web.Request, model: type[Budget] | type[Quota], base: st
 async def _get(request: web.Request, kind: str) -> web.Response:
     svc: Services = request.app[SERVICES]
     ident = _ident(request)
-    budgets, quotas, spent = await read_limits(svc.js)
+    budgets, quotas, spent = await _visible_limits(request)
     for limit in budgets if kind == "budget" else quotas:
         if limit.id == ident:
             return json_response(await _shown(svc.js, limit, spent))
@@ -200,12 +215,14 @@ async def put_quota(request: web.Request) -> web.Response:
 
 @routes.get("/api/v1/budgets/{id}")
 @endpoint("One budget, with its spent mark", response=BudgetView, errors=(404,), tags=("budgets",))
+@tenant_scoped
 async def get_budget(request: web.Request) -> web.Response:
     return await _get(request, "budget")
 
 
 @routes.get("/api/v1/quotas/{id}")
 @endpoint("One quota, with its spent mark", response=QuotaView, errors=(404,), tags=("budgets",))
+@tenant_scoped
 async def get_quota(request: web.Request) -> web.Response:
     return await _get(request, "quota")
 

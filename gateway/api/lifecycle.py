@@ -28,7 +28,7 @@ from agents.lifecycle.health import aggregate
 from agents.lifecycle.manager import Mode
 from agents.lifecycle.states import State
 from gateway.api.bodies import json_response, read_json
-from gateway.api.params import path_value, query_int
+from gateway.api.params import PG_TEXT, path_value, query_int
 from gateway.api.services import SERVICES, Services
 from gateway.api.spec import endpoint
 from mesh.names import AGENT_KEY_RE
@@ -51,8 +51,7 @@ class LifecycleRequest(BaseModel):
 
     action: Action
     version: str | None = Field(default=None, pattern=VERSION, description="default: the live one")
-    # No NUL: the reason is stored in PostgreSQL text, which cannot hold one (a 500 before).
-    reason: str | None = Field(default=None, max_length=500, pattern=r"^[^\x00]*$")
+    reason: str | None = Field(default=None, max_length=500, pattern=PG_TEXT)  # stored: no NUL
     drain_timeout_s: float = Field(default=DEFAULT_DRAIN_S, gt=0, le=MAX_DRAIN_S)
     wait: bool = Field(default=False, description="drain: return once nothing of it runs")
     mode: Literal["pool", "dedicated"] | None = Field(

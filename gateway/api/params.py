@@ -13,14 +13,15 @@ from mesh import names
 from mesh.schedules.definitions import NAME_PATTERN
 
 __all__ = [
-    "DLQ_SEQ", "LIMIT_ID", "MAX_SEQ", "PATH_SCHEMAS", "RUN_ID", "ecma_pattern", "path_value", "query_int",
-    "query_value",
+    "DLQ_SEQ", "LIMIT_ID", "MAX_SEQ", "PATH_SCHEMAS", "PG_TEXT", "RUN_ID", "ecma_pattern", "path_value",
+    "query_int", "query_value",
 ]  # fmt: skip
 
 RUN_ID: Final = names.RUN_ID_RE  # the envelope's id pattern
 MAX_SEQ: Final = 2**63 - 1  # stream sequences are uint64; nats-server refuses 2**64 and up
 DLQ_SEQ: Final = re.compile(r"[1-9][0-9]{0,18}")
 LIMIT_ID: Final = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")  # a budget's or quota's id
+PG_TEXT: Final = r"^[^\x00]*$"  # what PostgreSQL text can store: any character but NUL
 
 
 def ecma_pattern(pattern: str) -> str:

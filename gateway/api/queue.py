@@ -11,11 +11,13 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, computed_field, model_validator
 
 from agents.errors import AgentInputInvalid
+from gateway.api.auth import principal, tenant_scoped
 from gateway.api.bodies import json_response, read_json
 from gateway.api.middleware import correlation_id
 from gateway.api.models import RunRequest
 from gateway.api.params import DLQ_SEQ, MAX_SEQ, ecma_pattern, path_value, query_int, query_value
 from gateway.api.problems import validation_errors
+from gateway.api.runs import run_tenant
 from gateway.api.services import SERVICES, Services
 from gateway.api.spec import endpoint
 from mesh.deadletters import DeadLetter
@@ -188,9 +190,11 @@ class BatchAccepted(BaseModel):
 @routes.post("/api/v1/queue/batch")
 @endpoint("Submit up to 1,000 runs at once, all or none", body=BatchRequest, response=BatchAccepted,
           status=202, errors=(402, 404, 409, 429, 503), tags=("runs",))  # fmt: skip
+@tenant_scoped
 async def submit_batch(request: web.Request) -> web.Response:
     svc: Services = request.app[SERVICES]
     body = BatchRequest.model_validate(await read_json(request))
+    who = principal(request)
     specs = []
     for i, task in enumerate(body.tasks):
         agent = svc.registry.get(task.agent)
@@ -203,7 +207,7 @@ async def submit_batch(request: web.Request) -> web.Response:
             TaskSpec(
                 agent=agent.key,
                 input=task.input,
-                tenant=task.tenant,
+                tenant=run_tenant(who, task),
                 priority=task.priority,
                 routing_key=task.routing_key,
                 ttl_s=task.ttl_s,

@@ -11,6 +11,7 @@ from pydantic import BaseModel, Field
 
 from agents.sandbox import detect_levels
 from agents.sandbox.levels import log_levels_once
+from gateway.api.auth import tenant_scoped
 from gateway.api.bodies import json_response
 from gateway.api.models import AgentView, SandboxView
 from gateway.api.services import SERVICES, Services
@@ -39,6 +40,7 @@ class Readiness(BaseModel):
 
 @routes.get("/api/v1/agents")
 @endpoint("Every registered agent, with its schemas", response=AgentList, tags=("agents",))
+@tenant_scoped  # the catalog: no tenant's data
 async def list_agents(request: web.Request) -> web.Response:
     svc: Services = request.app[SERVICES]
     agents = []

@@ -17,6 +17,9 @@ from pydantic import BaseModel, Field, ValidationError
 from agents.errors import AgentInputInvalid, RunNotFound
 from agents.store.executions import get_execution
 from agents.store.runs import RunFilter, list_runs
+from agents.store.tenancy import tenant_scope
+from agents.store.tokens import Principal
+from gateway.api.auth import principal, tenant_scoped
 from gateway.api.bodies import json_response, read_json
 from gateway.api.middleware import correlation_id
 from gateway.api.models import RunAccepted, RunRequest, RunView
@@ -83,13 +86,27 @@ class RunPage(BaseModel):
     next_cursor: str | None = Field(description="pass it as ?cursor= for the next page; null on the last")
 
 
+def run_tenant(who: Principal, body: RunRequest) -> str:
+    """The tenant a submitted run belongs to: the body's, or the token's when the
+    token is bound to one (naming another is refused, never silently replaced)."""
+    if who.tenant is None:
+        return body.tenant
+    if "tenant" in body.model_fields_set and body.tenant != who.tenant:
+        raise web.HTTPForbidden(
+            text=f"a token of tenant {who.tenant!r} cannot submit runs for {body.tenant!r}"
+        )
+    return who.tenant
+
+
 @routes.post("/api/v1/agents/{key}/runs")
 @endpoint("Submit a run of an agent", body=RunRequest, query=WaitQuery, response=RunAccepted, status=202,
           errors=(402, 404, 409, 429, 503), tags=("runs",))  # fmt: skip
+@tenant_scoped
 async def create_run(request: web.Request) -> web.Response:
     svc: Services = request.app[SERVICES]
     agent = svc.registry.get(request.match_info["key"])
     body = RunRequest.model_validate(await read_json(request))
+    tenant = run_tenant(principal(request), body)
     if request.query.get("wait") in ("1", "true"):  # a caller waiting for the result: fail fast
         await _refuse_if_open(svc, agent.key)
     try:
@@ -99,7 +116,7 @@ async def create_run(request: web.Request) -> web.Response:
             f"input does not match the schema of {agent.key}", validation_errors(exc)
         ) from exc
     spec = TaskSpec(
-        agent=agent.key, input=body.input, tenant=body.tenant, routing_key=body.routing_key,
+        agent=agent.key, input=body.input, tenant=tenant, routing_key=body.routing_key,
         priority=body.priority, idempotency_key=body.idempotency_key, ttl_s=body.ttl_s,
         source="gateway", correlation_id=correlation_id(request),
     )  # fmt: skip
@@ -125,6 +142,7 @@ async def _refuse_if_open(svc: Services, agent: str) -> None:
 
 @routes.get("/api/v1/runs")
 @endpoint("Runs, newest first, a page at a time", query=RunsQuery, response=RunPage, tags=("runs",))
+@tenant_scoped
 async def list_runs_view(request: web.Request) -> web.Response:
     """Runs newest first; ``?agent=&tenant=&status=a,b&since=<ISO time>&limit=&cursor=``."""
     svc: Services = request.app[SERVICES]
@@ -137,7 +155,8 @@ async def list_runs_view(request: web.Request) -> web.Response:
     )
     limit = max(1, query_int(request, "limit", 50, MAX_PAGE))
     cursor = query_value(request, "cursor", CURSOR, "cursor from an earlier page")
-    rows, after = await list_runs(svc.pool, where, limit=limit, cursor=cursor)
+    async with tenant_scope(svc.pool, principal(request).tenant) as conn:
+        rows, after = await list_runs(conn, where, limit=limit, cursor=cursor)
     for row in rows:
         row["priority"] = Priority(row["priority"]).name
         for key in ("enqueued_at", "started_at", "finished_at"):  # ISO 8601, as everywhere
@@ -158,18 +177,29 @@ def _since(request: web.Request) -> datetime | None:
     return since
 
 
+async def _recorded(svc: Services, who: Principal, run_id: str) -> dict[str, Any]:
+    """The run's permanent record, as ``who``'s tenant sees it; 404 if none."""
+    async with tenant_scope(svc.pool, who.tenant) as conn:
+        row = await get_execution(conn, run_id)
+    if row is None:
+        raise RunNotFound(run_id)
+    return row
+
+
 @routes.get("/api/v1/runs/{run_id}")
 @endpoint("One run's state: live, else its permanent record", response=RunView, errors=(404,),
           tags=("runs",))  # fmt: skip
+@tenant_scoped
 async def get_run_view(request: web.Request) -> web.Response:
     svc: Services = request.app[SERVICES]
+    who = principal(request)
     run_id = path_value(request, "run_id", RUN_ID, "run id (A-Z, a-z, 0-9, _ and -; at most 128)")
     state = await get_run(svc.js, run_id)
     if state is not None:
+        if not who.sees(state.tenant):  # another tenant's run is as absent as one never made
+            raise RunNotFound(run_id)
         return json_response(await _live_view(svc, state))
-    row = await get_execution(svc.pool, run_id)
-    if row is None:
-        raise RunNotFound(run_id)
+    row = await _recorded(svc, who, run_id)
     view = RunView(
         run_id=row["run_id"], agent=row["agent_key"], tenant=row["tenant"], status=row["status"],
         attempts=row["attempts"], result=row["result"], error=row["error"], errors=row["errors"],
@@ -203,14 +233,17 @@ async def _live_view(svc: Services, state: RunState) -> dict[str, Any]:
 
 @routes.delete("/api/v1/runs/{run_id}")
 @endpoint("Cancel a queued or running run", response=RunView, errors=(404, 409), tags=("runs",))
+@tenant_scoped
 async def cancel_run_view(request: web.Request) -> web.Response:
     """Cancel a queued or running run: 200 with its state, 409 if it already finished."""
     svc: Services = request.app[SERVICES]
+    who = principal(request)
     run_id = path_value(request, "run_id", RUN_ID, "run id (A-Z, a-z, 0-9, _ and -; at most 128)")
+    if who.tenant is not None:  # a run's tenant never changes: checked once, before it is touched
+        live = await get_run(svc.js, run_id)
+        if live is not None and not who.sees(live.tenant):
+            raise RunNotFound(run_id)
     state = await cancel_run(svc.nc, svc.js, run_id, reason="by request")
     if state is None:
-        row = await get_execution(svc.pool, run_id)
-        if row is None:
-            raise RunNotFound(run_id)
-        raise RunAlreadyFinished(run_id, row["status"])
+        raise RunAlreadyFinished(run_id, (await _recorded(svc, who, run_id))["status"])
     return json_response(await _live_view(svc, state))

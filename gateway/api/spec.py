@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import re
 import weakref
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Any, Final, TypeVar
 
@@ -27,7 +27,7 @@ from pydantic import BaseModel, TypeAdapter
 from pydantic.json_schema import JsonSchemaMode
 
 from gateway.api.auth import OPEN_PATHS
-from gateway.api.params import PATH_SCHEMAS
+from gateway.api.params import PATH_SCHEMAS, ecma_pattern
 from gateway.api.problems import Problem
 
 __all__ = ["Endpoint", "endpoint", "endpoint_of", "openapi"]
@@ -38,9 +38,10 @@ PROBLEM_TYPE: Final = "application/problem+json"
 _MARK: Final = "__endpoint__"
 _PARAM: Final = re.compile(r"\{(\w+)(?::[^}]*)?\}")
 # Answers any route may give whatever it declares: a malformed correlation id (400),
-# and past the auth middleware, no or a wrong token (401) and the rate limit (429).
+# and past the auth middleware, no or a wrong token (401), one whose scope or tenant
+# does not reach the route (403), and the rate limit (429).
 _ANY_ROUTE: Final = (400,)
-_SECURED: Final = (401, 429)
+_SECURED: Final = (401, 403, 429)
 _WITH_BODY: Final = (400, 413, 415, 422)
 
 H = TypeVar("H", bound=Callable[..., Any])
@@ -54,6 +55,7 @@ class Endpoint:
     response: Any  # a pydantic model or any type TypeAdapter takes (``list[X]``, ``A | B``)
     body: Any = None
     query: type[BaseModel] | None = None
+    path: Mapping[str, re.Pattern[str]] = field(default_factory=dict)
     status: tuple[int, ...] = (200,)
     errors: tuple[int, ...] = ()
     tags: tuple[str, ...] = ()
@@ -67,6 +69,7 @@ def endpoint(
     response: Any = None,
     body: Any = None,
     query: type[BaseModel] | None = None,
+    path: Mapping[str, re.Pattern[str]] | None = None,
     status: int | tuple[int, ...] = 200,
     errors: tuple[int, ...] = (),
     tags: tuple[str, ...] = (),
@@ -78,13 +81,15 @@ def endpoint(
     with; ``response`` the model of what it answers with ``status`` (one code, or
     several that share the body); ``errors`` the 4xx/5xx codes it may answer with
     (each a problem+json ``Problem``; those every route or body shares are added).
-    ``response=None`` is for a ``204`` with no body. The handler's docstring, if
-    any, is the operation's description.
+    ``response=None`` is for a ``204`` with no body. A path parameter's schema comes
+    from :data:`~gateway.api.params.PATH_SCHEMAS` by its name; ``path`` gives the
+    pattern of one that means something else here. The handler's docstring, if any,
+    is the operation's description.
     """
 
     def mark(handler: H) -> H:
         spec = Endpoint(
-            summary, response, body, query, status if isinstance(status, tuple) else (status,),
+            summary, response, body, query, path or {}, status if isinstance(status, tuple) else (status,),
             errors, tags, media_type, handler.__doc__ and " ".join(handler.__doc__.split()),
         )  # fmt: skip
         setattr(handler, _MARK, spec)
@@ -173,7 +178,7 @@ def _operation(path: str, spec: Endpoint, op_id: str, schemas: _Schemas) -> dict
         op["description"] = spec.description
     if spec.tags:
         op["tags"] = list(spec.tags)
-    if params := [*_path_parameters(path), *_query_parameters(spec.query, schemas)]:
+    if params := [*_path_parameters(path, spec.path), *_query_parameters(spec.query, schemas)]:
         op["parameters"] = params
     if spec.body is not None:
         op["requestBody"] = {
@@ -204,12 +209,16 @@ def _response(status: int, spec: Endpoint, schemas: _Schemas) -> dict[str, Any]:
     return answer
 
 
-def _path_parameters(path: str) -> list[dict[str, Any]]:
-    """``{name}`` in the template, typed by :data:`~gateway.api.params.PATH_SCHEMAS`."""
-    return [
-        {"name": name, "in": "path", "required": True, "schema": PATH_SCHEMAS.get(name, {"type": "string"})}
-        for name in _PARAM.findall(path)
-    ]
+def _path_parameters(path: str, own: Mapping[str, re.Pattern[str]]) -> list[dict[str, Any]]:
+    """``{name}`` in the template, typed by the route's own pattern, else by
+    :data:`~gateway.api.params.PATH_SCHEMAS`."""
+
+    def schema(name: str) -> dict[str, Any]:
+        if name in own:
+            return {"type": "string", "pattern": ecma_pattern(own[name].pattern)}
+        return PATH_SCHEMAS.get(name, {"type": "string"})
+
+    return [{"name": n, "in": "path", "required": True, "schema": schema(n)} for n in _PARAM.findall(path)]
 
 
 def _query_parameters(query: type[BaseModel] | None, schemas: _Schemas) -> list[dict[str, Any]]:
@@ -219,19 +228,19 @@ def _query_parameters(query: type[BaseModel] | None, schemas: _Schemas) -> list[
     schemas.components.update(schema.get("$defs", {}))
     required = set(schema.get("required", ()))
     return [
-        {"name": name, "in": "query", "required": name in required, "schema": _plain(field)}
-        | ({"description": field["description"]} if "description" in field else {})
-        for name, field in schema["properties"].items()
+        {"name": name, "in": "query", "required": name in required, "schema": _plain(prop)}
+        | ({"description": prop["description"]} if "description" in prop else {})
+        for name, prop in schema["properties"].items()
     ]
 
 
-def _plain(field: dict[str, Any]) -> dict[str, Any]:
+def _plain(prop: dict[str, Any]) -> dict[str, Any]:
     """A property's schema as a parameter's: a query value is absent or a string, never
     null, so ``X | None`` is ``X``; its title and description go on the parameter."""
-    branches = [b for b in field.get("anyOf", ()) if b != {"type": "null"}]
+    branches = [b for b in prop.get("anyOf", ()) if b != {"type": "null"}]
     if len(branches) == 1:
-        field = {**field, **branches[0]}
-        del field["anyOf"]
-        if field.get("default", ...) is None:
-            del field["default"]
-    return {k: v for k, v in field.items() if k not in ("title", "description")}
+        prop = {**prop, **branches[0]}
+        del prop["anyOf"]
+        if prop.get("default", ...) is None:
+            del prop["default"]
+    return {k: v for k, v in prop.items() if k not in ("title", "description")}

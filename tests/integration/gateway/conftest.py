@@ -17,6 +17,7 @@ from nats.aio.client import Client
 from nats.js import JetStreamContext
 
 from agents.registry import example_registry
+from agents.store.tenancy import app_pool
 from gateway.api.problems import ApiRunner
 from gateway.app import Gateway, InProcessWorker, Parts
 from gateway.cli import cli
@@ -35,7 +36,11 @@ class ApiTestServer(TestServer):
 
 @pytest.fixture
 async def api(
-    nc: Client, mesh_js: JetStreamContext, pool: asyncpg.Pool, request: pytest.FixtureRequest
+    nc: Client,
+    mesh_js: JetStreamContext,
+    pool: asyncpg.Pool,
+    database_url: str,
+    request: pytest.FixtureRequest,
 ) -> AsyncIterator[TestClient[Any, Any]]:
     """The gateway with its recorders and a worker (no maintenance, no scheduler), served by aiohttp's
     test server; the NATS connection and the pool are the test's. Parametrize indirectly
@@ -44,13 +49,19 @@ async def api(
                   worker=InProcessWorker(concurrency=8, idle_poll_s=0.2, drain_timeout_s=5))  # fmt: skip
     settings = Settings(**{"max_payload_bytes": 64 * 1024, **getattr(request, "param", {})})
     gateway = Gateway(settings, example_registry(), parts)
-    async with gateway.running(nc, pool, token=TOKEN):
-        assert gateway.app is not None
-        client = TestClient(ApiTestServer(gateway.app))
-        await client.start_server()
-        client.session.headers["Authorization"] = f"Bearer {TOKEN}"
-        yield client
-        await client.close()
+    # As the application's role, which row security binds: every handler's queries
+    # must set their tenant (the owner ``pool`` ran the migrations and sees all).
+    app_db = await app_pool(database_url, size=settings.database_pool_size)
+    try:
+        async with gateway.running(nc, app_db, token=TOKEN):
+            assert gateway.app is not None
+            client = TestClient(ApiTestServer(gateway.app))
+            await client.start_server()
+            client.session.headers["Authorization"] = f"Bearer {TOKEN}"
+            yield client
+            await client.close()
+    finally:
+        await app_db.close()
 
 
 # --- the CLI against a served app ----------------------------------------------------

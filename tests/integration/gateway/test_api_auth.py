@@ -27,7 +27,7 @@ async def test_every_route_but_the_probes_needs_the_token(api: TestClient[Any, A
     async with aiohttp.ClientSession() as bare:  # no Authorization header at all
         for method, template in guarded:
             path = fill(template, "x")
-            wrong = ("", "Bearer wrong", TOKEN, f"Bearer {TOKEN}x", f"bearer {TOKEN}", f"Bearer  {TOKEN}")
+            wrong = ("", "Bearer wrong", TOKEN, f"Bearer {TOKEN}x", f"Basic {TOKEN}", f"Bearer{TOKEN}")
             answers = [await api.request(method, path, headers={"Authorization": a}) for a in wrong]
             answers.append(await bare.request(method, api.make_url(path)))
             for resp in answers:
@@ -47,3 +47,11 @@ async def test_every_route_but_the_probes_needs_the_token(api: TestClient[Any, A
 async def test_an_unknown_path_without_the_token_is_401_not_404(api: TestClient[Any, Any]) -> None:
     resp = await api.get("/api/v1/no-such-thing", headers={"Authorization": ""})
     assert resp.status == 401 and resp.content_type == PROBLEM
+
+
+async def test_the_scheme_is_case_insensitive_and_spaces_before_the_token_are_allowed(
+    api: TestClient[Any, Any],
+) -> None:
+    """RFC 7235: the auth scheme is case-insensitive, and one or more spaces follow it."""
+    for header in (f"bearer {TOKEN}", f"BEARER {TOKEN}", f"Bearer  {TOKEN}"):
+        assert (await api.get("/api/v1/agents", headers={"Authorization": header})).status == 200, header

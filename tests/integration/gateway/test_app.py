@@ -15,6 +15,7 @@ from nats.aio.client import Client
 from nats.js import JetStreamContext
 
 from agents.registry import example_registry
+from agents.store.tenancy import ALL_TENANTS, tenant_scope
 from gateway.app import Gateway, InProcessWorker, Parts
 from gateway.settings import Settings
 from mesh.embedded import NatsServer
@@ -59,8 +60,12 @@ async def test_a_gateway_given_urls_serves_a_run_end_to_end_and_closes_what_it_o
             ):
                 assert resp.status == 401
         async with asyncio.timeout(20):  # the recorder wrote its outcome to PostgreSQL
-            assert running.pool is not None
-            while not await running.pool.fetchval("SELECT 1 FROM executions WHERE run_id = $1", run_id):
+            assert running.pool is not None  # as the application's role, which row security binds
+            assert await running.pool.fetchval("SELECT current_user") == "af_app"
+            while True:
+                async with tenant_scope(running.pool, ALL_TENANTS) as conn:
+                    if await conn.fetchval("SELECT 1 FROM executions WHERE run_id = $1", run_id):
+                        break
                 await asyncio.sleep(0.1)
     assert gateway.nc is not None and gateway.nc.is_closed
     assert gateway.pool is not None and gateway.pool.is_closing()

@@ -32,12 +32,26 @@ SELECT 'constraint', conrelid::regclass::text || ' ' || conname || ' ' || pg_get
 FROM pg_constraint WHERE connamespace = 'public'::regnamespace
 UNION ALL
 SELECT 'index', indexdef FROM pg_indexes WHERE schemaname = 'public'
+UNION ALL
+SELECT 'policy', tablename || ' ' || policyname || ' ' || coalesce(qual, '') || ' '
+       || coalesce(with_check, '')
+FROM pg_policies WHERE schemaname = 'public'
+UNION ALL
+SELECT 'rls', relname || ' ' || relrowsecurity || ' ' || relforcerowsecurity
+FROM pg_class WHERE relnamespace = 'public'::regnamespace AND relkind IN ('r', 'p')
+UNION ALL
+SELECT 'function', p.oid::regprocedure::text || ' ' || p.prosecdef
+FROM pg_proc p WHERE p.pronamespace = 'public'::regnamespace
+UNION ALL
+SELECT 'grant', table_name || ' ' || grantee || ' ' || privilege_type
+FROM information_schema.role_table_grants WHERE table_schema = 'public' AND grantee = 'af_app'
 ORDER BY 1, 2
 """
 
 
 async def _schema(conn: asyncpg.Connection) -> list[tuple[str, str]]:
-    """Every column, constraint and index outside the migrations ledger."""
+    """Every column, constraint, index, row-security policy and flag, function and
+    grant to the application's role, outside the migrations ledger."""
     return [(r["kind"], r["what"]) for r in await conn.fetch(_SCHEMA) if "schema_migrations" not in r["what"]]
 
 
