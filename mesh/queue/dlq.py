@@ -16,7 +16,7 @@ leaves the dead letter in place.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import timedelta
 
 from nats.js import JetStreamContext
@@ -224,12 +224,21 @@ class ReplayReport(BaseModel):
     failed: list[dict[str, object]] = Field(default_factory=list)  # {"seq", "error"}
 
 
-async def replay_all(js: JetStreamContext, *, name: str | None = None, limit: int = 10_000) -> ReplayReport:
-    """Replay every task dead letter (of agent ``name`` if given)."""
+async def replay_all(
+    js: JetStreamContext, *, name: str | None = None, limit: int = 10_000,
+    after_each: Callable[[ReplayReport], Awaitable[None]] | None = None,
+) -> ReplayReport:  # fmt: skip
+    """Replay every task dead letter (of agent ``name`` if given) stored when it
+    starts: a replayed task that fails again is dead-lettered anew, and is not
+    replayed again by this call (else a task that always fails would loop until
+    ``limit``). ``after_each`` sees the report after every letter (progress; it
+    may raise to stop there)."""
     report = ReplayReport()
+    last = (await js.stream_info(names.STREAM_DLQ)).state.last_seq
     after = 0
     while len(report.replayed) + len(report.failed) < limit:
         batch = await list_dead_letters(js, origin="tasks", name=name, after_seq=after, limit=100)
+        batch = [view for view in batch if view.seq <= last]
         if not batch:
             break
         for view in batch:
@@ -237,6 +246,8 @@ async def replay_all(js: JetStreamContext, *, name: str | None = None, limit: in
                 report.replayed.append(await replay(js, view.seq))
             except (MeshError, APIError) as exc:
                 report.failed.append({"seq": view.seq, "error": str(exc)})
+            if after_each is not None:
+                await after_each(report)
         after = batch[-1].seq
     return report
 
