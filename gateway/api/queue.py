@@ -3,8 +3,9 @@
 Replaying one dead letter (``seq``) answers at once; replaying an agent's or all
 (``agent``, ``all``) is an operation of kind ``dlq.replay`` (``202``,
 :mod:`gateway.api.operations`) whose progress counts the letters. It is
-resumed after its gateway died: what is left in the DLQ is replayed, and a
-letter republished but not yet deleted is stored once (its ``Nats-Msg-Id``).
+resumed after its gateway died: what is left in the DLQ of the letters dead
+when it was asked is replayed, and a letter republished but not yet deleted is
+stored once (its ``Nats-Msg-Id``).
 """
 
 from __future__ import annotations
@@ -116,6 +117,7 @@ def dlq_kinds(svc: Services) -> list[OperationKind]:
 
     async def replay_many(ctx: OperationContext) -> dict[str, Any]:
         sel = DlqSelection.model_validate(ctx.op.request)
+        # At most: letters dead after it was asked are counted here, and left.
         total = await dlq.count(svc.js, origin="tasks", name=sel.agent)
 
         async def count(report: dlq.ReplayReport) -> None:
@@ -127,7 +129,9 @@ def dlq_kinds(svc: Services) -> list[OperationKind]:
                 await ctx.progress()  # a cancellation is read here still
 
         await ctx.progress(0, f"{total} dead letter(s) to replay")
-        return (await dlq.replay_all(svc.js, name=sel.agent, after_each=count)).model_dump()
+        # Dead by the time it was asked: a resumed start replays no more than the first.
+        report = await dlq.replay_all(svc.js, name=sel.agent, dead_by=ctx.op.created_at, after_each=count)
+        return report.model_dump()
 
     return [OperationKind("dlq.replay", replay_many, resumable=True)]
 
