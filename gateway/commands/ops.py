@@ -37,9 +37,9 @@ class Progress:
         percent, message = float(op["progress"]), str(op["message"])
         if self.tty:
             filled = int(_WIDTH * percent / 100)
-            line = f"\r[{'#' * filled}{'.' * (_WIDTH - filled)}] {percent:3.0f}%  {message}"
-            columns = shutil.get_terminal_size().columns
-            self.stream.write(line[: columns - 1].ljust(columns - 1))
+            line = f"[{'#' * filled}{'.' * (_WIDTH - filled)}] {percent:3.0f}%  {message}"
+            columns = shutil.get_terminal_size().columns  # one row less one column: no wrap, ever
+            self.stream.write("\r" + line[: columns - 1].ljust(columns - 1))
         elif message != self._said:
             self.stream.write(f"  [{percent:3.0f}%] {message}\n")
         self._said = message
