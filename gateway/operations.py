@@ -55,6 +55,7 @@ log = logging.getLogger(__name__)
 
 MAX_ATTEMPTS: Final = 3  # a resumable operation started this often is given up (it may be what kills us)
 _WRITE_EVERY_S: Final = 0.25  # progress alone is written at most this often
+_DATABASE_AWAY: Final = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
 
 
 class OperationCancelled(Exception):
@@ -127,6 +128,9 @@ class OperationRunner:
         self._contexts: dict[str, OperationContext] = {}
         self._changed = asyncio.Event()
         self._keeper: asyncio.Task[None] | None = None
+        # Ends that could not be written (the database away): written again at every
+        # heartbeat, which meanwhile keeps them ours, so none stays "running" for good.
+        self._unwritten: dict[str, dict[str, Any]] = {}
 
     def register(self, *kinds: OperationKind) -> None:
         for kind in kinds:
@@ -151,7 +155,7 @@ class OperationRunner:
         for op_id, task in running.items():
             ctx = self._contexts.pop(op_id, None)
             kind = self.kinds.get(ctx.op.kind) if ctx else None
-            with contextlib.suppress(OperationLost, OSError, asyncpg.PostgresError):
+            with contextlib.suppress(OperationLost, *_DATABASE_AWAY):
                 if kind is not None and kind.resumable:
                     said = f"gateway {self.holder} stopped: queued again"
                     async with tenant_scope(self.pool, ALL_TENANTS) as conn:
@@ -208,8 +212,8 @@ class OperationRunner:
             ctx.op = await self._write(op_id, status=OperationStatus.RUNNING, message=note)
             await ctx.progress()  # a cancellation asked before it started
             result = await kind.work(ctx)
-            await self._write(op_id, status=OperationStatus.SUCCEEDED, progress=100.0, result=result,
-                              message="succeeded")  # fmt: skip
+            await self._finish_quietly(op_id, status=OperationStatus.SUCCEEDED, progress=100.0, result=result,
+                                       message="succeeded")  # fmt: skip
         except OperationCancelled:
             said = f"cancelled at {ctx.op.progress:.0f}%; what was done stays done ({ctx.op.message})"
             await self._finish_quietly(op_id, status=OperationStatus.CANCELLED, message=said)
@@ -234,10 +238,14 @@ class OperationRunner:
                                    **what)  # fmt: skip
 
     async def _finish_quietly(self, op_id: str, **what: Any) -> None:
+        """Write an operation's end; if the database is away, again at each heartbeat."""
         try:
             await self._write(op_id, **what)
         except OperationLost:
             log.warning("operation %s was taken over by another gateway before it ended here", op_id)
+        except _DATABASE_AWAY as exc:
+            log.warning("operation %s ended but could not be recorded (%s); trying again", op_id, exc)
+            self._unwritten[op_id] = what
 
     async def _write(self, op_id: str, **what: Any) -> Operation:
         async with tenant_scope(self.pool, ALL_TENANTS) as conn:
@@ -256,8 +264,11 @@ class OperationRunner:
             await asyncio.sleep(self.heartbeat_s)
             try:
                 await self._beat()
+                for op_id, what in list(self._unwritten.items()):
+                    del self._unwritten[op_id]
+                    await self._finish_quietly(op_id, **what)
                 await self.sweep()
-            except (OSError, asyncpg.PostgresError) as exc:  # the database away: next beat
+            except _DATABASE_AWAY as exc:  # next beat
                 log.warning("operations heartbeat: %s", exc)
 
     async def _beat(self) -> None:

@@ -12,7 +12,10 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+import pytest
 
+import gateway.operations
+from agents.store.operations import OperationStatus
 from agents.store.tenancy import ALL_TENANTS, tenant_scope
 from tests.helpers import eventually
 
@@ -121,3 +124,25 @@ async def test_a_gateway_stopped_in_order_hands_back_what_can_resume_and_fails_t
         ops = await _all_finished(pool, ids)
         assert (ops[ids[0]]["status"], ops[ids[0]]["attempts"]) == ("succeeded", 2)
         assert ops[ids[1]]["status"] == "failed"  # ended already: nobody touched it again
+
+
+async def test_an_end_the_database_did_not_take_is_written_at_a_later_heartbeat(
+    nats_url: str, database_url: str, pool: asyncpg.Pool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = gateway.operations.advance
+    refused: list[str] = []
+
+    async def away_once(conn: asyncpg.Connection, op_id: str, owner: str, **what: Any) -> Any:
+        if what.get("status") == OperationStatus.SUCCEEDED and not refused:
+            refused.append(op_id)
+            raise ConnectionResetError("the database went away")
+        return await real(conn, op_id, owner, **what)
+
+    monkeypatch.setattr(gateway.operations, "advance", away_once)
+    runs = slow_gateway(0.01)
+    async with runs.running(nats_url, database_url, token=None):
+        assert runs.operations is not None
+        op, _ = await runs.operations.submit(RESUMABLE, target="t", request={"steps": 3}, tenant=None,
+                                             created_by="test")  # fmt: skip
+        ops = await _all_finished(pool, [op.id])
+    assert refused == [op.id] and ops[op.id]["status"] == "succeeded"  # not left running
