@@ -20,6 +20,7 @@ only, a fleet-wide one (``tenant`` null) is absent to it (404).
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict
 from datetime import datetime
@@ -203,6 +204,17 @@ async def stream(request: web.Request) -> web.StreamResponse:
     response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
                                            "X-Accel-Buffering": "no"})  # fmt: skip
     await response.prepare(request)
+    try:
+        await _send_until_final(response, svc, tenant, op_id, after)
+        await response.write_eof()
+    except ConnectionResetError:  # the client went away: nothing more to do
+        pass
+    return response
+
+
+async def _send_until_final(
+    response: web.StreamResponse, svc: Services, tenant: str | None, op_id: str, after: int
+) -> None:
     quiet_s = 0.0
     while True:
         async with tenant_scope(svc.pool, tenant) as conn:
@@ -215,14 +227,12 @@ async def stream(request: web.Request) -> web.StreamResponse:
             await response.write(f"id: {event.seq}\nevent: {event.status.value}\ndata: {data}\n\n".encode())
             after = event.seq
         if op.status in FINAL:
-            break
+            return
         if events:
             quiet_s = 0.0
         elif quiet_s >= KEEPALIVE_S:
             await response.write(b": keep-alive\n\n")
             quiet_s = 0.0
-        started = request.loop.time()
+        started = time.monotonic()
         await svc.operations.changed(POLL_S)
-        quiet_s += request.loop.time() - started
-    await response.write_eof()
-    return response
+        quiet_s += time.monotonic() - started

@@ -180,10 +180,14 @@ async def test_the_event_stream_sends_every_event_in_order_as_it_happens_and_end
     ]
 
 
-async def test_a_long_drain_is_cancelled_at_its_next_look_and_the_agent_stays_draining(fleet: Fleet) -> None:
+async def test_a_long_drain_is_cancelled_at_its_next_look_and_the_agent_stays_draining(
+    fleet: Fleet, caplog: pytest.LogCaptureFixture
+) -> None:
     await fleet.deployed()
     await fleet.busy(30.0)
     accepted = await (await fleet.act({"action": "drain", "wait": True, "drain_timeout_s": 60})).json()
+    async with fleet.api.get(accepted["events_url"]) as stream:  # a watcher that leaves early
+        assert (await stream.content.readline()).startswith(b"id: 1")
 
     async def waiting() -> bool:
         op = await (await fleet.api.get(accepted["url"])).json()
@@ -206,6 +210,7 @@ async def test_a_long_drain_is_cancelled_at_its_next_look_and_the_agent_stays_dr
     again = await fleet.api.delete(accepted["url"])
     assert again.status == 409 and again.content_type == PROBLEM
     assert (await again.json())["detail"] == f"operation {accepted['id']} already cancelled"
+    assert not [r for r in caplog.records if r.levelname == "ERROR"]  # the watcher gone: no error
 
 
 async def test_an_idempotency_key_returns_the_same_operation_and_409_for_another_request(
