@@ -19,6 +19,7 @@ import asyncio
 import functools
 import logging
 import os
+import secrets
 import socket
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
@@ -41,9 +42,10 @@ from agents.store.migrations import apply_migrations
 from agents.store.partitions import ensure_partitions, keep_partitions
 from agents.store.tenancy import ALL_TENANTS, app_pool, tenant_scope
 from agents.store.tokens import register_token
-from gateway.api import Services, create_app
+from gateway.api import Services, create_app, operation_kinds
 from gateway.api.middleware import log_access_to_stderr
 from gateway.api.problems import ApiRunner
+from gateway.operations import OperationKind, OperationRunner
 from gateway.settings import Settings
 from mesh.embedded import find_free_port
 from mesh.provision import ProvisionConfig, provision
@@ -181,6 +183,8 @@ class Gateway:
     partitions: asyncio.Task[None] | None = None  # makes the months of executions ahead
     breakers: KeyFollower[BreakerState] | None = None  # circuit breakers, for callers waiting on a run
     dedicated: DedicatedWorkers | None = None  # the worker processes of agents in dedicated mode
+    operations: OperationRunner | None = None  # the long operations (202) this gateway runs
+    kinds: list[OperationKind] = field(default_factory=list)  # operation kinds beyond the API's own
     api_url: str = ""  # where it serves the API (parts.serve)
     _opened: list[StopStep] = field(default_factory=list)  # closing the connections opened here
 
@@ -215,7 +219,15 @@ class Gateway:
             operator.dedicated = self.dedicated = DedicatedWorkers(
                 self._dedicated_command, operator.crashed, env=self._dedicated_env(nats, nc)
             )
-        self.services = Services(nc, js, self.pool, self.registry, s, self.queue, operator, lambda: served)
+        # Its own name per start: the operations a killed process ran are taken over,
+        # even by a new process with the same host name and pid (a container's pid 1).
+        self.operations = OperationRunner(
+            self.pool, f"{holder}/{secrets.token_hex(3)}", heartbeat_s=s.operation_heartbeat_s,
+            stale_s=s.operation_stale_s,
+        )  # fmt: skip
+        self.services = Services(nc, js, self.pool, self.registry, s, self.queue, operator, self.operations,
+                                 lambda: served)  # fmt: skip
+        self.operations.register(*operation_kinds(self.services), *self.kinds)
         self.breakers = self.services.breakers = follow_breakers(nc, js, None, lambda agent, state: None)
         await self.breakers.start()
         self.outbox = asyncio.create_task(_publish_lifecycle(manager), name="lifecycle-outbox")
@@ -245,6 +257,7 @@ class Gateway:
         if token is not None:
             async with tenant_scope(self.pool, ALL_TENANTS) as conn:
                 await register_token(conn, "settings", token, "the configured token (AF_API_TOKEN or up's)")
+        await self.operations.start()  # resumes or fails what stopped gateways left
         self.app = create_app(self.services, auth=token is not None)
         if parts.serve:
             await self._serve(self.app)
@@ -316,6 +329,8 @@ class Gateway:
         steps: list[StopStep] = []
         if self.runner is not None:
             steps.append(("the API", self.runner.cleanup, STEP_TIMEOUT_S))
+        if self.operations is not None:
+            steps.append(("the operations", self.operations.stop, STEP_TIMEOUT_S))
         if self.worker is not None:
             drain = (self.parts.worker or InProcessWorker()).drain_timeout_s
             steps.append(("the worker", functools.partial(self.worker.stop, drain), drain + STEP_TIMEOUT_S))

@@ -30,6 +30,7 @@ from gateway.commands.canary import canary
 from gateway.commands.channels import channels
 from gateway.commands.common import OUTPUTS, CliError, Ctx, _call, _emit, _run, output_option
 from gateway.commands.costs import budget, costs, quota
+from gateway.commands.ops import ops
 from gateway.commands.processors import processors
 from gateway.commands.queue import queue
 from gateway.commands.runs import cancel, runs
@@ -423,6 +424,7 @@ for _group in (
     quota,
     token,
     tenant,
+    ops,
 ):
     cli.add_command(_group)
 

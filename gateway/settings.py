@@ -59,6 +59,13 @@ class Settings(BaseSettings):
         "past a burst of api_burst: then 429 with Retry-After; 0: no limit",
     )  # fmt: skip
     api_burst: int = Field(default=4000, ge=1, description="Requests a token may make at once past its rate")
+    operation_heartbeat_s: float = Field(
+        default=2.0, gt=0, le=60, description="How often a gateway marks the operations it runs alive"
+    )
+    operation_stale_s: float = Field(
+        default=15.0, gt=0, le=3600,
+        description="Silence after which another gateway takes an operation over (resumes or fails it)",
+    )  # fmt: skip
     access_log: bool = Field(
         default=True, description="One JSON line per API request on stderr (logger gateway.access)"
     )

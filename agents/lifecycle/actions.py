@@ -36,6 +36,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Final
@@ -47,19 +48,20 @@ from agents.contract import Agent
 from agents.errors import AgentError
 from agents.lifecycle.dedicated import DedicatedWorkers
 from agents.lifecycle.manager import LifecycleManager, Mode, Transition, VersionRecord
-from agents.lifecycle.states import IllegalTransition, State
+from agents.lifecycle.states import IllegalTransition, State, check_transition
 from agents.registry import Registry
 from agents.resilience.retries import queue_config
 from mesh.queue.gates import HeldBy, held_tasks
 from mesh.queue.worker import ensure_lane
 
-__all__ = ["DEFAULT_DRAIN_S", "MAX_DRAIN_S", "Action", "ActionFailed", "Operator", "Outcome"]
+__all__ = ["DEFAULT_DRAIN_S", "MAX_DRAIN_S", "Action", "ActionFailed", "Checkpoint", "Operator", "Outcome"]
 
 log = logging.getLogger(__name__)
 
 DEFAULT_DRAIN_S: Final = 30.0
 MAX_DRAIN_S: Final = 300.0
 _LIVE = frozenset({State.RUNNING, State.DEGRADED})
+_DEPLOYABLE = frozenset({State.CREATED, State.VALIDATED, State.FAILED, State.FORCE_STOPPED})
 
 
 class Action(StrEnum):
@@ -97,6 +99,18 @@ class Outcome:
         }  # fmt: skip
 
 
+Checkpoint = Callable[["Outcome", bool], Awaitable[None]]
+"""Called after each transition and at each look at a draining agent, with the
+outcome so far and whether the action may stop there: only while it waits for a
+drain (the version rests in DRAINING, from which retire and force-stop go on),
+never between the steps of a deploy. There it may raise to stop the action (a
+cancellation); what was done stays done."""
+
+
+async def _no_checkpoint(out: Outcome, stoppable: bool) -> None:
+    return None
+
+
 class Operator:
     """Carries out :class:`Action` s with a :class:`LifecycleManager`."""
 
@@ -112,7 +126,7 @@ class Operator:
     async def run(
         self, agent: str, action: Action, *, actor: str, version: str | None = None,
         reason: str | None = None, drain_timeout_s: float = DEFAULT_DRAIN_S, wait: bool = False,
-        mode: Mode | None = None,
+        mode: Mode | None = None, checkpoint: Checkpoint = _no_checkpoint,
     ) -> Outcome:  # fmt: skip
         drain_timeout_s = min(max(drain_timeout_s, 0.0), MAX_DRAIN_S)
         if action == Action.DEPLOY:  # only an agent loaded here gets a record
@@ -126,13 +140,13 @@ class Operator:
         else:
             record = await self._current(agent, version)
         out = Outcome(agent, record.version, action, record.state)
-        step = _Steps(self.manager, out, actor, reason)
+        step = _Steps(self.manager, out, actor, reason, checkpoint)
         if action == Action.DEPLOY:
             await self._deploy(step, record.mode)
         elif action == Action.DRAIN:
             await step.to(State.DRAINING)
             if wait:
-                await self._wait_drained(out, drain_timeout_s)
+                await self._wait_drained(out, drain_timeout_s, checkpoint)
         elif action == Action.FORCE_STOP:
             if out.state in _LIVE:
                 await step.to(State.DRAINING)
@@ -149,6 +163,36 @@ class Operator:
             await self._deploy(step, record.mode)
         return out
 
+    async def check(self, agent: str, action: Action, *, version: str | None = None,
+                    mode: Mode | None = None) -> None:  # fmt: skip
+        """Raise now what :meth:`run` would refuse at its first step (the same
+        errors), changing nothing: the API refuses these at once and runs the rest
+        in the background. The state may still change in between; :meth:`run`
+        checks again."""
+        if action == Action.DEPLOY:
+            loaded = self._loaded(agent)
+            if (mode or _mode_of(loaded)) == "dedicated" and self.dedicated is None:
+                raise ActionFailed("this gateway cannot start dedicated workers (it runs without `up`)")
+            wanted = version or loaded.version
+            record = next((v for v in await self.manager.versions(agent) if v.version == wanted), None)
+            if record is not None and record.state not in _LIVE:
+                self._deployable(record.state, agent, record.version)
+            return
+        record = await self._current(agent, version)
+        state = record.state
+        if action == Action.DRAIN:
+            check_transition(state, State.DRAINING)
+        elif action in (Action.FORCE_STOP, Action.RETIRE) and state not in _LIVE | {State.DRAINING}:
+            check_transition(state, State.FORCE_STOPPED if action == Action.FORCE_STOP else State.RETIRED)
+        elif action == Action.RESTART and state not in _LIVE | {State.DRAINING}:
+            self._deployable(state, agent, record.version)
+
+    def _deployable(self, state: State, agent: str, version: str) -> None:
+        if state not in _DEPLOYABLE:
+            raise IllegalTransition(state, State.DEPLOYING)
+        if state != State.CREATED and (problem := self._invalid(agent, version)):
+            raise ActionFailed(f"{agent} {version} cannot be deployed: {problem}")
+
     # ---- the actions ---------------------------------------------------------
 
     async def _deploy(self, step: _Steps, mode: Mode) -> None:
@@ -156,7 +200,7 @@ class Operator:
         if out.state in _LIVE:
             out.detail = f"already {out.state.value}"
             return
-        if out.state not in {State.CREATED, State.VALIDATED, State.FAILED, State.FORCE_STOPPED}:
+        if out.state not in _DEPLOYABLE:
             raise IllegalTransition(out.state, State.DEPLOYING)
         problem = self._invalid(out.agent, out.version)
         if out.state == State.CREATED:
@@ -203,7 +247,7 @@ class Operator:
         out = step.out
         if out.state in _LIVE:
             await step.to(State.DRAINING)
-        if await self._wait_drained(out, drain_timeout_s):
+        if await self._wait_drained(out, drain_timeout_s, step.checkpoint):
             await step.to(then)
             return
         running = sum(h.running + h.held for h in out.held)
@@ -213,15 +257,19 @@ class Operator:
             await step.to(then)
         out.detail = detail
 
-    async def _wait_drained(self, out: Outcome, timeout_s: float) -> bool:
+    async def _wait_drained(self, out: Outcome, timeout_s: float, checkpoint: Checkpoint) -> bool:
         deadline = time.monotonic() + timeout_s
         while True:
             out.held = [h for h in await held_tasks(self.nc, out.agent) if h.running or h.held]
             if not out.held:
                 out.detail = "drained: no worker holds any of its tasks"
                 return True
+            running = sum(h.running + h.held for h in out.held)
             if time.monotonic() >= deadline:
+                out.detail = f"not drained within {timeout_s:g} s: {running} task(s) still held"
                 return False
+            out.detail = f"waiting for {running} task(s) to finish ({deadline - time.monotonic():.0f} s left)"
+            await checkpoint(out, True)
             await asyncio.sleep(self.poll_s)
 
     # ---- dedicated workers ---------------------------------------------------
@@ -292,8 +340,11 @@ class Operator:
 class _Steps:
     """Makes an action's transitions one by one, keeping its outcome current."""
 
-    def __init__(self, manager: LifecycleManager, out: Outcome, actor: str, reason: str | None) -> None:
+    def __init__(
+        self, manager: LifecycleManager, out: Outcome, actor: str, reason: str | None, checkpoint: Checkpoint
+    ) -> None:
         self.manager, self.out, self.actor, self.reason = manager, out, actor, reason
+        self.checkpoint = checkpoint
 
     async def to(self, state: State, why: str | None = None) -> None:
         reason = f"{self.out.action.value}: {why or self.reason or 'asked'}"
@@ -303,6 +354,7 @@ class _Steps:
         self.out.state = state
         if why:
             self.out.detail = why
+        await self.checkpoint(self.out, False)
 
 
 def _mode_of(agent: Agent[Any, Any]) -> Mode:

@@ -11,17 +11,26 @@ from gateway.api.canary import routes as canary_routes
 from gateway.api.channels import routes as channel_routes
 from gateway.api.costs import routes as cost_routes
 from gateway.api.docs import routes as docs_routes
+from gateway.api.lifecycle import lifecycle_kinds
 from gateway.api.lifecycle import routes as lifecycle_routes
 from gateway.api.middleware import access_middleware, rate_limit_middleware
+from gateway.api.operations import routes as operation_routes
 from gateway.api.problems import problem_middleware
+from gateway.api.queue import dlq_kinds
 from gateway.api.queue import routes as queue_routes
 from gateway.api.routes import routes
 from gateway.api.runs import routes as run_routes
 from gateway.api.schedules import routes as schedule_routes
 from gateway.api.services import SERVICES, Services
 from gateway.api.tokens import routes as token_routes
+from gateway.operations import OperationKind
 
-__all__ = ["SERVICES", "Services", "create_app"]
+__all__ = ["SERVICES", "Services", "create_app", "operation_kinds"]
+
+
+def operation_kinds(services: Services) -> list[OperationKind]:
+    """The long operations the API starts (``202``): each route module's kinds."""
+    return [*lifecycle_kinds(services), *dlq_kinds(services)]
 
 
 def create_app(services: Services, auth: bool) -> web.Application:
@@ -49,4 +58,5 @@ def create_app(services: Services, auth: bool) -> web.Application:
     app.add_routes(canary_routes)
     app.add_routes(docs_routes)
     app.add_routes(token_routes)
+    app.add_routes(operation_routes)
     return app

@@ -2,11 +2,14 @@
 
 * ``POST /api/v1/agents/{key}/lifecycle`` ``{"action": "deploy"|"drain"|"retire"|"restart"|"force-stop",
   "version"?, "reason"?, "drain_timeout_s"? (default 30, at most 300), "wait"? (drain only),
-  "mode"? ("pool"|"dedicated", deploy only)}``:
-  the transitions made and where the version ended (:mod:`agents.lifecycle.actions`).
-  409 when another manager is changing the agent or the state machine forbids it
-  (the answer names the current state and the allowed next ones), 404 for an
-  unknown version, 422 for a version this gateway cannot deploy.
+  "mode"? ("pool"|"dedicated", deploy only)}``: ``202`` and an operation of kind
+  ``agent.<action>`` (:mod:`gateway.api.operations`), whose result is the
+  transitions made and where the version ended (:mod:`agents.lifecycle.actions`);
+  it fails when the version ends FAILED. Refused at once what the first step
+  would refuse: 409 when the state machine forbids it (the answer names the
+  current state and the allowed next ones), 404 for an unknown version, 422 for
+  a version this gateway cannot deploy. Not resumed after its gateway died: a
+  transition half made is for an operator to look at (failed with the reason).
 * ``GET /api/v1/agents/{key}/health``: every version's state, the dispatch gate
   workers obey, and what each worker holds of the agent now with its probes'
   last results, summed up as ``status`` (:func:`agents.lifecycle.health.aggregate`).
@@ -18,24 +21,26 @@ from __future__ import annotations
 
 import re
 from datetime import datetime
-from typing import Final, Literal
+from typing import Any, Final, Literal
 
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
-from agents.lifecycle.actions import DEFAULT_DRAIN_S, MAX_DRAIN_S, Action
+from agents.lifecycle.actions import DEFAULT_DRAIN_S, MAX_DRAIN_S, Action, Outcome
 from agents.lifecycle.health import aggregate
 from agents.lifecycle.manager import Mode
 from agents.lifecycle.states import State
 from gateway.api.bodies import json_response, read_json
+from gateway.api.operations import OperationView, accept
 from gateway.api.params import PG_TEXT, path_value, query_int
 from gateway.api.services import SERVICES, Services
 from gateway.api.spec import endpoint
+from gateway.operations import OperationContext, OperationFailed, OperationKind
 from mesh.names import AGENT_KEY_RE
 from mesh.queue.gates import HeldBy, held_tasks, read_gates
 from mesh.queue.runs import LifecycleChanged
 
-__all__ = ["LifecycleRequest", "routes"]
+__all__ = ["LifecycleOperation", "LifecycleRequest", "lifecycle_kinds", "routes"]
 
 routes = web.RouteTableDef()
 
@@ -61,18 +66,6 @@ class LifecycleRequest(BaseModel):
 
 class TransitionView(LifecycleChanged):
     published: bool = Field(description="its gate and event are confirmed stored")
-
-
-class LifecycleOutcome(BaseModel):
-    """What an action did: the transitions made, where the version ended, and why."""
-
-    agent: str
-    version: str
-    action: Action
-    state: State
-    detail: str
-    transitions: list[TransitionView]
-    held: list[HeldBy] = Field(description="what workers still held when it ended")
 
 
 class VersionView(BaseModel):
@@ -107,6 +100,12 @@ class HistoryQuery(BaseModel):
     before: int = Field(default=0, ge=0, le=2**63 - 1, description="the next of the page before")
 
 
+class LifecycleOperation(LifecycleRequest):
+    """What an ``agent.<action>`` operation keeps of its request: the body and who asked."""
+
+    actor: str
+
+
 def _actor(request: web.Request) -> str:
     """Who asked, for the audit row: ``api``, or ``api:<name>`` from an ``AF-Actor`` header."""
     name = request.headers.get("AF-Actor", "")
@@ -114,17 +113,50 @@ def _actor(request: web.Request) -> str:
 
 
 @routes.post("/api/v1/agents/{key}/lifecycle")
-@endpoint("Deploy, drain, retire, restart or force-stop an agent version", body=LifecycleRequest,
-          response=LifecycleOutcome, errors=(404, 409), tags=("lifecycle",))  # fmt: skip
+@endpoint("Deploy, drain, retire, restart or force-stop an agent version (an operation)",
+          body=LifecycleRequest, response=OperationView, status=202, errors=(404, 409),
+          tags=("lifecycle",))  # fmt: skip
 async def act(request: web.Request) -> web.Response:
     svc: Services = request.app[SERVICES]
     agent = path_value(request, "key", AGENT_KEY_RE, "agent key")
     body = LifecycleRequest.model_validate(await read_json(request))
-    outcome = await svc.lifecycle.run(
-        agent, body.action, actor=_actor(request), version=body.version, reason=body.reason,
-        drain_timeout_s=body.drain_timeout_s, wait=body.wait, mode=body.mode,
-    )  # fmt: skip
-    return json_response(outcome.as_dict())
+    asked = LifecycleOperation(**body.model_dump(), actor=_actor(request))
+
+    async def check() -> None:
+        await svc.lifecycle.check(agent, body.action, version=body.version, mode=body.mode)
+
+    return await accept(request, f"agent.{body.action.value}", agent, asked, check=check)
+
+
+# How many transitions each action makes when it goes the whole way (its progress).
+_STEPS: Final = {Action.DEPLOY: 5, Action.DRAIN: 1, Action.RETIRE: 2, Action.RESTART: 5, Action.FORCE_STOP: 2}
+
+
+def lifecycle_kinds(svc: Services) -> list[OperationKind]:
+    """``agent.deploy``, ``agent.drain``, …: one kind per action."""
+
+    async def act_on(ctx: OperationContext) -> dict[str, Any]:
+        asked = LifecycleOperation.model_validate(ctx.op.request)
+
+        async def checkpoint(out: Outcome, stoppable: bool) -> None:
+            done = 100 * len(out.transitions) / (_STEPS[out.action] + (1 if asked.wait else 0))
+            last = out.transitions[-1] if out.transitions else None
+            said = f"{last.from_state.value} -> {last.to_state.value}" if last else out.state.value
+            await ctx.progress(min(done, 95), f"{said}: {out.detail}" if out.detail else said,
+                               cancellable=stoppable)  # fmt: skip
+
+        outcome = await svc.lifecycle.run(
+            ctx.op.target, asked.action, actor=asked.actor, version=asked.version, reason=asked.reason,
+            drain_timeout_s=asked.drain_timeout_s, wait=asked.wait, mode=asked.mode, checkpoint=checkpoint,
+        )  # fmt: skip
+        if outcome.state == State.FAILED:
+            why = f"{outcome.agent} {outcome.version} failed: {outcome.detail}"
+            raise OperationFailed(why, outcome.as_dict())
+        return outcome.as_dict()
+
+    why = ("a lifecycle action is not redone after an interruption: see `agent-factory agent status "
+           "<agent>` and `history`, then act again")  # fmt: skip
+    return [OperationKind(f"agent.{action.value}", act_on, not_resumable=why) for action in Action]
 
 
 @routes.get("/api/v1/agents/{key}/health")

@@ -1,4 +1,12 @@
-"""Queue operations: stats, dead letters, batch submit (``/api/v1/queue``)."""
+"""Queue operations: stats, dead letters, batch submit (``/api/v1/queue``).
+
+Replaying one dead letter (``seq``) answers at once; replaying an agent's or all
+(``agent``, ``all``) is an operation of kind ``dlq.replay`` (``202``,
+:mod:`gateway.api.operations`) whose progress counts the letters. It is
+resumed after its gateway died: what is left in the DLQ of the letters dead
+when it was asked is replayed, and a letter republished but not yet deleted is
+stored once (its ``Nats-Msg-Id``).
+"""
 
 from __future__ import annotations
 
@@ -15,11 +23,13 @@ from gateway.api.auth import principal, tenant_scoped
 from gateway.api.bodies import json_response, read_json
 from gateway.api.middleware import correlation_id
 from gateway.api.models import RunRequest
+from gateway.api.operations import OperationView, accept
 from gateway.api.params import DLQ_SEQ, MAX_SEQ, ecma_pattern, path_value, query_int, query_value
 from gateway.api.problems import validation_errors
 from gateway.api.runs import run_tenant
 from gateway.api.services import SERVICES, Services
 from gateway.api.spec import endpoint
+from gateway.operations import OperationContext, OperationKind
 from mesh.deadletters import DeadLetter
 from mesh.envelope import named_run_id
 from mesh.names import AGENT_KEY_RE
@@ -27,7 +37,7 @@ from mesh.queue import dlq
 from mesh.queue.producer import MAX_BATCH, TaskSpec
 from mesh.queue.stats import LaneStats, queue_stats
 
-__all__ = ["routes"]
+__all__ = ["DlqSelection", "dlq_kinds", "routes"]
 
 routes = web.RouteTableDef()
 
@@ -145,15 +155,39 @@ class DlqSelection(BaseModel):
 
 
 @routes.post("/api/v1/queue/dlq/replay")
-@endpoint("Put dead letters back on their queue", body=DlqSelection, response=dlq.ReplayReport,
+@endpoint("Put dead letters back on their queue: one at once (200), many as an operation (202)",
+          body=DlqSelection, response=dlq.ReplayReport | OperationView, status=(200, 202),
           errors=(404, 409), tags=("dead letters",))  # fmt: skip
 async def replay_dlq(request: web.Request) -> web.Response:
     svc: Services = request.app[SERVICES]
     sel = DlqSelection.model_validate(await read_json(request))
     if sel.seq is not None:
         return json_response({"replayed": [await dlq.replay(svc.js, sel.seq)], "failed": []})
-    report = await dlq.replay_all(svc.js, name=sel.agent)  # one failing does not stop the rest
-    return json_response(report.model_dump())
+    return await accept(request, "dlq.replay", sel.agent or "*", sel)
+
+
+def dlq_kinds(svc: Services) -> list[OperationKind]:
+    """``dlq.replay``: every dead letter of an agent, or all; one failing does not stop the rest."""
+
+    async def replay_many(ctx: OperationContext) -> dict[str, Any]:
+        sel = DlqSelection.model_validate(ctx.op.request)
+        # At most: letters dead after it was asked are counted here, and left.
+        total = await dlq.count(svc.js, origin="tasks", name=sel.agent)
+
+        async def count(report: dlq.ReplayReport) -> None:
+            done = len(report.replayed) + len(report.failed)
+            percent = 100 * done / max(total, done, 1)
+            if int(percent) != int(ctx.op.progress):  # one event a percent, not one a letter
+                await ctx.progress(percent, f"{done} of {total} dead letter(s) done")
+            else:
+                await ctx.progress()  # a cancellation is read here still
+
+        await ctx.progress(0, f"{total} dead letter(s) to replay")
+        # Dead by the time it was asked: a resumed start replays no more than the first.
+        report = await dlq.replay_all(svc.js, name=sel.agent, dead_by=ctx.op.created_at, after_each=count)
+        return report.model_dump()
+
+    return [OperationKind("dlq.replay", replay_many, resumable=True)]
 
 
 @routes.post("/api/v1/queue/dlq/purge")

@@ -12,6 +12,7 @@ from nats.js import JetStreamContext
 
 from agents.lifecycle.actions import Operator
 from agents.registry import Registry
+from gateway.operations import OperationRunner
 from gateway.settings import Settings
 from mesh.queue.breakers import BreakerState
 from mesh.queue.producer import TaskQueue
@@ -29,6 +30,7 @@ class Services:
     settings: Settings
     queue: TaskQueue
     lifecycle: Operator
+    operations: OperationRunner
     served_agents: Callable[[], set[str]] = field(default=lambda: set())
     breakers: KeyFollower[BreakerState] | None = None  # every agent's circuit breaker, followed live
 

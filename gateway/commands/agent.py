@@ -7,10 +7,11 @@ from typing import Any
 import click
 
 from gateway.commands.common import Ctx, _call, _emit, _run, output_option
+from gateway.commands.ops import failed, start
 
 __all__ = ["agent"]
 
-_SLACK_S = 30.0  # the request's own time on top of a drain
+_SLACK_S = 60.0  # a deploy's own time (warm-up), or on top of a drain
 
 
 @click.group()
@@ -26,13 +27,19 @@ def agent() -> None:
 
 
 def _act(obj: Ctx, key: str, action: str, output: str, **body: Any) -> None:
+    """Start the action (an operation, 202), follow it with a progress bar, say what it did."""
     payload = {"action": action, **{k: v for k, v in body.items() if v not in (None, False)}}
     timeout = float(body.get("drain_timeout_s") or 30.0) + _SLACK_S
 
-    out = _run(_call(obj, "POST", f"/api/v1/agents/{key}/lifecycle", payload, timeout))
+    op = start(obj, f"/api/v1/agents/{key}/lifecycle", payload, timeout, show=output != "json")
     if output == "json":
-        _emit(output, out)
+        _emit(output, op)
+        if op["status"] != "succeeded":
+            raise click.exceptions.Exit(1)
         return
+    out = op["result"]
+    if out is None:  # it ended before it had anything to say (cancelled, its gateway stopped…)
+        raise failed(op)
     for t in out["transitions"]:
         click.echo(f"  {t['from_state']} -> {t['to_state']}" + (f"   ({t['reason']})" if t["reason"] else ""))
     click.echo(
@@ -40,7 +47,7 @@ def _act(obj: Ctx, key: str, action: str, output: str, **body: Any) -> None:
     )
     for held in out["held"]:
         click.echo(f"  still held by {held['worker']}: {held['running']} running, {held['held']} waiting")
-    if out["state"] == "failed":
+    if op["status"] != "succeeded":
         raise click.exceptions.Exit(1)
 
 

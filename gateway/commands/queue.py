@@ -7,8 +7,12 @@ from typing import Any
 import click
 
 from gateway.commands.common import CliError, Ctx, _call, _emit, _run, output_option
+from gateway.commands.ops import failed as failed_operation
+from gateway.commands.ops import start
 
 __all__ = ["queue"]
+
+_REPLAY_TIMEOUT_S = 3600.0  # replaying many dead letters: wait this long, then `ops wait` goes on
 
 
 @click.group()
@@ -95,7 +99,14 @@ def _selection(seq: int | None, agent: str | None, everything: bool) -> dict[str
 @click.pass_obj
 def dlq_replay(obj: Ctx, seq: int | None, agent: str | None, everything: bool, output: str) -> None:
     """Put dead letters back on their queue (same run ids)."""
-    data = _run(_call(obj, "POST", "/api/v1/queue/dlq/replay", _selection(seq, agent, everything)))
+    selection = _selection(seq, agent, everything)
+    if seq is not None:
+        data = _run(_call(obj, "POST", "/api/v1/queue/dlq/replay", selection))
+    else:  # many: an operation, followed with a progress bar
+        op = start(obj, "/api/v1/queue/dlq/replay", selection, _REPLAY_TIMEOUT_S, show=output != "json")
+        if op["result"] is None:
+            raise failed_operation(op)
+        data = op["result"]
     failed = data.get("failed", [])
     rows = [("replayed", len(data["replayed"]))] + [("run", r) for r in data["replayed"]]
     rows += [("failed", len(failed))] + [(f"seq {f['seq']}", f["error"]) for f in failed]

@@ -16,8 +16,8 @@ leaves the dead letter in place.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from datetime import timedelta
+from collections.abc import Awaitable, Callable, Mapping
+from datetime import datetime, timedelta
 
 from nats.js import JetStreamContext
 from nats.js.errors import APIError, NotFoundError
@@ -224,20 +224,33 @@ class ReplayReport(BaseModel):
     failed: list[dict[str, object]] = Field(default_factory=list)  # {"seq", "error"}
 
 
-async def replay_all(js: JetStreamContext, *, name: str | None = None, limit: int = 10_000) -> ReplayReport:
-    """Replay every task dead letter (of agent ``name`` if given)."""
+async def replay_all(
+    js: JetStreamContext, *, name: str | None = None, limit: int = 10_000, dead_by: datetime | None = None,
+    after_each: Callable[[ReplayReport], Awaitable[None]] | None = None,
+) -> ReplayReport:  # fmt: skip
+    """Replay every task dead letter (of agent ``name`` if given) dead by
+    ``dead_by`` (default: now). A replayed task that fails again is dead-lettered
+    anew, later, and left there (else a task that always fails would loop until
+    ``limit``); the same ``dead_by`` makes a call made again (a resumed one)
+    replay what was dead when it was first asked, no more. ``after_each`` sees
+    the report after every letter (progress; it may raise to stop there)."""
+    dead_by = dead_by or utcnow()
     report = ReplayReport()
     after = 0
     while len(report.replayed) + len(report.failed) < limit:
         batch = await list_dead_letters(js, origin="tasks", name=name, after_seq=after, limit=100)
         if not batch:
             break
+        after = batch[-1].seq
         for view in batch:
+            if view.entry.dead_at > dead_by:
+                continue
             try:
                 report.replayed.append(await replay(js, view.seq))
             except (MeshError, APIError) as exc:
                 report.failed.append({"seq": view.seq, "error": str(exc)})
-        after = batch[-1].seq
+            if after_each is not None:
+                await after_each(report)
     return report
 
 

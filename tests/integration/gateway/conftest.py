@@ -78,6 +78,24 @@ def ok(result: Result) -> str:
     return result.output
 
 
+# --- long operations (202 Accepted) ----------------------------------------------------
+
+FINAL = ("succeeded", "failed", "cancelled")
+
+
+async def follow(api: TestClient[Any, Any], resp: ClientResponse, timeout: float = 30) -> dict[str, Any]:
+    """The operation a ``202`` answer started, once it ended (its Location followed)."""
+    assert resp.status == 202, await resp.text()
+    location = resp.headers["Location"]
+    assert (await resp.json())["url"] == location
+    async with asyncio.timeout(timeout):
+        while True:
+            op: dict[str, Any] = await (await api.get(location)).json()
+            if op["status"] in FINAL:
+                return op
+            await asyncio.sleep(0.05)
+
+
 # --- the routes of the app, for tests that go through all of them -------------------
 
 PROBLEM = "application/problem+json"

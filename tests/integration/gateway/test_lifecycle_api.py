@@ -20,7 +20,7 @@ from gateway.app import Gateway, InProcessWorker, Parts
 from gateway.settings import Settings
 from tests.helpers import eventually, unique
 
-from .conftest import PROBLEM, TOKEN, ApiTestServer, agent_factory, ok
+from .conftest import PROBLEM, TOKEN, ApiTestServer, agent_factory, follow, ok
 
 
 class In(BaseModel):
@@ -67,8 +67,9 @@ async def test_deploy_health_run_retire_and_history_through_the_api(
     api, key = managed
     resp = await api.post(f"/api/v1/agents/{key}/lifecycle", json={"action": "deploy", "reason": "first"},
                           headers={"AF-Actor": "alice"})  # fmt: skip
-    assert resp.status == 200, await resp.text()
-    body = await resp.json()
+    op = await follow(api, resp)
+    assert (op["kind"], op["target"], op["status"], op["progress"]) == ("agent.deploy", key, "succeeded", 100)
+    body = op["result"]
     assert body["state"] == "running" and body["version"] == "1.2.0"
     assert [t["to_state"] for t in body["transitions"]][-1] == "running"
     assert {t["actor"] for t in body["transitions"]} == {"api:alice"}
@@ -86,7 +87,9 @@ async def test_deploy_health_run_retire_and_history_through_the_api(
 
     await eventually(succeeded, 10, "the deployed agent runs a task")
 
-    retired = await (await api.post(f"/api/v1/agents/{key}/lifecycle", json={"action": "retire"})).json()
+    retired = (
+        await follow(api, await api.post(f"/api/v1/agents/{key}/lifecycle", json={"action": "retire"}))
+    )["result"]
     assert retired["state"] == "retired" and retired["detail"] == "drained: no worker holds any of its tasks"
     health = await (await api.get(f"/api/v1/agents/{key}/health")).json()
     assert health["gate"] == "stopped (retired)"
@@ -112,9 +115,12 @@ async def test_refusals_are_problems_that_say_why(managed: tuple[TestClient[Any,
     resp = await api.post("/api/v1/agents/nobody-here/lifecycle", json={"action": "deploy"})
     assert resp.status == 422 and "not loaded in this process" in (await resp.json())["detail"]
 
-    assert (await api.post(f"/api/v1/agents/{key}/lifecycle", json={"action": "deploy"})).status == 200
+    deployed = await follow(api, await api.post(f"/api/v1/agents/{key}/lifecycle", json={"action": "deploy"}))
+    assert deployed["status"] == "succeeded"
     resp = await api.post(f"/api/v1/agents/{key}/lifecycle", json={"action": "deploy", "version": "0.1.0"})
-    assert (await resp.json())["state"] == "failed"  # this gateway has 1.2.0: validation fails it
+    failed = await follow(api, resp)  # this gateway has 1.2.0: validation fails it, and the operation
+    assert failed["status"] == "failed" and failed["result"]["state"] == "failed"
+    assert failed["error"] == f"{key} 0.1.0 failed: this process has version 1.2.0, not 0.1.0"
     resp = await api.post(f"/api/v1/agents/{key}/lifecycle", json={"action": "drain", "version": "0.1.0"})
     assert resp.status == 409
     refusal = "cannot go from failed to draining; allowed next: deploying, retired"

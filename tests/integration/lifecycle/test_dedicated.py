@@ -25,7 +25,7 @@ from gateway.settings import Settings
 from mesh.embedded import pid_alive
 from tests.helpers import eventually
 
-from ..gateway.conftest import TOKEN, ApiTestServer
+from ..gateway.conftest import TOKEN, ApiTestServer, follow
 
 MODULE = "tests.integration.lifecycle.dedicated_agents"
 
@@ -59,9 +59,8 @@ async def gateway_for(
 
 
 async def _act(api: TestClient[Any, Any], key: str, **body: Any) -> dict[str, Any]:
-    resp = await api.post(f"/api/v1/agents/{key}/lifecycle", json=body)
-    assert resp.status == 200, await resp.text()
-    result: dict[str, Any] = await resp.json()
+    op = await follow(api, await api.post(f"/api/v1/agents/{key}/lifecycle", json=body), timeout=90)
+    result: dict[str, Any] = op["result"]
     return result
 
 
