@@ -30,6 +30,7 @@ from aiohttp import web
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 
+from agents.configs import reconcile_forever
 from agents.lifecycle.actions import Operator
 from agents.lifecycle.dedicated import DedicatedWorkers
 from agents.lifecycle.manager import LifecycleManager
@@ -177,6 +178,7 @@ class Gateway:
     app: web.Application | None = None
     runner: web.AppRunner | None = None
     outbox: asyncio.Task[None] | None = None  # re-sends lifecycle transitions NATS did not confirm
+    config_reconcile: asyncio.Task[None] | None = None  # puts config versions KV lacks (agents.configs)
     breakers: KeyFollower[BreakerState] | None = None  # circuit breakers, for callers waiting on a run
     dedicated: DedicatedWorkers | None = None  # the worker processes of agents in dedicated mode
     api_url: str = ""  # where it serves the API (parts.serve)
@@ -217,6 +219,7 @@ class Gateway:
         self.breakers = self.services.breakers = follow_breakers(nc, js, None, lambda agent, state: None)
         await self.breakers.start()
         self.outbox = asyncio.create_task(_publish_lifecycle(manager), name="lifecycle-outbox")
+        self.config_reconcile = asyncio.create_task(reconcile_forever(self.pool, js), name="config-reconcile")
         if parts.recorder:
             self.recorder = Recorder(nc, js, self.pool, poll_s=parts.poll_s)
             await self.recorder.start()
@@ -329,6 +332,9 @@ class Gateway:
             steps.append(("the dedicated workers", self.dedicated.close, drain + STEP_TIMEOUT_S))
         if self.outbox is not None:
             steps.append(("the lifecycle outbox", functools.partial(_cancel, self.outbox), STEP_TIMEOUT_S))
+        if self.config_reconcile is not None:
+            steps.append(("the config reconcile", functools.partial(_cancel, self.config_reconcile),
+                          STEP_TIMEOUT_S))  # fmt: skip
         if self.breakers is not None:
             steps.append(("the breaker follower", self.breakers.stop, STEP_TIMEOUT_S))
         if self.queue is not None:

@@ -29,6 +29,7 @@ from gateway.commands.breakers import breakers
 from gateway.commands.canary import canary
 from gateway.commands.channels import channels
 from gateway.commands.common import OUTPUTS, CliError, Ctx, _call, _emit, _run, output_option
+from gateway.commands.config import config
 from gateway.commands.costs import budget, costs, quota
 from gateway.commands.processors import processors
 from gateway.commands.queue import queue
@@ -420,6 +421,7 @@ for _group in (
     quota,
     token,
     tenant,
+    config,
 ):
     cli.add_command(_group)
 
