@@ -10,6 +10,7 @@ from typing import Any
 
 import asyncpg
 from aiohttp.test_utils import TestClient
+from nats.aio.client import Client
 from nats.js import JetStreamContext
 
 from agents.configs import reconcile
@@ -17,6 +18,7 @@ from agents.store.configs import insert_version, latest_versions
 from agents.store.tenancy import app_pool, tenant_scope
 from mesh import names
 from mesh.queue.agent_config import ConfigRecord
+from mesh.queue.producer import TaskQueue, TaskSpec
 from tests.helpers import eventually, unique
 from tests.integration.gateway.conftest import PROBLEM, agent_factory, ok
 
@@ -258,3 +260,20 @@ async def test_config_commands(config_api: TestClient[Any, Any], agent_key: str)
     shown = json.loads(ok(await agent_factory(config_api, "config", "get", agent_key, "--tenant", "acme",
                                               "-o", "json")))  # fmt: skip
     assert shown["current"]["config"] == {"enabled": False} and shown["merged"]["enabled"] is False
+
+
+async def test_a_task_queued_before_the_kill_switch_is_not_started(
+    config_api: TestClient[Any, Any], agent_key: str, nc: Client, mesh_js: JetStreamContext
+) -> None:
+    assert (await _put(config_api, agent_key, {"enabled": False}, tenant="acme")).status == 201
+    # queued by a producer that did not know yet (obey_config=False stands in for it)
+    async with TaskQueue(nc, mesh_js, obey_config=False) as late:
+        queued = await late.enqueue(TaskSpec(agent=agent_key, input={"value": 1.0}, tenant="acme"))
+
+    async def finished() -> Any:
+        view = await (await config_api.get(f"/api/v1/runs/{queued.run_id}")).json()
+        return view if view["status"] not in ("queued", "running") else None
+
+    view = await eventually(finished, 10, "the run settled")
+    assert view["status"] in ("failed", "dead_lettered") and view["attempts"] == 1, view
+    assert "kill switch" in view["error"] and view["result"] is None
