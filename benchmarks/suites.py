@@ -15,6 +15,7 @@ from typing import Any
 from agents.examples.noop import NoOp
 from agents.sandbox import Sandbox
 from agents.sandboxed import sandbox_config
+from benchmarks.config_reload import bench_config
 from benchmarks.fsync import bench_fsync
 from benchmarks.harness import nats_nodes, say, servers
 from benchmarks.messaging import bench_messaging
@@ -112,6 +113,11 @@ async def _sandbox(opts: BenchOptions) -> dict[str, Any]:
     return await bench_sandbox(opts.count or 2000, opts.rounds)
 
 
+async def _config(opts: BenchOptions) -> dict[str, Any]:
+    async with servers() as env:
+        return await bench_config(env.nats.url, opts.count or 200)
+
+
 SUITES: dict[str, Callable[[BenchOptions], Awaitable[dict[str, Any]]]] = {
     "skeleton": _skeleton,
     "queue": _queue,
@@ -121,6 +127,7 @@ SUITES: dict[str, Callable[[BenchOptions], Awaitable[dict[str, Any]]]] = {
     "scaling": _scaling,
     "sandbox": _sandbox,
     "processors": _processors,
+    "config": _config,
 }
 
 #: The suites that run on a cluster when asked (``--cluster N``); the others run on one server.

@@ -42,6 +42,11 @@ TARGETS: dict[str, list[Target]] = {
         Target("canary_events_per_s", ">=", 5000.0),
         Target("breaker_reaction_p99_ms", "<", 1000.0),
     ],
+    "config": [  # issue 24: a change reaches every worker process (3) within 200 ms, none missed
+        Target("propagation_p99_ms", "<", 200.0),
+        Target("workers", ">=", 3.0),
+        Target("missed", "<", 1.0),
+    ],
 }
 
 

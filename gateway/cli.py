@@ -326,7 +326,8 @@ def _worker_counts(ctx: click.Context, param: click.Parameter, value: str) -> tu
 
 @cli.command()
 @click.argument("suite", type=click.Choice(["skeleton", "queue", "messaging", "streams", "fsync", "scaling",
-                                            "sandbox", "processors", "all"]), default="all")  # fmt: skip
+                                            "sandbox", "processors", "config", "all"]),
+                default="all")  # fmt: skip
 @click.option("-n", "count", type=int, default=None, help="Runs/tasks/events to push through.")
 @click.option(
     "--cluster", type=click.IntRange(min=1), default=1, show_default=True, metavar="N",
@@ -363,6 +364,8 @@ def bench(suite: str, count: int | None, cluster: int, rounds: int, workers: tup
               against the same agent called in-process, template RSS, levels
     processors  events/s each stream processor (metering, breaker, canary)
               sustains on one worker, against the raw pull-and-ack ceiling
+    config    a config change's put-to-applied latency in 3 worker processes
+              (p50/p99), against the raw KV message's arrival
     skeleton, messaging, streams: see the README
     all       the suites `make bench` holds to targets (skeleton to streams)
 
@@ -371,6 +374,7 @@ def bench(suite: str, count: int | None, cluster: int, rounds: int, workers: tup
     agent-factory bench queue --quota 256
     agent-factory bench fsync --cluster 3
     agent-factory bench scaling --cluster 3 --workers 1,2,4
+    agent-factory bench config --json
     """
     from benchmarks.suites import CLUSTER_SUITES, BenchOptions, run_benchmarks  # noqa: PLC0415 (start-up time)
 
