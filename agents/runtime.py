@@ -13,8 +13,9 @@ runs the agent (and its fallback agents) through the sandbox
 Configuration (:mod:`agents.configs`): every worker follows ``af_config`` live
 (a :class:`~mesh.queue.agent_config.ConfigWatch` started before its first
 pull); a task whose agent's kill switch is on for its tenant is not started
-(a permanent failure: dead-lettered, replayable), and an in-process run reads
-its tenant's merged config as ``ctx.config``.
+(a permanent failure: dead-lettered, replayable), and a run reads its
+tenant's merged config as ``ctx.config`` (a sandboxed one too: it is carried
+into the child).
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ def agent_handler(
     ``invoke``: run it elsewhere (the sandbox) under its guard instead of in-process;
     ``config``: where ``ctx.config`` comes from (None: an empty dict)."""
     if invoke is not None:
-        return _elsewhere(AgentGuard(agent, registry, invoke=invoke))
+        return _elsewhere(AgentGuard(agent, registry, invoke=invoke), config)
     guard = AgentGuard(agent, registry) if agent.resilience.enforced_in_handler else None
 
     async def handle(task: TaskContext) -> Any:
@@ -71,24 +72,27 @@ def agent_handler(
     return handle
 
 
-def _elsewhere(guard: AgentGuard) -> Handler:
+def _elsewhere(guard: AgentGuard, config: RunConfig | None) -> Handler:
     async def handle(task: TaskContext) -> Any:
         ctx = RunContext(run_id=task.run_id, tenant=task.tenant, attempt=task.attempt,
-                         routing_key=task.routing_key, _usage=task.report_usage)  # fmt: skip
+                         routing_key=task.routing_key, _usage=task.report_usage,
+                         config=config.values(task.tenant) if config is not None else {})  # fmt: skip
         return await guard.call(task, None, ctx)
 
     return handle
 
 
-def through(sandbox: Sandbox) -> Invoke:
+def through(sandbox: Sandbox, watch: ConfigWatch | None = None) -> Invoke:
     """Run any agent of ``sandbox``'s template as one confined invocation
-    (:func:`~agents.sandboxed.sandboxed_handler`), for :class:`AgentGuard`."""
+    (:func:`~agents.sandboxed.sandboxed_handler`), for :class:`AgentGuard`;
+    ``watch``: each agent's ``ctx.config`` (its own, a fallback's too)."""
     handlers: dict[str, Handler] = {}
 
     async def invoke(agent: Agent[Any, Any], task: TaskContext, ctx: RunContext) -> Any:
         handler = handlers.get(agent.key)
         if handler is None:
-            handler = handlers[agent.key] = sandboxed_handler(agent, sandbox)
+            config = RunConfig(agent, watch) if watch is not None else None
+            handler = handlers[agent.key] = sandboxed_handler(agent, sandbox, config)
         return await handler(task)
 
     return invoke
@@ -123,8 +127,8 @@ def worker_for(
     (:mod:`agents.lifecycle.health`). ``config_watch``: follow ``af_config`` (the
     kill switch, ``ctx.config``; :mod:`agents.configs`)."""
     keys = agents or registry.keys()
-    invoke = through(sandbox) if sandbox else None
     watch = ConfigWatch(nc, js, name=name) if config_watch else None
+    invoke = through(sandbox, watch) if sandbox else None
     handlers: dict[str, tuple[AgentQueueConfig, Handler]] = {}
     for key in keys:
         agent = registry.get(key)
@@ -132,9 +136,9 @@ def worker_for(
         if sandbox is None:
             handler = agent_handler(agent, registry, config=config)
         elif agent.resilience.enforced_in_handler:
-            handler = agent_handler(agent, registry, invoke)
+            handler = agent_handler(agent, registry, invoke, config)
         else:  # nothing acts around the invocation: the sandbox's handler alone
-            handler = sandboxed_handler(agent, sandbox)
+            handler = sandboxed_handler(agent, sandbox, config)
         handlers[key] = (queue_config(agent), _switched(config, handler) if config is not None else handler)
     worker = TaskWorker(nc, js, handlers, concurrency=concurrency, name=name, **options)
     if watch is not None:  # known before the first pull

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 from nats.js import JetStreamContext
 
 from mesh.embedded import NatsServer, find_free_port
@@ -31,13 +32,14 @@ AGENTS = "tests.integration.config.config_agents:Configured"
 
 
 @contextmanager
-def worker_process(nats_url: str, agent: str, data_dir: Path) -> Iterator[Path]:
+def worker_process(nats_url: str, agent: str, data_dir: Path, sandbox: bool = False) -> Iterator[Path]:
     """``agent-factory -v worker`` serving ``agent`` (a Configured agent); yields its log file."""
     log = data_dir / f"{agent}.log"
     env = {**os.environ, "AF_NATS_URL": nats_url, "AF_AGENTS": AGENTS, "AF_TEST_CONFIG_AGENT": agent,
            "AF_DATA_DIR": str(data_dir)}  # fmt: skip
     command = [sys.executable, "-m", "gateway.cli", "-v", "--data-dir", str(data_dir), "worker",
-               "--name", agent, "--agents", agent, "--no-sandbox", "--drain-timeout", "2"]  # fmt: skip
+               "--name", agent, "--agents", agent, "--sandbox" if sandbox else "--no-sandbox",
+               "--drain-timeout", "2"]  # fmt: skip
     with log.open("wb") as out:
         proc = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT, cwd=Path.cwd())
     try:
@@ -88,11 +90,12 @@ async def _metric(data_dir: Path, name: str) -> float | None:
     return None
 
 
+@pytest.mark.parametrize("sandbox", [False, True], ids=["in-process", "sandboxed"])
 async def test_a_change_reaches_a_worker_process_and_its_next_run_reads_it(
-    nats_url: str, mesh_js: JetStreamContext, queue: TaskQueue, tmp_path: Path
+    nats_url: str, mesh_js: JetStreamContext, queue: TaskQueue, tmp_path: Path, sandbox: bool
 ) -> None:
     agent = unique("hot")
-    with worker_process(nats_url, agent, tmp_path) as log:
+    with worker_process(nats_url, agent, tmp_path, sandbox) as log:
         await _converged(log)
         assert await _factor(mesh_js, queue, agent) == 1.0  # nothing set: the model's default
         revision = await put_record(mesh_js, _record(agent, 1, 3.0))
