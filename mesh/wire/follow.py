@@ -53,6 +53,13 @@ RECONNECT_CHECK_S = 0.1  # how often a follower looks whether its connection was
 T = TypeVar("T")
 
 
+def _reconnects(nc: Client) -> int:
+    """How often ``nc`` reconnected (nats-py counts it once CONNECT went through, before it
+    re-sends the subscriptions on the same connection)."""
+    stats: dict[str, int] = getattr(nc, "stats", None) or {}
+    return stats.get("reconnects", 0)
+
+
 def raw(_: str, value: bytes | None) -> bytes | None:
     """The ``parse`` of a follower that keeps values as they are stored."""
     return value or None
@@ -87,7 +94,7 @@ class KeyFollower(Generic[T]):
         self._resync: asyncio.Task[None] | None = None
         self._writes: dict[str, int] = {}  # writes seen live, per key
         self._unreadable = False  # said once
-        self._reconnects = nc.stats["reconnects"]  # the connection's count at the last full read
+        self._reconnects = _reconnects(nc)  # the connection's count at the last full read
         self.revisions: dict[str, int] = {}  # each key's KV revision as last read
         self.ready = False
 
@@ -145,7 +152,7 @@ class KeyFollower(Generic[T]):
 
     async def _read_all(self) -> None:
         before = dict(self._writes)
-        reconnects = self.nc.stats["reconnects"]
+        reconnects = _reconnects(self.nc)
         found = await (self._read_listed() if self.keys is not None else self._read_every())
         for key, data in found.items():
             # A write seen live while reading is newer than what the read may hold.
@@ -200,7 +207,7 @@ class KeyFollower(Generic[T]):
         while True:
             due = clock() + (self.resync_s if self.ready else 1.0)  # a failed first read: soon
             # Until then, look for a reconnect: what was written while away is read at once.
-            while clock() < due and self.nc.stats["reconnects"] == self._reconnects:
+            while clock() < due and _reconnects(self.nc) == self._reconnects:
                 await asyncio.sleep(min(RECONNECT_CHECK_S, max(0.0, due - clock())))
             try:
                 await self._read_all()
