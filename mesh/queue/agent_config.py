@@ -172,7 +172,7 @@ async def put_record(js: JetStreamContext, record: ConfigRecord) -> int | None:
             entry = await kv.get(key)
         except KeyNotFoundError:
             entry = None
-        current = _parse(key, entry.value if entry is not None else None)
+        current = _parse(key[len(names.CONFIG_PREFIX) :], entry.value if entry is not None else None)
         if current is not None and current.version >= record.version:
             return None
         try:
