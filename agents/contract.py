@@ -9,6 +9,21 @@ Example::
 
         async def run(self, input: DoubleIn, ctx: RunContext) -> DoubleOut:
             return DoubleOut(value=input.value * 2)
+
+An agent that reads configuration declares its model as ``Config``; the platform
+refuses a config whose ``values`` do not fit it, and each run sees the config of its
+tenant (the agent's, the tenant's override on top: docs/config.md) as ``ctx.config``,
+an instance of ``Config`` (without one: the values as a dict)::
+
+    class Settings(BaseModel):
+        factor: float = 2.0
+
+    class Scale(Agent[DoubleIn, DoubleOut]):
+        key = "scale"
+        Input, Output, Config = DoubleIn, DoubleOut, Settings
+
+        async def run(self, input: DoubleIn, ctx: RunContext) -> DoubleOut:
+            return DoubleOut(value=input.value * ctx.config.factor)
 """
 
 from __future__ import annotations
@@ -45,6 +60,9 @@ class RunContext:
     tenant: str = "default"
     attempt: int = 1
     routing_key: str | None = None
+    #: The run's configuration values, as its tenant sees them when the run started (hot-reloaded
+    #: between runs, never during one): the agent's ``Config`` model, or a dict without one.
+    config: Any = field(default_factory=dict)
     _progress: Callable[[float], Awaitable[None]] = field(default=_no_progress, repr=False)
     _usage: Callable[[str, int, int], None] = field(default=_no_usage, repr=False)
 
@@ -65,6 +83,8 @@ class Agent(ABC, Generic[I, O]):
     description: ClassVar[str] = ""
     Input: ClassVar[type[BaseModel]]
     Output: ClassVar[type[BaseModel]]
+    # The model of its configuration values (ctx.config; docs/config.md); None: any JSON object
+    Config: ClassVar[type[BaseModel] | None] = None
     # Queue settings (see mesh.queue.worker.AgentQueueConfig)
     ack_wait_s: ClassVar[float] = 300.0
     max_attempts: ClassVar[int] = 3
@@ -124,4 +144,5 @@ def _description(agent: type[Agent[Any, Any]]) -> dict[str, Any]:
         "description": agent.description,
         "input_schema": agent.Input.model_json_schema(),
         "output_schema": agent.Output.model_json_schema(),
+        "config_schema": agent.Config.model_json_schema() if agent.Config is not None else None,
     }

@@ -9,6 +9,13 @@ An agent that declares none of those gets the plain handler: no extra await,
 nothing allocated per call beyond its context. On a sandboxed worker the guard
 runs the agent (and its fallback agents) through the sandbox
 (:data:`~agents.resilience.guard.Invoke`), so the block holds there too.
+
+Configuration (:mod:`agents.configs`): every worker follows ``af_config`` live
+(a :class:`~mesh.queue.agent_config.ConfigWatch` started before its first
+pull); a task whose agent's kill switch is on for its tenant is not started
+(a permanent failure: dead-lettered, replayable), and a run reads its
+tenant's merged config as ``ctx.config`` (a sandboxed one too: it is carried
+into the child).
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ from nats.aio.client import Client
 from nats.js import JetStreamContext
 from pydantic import ValidationError
 
+from agents.configs import RunConfig
 from agents.contract import Agent, RunContext
 from agents.lifecycle.health import HealthProbes
 from agents.registry import Registry
@@ -26,19 +34,24 @@ from agents.resilience.guard import AgentGuard, Invoke
 from agents.resilience.retries import queue_config
 from agents.sandbox import Sandbox
 from agents.sandboxed import sandboxed_handler
+from mesh.queue.agent_config import ConfigWatch
 from mesh.queue.worker import AgentQueueConfig, Handler, PermanentError, TaskContext, TaskWorker
 
 __all__ = ["agent_handler", "through", "worker_for"]
 
 
 def agent_handler(
-    agent: Agent[Any, Any], registry: Registry | None = None, invoke: Invoke | None = None
+    agent: Agent[Any, Any],
+    registry: Registry | None = None,
+    invoke: Invoke | None = None,
+    config: RunConfig | None = None,
 ) -> Handler:
     """The queue handler of ``agent``. ``registry``: where its fallback agents are
     found (:class:`~agents.resilience.ResilienceConfigError` if one is missing);
-    ``invoke``: run it elsewhere (the sandbox) under its guard instead of in-process."""
+    ``invoke``: run it elsewhere (the sandbox) under its guard instead of in-process;
+    ``config``: where ``ctx.config`` comes from (None: an empty dict)."""
     if invoke is not None:
-        return _elsewhere(AgentGuard(agent, registry, invoke=invoke))
+        return _elsewhere(AgentGuard(agent, registry, invoke=invoke), config)
     guard = AgentGuard(agent, registry) if agent.resilience.enforced_in_handler else None
 
     async def handle(task: TaskContext) -> Any:
@@ -47,8 +60,9 @@ def agent_handler(
         except ValidationError as exc:
             raise PermanentError(f"invalid input for {agent.key}: {exc}") from exc
         ctx = RunContext(
-            run_id=task.run_id, tenant=task.tenant, attempt=task.attempt,
-            routing_key=task.routing_key, _progress=task.report_progress, _usage=task.report_usage,
+            run_id=task.run_id, tenant=task.tenant, attempt=task.attempt, routing_key=task.routing_key,
+            config=config.values(task.tenant) if config is not None else {},
+            _progress=task.report_progress, _usage=task.report_usage,
         )  # fmt: skip
         if guard is not None:
             return await guard.call(task, parsed, ctx)
@@ -58,27 +72,40 @@ def agent_handler(
     return handle
 
 
-def _elsewhere(guard: AgentGuard) -> Handler:
+def _elsewhere(guard: AgentGuard, config: RunConfig | None) -> Handler:
     async def handle(task: TaskContext) -> Any:
         ctx = RunContext(run_id=task.run_id, tenant=task.tenant, attempt=task.attempt,
-                         routing_key=task.routing_key, _usage=task.report_usage)  # fmt: skip
+                         routing_key=task.routing_key, _usage=task.report_usage,
+                         config=config.values(task.tenant) if config is not None else {})  # fmt: skip
         return await guard.call(task, None, ctx)
 
     return handle
 
 
-def through(sandbox: Sandbox) -> Invoke:
+def through(sandbox: Sandbox, watch: ConfigWatch | None = None) -> Invoke:
     """Run any agent of ``sandbox``'s template as one confined invocation
-    (:func:`~agents.sandboxed.sandboxed_handler`), for :class:`AgentGuard`."""
+    (:func:`~agents.sandboxed.sandboxed_handler`), for :class:`AgentGuard`;
+    ``watch``: each agent's ``ctx.config`` (its own, a fallback's too)."""
     handlers: dict[str, Handler] = {}
 
     async def invoke(agent: Agent[Any, Any], task: TaskContext, ctx: RunContext) -> Any:
         handler = handlers.get(agent.key)
         if handler is None:
-            handler = handlers[agent.key] = sandboxed_handler(agent, sandbox)
+            config = RunConfig(agent, watch) if watch is not None else None
+            handler = handlers[agent.key] = sandboxed_handler(agent, sandbox, config)
         return await handler(task)
 
     return invoke
+
+
+def _switched(config: RunConfig, handler: Handler) -> Handler:
+    """``handler``, not started while the agent's kill switch is on for the task's tenant."""
+
+    async def handle(task: TaskContext) -> Any:
+        config.check(task.tenant)
+        return await handler(task)
+
+    return handle
 
 
 def worker_for(
@@ -89,6 +116,7 @@ def worker_for(
     concurrency: int = 16,
     name: str = "worker",
     sandbox: Sandbox | None = None,
+    config_watch: bool = True,
     **options: Any,
 ) -> TaskWorker:
     """A worker serving ``agents`` (default: all in ``registry``): agent affinity.
@@ -96,20 +124,25 @@ def worker_for(
     With ``sandbox`` (its template holding these agents), every task runs in a
     fresh confined child (:mod:`agents.sandboxed`); the sandbox starts and stops
     with the worker. Agents that declare health probes get them run
-    (:mod:`agents.lifecycle.health`)."""
+    (:mod:`agents.lifecycle.health`). ``config_watch``: follow ``af_config`` (the
+    kill switch, ``ctx.config``; :mod:`agents.configs`)."""
     keys = agents or registry.keys()
-    invoke = through(sandbox) if sandbox else None
+    watch = ConfigWatch(nc, js, name=name) if config_watch else None
+    invoke = through(sandbox, watch) if sandbox else None
     handlers: dict[str, tuple[AgentQueueConfig, Handler]] = {}
     for key in keys:
         agent = registry.get(key)
+        config = RunConfig(agent, watch) if watch is not None else None
         if sandbox is None:
-            handler = agent_handler(agent, registry)
+            handler = agent_handler(agent, registry, config=config)
         elif agent.resilience.enforced_in_handler:
-            handler = agent_handler(agent, registry, invoke)
+            handler = agent_handler(agent, registry, invoke, config)
         else:  # nothing acts around the invocation: the sandbox's handler alone
-            handler = sandboxed_handler(agent, sandbox)
-        handlers[key] = (queue_config(agent), handler)
+            handler = sandboxed_handler(agent, sandbox, config)
+        handlers[key] = (queue_config(agent), _switched(config, handler) if config is not None else handler)
     worker = TaskWorker(nc, js, handlers, concurrency=concurrency, name=name, **options)
+    if watch is not None:  # known before the first pull
+        worker.attach(watch)
     if sandbox is not None:
         worker.attach(sandbox)
     worker.attach(HealthProbes(worker, [registry.get(key) for key in keys]))

@@ -8,17 +8,18 @@ is permanent (no retry can fix it); every other category (``timeout``,
 ``resource_exceeded``, ``dependency_failure``, ``internal_error``) is retried
 by the queue with the agent's backoff, as an exception of an in-process agent
 is. Progress reports (``ctx.report_progress``) are not carried out of the
-child. The resilience block applies in full: its queue parts (retries,
-bulkhead) as always, its ``timeout_s`` as the invocation's wall-clock limit,
-and its breaker and fallback chain around the invocation
-(:func:`agents.runtime.through` runs the agent and its fallback agents as
-sandbox invocations).
+child; the run's configuration (``ctx.config``) is carried in. The resilience
+block applies in full: its queue parts (retries, bulkhead) as always, its
+``timeout_s`` as the invocation's wall-clock limit, and its breaker and
+fallback chain around the invocation (:func:`agents.runtime.through` runs the
+agent and its fallback agents as sandbox invocations).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from agents.configs import RunConfig
 from agents.contract import Agent, RunContext
 from agents.errors import AgentError
 from agents.sandbox import Sandbox, SandboxConfig, SandboxLimits
@@ -49,7 +50,8 @@ def sandbox_config(agents: list[Agent[Any, Any]], **options: Any) -> SandboxConf
     return SandboxConfig(agents=[spec_of(agent) for agent in agents], **options)
 
 
-def sandboxed_handler(agent: Agent[Any, Any], sandbox: Sandbox) -> Handler:
+def sandboxed_handler(agent: Agent[Any, Any], sandbox: Sandbox, config: RunConfig | None = None) -> Handler:
+    """``agent``'s queue handler through ``sandbox``; ``config``: where ``ctx.config`` comes from."""
     timeout_s = getattr(getattr(agent, "resilience", None), "timeout_s", None)
     limits: SandboxLimits | None = None
     if timeout_s:
@@ -57,7 +59,8 @@ def sandboxed_handler(agent: Agent[Any, Any], sandbox: Sandbox) -> Handler:
 
     async def handle(task: TaskContext) -> Any:
         ctx = RunContext(run_id=task.run_id, tenant=task.tenant, attempt=task.attempt,
-                         routing_key=task.routing_key, _usage=task.report_usage)  # fmt: skip
+                         routing_key=task.routing_key, _usage=task.report_usage,
+                         config=config.values(task.tenant) if config is not None else {})  # fmt: skip
         result = await sandbox.invoke(agent.key, task.input if task.input is not None else {}, ctx,
                                       limits=limits)  # fmt: skip
         task.audit = result.audit.model_dump(mode="json")

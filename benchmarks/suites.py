@@ -16,6 +16,7 @@ from agents.examples.noop import NoOp
 from agents.sandbox import Sandbox
 from agents.sandboxed import sandbox_config
 from benchmarks.api import bench_api
+from benchmarks.config_reload import bench_config
 from benchmarks.fsync import bench_fsync
 from benchmarks.harness import nats_nodes, say, servers
 from benchmarks.messaging import bench_messaging
@@ -118,6 +119,11 @@ async def _api(opts: BenchOptions) -> dict[str, Any]:
         return await bench_api(env)
 
 
+async def _config(opts: BenchOptions) -> dict[str, Any]:
+    async with servers() as env:
+        return await bench_config(env.nats.url, opts.count or 200)
+
+
 SUITES: dict[str, Callable[[BenchOptions], Awaitable[dict[str, Any]]]] = {
     "skeleton": _skeleton,
     "queue": _queue,
@@ -128,6 +134,7 @@ SUITES: dict[str, Callable[[BenchOptions], Awaitable[dict[str, Any]]]] = {
     "sandbox": _sandbox,
     "processors": _processors,
     "api": _api,
+    "config": _config,
 }
 
 #: The suites that run on a cluster when asked (``--cluster N``); the others run on one server.

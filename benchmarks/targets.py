@@ -43,6 +43,11 @@ TARGETS: dict[str, list[Target]] = {
         Target("breaker_reaction_p99_ms", "<", 1000.0),
     ],
     "api": [Target("p99_ms", "<", 20.0)],  # issue 24: read endpoints, 200 concurrent clients
+    "config": [  # issue 24: a change reaches every worker process (3) within 200 ms, none missed
+        Target("propagation_p99_ms", "<", 200.0),
+        Target("workers", ">=", 3.0),
+        Target("missed", "<", 1.0),
+    ],
 }
 
 

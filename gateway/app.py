@@ -31,6 +31,7 @@ from aiohttp import web
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 
+from agents.configs import reconcile_forever
 from agents.lifecycle.actions import Operator
 from agents.lifecycle.dedicated import DedicatedWorkers
 from agents.lifecycle.manager import LifecycleManager
@@ -181,6 +182,7 @@ class Gateway:
     runner: web.AppRunner | None = None
     outbox: asyncio.Task[None] | None = None  # re-sends lifecycle transitions NATS did not confirm
     partitions: asyncio.Task[None] | None = None  # makes the months of executions ahead
+    config_reconcile: asyncio.Task[None] | None = None  # puts config versions KV lacks (agents.configs)
     breakers: KeyFollower[BreakerState] | None = None  # circuit breakers, for callers waiting on a run
     dedicated: DedicatedWorkers | None = None  # the worker processes of agents in dedicated mode
     operations: OperationRunner | None = None  # the long operations (202) this gateway runs
@@ -234,6 +236,7 @@ class Gateway:
         if parts.maintenance:
             await ensure_partitions(self.pool)  # before the recorders write: this month exists
             self.partitions = asyncio.create_task(keep_partitions(self.pool), name="executions-partitions")
+        self.config_reconcile = asyncio.create_task(reconcile_forever(self.pool, js), name="config-reconcile")
         if parts.recorder:
             self.recorder = Recorder(nc, js, self.pool, poll_s=parts.poll_s)
             await self.recorder.start()
@@ -353,6 +356,9 @@ class Gateway:
             steps.append(
                 ("the partition keeper", functools.partial(_cancel, self.partitions), STEP_TIMEOUT_S)
             )
+        if self.config_reconcile is not None:
+            steps.append(("the config reconcile", functools.partial(_cancel, self.config_reconcile),
+                          STEP_TIMEOUT_S))  # fmt: skip
         if self.breakers is not None:
             steps.append(("the breaker follower", self.breakers.stop, STEP_TIMEOUT_S))
         if self.queue is not None:

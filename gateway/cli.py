@@ -29,6 +29,7 @@ from gateway.commands.breakers import breakers
 from gateway.commands.canary import canary
 from gateway.commands.channels import channels
 from gateway.commands.common import OUTPUTS, CliError, Ctx, _call, _emit, _run, output_option
+from gateway.commands.config import config
 from gateway.commands.costs import budget, costs, quota
 from gateway.commands.ops import ops
 from gateway.commands.processors import processors
@@ -314,6 +315,12 @@ def _sandbox_line(sandbox: dict[str, Any]) -> str:
     return "on: " + ", ".join(parts)
 
 
+# benchmarks.suites.SUITES's names (not imported here: it loads the whole platform).
+BENCH_SUITES = (
+    "skeleton", "queue", "messaging", "streams", "fsync", "scaling", "sandbox", "processors", "api", "config",
+)  # fmt: skip
+
+
 def _worker_counts(ctx: click.Context, param: click.Parameter, value: str) -> tuple[int, ...]:
     try:
         counts = tuple(int(word) for word in value.split(","))
@@ -325,9 +332,7 @@ def _worker_counts(ctx: click.Context, param: click.Parameter, value: str) -> tu
 
 
 @cli.command()
-@click.argument("suite", default="all", type=click.Choice(
-    ["skeleton", "queue", "messaging", "streams", "fsync", "scaling", "sandbox", "processors", "api", "all"]
-))  # fmt: skip
+@click.argument("suite", default="all", type=click.Choice([*BENCH_SUITES, "all"]))
 @click.option("-n", "count", type=int, default=None, help="Runs/tasks/events to push through.")
 @click.option(
     "--cluster", type=click.IntRange(min=1), default=1, show_default=True, metavar="N",
@@ -366,6 +371,8 @@ def bench(suite: str, count: int | None, cluster: int, rounds: int, workers: tup
               sustains on one worker, against the raw pull-and-ack ceiling
     api       read endpoints under 200 concurrent clients (a load generator
               process): p50/p99 paced at 1,000 requests/s, and the most it answers
+    config    a config change's put-to-applied latency in 3 worker processes
+              (p50/p99), against the raw KV message's arrival
     skeleton, messaging, streams: see the README
     all       the suites `make bench` holds to targets (skeleton to streams)
 
@@ -374,6 +381,7 @@ def bench(suite: str, count: int | None, cluster: int, rounds: int, workers: tup
     agent-factory bench queue --quota 256
     agent-factory bench fsync --cluster 3
     agent-factory bench scaling --cluster 3 --workers 1,2,4
+    agent-factory bench config --json
     """
     from benchmarks.suites import CLUSTER_SUITES, BenchOptions, run_benchmarks  # noqa: PLC0415 (start-up time)
 
@@ -425,6 +433,7 @@ for _group in (
     token,
     tenant,
     ops,
+    config,
 ):
     cli.add_command(_group)
 

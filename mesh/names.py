@@ -12,6 +12,8 @@ from typing import Final
 
 __all__ = [
     "AGENT_KEY_RE",
+    "CONFIG_PREFIX",
+    "config_key",
     "version_key",
     "RUN_ID_RE",
     "BUCKET_CHANNELS",
@@ -70,9 +72,10 @@ STREAM_BILLING: Final = "AF_BILLING"  # one priced record per execution: af.bill
 
 BUCKET_RUNS: Final = "af_runs"  # run id -> run state (24 h)
 BUCKET_IDEMPOTENCY: Final = "af_idempotency"  # idempotency key -> run id (24 h)
-# Provisioned, but nothing reads them yet (the lifecycle manager and
-# configuration hot reload of later issues will).
-BUCKET_CONFIG: Final = "af_config"  # reserved for configuration hot reload
+# What the platform obeys live: dispatch gates (mesh.queue.gates) and agent
+# configuration (config.<agent>[.<tenant>], mesh.queue.agent_config)
+BUCKET_CONFIG: Final = "af_config"
+CONFIG_PREFIX: Final = "config."  # in af_config: an agent's config, and its tenants' overrides
 BUCKET_LOCKS: Final = "af_locks"  # leases with per-key TTL (mesh.locks), for the lifecycle manager
 BUCKET_SCHEDULES: Final = "af_schedules"  # schedule and trigger definitions
 BUCKET_CHANNELS: Final = "af_channels"  # live channel subscribers (heartbeat TTL)
@@ -194,16 +197,29 @@ def rpc_subject(agent: str) -> str:
 _KV_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]")
 
 
+def _kv_escaped(token: str) -> str:
+    """``token`` with each character a KV key cannot hold written ``=XX``, the hex
+    of each of its UTF-8 bytes."""
+
+    def escape(m: re.Match[str]) -> str:
+        return "".join(f"={b:02X}" for b in m.group().encode())
+
+    return _KV_UNSAFE.sub(escape, token)
+
+
 def version_key(agent: str, version: str) -> str:
     """``<agent>.<version>``: the KV key of one agent version (``af_breakers``,
     ``af_canary_metrics``). Agent names have no dot, so the first dot separates; a
     version character a KV key cannot hold (``+`` of semver build metadata, …) is
     written ``=XX``, the hex of each of its UTF-8 bytes."""
+    return f"{agent}.{_kv_escaped(version)}"
 
-    def escape(m: re.Match[str]) -> str:
-        return "".join(f"={b:02X}" for b in m.group().encode())
 
-    return f"{agent}.{_KV_UNSAFE.sub(escape, version)}"
+def config_key(agent: str, tenant: str | None = None) -> str:
+    """``config.<agent>`` (its base config) or ``config.<agent>.<tenant>`` (a tenant's
+    override) in ``af_config``, escaped as :func:`version_key`."""
+    key = CONFIG_PREFIX + agent
+    return key if tenant is None else f"{key}.{_kv_escaped(tenant)}"
 
 
 def kv_stream(bucket: str) -> str:

@@ -230,7 +230,8 @@ def bucket_configs(cfg: ProvisionConfig) -> list[KeyValueConfig]:
         # Direct gets: a worker reads its agents' dispatch gates by key, which an
         # agent's own credentials can be allowed to (deployment/nats/accounts.conf).
         KeyValueConfig(bucket=names.BUCKET_CONFIG, history=10, replicas=cfg.replicas, direct=True,
-                       description="what the platform obeys live: dispatch.gate.<agent> (mesh.queue.gates)"),
+                       description="what the platform obeys live: dispatch.gate.<agent> (mesh.queue.gates), "
+                                   "config.<agent>[.<tenant>] (mesh.queue.agent_config)"),
         KeyValueConfig(bucket=names.BUCKET_LOCKS, history=1, replicas=cfg.replicas,
                        description="leases with per-key TTL (mesh.locks)"),
         KeyValueConfig(bucket=names.BUCKET_SCHEDULES, history=5, replicas=cfg.replicas,

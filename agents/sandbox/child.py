@@ -243,7 +243,17 @@ def _run(agent: Agent[Any, Any], request: ChildRequest, loop: asyncio.AbstractEv
     def report_usage(model: str, input_tokens: int, output_tokens: int) -> None:
         tokens.append({"model": model, "input_tokens": input_tokens, "output_tokens": output_tokens})
 
-    ctx = RunContext(**request["context"], _usage=report_usage)
+    context = dict(request["context"])
+    config = context.pop("config", None) or {}
+    if agent.Config is not None:  # as the worker parsed it: the agent reads its own model
+        try:
+            config = agent.Config.model_validate(config)
+        except ValidationError as exc:
+            return {
+                "category": ErrorCategory.INPUT_ERROR,
+                "error": f"config of {agent.key} does not fit: {exc}",
+            }
+    ctx = RunContext(**context, config=config, _usage=report_usage)
     try:  # the loop is not closed: the process exits right after
         output = loop.run_until_complete(agent.run(parsed, ctx))
     except Exception as exc:

@@ -42,7 +42,7 @@ class InvocationRequest(BaseModel):
     id: str
     agent: str
     input: str  # JSON text, validated in the child against the agent's Input model
-    context: dict[str, Any]  # RunContext fields: run_id, tenant, attempt, routing_key
+    context: dict[str, Any]  # RunContext fields: run_id, tenant, attempt, routing_key, config (JSON)
     limits: SandboxLimits
     network: bool
     env: dict[str, str]

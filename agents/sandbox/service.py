@@ -28,6 +28,8 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from pydantic import BaseModel
+
 from agents.contract import RunContext
 from agents.sandbox.audit import InvocationAudit, InvocationResult, SandboxError, SandboxStopped
 from agents.sandbox.cgroups import Hierarchy, remove_slots
@@ -42,6 +44,11 @@ log = logging.getLogger(__name__)
 
 _READY_TIMEOUT_S = 60.0
 _STOP_TIMEOUT_S = 30.0
+
+
+def _config_values(config: Any) -> Any:
+    """``ctx.config`` as JSON values (the child parses them into the agent's ``Config`` again)."""
+    return config.model_dump(mode="json") if isinstance(config, BaseModel) else config
 
 
 class _TemplateProcess:
@@ -227,7 +234,7 @@ class Sandbox:
             id=f"{self._prefix}-{next(self._ids)}", agent=agent,
             input=_json_text(input),
             context={"run_id": ctx.run_id, "tenant": ctx.tenant, "attempt": ctx.attempt,
-                     "routing_key": ctx.routing_key},
+                     "routing_key": ctx.routing_key, "config": _config_values(ctx.config)},
             limits=limits or self.config.limits, network=network, env=self.environment(env_names),
         )  # fmt: skip
         answer = await self._running().invoke(request)

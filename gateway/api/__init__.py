@@ -9,6 +9,7 @@ from gateway.api.auth import TOKENS, TokenCache, auth_middleware
 from gateway.api.breakers import routes as breaker_routes
 from gateway.api.canary import routes as canary_routes
 from gateway.api.channels import routes as channel_routes
+from gateway.api.config import routes as config_routes
 from gateway.api.costs import routes as cost_routes
 from gateway.api.docs import routes as docs_routes
 from gateway.api.lifecycle import lifecycle_kinds
@@ -59,4 +60,5 @@ def create_app(services: Services, auth: bool) -> web.Application:
     app.add_routes(docs_routes)
     app.add_routes(token_routes)
     app.add_routes(operation_routes)
+    app.add_routes(config_routes)
     return app

@@ -77,6 +77,7 @@ from mesh.errors import (
 )
 from mesh.limits import PayloadLimits
 from mesh.queue import metrics
+from mesh.queue.agent_config import ConfigWatch
 from mesh.queue.budgets import SpendGuard
 from mesh.queue.outcome import stored_outcome
 from mesh.queue.runs import RunStatus, get_run, run_key
@@ -300,12 +301,14 @@ class TaskQueue:
         max_payload: int | None = None,
         patience_s: float = ELECTION_PATIENCE_S,
         obey_budgets: bool = True,
+        obey_config: bool = True,
     ) -> None:
         """``max_payload``: the NATS max payload (default: the server's); a task
         may be half of it (:mod:`mesh.limits`). ``patience_s``: how long a write
         JetStream answers 503 (a stream electing a leader: nothing stored) is
         tried again before :class:`~mesh.errors.StreamUnavailable`. ``obey_budgets``:
-        refuse work of spent budgets and quotas (:mod:`mesh.queue.budgets`)."""
+        refuse work of spent budgets and quotas (:mod:`mesh.queue.budgets`). ``obey_config``:
+        refuse work of agents whose kill switch is on (:mod:`mesh.queue.agent_config`)."""
         self.nc, self.js = nc, js
         self.patience_s = patience_s
         known = [v for v in (max_payload, nc.max_payload) if v]
@@ -315,9 +318,12 @@ class TaskQueue:
         self._idempotency: KeyValue | None = None
         self._dedup_window_s = 0.0
         self.guard = SpendGuard(nc, js) if obey_budgets else None
+        self.config = ConfigWatch(nc, js, name="producer") if obey_config else None
 
     async def start(self) -> None:
         await self.pipeline.start()
+        if self.config is not None:
+            await self.config.start()
         if self.guard is not None:
             try:
                 await self.guard.start()
@@ -334,6 +340,8 @@ class TaskQueue:
     async def stop(self) -> None:
         if self.guard is not None:
             await self.guard.stop()
+        if self.config is not None:
+            await self.config.stop()
         await self.pipeline.stop()
 
     async def __aenter__(self) -> TaskQueue:
@@ -354,6 +362,8 @@ class TaskQueue:
             ) from exc
 
     async def _enqueue(self, spec: TaskSpec, content_type: str) -> Enqueued:
+        if self.config is not None:
+            self.config.check(spec.agent, spec.tenant)
         if self.guard is not None:
             self.guard.check(spec.agent, spec.tenant)
         run_id = new_id()
@@ -463,8 +473,10 @@ class TaskQueue:
             raise BatchRejected(f"a batch holds 1 to {MAX_BATCH} tasks, not {len(specs)}")
         if any(spec.idempotency_key for spec in specs):
             raise BatchRejected("tasks in a batch cannot carry idempotency keys; use batch_key")
-        if self.guard is not None:  # all or nothing, as the batch
-            for spec in specs:
+        for spec in specs:  # all or nothing, as the batch
+            if self.config is not None:
+                self.config.check(spec.agent, spec.tenant)
+            if self.guard is not None:
                 self.guard.check(spec.agent, spec.tenant)
         run_ids = [new_id() for _ in specs]
         if batch_key is not None:

@@ -14,6 +14,12 @@ it subscribes to the prefix's wildcard and lists the bucket; ``values`` holds
 the keys that are set (a deleted one goes, after ``on_change(key, parse(key,
 None))``).
 
+A reconnect (a nats-server restart, a network cut) is noticed within
+:data:`RECONNECT_CHECK_S` and the keys are read again at once, not at the next
+resync: writes made while the subscription was away are caught up then.
+``revisions`` holds each key's KV revision as last read (a write seen live has
+none until the next read).
+
 What is not guaranteed: a follower that cannot reach NATS keeps the values it
 last saw until it can.
 """
@@ -38,11 +44,20 @@ from mesh.kv import current_entries
 from mesh.stopping import cancel_within
 from mesh.wire import protocol
 
-__all__ = ["KeyFollower", "raw"]
+__all__ = ["RECONNECT_CHECK_S", "KeyFollower", "raw"]
 
 log = logging.getLogger(__name__)
 
+RECONNECT_CHECK_S = 0.1  # how often a follower looks whether its connection was re-made
+
 T = TypeVar("T")
+
+
+def _reconnects(nc: Client) -> int:
+    """How often ``nc`` reconnected (nats-py counts it once CONNECT went through, before it
+    re-sends the subscriptions on the same connection)."""
+    stats: dict[str, int] = getattr(nc, "stats", None) or {}
+    return stats.get("reconnects", 0)
 
 
 def raw(_: str, value: bytes | None) -> bytes | None:
@@ -54,7 +69,8 @@ class KeyFollower(Generic[T]):
     """Follows keys ``prefix + name`` of ``bucket``; ``values[name]`` is the current
     value parsed, and ``on_change(name, value)`` is called on each change
     (``on_change`` None: nobody is told). :meth:`start` returns once the current
-    values are known; ``ready`` says a full read succeeded."""
+    values are known; ``ready`` says a full read succeeded, and :meth:`synced` is
+    called after each one (subclasses override it)."""
 
     def __init__(
         self,
@@ -78,6 +94,8 @@ class KeyFollower(Generic[T]):
         self._resync: asyncio.Task[None] | None = None
         self._writes: dict[str, int] = {}  # writes seen live, per key
         self._unreadable = False  # said once
+        self._reconnects = _reconnects(nc)  # the connection's count at the last full read
+        self.revisions: dict[str, int] = {}  # each key's KV revision as last read
         self.ready = False
 
     async def start(self, strict: bool = True) -> None:
@@ -128,14 +146,21 @@ class KeyFollower(Generic[T]):
         operation = (msg.headers or {}).get("KV-Operation")
         self._apply(key, None if operation in ("DEL", "PURGE") else msg.data)
 
+    def synced(self, reconnected: bool) -> None:
+        """Called after each full read that succeeded (``reconnected``: the first
+        since the connection was re-made); the values are as current as the read."""
+
     async def _read_all(self) -> None:
         before = dict(self._writes)
+        reconnects = _reconnects(self.nc)
         found = await (self._read_listed() if self.keys is not None else self._read_every())
         for key, data in found.items():
             # A write seen live while reading is newer than what the read may hold.
             if self._writes.get(key) == before.get(key):
                 self._apply(key, data)
         self.ready = True
+        reconnected, self._reconnects = reconnects != self._reconnects, reconnects
+        self.synced(reconnected)
 
     async def _read_listed(self) -> dict[str, bytes | None]:
         keys = sorted(self.keys or ())
@@ -149,6 +174,7 @@ class KeyFollower(Generic[T]):
         except (BucketNotFoundError, NotFoundError):  # not provisioned: nothing set
             entries = []
         found: dict[str, bytes | None] = {e.key[len(self.prefix) :]: e.value for e in entries}
+        self.revisions = {e.key[len(self.prefix) :]: e.revision for e in entries if e.revision}
         for gone in set(self.values) - set(found):  # deleted while this follower was away
             found[gone] = None
         return found
@@ -168,15 +194,23 @@ class KeyFollower(Generic[T]):
             return False, None
         headers = msg.headers or {}
         if headers.get("Status") in ("404", "408") or headers.get("KV-Operation") in ("DEL", "PURGE"):
+            self.revisions.pop(key, None)
             return True, None
         if headers.get("Status"):  # 503 and the like: the bucket cannot answer now
             raise ServiceUnavailableError(description=headers.get("Description"))
+        if (seq := headers.get("Nats-Sequence", "")).isdigit():
+            self.revisions[key] = int(seq)
         return True, msg.data
 
     async def _resync_loop(self) -> None:
+        clock = asyncio.get_running_loop().time
         while True:
-            await asyncio.sleep(self.resync_s if self.ready else 1.0)  # a failed first read: soon
+            due = clock() + (self.resync_s if self.ready else 1.0)  # a failed first read: soon
+            # Until then, look for a reconnect: what was written while away is read at once.
+            while clock() < due and _reconnects(self.nc) == self._reconnects:
+                await asyncio.sleep(min(RECONNECT_CHECK_S, max(0.0, due - clock())))
             try:
                 await self._read_all()
             except Exception as exc:  # NATS away: keep the values last seen
                 log.warning("%s %s* not re-read: %s", self.bucket, self.prefix, exc)
+                await asyncio.sleep(RECONNECT_CHECK_S)

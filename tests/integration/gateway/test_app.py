@@ -83,7 +83,8 @@ async def test_a_connection_and_a_pool_given_are_used_and_left_open(
         assert gateway.dedicated is None
     # Only what it started itself: none of the connections it was given.
     assert [what for what, _, _ in gateway.stop_steps()] == [
-        "the operations", "the lifecycle outbox", "the breaker follower", "the task queue"
+        "the operations", "the lifecycle outbox", "the config reconcile", "the breaker follower",
+        "the task queue",
     ]  # fmt: skip
     assert nc.is_connected
     assert await pool.fetchval("SELECT 1") == 1
