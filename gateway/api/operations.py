@@ -148,6 +148,17 @@ def _accepted(op: Operation) -> web.Response:
     return response
 
 
+class OperationEventMessage(BaseModel):
+    """One Server-Sent Event of ``/events``, as a client's SSE parser gives it."""
+
+    id: str = Field(description="the event's seq: send it back as Last-Event-ID to resume")
+    event: str = Field(description="the operation's status then")
+    data: str = Field(
+        description="an OperationEventView as JSON",
+        json_schema_extra={"contentMediaType": "application/json"},
+    )
+
+
 class OperationQuery(BaseModel):
     """``GET /api/v1/operations`` (``status`` and ``kind`` may repeat)."""
 
@@ -208,7 +219,7 @@ def _last_event_id(request: web.Request) -> int:
 
 
 @routes.get("/api/v1/operations/{id}/events")
-@endpoint("An operation's history as Server-Sent Events, ending when it does", response=OperationEventView,
+@endpoint("An operation's history as Server-Sent Events, ending when it does", response=OperationEventMessage,
           path=_ID_PATH, errors=(404,), tags=("operations",), media_type="text/event-stream")  # fmt: skip
 @tenant_scoped
 async def stream(request: web.Request) -> web.StreamResponse:
