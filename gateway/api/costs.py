@@ -7,6 +7,8 @@
 * ``PUT    /api/v1/budgets/{id}`` / ``PUT /api/v1/quotas/{id}`` -> create (201) or replace (200)
 * ``GET    /api/v1/budgets/{id}`` / ``GET /api/v1/quotas/{id}``
 * ``DELETE /api/v1/budgets/{id}`` / ``DELETE /api/v1/quotas/{id}`` -> 204, 404 if none
+* ``GET    /api/v1/budgets/{id}/history`` / ``GET /api/v1/quotas/{id}/history`` -> every
+  change made through the API, newest first, with who made it (PostgreSQL ``limit_changes``)
 """
 
 from __future__ import annotations
@@ -19,10 +21,11 @@ from nats.js import JetStreamContext
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from agents.store.billing import cost_totals
-from agents.store.tenancy import tenant_scope
+from agents.store.limits import limit_history, record_limit_change
+from agents.store.tenancy import ALL_TENANTS, tenant_scope
 from gateway.api.auth import principal, tenant_scoped
 from gateway.api.bodies import json_response, read_json
-from gateway.api.params import LIMIT_ID
+from gateway.api.params import LIMIT_ID, query_int
 from gateway.api.services import SERVICES, Services
 from gateway.api.spec import endpoint
 from mesh.queue.billing import NANO
@@ -175,7 +178,12 @@ async def _put(request: web.Request, model: type[Budget] | type[Quota], base: st
     if body.setdefault("id", ident) != ident:
         raise web.HTTPBadRequest(text=f"the body names {body['id']!r}, the path {ident!r}")
     limit = model.model_validate(body)
-    existed = await put_limit(svc.js, limit)
+    kind: Literal["budget", "quota"] = "budget" if isinstance(limit, Budget) else "quota"
+    async with tenant_scope(svc.pool, ALL_TENANTS) as conn:  # the record commits only after the KV write
+        existed = await put_limit(svc.js, limit)
+        await record_limit_change(conn, kind, ident, tenant=limit.tenant, agent=limit.agent,
+                                  definition=limit.model_dump(mode="json", exclude_none=True),
+                                  actor=principal(request).token_id)  # fmt: skip
     response = json_response(limit.model_dump(mode="json", exclude_none=True), status=200 if existed else 201)
     response.headers["Location"] = f"{base}/{ident}"
     return response
@@ -194,9 +202,43 @@ async def _get(request: web.Request, kind: str) -> web.Response:
 async def _delete(request: web.Request, kind: Literal["budget", "quota"]) -> web.Response:
     svc: Services = request.app[SERVICES]
     ident = _ident(request)
-    if not await remove_limit(svc.js, kind, ident):
-        raise web.HTTPNotFound(text=f"no {kind} {ident!r}")
+    budgets, quotas, _ = await read_limits(svc.js)
+    scope = next((x for x in (budgets if kind == "budget" else quotas) if x.id == ident), None)
+    async with tenant_scope(svc.pool, ALL_TENANTS) as conn:
+        if not await remove_limit(svc.js, kind, ident):
+            raise web.HTTPNotFound(text=f"no {kind} {ident!r}")
+        await record_limit_change(
+            conn, kind, ident, tenant=scope.tenant if scope else None, agent=scope.agent if scope else None,
+            definition=None, actor=principal(request).token_id,
+        )  # fmt: skip
     return web.Response(status=204)
+
+
+class LimitChange(BaseModel):
+    id: int
+    kind: Literal["budget", "quota"]
+    limit_id: str
+    action: Literal["put", "remove"]
+    tenant: str | None
+    agent: str | None
+    definition: dict[str, Any] | None = Field(description="what it was set to (null: removed)")
+    actor: str = Field(description="the id of the token that made the change")
+    at: datetime
+
+
+class LimitHistory(BaseModel):
+    changes: list[LimitChange]
+
+
+async def _history(request: web.Request, kind: Literal["budget", "quota"]) -> web.Response:
+    ident = _ident(request)
+    async with tenant_scope(request.app[SERVICES].pool, principal(request).tenant) as conn:
+        rows = await limit_history(conn, kind, ident, query_int(request, "limit", 100, 1000) or 1)
+    if not rows:
+        raise web.HTTPNotFound(text=f"no change of {kind} {ident!r} on record")
+    return json_response(
+        LimitHistory(changes=[LimitChange.model_validate(r) for r in rows]).model_dump(mode="json")
+    )
 
 
 @routes.put("/api/v1/budgets/{id}")
@@ -237,3 +279,19 @@ async def delete_budget(request: web.Request) -> web.Response:
 @endpoint("Delete a quota", status=204, errors=(404,), tags=("budgets",))
 async def delete_quota(request: web.Request) -> web.Response:
     return await _delete(request, "quota")
+
+
+@routes.get("/api/v1/budgets/{id}/history")
+@endpoint("Every change of a budget, newest first: what, who, when", response=LimitHistory,
+          errors=(404,), tags=("budgets",))  # fmt: skip
+@tenant_scoped
+async def budget_history(request: web.Request) -> web.Response:
+    return await _history(request, "budget")
+
+
+@routes.get("/api/v1/quotas/{id}/history")
+@endpoint("Every change of a quota, newest first: what, who, when", response=LimitHistory,
+          errors=(404,), tags=("budgets",))  # fmt: skip
+@tenant_scoped
+async def quota_history(request: web.Request) -> web.Response:
+    return await _history(request, "quota")

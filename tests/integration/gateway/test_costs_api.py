@@ -137,3 +137,31 @@ async def test_quotas_through_the_cli(api: TestClient[Any, Any]) -> None:
     assert gone.exit_code == 1 and f"no quota {ident!r}" in gone.output
     refused = await agent_factory(api, "quota", "set", ident, "--max-daily", "5")
     assert refused.exit_code == 1 and "give --agent, --tenant or both" in refused.output
+
+
+async def test_every_budget_change_is_on_record_with_who_and_a_tenant_sees_its_own(
+    api: TestClient[Any, Any],
+) -> None:
+    tenant, other = f"rec-{uuid.uuid4().hex[:6]}", f"oth-{uuid.uuid4().hex[:6]}"
+    ident, theirs = f"b-{uuid.uuid4().hex[:8]}", f"b-{uuid.uuid4().hex[:8]}"
+    for t in (tenant, other):
+        assert (await api.post("/api/v1/tenants", json={"id": t})).status == 201
+    assert (await api.put(f"/api/v1/budgets/{ident}", json={"limit": 5, "tenant": tenant})).status == 201
+    assert (await api.put(f"/api/v1/budgets/{ident}", json={"limit": 9, "tenant": tenant})).status == 200
+    assert (await api.delete(f"/api/v1/budgets/{ident}")).status == 204
+    assert (await api.put(f"/api/v1/budgets/{theirs}", json={"limit": 1, "tenant": other})).status == 201
+    failed = await api.put(f"/api/v1/budgets/{ident}", json={"limit": -1, "tenant": tenant})
+    assert failed.status == 422  # refused: nothing on record
+
+    changes = (await (await api.get(f"/api/v1/budgets/{ident}/history")).json())["changes"]
+    assert [(c["action"], (c["definition"] or {}).get("limit")) for c in changes] == [
+        ("remove", None), ("put", 9.0), ("put", 5.0)
+    ]  # fmt: skip
+    assert {c["actor"] for c in changes} == {"settings"} and {c["tenant"] for c in changes} == {tenant}
+
+    made = await (await api.post("/api/v1/tokens", json={"scope": "reader", "tenant": tenant})).json()
+    as_tenant = {"Authorization": f"Bearer {made['secret']}"}
+    assert (await api.get(f"/api/v1/budgets/{ident}/history", headers=as_tenant)).status == 200
+    hidden = await api.get(f"/api/v1/budgets/{theirs}/history", headers=as_tenant)
+    assert hidden.status == 404 and hidden.content_type == PROBLEM  # row security: not there
+    assert (await api.get("/api/v1/quotas/never-set/history")).status == 404

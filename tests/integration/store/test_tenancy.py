@@ -14,7 +14,10 @@ import pytest
 from agents.store.tenancy import ALL_TENANTS, app_pool, tenant_scope, tenant_transaction
 from agents.store.tokens import authenticate, register_token
 
-TABLES = ("executions", "runs", "billing_records", "api_tokens", "tenants")
+TABLES = (
+    "executions", "runs", "billing_records", "api_tokens", "tenants", "operations", "operation_events",
+    "config_versions", "limit_changes", "hub_packages",
+)  # fmt: skip
 
 
 @pytest.fixture
@@ -104,3 +107,33 @@ async def test_tokens_are_found_by_hash_without_a_tenant_and_not_once_revoked(
     assert stored != secret.encode() and len(stored) == 32  # its hash, never the secret
     await pool.execute("UPDATE api_tokens SET revoked_at = now() WHERE id = $1", who.token_id)
     assert await authenticate(app, secret) is None
+
+
+async def _package(conn: asyncpg.Connection, name: str, tenant: str | None) -> None:
+    await conn.execute(
+        """INSERT INTO hub_packages (name, version, tenant, digest, size_bytes, object)
+           VALUES ($1, '1.0.0', $2, $3, 1, $1)""",
+        name, tenant, "0" * 64,
+    )  # fmt: skip
+
+
+async def test_hub_packages_public_to_every_tenant_private_to_their_own(app: asyncpg.Pool) -> None:
+    a, b = f"a-{uuid.uuid4().hex[:8]}", f"b-{uuid.uuid4().hex[:8]}"
+    public, mine, theirs = (f"p{uuid.uuid4().hex[:10]}" for _ in range(3))
+    async with tenant_scope(app, ALL_TENANTS) as conn:
+        await _package(conn, public, None)
+    async with tenant_scope(app, a) as conn:
+        await _package(conn, mine, a)
+    async with tenant_scope(app, b) as conn:
+        await _package(conn, theirs, b)
+    async with tenant_scope(app, a) as conn:
+        seen = {r["name"] for r in await conn.fetch("SELECT name FROM hub_packages WHERE name = ANY($1)",
+                                                    [public, mine, theirs])}  # fmt: skip
+        assert seen == {public, mine}
+        assert (
+            await conn.execute("UPDATE hub_packages SET downloads = 9 WHERE name = $1", public) == "UPDATE 0"
+        )
+        assert await conn.execute("DELETE FROM hub_packages WHERE name = $1", public) == "DELETE 0"
+    async with tenant_scope(app, a) as conn:
+        with pytest.raises(asyncpg.InsufficientPrivilegeError, match="row-level security"):
+            await _package(conn, f"p{uuid.uuid4().hex[:10]}", None)  # a tenant cannot publish publicly
