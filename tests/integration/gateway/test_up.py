@@ -87,10 +87,16 @@ def _children_of(data_dir: Path) -> list[psutil.Process]:
     return found
 
 
-def _servers_and_workers(proc: subprocess.Popen[str], data_dir: Path) -> list[int]:
-    """The pids of the nats-server and the postmaster on ``data_dir``, and of `up`'s workers."""
-    workers = [p.pid for p in psutil.Process(proc.pid).children() if "worker" in " ".join(p.cmdline())]
-    return sorted({p.pid for p in _children_of(data_dir)} | set(workers))
+def _servers_and_workers(proc: subprocess.Popen[str], data_dir: Path, workers: int = 1) -> list[int]:
+    """The pids of the nats-server and the postmaster on ``data_dir``, and of `up`'s
+    ``workers`` worker processes, once they are all there: `up` writes its state (what
+    :func:`_start` waits for) as soon as its API serves, then starts its workers."""
+    deadline = time.monotonic() + 30
+    while True:
+        found = [p.pid for p in psutil.Process(proc.pid).children() if "worker" in " ".join(p.cmdline())]
+        if len(found) >= workers or time.monotonic() > deadline:
+            return sorted({p.pid for p in _children_of(data_dir)} | set(found))
+        time.sleep(0.05)
 
 
 def _all_gone(pids: list[int]) -> Callable[[], bool]:
@@ -231,7 +237,7 @@ def test_ctrl_c_stops_up_promptly_with_no_server_left_and_a_second_up_is_refused
         assert f"in use by another `agent-factory up` (pid {proc.pid})" in second.stderr
         assert "Traceback" not in second.stderr and len(second.stderr.strip().splitlines()) == 1
         assert _state(data_dir)["pid"] == proc.pid  # the refused one changed nothing
-        children = _servers_and_workers(proc, data_dir)
+        children = _servers_and_workers(proc, data_dir, workers=0)
         assert len(children) == 2
     finally:
         proc.send_signal(signal.SIGINT)
