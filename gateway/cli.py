@@ -213,13 +213,15 @@ async def _worker(nats_url: str, name: str, concurrency: int, keys: list[str] | 
               type=click.Choice(["CRITICAL", "HIGH", "NORMAL", "LOW", "BACKGROUND"],
                                 case_sensitive=False))  # fmt: skip
 @click.option("--idempotency-key", help="Retries with the same key yield one run.")
-@click.option("--tenant", default="default", show_default=True)
+@click.option(
+    "--tenant", help="Whose run it is [default: the token's tenant; for a token of every tenant, 'default']."
+)
 @click.option("--wait/--no-wait", default=False, help="Wait for the result.")
 @click.option("--timeout", type=float, default=60.0, show_default=True, help="For --wait.")
 @output_option
 @click.pass_obj
 def run(obj: Ctx, agent: str, input_json: str, priority: str, idempotency_key: str | None,
-        tenant: str, wait: bool, timeout: float, output: str) -> None:  # fmt: skip
+        tenant: str | None, wait: bool, timeout: float, output: str) -> None:  # fmt: skip
     """Run AGENT once with --input, e.g.
 
     \b
@@ -230,7 +232,9 @@ def run(obj: Ctx, agent: str, input_json: str, priority: str, idempotency_key: s
         payload = json.loads(input_json)
     except ValueError as exc:
         raise CliError(f"--input is not valid JSON: {exc}") from exc
-    body: dict[str, Any] = {"input": payload, "priority": priority.upper(), "tenant": tenant}
+    body: dict[str, Any] = {"input": payload, "priority": priority.upper()}
+    if tenant is not None:  # else the API's: the token's own tenant, or "default"
+        body["tenant"] = tenant
     if idempotency_key:
         body["idempotency_key"] = idempotency_key
 

@@ -221,3 +221,20 @@ async def test_tokens_and_tenants_through_the_cli(api: TestClient[Any, Any]) -> 
     ok(await agent_factory(api, "tenant", "disable", tenant))
     listed = json.loads(ok(await agent_factory(api, "tenant", "ls", "-o", "json")))["tenants"]
     assert [t["enabled"] for t in listed if t["id"] == tenant] == [False]
+
+
+async def test_the_cli_submits_as_its_tokens_tenant_unless_told_otherwise(api: TestClient[Any, Any]) -> None:
+    tenant, _ = await _tenants(api)
+    made = await (await api.post("/api/v1/tokens", json={"scope": "operator", "tenant": tenant})).json()
+    diesel = json.dumps(DIESEL)
+    out = ok(await agent_factory(api, "run", "fuel-combustion", "--input", diesel, "-o", "json",
+                                 token=made["secret"]))  # fmt: skip
+    run = await (await api.get(f"/api/v1/runs/{json.loads(out)['run_id']}")).json()
+    assert run["tenant"] == tenant
+    other = await agent_factory(api, "run", "fuel-combustion", "--input", diesel, "--tenant", "default",
+                                token=made["secret"])  # fmt: skip
+    assert other.exit_code == 1 and "403" in other.output
+    admins = json.loads(
+        ok(await agent_factory(api, "run", "fuel-combustion", "--input", diesel, "-o", "json"))
+    )
+    assert (await (await api.get(f"/api/v1/runs/{admins['run_id']}")).json())["tenant"] == "default"
