@@ -26,7 +26,7 @@ import asyncpg
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
-from agents.store.tokens import Principal, Scope, authenticate
+from agents.store.tokens import Principal, Scope, authenticate, hash_token
 from gateway.api.problems import Handler, problem
 
 __all__ = [
@@ -69,23 +69,31 @@ def principal(request: web.Request) -> Principal:
 
 
 class TokenCache:
-    """Tokens looked up recently, with what they were (None: not a live token)."""
+    """Tokens looked up recently (by their hash: no secret is kept), with what they
+    were (None: not a live token)."""
 
     MAX: Final = 10_000
 
     def __init__(self, pool: asyncpg.Pool, ttl_s: float = CACHE_S) -> None:
         self.pool, self.ttl_s = pool, ttl_s
-        self._seen: dict[str, tuple[Principal | None, float]] = {}
+        self._seen: dict[bytes, tuple[Principal | None, float]] = {}
 
     async def lookup(self, secret: str) -> Principal | None:
+        """The token ``secret`` is; 503 when PostgreSQL cannot say (never a 500)."""
         now = time.monotonic()
-        hit = self._seen.get(secret)
+        key = hash_token(secret)
+        hit = self._seen.get(key)
         if hit is not None and hit[1] > now:
             return hit[0]
-        found = await authenticate(self.pool, secret)
+        try:
+            found = await authenticate(self.pool, secret)
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            raise web.HTTPServiceUnavailable(
+                text=f"the token cannot be checked now: PostgreSQL did not answer ({type(exc).__name__})"
+            ) from exc
         if len(self._seen) >= self.MAX:  # many unknown tokens: start over, never grow without bound
             self._seen.clear()
-        self._seen[secret] = (found, now + self.ttl_s)
+        self._seen[key] = (found, now + self.ttl_s)
         return found
 
     def forget(self, token_id: str | None = None) -> None:

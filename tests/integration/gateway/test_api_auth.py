@@ -9,8 +9,13 @@ from __future__ import annotations
 from typing import Any
 
 import aiohttp
+import asyncpg
+import pytest
+from aiohttp import web
 from aiohttp.test_utils import TestClient
 
+from agents.store.tenancy import app_pool
+from gateway.api.auth import TokenCache
 from tests.integration.gateway.conftest import PROBLEM, TOKEN, api_routes, fill
 
 # Open on purpose: kubelet probes and the Prometheus scraper carry no bearer token; the
@@ -55,3 +60,12 @@ async def test_the_scheme_is_case_insensitive_and_spaces_before_the_token_are_al
     """RFC 7235: the auth scheme is case-insensitive, and one or more spaces follow it."""
     for header in (f"bearer {TOKEN}", f"BEARER {TOKEN}", f"Bearer  {TOKEN}"):
         assert (await api.get("/api/v1/agents", headers={"Authorization": header})).status == 200, header
+
+
+async def test_a_token_that_cannot_be_checked_is_503_not_500(pool: asyncpg.Pool, database_url: str) -> None:
+    db = await app_pool(database_url, size=1)
+    cache = TokenCache(db)
+    await db.close()  # PostgreSQL away, as far as this gateway can tell
+    with pytest.raises(web.HTTPServiceUnavailable) as refused:
+        await cache.lookup("af_x_y")
+    assert "cannot be checked now" in (refused.value.text or "")
