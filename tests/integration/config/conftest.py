@@ -12,12 +12,11 @@ from nats.aio.client import Client
 from nats.js import JetStreamContext
 
 from agents.registry import Registry, example_registry
-from agents.store.tenancy import app_pool
 from gateway.app import Gateway, InProcessWorker, Parts
 from gateway.settings import Settings
 from tests.helpers import unique
 from tests.integration.config.config_agents import configured
-from tests.integration.gateway.conftest import TOKEN, ApiTestServer
+from tests.integration.gateway.conftest import served
 
 
 @pytest.fixture
@@ -35,15 +34,5 @@ async def config_api(
                   worker=InProcessWorker(agents=[agent_key], concurrency=4, idle_poll_s=0.2,
                                          drain_timeout_s=5))  # fmt: skip
     settings = Settings(max_payload_bytes=64 * 1024)
-    gateway = Gateway(settings, registry, parts)
-    app_db = await app_pool(database_url, size=settings.database_pool_size)
-    try:
-        async with gateway.running(nc, app_db, token=TOKEN):
-            assert gateway.app is not None
-            client = TestClient(ApiTestServer(gateway.app))
-            await client.start_server()
-            client.session.headers["Authorization"] = f"Bearer {TOKEN}"
-            yield client
-            await client.close()
-    finally:
-        await app_db.close()
+    async with served(Gateway(settings, registry, parts), nc, database_url) as client:
+        yield client

@@ -6,6 +6,7 @@ import asyncio
 import json
 import re
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import asyncpg
@@ -48,18 +49,27 @@ async def api(
     parts = Parts(maintenance=False, scheduler=False, serve=False, poll_s=0.2,
                   worker=InProcessWorker(concurrency=8, idle_poll_s=0.2, drain_timeout_s=5))  # fmt: skip
     settings = Settings(**{"max_payload_bytes": 64 * 1024, **getattr(request, "param", {})})
-    gateway = Gateway(settings, example_registry(), parts)
-    # As the application's role, which row security binds: every handler's queries
-    # must set their tenant (the owner ``pool`` ran the migrations and sees all).
-    app_db = await app_pool(database_url, size=settings.database_pool_size)
+    async with served(Gateway(settings, example_registry(), parts), nc, database_url) as client:
+        yield client
+
+
+@asynccontextmanager
+async def served(gateway: Gateway, nc: Client, database_url: str) -> AsyncIterator[TestClient[Any, Any]]:
+    """``gateway`` started on the test's NATS connection and served by aiohttp's test
+    server, its client sending the admin token. Its pool logs in as the application's
+    role, which row security binds: every handler's queries must set their tenant
+    (the owner's ``pool`` fixture ran the migrations and sees all)."""
+    app_db = await app_pool(database_url, size=gateway.settings.database_pool_size)
     try:
         async with gateway.running(nc, app_db, token=TOKEN):
             assert gateway.app is not None
             client = TestClient(ApiTestServer(gateway.app))
             await client.start_server()
             client.session.headers["Authorization"] = f"Bearer {TOKEN}"
-            yield client
-            await client.close()
+            try:
+                yield client
+            finally:
+                await client.close()
     finally:
         await app_db.close()
 
