@@ -140,9 +140,9 @@ def worker_for(
         else:  # nothing acts around the invocation: the sandbox's handler alone
             handler = sandboxed_handler(agent, sandbox, config)
         handlers[key] = (queue_config(agent), _switched(config, handler) if config is not None else handler)
-    worker = TaskWorker(nc, js, handlers, concurrency=concurrency, name=name, **options)
-    if watch is not None:  # known before the first pull
-        worker.attach(watch)
+    # The watch starts with the worker, before its first pull: a tenant's kill switch,
+    # pinned version and mode hold from the first task on.
+    worker = TaskWorker(nc, js, handlers, concurrency=concurrency, name=name, config=watch, **options)
     if sandbox is not None:
         worker.attach(sandbox)
     worker.attach(HealthProbes(worker, [registry.get(key) for key in keys]))

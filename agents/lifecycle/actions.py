@@ -19,11 +19,12 @@ agent's lease, recorded and announced).
 * **force-stop**: → DRAINING → FORCE_STOPPED at once.
 * **restart**: a drain (as retire's) → FORCE_STOPPED, then deploy again.
 
-An agent in **dedicated** mode (``Agent.execution_mode = "dedicated"``, or
-``mode`` on deploy) gets ``dedicated_workers`` processes of its own while
-DEPLOYING (:mod:`agents.lifecycle.dedicated`: the deploy waits until each
-answers, and fails with the last words of one that died); its gate opens to
-them only; retire, force-stop and restart stop them. A dedicated worker that
+An agent in **dedicated** mode (``Agent.execution_mode = "dedicated"``, ``mode``
+on deploy, or ``mode: dedicated`` in its config or a tenant's override of it)
+gets ``dedicated_workers`` processes of its own while DEPLOYING
+(:mod:`agents.lifecycle.dedicated`: the deploy waits until each answers, and
+fails with the last words of one that died); its gate opens to them only
+(the tasks of every tenant then run there); retire, force-stop and restart stop them. A dedicated worker that
 keeps crashing is restarted with backoff, and the version is FAILED with its
 last error once the supervisor gives up.
 
@@ -51,6 +52,7 @@ from agents.lifecycle.manager import LifecycleManager, Mode, Transition, Version
 from agents.lifecycle.states import IllegalTransition, State, check_transition
 from agents.registry import Registry
 from agents.resilience.retries import queue_config
+from mesh.queue.agent_config import wants_dedicated
 from mesh.queue.gates import HeldBy, held_tasks
 from mesh.queue.worker import ensure_lane
 
@@ -131,7 +133,7 @@ class Operator:
         drain_timeout_s = min(max(drain_timeout_s, 0.0), MAX_DRAIN_S)
         if action == Action.DEPLOY:  # only an agent loaded here gets a record
             loaded = self._loaded(agent)
-            wanted = mode or _mode_of(loaded)
+            wanted = mode or await self._mode_of(loaded)
             if wanted == "dedicated" and self.dedicated is None:
                 raise ActionFailed("this gateway cannot start dedicated workers (it runs without `up`)")
             record = await self.manager.register(agent, version or loaded.version, wanted)
@@ -171,7 +173,7 @@ class Operator:
         checks again."""
         if action == Action.DEPLOY:
             loaded = self._loaded(agent)
-            if (mode or _mode_of(loaded)) == "dedicated" and self.dedicated is None:
+            if (mode or await self._mode_of(loaded)) == "dedicated" and self.dedicated is None:
                 raise ActionFailed("this gateway cannot start dedicated workers (it runs without `up`)")
             wanted = version or loaded.version
             record = next((v for v in await self.manager.versions(agent) if v.version == wanted), None)
@@ -186,6 +188,14 @@ class Operator:
             check_transition(state, State.FORCE_STOPPED if action == Action.FORCE_STOP else State.RETIRED)
         elif action == Action.RESTART and state not in _LIVE | {State.DRAINING}:
             self._deployable(state, agent, record.version)
+
+    async def _mode_of(self, agent: Agent[Any, Any]) -> Mode:
+        """A deploy's mode when none is asked for: dedicated when the agent says so
+        (``execution_mode``) or its config or a tenant's override does (``mode``:
+        those tasks run only on the agent's own workers, so it needs them)."""
+        if agent.execution_mode == "dedicated" or await wants_dedicated(self.js, agent.key):
+            return "dedicated"
+        return "pool"
 
     def _deployable(self, state: State, agent: str, version: str) -> None:
         if state not in _DEPLOYABLE:
@@ -355,10 +365,6 @@ class _Steps:
         if why:
             self.out.detail = why
         await self.checkpoint(self.out, False)
-
-
-def _mode_of(agent: Agent[Any, Any]) -> Mode:
-    return "dedicated" if agent.execution_mode == "dedicated" else "pool"
 
 
 async def _warm_up(agent: Agent[Any, Any]) -> str | None:

@@ -83,8 +83,12 @@ def get(obj: Ctx, agent: str, tenant: str | None, output: str) -> None:
 @click.option("--budget", type=float, help="Spend per --budget-period (hard: refused once spent).")
 @click.option("--budget-period", type=click.Choice(["hour", "day", "week", "month"]), default="month",
               show_default=True)  # fmt: skip
-@click.option("--pinned-version", help="The agent version to run (not yet honoured).")
-@click.option("--mode", type=click.Choice(["pool", "dedicated"]), help="Execution mode (not yet honoured).")
+@click.option("--pinned-version", help="Only workers of this agent version run the tasks.")
+@click.option(
+    "--mode",
+    type=click.Choice(["pool", "dedicated"]),
+    help="dedicated: only the agent's own workers run the tasks (a deploy starts them).",
+)
 @click.option("-m", "--comment", default="", help="Why, for the history.")
 @output_option
 @click.pass_obj

@@ -33,12 +33,13 @@ from typing import Any, Literal
 
 from nats.aio.client import Client
 from nats.js import JetStreamContext
-from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
+from nats.js.errors import BucketNotFoundError, KeyNotFoundError, KeyWrongLastSequenceError, NotFoundError
 from prometheus_client import Gauge
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from mesh import names
 from mesh.errors import MeshError
+from mesh.kv import current_entries
 from mesh.queue.budgets import MAX_CONCURRENT, Period
 from mesh.wire.follow import KeyFollower
 
@@ -51,6 +52,7 @@ __all__ = [
     "ConfigWatch",
     "deep_merge",
     "put_record",
+    "wants_dedicated",
 ]
 
 log = logging.getLogger(__name__)
@@ -83,7 +85,9 @@ class _Knobs(BaseModel):
     )
     max_daily: int | None = Field(default=None, ge=1, description="executions per UTC day")
     budget: BudgetKnob | None = None
-    pinned_version: str | None = Field(default=None, max_length=64, description="not yet honoured")
+    pinned_version: str | None = Field(
+        default=None, max_length=64, description="only workers of this agent version run the tasks"
+    )
 
 
 class AgentConfig(_Knobs):
@@ -91,7 +95,7 @@ class AgentConfig(_Knobs):
 
     values: dict[str, Any] = Field(default_factory=dict, description="what the agent reads (ctx.config)")
     enabled: bool = Field(default=True, description="false: the kill switch, no new runs start")
-    mode: Mode = Field(default="pool", description="not yet honoured (see the agent's execution_mode)")
+    mode: Mode = Field(default="pool", description="dedicated: only the agent's own workers run the tasks")
 
     def merged(self, override: ConfigOverride | None) -> AgentConfig:
         """This config with ``override`` on top: values deep-merged, knobs it sets replaced."""
@@ -182,6 +186,23 @@ async def put_record(js: JetStreamContext, record: ConfigRecord) -> int | None:
         except KeyWrongLastSequenceError:  # another writer was first: look again
             continue
     raise KeyWrongLastSequenceError(description=f"{key} kept changing under this write")
+
+
+async def wants_dedicated(js: JetStreamContext, agent: str) -> bool:
+    """Does ``agent``'s config, or a tenant's override of it, say ``mode: dedicated``
+    (its tasks run only on the agent's own workers)? A deploy then starts them."""
+    key = names.config_key(agent)
+    try:
+        kv = await js.key_value(names.BUCKET_CONFIG)
+        entries = [e for pattern in (key, key + ".*")
+                   for e in await current_entries(js, kv, names.BUCKET_CONFIG, pattern)]  # fmt: skip
+    except (BucketNotFoundError, NotFoundError):  # not provisioned: nothing configured
+        return False
+    for entry in entries:
+        record = _parse(entry.key[len(names.CONFIG_PREFIX) :], entry.value)
+        if record is not None and record.config.get("mode") == "dedicated":
+            return True
+    return False
 
 
 def _parse(key: str, data: bytes | None) -> ConfigRecord | None:

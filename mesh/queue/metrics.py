@@ -19,6 +19,7 @@ __all__ = [
     "BREAKER_REFUSED",
     "BREAKER_STATE",
     "QUOTA_WAITS",
+    "TASKS_PLACED_ELSEWHERE",
     "for_agent",
     "QUEUE_ACK_PENDING",
     "DLQ_SIZE",
@@ -65,6 +66,12 @@ BREAKER_REFUSED = Counter(
     ["agent"],
 )
 TASKS_EXPIRED = Counter("af_tasks_expired_total", "Tasks whose TTL passed while queued", ["agent"])
+TASKS_PLACED_ELSEWHERE = Counter(
+    "af_tasks_placed_elsewhere_total",
+    "Deliveries handed back unstarted: the tenant's config puts them on other workers "
+    "(why: pinned, a pinned version; dedicated, the agent's own workers)",
+    ["agent", "why"],
+)
 
 
 @dataclass(frozen=True, slots=True)

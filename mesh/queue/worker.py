@@ -80,6 +80,7 @@ from mesh.envelope import (
 from mesh.errors import WRONG_LAST_SEQUENCE, DecodeError, PermanentError
 from mesh.limits import PayloadLimits, ResultTooLarge
 from mesh.queue import metrics
+from mesh.queue.agent_config import ConfigWatch
 from mesh.queue.breakers import BreakerState, BreakerStatus, breaker_scope, claim_trial, follow_breakers
 from mesh.queue.dispatch import Budget, DispatchPolicy, Lane
 from mesh.queue.dlq import store_task_dead_letter
@@ -178,7 +179,8 @@ Handler = Callable[[TaskContext], Awaitable[Any]]
 MANY_LANES = 10  # past this many lanes, sweeps ask the stream which lanes hold tasks first
 CLAIM_AHEAD_S = 3.0  # claim a run this long before its wait deadline passes
 SHOW_RUNNING_AFTER_S = 1.0  # a run going this long gets its "running" state written (one KV write)
-HAND_BACK_ALLOWANCE = 10  # deliveries past max_attempts before the server gives up (backstop)
+HAND_BACK_ALLOWANCE = 50  # deliveries past max_attempts before the server gives up (backstop)
+PLACEMENT_RETURN_MAX_S = 5.0  # a task for other workers comes back after 0.1 s x deliveries, at most this
 QUOTA_RETURN_DELAY_S = 2.0  # a task handed back for a full concurrency quota comes back after this
 QUOTA_RECHECK_S = 1.0  # a task waiting for a slot tries again at least this often
 READ_TRIES = 8  # a redelivery's reads before its handler: tried again for up to 14 s
@@ -221,6 +223,7 @@ class TaskWorker:
         obey_breakers: bool = True,
         obey_quotas: bool = True,
         role: str = "pool",
+        config: ConfigWatch | None = None,
     ) -> None:
         """``claim_interval_s``: how often runs near their TTL are claimed
         (None: never, for tests of what happens without). ``follow_gates``:
@@ -228,7 +231,10 @@ class TaskWorker:
         ``pool`` (shared workers) or ``dedicated`` (an agent's own workers,
         the only ones a dedicated agent's gate is open to). ``obey_breakers``: obey
         the agents' circuit breakers (:mod:`mesh.queue.breakers`). ``obey_quotas``: keep the
-        fleet-wide concurrency quotas (:mod:`mesh.queue.slots`)."""
+        fleet-wide concurrency quotas (:mod:`mesh.queue.slots`). ``config``: the
+        agents' live config (started and stopped with this worker); a tenant's
+        ``pinned_version`` and ``mode`` decide which workers run its tasks
+        (:meth:`_misplaced`)."""
         self.nc, self.js = nc, js
         self.handlers = handlers
         # Each agent's version (on its finished events, for canary metrics); None: not known.
@@ -265,7 +271,8 @@ class TaskWorker:
         self._slots_warned = -10.0  # when a failed claim was last logged (monotonic)
         self._slot_pending: dict[str, int] = {}  # agent -> its tasks here that want a slot, hold none
         self.probes: dict[str, Probes] = {}  # what each agent's health probes last said here
-        self._companions: list[Companion] = []
+        self._companions: list[Companion] = [config] if config is not None else []
+        self.config = config
         self._gate_returns: set[asyncio.Task[None]] = set()
 
     # ---- lifecycle ---------------------------------------------------------
@@ -613,6 +620,43 @@ class TaskWorker:
                 return False
             scopes = self.quotas.applicable(item.lane.agent, task.metadata.tenant)
 
+    def _misplaced(self, agent: str, tenant: str) -> str | None:
+        """Why ``tenant``'s tasks of ``agent`` are not this worker's to run: its config
+        pins another version (``pinned``), or puts them on the agent's own workers and
+        this is a shared one (``dedicated``). None: this worker may run them."""
+        assert self.config is not None
+        merged = self.config.merged(agent, tenant)
+        if merged.pinned_version is not None and merged.pinned_version != self.versions.get(agent):
+            return "pinned"
+        if merged.mode == "dedicated" and self.role != "dedicated":
+            return "dedicated"
+        return None
+
+    async def _place_elsewhere(self, item: _InFlight, task: Envelope, why: str) -> None:
+        """Hand a task its tenant's config puts on other workers back to the queue,
+        not as an attempt, for one of them; the later the delivery the longer it
+        stays away. Once the deliveries allowed for hand-backs are used up (no
+        worker that may run it took it: none runs the pinned version, or the
+        agent has no dedicated workers), dead-letter it with the reason: replayable."""
+        agent, msg = item.lane.agent, item.msg
+        delivered, seq = protocol.delivery_of(msg)
+        if delivered <= HAND_BACK_ALLOWANCE:
+            metrics.TASKS_PLACED_ELSEWHERE.labels(agent, why).inc()
+            await self._hand_back(agent, msg, delay=min(PLACEMENT_RETURN_MAX_S, 0.1 * delivered))
+            return
+        assert self.config is not None
+        merged = self.config.merged(agent, task.metadata.tenant)
+        wanted = (f"pinned to version {merged.pinned_version}" if why == "pinned"
+                  else "in dedicated mode (the agent's own workers only)")  # fmt: skip
+        generation = replay_generation(task)
+        current, _ = await get_run_entry(self.js, task.id)
+        if current is None or current.replay != generation:
+            current = _state_from(task, agent, seq)
+        current.error = (f"not started: tenant {task.metadata.tenant} of {agent} is {wanted}, and no "
+                         f"worker that may run it took it in {delivered} deliveries")  # fmt: skip
+        await self.dead_letter_task(msg, task, current, f"unplaced: {wanted}")
+        await self.pipeline.ack_sync(msg)
+
     def _slot_settled(self, item: _InFlight) -> None:
         """``item`` holds its slots now, or never will (handed back, finished)."""
         if item.wants_slot:
@@ -923,6 +967,11 @@ class TaskWorker:
         except DecodeError as exc:
             await self._undecodable(lane, msg, exc)
             return
+        if self.config is not None and self.config.values:
+            why = self._misplaced(lane.agent, task.metadata.tenant)
+            if why is not None:
+                await self._place_elsewhere(item, task, why)
+                return
         scopes = self.quotas.applicable(lane.agent, task.metadata.tenant) if self.quotas is not None else []
         if not scopes:
             await self._run_task(item, task, payload, started)
