@@ -225,7 +225,7 @@ class Gateway:
         # even by a new process with the same host name and pid (a container's pid 1).
         self.operations = OperationRunner(
             self.pool, f"{holder}/{secrets.token_hex(3)}", heartbeat_s=s.operation_heartbeat_s,
-            stale_s=s.operation_stale_s,
+            stale_s=s.operation_stale_s, keep_s=s.operation_keep_days * 86400,
         )  # fmt: skip
         self.services = Services(nc, js, self.pool, self.registry, s, self.queue, operator, self.operations,
                                  lambda: served)  # fmt: skip

@@ -37,6 +37,7 @@ from agents.store.operations import (
     claim_abandoned,
     create_operation,
     heartbeat,
+    prune_finished,
     release,
     request_cancel,
 )
@@ -56,6 +57,7 @@ log = logging.getLogger(__name__)
 MAX_ATTEMPTS: Final = 3  # a resumable operation started this often is given up (it may be what kills us)
 _WRITE_EVERY_S: Final = 0.25  # progress alone is written at most this often
 _DATABASE_AWAY: Final = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
+PRUNE_EVERY_S: Final = 3600.0  # finished operations past their keep are deleted this often
 
 
 class OperationCancelled(Exception):
@@ -119,10 +121,15 @@ class OperationRunner:
     of gateways that stopped (see the module docstring)."""
 
     def __init__(
-        self, pool: asyncpg.Pool, holder: str, *, heartbeat_s: float = 2.0, stale_s: float = 15.0
-    ) -> None:
+        self, pool: asyncpg.Pool, holder: str, *, heartbeat_s: float = 2.0, stale_s: float = 15.0,
+        keep_s: float = 30 * 86400.0, prune_every_s: float = PRUNE_EVERY_S,
+    ) -> None:  # fmt: skip
+        """``keep_s``: how long a finished operation (its history, its idempotency key)
+        is kept; deleted at start and every ``prune_every_s`` after that."""
         self.pool, self.holder = pool, holder
         self.heartbeat_s, self.stale_s = heartbeat_s, stale_s
+        self.keep_s, self.prune_every_s = keep_s, prune_every_s
+        self._pruned_at = 0.0  # monotonic; 0: not yet
         self.kinds: dict[str, OperationKind] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._contexts: dict[str, OperationContext] = {}
@@ -139,6 +146,7 @@ class OperationRunner:
     async def start(self) -> None:
         """Take over what stopped gateways left, then keep ours alive."""
         await self.sweep()
+        await self.prune()
         self._keeper = asyncio.create_task(self._keep_alive(), name="operations-heartbeat")
 
     async def stop(self, grace_s: float = 5.0) -> None:
@@ -268,6 +276,8 @@ class OperationRunner:
                     del self._unwritten[op_id]
                     await self._finish_quietly(op_id, **what)
                 await self.sweep()
+                if time.monotonic() - self._pruned_at >= self.prune_every_s:
+                    await self.prune()
             except _DATABASE_AWAY as exc:  # next beat
                 log.warning("operations heartbeat: %s", exc)
 
@@ -282,6 +292,21 @@ class OperationRunner:
                 self._contexts.pop(op_id, None)
             elif owned.get(op_id) and (ctx := self._contexts.get(op_id)) is not None:
                 ctx.cancel_requested = True
+
+    async def prune(self) -> int:
+        """Delete the operations that finished more than ``keep_s`` ago (with their
+        history and idempotency keys): a retry with such a key starts a new operation."""
+        deleted = 0
+        while True:
+            async with tenant_scope(self.pool, ALL_TENANTS) as conn:
+                done = await prune_finished(conn, self.keep_s)
+            deleted += done
+            if done < 10_000:
+                break
+        self._pruned_at = time.monotonic()
+        if deleted:
+            log.info("operations: deleted %d finished more than %.0f days ago", deleted, self.keep_s / 86400)
+        return deleted
 
     async def sweep(self) -> list[str]:
         """Take over the operations of gateways that stopped heartbeating: resume

@@ -66,6 +66,10 @@ class Settings(BaseSettings):
         default=15.0, gt=0, le=3600,
         description="Silence after which another gateway takes an operation over (resumes or fails it)",
     )  # fmt: skip
+    operation_keep_days: float = Field(
+        default=30.0, gt=0, le=3650,
+        description="Finished operations (their history, their idempotency keys) are deleted after this",
+    )  # fmt: skip
     access_log: bool = Field(
         default=True, description="One JSON line per API request on stderr (logger gateway.access)"
     )

@@ -38,6 +38,7 @@ __all__ = [
     "heartbeat",
     "list_events",
     "list_operations",
+    "prune_finished",
     "operation_by_key",
     "release",
     "request_cancel",
@@ -294,6 +295,19 @@ async def claim_abandoned(
         owner, stale_s, limit,
     )  # fmt: skip
     return [(Operation.from_row(r), r["previous_owner"]) for r in rows]
+
+
+async def prune_finished(conn: asyncpg.Connection, keep_s: float, limit: int = 10_000) -> int:
+    """Delete up to ``limit`` operations that finished more than ``keep_s`` ago, oldest
+    first, with their history (``ON DELETE CASCADE``) and so their idempotency keys;
+    returns how many. Unfinished operations are never deleted, however old."""
+    done = await conn.execute(
+        """DELETE FROM operations WHERE id IN (
+               SELECT id FROM operations WHERE finished_at < now() - make_interval(secs => $1)
+               ORDER BY finished_at LIMIT $2)""",
+        keep_s, limit,
+    )  # fmt: skip
+    return int(done.split()[-1])
 
 
 async def release(conn: asyncpg.Connection, op_id: str, owner: str, message: str) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -15,8 +16,9 @@ import asyncpg
 import pytest
 
 import gateway.operations
-from agents.store.operations import OperationStatus
+from agents.store.operations import OperationStatus, create_operation
 from agents.store.tenancy import ALL_TENANTS, tenant_scope
+from gateway.operations import OperationRunner
 from tests.helpers import eventually
 
 from .operation_gateway import NOT_RESUMABLE, ONCE, RESUMABLE, slow_gateway
@@ -146,3 +148,42 @@ async def test_an_end_the_database_did_not_take_is_written_at_a_later_heartbeat(
                                              created_by="test")  # fmt: skip
         ops = await _all_finished(pool, [op.id])
     assert refused == [op.id] and ops[op.id]["status"] == "succeeded"  # not left running
+
+
+async def test_finished_operations_past_their_keep_are_deleted_with_their_history_and_key(
+    pool: asyncpg.Pool,
+) -> None:
+    """Unfinished operations are kept however old; a deleted one's idempotency key is free again."""
+    key = uuid.uuid4().hex
+    async with tenant_scope(pool, ALL_TENANTS) as conn:
+        made = {
+            name: (await create_operation(conn, kind="test.prune", target=name, tenant="acme", request={},
+                                          created_by="test", owner="elsewhere",
+                                          idempotency_key=key if name == "old" else None))[0].id
+            for name in ("old", "old-unfinished", "recent")
+        }  # fmt: skip
+        await conn.execute(
+            """UPDATE operations SET status = 'succeeded', finished_at = now() - interval '40 days',
+                                     created_at = now() - interval '41 days' WHERE id = $1""",
+            made["old"],
+        )
+        await conn.execute(
+            "UPDATE operations SET created_at = now() - interval '90 days' WHERE id = $1",
+            made["old-unfinished"],
+        )
+        await conn.execute(
+            "UPDATE operations SET status = 'failed', finished_at = now() - interval '1 day' WHERE id = $1",
+            made["recent"],
+        )
+    runner = OperationRunner(pool, "pruner", keep_s=30 * 86400.0)
+    assert await runner.prune() >= 1
+    ops = await _operations(pool, list(made.values()))
+    assert set(ops) == {made["old-unfinished"], made["recent"]}
+    async with tenant_scope(pool, ALL_TENANTS) as conn:
+        events = "SELECT count(*) FROM operation_events WHERE operation_id = $1"
+        assert await conn.fetchval(events, made["old"]) == 0
+        again, new = await create_operation(conn, kind="test.prune", target="old", tenant="acme",
+                                            request={}, created_by="test", owner="elsewhere",
+                                            idempotency_key=key)  # fmt: skip
+    assert new and again.id != made["old"]
+    assert await runner.prune() == 0  # nothing else is past its keep
