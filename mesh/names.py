@@ -27,6 +27,7 @@ __all__ = [
     "BUCKET_RUNS",
     "BUCKET_SCHEDULES",
     "BUCKET_SLOTS",
+    "OBJECTS_PACKAGES",
     "CONSUMER_BILLING_RECORDER",
     "CONSUMER_DLQ_MOVER",
     "CONSUMER_RECORDER",
@@ -84,6 +85,7 @@ BUCKET_BREAKERS: Final = "af_breakers"  # fleet-wide circuit breakers, per agent
 BUCKET_BUDGETS: Final = "af_budgets"  # budgets and quotas: definitions, and which are spent
 BUCKET_SLOTS: Final = "af_slots"  # concurrency quotas: who holds each limited scope's slots
 BUCKET_CANARY_METRICS: Final = "af_canary_metrics"  # per agent version: counts, errors, percentiles
+OBJECTS_PACKAGES: Final = "af_packages"  # object store: the hub's package archives (agents.hub)
 STREAM_CHANNELS: Final = "AF_CHANNELS"  # durable channels: af.ch.<channel>
 DURABLE_CHANNEL_PREFIX: Final = "af.ch"
 EPHEMERAL_CHANNEL_PREFIX: Final = "af.eph"
@@ -220,6 +222,14 @@ def config_key(agent: str, tenant: str | None = None) -> str:
     override) in ``af_config``, escaped as :func:`version_key`."""
     key = CONFIG_PREFIX + agent
     return key if tenant is None else f"{key}.{_kv_escaped(tenant)}"
+
+
+def package_object(name: str, version: str, tenant: str | None, digest: str) -> str:
+    """The object of a hub package version in :data:`OBJECTS_PACKAGES`: public ones
+    under ``public/``, a tenant's private ones under its name; named by its digest
+    too, so a second upload of one version never replaces the first's archive."""
+    scope = "public" if tenant is None else f"tenant.{tenant}"
+    return f"{scope}/{name}/{version}/{digest[:32]}.glpack"
 
 
 def kv_stream(bucket: str) -> str:

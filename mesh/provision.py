@@ -20,13 +20,14 @@ from nats.js import JetStreamContext
 from nats.js.api import (
     DiscardPolicy,
     KeyValueConfig,
+    ObjectStoreConfig,
     RetentionPolicy,
     StorageType,
     StreamConfig,
     StreamSource,
     SubjectTransform,
 )
-from nats.js.errors import BadRequestError, NotFoundError, ServiceUnavailableError
+from nats.js.errors import BadRequestError, BucketNotFoundError, NotFoundError, ServiceUnavailableError
 
 from mesh import names
 
@@ -315,6 +316,14 @@ async def provision(js: JetStreamContext, cfg: ProvisionConfig | None = None) ->
             log.info("created KV bucket %s", bucket.bucket)
     await ensure_direct_gets(js, names.BUCKET_CONFIG)
     await ensure_run_projection(js)
+    try:
+        await js.object_store(names.OBJECTS_PACKAGES)
+    except (BucketNotFoundError, NotFoundError):
+        store = names.OBJECTS_PACKAGES
+        config = ObjectStoreConfig(bucket=store, storage=StorageType.FILE, replicas=cfg.replicas,
+                                   description="The hub's package archives (agents.hub)")  # fmt: skip
+        await placed(functools.partial(js.create_object_store, store, config), f"object store {store}")
+        log.info("created object store %s", store)
 
 
 async def ensure_direct_gets(js: JetStreamContext, bucket: str) -> None:

@@ -12,6 +12,7 @@ from gateway.api.channels import routes as channel_routes
 from gateway.api.config import routes as config_routes
 from gateway.api.costs import routes as cost_routes
 from gateway.api.docs import routes as docs_routes
+from gateway.api.hub import routes as hub_routes
 from gateway.api.lifecycle import lifecycle_kinds
 from gateway.api.lifecycle import routes as lifecycle_routes
 from gateway.api.middleware import access_middleware, rate_limit_middleware
@@ -57,6 +58,7 @@ def create_app(services: Services, auth: bool) -> web.Application:
     app.add_routes(cost_routes)
     app.add_routes(breaker_routes)
     app.add_routes(canary_routes)
+    app.add_routes(hub_routes)
     app.add_routes(docs_routes)
     app.add_routes(token_routes)
     app.add_routes(operation_routes)
