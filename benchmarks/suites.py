@@ -19,6 +19,7 @@ from benchmarks.api import bench_api
 from benchmarks.config_reload import bench_config
 from benchmarks.fsync import bench_fsync
 from benchmarks.harness import nats_nodes, say, servers
+from benchmarks.hub import bench_hub
 from benchmarks.messaging import bench_messaging
 from benchmarks.processor_breaker import bench_breaker
 from benchmarks.processor_canary import bench_canary
@@ -124,6 +125,11 @@ async def _config(opts: BenchOptions) -> dict[str, Any]:
         return await bench_config(env.nats.url, opts.count or 200)
 
 
+async def _hub(opts: BenchOptions) -> dict[str, Any]:
+    async with servers(postgres=True) as env:
+        return await bench_hub(env, opts.rounds, opts.count or 500)
+
+
 SUITES: dict[str, Callable[[BenchOptions], Awaitable[dict[str, Any]]]] = {
     "skeleton": _skeleton,
     "queue": _queue,
@@ -135,6 +141,7 @@ SUITES: dict[str, Callable[[BenchOptions], Awaitable[dict[str, Any]]]] = {
     "processors": _processors,
     "api": _api,
     "config": _config,
+    "hub": _hub,
 }
 
 #: The suites that run on a cluster when asked (``--cluster N``); the others run on one server.

@@ -322,6 +322,7 @@ def _sandbox_line(sandbox: dict[str, Any]) -> str:
 # benchmarks.suites.SUITES's names (not imported here: it loads the whole platform).
 BENCH_SUITES = (
     "skeleton", "queue", "messaging", "streams", "fsync", "scaling", "sandbox", "processors", "api", "config",
+    "hub",
 )  # fmt: skip
 
 
@@ -377,6 +378,9 @@ def bench(suite: str, count: int | None, cluster: int, rounds: int, workers: tup
               process): p50/p99 paced at 1,000 requests/s, and the most it answers
     config    a config change's put-to-applied latency in 3 worker processes
               (p50/p99), against the raw KV message's arrival
+    hub       publish and download of 1 MB and 20 MB packages (MB/s) against
+              the raw object store put and chunk pull; search p99 over 1,000
+              indexed versions
     skeleton, messaging, streams: see the README
     all       the suites `make bench` holds to targets (skeleton to streams)
 
@@ -386,6 +390,7 @@ def bench(suite: str, count: int | None, cluster: int, rounds: int, workers: tup
     agent-factory bench fsync --cluster 3
     agent-factory bench scaling --cluster 3 --workers 1,2,4
     agent-factory bench config --json
+    agent-factory bench hub --json
     """
     from benchmarks.suites import CLUSTER_SUITES, BenchOptions, run_benchmarks  # noqa: PLC0415 (start-up time)
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg
+from nats.aio.client import Client
 from nats.js import JetStreamContext
 
 from agents.store.hub_index import (
@@ -47,10 +48,10 @@ class Published:
 
 
 class Hub:
-    """The hub of one platform: ``pool`` (its index), ``js`` (its archives)."""
+    """The hub of one platform: ``pool`` (its index), ``nc``/``js`` (its archives)."""
 
-    def __init__(self, pool: asyncpg.Pool, js: JetStreamContext) -> None:
-        self.pool, self.js = pool, js
+    def __init__(self, pool: asyncpg.Pool, nc: Client, js: JetStreamContext) -> None:
+        self.pool, self.nc, self.js = pool, nc, js
 
     async def publish(
         self, archive: bytes, what: Published, *, tenant: str | None, publisher: str
@@ -82,7 +83,7 @@ class Hub:
         """``name`` ``version`` as ``tenant`` sees it, and its archive, checked against its digest."""
         async with tenant_scope(self.pool, tenant) as conn:
             package = await get_package(conn, name, version)
-        data = await get_blob(self.js, names.OBJECTS_PACKAGES, package.object, package.digest)
+        data = await get_blob(self.nc, self.js, names.OBJECTS_PACKAGES, package.object, package.digest)
         async with tenant_scope(self.pool, ALL_TENANTS) as conn:
             await count_download(conn, package)
         return package, data

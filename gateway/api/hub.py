@@ -49,7 +49,7 @@ class PackageList(BaseModel):
 
 def _hub(request: web.Request) -> Hub:
     svc: Services = request.app[SERVICES]
-    return Hub(svc.pool, svc.js)
+    return Hub(svc.pool, svc.nc, svc.js)
 
 
 def _name_version(request: web.Request) -> tuple[str, str]:

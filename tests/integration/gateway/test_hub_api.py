@@ -12,6 +12,7 @@ from typing import Any
 import asyncpg
 import pytest
 from aiohttp.test_utils import TestClient
+from nats.aio.client import Client
 from nats.js import JetStreamContext
 
 from agents.hub import Hub, Published
@@ -33,11 +34,11 @@ async def _token(api: TestClient[Any, Any], scope: str, tenant: str) -> dict[str
 
 
 async def test_tenants_find_public_packages_and_their_own_and_download_checked_archives(
-    api: TestClient[Any, Any], pool: asyncpg.Pool, mesh_js: JetStreamContext
+    api: TestClient[Any, Any], pool: asyncpg.Pool, nc: Client, mesh_js: JetStreamContext
 ) -> None:
     acme, globex = unique("acme"), unique("globex")
     as_acme, as_globex = await _token(api, "reader", acme), await _token(api, "reader", globex)
-    hub, stem = Hub(pool, mesh_js), unique("ghg").replace("-", "")
+    hub, stem = Hub(pool, nc, mesh_js), unique("ghg").replace("-", "")
     public = f"{stem}-public"
     private = f"{stem}-private"
     await hub.publish(b"public 1", Published(public, "1.0.0", "Public emissions"), tenant=None, publisher="t")

@@ -10,10 +10,12 @@ import os
 
 import asyncpg
 import pytest
+from nats.aio.client import Client
 from nats.js import JetStreamContext
 from nats.js.errors import ObjectNotFoundError
 
 import agents.hub.catalog
+import mesh.blobs
 from agents.hub import Hub, PackageExists, PackageNotFound, Published
 from agents.store.hub_index import yank_package
 from agents.store.tenancy import ALL_TENANTS, tenant_scope
@@ -27,9 +29,9 @@ def _pkg(name: str, version: str = "1.0.0", **what: object) -> Published:
 
 
 async def test_a_tenant_sees_public_packages_and_its_own_only(
-    app: asyncpg.Pool, mesh_js: JetStreamContext
+    app: asyncpg.Pool, nc: Client, mesh_js: JetStreamContext
 ) -> None:
-    hub, name = Hub(app, mesh_js), unique("scope")
+    hub, name = Hub(app, nc, mesh_js), unique("scope")
     acme, globex = unique("acme"), unique("globex")
     public = await hub.publish(b"public bytes", _pkg(name, "1.0.0"), tenant=None, publisher="admin")
     own = await hub.publish(b"acme bytes", _pkg(name, "1.1.0"), tenant=acme, publisher="acme-op")
@@ -59,9 +61,9 @@ async def test_a_tenant_sees_public_packages_and_its_own_only(
 
 
 async def test_a_version_is_published_once_and_a_refused_upload_leaves_the_first_archive(
-    app: asyncpg.Pool, mesh_js: JetStreamContext, monkeypatch: pytest.MonkeyPatch
+    app: asyncpg.Pool, nc: Client, mesh_js: JetStreamContext, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    hub, name = Hub(app, mesh_js), unique("once")
+    hub, name = Hub(app, nc, mesh_js), unique("once")
     await hub.publish(b"first", _pkg(name), tenant=None, publisher="admin")
     with pytest.raises(PackageExists, match="publish a new version"):
         await hub.publish(b"second", _pkg(name), tenant=None, publisher="admin")
@@ -82,9 +84,9 @@ async def _none(conn: asyncpg.Connection, name: str) -> list[object]:
 
 
 async def test_an_archive_replaced_in_the_object_store_is_refused_not_served(
-    app: asyncpg.Pool, mesh_js: JetStreamContext
+    app: asyncpg.Pool, nc: Client, mesh_js: JetStreamContext
 ) -> None:
-    hub, name = Hub(app, mesh_js), unique("tampered")
+    hub, name = Hub(app, nc, mesh_js), unique("tampered")
     big = os.urandom(3 * 1024 * 1024 + 17)  # several chunks
     package = await hub.publish(big, _pkg(name), tenant=None, publisher="admin")
     assert (await hub.download(name, "1.0.0", tenant=None))[1] == big
@@ -94,9 +96,9 @@ async def test_an_archive_replaced_in_the_object_store_is_refused_not_served(
 
 
 async def test_search_by_words_prefix_and_tags_newest_version_and_no_yanked(
-    app: asyncpg.Pool, mesh_js: JetStreamContext
+    app: asyncpg.Pool, nc: Client, mesh_js: JetStreamContext
 ) -> None:
-    hub, acme = Hub(app, mesh_js), unique("acme")
+    hub, acme = Hub(app, nc, mesh_js), unique("acme")
     stem = unique("scope3").replace("-", "")
     fuel, grid, other = f"{stem}-fuel", f"{stem}-grid", f"{stem}-private"
     fuel_says = {"description": "Fuel combustion emissions", "tags": ["ghg", "scope1"]}
@@ -120,3 +122,20 @@ async def test_search_by_words_prefix_and_tags_newest_version_and_no_yanked(
     ]
     # yanked: still downloadable by its exact version
     assert (await hub.download(fuel, "1.2.0", tenant=acme))[1] == b"f2"
+
+
+async def test_an_archive_missing_a_chunk_is_refused(
+    app: asyncpg.Pool, nc: Client, mesh_js: JetStreamContext, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(mesh.blobs, "READ_PATIENCE_S", 0.5)
+    hub, name = Hub(app, nc, mesh_js), unique("holed")
+    package = await hub.publish(os.urandom(600 * 1024), _pkg(name), tenant=None, publisher="admin")
+    store = await mesh_js.object_store(names.OBJECTS_PACKAGES)
+    info = await store.get_info(package.object)
+    stream = f"OBJ_{names.OBJECTS_PACKAGES}"
+    second = await mesh_js.get_msg(
+        stream, seq=1, subject=f"$O.{names.OBJECTS_PACKAGES}.C.{info.nuid}", next=True
+    )
+    await mesh_js.delete_msg(stream, (second.seq or 0) + 1)  # the second of its five chunks
+    with pytest.raises(BlobCorrupt, match="4 of its 5 chunks"):
+        await hub.download(name, "1.0.0", tenant=None)
