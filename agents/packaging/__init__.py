@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 from mesh.lazy import lazy_exports
 
 if TYPE_CHECKING:
+    from agents.packaging.archive import pack, pack_bytes
     from agents.packaging.errors import (
         ArchiveRefused,
         BreakingChangeWithoutMajorBump,
@@ -31,6 +32,8 @@ if TYPE_CHECKING:
         SignatureRefused,
         VersionExists,
     )
+    from agents.packaging.extract import ExtractLimits, InstalledPack, verify, verify_and_extract
+    from agents.packaging.signing import TrustPolicies, TrustPolicy, keygen, load_private_key, load_public_key
     from agents.packaging.spec import PackSpec, load_spec, parse_spec
     from agents.packaging.versions import InvalidVersion, VersionRange, parse_version
 
@@ -39,20 +42,42 @@ __all__ = [
     "BreakingChangeWithoutMajorBump",
     "DependencyConflict",
     "DependencyCycle",
+    "ExtractLimits",
+    "InstalledPack",
     "InvalidVersion",
     "PackSpec",
     "PackSpecError",
     "PackTooLarge",
     "PackagingError",
     "SignatureRefused",
+    "TrustPolicies",
+    "TrustPolicy",
     "VersionExists",
     "VersionRange",
+    "keygen",
+    "load_private_key",
+    "load_public_key",
     "load_spec",
+    "pack",
+    "pack_bytes",
     "parse_spec",
     "parse_version",
+    "verify",
+    "verify_and_extract",
 ]
 
 _WHERE = {
+    "pack": "agents.packaging.archive",
+    "pack_bytes": "agents.packaging.archive",
+    "ExtractLimits": "agents.packaging.extract",
+    "InstalledPack": "agents.packaging.extract",
+    "verify": "agents.packaging.extract",
+    "verify_and_extract": "agents.packaging.extract",
+    "TrustPolicies": "agents.packaging.signing",
+    "TrustPolicy": "agents.packaging.signing",
+    "keygen": "agents.packaging.signing",
+    "load_private_key": "agents.packaging.signing",
+    "load_public_key": "agents.packaging.signing",
     "ArchiveRefused": "agents.packaging.errors",
     "BreakingChangeWithoutMajorBump": "agents.packaging.errors",
     "DependencyConflict": "agents.packaging.errors",

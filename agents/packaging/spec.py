@@ -35,6 +35,8 @@ from mesh.names import AGENT_KEY_RE
 
 __all__ = [
     "MAX_DEPTH",
+    "AgentName",
+    "SemVerText",
     "MAX_SPEC_BYTES",
     "SPEC_FILE",
     "Metadata",
@@ -71,6 +73,14 @@ def _entry_point(entry: str) -> str:
     return entry
 
 
+def _semver(version: str) -> str:
+    try:
+        parse_version(version)
+    except InvalidVersion as exc:
+        raise ValueError(str(exc)) from None
+    return version
+
+
 def _range(text: str) -> str:
     try:
         VersionRange.parse(text)
@@ -89,6 +99,7 @@ def _requirement(req: str) -> str:
 
 
 AgentName = Annotated[str, AfterValidator(_agent_key)]
+SemVerText = Annotated[str, AfterValidator(_semver)]
 EntryPoint = Annotated[str, AfterValidator(_entry_point)]
 RangeText = Annotated[str, AfterValidator(_range)]
 Requirement = Annotated[str, AfterValidator(_requirement)]
@@ -129,7 +140,7 @@ class PackSpec(_Block):
 
     spec_version: Literal[1] = Field(description="the format of this file; 1 today")
     name: AgentName = Field(description="the agent key: lowercase letters, digits, '-'")
-    version: str = Field(description="SemVer, e.g. 1.4.0")
+    version: SemVerText = Field(description="SemVer, e.g. 1.4.0")
     description: str = Field(default="", max_length=2000)
     type: Literal["deterministic", "reasoning", "insight"]
     entry_point: EntryPoint = Field(description="module:Class of the Agent subclass")
@@ -144,15 +155,6 @@ class PackSpec(_Block):
     network: bool = False
     resilience: Resilience = Resilience()
     metadata: Metadata = Metadata()
-
-    @field_validator("version")
-    @classmethod
-    def _version(cls, version: str) -> str:
-        try:
-            parse_version(version)
-        except InvalidVersion as exc:
-            raise ValueError(str(exc)) from None
-        return version
 
     @field_validator("input_schema", "output_schema")
     @classmethod
