@@ -7,7 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from semver import Version
 
-from agents.packaging.versions import InvalidVersion, VersionRange, parse_version
+from agents.packaging.versions import InvalidVersion, VersionRange, parse_version, sort_key
 
 
 @pytest.mark.parametrize(
@@ -82,3 +82,15 @@ def test_caret_is_the_same_major_at_or_above_for_1_and_later(base: Version, cand
 def test_tilde_is_the_same_minor_at_or_above(base: Version, candidate: Version) -> None:
     expected = candidate >= base and candidate.major == base.major and candidate.minor == base.minor
     assert VersionRange.parse(f"~{base}").contains(candidate) == expected
+
+
+_prerelease = st.lists(
+    st.one_of(st.integers(0, 30).map(str), st.sampled_from(["alpha", "beta", "rc", "a1"])), max_size=3
+)
+_any_versions = st.builds(lambda v, pre: v.replace(prerelease=".".join(pre) or None), _versions, _prerelease)
+
+
+@given(a=_any_versions, b=_any_versions)
+def test_the_sort_key_orders_versions_as_semver_does(a: Version, b: Version) -> None:
+    assert (sort_key(a) < sort_key(b)) == (a < b)
+    assert (sort_key(a) == sort_key(b)) == (a.compare(b) == 0)
