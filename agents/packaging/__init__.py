@@ -10,6 +10,9 @@ Pack an agent's directory and check what comes back::
 
 The same tree always gives the same bytes; an archive is extracted only once
 its manifest, every checksum and (when present or required) its signature hold.
+Dependencies between agents are resolved (:func:`resolve`), ordered
+(:class:`DependencyGraph`), and a new version's schemas are checked against
+the old one's (:func:`schema_breaks`, :func:`check_bump`).
 docs/packaging.md says what each check refuses.
 """
 
@@ -21,6 +24,7 @@ from mesh.lazy import lazy_exports
 
 if TYPE_CHECKING:
     from agents.packaging.archive import pack, pack_bytes
+    from agents.packaging.compat import Break, check_bump, input_breaks, output_breaks, schema_breaks
     from agents.packaging.errors import (
         ArchiveRefused,
         BreakingChangeWithoutMajorBump,
@@ -33,15 +37,19 @@ if TYPE_CHECKING:
         VersionExists,
     )
     from agents.packaging.extract import ExtractLimits, InstalledPack, verify, verify_and_extract
+    from agents.packaging.graph import DependencyGraph
+    from agents.packaging.resolver import Resolution, resolve
     from agents.packaging.signing import TrustPolicies, TrustPolicy, keygen, load_private_key, load_public_key
     from agents.packaging.spec import PackSpec, load_spec, parse_spec
     from agents.packaging.versions import InvalidVersion, VersionRange, parse_version
 
 __all__ = [
     "ArchiveRefused",
+    "Break",
     "BreakingChangeWithoutMajorBump",
     "DependencyConflict",
     "DependencyCycle",
+    "DependencyGraph",
     "ExtractLimits",
     "InstalledPack",
     "InvalidVersion",
@@ -49,24 +57,38 @@ __all__ = [
     "PackSpecError",
     "PackTooLarge",
     "PackagingError",
+    "Resolution",
     "SignatureRefused",
     "TrustPolicies",
     "TrustPolicy",
     "VersionExists",
     "VersionRange",
+    "check_bump",
+    "input_breaks",
     "keygen",
     "load_private_key",
     "load_public_key",
     "load_spec",
+    "output_breaks",
     "pack",
     "pack_bytes",
     "parse_spec",
     "parse_version",
+    "resolve",
+    "schema_breaks",
     "verify",
     "verify_and_extract",
 ]
 
 _WHERE = {
+    "Break": "agents.packaging.compat",
+    "check_bump": "agents.packaging.compat",
+    "input_breaks": "agents.packaging.compat",
+    "output_breaks": "agents.packaging.compat",
+    "schema_breaks": "agents.packaging.compat",
+    "DependencyGraph": "agents.packaging.graph",
+    "Resolution": "agents.packaging.resolver",
+    "resolve": "agents.packaging.resolver",
     "pack": "agents.packaging.archive",
     "pack_bytes": "agents.packaging.archive",
     "ExtractLimits": "agents.packaging.extract",
