@@ -26,6 +26,8 @@ from typing import Final
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from agents.packaging.derive import DERIVED_INPUT, DERIVED_OUTPUT, schema_bytes
+from agents.packaging.derive import derive_schemas as derive_schemas_of
 from agents.packaging.errors import PackagingError, PackTooLarge
 from agents.packaging.manifest import MANIFEST, SIGNATURE, FileEntry, Manifest
 from agents.packaging.signing import sign
@@ -53,10 +55,13 @@ def pack(
     ignore: Iterable[str] = DEFAULT_IGNORE,
     max_bytes: int = MAX_PACK_BYTES,
     output: Path | None = None,
+    derive_schemas: bool = False,
 ) -> Path:
     """Write ``<name>-<version>.glpack`` of ``tree`` into ``out_dir`` (default: the
     current directory), or to ``output``; the file appears whole or not at all."""
-    data, spec = pack_bytes(tree, signing_key=signing_key, ignore=ignore, max_bytes=max_bytes)
+    data, spec = pack_bytes(
+        tree, signing_key=signing_key, ignore=ignore, max_bytes=max_bytes, derive_schemas=derive_schemas
+    )
     target = output or (out_dir or Path.cwd()) / f"{spec.name}-{spec.version}{SUFFIX}"
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
@@ -77,18 +82,24 @@ def pack_bytes(
     signing_key: Ed25519PrivateKey | None = None,
     ignore: Iterable[str] = DEFAULT_IGNORE,
     max_bytes: int = MAX_PACK_BYTES,
+    derive_schemas: bool = False,
 ) -> tuple[bytes, PackSpec]:
-    """The archive's bytes and the spec it was built from."""
+    """The archive's bytes and the spec it was built from. ``derive_schemas``: render the
+    schemas the spec does not name from the entry point's models (:mod:`agents.packaging.derive`)."""
     tree = tree.resolve()
     spec = load_spec(tree)
-    files = sorted(_collect(tree, tuple(ignore)))
-    total = sum(path.stat().st_size for _, path in files)
+    files: list[tuple[str, Path | bytes]] = list(_collect(tree, tuple(ignore)))
+    names = {rel for rel, _ in files}
+    for declared in (spec.input_schema, spec.output_schema):
+        if declared is not None and declared not in names:
+            raise PackagingError(f"{tree / SPEC_FILE}: schema {declared!r} is not a file of the pack")
+    if derive_schemas and (spec.input_schema is None or spec.output_schema is None):
+        files.extend(_derived(tree, spec, names))
+    files.sort(key=lambda item: item[0])
+    total = sum(len(f) if isinstance(f, bytes) else f.stat().st_size for _, f in files)
     if total > max_bytes:
         raise PackTooLarge(f"{tree}: {total} bytes of files, over the {max_bytes}-byte cap of a pack")
-    for declared in (spec.input_schema, spec.output_schema):
-        if declared is not None and declared not in {rel for rel, _ in files}:
-            raise PackagingError(f"{tree / SPEC_FILE}: schema {declared!r} is not a file of the pack")
-    entries = {rel: _entry(path) for rel, path in files}
+    entries = {rel: _entry(f) for rel, f in files}
     manifest = Manifest(name=spec.name, version=spec.version, files=entries).to_bytes()
 
     raw = io.BytesIO()
@@ -100,10 +111,27 @@ def pack_bytes(
         if signing_key is not None:
             signature = sign(manifest, signing_key)
             _add(tar, SIGNATURE, io.BytesIO(signature), len(signature), executable=False)
-        for rel, path in files:
-            with path.open("rb") as fh:
+        for rel, source in files:
+            if isinstance(source, bytes):
+                _add(tar, rel, io.BytesIO(source), entries[rel].size, executable=False)
+                continue
+            with source.open("rb") as fh:
                 _add(tar, rel, fh, entries[rel].size, executable=entries[rel].executable)
     return raw.getvalue(), spec
+
+
+def _derived(tree: Path, spec: PackSpec, names: set[str]) -> Iterator[tuple[str, bytes]]:
+    input_schema, output_schema = derive_schemas_of(tree, spec.entry_point)
+    for declared, path, schema in (
+        (spec.input_schema, DERIVED_INPUT, input_schema),
+        (spec.output_schema, DERIVED_OUTPUT, output_schema),
+    ):
+        if declared is None:
+            if path in names:
+                raise PackagingError(
+                    f"{path} exists but {SPEC_FILE} does not name it: name it, or remove it to derive it"
+                )
+            yield path, schema_bytes(schema)
 
 
 def _collect(tree: Path, ignore: tuple[str, ...]) -> Iterator[tuple[str, Path]]:
@@ -130,14 +158,16 @@ def _ignored(name: str, ignore: tuple[str, ...]) -> bool:
     return any(fnmatch.fnmatchcase(name, pattern) for pattern in ignore)
 
 
-def _entry(path: Path) -> FileEntry:
+def _entry(source: Path | bytes) -> FileEntry:
+    if isinstance(source, bytes):
+        return FileEntry(sha256=hashlib.sha256(source).hexdigest(), size=len(source))
     digest = hashlib.sha256()
     size = 0
-    with path.open("rb") as fh:
+    with source.open("rb") as fh:
         while chunk := fh.read(_CHUNK):
             digest.update(chunk)
             size += len(chunk)
-    return FileEntry(sha256=digest.hexdigest(), size=size, executable=bool(path.stat().st_mode & 0o111))
+    return FileEntry(sha256=digest.hexdigest(), size=size, executable=bool(source.stat().st_mode & 0o111))
 
 
 def _add(tar: tarfile.TarFile, name: str, content: io.BufferedIOBase | io.BytesIO, size: int,

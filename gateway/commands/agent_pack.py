@@ -46,8 +46,13 @@ def _one_line_errors() -> Iterator[None]:
     "-f", "--file", "target", type=click.Path(dir_okay=False, path_type=Path),
     help="Write the archive here [default: ./<name>-<version>.glpack].",
 )  # fmt: skip
+@click.option(
+    "--derive-schemas", is_flag=True,
+    help="Render the schemas agent.pack.yaml does not name from the entry point's Input/Output models "
+    "(imports the agent's module in a child Python) as schemas/input.json and schemas/output.json.",
+)  # fmt: skip
 @output_option
-def pack(directory: Path, key: Path | None, target: Path | None, output: str) -> None:
+def pack(directory: Path, key: Path | None, target: Path | None, derive_schemas: bool, output: str) -> None:
     """Pack DIRECTORY (default: .), which holds agent.pack.yaml, into a .glpack.
 
     \b
@@ -59,7 +64,7 @@ def pack(directory: Path, key: Path | None, target: Path | None, output: str) ->
     """
     with _one_line_errors():
         signing_key = load_private_key(key) if key is not None else None
-        written = pack_tree(directory, signing_key=signing_key, output=target)
+        written = pack_tree(directory, signing_key=signing_key, output=target, derive_schemas=derive_schemas)
         result = verify(written, TrustPolicy())
     data = {
         "file": str(written),

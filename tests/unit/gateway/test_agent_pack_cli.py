@@ -11,6 +11,7 @@ import pytest
 from click.testing import CliRunner, Result
 
 from gateway.cli import cli
+from tests.helpers import DOUBLE_AGENT_MODULE
 from tests.unit.agents.packaging.conftest import write_tree
 
 
@@ -135,3 +136,17 @@ def test_every_pack_command_explains_itself() -> None:
         result = _run("agent", command, "--help")
         assert result.exit_code == 0 and "Usage: agent-factory agent " + command in result.output
     assert "-f, --file" in _run("agent", "pack", "--help").output
+
+
+def test_pack_derive_schemas_flag_adds_the_models_schemas(tmp_path: Path) -> None:
+    tree = tmp_path / "src"
+    (tree / "mine").mkdir(parents=True)
+    (tree / "mine" / "__init__.py").write_text("")
+    (tree / "mine" / "agent.py").write_text(DOUBLE_AGENT_MODULE)
+    (tree / "agent.pack.yaml").write_text(
+        "spec_version: 1\nname: double\nversion: 0.1.0\ntype: deterministic\nentry_point: mine.agent:Double\n"
+    )
+    archive = tmp_path / "d.glpack"
+    result = _run("agent", "pack", str(tree), "--derive-schemas", "-f", str(archive), "-o", "json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["files"] == 5  # the pack file, two modules, two schemas

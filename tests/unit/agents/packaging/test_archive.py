@@ -7,6 +7,7 @@ import io
 import json
 import os
 import shutil
+import sys
 import tarfile
 from pathlib import Path
 
@@ -15,6 +16,7 @@ import pytest
 from agents.packaging.archive import pack, pack_bytes
 from agents.packaging.errors import PackagingError, PackSpecError, PackTooLarge
 from agents.packaging.signing import keygen, load_private_key
+from tests.helpers import DOUBLE_AGENT_MODULE
 
 
 def _members(data: bytes) -> list[tarfile.TarInfo]:
@@ -119,3 +121,41 @@ def test_pack_writes_to_the_output_path_it_is_given(tree: Path, tmp_path: Path) 
     out = pack(tree, output=tmp_path / "x" / "mine.glpack")
     assert out == tmp_path / "x" / "mine.glpack" and out.stat().st_size > 0
     assert [p.name for p in out.parent.iterdir()] == ["mine.glpack"]  # no temp file left
+
+
+def _agent_tree(root: Path) -> Path:
+    (root / "scope2").mkdir(parents=True)
+    (root / "scope2" / "__init__.py").write_text("")
+    (root / "scope2" / "agent.py").write_text(DOUBLE_AGENT_MODULE)
+    (root / "agent.pack.yaml").write_text(
+        "spec_version: 1\nname: double\nversion: 0.1.0\ntype: deterministic\n"
+        "entry_point: scope2.agent:Double\n"
+    )
+    return root
+
+
+def test_schemas_are_derived_from_the_entry_points_models_when_asked(tmp_path: Path) -> None:
+    tree = _agent_tree(tmp_path / "src")
+    data, _ = pack_bytes(tree, derive_schemas=True)
+    with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as tar:
+        schema = json.load(tar.extractfile("schemas/input.json"))  # type: ignore[arg-type]
+        assert "schemas/output.json" in tar.getnames()
+    assert schema["properties"]["value"]["type"] == "number"
+    assert pack_bytes(tree, derive_schemas=True)[0] == data  # still reproducible
+    assert "scope2" not in {name.split(".")[0] for name in sys.modules}  # imported in a child
+
+
+def test_schemas_are_not_derived_unless_asked(tmp_path: Path) -> None:
+    names = {m.name for m in _members(pack_bytes(_agent_tree(tmp_path / "src"))[0])}
+    assert "schemas/input.json" not in names
+
+
+def test_an_entry_point_that_does_not_import_is_named_when_deriving(tree: Path) -> None:
+    (tree / "agent.pack.yaml").write_text(
+        (tree / "agent.pack.yaml").read_text().replace("input_schema: schemas/input.json\n", "")
+    )
+    (tree / "schemas" / "input.json").unlink()
+    with pytest.raises(
+        PackagingError, match=r"cannot derive schemas from scope2.agent:PurchasedElectricity: .*has no"
+    ):
+        pack_bytes(tree, derive_schemas=True)
