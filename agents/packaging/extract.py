@@ -73,6 +73,7 @@ def verify_and_extract(
     try:
         manifest, manifest_bytes, signer = _extract_checked(archive, staging, policy, limits)
         spec = _spec_matching(staging, manifest)
+        staging.chmod(0o755)  # mkdtemp's 0700: sandboxed runs read the code under another uid
         target = dest_root / manifest.name / manifest.version
         target.parent.mkdir(exist_ok=True)
         try:
@@ -168,8 +169,14 @@ def _walk(
     seen: set[str] = set()
     while member is not None:
         _check_member(member, manifest, seen, limits)
-        tar.extract(member, staging, filter="data")
-        _check_content(staging / member.name, member.name, manifest)
+        try:
+            tar.extract(member, staging, filter="data")
+        except OSError as exc:  # e.g. "a" then "a/b.py": a file where a directory must be
+            raise ArchiveRefused(f"member {member.name!r} cannot be written: {exc.strerror}") from None
+        written = staging / member.name
+        _check_content(written, member.name, manifest)
+        # The modes installed are the manifest's (the signed ones), whatever the header said.
+        written.chmod(0o755 if manifest.files[member.name].executable else 0o644)
         seen.add(member.name)
         member = next(members, None)
     missing = sorted(set(manifest.files) - seen)

@@ -84,6 +84,7 @@ def test_a_good_pack_installs_under_name_and_version(tree: Path, tmp_path: Path)
     assert (installed.path / "scope2" / "agent.py").read_text().startswith("FACTOR")
     assert (installed.path / "run.sh").stat().st_mode & 0o100
     assert (installed.path / "MANIFEST.json").exists() and installed.signer is None
+    assert installed.path.stat().st_mode & 0o777 == 0o755
     assert installed.spec.entry_point == "scope2.agent:PurchasedElectricity"
     assert sorted(p.name for p in (tmp_path / "agents").iterdir()) == ["scope2-electricity"]  # no staging
 
@@ -361,3 +362,28 @@ def test_the_total_cap_counts_inflated_bytes_across_members(tmp_path: Path) -> N
     assert verify_and_extract(
         archive, tmp_path / "ok", OPEN
     ).created  # the same archive under the default caps
+
+
+def test_a_member_under_a_name_that_is_a_file_is_refused_not_a_traceback(tmp_path: Path) -> None:
+    _refused(
+        _hostile(tmp_path, [("a", b"x"), ("a/b.py", b"y")]),
+        tmp_path / "agents",
+        r"'a/b.py' cannot be written",
+    )
+
+
+def test_installed_modes_are_the_manifests_whatever_the_headers_say(tmp_path: Path) -> None:
+    info = tarfile.TarInfo("tool.sh")
+    info.size, info.mode = 2, 0o6777  # setuid, setgid, world-writable
+    archive = tmp_path / "x.glpack"
+    manifest = _manifest({"agent.pack.yaml": SPEC, "tool.sh": b"hi"})
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w:gz") as tar:
+        for name, content in (("MANIFEST.json", manifest), ("agent.pack.yaml", SPEC)):
+            plain = tarfile.TarInfo(name)
+            plain.size = len(content)
+            tar.addfile(plain, io.BytesIO(content))
+        tar.addfile(info, io.BytesIO(b"hi"))
+    archive.write_bytes(raw.getvalue())
+    installed = verify_and_extract(archive, tmp_path / "agents", OPEN)
+    assert (installed.path / "tool.sh").stat().st_mode & 0o7777 == 0o644
