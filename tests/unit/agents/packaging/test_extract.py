@@ -7,9 +7,12 @@ import io
 import json
 import os
 import tarfile
+import tempfile
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from agents.packaging.archive import pack, pack_bytes
 from agents.packaging.errors import ArchiveRefused, SignatureRefused, VersionExists
@@ -387,3 +390,24 @@ def test_installed_modes_are_the_manifests_whatever_the_headers_say(tmp_path: Pa
     archive.write_bytes(raw.getvalue())
     installed = verify_and_extract(archive, tmp_path / "agents", OPEN)
     assert (installed.path / "tool.sh").stat().st_mode & 0o7777 == 0o644
+
+
+_names = st.from_regex(r"[a-z]{1,3}(/[a-z]{1,3}){0,2}\.txt", fullmatch=True)
+
+
+@settings(max_examples=25, deadline=None)
+@given(files=st.dictionaries(_names, st.binary(max_size=300), max_size=8))
+def test_any_tree_packs_and_installs_to_exactly_its_files(files: dict[str, bytes]) -> None:
+    with tempfile.TemporaryDirectory() as scratch:
+        root = Path(scratch)
+        (root / "src").mkdir()
+        (root / "src" / "agent.pack.yaml").write_bytes(SPEC)
+        for name, content in files.items():
+            (root / "src" / name).parent.mkdir(parents=True, exist_ok=True)
+            (root / "src" / name).write_bytes(content)
+        installed = verify_and_extract(pack(root / "src", root), root / "agents", OPEN)
+        got = {
+            p.relative_to(installed.path).as_posix(): p.read_bytes() for p in installed.path.rglob("*.txt")
+        }
+        assert got == files
+        assert set(installed.manifest.files) == {"agent.pack.yaml", *files}
