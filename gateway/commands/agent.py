@@ -16,13 +16,16 @@ _SLACK_S = 60.0  # a deploy's own time (warm-up), or on top of a drain
 
 @click.group()
 def agent() -> None:
-    """An agent's lifecycle: what runs it, whether it takes tasks, what happened to it.
+    """An agent's lifecycle: what runs it, whether it takes tasks, what happened to it;
+    and its package (.glpack), made and checked on this machine.
 
     \b
     agent-factory agent deploy fuel-combustion      # validate, warm up, RUNNING
     agent-factory agent status fuel-combustion      # versions, gate, what workers hold
     agent-factory agent retire fuel-combustion --drain-timeout 60
     agent-factory agent history fuel-combustion
+    agent-factory agent pack ./scope2 --sign release.key   # a reproducible .glpack
+    agent-factory agent verify scope2-electricity-1.4.0.glpack --trust release.pub
     """
 
 
@@ -173,3 +176,4 @@ def history(obj: Ctx, key: str, limit: int, before: int | None, output: str) -> 
 
 
 from gateway.commands import agent_inspect as _agent_inspect  # noqa: E402, F401  (registers `agent inspect`)
+from gateway.commands import agent_pack as _agent_pack  # noqa: E402, F401  (registers pack, keygen, verify, inspect-pack)
