@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import aiohttp
@@ -35,14 +36,34 @@ class ApiClient:
     async def __aexit__(self, *exc: object) -> None:
         await self._session.close()
 
-    async def request(self, method: str, path: str, json: Any = None) -> Any:
-        url = self.base_url + path
-        try:
-            async with self._session.request(method, url, json=json) as resp:
+    async def request(
+        self, method: str, path: str, json: Any = None, *, data: bytes | None = None,
+        content_type: str = "application/octet-stream",
+    ) -> Any:  # fmt: skip
+        """The JSON answer of one request; ``data``: a raw body (an upload) instead of ``json``."""
+        extra: dict[str, Any] = {"json": json} if data is None else {
+            "data": data, "headers": {"Content-Type": content_type}}  # fmt: skip
+        with self._reaching():
+            async with self._session.request(method, self.base_url + path, **extra) as resp:
                 body = await resp.json(content_type=None) if resp.content_length != 0 else None
                 if resp.status >= 400:
                     raise ApiError(_problem_text(resp.status, body), resp.status, body)
                 return body
+
+    async def download(self, path: str) -> tuple[bytes, dict[str, str]]:
+        """The raw body of a GET and its headers (a problem answer is an :class:`ApiError`)."""
+        with self._reaching():
+            async with self._session.get(self.base_url + path) as resp:
+                if resp.status >= 400:
+                    body = await resp.json(content_type=None) if resp.content_length != 0 else None
+                    raise ApiError(_problem_text(resp.status, body), resp.status, body)
+                return await resp.read(), dict(resp.headers)
+
+    @contextlib.contextmanager
+    def _reaching(self) -> Iterator[None]:
+        """A gateway that cannot be reached, or does not answer in time, in one line."""
+        try:
+            yield
         except aiohttp.ClientConnectorError as exc:
             raise ApiError(
                 f"cannot reach the gateway at {self.base_url} ({exc.os_error}); "

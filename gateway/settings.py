@@ -70,6 +70,17 @@ class Settings(BaseSettings):
         default=30.0, gt=0, le=3650,
         description="Finished operations (their history, their idempotency keys) are deleted after this",
     )  # fmt: skip
+    trust_policy_file: Path | None = Field(
+        default=None,
+        description="JSON of the packages' trust policy: {'default': {'require_signature', 'trusted_keys': "
+        "{key id: base64 public key}}, 'tenants': {tenant: policy}} (docs/hub.md); None: signatures optional",
+    )  # fmt: skip
+    hub_max_package_bytes: int = Field(
+        default=50 * 1024 * 1024, ge=1024, le=1 << 30, description="The largest .glpack the hub takes"
+    )
+    hub_test_timeout_s: float = Field(
+        default=120.0, gt=0, le=3600, description="How long a package's own tests may run at its publish"
+    )
     access_log: bool = Field(
         default=True, description="One JSON line per API request on stderr (logger gateway.access)"
     )

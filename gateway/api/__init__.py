@@ -12,6 +12,7 @@ from gateway.api.channels import routes as channel_routes
 from gateway.api.config import routes as config_routes
 from gateway.api.costs import routes as cost_routes
 from gateway.api.docs import routes as docs_routes
+from gateway.api.hub import hub_kinds
 from gateway.api.hub import routes as hub_routes
 from gateway.api.lifecycle import lifecycle_kinds
 from gateway.api.lifecycle import routes as lifecycle_routes
@@ -32,7 +33,7 @@ __all__ = ["SERVICES", "Services", "create_app", "operation_kinds"]
 
 def operation_kinds(services: Services) -> list[OperationKind]:
     """The long operations the API starts (``202``): each route module's kinds."""
-    return [*lifecycle_kinds(services), *dlq_kinds(services)]
+    return [*lifecycle_kinds(services), *dlq_kinds(services), *hub_kinds(services)]
 
 
 def create_app(services: Services, auth: bool) -> web.Application:

@@ -17,7 +17,7 @@ _SLACK_S = 60.0  # a deploy's own time (warm-up), or on top of a drain
 @click.group()
 def agent() -> None:
     """An agent's lifecycle: what runs it, whether it takes tasks, what happened to it;
-    and its package (.glpack), made and checked on this machine.
+    its package (.glpack), made and checked on this machine; and the Agent Hub.
 
     \b
     agent-factory agent deploy fuel-combustion      # validate, warm up, RUNNING
@@ -26,6 +26,9 @@ def agent() -> None:
     agent-factory agent history fuel-combustion
     agent-factory agent pack ./scope2 --sign release.key   # a reproducible .glpack
     agent-factory agent verify scope2-electricity-1.4.0.glpack --trust release.pub
+    agent-factory agent publish scope2-electricity-1.4.0.glpack    # checked, then in the hub
+    agent-factory agent search electricity --tag ghg
+    agent-factory agent fetch scope2-electricity@1.4.0
     """
 
 
@@ -175,5 +178,6 @@ def history(obj: Ctx, key: str, limit: int, before: int | None, output: str) -> 
         click.echo(f"(more: --before {data['next']})")
 
 
+from gateway.commands import agent_hub as _agent_hub  # noqa: E402, F401  (registers publish, search, versions, fetch)
 from gateway.commands import agent_inspect as _agent_inspect  # noqa: E402, F401  (registers `agent inspect`)
 from gateway.commands import agent_pack as _agent_pack  # noqa: E402, F401  (registers pack, keygen, verify, inspect-pack)
