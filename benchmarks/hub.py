@@ -11,6 +11,8 @@
 * **search**: ``searches`` queries one after another (words, a name prefix, a tag),
   as a tenant (row security on), over :data:`PACKAGES` indexed versions of
   :data:`PACKAGES` // 2 packages; ``search_p50_ms`` / ``search_p99_ms``.
+* **resolve**: a 100-agent graph with diamonds (:mod:`benchmarks.resolver`),
+  ``resolver_median_ms``.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from agents.store.hub_index import insert_package
 from agents.store.migrations import apply_migrations
 from agents.store.tenancy import app_pool, tenant_scope
 from benchmarks.harness import Servers, percentile, say
+from benchmarks.resolver import bench_resolver
 from mesh import names
 from mesh.provision import provision
 from mesh.wire.connection import connect, jetstream
@@ -59,6 +62,8 @@ async def bench_hub(env: Servers, rounds: int = 3, searches: int = 500) -> dict[
             result[f"{mb}mb"] = await _transfer(hub, js, mb, rounds)
         say(f"bench hub: search over {PACKAGES} indexed versions, {searches} queries …")
         result |= await _search(hub, pool, searches)
+        say("bench hub: resolving a 100-agent graph with diamonds, median of 20 …")
+        result |= bench_resolver(agents=100, rounds=20)
         return result
     finally:
         await pool.close()

@@ -48,7 +48,10 @@ TARGETS: dict[str, list[Target]] = {
         Target("workers", ">=", 3.0),
         Target("missed", "<", 1.0),
     ],
-    "hub": [Target("search_p99_ms", "<", 20.0)],  # issue 26: search over 1,000 indexed packages
+    "hub": [  # issue 26: search over 1,000 indexed packages; resolving 100 agents
+        Target("search_p99_ms", "<", 20.0),
+        Target("resolver_median_ms", "<", 100.0),
+    ],
 }
 
 
