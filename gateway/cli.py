@@ -31,6 +31,7 @@ from gateway.commands.channels import channels
 from gateway.commands.common import OUTPUTS, CliError, Ctx, _call, _emit, _run, output_option
 from gateway.commands.config import config
 from gateway.commands.costs import budget, costs, quota
+from gateway.commands.logs import logs
 from gateway.commands.ops import ops
 from gateway.commands.processors import processors
 from gateway.commands.queue import queue
@@ -180,9 +181,12 @@ async def _worker(nats_url: str, name: str, concurrency: int, keys: list[str] | 
                   sandboxed: bool = False) -> None:  # fmt: skip
     from agents.registry import load_registry  # noqa: PLC0415 (start-up time)
     from agents.runtime import worker_for  # noqa: PLC0415 (start-up time)
+    from gateway.telemetry import configure_logging, log_stream, tracing  # noqa: PLC0415 (start-up time)
     from gateway.worker_metrics import serve_worker_metrics  # noqa: PLC0415 (start-up time)
     from mesh.wire.connection import connect, jetstream  # noqa: PLC0415 (start-up time)
 
+    settings = Settings()
+    configure_logging(settings, name)
     registry = load_registry(os.environ.get("AF_AGENTS", ""))  # what `up` serves, passed down
     nc = await connect(nats_url, name=name)
     js = await jetstream(nc)
@@ -199,10 +203,11 @@ async def _worker(nats_url: str, name: str, concurrency: int, keys: list[str] | 
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     data_dir, host, port = metrics_at
-    async with serve_worker_metrics(data_dir, name, host, port):
-        await pool.start()
-        await stop.wait()
-        await pool.stop(drain_timeout=drain)
+    with tracing(settings, name):
+        async with log_stream(nc, name, settings), serve_worker_metrics(data_dir, name, host, port):
+            await pool.start()
+            await stop.wait()
+            await pool.stop(drain_timeout=drain)
     await nc.drain()
 
 
@@ -438,6 +443,7 @@ for _group in (
     tenant,
     ops,
     config,
+    logs,
 ):
     cli.add_command(_group)
 

@@ -8,6 +8,12 @@ OpenTelemetry SDK configured, or no span open) a fresh root trace id is minted
 at the first hop, so the chain is still one trace for whoever reads the
 headers downstream.
 
+Spans are recorded only once a process has chosen an SDK provider with
+:func:`use` (the gateway does, from ``AF_TRACE_*``; docs/observability.md):
+until then :func:`recording` is False and the hot paths open no span. The
+labels of the run a task handler serves (:data:`run_labels`) live here too, so
+a log line can name its run, agent and tenant wherever it is written.
+
 The format is exactly what OpenTelemetry's ``TraceContextTextMapPropagator``
 reads and writes; version-00 headers are parsed and written inline because
 this runs twice per message on the hot path. Any other version goes through
@@ -17,10 +23,10 @@ the propagator.
 from __future__ import annotations
 
 import random
-import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar, Token
+from dataclasses import dataclass
 from typing import Final
 
 from opentelemetry import context as otel_context
@@ -28,11 +34,11 @@ from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.trace import (
     NonRecordingSpan,
-    NoOpTracerProvider,
-    ProxyTracerProvider,
     SpanContext,
     SpanKind,
     TraceFlags,
+    Tracer,
+    TracerProvider,
     TraceState,
 )
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
@@ -41,13 +47,19 @@ __all__ = [
     "CORRELATION_HEADER",
     "TRACEPARENT",
     "TRACESTATE",
+    "RunLabels",
+    "current_ids",
     "enter",
     "extract",
     "handling",
     "inject",
     "leave",
     "outgoing",
+    "recording",
+    "run_labels",
     "trace_id_of",
+    "tracer",
+    "use",
 ]
 
 TRACEPARENT: Final = "traceparent"
@@ -55,7 +67,8 @@ TRACESTATE: Final = "tracestate"
 CORRELATION_HEADER: Final = "AF-Correlation-Id"
 
 _propagator: Final = TraceContextTextMapPropagator()
-_tracer = trace.get_tracer("agent_factory.mesh")
+TRACER_NAME: Final = "agent_factory"
+_tracer: Tracer = trace.get_tracer(TRACER_NAME)
 _EMPTY: Final = Context()
 _getrandbits = random.getrandbits
 _ZERO_SPAN: Final = "0" * 16
@@ -125,23 +138,56 @@ def trace_id_of(headers: Mapping[str, str] | None) -> str | None:
     return parts[1] if len(parts) == 4 else None
 
 
-def _recording() -> bool:
-    """True when an OpenTelemetry SDK is installed (spans are worth opening).
+def use(provider: TracerProvider | None) -> None:
+    """Record spans with ``provider`` from now on (None: stop recording).
 
-    Re-checked at most once a second: a provider is set once, at startup,
-    and this runs for every message handled.
+    Called once at a process's start by whoever chose the SDK (the gateway,
+    from settings), and by tests around a test. Kept here rather than read from
+    OpenTelemetry's global provider so that :func:`recording` is one global
+    read on the hot path, and so a test can undo it.
     """
-    global _sdk, _sdk_checked_at
-    now = time.monotonic()
-    if now - _sdk_checked_at > 1.0:
-        provider = trace.get_tracer_provider()
-        _sdk = not isinstance(provider, ProxyTracerProvider | NoOpTracerProvider)
-        _sdk_checked_at = now
+    global _tracer, _sdk
+    _tracer = (provider or trace.get_tracer_provider()).get_tracer(TRACER_NAME)
+    _sdk = provider is not None
+
+
+def recording() -> bool:
+    """True when spans are worth opening (a provider was given to :func:`use`)."""
     return _sdk
 
 
+def tracer() -> Tracer:
+    """The tracer of the provider given to :func:`use` (a no-op one before)."""
+    return _tracer
+
+
 _sdk = False
-_sdk_checked_at = -1e9
+
+
+@dataclass(frozen=True, slots=True)
+class RunLabels:
+    """The run a task handler serves, for the log lines written meanwhile."""
+
+    run_id: str
+    agent: str
+    tenant: str
+    correlation_id: str | None = None
+    attempt: int = 1
+
+
+run_labels: ContextVar[RunLabels | None] = ContextVar("af_run", default=None)
+
+
+def current_ids() -> tuple[str, str] | None:
+    """``(trace id, span id)`` in hex of what runs now (a recording span's, else the
+    trace context of the message being handled), or None; for log lines."""
+    span_context = trace.get_current_span().get_span_context()
+    if span_context.is_valid:
+        return f"{span_context.trace_id:032x}", f"{span_context.span_id:016x}"
+    incoming = _incoming.get()
+    if incoming is not None and len(incoming[0]) == 55:
+        return incoming[0][3:35], incoming[0][36:52]
+    return None
 
 
 Entered = tuple[object, object | None, "Token[tuple[str, str | None] | None] | None"]
@@ -156,7 +202,7 @@ def enter(headers: Mapping[str, str] | None, name: str) -> Entered:
     (same trace id, same parent), at the cost of a context variable.
     :func:`handling` is the ``with`` form.
     """
-    if not _recording():
+    if not _sdk:
         parent = headers.get(TRACEPARENT) if headers else None
         if parent is None:
             return None, None, None

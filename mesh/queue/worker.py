@@ -66,7 +66,7 @@ from nats.js.errors import APIError
 from pydantic import ValidationError
 from pydantic_core import to_json
 
-from mesh import names
+from mesh import names, trace
 from mesh.deadletters import AttemptError
 from mesh.envelope import (
     CONTENT_TYPE,
@@ -97,6 +97,7 @@ from mesh.queue.outcome import (
 )
 from mesh.queue.runs import ModelUsage, RunState, RunStatus, get_run_entry, run_key
 from mesh.queue.slots import ConcurrencyQuotas
+from mesh.queue.spans import Attempt, outcome_span
 from mesh.wire import protocol
 from mesh.wire.connection import through_outage
 from mesh.wire.publisher import Pipeline, parse_puback
@@ -201,6 +202,7 @@ class _InFlight:
     started: datetime | None = None  # when this attempt started (once decoded)
     shown: bool = False  # its running state is written (a progress report, a claim, or running long)
     wants_slot: bool = False  # its agent has a concurrency quota and it holds no slot yet (mesh.queue.slots)
+    traced: Attempt | None = None  # its spans, when this process records any (mesh.queue.spans)
 
 
 class TaskWorker:
@@ -923,7 +925,21 @@ class TaskWorker:
         except DecodeError as exc:
             await self._undecodable(lane, msg, exc)
             return
-        scopes = self.quotas.applicable(lane.agent, task.metadata.tenant) if self.quotas is not None else []
+        if not trace.recording():
+            await self._run_decoded(item, task, payload, started)
+            return
+        item.traced = Attempt(msg.headers, task, lane.agent, started)
+        try:
+            await self._run_decoded(item, task, payload, started)
+        finally:
+            item.traced.end()
+
+    async def _run_decoded(
+        self, item: _InFlight, task: Envelope, payload: dict[str, Any], started: datetime
+    ) -> None:
+        scopes = (
+            self.quotas.applicable(item.lane.agent, task.metadata.tenant) if self.quotas is not None else []
+        )
         if not scopes:
             await self._run_task(item, task, payload, started)
             return
@@ -987,9 +1003,14 @@ class TaskWorker:
             routing_key=task.metadata.routing_key, attempt=attempt,
             input=payload.get("input"), envelope=task, _report=report,
         )  # fmt: skip
+        if item.traced is not None:
+            item.traced.started(attempt, cfg.version)
         t0 = time.perf_counter()
         series = metrics.for_agent(lane.agent)
         series.wait.observe(max(0.0, waited))
+        labels = trace.run_labels.set(
+            trace.RunLabels(task.id, lane.agent, task.metadata.tenant, task.correlation_id, attempt)
+        )
         try:
             result = await handler(ctx)
         except asyncio.CancelledError:
@@ -1003,6 +1024,8 @@ class TaskWorker:
                 failing.usage = [ModelUsage.model_validate(u) for u in ctx.usage]
             await self._failed(cfg, item, task, failing, attempt, exc, expect)
             return
+        finally:
+            trace.run_labels.reset(labels)
         item.finishing = True
         series.run.observe(time.perf_counter() - t0)
         fresh = state is None and not generation  # no earlier attempt or replay to carry
@@ -1010,10 +1033,11 @@ class TaskWorker:
         if isinstance(outcome, ResultTooLarge):
             await self._failed(cfg, item, task, current_state(), attempt, outcome, expect)
             return
-        if expect == 0:  # the common case: no event yet, one publish and no lookup
-            recorded = await self._record_first(outcome, lane.agent, task)
-        else:
-            recorded = await self._record(outcome, lane.agent, task, expect)
+        with outcome_span(item.traced):
+            if expect == 0:  # the common case: no event yet, one publish and no lookup
+                recorded = await self._record_first(outcome, lane.agent, task)
+            else:
+                recorded = await self._record(outcome, lane.agent, task, expect)
         if recorded:
             self.completed += 1
             series.completed.inc()
@@ -1135,6 +1159,8 @@ class TaskWorker:
                          error_type=type(exc).__name__, retryable=retryable, replay=state.replay)
         )  # fmt: skip
         state.error = f"{type(exc).__name__}: {exc}"[:8000]
+        if item.traced is not None:
+            item.traced.failed(exc, will_retry=retryable and attempt < cfg.max_attempts)
         if retryable and attempt < cfg.max_attempts:
             state.status = RunStatus.QUEUED  # started already: no wait deadline any more
             if not await self._write_state_patiently(item, state):
@@ -1144,7 +1170,8 @@ class TaskWorker:
             metrics.TASKS_RETRIED.labels(lane.agent).inc()
             return
         reason = "permanent error" if not retryable else f"failed {attempt} attempts"
-        await self.dead_letter_task(msg, task, state, reason, expect=expect)
+        with outcome_span(item.traced):
+            await self.dead_letter_task(msg, task, state, reason, expect=expect)
         await self.pipeline.ack_sync(msg)
 
     async def _write_state_patiently(self, item: _InFlight, state: RunState) -> bool:
