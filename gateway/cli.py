@@ -361,10 +361,13 @@ def _worker_counts(ctx: click.Context, param: click.Parameter, value: str) -> tu
 @click.option("--quota", type=click.IntRange(min=1, max=10_000), default=None,
               help="queue: our agent under a fleet-wide concurrency quota of N (its slots claimed "
                    "and given back per task, docs/processors.md).")  # fmt: skip
+@click.option("--trace-ratio", type=click.FloatRange(0.0, 1.0), default=None, metavar="R",
+              help="queue: trace as production does, sampling R of the traces (0.1: 10 %), exported "
+                   "over OTLP/HTTP to a collector stub (docs/observability.md).")  # fmt: skip
 @click.option("--json", "as_json", is_flag=True,
               help="JSON on stdout: what bench prints in any case (progress goes to stderr).")  # fmt: skip
 def bench(suite: str, count: int | None, cluster: int, rounds: int, workers: tuple[int, ...],
-          sandboxed: bool, quota: int | None, as_json: bool) -> None:  # fmt: skip
+          sandboxed: bool, quota: int | None, trace_ratio: float | None, as_json: bool) -> None:  # fmt: skip
     """Benchmarks with the raw nats-py ceiling measured in the same run; prints JSON.
 
     \b
@@ -388,6 +391,7 @@ def bench(suite: str, count: int | None, cluster: int, rounds: int, workers: tup
     \b
     agent-factory bench queue --cluster 3 --json
     agent-factory bench queue --quota 256
+    agent-factory bench queue --trace-ratio 0.1 --json
     agent-factory bench fsync --cluster 3
     agent-factory bench scaling --cluster 3 --workers 1,2,4
     agent-factory bench config --json
@@ -400,10 +404,16 @@ def bench(suite: str, count: int | None, cluster: int, rounds: int, workers: tup
         )
     del as_json  # JSON is bench's only output; the flag lets a script say so
     tune_gc()  # as in `up` and `worker`; the raw nats-py ceiling runs under the same settings
-    for flag, given in (("--sandbox", sandboxed), ("--quota", quota)):
+    for flag, given in (
+        ("--sandbox", sandboxed),
+        ("--quota", quota),
+        ("--trace-ratio", trace_ratio is not None),
+    ):
         if given and suite != "queue":
             raise click.UsageError(f"{flag} applies to the queue suite")
-    options = BenchOptions(count, cluster, rounds, workers, sandbox=sandboxed, quota=quota)
+    options = BenchOptions(
+        count, cluster, rounds, workers, sandbox=sandboxed, quota=quota, trace_ratio=trace_ratio
+    )
     result = asyncio.run(run_benchmarks(suite, options))
     click.echo(json.dumps(result, indent=2))
 

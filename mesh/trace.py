@@ -26,8 +26,7 @@ import random
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar, Token
-from dataclasses import dataclass
-from typing import Final
+from typing import Final, NamedTuple
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
@@ -46,10 +45,12 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 __all__ = [
     "CORRELATION_HEADER",
     "TRACEPARENT",
+    "Entered",
     "TRACESTATE",
     "RunLabels",
     "current_ids",
     "enter",
+    "enter_unsampled",
     "extract",
     "handling",
     "inject",
@@ -57,9 +58,11 @@ __all__ = [
     "outgoing",
     "recording",
     "run_labels",
+    "sampled",
     "trace_id_of",
     "tracer",
     "use",
+    "wants_span",
 ]
 
 TRACEPARENT: Final = "traceparent"
@@ -90,8 +93,9 @@ def inject(headers: dict[str, str], correlation_id: str | None = None, root_id: 
         headers[CORRELATION_HEADER] = correlation_id
 
 
-def outgoing(root_id: str | None = None) -> tuple[str, str | None]:
-    """``(traceparent, tracestate)`` for a message sent now (see :func:`inject`)."""
+def outgoing(root_id: str | None = None, flags: str = "01") -> tuple[str, str | None]:
+    """``(traceparent, tracestate)`` for a message sent now (see :func:`inject`);
+    ``flags`` of a new root: ``00`` when :func:`wants_span` said no."""
     incoming = _incoming.get()
     if incoming is not None:  # inside a handler, no SDK: pass the sender's context on
         return incoming
@@ -100,10 +104,10 @@ def outgoing(root_id: str | None = None) -> tuple[str, str | None]:
         parent = f"00-{span_context.trace_id:032x}-{span_context.span_id:016x}-{span_context.trace_flags:02x}"
         return parent, span_context.trace_state.to_header() if span_context.trace_state else None
     if root_id is not None and len(root_id) == 32 and root_id[16:] != _ZERO_SPAN:
-        return f"00-{root_id}-{root_id[16:]}-01", None
+        return f"00-{root_id}-{root_id[16:]}-{flags}", None
     trace_id = _getrandbits(128) or 1
     span_id = _getrandbits(64) or 1
-    return f"00-{trace_id:032x}-{span_id:016x}-01", None
+    return f"00-{trace_id:032x}-{span_id:016x}-{flags}", None
 
 
 def extract(headers: Mapping[str, str] | None) -> Context:
@@ -138,17 +142,25 @@ def trace_id_of(headers: Mapping[str, str] | None) -> str | None:
     return parts[1] if len(parts) == 4 else None
 
 
-def use(provider: TracerProvider | None) -> None:
-    """Record spans with ``provider`` from now on (None: stop recording).
+def use(provider: TracerProvider | None, ratio: float = 1.0) -> None:
+    """Record spans with ``provider`` from now on (None: stop recording), starting
+    ``ratio`` of the new traces (the provider's sampler should say the same).
 
     Called once at a process's start by whoever chose the SDK (the gateway,
     from settings), and by tests around a test. Kept here rather than read from
     OpenTelemetry's global provider so that :func:`recording` is one global
     read on the hot path, and so a test can undo it.
+
+    Whether a message's handler opens spans is decided here before the SDK is
+    asked (:func:`sampled`): by the sender's sampled flag, or for a new trace by
+    a draw at ``ratio``. So a trace that is not sampled costs no span objects at
+    all, only its ``traceparent`` (flags ``00``) passed on, which keeps every
+    later hop out of it too (a parent-based sampler would decide the same).
     """
-    global _tracer, _sdk
+    global _tracer, _sdk, _ratio
     _tracer = (provider or trace.get_tracer_provider()).get_tracer(TRACER_NAME)
     _sdk = provider is not None
+    _ratio = ratio if provider is not None else 1.0
 
 
 def recording() -> bool:
@@ -161,11 +173,43 @@ def tracer() -> Tracer:
     return _tracer
 
 
+def sampled(traceparent: str | None) -> bool:
+    """Should the handler of a message with this ``traceparent`` open spans? Its
+    sampled flag says; without one (a new trace), a draw at the sample ratio."""
+    if traceparent is None:
+        return _random() < _ratio
+    return traceparent[-1:] in _ODD
+
+
+def wants_span() -> bool:
+    """Should what starts now open a span? As :func:`sampled`, for the message being
+    handled, else the current span, else a new trace."""
+    incoming = _incoming.get()
+    if incoming is not None:
+        return incoming[0][-1:] in _ODD
+    span_context = trace.get_current_span().get_span_context()
+    if span_context.is_valid:
+        return span_context.trace_flags.sampled
+    return _random() < _ratio
+
+
+def enter_unsampled(headers: Mapping[str, str] | None) -> Entered:
+    """Like :func:`enter` for a trace not sampled: no span, the sender's ``traceparent``
+    passed on (or, for a new trace, one with the sampled flag off); pair with :func:`leave`."""
+    parent = headers.get(TRACEPARENT) if headers else None
+    if parent is None:
+        root = f"00-{_getrandbits(128) or 1:032x}-{_getrandbits(64) or 1:016x}-00"
+        return None, None, _incoming.set((root, None))
+    return None, None, _incoming.set((parent, headers.get(TRACESTATE) if headers else None))
+
+
 _sdk = False
+_ratio = 1.0
+_random = random.random
+_ODD: Final = frozenset("13579bdf")  # the last hex digit of the flags: sampled
 
 
-@dataclass(frozen=True, slots=True)
-class RunLabels:
+class RunLabels(NamedTuple):
     """The run a task handler serves, for the log lines written meanwhile."""
 
     run_id: str
@@ -208,6 +252,8 @@ def enter(headers: Mapping[str, str] | None, name: str) -> Entered:
             return None, None, None
         state = headers.get(TRACESTATE) if headers else None
         return None, None, _incoming.set((parent, state))
+    if not sampled(headers.get(TRACEPARENT) if headers else None):
+        return enter_unsampled(headers)
     token = otel_context.attach(extract(headers))
     span = _tracer.start_as_current_span(name, kind=SpanKind.CONSUMER)
     span.__enter__()

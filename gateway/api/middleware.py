@@ -96,10 +96,16 @@ async def access_middleware(request: web.Request, handler: Handler) -> web.Strea
     else:
         ident = given or uuid.uuid4().hex
         request[_KEY] = ident
-        if trace.recording():
-            response = await _traced(request, handler, ident)
-        else:
+        if not trace.recording():
             response = await handler(request)
+        elif trace.sampled(request.headers.get(trace.TRACEPARENT)):
+            response = await _traced(request, handler, ident)
+        else:  # not sampled: no span, and the tasks it enqueues carry that decision
+            entered = trace.enter_unsampled(request.headers)
+            try:
+                response = await handler(request)
+            finally:
+                trace.leave(entered)
     if not response.prepared:
         response.headers[CORRELATION_HEADER] = ident
     if ACCESS_LOG.isEnabledFor(logging.INFO):

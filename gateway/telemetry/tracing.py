@@ -2,9 +2,12 @@
 
 With ``trace_exporter = "none"`` (the default) the OpenTelemetry SDK is never
 imported and :func:`mesh.trace.recording` stays False: the hot paths open no
-span. Otherwise the SDK records with a parent-based ratio sampler (a message
-from a traced caller follows its caller's decision) and exports in batches from
-a background thread, so a span costs the task path its creation only.
+span. Otherwise sampling is parent-based (a message from a traced caller follows
+its caller's decision) with new traces drawn at the sample ratio, and spans are
+exported in batches from a background thread, so a span costs the task path its
+creation only. The ratio is applied by :mod:`mesh.trace` before the SDK is asked
+(an unsampled trace costs no span objects); the SDK's own sampler is
+``ParentBased(ALWAYS_ON)``, so a span an agent opens outside any run is recorded.
 """
 
 from __future__ import annotations
@@ -54,10 +57,12 @@ def provider_for(settings: Settings, process: str, exporter: SpanExporter | None
     from opentelemetry.sdk.resources import Resource  # noqa: PLC0415 (lazy: tracing off)
     from opentelemetry.sdk.trace import TracerProvider  # noqa: PLC0415 (lazy: tracing off)
     from opentelemetry.sdk.trace.export import BatchSpanProcessor  # noqa: PLC0415 (lazy: tracing off)
-    from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased  # noqa: PLC0415 (lazy)
+    from opentelemetry.sdk.trace.sampling import ALWAYS_ON, ParentBased  # noqa: PLC0415 (lazy)
 
     resource = Resource.create({"service.name": SERVICE_NAME, "service.instance.id": process})
-    sampler = ParentBased(TraceIdRatioBased(settings.sample_ratio))
+    # Parent-based; a new trace is drawn at the ratio by mesh.trace before any span is
+    # made (so an unsampled trace costs no span objects), and the SDK records what it was given.
+    sampler = ParentBased(ALWAYS_ON)
     provider = TracerProvider(resource=resource, sampler=sampler)
     provider.add_span_processor(BatchSpanProcessor(exporter or _exporter(settings)))
     return provider
@@ -73,7 +78,7 @@ def tracing(settings: Settings, process: str) -> Iterator[TracerProvider | None]
     provider = provider_for(settings, process)
     # Also the global provider, so an agent's own spans (OpenTelemetry's API) join its run's trace.
     otel_trace.set_tracer_provider(provider)
-    trace.use(provider)
+    trace.use(provider, settings.sample_ratio)
     try:
         yield provider
     finally:

@@ -357,6 +357,10 @@ class TaskQueue:
         try:
             if not trace.recording():
                 return await self._enqueue(spec, content_type)
+            if not trace.wants_span():  # not sampled: no span, the trace id passed on all the same
+                return await self._enqueue(
+                    spec, content_type, {trace.TRACEPARENT: trace.outgoing(None, "00")[0]}
+                )
             with enqueue_span(spec.agent, spec.tenant, int(spec.priority)) as span:
                 enqueued = await self._enqueue(spec, content_type, {trace.TRACEPARENT: trace.outgoing()[0]})
                 span.set_attribute(RUN_ID, enqueued.run_id)
@@ -489,6 +493,9 @@ class TaskQueue:
                 self.guard.check(spec.agent, spec.tenant)
         if not trace.recording():
             return await self._enqueue_batch(specs, batch_key, content_type, {})
+        if not trace.wants_span():
+            unsampled = {trace.TRACEPARENT: trace.outgoing(None, "00")[0]}
+            return await self._enqueue_batch(specs, batch_key, content_type, unsampled)
         with enqueue_span(specs[0].agent, specs[0].tenant, int(specs[0].priority)) as span:
             span.set_attribute("af.batch_size", len(specs))
             return await self._enqueue_batch(

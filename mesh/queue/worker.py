@@ -925,30 +925,34 @@ class TaskWorker:
         except DecodeError as exc:
             await self._undecodable(lane, msg, exc)
             return
-        if not trace.recording():
-            await self._run_decoded(item, task, payload, started)
-            return
-        item.traced = Attempt(msg.headers, task, lane.agent, started)
+        entered = self._trace(item, task, started) if trace.recording() else None
         try:
-            await self._run_decoded(item, task, payload, started)
+            scopes = (
+                self.quotas.applicable(lane.agent, task.metadata.tenant) if self.quotas is not None else []
+            )
+            if not scopes:
+                await self._run_task(item, task, payload, started)
+                return
+            if not await self._take_slots(item, task, scopes):
+                return
+            try:  # a run holding slots starts when it got them, and gives them back however it ends
+                await self._run_task(item, task, payload, utcnow())
+            finally:
+                await self._give_slots(task.id)
         finally:
-            item.traced.end()
+            if item.traced is not None:
+                item.traced.end()
+            elif entered is not None:
+                trace.leave(entered)
 
-    async def _run_decoded(
-        self, item: _InFlight, task: Envelope, payload: dict[str, Any], started: datetime
-    ) -> None:
-        scopes = (
-            self.quotas.applicable(item.lane.agent, task.metadata.tenant) if self.quotas is not None else []
-        )
-        if not scopes:
-            await self._run_task(item, task, payload, started)
-            return
-        if not await self._take_slots(item, task, scopes):
-            return
-        try:  # a run holding slots starts when it got them, and gives them back however it ends
-            await self._run_task(item, task, payload, utcnow())
-        finally:
-            await self._give_slots(task.id)
+    def _trace(self, item: _InFlight, task: Envelope, started: datetime) -> trace.Entered | None:
+        """With tracing on: the attempt's spans (:mod:`mesh.queue.spans`) if its trace is
+        sampled, else its trace context passed on without a span."""
+        headers = item.msg.headers
+        if not trace.sampled((headers or {}).get(trace.TRACEPARENT)):
+            return trace.enter_unsampled(headers)  # what it sends stays in its trace
+        item.traced = Attempt(headers, task, item.lane.agent, started)
+        return None
 
     async def _run_task(
         self, item: _InFlight, task: Envelope, payload: dict[str, Any], started: datetime
