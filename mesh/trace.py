@@ -26,7 +26,7 @@ import random
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar, Token
-from typing import Final, NamedTuple
+from typing import Final, NamedTuple, Protocol
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
@@ -46,6 +46,7 @@ __all__ = [
     "CORRELATION_HEADER",
     "TRACEPARENT",
     "Entered",
+    "Labels",
     "TRACESTATE",
     "RunLabels",
     "current_ids",
@@ -209,8 +210,24 @@ _random = random.random
 _ODD: Final = frozenset("13579bdf")  # the last hex digit of the flags: sampled
 
 
-class RunLabels(NamedTuple):
-    """The run a task handler serves, for the log lines written meanwhile."""
+class RunLabels(Protocol):
+    """The run a task handler serves, for the log lines written meanwhile (the
+    worker's own task context is one: nothing is built per task to say it)."""
+
+    @property
+    def run_id(self) -> str: ...
+    @property
+    def agent(self) -> str: ...
+    @property
+    def tenant(self) -> str: ...
+    @property
+    def correlation_id(self) -> str | None: ...
+    @property
+    def attempt(self) -> int: ...
+
+
+class Labels(NamedTuple):
+    """:class:`RunLabels` as plain values."""
 
     run_id: str
     agent: str

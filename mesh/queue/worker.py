@@ -161,6 +161,10 @@ class TaskContext:
     #: Model tokens the handler reported (:meth:`report_usage`), carried on the finished event.
     usage: list[dict[str, Any]] | None = None
 
+    @property
+    def correlation_id(self) -> str | None:
+        return self.envelope.correlation_id
+
     async def report_progress(self, percent: float) -> None:
         await self._report(max(0.0, min(100.0, float(percent))))
 
@@ -1012,9 +1016,7 @@ class TaskWorker:
         t0 = time.perf_counter()
         series = metrics.for_agent(lane.agent)
         series.wait.observe(max(0.0, waited))
-        labels = trace.run_labels.set(
-            trace.RunLabels(task.id, lane.agent, task.metadata.tenant, task.correlation_id, attempt)
-        )
+        labels = trace.run_labels.set(ctx)
         try:
             result = await handler(ctx)
         except asyncio.CancelledError:
@@ -1037,11 +1039,18 @@ class TaskWorker:
         if isinstance(outcome, ResultTooLarge):
             await self._failed(cfg, item, task, current_state(), attempt, outcome, expect)
             return
-        with outcome_span(item.traced):
-            if expect == 0:  # the common case: no event yet, one publish and no lookup
-                recorded = await self._record_first(outcome, lane.agent, task)
-            else:
-                recorded = await self._record(outcome, lane.agent, task, expect)
+        # The common case: no event yet (expect == 0), one publish and no lookup.
+        if item.traced is None:
+            recorded = await (
+                self._record_first(outcome, lane.agent, task) if expect == 0
+                else self._record(outcome, lane.agent, task, expect)
+            )  # fmt: skip
+        else:
+            with outcome_span(item.traced):
+                recorded = await (
+                    self._record_first(outcome, lane.agent, task) if expect == 0
+                    else self._record(outcome, lane.agent, task, expect)
+                )  # fmt: skip
         if recorded:
             self.completed += 1
             series.completed.inc()

@@ -93,7 +93,7 @@ async def test_a_full_log_buffer_drops_and_counts_and_never_blocks_the_caller(
 ) -> None:
     handler = LogStream("drop-test", capacity=3)
     record = logging.LogRecord("t", logging.INFO, __file__, 0, "line %d", (1,), None)
-    token = trace.run_labels.set(trace.RunLabels("r" * 32, "a", "t"))
+    token = trace.run_labels.set(trace.Labels("r" * 32, "a", "t"))
     try:
         for _ in range(5):
             handler.emit(record)  # no NATS connection yet: buffered, then dropped

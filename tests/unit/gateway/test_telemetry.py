@@ -77,7 +77,7 @@ def test_an_unsampled_message_opens_no_span_and_passes_its_trace_on(recording: I
 def test_a_log_line_names_its_run_and_trace_as_json_and_as_text() -> None:
     record = logging.LogRecord("a.b", logging.INFO, __file__, 1, "hello %s", ("world",), None)
     record.extra_field = 7
-    token = trace.run_labels.set(trace.RunLabels("r" * 32, "double", "acme", "corr-1", 2))
+    token = trace.run_labels.set(trace.Labels("r" * 32, "double", "acme", "corr-1", 2))
     try:
         with trace.handling({trace.TRACEPARENT: SAMPLED}, "no sdk: passed on"):
             line = json.loads(JsonFormatter("worker-0").format(record))
