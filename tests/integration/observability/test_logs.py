@@ -10,6 +10,7 @@ import os
 import signal
 import subprocess
 import sys
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -106,3 +107,29 @@ async def test_a_full_log_buffer_drops_and_counts_and_never_blocks_the_caller(
     got = [json.loads((await sub.next_msg(timeout=2)).data) for _ in range(4)]
     assert got[0]["msg"] == "2 log records dropped (buffer full or NATS away)" and got[0]["dropped"] == 2
     assert [g["run_id"] for g in got[1:]] == ["r" * 32] * 3
+
+
+async def test_logs_follow_prints_a_record_published_after_it_started(
+    nc: Client, mesh_js: JetStreamContext, nats_url: str
+) -> None:
+    run_id = uuid.uuid4().hex
+    follower = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "gateway.cli", "logs", "-f", "--run", run_id, "-o", "json",
+        env={**os.environ, "AF_NATS_URL": nats_url}, stdout=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    handler = LogStream("follow-test")
+    await handler.start(nc)
+    try:
+        assert follower.stdout is not None
+        for said in ("first", "then, after it was printed"):
+            token = trace.run_labels.set(trace.Labels(run_id, "chatty", "acme"))
+            try:
+                handler.emit(logging.LogRecord("t", logging.WARNING, __file__, 0, said, None, None))
+            finally:
+                trace.run_labels.reset(token)
+            line = json.loads(await asyncio.wait_for(follower.stdout.readline(), 15))
+            assert line["msg"] == said and line["run_id"] == run_id and line["process"] == "follow-test"
+    finally:
+        await handler.stop()
+        follower.terminate()
+        await follower.wait()
