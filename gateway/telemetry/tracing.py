@@ -26,12 +26,13 @@ if TYPE_CHECKING:
 
     from gateway.settings import Settings
 
-__all__ = ["SERVICE_NAME", "provider_for", "tracing"]
+__all__ = ["SERVICE_NAME", "exporter_for", "provider_for", "tracing"]
 
 SERVICE_NAME = "agent-factory"
 
 
-def _exporter(settings: Settings) -> SpanExporter:
+def exporter_for(settings: Settings) -> SpanExporter:
+    """The exporter ``trace_exporter`` names (not ``none``), sending to ``trace_endpoint``."""
     # Imported here, not at the top: a process with tracing off never loads them.
     kind, endpoint = settings.trace_exporter, settings.trace_endpoint
     if kind == "console":
@@ -64,7 +65,7 @@ def provider_for(settings: Settings, process: str, exporter: SpanExporter | None
     # made (so an unsampled trace costs no span objects), and the SDK records what it was given.
     sampler = ParentBased(ALWAYS_ON)
     provider = TracerProvider(resource=resource, sampler=sampler)
-    provider.add_span_processor(BatchSpanProcessor(exporter or _exporter(settings)))
+    provider.add_span_processor(BatchSpanProcessor(exporter or exporter_for(settings)))
     return provider
 
 

@@ -15,6 +15,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from gateway.settings import Settings
 from gateway.telemetry.logs import JsonFormatter, TextFormatter
+from gateway.telemetry.tracing import exporter_for
 from mesh import trace
 
 SAMPLED = "00-" + "1" * 32 + "-" + "2" * 16 + "-01"
@@ -27,6 +28,19 @@ def test_sampling_is_all_in_the_embedded_dev_mode_and_a_tenth_otherwise() -> Non
     assert Settings(nats_url="nats://nats-0:4222", trace_sample_ratio=0.5).sample_ratio == 0.5
     assert not Settings().log_json and Settings(nats_url="nats://n:4222").log_json
     assert Settings(log_format="json").log_json
+
+
+def test_the_settings_choose_the_exporter_and_its_endpoint() -> None:
+    console = exporter_for(Settings(trace_exporter="console"))
+    grpc = exporter_for(Settings(trace_exporter="otlp-grpc", trace_endpoint="http://collector:4317"))
+    http = exporter_for(
+        Settings(trace_exporter="otlp-http", trace_endpoint="http://collector:4318/v1/traces")
+    )
+    assert type(console).__name__ == "ConsoleSpanExporter"
+    assert type(grpc).__module__.startswith("opentelemetry.exporter.otlp.proto.grpc")
+    assert type(http).__module__.startswith("opentelemetry.exporter.otlp.proto.http")
+    for exporter in (console, grpc, http):
+        exporter.shutdown()
 
 
 def test_a_process_with_tracing_off_never_loads_the_sdk() -> None:
