@@ -17,12 +17,16 @@ agent and its fallback agents as sandbox invocations).
 
 from __future__ import annotations
 
+import time
 from typing import Any
+
+from opentelemetry.trace import Status, StatusCode
 
 from agents.configs import RunConfig
 from agents.contract import Agent, RunContext
 from agents.errors import AgentError
-from agents.sandbox import Sandbox, SandboxConfig, SandboxLimits
+from agents.sandbox import InvocationResult, Sandbox, SandboxConfig, SandboxLimits
+from mesh import trace
 from mesh.queue.worker import Handler, PermanentError, TaskContext
 
 __all__ = ["SandboxedRunFailed", "sandbox_config", "sandboxed_handler", "spec_of"]
@@ -61,8 +65,11 @@ def sandboxed_handler(agent: Agent[Any, Any], sandbox: Sandbox, config: RunConfi
         ctx = RunContext(run_id=task.run_id, tenant=task.tenant, attempt=task.attempt,
                          routing_key=task.routing_key, _usage=task.report_usage,
                          config=config.values(task.tenant) if config is not None else {})  # fmt: skip
+        started_ns = time.time_ns()
         result = await sandbox.invoke(agent.key, task.input if task.input is not None else {}, ctx,
                                       limits=limits)  # fmt: skip
+        if trace.recording():
+            _sandbox_spans(started_ns, time.time_ns(), result)
         task.audit = result.audit.model_dump(mode="json")
         if result.ok:
             return result.output
@@ -73,3 +80,18 @@ def sandboxed_handler(agent: Agent[Any, Any], sandbox: Sandbox, config: RunConfi
         raise SandboxedRunFailed(agent.key, category.value, result.error)
 
     return handle
+
+
+def _sandbox_spans(started_ns: int, ended_ns: int, result: InvocationResult) -> None:
+    """Two children of the attempt's span: ``sandbox.start`` (handing the run to a warm
+    child) and ``sandbox.run`` (the child, fork to reaped: the audit's ``duration_ms``).
+    Drawn after the invocation from its times, so nothing crosses into the child."""
+    run_ns = min(int(result.audit.duration_ms * 1_000_000), ended_ns - started_ns)
+    tracer = trace.tracer()
+    attributes = {"af.agent": result.audit.agent, "af.sandbox.invocation": result.audit.invocation_id}
+    tracer.start_span("sandbox.start", attributes=attributes, start_time=started_ns).end(ended_ns - run_ns)
+    run = tracer.start_span("sandbox.run", attributes=attributes, start_time=ended_ns - run_ns)
+    if result.audit.error is not None:
+        run.set_attribute("af.error.category", result.audit.error.value)
+        run.set_status(Status(StatusCode.ERROR, result.error or result.audit.error.value))
+    run.end(ended_ns)

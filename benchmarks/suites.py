@@ -30,6 +30,7 @@ from benchmarks.scaling import bench_scaling
 from benchmarks.skeleton import bench_skeleton
 from benchmarks.streams import bench_streams
 from benchmarks.targets import TARGETS
+from benchmarks.tracing import traced
 from benchmarks.two_processes import bench_two_processes
 
 __all__ = ["CLUSTER_SUITES", "SUITES", "BenchOptions", "run_benchmarks"]
@@ -46,6 +47,7 @@ class BenchOptions:
     latency_s: float = 5.0  # how long the queue's latency runs at 1,000 tasks/s
     sandbox: bool = False  # queue: each of our tasks runs the noop agent in a confined child
     quota: int | None = None  # queue: our agent under a fleet-wide concurrency quota of this many
+    trace_ratio: float | None = None  # queue: this process traces, sampling this share (benchmarks.tracing)
 
 
 async def _skeleton(opts: BenchOptions) -> dict[str, Any]:
@@ -66,6 +68,12 @@ async def _queue(opts: BenchOptions) -> dict[str, Any]:
                 return await bench_queue(nodes, n, opts.rounds, opts.latency_s, sandbox)
         if opts.quota:  # one process only: the slots' cost on the queue's own path
             return await bench_queue(nodes, n, opts.rounds, opts.latency_s, quota=opts.quota)
+        if opts.trace_ratio is not None:  # one process only: tracing's cost on the queue's own path
+            with traced(opts.trace_ratio) as exporter:
+                result = await bench_queue(nodes, n, opts.rounds, opts.latency_s)
+            result["tracing"] = {"sample_ratio": opts.trace_ratio, "exporter": "otlp-http (collector stub)",
+                                 "spans_exported": exporter.spans}  # fmt: skip
+            return result
         result = await bench_queue(nodes, n, opts.rounds, opts.latency_s)
         result["two_processes"] = await bench_two_processes(nodes, n, opts.rounds)
     return result

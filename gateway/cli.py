@@ -31,6 +31,7 @@ from gateway.commands.channels import channels
 from gateway.commands.common import OUTPUTS, CliError, Ctx, _call, _emit, _run, output_option
 from gateway.commands.config import config
 from gateway.commands.costs import budget, costs, quota
+from gateway.commands.logs import logs
 from gateway.commands.ops import ops
 from gateway.commands.processors import processors
 from gateway.commands.queue import queue
@@ -180,9 +181,12 @@ async def _worker(nats_url: str, name: str, concurrency: int, keys: list[str] | 
                   sandboxed: bool = False) -> None:  # fmt: skip
     from agents.registry import load_registry  # noqa: PLC0415 (start-up time)
     from agents.runtime import worker_for  # noqa: PLC0415 (start-up time)
+    from gateway.telemetry import configure_logging, log_stream, tracing  # noqa: PLC0415 (start-up time)
     from gateway.worker_metrics import serve_worker_metrics  # noqa: PLC0415 (start-up time)
     from mesh.wire.connection import connect, jetstream  # noqa: PLC0415 (start-up time)
 
+    settings = Settings()
+    configure_logging(settings, name)
     registry = load_registry(os.environ.get("AF_AGENTS", ""))  # what `up` serves, passed down
     nc = await connect(nats_url, name=name)
     js = await jetstream(nc)
@@ -199,10 +203,11 @@ async def _worker(nats_url: str, name: str, concurrency: int, keys: list[str] | 
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     data_dir, host, port = metrics_at
-    async with serve_worker_metrics(data_dir, name, host, port):
-        await pool.start()
-        await stop.wait()
-        await pool.stop(drain_timeout=drain)
+    with tracing(settings, name):
+        async with log_stream(nc, name, settings), serve_worker_metrics(data_dir, name, host, port):
+            await pool.start()
+            await stop.wait()
+            await pool.stop(drain_timeout=drain)
     await nc.drain()
 
 
@@ -357,10 +362,13 @@ def _worker_counts(ctx: click.Context, param: click.Parameter, value: str) -> tu
 @click.option("--quota", type=click.IntRange(min=1, max=10_000), default=None,
               help="queue: our agent under a fleet-wide concurrency quota of N (its slots claimed "
                    "and given back per task, docs/processors.md).")  # fmt: skip
+@click.option("--trace-ratio", type=click.FloatRange(0.0, 1.0), default=None, metavar="R",
+              help="queue: trace as production does, sampling R of the traces (0.1: 10 %), exported "
+                   "over OTLP/HTTP to a collector stub (docs/observability.md).")  # fmt: skip
 @click.option("--json", "as_json", is_flag=True,
               help="JSON on stdout: what bench prints in any case (progress goes to stderr).")  # fmt: skip
 def bench(suite: str, count: int | None, cluster: int, rounds: int, workers: tuple[int, ...],
-          sandboxed: bool, quota: int | None, as_json: bool) -> None:  # fmt: skip
+          sandboxed: bool, quota: int | None, trace_ratio: float | None, as_json: bool) -> None:  # fmt: skip
     """Benchmarks with the raw nats-py ceiling measured in the same run; prints JSON.
 
     \b
@@ -387,6 +395,7 @@ def bench(suite: str, count: int | None, cluster: int, rounds: int, workers: tup
     \b
     agent-factory bench queue --cluster 3 --json
     agent-factory bench queue --quota 256
+    agent-factory bench queue --trace-ratio 0.1 --json
     agent-factory bench fsync --cluster 3
     agent-factory bench scaling --cluster 3 --workers 1,2,4
     agent-factory bench config --json
@@ -400,10 +409,16 @@ def bench(suite: str, count: int | None, cluster: int, rounds: int, workers: tup
         )
     del as_json  # JSON is bench's only output; the flag lets a script say so
     tune_gc()  # as in `up` and `worker`; the raw nats-py ceiling runs under the same settings
-    for flag, given in (("--sandbox", sandboxed), ("--quota", quota)):
+    for flag, given in (
+        ("--sandbox", sandboxed),
+        ("--quota", quota),
+        ("--trace-ratio", trace_ratio is not None),
+    ):
         if given and suite != "queue":
             raise click.UsageError(f"{flag} applies to the queue suite")
-    options = BenchOptions(count, cluster, rounds, workers, sandbox=sandboxed, quota=quota)
+    options = BenchOptions(
+        count, cluster, rounds, workers, sandbox=sandboxed, quota=quota, trace_ratio=trace_ratio
+    )
     result = asyncio.run(run_benchmarks(suite, options))
     click.echo(json.dumps(result, indent=2))
 
@@ -443,6 +458,7 @@ for _group in (
     tenant,
     ops,
     config,
+    logs,
 ):
     cli.add_command(_group)
 

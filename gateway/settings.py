@@ -9,7 +9,7 @@ embedded dev mode; production values are documented in the README ("Settings").
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import AfterValidator, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -17,9 +17,11 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from mesh.embedded import check_sync_interval
 from streams.processors import PROCESSORS
 
-__all__ = ["Settings", "SyncInterval"]
+__all__ = ["LogFormat", "Settings", "SyncInterval", "TraceExporter"]
 
 SyncInterval = Annotated[str, AfterValidator(check_sync_interval)]
+TraceExporter = Literal["none", "console", "otlp-grpc", "otlp-http"]
+LogFormat = Literal["auto", "json", "text"]
 
 
 class Settings(BaseSettings):
@@ -104,6 +106,50 @@ class Settings(BaseSettings):
         description="How often the embedded nats-server fsyncs JetStream files: 'default' (2 min), "
         "'always' (before each ack) or a duration ('10s'); see docs/durability.md",
     )
+
+    trace_exporter: TraceExporter = Field(
+        default="none",
+        description="Where spans go (docs/observability.md): 'none' (no SDK loaded, nothing on the "
+        "hot path), 'console' (JSON on stdout), 'otlp-grpc' or 'otlp-http' (to trace_endpoint)",
+    )
+    trace_endpoint: str | None = Field(
+        default=None,
+        description="The OTLP collector, e.g. http://otel-collector:4317 (grpc) or "
+        "http://otel-collector:4318/v1/traces (http); None: the exporter's default and OTEL_EXPORTER_OTLP_*",
+    )
+    trace_sample_ratio: float | None = Field(
+        default=None, ge=0.0, le=1.0,
+        description="Share of new traces recorded (parent-based: a traced caller's choice is followed); "
+        "None: 1.0 in the embedded dev mode, 0.1 otherwise",
+    )  # fmt: skip
+    log_format: LogFormat = Field(
+        default="auto",
+        description="Log lines on stderr: 'json' (one object a line), 'text' (for people), "
+        "'auto': text in the embedded dev mode, JSON otherwise",
+    )
+    log_level: str = Field(default="INFO", description="Level of the platform's processes' logs")
+    log_stream: bool = Field(
+        default=True, description="Publish each process's log records to AF_LOGS (agent-factory logs)"
+    )
+    log_buffer: int = Field(
+        default=10_000, ge=1,
+        description="Log records a process holds for the stream; past it new ones are dropped and counted",
+    )  # fmt: skip
+
+    @property
+    def embedded(self) -> bool:
+        """The embedded dev mode: `up` starts its own NATS (no external one named)."""
+        return self.nats_url is None
+
+    @property
+    def sample_ratio(self) -> float:
+        if self.trace_sample_ratio is not None:
+            return self.trace_sample_ratio
+        return 1.0 if self.embedded else 0.1
+
+    @property
+    def log_json(self) -> bool:
+        return self.log_format == "json" or (self.log_format == "auto" and not self.embedded)
 
     @field_validator("processors")
     @classmethod

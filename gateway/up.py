@@ -44,6 +44,7 @@ from gateway.children import Children
 from gateway.ports import PortInUse, bindable, check_port
 from gateway.settings import Settings
 from gateway.state import UpState, read_state, write_state
+from gateway.telemetry import LogStream, configure_logging, tracing
 from mesh import names
 from mesh.cluster import NatsCluster
 from mesh.embedded import NatsServer, find_free_port
@@ -103,6 +104,7 @@ class Platform:
     _lock: int | None = None
     _nats_url: str = ""  # what the workers connect to: the server's URL, or every node's
     _supervisor: asyncio.Task[None] | None = None
+    _logs: LogStream | None = None  # this process's records into AF_LOGS
 
     def _say(self, text: str) -> None:
         if self.say:
@@ -150,6 +152,10 @@ class Platform:
         token = s.api_token or self.state.token or secrets.token_urlsafe(32)
         self.gateway = Gateway(s, load_registry(s.agents), say=self._say)
         await self.gateway.start(nats_url, db_url, token=token if s.auth_enabled else None)
+        if s.log_stream and self.gateway.nc is not None:
+            self._logs = LogStream("gateway", s.log_buffer)
+            await self._logs.start(self.gateway.nc)
+            logging.getLogger().addHandler(self._logs)
         self.state = write_state(
             s.data_dir, self.state, api_url=self.gateway.api_url, nats_url=nats_url, database_url=db_url,
             token=token, pid=os.getpid(), nats_port=self.nats.port if self.nats else None,
@@ -278,9 +284,16 @@ class Platform:
             steps.append(("the worker supervisor", self._stop_supervisor, STEP_TIMEOUT_S))
         if self.children is not None and self.children.children:
             steps.append(("the workers' drain", self._drain_workers, self.settings.drain_timeout_s + 10))
+        if self._logs is not None:
+            steps.append(("the log stream", self._stop_log_stream, STEP_TIMEOUT_S))
         if self.gateway is not None:
             steps += self.gateway.stop_steps()
         return steps
+
+    async def _stop_log_stream(self) -> None:
+        assert self._logs is not None
+        logging.getLogger().removeHandler(self._logs)
+        await self._logs.stop()
 
     async def _stop_supervisor(self) -> None:
         assert self._supervisor is not None
@@ -348,6 +361,16 @@ async def _start(platform: Platform) -> None:
 
 
 async def run_up(settings: Settings) -> None:
+    # The embedded dev mode's defaults, decided here for the children too (they are
+    # given AF_NATS_URL, so would take themselves for production).
+    os.environ.setdefault("AF_TRACE_SAMPLE_RATIO", str(settings.sample_ratio))
+    os.environ.setdefault("AF_LOG_FORMAT", "json" if settings.log_json else "text")
+    configure_logging(settings, "gateway")
+    with tracing(settings, "gateway"):
+        await _run_up(settings)
+
+
+async def _run_up(settings: Settings) -> None:
     platform = Platform(settings)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -41,6 +41,7 @@ __all__ = [
     "STREAM_BILLING",
     "STREAM_EVENTS",
     "STREAM_EXECUTIONS",
+    "STREAM_LOGS",
     "STREAM_SCHEDULES",
     "STREAM_TASKS",
     "STATE_FILE",
@@ -51,6 +52,7 @@ __all__ = [
     "execution_partition_subject",
     "finished_subject",
     "kv_stream",
+    "log_subject",
     "kv_subject",
     "rpc_subject",
     "schedule_def_subject",
@@ -65,6 +67,7 @@ STREAM_EVENTS: Final = "AF_EVENTS"  # facts: af.events.<kind>.<agent>[.<run id>]
 STREAM_SCHEDULES: Final = "AF_SCHEDULES"  # af.schedules.def.<name>, af.schedules.fire.<name>
 STREAM_ADVISORIES: Final = "AF_ADVISORIES"  # captured MAX_DELIVERIES advisories of AF_TASKS
 MAX_DELIVERIES_ADVISORY: Final = f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{STREAM_TASKS}.>"
+STREAM_LOGS: Final = "AF_LOGS"  # the fleet's log records, JSON: af.logs.<process>
 STREAM_DLQ: Final = "AF_DLQ"  # dead letters: af.dlq.tasks.<agent>, af.dlq.channels.<channel>
 # Finished executions partitioned by agent, sourced from AF_EVENTS by the server:
 # af.executions.<partition>.<agent>.<run id>; the stream processors' input (streams.processors)
@@ -93,6 +96,7 @@ EPHEMERAL_CHANNEL_PREFIX: Final = "af.eph"
 TASKS_PREFIX: Final = "af.tasks"
 EVENTS_PREFIX: Final = "af.events"
 DLQ_PREFIX: Final = "af.dlq"
+LOGS_PREFIX: Final = "af.logs"
 EXECUTIONS_PREFIX: Final = "af.executions"
 BILLING_PREFIX: Final = "af.billing"
 SCHEDULES_PREFIX: Final = "af.schedules"
@@ -168,6 +172,15 @@ def cancel_subject(agent: str) -> str:
 def dlq_subject(origin: str, name: str) -> str:
     """``origin`` is ``tasks`` (name = agent) or ``channels`` (name = channel)."""
     return f"{DLQ_PREFIX}.{origin}.{name}"
+
+
+def log_subject(process: str) -> str:
+    """Where process ``process`` publishes its log records (any character outside
+    ``A-Z a-z 0-9 _ -`` of its name becomes ``_``)."""
+    return f"{LOGS_PREFIX}.{_NOT_A_TOKEN.sub('_', process) or '_'}"
+
+
+_NOT_A_TOKEN: Final = re.compile(r"[^A-Za-z0-9_-]")
 
 
 def schedule_def_subject(name: str) -> str:

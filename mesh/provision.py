@@ -99,6 +99,9 @@ class ProvisionConfig:
     # is per partition) and how long it keeps what the processors have not read
     execution_partitions: int = 4
     executions_max_age_s: float = DAY
+    # AF_LOGS: the fleet's log records, kept for a day or 256 MiB, whichever is less
+    logs_max_age_s: float = DAY
+    logs_max_bytes: int = 256 * 1024 * 1024
 
 
 def stream_configs(cfg: ProvisionConfig) -> list[StreamConfig]:
@@ -171,6 +174,19 @@ def stream_configs(cfg: ProvisionConfig) -> list[StreamConfig]:
             max_age=cfg.events_max_age_s,
         ),
         channel_stream_config(replicas=cfg.replicas, max_msg_size=cfg.max_msg_size),
+        StreamConfig(
+            # Log records of every process (gateway.telemetry): a bounded window, the
+            # oldest discarded first; `agent-factory logs` reads it.
+            name=names.STREAM_LOGS,
+            description="Log records, JSON: af.logs.<process>",
+            subjects=[f"{names.LOGS_PREFIX}.>"],
+            retention=RetentionPolicy.LIMITS,
+            discard=DiscardPolicy.OLD,
+            storage=StorageType.FILE,
+            num_replicas=cfg.replicas,
+            max_age=cfg.logs_max_age_s,
+            max_bytes=cfg.logs_max_bytes,
+        ),
         StreamConfig(
             name=names.STREAM_DLQ,
             description="Dead letters: af.dlq.tasks.<agent>, af.dlq.channels.<channel>",

@@ -10,6 +10,9 @@ limits, and a structured access log (issue 24, part 1).
   ``429`` problem+json with ``Retry-After`` (whole seconds until a request is allowed).
   Health, readiness and metrics are not limited. Buckets are per gateway process:
   with N gateway replicas a token gets up to N times the rate.
+* **Trace.** With tracing on (``AF_TRACE_EXPORTER``, docs/observability.md) each
+  request is a SERVER span, child of the caller's ``traceparent`` if it sent one,
+  and the tasks it enqueues are its children.
 * **Access log.** One JSON line per request on the ``gateway.access`` logger: time,
   method, path, status, latency in ms, response bytes, correlation id, client
   address and the token's fingerprint (the first 12 hex digits of its sha256; never
@@ -32,9 +35,11 @@ from typing import Final
 
 from aiohttp import web
 from aiohttp.typedefs import Middleware
+from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from gateway.api.auth import OPEN_PATHS
 from gateway.api.problems import Handler, problem
+from mesh import trace
 
 __all__ = [
     "CORRELATION_HEADER",
@@ -91,7 +96,16 @@ async def access_middleware(request: web.Request, handler: Handler) -> web.Strea
     else:
         ident = given or uuid.uuid4().hex
         request[_KEY] = ident
-        response = await handler(request)
+        if not trace.recording():
+            response = await handler(request)
+        elif trace.sampled(request.headers.get(trace.TRACEPARENT)):
+            response = await _traced(request, handler, ident)
+        else:  # not sampled: no span, and the tasks it enqueues carry that decision
+            entered = trace.enter_unsampled(request.headers)
+            try:
+                response = await handler(request)
+            finally:
+                trace.leave(entered)
     if not response.prepared:
         response.headers[CORRELATION_HEADER] = ident
     if ACCESS_LOG.isEnabledFor(logging.INFO):
@@ -102,6 +116,24 @@ async def access_middleware(request: web.Request, handler: Handler) -> web.Strea
             "correlation_id": ident, "remote": request.remote, "token": _fingerprint(request),
         }))  # fmt: skip
     return response
+
+
+async def _traced(request: web.Request, handler: Handler, ident: str) -> web.StreamResponse:
+    """The API request's SERVER span (a caller's ``traceparent`` is its parent), current
+    while the handler runs: the tasks it enqueues are its children."""
+    resource = request.match_info.route.resource
+    route = resource.canonical if resource is not None else request.path
+    attributes = {"http.request.method": request.method, "http.route": route, "url.path": request.path,
+                  "af.correlation_id": ident}  # fmt: skip
+    with trace.tracer().start_as_current_span(
+        f"{request.method} {route}", trace.extract(request.headers), SpanKind.SERVER, attributes,
+        record_exception=True, set_status_on_exception=True,
+    ) as span:  # fmt: skip
+        response = await handler(request)
+        span.set_attribute("http.response.status_code", response.status)
+        if response.status >= 500:
+            span.set_status(Status(StatusCode.ERROR, f"HTTP {response.status}"))
+        return response
 
 
 @dataclass(slots=True)

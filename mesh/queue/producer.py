@@ -53,7 +53,7 @@ from nats.js.kv import KeyValue
 from pydantic import ValidationError
 from pydantic_core import PydanticSerializationError, to_json
 
-from mesh import names
+from mesh import names, trace
 from mesh.envelope import (
     JSON,
     SCHEMA_VERSION,
@@ -81,6 +81,7 @@ from mesh.queue.agent_config import ConfigWatch
 from mesh.queue.budgets import SpendGuard
 from mesh.queue.outcome import stored_outcome
 from mesh.queue.runs import RunStatus, get_run, run_key
+from mesh.queue.spans import RUN_ID, enqueue_span
 from mesh.wire import protocol
 from mesh.wire.protocol import encode_headers
 from mesh.wire.publisher import ELECTION_PATIENCE_S, Patience, Pipeline, PubAck, parse_puback
@@ -354,14 +355,25 @@ class TaskQueue:
     async def enqueue(self, spec: TaskSpec, *, content_type: str = JSON) -> Enqueued:
         """Durably enqueue one task; see the module docstring for the guarantee."""
         try:
-            return await self._enqueue(spec, content_type)
+            if not trace.recording():
+                return await self._enqueue(spec, content_type)
+            if not trace.wants_span():  # not sampled: no span, the trace id passed on all the same
+                return await self._enqueue(
+                    spec, content_type, {trace.TRACEPARENT: trace.outgoing(None, "00")[0]}
+                )
+            with enqueue_span(spec.agent, spec.tenant, int(spec.priority)) as span:
+                enqueued = await self._enqueue(spec, content_type, {trace.TRACEPARENT: trace.outgoing()[0]})
+                span.set_attribute(RUN_ID, enqueued.run_id)
+                return enqueued
         except _UNANSWERED as exc:  # a key claim, lookup or queued record (the task's own: _refusal)
             raise EnqueueOutcomeUnknown(
                 f"NATS did not answer while enqueueing a task of {spec.agent} ({exc!r}): it may or "
                 "may not be stored; retrying with the same idempotency key settles it"
             ) from exc
 
-    async def _enqueue(self, spec: TaskSpec, content_type: str) -> Enqueued:
+    async def _enqueue(
+        self, spec: TaskSpec, content_type: str, traced: Mapping[str, str] | None = None
+    ) -> Enqueued:
         if self.config is not None:
             self.config.check(spec.agent, spec.tenant)
         if self.guard is not None:
@@ -379,8 +391,9 @@ class TaskQueue:
                 # task was stored, or after it but before the queued record.
                 run_id, duplicate = found, True
         message = task_message(
-            spec, run_id, content_type, limit=self.max_task_bytes, dedup=spec.idempotency_key is not None
-        )
+            spec, run_id, content_type, limit=self.max_task_bytes, dedup=spec.idempotency_key is not None,
+            extra_headers=traced,
+        )  # fmt: skip
         if claim is not None and await self._stored_past_window(claim, run_id, spec):
             await self._create_record(run_id, message.record)  # the marker it lacked
             return Enqueued(run_id, True)
@@ -478,6 +491,20 @@ class TaskQueue:
                 self.config.check(spec.agent, spec.tenant)
             if self.guard is not None:
                 self.guard.check(spec.agent, spec.tenant)
+        if not trace.recording():
+            return await self._enqueue_batch(specs, batch_key, content_type, {})
+        if not trace.wants_span():
+            unsampled = {trace.TRACEPARENT: trace.outgoing(None, "00")[0]}
+            return await self._enqueue_batch(specs, batch_key, content_type, unsampled)
+        with enqueue_span(specs[0].agent, specs[0].tenant, int(specs[0].priority)) as span:
+            span.set_attribute("af.batch_size", len(specs))
+            return await self._enqueue_batch(
+                specs, batch_key, content_type, {trace.TRACEPARENT: trace.outgoing()[0]}
+            )
+
+    async def _enqueue_batch(
+        self, specs: Sequence[TaskSpec], batch_key: str | None, content_type: str, traced: Mapping[str, str]
+    ) -> list[Enqueued]:
         run_ids = [new_id() for _ in specs]
         if batch_key is not None:
             run_ids, done = await self._claim_batch(specs, batch_key, run_ids, content_type)
@@ -489,7 +516,7 @@ class TaskQueue:
             messages = [
                 task_message(
                     spec, run_id, content_type, limit=self.max_task_bytes, dedup=batch_key is not None,
-                    extra_headers={"Nats-Batch-Id": batch_id, "Nats-Batch-Sequence": str(i),
+                    extra_headers={**traced, "Nats-Batch-Id": batch_id, "Nats-Batch-Sequence": str(i),
                                    **({"Nats-Batch-Commit": "1"} if i == last else {})},
                 )
                 for i, (spec, run_id) in enumerate(zip(specs, run_ids, strict=True), start=1)

@@ -66,7 +66,7 @@ from nats.js.errors import APIError
 from pydantic import ValidationError
 from pydantic_core import to_json
 
-from mesh import names
+from mesh import names, trace
 from mesh.deadletters import AttemptError
 from mesh.envelope import (
     CONTENT_TYPE,
@@ -98,6 +98,7 @@ from mesh.queue.outcome import (
 )
 from mesh.queue.runs import ModelUsage, RunState, RunStatus, get_run_entry, run_key
 from mesh.queue.slots import ConcurrencyQuotas
+from mesh.queue.spans import Attempt, outcome_span
 from mesh.wire import protocol
 from mesh.wire.connection import through_outage
 from mesh.wire.publisher import Pipeline, parse_puback
@@ -161,6 +162,10 @@ class TaskContext:
     #: Model tokens the handler reported (:meth:`report_usage`), carried on the finished event.
     usage: list[dict[str, Any]] | None = None
 
+    @property
+    def correlation_id(self) -> str | None:
+        return self.envelope.correlation_id
+
     async def report_progress(self, percent: float) -> None:
         await self._report(max(0.0, min(100.0, float(percent))))
 
@@ -203,6 +208,7 @@ class _InFlight:
     started: datetime | None = None  # when this attempt started (once decoded)
     shown: bool = False  # its running state is written (a progress report, a claim, or running long)
     wants_slot: bool = False  # its agent has a concurrency quota and it holds no slot yet (mesh.queue.slots)
+    traced: Attempt | None = None  # its spans, when this process records any (mesh.queue.spans)
 
 
 class TaskWorker:
@@ -969,19 +975,37 @@ class TaskWorker:
             return
         if self.config is not None and self.config.values:
             why = self._misplaced(lane.agent, task.metadata.tenant)
-            if why is not None:
+            if why is not None:  # not this worker's to run: no trace of it here
                 await self._place_elsewhere(item, task, why)
                 return
-        scopes = self.quotas.applicable(lane.agent, task.metadata.tenant) if self.quotas is not None else []
-        if not scopes:
-            await self._run_task(item, task, payload, started)
-            return
-        if not await self._take_slots(item, task, scopes):
-            return
-        try:  # a run holding slots starts when it got them, and gives them back however it ends
-            await self._run_task(item, task, payload, utcnow())
+        entered = self._trace(item, task, started) if trace.recording() else None
+        try:
+            scopes = (
+                self.quotas.applicable(lane.agent, task.metadata.tenant) if self.quotas is not None else []
+            )
+            if not scopes:
+                await self._run_task(item, task, payload, started)
+                return
+            if not await self._take_slots(item, task, scopes):
+                return
+            try:  # a run holding slots starts when it got them, and gives them back however it ends
+                await self._run_task(item, task, payload, utcnow())
+            finally:
+                await self._give_slots(task.id)
         finally:
-            await self._give_slots(task.id)
+            if item.traced is not None:
+                item.traced.end()
+            elif entered is not None:
+                trace.leave(entered)
+
+    def _trace(self, item: _InFlight, task: Envelope, started: datetime) -> trace.Entered | None:
+        """With tracing on: the attempt's spans (:mod:`mesh.queue.spans`) if its trace is
+        sampled, else its trace context passed on without a span."""
+        headers = item.msg.headers
+        if not trace.sampled((headers or {}).get(trace.TRACEPARENT)):
+            return trace.enter_unsampled(headers)  # what it sends stays in its trace
+        item.traced = Attempt(headers, task, item.lane.agent, started)
+        return None
 
     async def _run_task(
         self, item: _InFlight, task: Envelope, payload: dict[str, Any], started: datetime
@@ -1036,9 +1060,12 @@ class TaskWorker:
             routing_key=task.metadata.routing_key, attempt=attempt,
             input=payload.get("input"), envelope=task, _report=report,
         )  # fmt: skip
+        if item.traced is not None:
+            item.traced.started(attempt, cfg.version)
         t0 = time.perf_counter()
         series = metrics.for_agent(lane.agent)
         series.wait.observe(max(0.0, waited))
+        labels = trace.run_labels.set(ctx)
         try:
             result = await handler(ctx)
         except asyncio.CancelledError:
@@ -1052,6 +1079,8 @@ class TaskWorker:
                 failing.usage = [ModelUsage.model_validate(u) for u in ctx.usage]
             await self._failed(cfg, item, task, failing, attempt, exc, expect)
             return
+        finally:
+            trace.run_labels.reset(labels)
         item.finishing = True
         series.run.observe(time.perf_counter() - t0)
         fresh = state is None and not generation  # no earlier attempt or replay to carry
@@ -1059,10 +1088,18 @@ class TaskWorker:
         if isinstance(outcome, ResultTooLarge):
             await self._failed(cfg, item, task, current_state(), attempt, outcome, expect)
             return
-        if expect == 0:  # the common case: no event yet, one publish and no lookup
-            recorded = await self._record_first(outcome, lane.agent, task)
+        # The common case: no event yet (expect == 0), one publish and no lookup.
+        if item.traced is None:
+            recorded = await (
+                self._record_first(outcome, lane.agent, task) if expect == 0
+                else self._record(outcome, lane.agent, task, expect)
+            )  # fmt: skip
         else:
-            recorded = await self._record(outcome, lane.agent, task, expect)
+            with outcome_span(item.traced):
+                recorded = await (
+                    self._record_first(outcome, lane.agent, task) if expect == 0
+                    else self._record(outcome, lane.agent, task, expect)
+                )  # fmt: skip
         if recorded:
             self.completed += 1
             series.completed.inc()
@@ -1184,6 +1221,8 @@ class TaskWorker:
                          error_type=type(exc).__name__, retryable=retryable, replay=state.replay)
         )  # fmt: skip
         state.error = f"{type(exc).__name__}: {exc}"[:8000]
+        if item.traced is not None:
+            item.traced.failed(exc, will_retry=retryable and attempt < cfg.max_attempts)
         if retryable and attempt < cfg.max_attempts:
             state.status = RunStatus.QUEUED  # started already: no wait deadline any more
             if not await self._write_state_patiently(item, state):
@@ -1193,7 +1232,8 @@ class TaskWorker:
             metrics.TASKS_RETRIED.labels(lane.agent).inc()
             return
         reason = "permanent error" if not retryable else f"failed {attempt} attempts"
-        await self.dead_letter_task(msg, task, state, reason, expect=expect)
+        with outcome_span(item.traced):
+            await self.dead_letter_task(msg, task, state, reason, expect=expect)
         await self.pipeline.ack_sync(msg)
 
     async def _write_state_patiently(self, item: _InFlight, state: RunState) -> bool:
