@@ -308,7 +308,7 @@ async def ensure_stream(js: JetStreamContext, config: StreamConfig, update: bool
         await placed(lambda: js.stream_info(name), f"stream {name}")
     except NotFoundError:
         await placed(lambda: js.add_stream(config), f"stream {config.name}")
-        log.info("created stream %s", config.name)
+        log.debug("created stream %s", config.name)
         return
     if not update:
         return
@@ -329,7 +329,7 @@ async def provision(js: JetStreamContext, cfg: ProvisionConfig | None = None) ->
             await js.key_value(bucket.bucket)
         except Exception:
             await placed(functools.partial(js.create_key_value, bucket), f"KV bucket {bucket.bucket}")
-            log.info("created KV bucket %s", bucket.bucket)
+            log.debug("created KV bucket %s", bucket.bucket)
     await ensure_direct_gets(js, names.BUCKET_CONFIG)
     await ensure_run_projection(js)
     try:
@@ -339,7 +339,7 @@ async def provision(js: JetStreamContext, cfg: ProvisionConfig | None = None) ->
         config = ObjectStoreConfig(bucket=store, storage=StorageType.FILE, replicas=cfg.replicas,
                                    description="The hub's package archives (agents.hub)")  # fmt: skip
         await placed(functools.partial(js.create_object_store, store, config), f"object store {store}")
-        log.info("created object store %s", store)
+        log.debug("created object store %s", store)
 
 
 async def ensure_direct_gets(js: JetStreamContext, bucket: str) -> None:
