@@ -16,6 +16,17 @@ from prometheus_client import Counter, Gauge, Histogram
 
 __all__ = [
     "AgentMetrics",
+    "BUDGET_LIMIT",
+    "LIMIT_SPENT",
+    "CONSUMER_ACK_PENDING",
+    "CONSUMER_PENDING",
+    "JETSTREAM_STORAGE",
+    "JETSTREAM_STORAGE_LIMIT",
+    "QUEUE_OLDEST_AGE",
+    "SOURCE_LAG",
+    "STREAM_BYTES",
+    "STREAM_MESSAGES",
+    "TASKS_IN_PROGRESS",
     "BREAKER_REFUSED",
     "BREAKER_STATE",
     "QUOTA_WAITS",
@@ -65,6 +76,44 @@ BREAKER_REFUSED = Counter(
     ["agent"],
 )
 TASKS_EXPIRED = Counter("af_tasks_expired_total", "Tasks whose TTL passed while queued", ["agent"])
+TASKS_IN_PROGRESS = Gauge("af_worker_tasks_in_progress", "Tasks this worker pool is running now", ["agent"])
+QUEUE_OLDEST_AGE = Gauge(
+    "af_queue_oldest_task_age_seconds",
+    "Age of the oldest task waiting (not yet delivered) per lane; 0 when none waits",
+    ["agent", "priority"],
+)
+# JetStream health, from the stream and consumer info the queue maintenance reads
+# every 5 s. Durable consumers only: ephemeral ones (KV watchers) have random names.
+STREAM_MESSAGES = Gauge("af_jetstream_stream_messages", "Messages stored in the stream", ["stream"])
+STREAM_BYTES = Gauge("af_jetstream_stream_bytes", "Bytes stored in the stream", ["stream"])
+CONSUMER_PENDING = Gauge(
+    "af_jetstream_consumer_pending_messages",
+    "Messages a durable consumer has not been delivered yet (its lag)",
+    ["stream", "consumer"],
+)
+CONSUMER_ACK_PENDING = Gauge(
+    "af_jetstream_consumer_ack_pending_messages",
+    "Messages delivered to a durable consumer and not acknowledged yet",
+    ["stream", "consumer"],
+)
+SOURCE_LAG = Gauge(
+    "af_jetstream_source_lag_messages",
+    "Messages a stream has yet to copy from a source (the processors' topics source AF_EVENTS)",
+    ["stream", "source"],
+)
+BUDGET_LIMIT = Gauge(
+    "af_budget_limit", "A budget's spend limit per period, in the price table's currency", ["budget"]
+)
+LIMIT_SPENT = Gauge(
+    "af_limit_spent",
+    "1 while a hard budget or a quota is used up for its period (new work refused)",
+    ["limit", "kind"],
+)
+JETSTREAM_STORAGE = Gauge("af_jetstream_storage_bytes", "File storage the account uses")
+JETSTREAM_STORAGE_LIMIT = Gauge(
+    "af_jetstream_storage_limit_bytes",
+    "File storage the account may use; 0: no limit of its own (the server's disk is the limit)",
+)
 
 
 @dataclass(frozen=True, slots=True)
