@@ -142,6 +142,18 @@ ROWS: list[tuple[str, list[Builder[Panel]]]] = [
         states("Limits used up", "1 while a hard budget or a quota refuses new work.",
                "max by (limit, kind) (af_limit_spent)", "{{kind}} {{limit}}"),
     ]),
+    ("Canary", [
+        series("Requests per version", "Executions per agent version over the last 5 minutes "
+               "(canary processor): how far a new version's share has come.", "none",
+               (f"sum by (agent, version) (af_canary_requests{{{AGENT}}})", "{{agent}} {{version}}")),
+        series("Error rate per version", "Failed over all executions per version, last 5 minutes.",
+               "percentunit",
+               (f"sum by (agent, version) (af_canary_errors{{{AGENT}}}) / "
+                f"sum by (agent, version) (af_canary_requests{{{AGENT}}} > 0)", "{{agent}} {{version}}")),
+        series("p99 duration per version", "Last 5 minutes; none below the processor's minimum samples.", "s",
+               (f"max by (agent, version) (af_canary_duration_p99_seconds{{{AGENT}}})",
+                "{{agent}} {{version}}")),
+    ]),
     ("Cost and resources", [
         series("Cost per agent", "Priced executions per hour (metering processor, as recorded).", "none",
                (f"sum by (agent, currency) (increase(af_cost_total{{{AGENT}, {TENANT}}}[1h]))",

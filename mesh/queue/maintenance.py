@@ -54,7 +54,7 @@ from mesh.queue.outcome import (
     write_outcome,
 )
 from mesh.queue.runs import RunState, RunStatus, get_run, parse_run
-from mesh.queue.stats import jetstream_stats, limit_stats, queue_stats
+from mesh.queue.stats import canary_stats, jetstream_stats, limit_stats, queue_stats
 from mesh.stopping import cancel_within
 from mesh.wire import protocol
 from mesh.wire.connection import through_outage
@@ -295,4 +295,5 @@ class QueueMaintenance:
         stats = await queue_stats(self.js)
         await jetstream_stats(self.js)
         await limit_stats(self.js)
+        await canary_stats(self.js)
         return stats

@@ -17,6 +17,9 @@ from prometheus_client import Counter, Gauge, Histogram
 __all__ = [
     "AgentMetrics",
     "BUDGET_LIMIT",
+    "CANARY_ERRORS",
+    "CANARY_P99",
+    "CANARY_REQUESTS",
     "LIMIT_SPENT",
     "CONSUMER_ACK_PENDING",
     "CONSUMER_PENDING",
@@ -108,6 +111,15 @@ LIMIT_SPENT = Gauge(
     "af_limit_spent",
     "1 while a hard budget or a quota is used up for its period (new work refused)",
     ["limit", "kind"],
+)
+# Per agent version, from af_canary_metrics (the canary processor's 5-minute window).
+_VERSION = ["agent", "version"]
+CANARY_REQUESTS = Gauge("af_canary_requests", "Executions of the version in the last 5 minutes", _VERSION)
+CANARY_ERRORS = Gauge("af_canary_errors", "Failed executions of the version in the last 5 minutes", _VERSION)
+CANARY_P99 = Gauge(
+    "af_canary_duration_p99_seconds",
+    "p99 duration of the version over the last 5 minutes; absent below the processor's minimum samples",
+    _VERSION,
 )
 JETSTREAM_STORAGE = Gauge("af_jetstream_storage_bytes", "File storage the account uses")
 JETSTREAM_STORAGE_LIMIT = Gauge(

@@ -4,13 +4,15 @@ A full ``max_ack_pending`` makes JetStream stop delivering *without any
 error*; :attr:`LaneStats.stalled` and the ``af_queue_ack_pending_ratio``
 gauge make that visible (alert ``QueueStalled``: ``deployment/monitoring/alerts/``).
 The queue maintenance also sets, every 5 s, the JetStream health gauges
-(:func:`jetstream_stats`) and the budget gauges (:func:`limit_stats`).
+(:func:`jetstream_stats`), the budget gauges (:func:`limit_stats`) and the
+canary gauges (:func:`canary_stats`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from datetime import UTC, datetime
 
 from nats.js import JetStreamContext
@@ -19,11 +21,15 @@ from prometheus_client import Gauge
 from pydantic import BaseModel
 
 from mesh import names
+from mesh.canary import VersionMetrics
+from mesh.kv import current_entries
 from mesh.queue import metrics
 from mesh.queue.budgets import read_limits
 from mesh.queue.gates import read_gates
 
-__all__ = ["LaneStats", "QueueStats", "jetstream_stats", "limit_stats", "queue_stats"]
+__all__ = ["LaneStats", "QueueStats", "canary_stats", "jetstream_stats", "limit_stats", "queue_stats"]
+
+log = logging.getLogger(__name__)
 
 
 class LaneStats(BaseModel):
@@ -161,6 +167,40 @@ async def limit_stats(js: JetStreamContext) -> None:
         metrics.BUDGET_LIMIT.remove(*stale)
     for stale in _label_sets(metrics.LIMIT_SPENT, ("limit", "kind")) - set(limits):
         metrics.LIMIT_SPENT.remove(*stale)
+
+
+CANARY_WINDOW = "5m"
+
+
+async def canary_stats(js: JetStreamContext) -> None:
+    """Set the canary gauges from ``af_canary_metrics``: each version's requests, errors
+    and p99 duration over the last 5 minutes, as the canary processor last put them."""
+    kv = await js.key_value(names.BUCKET_CANARY_METRICS)
+    versions: set[tuple[str, ...]] = set()
+    timed: set[tuple[str, ...]] = set()
+    for entry in await current_entries(js, kv, names.BUCKET_CANARY_METRICS):
+        try:
+            found = VersionMetrics.model_validate_json(entry.value or b"")
+        except ValueError as exc:
+            log.error("%s in %s is not readable, left out: %s", entry.key, names.BUCKET_CANARY_METRICS, exc)
+            continue
+        window = found.windows.get(CANARY_WINDOW)
+        if window is None:
+            continue
+        labels = (found.agent, found.version)
+        versions.add(labels)
+        metrics.CANARY_REQUESTS.labels(*labels).set(window.requests)
+        metrics.CANARY_ERRORS.labels(*labels).set(window.errors)
+        if window.p99_ms is not None:
+            timed.add(labels)
+            metrics.CANARY_P99.labels(*labels).set(window.p99_ms / 1000)
+    for gauge, present in (
+        (metrics.CANARY_REQUESTS, versions),
+        (metrics.CANARY_ERRORS, versions),
+        (metrics.CANARY_P99, timed),
+    ):
+        for stale in _label_sets(gauge, ("agent", "version")) - present:
+            gauge.remove(*stale)
 
 
 def _label_sets(gauge: Gauge, label_names: tuple[str, ...]) -> set[tuple[str, ...]]:

@@ -1,16 +1,19 @@
 """The gauges the dashboards and alerts read besides the task counters, on a real
 nats-server: the oldest waiting task per lane, JetStream stream sizes and durable
-consumer lag, the account's storage, budgets, and whether NATS is connected."""
+consumer lag, the account's storage, budgets, canary versions, and whether NATS is connected."""
 
 from __future__ import annotations
+
+from datetime import UTC, datetime
 
 from nats.js.api import AckPolicy, ConsumerConfig
 
 from mesh import names
+from mesh.canary import VersionMetrics, WindowMetrics
 from mesh.queue import metrics
 from mesh.queue.budgets import Budget, Quota, put_limit, remove_limit
 from mesh.queue.producer import TaskQueue, TaskSpec
-from mesh.queue.stats import jetstream_stats, limit_stats, queue_stats
+from mesh.queue.stats import canary_stats, jetstream_stats, limit_stats, queue_stats
 from mesh.queue.worker import AgentQueueConfig, ensure_lane
 from mesh.wire.connection import CONNECTED, RECONNECTS
 from tests.helpers import eventually, unique
@@ -88,6 +91,29 @@ async def test_budget_gauges_follow_the_limits_in_kv(own: Own) -> None:
     await limit_stats(own.js)
     assert _value(metrics.BUDGET_LIMIT, budget) is None
     assert _value(metrics.LIMIT_SPENT, budget, "budget") is None
+
+
+async def test_canary_gauges_show_each_versions_five_minute_window(own: Own) -> None:
+    agent = unique("canary")
+    kv = await own.js.key_value(names.BUCKET_CANARY_METRICS)
+
+    def window(requests: int, errors: int, p99_ms: float | None) -> WindowMetrics:
+        status = "ok" if p99_ms is not None else "insufficient data"
+        return WindowMetrics(minutes=5, requests=requests, errors=errors, status=status, p99_ms=p99_ms)
+
+    for version, w in (("1.0.0", window(40, 2, 250.0)), ("1.1.0", window(5, 1, None))):
+        found = VersionMetrics(agent=agent, version=version, as_of=datetime.now(UTC), min_samples=20,
+                               windows={"1m": w, "5m": w})  # fmt: skip
+        await kv.put(names.version_key(agent, version), found.model_dump_json().encode())
+    await canary_stats(own.js)
+    assert _value(metrics.CANARY_REQUESTS, agent, "1.0.0") == 40
+    assert _value(metrics.CANARY_ERRORS, agent, "1.0.0") == 2
+    assert _value(metrics.CANARY_P99, agent, "1.0.0") == 0.25  # seconds
+    assert _value(metrics.CANARY_REQUESTS, agent, "1.1.0") == 5
+    assert _value(metrics.CANARY_P99, agent, "1.1.0") is None  # below the minimum samples
+    await kv.delete(names.version_key(agent, "1.1.0"))
+    await canary_stats(own.js)
+    assert _value(metrics.CANARY_REQUESTS, agent, "1.1.0") is None
 
 
 async def test_nats_connected_reads_zero_while_the_server_is_down_and_counts_the_reconnect(own: Own) -> None:
