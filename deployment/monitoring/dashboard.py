@@ -168,6 +168,15 @@ ROWS: list[tuple[str, list[Builder[Panel]]]] = [
                (f"sum by (agent) (rate(af_execution_written_bytes_total{{{AGENT}, {TENANT}}}[{RATE}]))",
                 "written {{agent}}")),
     ]),
+    ("Sandbox", [
+        series("Invocations by outcome", "Sandboxed invocations per second: ok, or why they failed.", "ops",
+               (f"sum by (agent, outcome) (rate(af_sandbox_invocations_total{{{AGENT}}}[{RATE}]))",
+                "{{agent}} {{outcome}}")),
+        series("CPU per invocation", "CPU time of invocations, p50 and p95.", "s",
+               *quantiles("af_sandbox_cpu_seconds", "agent")[:2]),
+        series("Peak memory per invocation", "Control group charge (else peak RSS), p50 and p95.", "bytes",
+               *quantiles("af_sandbox_memory_peak_bytes", "agent")[:2]),
+    ]),
     ("NATS and JetStream", [
         series("Stream messages", "Messages stored per stream.", "none",
                ("max by (stream) (af_jetstream_stream_messages)", "{{stream}}")),
