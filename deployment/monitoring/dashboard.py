@@ -17,12 +17,10 @@ import sys
 from pathlib import Path
 
 from grafana_foundation_sdk.builders import dashboard, prometheus, stat, statetimeline, timeseries
-from grafana_foundation_sdk.cog.builder import Builder
 from grafana_foundation_sdk.cog.encoder import JSONEncoder
 from grafana_foundation_sdk.models.dashboard import (
     DashboardCursorSync,
     DataSourceRef,
-    Panel,
     VariableOption,
     VariableRefresh,
     VariableSort,
@@ -70,7 +68,7 @@ def by_agent_rate(metric: str, extra: str = "") -> Target:
     return f"sum by (agent) (rate({metric}{{{AGENT}{extra}}}[{RATE}]))", "{{agent}}"
 
 
-ROWS: list[tuple[str, list[Builder[Panel]]]] = [
+ROWS: list[tuple[str, list[timeseries.Panel | stat.Panel | statetimeline.Panel]]] = [
     ("Fleet health", [
         single("Worker pools reporting", "Pools whose metrics the gateway read in this scrape "
                "(af_worker_metrics_up); fewer than you run: a pool is down or hung.", "none",
@@ -135,7 +133,8 @@ ROWS: list[tuple[str, list[Builder[Panel]]]] = [
                f"max by (agent) (af_fleet_breaker_state{{{AGENT}}})", "{{agent}}"),
         series("Breaker refusals per second", "Calls an open local breaker refused.", "ops",
                by_agent_rate("af_breaker_rejected_total")),
-        series("Budget burn", "Spend over the last hour per budget's scope, against budget limits.", "none",
+        series("Budget burn", "Spend per tenant over the last hour, beside each budget's limit for its "
+               "whole period (agent-factory budget ls shows the period).", "none",
                (f"sum by (tenant, currency) (increase(af_cost_total{{{TENANT}}}[1h]))",
                 "{{tenant}} {{currency}}/h"),
                ("max by (budget) (af_budget_limit)", "limit {{budget}}")),
@@ -219,10 +218,11 @@ def build() -> dict[str, object]:
         .with_variable(_variable("agent", "Agent", "label_values(af_tasks_enqueued_total, agent)"))
         .with_variable(_variable("tenant", "Tenant", "label_values(af_cost_total, tenant)"))
     )  # fmt: skip
+    ids = iter(range(1, 1000))  # stable ids: links to a panel (viewPanel=N) survive regeneration
     for title, panels in ROWS:
-        board = board.with_row(dashboard.Row(title))
+        board = board.with_row(dashboard.Row(title).id(next(ids)))
         for panel in panels:
-            board = board.with_panel(panel)
+            board = board.with_panel(panel.id(next(ids)))
     encoded: dict[str, object] = json.loads(json.dumps(board.build(), cls=JSONEncoder))
     return encoded
 
