@@ -71,7 +71,7 @@ BREAKER_STATE = Gauge(
 QUOTA_WAITS = Counter(
     "af_quota_slot_waits_total",
     "Tasks that found a fleet-wide concurrency quota full when taken: waited here, or returned",
-    ["agent", "how"],
+    ["agent", "outcome"],
 )
 BREAKER_REFUSED = Counter(
     "af_fleet_breaker_refused_total",

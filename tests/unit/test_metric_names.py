@@ -25,7 +25,7 @@ PACKAGES = ("mesh", "agents", "gateway", "streams")
 # streams and durable consumers, worker pools, channels, budgets and quotas.
 BOUNDED_LABELS = {
     "agent", "version", "tenant", "priority", "outcome", "worker", "channel", "channel_type",
-    "direction", "stream", "consumer", "source", "budget", "limit", "kind", "currency", "how",
+    "direction", "stream", "consumer", "source", "budget", "limit", "kind", "currency",
     "from_state", "to_state",
 }  # fmt: skip
 # Values per run, request, message or error: never a label (put them in logs and traces).
