@@ -282,6 +282,15 @@ def test_every_panel_and_alert_query_is_valid_and_has_data(platform: _Platform, 
     panels = [(where, expr) for where, expr in exprs if not where.startswith("alert")]
     _wait_for_data(prometheus, panels, "panels that show nothing under the workload")
 
+    # Every process of `up` is in the scrape: its pool and each stream processor.
+    processes = {"worker-0", "processor-metering", "processor-breaker", "processor-canary"}
+
+    def scraped() -> set[str]:
+        answer = _query(prometheus, "af_worker_metrics_up == 1")["data"]["result"]
+        return {series["metric"]["worker"] for series in answer}
+
+    _poll(lambda: scraped() == processes, 60, f"every process scraped: {processes}")
+
     # Prometheus loaded every rule and evaluates each without an error.
     alerts = sorted(where.removeprefix("alert ") for where, _ in _alert_exprs())
     assert sorted(r["name"] for r in _rules(prometheus)) == alerts
