@@ -191,8 +191,10 @@ ROWS: list[tuple[str, list[timeseries.Panel | stat.Panel | statetimeline.Panel]]
         series("Channel backlog", "Messages durable channel subscribers have yet to take.", "none",
                ('max by (consumer) (af_jetstream_consumer_pending_messages{stream="AF_CHANNELS"})',
                 "{{consumer}}")),
-        series("Processors' input lag", "Events the processors' topics have yet to copy from AF_EVENTS.",
-               "none", ("max by (stream) (af_jetstream_source_lag_messages)", "{{stream}}")),
+        series("Processor lag", "Records each processor has yet to take from its partitions; events "
+               "its topics have yet to copy from AF_EVENTS.", "none",
+               ("sum by (worker) (af_processor_lag_messages)", "{{worker}}"),
+               ("max by (stream) (af_jetstream_source_lag_messages)", "copy into {{stream}}")),
         series("NATS reconnects", "Connections re-established, per process.", "none",
                ("sum by (worker) (increase(af_nats_reconnects_total[1h]))", "{{worker}}")),
     ]),
