@@ -6,8 +6,9 @@ test fails when the committed JSON differs from what it generates, and
 scraping a running ``agent-factory up`` (a panel whose metric nobody exports
 fails there). Edit this file, never the JSON.
 
-Every query reads the gateway's ``/metrics``, which merges each worker pool's
-series (labelled ``worker``): sum over ``worker``, never pick one process.
+Every query reads the gateway's ``/metrics``, which merges the series of each
+worker pool and stream processor (labelled ``worker``): sum over ``worker``,
+never pick one process.
 """
 
 from __future__ import annotations
@@ -70,8 +71,8 @@ def by_agent_rate(metric: str, extra: str = "") -> Target:
 
 ROWS: list[tuple[str, list[timeseries.Panel | stat.Panel | statetimeline.Panel]]] = [
     ("Fleet health", [
-        single("Worker pools reporting", "Pools whose metrics the gateway read in this scrape "
-               "(af_worker_metrics_up); fewer than you run: a pool is down or hung.", "none",
+        single("Processes reporting", "Worker pools and stream processors whose metrics the gateway "
+               "read in this scrape (af_worker_metrics_up); fewer than you run: one is down or hung.", "none",
                "sum(af_worker_metrics_up)"),
         single("NATS connected", "1 when every process's NATS connection is up.", "bool",
                "min(af_nats_connected)"),
@@ -220,7 +221,7 @@ def build() -> dict[str, object]:
         .with_variable(_variable("agent", "Agent", "label_values(af_tasks_enqueued_total, agent)"))
         .with_variable(_variable("tenant", "Tenant", "label_values(af_cost_total, tenant)"))
     )  # fmt: skip
-    ids = iter(range(1, 1000))  # stable ids: links to a panel (viewPanel=N) survive regeneration
+    ids = iter(range(1, 1000))  # in order, as Grafana would number them, but fixed in the JSON
     for title, panels in ROWS:
         board = board.with_row(dashboard.Row(title).id(next(ids)))
         for panel in panels:
