@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install up test test-cluster bench fuzz lint clean
+.PHONY: install up test test-cluster bench fuzz lint clean dashboards verify-monitoring
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -36,10 +36,23 @@ bench: $(STAMP)
 fuzz: $(STAMP)
 	$(BIN)/pytest -q -s -p no:cacheprovider tests/fuzz
 
+# deployment/monitoring/dashboards/agent-factory.json from deployment/monitoring/dashboard.py.
+dashboards: $(STAMP)
+	$(BIN)/python deployment/monitoring/dashboard.py
+
+# Opt-in, about 20 s: promtool's checks and rule tests, then a real Prometheus scraping
+# `agent-factory up` under a mixed workload: every panel's and alert's query must be valid
+# PromQL with data. Needs Debian's prometheus package (prometheus and promtool).
+verify-monitoring: $(STAMP)
+	@command -v prometheus >/dev/null && command -v promtool >/dev/null || \
+		{ echo "verify-monitoring needs prometheus and promtool: apt-get install -y prometheus" >&2; exit 1; }
+	$(BIN)/pytest -q -s -p no:cacheprovider tests/unit/test_alert_rules.py tests/monitoring
+
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/mypy deployment/monitoring/dashboard.py  # the dashboard's panels, checked by the builders' types
 	$(BIN)/lint-imports --no-cache
 
 clean:

@@ -30,6 +30,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from prometheus_client import Counter
 from pydantic import TypeAdapter
 
 from agents.store.billing import record_billing
@@ -38,12 +39,12 @@ from agents.store.runs import index_runs
 from mesh import names
 from mesh.envelope import CONTENT_TYPE, decode
 from mesh.errors import DecodeError
-from mesh.queue.billing import BillingRecord
+from mesh.queue.billing import NANO, BillingRecord
 from mesh.queue.runs import ExecutionFinished
 from mesh.wire.consumer import ConsumerLoop
 from mesh.wire.protocol import api_prefix
 
-__all__ = ["BILLING", "EXECUTIONS", "RUN_INDEX", "Projection", "Recorder"]
+__all__ = ["BILLING", "COST", "EXECUTIONS", "RUN_INDEX", "Projection", "Recorder"]
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +75,26 @@ async def _write_executions(pool: asyncpg.Pool, msgs: list[Msg]) -> int:
 
 
 _BILLING_LIST = TypeAdapter(list[BillingRecord])
+# Counted as the recorder writes (at least once: a batch written again after a
+# crash counts again; PostgreSQL's billing_records is the exact account).
+_BILLED = ["agent", "tenant"]
+COST = Counter("af_cost_total", "Priced executions' cost, in their currency", [*_BILLED, "currency"])
+CPU = Counter("af_execution_cpu_seconds_total", "CPU time executions used (as metered)", _BILLED)
+WALL = Counter("af_execution_wall_seconds_total", "Wall time executions took (as metered)", _BILLED)
+TOKENS = Counter("af_execution_tokens_total", "Model tokens executions used", [*_BILLED, "direction"])
+NETWORK = Counter("af_execution_network_bytes_total", "Bytes executions sent and received", _BILLED)
+WRITTEN = Counter("af_execution_written_bytes_total", "Bytes executions wrote", _BILLED)
+
+
+def _count(record: BillingRecord) -> None:
+    scope = (record.agent, record.tenant)
+    COST.labels(*scope, record.currency).inc(record.amount_nano / NANO)
+    CPU.labels(*scope).inc(record.cpu_ms / 1000)
+    WALL.labels(*scope).inc(record.wall_ms / 1000)
+    TOKENS.labels(*scope, "input").inc(record.input_tokens)
+    TOKENS.labels(*scope, "output").inc(record.output_tokens)
+    NETWORK.labels(*scope).inc(record.bytes_network)
+    WRITTEN.labels(*scope).inc(record.bytes_written)
 
 
 async def _write_billing(pool: asyncpg.Pool, msgs: list[Msg]) -> int:
@@ -85,6 +106,8 @@ async def _write_billing(pool: asyncpg.Pool, msgs: list[Msg]) -> int:
         except ValueError as exc:  # it stays in AF_BILLING; only the projection skips it
             log.error("recorder: skipping unreadable billing records %s: %s", msg.subject, exc)
     await record_billing(pool, records)
+    for record in records:
+        _count(record)
     return len(records)
 
 

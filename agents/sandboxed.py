@@ -18,18 +18,42 @@ agent and its fallback agents as sandbox invocations).
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, Final
 
 from opentelemetry.trace import Status, StatusCode
+from prometheus_client import Counter, Histogram
 
 from agents.configs import RunConfig
 from agents.contract import Agent, RunContext
 from agents.errors import AgentError
-from agents.sandbox import InvocationResult, Sandbox, SandboxConfig, SandboxLimits
+from agents.sandbox import InvocationAudit, InvocationResult, Sandbox, SandboxConfig, SandboxLimits
 from mesh import trace
 from mesh.queue.worker import Handler, PermanentError, TaskContext
 
 __all__ = ["SandboxedRunFailed", "sandbox_config", "sandboxed_handler", "spec_of"]
+
+# What the sandbox measured of each invocation, in the worker pool that asked for it.
+INVOCATIONS: Final = Counter(
+    "af_sandbox_invocations_total",
+    "Sandboxed invocations by outcome: ok, or the error category",
+    ["agent", "outcome"],
+)
+CPU_SECONDS: Final = Histogram(
+    "af_sandbox_cpu_seconds", "CPU time of an invocation's main process", ["agent"],
+    buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300),
+)  # fmt: skip
+MEMORY_BYTES: Final = Histogram(
+    "af_sandbox_memory_peak_bytes",
+    "An invocation's peak memory: what its control group charged, else its main process's peak RSS",
+    ["agent"], buckets=tuple(float(2**20 * mib) for mib in (8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)),
+)  # fmt: skip
+
+
+def _observe(audit: InvocationAudit) -> None:
+    INVOCATIONS.labels(audit.agent, audit.error.value if audit.error else "ok").inc()
+    CPU_SECONDS.labels(audit.agent).observe(audit.cpu_ms / 1000)
+    peak = audit.memory_peak_bytes if audit.memory_peak_bytes is not None else audit.peak_rss_bytes
+    MEMORY_BYTES.labels(audit.agent).observe(peak)
 
 
 class SandboxedRunFailed(AgentError):
@@ -71,6 +95,7 @@ def sandboxed_handler(agent: Agent[Any, Any], sandbox: Sandbox, config: RunConfi
         if trace.recording():
             _sandbox_spans(started_ns, time.time_ns(), result)
         task.audit = result.audit.model_dump(mode="json")
+        _observe(result.audit)
         if result.ok:
             return result.output
         category = result.audit.error

@@ -25,13 +25,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import AsyncIterator, Iterable, Mapping
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 
 import aiohttp
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest, start_http_server
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
@@ -46,6 +46,7 @@ __all__ = [
     "WorkerTarget",
     "merge_families",
     "merged_metrics",
+    "serve_process_metrics",
     "serve_worker_metrics",
     "worker_targets",
 ]
@@ -88,6 +89,24 @@ async def serve_worker_metrics(
             target.unlink(missing_ok=True)
     finally:
         await runner.cleanup()
+
+
+@contextmanager
+def serve_process_metrics(data_dir: Path, name: str, host: str = "127.0.0.1", port: int = 0) -> Iterator[str]:
+    """As :func:`serve_worker_metrics`, for a process whose event loop is not ours (a
+    stream processor is a Faust worker): prometheus_client's own server, in a thread."""
+    server, thread = start_http_server(port, addr=host)
+    try:
+        url = f"http://{_reachable(host)}:{server.server_port}/metrics"
+        target = data_dir / TARGETS_DIR / f"{os.getpid()}.json"
+        _write_atomically(target, WorkerTarget(worker=name, url=url, pid=os.getpid()).model_dump_json())
+        try:
+            yield url
+        finally:
+            target.unlink(missing_ok=True)
+    finally:
+        server.shutdown()
+        thread.join(timeout=5)
 
 
 async def _serve_registry(request: web.Request) -> web.Response:

@@ -25,7 +25,8 @@ import logging
 import os
 import socket
 import uuid
-from collections.abc import Iterable, Mapping
+import weakref
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, cast
 
 from faust.transport import base
@@ -33,6 +34,9 @@ from faust.transport.consumer import CONSUMER_PARTITIONS_REVOKED
 from faust.types import TP, ConsumerMessage
 from mode import Service
 from mode.utils.times import Seconds, want_seconds
+from prometheus_client import REGISTRY
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
 
 from streams.assignment import apply_assignment, assign, member_metadata
 from streams.delivery import drain_messages
@@ -42,9 +46,44 @@ from streams.partitioner import partition_for
 from streams.reader import PartitionReader, Record
 from streams.records import decode_header_block
 
-__all__ = ["Consumer"]
+__all__ = ["LAG", "Consumer"]
 
 log = logging.getLogger(__name__)
+
+
+class _Lag(Collector):
+    """``af_processor_lag_messages{stream}``: per assigned partition, the records this
+    process has not taken yet (the highwater its deliveries report, minus its position).
+    Read at scrape time, from the scraping thread: a dict changed meanwhile is read again."""
+
+    def __init__(self) -> None:
+        self.consumers: weakref.WeakSet[Consumer] = weakref.WeakSet()
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        lag: dict[str, int] = {}
+        for consumer in list(self.consumers):
+            for _ in range(3):
+                try:
+                    readers, assigned = list(consumer._readers.items()), set(consumer._assigned)
+                    break
+                except RuntimeError:  # changed size while listed
+                    continue
+            else:
+                continue
+            for tp, reader in readers:
+                if tp in assigned and reader.started:
+                    behind = max(0, reader.highwater_hint - reader.position())
+                    lag[reader.stream] = lag.get(reader.stream, 0) + behind
+        family = GaugeMetricFamily(
+            "af_processor_lag_messages", "Records of an assigned partition not taken yet", labels=["stream"]
+        )
+        for stream, behind in sorted(lag.items()):
+            family.add_metric([stream], behind)
+        yield family
+
+
+LAG = _Lag()
+REGISTRY.register(LAG)
 
 
 class Consumer(base.Consumer):
@@ -67,6 +106,7 @@ class Consumer(base.Consumer):
         self._data = asyncio.Event()
         self._rebalancer: asyncio.Task[None] | None = None
         self._max_per_partition = 1000
+        LAG.consumers.add(self)
 
     # -- lifecycle ------------------------------------------------------------------
 

@@ -61,11 +61,14 @@ def processors(
         raise CliError("no processors to run (AF_PROCESSORS is off, or --only named none)")
     replicas = replicas or settings.stream_replicas
     if len(chosen) == 1:
+        from gateway.worker_metrics import serve_process_metrics  # noqa: PLC0415 (start-up time)
         from streams.processors.app import run_processor  # noqa: PLC0415 (start-up time: Faust)
 
         try:
-            run_processor(chosen[0], nats_url, replicas=replicas, loglevel=log_level,
-                          session_timeout_s=session_timeout)  # fmt: skip
+            # Its registry on the gateway's /metrics, as a pool's (worker="processor-<name>").
+            with serve_process_metrics(obj.data_dir, f"processor-{chosen[0]}"):
+                run_processor(chosen[0], nats_url, replicas=replicas, loglevel=log_level,
+                              session_timeout_s=session_timeout)  # fmt: skip
         except Exception as exc:
             if obj.verbose:
                 raise

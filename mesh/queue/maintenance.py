@@ -54,7 +54,7 @@ from mesh.queue.outcome import (
     write_outcome,
 )
 from mesh.queue.runs import RunState, RunStatus, get_run, parse_run
-from mesh.queue.stats import queue_stats
+from mesh.queue.stats import canary_stats, jetstream_stats, limit_stats, queue_stats
 from mesh.stopping import cancel_within
 from mesh.wire import protocol
 from mesh.wire.connection import through_outage
@@ -292,4 +292,8 @@ class QueueMaintenance:
         return await expire_overdue(self.js)
 
     async def _stats(self) -> object:
-        return await queue_stats(self.js)
+        stats = await queue_stats(self.js)
+        await jetstream_stats(self.js)
+        await limit_stats(self.js)
+        await canary_stats(self.js)
+        return stats

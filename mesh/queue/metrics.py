@@ -16,6 +16,20 @@ from prometheus_client import Counter, Gauge, Histogram
 
 __all__ = [
     "AgentMetrics",
+    "BUDGET_LIMIT",
+    "CANARY_ERRORS",
+    "CANARY_P99",
+    "CANARY_REQUESTS",
+    "LIMIT_SPENT",
+    "CONSUMER_ACK_PENDING",
+    "CONSUMER_PENDING",
+    "JETSTREAM_STORAGE",
+    "JETSTREAM_STORAGE_LIMIT",
+    "QUEUE_OLDEST_AGE",
+    "SOURCE_LAG",
+    "STREAM_BYTES",
+    "STREAM_MESSAGES",
+    "TASKS_IN_PROGRESS",
     "BREAKER_REFUSED",
     "BREAKER_STATE",
     "QUOTA_WAITS",
@@ -58,7 +72,7 @@ BREAKER_STATE = Gauge(
 QUOTA_WAITS = Counter(
     "af_quota_slot_waits_total",
     "Tasks that found a fleet-wide concurrency quota full when taken: waited here, or returned",
-    ["agent", "how"],
+    ["agent", "outcome"],
 )
 BREAKER_REFUSED = Counter(
     "af_fleet_breaker_refused_total",
@@ -69,8 +83,55 @@ TASKS_EXPIRED = Counter("af_tasks_expired_total", "Tasks whose TTL passed while 
 TASKS_PLACED_ELSEWHERE = Counter(
     "af_tasks_placed_elsewhere_total",
     "Deliveries handed back unstarted: the tenant's config puts them on other workers "
-    "(why: pinned, a pinned version; dedicated, the agent's own workers)",
-    ["agent", "why"],
+    "(kind: pinned, a pinned version; dedicated, the agent's own workers)",
+    ["agent", "kind"],
+)
+TASKS_IN_PROGRESS = Gauge("af_worker_tasks_in_progress", "Tasks this worker pool is running now", ["agent"])
+QUEUE_OLDEST_AGE = Gauge(
+    "af_queue_oldest_task_age_seconds",
+    "Age of the oldest task waiting (not yet delivered) per lane; 0 when none waits",
+    ["agent", "priority"],
+)
+# JetStream health, from the stream and consumer info the queue maintenance reads
+# every 5 s. Durable consumers only: ephemeral ones (KV watchers) have random names.
+STREAM_MESSAGES = Gauge("af_jetstream_stream_messages", "Messages stored in the stream", ["stream"])
+STREAM_BYTES = Gauge("af_jetstream_stream_bytes", "Bytes stored in the stream", ["stream"])
+CONSUMER_PENDING = Gauge(
+    "af_jetstream_consumer_pending_messages",
+    "Messages a durable consumer has not been delivered yet (its lag)",
+    ["stream", "consumer"],
+)
+CONSUMER_ACK_PENDING = Gauge(
+    "af_jetstream_consumer_ack_pending_messages",
+    "Messages delivered to a durable consumer and not acknowledged yet",
+    ["stream", "consumer"],
+)
+SOURCE_LAG = Gauge(
+    "af_jetstream_source_lag_messages",
+    "Messages a stream has yet to copy from a source (the processors' topics source AF_EVENTS)",
+    ["stream", "source"],
+)
+BUDGET_LIMIT = Gauge(
+    "af_budget_limit", "A budget's spend limit per period, in the price table's currency", ["budget"]
+)
+LIMIT_SPENT = Gauge(
+    "af_limit_spent",
+    "1 while a hard budget or a quota is used up for its period (new work refused)",
+    ["limit", "kind"],
+)
+# Per agent version, from af_canary_metrics (the canary processor's 5-minute window).
+_VERSION = ["agent", "version"]
+CANARY_REQUESTS = Gauge("af_canary_requests", "Executions of the version in the last 5 minutes", _VERSION)
+CANARY_ERRORS = Gauge("af_canary_errors", "Failed executions of the version in the last 5 minutes", _VERSION)
+CANARY_P99 = Gauge(
+    "af_canary_duration_p99_seconds",
+    "p99 duration of the version over the last 5 minutes; absent below the processor's minimum samples",
+    _VERSION,
+)
+JETSTREAM_STORAGE = Gauge("af_jetstream_storage_bytes", "File storage the account uses")
+JETSTREAM_STORAGE_LIMIT = Gauge(
+    "af_jetstream_storage_limit_bytes",
+    "File storage the account may use; 0: no limit of its own (the server's disk is the limit)",
 )
 
 

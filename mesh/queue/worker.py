@@ -856,11 +856,13 @@ class TaskWorker:
             self._quota_room(lane.agent)
         task = asyncio.create_task(self._run_guarded(item))
         self._inflight[task] = item
+        metrics.TASKS_IN_PROGRESS.labels(lane.agent).inc()
         task.add_done_callback(self._finished)
 
     def _finished(self, task: asyncio.Task[None]) -> None:
         item = self._inflight.pop(task, None)
         if item is not None:
+            metrics.TASKS_IN_PROGRESS.labels(item.lane.agent).dec()
             item.lane.finished()
             self._slot_settled(item)
         self._room.set()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import weakref
 from collections.abc import Awaitable, Callable
 from typing import Any, Final, TypeVar
 
@@ -15,6 +16,7 @@ import nats
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 from nats.js.errors import ServiceUnavailableError
+from prometheus_client import Counter, Gauge
 
 from mesh.errors import ConnectionFailed
 from mesh.wire import protocol
@@ -27,6 +29,13 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+_clients: weakref.WeakSet[Client] = weakref.WeakSet()  # every connection this process opened
+CONNECTED: Final = Gauge(
+    "af_nats_connected", "1 while every NATS connection of this process is up (or closed on purpose), else 0"
+)
+CONNECTED.set_function(lambda: float(all(c.is_connected or c.is_closed for c in _clients)))
+RECONNECTS: Final = Counter("af_nats_reconnects_total", "NATS connections of this process re-established")
 
 # Per-message TTL 2.11, atomic batch publish 2.12, message schedules 2.14.
 MIN_SERVER_VERSION: Final = (2, 14, 0)
@@ -104,6 +113,7 @@ async def connect(url: str, name: str = "agent-factory", initial_attempts: int =
             log.info("nats disconnected; reconnecting")
 
     async def on_reconnect() -> None:
+        RECONNECTS.inc()
         log.info("nats reconnected")
 
     defaults: dict[str, Any] = {
@@ -132,6 +142,7 @@ async def connect(url: str, name: str = "agent-factory", initial_attempts: int =
         raise ConnectionFailed(f"cannot connect to NATS at {redacted(url)}: {exc}") from exc
     nc.options["max_reconnect_attempts"] = later_attempts
     client.append(nc)
+    _clients.add(nc)
     try:
         v = nc.connected_server_version
         check_server_version(f"{v.major}.{v.minor}.{v.patch}", redacted(url))

@@ -72,7 +72,9 @@ def test_gateway_metrics_count_every_worker_process_run_once_and_the_dlq_gauge_f
         api = _Gateway(data_dir)
 
         def pools_up() -> float:
-            return sum(_samples(api.metrics(), "af_worker_metrics_up").values())
+            # The stream processors are merged too (worker="processor-<name>"): pools only here.
+            up = _samples(api.metrics(), "af_worker_metrics_up")
+            return sum(v for name, v in up.items() if name.startswith("worker-"))
 
         _poll(pools_up, lambda n: n == 2, 60, "worker pools on the gateway's /metrics")
         run_ids = [

@@ -226,10 +226,10 @@ def served(
     return fleet(own.server.url, handlers, workers, idle_poll_s=0.2, concurrency=8, ack_wait_s=ack_wait_s)
 
 
-def waits(how: str, agents: tuple[str, ...] = ("alpha", "beta")) -> float:
+def waits(outcome: str, agents: tuple[str, ...] = ("alpha", "beta")) -> float:
     """Tasks of ``agents`` that found a quota full (or its slots unreachable), in this process."""
     return sum(
-        REGISTRY.get_sample_value("af_quota_slot_waits_total", {"agent": agent, "how": how}) or 0.0
+        REGISTRY.get_sample_value("af_quota_slot_waits_total", {"agent": agent, "outcome": outcome}) or 0.0
         for agent in agents
     )
 

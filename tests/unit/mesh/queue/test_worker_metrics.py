@@ -18,6 +18,7 @@ from gateway.worker_metrics import (
     WorkerTarget,
     merge_families,
     merged_metrics,
+    serve_process_metrics,
     serve_worker_metrics,
     worker_targets,
 )
@@ -113,3 +114,15 @@ async def test_a_served_pool_is_in_the_merged_exposition_and_says_when_it_cannot
         text = (await merged_metrics(tmp_path)).decode()
         assert _values(text, "af_worker_metrics_up") == {(("worker", "w0"),): 1.0, (("worker", "w1"),): 0.0}
     assert not (tmp_path / TARGETS_DIR / f"{os.getpid()}.json").exists()
+
+
+async def test_a_process_serving_from_a_thread_is_merged_as_a_pool_is_and_unnamed_once_it_stops(
+    tmp_path: Path,
+) -> None:
+    # A stream processor's way: its event loop is Faust's, the server a thread of its own.
+    with serve_process_metrics(tmp_path, "processor-metering") as url:
+        [target] = worker_targets(tmp_path)
+        assert target.url == url and target.worker == "processor-metering"
+        text = (await merged_metrics(tmp_path)).decode()
+        assert _values(text, "af_worker_metrics_up") == {(("worker", "processor-metering"),): 1.0}
+    assert worker_targets(tmp_path) == []
