@@ -20,7 +20,7 @@ import os
 import signal
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import click
 
@@ -114,6 +114,8 @@ def up(
     from agents.registry import AgentLoadError, load_registry  # noqa: PLC0415 (start-up time)
     from gateway.up import DataDirInUse, run_up  # noqa: PLC0415 (start-up time)
 
+    _importable_from_here()
+
     overrides: dict[str, Any] = {"data_dir": data_dir or obj.data_dir}
     for key, value in (("port", port), ("host", host), ("workers", workers), ("nats_cluster_size", cluster)):
         if value is not None:
@@ -187,6 +189,7 @@ async def _worker(nats_url: str, name: str, concurrency: int, keys: list[str] | 
 
     settings = Settings()
     configure_logging(settings, name)
+    _importable_from_here()
     registry = load_registry(os.environ.get("AF_AGENTS", ""))  # what `up` serves, passed down
     nc = await connect(nats_url, name=name)
     js = await jetstream(nc)
@@ -211,9 +214,21 @@ async def _worker(nats_url: str, name: str, concurrency: int, keys: list[str] | 
     await nc.drain()
 
 
+def _importable_from_here() -> None:
+    """Modules in the current directory import, as with ``python -m``: ``up --agent
+    my_agent.agent:MyAgent`` run in a package's directory serves it (its workers,
+    started in the same directory, do the same)."""
+    here = os.getcwd()
+    if here not in sys.path:
+        sys.path.insert(0, here)
+
+
 @cli.command()
 @click.argument("agent")
-@click.option("--input", "input_json", required=True, help="The agent's input as JSON.")
+@click.option("--input", "input_json", help="The agent's input as JSON.")
+@click.option(
+    "--input-file", type=click.File("r"), help="The agent's input: a JSON file ('-': standard input)."
+)
 @click.option("--priority", default="NORMAL", show_default=True,
               type=click.Choice(["CRITICAL", "HIGH", "NORMAL", "LOW", "BACKGROUND"],
                                 case_sensitive=False))  # fmt: skip
@@ -225,18 +240,27 @@ async def _worker(nats_url: str, name: str, concurrency: int, keys: list[str] | 
 @click.option("--timeout", type=float, default=60.0, show_default=True, help="For --wait.")
 @output_option
 @click.pass_obj
-def run(obj: Ctx, agent: str, input_json: str, priority: str, idempotency_key: str | None,
-        tenant: str | None, wait: bool, timeout: float, output: str) -> None:  # fmt: skip
-    """Run AGENT once with --input, e.g.
+def run(obj: Ctx, agent: str, input_json: str | None, input_file: TextIO | None, priority: str,
+        idempotency_key: str | None, tenant: str | None, wait: bool, timeout: float,
+        output: str) -> None:  # fmt: skip
+    """Run AGENT once with --input (or --input-file), e.g.
 
     \b
     agent-factory run fuel-combustion --wait \\
         --input '{"fuel": "diesel", "quantity": 100, "unit": "L"}'
+    agent-factory run grid-check --input-file examples/input.json --wait
     """
+    if (input_json is None) == (input_file is None):
+        raise click.UsageError("give the input with one of --input JSON or --input-file FILE")
+    if input_json is not None:
+        text, said = input_json, "--input"
+    else:
+        assert input_file is not None
+        text, said = input_file.read(), "--input-file"
     try:
-        payload = json.loads(input_json)
+        payload = json.loads(text)
     except ValueError as exc:
-        raise CliError(f"--input is not valid JSON: {exc}") from exc
+        raise CliError(f"{said} is not valid JSON: {exc}") from exc
     body: dict[str, Any] = {"input": payload, "priority": priority.upper()}
     if tenant is not None:  # else the API's: the token's own tenant, or "default"
         body["tenant"] = tenant

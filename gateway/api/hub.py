@@ -101,7 +101,8 @@ def _name_version(request: web.Request) -> tuple[str, str]:
 
 @routes.post("/api/v1/hub/packages")
 @endpoint("Publish a package: the .glpack as the body; checked in an operation", query=PublishQuery,
-          response=OperationView, status=202, errors=(403, 409, 413, 422), tags=("hub",))  # fmt: skip
+          body=bytes, body_media_type="application/gzip", response=OperationView, status=202,
+          errors=(403, 409, 413, 415, 422), tags=("hub",))  # fmt: skip
 @tenant_scoped
 async def publish(request: web.Request) -> web.Response:
     """The body is the archive (``application/gzip`` or ``application/octet-stream``). The
@@ -110,6 +111,10 @@ async def publish(request: web.Request) -> web.Response:
     q = PublishQuery.model_validate(dict(request.query))
     if q.public and principal(request).tenant is not None:
         raise web.HTTPForbidden(text="a public package is published with a token of every tenant")
+    if request.content_type not in ("application/gzip", "application/octet-stream", "application/x-gzip"):
+        raise web.HTTPUnsupportedMediaType(
+            text=f"the body is a .glpack: Content-Type application/gzip, not {request.content_type}"
+        )
     cap = svc.settings.hub_max_package_bytes
     if request.content_length is not None and request.content_length > cap:
         raise web.HTTPRequestEntityTooLarge(max_size=cap, actual_size=request.content_length)

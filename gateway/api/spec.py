@@ -61,6 +61,7 @@ class Endpoint:
     tags: tuple[str, ...] = ()
     media_type: str = "application/json"
     description: str | None = None
+    body_media_type: str = "application/json"
 
 
 def endpoint(
@@ -74,6 +75,7 @@ def endpoint(
     errors: tuple[int, ...] = (),
     tags: tuple[str, ...] = (),
     media_type: str = "application/json",
+    body_media_type: str = "application/json",
 ) -> Callable[[H], H]:
     """Mark a handler for the OpenAPI document.
 
@@ -84,13 +86,14 @@ def endpoint(
     ``response=None`` is for a ``204`` with no body. A path parameter's schema comes
     from :data:`~gateway.api.params.PATH_SCHEMAS` by its name; ``path`` gives the
     pattern of one that means something else here. The handler's docstring, if any,
-    is the operation's description.
+    is the operation's description. ``body_media_type``: a body that is not JSON
+    (``body=bytes``, e.g. an upload).
     """
 
     def mark(handler: H) -> H:
         spec = Endpoint(
             summary, response, body, query, path or {}, status if isinstance(status, tuple) else (status,),
-            errors, tags, media_type, handler.__doc__ and " ".join(handler.__doc__.split()),
+            errors, tags, media_type, handler.__doc__ and " ".join(handler.__doc__.split()), body_media_type,
         )  # fmt: skip
         setattr(handler, _MARK, spec)
         return handler
@@ -183,7 +186,7 @@ def _operation(path: str, spec: Endpoint, op_id: str, schemas: _Schemas) -> dict
     if spec.body is not None:
         op["requestBody"] = {
             "required": True,
-            "content": {"application/json": {"schema": schemas.ref(spec.body, "validation")}},
+            "content": {spec.body_media_type: {"schema": schemas.ref(spec.body, "validation")}},
         }
     responses: dict[str, Any] = {}
     for status in spec.status:

@@ -20,6 +20,7 @@ from nats.js import JetStreamContext
 from agents.registry import example_registry
 from agents.store.tenancy import app_pool
 from gateway.api.problems import ApiRunner
+from gateway.api.spec import endpoint_of
 from gateway.app import Gateway, InProcessWorker, Parts
 from gateway.cli import cli
 from gateway.settings import Settings
@@ -120,7 +121,14 @@ def api_routes(api: TestClient[Any, Any]) -> list[tuple[str, str]]:
 
 
 def body_routes(api: TestClient[Any, Any]) -> list[tuple[str, str]]:
-    return [(method, path) for method, path in api_routes(api) if method in ("POST", "PUT", "PATCH")]
+    """(method, path template) of every route that takes a JSON body (an upload's is not)."""
+    assert api.app is not None
+    raw = set()
+    for r in api.app.router.routes():
+        spec = endpoint_of(r.handler)
+        if r.resource is not None and spec is not None and spec.body_media_type != "application/json":
+            raw.add((r.method, r.resource.canonical))
+    return [(m, p) for m, p in api_routes(api) if m in ("POST", "PUT", "PATCH") and (m, p) not in raw]
 
 
 def fill(template: str, segment: str) -> str:

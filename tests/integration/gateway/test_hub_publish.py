@@ -203,6 +203,8 @@ async def test_publish_requests_refused_at_once(api: TestClient[Any, Any], tmp_p
     assert resp.status == 403 and resp.content_type == PROBLEM
     resp = await api.post("/api/v1/hub/packages", data=b"")
     assert resp.status == 422 and resp.content_type == PROBLEM
+    resp = await api.post("/api/v1/hub/packages", json={"archive": "base64…"})
+    assert resp.status == 415 and resp.content_type == PROBLEM and "application/gzip" in await resp.text()
     # a tenant's own publish is its own: another tenant does not see it
     op = await _publish(api, archive, headers=as_tenant)
     assert op["status"] == "succeeded" and op["result"]["tenant"] == tenant, op
