@@ -17,6 +17,7 @@ leaves it to the operation's resumption.
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import re
 from pathlib import Path
@@ -27,7 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from agents.hub import Hub, HubPackage, PackageExists
 from agents.hub.checks import check_package
-from agents.packaging import PackagingError, TrustPolicies
+from agents.packaging import TrustPolicies
 from gateway.api.auth import principal, tenant_scoped
 from gateway.api.bodies import json_response
 from gateway.api.operations import OperationView, accept
@@ -215,8 +216,9 @@ def hub_kinds(svc: Services) -> list[OperationKind]:
                 package = await hub.get(what.name, what.version, tenant=tenant)
                 if package.digest != asked.digest or package.tenant != tenant:
                     raise
-        except (PackagingError, PackageExists):
-            await delete_blob(svc.js, names.OBJECTS_PACKAGES, asked.staged)
+        except Exception:  # the operation ends failed (a refusal, or NATS or the database away)
+            with contextlib.suppress(Exception):  # else it stays until a later publish of it
+                await delete_blob(svc.js, names.OBJECTS_PACKAGES, asked.staged)
             raise
         await delete_blob(svc.js, names.OBJECTS_PACKAGES, asked.staged)
         return package.model_dump(mode="json")

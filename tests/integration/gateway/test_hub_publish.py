@@ -5,6 +5,7 @@ leaves nothing staged; the accepted one is found and downloaded byte for byte.""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -127,14 +128,15 @@ async def _publish(api: TestClient[Any, Any], archive: bytes, headers: dict[str,
     return await eventually(ended, 60, f"publish operation {op_id} ended")
 
 
-async def _staged(js: JetStreamContext) -> set[str]:
+async def _staged(js: JetStreamContext, *archives: bytes) -> set[str]:
+    """Which of ``archives`` are still staged (other tests' publishes are theirs)."""
     store = await js.object_store(names.OBJECTS_PACKAGES)
     try:
-        return {
-            o.name for o in await store.list(ignore_deletes=True) if (o.name or "").startswith("staging/")
-        }
+        objects = {o.name for o in await store.list(ignore_deletes=True)}
     except Exception:  # nats-py: an empty store raises
         return set()
+    wanted = {f"staging/{hashlib.sha256(a).hexdigest()}.glpack" for a in archives}
+    return objects & wanted
 
 
 policy = pytest.mark.parametrize("api", [{"trust_policy_file": str(_POLICY_FILE)}], indirect=True)
@@ -157,19 +159,21 @@ async def test_a_package_passes_its_checks_is_indexed_and_downloads_byte_for_byt
     assert [(p["name"], p["version"]) for p in found["packages"]] == [(name, "1.0.0")]
     resp = await api.get(f"/api/v1/hub/packages/{name}/1.0.0/archive")
     assert resp.status == 200 and await resp.read() == archive
-    assert await _staged(mesh_js) == set()
+    assert await _staged(mesh_js, archive) == set()
 
     # the same version again: refused, the first stays
-    again = await _publish(api, _archive(tmp_path, name, "1.0.0"))
+    sent = [_archive(tmp_path, name, "1.0.0"), _archive(tmp_path, name, "1.1.0", with_co2=False),
+            _archive(tmp_path, name, "2.0.0", with_co2=False)]  # fmt: skip
+    again = await _publish(api, sent[0])
     assert again["status"] == "failed" and "already" in again["error"], again
     # a minor version that drops an output field: a break without a major bump
-    broken = await _publish(api, _archive(tmp_path, name, "1.1.0", with_co2=False))
+    broken = await _publish(api, sent[1])
     assert broken["status"] == "failed" and "needs a major bump" in broken["error"], broken
     assert "output /co2" in broken["error"]
     # the same change as a major version is accepted
-    major = await _publish(api, _archive(tmp_path, name, "2.0.0", with_co2=False))
+    major = await _publish(api, sent[2])
     assert major["status"] == "succeeded", major
-    assert await _staged(mesh_js) == set()
+    assert await _staged(mesh_js, *sent) == set()
 
 
 @policy
@@ -177,19 +181,20 @@ async def test_refusals_say_why_and_leave_nothing_staged(
     api: TestClient[Any, Any], mesh_js: JetStreamContext, tmp_path: Path
 ) -> None:
     name = unique("heat").replace("_", "-")
-    failing = await _publish(api, _archive(tmp_path, name, "1.0.0", passing=False))
+    tampered = bytearray(_archive(tmp_path, name, "1.0.0"))
+    tampered[len(tampered) // 2] ^= 0xFF
+    sent = [_archive(tmp_path, name, "1.0.0", passing=False), _archive(tmp_path, name, "1.0.0", signed=False),
+            b"not a package at all", bytes(tampered)]  # fmt: skip
+    failing = await _publish(api, sent[0])
     assert failing["status"] == "failed" and "own tests did not pass" in failing["error"], failing
     assert "assert" in failing["error"]  # pytest's own words
-    unsigned = await _publish(api, _archive(tmp_path, name, "1.0.0", signed=False))
+    unsigned = await _publish(api, sent[1])
     assert unsigned["status"] == "failed" and "signature" in unsigned["error"], unsigned
-    garbage = await _publish(api, b"not a package at all")
+    garbage = await _publish(api, sent[2])
     assert garbage["status"] == "failed", garbage
-    good = _archive(tmp_path, name, "1.0.0")
-    tampered = bytearray(good)
-    tampered[len(tampered) // 2] ^= 0xFF
-    hurt = await _publish(api, bytes(tampered))
+    hurt = await _publish(api, sent[3])
     assert hurt["status"] == "failed", hurt
-    assert await _staged(mesh_js) == set()
+    assert await _staged(mesh_js, *sent) == set()
     assert (await api.get(f"/api/v1/hub/packages/{name}")).status == 404  # nothing was indexed
 
 

@@ -17,6 +17,12 @@ from agents.packaging.signing import TrustPolicy
 from gateway.cli import cli
 
 
+@pytest.fixture(autouse=True)
+def _own_pytest_options(monkeypatch: pytest.MonkeyPatch) -> None:
+    """agent test's pytest must not take this run's options (a --basetemp shared with it)."""
+    monkeypatch.delenv("PYTEST_ADDOPTS", raising=False)
+
+
 def _cli(*args: str) -> tuple[int, str]:
     result = CliRunner().invoke(cli, list(args))
     return result.exit_code, result.output
