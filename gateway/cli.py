@@ -223,7 +223,19 @@ def _importable_from_here() -> None:
         sys.path.insert(0, here)
 
 
-@cli.command()
+class _OneInput(click.Command):
+    """``run`` takes its input from exactly one of --input and --input-file, checked when
+    its arguments are parsed (so a README line without either does not fit the CLI)."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        rest = super().parse_args(ctx, args)
+        given = (ctx.params.get("input_json") is None, ctx.params.get("input_file") is None)
+        if not ctx.resilient_parsing and given[0] == given[1]:
+            raise click.UsageError("give the input with one of --input JSON or --input-file FILE", ctx)
+        return rest
+
+
+@cli.command(cls=_OneInput)
 @click.argument("agent")
 @click.option("--input", "input_json", help="The agent's input as JSON.")
 @click.option(
@@ -250,8 +262,6 @@ def run(obj: Ctx, agent: str, input_json: str | None, input_file: TextIO | None,
         --input '{"fuel": "diesel", "quantity": 100, "unit": "L"}'
     agent-factory run grid-check --input-file examples/input.json --wait
     """
-    if (input_json is None) == (input_file is None):
-        raise click.UsageError("give the input with one of --input JSON or --input-file FILE")
     if input_json is not None:
         text, said = input_json, "--input"
     else:

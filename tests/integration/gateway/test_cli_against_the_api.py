@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from pathlib import Path
 from typing import Any
 
 from aiohttp.test_utils import TestClient
@@ -94,3 +95,20 @@ async def test_schedule_rm_prints_json_when_asked(api: TestClient[Any, Any], sch
     assert json.loads(ok(await agent_factory(api, "-o", "json", "schedule", "rm", name))) == {"removed": name}
     again = await agent_factory(api, "-o", "json", "schedule", "rm", name)
     assert again.exit_code == 1 and "404" in again.output
+
+
+async def test_run_takes_its_input_from_a_file_or_refuses_both_or_neither(
+    api: TestClient[Any, Any], tmp_path: Path
+) -> None:
+    given = tmp_path / "input.json"
+    given.write_text('{"echo": {"from": "a file"}}')
+    view = json.loads(
+        ok(await agent_factory(api, "run", "noop", "--input-file", str(given), "--wait", "-o", "json"))
+    )
+    assert view["status"] == "succeeded" and view["result"] == {"echo": {"from": "a file"}}
+    for args in ([], ["--input", "{}", "--input-file", str(given)]):
+        result = await agent_factory(api, "run", "noop", *args)
+        assert result.exit_code == 2 and "one of --input JSON or --input-file FILE" in result.output
+    given.write_text("{not json")
+    result = await agent_factory(api, "run", "noop", "--input-file", str(given))
+    assert result.exit_code == 1 and "--input-file is not valid JSON" in result.output
