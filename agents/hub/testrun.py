@@ -1,6 +1,7 @@
 """A pack's own tests, run confined before the hub accepts it.
 
-``pytest`` runs in a child process with the pack's directory as its working directory and
+``pytest`` runs in a child process (started through :mod:`agents.hub.confined`, which
+confines itself and then execs pytest) with the pack's directory as its working directory and
 only entry on ``PYTHONPATH`` beside the platform (so the pack's tests import its code
 and :mod:`agents` to test it against). The child is confined the way a sandboxed run
 is (:mod:`agents.sandbox`): rlimits on memory, CPU time, files and processes; no
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import signal
 import sys
@@ -24,8 +26,7 @@ from typing import Final
 
 from agents.packaging import PackagingError
 from agents.sandbox import SandboxLimits, detect_levels
-from agents.sandbox.limits import rlimits, set_rlimits
-from agents.sandbox.syscalls import CLONE_NEWNET, set_no_new_privs, set_parent_death_signal, unshare
+from agents.sandbox.limits import rlimits
 
 __all__ = ["PackTestsFailed", "TestRun", "run_pack_tests"]
 
@@ -61,14 +62,7 @@ async def run_pack_tests(
         timeout_s=timeout_s, cpu_s=max(1, int(timeout_s)), memory_bytes=memory_mb * MiB,
         address_space_bytes=memory_mb * MiB, processes=64, file_size_bytes=64 * MiB,
     )  # fmt: skip
-    pairs = rlimits(limits)
-
-    def confine() -> None:  # in the child, before exec
-        if levels.network_namespace:
-            unshare(CLONE_NEWNET)
-        set_rlimits(pairs)
-        set_no_new_privs()
-        set_parent_death_signal()
+    confinement = json.dumps({"rlimits": rlimits(limits), "no_network": levels.network_namespace})
 
     with tempfile.TemporaryDirectory(prefix="af-pack-tests-") as scratch:
         env = {
@@ -77,10 +71,12 @@ async def run_pack_tests(
         }  # fmt: skip
         started = time.monotonic()
         child = await asyncio.create_subprocess_exec(
+            # -I: the wrapper ignores PYTHONPATH and the working directory, so a pack's own
+            # modules cannot stand in for it; it confines itself, then execs pytest.
+            sys.executable, "-I", "-m", "agents.hub.confined", confinement, "--",
             sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--basetemp", f"{scratch}/pytest",
             "tests", cwd=pack_dir, env=env, stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-            preexec_fn=confine, start_new_session=True,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, start_new_session=True,
         )  # fmt: skip
         try:
             async with asyncio.timeout(timeout_s):

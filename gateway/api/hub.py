@@ -201,8 +201,12 @@ def hub_kinds(svc: Services) -> list[OperationKind]:
             await ctx.progress(10, "checking the archive, its signature and its version; running its tests")
             policy = policies.for_tenant(ctx.op.tenant) if ctx.op.tenant else policies.default
 
-            async def earlier(name: str) -> list[HubPackage]:  # its publisher's: a tenant's and public
-                return await hub.versions(name, tenant=ctx.op.tenant)
+            async def earlier(name: str) -> list[HubPackage]:
+                """The line it continues: a public version the public versions; a tenant's
+                its own, once it has any (a fork is its own line), else the public ones."""
+                seen = await hub.versions(name, tenant=ctx.op.tenant)
+                own = [p for p in seen if tenant is not None and p.tenant == tenant]
+                return own or [p for p in seen if p.tenant is None]
 
             checked = await check_package(archive, policy=policy, earlier=earlier,
                                           test_timeout_s=svc.settings.hub_test_timeout_s)  # fmt: skip

@@ -247,3 +247,25 @@ async def test_the_cli_publishes_searches_lists_and_fetches_a_checked_copy(
 
 def _same_file(written: str, archive: Path) -> bool:
     return Path(written).read_bytes() == archive.read_bytes()
+
+
+async def test_a_public_version_follows_the_public_line_not_a_tenants_fork(
+    api: TestClient[Any, Any], tmp_path: Path
+) -> None:
+    tenant = unique("fork")
+    assert (await api.post("/api/v1/tenants", json={"id": tenant})).status == 201
+    resp = await api.post("/api/v1/tokens", json={"scope": "operator", "name": "op", "tenant": tenant})
+    as_tenant = {"Authorization": f"Bearer {(await resp.json())['secret']}"}
+    name = unique("line").replace("_", "-")
+    public = await _publish(api, _archive(tmp_path, name, "1.0.0", signed=False, with_co2=False))
+    assert public["status"] == "succeeded", public
+    fork = await _publish(api, _archive(tmp_path, name, "1.5.0", signed=False), headers=as_tenant)
+    assert fork["status"] == "succeeded" and fork["result"]["tenant"] == tenant, fork  # adds co2: no break
+    # the next public version has no co2, as the public 1.0.0: no break for the public line
+    nxt = await _publish(api, _archive(tmp_path, name, "1.6.0", signed=False, with_co2=False))
+    assert nxt["status"] == "succeeded", nxt
+    # the tenant's own next version is held to its own line (1.5.0, with co2)
+    own = await _publish(
+        api, _archive(tmp_path, name, "1.7.0", signed=False, with_co2=False), headers=as_tenant
+    )
+    assert own["status"] == "failed" and "needs a major bump" in own["error"], own

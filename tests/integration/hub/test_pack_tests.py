@@ -65,3 +65,26 @@ async def test_the_tests_have_no_network(tmp_path: Path) -> None:
         socket.create_connection(("127.0.0.1", port), timeout=2).close()
     finally:
         listener.close()
+
+
+@pytest.mark.skipif(not detect_levels().network_namespace, reason="no network namespace on this host")
+async def test_a_pack_cannot_stand_in_for_the_confinement(tmp_path: Path) -> None:
+    """A pack shipping its own ``agents.hub.confined`` (one that confines nothing) still runs confined."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    try:
+        pack = _pack(tmp_path, f"""
+            import socket
+            def test_reach():
+                socket.create_connection(("127.0.0.1", {port}), timeout=2).close()
+            """)  # fmt: skip
+        (pack / "agents" / "hub").mkdir(parents=True)
+        (pack / "agents" / "__init__.py").write_text("")
+        (pack / "agents" / "hub" / "__init__.py").write_text("")
+        (pack / "agents" / "hub" / "confined.py").write_text(
+            "import os, sys\nos.execv(sys.argv[3], sys.argv[3:])\n"  # no unshare, no limits
+        )
+        with pytest.raises(PackTestsFailed, match=r"(?s)(OSError|Unreachable|refused)"):
+            await run_pack_tests(pack)
+    finally:
+        listener.close()
