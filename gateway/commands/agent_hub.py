@@ -15,6 +15,7 @@ from urllib.parse import urlencode
 
 import click
 
+from agents.packaging import parse_version
 from gateway.client import ApiClient
 from gateway.commands.agent import agent
 from gateway.commands.common import CliError, Ctx, _emit, _run, output_option
@@ -104,7 +105,7 @@ def versions(obj: Ctx, name: str, output: str) -> None:
 @output_option
 @click.pass_obj
 def fetch(obj: Ctx, ref: str, target: Path | None, output: str) -> None:
-    """Download a package from the hub (the newest version without @VERSION), checked
+    """Download a package from the hub (the highest version without @VERSION), checked
     against the SHA-256 the hub gave before it is written. Check it in full, and
     install it on this machine, with `agent verify`."""
     name, _, version = ref.partition("@")
@@ -128,11 +129,12 @@ async def _get(obj: Ctx, path: str) -> Any:
 
 
 async def _newest(api: ApiClient, name: str) -> str:
+    """The highest version that is not yanked (not the last published: a backport is not newer)."""
     found = (await api.request("GET", f"/api/v1/hub/packages/{name}"))["packages"]
     live = [p for p in found if not p["yanked_at"]]
     if not live:
         raise CliError(f"{name} has no version that is not yanked: name one with {name}@VERSION")
-    return str(live[0]["version"])
+    return str(max(live, key=lambda p: parse_version(p["version"]))["version"])
 
 
 def _checked(data: bytes, said: str, package: dict[str, Any]) -> bytes:

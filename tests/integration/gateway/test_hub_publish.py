@@ -236,9 +236,16 @@ async def test_the_cli_publishes_searches_lists_and_fetches_a_checked_copy(
     monkeypatch.chdir(tmp_path)
     got = json.loads(ok(await agent_factory(api, "agent", "fetch", name, "-o", "json")))
     assert _same_file(got["file"], archive)
+    # a backport published after a higher version: fetch takes the highest, not the last
+    for version in ("0.3.0", "0.2.1"):
+        later = tmp_path / f"{version}.glpack"
+        later.write_bytes(_archive(tmp_path, name, version, signed=False))
+        ok(await agent_factory(api, "agent", "publish", str(later), "-o", "json"))
+    got = json.loads(ok(await agent_factory(api, "agent", "fetch", name, "-o", "json")))
+    assert got["version"] == "0.3.0"
     # a refused publish is one line and exit 1
     broken = tmp_path / "broken.glpack"
-    broken.write_bytes(_archive(tmp_path, name, "0.1.1", signed=False, with_co2=False))
+    broken.write_bytes(_archive(tmp_path, name, "0.3.1", signed=False, with_co2=False))
     result = await agent_factory(api, "agent", "publish", str(broken))
     assert result.exit_code == 1 and "needs a major bump" in result.output, result.output
     missing = await agent_factory(api, "agent", "fetch", f"{name}@9.9.9")
