@@ -42,9 +42,15 @@ class BlobCorrupt(MeshError):
     status = 502
 
 
-async def put_blob(js: JetStreamContext, bucket: str, name: str, data: bytes) -> str:
-    """Store ``data`` as ``name`` (replacing what was there); its SHA-256, hex."""
+async def put_blob(js: JetStreamContext, bucket: str, name: str, data: bytes, *, replace: bool = True) -> str:
+    """Store ``data`` as ``name``; its SHA-256, hex. ``replace=False``: leave an object of
+    that name as it is (for a name that says its content, e.g. by its digest: a second
+    writer must not swap the chunks under a reader of the first)."""
     store = await js.object_store(bucket)
+    if not replace:
+        with contextlib.suppress(ObjectNotFoundError):
+            await store.get_info(name)
+            return hashlib.sha256(data).hexdigest()
     await store.put(name, data)
     return hashlib.sha256(data).hexdigest()
 

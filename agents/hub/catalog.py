@@ -66,7 +66,7 @@ class Hub:
                 raise PackageExists(f"{what.name} {what.version} is already published: publish a new version")
         digest = hashlib.sha256(archive).hexdigest()
         obj = names.package_object(what.name, what.version, tenant, digest)
-        await put_blob(self.js, names.OBJECTS_PACKAGES, obj, archive)
+        await put_blob(self.js, names.OBJECTS_PACKAGES, obj, archive, replace=False)  # named by its digest
         package = HubPackage(
             name=what.name, version=what.version, tenant=tenant, description=what.description,
             tags=what.tags, digest=digest, size_bytes=len(archive), object=obj, publisher=publisher,
@@ -76,7 +76,11 @@ class Hub:
             async with tenant_scope(self.pool, tenant) as conn:
                 return await insert_package(conn, package)
         except PackageExists:  # published meanwhile by another request: its archive stays
-            await delete_blob(self.js, names.OBJECTS_PACKAGES, obj)
+            async with tenant_scope(self.pool, tenant) as conn:
+                winner = [p for p in await package_versions(conn, what.name)
+                          if p.version == what.version and p.tenant == tenant]  # fmt: skip
+            if not winner or winner[0].object != obj:  # the same bytes are the same object: keep it
+                await delete_blob(self.js, names.OBJECTS_PACKAGES, obj)
             raise
 
     async def download(self, name: str, version: str, *, tenant: str | None) -> tuple[HubPackage, bytes]:

@@ -130,7 +130,9 @@ async def publish(request: web.Request) -> web.Response:
         raise web.HTTPUnprocessableEntity(text="the body is empty: send the .glpack as the request body")
     hexed = digest.hexdigest()
     staged = f"staging/{hexed}.glpack"
-    await put_blob(svc.js, names.OBJECTS_PACKAGES, staged, b"".join(chunks))
+    # Named by its digest: the same bytes staged already (a retry, a second publish of them)
+    # are left as they are, never rewritten under an operation reading them.
+    await put_blob(svc.js, names.OBJECTS_PACKAGES, staged, b"".join(chunks), replace=False)
     body = PublishRequest(staged=staged, digest=hexed, size_bytes=size, public=q.public)
     return await accept(request, "hub.publish", f"sha256:{hexed[:16]}", body)
 

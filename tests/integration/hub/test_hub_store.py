@@ -20,7 +20,7 @@ from agents.hub import Hub, PackageExists, PackageNotFound, Published
 from agents.store.hub_index import yank_package
 from agents.store.tenancy import ALL_TENANTS, tenant_scope
 from mesh import names
-from mesh.blobs import BlobCorrupt, put_blob
+from mesh.blobs import BlobCorrupt, get_blob, put_blob
 from tests.helpers import unique
 
 
@@ -83,6 +83,25 @@ async def _none(conn: asyncpg.Connection, name: str) -> list[object]:
     return []
 
 
+async def test_a_racer_with_the_same_bytes_leaves_the_winners_archive(
+    app: asyncpg.Pool, nc: Client, mesh_js: JetStreamContext, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same bytes are the same object (named by digest): the loser must not delete it."""
+    hub, name = Hub(app, nc, mesh_js), unique("twin")
+    await hub.publish(b"same bytes", _pkg(name), tenant=None, publisher="admin")
+    real = agents.hub.catalog.package_versions
+    calls: list[str] = []
+
+    async def blind_once(conn: asyncpg.Connection, wanted: str) -> list[object]:
+        calls.append(wanted)
+        return [] if len(calls) == 1 else list(await real(conn, wanted))  # its early check saw nothing
+
+    monkeypatch.setattr(agents.hub.catalog, "package_versions", blind_once)
+    with pytest.raises(PackageExists):
+        await hub.publish(b"same bytes", _pkg(name), tenant=None, publisher="admin")
+    assert (await hub.download(name, "1.0.0", tenant=None))[1] == b"same bytes"
+
+
 async def test_an_archive_replaced_in_the_object_store_is_refused_not_served(
     app: asyncpg.Pool, nc: Client, mesh_js: JetStreamContext
 ) -> None:
@@ -139,3 +158,17 @@ async def test_an_archive_missing_a_chunk_is_refused(
     await mesh_js.delete_msg(stream, (second.seq or 0) + 1)  # the second of its five chunks
     with pytest.raises(BlobCorrupt, match="4 of its 5 chunks"):
         await hub.download(name, "1.0.0", tenant=None)
+
+
+async def test_a_blob_put_without_replace_leaves_an_object_of_that_name_as_it_is(
+    nc: Client, mesh_js: JetStreamContext
+) -> None:
+    name = f"test/{unique('once')}"
+    first = await put_blob(mesh_js, names.OBJECTS_PACKAGES, name, b"first")
+    store = await mesh_js.object_store(names.OBJECTS_PACKAGES)
+    nuid = (await store.get_info(name)).nuid
+    await put_blob(mesh_js, names.OBJECTS_PACKAGES, name, b"first", replace=False)
+    assert (await store.get_info(name)).nuid == nuid  # not rewritten: a reader's chunks stay
+    assert await get_blob(nc, mesh_js, names.OBJECTS_PACKAGES, name, first) == b"first"
+    await put_blob(mesh_js, names.OBJECTS_PACKAGES, name, b"first")  # replace (the default) rewrites
+    assert (await store.get_info(name)).nuid != nuid
