@@ -79,14 +79,8 @@ async def serve_worker_metrics(
     await runner.setup()
     try:
         await web.TCPSite(runner, host, port).start()
-        bound_port = runner.addresses[0][1]
-        url = f"http://{_reachable(host)}:{bound_port}/metrics"
-        target = data_dir / TARGETS_DIR / f"{os.getpid()}.json"
-        _write_atomically(target, WorkerTarget(worker=worker, url=url, pid=os.getpid()).model_dump_json())
-        try:
+        with _named(data_dir, worker, host, runner.addresses[0][1]) as url:
             yield url
-        finally:
-            target.unlink(missing_ok=True)
     finally:
         await runner.cleanup()
 
@@ -97,16 +91,24 @@ def serve_process_metrics(data_dir: Path, name: str, host: str = "127.0.0.1", po
     stream processor is a Faust worker): prometheus_client's own server, in a thread."""
     server, thread = start_http_server(port, addr=host)
     try:
-        url = f"http://{_reachable(host)}:{server.server_port}/metrics"
-        target = data_dir / TARGETS_DIR / f"{os.getpid()}.json"
-        _write_atomically(target, WorkerTarget(worker=name, url=url, pid=os.getpid()).model_dump_json())
-        try:
+        with _named(data_dir, name, host, server.server_port) as url:
             yield url
-        finally:
-            target.unlink(missing_ok=True)
     finally:
         server.shutdown()
         thread.join(timeout=5)
+
+
+@contextmanager
+def _named(data_dir: Path, worker: str, host: str, port: int) -> Iterator[str]:
+    """Name this process's metrics URL in ``<data dir>/worker-metrics/<pid>.json`` while the
+    block runs (the gateway scrapes what is named there); yields the URL."""
+    url = f"http://{_reachable(host)}:{port}/metrics"
+    target = data_dir / TARGETS_DIR / f"{os.getpid()}.json"
+    _write_atomically(target, WorkerTarget(worker=worker, url=url, pid=os.getpid()).model_dump_json())
+    try:
+        yield url
+    finally:
+        target.unlink(missing_ok=True)
 
 
 async def _serve_registry(request: web.Request) -> web.Response:

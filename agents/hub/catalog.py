@@ -58,12 +58,8 @@ class Hub:
     ) -> HubPackage:
         """Store and index ``archive`` as ``what``: public (``tenant`` None) or ``tenant``'s
         own. :class:`PackageExists` if that version is published in that scope."""
-        async with tenant_scope(self.pool, tenant) as conn:  # refused early, before any upload
-            if any(
-                p.version == what.version and p.tenant == tenant
-                for p in await package_versions(conn, what.name)
-            ):
-                raise PackageExists(f"{what.name} {what.version} is already published: publish a new version")
+        if await self._indexed(what, tenant) is not None:  # refused early, before any upload
+            raise PackageExists(f"{what.name} {what.version} is already published: publish a new version")
         digest = hashlib.sha256(archive).hexdigest()
         obj = names.package_object(what.name, what.version, tenant, digest)
         await put_blob(self.js, names.OBJECTS_PACKAGES, obj, archive, replace=False)  # named by its digest
@@ -76,12 +72,16 @@ class Hub:
             async with tenant_scope(self.pool, tenant) as conn:
                 return await insert_package(conn, package)
         except PackageExists:  # published meanwhile by another request: its archive stays
-            async with tenant_scope(self.pool, tenant) as conn:
-                winner = [p for p in await package_versions(conn, what.name)
-                          if p.version == what.version and p.tenant == tenant]  # fmt: skip
-            if not winner or winner[0].object != obj:  # the same bytes are the same object: keep it
+            winner = await self._indexed(what, tenant)
+            if winner is None or winner.object != obj:  # the same bytes are the same object: keep it
                 await delete_blob(self.js, names.OBJECTS_PACKAGES, obj)
             raise
+
+    async def _indexed(self, what: Published, tenant: str | None) -> HubPackage | None:
+        """``what``'s version as indexed in ``tenant``'s scope (None: public), if it is."""
+        async with tenant_scope(self.pool, tenant) as conn:
+            found = await package_versions(conn, what.name)
+        return next((p for p in found if p.version == what.version and p.tenant == tenant), None)
 
     async def download(self, name: str, version: str, *, tenant: str | None) -> tuple[HubPackage, bytes]:
         """``name`` ``version`` as ``tenant`` sees it, and its archive, checked against its digest."""

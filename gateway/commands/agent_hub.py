@@ -18,7 +18,7 @@ import click
 from agents.packaging import parse_version
 from gateway.client import ApiClient
 from gateway.commands.agent import agent
-from gateway.commands.common import CliError, Ctx, _emit, _run, output_option
+from gateway.commands.common import CliError, Ctx, _call, _emit, _run, output_option
 from gateway.commands.ops import failed, follow
 
 __all__ = ["fetch", "publish", "search", "versions"]
@@ -78,11 +78,7 @@ def search(obj: Ctx, query: str, tags: tuple[str, ...], limit: int, output: str)
     agent-factory agent search --tag ghg --tag scope-2 -o json
     """
     params = {"q": query, "limit": str(limit), **({"tags": ",".join(tags)} if tags else {})}
-    found = _run(_get(obj, f"/api/v1/hub/packages?{urlencode(params)}"))
-    if output == "json":
-        _emit(output, found)
-        return
-    _table(found["packages"])
+    _show_packages(obj, f"/api/v1/hub/packages?{urlencode(params)}", output)
 
 
 @agent.command("versions")
@@ -91,11 +87,7 @@ def search(obj: Ctx, query: str, tags: tuple[str, ...], limit: int, output: str)
 @click.pass_obj
 def versions(obj: Ctx, name: str, output: str) -> None:
     """Every published version of package NAME, newest first (yanked ones marked)."""
-    found = _run(_get(obj, f"/api/v1/hub/packages/{name}"))
-    if output == "json":
-        _emit(output, found)
-        return
-    _table(found["packages"])
+    _show_packages(obj, f"/api/v1/hub/packages/{name}", output)
 
 
 @agent.command("fetch")
@@ -123,9 +115,13 @@ def fetch(obj: Ctx, ref: str, target: Path | None, output: str) -> None:
     _emit(output, {**package, "file": str(path)}, [*_rows(package), ("file", path)])
 
 
-async def _get(obj: Ctx, path: str) -> Any:
-    async with obj.client() as api:
-        return await api.request("GET", path)
+def _show_packages(obj: Ctx, path: str, output: str) -> None:
+    """GET a list of packages: as JSON, or a table."""
+    found = _run(_call(obj, "GET", path))
+    if output == "json":
+        _emit(output, found)
+        return
+    _table(found["packages"])
 
 
 async def _newest(api: ApiClient, name: str) -> str:
