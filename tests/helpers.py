@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import inspect
 import json
+import signal
+import subprocess
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -143,3 +145,13 @@ async def fleet(
             await worker.stop(drain_timeout=5)
         for nc in conns:
             await nc.close()
+
+
+def terminate(proc: subprocess.Popen[Any], timeout: float = 15.0) -> None:
+    """SIGTERM ``proc`` (a graceful stop), and SIGKILL it if it has not ended in ``timeout`` s."""
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()

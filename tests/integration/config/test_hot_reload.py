@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -26,7 +25,7 @@ from mesh.queue.agent_config import ConfigRecord, put_record
 from mesh.queue.producer import TaskQueue, TaskSpec
 from mesh.queue.runs import RunStatus, get_run
 from mesh.wire.connection import connect, jetstream
-from tests.helpers import eventually, unique
+from tests.helpers import eventually, terminate, unique
 
 AGENTS = "tests.integration.config.config_agents:Configured"
 
@@ -45,12 +44,7 @@ def worker_process(nats_url: str, agent: str, data_dir: Path, sandbox: bool = Fa
     try:
         yield log
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        terminate(proc)
 
 
 def _said(log: Path, text: str) -> bool:

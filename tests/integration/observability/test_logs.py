@@ -7,7 +7,6 @@ import asyncio
 import json
 import logging
 import os
-import signal
 import subprocess
 import sys
 import uuid
@@ -25,7 +24,7 @@ from gateway.telemetry.logs import LogStream
 from mesh import names, trace
 from mesh.queue.producer import TaskQueue, TaskSpec
 from mesh.queue.runs import RunStatus, get_run
-from tests.helpers import eventually
+from tests.helpers import eventually, terminate
 
 
 @contextmanager
@@ -42,12 +41,7 @@ def chatty_worker(nats_url: str, data_dir: Path) -> Iterator[Path]:
     try:
         yield log
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        terminate(proc)
 
 
 def _logs(nats_url: str, *args: str) -> list[dict[str, Any]]:

@@ -9,7 +9,6 @@ record only because the caller's sampled ``traceparent`` says so (parent-based).
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
@@ -36,7 +35,7 @@ from gateway.settings import Settings
 from mesh import trace
 from mesh.channels.messaging import Mesh
 from mesh.embedded import find_free_port
-from tests.helpers import eventually
+from tests.helpers import eventually, terminate
 from tests.integration.gateway.conftest import served
 
 Span = dict[str, Any]
@@ -118,12 +117,7 @@ def process(argv: list[str], nats_url: str, endpoint: str, log: Path) -> Iterato
     try:
         yield
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        terminate(proc)
 
 
 def _one(spans: list[Span], name: str) -> Span:
