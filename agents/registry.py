@@ -13,16 +13,27 @@ Your own agents join the built-in examples without touching the platform:
 from __future__ import annotations
 
 import importlib
+import sys
 from collections.abc import Iterable, Iterator, Sequence
 from importlib.metadata import entry_points
+from pathlib import Path
 from typing import Any
 
 from agents.contract import Agent
 from agents.errors import AgentError, AgentNotFound
 from agents.examples import FuelCombustion, NoOp, PurchasedElectricity, UnitNormaliser
+from agents.packaging.errors import PackSpecError
+from agents.packaging.spec import load_spec
 from mesh.names import AGENT_KEY_RE
 
-__all__ = ["ENTRY_POINT_GROUP", "AgentLoadError", "Registry", "example_registry", "load_registry"]
+__all__ = [
+    "ENTRY_POINT_GROUP",
+    "AgentLoadError",
+    "Registry",
+    "example_registry",
+    "load_package",
+    "load_registry",
+]
 
 ENTRY_POINT_GROUP = "agent_factory.agents"
 
@@ -39,10 +50,10 @@ class Registry:
         for agent in agents:
             self.add(agent)
 
-    def add(self, agent: Agent[Any, Any]) -> None:
+    def add(self, agent: Agent[Any, Any], *, replace: bool = False) -> None:
         if not AGENT_KEY_RE.match(agent.key):
             raise AgentLoadError(f"invalid agent key {agent.key!r}: use lowercase letters, digits, '-'")
-        if agent.key in self._agents:
+        if agent.key in self._agents and not replace:
             raise AgentLoadError(f"agent {agent.key!r} registered twice")
         self._agents[agent.key] = agent
 
@@ -100,3 +111,20 @@ def load_registry(specs: Sequence[str] | str = (), *, examples: bool = True) -> 
     for spec in specs:
         registry.add(load_agent(spec))
     return registry
+
+
+def load_package(directory: Path) -> Registry:
+    """The agent of the installed package in ``directory``, alone, imported from there
+    (first on the path: its modules win over any of the same name elsewhere)."""
+    try:
+        spec = load_spec(directory)
+    except PackSpecError as exc:
+        raise AgentLoadError(f"{directory}: not an installed package: {exc}") from exc
+    sys.path.insert(0, str(directory))
+    agent = load_agent(spec.entry_point)
+    if (agent.key, agent.version) != (spec.name, spec.version):
+        raise AgentLoadError(
+            f"{directory}: {spec.entry_point} is {agent.key} {agent.version}, but its agent.pack.yaml says "
+            f"{spec.name} {spec.version}"
+        )
+    return Registry([agent])

@@ -25,6 +25,7 @@ import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import asyncpg
 from aiohttp import web
@@ -32,6 +33,8 @@ from nats.aio.client import Client
 from nats.js import JetStreamContext
 
 from agents.configs import reconcile_forever
+from agents.hub import Hub
+from agents.hub.install import PACKAGES_DIR, Installer, know_installed
 from agents.lifecycle.actions import Operator
 from agents.lifecycle.dedicated import DedicatedWorkers
 from agents.lifecycle.manager import LifecycleManager
@@ -44,6 +47,7 @@ from agents.store.partitions import ensure_partitions, keep_partitions
 from agents.store.tenancy import ALL_TENANTS, app_pool, tenant_scope
 from agents.store.tokens import register_token
 from gateway.api import Services, create_app, operation_kinds
+from gateway.api.hub import load_trust_policies
 from gateway.api.middleware import log_access_to_stderr
 from gateway.api.problems import ApiRunner
 from gateway.operations import OperationKind, OperationRunner
@@ -216,7 +220,9 @@ class Gateway:
         served = self._served_agents()
         holder = f"gateway@{socket.gethostname()}/{os.getpid()}"
         manager = LifecycleManager(self.pool, js, holder=holder)
-        operator = Operator(manager, nc, js, self.registry)
+        installer = Installer(Hub(self.pool, nc, js), s.data_dir.resolve() / PACKAGES_DIR,
+                              load_trust_policies(s.trust_policy_file))  # fmt: skip
+        operator = Operator(manager, nc, js, self.registry, installer=installer)
         if parts.dedicated:
             operator.dedicated = self.dedicated = DedicatedWorkers(
                 self._dedicated_command, operator.crashed, env=self._dedicated_env(nats, nc)
@@ -257,6 +263,7 @@ class Gateway:
             self.worker = worker_for(nc, js, self.registry, worker.agents, worker.concurrency,
                                      idle_poll_s=worker.idle_poll_s)  # fmt: skip
             await self.worker.start()
+        await know_installed(self.pool, self.registry)  # after the worker: it runs none of them
         if token is not None:
             async with tenant_scope(self.pool, ALL_TENANTS) as conn:
                 await register_token(conn, "settings", token, "the configured token (AF_API_TOKEN or up's)")
@@ -294,13 +301,20 @@ class Gateway:
         await provision(js, ProvisionConfig(replicas=self.settings.stream_replicas))
         return nc, js
 
-    def _dedicated_command(self, agent: str, index: int) -> list[str]:
+    def _dedicated_command(self, unit: str, index: int, package_dir: Path | None) -> list[str]:
+        """A dedicated worker of ``unit`` (an agent, or ``agent@version`` of an installed
+        package, whose code it loads from ``package_dir`` alone)."""
         s = self.settings
-        return [
-            sys.executable, "-m", "gateway.cli", "worker", "--name", f"dedicated-{agent}-{index}",
+        agent, _, version = unit.partition("@")
+        # -P: nothing from the package's directory (its cwd) shadows the platform's own
+        # modules; the worker puts that directory on the path for the agent's import only.
+        argv = [
+            sys.executable, *(["-P"] if package_dir else []), "-m", "gateway.cli", "worker", "--name",
+            f"dedicated-{agent}-{version}-{index}" if version else f"dedicated-{agent}-{index}",
             "--agents", agent, "--role", "dedicated", "--concurrency", str(s.worker_concurrency),
             "--drain-timeout", str(s.drain_timeout_s),
         ]  # fmt: skip
+        return [*argv, "--package-dir", str(package_dir)] if package_dir is not None else argv
 
     def _dedicated_env(self, nats: str | Client, nc: Client) -> dict[str, str]:
         """What a dedicated worker needs: where NATS is (the URL given, or the one

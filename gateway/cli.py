@@ -159,9 +159,12 @@ def up(
               help="Where the pool serves /metrics (the gateway on its data dir merges it).")  # fmt: skip
 @click.option("--metrics-port", type=int, default=0, show_default=True,
               help="0: a free port, named in <data dir>/worker-metrics/.")  # fmt: skip
+@click.option("--package-dir", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Serve the agent of this installed package only (a deploy of an installed version "
+                   "starts its dedicated workers with it).")  # fmt: skip
 @click.pass_obj
 def worker(obj: Ctx, name: str, concurrency: int, agents: str, drain_timeout: float, sandbox: bool | None,
-           role: str, metrics_host: str, metrics_port: int) -> None:  # fmt: skip
+           role: str, metrics_host: str, metrics_port: int, package_dir: Path | None) -> None:  # fmt: skip
     """Run a worker pool (`up` starts these; run more to scale out)."""
     nats_url = os.environ.get("AF_NATS_URL") or read_state(obj.data_dir).nats_url
     if not nats_url:
@@ -171,7 +174,8 @@ def worker(obj: Ctx, name: str, concurrency: int, agents: str, drain_timeout: fl
     try:
         metrics_at = (obj.data_dir, metrics_host, metrics_port)
         sandboxed = Settings().sandbox if sandbox is None else sandbox
-        asyncio.run(_worker(nats_url, name, concurrency, keys, drain_timeout, metrics_at, role, sandboxed))
+        asyncio.run(_worker(nats_url, name, concurrency, keys, drain_timeout, metrics_at, role, sandboxed,
+                            package_dir.resolve() if package_dir else None))  # fmt: skip
     except Exception as exc:
         if obj.verbose:
             raise
@@ -180,8 +184,8 @@ def worker(obj: Ctx, name: str, concurrency: int, agents: str, drain_timeout: fl
 
 async def _worker(nats_url: str, name: str, concurrency: int, keys: list[str] | None, drain: float,
                   metrics_at: tuple[Path, str, int], role: str = "pool",
-                  sandboxed: bool = False) -> None:  # fmt: skip
-    from agents.registry import load_registry  # noqa: PLC0415 (start-up time)
+                  sandboxed: bool = False, package_dir: Path | None = None) -> None:  # fmt: skip
+    from agents.registry import load_package, load_registry  # noqa: PLC0415 (start-up time)
     from agents.runtime import worker_for  # noqa: PLC0415 (start-up time)
     from gateway.telemetry import configure_logging, log_stream, tracing  # noqa: PLC0415 (start-up time)
     from gateway.worker_metrics import serve_worker_metrics  # noqa: PLC0415 (start-up time)
@@ -189,8 +193,13 @@ async def _worker(nats_url: str, name: str, concurrency: int, keys: list[str] | 
 
     settings = Settings()
     configure_logging(settings, name)
-    _importable_from_here()
-    registry = load_registry(os.environ.get("AF_AGENTS", ""))  # what `up` serves, passed down
+    if package_dir is not None:  # its code alone, from its directory: never the cwd's or AF_AGENTS'
+        registry = load_package(package_dir)
+        code_at = str(package_dir)
+    else:
+        _importable_from_here()
+        registry = load_registry(os.environ.get("AF_AGENTS", ""))  # what `up` serves, passed down
+        code_at = os.getcwd()
     nc = await connect(nats_url, name=name)
     js = await jetstream(nc)
     sandbox = None
@@ -199,7 +208,7 @@ async def _worker(nats_url: str, name: str, concurrency: int, keys: list[str] | 
         from agents.sandboxed import sandbox_config  # noqa: PLC0415 (start-up time)
 
         served = [registry.get(key) for key in keys or registry.keys()]
-        sandbox = Sandbox(sandbox_config(served, sys_path=[os.getcwd()]))
+        sandbox = Sandbox(sandbox_config(served, sys_path=[code_at]))
     pool = worker_for(nc, js, registry, keys, concurrency=concurrency, name=name, role=role, sandbox=sandbox)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -87,10 +87,14 @@ class Hub:
         """``name`` ``version`` as ``tenant`` sees it, and its archive, checked against its digest."""
         async with tenant_scope(self.pool, tenant) as conn:
             package = await get_package(conn, name, version)
+        return package, await self.archive(package)
+
+    async def archive(self, package: HubPackage) -> bytes:
+        """``package``'s archive, checked against its digest, counted as a download."""
         data = await get_blob(self.nc, self.js, names.OBJECTS_PACKAGES, package.object, package.digest)
         async with tenant_scope(self.pool, ALL_TENANTS) as conn:
             await count_download(conn, package)
-        return package, data
+        return data
 
     async def get(self, name: str, version: str, *, tenant: str | None) -> HubPackage:
         async with tenant_scope(self.pool, tenant) as conn:

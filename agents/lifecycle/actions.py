@@ -40,6 +40,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
+from pathlib import Path
 from typing import Any, Final
 
 from nats.aio.client import Client
@@ -47,11 +48,15 @@ from nats.js import JetStreamContext
 
 from agents.contract import Agent
 from agents.errors import AgentError
+from agents.hub.install import Installer
+from agents.hub.packaged import packaged_agent
 from agents.lifecycle.dedicated import DedicatedWorkers
 from agents.lifecycle.manager import LifecycleManager, Mode, Transition, VersionRecord
 from agents.lifecycle.states import IllegalTransition, State, check_transition
+from agents.packaging.versions import parse_version, sort_key
 from agents.registry import Registry
 from agents.resilience.retries import queue_config
+from agents.store.installs import get_installed, list_installed
 from mesh.queue.agent_config import wants_dedicated
 from mesh.queue.gates import HeldBy, held_tasks
 from mesh.queue.worker import ensure_lane
@@ -113,16 +118,31 @@ async def _no_checkpoint(out: Outcome, stoppable: bool) -> None:
     return None
 
 
+@dataclass(frozen=True, slots=True)
+class _Target:
+    """What a deploy serves: the agent (loaded here, or an installed version's stand-in)
+    and, for an installed version, the directory its dedicated workers start in."""
+
+    agent: Agent[Any, Any]
+    package_dir: Path | None = None
+
+    @property
+    def unit(self) -> str:  # its dedicated workers' group (DedicatedWorkers)
+        return f"{self.agent.key}@{self.agent.version}" if self.package_dir else self.agent.key
+
+
 class Operator:
     """Carries out :class:`Action` s with a :class:`LifecycleManager`."""
 
     def __init__(
         self, manager: LifecycleManager, nc: Client, js: JetStreamContext, registry: Registry,
         *, poll_s: float = 0.25, dedicated: DedicatedWorkers | None = None, start_timeout_s: float = 60.0,
+        installer: Installer | None = None,
     ) -> None:  # fmt: skip
         self.manager, self.nc, self.js, self.registry = manager, nc, js, registry
         self.poll_s = poll_s
         self.dedicated = dedicated  # None: this gateway cannot run dedicated workers
+        self.installer = installer  # None: versions installed from the hub are not deployed here
         self.start_timeout_s = start_timeout_s  # dedicated workers: until they answer
 
     async def run(
@@ -131,12 +151,10 @@ class Operator:
         mode: Mode | None = None, checkpoint: Checkpoint = _no_checkpoint,
     ) -> Outcome:  # fmt: skip
         drain_timeout_s = min(max(drain_timeout_s, 0.0), MAX_DRAIN_S)
-        if action == Action.DEPLOY:  # only an agent loaded here gets a record
-            loaded = self._loaded(agent)
-            wanted = mode or await self._mode_of(loaded)
-            if wanted == "dedicated" and self.dedicated is None:
-                raise ActionFailed("this gateway cannot start dedicated workers (it runs without `up`)")
-            record = await self.manager.register(agent, version or loaded.version, wanted)
+        if action == Action.DEPLOY:  # an agent loaded here, or an installed version, gets a record
+            target = await self._target(agent, version)
+            wanted = await self._wanted_mode(target, mode)
+            record = await self.manager.register(agent, version or target.agent.version, wanted)
             if record.mode != wanted:
                 record = await self.manager.set_mode(agent, record.version, wanted)
         else:
@@ -144,7 +162,7 @@ class Operator:
         out = Outcome(agent, record.version, action, record.state)
         step = _Steps(self.manager, out, actor, reason, checkpoint)
         if action == Action.DEPLOY:
-            await self._deploy(step, record.mode)
+            await self._deploy(step, record.mode, target)
         elif action == Action.DRAIN:
             await step.to(State.DRAINING)
             if wait:
@@ -154,15 +172,15 @@ class Operator:
                 await step.to(State.DRAINING)
             await step.to(State.FORCE_STOPPED)
             out.detail = "stopped: what ran was handed back to the queue"
-            await self._stop_dedicated(agent, record.mode)
+            await self._stop_dedicated(record)
         elif action == Action.RETIRE:
             await self._retire(step, drain_timeout_s)
-            await self._stop_dedicated(agent, record.mode)
+            await self._stop_dedicated(record)
         elif action == Action.RESTART:
             if out.state in _LIVE | {State.DRAINING}:
                 await self._stop_gracefully(step, drain_timeout_s, then=State.FORCE_STOPPED)
-            await self._stop_dedicated(agent, record.mode)
-            await self._deploy(step, record.mode)
+            await self._stop_dedicated(record)
+            await self._deploy(step, record.mode, await self._target(agent, record.version))
         return out
 
     async def check(self, agent: str, action: Action, *, version: str | None = None,
@@ -172,10 +190,9 @@ class Operator:
         in the background. The state may still change in between; :meth:`run`
         checks again."""
         if action == Action.DEPLOY:
-            loaded = self._loaded(agent)
-            if (mode or await self._mode_of(loaded)) == "dedicated" and self.dedicated is None:
-                raise ActionFailed("this gateway cannot start dedicated workers (it runs without `up`)")
-            wanted = version or loaded.version
+            target = await self._target(agent, version)
+            await self._wanted_mode(target, mode)
+            wanted = version or target.agent.version
             record = next((v for v in await self.manager.versions(agent) if v.version == wanted), None)
             if record is not None and record.state not in _LIVE:
                 self._deployable(record.state, agent, record.version)
@@ -188,6 +205,22 @@ class Operator:
             check_transition(state, State.FORCE_STOPPED if action == Action.FORCE_STOP else State.RETIRED)
         elif action == Action.RESTART and state not in _LIVE | {State.DRAINING}:
             self._deployable(state, agent, record.version)
+
+    async def _wanted_mode(self, target: _Target, mode: Mode | None) -> Mode:
+        """The mode a deploy of ``target`` runs in (an installed version: dedicated
+        always, its code is in no pool), or :class:`ActionFailed` when it cannot here."""
+        if target.package_dir is not None:
+            if mode == "pool":
+                raise ActionFailed(
+                    f"{target.agent.key} {target.agent.version} is an installed package: it runs on "
+                    "dedicated workers of its own, not in the shared pool"
+                )
+            wanted: Mode = "dedicated"
+        else:
+            wanted = mode or await self._mode_of(target.agent)
+        if wanted == "dedicated" and self.dedicated is None:
+            raise ActionFailed("this gateway cannot start dedicated workers (it runs without `up`)")
+        return wanted
 
     async def _mode_of(self, agent: Agent[Any, Any]) -> Mode:
         """A deploy's mode when none is asked for: dedicated when the agent says so
@@ -205,14 +238,14 @@ class Operator:
 
     # ---- the actions ---------------------------------------------------------
 
-    async def _deploy(self, step: _Steps, mode: Mode) -> None:
+    async def _deploy(self, step: _Steps, mode: Mode, target: _Target) -> None:
         out = step.out
         if out.state in _LIVE:
             out.detail = f"already {out.state.value}"
             return
         if out.state not in _DEPLOYABLE:
             raise IllegalTransition(out.state, State.DEPLOYING)
-        problem = self._invalid(out.agent, out.version)
+        problem = None if target.package_dir else self._invalid(out.agent, out.version)
         if out.state == State.CREATED:
             await step.to(State.VALIDATING)
             if problem:
@@ -221,7 +254,7 @@ class Operator:
             await step.to(State.VALIDATED)
         elif problem:
             raise ActionFailed(f"{out.agent} {out.version} cannot be deployed: {problem}")
-        agent = self._loaded(out.agent)
+        agent = target.agent
         await step.to(State.DEPLOYING)
         try:
             cfg = queue_config(agent)  # its resilience block's retries, as the workers' lanes
@@ -231,7 +264,7 @@ class Operator:
             await step.to(State.FAILED, f"its queue lanes could not be made: {exc}")
             return
         if mode == "dedicated":
-            failure = await self._start_dedicated(agent)
+            failure = await self._start_dedicated(target)
             if failure:
                 await step.to(State.FAILED, failure)
                 return
@@ -239,7 +272,7 @@ class Operator:
         failure = await _warm_up(agent)
         if failure:
             await step.to(State.FAILED, failure)
-            await self._stop_dedicated(agent.key, mode)  # a failed version keeps no processes
+            await self._stop_dedicated_unit(target.unit, mode)  # a failed version keeps no processes
             return
         await step.to(State.RUNNING)
         out.detail = "running: workers take its tasks"
@@ -284,38 +317,60 @@ class Operator:
 
     # ---- dedicated workers ---------------------------------------------------
 
-    async def _start_dedicated(self, agent: Agent[Any, Any]) -> str | None:
+    async def _start_dedicated(self, target: _Target) -> str | None:
         """Start the agent's own workers and wait until each answers; why not, or None."""
         assert self.dedicated is not None
+        agent, unit = target.agent, target.unit
         count = max(1, agent.dedicated_workers)
-        await self.dedicated.start(agent.key, count)
+        await self.dedicated.start(unit, count, target.package_dir)
         deadline = time.monotonic() + self.start_timeout_s
         while time.monotonic() < deadline:
-            answers = [h for h in await held_tasks(self.nc, agent.key) if h.role == "dedicated"]
+            answers = [h for h in await held_tasks(self.nc, agent.key)
+                       if h.role == "dedicated" and h.version in (None, agent.version)]  # fmt: skip
             if len(answers) >= count:
                 return None
-            if not self.dedicated.pids(agent.key) and self.dedicated.crashes.get(agent.key):
+            if not self.dedicated.pids(unit) and self.dedicated.crashes.get(unit):
                 break  # they keep dying: the supervisor says why
             await asyncio.sleep(self.poll_s)
-        await self.dedicated.stop(agent.key)
-        crashed = self.dedicated.last_error.get(agent.key)
+        await self.dedicated.stop(unit)
+        crashed = self.dedicated.last_error.get(unit)
         if crashed:
             return f"its dedicated workers did not start: {crashed}"
         return f"its {count} dedicated worker(s) did not answer within {self.start_timeout_s:g} s"
 
-    async def _stop_dedicated(self, agent: str, mode: Mode) -> None:
-        if mode == "dedicated" and self.dedicated is not None:
-            await self.dedicated.stop(agent)
+    async def _stop_dedicated(self, record: VersionRecord) -> None:
+        installed = await get_installed(self.manager.pool, record.agent, record.version)
+        unit = f"{record.agent}@{record.version}" if installed is not None else record.agent
+        await self._stop_dedicated_unit(unit, record.mode)
 
-    async def crashed(self, agent: str, why: str) -> None:
-        """The supervisor gave up on ``agent``'s dedicated workers: its live version FAILED."""
+    async def _stop_dedicated_unit(self, unit: str, mode: Mode) -> None:
+        if mode == "dedicated" and self.dedicated is not None:
+            await self.dedicated.stop(unit)
+
+    async def crashed(self, unit: str, why: str) -> None:
+        """The supervisor gave up on a unit of dedicated workers: its live version FAILED."""
+        agent, _, version = unit.partition("@")
         try:
-            record = await self._current(agent, None)
+            record = await self._current(agent, version or None)
             await self.manager.transition(agent, record.version, State.FAILED, actor="supervisor", reason=why)
         except AgentError as exc:  # nothing live to fail (retired meanwhile): say so only
             log.warning("dedicated workers of %s gave up (%s); no transition: %s", agent, why, exc)
 
     # ---- helpers -------------------------------------------------------------
+
+    async def _target(self, agent: str, version: str | None) -> _Target:
+        """What a deploy of ``agent`` ``version`` serves: an installed version of that
+        number (or, with no version asked and none loaded here, the newest installed),
+        else the agent loaded in this process."""
+        if self.installer is not None and (version is not None or agent not in self.registry):
+            if version is not None:
+                row = await get_installed(self.manager.pool, agent, version)
+            else:
+                rows = await list_installed(self.manager.pool, agent)
+                row = max(rows, key=lambda r: sort_key(parse_version(r.version))) if rows else None
+            if row is not None:
+                return _Target(packaged_agent(row), await self.installer.local_dir(row))
+        return _Target(self._loaded(agent))
 
     def _loaded(self, agent: str) -> Agent[Any, Any]:
         if agent not in self.registry:

@@ -22,6 +22,7 @@ import signal
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from mesh.embedded import parent_death_signal
 from mesh.stopping import cancel_within
@@ -30,8 +31,8 @@ __all__ = ["DedicatedWorkers", "RestartPolicy"]
 
 log = logging.getLogger(__name__)
 
-Command = Callable[[str, int], list[str]]  # (agent, index) -> argv
-OnFailed = Callable[[str, str], Awaitable[None]]  # (agent, why)
+Command = Callable[[str, int, Path | None], list[str]]  # (unit, index, package dir) -> argv
+OnFailed = Callable[[str, str], Awaitable[None]]  # (unit, why)
 
 
 @dataclass(frozen=True)
@@ -63,7 +64,11 @@ class _Process:
 
 
 class DedicatedWorkers:
-    """Starts, supervises and stops the dedicated worker processes of agents."""
+    """Starts, supervises and stops the dedicated worker processes of agents.
+
+    Processes are grouped by *unit*: an agent's key for the version its gateway
+    loads, ``key@version`` for a version installed from a package (whose
+    processes start in the package's directory, so versions never share one)."""
 
     def __init__(
         self, command: Command, on_failed: OnFailed, *, env: dict[str, str] | None = None,
@@ -75,15 +80,18 @@ class DedicatedWorkers:
         self.stop_grace_s = stop_grace_s  # SIGTERM (the worker drains) → this long → SIGKILL
         self._procs: dict[str, list[_Process]] = {}
         self._supervisors: dict[str, asyncio.Task[None]] = {}
+        self._dirs: dict[str, Path | None] = {}  # per unit: its package's directory
         self.crashes: dict[str, list[float]] = {}
         self.last_error: dict[str, str] = {}  # per agent: how its latest process ended
 
     def pids(self, agent: str) -> list[int]:
         return [p.proc.pid for p in self._procs.get(agent, []) if p.proc.returncode is None]
 
-    async def start(self, agent: str, count: int) -> None:
-        """Start ``count`` processes for ``agent`` (its earlier ones are stopped first)."""
+    async def start(self, agent: str, count: int, package_dir: Path | None = None) -> None:
+        """Start ``count`` processes for unit ``agent`` (its earlier ones are stopped
+        first), in ``package_dir`` when its code is an installed package."""
         await self.stop(agent)
+        self._dirs[agent] = package_dir
         self._procs[agent] = [await self._spawn(agent, i) for i in range(count)]
         self.crashes[agent] = []
         self._supervisors[agent] = asyncio.create_task(self._supervise(agent), name=f"dedicated-{agent}")
@@ -100,8 +108,10 @@ class DedicatedWorkers:
         await asyncio.gather(*(self.stop(agent) for agent in list(self._procs)))
 
     async def _spawn(self, agent: str, index: int) -> _Process:
+        package_dir = self._dirs.get(agent)
         proc = await asyncio.create_subprocess_exec(
-            *self.command(agent, index), env=self.env, stdin=asyncio.subprocess.DEVNULL,
+            *self.command(agent, index, package_dir), env=self.env, cwd=package_dir,
+            stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
             preexec_fn=parent_death_signal(signal.SIGTERM),  # none outlives the gateway
         )  # fmt: skip

@@ -14,6 +14,8 @@ from gateway.api.costs import routes as cost_routes
 from gateway.api.docs import routes as docs_routes
 from gateway.api.hub import hub_kinds
 from gateway.api.hub import routes as hub_routes
+from gateway.api.installs import install_kinds
+from gateway.api.installs import routes as install_routes
 from gateway.api.lifecycle import lifecycle_kinds
 from gateway.api.lifecycle import routes as lifecycle_routes
 from gateway.api.middleware import access_middleware, rate_limit_middleware
@@ -33,7 +35,7 @@ __all__ = ["SERVICES", "Services", "create_app", "operation_kinds"]
 
 def operation_kinds(services: Services) -> list[OperationKind]:
     """The long operations the API starts (``202``): each route module's kinds."""
-    return [*lifecycle_kinds(services), *dlq_kinds(services), *hub_kinds(services)]
+    return [*lifecycle_kinds(services), *dlq_kinds(services), *hub_kinds(services), *install_kinds(services)]
 
 
 def create_app(services: Services, auth: bool) -> web.Application:
@@ -60,6 +62,7 @@ def create_app(services: Services, auth: bool) -> web.Application:
     app.add_routes(breaker_routes)
     app.add_routes(canary_routes)
     app.add_routes(hub_routes)
+    app.add_routes(install_routes)
     app.add_routes(docs_routes)
     app.add_routes(token_routes)
     app.add_routes(operation_routes)

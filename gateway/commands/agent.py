@@ -181,4 +181,5 @@ def history(obj: Ctx, key: str, limit: int, before: int | None, output: str) -> 
 from gateway.commands import agent_create as _agent_create  # noqa: E402, F401  (registers create, test)
 from gateway.commands import agent_hub as _agent_hub  # noqa: E402, F401  (registers publish, search, versions, fetch)
 from gateway.commands import agent_inspect as _agent_inspect  # noqa: E402, F401  (registers `agent inspect`)
+from gateway.commands import agent_install as _agent_install  # noqa: E402, F401  (registers install, installed)
 from gateway.commands import agent_pack as _agent_pack  # noqa: E402, F401  (registers pack, keygen, verify, inspect-pack)

@@ -135,6 +135,7 @@ class HeldBy(BaseModel):
 
     worker: str
     role: str = "pool"  # "dedicated": one of the agent's own workers
+    version: str | None = None  # of the agent, as this worker runs it
     running: int  # started, not finished
     held: int  # delivered to it, not started (handed back when its gate is closed)
     probes: Probes = Field(default_factory=Probes)

@@ -403,7 +403,8 @@ class TaskWorker:
         running = sum(1 for item in self._inflight.values() if item.lane.agent == agent)
         held = sum(len(lane.source.ready) for lane in self.lanes if lane.agent == agent)
         if msg.reply:
-            answer = HeldBy(worker=self.identity, role=self.role, running=running, held=held,
+            answer = HeldBy(worker=self.identity, role=self.role, version=self.versions.get(agent),
+                            running=running, held=held,
                             probes=self.probes.get(agent, _NO_PROBES))  # fmt: skip
             with contextlib.suppress(Exception):
                 await self.nc.publish(msg.reply, answer.model_dump_json().encode())

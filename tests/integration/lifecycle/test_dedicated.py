@@ -10,6 +10,7 @@ import os
 import signal
 import sys
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -109,11 +110,11 @@ async def test_a_dedicated_worker_that_dies_at_start_fails_the_deploy_with_its_l
     assert [t["to_state"] for t in out["transitions"]][-2:] == ["deploying", "failed"]
 
 
-def _sleeper(agent: str, index: int) -> list[str]:
+def _sleeper(agent: str, index: int, package_dir: Path | None) -> list[str]:
     return [sys.executable, "-c", "import time; time.sleep(300)"]
 
 
-def _crasher(agent: str, index: int) -> list[str]:
+def _crasher(agent: str, index: int, package_dir: Path | None) -> list[str]:
     return [sys.executable, "-c", "import sys; sys.stderr.write('bad config line 7\\n'); sys.exit(5)"]
 
 
@@ -142,6 +143,34 @@ async def test_the_supervisor_restarts_a_killed_worker_and_gives_up_on_one_that_
         [(agent, why)] = failed
         assert agent == "b" and why.startswith("crashed 4 times") and "bad config line 7" in why
         assert "exited with code 5" in why and crashing.pids("b") == []
+    finally:
+        await workers.close()
+
+
+async def test_an_installed_versions_workers_start_and_restart_in_its_directory(tmp_path: Path) -> None:
+    said = tmp_path / "cwd.txt"
+    package = tmp_path / "packages" / "meter" / "2.0.0"
+    package.mkdir(parents=True)
+    script = "import os, sys, time; open(sys.argv[1], 'a').write(os.getcwd() + '\\n'); time.sleep(300)"
+    asked: list[tuple[str, Path | None]] = []
+
+    def command(unit: str, index: int, package_dir: Path | None) -> list[str]:
+        asked.append((unit, package_dir))
+        return [sys.executable, "-c", script, str(said)]
+
+    async def on_failed(unit: str, why: str) -> None:
+        raise AssertionError(why)
+
+    workers = DedicatedWorkers(
+        command, on_failed, policy=RestartPolicy(base_s=0.05, cap_s=0.2), stop_grace_s=2
+    )
+    try:
+        await workers.start("meter@2.0.0", 1, package)
+        [pid] = await eventually(lambda: said.exists() and workers.pids("meter@2.0.0"), 5, "it started")
+        os.kill(pid, signal.SIGKILL)
+        await eventually(lambda: said.read_text().count("\n") == 2, 5, "it restarted")
+        assert said.read_text().splitlines() == [str(package), str(package)]
+        assert asked == [("meter@2.0.0", package)] * 2
     finally:
         await workers.close()
 
