@@ -185,6 +185,7 @@ class Gateway:
     app: web.Application | None = None
     runner: web.AppRunner | None = None
     outbox: asyncio.Task[None] | None = None  # re-sends lifecycle transitions NATS did not confirm
+    resumed: asyncio.Task[None] | None = None  # starts again the dedicated workers of live versions
     partitions: asyncio.Task[None] | None = None  # makes the months of executions ahead
     config_reconcile: asyncio.Task[None] | None = None  # puts config versions KV lacks (agents.configs)
     breakers: KeyFollower[BreakerState] | None = None  # circuit breakers, for callers waiting on a run
@@ -268,6 +269,8 @@ class Gateway:
             async with tenant_scope(self.pool, ALL_TENANTS) as conn:
                 await register_token(conn, "settings", token, "the configured token (AF_API_TOKEN or up's)")
         await self.operations.start()  # resumes or fails what stopped gateways left
+        if self.dedicated is not None:  # in the background: each waits until its workers answer
+            self.resumed = asyncio.create_task(operator.resume_dedicated(), name="dedicated-resume")
         self.app = create_app(self.services, auth=token is not None)
         if parts.serve:
             await self._serve(self.app)
@@ -361,6 +364,8 @@ class Gateway:
             steps.append(("the run index", self.run_index.stop, STEP_TIMEOUT_S))
         if self.billing is not None:
             steps.append(("the billing recorder", self.billing.stop, STEP_TIMEOUT_S))
+        if self.resumed is not None:  # before the processes it may be starting are stopped
+            steps.append(("the dedicated resume", functools.partial(_cancel, self.resumed), STEP_TIMEOUT_S))
         if self.dedicated is not None:
             drain = self.settings.drain_timeout_s
             steps.append(("the dedicated workers", self.dedicated.close, drain + STEP_TIMEOUT_S))

@@ -35,6 +35,7 @@ queue (their TTL still runs), never lost: they run once a version is deployed.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -346,6 +347,39 @@ class Operator:
     async def _stop_dedicated_unit(self, unit: str, mode: Mode) -> None:
         if mode == "dedicated" and self.dedicated is not None:
             await self.dedicated.stop(unit)
+
+    async def resume_dedicated(self) -> None:
+        """Start again the dedicated workers of every live dedicated version (after the
+        gateway that ran them restarted: a RUNNING version keeps its tasks queued until
+        its processes answer). One that cannot start is FAILED with the reason."""
+        if self.dedicated is None:
+            return
+        async with self.manager.pool.acquire() as conn:
+            rows = await conn.fetch(
+                "SELECT agent_key, version FROM agent_versions WHERE mode = 'dedicated'"
+                " AND state IN ('running', 'degraded') ORDER BY agent_key, version"
+            )
+        for agent, version in rows:
+            try:
+                target = await self._target(agent, version)
+            except AgentError:  # neither loaded here nor installed: another gateway's to serve
+                continue
+            if target.package_dir is None and self._invalid(agent, version):
+                continue  # this gateway loads another version of it
+            answers = await held_tasks(self.nc, agent)
+            if any(h.role == "dedicated" and h.version in (None, version) for h in answers):
+                continue  # its workers run (another gateway's): not twice
+            try:
+                failure = await self._start_dedicated(target)
+            except AgentError as exc:
+                failure = str(exc)
+            if failure:
+                log.error("%s %s: its dedicated workers did not start again: %s", agent, version, failure)
+                why = f"restart of its dedicated workers: {failure}"
+                with contextlib.suppress(AgentError):
+                    await self.manager.transition(agent, version, State.FAILED, actor="gateway", reason=why)
+            else:
+                log.info("%s %s: its dedicated workers started again", agent, version)
 
     async def crashed(self, unit: str, why: str) -> None:
         """The supervisor gave up on a unit of dedicated workers: its live version FAILED."""

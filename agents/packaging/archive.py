@@ -42,6 +42,7 @@ DEFAULT_IGNORE: Final = (
     "__pycache__", "*.pyc", "*.pyo", ".git", ".hg", ".svn", ".venv", "venv", ".tox", ".nox",
     ".mypy_cache", ".pytest_cache", ".ruff_cache", "*.egg-info", ".DS_Store", "*.glpack", "*.key",
     "dist", "build",
+    ".agent-factory",  # the embedded mode's data dir (its database, NATS store, token): `up` run here
 )  # fmt: skip
 _MTIME: Final = 0
 _CHUNK: Final = 1 << 16

@@ -293,7 +293,7 @@ def create(
         "tests/test_agent.py": _TEST.format(**values, models=_MODELS[template], checks=_CHECKS[template]),
         "examples/input.json": json.dumps(_EXAMPLE[template], indent=2) + "\n",
         "README.md": _README.format(**values),
-        ".gitignore": "*.glpack\n__pycache__/\n",
+        ".gitignore": "*.glpack\n__pycache__/\n.agent-factory/\n",
     }
     parse_spec(files["agent.pack.yaml"])  # what we write is valid, or nothing is written
     staging = parent / f".{name}.creating"

@@ -89,12 +89,16 @@ async def platform(
 ) -> AsyncIterator[tuple[Gateway, TestClient[Any, Any]]]:
     """A gateway that can start dedicated workers, with its data dir in ``tmp_path``;
     it loads the example agents only (the installed ones come from the hub)."""
+    gateway = _gateway(tmp_path)
+    async with served(gateway, nc, database_url) as client:
+        yield gateway, client
+
+
+def _gateway(tmp_path: Path) -> Gateway:
     parts = Parts(maintenance=False, scheduler=False, serve=False, poll_s=0.2,
                   worker=InProcessWorker(concurrency=4, idle_poll_s=0.2, drain_timeout_s=5))  # fmt: skip
     settings = Settings(data_dir=tmp_path / "af", drain_timeout_s=5)
-    gateway = Gateway(settings, Registry([load_agent("agents.examples:NoOp")]), parts)
-    async with served(gateway, nc, database_url) as client:
-        yield gateway, client
+    return Gateway(settings, Registry([load_agent("agents.examples:NoOp")]), parts)
 
 
 async def _publish(gateway: Gateway, archive: bytes, name: str, version: str) -> None:
@@ -169,6 +173,7 @@ async def test_an_installed_version_runs_in_its_own_workers_and_a_second_one_tak
 
     listed = await (await api.get(f"/api/v1/hub/installs?agent={name}")).json()
     assert sorted(r["version"] for r in listed["installed"]) == ["1.0.0", "2.0.0"]
+    assert (await _act(api, name, "retire", "2.0.0"))["result"]["state"] == "retired"
 
 
 async def test_installing_again_is_a_no_op_and_a_missing_directory_is_extracted_again(
@@ -198,6 +203,30 @@ async def test_installing_again_is_a_no_op_and_a_missing_directory_is_extracted_
     assert retired["result"]["state"] == "retired"
     pids = [p for p in (gateway.dedicated.pids(f"{name}@1.0.0") if gateway.dedicated else [])]
     assert not any(pid_alive(pid) for pid in pids)
+
+
+async def test_a_restarted_gateway_starts_an_installed_versions_workers_again(
+    nc: Client, mesh_js: JetStreamContext, pool: asyncpg.Pool, database_url: str, tmp_path: Path
+) -> None:
+    name = unique("meter").replace("_", "-")
+    first = _gateway(tmp_path)
+    async with served(first, nc, database_url) as api:
+        await _publish(first, _archive(tmp_path, name, "1.0.0", 2.0), name, "1.0.0")
+        installed = await _install(api, name=name, deploy=True)
+        assert installed["status"] == "succeeded", installed
+        assert first.dedicated is not None
+        [pid] = first.dedicated.pids(f"{name}@1.0.0")
+    await eventually(lambda: not pid_alive(pid), 10, "its worker stopped with its gateway")
+
+    again = _gateway(tmp_path)
+    async with served(again, nc, database_url) as api:
+        # Its runs wait in the queue until the new gateway's workers for it answer.
+        ran = await _runs(api, name, 3)
+        assert {v["result"]["version"] for v in ran} == {"1.0.0"}
+        assert again.dedicated is not None and again.dedicated.pids(f"{name}@1.0.0") != [pid]
+        health = await (await api.get(f"/api/v1/agents/{name}/health")).json()
+        assert [v["state"] for v in health["versions"]] == ["running"]
+        assert (await _act(api, name, "retire", "1.0.0"))["result"]["state"] == "retired"
 
 
 async def test_refusals_say_why(

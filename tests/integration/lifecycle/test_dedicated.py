@@ -166,9 +166,9 @@ async def test_an_installed_versions_workers_start_and_restart_in_its_directory(
     )
     try:
         await workers.start("meter@2.0.0", 1, package)
-        [pid] = await eventually(lambda: said.exists() and workers.pids("meter@2.0.0"), 5, "it started")
+        [pid] = await eventually(lambda: said.exists() and workers.pids("meter@2.0.0"), 20, "it started")
         os.kill(pid, signal.SIGKILL)
-        await eventually(lambda: said.read_text().count("\n") == 2, 5, "it restarted")
+        await eventually(lambda: said.read_text().count("\n") == 2, 20, "it restarted")
         assert said.read_text().splitlines() == [str(package), str(package)]
         assert asked == [("meter@2.0.0", package)] * 2
     finally:

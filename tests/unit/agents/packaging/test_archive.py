@@ -71,8 +71,10 @@ def test_the_manifest_lists_the_sha256_and_size_of_every_other_member(tree: Path
     assert manifest["files"]["run.sh"]["executable"] is True
 
 
-def test_the_ignore_list_keeps_caches_vcs_and_keys_out(tree: Path) -> None:
+def test_the_ignore_list_keeps_caches_vcs_keys_and_the_data_dir_out(tree: Path) -> None:
     for junk in (
+        ".agent-factory/postgres/base/1/1259",  # `up` run in the package's directory
+        ".agent-factory/state.json",
         ".git/config",
         ".venv/bin/python",
         "scope2/__pycache__/x.pyc",
@@ -83,6 +85,7 @@ def test_the_ignore_list_keeps_caches_vcs_and_keys_out(tree: Path) -> None:
         (tree / junk).write_text("junk")
     names = {m.name for m in _members(pack_bytes(tree)[0])}
     assert not any(".git" in n or ".venv" in n or n.endswith((".pyc", ".key")) for n in names)
+    assert not any(n.startswith(".agent-factory") for n in names)
 
 
 def test_a_symlink_in_the_tree_is_refused_not_followed(tree: Path) -> None:
