@@ -179,6 +179,7 @@ def history(obj: Ctx, key: str, limit: int, before: int | None, output: str) -> 
 
 
 from gateway.commands import agent_create as _agent_create  # noqa: E402, F401  (registers create, test)
+from gateway.commands import agent_deps as _agent_deps  # noqa: E402, F401  (registers `agent compat`)
 from gateway.commands import agent_hub as _agent_hub  # noqa: E402, F401  (registers publish, search, versions, fetch)
 from gateway.commands import agent_inspect as _agent_inspect  # noqa: E402, F401  (registers `agent inspect`)
 from gateway.commands import agent_pack as _agent_pack  # noqa: E402, F401  (registers pack, keygen, verify, inspect-pack)
