@@ -9,6 +9,7 @@ checks it against the digest the hub gave before writing it.
 from __future__ import annotations
 
 import hashlib
+import uuid
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
@@ -52,8 +53,9 @@ def publish(obj: Ctx, archive: Path, public: bool, timeout: float, output: str) 
         async with obj.client(timeout=120.0) as api:
             query = "?public=true" if public else ""
             accepted: dict[str, Any] = await api.request(
-                "POST", f"/api/v1/hub/packages{query}", data=data, content_type="application/gzip"
-            )
+                "POST", f"/api/v1/hub/packages{query}", data=data, content_type="application/gzip",
+                headers={"Idempotency-Key": f"publish-{uuid.uuid4().hex}"},  # retried, it is one publish
+            )  # fmt: skip
             return accepted
 
     op = follow(obj, _run(upload()), timeout, show=output != "json")
