@@ -178,6 +178,7 @@ def history(obj: Ctx, key: str, limit: int, before: int | None, output: str) -> 
         click.echo(f"(more: --before {data['next']})")
 
 
+from gateway.commands import agent_cache as _agent_cache  # noqa: E402, F401  (registers `agent cache`)
 from gateway.commands import agent_create as _agent_create  # noqa: E402, F401  (registers create, test)
 from gateway.commands import agent_deps as _agent_deps  # noqa: E402, F401  (registers `agent compat`)
 from gateway.commands import agent_hub as _agent_hub  # noqa: E402, F401  (registers publish, search, versions, fetch)
