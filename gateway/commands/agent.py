@@ -29,6 +29,8 @@ def agent() -> None:
     agent-factory agent publish scope2-electricity-1.4.0.glpack    # checked, then in the hub
     agent-factory agent search electricity --tag ghg
     agent-factory agent fetch scope2-electricity@1.4.0
+    agent-factory agent inspect scope2-electricity@1.4.0 --deps --format dot
+    agent-factory agent compat scope2-electricity
     """
 
 

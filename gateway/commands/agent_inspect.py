@@ -15,7 +15,7 @@ import click
 
 from gateway.commands.agent import agent
 from gateway.commands.agent_deps import GRAPH_FORMATS, show_dependencies
-from gateway.commands.common import Ctx, _call, _emit, _run, output_option
+from gateway.commands.common import CliError, Ctx, _call, _emit, _run, output_option
 
 __all__ = ["inspect"]
 
@@ -42,6 +42,8 @@ def inspect(obj: Ctx, key: str, deps: bool, fmt: str | None, output: str) -> Non
     if deps:
         show_dependencies(obj, key, fmt, output)
         return
+    if fmt is not None:
+        raise CliError("--format is the dependency graph's: add --deps")
     data = _run(_call(obj, "GET", f"/api/v1/agents/{quote(key, safe='')}"))
     if output == "json":
         _emit(output, data)

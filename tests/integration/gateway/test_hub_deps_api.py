@@ -26,6 +26,7 @@ from agents.packaging.platform_support import platform_version
 from tests.helpers import unique
 from tests.integration.gateway.conftest import PROBLEM, agent_factory, ok
 from tests.integration.gateway.test_hub_publish import _publish, _tree
+from tests.integration.gateway.test_openapi import Answers
 
 Versions = dict[str, dict[str, dict[str, str]]]
 
@@ -69,6 +70,32 @@ async def test_a_diamond_resolves_to_one_version_of_each_agent_in_install_order(
     assert graph["levels"] == [[f"{stem}-c"], [f"{stem}-a", f"{stem}-b"], [f"{stem}-app"]]
     assert {"from": f"{stem}-b", "to": f"{stem}-c", "range": ">=2.0,<2.2"} in graph["edges"]
     assert len(graph["edges"]) == 4
+
+
+async def test_the_answers_are_what_the_openapi_document_says(
+    api: TestClient[Any, Any], pool: asyncpg.Pool, nc: Client, mesh_js: JetStreamContext
+) -> None:
+    stem = unique("doc")
+    packages = _diamond(stem)
+    packages[f"{stem}-bad"] = {"1.0.0": {f"{stem}-c": "^9"}}
+    await _published(pool, nc, mesh_js, packages)
+    answers = Answers(await (await api.get("/api/v1/openapi.json")).json())
+    graph = "/api/v1/hub/packages/{package}/{version}/graph"
+    for url, status in ((f"/api/v1/hub/packages/{stem}-app/1.0.0/graph", 200),
+                        (f"/api/v1/hub/packages/{stem}-bad/1.0.0/graph", 409)):  # fmt: skip
+        async with api.get(url) as resp:
+            assert resp.status == status, await resp.text()
+            await answers.check(resp, "GET", graph)
+    async with api.get(f"/api/v1/hub/packages/{stem}-a/compat") as resp:
+        assert resp.status == 200
+        await answers.check(resp, "GET", "/api/v1/hub/packages/{package}/compat")
+    body = {"name": f"{stem}-new", "version": "0.1.0", "dependencies": {f"{stem}-a": "^1"}}
+    async with api.post("/api/v1/hub/resolve", json=body) as resp:
+        assert resp.status == 200, await resp.text()
+        await answers.check(resp, "POST", "/api/v1/hub/resolve")
+    async with api.post("/api/v1/hub/resolve", json={**body, "dependencies": {"Bad Name": "^1"}}) as resp:
+        assert resp.status == 422
+        await answers.check(resp, "POST", "/api/v1/hub/resolve")
 
 
 async def test_a_conflict_is_a_409_problem_with_the_chains_that_collide(
@@ -162,6 +189,11 @@ async def test_the_cli_prints_the_graph_as_text_json_and_dot_for_a_hub_version_a
     text = ok(await agent_factory(api, "agent", "inspect", f"{app}@1.0.0", "--deps"))
     assert f"-> {c} ^2.1  (2.1.0)" in text and f"level 0 {c} 2.1.0" in text
     dot = ok(await agent_factory(api, "agent", "inspect", f"{app}@1.0.0", "--deps", "--format", "dot"))
+    running = json.loads(ok(await agent_factory(api, "agent", "inspect", "noop", "-o", "json")))
+    assert running["key"] == "noop" and "resilience" in running  # without --deps: the running agent
+    assert "resilience" in ok(await agent_factory(api, "agent", "inspect", "noop"))
+    misused = await agent_factory(api, "agent", "inspect", app, "--format", "dot")
+    assert misused.exit_code == 1 and "add --deps" in misused.output
     labels, edges = _parse_dot(dot)
     assert labels == {n["name"]: f"{n['name']}\n{n['version']}" for n in shown["nodes"]}
     assert edges == {(e["from"], e["to"]) for e in shown["edges"]}
