@@ -64,7 +64,7 @@ class PackageCache:
         path = self.path(sha256)
         try:
             data = path.read_bytes()
-        except FileNotFoundError:
+        except OSError:  # not there, or not readable: downloaded again
             return None
         if hashlib.sha256(data).hexdigest() == sha256:
             return data

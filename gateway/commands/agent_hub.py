@@ -120,7 +120,10 @@ def fetch(obj: Ctx, ref: str, target: Path | None, no_cache: bool, output: str) 
 
     package, data, from_cache = _run(download())
     if not from_cache:
-        cache.put(package["name"], package["version"], data)
+        try:
+            cache.put(package["name"], package["version"], data)
+        except OSError as exc:  # a cache that cannot be written costs the next download, not this one
+            click.echo(f"warning: not cached in {cache.root}: {exc}", err=True)
     path = target or Path(f"{package['name']}-{package['version']}.glpack")
     path.write_bytes(data)
     shown = {**package, "file": str(path), "from_cache": from_cache}

@@ -55,3 +55,9 @@ async def test_fetch_uses_the_cache_by_digest_and_downloads_a_damaged_entry_agai
     assert cleared["removed"] == 1 and cache.entries() == []
     again = json.loads(ok(await agent_factory(api, "agent", "fetch", name, "--no-cache", "-o", "json")))
     assert again["from_cache"] is False
+
+    monkeypatch.setenv("AF_CACHE_DIR", str(tmp_path / "pkg.glpack" / "nowhere"))  # under a file: unwritable
+    (tmp_path / "pkg.glpack").write_bytes(b"")
+    uncached = await agent_factory(api, "agent", "fetch", name, "-f", "out.glpack", "-o", "json")
+    assert uncached.exit_code == 0 and "warning: not cached" in uncached.output, uncached.output
+    assert _read("out.glpack") == archive

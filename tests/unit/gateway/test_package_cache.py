@@ -45,3 +45,13 @@ def test_clear_removes_every_archive_and_the_index(tmp_path: Path) -> None:
 def test_a_digest_that_is_no_sha256_is_refused_before_it_names_a_file(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="not a SHA-256"):
         PackageCache(tmp_path).get("../../etc/passwd")
+
+
+def test_a_cache_that_cannot_be_written_fails_loudly_for_the_caller_to_skip(tmp_path: Path) -> None:
+    """`agent fetch` catches this and only warns: the download itself stands."""
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    cache = PackageCache(blocker / "c")
+    with pytest.raises(OSError):
+        cache.put("a", "1.0.0", b"a")
+    assert cache.get(hashlib.sha256(b"a").hexdigest()) is None and cache.entries() == []
