@@ -1,8 +1,11 @@
 """A package's agent dependencies against the hub: the graph a version resolves to,
 and the compatibility matrix of every version of a package.
 
-Both read the versions the tenant sees (public ones and its own; its own build
-of a version wins), following dependencies transitively, one query per level.
+Both read the versions the caller sees, following dependencies transitively, one
+query per level, and resolve within one scope: the public versions and one
+tenant's own, its own build of a version before the public one
+(:func:`in_scope`). A tenant's token resolves in its tenant's scope; a token of
+every tenant in the scope of the package asked about (a public one: public only).
 Yanked versions are left out of resolution, except the version asked about.
 The resolution is :func:`agents.packaging.resolve`'s (a conflict is a
 :class:`~agents.packaging.DependencyConflict` with the chains that collide),
@@ -22,32 +25,45 @@ from agents.packaging.versions import parse_version, sort_key
 from agents.store.hub_index import IndexedVersion, dependency_rows
 from agents.store.tenancy import tenant_scope
 
-__all__ = ["MAX_AGENTS", "compat_matrix", "hub_index", "package_graph"]
+__all__ = ["MAX_AGENTS", "compat_matrix", "hub_index", "in_scope", "package_graph"]
 
 MAX_AGENTS: Final = 1000  # agents one resolution may reach: past it, the graph is refused
 
+Rows = dict[str, list[IndexedVersion]]
 Found = dict[str, dict[str, IndexedVersion]]
 Index = dict[str, dict[str, dict[str, str]]]
 
 
-async def hub_index(hub: Hub, names: list[str], *, tenant: str | None) -> Found:
-    """Every version ``tenant`` sees of ``names`` and of what they depend on, transitively:
-    ``{name: {version: IndexedVersion}}`` (a name the hub lacks maps to ``{}``)."""
-    found: Found = {}
+async def hub_index(hub: Hub, names: list[str], *, tenant: str | None) -> Rows:
+    """Every version ``tenant`` sees (None: every tenant) of ``names`` and of what they
+    depend on, transitively: ``{name: [IndexedVersion]}`` (``[]``: the hub lacks it)."""
+    rows: Rows = {}
     wanted = set(names)
     while wanted:
-        if len(found) + len(wanted) > MAX_AGENTS:
+        if len(rows) + len(wanted) > MAX_AGENTS:
             raise PackagingError(f"the dependencies reach more than {MAX_AGENTS} agents: not resolved")
         async with tenant_scope(hub.pool, tenant) as conn:
-            rows = await dependency_rows(conn, sorted(wanted))
+            fetched = await dependency_rows(conn, sorted(wanted))
         for name in wanted:
-            found[name] = {}
-        for row in rows:
-            current = found[row.name].get(row.version)
-            if current is None or (current.tenant is None and row.tenant is not None):  # its own wins
-                found[row.name][row.version] = row
-        reached = {dep for versions in found.values() for v in versions.values() for dep in v.dependencies}
-        wanted = reached - set(found)
+            rows[name] = []
+        for row in fetched:
+            rows[row.name].append(row)
+        reached = {dep for versions in rows.values() for v in versions for dep in v.dependencies}
+        wanted = reached - set(rows)
+    return rows
+
+
+def in_scope(rows: Rows, scope: str | None) -> Found:
+    """What a resolution for ``scope`` may pick: public versions and ``scope``'s own
+    (None: public only), its own build of a version before the public one."""
+    found: Found = {name: {} for name in rows}
+    for name, versions in rows.items():
+        for row in versions:
+            if row.tenant is not None and row.tenant != scope:
+                continue
+            current = found[name].get(row.version)
+            if current is None or current.tenant is None:
+                found[name][row.version] = row
     return found
 
 
@@ -59,11 +75,14 @@ def _resolver_index(found: Found) -> Index:
 
 
 async def package_graph(
-    hub: Hub, name: str, version: str, dependencies: Mapping[str, str], *, tenant: str | None
-) -> dict[str, Any]:
+    hub: Hub, name: str, version: str, dependencies: Mapping[str, str], *, tenant: str | None,
+    scope: str | None,
+) -> dict[str, Any]:  # fmt: skip
     """``name`` ``version`` (which depends on ``dependencies``) with the versions its
-    dependencies resolve to: ``{package, version, nodes, edges, order, levels}``."""
-    index = _resolver_index(await hub_index(hub, sorted(dependencies), tenant=tenant))
+    dependencies resolve to, among what ``tenant`` sees and :func:`in_scope` of ``scope``:
+    ``{package, version, nodes, edges, order, levels}``."""
+    rows = await hub_index(hub, sorted(dependencies), tenant=tenant)
+    index = _resolver_index(in_scope(rows, scope))
     index[name] = {version: dict(dependencies)}  # the root as asked (yanked or local, it is the one)
     resolution = resolve(index, dependencies, root=f"{name} {version}")
     versions = {**resolution.versions, name: version}
@@ -76,16 +95,20 @@ async def package_graph(
 
 
 async def compat_matrix(hub: Hub, name: str, *, tenant: str | None) -> dict[str, Any]:
-    """For each version of ``name`` the tenant sees (newest first): whether this platform
-    is in its range, which versions of each dependency satisfy its range, and whether
-    it resolves as a whole (and why not)."""
-    found = await hub_index(hub, [name], tenant=tenant)
-    index = _resolver_index(found)
-    rows = sorted(found[name].values(), key=lambda r: sort_key(parse_version(r.version)), reverse=True)
+    """For each version of ``name`` the tenant sees (newest first; a tenant's own build
+    and the public one of a version are two rows): whether this platform is in its
+    range, which versions of each dependency satisfy its range, and whether it
+    resolves as a whole (and why not), among the public versions and its tenant's."""
+    rows = await hub_index(hub, [name], tenant=tenant)
+    ordered = sorted(
+        rows[name], key=lambda r: (sort_key(parse_version(r.version)), r.tenant or ""), reverse=True
+    )
+    scopes = {row.tenant: in_scope(rows, row.tenant) for row in ordered}
+    indexes = {tenant: _resolver_index(found) for tenant, found in scopes.items()}
     return {
         "package": name,
         "platform": platform_version(),
-        "versions": [_compat_row(row, found, index) for row in rows],
+        "versions": [_compat_row(row, scopes[row.tenant], indexes[row.tenant]) for row in ordered],
     }
 
 

@@ -1,11 +1,12 @@
 """The hub's dependency routes: a version's resolved dependency graph, a local pack's
 (its dependencies sent as the body), and a package's compatibility matrix.
 
-Resolved against the versions the caller's tenant sees (public and its own,
-:mod:`agents.hub.dependencies`). A conflict is a ``409`` problem whose ``chains``
-are the requirement chains that collide; a cycle a ``422`` problem with its
-``cycle`` path. These routes are added before :mod:`gateway.api.hub`'s, so
-``/{package}/compat`` is not read as a version named ``compat``.
+Resolved against the public versions and one tenant's own: the caller's tenant,
+or for a token of every tenant the package's (:mod:`agents.hub.dependencies`).
+A conflict is a ``409`` problem whose ``chains`` are the requirement chains that
+collide; a cycle a ``422`` problem with its ``cycle`` path. These routes are
+added before :mod:`gateway.api.hub`'s, so ``/{package}/compat`` is not read as a
+version named ``compat``.
 """
 
 from __future__ import annotations
@@ -117,7 +118,8 @@ async def graph(request: web.Request) -> web.Response:
     hub, tenant = _hub(request), principal(request).tenant
     package = await hub.get(name, version, tenant=tenant)
     deps: dict[str, str] = (package.manifest.get("spec") or {}).get("dependencies") or {}
-    return json_response(await package_graph(hub, name, version, deps, tenant=tenant))
+    scope = tenant if tenant is not None else package.tenant  # every tenant's token: the package's
+    return json_response(await package_graph(hub, name, version, deps, tenant=tenant, scope=scope))
 
 
 @routes.post("/api/v1/hub/resolve")
@@ -128,7 +130,8 @@ async def resolve_pack(request: web.Request) -> web.Response:
     """The same answer as a published version's ``/graph``, for the name, version and
     dependencies a pack's ``agent.pack.yaml`` declares."""
     asked = ResolveRequest.model_validate(await read_json(request))
+    tenant = principal(request).tenant  # every tenant's token: public packages only
     found: dict[str, Any] = await package_graph(
-        _hub(request), asked.name, asked.version, asked.dependencies, tenant=principal(request).tenant
+        _hub(request), asked.name, asked.version, asked.dependencies, tenant=tenant, scope=tenant
     )
     return json_response(found)

@@ -155,6 +155,28 @@ async def test_a_tenants_private_dependency_resolves_for_that_tenant_only(
     resp = await api.get(f"/api/v1/hub/packages/{stem}-secret/compat", headers=as_globex)
     assert resp.status == 404 and resp.content_type == PROBLEM
 
+    # a token of every tenant resolves in the package's scope: acme's own for acme's package …
+    await _published(
+        pool, nc, mesh_js, {f"{stem}-acme-app": {"1.0.0": {f"{stem}-secret": "^1"}}}, tenant=acme
+    )
+    resp = await api.get(f"/api/v1/hub/packages/{stem}-acme-app/1.0.0/graph")
+    assert resp.status == 200, await resp.text()
+    # … and public only for a public package, whichever tenant forked one of its dependencies
+    await _published(pool, nc, mesh_js, {f"{stem}-lib": {"1.0.0": {}}})
+    await _published(pool, nc, mesh_js, {f"{stem}-lib": {"1.0.0": {f"{stem}-secret": "^1"}}}, tenant=acme)
+    await _published(pool, nc, mesh_js, {f"{stem}-pub": {"1.0.0": {f"{stem}-lib": "^1"}}})
+    resp = await api.get(f"/api/v1/hub/packages/{stem}-pub/1.0.0/graph")
+    assert [n["name"] for n in (await resp.json())["nodes"]] == [f"{stem}-lib", f"{stem}-pub"]
+    resp = await api.get(f"/api/v1/hub/packages/{stem}-pub/1.0.0/graph", headers=as_acme)  # acme's fork
+    assert [n["name"] for n in (await resp.json())["nodes"]] == [
+        f"{stem}-lib",
+        f"{stem}-pub",
+        f"{stem}-secret",
+    ]
+    resp = await api.get(f"/api/v1/hub/packages/{stem}-lib/compat")
+    rows = [(r["version"], r["scope"], list(r["dependencies"])) for r in (await resp.json())["versions"]]
+    assert rows == [("1.0.0", acme, [f"{stem}-secret"]), ("1.0.0", "public", [])]
+
 
 _DOT_STATEMENT = re.compile(r'\s*(?:("(?:[^"\\]|\\.)*")(?:\s*->\s*("(?:[^"\\]|\\.)*"))?(?:\s*\[(.*)\])?'
                             r"|rankdir=\w+|node \[[^\]]*\]);")  # fmt: skip
