@@ -32,6 +32,15 @@ def faust_datadir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     os.environ.pop("APP_DATADIR", None)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def package_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """`agent fetch` caches what it downloads (gateway.package_cache): in a temp dir
+    here, never the user's ~/.cache."""
+    os.environ["AF_CACHE_DIR"] = str(tmp_path_factory.mktemp("package-cache"))
+    yield
+    os.environ.pop("AF_CACHE_DIR", None)
+
+
 @pytest.fixture(scope="session")
 def nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsServer]:
     server = NatsServer(tmp_path_factory.mktemp("nats"))

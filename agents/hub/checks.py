@@ -4,7 +4,7 @@ In order, each refusal a :class:`~agents.packaging.PackagingError` that says why
 
 1. the archive: its manifest, every checksum, its signature as the trust policy asks,
    every hostile shape (:func:`agents.packaging.verify_and_extract`), its
-   ``agent.pack.yaml``;
+   ``agent.pack.yaml``, whose ``platform`` range (if any) must admit this platform;
 2. the version: higher than every earlier version it follows, and a break of the
    input or output schema against the newest earlier version only with a major bump
    (:func:`agents.packaging.check_bump`);
@@ -32,6 +32,7 @@ from agents.packaging import (
     schema_breaks,
     verify_and_extract,
 )
+from agents.packaging.platform_support import check_platform
 from agents.store.hub_index import HubPackage
 
 __all__ = ["Checked", "check_package"]
@@ -57,6 +58,7 @@ async def check_package(
         path.write_bytes(archive)
         installed = await asyncio.to_thread(verify_and_extract, path, Path(scratch) / "pack", policy)
         spec = installed.spec
+        check_platform(spec)  # a pack that does not run on this platform is no use here
         schemas = {"input": _schema(installed.path, spec.input_schema),
                    "output": _schema(installed.path, spec.output_schema)}  # fmt: skip
         _follows(spec, schemas, await earlier(spec.name))

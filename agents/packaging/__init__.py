@@ -33,6 +33,7 @@ if TYPE_CHECKING:
         PackagingError,
         PackSpecError,
         PackTooLarge,
+        PlatformMismatch,
         SignatureRefused,
         VersionExists,
     )
@@ -57,6 +58,7 @@ __all__ = [
     "PackSpecError",
     "PackTooLarge",
     "PackagingError",
+    "PlatformMismatch",
     "Resolution",
     "SignatureRefused",
     "TrustPolicies",
@@ -107,6 +109,7 @@ _WHERE = {
     "PackagingError": "agents.packaging.errors",
     "PackSpecError": "agents.packaging.errors",
     "PackTooLarge": "agents.packaging.errors",
+    "PlatformMismatch": "agents.packaging.errors",
     "SignatureRefused": "agents.packaging.errors",
     "VersionExists": "agents.packaging.errors",
     "PackSpec": "agents.packaging.spec",

@@ -18,6 +18,7 @@ __all__ = [
     "PackSpecError",
     "PackTooLarge",
     "PackagingError",
+    "PlatformMismatch",
     "SignatureRefused",
     "SpecProblem",
     "VersionExists",
@@ -82,6 +83,11 @@ class DependencyConflict(PackagingError):
         super().__init__(message)
         self.chains = chains or []
 
+    @property
+    def details(self) -> dict[str, list[list[str]]]:
+        """What the gateway's problem carries beside the message: the chains."""
+        return {"chains": self.chains}
+
 
 class DependencyCycle(PackagingError):
     """Agents depend on each other in a loop; ``cycle`` is the path, first name repeated last."""
@@ -89,6 +95,25 @@ class DependencyCycle(PackagingError):
     def __init__(self, cycle: list[str]) -> None:
         self.cycle = cycle
         super().__init__("dependency cycle: " + " → ".join(cycle))
+
+    @property
+    def details(self) -> dict[str, list[str]]:
+        return {"cycle": self.cycle}
+
+
+class PlatformMismatch(PackagingError):
+    """The pack's ``platform`` range does not admit the version of this platform."""
+
+    def __init__(self, name: str, version: str, needs: str, platform: str) -> None:
+        super().__init__(
+            f"{name} {version} needs Agent Factory {needs}; this platform is {platform}: "
+            "not compatible (publish a version whose platform range admits it)"
+        )
+        self.needs, self.platform = needs, platform
+
+    @property
+    def details(self) -> dict[str, str]:
+        return {"needs": self.needs, "platform": self.platform}
 
 
 class BreakingChangeWithoutMajorBump(PackagingError):

@@ -148,6 +148,9 @@ class PackSpec(_Block):
         default_factory=dict, max_length=200, description="agent name → version range"
     )
     requirements: tuple[Requirement, ...] = Field(default=(), max_length=200, description="PyPI requirements")
+    platform: RangeText | None = Field(
+        default=None, description="the Agent Factory versions it runs on, e.g. '>=0.1,<1'; none: any"
+    )
     input_schema: str | None = Field(default=None, description="path of a JSON schema inside the pack")
     output_schema: str | None = None
     resources: Resources = Resources()

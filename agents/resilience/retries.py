@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import builtins
 import importlib
-import random
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -21,6 +20,7 @@ from pydantic import ValidationError
 from agents.resilience.errors import AgentTimeout, BreakerOpen, ResilienceConfigError
 from agents.resilience.policy import CATEGORIES, MIN_BACKOFF_S, Resilience, RetryPolicy
 from agents.sandbox.audit import ErrorCategory
+from mesh.backoff import backoff_s
 from mesh.queue.worker import AgentQueueConfig, PermanentError
 
 if TYPE_CHECKING:
@@ -37,8 +37,8 @@ class LaneConfig(AgentQueueConfig):
     jitter: float = 0.5
 
     def backoff(self, attempt: int) -> float:
-        ceiling = min(self.backoff_max_s, self.backoff_base_s * 2 ** (attempt - 1))
-        return max(MIN_BACKOFF_S, random.uniform(ceiling * (1 - self.jitter), ceiling))
+        return backoff_s(attempt, self.backoff_base_s, self.backoff_max_s, jitter=self.jitter,
+                         floor_s=MIN_BACKOFF_S)  # fmt: skip
 
 
 def queue_config(agent: Agent[Any, Any], block: Resilience | None = None) -> LaneConfig:

@@ -10,6 +10,7 @@ These functions take a connection already in
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -20,9 +21,11 @@ from agents.errors import AgentError
 
 __all__ = [
     "HubPackage",
+    "IndexedVersion",
     "PackageExists",
     "PackageNotFound",
     "count_download",
+    "dependency_rows",
     "get_package",
     "insert_package",
     "package_versions",
@@ -155,3 +158,33 @@ async def yank_package(conn: asyncpg.Connection, name: str, version: str, tenant
     if row is None:
         raise PackageNotFound(f"no package {name} {version} of {tenant or 'the public hub'} to yank")
     return HubPackage.from_row(row)
+
+
+@dataclass(frozen=True, slots=True)
+class IndexedVersion:
+    """What resolving needs of one version: its agent dependencies and platform range
+    (from its spec in ``manifest``), without the rest of its manifest."""
+
+    name: str
+    version: str
+    tenant: str | None
+    yanked: bool
+    dependencies: dict[str, str]
+    platform: str | None
+
+
+async def dependency_rows(conn: asyncpg.Connection, names: list[str]) -> list[IndexedVersion]:
+    """Every visible version of each of ``names`` (yanked ones marked), with its dependencies."""
+    rows = await conn.fetch(
+        """SELECT name, version, tenant, yanked_at IS NOT NULL AS yanked,
+                  coalesce(manifest->'spec'->'dependencies', '{}'::jsonb) AS dependencies,
+                  manifest->'spec'->>'platform' AS platform
+           FROM hub_packages WHERE name = ANY($1::text[])""",
+        names,
+    )
+    found = []
+    for r in rows:
+        deps = json.loads(r["dependencies"]) if isinstance(r["dependencies"], str) else r["dependencies"]
+        ranges = {str(k): str(v) for k, v in (deps or {}).items()}
+        found.append(IndexedVersion(r["name"], r["version"], r["tenant"], r["yanked"], ranges, r["platform"]))
+    return found

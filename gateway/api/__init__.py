@@ -14,6 +14,7 @@ from gateway.api.costs import routes as cost_routes
 from gateway.api.docs import routes as docs_routes
 from gateway.api.hub import hub_kinds
 from gateway.api.hub import routes as hub_routes
+from gateway.api.hub_deps import routes as hub_deps_routes
 from gateway.api.installs import install_kinds
 from gateway.api.installs import routes as install_routes
 from gateway.api.lifecycle import lifecycle_kinds
@@ -61,6 +62,7 @@ def create_app(services: Services, auth: bool) -> web.Application:
     app.add_routes(cost_routes)
     app.add_routes(breaker_routes)
     app.add_routes(canary_routes)
+    app.add_routes(hub_deps_routes)  # first: /{package}/compat before /{package}/{version}
     app.add_routes(hub_routes)
     app.add_routes(install_routes)
     app.add_routes(docs_routes)

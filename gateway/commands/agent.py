@@ -29,6 +29,8 @@ def agent() -> None:
     agent-factory agent publish scope2-electricity-1.4.0.glpack    # checked, then in the hub
     agent-factory agent search electricity --tag ghg
     agent-factory agent fetch scope2-electricity@1.4.0
+    agent-factory agent inspect scope2-electricity@1.4.0 --deps --format dot
+    agent-factory agent compat scope2-electricity
     """
 
 
@@ -178,7 +180,9 @@ def history(obj: Ctx, key: str, limit: int, before: int | None, output: str) -> 
         click.echo(f"(more: --before {data['next']})")
 
 
+from gateway.commands import agent_cache as _agent_cache  # noqa: E402, F401  (registers `agent cache`)
 from gateway.commands import agent_create as _agent_create  # noqa: E402, F401  (registers create, test)
+from gateway.commands import agent_deps as _agent_deps  # noqa: E402, F401  (registers `agent compat`)
 from gateway.commands import agent_hub as _agent_hub  # noqa: E402, F401  (registers publish, search, versions, fetch)
 from gateway.commands import agent_inspect as _agent_inspect  # noqa: E402, F401  (registers `agent inspect`)
 from gateway.commands import agent_install as _agent_install  # noqa: E402, F401  (registers install, installed)

@@ -9,6 +9,7 @@ checks it against the digest the hub gave before writing it.
 from __future__ import annotations
 
 import hashlib
+import uuid
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
@@ -20,6 +21,7 @@ from gateway.client import ApiClient
 from gateway.commands.agent import agent
 from gateway.commands.common import CliError, Ctx, _call, _emit, _run, output_option
 from gateway.commands.ops import failed, follow
+from gateway.package_cache import PackageCache
 
 __all__ = ["fetch", "publish", "search", "versions"]
 
@@ -52,8 +54,9 @@ def publish(obj: Ctx, archive: Path, public: bool, timeout: float, output: str) 
         async with obj.client(timeout=120.0) as api:
             query = "?public=true" if public else ""
             accepted: dict[str, Any] = await api.request(
-                "POST", f"/api/v1/hub/packages{query}", data=data, content_type="application/gzip"
-            )
+                "POST", f"/api/v1/hub/packages{query}", data=data, content_type="application/gzip",
+                headers={"Idempotency-Key": f"publish-{uuid.uuid4().hex}"},  # retried, it is one publish
+            )  # fmt: skip
             return accepted
 
     op = follow(obj, _run(upload()), timeout, show=output != "json")
@@ -94,25 +97,37 @@ def versions(obj: Ctx, name: str, output: str) -> None:
 @click.argument("ref", metavar="NAME[@VERSION]")
 @click.option("-f", "--file", "target", type=click.Path(dir_okay=False, path_type=Path),
               help="Write it here [default: ./<name>-<version>.glpack].")  # fmt: skip
+@click.option("--no-cache", is_flag=True, help="Download it even if the local cache has it.")
 @output_option
 @click.pass_obj
-def fetch(obj: Ctx, ref: str, target: Path | None, output: str) -> None:
+def fetch(obj: Ctx, ref: str, target: Path | None, no_cache: bool, output: str) -> None:
     """Download a package from the hub (the highest version without @VERSION), checked
-    against the SHA-256 the hub gave before it is written. Check it in full, and
+    against the SHA-256 the hub gave before it is written. A copy in the local cache
+    with that SHA-256 is used instead (see `agent cache`). Check it in full, and
     install it on this machine, with `agent verify`."""
     name, _, version = ref.partition("@")
+    cache = PackageCache()
 
-    async def download() -> tuple[dict[str, Any], bytes]:
+    async def download() -> tuple[dict[str, Any], bytes, bool]:
         async with obj.client(timeout=300.0) as api:
             chosen = version or await _newest(api, name)
             package: dict[str, Any] = await api.request("GET", f"/api/v1/hub/packages/{name}/{chosen}")
+            cached = None if no_cache else cache.get(package["digest"])  # checked against the digest
+            if cached is not None:
+                return package, cached, True
             data, headers = await api.download(f"/api/v1/hub/packages/{name}/{chosen}/archive")
-            return package, _checked(data, headers.get("X-Package-Sha256", ""), package)
+            return package, _checked(data, headers.get("X-Package-Sha256", ""), package), False
 
-    package, data = _run(download())
+    package, data, from_cache = _run(download())
+    if not from_cache:
+        try:
+            cache.put(package["name"], package["version"], data)
+        except OSError as exc:  # a cache that cannot be written costs the next download, not this one
+            click.echo(f"warning: not cached in {cache.root}: {exc}", err=True)
     path = target or Path(f"{package['name']}-{package['version']}.glpack")
     path.write_bytes(data)
-    _emit(output, {**package, "file": str(path)}, [*_rows(package), ("file", path)])
+    shown = {**package, "file": str(path), "from_cache": from_cache}
+    _emit(output, shown, [*_rows(package), ("file", path), ("from cache", from_cache)])
 
 
 def _show_packages(obj: Ctx, path: str, output: str) -> None:

@@ -1,7 +1,8 @@
 """``agent-factory agent inspect KEY``: what an agent is and how it is protected.
 
 Registered on the ``agent`` group (:mod:`gateway.commands.agent` imports this
-module); reads ``GET /api/v1/agents/{key}``.
+module); reads ``GET /api/v1/agents/{key}``. With ``--deps``, the dependency
+graph of a hub package or a local pack instead (:mod:`gateway.commands.agent_deps`).
 """
 
 from __future__ import annotations
@@ -13,19 +14,36 @@ from urllib.parse import quote
 import click
 
 from gateway.commands.agent import agent
-from gateway.commands.common import Ctx, _call, _emit, _run, output_option
+from gateway.commands.agent_deps import GRAPH_FORMATS, show_dependencies
+from gateway.commands.common import CliError, Ctx, _call, _emit, _run, output_option
 
 __all__ = ["inspect"]
 
 
 @agent.command("inspect")
-@click.argument("key")
+@click.argument("key", metavar="KEY | NAME[@VERSION] | DIR")
+@click.option("--deps", is_flag=True, help="The dependency graph, resolved against the hub, instead.")
+@click.option("--format", "fmt", type=GRAPH_FORMATS, default=None,
+              help="The graph's format with --deps [default: text; json with -o json].")  # fmt: skip
 @output_option
 @click.pass_obj
-def inspect(obj: Ctx, key: str, output: str) -> None:
+def inspect(obj: Ctx, key: str, deps: bool, fmt: str | None, output: str) -> None:
     """KEY's description, version, schemas and resilience block (retry, timeout,
-    bulkhead, fallback, breaker) with the queue settings it becomes."""
+    bulkhead, fallback, breaker) with the queue settings it becomes.
 
+    \b
+    With --deps: the dependencies of hub package NAME (at VERSION, or its highest
+    version that is not yanked), or of the pack in directory DIR (it holds
+    agent.pack.yaml), resolved against the hub: each version picked, the order
+    to install them in, and the groups that may go in parallel.
+      agent-factory agent inspect scope2-electricity@1.4.0 --deps
+      agent-factory agent inspect ./scope2 --deps --format dot | dot -Tsvg > deps.svg
+    """
+    if deps:
+        show_dependencies(obj, key, fmt, output)
+        return
+    if fmt is not None:
+        raise CliError("--format is the dependency graph's: add --deps")
     data = _run(_call(obj, "GET", f"/api/v1/agents/{quote(key, safe='')}"))
     if output == "json":
         _emit(output, data)

@@ -49,7 +49,6 @@ import contextlib
 import json
 import logging
 import os
-import random
 import socket
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -67,6 +66,7 @@ from pydantic import ValidationError
 from pydantic_core import to_json
 
 from mesh import names, trace
+from mesh.backoff import backoff_s
 from mesh.deadletters import AttemptError
 from mesh.envelope import (
     CONTENT_TYPE,
@@ -139,9 +139,8 @@ class AgentQueueConfig:
         return self.max_attempts + HAND_BACK_ALLOWANCE
 
     def backoff(self, attempt: int) -> float:
-        """Full-jitter exponential backoff before attempt ``attempt + 1``."""
-        ceiling = min(self.backoff_max_s, self.backoff_base_s * 2 ** (attempt - 1))
-        return max(0.05, random.uniform(ceiling / 2, ceiling))
+        """Exponential backoff before attempt ``attempt + 1``, half of it jitter."""
+        return backoff_s(attempt, self.backoff_base_s, self.backoff_max_s, jitter=0.5, floor_s=0.05)
 
 
 @dataclass
