@@ -15,16 +15,23 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import asyncpg
+import pytest
 from click.testing import CliRunner
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 
+from agents.registry import example_registry
+from gateway.api.middleware import log_access_to_stderr
+from gateway.app import Gateway, Parts
 from gateway.cli import cli
-from gateway.telemetry.logs import LogStream
+from gateway.settings import Settings
+from gateway.telemetry.logs import ACCESS_LOGGER, LogStream, log_stream
 from mesh import names, trace
 from mesh.queue.producer import TaskQueue, TaskSpec
 from mesh.queue.runs import RunStatus, get_run
 from tests.helpers import eventually, terminate
+from tests.integration.gateway.conftest import served
 
 
 @contextmanager
@@ -127,3 +134,37 @@ async def test_logs_follow_prints_a_record_published_after_it_started(
         await handler.stop()
         follower.terminate()
         await follower.wait()
+
+
+@pytest.fixture
+def access_log_on_stderr() -> Iterator[None]:
+    """The access log as a served gateway sets it up (its own stderr handler, not propagating)."""
+    log_access_to_stderr(True)
+    try:
+        yield
+    finally:
+        access = logging.getLogger(ACCESS_LOGGER)
+        for handler in list(access.handlers):
+            access.removeHandler(handler)
+        access.propagate, access.level = True, logging.NOTSET
+
+
+async def test_the_gateways_access_log_line_is_in_af_logs_with_its_fields(
+    nc: Client, mesh_js: JetStreamContext, pool: asyncpg.Pool, database_url: str, nats_url: str,
+    access_log_on_stderr: None,
+) -> None:  # fmt: skip
+    process, correlation = f"gateway-{uuid.uuid4().hex[:8]}", f"corr-{uuid.uuid4().hex}"
+    parts = Parts(maintenance=False, scheduler=False, serve=False, poll_s=0.2, worker=None, dedicated=False)
+    gateway = Gateway(Settings(), example_registry(), parts)
+    async with log_stream(nc, process, Settings(log_stream=True)), served(gateway, nc, database_url) as api:
+        resp = await api.get("/api/v1/agents", headers={"X-Correlation-ID": correlation})
+        assert resp.status == 200
+
+        async def found() -> list[dict[str, Any]]:
+            lines = await asyncio.to_thread(_logs, nats_url, "--process", process)
+            return [line for line in lines if line.get("logger") == ACCESS_LOGGER]
+
+        [line] = await eventually(found, 10, "the access log line in AF_LOGS", every=0.2)
+    assert line | {"method": "GET", "path": "/api/v1/agents", "status": 200, "correlation_id": correlation,
+                   "process": process, "level": "INFO"} == line  # fmt: skip
+    assert line["latency_ms"] >= 0 and json.loads(line["msg"])["path"] == "/api/v1/agents"
