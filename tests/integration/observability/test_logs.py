@@ -35,14 +35,15 @@ from tests.integration.gateway.conftest import served
 
 
 @contextmanager
-def chatty_worker(nats_url: str, data_dir: Path) -> Iterator[Path]:
-    """A worker process serving :class:`Chatty`, tracing to its stdout; yields its output file."""
+def chatty_worker(nats_url: str, data_dir: Path, *, sandbox: bool = False) -> Iterator[Path]:
+    """A worker process serving :class:`Chatty` (in the process, or in its sandbox), tracing
+    to its stdout; yields its output file."""
     log = data_dir / "chatty.log"
     env = {**os.environ, "AF_NATS_URL": nats_url, "AF_DATA_DIR": str(data_dir), "AF_LOG_FORMAT": "json",
            "AF_TRACE_EXPORTER": "console", "AF_TRACE_SAMPLE_RATIO": "1",
            "AF_AGENTS": "tests.integration.observability.chatty:Chatty"}  # fmt: skip
     argv = [sys.executable, "-m", "gateway.cli", "worker", "--name", "chatty-worker", "--agents", "chatty",
-            "--no-sandbox", "--drain-timeout", "2"]  # fmt: skip
+            "--drain-timeout", "2", *([] if sandbox else ["--no-sandbox"])]  # fmt: skip
     with log.open("wb") as out:
         proc = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT)
     try:
@@ -88,6 +89,30 @@ async def test_a_workers_log_line_about_a_run_is_found_by_agent_factory_logs_run
     by_agent = await asyncio.to_thread(_logs, nats_url, "--agent", "chatty")
     assert by_agent and all(record["agent"] == "chatty" for record in by_agent)
     assert not await asyncio.to_thread(_logs, nats_url, "--run", "0" * 32)
+
+
+async def test_a_sandboxed_agents_own_log_line_reaches_af_logs_with_its_run(
+    nc: Client, mesh_js: JetStreamContext, queue: TaskQueue, nats_url: str, tmp_path: Path
+) -> None:
+    with chatty_worker(nats_url, tmp_path, sandbox=True):
+        spec = TaskSpec("chatty", {"value": 4}, tenant="acme", correlation_id="corr-sandboxed")
+        run_id = (await queue.enqueue(spec)).run_id
+
+        async def succeeded() -> bool:
+            state = await get_run(mesh_js, run_id)
+            return state is not None and state.status is RunStatus.SUCCEEDED
+
+        await eventually(succeeded, 60, "the sandboxed chatty run succeeded", every=0.1)
+
+        async def found() -> list[dict[str, Any]]:
+            return await asyncio.to_thread(_logs, nats_url, "--run", run_id)
+
+        lines = await eventually(found, 10, f"a log line of run {run_id}", every=0.2)
+    [line] = lines
+    assert line["msg"] == "doubling 4.0" and line["logger"] == "tests.chatty" and line["level"] == "INFO"
+    assert line | {"run_id": run_id, "agent": "chatty", "tenant": "acme", "correlation_id": "corr-sandboxed",
+                   "process": "chatty-worker", "sandboxed": True} == line  # fmt: skip
+    assert line["invocation"] and len(line["trace_id"]) == 32
 
 
 async def test_a_full_log_buffer_drops_and_counts_and_never_blocks_the_caller(
