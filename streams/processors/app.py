@@ -19,7 +19,7 @@ import importlib
 import logging
 import os
 import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol, cast
 
@@ -180,13 +180,17 @@ def run_processor(
     replicas: int = 1,
     loglevel: str = "INFO",
     session_timeout_s: float = 6.0,
+    loghandlers: Sequence[logging.Handler] = (),
     log_stream: StreamedLog | None = None,
     **options: Any,
 ) -> None:
     """Run processor ``name`` in this process until SIGINT/SIGTERM (a graceful stop
-    commits what was processed). Blocks; owns the event loop. ``log_stream``, a
-    :class:`logging.Handler` too, gets every record (Faust's own included) and
-    is started on the app's loop (:class:`LogPublishing`)."""
+    commits what was processed). Blocks; owns the event loop.
+
+    ``loghandlers`` replace Faust's own stderr handler (none given: Faust's); the
+    root logger is at ``loglevel``. ``log_stream``, a :class:`logging.Handler`
+    too, gets every record (Faust's own included) and is started on the app's
+    loop (:class:`LogPublishing`)."""
     installer(name)  # an unknown name is refused before anything starts
     partitions = asyncio.run(prepare(nats_url, replicas, name))
     config = ProcessorConfig(
@@ -196,8 +200,12 @@ def run_processor(
     if data_dir := os.environ.get("AF_DATA_DIR"):  # up's data dir: beside its servers' data
         config = replace(config, datadir=os.path.join(data_dir, "processors"))
     # Faust's worker replaces the root logger's handlers: ours are handed to it.
-    handlers = [cast(logging.Handler, log_stream)] if log_stream is not None else []
-    app = build(name, config, loghandlers=handlers)
+    handlers = [*loghandlers, *([cast(logging.Handler, log_stream)] if log_stream is not None else [])]
+    conf: dict[str, Any] = {"loghandlers": handlers}
+    if loghandlers:  # instead of its own: a configuration with no handler of its own
+        root = {"level": loglevel, "handlers": []}
+        conf["logging_config"] = {"version": 1, "disable_existing_loggers": False, "root": root}
+    app = build(name, config, **conf)
     if log_stream is not None:
         app.service(LogPublishing(app, log_stream))  # type: ignore[arg-type]  # an instance, as Decisions
     worker = faust.Worker(app, loglevel=loglevel, quiet=True)

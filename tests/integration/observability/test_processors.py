@@ -85,7 +85,8 @@ async def test_a_processors_log_lines_are_read_by_agent_factory_logs_process(
 ) -> None:
     _, endpoint = collector
     log = tmp_path / "breaker.log"
-    with process(BREAKER, own_nats.url, endpoint, log, env={"AF_LOG_STREAM": "true"}):
+    env = {"AF_LOG_STREAM": "true", "AF_LOG_FORMAT": "json"}
+    with process(BREAKER, own_nats.url, endpoint, log, env=env):
 
         async def found() -> list[dict[str, Any]]:
             return await asyncio.to_thread(_logs, own_nats.url, "--process", "processor-breaker")
@@ -93,3 +94,6 @@ async def test_a_processors_log_lines_are_read_by_agent_factory_logs_process(
         lines = await eventually(found, 60, "a line of processor-breaker in AF_LOGS", every=0.5)
     assert all(line["process"] == "processor-breaker" for line in lines)
     assert all({"ts", "level", "logger", "msg"} <= set(line) for line in lines)
+    # stderr: the same records, JSON (AF_LOG_FORMAT), not Faust's own format.
+    said = [json.loads(text) for text in log.read_text().splitlines() if text.startswith("{")]
+    assert said and all(line["process"] == "processor-breaker" for line in said)
