@@ -1092,23 +1092,31 @@ class TaskWorker:
         if isinstance(outcome, ResultTooLarge):
             await self._failed(cfg, item, task, current_state(), attempt, outcome, expect)
             return
-        # The common case: no event yet (expect == 0), one publish and no lookup.
-        if item.traced is None:
-            recorded = await (
-                self._record_first(outcome, lane.agent, task) if expect == 0
-                else self._record(outcome, lane.agent, task, expect)
-            )  # fmt: skip
-        else:
-            with outcome_span(item.traced):
-                outcome = stamped(outcome)
-                recorded = await (
-                    self._record_first(outcome, lane.agent, task) if expect == 0
-                    else self._record(outcome, lane.agent, task, expect)
-                )  # fmt: skip
-        if recorded:
+        if await self._record_success(item, outcome, task, expect):
             self.completed += 1
             series.completed.inc()
         await self.pipeline.ack_sync(msg)
+
+    async def _record_success(
+        self, item: _InFlight, outcome: OutcomeMessage, task: Envelope, expect: int | None
+    ) -> bool:
+        """:meth:`_record` of a success; traced, inside its ``outcome.write`` span, which the
+        event then names as its parent. The common case: no event yet (expect == 0), one
+        publish and no lookup."""
+        agent = item.lane.agent
+        if item.traced is None:
+            return await (
+                self._record_first(outcome, agent, task)
+                if expect == 0
+                else self._record(outcome, agent, task, expect)
+            )
+        with outcome_span(item.traced):
+            outcome = stamped(outcome)
+            return await (
+                self._record_first(outcome, agent, task)
+                if expect == 0
+                else self._record(outcome, agent, task, expect)
+            )
 
     def _success(
         self, task: Envelope, agent: str, running: Callable[[], RunState], attempt: int,
