@@ -282,7 +282,6 @@ def run_child(agents: dict[str, Agent[Any, Any]], setup: ChildSetup) -> NoReturn
             if "HOME" in request["env"] or "TMPDIR" in request["env"]:  # set while warm: its own
                 os.environ.update(HOME=setup.workdir, TMPDIR=setup.workdir)
             agent = agents[request["agent"]]
-            lines.follow_level()  # the worker's AF_LOG_LEVEL, now in the environment
         except BaseException as exc:
             failed = {"category": ErrorCategory.INTERNAL_ERROR, "error": f"sandbox setup: {exc!r}"}
             os.write(_result_fd[0] or setup.pipes[2], json.dumps(failed).encode())

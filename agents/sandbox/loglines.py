@@ -1,7 +1,8 @@
 """A sandboxed agent's own log lines, carried from its confined child to the worker.
 
 In the child, :class:`LineCollector` takes the records the agent logs with
-``logging`` (at the worker's ``AF_LOG_LEVEL`` and above) into a bounded list:
+``logging`` (at the worker's ``AF_LOG_LEVEL`` and above, :func:`take_worker_level`)
+into a bounded list:
 no I/O, nothing sent while the agent runs, so logging never blocks it. The
 lines travel with the result (the child's result pipe, then the template's
 answer frame), and :func:`relog` logs them again in the worker, inside the
@@ -23,13 +24,22 @@ import logging
 import os
 from typing import Any, Final
 
-__all__ = ["MAX_LINES", "MAX_MESSAGE", "LineCollector", "relog"]
+__all__ = ["MAX_LINES", "MAX_MESSAGE", "LineCollector", "relog", "take_worker_level"]
 
 MAX_LINES: Final = 200
 MAX_MESSAGE: Final = 4000
 _MAX_NAME: Final = 200
 
 log = logging.getLogger(__name__)
+
+
+def take_worker_level() -> None:
+    """In the template, once, while it still has the worker's environment: the root
+    logger's level is the worker's (``AF_LOG_LEVEL``, INFO), for every child it forks
+    (set here, not in a child: ``setLevel`` clears every logger's cache, pages a child
+    would copy)."""
+    level = logging.getLevelName(os.environ.get("AF_LOG_LEVEL", "INFO").upper())
+    logging.getLogger().setLevel(level if isinstance(level, int) else logging.INFO)
 
 
 class LineCollector(logging.Handler):
@@ -46,12 +56,6 @@ class LineCollector(logging.Handler):
         collector = cls()
         logging.getLogger().handlers[:] = [collector]
         return collector
-
-    @staticmethod
-    def follow_level() -> None:
-        """Once the request's environment is set: the worker's level (``AF_LOG_LEVEL``, INFO)."""
-        level = logging.getLevelName(os.environ.get("AF_LOG_LEVEL", "INFO").upper())
-        logging.getLogger().setLevel(level if isinstance(level, int) else logging.INFO)
 
     def emit(self, record: logging.LogRecord) -> None:
         if len(self.lines) >= MAX_LINES:

@@ -61,6 +61,7 @@ from agents.sandbox.invocation import (
 )
 from agents.sandbox.levels import Levels, detect_levels
 from agents.sandbox.limits import rlimits
+from agents.sandbox.loglines import take_worker_level
 from agents.sandbox.syscalls import empty_netns, set_child_subreaper, trim_heap
 
 __all__ = ["main"]
@@ -588,6 +589,7 @@ def main(argv: list[str]) -> int:
         send_frame(sock, {"ready": False, "error": f"{type(exc).__name__}: {exc}"})
         return 1
     prepare_loop()
+    take_worker_level()  # for the agents' log lines in every child (agents.sandbox.loglines)
     # Children get the environment their request gives; the template needs none of its own.
     os.environ.clear()
     # Everything imported so far is moved out of the collector's sight: a child's

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from agents.sandbox.loglines import MAX_LINES, MAX_MESSAGE, LineCollector, relog
+from agents.sandbox.loglines import MAX_LINES, MAX_MESSAGE, LineCollector, relog, take_worker_level
 from mesh import trace
 
 
@@ -24,8 +24,8 @@ def test_the_child_keeps_the_first_lines_and_counts_the_rest(
     root_restored: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("AF_LOG_LEVEL", "INFO")
+    take_worker_level()
     collector = LineCollector.install()
-    collector.follow_level()
     log = logging.getLogger("agent.code")
     log.debug("not at the worker's level")
     for i in range(MAX_LINES + 5):
