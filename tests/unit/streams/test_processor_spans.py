@@ -3,9 +3,11 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
 from opentelemetry.sdk.trace import TracerProvider
@@ -15,6 +17,8 @@ from opentelemetry.trace import SpanKind
 
 from mesh import trace
 from streams.processors.executions import Finished, traced
+from streams.processors.metering import meter_batch
+from streams.processors.pricing import configured_prices
 
 SAMPLED = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 NOT_SAMPLED = SAMPLED[:-2] + "00"
@@ -65,3 +69,24 @@ def test_an_event_without_a_sampled_trace_starts_no_trace_of_its_own(spans: InMe
         with traced(_event(parent), FINISHED, "metering"):
             pass
     assert spans.get_finished_spans() == ()
+
+
+class _Usage:
+    """The metering table's surface ``meter_batch`` uses."""
+
+    def __init__(self) -> None:
+        self.data: dict[str, Any] = {}
+
+    def send_changelog(self, partition: int, key: str, value: Any) -> None:
+        pass
+
+
+def test_metering_prices_each_event_inside_its_span(spans: InMemorySpanExporter) -> None:
+    value = json.dumps({"id": FINISHED.id, "payload": FINISHED.payload.model_dump(mode="json")}).encode()
+    event = SimpleNamespace(
+        value=value, headers={"traceparent": SAMPLED.encode()}, message=SimpleNamespace(offset=1, partition=0)
+    )
+    [record] = meter_batch(_Usage(), [event], configured_prices({}))
+    [span] = spans.get_finished_spans()
+    assert span.name == "metering noop" and record["run_id"] == "r1"
+    assert span.parent is not None and f"{span.parent.span_id:016x}" == SAMPLED[36:52]
