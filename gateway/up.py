@@ -155,7 +155,7 @@ class Platform:
         if s.log_stream and self.gateway.nc is not None:
             self._logs = LogStream("gateway", s.log_buffer)
             await self._logs.start(self.gateway.nc)
-            logging.getLogger().addHandler(self._logs)
+            self._logs.attach()  # the access log too
         self.state = write_state(
             s.data_dir, self.state, api_url=self.gateway.api_url, nats_url=nats_url, database_url=db_url,
             token=token, pid=os.getpid(), nats_port=self.nats.port if self.nats else None,
@@ -292,7 +292,7 @@ class Platform:
 
     async def _stop_log_stream(self) -> None:
         assert self._logs is not None
-        logging.getLogger().removeHandler(self._logs)
+        self._logs.detach()
         await self._logs.stop()
 
     async def _stop_supervisor(self) -> None:

@@ -50,6 +50,7 @@ __all__ = [
     "TRACESTATE",
     "RunLabels",
     "current_ids",
+    "current_parent",
     "enter",
     "enter_unsampled",
     "extract",
@@ -249,6 +250,17 @@ def current_ids() -> tuple[str, str] | None:
     if incoming is not None and len(incoming[0]) == 55:
         return incoming[0][3:35], incoming[0][36:52]
     return None
+
+
+def current_parent() -> str | None:
+    """The ``traceparent`` of what runs now (a span's, else the message being handled's),
+    or None: unlike :func:`outgoing`, never a new root. For a record that should name
+    what wrote it only if that is in a trace (a run's finished event)."""
+    span_context = trace.get_current_span().get_span_context()
+    if span_context.is_valid:
+        return f"00-{span_context.trace_id:032x}-{span_context.span_id:016x}-{span_context.trace_flags:02x}"
+    incoming = _incoming.get()
+    return incoming[0] if incoming is not None else None
 
 
 Entered = tuple[object, object | None, "Token[tuple[str, str | None] | None] | None"]

@@ -9,6 +9,9 @@ show it as is. Everything else travels in headers:
 ``Faust-Null``      ``1`` when the value is ``None`` (a table tombstone)
 ``Faust-Ts``        the record timestamp in seconds, when the producer set one
 ``Faust-Headers``   the Faust headers, JSON ``[[name, base64 value], ...]``
+``traceparent``     not written here; on a record the server sourced from another
+                    stream (a finished event), it is the trace the record belongs
+                    to, handed to Faust as the record header ``traceparent``
 ==================  =========================================================
 
 A record without ``Faust-Ts`` takes the JetStream receive time as timestamp.
@@ -23,6 +26,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from mesh.trace import TRACEPARENT
 from mesh.wire.protocol import ack_position, parse_headers
 
 __all__ = ["decode_header_block", "decode_headers", "encode_headers", "parse_reply"]
@@ -89,11 +93,15 @@ def decode_headers(headers: Mapping[str, str] | None) -> DecodedHeaders:
         key = b"" if raw == "-" else base64.b64decode(raw)
     ts = headers.get(TIMESTAMP)
     user = headers.get(HEADERS)
+    decoded = [(k, base64.b64decode(v)) for k, v in json.loads(user)] if user else []
+    parent = headers.get(TRACEPARENT)
+    if parent is not None:
+        decoded.append((TRACEPARENT, parent.encode()))
     return DecodedHeaders(
         key=key,
         is_null=headers.get(NULL) == "1",
         timestamp=float(ts) if ts else None,
-        headers=[(k, base64.b64decode(v)) for k, v in json.loads(user)] if user else [],
+        headers=decoded,
     )
 
 

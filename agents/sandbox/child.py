@@ -33,6 +33,7 @@ from agents.sandbox.audit import ErrorCategory
 from agents.sandbox.config import InvocationRequest
 from agents.sandbox.invocation import wchar_of
 from agents.sandbox.limits import rlimits, set_rlimits
+from agents.sandbox.loglines import LineCollector
 from agents.sandbox.syscalls import enter_netns, set_name, set_no_new_privs, set_parent_death_signal
 from mesh.errors import PermanentError
 
@@ -272,6 +273,7 @@ def run_child(agents: dict[str, Agent[Any, Any]], setup: ChildSetup) -> NoReturn
     try:
         try:
             loop = _prepare(setup)
+            lines = LineCollector.install()  # while warm: the request waits for nothing
             request = _read_request()
             if request is None:
                 os._exit(0)
@@ -290,6 +292,7 @@ def run_child(agents: dict[str, Agent[Any, Any]], setup: ChildSetup) -> NoReturn
         for stream in (sys.stdout, sys.stderr):
             stream.flush()
         message["usage"] = _usage()
+        message.update(lines.carried())
         _write_result(message)
         # Closing every pipe tells the template the result is whole: unless a descendant holds
         # one, it answers now, not after this exit (which unmaps the whole interpreter).

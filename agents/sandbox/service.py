@@ -37,6 +37,7 @@ from agents.sandbox.config import ENV_PREFIXES, InvocationRequest, SandboxConfig
 from agents.sandbox.frames import encode, read_frame
 from agents.sandbox.levels import Levels, log_levels_once
 from agents.sandbox.limits import SandboxLimits
+from agents.sandbox.loglines import relog
 
 __all__ = ["Sandbox"]
 
@@ -238,6 +239,8 @@ class Sandbox:
             limits=limits or self.config.limits, network=network, env=self.environment(env_names),
         )  # fmt: skip
         answer = await self._running().invoke(request)
+        # The agent's own log lines, logged here in the caller's context (a run's: its labels).
+        relog(answer.get("logs"), answer.get("logs_dropped"), request.id, agent)
         for used in answer.get("tokens") or ():  # what the agent said it spent; it could say anything
             try:
                 ctx.report_usage(str(used["model"]), int(used["input_tokens"]), int(used["output_tokens"]))

@@ -61,6 +61,7 @@ from agents.sandbox.invocation import (
 )
 from agents.sandbox.levels import Levels, detect_levels
 from agents.sandbox.limits import rlimits
+from agents.sandbox.loglines import take_worker_level
 from agents.sandbox.syscalls import empty_netns, set_child_subreaper, trim_heap
 
 __all__ = ["main"]
@@ -551,7 +552,8 @@ class Template:
         tokens = result.get("tokens")
         self._answer(child.request.id, output, error, audit_of(child, category),
                      child.capture(OUT).value(), child.capture(ERR).value(), child.workdir,
-                     tokens if isinstance(tokens, list) else [])  # fmt: skip
+                     tokens if isinstance(tokens, list) else [],
+                     {k: result[k] for k in ("logs", "logs_dropped") if k in result})  # fmt: skip
 
     def _answer_unstarted(self, request: InvocationRequest, error: str) -> None:
         unknown = request.agent not in self.agents
@@ -560,12 +562,14 @@ class Template:
 
     def _answer(self, id: str, output: Any, error: str | None, audit: InvocationAudit,
                 stdout: bytes, stderr: bytes, workdir: str | None, tokens: list[Any] | None = None,
-                ) -> None:  # fmt: skip
+                lines: dict[str, Any] | None = None) -> None:  # fmt: skip
+        """``lines``: the agent's log lines as the child sent them (agents.sandbox.loglines)."""
         with contextlib.suppress(OSError):
             send_frame(self.sock, {
                 "id": id, "output": output, "error": error, "audit": audit.model_dump(mode="json"),
                 "workdir": workdir, "tokens": tokens or [],
                 "stdout": base64.b64encode(stdout).decode(), "stderr": base64.b64encode(stderr).decode(),
+                **(lines or {}),
             })  # fmt: skip
 
     def _cleanup(self) -> None:
@@ -585,6 +589,7 @@ def main(argv: list[str]) -> int:
         send_frame(sock, {"ready": False, "error": f"{type(exc).__name__}: {exc}"})
         return 1
     prepare_loop()
+    take_worker_level()  # for the agents' log lines in every child (agents.sandbox.loglines)
     # Children get the environment their request gives; the template needs none of its own.
     os.environ.clear()
     # Everything imported so far is moved out of the collector's sight: a child's

@@ -16,7 +16,8 @@ limits, and a structured access log (issue 24, part 1).
 * **Access log.** One JSON line per request on the ``gateway.access`` logger: time,
   method, path, status, latency in ms, response bytes, correlation id, client
   address and the token's fingerprint (the first 12 hex digits of its sha256; never
-  the token).
+  the token). On stderr, and with the same fields into ``AF_LOGS`` when the
+  process publishes its logs (:meth:`gateway.telemetry.LogStream.attach`).
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from gateway.api.auth import OPEN_PATHS
 from gateway.api.problems import Handler, problem
+from gateway.telemetry.logs import ACCESS_LOGGER
 from mesh import trace
 
 __all__ = [
@@ -49,7 +51,7 @@ __all__ = [
     "rate_limit_middleware",
 ]
 
-ACCESS_LOG: Final = logging.getLogger("gateway.access")
+ACCESS_LOG: Final = logging.getLogger(ACCESS_LOGGER)
 CORRELATION_HEADER: Final = "X-Correlation-ID"
 _CORRELATION: Final = re.compile(r"[A-Za-z0-9._:/-]{1,128}")
 _KEY: Final = web.RequestKey("correlation_id", str)
@@ -109,12 +111,14 @@ async def access_middleware(request: web.Request, handler: Handler) -> web.Strea
     if not response.prepared:
         response.headers[CORRELATION_HEADER] = ident
     if ACCESS_LOG.isEnabledFor(logging.INFO):
-        ACCESS_LOG.info(json.dumps({
+        line = {
             "ts": datetime.now(UTC).isoformat(), "method": request.method, "path": request.path,
             "status": response.status, "latency_ms": round((time.perf_counter() - started) * 1000, 3),
             "bytes": response.body_length if response.prepared else getattr(response, "content_length", None),
             "correlation_id": ident, "remote": request.remote, "token": _fingerprint(request),
-        }))  # fmt: skip
+        }  # fmt: skip
+        # The line on stderr; its fields, as fields, in AF_LOGS (gateway.telemetry.logs).
+        ACCESS_LOG.info(json.dumps(line), extra=line)
     return response
 
 

@@ -8,6 +8,7 @@ replicas: replicas of a processor share ``af-executions``'s partitions.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import signal
 import sys
@@ -61,20 +62,43 @@ def processors(
         raise CliError("no processors to run (AF_PROCESSORS is off, or --only named none)")
     replicas = replicas or settings.stream_replicas
     if len(chosen) == 1:
-        from gateway.worker_metrics import serve_process_metrics  # noqa: PLC0415 (start-up time)
-        from streams.processors.app import run_processor  # noqa: PLC0415 (start-up time: Faust)
-
         try:
-            # Its registry on the gateway's /metrics, as a pool's (worker="processor-<name>").
-            with serve_process_metrics(obj.data_dir, f"processor-{chosen[0]}"):
-                run_processor(chosen[0], nats_url, replicas=replicas, loglevel=log_level,
-                              session_timeout_s=session_timeout)  # fmt: skip
+            _one(obj, settings, chosen[0], nats_url, replicas, session_timeout, log_level)
         except Exception as exc:
             if obj.verbose:
                 raise
             raise CliError(f"processor {chosen[0]}: {exc}") from exc
         return
     asyncio.run(_several(chosen, nats_url, replicas, session_timeout, log_level))
+
+
+def _one(
+    obj: Ctx,
+    settings: Settings,
+    name: str,
+    nats_url: str,
+    replicas: int,
+    session_timeout: float,
+    log_level: str,
+) -> None:
+    """Run processor ``name`` here, traced and logging to ``AF_LOGS`` as the settings say,
+    as every platform process does (docs/observability.md)."""
+    from gateway.telemetry import LogStream, configure_logging, tracing  # noqa: PLC0415 (start-up time)
+    from gateway.worker_metrics import serve_process_metrics  # noqa: PLC0415 (start-up time)
+    from streams.processors.app import run_processor  # noqa: PLC0415 (start-up time: Faust)
+
+    process = f"processor-{name}"
+    # stderr as every platform process writes it (AF_LOG_FORMAT) at --log-level, and the
+    # stream: Faust replaces the root logger's handlers, so they are handed to it.
+    configure_logging(settings, process)
+    stderr = list(logging.getLogger().handlers)
+    log_stream = LogStream(process, settings.log_buffer) if settings.log_stream else None
+    # Its registry on the gateway's /metrics, as a pool's (worker="processor-<name>").
+    with tracing(settings, process), serve_process_metrics(obj.data_dir, process):
+        run_processor(
+            name, nats_url, replicas=replicas, loglevel=log_level, session_timeout_s=session_timeout,
+            loghandlers=stderr, log_stream=log_stream,
+        )  # fmt: skip
 
 
 async def _several(

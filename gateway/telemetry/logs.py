@@ -34,6 +34,10 @@ if TYPE_CHECKING:
 __all__ = ["JsonFormatter", "LogStream", "TextFormatter", "configure_logging", "log_fields", "log_stream"]
 
 FLUSH_S: Final = 0.1
+#: Loggers that write to stderr on their own instead of through the root logger (they
+#: do not propagate), whose records belong in the stream all the same.
+ACCESS_LOGGER: Final = "gateway.access"
+OWN_STDERR: Final = (ACCESS_LOGGER,)
 # What a LogRecord holds anyway: anything else on a record came from ``extra=`` and is kept.
 _STANDARD: Final = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
 
@@ -127,6 +131,15 @@ class LogStream(logging.Handler):
         except Exception:
             self.handleError(record)
 
+    def attach(self) -> None:
+        """Receive the process's records: the root logger's, and those of :data:`OWN_STDERR`."""
+        for name in ("", *OWN_STDERR):
+            logging.getLogger(name).addHandler(self)
+
+    def detach(self) -> None:
+        for name in ("", *OWN_STDERR):
+            logging.getLogger(name).removeHandler(self)
+
     async def start(self, nc: Client) -> None:
         self._nc = nc
         self._task = asyncio.create_task(self._publish_forever(), name="log-stream")
@@ -173,9 +186,9 @@ async def log_stream(nc: Client, process: str, settings: Settings) -> AsyncItera
         return
     handler = LogStream(process, settings.log_buffer)
     await handler.start(nc)
-    logging.getLogger().addHandler(handler)
+    handler.attach()
     try:
         yield handler
     finally:
-        logging.getLogger().removeHandler(handler)
+        handler.detach()
         await handler.stop()

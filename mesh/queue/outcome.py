@@ -35,7 +35,7 @@ from nats.js import JetStreamContext
 from nats.js.errors import APIError, NotFoundError
 from pydantic_core import to_json
 
-from mesh import names
+from mesh import names, trace
 from mesh.deadletters import AttemptError, bounded_errors
 from mesh.envelope import (
     CONTENT_TYPE,
@@ -74,6 +74,7 @@ OutcomeMessage = tuple[str, bytes, bytes]  # subject, data, pre-encoded headers
 _EVENT, _DURABLE = MessageType.EVENT.value, ChannelType.DURABLE.value
 _SUCCEEDED = RunStatus.SUCCEEDED.value
 _CONTENT_TYPE, _JSON = CONTENT_TYPE.encode(), JSON.encode()
+_TRACEPARENT = trace.TRACEPARENT.encode()
 
 
 def replay_generation(task: Envelope) -> int:
@@ -156,8 +157,11 @@ def lost_msg_id(run_id: str, generation: int) -> str:
     return f"lost-{run_id}-{generation}"
 
 
-def outcome_message(task: Envelope, state: RunState, msg_id: str | None = None) -> OutcomeMessage:
-    """(subject, data, headers) of the run's finished event, from its run state."""
+def outcome_message(
+    task: Envelope, state: RunState, msg_id: str | None = None, traceparent: str | None = None
+) -> OutcomeMessage:
+    """(subject, data, headers) of the run's finished event, from its run state;
+    ``traceparent``: the run's trace context, for whoever reads the event."""
     return _finished(
         task, state.agent, state.status.value, state.attempts, state.started_at,
         state.finished_at or utcnow(), state.result,
@@ -165,7 +169,7 @@ def outcome_message(task: Envelope, state: RunState, msg_id: str | None = None) 
         routing_key=state.routing_key, idempotency_key=state.idempotency_key,
         error=state.error, errors=state.errors, msg_id=msg_id, worker=state.worker,
         first_started_at=state.first_started_at, audit=state.audit, version=state.version,
-        usage=[u.model_dump() for u in state.usage] or None,
+        usage=[u.model_dump() for u in state.usage] or None, traceparent=traceparent,
     )  # fmt: skip
 
 
@@ -180,6 +184,7 @@ def success_message(
     audit: dict[str, Any] | None = None,
     version: str | None = None,
     usage: list[dict[str, Any]] | None = None,
+    traceparent: str | None = None,
 ) -> OutcomeMessage:
     """The finished event of a first attempt that succeeded: the same bytes as
     :func:`outcome_message` of its run state, without building that state
@@ -190,7 +195,7 @@ def success_message(
         task, agent, _SUCCEEDED, attempt, started_at, finished_at, result,
         tenant=meta.tenant, priority=int(meta.priority), enqueued_at=task.created_at,
         routing_key=meta.routing_key, idempotency_key=payload.get("idempotency_key"), worker=worker,
-        audit=audit, version=version, usage=usage,
+        audit=audit, version=version, usage=usage, traceparent=traceparent,
     )  # fmt: skip
 
 
@@ -216,6 +221,7 @@ def _finished(
     audit: dict[str, Any] | None = None,
     version: str | None = None,
     usage: list[dict[str, Any]] | None = None,
+    traceparent: str | None = None,
 ) -> OutcomeMessage:
     """Hot path (once per task): the envelope and its :class:`ExecutionFinished`
     payload are serialized straight from a dict by pydantic-core, without
@@ -262,9 +268,11 @@ def _finished(
         "type": EXECUTION_FINISHED, "payload": event, "metadata": task.metadata,
         "created_at": finished_at,
     }  # fmt: skip
-    # The tenant passed the envelope's token pattern and the id is ours: no CR/LF to escape.
-    headers = b"NATS/1.0\r\n%s: %s\r\nNats-Msg-Id: %s\r\nAF-Tenant: %s\r\n\r\n" % (
-        _CONTENT_TYPE, _JSON, msg_id.encode(), tenant.encode(),
+    # The tenant passed the envelope's token pattern and the id is ours: no CR/LF to escape
+    # (nor in a traceparent: the worker passes one it read or wrote, 55 hex chars and dashes).
+    traced = b"%s: %s\r\n" % (_TRACEPARENT, traceparent.encode()) if traceparent else b""
+    headers = b"NATS/1.0\r\n%s: %s\r\nNats-Msg-Id: %s\r\nAF-Tenant: %s\r\n%s\r\n" % (
+        _CONTENT_TYPE, _JSON, msg_id.encode(), tenant.encode(), traced,
     )  # fmt: skip
     # NaN/inf become null, as the models write them: the bytes stay JSON (jsonb refuses NaN).
     return names.finished_subject(agent, run_id), to_json(envelope, inf_nan_mode="null"), headers

@@ -25,11 +25,13 @@ from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 from mesh import trace
 from mesh.errors import PermanentError
 from mesh.limits import ResultTooLarge
+from mesh.wire import protocol
 
 if TYPE_CHECKING:
     from mesh.envelope import Envelope
+    from mesh.queue.outcome import OutcomeMessage
 
-__all__ = ["Attempt", "enqueue_span", "error_category", "outcome_span"]
+__all__ = ["Attempt", "enqueue_span", "error_category", "outcome_span", "stamped"]
 
 # Attribute names, shared with the API request span (gateway) and the docs.
 AGENT: Final = "af.agent"
@@ -123,3 +125,14 @@ def outcome_span(attempt: Attempt | None) -> Any:
     if attempt is None:
         return _NOTHING
     return trace.tracer().start_as_current_span("outcome.write", kind=SpanKind.PRODUCER)
+
+
+def stamped(outcome: OutcomeMessage) -> OutcomeMessage:
+    """``outcome`` (a finished event built without one) naming the span current now, its
+    ``outcome.write``, as its ``traceparent``: whoever reads the event (the stream
+    processors) opens its span as that span's child."""
+    parent = trace.current_parent()
+    if parent is None:
+        return outcome
+    subject, data, headers = outcome
+    return subject, data, protocol.with_header(headers, trace.TRACEPARENT, parent)

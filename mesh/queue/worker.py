@@ -98,7 +98,7 @@ from mesh.queue.outcome import (
 )
 from mesh.queue.runs import ModelUsage, RunState, RunStatus, get_run_entry, run_key
 from mesh.queue.slots import ConcurrencyQuotas
-from mesh.queue.spans import Attempt, outcome_span
+from mesh.queue.spans import Attempt, outcome_span, stamped
 from mesh.wire import protocol
 from mesh.wire.connection import through_outage
 from mesh.wire.publisher import Pipeline, parse_puback
@@ -1086,36 +1086,47 @@ class TaskWorker:
         item.finishing = True
         series.run.observe(time.perf_counter() - t0)
         fresh = state is None and not generation  # no earlier attempt or replay to carry
-        outcome = self._success(task, lane.agent, current_state, attempt, started, result, fresh, ctx)
+        # The event carries the run's trace: the task's own, or (traced) its write span's, below.
+        parent = None if item.traced is not None else (msg.headers or {}).get(trace.TRACEPARENT)
+        outcome = self._success(task, lane.agent, current_state, attempt, started, result, fresh, ctx, parent)
         if isinstance(outcome, ResultTooLarge):
             await self._failed(cfg, item, task, current_state(), attempt, outcome, expect)
             return
-        # The common case: no event yet (expect == 0), one publish and no lookup.
-        if item.traced is None:
-            recorded = await (
-                self._record_first(outcome, lane.agent, task) if expect == 0
-                else self._record(outcome, lane.agent, task, expect)
-            )  # fmt: skip
-        else:
-            with outcome_span(item.traced):
-                recorded = await (
-                    self._record_first(outcome, lane.agent, task) if expect == 0
-                    else self._record(outcome, lane.agent, task, expect)
-                )  # fmt: skip
-        if recorded:
+        if await self._record_success(item, outcome, task, expect):
             self.completed += 1
             series.completed.inc()
         await self.pipeline.ack_sync(msg)
 
+    async def _record_success(
+        self, item: _InFlight, outcome: OutcomeMessage, task: Envelope, expect: int | None
+    ) -> bool:
+        """:meth:`_record` of a success; traced, inside its ``outcome.write`` span, which the
+        event then names as its parent. The common case: no event yet (expect == 0), one
+        publish and no lookup."""
+        agent = item.lane.agent
+        if item.traced is None:
+            return await (
+                self._record_first(outcome, agent, task)
+                if expect == 0
+                else self._record(outcome, agent, task, expect)
+            )
+        with outcome_span(item.traced):
+            outcome = stamped(outcome)
+            return await (
+                self._record_first(outcome, agent, task)
+                if expect == 0
+                else self._record(outcome, agent, task, expect)
+            )
+
     def _success(
         self, task: Envelope, agent: str, running: Callable[[], RunState], attempt: int,
-        started: datetime, result: Any, fresh: bool, ctx: TaskContext,
+        started: datetime, result: Any, fresh: bool, ctx: TaskContext, traceparent: str | None,
     ) -> OutcomeMessage | ResultTooLarge:  # fmt: skip
         """The outcome event of a handler's result, or why it cannot be one."""
         if fresh:
             outcome = success_message(
                 task, agent, attempt, started, utcnow(), result, self.identity, ctx.audit,
-                self.versions.get(agent), ctx.usage,
+                self.versions.get(agent), ctx.usage, traceparent,
             )  # fmt: skip
         else:  # a retry, or a replay: the outcome carries the earlier attempts' errors
             state = running()
@@ -1123,7 +1134,7 @@ class TaskWorker:
             state.finished_at, state.audit = utcnow(), ctx.audit
             if ctx.usage:
                 state.usage = [ModelUsage.model_validate(u) for u in ctx.usage]
-            outcome = outcome_message(task, state)
+            outcome = outcome_message(task, state, traceparent=traceparent)
         # Cheap first check (most outcomes are small), then the result itself.
         if len(outcome[1]) > self.limits.result and (size := _size(result)) > self.limits.result:
             state = running()
@@ -1270,7 +1281,7 @@ class TaskWorker:
         state = _state_from(task, lane.agent, seq)
         state.status, state.finished_at = RunStatus.EXPIRED, utcnow()
         state.error = f"TTL passed at {deadline.isoformat()} before a worker started it"
-        outcome = outcome_message(task, state, expired_msg_id(task.id, state.replay))
+        outcome = outcome_message(task, state, expired_msg_id(task.id, state.replay), _event_parent(msg))
         if await self._record(outcome, lane.agent, task, None, real=False):
             metrics.TASKS_EXPIRED.labels(lane.agent).inc()
         await self.pipeline.ack_sync(msg)
@@ -1298,7 +1309,7 @@ class TaskWorker:
             generation=replay_generation(task), seq=protocol.delivery_of(msg)[1],
         )  # fmt: skip
         state.status, state.finished_at, state.progress = RunStatus.FAILED, utcnow(), None
-        outcome = outcome_message(task, state, msg_id)
+        outcome = outcome_message(task, state, msg_id, _event_parent(msg))
         expect = stored.seq if stored is not None else 0
         if await self._record(outcome, state.agent, task, expect, real=real):
             metrics.TASKS_DEAD_LETTERED.labels(state.agent).inc()
@@ -1324,6 +1335,14 @@ class TaskWorker:
             state.error, state.errors = f"undecodable task: {exc}"[:8000], [error]
             await self._record(outcome_message(stand_in, state), lane.agent, stand_in, None)
         await self.pipeline.ack_sync(msg)
+
+
+def _event_parent(msg: Msg) -> str | None:
+    """The ``traceparent`` a run's finished event carries (cold paths): the span current in
+    this process when it records spans (the outcome write's), else the task's own."""
+    return (trace.current_parent() if trace.recording() else None) or (msg.headers or {}).get(
+        trace.TRACEPARENT
+    )
 
 
 def _stand_in_task(msg: Msg, agent: str) -> Envelope | None:

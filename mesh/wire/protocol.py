@@ -63,6 +63,7 @@ __all__ = [
     "parse_headers",
     "publish",
     "to_msg",
+    "with_header",
 ]
 
 log = logging.getLogger(__name__)
@@ -219,6 +220,11 @@ def expect_last_subject_seq(headers: bytes, seq: int) -> bytes:
     """``headers`` (a pre-encoded block) plus :data:`EXPECTED_LAST_SUBJECT_SEQ`:
     compare-and-set on the subject (0: create-only), for run records and events."""
     return b"%s%s: %d\r\n\r\n" % (headers[:-2], _EXPECT, seq)
+
+
+def with_header(headers: bytes, name: str, value: str) -> bytes:
+    """``headers`` (a pre-encoded block) plus ``name: value`` (no CR/LF in either)."""
+    return b"%s%s: %s\r\n\r\n" % (headers[:-2], name.encode(), value.encode())
 
 
 def parse_headers(raw: bytes) -> dict[str, str]:

@@ -19,9 +19,9 @@ import importlib
 import logging
 import os
 import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Protocol, cast
 
 import faust
 from mode import Service
@@ -32,7 +32,15 @@ from mesh.wire.connection import connect, jetstream
 from streams.processors import PROCESSORS
 from streams.processors.executions import EXECUTIONS_TOPIC, declare_executions
 
-__all__ = ["Decisions", "ProcessorConfig", "prepare", "processor_app", "run_processor"]
+__all__ = [
+    "Decisions",
+    "LogPublishing",
+    "ProcessorConfig",
+    "StreamedLog",
+    "prepare",
+    "processor_app",
+    "run_processor",
+]
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +88,35 @@ class Decisions(Service):
 
     async def on_stop(self) -> None:
         nc, self.nc, self._js = self.nc, None, None
+        if nc is not None:
+            with contextlib.suppress(Exception):
+                await nc.drain()
+
+
+class StreamedLog(Protocol):
+    """A log handler that publishes from a task of its own over a NATS connection it is
+    given (``gateway.telemetry.LogStream``: the processor's lines into ``AF_LOGS``)."""
+
+    async def start(self, nc: Client) -> None: ...
+    async def stop(self) -> None: ...
+
+
+class LogPublishing(Service):
+    """Runs a :class:`StreamedLog` on a connection of its own while the app runs, so log
+    lines never queue behind records; what is logged after it stopped stays on stderr."""
+
+    def __init__(self, app: faust.App, handler: StreamedLog, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.app, self.handler = app, handler
+        self.nc: Client | None = None
+
+    async def on_start(self) -> None:
+        self.nc, _ = await self.app.transport.open_dedicated("logs")  # type: ignore[attr-defined]
+        await self.handler.start(self.nc)
+
+    async def on_stop(self) -> None:
+        await self.handler.stop()
+        nc, self.nc = self.nc, None
         if nc is not None:
             with contextlib.suppress(Exception):
                 await nc.drain()
@@ -143,10 +180,17 @@ def run_processor(
     replicas: int = 1,
     loglevel: str = "INFO",
     session_timeout_s: float = 6.0,
+    loghandlers: Sequence[logging.Handler] = (),
+    log_stream: StreamedLog | None = None,
     **options: Any,
 ) -> None:
     """Run processor ``name`` in this process until SIGINT/SIGTERM (a graceful stop
-    commits what was processed). Blocks; owns the event loop."""
+    commits what was processed). Blocks; owns the event loop.
+
+    ``loghandlers`` replace Faust's own stderr handler (none given: Faust's); the
+    root logger is at ``loglevel``. ``log_stream``, a :class:`logging.Handler`
+    too, gets every record (Faust's own included) and is started on the app's
+    loop (:class:`LogPublishing`)."""
     installer(name)  # an unknown name is refused before anything starts
     partitions = asyncio.run(prepare(nats_url, replicas, name))
     config = ProcessorConfig(
@@ -155,6 +199,14 @@ def run_processor(
     )  # fmt: skip
     if data_dir := os.environ.get("AF_DATA_DIR"):  # up's data dir: beside its servers' data
         config = replace(config, datadir=os.path.join(data_dir, "processors"))
-    app = build(name, config)
+    # Faust's worker replaces the root logger's handlers: ours are handed to it.
+    handlers = [*loghandlers, *([cast(logging.Handler, log_stream)] if log_stream is not None else [])]
+    conf: dict[str, Any] = {"loghandlers": handlers}
+    if loghandlers:  # instead of its own: a configuration with no handler of its own
+        root = {"level": loglevel, "handlers": []}
+        conf["logging_config"] = {"version": 1, "disable_existing_loggers": False, "root": root}
+    app = build(name, config, **conf)
+    if log_stream is not None:
+        app.service(LogPublishing(app, log_stream))  # type: ignore[arg-type]  # an instance, as Decisions
     worker = faust.Worker(app, loglevel=loglevel, quiet=True)
     worker.execute_from_commandline()

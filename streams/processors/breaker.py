@@ -41,7 +41,7 @@ from mesh.wire.connection import through_outage
 from mesh.wire.follow import KeyFollower
 from streams.processors import rates
 from streams.processors.app import Decisions, ProcessorConfig
-from streams.processors.executions import read_finished
+from streams.processors.executions import read_finished, traced
 from streams.processors.rates import BreakerPolicy, Windows, timed
 
 __all__ = ["TABLE", "BreakerDecisions", "install"]
@@ -163,7 +163,8 @@ def install(app: faust.App, source: faust.TopicT, config: ProcessorConfig) -> Br
                     continue  # applied before a restart: its effect is in the window already
                 if not decisions.ready.is_set():
                     await decisions.ready.wait()
-                await decisions.apply(window, finished.payload)
+                with traced(event, finished, "breaker"):
+                    await decisions.apply(window, finished.payload)
                 decisions.applied += 1
                 window.offset = offset
                 working[agent] = (event.message.partition, window)

@@ -34,7 +34,7 @@ from nats.js.kv import KeyValue
 
 from mesh import names
 from streams.processors.app import Decisions, ProcessorConfig
-from streams.processors.executions import read_finished
+from streams.processors.executions import read_finished, traced
 from streams.processors.pricing import configured_prices
 from streams.processors.rollup import (
     RETENTION_MINUTES,
@@ -205,9 +205,11 @@ def install(app: faust.App, source: faust.TopicT, config: ProcessorConfig) -> No
                 finished = read_finished(event.value)
                 if finished is None:
                     continue
-                sample = sample_of(finished.payload, prices, len(event.value))
-                if sample is not None:
-                    apply(buckets, counted, sample, event.message.offset, (event.message.partition, working))
+                with traced(event, finished, "canary"):
+                    sample = sample_of(finished.payload, prices, len(event.value))
+                    if sample is not None:
+                        at = (event.message.partition, working)
+                        apply(buckets, counted, sample, event.message.offset, at)
             buckets.write(working)
 
     async def put(pairs: set[tuple[str, str]]) -> None:

@@ -10,28 +10,36 @@ all of that agent's state, and its offsets (stream sequences) are stable, which
 is what lets a processor apply each event exactly once (see the processors).
 
 Records have no key; the value is the finished event's envelope as the worker
-published it (JSON).
+published it (JSON), and its record header ``traceparent`` the run's trace
+context, when the worker wrote one: :func:`traced` makes a processor's
+handling of the event a span of the run's trace.
 """
 
 from __future__ import annotations
 
 import logging
+from contextlib import AbstractContextManager, nullcontext
+from typing import Any, Final
 
 from nats.js import JetStreamContext
 from nats.js.api import StreamSource
+from opentelemetry.trace import SpanKind
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from mesh import names
+from mesh import names, trace
 from mesh.provision import execution_partitions
 from mesh.queue.runs import ExecutionFinished
+from mesh.queue.spans import AGENT, RUN_ID, TENANT
 from streams.topics import TopicRegistry, TopicSpec
 
-__all__ = ["EXECUTIONS_TOPIC", "Finished", "declare_executions", "read_finished"]
+__all__ = ["EXECUTIONS_TOPIC", "PROCESSOR", "Finished", "declare_executions", "read_finished", "traced"]
 
 log = logging.getLogger(__name__)
 
 EXECUTIONS_TOPIC = "af-executions"
 RETENTION_S = 86_400.0  # what the processors have not read in a day is dropped (as AF_EXECUTIONS does)
+PROCESSOR: Final = "af.processor"  # span attribute: which processor handled the event
+_NOTHING: Final = nullcontext()
 
 
 class Finished(BaseModel):
@@ -53,6 +61,30 @@ def read_finished(value: bytes | None) -> Finished | None:
     except ValidationError as exc:
         log.warning("not a finished event, skipped: %s", str(exc).splitlines()[0])
         return None
+
+
+def traced(event: Any, finished: Finished, processor: str) -> AbstractContextManager[object]:
+    """The CONSUMER span of ``processor`` handling one finished event (a Faust event),
+    child of the span that wrote it, with the run's agent, tenant and run id.
+
+    A shared do-nothing context manager, with nothing allocated, when this
+    process records no spans, or the event carries no trace context (written
+    by the reaper, a cancel, an older worker) or one not sampled: a processor
+    starts no trace of its own per event."""
+    if not trace.recording():
+        return _NOTHING
+    raw = event.headers.get(trace.TRACEPARENT)
+    if raw is None:
+        return _NOTHING
+    parent = raw.decode() if isinstance(raw, bytes) else str(raw)
+    if not trace.sampled(parent):
+        return _NOTHING
+    run = finished.payload
+    attributes = {AGENT: run.agent, TENANT: run.tenant, RUN_ID: run.run_id, PROCESSOR: processor}
+    context = trace.extract({trace.TRACEPARENT: parent})
+    return trace.tracer().start_as_current_span(
+        f"{processor} {run.agent}", context, SpanKind.CONSUMER, attributes
+    )
 
 
 def partition_source(partition: int) -> StreamSource:

@@ -72,7 +72,7 @@ from mesh.stopping import cancel_within
 from mesh.wire.follow import KeyFollower, raw
 from streams import naming
 from streams.processors.app import Decisions, ProcessorConfig
-from streams.processors.executions import EXECUTIONS_TOPIC, read_finished
+from streams.processors.executions import EXECUTIONS_TOPIC, read_finished, traced
 from streams.processors.pricing import PriceTable, configured_prices, price
 from streams.topics import TopicRegistry
 
@@ -503,19 +503,20 @@ def meter_batch(usage: Any, events: Iterable[Any], prices: PriceTable) -> list[d
         finished = read_finished(event.value)
         if finished is None:
             continue
-        e = finished.payload
-        record = bill(finished.id, e, prices, len(event.value))
-        records.append(record)
-        key = usage_key(e.agent, e.tenant, _day(e.finished_at))
-        entry = working.get(key)
-        if entry is None:
-            current = usage.data.get(key)
-            if current is not None and event.message.offset <= current["o"]:
-                continue  # applied before a crash or a move
-            entry = working[key] = _copy(current)
-        elif event.message.offset <= entry["o"]:
-            continue
-        add(entry, event.message.offset, event.message.partition, record)
+        with traced(event, finished, "metering"):
+            e = finished.payload
+            record = bill(finished.id, e, prices, len(event.value))
+            records.append(record)
+            key = usage_key(e.agent, e.tenant, _day(e.finished_at))
+            entry = working.get(key)
+            if entry is None:
+                current = usage.data.get(key)
+                if current is not None and event.message.offset <= current["o"]:
+                    continue  # applied before a crash or a move
+                entry = working[key] = _copy(current)
+            elif event.message.offset <= entry["o"]:
+                continue
+            add(entry, event.message.offset, event.message.partition, record)
     for key, entry in working.items():
         # Outside one event Faust cannot tell the partition: the entry knows its own.
         usage.send_changelog(entry["p"], key, entry)

@@ -15,27 +15,35 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import asyncpg
+import pytest
 from click.testing import CliRunner
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 
+from agents.registry import example_registry
+from gateway.api.middleware import log_access_to_stderr
+from gateway.app import Gateway, Parts
 from gateway.cli import cli
-from gateway.telemetry.logs import LogStream
+from gateway.settings import Settings
+from gateway.telemetry.logs import ACCESS_LOGGER, LogStream, log_stream
 from mesh import names, trace
 from mesh.queue.producer import TaskQueue, TaskSpec
 from mesh.queue.runs import RunStatus, get_run
 from tests.helpers import eventually, terminate
+from tests.integration.gateway.conftest import served
 
 
 @contextmanager
-def chatty_worker(nats_url: str, data_dir: Path) -> Iterator[Path]:
-    """A worker process serving :class:`Chatty`, tracing to its stdout; yields its output file."""
+def chatty_worker(nats_url: str, data_dir: Path, *, sandbox: bool = False) -> Iterator[Path]:
+    """A worker process serving :class:`Chatty` (in the process, or in its sandbox), tracing
+    to its stdout; yields its output file."""
     log = data_dir / "chatty.log"
     env = {**os.environ, "AF_NATS_URL": nats_url, "AF_DATA_DIR": str(data_dir), "AF_LOG_FORMAT": "json",
            "AF_TRACE_EXPORTER": "console", "AF_TRACE_SAMPLE_RATIO": "1",
            "AF_AGENTS": "tests.integration.observability.chatty:Chatty"}  # fmt: skip
     argv = [sys.executable, "-m", "gateway.cli", "worker", "--name", "chatty-worker", "--agents", "chatty",
-            "--no-sandbox", "--drain-timeout", "2"]  # fmt: skip
+            "--drain-timeout", "2", *([] if sandbox else ["--no-sandbox"])]  # fmt: skip
     with log.open("wb") as out:
         proc = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT)
     try:
@@ -83,6 +91,30 @@ async def test_a_workers_log_line_about_a_run_is_found_by_agent_factory_logs_run
     assert not await asyncio.to_thread(_logs, nats_url, "--run", "0" * 32)
 
 
+async def test_a_sandboxed_agents_own_log_line_reaches_af_logs_with_its_run(
+    nc: Client, mesh_js: JetStreamContext, queue: TaskQueue, nats_url: str, tmp_path: Path
+) -> None:
+    with chatty_worker(nats_url, tmp_path, sandbox=True):
+        spec = TaskSpec("chatty", {"value": 4}, tenant="acme", correlation_id="corr-sandboxed")
+        run_id = (await queue.enqueue(spec)).run_id
+
+        async def succeeded() -> bool:
+            state = await get_run(mesh_js, run_id)
+            return state is not None and state.status is RunStatus.SUCCEEDED
+
+        await eventually(succeeded, 60, "the sandboxed chatty run succeeded", every=0.1)
+
+        async def found() -> list[dict[str, Any]]:
+            return await asyncio.to_thread(_logs, nats_url, "--run", run_id)
+
+        lines = await eventually(found, 10, f"a log line of run {run_id}", every=0.2)
+    [line] = lines
+    assert line["msg"] == "doubling 4.0" and line["logger"] == "tests.chatty" and line["level"] == "INFO"
+    assert line | {"run_id": run_id, "agent": "chatty", "tenant": "acme", "correlation_id": "corr-sandboxed",
+                   "process": "chatty-worker", "sandboxed": True} == line  # fmt: skip
+    assert line["invocation"] and len(line["trace_id"]) == 32
+
+
 async def test_a_full_log_buffer_drops_and_counts_and_never_blocks_the_caller(
     nc: Client, mesh_js: JetStreamContext
 ) -> None:
@@ -127,3 +159,37 @@ async def test_logs_follow_prints_a_record_published_after_it_started(
         await handler.stop()
         follower.terminate()
         await follower.wait()
+
+
+@pytest.fixture
+def access_log_on_stderr() -> Iterator[None]:
+    """The access log as a served gateway sets it up (its own stderr handler, not propagating)."""
+    log_access_to_stderr(True)
+    try:
+        yield
+    finally:
+        access = logging.getLogger(ACCESS_LOGGER)
+        for handler in list(access.handlers):
+            access.removeHandler(handler)
+        access.propagate, access.level = True, logging.NOTSET
+
+
+async def test_the_gateways_access_log_line_is_in_af_logs_with_its_fields(
+    nc: Client, mesh_js: JetStreamContext, pool: asyncpg.Pool, database_url: str, nats_url: str,
+    access_log_on_stderr: None,
+) -> None:  # fmt: skip
+    process, correlation = f"gateway-{uuid.uuid4().hex[:8]}", f"corr-{uuid.uuid4().hex}"
+    parts = Parts(maintenance=False, scheduler=False, serve=False, poll_s=0.2, worker=None, dedicated=False)
+    gateway = Gateway(Settings(), example_registry(), parts)
+    async with log_stream(nc, process, Settings(log_stream=True)), served(gateway, nc, database_url) as api:
+        resp = await api.get("/api/v1/agents", headers={"X-Correlation-ID": correlation})
+        assert resp.status == 200
+
+        async def found() -> list[dict[str, Any]]:
+            lines = await asyncio.to_thread(_logs, nats_url, "--process", process)
+            return [line for line in lines if line.get("logger") == ACCESS_LOGGER]
+
+        [line] = await eventually(found, 10, "the access log line in AF_LOGS", every=0.2)
+    assert line | {"method": "GET", "path": "/api/v1/agents", "status": 200, "correlation_id": correlation,
+                   "process": process, "level": "INFO"} == line  # fmt: skip
+    assert line["latency_ms"] >= 0 and json.loads(line["msg"])["path"] == "/api/v1/agents"

@@ -8,25 +8,11 @@ record only because the caller's sampled ``traceparent`` says so (parent-based).
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-from collections.abc import AsyncIterator, Iterator
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
 import asyncpg
-import pytest
-from aiohttp import web
 from nats.aio.client import Client
 from nats.js import JetStreamContext
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
-    ExportTraceServiceRequest,
-    ExportTraceServiceResponse,
-)
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from agents.registry import example_registry
@@ -34,96 +20,9 @@ from gateway.app import Gateway, Parts
 from gateway.settings import Settings
 from mesh import trace
 from mesh.channels.messaging import Mesh
-from mesh.embedded import find_free_port
-from tests.helpers import eventually, terminate
+from tests.helpers import eventually
 from tests.integration.gateway.conftest import served
-
-Span = dict[str, Any]
-
-
-class Collector:
-    """An OTLP/HTTP trace receiver: every span it was sent, as a dict."""
-
-    def __init__(self) -> None:
-        self.spans: list[Span] = []
-
-    async def receive(self, request: web.Request) -> web.Response:
-        export = ExportTraceServiceRequest()
-        export.ParseFromString(await request.read())
-        for resource_spans in export.resource_spans:
-            resource = {a.key: a.value.string_value for a in resource_spans.resource.attributes}
-            for scope_spans in resource_spans.scope_spans:
-                for s in scope_spans.spans:
-                    attributes = {a.key: _value(a.value) for a in s.attributes}
-                    self.spans.append({
-                        "name": s.name, "trace_id": s.trace_id.hex(), "span_id": s.span_id.hex(),
-                        "parent": s.parent_span_id.hex() or None, "attributes": attributes,
-                        "status": s.status.code, "process": resource.get("service.instance.id"),
-                    })  # fmt: skip
-        body = ExportTraceServiceResponse().SerializeToString()
-        return web.Response(body=body, content_type="application/x-protobuf")
-
-
-def _value(value: Any) -> Any:
-    return getattr(value, value.WhichOneof("value")) if value.WhichOneof("value") else None
-
-
-def _from_sdk(span: ReadableSpan) -> Span:
-    assert span.context is not None
-    parent = f"{span.parent.span_id:016x}" if span.parent else None
-    return {
-        "name": span.name, "trace_id": f"{span.context.trace_id:032x}",
-        "span_id": f"{span.context.span_id:016x}", "parent": parent,
-        "attributes": dict(span.attributes or {}), "status": span.status.status_code.value, "process": "test",
-    }  # fmt: skip
-
-
-@pytest.fixture
-async def collector() -> AsyncIterator[tuple[Collector, str]]:
-    found = Collector()
-    app = web.Application()
-    app.router.add_post("/v1/traces", found.receive)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    port = find_free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    try:
-        yield found, f"http://127.0.0.1:{port}/v1/traces"
-    finally:
-        await runner.cleanup()
-
-
-@pytest.fixture
-def in_memory() -> Iterator[InMemorySpanExporter]:
-    """This process records every span into the SDK's in-memory exporter."""
-    exporter = InMemorySpanExporter()
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
-    trace.use(provider)
-    try:
-        yield exporter
-    finally:
-        trace.use(None)
-        provider.shutdown()
-
-
-@contextmanager
-def process(argv: list[str], nats_url: str, endpoint: str, log: Path) -> Iterator[None]:
-    env = {**os.environ, "AF_NATS_URL": nats_url, "AF_DATA_DIR": str(log.parent), "AF_LOG_STREAM": "false",
-           "AF_TRACE_EXPORTER": "otlp-http", "AF_TRACE_ENDPOINT": endpoint, "AF_TRACE_SAMPLE_RATIO": "0",
-           "OTEL_BSP_SCHEDULE_DELAY": "50"}  # fmt: skip
-    with log.open("wb") as out:
-        proc = subprocess.Popen([sys.executable, *argv], env=env, stdout=out, stderr=subprocess.STDOUT)
-    try:
-        yield
-    finally:
-        terminate(proc)
-
-
-def _one(spans: list[Span], name: str) -> Span:
-    named = [s for s in spans if s["name"] == name]
-    assert len(named) == 1, f"{name}: {len(named)} spans among {[s['name'] for s in spans]}"
-    return named[0]
+from tests.integration.observability.otlp import Collector, Span, from_sdk, one, process
 
 
 async def test_an_api_request_its_enqueue_and_its_run_in_a_worker_process_are_one_trace(
@@ -152,12 +51,12 @@ async def test_an_api_request_its_enqueue_and_its_run_in_a_worker_process_are_on
                 return received.spans if ours and "outcome.write" in names else []
 
             await eventually(worker_spans, 15, "the worker's spans at the collector", every=0.1)
-    gateway_spans = [_from_sdk(s) for s in in_memory.get_finished_spans()]
-    request = _one(gateway_spans, "POST /api/v1/agents/{key}/runs")
-    enqueue = _one(gateway_spans, "enqueue noop")
+    gateway_spans = [from_sdk(s) for s in in_memory.get_finished_spans()]
+    request = one(gateway_spans, "POST /api/v1/agents/{key}/runs")
+    enqueue = one(gateway_spans, "enqueue noop")
     tid = request["trace_id"]
     worker = [s for s in received.spans if s["trace_id"] == tid]
-    wait, attempt, outcome = (_one(worker, n) for n in ("queue.wait", "attempt noop", "outcome.write"))
+    wait, attempt, outcome = (one(worker, n) for n in ("queue.wait", "attempt noop", "outcome.write"))
     assert request["parent"] is None
     assert enqueue["trace_id"] == tid and enqueue["parent"] == request["span_id"]
     assert wait["parent"] == enqueue["span_id"] and attempt["parent"] == enqueue["span_id"]
@@ -193,7 +92,7 @@ async def test_agent_a_calling_b_calling_c_across_processes_is_one_trace_with_ea
             return mine if {s["process"] for s in mine} == {"trace-b", "trace-c"} else []
 
         spans = await eventually(both, 15, "spans of b and c at the collector", every=0.1)
-    a = _from_sdk(next(s for s in in_memory.get_finished_spans() if s.name == "agent trace-a"))
+    a = from_sdk(next(s for s in in_memory.get_finished_spans() if s.name == "agent trace-a"))
     b = next(s for s in spans if s["process"] == "trace-b" and s["parent"] == a["span_id"])
     c = next(s for s in spans if s["process"] == "trace-c")
     assert c["parent"] == b["span_id"], (b, c)

@@ -90,3 +90,10 @@ def test_exactly_once_is_rejected_at_startup() -> None:
     app = faust.App("eos-probe", broker="nats://127.0.0.1:4222", processing_guarantee="exactly_once")
     with pytest.raises(UnsupportedGuarantee):
         _ = app.transport
+
+
+def test_a_sourced_records_traceparent_is_handed_to_faust_as_a_record_header() -> None:
+    parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+    # A finished event as the server sources it into af-executions: NATS headers, no Faust ones.
+    wire = protocol.encode_headers({"Nats-Msg-Id": "finished-r-0", "traceparent": parent})
+    assert decode_header_block(wire).headers == [("traceparent", parent.encode())]

@@ -7,13 +7,16 @@ import json
 from datetime import timedelta
 
 import pytest
+from opentelemetry.sdk.trace import TracerProvider
 
+from mesh import trace
 from mesh.deadletters import AttemptError
 from mesh.envelope import Envelope, decode, utcnow
 from mesh.queue.outcome import finished_msg_id, outcome_message, success_message
 from mesh.queue.producer import TaskSpec, build_task, queued_record
 from mesh.queue.runs import ExecutionFinished, ModelUsage, RunStatus, parse_run
-from mesh.wire.protocol import parse_headers
+from mesh.queue.spans import stamped
+from mesh.wire.protocol import EXPECTED_LAST_SUBJECT_SEQ, expect_last_subject_seq, parse_headers
 
 
 def _finished_task(replay: int = 0) -> tuple[Envelope, object]:
@@ -134,3 +137,34 @@ def test_a_nan_result_is_recorded_as_null_so_the_event_stays_json() -> None:
 
     event = json.loads(data, parse_constant=refuse)["payload"]
     assert event["result"] == {"co2e_kg": None} and event["input"] == {"q": None}
+
+
+TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+
+
+def test_the_event_carries_the_runs_traceparent_through_its_compare_and_set() -> None:
+    task, state = _finished_task()
+    _, _, raw = outcome_message(task, state, traceparent=TRACEPARENT)  # type: ignore[arg-type]
+    headers = parse_headers(expect_last_subject_seq(raw, 7))
+    assert headers["traceparent"] == TRACEPARENT and headers["Nats-Msg-Id"] == finished_msg_id(task.id, 0)
+    assert headers[EXPECTED_LAST_SUBJECT_SEQ] == "7"
+    _, _, plain = outcome_message(task, state)  # type: ignore[arg-type]
+    assert b"traceparent" not in plain
+
+
+def test_a_traced_event_names_the_span_that_writes_it_as_its_parent() -> None:
+    task, state = _finished_task()
+    outcome = outcome_message(task, state)  # type: ignore[arg-type]
+    assert stamped(outcome) is outcome  # no span, no trace context: unchanged
+    provider = TracerProvider()
+    trace.use(provider)
+    try:
+        with trace.tracer().start_as_current_span("outcome.write") as span:
+            _, _, raw = stamped(outcome)
+    finally:
+        trace.use(None)
+    ids = span.get_span_context()
+    assert (
+        parse_headers(raw)["traceparent"]
+        == f"00-{ids.trace_id:032x}-{ids.span_id:016x}-{ids.trace_flags:02x}"
+    )
