@@ -34,15 +34,18 @@ import asyncpg
 
 from agents.errors import AgentError
 from agents.hub.catalog import Hub
+from agents.hub.dependencies import package_graph
 from agents.hub.packaged import ANY_OBJECT, is_packaged, packaged_agent
 from agents.packaging.errors import PackagingError, VersionExists
 from agents.packaging.extract import InstalledPack, verify_and_extract
+from agents.packaging.platform_support import check_platform
 from agents.packaging.signing import TrustPolicies
 from agents.packaging.spec import SPEC_FILE
 from agents.packaging.versions import parse_version, sort_key
 from agents.registry import Registry
 from agents.store.hub_index import HubPackage, PackageNotFound
 from agents.store.installs import InstalledVersion, get_installed, insert_installed, list_installed
+from agents.store.tenancy import ALL_TENANTS
 
 __all__ = ["PACKAGES_DIR", "InstallRefused", "Installer", "know_installed"]
 
@@ -73,16 +76,45 @@ class Installer:
         hub_tenant: str | None,
         actor: str,
         progress: Progress = _quiet,
-    ) -> InstalledVersion:
+    ) -> list[InstalledVersion]:
         """Install ``name`` ``version`` (None: its highest version not yanked) of the hub's
-        public packages (``hub_tenant`` None) or of that tenant's own."""
+        public packages (``hub_tenant`` None) or of that tenant's own, and first the
+        versions its agent dependencies resolve to (among the public versions and that
+        tenant's) that the platform does not have yet: what was installed, the package
+        asked for last."""
+        package, pack = await self._fetch(name, version, hub_tenant, progress)
+        installed = []
+        if pack.spec.dependencies:
+            await progress(50, f"resolving {len(pack.spec.dependencies)} agent dependencies against the hub")
+            graph = await package_graph(self.hub, name, package.version, pack.spec.dependencies,
+                                        tenant=ALL_TENANTS, scope=hub_tenant)  # fmt: skip
+            versions = {node["name"]: node["version"] for node in graph["nodes"]}
+            for dep in graph["order"]:
+                if dep == name or await self._registered(dep, versions[dep]):
+                    continue
+                await progress(60, f"installing dependency {dep} {versions[dep]}")
+                installed.append(
+                    await self._register(*await self._fetch(dep, versions[dep], hub_tenant), actor)
+                )
+        await progress(80, f"registering {name} {package.version}")
+        installed.append(await self._register(package, pack, actor))
+        return installed
+
+    async def _fetch(
+        self, name: str, version: str | None, hub_tenant: str | None, progress: Progress = _quiet
+    ) -> tuple[HubPackage, InstalledPack]:
+        """The package chosen, downloaded, checked in full and extracted."""
         package = await self._choose(name, version, hub_tenant)
         await progress(10, f"downloading {name} {package.version} ({package.size_bytes} bytes)")
         data = await self.hub.archive(package)
-        await progress(40, "checking the archive in full and extracting it")
+        await progress(30, "checking the archive in full and extracting it")
         pack = await self._extract(data, package)
+        check_platform(pack.spec)
+        return package, pack
+
+    async def _register(self, package: HubPackage, pack: InstalledPack, actor: str) -> InstalledVersion:
+        """The version's lifecycle record and its ``installed_packages`` row, together."""
         row = _row(pack, package, actor)
-        await progress(80, f"registering {name} {package.version}")
         async with self.hub.pool.acquire() as conn, conn.transaction():
             await self._check_registrable(conn, row)
             await conn.execute(
@@ -91,6 +123,13 @@ class Installer:
                 row.agent, row.version,
             )  # fmt: skip
             return await insert_installed(conn, row)
+
+    async def _registered(self, agent: str, version: str) -> bool:
+        """Whether the platform has ``agent`` ``version`` (installed, or its own code)."""
+        found = await self.hub.pool.fetchval(
+            "SELECT 1 FROM agent_versions WHERE agent_key = $1 AND version = $2", agent, version
+        )
+        return found is not None
 
     async def local_dir(self, row: InstalledVersion) -> Path:
         """Where ``row``'s code is on this host, extracted again from the hub if it is not."""
@@ -111,10 +150,13 @@ class Installer:
         return (await self._extract(await self.hub.archive(package), package)).path
 
     async def _choose(self, name: str, version: str | None, hub_tenant: str | None) -> HubPackage:
-        seen = [p for p in await self.hub.versions(name, tenant=hub_tenant) if p.tenant == hub_tenant]
+        every = await self.hub.versions(name, tenant=hub_tenant)
+        seen = [p for p in every if p.tenant == hub_tenant]
         where = "the public hub" if hub_tenant is None else f"tenant {hub_tenant}'s packages"
-        if version is not None:
-            found = next((p for p in seen if p.version == version), None)
+        if version is not None:  # a tenant's own build first, else the public one (a dependency)
+            found = next((p for p in seen if p.version == version), None) or next(
+                (p for p in every if p.version == version and p.tenant is None), None
+            )
             if found is None:
                 raise PackageNotFound(f"no package {name} {version} in {where}")
             return found

@@ -84,17 +84,26 @@ def install_kinds(svc: Services) -> list[OperationKind]:
         installer = svc.lifecycle.installer
         if installer is None:
             raise OperationFailed("this gateway does not install packages")
-        row = await installer.install(
+        *dependencies, row = await installer.install(
             asked.name, asked.version, hub_tenant=asked.tenant, actor=asked.actor, progress=ctx.progress
         )
         await know_installed(svc.pool, svc.registry)
-        result: dict[str, Any] = {"installed": row.model_dump(mode="json")}
-        if asked.deploy:
-            await ctx.progress(90, f"deploying {row.agent} {row.version}")
-            out = await svc.lifecycle.run(row.agent, Action.DEPLOY, actor=asked.actor, version=row.version)
-            result["deploy"] = out.as_dict()
-            if out.state == State.FAILED:
-                raise OperationFailed(f"{row.agent} {row.version} failed to deploy: {out.detail}", result)
+        result: dict[str, Any] = {
+            "installed": row.model_dump(mode="json"),
+            "dependencies": [d.model_dump(mode="json") for d in dependencies],
+        }
+        if asked.deploy:  # what it depends on first: a dependency it just installed, and the package
+            result["deploy"] = []  # a list: a JSON object's key order is not kept (jsonb)
+            for each in [*dependencies, row]:
+                await ctx.progress(90, f"deploying {each.agent} {each.version}")
+                out = await svc.lifecycle.run(
+                    each.agent, Action.DEPLOY, actor=asked.actor, version=each.version
+                )
+                result["deploy"].append(out.as_dict())
+                if out.state == State.FAILED:
+                    raise OperationFailed(
+                        f"{each.agent} {each.version} failed to deploy: {out.detail}", result
+                    )
         return result
 
     return [OperationKind("hub.install", run, resumable=True)]

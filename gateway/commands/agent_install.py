@@ -58,11 +58,13 @@ def install(obj: Ctx, package: str, tenant: str | None, deploy: bool, timeout: f
     if op["status"] != "succeeded":
         raise failed(op)
     row = op["result"]["installed"]
+    for dep in op["result"]["dependencies"]:
+        click.echo(f"installed dependency {dep['agent']} {dep['version']} (sha256 {dep['digest'][:12]}…)")
     click.echo(f"installed {row['agent']} {row['version']} (sha256 {row['digest'][:12]}…)")
     deployed = op["result"].get("deploy")
-    if deployed:
-        click.echo(f"{deployed['agent']} {deployed['version']}: {deployed['state']} — {deployed['detail']}")
-    else:
+    for out in deployed or []:
+        click.echo(f"{out['agent']} {out['version']}: {out['state']} — {out['detail']}")
+    if not deployed:
         click.echo(f"deploy it with: agent-factory agent deploy {row['agent']} --version {row['version']}")
 
 

@@ -58,7 +58,7 @@ class Meter(Agent[In, Out]):
 """
 
 
-def _archive(root: Path, name: str, version: str, factor: float) -> bytes:
+def _archive(root: Path, name: str, version: str, factor: float, deps: dict[str, str] | None = None) -> bytes:
     """A package of an agent that says its version and where its code is."""
     tree = root / f"{name}-{version}"
     module = tree / "meter_pkg"
@@ -78,6 +78,7 @@ def _archive(root: Path, name: str, version: str, factor: float) -> bytes:
         entry_point: meter_pkg.agent:Meter
         input_schema: schemas/input.json
         output_schema: schemas/output.json
+        dependencies: {json.dumps(deps or {})}
         """))  # fmt: skip
     data, _ = pack_bytes(tree)
     return data
@@ -146,7 +147,7 @@ async def test_an_installed_version_runs_in_its_own_workers_and_a_second_one_tak
 
     first = await _install(api, name=name, version="1.0.0", deploy=True)
     assert first["status"] == "succeeded", first
-    assert first["result"]["deploy"]["state"] == "running"
+    assert [(d["agent"], d["state"]) for d in first["result"]["deploy"]] == [(name, "running")]
     ran = await _runs(api, name, 6)
     assert {(v["result"]["version"], v["result"]["kg"]) for v in ran} >= {("1.0.0", 2.0)}
     assert all(v["result"]["where"].startswith(str(root / "1.0.0")) for v in ran)
@@ -227,6 +228,32 @@ async def test_a_restarted_gateway_starts_an_installed_versions_workers_again(
         health = await (await api.get(f"/api/v1/agents/{name}/health")).json()
         assert [v["state"] for v in health["versions"]] == ["running"]
         assert (await _act(api, name, "retire", "1.0.0"))["result"]["state"] == "retired"
+
+
+async def test_an_install_installs_and_deploys_what_it_depends_on_first(
+    platform: tuple[Gateway, TestClient[Any, Any]], tmp_path: Path
+) -> None:
+    gateway, api = platform
+    base, top, odd = (unique(n).replace("_", "-") for n in ("base", "top", "odd"))
+    for version in ("1.0.0", "1.1.0", "2.0.0"):
+        await _publish(gateway, _archive(tmp_path, base, version, 1.0), base, version)
+    await _publish(gateway, _archive(tmp_path, top, "1.0.0", 2.0, {base: "^1.0"}), top, "1.0.0")
+    done = await _install(api, name=top, deploy=True)
+    assert done["status"] == "succeeded", done
+    # The highest base in ^1.0, installed and deployed before the package that needs it.
+    assert [(d["agent"], d["version"]) for d in done["result"]["dependencies"]] == [(base, "1.1.0")]
+    deployed = [(out["agent"], out["version"], out["state"]) for out in done["result"]["deploy"]]
+    assert deployed == [(base, "1.1.0", "running"), (top, "1.0.0", "running")]
+    ran = await _runs(api, base, 1)
+    assert ran[0]["result"]["version"] == "1.1.0"
+
+    # Its dependency can not be resolved: refused with the chain, nothing of it registered.
+    await _publish(gateway, _archive(tmp_path, odd, "1.0.0", 2.0, {base: "^3.0"}), odd, "1.0.0")
+    refused = await _install(api, name=odd)
+    assert refused["status"] == "failed" and base in refused["error"] and "^3.0" in refused["error"], refused
+    assert (await (await api.get(f"/api/v1/hub/installs?agent={odd}")).json())["installed"] == []
+    for agent, version in ((top, "1.0.0"), (base, "1.1.0")):
+        assert (await _act(api, agent, "retire", version))["result"]["state"] == "retired"
 
 
 async def test_refusals_say_why(
