@@ -22,6 +22,7 @@ from typing import Any
 from agents.contract import Agent
 from agents.errors import AgentError, AgentNotFound
 from agents.examples import FuelCombustion, NoOp, PurchasedElectricity, UnitNormaliser
+from agents.packaging.environment import env_dir
 from agents.packaging.errors import PackSpecError
 from agents.packaging.spec import load_spec
 from mesh.names import AGENT_KEY_RE
@@ -115,12 +116,16 @@ def load_registry(specs: Sequence[str] | str = (), *, examples: bool = True) -> 
 
 def load_package(directory: Path) -> Registry:
     """The agent of the installed package in ``directory``, alone, imported from there
-    (first on the path: its modules win over any of the same name elsewhere)."""
+    (first on the path: its modules win over any of the same name elsewhere), with
+    its requirements' environment, if it has one, last on the path."""
     try:
         spec = load_spec(directory)
     except PackSpecError as exc:
         raise AgentLoadError(f"{directory}: not an installed package: {exc}") from exc
     sys.path.insert(0, str(directory))
+    environment = env_dir(directory)
+    if spec.requirements and environment.is_dir():  # after site-packages: the platform's own win
+        sys.path.append(str(environment))
     agent = load_agent(spec.entry_point)
     if (agent.key, agent.version) != (spec.name, spec.version):
         raise AgentLoadError(

@@ -32,6 +32,7 @@ from agents.packaging import (
     schema_breaks,
     verify_and_extract,
 )
+from agents.packaging.environment import build_environment, env_dir
 from agents.packaging.platform_support import check_platform
 from agents.store.hub_index import HubPackage
 
@@ -62,12 +63,10 @@ async def check_package(
         schemas = {"input": _schema(installed.path, spec.input_schema),
                    "output": _schema(installed.path, spec.output_schema)}  # fmt: skip
         _follows(spec, schemas, await earlier(spec.name))
-        if spec.requirements:
-            raise PackagingError(
-                f"{spec.name} {spec.version} needs Python requirements ({', '.join(spec.requirements)}): "
-                "packages with requirements cannot be published yet (per-agent environments are not built)"
-            )
-        tests = await run_pack_tests(installed.path, timeout_s=test_timeout_s)
+        extra: list[Path] = []
+        if spec.requirements:  # installed (checked against the platform's packages) for its tests
+            extra.append(await build_environment(spec.requirements, env_dir(installed.path)))
+        tests = await run_pack_tests(installed.path, timeout_s=test_timeout_s, extra_path=extra)
         manifest: dict[str, Any] = {
             "spec": spec.model_dump(mode="json"),
             "files": installed.manifest.model_dump(mode="json")["files"],

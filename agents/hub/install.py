@@ -17,8 +17,9 @@ platform runs from code it loaded itself, is refused. A host that lacks the
 directory (another gateway's, or a wiped data dir) extracts it again from the
 hub by the recorded digest (:meth:`Installer.local_dir`).
 
-Not supported yet: a pack with Python ``requirements`` (refused at publish and
-here: there is no per-version environment yet).
+A pack's Python ``requirements`` are installed into an environment of its own
+beside its directory (:mod:`agents.packaging.environment`), checked against the
+platform's packages first.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from agents.errors import AgentError
 from agents.hub.catalog import Hub
 from agents.hub.dependencies import package_graph
 from agents.hub.packaged import ANY_OBJECT, is_packaged, packaged_agent
+from agents.packaging.environment import build_environment, env_dir
 from agents.packaging.errors import PackagingError, VersionExists
 from agents.packaging.extract import InstalledPack, verify_and_extract
 from agents.packaging.platform_support import check_platform
@@ -135,6 +137,9 @@ class Installer:
         """Where ``row``'s code is on this host, extracted again from the hub if it is not."""
         target = self.root / row.agent / row.version
         if (target / SPEC_FILE).is_file():
+            requirements = row.spec.get("requirements") or []
+            if requirements:  # built again where it is missing (it is complete, or absent)
+                await build_environment(requirements, env_dir(target))
             return target
         try:
             package = await self.hub.get(row.agent, row.version, tenant=row.hub_tenant)
@@ -180,11 +185,8 @@ class Installer:
             raise InstallRefused(
                 f"the hub's {package.name} {package.version} holds {pack.spec.name} {pack.spec.version}"
             )
-        if pack.spec.requirements:
-            raise InstallRefused(
-                f"{package.name} {package.version} needs Python requirements "
-                f"({', '.join(pack.spec.requirements)}): per-version environments are not supported yet"
-            )
+        if pack.spec.requirements:  # its own environment, beside its directory
+            await build_environment(pack.spec.requirements, env_dir(pack.path))
         return pack
 
     async def _check_registrable(self, conn: asyncpg.Connection, row: InstalledVersion) -> None:

@@ -20,6 +20,7 @@ import signal
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
@@ -51,7 +52,12 @@ class TestRun:
 
 
 async def run_pack_tests(
-    pack_dir: Path, *, timeout_s: float = 120.0, memory_mb: int = 2048, raise_on_failure: bool = True
+    pack_dir: Path,
+    *,
+    timeout_s: float = 120.0,
+    memory_mb: int = 2048,
+    raise_on_failure: bool = True,
+    extra_path: Sequence[Path] = (),
 ) -> TestRun:
     """Run ``<pack_dir>/tests`` with pytest, confined; :class:`PackTestsFailed` when a
     test fails, none are collected, or the run outlives ``timeout_s``."""
@@ -67,7 +73,8 @@ async def run_pack_tests(
     with tempfile.TemporaryDirectory(prefix="af-pack-tests-") as scratch:
         env = {
             "PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": scratch, "TMPDIR": scratch,
-            "PYTHONPATH": str(pack_dir), "PYTHONDONTWRITEBYTECODE": "1", "PYTHONHASHSEED": "0",
+            "PYTHONPATH": os.pathsep.join(str(p) for p in (pack_dir, *extra_path)),
+            "PYTHONDONTWRITEBYTECODE": "1", "PYTHONHASHSEED": "0",
         }  # fmt: skip
         started = time.monotonic()
         child = await asyncio.create_subprocess_exec(

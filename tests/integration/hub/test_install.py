@@ -11,26 +11,24 @@ from __future__ import annotations
 import json
 import shutil
 import textwrap
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import asyncpg
-import pytest
 from aiohttp.test_utils import TestClient
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 
-from agents.hub import Hub, Published
+from agents.hub import Hub
 from agents.packaging import pack_bytes
-from agents.registry import Registry, load_agent
-from gateway.app import Gateway, InProcessWorker, Parts
-from gateway.settings import Settings
+from agents.registry import load_agent
+from gateway.app import Gateway
 from mesh import names
 from mesh.blobs import delete_blob, put_blob
 from mesh.embedded import pid_alive
 from tests.helpers import eventually, unique
 from tests.integration.gateway.conftest import follow, served
+from tests.integration.hub.installing import act, gateway_for, install, publish, runs
 
 AGENT = """
 from pydantic import BaseModel
@@ -84,71 +82,19 @@ def _archive(root: Path, name: str, version: str, factor: float, deps: dict[str,
     return data
 
 
-@pytest.fixture
-async def platform(
-    nc: Client, mesh_js: JetStreamContext, pool: asyncpg.Pool, database_url: str, tmp_path: Path
-) -> AsyncIterator[tuple[Gateway, TestClient[Any, Any]]]:
-    """A gateway that can start dedicated workers, with its data dir in ``tmp_path``;
-    it loads the example agents only (the installed ones come from the hub)."""
-    gateway = _gateway(tmp_path)
-    async with served(gateway, nc, database_url) as client:
-        yield gateway, client
-
-
-def _gateway(tmp_path: Path) -> Gateway:
-    parts = Parts(maintenance=False, scheduler=False, serve=False, poll_s=0.2,
-                  worker=InProcessWorker(concurrency=4, idle_poll_s=0.2, drain_timeout_s=5))  # fmt: skip
-    settings = Settings(data_dir=tmp_path / "af", drain_timeout_s=5)
-    return Gateway(settings, Registry([load_agent("agents.examples:NoOp")]), parts)
-
-
-async def _publish(gateway: Gateway, archive: bytes, name: str, version: str) -> None:
-    assert gateway.pool is not None and gateway.nc is not None and gateway.js is not None
-    hub = Hub(gateway.pool, gateway.nc, gateway.js)
-    await hub.publish(archive, Published(name=name, version=version), tenant=None, publisher="test")
-
-
-async def _install(api: TestClient[Any, Any], **body: Any) -> dict[str, Any]:
-    op: dict[str, Any] = await follow(api, await api.post("/api/v1/hub/installs", json=body), timeout=90)
-    return op
-
-
-async def _act(api: TestClient[Any, Any], name: str, action: str, version: str) -> dict[str, Any]:
-    body = {"action": action, "version": version}
-    op: dict[str, Any] = await follow(
-        api, await api.post(f"/api/v1/agents/{name}/lifecycle", json=body), timeout=60
-    )
-    return op
-
-
-async def _runs(api: TestClient[Any, Any], name: str, n: int) -> list[dict[str, Any]]:
-    ids = []
-    for i in range(n):
-        resp = await api.post(f"/api/v1/agents/{name}/runs", json={"input": {"kwh": i}})
-        assert resp.status == 202, await resp.text()
-        ids.append((await resp.json())["run_id"])
-
-    async def done() -> Any:
-        views = [await (await api.get(f"/api/v1/runs/{r}")).json() for r in ids]
-        return views if all(v["status"] == "succeeded" for v in views) else None
-
-    views: list[dict[str, Any]] = await eventually(done, 30, f"{n} runs of {name} succeeded")
-    return views
-
-
 async def test_an_installed_version_runs_in_its_own_workers_and_a_second_one_takes_over(
     platform: tuple[Gateway, TestClient[Any, Any]], tmp_path: Path
 ) -> None:
     gateway, api = platform
     name = unique("meter").replace("_", "-")
-    await _publish(gateway, _archive(tmp_path, name, "1.0.0", 2.0), name, "1.0.0")
-    await _publish(gateway, _archive(tmp_path, name, "2.0.0", 3.0), name, "2.0.0")
+    await publish(gateway, _archive(tmp_path, name, "1.0.0", 2.0), name, "1.0.0")
+    await publish(gateway, _archive(tmp_path, name, "2.0.0", 3.0), name, "2.0.0")
     root = gateway.settings.data_dir.resolve() / "packages" / name
 
-    first = await _install(api, name=name, version="1.0.0", deploy=True)
+    first = await install(api, name=name, version="1.0.0", deploy=True)
     assert first["status"] == "succeeded", first
     assert [(d["agent"], d["state"]) for d in first["result"]["deploy"]] == [(name, "running")]
-    ran = await _runs(api, name, 6)
+    ran = await runs(api, name, 6)
     assert {(v["result"]["version"], v["result"]["kg"]) for v in ran} >= {("1.0.0", 2.0)}
     assert all(v["result"]["where"].startswith(str(root / "1.0.0")) for v in ran)
     assert {v["worker"].split("@")[0] for v in ran} == {f"dedicated-{name}-1.0.0-0"}
@@ -158,23 +104,23 @@ async def test_an_installed_version_runs_in_its_own_workers_and_a_second_one_tak
     assert bad.status == 422 and "minimum" in await bad.text()
 
     # No version named: the highest one not yanked.
-    second = await _install(api, name=name, deploy=True)
+    second = await install(api, name=name, deploy=True)
     assert second["status"] == "succeeded", second
     assert second["result"]["installed"]["version"] == "2.0.0"
     health = await (await api.get(f"/api/v1/agents/{name}/health")).json()
     own = {w["version"] for w in health["workers"] if w["role"] == "dedicated"}
     assert own == {"1.0.0", "2.0.0"}, health  # two versions, each on its own workers
 
-    retired = await _act(api, name, "retire", "1.0.0")
+    retired = await act(api, name, "retire", "1.0.0")
     assert retired["result"]["state"] == "retired", retired
-    ran = await _runs(api, name, 6)
+    ran = await runs(api, name, 6)
     assert {v["result"]["version"] for v in ran} == {"2.0.0"}
     assert all(v["result"]["where"].startswith(str(root / "2.0.0")) for v in ran)
     assert all(v["result"]["kg"] == 3.0 * v["input"]["kwh"] for v in ran)
 
     listed = await (await api.get(f"/api/v1/hub/installs?agent={name}")).json()
     assert sorted(r["version"] for r in listed["installed"]) == ["1.0.0", "2.0.0"]
-    assert (await _act(api, name, "retire", "2.0.0"))["result"]["state"] == "retired"
+    assert (await act(api, name, "retire", "2.0.0"))["result"]["state"] == "retired"
 
 
 async def test_installing_again_is_a_no_op_and_a_missing_directory_is_extracted_again(
@@ -182,9 +128,9 @@ async def test_installing_again_is_a_no_op_and_a_missing_directory_is_extracted_
 ) -> None:
     gateway, api = platform
     name = unique("meter").replace("_", "-")
-    await _publish(gateway, _archive(tmp_path, name, "1.0.0", 2.0), name, "1.0.0")
-    once = await _install(api, name=name, version="1.0.0")
-    again = await _install(api, name=name, version="1.0.0")
+    await publish(gateway, _archive(tmp_path, name, "1.0.0", 2.0), name, "1.0.0")
+    once = await install(api, name=name, version="1.0.0")
+    again = await install(api, name=name, version="1.0.0")
     assert once["status"] == again["status"] == "succeeded", (once, again)
     assert once["result"]["installed"] == again["result"]["installed"]
     versions = await (await api.get(f"/api/v1/agents/{name}/health")).json()
@@ -194,13 +140,13 @@ async def test_installing_again_is_a_no_op_and_a_missing_directory_is_extracted_
 
     where = gateway.settings.data_dir.resolve() / "packages" / name / "1.0.0"
     shutil.rmtree(where)  # a wiped data dir, or another host's gateway deploying it
-    deployed = await _act(api, name, "deploy", "1.0.0")
+    deployed = await act(api, name, "deploy", "1.0.0")
     assert deployed["result"]["state"] == "running", deployed
     assert (where / "agent.pack.yaml").is_file()
-    ran = await _runs(api, name, 2)
+    ran = await runs(api, name, 2)
     assert {v["result"]["version"] for v in ran} == {"1.0.0"}
 
-    retired = await _act(api, name, "retire", "1.0.0")
+    retired = await act(api, name, "retire", "1.0.0")
     assert retired["result"]["state"] == "retired"
     pids = [p for p in (gateway.dedicated.pids(f"{name}@1.0.0") if gateway.dedicated else [])]
     assert not any(pid_alive(pid) for pid in pids)
@@ -210,24 +156,24 @@ async def test_a_restarted_gateway_starts_an_installed_versions_workers_again(
     nc: Client, mesh_js: JetStreamContext, pool: asyncpg.Pool, database_url: str, tmp_path: Path
 ) -> None:
     name = unique("meter").replace("_", "-")
-    first = _gateway(tmp_path)
+    first = gateway_for(tmp_path)
     async with served(first, nc, database_url) as api:
-        await _publish(first, _archive(tmp_path, name, "1.0.0", 2.0), name, "1.0.0")
-        installed = await _install(api, name=name, deploy=True)
+        await publish(first, _archive(tmp_path, name, "1.0.0", 2.0), name, "1.0.0")
+        installed = await install(api, name=name, deploy=True)
         assert installed["status"] == "succeeded", installed
         assert first.dedicated is not None
         [pid] = first.dedicated.pids(f"{name}@1.0.0")
     await eventually(lambda: not pid_alive(pid), 10, "its worker stopped with its gateway")
 
-    again = _gateway(tmp_path)
+    again = gateway_for(tmp_path)
     async with served(again, nc, database_url) as api:
         # Its runs wait in the queue until the new gateway's workers for it answer.
-        ran = await _runs(api, name, 3)
+        ran = await runs(api, name, 3)
         assert {v["result"]["version"] for v in ran} == {"1.0.0"}
         assert again.dedicated is not None and again.dedicated.pids(f"{name}@1.0.0") != [pid]
         health = await (await api.get(f"/api/v1/agents/{name}/health")).json()
         assert [v["state"] for v in health["versions"]] == ["running"]
-        assert (await _act(api, name, "retire", "1.0.0"))["result"]["state"] == "retired"
+        assert (await act(api, name, "retire", "1.0.0"))["result"]["state"] == "retired"
 
 
 async def test_an_install_installs_and_deploys_what_it_depends_on_first(
@@ -236,24 +182,24 @@ async def test_an_install_installs_and_deploys_what_it_depends_on_first(
     gateway, api = platform
     base, top, odd = (unique(n).replace("_", "-") for n in ("base", "top", "odd"))
     for version in ("1.0.0", "1.1.0", "2.0.0"):
-        await _publish(gateway, _archive(tmp_path, base, version, 1.0), base, version)
-    await _publish(gateway, _archive(tmp_path, top, "1.0.0", 2.0, {base: "^1.0"}), top, "1.0.0")
-    done = await _install(api, name=top, deploy=True)
+        await publish(gateway, _archive(tmp_path, base, version, 1.0), base, version)
+    await publish(gateway, _archive(tmp_path, top, "1.0.0", 2.0, {base: "^1.0"}), top, "1.0.0")
+    done = await install(api, name=top, deploy=True)
     assert done["status"] == "succeeded", done
     # The highest base in ^1.0, installed and deployed before the package that needs it.
     assert [(d["agent"], d["version"]) for d in done["result"]["dependencies"]] == [(base, "1.1.0")]
     deployed = [(out["agent"], out["version"], out["state"]) for out in done["result"]["deploy"]]
     assert deployed == [(base, "1.1.0", "running"), (top, "1.0.0", "running")]
-    ran = await _runs(api, base, 1)
+    ran = await runs(api, base, 1)
     assert ran[0]["result"]["version"] == "1.1.0"
 
     # Its dependency can not be resolved: refused with the chain, nothing of it registered.
-    await _publish(gateway, _archive(tmp_path, odd, "1.0.0", 2.0, {base: "^3.0"}), odd, "1.0.0")
-    refused = await _install(api, name=odd)
+    await publish(gateway, _archive(tmp_path, odd, "1.0.0", 2.0, {base: "^3.0"}), odd, "1.0.0")
+    refused = await install(api, name=odd)
     assert refused["status"] == "failed" and base in refused["error"] and "^3.0" in refused["error"], refused
     assert (await (await api.get(f"/api/v1/hub/installs?agent={odd}")).json())["installed"] == []
     for agent, version in ((top, "1.0.0"), (base, "1.1.0")):
-        assert (await _act(api, agent, "retire", version))["result"]["state"] == "retired"
+        assert (await act(api, agent, "retire", version))["result"]["state"] == "retired"
 
 
 async def test_refusals_say_why(
@@ -263,24 +209,24 @@ async def test_refusals_say_why(
     # A version the platform runs from its own code is not replaced by a package.
     await follow(api, await api.post("/api/v1/agents/noop/lifecycle", json={"action": "deploy"}))
     noop = load_agent("agents.examples:NoOp")
-    await _publish(gateway, _archive(tmp_path, "noop", noop.version, 1.0), "noop", noop.version)
-    own = await _install(api, name="noop", version=noop.version)
+    await publish(gateway, _archive(tmp_path, "noop", noop.version, 1.0), "noop", noop.version)
+    own = await install(api, name="noop", version=noop.version)
     assert own["status"] == "failed" and "from code this platform loads" in own["error"], own
 
     # Nothing of that name, or of that version.
-    missing = await _install(api, name=unique("nothing").replace("_", "-"))
+    missing = await install(api, name=unique("nothing").replace("_", "-"))
     assert missing["status"] == "failed" and "no version" in missing["error"], missing
 
     # The archive in the store is not the one indexed: refused before anything is extracted.
     name = unique("meter").replace("_", "-")
-    await _publish(gateway, _archive(tmp_path, name, "1.0.0", 2.0), name, "1.0.0")
+    await publish(gateway, _archive(tmp_path, name, "1.0.0", 2.0), name, "1.0.0")
     assert gateway.pool is not None
     package = await Hub(gateway.pool, nc_of(gateway), mesh_js).get(name, "1.0.0", tenant=None)
     await delete_blob(mesh_js, names.OBJECTS_PACKAGES, package.object)
     await put_blob(
         mesh_js, names.OBJECTS_PACKAGES, package.object, _archive(tmp_path / "x", name, "1.0.0", 9.0)
     )
-    swapped = await _install(api, name=name, version="1.0.0")
+    swapped = await install(api, name=name, version="1.0.0")
     assert swapped["status"] == "failed" and "sha" in swapped["error"].lower(), swapped
     assert not (gateway.settings.data_dir.resolve() / "packages" / name).exists()
 
