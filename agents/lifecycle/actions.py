@@ -18,6 +18,14 @@ agent's lease, recorded and announced).
   deployed, failed or force-stopped retires at once.
 * **force-stop**: → DRAINING → FORCE_STOPPED at once.
 * **restart**: a drain (as retire's) → FORCE_STOPPED, then deploy again.
+* **rollback** to an earlier version: the live version's ``down`` migration
+  hook (an installed package's, if it has one), then the earlier version
+  deployed (its ``up`` hook not run), then the live one retired. A failed hook
+  changes nothing; a failed deploy leaves the live version running.
+
+A deploy of an installed version over a live one runs its ``up`` hook first
+(from the live version; :mod:`agents.hub.migrations`); a failed hook FAILS the
+deploy with the hook's last words, before any of its workers start.
 
 An agent in **dedicated** mode (``Agent.execution_mode = "dedicated"``, ``mode``
 on deploy, or ``mode: dedicated`` in its config or a tenant's override of it)
@@ -50,10 +58,12 @@ from nats.js import JetStreamContext
 from agents.contract import Agent
 from agents.errors import AgentError
 from agents.hub.install import Installer
+from agents.hub.migrations import Direction, run_hook
 from agents.hub.packaged import packaged_agent
 from agents.lifecycle.dedicated import DedicatedWorkers
 from agents.lifecycle.manager import LifecycleManager, Mode, Transition, VersionRecord
 from agents.lifecycle.states import IllegalTransition, State, check_transition
+from agents.packaging.spec import PackSpec
 from agents.packaging.versions import parse_version, sort_key
 from agents.registry import Registry
 from agents.resilience.retries import queue_config
@@ -78,6 +88,7 @@ class Action(StrEnum):
     RETIRE = "retire"
     RESTART = "restart"
     FORCE_STOP = "force-stop"
+    ROLLBACK = "rollback"
 
 
 class ActionFailed(AgentError):
@@ -181,7 +192,9 @@ class Operator:
             if out.state in _LIVE | {State.DRAINING}:
                 await self._stop_gracefully(step, drain_timeout_s, then=State.FORCE_STOPPED)
             await self._stop_dedicated(record)
-            await self._deploy(step, record.mode, await self._target(agent, record.version))
+            await self._deploy(step, record.mode, await self._target(agent, record.version), migrate=False)
+        elif action == Action.ROLLBACK:
+            await self._rollback(step, record.mode, drain_timeout_s)
         return out
 
     async def check(self, agent: str, action: Action, *, version: str | None = None,
@@ -206,6 +219,10 @@ class Operator:
             check_transition(state, State.FORCE_STOPPED if action == Action.FORCE_STOP else State.RETIRED)
         elif action == Action.RESTART and state not in _LIVE | {State.DRAINING}:
             self._deployable(state, agent, record.version)
+        elif action == Action.ROLLBACK:
+            await self._rolled_back_from(agent, record)
+            if state not in _LIVE:
+                self._deployable(state, agent, record.version)
 
     async def _wanted_mode(self, target: _Target, mode: Mode | None) -> Mode:
         """The mode a deploy of ``target`` runs in (an installed version: dedicated
@@ -239,7 +256,7 @@ class Operator:
 
     # ---- the actions ---------------------------------------------------------
 
-    async def _deploy(self, step: _Steps, mode: Mode, target: _Target) -> None:
+    async def _deploy(self, step: _Steps, mode: Mode, target: _Target, *, migrate: bool = True) -> None:
         out = step.out
         if out.state in _LIVE:
             out.detail = f"already {out.state.value}"
@@ -264,6 +281,9 @@ class Operator:
         except Exception as exc:
             await step.to(State.FAILED, f"its queue lanes could not be made: {exc}")
             return
+        if migrate and (failure := await self._migrate_up(target)):
+            await step.to(State.FAILED, failure)
+            return
         if mode == "dedicated":
             failure = await self._start_dedicated(target)
             if failure:
@@ -277,6 +297,58 @@ class Operator:
             return
         await step.to(State.RUNNING)
         out.detail = "running: workers take its tasks"
+
+    async def _rollback(self, step: _Steps, mode: Mode, drain_timeout_s: float) -> None:
+        """Back to ``step``'s (earlier) version from the live one: the live version's
+        ``down`` hook, then the earlier one deployed (its ``up`` hook not run), then the
+        live one retired. A failed hook or deploy leaves the live version running."""
+        out = step.out
+        current = await self._rolled_back_from(out.agent, await self.manager.version(out.agent, out.version))
+        failure = await self._migrate(current, "down", current.version, out.version)
+        if failure:
+            raise ActionFailed(f"rollback of {out.agent} from {current.version} to {out.version}: {failure}")
+        await self._deploy(step, mode, await self._target(out.agent, out.version), migrate=False)
+        if out.state not in _LIVE:
+            return  # FAILED with the reason; what was live still is
+        retired = Outcome(out.agent, current.version, Action.RETIRE, current.state)
+        await self._retire(
+            _Steps(self.manager, retired, step.actor, step.reason, step.checkpoint), drain_timeout_s
+        )
+        await self._stop_dedicated(current)
+        out.transitions.extend(retired.transitions)
+        out.detail = f"rolled back from {current.version} ({retired.state.value})"
+
+    async def _rolled_back_from(self, agent: str, to: VersionRecord) -> VersionRecord:
+        """The live version a rollback to ``to`` leaves (:class:`ActionFailed` if none)."""
+        live = [v for v in await self.manager.versions(agent) if v.state in _LIVE and v.version != to.version]
+        if not live:
+            raise ActionFailed(f"{agent} has no live version other than {to.version} to roll back from")
+        return live[0]
+
+    async def _migrate_up(self, target: _Target) -> str | None:
+        """Run an installed version's ``up`` hook from the agent's live version (or none)."""
+        if target.package_dir is None:
+            return None
+        versions = await self.manager.versions(target.agent.key)
+        live = [v.version for v in versions if v.state in _LIVE and v.version != target.agent.version]
+        record = await self.manager.version(target.agent.key, target.agent.version)
+        return await self._migrate(record, "up", live[0] if live else None, target.agent.version)
+
+    async def _migrate(
+        self, record: VersionRecord, direction: Direction, old: str | None, new: str
+    ) -> str | None:
+        """Run ``record``'s ``direction`` hook if it is an installed version that has one."""
+        installed = await get_installed(self.manager.pool, record.agent, record.version)
+        if installed is None or self.installer is None:
+            return None
+        spec = PackSpec.model_validate(installed.spec)
+        if (spec.migrations.up if direction == "up" else spec.migrations.down) is None:
+            return None
+        started = time.monotonic()
+        failure = await run_hook(await self.installer.local_dir(installed), spec, direction, old, new)
+        log.info("%s %s: migration %s from %s to %s %s in %.1f s", record.agent, record.version, direction,
+                 old, new, "failed" if failure else "ran", time.monotonic() - started)  # fmt: skip
+        return failure
 
     async def _retire(self, step: _Steps, drain_timeout_s: float) -> None:
         out = step.out

@@ -135,6 +135,18 @@ class Metadata(_Block):
         return tags
 
 
+class Migrations(_Block):
+    """Functions (``module:function``) the lifecycle runs when a version replaces
+    another: ``up`` when this version is deployed over a live one (``up(from_version,
+    to_version)``), ``down`` when it is rolled back to an earlier one (``down(this
+    version, the earlier)``). Sync or async; raising fails the step. They must be
+    idempotent: a deploy tried again runs ``up`` again."""
+
+    up: EntryPoint | None = None
+    down: EntryPoint | None = None
+    timeout_s: float = Field(default=300.0, gt=0, le=3600, description="each run, wall clock")
+
+
 class PackSpec(_Block):
     """One agent package, as ``agent.pack.yaml`` declares it."""
 
@@ -157,6 +169,7 @@ class PackSpec(_Block):
     execution_mode: Literal["pool", "dedicated"] = "pool"
     network: bool = False
     resilience: Resilience = Resilience()
+    migrations: Migrations = Migrations()
     metadata: Metadata = Metadata()
 
     @field_validator("input_schema", "output_schema")

@@ -1,10 +1,12 @@
 """An agent's lifecycle over the API: act on it, see its health, read its history.
 
-* ``POST /api/v1/agents/{key}/lifecycle`` ``{"action": "deploy"|"drain"|"retire"|"restart"|"force-stop",
-  "version"?, "reason"?, "drain_timeout_s"? (default 30, at most 300), "wait"? (drain only),
-  "mode"? ("pool"|"dedicated", deploy only)}``: ``202`` and an operation of kind
-  ``agent.<action>`` (:mod:`gateway.api.operations`), whose result is the
-  transitions made and where the version ended (:mod:`agents.lifecycle.actions`);
+* ``POST /api/v1/agents/{key}/lifecycle``
+  ``{"action": "deploy"|"drain"|"retire"|"restart"|"force-stop"|"rollback", "version"?,
+  "reason"?, "drain_timeout_s"? (default 30, at most 300), "wait"? (drain only),
+  "mode"? ("pool"|"dedicated", deploy only)}`` (rollback: "version" is the one to go
+  back to): ``202`` and an operation of kind ``agent.<action>``
+  (:mod:`gateway.api.operations`), whose result is the transitions made and
+  where the version ended (:mod:`agents.lifecycle.actions`);
   it fails when the version ends FAILED. Refused at once what the first step
   would refuse: 409 when the state machine forbids it (the answer names the
   current state and the allowed next ones), 404 for an unknown version, 422 for
@@ -129,7 +131,8 @@ async def act(request: web.Request) -> web.Response:
 
 
 # How many transitions each action makes when it goes the whole way (its progress).
-_STEPS: Final = {Action.DEPLOY: 5, Action.DRAIN: 1, Action.RETIRE: 2, Action.RESTART: 5, Action.FORCE_STOP: 2}
+_STEPS: Final = {Action.DEPLOY: 5, Action.DRAIN: 1, Action.RETIRE: 2, Action.RESTART: 5, Action.FORCE_STOP: 2,
+                  Action.ROLLBACK: 7}  # fmt: skip
 
 
 def lifecycle_kinds(svc: Services) -> list[OperationKind]:

@@ -122,6 +122,25 @@ def restart(obj: Ctx, key: str, version: str | None, reason: str | None, drain_t
     _act(obj, key, "restart", output, version=version, reason=reason, drain_timeout_s=drain_timeout_s)
 
 
+@agent.command()
+@click.argument("key")
+@click.option("--to", "version", required=True, help="The earlier version to go back to.")
+@_reason
+@_drain
+@output_option
+@click.pass_obj
+def rollback(
+    obj: Ctx, key: str, version: str, reason: str | None, drain_timeout_s: float, output: str
+) -> None:
+    """Go back to an earlier version: the live one's `down` migration, the earlier one
+    deployed, the live one retired.
+
+    \b
+    agent-factory agent rollback grid-check --to 0.1.0
+    """
+    _act(obj, key, "rollback", output, version=version, reason=reason, drain_timeout_s=drain_timeout_s)
+
+
 @agent.command("force-stop")
 @click.argument("key")
 @_version
