@@ -185,10 +185,12 @@ async def _worker(nats_url: str, name: str, concurrency: int, keys: list[str] | 
     from agents.runtime import worker_for  # noqa: PLC0415 (start-up time)
     from gateway.telemetry import configure_logging, log_stream, tracing  # noqa: PLC0415 (start-up time)
     from gateway.worker_metrics import serve_worker_metrics  # noqa: PLC0415 (start-up time)
+    from mesh.queue import metrics  # noqa: PLC0415 (start-up time)
     from mesh.wire.connection import connect, jetstream  # noqa: PLC0415 (start-up time)
 
     settings = Settings()
     configure_logging(settings, name)
+    metrics.cap_tenant_labels(settings.metrics_tenant_cap)
     _importable_from_here()
     registry = load_registry(os.environ.get("AF_AGENTS", ""))  # what `up` serves, passed down
     nc = await connect(nats_url, name=name)

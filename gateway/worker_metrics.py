@@ -2,7 +2,7 @@
 
 `up` runs its worker pools as separate processes (``agent-factory worker``),
 each with its own prometheus_client registry: the counters of the task path
-(``af_tasks_completed_total``, the wait/run histograms, …) live there, not in
+(``af_tasks_finished_total``, the wait/run histograms, …) live there, not in
 the gateway. So each pool serves its registry on a port of its own
 (loopback unless told otherwise) and names it in
 ``<data dir>/worker-metrics/<pid>.json``; the gateway's ``/metrics`` scrapes
