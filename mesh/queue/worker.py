@@ -1066,7 +1066,9 @@ class TaskWorker:
             item.traced.started(attempt, cfg.version)
         t0 = time.perf_counter()
         series = metrics.for_run(lane.agent, cfg.version, task.metadata.tenant, lane.priority)
-        series.wait.observe(max(0.0, waited))
+        # Traced attempts only (tracing recording and the trace sampled): else None, no cost.
+        exemplar = item.traced.exemplar if item.traced is not None else None
+        series.wait.observe(max(0.0, waited), exemplar)
         labels = trace.run_labels.set(ctx)
         try:
             result = await handler(ctx)
@@ -1074,7 +1076,7 @@ class TaskWorker:
             raise
         except Exception as exc:
             item.finishing = True
-            series.run.observe(time.perf_counter() - t0)
+            series.run.observe(time.perf_counter() - t0, exemplar)
             failing = current_state()
             failing.audit = ctx.audit
             if ctx.usage:
@@ -1084,7 +1086,7 @@ class TaskWorker:
         finally:
             trace.run_labels.reset(labels)
         item.finishing = True
-        series.run.observe(time.perf_counter() - t0)
+        series.run.observe(time.perf_counter() - t0, exemplar)
         fresh = state is None and not generation  # no earlier attempt or replay to carry
         outcome = self._success(task, lane.agent, current_state, attempt, started, result, fresh, ctx)
         if isinstance(outcome, ResultTooLarge):
