@@ -9,6 +9,7 @@ import pytest
 from prometheus_client import REGISTRY
 
 from mesh.queue import metrics
+from mesh.queue.runs import RunStatus
 
 
 @pytest.fixture
@@ -51,3 +52,7 @@ def test_a_label_set_is_resolved_once_and_tenants_past_the_cap_share_one_entry(c
     overflow = [metrics.for_run("cached", None, f"t{i}", 0) for i in range(50)]
     assert all(series is overflow[0] for series in overflow)
     assert len(metrics._runs) == 4  # acme, acme 2.0.0, beta, other: not one per tenant seen
+
+
+def test_the_outcomes_are_the_final_run_statuses() -> None:
+    assert set(metrics.OUTCOMES) == {status.value for status in RunStatus if status.finished}
