@@ -37,8 +37,14 @@ RATE = "$__rate_interval"
 Target = tuple[str, str]  # (PromQL, legend)
 
 
+# Histograms whose buckets carry the trace id of a traced run (OpenMetrics exemplars):
+# their panels show them as points that link to the trace.
+WITH_EXEMPLARS = ("af_task_wait_seconds_bucket", "af_task_run_seconds_bucket")
+
+
 def _query(expr: str, legend: str, ref: str) -> prometheus.Dataquery:
-    return prometheus.Dataquery().expr(expr).legend_format(legend).ref_id(ref).datasource(DATASOURCE)
+    query = prometheus.Dataquery().expr(expr).legend_format(legend).ref_id(ref).datasource(DATASOURCE)
+    return query.exemplar(any(name in expr for name in WITH_EXEMPLARS))
 
 
 def series(title: str, description: str, unit: str, *targets: Target) -> timeseries.Panel:
