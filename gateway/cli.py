@@ -189,10 +189,12 @@ async def _worker(nats_url: str, name: str, concurrency: int, keys: list[str] | 
     from agents.runtime import worker_for  # noqa: PLC0415 (start-up time)
     from gateway.telemetry import configure_logging, log_stream, tracing  # noqa: PLC0415 (start-up time)
     from gateway.worker_metrics import serve_worker_metrics  # noqa: PLC0415 (start-up time)
+    from mesh.queue import metrics  # noqa: PLC0415 (start-up time)
     from mesh.wire.connection import connect, jetstream  # noqa: PLC0415 (start-up time)
 
     settings = Settings()
     configure_logging(settings, name)
+    metrics.cap_tenant_labels(settings.metrics_tenant_cap)
     if package_dir is not None:  # its code alone, from its directory: never the cwd's or AF_AGENTS'
         registry = load_package(package_dir)
         code_at = str(package_dir)

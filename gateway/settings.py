@@ -135,6 +135,11 @@ class Settings(BaseSettings):
         default=10_000, ge=1,
         description="Log records a process holds for the stream; past it new ones are dropped and counted",
     )  # fmt: skip
+    metrics_tenant_cap: int = Field(
+        default=100, ge=1,
+        description="Distinct tenant label values a process gives the af_task* metrics; later tenants "
+        "are counted as tenant=\"other\" (docs/observability.md)",
+    )  # fmt: skip
 
     @property
     def embedded(self) -> bool:

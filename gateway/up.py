@@ -48,6 +48,7 @@ from gateway.telemetry import LogStream, configure_logging, tracing
 from mesh import names
 from mesh.cluster import NatsCluster
 from mesh.embedded import NatsServer, find_free_port
+from mesh.queue import metrics
 from mesh.wire.connection import redacted
 
 __all__ = ["DataDirInUse", "Platform", "lock_data_dir", "run_up"]
@@ -366,6 +367,7 @@ async def run_up(settings: Settings) -> None:
     os.environ.setdefault("AF_TRACE_SAMPLE_RATIO", str(settings.sample_ratio))
     os.environ.setdefault("AF_LOG_FORMAT", "json" if settings.log_json else "text")
     configure_logging(settings, "gateway")
+    metrics.cap_tenant_labels(settings.metrics_tenant_cap)
     with tracing(settings, "gateway"):
         await _run_up(settings)
 

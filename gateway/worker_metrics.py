@@ -2,7 +2,7 @@
 
 `up` runs its worker pools as separate processes (``agent-factory worker``),
 each with its own prometheus_client registry: the counters of the task path
-(``af_tasks_completed_total``, the wait/run histograms, …) live there, not in
+(``af_tasks_finished_total``, the wait/run histograms, …) live there, not in
 the gateway. So each pool serves its registry on a port of its own
 (loopback unless told otherwise) and names it in
 ``<data dir>/worker-metrics/<pid>.json``; the gateway's ``/metrics`` scrapes
@@ -14,6 +14,13 @@ platform's total, each sample counted once.
 ``af_worker_metrics_up{worker}`` says whether a pool's samples are in this
 scrape: at 0 they are missing, not zero. A pool that restarts starts its
 series from 0 again, which Prometheus reads as a counter reset.
+
+Two formats, as the scraper asks (``Accept``): the Prometheus text format, and
+OpenMetrics (``application/openmetrics-text``, what Prometheus asks for first),
+the only one that carries exemplars (the trace id of a traced run beside its
+latency bucket, docs/observability.md). The gateway asks its pools for the
+format it was asked for and parses each answer by its content type, so the
+exemplars survive the merge.
 
 Nothing changes on the task path: an ``inc()`` stays an add under a thread
 lock (prometheus_client's multiprocess mode would make it an mmap write;
@@ -34,6 +41,8 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest, start_http_server
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
+from prometheus_client.openmetrics import exposition as openmetrics_exposition
+from prometheus_client.openmetrics import parser as openmetrics_parser
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 from pydantic import BaseModel, ValidationError
@@ -46,8 +55,10 @@ __all__ = [
     "WorkerTarget",
     "merge_families",
     "merged_metrics",
+    "metrics_response",
     "serve_process_metrics",
     "serve_worker_metrics",
+    "wants_openmetrics",
     "worker_targets",
 ]
 
@@ -56,6 +67,8 @@ log = logging.getLogger(__name__)
 TARGETS_DIR = "worker-metrics"  # under the data dir: one <pid>.json per running pool
 SCRAPE_TIMEOUT_S = 3.0  # per pool; Prometheus' own scrape_timeout defaults to 10 s
 CONTENT_TYPE = CONTENT_TYPE_LATEST.split(";")[0]  # aiohttp sets the charset itself
+OPENMETRICS = "application/openmetrics-text"
+_ACCEPT_OPENMETRICS = f"{OPENMETRICS}; version=1.0.0, text/plain; version=0.0.4; q=0.5"
 WORKER_LABEL = "worker"
 
 
@@ -112,7 +125,27 @@ def _named(data_dir: Path, worker: str, host: str, port: int) -> Iterator[str]:
 
 
 async def _serve_registry(request: web.Request) -> web.Response:
-    return web.Response(body=generate_latest(REGISTRY), content_type=CONTENT_TYPE)
+    openmetrics = wants_openmetrics(request.headers.get("Accept"))
+    return metrics_response(_render(REGISTRY, openmetrics), openmetrics)
+
+
+def wants_openmetrics(accept: str | None) -> bool:
+    """Does the scraper take OpenMetrics (as prometheus_client's own server decides)?"""
+    return OPENMETRICS in (accept or "")
+
+
+def metrics_response(body: bytes, openmetrics: bool) -> web.Response:
+    """An exposition as the answer to a scrape, with its format's content type."""
+    if openmetrics:
+        return web.Response(body=body, headers={"Content-Type": openmetrics_exposition.CONTENT_TYPE_LATEST})
+    return web.Response(body=body, content_type=CONTENT_TYPE)
+
+
+def _render(registry: Collector, openmetrics: bool) -> bytes:
+    if openmetrics:  # the OpenMetrics modules have no type hints
+        rendered: bytes = openmetrics_exposition.generate_latest(registry)  # type: ignore[no-untyped-call]
+        return rendered
+    return generate_latest(registry)  # type: ignore[arg-type]
 
 
 def _reachable(host: str) -> str:
@@ -151,49 +184,66 @@ def worker_targets(data_dir: Path) -> list[WorkerTarget]:
     return targets
 
 
-async def merged_metrics(data_dir: Path) -> bytes:
-    """The text exposition of this process and of every pool in ``data_dir``, merged."""
+async def merged_metrics(data_dir: Path, openmetrics: bool = False) -> bytes:
+    """The exposition of this process and of every pool in ``data_dir``, merged: in
+    the Prometheus text format, or OpenMetrics (exemplars included)."""
     targets = worker_targets(data_dir)
     if not targets:
-        return generate_latest(REGISTRY)
+        return _render(REGISTRY, openmetrics)
     timeout = aiohttp.ClientTimeout(total=SCRAPE_TIMEOUT_S)
     async with aiohttp.ClientSession(timeout=timeout) as session:
-        scraped = await asyncio.gather(*(_scrape(session, t.url) for t in targets))
+        scraped = await asyncio.gather(*(_scrape(session, t.url, openmetrics) for t in targets))
     # Parsing grows with pools x series (~10 ms per pool at 10 agents): off the
     # event loop, so the API keeps answering while Prometheus scrapes.
-    return await asyncio.to_thread(_merge, list(zip(_worker_labels(targets), scraped, strict=True)))
+    pools = list(zip(_worker_labels(targets), scraped, strict=True))
+    return await asyncio.to_thread(_merge, pools, openmetrics)
 
 
-def _merge(pools: list[tuple[str, bytes | None]]) -> bytes:
-    sources: list[tuple[Mapping[str, str], list[Metric]]] = [({}, _parse(generate_latest(REGISTRY)) or [])]
+Scraped = tuple[bytes, bool]  # an exposition, and whether it is OpenMetrics
+
+
+def _merge(pools: list[tuple[str, Scraped | None]], openmetrics: bool = False) -> bytes:
+    own = _parse((_render(REGISTRY, openmetrics), openmetrics), openmetrics) or []
+    sources: list[tuple[Mapping[str, str], list[Metric]]] = [({}, own)]
     up = GaugeMetricFamily(
         "af_worker_metrics_up",
         "1 if this scrape holds the worker pool's metrics; 0: they are missing, not zero",
         labels=[WORKER_LABEL],
     )
-    for label, text in pools:
-        families = _parse(text) if text is not None else None
+    for label, scraped in pools:
+        families = _parse(scraped, openmetrics) if scraped is not None else None
         up.add_metric([label], 0.0 if families is None else 1.0)
         if families is not None:
             sources.append(({WORKER_LABEL: label}, families))
     sources.append(({}, [up]))
-    return generate_latest(_Families(merge_families(sources)))
+    return _render(_Families(merge_families(sources)), openmetrics)
 
 
-async def _scrape(session: aiohttp.ClientSession, url: str) -> bytes | None:
+async def _scrape(session: aiohttp.ClientSession, url: str, openmetrics: bool = False) -> Scraped | None:
+    accept = _ACCEPT_OPENMETRICS if openmetrics else "text/plain"
     try:
-        async with session.get(url, headers={"Accept": "text/plain"}) as response:
+        async with session.get(url, headers={"Accept": accept}) as response:
             if response.status == 200:
-                return await response.read()
+                return await response.read(), response.content_type == OPENMETRICS
             log.warning("worker metrics at %s: HTTP %d", url, response.status)
     except (aiohttp.ClientError, TimeoutError) as exc:
         log.warning("worker metrics at %s: %r", url, exc)
     return None
 
 
-def _parse(text: bytes) -> list[Metric] | None:
+def _parse(scraped: Scraped, openmetrics: bool) -> list[Metric] | None:
+    """The families of an exposition, parsed as its format says; None if unreadable."""
+    text, is_openmetrics = scraped
     try:
-        return list(text_string_to_metric_families(text.decode()))
+        if is_openmetrics:
+            parse = openmetrics_parser.text_string_to_metric_families
+            return list(parse(text.decode()))  # type: ignore[no-untyped-call]
+        families = text_string_to_metric_families(text.decode())
+        if not openmetrics:
+            return list(families)
+        # A pool answering in the text format (another version) into an OpenMetrics merge:
+        # there, a counter's ``_created`` is a gauge of its own, which OpenMetrics forbids.
+        return [f for f in families if not (f.type == "gauge" and f.name.endswith("_created"))]
     except ValueError as exc:  # UnicodeDecodeError included
         log.warning("unreadable worker metrics: %s", exc)
         return None

@@ -31,13 +31,20 @@ OUTPUT = Path(__file__).parent / "dashboards" / "agent-factory.json"
 DATASOURCE = DataSourceRef(type_val="prometheus", uid="${datasource}")
 AGENT = 'agent=~"$agent"'
 TENANT = 'tenant=~"$tenant"'
+TASKS = f"{AGENT}, {TENANT}"  # the task series carry both (mesh/queue/metrics.py)
 RATE = "$__rate_interval"
 
 Target = tuple[str, str]  # (PromQL, legend)
 
 
+# Histograms whose buckets carry the trace id of a traced run (OpenMetrics exemplars):
+# their panels show them as points that link to the trace.
+WITH_EXEMPLARS = ("af_task_wait_seconds_bucket", "af_task_run_seconds_bucket")
+
+
 def _query(expr: str, legend: str, ref: str) -> prometheus.Dataquery:
-    return prometheus.Dataquery().expr(expr).legend_format(legend).ref_id(ref).datasource(DATASOURCE)
+    query = prometheus.Dataquery().expr(expr).legend_format(legend).ref_id(ref).datasource(DATASOURCE)
+    return query.exemplar(any(name in expr for name in WITH_EXEMPLARS))
 
 
 def series(title: str, description: str, unit: str, *targets: Target) -> timeseries.Panel:
@@ -88,14 +95,18 @@ ROWS: list[tuple[str, list[timeseries.Panel | stat.Panel | statetimeline.Panel]]
     ]),
     ("Throughput", [
         series("Enqueued per second", "Tasks accepted onto the queue.", "ops",
-               by_agent_rate("af_tasks_enqueued_total")),
-        series("Completed and failed per second", "Tasks that succeeded; attempts that raised.", "ops",
-               (f"sum by (agent) (rate(af_tasks_completed_total{{{AGENT}}}[{RATE}]))", "completed {{agent}}"),
-               (f"sum by (agent) (rate(af_tasks_failed_total{{{AGENT}}}[{RATE}]))", "failed {{agent}}")),
-        series("Failure ratio", "Failed attempts over finished ones (failed + completed).", "percentunit",
-               (f"sum by (agent) (rate(af_tasks_failed_total{{{AGENT}}}[{RATE}])) / "
-                f"(sum by (agent) (rate(af_tasks_failed_total{{{AGENT}}}[{RATE}])) + "
-                f"sum by (agent) (rate(af_tasks_completed_total{{{AGENT}}}[{RATE}])))", "{{agent}}")),
+               by_agent_rate("af_tasks_enqueued_total", f", {TENANT}")),
+        series("Finished per second, by outcome", "Runs that ended: succeeded, failed (dead-lettered), "
+               "expired, cancelled; and attempts that raised.", "ops",
+               (f"sum by (agent, outcome) (rate(af_tasks_finished_total{{{TASKS}}}[{RATE}]))",
+                "{{outcome}} {{agent}}"),
+               (f"sum by (agent) (rate(af_task_attempts_failed_total{{{TASKS}}}[{RATE}]))",
+                "failed attempts {{agent}}")),
+        series("Failure ratio", "Failed attempts over finished ones (failed + succeeded).", "percentunit",
+               (f"sum by (agent) (rate(af_task_attempts_failed_total{{{TASKS}}}[{RATE}])) / "
+                f"(sum by (agent) (rate(af_task_attempts_failed_total{{{TASKS}}}[{RATE}])) + "
+                f'sum by (agent) (rate(af_tasks_finished_total{{{TASKS}, outcome="succeeded"}}[{RATE}])))',
+                "{{agent}}")),
     ]),
     ("Queues", [
         series("Queue depth", "Tasks waiting per agent and priority (0 is the highest).", "none",
@@ -112,20 +123,23 @@ ROWS: list[tuple[str, list[timeseries.Panel | stat.Panel | statetimeline.Panel]]
     ]),
     ("Latency", [
         series("Wait (enqueue to start)", "Percentiles of the time tasks wait in the queue.", "s",
-               *quantiles("af_task_wait_seconds", "agent")),
+               *quantiles("af_task_wait_seconds", "agent", TASKS)),
         series("Run time", "Percentiles of the agents' handler run time.", "s",
-               *quantiles("af_task_run_seconds", "agent")),
+               *quantiles("af_task_run_seconds", "agent", TASKS)),
+        series("Run time per version", "p95 handler run time per agent version.", "s",
+               (f"histogram_quantile(0.95, sum by (le, agent, version) "
+                f"(rate(af_task_run_seconds_bucket{{{TASKS}}}[{RATE}])))", "{{agent}} {{version}}")),
         series("Request/reply and delivery settle time", "Request to reply, delivery to ack, per channel.",
                "s", *quantiles("af_mesh_ack_seconds", "channel", selector="")),
     ]),
     ("Retries, dead letters, expiries", [
         series("Retries per second", "Tasks scheduled for another attempt.", "ops",
-               by_agent_rate("af_tasks_retried_total")),
+               by_agent_rate("af_tasks_retried_total", f", {TENANT}")),
         series("Dead-lettered per second", "Tasks moved to the DLQ (attempts used up, or a permanent error).",
                "ops",
-               by_agent_rate("af_tasks_dead_lettered_total")),
+               by_agent_rate("af_tasks_finished_total", f', {TENANT}, outcome="failed"')),
         series("Expired per second", "Tasks whose TTL passed before a worker took them.", "ops",
-               by_agent_rate("af_tasks_expired_total")),
+               by_agent_rate("af_tasks_finished_total", f', {TENANT}, outcome="expired"')),
         series("Dead letters waiting", "Per agent, until replayed or purged.", "none",
                (f"sum by (agent) (af_dlq_size{{{AGENT}}})", "{{agent}}")),
     ]),
@@ -219,7 +233,7 @@ def build() -> dict[str, object]:
         .refresh("30s").time("now-1h", "now").timezone("browser").tooltip(DashboardCursorSync.CROSSHAIR)
         .with_variable(dashboard.DatasourceVariable("datasource").label("Prometheus").type("prometheus"))
         .with_variable(_variable("agent", "Agent", "label_values(af_tasks_enqueued_total, agent)"))
-        .with_variable(_variable("tenant", "Tenant", "label_values(af_cost_total, tenant)"))
+        .with_variable(_variable("tenant", "Tenant", "label_values(af_tasks_enqueued_total, tenant)"))
     )  # fmt: skip
     ids = iter(range(1, 1000))  # in order, as Grafana would number them, but fixed in the JSON
     for title, panels in ROWS:

@@ -16,7 +16,7 @@ from gateway.api.bodies import json_response
 from gateway.api.models import AgentView, SandboxView
 from gateway.api.services import SERVICES, Services
 from gateway.api.spec import endpoint
-from gateway.worker_metrics import CONTENT_TYPE, merged_metrics
+from gateway.worker_metrics import CONTENT_TYPE, merged_metrics, metrics_response, wants_openmetrics
 
 __all__ = ["routes"]
 
@@ -98,4 +98,5 @@ async def prometheus(request: web.Request) -> web.Response:
     """This process's metrics and those of the worker pools in its data dir
     (:mod:`gateway.worker_metrics`): one scrape target for the platform."""
     svc: Services = request.app[SERVICES]
-    return web.Response(body=await merged_metrics(svc.settings.data_dir), content_type=CONTENT_TYPE)
+    openmetrics = wants_openmetrics(request.headers.get("Accept"))
+    return metrics_response(await merged_metrics(svc.settings.data_dir, openmetrics), openmetrics)

@@ -33,6 +33,7 @@ from nats.js.errors import NotFoundError
 from mesh import names
 from mesh.envelope import Envelope, MessageType, Metadata, utcnow
 from mesh.errors import RunAlreadyFinished
+from mesh.queue import metrics
 from mesh.queue.outcome import cancelled_msg_id, write_outcome
 from mesh.queue.runs import RunState, RunStatus, get_run, get_run_entry, stored_task
 
@@ -63,6 +64,7 @@ async def cancel_run(nc: Client, js: JetStreamContext, run_id: str, *, reason: s
         now = await get_run(js, run_id)
         raise RunAlreadyFinished(run_id, now.status.value if now is not None else "finished")
     # Recorded: from here no outcome of the worker's counts. Stop the work itself.
+    metrics.count_finished(state.agent, state.version, state.tenant, state.priority, metrics.CANCELLED)
     await nc.publish(names.cancel_subject(state.agent), run_id.encode())
     if task is not None and state.seq is not None:
         with contextlib.suppress(NotFoundError):  # acked meanwhile by the worker that held it

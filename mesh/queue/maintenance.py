@@ -100,12 +100,12 @@ async def move_max_delivered(js: JetStreamContext, advisory: bytes) -> str | Non
         error_type="MaxDeliveries",
     )
     errors = [*(state.errors if state else []), error]
+    tenant = task.metadata.tenant if task else "default"
     run_id = task.id if task else named_run_id(raw.data, headers)  # an unread task may name its run
     await store_task_dead_letter(
         js, payload=raw.data, subject=raw.subject, headers=headers, agent=agent, errors=errors,
         reason="max deliveries reached", run_id=run_id,
-        tenant=task.metadata.tenant if task else "default",
-        generation=generation if task is not None else None, seq=seq,
+        tenant=tenant, generation=generation if task is not None else None, seq=seq,
     )  # fmt: skip
     if task is not None and state is not None:
         state.errors, state.error = errors, error.error
@@ -115,7 +115,8 @@ async def move_max_delivered(js: JetStreamContext, advisory: bytes) -> str | Non
         await write_outcome(js, task, state, lost_msg_id(task.id, generation))
     with contextlib.suppress(NotFoundError):
         await js.delete_msg(names.STREAM_TASKS, seq)
-    metrics.TASKS_DEAD_LETTERED.labels(agent).inc()
+    priority = int(raw.subject.rsplit(".", 1)[1])  # the lane's: af.tasks.<agent>.<priority>
+    metrics.count_finished(agent, state.version if state else None, tenant, priority, metrics.FAILED)
     return run_id
 
 
@@ -199,7 +200,7 @@ async def expire_overdue(
         if seq is not None:  # the task itself: no worker may start it now
             with contextlib.suppress(NotFoundError):
                 await js.delete_msg(names.STREAM_TASKS, seq)
-        metrics.TASKS_EXPIRED.labels(state.agent).inc()
+        metrics.count_finished(state.agent, state.version, state.tenant, state.priority, metrics.EXPIRED)
         expired.append(state.run_id)
     return expired
 

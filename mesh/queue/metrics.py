@@ -4,18 +4,28 @@ Worker pools run in processes of their own: the gateway's ``/metrics`` merges
 their registries into its own (``gateway/worker_metrics.py``), each pool's
 samples labelled ``worker``; sum over it. Labels are created on first use, so
 a series may read 0 in a process that does not count it.
+
+The task series carry one label set, ``agent``, ``version`` (the agent version
+that ran it; empty where none did, e.g. an expiry), ``tenant`` and
+``priority``; ``af_tasks_finished_total`` adds the run's ``outcome`` (the
+final :class:`~mesh.queue.runs.RunStatus`: succeeded, failed, expired,
+cancelled). Tenants are registered rows, so their number is bounded by an
+operator; still, past :func:`cap_tenant_labels`' cap (100 distinct values per
+process by default) further tenants are counted as ``tenant="other"``, so a
+bug or an abuse cannot grow Prometheus without bound.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import cache
-from typing import Any
+from typing import Any, Final
 
 from prometheus_client import Counter, Gauge, Histogram
 
 __all__ = [
-    "AgentMetrics",
+    "OTHER_TENANT",
+    "OUTCOMES",
+    "RunSeries",
     "BUDGET_LIMIT",
     "CANARY_ERRORS",
     "CANARY_P99",
@@ -34,15 +44,18 @@ __all__ = [
     "BREAKER_STATE",
     "QUOTA_WAITS",
     "TASKS_PLACED_ELSEWHERE",
-    "for_agent",
+    "cap_tenant_labels",
+    "count_attempt_failed",
+    "count_finished",
+    "count_retried",
+    "enqueued",
+    "for_run",
     "QUEUE_ACK_PENDING",
     "DLQ_SIZE",
     "QUEUE_DEPTH",
-    "TASKS_COMPLETED",
-    "TASKS_DEAD_LETTERED",
+    "TASK_ATTEMPTS_FAILED",
     "TASKS_ENQUEUED",
-    "TASKS_EXPIRED",
-    "TASKS_FAILED",
+    "TASKS_FINISHED",
     "TASKS_RETRIED",
     "TASK_RUN",
     "TASK_WAIT",
@@ -50,13 +63,26 @@ __all__ = [
 
 _FAST = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 
-TASKS_ENQUEUED = Counter("af_tasks_enqueued_total", "Tasks accepted onto the queue", ["agent"])
-TASKS_COMPLETED = Counter("af_tasks_completed_total", "Tasks that succeeded", ["agent"])
-TASKS_FAILED = Counter("af_tasks_failed_total", "Task attempts that raised", ["agent"])
-TASKS_RETRIED = Counter("af_tasks_retried_total", "Tasks scheduled for another attempt", ["agent"])
-TASKS_DEAD_LETTERED = Counter("af_tasks_dead_lettered_total", "Tasks moved to the DLQ", ["agent"])
-TASK_WAIT = Histogram("af_task_wait_seconds", "Enqueue to start", ["agent"], buckets=_FAST)
-TASK_RUN = Histogram("af_task_run_seconds", "Handler run time", ["agent"], buckets=_FAST)
+# The outcomes of af_tasks_finished_total: a run's final RunStatus values.
+SUCCEEDED, FAILED, EXPIRED, CANCELLED = "succeeded", "failed", "expired", "cancelled"
+OUTCOMES: Final = (SUCCEEDED, FAILED, EXPIRED, CANCELLED)
+OTHER_TENANT: Final = "other"  # the tenants past the cap
+_TASK = ["agent", "version", "tenant", "priority"]
+
+# The version is not known at enqueue (a worker of whichever version takes it runs it).
+TASKS_ENQUEUED = Counter(
+    "af_tasks_enqueued_total", "Tasks accepted onto the queue", ["agent", "tenant", "priority"]
+)
+TASKS_FINISHED = Counter(
+    "af_tasks_finished_total",
+    "Runs that ended, by outcome: succeeded; failed (attempts used up or a permanent error: "
+    "dead-lettered); expired (TTL passed before a start); cancelled",
+    [*_TASK, "outcome"],
+)
+TASK_ATTEMPTS_FAILED = Counter("af_task_attempts_failed_total", "Task attempts that raised", _TASK)
+TASKS_RETRIED = Counter("af_tasks_retried_total", "Tasks scheduled for another attempt", _TASK)
+TASK_WAIT = Histogram("af_task_wait_seconds", "Enqueue to start", _TASK, buckets=_FAST)
+TASK_RUN = Histogram("af_task_run_seconds", "Handler run time", _TASK, buckets=_FAST)
 QUEUE_DEPTH = Gauge("af_queue_depth", "Tasks waiting", ["agent", "priority"])
 QUEUE_ACK_PENDING = Gauge(
     "af_queue_ack_pending_ratio",
@@ -79,7 +105,6 @@ BREAKER_REFUSED = Counter(
     "Deliveries handed back unstarted: the breaker is half-open, no trial left",
     ["agent"],
 )
-TASKS_EXPIRED = Counter("af_tasks_expired_total", "Tasks whose TTL passed while queued", ["agent"])
 TASKS_PLACED_ELSEWHERE = Counter(
     "af_tasks_placed_elsewhere_total",
     "Deliveries handed back unstarted: the tenant's config puts them on other workers "
@@ -135,19 +160,88 @@ JETSTREAM_STORAGE_LIMIT = Gauge(
 )
 
 
-@dataclass(frozen=True, slots=True)
-class AgentMetrics:
-    """One agent's hot-path series, resolved once (``labels()`` costs a lock and a lookup)."""
+class _TenantLabels:
+    """The first ``cap`` distinct tenants seen in this process are labels of their
+    own; later ones are :data:`OTHER_TENANT`."""
 
-    enqueued: Any
-    completed: Any
+    def __init__(self, cap: int) -> None:
+        self.cap = cap
+        self.seen: set[str] = set()
+
+    def label(self, tenant: str) -> str:
+        if tenant in self.seen:
+            return tenant
+        if len(self.seen) < self.cap:
+            self.seen.add(tenant)
+            return tenant
+        return OTHER_TENANT
+
+
+_tenants = _TenantLabels(100)
+
+
+@dataclass(frozen=True, slots=True)
+class RunSeries:
+    """The hot-path series of one (agent, version, tenant, priority), resolved once:
+    ``labels()`` costs a lock and a lookup, and runs once per task otherwise."""
+
     wait: Any
     run: Any
+    succeeded: Any
 
 
-@cache
-def for_agent(agent: str) -> AgentMetrics:
-    return AgentMetrics(
-        enqueued=TASKS_ENQUEUED.labels(agent), completed=TASKS_COMPLETED.labels(agent),
-        wait=TASK_WAIT.labels(agent), run=TASK_RUN.labels(agent),
-    )  # fmt: skip
+_RunKey = tuple[str, str | None, str, int]
+_runs: dict[_RunKey, RunSeries] = {}
+_enqueued: dict[tuple[str, str, int], Any] = {}
+
+
+def cap_tenant_labels(cap: int) -> None:
+    """Label at most ``cap`` distinct tenants in this process (``AF_METRICS_TENANT_CAP``);
+    called once at a process's start, before anything is counted (and by tests)."""
+    global _tenants
+    _tenants = _TenantLabels(cap)
+    _runs.clear()
+    _enqueued.clear()
+
+
+def for_run(agent: str, version: str | None, tenant: str, priority: int) -> RunSeries:
+    """The series a worker observes a run's attempt in: one dict lookup per task."""
+    series = _runs.get((agent, version, tenant, priority))
+    if series is None:
+        label = _tenants.label(tenant)
+        series = _runs.get((agent, version, label, priority))
+        if series is None:  # a tenant past the cap is cached under "other" only: memory stays bounded
+            values = (agent, version or "", label, str(priority))
+            series = _runs[(agent, version, label, priority)] = RunSeries(
+                TASK_WAIT.labels(*values), TASK_RUN.labels(*values),
+                TASKS_FINISHED.labels(*values, SUCCEEDED),
+            )  # fmt: skip
+    return series
+
+
+def enqueued(agent: str, tenant: str, priority: int) -> Any:
+    """The enqueued counter of (agent, tenant, priority), resolved once."""
+    counter = _enqueued.get((agent, tenant, priority))
+    if counter is None:
+        label = _tenants.label(tenant)
+        counter = _enqueued.get((agent, label, priority))
+        if counter is None:
+            counter = _enqueued[(agent, label, priority)] = TASKS_ENQUEUED.labels(agent, label, str(priority))
+    return counter
+
+
+def _task_labels(agent: str, version: str | None, tenant: str, priority: int) -> tuple[str, str, str, str]:
+    return agent, version or "", _tenants.label(tenant), str(priority)
+
+
+def count_finished(agent: str, version: str | None, tenant: str, priority: int, outcome: str) -> None:
+    """One run ended with ``outcome`` (cold paths: a success is :func:`for_run`'s)."""
+    TASKS_FINISHED.labels(*_task_labels(agent, version, tenant, priority), outcome).inc()
+
+
+def count_attempt_failed(agent: str, version: str | None, tenant: str, priority: int) -> None:
+    TASK_ATTEMPTS_FAILED.labels(*_task_labels(agent, version, tenant, priority)).inc()
+
+
+def count_retried(agent: str, version: str | None, tenant: str, priority: int) -> None:
+    TASKS_RETRIED.labels(*_task_labels(agent, version, tenant, priority)).inc()

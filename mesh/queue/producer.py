@@ -413,7 +413,7 @@ class TaskQueue:
             except Exception as exc:
                 raise self._refusal(spec, message.run_id, exc) from exc
         await self._create_record(run_id, with_seq(message.record, ack.seq))
-        metrics.for_agent(spec.agent).enqueued.inc()
+        metrics.enqueued(spec.agent, spec.tenant, int(spec.priority)).inc()
         return Enqueued(run_id, duplicate)
 
     def _refusal(self, spec: TaskSpec, run_id: str, exc: Exception) -> Exception:
@@ -536,7 +536,7 @@ class TaskQueue:
         )
         await self._create_record(messages[0].run_id, records[0])
         for spec in specs:
-            metrics.for_agent(spec.agent).enqueued.inc()
+            metrics.enqueued(spec.agent, spec.tenant, int(spec.priority)).inc()
         return [Enqueued(run_id, False) for run_id in run_ids]
 
     async def _claim_batch(

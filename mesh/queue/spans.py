@@ -98,6 +98,12 @@ class Attempt:
         self._token: Token[Context] | None = otel_context.attach(otel_trace.set_span_in_context(self.span))
         self._failed = False
 
+    @property
+    def exemplar(self) -> dict[str, str]:
+        """The attempt's trace id as a metric exemplar (OpenMetrics: beside the latency
+        bucket it fell in, so a slow bucket links to a trace of it)."""
+        return {"trace_id": f"{self.span.get_span_context().trace_id:032x}"}
+
     def started(self, attempt: int, version: str | None) -> None:
         self.span.set_attribute(ATTEMPT, attempt)
         if version is not None:

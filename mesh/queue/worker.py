@@ -1065,8 +1065,10 @@ class TaskWorker:
         if item.traced is not None:
             item.traced.started(attempt, cfg.version)
         t0 = time.perf_counter()
-        series = metrics.for_agent(lane.agent)
-        series.wait.observe(max(0.0, waited))
+        series = metrics.for_run(lane.agent, cfg.version, task.metadata.tenant, lane.priority)
+        # Traced attempts only (tracing recording and the trace sampled): else None, no cost.
+        exemplar = item.traced.exemplar if item.traced is not None else None
+        series.wait.observe(max(0.0, waited), exemplar)
         labels = trace.run_labels.set(ctx)
         try:
             result = await handler(ctx)
@@ -1074,7 +1076,7 @@ class TaskWorker:
             raise
         except Exception as exc:
             item.finishing = True
-            series.run.observe(time.perf_counter() - t0)
+            series.run.observe(time.perf_counter() - t0, exemplar)
             failing = current_state()
             failing.audit = ctx.audit
             if ctx.usage:
@@ -1084,7 +1086,7 @@ class TaskWorker:
         finally:
             trace.run_labels.reset(labels)
         item.finishing = True
-        series.run.observe(time.perf_counter() - t0)
+        series.run.observe(time.perf_counter() - t0, exemplar)
         fresh = state is None and not generation  # no earlier attempt or replay to carry
         # The event carries the run's trace: the task's own, or (traced) its write span's, below.
         parent = None if item.traced is not None else (msg.headers or {}).get(trace.TRACEPARENT)
@@ -1094,7 +1096,7 @@ class TaskWorker:
             return
         if await self._record_success(item, outcome, task, expect):
             self.completed += 1
-            series.completed.inc()
+            series.succeeded.inc()
         await self.pipeline.ack_sync(msg)
 
     async def _record_success(
@@ -1227,7 +1229,8 @@ class TaskWorker:
         expect: int | None,
     ) -> None:
         lane, msg = item.lane, item.msg
-        metrics.TASKS_FAILED.labels(lane.agent).inc()
+        labels = (lane.agent, cfg.version, task.metadata.tenant, lane.priority)
+        metrics.count_attempt_failed(*labels)
         retryable = not isinstance(exc, PermanentError | ResultTooLarge)
         state.errors.append(
             AttemptError(attempt=attempt, error=str(exc)[:8000] or type(exc).__name__,
@@ -1242,7 +1245,7 @@ class TaskWorker:
                 await self.pipeline.ack_sync(msg)  # its outcome is recorded (another copy ran)
                 return
             await msg.nak(delay=cfg.backoff(attempt))
-            metrics.TASKS_RETRIED.labels(lane.agent).inc()
+            metrics.count_retried(*labels)
             return
         reason = "permanent error" if not retryable else f"failed {attempt} attempts"
         with outcome_span(item.traced):
@@ -1283,7 +1286,7 @@ class TaskWorker:
         state.error = f"TTL passed at {deadline.isoformat()} before a worker started it"
         outcome = outcome_message(task, state, expired_msg_id(task.id, state.replay), _event_parent(msg))
         if await self._record(outcome, lane.agent, task, None, real=False):
-            metrics.TASKS_EXPIRED.labels(lane.agent).inc()
+            metrics.count_finished(lane.agent, None, state.tenant, lane.priority, metrics.EXPIRED)
         await self.pipeline.ack_sync(msg)
 
     async def dead_letter_task(
@@ -1312,22 +1315,23 @@ class TaskWorker:
         outcome = outcome_message(task, state, msg_id, _event_parent(msg))
         expect = stored.seq if stored is not None else 0
         if await self._record(outcome, state.agent, task, expect, real=real):
-            metrics.TASKS_DEAD_LETTERED.labels(state.agent).inc()
+            metrics.count_finished(state.agent, state.version, state.tenant, state.priority, metrics.FAILED)
 
     async def _undecodable(self, lane: Lane[Puller], msg: Msg, exc: DecodeError) -> None:
         """Dead-letter a task no worker can read, and, when it names a usable run
         id, record that run as failed (with every validation error) so the
         publisher can find out what happened (``GET /api/v1/runs/<id>``)."""
         log.warning("%s: undecodable task on %s: %s", self.name, msg.subject, exc)
-        metrics.TASKS_DEAD_LETTERED.labels(lane.agent).inc()
         seq = msg.metadata.sequence.stream
         error = AttemptError(attempt=1, error=str(exc)[:8000], error_type="DecodeError", retryable=False)
         stand_in = _stand_in_task(msg, lane.agent)
+        tenant = stand_in.metadata.tenant if stand_in else "default"
+        metrics.count_finished(lane.agent, None, tenant, lane.priority, metrics.FAILED)
         run_id = stand_in.id if stand_in is not None else None
         await store_task_dead_letter(
             self.js, payload=msg.data, subject=msg.subject, headers=msg.headers, agent=lane.agent,
             errors=[error], reason=f"undecodable: {exc}", run_id=run_id,
-            tenant=stand_in.metadata.tenant if stand_in else "default", generation=None, seq=seq,
+            tenant=tenant, generation=None, seq=seq,
         )  # fmt: skip
         if stand_in is not None:
             state = _state_from(stand_in, lane.agent, seq)

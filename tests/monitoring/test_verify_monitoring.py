@@ -9,7 +9,9 @@ second with the alert rules loaded. Then every dashboard panel's query and
 every alert's expression must be valid PromQL, every metric each one names
 must have data (a panel whose metric nobody exports fails here), every panel
 must show data, every rule must evaluate without error, and every label on
-a live series must be a bounded one.
+a live series must be a bounded one. `up` traces (spans to its log), and
+Prometheus stores exemplars: the run-latency histogram must have exemplars
+whose trace ids are the workload's runs' (OpenMetrics through the gateway's merge).
 
 Needs ``prometheus`` and ``promtool`` (``apt-get install -y prometheus``);
 without them the test skips. Not part of ``make test`` (``tests/monitoring``
@@ -21,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import secrets
 import shutil
 import subprocess
 import time
@@ -97,9 +100,14 @@ ADDED_LABELS = {"__name__", "job", "instance", "le", "quantile"}
 class _Api:
     def __init__(self, base: str, token: str | None = None) -> None:
         self.base, self.token = base, token
+        self.trace_ids: set[str] = set()
 
     def call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
         headers = {"Content-Type": "application/json"}
+        if method == "POST":  # a trace of the test's choosing (sampled): the run's trace id is known
+            trace_id = secrets.token_hex(16)
+            headers["traceparent"] = f"00-{trace_id}-{secrets.token_hex(8)}-01"
+            self.trace_ids.add(trace_id)
         if self.token:
             headers["Authorization"] = f"Bearer {self.token}"
         data = None if body is None else json.dumps(body).encode()
@@ -152,7 +160,9 @@ def platform(tmp_path: Path) -> Iterator[_Platform]:
     (tmp_path / "mon_agents.py").write_text(WORKLOAD)
     data_dir = tmp_path / "af"
     port = find_free_port()
-    proc = _start(data_dir, port, "--agent", "mon_agents:Flaky", env={"PYTHONPATH": str(tmp_path)})
+    # Tracing on (spans to up.log), so the latency histograms carry exemplars.
+    env = {"PYTHONPATH": str(tmp_path), "AF_TRACE_EXPORTER": "console", "AF_TRACE_SAMPLE_RATIO": "1.0"}
+    proc = _start(data_dir, port, "--agent", "mon_agents:Flaky", env=env)
     try:
         state = _state(data_dir)
         yield _Platform(_Api(state["api_url"], state["token"]), f"127.0.0.1:{port}", state["nats_url"])
@@ -206,7 +216,7 @@ def prometheus(tmp_path: Path, platform: _Platform, mesh_client: str) -> Iterato
     with open(tmp_path / "prometheus.log", "w") as log:
         proc = subprocess.Popen(
             [PROMETHEUS, f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-             f"--web.listen-address=127.0.0.1:{port}"],
+             f"--web.listen-address=127.0.0.1:{port}", "--enable-feature=exemplar-storage"],
             stdout=log, stderr=subprocess.STDOUT,
         )  # fmt: skip
     api = _Api(f"http://127.0.0.1:{port}")
@@ -306,6 +316,10 @@ def test_every_panel_and_alert_query_is_valid_and_has_data(platform: _Platform, 
         unbounded += [f"{name}{{{lb}}}" for lb in labels - BOUNDED_LABELS - ADDED_LABELS
                       if (name.removesuffix("_total"), lb) not in EXCEPTIONS]  # fmt: skip
     assert unbounded == []
+
+    # Exemplars: the traced runs' trace ids beside their run-time buckets, scraped as OpenMetrics.
+    exemplars = _poll(lambda: _exemplar_trace_ids(prometheus, "af_task_run_seconds_bucket"), 30, "exemplars")
+    assert exemplars <= gateway.trace_ids, "exemplars whose trace ids are none of the runs'"
     print(f"\nverify-monitoring: {len(exprs)} queries, {len(metrics)} metrics, "
           f"{time.monotonic() - started:.0f} s after up was ready")  # fmt: skip
 
@@ -317,6 +331,14 @@ def _wait_for_data(prometheus: _Api, checks: list[tuple[str, str]], what: str, s
         if time.monotonic() > deadline:
             pytest.fail(f"{what} after {seconds} s: {left}")
         time.sleep(0.5)
+
+
+def _exemplar_trace_ids(prometheus: _Api, series: str) -> set[str]:
+    """The trace ids of the exemplars Prometheus stored for ``series`` in the last 10 minutes."""
+    now = time.time()
+    query = urllib.parse.urlencode({"query": series, "start": now - 600, "end": now + 60})
+    answer = prometheus.call("GET", f"/api/v1/query_exemplars?{query}")["data"]
+    return {e["labels"]["trace_id"] for s in answer for e in s["exemplars"]}
 
 
 def _rules(prometheus: _Api) -> list[dict[str, Any]]:

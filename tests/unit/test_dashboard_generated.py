@@ -30,3 +30,13 @@ def test_dashboard_has_rows_of_at_least_twenty_panels_and_agent_and_tenant_varia
     assert len(panels) >= 20 and len(rows) >= 6
     assert all(p["targets"] and all(t["expr"] for t in p["targets"]) for p in panels)
     assert {v["name"] for v in board["templating"]["list"]} >= {"agent", "tenant"}
+
+
+def test_the_task_latency_panels_show_exemplars() -> None:
+    board = json.loads(_generator().OUTPUT.read_text())
+    targets = [t for p in board["panels"] for t in p.get("targets", [])]
+    latency = [
+        t for t in targets if "af_task_run_seconds_bucket" in t["expr"] or "af_task_wait_seconds" in t["expr"]
+    ]
+    assert latency and all(t["exemplar"] for t in latency)
+    assert not any(t["exemplar"] for t in targets if t not in latency)

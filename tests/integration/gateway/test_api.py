@@ -74,7 +74,11 @@ async def test_probes_and_metrics_need_no_token(api: TestClient[Any, Any]) -> No
     missing = {name for name in ("network_namespace", "pid_namespace", "uid_drop") if not levels[name]}
     assert missing <= set(levels["off_because"]), levels  # each level that is off says why
     metrics = await (await api.get("/metrics", headers=bare)).text()
-    assert "af_task_wait_seconds" in metrics
+    assert "af_task_wait_seconds" in metrics and "# EOF" not in metrics
+    # OpenMetrics (what carries exemplars) when the scraper asks for it, as Prometheus does
+    openmetrics = await api.get("/metrics", headers={**bare, "Accept": "application/openmetrics-text"})
+    assert openmetrics.content_type == "application/openmetrics-text"
+    assert (await openmetrics.text()).endswith("# EOF\n")
 
 
 # (body, where the problem names the mistake, what it says about it); `input` fields are

@@ -18,6 +18,7 @@ from tests.helpers import DOUBLE_AGENT_MODULE
 from tests.integration.gateway.test_up import _start, _state, _stop
 
 RUNS = 12
+SUCCEEDED = {"agent": "double", "outcome": "succeeded"}
 
 
 class _Gateway:
@@ -39,12 +40,14 @@ class _Gateway:
 
 
 def _samples(text: str, name: str, **labels: str) -> dict[str, float]:
-    """``name``'s samples matching ``labels``, by their ``worker`` label ("" for the gateway's own)."""
-    found = {}
+    """The sum of ``name``'s samples matching ``labels``, by their ``worker`` label ("" for the
+    gateway's own)."""
+    found: dict[str, float] = {}
     for family in text_string_to_metric_families(text):
         for s in family.samples:
             if s.name == name and labels.items() <= s.labels.items():
-                found[s.labels.get("worker", "")] = s.value
+                worker = s.labels.get("worker", "")
+                found[worker] = found.get(worker, 0.0) + s.value
     return found
 
 
@@ -88,12 +91,12 @@ def test_gateway_metrics_count_every_worker_process_run_once_and_the_dlq_gauge_f
         _poll(succeeded, lambda n: n == RUNS, 60, "runs succeeded")
 
         def completed() -> float:
-            return sum(_samples(api.metrics(), "af_tasks_completed_total", agent="double").values())
+            return sum(_samples(api.metrics(), "af_tasks_finished_total", **SUCCEEDED).values())
 
         # Every run has finished: a count that reaches RUNS must stop there (doubled, it passes it).
-        assert _poll(completed, lambda n: n >= RUNS, 30, "af_tasks_completed_total") == RUNS
+        assert _poll(completed, lambda n: n >= RUNS, 30, "af_tasks_finished_total") == RUNS
         text = api.metrics()
-        by_process = _samples(text, "af_tasks_completed_total", agent="double")
+        by_process = _samples(text, "af_tasks_finished_total", **SUCCEEDED)
         assert by_process.get("", 0.0) == 0.0 and set(by_process) - {""} <= {"worker-0", "worker-1"}
         enqueued = _samples(text, "af_tasks_enqueued_total", agent="double")
         assert enqueued[""] == sum(enqueued.values()) == RUNS  # by the gateway
@@ -109,9 +112,10 @@ def test_gateway_metrics_count_every_worker_process_run_once_and_the_dlq_gauge_f
         _poll(dlq_size, lambda n: n == 1, 30, "af_dlq_size after a dead letter")
 
         def dead_lettered() -> float:
-            return sum(_samples(api.metrics(), "af_tasks_dead_lettered_total", agent="double").values())
+            failed = _samples(api.metrics(), "af_tasks_finished_total", agent="double", outcome="failed")
+            return sum(failed.values())
 
-        assert _poll(dead_lettered, lambda n: n >= 1, 30, "af_tasks_dead_lettered_total") == 1
+        assert _poll(dead_lettered, lambda n: n >= 1, 30, "af_tasks_finished_total failed") == 1
         assert api.call("POST", "/api/v1/queue/dlq/purge", {"agent": "double"})["purged"] == 1
         _poll(dlq_size, lambda n: n == 0, 30, "af_dlq_size after the purge")
     finally:

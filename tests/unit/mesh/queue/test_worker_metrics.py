@@ -10,12 +10,15 @@ from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.metrics_core import Metric
+from prometheus_client.openmetrics import exposition as openmetrics_exposition
+from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_openmetrics
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 
 from gateway.worker_metrics import (
     TARGETS_DIR,
     WorkerTarget,
+    _merge,
     merge_families,
     merged_metrics,
     serve_process_metrics,
@@ -29,9 +32,9 @@ def _process(completed: int, *, with_worker_label: bool = False) -> str:
     registry = CollectorRegistry()
     labels = ["agent", "worker"] if with_worker_label else ["agent"]
     values = ["a", "inner"] if with_worker_label else ["a"]
-    Counter("af_tasks_completed_total", "Tasks that succeeded", labels, registry=registry).labels(
-        *values
-    ).inc(completed)
+    Counter("af_tasks_finished_total", "Tasks that succeeded", labels, registry=registry).labels(*values).inc(
+        completed
+    )
     Histogram("af_task_run_seconds", "Handler run time", ["agent"], registry=registry, buckets=(1,)).labels(
         "a"
     ).observe(0.5)
@@ -57,7 +60,7 @@ def _values(text: str, sample: str) -> dict[tuple[tuple[str, str], ...], float]:
 
 def test_each_pools_samples_are_labelled_with_its_worker_under_one_help_and_type() -> None:
     text = _render([({}, _process(0)), ({"worker": "w0"}, _process(3)), ({"worker": "w1"}, _process(4))])
-    assert _values(text, "af_tasks_completed_total") == {
+    assert _values(text, "af_tasks_finished_total") == {
         (("agent", "a"),): 0.0,
         (("agent", "a"), ("worker", "w0")): 3.0,
         (("agent", "a"), ("worker", "w1")): 4.0,
@@ -65,21 +68,40 @@ def test_each_pools_samples_are_labelled_with_its_worker_under_one_help_and_type
     assert len(_values(text, "af_task_run_seconds_bucket")) == 2 * 3  # le="1.0" and "+Inf", 3 processes
     types = [line for line in text.splitlines() if line.startswith("# ")]
     assert len(types) == len(set(types))  # _created series too: one HELP/TYPE each
-    assert "# TYPE af_tasks_completed_total counter" in types
+    assert "# TYPE af_tasks_finished_total counter" in types
 
 
 def test_a_label_named_worker_of_the_pools_own_is_kept_as_exported_worker() -> None:
     text = _render([({"worker": "w0"}, _process(2, with_worker_label=True))])
-    assert _values(text, "af_tasks_completed_total") == {
+    assert _values(text, "af_tasks_finished_total") == {
         (("agent", "a"), ("exported_worker", "inner"), ("worker", "w0")): 2.0
     }
 
 
 def test_a_family_of_another_type_in_a_pool_is_left_out_not_exposed_twice() -> None:
     registry = CollectorRegistry()
-    Gauge("af_tasks_completed_total", "not a counter", registry=registry).set(9)
+    Gauge("af_tasks_finished_total", "not a counter", registry=registry).set(9)
     text = _render([({}, _process(1)), ({"worker": "w0"}, generate_latest(registry).decode())])
-    assert _values(text, "af_tasks_completed_total") == {(("agent", "a"),): 1.0}
+    assert _values(text, "af_tasks_finished_total") == {(("agent", "a"),): 1.0}
+
+
+def test_an_openmetrics_merge_keeps_a_pools_exemplars_and_takes_a_pool_answering_in_the_text_format() -> None:
+    traced = CollectorRegistry()
+    histogram = Histogram("af_task_run_seconds", "Handler run time", ["agent"], registry=traced, buckets=(1,))
+    histogram.labels("a").observe(0.5, {"trace_id": "ab" * 16})
+    Counter("af_tasks_finished", "Runs that ended", ["agent"], registry=traced).labels("a").inc()
+    openmetrics = openmetrics_exposition.generate_latest(traced)
+    older = _process(2).encode()  # a pool of another version: text format, _created as gauges
+    text = _merge([("w0", (openmetrics, True)), ("w1", (older, False))], openmetrics=True).decode()
+    families = {f.name: f for f in parse_openmetrics(text)}  # valid OpenMetrics, # EOF and all
+    buckets = [s for s in families["af_task_run_seconds"].samples if s.exemplar is not None]
+    assert [(s.labels["worker"], s.exemplar.labels) for s in buckets] == [("w0", {"trace_id": "ab" * 16})]
+    finished = {s.labels["worker"]: s.value for s in families["af_tasks_finished"].samples
+                if s.name == "af_tasks_finished_total" and "worker" in s.labels}  # fmt: skip
+    assert finished == {"w0": 1.0, "w1": 2.0}
+    # Asked for the text format, the same pools merge without exemplars.
+    plain = _merge([("w0", (generate_latest(traced), False)), ("w1", (older, False))]).decode()
+    assert "trace_id" not in plain and "# EOF" not in plain
 
 
 def test_targets_of_pools_that_are_gone_are_removed_and_unreadable_files_skipped(tmp_path: Path) -> None:
