@@ -49,6 +49,7 @@ from mesh.provision import (
     ensure_stream,
     placed,
 )
+from mesh.wire.connection import consumers_of
 from mesh.wire.protocol import sync_with_server
 
 __all__ = [
@@ -286,7 +287,7 @@ async def list_channels(js: JetStreamContext) -> list[ChannelInfo]:
     for entry in await _entries(js, kv):
         info = SubscriberInfo.model_validate_json(entry.value or b"{}")
         row_of(Channel.parse(info.channel)).subscribers.append(info)
-    for consumer in await js.consumers_info(CHANNELS_STREAM):
+    for consumer in await consumers_of(js, CHANNELS_STREAM):
         subject = consumer.config.filter_subject
         found = channel_of_subject(subject) if subject else None
         if found is None:

@@ -26,6 +26,7 @@ from mesh.kv import current_entries
 from mesh.queue import metrics
 from mesh.queue.budgets import read_limits
 from mesh.queue.gates import read_gates
+from mesh.wire.connection import consumers_of
 
 __all__ = ["LaneStats", "QueueStats", "canary_stats", "jetstream_stats", "limit_stats", "queue_stats"]
 
@@ -60,7 +61,7 @@ async def queue_stats(js: JetStreamContext, *, update_metrics: bool = True) -> Q
     lanes: list[LaneStats] = []
     next_waiting: dict[tuple[str, str], tuple[str, int]] = {}  # lane -> (subject, first seq not delivered)
     gates = await read_gates(js)
-    for info in await js.consumers_info(names.STREAM_TASKS):
+    for info in await consumers_of(js, names.STREAM_TASKS):
         subject = info.config.filter_subject or ""
         parts = subject.split(".")
         if len(parts) != 4 or not parts[3].isdigit():
@@ -135,7 +136,7 @@ async def jetstream_stats(js: JetStreamContext) -> None:
             metrics.SOURCE_LAG.labels(stream, source.name).set(source.lag or 0)
         if stream == names.STREAM_TASKS or not info.state.consumer_count:
             continue
-        for consumer in await js.consumers_info(stream):
+        for consumer in await consumers_of(js, stream):
             if not consumer.config.durable_name:
                 continue
             consumers.add((stream, consumer.name))

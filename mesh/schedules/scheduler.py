@@ -58,6 +58,7 @@ from mesh.schedules.definitions import (
 )
 from mesh.stopping import cancel_within
 from mesh.wire import protocol
+from mesh.wire.connection import consumers_of
 from mesh.wire.consumer import ConsumerLoop, each
 
 __all__ = [
@@ -262,7 +263,7 @@ class Scheduler:
 
     async def _active_trigger_consumers(self) -> set[str]:
         prefix = names.trigger_consumer("")
-        found = await self.js.consumers_info(names.STREAM_EVENTS)
+        found = await consumers_of(self.js, names.STREAM_EVENTS)
         return {c.name[len(prefix) :] for c in found if c.name.startswith(prefix)}
 
     async def _sync_triggers(self, wanted: dict[str, EventTrigger]) -> None:

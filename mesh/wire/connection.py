@@ -15,6 +15,7 @@ from typing import Any, Final, TypeVar
 import nats
 from nats.aio.client import Client
 from nats.js import JetStreamContext
+from nats.js.api import ConsumerInfo
 from nats.js.errors import ServiceUnavailableError
 from prometheus_client import Counter, Gauge
 
@@ -22,8 +23,8 @@ from mesh.errors import ConnectionFailed
 from mesh.wire import protocol
 
 __all__ = [
-    "MIN_SERVER_VERSION", "check_server_version", "connect", "credentials", "jetstream", "redacted",
-    "through_outage",
+    "MIN_SERVER_VERSION", "check_server_version", "connect", "consumers_of", "credentials", "jetstream",
+    "redacted", "through_outage",
 ]  # fmt: skip
 
 log = logging.getLogger(__name__)
@@ -36,6 +37,8 @@ CONNECTED: Final = Gauge(
 )
 CONNECTED.set_function(lambda: float(all(c.is_connected or c.is_closed for c in _clients)))
 RECONNECTS: Final = Counter("af_nats_reconnects_total", "NATS connections of this process re-established")
+
+_CONSUMER_PAGE: Final = 256  # the server lists this many consumers per request
 
 # Per-message TTL 2.11, atomic batch publish 2.12, message schedules 2.14.
 MIN_SERVER_VERSION: Final = (2, 14, 0)
@@ -164,6 +167,20 @@ async def jetstream(nc: Client, timeout: float = 5.0) -> JetStreamContext:
     except Exception as exc:
         raise ConnectionFailed(f"JetStream is not available: {exc}") from exc
     return js
+
+
+async def consumers_of(js: JetStreamContext, stream: str) -> list[ConsumerInfo]:
+    """Every consumer of ``stream``. The server lists 256 per request and nats-py's
+    ``consumers_info`` asks for one page: a fleet of 100 agents has 300 lanes."""
+    found: dict[str, ConsumerInfo] = {}
+    offset = 0
+    while True:
+        page = await js.consumers_info(stream, offset=offset)
+        for info in page:
+            found.setdefault(info.name, info)  # one created or deleted meanwhile shifts a page
+        offset += len(page)
+        if len(page) < _CONSUMER_PAGE:
+            return list(found.values())
 
 
 async def through_outage(call: Callable[[], Awaitable[T]], tries: int = 4, pause_s: float = 0.5) -> T:

@@ -179,6 +179,15 @@ async def test_stats_show_depth_per_lane_and_dead_letters(
     assert not lanes[2].stalled and lanes[2].max_in_flight == cfg.max_ack_pending
 
 
+async def test_stats_see_every_lane_of_a_fleet_past_the_servers_256_consumer_page(own: Own) -> None:
+    # 100 agents, 3 lanes each: more consumers than the server lists in one answer.
+    agents = [f"fleet-{i:03d}" for i in range(100)]
+    await asyncio.gather(*(ensure_lane(own.js, AgentQueueConfig(a), p) for a in agents for p in (0, 1, 2)))
+    stats = await queue_stats(own.js)
+    seen = {(lane.agent, lane.priority) for lane in stats.lanes}
+    assert seen >= {(a, p) for a in agents for p in (0, 1, 2)}, f"{300 - len(seen)} lanes missing"
+
+
 async def test_maintenance_service_records_expiry_and_refreshes_gauges(own: Own) -> None:
     # On a server of its own: the service reaps every run it finds.
     from mesh.queue.maintenance import QueueMaintenance
