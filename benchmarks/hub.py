@@ -1,5 +1,5 @@
-"""Hub benchmark: publish and download of a 1 MB and a 20 MB archive, and search over
-1,000 indexed packages.
+"""Hub benchmark: publish, download and install of a 1 MB and a 20 MB archive, and
+search over 1,000 indexed packages.
 
 * **publish / download** (MB/s): :class:`~agents.hub.Hub`'s publish (upload to the
   object store, index row) and download (read back, SHA-256 checked against the
@@ -8,6 +8,10 @@
   the same object's chunks in batches of 256 from a consumer (``raw_get``: what
   JetStream gives, no checks); ``*_ratio`` says what the hub keeps of them.
   ``nats_py_get`` is nats-py's own object store read, for comparison.
+* **install** (MB/s): :class:`~agents.hub.install.Installer` installing a real
+  ``.glpack`` of that size (download checked against the index, the archive
+  checked in full and extracted, the version registered in PostgreSQL), best of
+  ``rounds``; ``install_ratio`` against ``raw_get``.
 * **search**: ``searches`` queries one after another (words, a name prefix, a tag),
   as a tenant (row security on), over :data:`PACKAGES` indexed versions of
   :data:`PACKAGES` // 2 packages; ``search_p50_ms`` / ``search_p99_ms``.
@@ -21,12 +25,16 @@ import hashlib
 import io
 import os
 import random
+import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 import asyncpg
 
 from agents.hub import Hub, HubPackage, Published
+from agents.hub.install import Installer
+from agents.packaging import TrustPolicies, pack_bytes
 from agents.store.hub_index import insert_package
 from agents.store.migrations import apply_migrations
 from agents.store.tenancy import app_pool, tenant_scope
@@ -60,6 +68,13 @@ async def bench_hub(env: Servers, rounds: int = 3, searches: int = 500) -> dict[
         for mb in SIZES_MB:
             say(f"bench hub: publish and download of {mb} MB, best of {rounds} …")
             result[f"{mb}mb"] = await _transfer(hub, js, mb, rounds)
+            say(f"bench hub: install of a {mb} MB package, best of {rounds} …")
+            installed = await _install(hub, mb, rounds)
+            result[f"{mb}mb"] |= installed | {
+                "install_ratio": round(
+                    installed["install_mb_per_s"] / result[f"{mb}mb"]["raw_get_mb_per_s"], 3
+                )
+            }
         say(f"bench hub: search over {PACKAGES} indexed versions, {searches} queries …")
         result |= await _search(hub, pool, searches)
         say("bench hub: resolving a 100-agent graph with diamonds, median of 20 …")
@@ -107,6 +122,34 @@ async def _transfer(hub: Hub, js: Any, mb: int, rounds: int) -> dict[str, float]
         "publish_ratio": round(best["publish"] / best["raw_put"], 3),
         "download_ratio": round(best["download"] / best["raw_get"], 3),
     }
+
+
+async def _install(hub: Hub, mb: int, rounds: int) -> dict[str, float]:
+    """Install a real package of ``mb`` MB (an incompressible data file in it), ``rounds`` versions."""
+    name = f"bench-install-{mb}mb-{os.urandom(4).hex()}"
+    best = 0.0
+    with tempfile.TemporaryDirectory(prefix="bench-install-") as scratch:
+        root = Path(scratch)
+        installer = Installer(hub, root / "packages", TrustPolicies())
+        for i in range(rounds):
+            version = f"1.0.{i}"
+            await hub.publish(_package(root / f"tree-{i}", name, version, mb), Published(name, version),
+                              tenant=None, publisher="bench")  # fmt: skip
+            t0 = time.perf_counter()
+            await installer.install(name, version, hub_tenant=None, actor="bench")
+            best = max(best, mb / (time.perf_counter() - t0))
+    return {"install_mb_per_s": round(best, 1)}
+
+
+def _package(tree: Path, name: str, version: str, mb: int) -> bytes:
+    (tree / "bench_pkg").mkdir(parents=True)
+    (tree / "bench_pkg" / "__init__.py").write_text("")
+    (tree / "bench_pkg" / "factors.bin").write_bytes(os.urandom(mb * 1024 * 1024))
+    (tree / "agent.pack.yaml").write_text(
+        f"spec_version: 1\nname: {name}\nversion: {version}\ntype: deterministic\n"
+        "entry_point: bench_pkg.agent:Bench\n"
+    )
+    return pack_bytes(tree)[0]
 
 
 async def _raw_get(js: Any, name: str) -> bytes:
