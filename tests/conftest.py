@@ -15,8 +15,12 @@ import asyncpg
 import pytest
 from nats.aio.client import Client
 from nats.js import JetStreamContext
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from agents.store.migrations import apply_migrations
+from mesh import trace
 from mesh.embedded import NatsServer
 from mesh.wire.connection import connect, jetstream
 
@@ -112,3 +116,17 @@ async def queue(nc: Client, mesh_js: JetStreamContext) -> AsyncIterator[object]:
 
     async with TaskQueue(nc, mesh_js) as q:
         yield q
+
+
+@pytest.fixture
+def spans() -> Iterator[InMemorySpanExporter]:
+    """This process records every span into the SDK's in-memory exporter."""
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    trace.use(provider)
+    try:
+        yield exporter
+    finally:
+        trace.use(None)
+        provider.shutdown()

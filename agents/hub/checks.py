@@ -14,7 +14,6 @@ In order, each refusal a :class:`~agents.packaging.PackagingError` that says why
 from __future__ import annotations
 
 import asyncio
-import json
 import tempfile
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -24,7 +23,6 @@ from typing import Any
 from agents.hub.catalog import Published
 from agents.hub.testrun import TestRun, run_pack_tests
 from agents.packaging import (
-    PackagingError,
     PackSpec,
     TrustPolicy,
     check_bump,
@@ -34,6 +32,7 @@ from agents.packaging import (
 )
 from agents.packaging.environment import build_environment, env_dir
 from agents.packaging.platform_support import check_platform
+from agents.packaging.spec import read_schema
 from agents.store.hub_index import HubPackage
 
 __all__ = ["Checked", "check_package"]
@@ -60,8 +59,8 @@ async def check_package(
         installed = await asyncio.to_thread(verify_and_extract, path, Path(scratch) / "pack", policy)
         spec = installed.spec
         check_platform(spec)  # a pack that does not run on this platform is no use here
-        schemas = {"input": _schema(installed.path, spec.input_schema),
-                   "output": _schema(installed.path, spec.output_schema)}  # fmt: skip
+        schemas = {"input": read_schema(installed.path, spec.input_schema),
+                   "output": read_schema(installed.path, spec.output_schema)}  # fmt: skip
         _follows(spec, schemas, await earlier(spec.name))
         extra: list[Path] = []
         if spec.requirements:  # installed (checked against the platform's packages) for its tests
@@ -79,18 +78,6 @@ async def check_package(
             signature_key=signer.key_id if signer is not None else None, manifest=manifest,
         )  # fmt: skip
         return Checked(published, tests)
-
-
-def _schema(root: Path, relative: str | None) -> dict[str, Any] | None:
-    if relative is None:
-        return None
-    try:
-        loaded = json.loads((root / relative).read_text())
-    except (OSError, ValueError) as exc:
-        raise PackagingError(f"{relative}: not a readable JSON schema ({exc})") from exc
-    if not isinstance(loaded, dict):
-        raise PackagingError(f"{relative}: a JSON schema is an object")
-    return loaded
 
 
 def _follows(spec: PackSpec, schemas: dict[str, dict[str, Any] | None], earlier: list[HubPackage]) -> None:

@@ -25,11 +25,10 @@ platform's packages first.
 from __future__ import annotations
 
 import asyncio
-import json
 import tempfile
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, Final
+from typing import Final
 
 import asyncpg
 
@@ -38,11 +37,11 @@ from agents.hub.catalog import Hub
 from agents.hub.dependencies import package_graph
 from agents.hub.packaged import ANY_OBJECT, is_packaged, packaged_agent
 from agents.packaging.environment import build_environment, env_dir
-from agents.packaging.errors import PackagingError, VersionExists
+from agents.packaging.errors import VersionExists
 from agents.packaging.extract import InstalledPack, verify_and_extract
 from agents.packaging.platform_support import check_platform
 from agents.packaging.signing import TrustPolicies
-from agents.packaging.spec import SPEC_FILE
+from agents.packaging.spec import SPEC_FILE, read_schema
 from agents.packaging.versions import parse_version, sort_key
 from agents.registry import Registry
 from agents.store.hub_index import HubPackage, PackageNotFound
@@ -225,18 +224,6 @@ def _row(pack: InstalledPack, package: HubPackage, actor: str) -> InstalledVersi
     return InstalledVersion(
         agent=spec.name, version=spec.version, digest=package.digest, hub_tenant=package.tenant,
         entry_point=spec.entry_point, description=spec.description, spec=spec.model_dump(mode="json"),
-        input_schema=_schema(pack.path, spec.input_schema),
-        output_schema=_schema(pack.path, spec.output_schema), installed_by=actor,
+        input_schema=read_schema(pack.path, spec.input_schema) or ANY_OBJECT,
+        output_schema=read_schema(pack.path, spec.output_schema) or ANY_OBJECT, installed_by=actor,
     )  # fmt: skip
-
-
-def _schema(root: Path, member: str | None) -> dict[str, Any]:
-    if member is None:
-        return ANY_OBJECT
-    try:
-        found = json.loads((root / member).read_text())
-    except (OSError, ValueError) as exc:
-        raise PackagingError(f"the pack's schema {member} cannot be read: {exc}") from None
-    if not isinstance(found, dict):
-        raise PackagingError(f"the pack's schema {member} is not a JSON object")
-    return found

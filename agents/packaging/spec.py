@@ -19,6 +19,7 @@ duplicate keys; every problem names the file, its line and the field
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path, PurePosixPath
 from typing import Annotated, Any, Final, Literal, get_args
@@ -28,7 +29,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 from pydantic_core import ErrorDetails
 from semver import Version
 
-from agents.packaging.errors import PackSpecError, SpecProblem
+from agents.packaging.errors import PackagingError, PackSpecError, SpecProblem
 from agents.packaging.versions import InvalidVersion, VersionRange, parse_version
 from agents.resilience.policy import Resilience
 from mesh.names import AGENT_KEY_RE
@@ -44,6 +45,7 @@ __all__ = [
     "Resources",
     "load_spec",
     "parse_spec",
+    "read_schema",
 ]
 
 SPEC_FILE: Final = "agent.pack.yaml"
@@ -321,3 +323,18 @@ def _expected_fields(loc: tuple[int | str, ...]) -> str:
             return "see docs/packaging.md"
         model = models[0]
     return "expected one of: " + ", ".join(model.model_fields)
+
+
+def read_schema(pack_dir: Path, member: str | None) -> dict[str, Any] | None:
+    """The JSON schema ``member`` (an ``input_schema``/``output_schema`` path) of the pack
+    in ``pack_dir``, None when it names none; :class:`PackagingError` naming the file
+    when it is not a readable JSON object."""
+    if member is None:
+        return None
+    try:
+        loaded = json.loads((pack_dir / member).read_text())
+    except (OSError, ValueError) as exc:
+        raise PackagingError(f"{member}: not a readable JSON schema ({exc})") from None
+    if not isinstance(loaded, dict):
+        raise PackagingError(f"{member}: a JSON schema is an object")
+    return loaded

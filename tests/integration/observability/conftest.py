@@ -1,16 +1,13 @@
-"""Fixtures of the observability tests: a span receiver, and this process's spans in memory."""
+"""Fixtures of the observability tests: a span receiver (``spans``, this process's own in
+memory, is in tests/conftest.py)."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 
 import pytest
 from aiohttp import web
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from mesh import trace
 from mesh.embedded import find_free_port
 from tests.integration.observability.otlp import Collector
 
@@ -29,17 +26,3 @@ async def collector() -> AsyncIterator[tuple[Collector, str]]:
         yield found, f"http://127.0.0.1:{port}/v1/traces"
     finally:
         await runner.cleanup()
-
-
-@pytest.fixture
-def in_memory() -> Iterator[InMemorySpanExporter]:
-    """This process records every span into the SDK's in-memory exporter."""
-    exporter = InMemorySpanExporter()
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
-    trace.use(provider)
-    try:
-        yield exporter
-    finally:
-        trace.use(None)
-        provider.shutdown()

@@ -4,7 +4,7 @@ stays as it was, and an untraced run has none (docs/observability.md)."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -12,8 +12,6 @@ import aiohttp
 import pytest
 from nats.aio.client import Client
 from nats.js import JetStreamContext
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_openmetrics
 from prometheus_client.parser import text_string_to_metric_families as parse_text
@@ -27,18 +25,6 @@ from tests.helpers import unique
 from tests.integration.queue.test_worker_basics import wait_for_run
 
 POOL = "worker-exemplars"
-
-
-@pytest.fixture
-def spans() -> Iterator[InMemorySpanExporter]:
-    exporter = InMemorySpanExporter()
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
-    trace.use(provider)
-    try:
-        yield exporter
-    finally:
-        trace.use(None)
 
 
 @pytest.fixture

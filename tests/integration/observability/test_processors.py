@@ -48,7 +48,7 @@ async def own_nc(own_nats: NatsServer) -> AsyncIterator[Client]:
 
 async def test_a_processors_handling_of_a_finished_run_is_a_consumer_span_of_the_runs_trace(
     own_nats: NatsServer, own_nc: Client, tmp_path: Path,
-    collector: tuple[Collector, str], in_memory: InMemorySpanExporter,
+    collector: tuple[Collector, str], spans: InMemorySpanExporter,
 ) -> None:  # fmt: skip
     received, endpoint = collector
     with (
@@ -63,7 +63,7 @@ async def test_a_processors_handling_of_a_finished_run_is_a_consumer_span_of_the
                     and s["attributes"].get("af.run_id") == run_id]  # fmt: skip
 
         await eventually(handled, 45, "the breaker's span of the run at the collector", every=0.2)
-    enqueue = one([from_sdk(s) for s in in_memory.get_finished_spans()], "enqueue noop")
+    enqueue = one([from_sdk(s) for s in spans.get_finished_spans()], "enqueue noop")
     tid = enqueue["trace_id"]
     run = [s for s in received.spans if s["trace_id"] == tid]
     outcome, handling = one(run, "outcome.write"), one(run, "breaker noop")

@@ -4,37 +4,23 @@ children when the sandbox runs it, its status and error category from its outcom
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 
 import pytest
 from nats.aio.client import Client
 from nats.js import JetStreamContext
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import StatusCode
 
 from agents.registry import Registry, load_agent
 from agents.sandbox import Sandbox
 from agents.sandboxed import sandbox_config, sandboxed_handler
-from mesh import trace
 from mesh.queue.producer import TaskQueue, TaskSpec
 from mesh.queue.worker import AgentQueueConfig, TaskWorker
 from tests.helpers import eventually, finished_event
 
 SPECS = ["agents.examples.noop:NoOp", "agents.examples.fuel_combustion:FuelCombustion"]
-
-
-@pytest.fixture
-def spans() -> Iterator[InMemorySpanExporter]:
-    exporter = InMemorySpanExporter()
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
-    trace.use(provider)
-    try:
-        yield exporter
-    finally:
-        trace.use(None)
 
 
 @pytest.fixture

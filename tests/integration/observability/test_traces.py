@@ -27,7 +27,7 @@ from tests.integration.observability.otlp import Collector, Span, from_sdk, one,
 
 async def test_an_api_request_its_enqueue_and_its_run_in_a_worker_process_are_one_trace(
     nc: Client, mesh_js: JetStreamContext, pool: asyncpg.Pool, database_url: str, tmp_path: Path,
-    collector: tuple[Collector, str], in_memory: InMemorySpanExporter, nats_url: str,
+    collector: tuple[Collector, str], spans: InMemorySpanExporter, nats_url: str,
 ) -> None:  # fmt: skip
     received, endpoint = collector
     argv = ["-m", "gateway.cli", "worker", "--name", "traced-worker", "--agents", "noop", "--no-sandbox",
@@ -51,7 +51,7 @@ async def test_an_api_request_its_enqueue_and_its_run_in_a_worker_process_are_on
                 return received.spans if ours and "outcome.write" in names else []
 
             await eventually(worker_spans, 15, "the worker's spans at the collector", every=0.1)
-    gateway_spans = [from_sdk(s) for s in in_memory.get_finished_spans()]
+    gateway_spans = [from_sdk(s) for s in spans.get_finished_spans()]
     request = one(gateway_spans, "POST /api/v1/agents/{key}/runs")
     enqueue = one(gateway_spans, "enqueue noop")
     tid = request["trace_id"]
@@ -70,7 +70,7 @@ async def test_an_api_request_its_enqueue_and_its_run_in_a_worker_process_are_on
 
 async def test_agent_a_calling_b_calling_c_across_processes_is_one_trace_with_each_parent(
     nc: Client, mesh_js: JetStreamContext, tmp_path: Path,
-    collector: tuple[Collector, str], in_memory: InMemorySpanExporter, nats_url: str,
+    collector: tuple[Collector, str], spans: InMemorySpanExporter, nats_url: str,
 ) -> None:  # fmt: skip
     received, endpoint = collector
     chain = ["-m", "tests.integration.observability.chain_agent"]
@@ -91,8 +91,8 @@ async def test_agent_a_calling_b_calling_c_across_processes_is_one_trace_with_ea
             mine = [s for s in received.spans if s["trace_id"] == tid]
             return mine if {s["process"] for s in mine} == {"trace-b", "trace-c"} else []
 
-        spans = await eventually(both, 15, "spans of b and c at the collector", every=0.1)
-    a = from_sdk(next(s for s in in_memory.get_finished_spans() if s.name == "agent trace-a"))
-    b = next(s for s in spans if s["process"] == "trace-b" and s["parent"] == a["span_id"])
-    c = next(s for s in spans if s["process"] == "trace-c")
+        exported = await eventually(both, 15, "spans of b and c at the collector", every=0.1)
+    a = from_sdk(next(s for s in spans.get_finished_spans() if s.name == "agent trace-a"))
+    b = next(s for s in exported if s["process"] == "trace-b" and s["parent"] == a["span_id"])
+    c = next(s for s in exported if s["process"] == "trace-c")
     assert c["parent"] == b["span_id"], (b, c)

@@ -4,14 +4,10 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from types import SimpleNamespace
 from typing import Any
 
-import pytest
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
 
@@ -31,18 +27,6 @@ FINISHED = Finished.model_validate({"id": "finished-r1-0", "payload": {
 
 def _event(traceparent: str | None) -> SimpleNamespace:
     return SimpleNamespace(headers={"traceparent": traceparent.encode()} if traceparent else {})
-
-
-@pytest.fixture
-def spans() -> Iterator[InMemorySpanExporter]:
-    exporter = InMemorySpanExporter()
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
-    trace.use(provider)
-    try:
-        yield exporter
-    finally:
-        trace.use(None)
 
 
 def test_with_tracing_off_an_event_opens_no_span_and_allocates_no_context_manager() -> None:
