@@ -26,6 +26,7 @@ from nats.aio.client import Client
 from nats.js import JetStreamContext
 from pydantic import ValidationError
 
+from agents.calls import Caller
 from agents.configs import RunConfig
 from agents.contract import Agent, RunContext
 from agents.lifecycle.health import HealthProbes
@@ -45,11 +46,13 @@ def agent_handler(
     registry: Registry | None = None,
     invoke: Invoke | None = None,
     config: RunConfig | None = None,
+    caller: Caller | None = None,
 ) -> Handler:
     """The queue handler of ``agent``. ``registry``: where its fallback agents are
     found (:class:`~agents.resilience.ResilienceConfigError` if one is missing);
     ``invoke``: run it elsewhere (the sandbox) under its guard instead of in-process;
-    ``config``: where ``ctx.config`` comes from (None: an empty dict)."""
+    ``config``: where ``ctx.config`` comes from (None: an empty dict); ``caller``:
+    where ``ctx.call`` sends its runs (None: an agent of this handler cannot call)."""
     if invoke is not None:
         return _elsewhere(AgentGuard(agent, registry, invoke=invoke), config)
     guard = AgentGuard(agent, registry) if agent.resilience.enforced_in_handler else None
@@ -63,6 +66,7 @@ def agent_handler(
             run_id=task.run_id, tenant=task.tenant, attempt=task.attempt, routing_key=task.routing_key,
             config=config.values(task.tenant) if config is not None else {},
             _progress=task.report_progress, _usage=task.report_usage,
+            _calls=caller.site(task) if caller is not None else None,
         )  # fmt: skip
         if guard is not None:
             return await guard.call(task, parsed, ctx)
@@ -129,12 +133,13 @@ def worker_for(
     keys = agents or registry.keys()
     watch = ConfigWatch(nc, js, name=name) if config_watch else None
     invoke = through(sandbox, watch) if sandbox else None
+    caller = Caller(nc, js, registry)
     handlers: dict[str, tuple[AgentQueueConfig, Handler]] = {}
     for key in keys:
         agent = registry.get(key)
         config = RunConfig(agent, watch) if watch is not None else None
         if sandbox is None:
-            handler = agent_handler(agent, registry, config=config)
+            handler = agent_handler(agent, registry, config=config, caller=caller)
         elif agent.resilience.enforced_in_handler:
             handler = agent_handler(agent, registry, invoke, config)
         else:  # nothing acts around the invocation: the sandbox's handler alone
@@ -143,6 +148,7 @@ def worker_for(
     # The watch starts with the worker, before its first pull: a tenant's kill switch,
     # pinned version and mode hold from the first task on.
     worker = TaskWorker(nc, js, handlers, concurrency=concurrency, name=name, config=watch, **options)
+    worker.attach(caller)
     if sandbox is not None:
         worker.attach(sandbox)
     worker.attach(HealthProbes(worker, [registry.get(key) for key in keys]))

@@ -96,6 +96,7 @@ from mesh.queue.outcome import (
     success_message,
     wait_deadline,
 )
+from mesh.queue.producer import CALL_DEPTH_HEADER
 from mesh.queue.runs import ModelUsage, RunState, RunStatus, get_run_entry, run_key
 from mesh.queue.slots import ConcurrencyQuotas
 from mesh.queue.spans import Attempt, outcome_span, stamped
@@ -160,6 +161,8 @@ class TaskContext:
     audit: dict[str, Any] | None = None
     #: Model tokens the handler reported (:meth:`report_usage`), carried on the finished event.
     usage: list[dict[str, Any]] | None = None
+    #: How many agent calls deep this run is (0: nobody's run asked for it; agents.calls).
+    call_depth: int = 0
 
     @property
     def correlation_id(self) -> str | None:
@@ -1062,6 +1065,8 @@ class TaskWorker:
             routing_key=task.metadata.routing_key, attempt=attempt,
             input=payload.get("input"), envelope=task, _report=report,
         )  # fmt: skip
+        if msg.headers and CALL_DEPTH_HEADER in msg.headers:
+            ctx.call_depth = _depth(msg.headers[CALL_DEPTH_HEADER])
         if item.traced is not None:
             item.traced.started(attempt, cfg.version)
         t0 = time.perf_counter()
@@ -1384,6 +1389,14 @@ def _note_lost_attempt(state: RunState, attempt: int) -> None:
             AttemptError(attempt=attempt, error=_LOST, error_type="WorkerLost", replay=state.replay)
         )
         state.errors.sort(key=lambda e: (e.replay, e.attempt))
+
+
+def _depth(header: str) -> int:
+    """A task's call depth as its header says (a header no number fits: the deepest allowed)."""
+    try:
+        return max(0, int(header))
+    except ValueError:
+        return 1 << 16
 
 
 def _running(state: RunState, attempt: int, started: datetime) -> RunState:

@@ -1,0 +1,139 @@
+"""An agent calls another through the task queue (``ctx.call``; agents/calls.py), on a real
+nats-server with real workers: the answer composed, one trace, one run of the callee per
+call however often the caller runs, and the refusals (unknown agent, too deep a chain)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import pytest
+from nats.aio.client import Client
+from nats.js import JetStreamContext
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from agents.calls import MAX_CALL_DEPTH
+from agents.contract import Agent
+from agents.registry import Registry
+from agents.runtime import worker_for
+from mesh import names
+from mesh.queue.producer import TaskQueue, TaskSpec
+from mesh.queue.results import await_outcome
+from mesh.queue.runs import ExecutionFinished, RunStatus
+from mesh.queue.worker import TaskWorker
+from tests.helpers import eventually, unique
+from tests.integration.observability.conftest import in_memory  # noqa: F401  (a fixture)
+from tests.integration.observability.otlp import from_sdk
+from tests.integration.queue.call_agents import chain
+
+Serve = Callable[..., Awaitable[TaskWorker]]
+
+
+@pytest.fixture
+async def serve(nc: Client, mesh_js: JetStreamContext) -> AsyncIterator[Serve]:
+    """Start a worker (in this process) serving ``agents``; stopped after the test."""
+    workers: list[TaskWorker] = []
+
+    async def start(*agents: Agent[object, object], **options: object) -> TaskWorker:  # type: ignore[type-var]
+        worker = worker_for(nc, mesh_js, Registry(agents), idle_poll_s=0.2, config_watch=False, **options)
+        await worker.start()
+        workers.append(worker)
+        return worker
+
+    yield start
+    for worker in workers:
+        await worker.stop(drain_timeout=2.0)
+
+
+async def run_to_end(nc: Client, js: JetStreamContext, queue: TaskQueue, agent: str, input: object,
+                     tenant: str = "default") -> ExecutionFinished:  # fmt: skip
+    queued = await queue.enqueue(TaskSpec(agent, input, tenant=tenant, correlation_id="corr-calls"))
+    return await await_outcome(nc, js, agent, queued.run_id, timeout_s=30)
+
+
+async def lane_count(js: JetStreamContext, agent: str) -> int:
+    info = await js.stream_info(names.STREAM_TASKS, subjects_filter=f"af.tasks.{agent}.>")
+    return sum((info.state.subjects or {}).values())
+
+
+async def test_a_calling_b_calling_c_through_the_queue_answers_c_composed(
+    nc: Client, mesh_js: JetStreamContext, queue: TaskQueue, serve: Serve
+) -> None:
+    a, b, c = unique("call-a"), unique("call-b"), unique("call-c")
+    top, middle, leaf = chain(a, b), chain(b, c), chain(c)
+    await serve(top, middle, leaf)
+    outcome = await run_to_end(nc, mesh_js, queue, a, {"x": 0}, tenant="acme")
+    assert outcome.status is RunStatus.SUCCEEDED, outcome.errors
+    assert outcome.result == {"answer": 22, "path": [a, b, c]}  # c: 2 * 10, b: + 1, a: + 1
+    assert len(middle.starts) == len(leaf.starts) == 1
+    callee = await await_outcome(nc, mesh_js, b, middle.starts[0], timeout_s=5)
+    assert callee.tenant == "acme" and callee.idempotency_key == f"af-call:{outcome.run_id}:1"
+
+
+async def test_the_chain_is_one_trace_each_run_a_child_of_its_callers_attempt(
+    nc: Client, mesh_js: JetStreamContext, queue: TaskQueue, serve: Serve,
+    in_memory: InMemorySpanExporter,  # noqa: F811
+) -> None:  # fmt: skip
+    a, b, c = unique("call-a"), unique("call-b"), unique("call-c")
+    await serve(chain(a, b), chain(b, c), chain(c))
+    outcome = await run_to_end(nc, mesh_js, queue, a, {"x": 0})
+    assert outcome.status is RunStatus.SUCCEEDED, outcome.errors
+
+    def ended() -> list[dict[str, object]]:  # an attempt's span ends just after its outcome is stored
+        spans = [from_sdk(s) for s in in_memory.get_finished_spans()]
+        return spans if {f"attempt {k}" for k in (a, b, c)} <= {s["name"] for s in spans} else []
+
+    spans = await eventually(ended, 5, "the three attempts' spans ended", every=0.02)
+
+    def named(name: str) -> dict[str, object]:
+        found = [s for s in spans if s["name"] == name]
+        assert len(found) == 1, (name, [s["name"] for s in spans])
+        return found[0]
+
+    enqueue_a, attempt_a = named(f"enqueue {a}"), named(f"attempt {a}")
+    enqueue_b, attempt_b = named(f"enqueue {b}"), named(f"attempt {b}")
+    enqueue_c, attempt_c = named(f"enqueue {c}"), named(f"attempt {c}")
+    chain_spans = [enqueue_a, attempt_a, enqueue_b, attempt_b, enqueue_c, attempt_c]
+    assert len({s["trace_id"] for s in chain_spans}) == 1
+    assert attempt_a["parent"] == enqueue_a["span_id"]
+    assert enqueue_b["parent"] == attempt_a["span_id"]
+    assert attempt_b["parent"] == enqueue_b["span_id"]
+    assert enqueue_c["parent"] == attempt_b["span_id"]
+    assert attempt_c["parent"] == enqueue_c["span_id"]
+    for attempt in (attempt_b, attempt_c):  # the caller's correlation id travels down the chain
+        assert attempt["attributes"]["af.correlation_id"] == "corr-calls"  # type: ignore[index]
+
+
+async def test_a_caller_retried_after_its_call_does_not_run_the_callee_twice(
+    nc: Client, mesh_js: JetStreamContext, queue: TaskQueue, serve: Serve
+) -> None:
+    a, b = unique("call-a"), unique("call-b")
+    top, callee = chain(a, b, fail_first_attempt_after_call=True), chain(b)
+    await serve(top, callee)
+    outcome = await run_to_end(nc, mesh_js, queue, a, {"x": 4})
+    assert outcome.status is RunStatus.SUCCEEDED, outcome.errors
+    assert outcome.attempts == 2 and outcome.result == {"answer": 51, "path": [a, b]}
+    assert len(top.starts) == 2
+    assert len(callee.starts) == 1, f"the callee ran {len(callee.starts)} times for one call"
+
+
+async def test_a_call_to_an_unknown_agent_fails_the_caller_once_and_enqueues_nothing(
+    nc: Client, mesh_js: JetStreamContext, queue: TaskQueue, serve: Serve
+) -> None:
+    a, missing = unique("call-a"), unique("call-missing")
+    await serve(chain(a, missing))
+    outcome = await run_to_end(nc, mesh_js, queue, a, {"x": 0})
+    assert outcome.status is RunStatus.FAILED and outcome.attempts == 1  # permanent: no retry
+    assert f"no agent named {missing!r}" in (outcome.error or "")
+    assert await lane_count(mesh_js, missing) == 0
+
+
+async def test_an_agent_calling_itself_is_stopped_at_the_depth_limit(
+    nc: Client, mesh_js: JetStreamContext, queue: TaskQueue, serve: Serve
+) -> None:
+    key = unique("call-loop")
+    loop = chain(key, key)
+    await serve(loop)
+    outcome = await run_to_end(nc, mesh_js, queue, key, {"x": 0})
+    assert outcome.status is RunStatus.FAILED and outcome.attempts == 1
+    assert f"would nest {MAX_CALL_DEPTH + 1} agent calls deep" in (outcome.error or "")
+    assert len(loop.starts) == MAX_CALL_DEPTH + 1  # depths 0 to 8, each run once
