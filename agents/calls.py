@@ -16,6 +16,9 @@ enqueueing a second. The producer's idempotency (docs/queue.md) makes that
 hold for the key's 24 h. Calls are refused before anything is enqueued for
 an agent this worker's registry does not know, an input its model refuses,
 and past :data:`MAX_CALL_DEPTH` nested calls (an agent calling itself forever).
+
+A sandboxed run's calls come to its worker's call site over its call socket
+(:mod:`agents.sandbox.relay`) and are made here the same way.
 """
 
 from __future__ import annotations
@@ -28,10 +31,15 @@ from nats.aio.client import Client
 from nats.js import JetStreamContext
 from pydantic import BaseModel, ValidationError
 
-from agents.errors import AgentError
+from agents.errors import (
+    AgentCallError,
+    AgentCallFailed,
+    AgentCallRefused,
+    AgentCallTimedOut,
+    CallDepthExceeded,
+)
 from agents.registry import Registry
 from mesh.envelope import Priority
-from mesh.errors import PermanentError
 from mesh.queue.producer import Enqueued, TaskQueue, TaskSpec
 from mesh.queue.results import await_outcome
 from mesh.queue.runs import ExecutionFinished, RunStatus
@@ -51,46 +59,6 @@ __all__ = [
 
 #: Runs nested below a run nobody's run asked for (which is depth 0): past it, calls are refused.
 MAX_CALL_DEPTH: Final = 8
-
-
-class AgentCallError(AgentError):
-    """Base of what ``ctx.call`` raises. ``agent``: the callee."""
-
-    def __init__(self, message: str, agent: str) -> None:
-        super().__init__(message)
-        self.agent = agent
-
-
-class AgentCallRefused(AgentCallError, PermanentError):
-    """Nothing was enqueued: no such agent, an input it refuses, or too deep a chain."""
-
-
-class CallDepthExceeded(AgentCallRefused):
-    def __init__(self, agent: str, depth: int) -> None:
-        super().__init__(f"calling {agent} would nest {depth} agent calls deep (at most {MAX_CALL_DEPTH})",
-                         agent)  # fmt: skip
-        self.depth = depth
-
-
-class AgentCallFailed(AgentCallError, PermanentError):
-    """The callee's run ended without a result. Permanent for the caller: its retry would
-    find the same recorded outcome. ``run_status``: the callee run's final status, ``category``: its
-    failure in a word (:func:`failure_category`)."""
-
-    def __init__(self, agent: str, run_id: str, status: str, category: str, error: str | None) -> None:
-        super().__init__(f"{agent} run {run_id} {status} ({category}): {error or 'no detail'}", agent)
-        self.run_id, self.run_status, self.category, self.error = run_id, status, category, error
-
-
-class AgentCallTimedOut(AgentCallError, TimeoutError):
-    """No outcome within the call's ``timeout_s``. The callee's run goes on; a retry of
-    the caller waits for the same run again."""
-
-    category = "timeout"
-
-    def __init__(self, agent: str, run_id: str, timeout_s: float) -> None:
-        super().__init__(f"{agent} run {run_id} has no outcome after {timeout_s:g} s", agent)
-        self.run_id = run_id
 
 
 def failure_category(outcome: ExecutionFinished) -> str:
@@ -151,7 +119,7 @@ class CallSite:
         self.made += 1
         depth = self.task.call_depth + 1
         if depth > MAX_CALL_DEPTH:
-            raise CallDepthExceeded(agent, depth)
+            raise CallDepthExceeded(agent, depth, MAX_CALL_DEPTH)
         if agent not in self.caller.registry:
             raise AgentCallRefused(f"no agent named {agent!r}", agent)
         data = input.model_dump(mode="json") if isinstance(input, BaseModel) else dict(input)
@@ -163,7 +131,7 @@ class CallSite:
         return TaskSpec(
             agent=agent, input=data, tenant=self.task.tenant, routing_key=meta.routing_key,
             priority=Priority(priority if priority is not None else meta.priority),
-            idempotency_key=f"af-call:{self.task.run_id}:{key if key is not None else self.made}",
+            idempotency_key=f"af-call:{self.task.run_id}:{self.made if key is None else 'key:' + key}",
             correlation_id=self.task.correlation_id, source=f"agent:{self.task.agent}", call_depth=depth,
         )  # fmt: skip
 

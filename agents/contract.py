@@ -48,10 +48,7 @@ async def _no_progress(percent: float) -> None:
     return None
 
 
-_NO_CALLS = (
-    "this run cannot call agents: only a run a worker serves in its own process can "
-    "(agents.runtime.worker_for; not yet a sandboxed run, docs/queue.md)"
-)
+_NO_CALLS = "this run cannot call agents: only a run a worker serves can (agents.runtime.worker_for)"
 
 
 def _no_usage(model: str, input_tokens: int, output_tokens: int) -> None:

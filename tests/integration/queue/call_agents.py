@@ -53,3 +53,23 @@ def chain(key: str, following: str | None = None, **attrs: Any) -> Chain:
     cls = type(f"Chain_{key.replace('-', '_')}", (Chain,), attrs)
     agent: Chain = cls()
     return agent
+
+
+class Relayed(BaseModel):
+    to: str
+    x: int = 0
+    fail_first_attempt_after_call: bool = False
+
+
+class CallsFromSandbox(Agent[Relayed, Answer]):
+    """Runs sandboxed (importable by name): calls ``to`` with ``x`` and answers its answer plus one."""
+
+    key = "call-from-sandbox"
+    Input, Output = Relayed, Answer
+    max_attempts = 3
+
+    async def run(self, input: Relayed, ctx: RunContext) -> Answer:
+        called = await ctx.call(input.to, {"x": input.x}, timeout_s=20)
+        if input.fail_first_attempt_after_call and ctx.attempt == 1:
+            raise RuntimeError("failing after the call: a retry must not call again")
+        return Answer(answer=called["answer"] + 1, path=[self.key, *called["path"]])

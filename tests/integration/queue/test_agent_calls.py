@@ -4,6 +4,7 @@ call however often the caller runs, and the refusals (unknown agent, too deep a 
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
@@ -15,6 +16,8 @@ from agents.calls import MAX_CALL_DEPTH
 from agents.contract import Agent
 from agents.registry import Registry
 from agents.runtime import worker_for
+from agents.sandbox import Sandbox, SandboxLimits
+from agents.sandboxed import sandbox_config
 from mesh import names
 from mesh.queue.producer import TaskQueue, TaskSpec
 from mesh.queue.results import await_outcome
@@ -23,7 +26,7 @@ from mesh.queue.worker import TaskWorker
 from tests.helpers import eventually, unique
 from tests.integration.observability.conftest import in_memory  # noqa: F401  (a fixture)
 from tests.integration.observability.otlp import from_sdk
-from tests.integration.queue.call_agents import chain
+from tests.integration.queue.call_agents import CallsFromSandbox, Chain, chain
 
 Serve = Callable[..., Awaitable[TaskWorker]]
 
@@ -137,3 +140,48 @@ async def test_an_agent_calling_itself_is_stopped_at_the_depth_limit(
     assert outcome.status is RunStatus.FAILED and outcome.attempts == 1
     assert f"would nest {MAX_CALL_DEPTH + 1} agent calls deep" in (outcome.error or "")
     assert len(loop.starts) == MAX_CALL_DEPTH + 1  # depths 0 to 8, each run once
+
+
+@pytest.fixture
+async def sandboxed_caller(nc: Client, mesh_js: JetStreamContext, serve: Serve) -> AsyncIterator[Chain]:
+    """A worker running :class:`CallsFromSandbox` in its sandbox, and the leaf it calls in process."""
+    leaf = chain(unique("call-leaf"))
+    caller = CallsFromSandbox()
+    config = sandbox_config([caller], sys_path=[os.getcwd()], limits=SandboxLimits(timeout_s=30), slots=2)
+    await serve(caller, leaf, agents=[caller.key], sandbox=Sandbox(config))
+    await serve(leaf)
+    yield leaf
+
+
+async def test_a_sandboxed_run_calls_through_its_worker_once_per_call_in_its_trace(
+    nc: Client, mesh_js: JetStreamContext, queue: TaskQueue, sandboxed_caller: Chain,
+    in_memory: InMemorySpanExporter,  # noqa: F811
+) -> None:  # fmt: skip
+    leaf = sandboxed_caller
+    asked = {"to": leaf.key, "x": 3, "fail_first_attempt_after_call": True}
+    outcome = await run_to_end(nc, mesh_js, queue, CallsFromSandbox.key, asked)
+    assert outcome.status is RunStatus.SUCCEEDED, outcome.errors
+    assert outcome.attempts == 2
+    assert outcome.result == {"answer": 31, "path": [CallsFromSandbox.key, leaf.key]}
+    assert outcome.audit is not None  # it ran in the sandbox
+    assert len(leaf.starts) == 1, f"the callee ran {len(leaf.starts)} times for one call"
+
+    def ended() -> list[dict[str, object]]:
+        spans = [from_sdk(s) for s in in_memory.get_finished_spans()]
+        return spans if f"attempt {leaf.key}" in {s["name"] for s in spans} else []
+
+    spans = await eventually(ended, 5, "the callee's attempt span ended", every=0.02)
+    attempts = [s for s in spans if s["name"] == f"attempt {CallsFromSandbox.key}"]
+    enqueue = next(s for s in spans if s["name"] == f"enqueue {leaf.key}")
+    assert enqueue["parent"] in {a["span_id"] for a in attempts}  # the first attempt's: it made the call
+    assert enqueue["trace_id"] == attempts[0]["trace_id"]
+
+
+async def test_a_sandboxed_call_to_an_unknown_agent_fails_the_run_once(
+    nc: Client, mesh_js: JetStreamContext, queue: TaskQueue, sandboxed_caller: Chain
+) -> None:
+    missing = unique("call-missing")
+    outcome = await run_to_end(nc, mesh_js, queue, CallsFromSandbox.key, {"to": missing})
+    assert outcome.status is RunStatus.FAILED and outcome.attempts == 1, outcome.errors
+    assert f"no agent named {missing!r}" in (outcome.error or "")
+    assert await lane_count(mesh_js, missing) == 0
