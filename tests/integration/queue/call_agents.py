@@ -73,3 +73,29 @@ class CallsFromSandbox(Agent[Relayed, Answer]):
         if input.fail_first_attempt_after_call and ctx.attempt == 1:
             raise RuntimeError("failing after the call: a retry must not call again")
         return Answer(answer=called["answer"] + 1, path=[self.key, *called["path"]])
+
+
+# Worker processes load these by name (AF_AGENTS=tests.integration.queue.call_agents:ProcA,…).
+
+
+class ProcA(Chain):
+    key, next, starts = "call-proc-a", "call-proc-b", []
+
+
+class ProcB(Chain):
+    key, next, starts = "call-proc-b", "call-proc-c", []
+
+
+class ProcC(Chain):
+    key, next, starts = "call-proc-c", None, []
+
+
+class KillA(Chain):
+    """Its worker is killed while it waits for :class:`KillB` (redelivered after 3 s)."""
+
+    key, next, starts = "call-kill-a", "call-kill-b", []
+    ack_wait_s = 3.0
+
+
+class KillB(Chain):
+    key, next, starts = "call-kill-b", None, []

@@ -4,8 +4,12 @@ call however often the caller runs, and the refusals (unknown agent, too deep a 
 
 from __future__ import annotations
 
+import asyncio
 import os
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 
 import pytest
 from nats.aio.client import Client
@@ -18,15 +22,24 @@ from agents.registry import Registry
 from agents.runtime import worker_for
 from agents.sandbox import Sandbox, SandboxLimits
 from agents.sandboxed import sandbox_config
-from mesh import names
+from mesh import names, trace
 from mesh.queue.producer import TaskQueue, TaskSpec
 from mesh.queue.results import await_outcome
 from mesh.queue.runs import ExecutionFinished, RunStatus
 from mesh.queue.worker import TaskWorker
-from tests.helpers import eventually, unique
-from tests.integration.observability.conftest import in_memory  # noqa: F401  (a fixture)
-from tests.integration.observability.otlp import from_sdk
-from tests.integration.queue.call_agents import CallsFromSandbox, Chain, chain
+from tests.helpers import eventually, terminate, unique
+from tests.integration.observability.conftest import collector, in_memory  # noqa: F401  (fixtures)
+from tests.integration.observability.otlp import Collector, Span, from_sdk, one, process
+from tests.integration.queue.call_agents import (
+    CallsFromSandbox,
+    Chain,
+    KillA,
+    KillB,
+    ProcA,
+    ProcB,
+    ProcC,
+    chain,
+)
 
 Serve = Callable[..., Awaitable[TaskWorker]]
 
@@ -185,3 +198,79 @@ async def test_a_sandboxed_call_to_an_unknown_agent_fails_the_run_once(
     assert outcome.status is RunStatus.FAILED and outcome.attempts == 1, outcome.errors
     assert f"no agent named {missing!r}" in (outcome.error or "")
     assert await lane_count(mesh_js, missing) == 0
+
+
+_MODULE = "tests.integration.queue.call_agents"
+
+
+def worker_process(nats_url: str, agents: str, log: Path, name: str) -> subprocess.Popen[bytes]:
+    """``agent-factory worker`` serving ``agents`` (its registry: every agent of call_agents)."""
+    every = ",".join(f"{_MODULE}:{c}" for c in ("ProcA", "ProcB", "ProcC", "KillA", "KillB"))
+    env = {**os.environ, "AF_NATS_URL": nats_url, "AF_DATA_DIR": str(log.parent), "AF_LOG_STREAM": "false",
+           "AF_AGENTS": every}  # fmt: skip
+    argv = [sys.executable, "-m", "gateway.cli", "worker", "--name", name, "--agents", agents, "--no-sandbox",
+            "--drain-timeout", "2"]  # fmt: skip
+    with log.open("ab") as out:
+        return subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT)
+
+
+async def test_a_caller_whose_worker_is_killed_mid_call_is_redelivered_and_waits_for_the_same_run(
+    nc: Client, mesh_js: JetStreamContext, queue: TaskQueue, serve: Serve, nats_url: str, tmp_path: Path
+) -> None:
+    KillB.hold, KillB.starts = asyncio.Event(), []
+    await serve(KillB())
+    first = worker_process(nats_url, KillA.key, tmp_path / "a.log", "call-a-1")
+    second = None
+    try:
+        queued = await queue.enqueue(TaskSpec(KillA.key, {"x": 1}))
+        await eventually(lambda: KillB.starts, 60, "the callee started (the caller is waiting for it)")
+        first.kill()  # SIGKILL: the caller's attempt is lost mid-call
+        first.wait()
+        second = worker_process(nats_url, KillA.key, tmp_path / "a.log", "call-a-2")
+        KillB.hold.set()
+        outcome = await await_outcome(nc, mesh_js, KillA.key, queued.run_id, timeout_s=60)
+    finally:
+        KillB.hold = None
+        for proc in (first, second):
+            if proc is not None and proc.poll() is None:
+                terminate(proc)
+    assert outcome.status is RunStatus.SUCCEEDED, (outcome.errors, (tmp_path / "a.log").read_text()[-2000:])
+    assert outcome.attempts == 2 and outcome.result == {"answer": 21, "path": [KillA.key, KillB.key]}
+    assert len(KillB.starts) == 1, f"the callee ran {len(KillB.starts)} times for one call"
+
+
+async def test_a_chain_across_worker_processes_is_one_trace_with_each_parent(
+    nc: Client, mesh_js: JetStreamContext, queue: TaskQueue, nats_url: str, tmp_path: Path,
+    collector: tuple[Collector, str], in_memory: InMemorySpanExporter,  # noqa: F811
+) -> None:  # fmt: skip
+    received, endpoint = collector
+    agents = ",".join(f"{_MODULE}:{c}" for c in ("ProcA", "ProcB", "ProcC"))
+    argv = ["-m", "gateway.cli", "worker", "--no-sandbox", "--drain-timeout", "2"]
+    with (
+        process([*argv, "--name", "call-ac", "--agents", "call-proc-a,call-proc-c"], nats_url, endpoint,
+                tmp_path / "ac.log", {"AF_AGENTS": agents}),
+        process([*argv, "--name", "call-b", "--agents", "call-proc-b"], nats_url, endpoint,
+                tmp_path / "b.log", {"AF_AGENTS": agents}),
+    ):  # fmt: skip
+        with trace.tracer().start_as_current_span("submit") as root:
+            queued = await queue.enqueue(TaskSpec(ProcA.key, {"x": 0}))
+        outcome = await await_outcome(nc, mesh_js, ProcA.key, queued.run_id, timeout_s=60)
+        assert outcome.status is RunStatus.SUCCEEDED, outcome.errors
+        assert outcome.result == {"answer": 22, "path": [ProcA.key, ProcB.key, ProcC.key]}
+        tid = f"{root.get_span_context().trace_id:032x}"
+
+        def chain_spans() -> list[Span]:
+            mine = [s for s in received.spans if s["trace_id"] == tid]
+            return mine if {f"attempt {k}" for k in (ProcA.key, ProcB.key, ProcC.key)} <= {
+                s["name"] for s in mine} else []  # fmt: skip
+
+        spans = await eventually(chain_spans, 15, "the three attempts at the collector", every=0.1)
+    enqueue_a = from_sdk(next(s for s in in_memory.get_finished_spans() if s.name == f"enqueue {ProcA.key}"))
+    attempt_a, enqueue_b = one(spans, f"attempt {ProcA.key}"), one(spans, f"enqueue {ProcB.key}")
+    attempt_b, enqueue_c = one(spans, f"attempt {ProcB.key}"), one(spans, f"enqueue {ProcC.key}")
+    attempt_c = one(spans, f"attempt {ProcC.key}")
+    assert attempt_a["parent"] == enqueue_a["span_id"] and attempt_a["process"] == "call-ac"
+    assert enqueue_b["parent"] == attempt_a["span_id"] and enqueue_b["process"] == "call-ac"
+    assert attempt_b["parent"] == enqueue_b["span_id"] and attempt_b["process"] == "call-b"
+    assert enqueue_c["parent"] == attempt_b["span_id"] and enqueue_c["process"] == "call-b"
+    assert attempt_c["parent"] == enqueue_c["span_id"] and attempt_c["process"] == "call-ac"
