@@ -104,10 +104,10 @@ class RunContext:
         this run makes the same call again without a second run of ``agent``: the
         n-th call of a run is keyed by the run id and n (or by ``key``), so calls
         must come in the same order with the same input on every attempt (or carry
-        a ``key``). Raises :class:`~agents.calls.AgentCallFailed` (with the callee's
-        error category) when that run failed, :class:`~agents.calls.AgentCallTimedOut`
+        a ``key``). Raises :class:`~agents.errors.AgentCallFailed` (with the callee's
+        error category) when that run failed, :class:`~agents.errors.AgentCallTimedOut`
         after ``timeout_s`` (the callee's run goes on; a retry of this run waits for
-        it again), :class:`~agents.calls.AgentCallRefused` for an unknown agent, an
+        it again), :class:`~agents.errors.AgentCallRefused` for an unknown agent, an
         input that does not fit it, or a chain deeper than 8 calls (docs/queue.md)."""
         if self._calls is None:
             raise RuntimeError(_NO_CALLS)

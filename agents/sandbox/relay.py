@@ -16,7 +16,6 @@ Imports nothing of nats: the template and its children load this module.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import contextvars
 import socket
 from collections.abc import Callable, Mapping
@@ -122,17 +121,26 @@ class ChildCalls:
         self.pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
         self.writer: asyncio.StreamWriter | None = None
         self.reading: asyncio.Task[None] | None = None
+        self.opening: asyncio.Lock | None = None
+
+    async def _open(self) -> asyncio.StreamWriter:
+        """The stream on the call socket, made at the first call (a run that makes none builds
+        nothing), once: calls made at once share it (two socket objects would both own the fd)."""
+        self.opening = self.opening or asyncio.Lock()
+        async with self.opening:
+            if self.writer is None:
+                reader, self.writer = await asyncio.open_unix_connection(sock=socket.socket(fileno=self.fd))
+                self.reading = asyncio.create_task(self._read(reader))
+        return self.writer
 
     async def _ask(self, call: dict[str, Any]) -> dict[str, Any]:
-        if self.writer is None:  # the first call: nothing of this is built for a run that makes none
-            reader, self.writer = await asyncio.open_unix_connection(sock=socket.socket(fileno=self.fd))
-            self.reading = asyncio.create_task(self._read(reader))
+        writer = await self._open()
         self.ids += 1
         call["id"] = self.ids
         future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self.pending[self.ids] = future
-        self.writer.write(encode(call))
-        await self.writer.drain()
+        writer.write(encode(call))
+        await writer.drain()
         return await future
 
     async def _read(self, reader: asyncio.StreamReader) -> None:
@@ -164,13 +172,6 @@ class ChildCalls:
         if "error" in answer:
             raise _raised(agent, answer["error"])
         return str(answer["run_id"])
-
-    def close(self) -> None:
-        if self.reading is not None:
-            self.reading.cancel()
-        with contextlib.suppress(OSError):
-            if self.writer is not None:
-                self.writer.close()
 
 
 def _plain(input: Mapping[str, Any] | BaseModel) -> Any:

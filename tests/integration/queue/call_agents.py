@@ -34,6 +34,7 @@ class Chain(Agent[Hop, Answer]):
     starts: ClassVar[list[str]]
     fail_first_attempt_after_call: ClassVar[bool] = False
     hold: ClassVar[asyncio.Event | None] = None  # wait for it before answering
+    submit_only: ClassVar[bool] = False  # ctx.submit, not ctx.call: answer the callee's run id
 
     async def run(self, input: Hop, ctx: RunContext) -> Answer:
         self.starts.append(ctx.run_id)
@@ -41,6 +42,11 @@ class Chain(Agent[Hop, Answer]):
             await self.hold.wait()
         if self.next is None:
             return Answer(answer=input.x * 10, path=[self.key])
+        if self.submit_only:
+            run_id = await ctx.submit(self.next, {"x": input.x + 1})
+            if self.fail_first_attempt_after_call and ctx.attempt == 1:
+                raise RuntimeError("failing after the submit: a retry must not submit again")
+            return Answer(answer=0, path=[run_id])
         called = await ctx.call(self.next, {"x": input.x + 1}, timeout_s=30)
         if self.fail_first_attempt_after_call and ctx.attempt == 1:
             raise RuntimeError("failing after the call: a retry must not call again")

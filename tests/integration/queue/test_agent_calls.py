@@ -132,6 +132,20 @@ async def test_a_caller_retried_after_its_call_does_not_run_the_callee_twice(
     assert len(callee.starts) == 1, f"the callee ran {len(callee.starts)} times for one call"
 
 
+async def test_a_submit_retried_answers_the_same_callee_run_and_runs_it_once(
+    nc: Client, mesh_js: JetStreamContext, queue: TaskQueue, serve: Serve
+) -> None:
+    a, b = unique("call-a"), unique("call-b")
+    callee = chain(b)
+    await serve(chain(a, b, submit_only=True, fail_first_attempt_after_call=True), callee)
+    outcome = await run_to_end(nc, mesh_js, queue, a, {"x": 1})
+    assert outcome.status is RunStatus.SUCCEEDED and outcome.attempts == 2, outcome.errors
+    submitted = outcome.result["path"][0]
+    finished = await await_outcome(nc, mesh_js, b, submitted, timeout_s=10)
+    assert finished.status is RunStatus.SUCCEEDED and finished.result == {"answer": 20, "path": [b]}
+    assert callee.starts == [submitted]
+
+
 async def test_a_call_to_an_unknown_agent_fails_the_caller_once_and_enqueues_nothing(
     nc: Client, mesh_js: JetStreamContext, queue: TaskQueue, serve: Serve
 ) -> None:
