@@ -34,6 +34,7 @@ class Chain(Agent[Hop, Answer]):
     starts: ClassVar[list[str]]
     fail_first_attempt_after_call: ClassVar[bool] = False
     hold: ClassVar[asyncio.Event | None] = None  # wait for it before answering
+    call_timeout_s: ClassVar[float] = 30.0
     submit_only: ClassVar[bool] = False  # ctx.submit, not ctx.call: answer the callee's run id
 
     async def run(self, input: Hop, ctx: RunContext) -> Answer:
@@ -47,7 +48,7 @@ class Chain(Agent[Hop, Answer]):
             if self.fail_first_attempt_after_call and ctx.attempt == 1:
                 raise RuntimeError("failing after the submit: a retry must not submit again")
             return Answer(answer=0, path=[run_id])
-        called = await ctx.call(self.next, {"x": input.x + 1}, timeout_s=30)
+        called = await ctx.call(self.next, {"x": input.x + 1}, timeout_s=self.call_timeout_s)
         if self.fail_first_attempt_after_call and ctx.attempt == 1:
             raise RuntimeError("failing after the call: a retry must not call again")
         return Answer(answer=called["answer"] + 1, path=[self.key, *called["path"]])

@@ -132,6 +132,26 @@ async def test_a_caller_retried_after_its_call_does_not_run_the_callee_twice(
     assert len(callee.starts) == 1, f"the callee ran {len(callee.starts)} times for one call"
 
 
+async def test_a_call_that_times_out_is_retried_and_waits_for_the_same_callee_run(
+    nc: Client, mesh_js: JetStreamContext, queue: TaskQueue, serve: Serve
+) -> None:
+    a, b = unique("call-a"), unique("call-b")
+    top, callee = chain(a, b, call_timeout_s=0.5), chain(b, hold=asyncio.Event())
+    await serve(top, callee)
+    queued = await queue.enqueue(TaskSpec(a, {"x": 1}))
+    await eventually(lambda: len(top.starts) >= 2, 10, "the caller retried after its call timed out")
+    assert callee.hold is not None
+    callee.hold.set()
+    outcome = await await_outcome(nc, mesh_js, a, queued.run_id, timeout_s=30)
+    assert outcome.status is RunStatus.SUCCEEDED, outcome.errors
+    assert outcome.result == {"answer": 21, "path": [a, b]}
+    assert (
+        "AgentCallTimedOut" in outcome.errors[0].error_type
+        and "no outcome after 0.5 s" in outcome.errors[0].error
+    )
+    assert len(callee.starts) == 1, f"the callee ran {len(callee.starts)} times for one call"
+
+
 async def test_a_submit_retried_answers_the_same_callee_run_and_runs_it_once(
     nc: Client, mesh_js: JetStreamContext, queue: TaskQueue, serve: Serve
 ) -> None:
