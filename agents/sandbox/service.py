@@ -107,9 +107,10 @@ class _TemplateProcess:
         try:
             while True:
                 answer = await read_frame(self.reader)
-                if answer.get("op") == "call":
-                    if (relay := self.relays.get(str(answer.get("invocation")))) is not None:
-                        relay.ask(answer.get("call") or {})
+                if answer.get("op") == "call":  # a child's call (agents.sandbox.relay)
+                    relay, call = self.relays.get(str(answer.get("invocation"))), answer.get("call")
+                    if relay is not None and isinstance(call, dict):
+                        relay.ask(call)
                     continue
                 future = self.pending.pop(answer["id"], None)
                 if future is not None and not future.done():

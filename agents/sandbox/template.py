@@ -68,6 +68,7 @@ __all__ = ["main"]
 
 RESULT_CAP = 64 * 1024 * 1024
 DRAIN_S = 2.0  # after the main process exits, how long its pipes and leftovers may take
+MAX_CALL_BACKLOG = 16 * 1024 * 1024  # answers to a child's calls it has not read yet
 
 
 class Template:
@@ -565,8 +566,8 @@ class Template:
         if calls is None:
             self._close_calls(child)
             return
-        for call in calls:
-            if child.request is not None and child.status is None:
+        for call in calls:  # the child's word: only objects go on, stamped with its invocation
+            if isinstance(call, dict) and child.request is not None and child.status is None:
                 with contextlib.suppress(OSError):
                     send_frame(self.sock, {"op": "call", "invocation": child.request.id, "call": call})
 
@@ -576,6 +577,9 @@ class Template:
         if child is None or child.call_sock is None:
             return  # it ended: nobody waits for the answer
         child.call_out += encode(answer)
+        if len(child.call_out) > MAX_CALL_BACKLOG:  # it asks and never reads: it loses its calls
+            self._close_calls(child)
+            return
         self._flush_calls(child)
 
     def _flush_calls(self, child: Invocation) -> None:

@@ -42,7 +42,8 @@ class Calls:
 async def sandbox(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Sandbox]:
     root = tmp_path_factory.mktemp("sandbox-calls")
     root.chmod(0o755)
-    config = SandboxConfig(agents=["calling_agents:ManyCalls"], sys_path=[str(HERE)], workdir_root=str(root),
+    agents = ["calling_agents:ManyCalls", "calling_agents:Scribbler"]
+    config = SandboxConfig(agents=agents, sys_path=[str(HERE)], workdir_root=str(root),
                            limits=SandboxLimits(timeout_s=20), slots=2)  # fmt: skip
     async with Sandbox(config) as box:
         yield box
@@ -75,3 +76,12 @@ async def test_a_call_frame_over_the_limit_closes_the_childs_calls_and_nothing_e
     answers = await invoke(sandbox, calls, {"calls": 1, "size": MAX_CALL_FRAME + 1})
     assert calls.asked == [] and answers[0].startswith(("ConnectionError", "ConnectionResetError")), answers
     assert await invoke(sandbox, calls, {"calls": 1}) == [{"echo": 0}]  # the sandbox serves on
+
+
+async def test_frames_that_are_no_call_are_dropped_and_the_calls_after_them_answered(
+    sandbox: Sandbox,
+) -> None:
+    calls = Calls()
+    result = await sandbox.invoke("scribbler", {}, RunContext(run_id="r-scribble", _calls=calls))
+    assert result.ok and result.output == {"answers": [{"echo": 7}]}, (result.error, result.stderr)
+    assert len(calls.asked) == 1
