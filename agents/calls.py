@@ -43,7 +43,7 @@ from mesh.envelope import Priority
 from mesh.queue.producer import Enqueued, TaskQueue, TaskSpec
 from mesh.queue.results import await_outcome
 from mesh.queue.runs import ExecutionFinished, RunStatus
-from mesh.queue.worker import TaskContext
+from mesh.queue.worker import TaskContext, has_lane
 
 __all__ = [
     "MAX_CALL_DEPTH",
@@ -84,6 +84,7 @@ class Caller:
         self.nc, self.js, self.registry = nc, js, registry
         self._queue: TaskQueue | None = None
         self._starting = asyncio.Lock()
+        self._lanes: set[tuple[str, int]] = set()  # callees this worker does not know, found served
 
     async def start(self) -> None:
         """Nothing yet: the queue starts at the first call (most workers' agents make none)."""
@@ -92,6 +93,16 @@ class Caller:
         queue, self._queue = self._queue, None
         if queue is not None:
             await queue.stop()
+
+    async def has_lane(self, agent: str, priority: int) -> bool:
+        """Is ``agent`` served somewhere (at ``priority``), though this worker does not know it
+        (an installed package's agent)? Remembered once true."""
+        if (agent, priority) in self._lanes:
+            return True
+        if not await has_lane(self.js, agent, priority):
+            return False
+        self._lanes.add((agent, priority))
+        return True
 
     async def queue(self) -> TaskQueue:
         async with self._starting:
@@ -113,31 +124,35 @@ class CallSite:
         self.caller, self.task = caller, task
         self.made = 0
 
-    def spec(self, agent: str, input: Mapping[str, Any] | BaseModel, key: str | None,
-             priority: int | None) -> TaskSpec:  # fmt: skip
-        """The callee's task (raises :class:`AgentCallRefused`: nothing is enqueued)."""
+    async def spec(self, agent: str, input: Mapping[str, Any] | BaseModel, key: str | None,
+                   priority: int | None) -> TaskSpec:  # fmt: skip
+        """The callee's task (raises :class:`AgentCallRefused`: nothing is enqueued). Numbered
+        before its first wait: calls made at once are numbered in the order they were made."""
         self.made += 1
+        made = self.made
         depth = self.task.call_depth + 1
         if depth > MAX_CALL_DEPTH:
             raise CallDepthExceeded(agent, depth, MAX_CALL_DEPTH)
-        if agent not in self.caller.registry:
-            raise AgentCallRefused(f"no agent named {agent!r}", agent)
-        data = input.model_dump(mode="json") if isinstance(input, BaseModel) else dict(input)
-        try:
-            self.caller.registry.get(agent).Input.model_validate(data)
-        except ValidationError as exc:
-            raise AgentCallRefused(f"input for {agent} does not fit its model: {exc}", agent) from exc
         meta = self.task.envelope.metadata
+        level = Priority(priority if priority is not None else meta.priority)
+        data = input.model_dump(mode="json") if isinstance(input, BaseModel) else dict(input)
+        if agent in self.caller.registry:  # known here: its input is checked before it is enqueued
+            try:
+                self.caller.registry.get(agent).Input.model_validate(data)
+            except ValidationError as exc:
+                raise AgentCallRefused(f"input for {agent} does not fit its model: {exc}", agent) from exc
+        elif not await self.caller.has_lane(agent, level):
+            raise AgentCallRefused(f"no agent named {agent!r} (not known to this worker, and no worker "
+                                   f"has served it at priority {int(level)})", agent)  # fmt: skip
         return TaskSpec(
-            agent=agent, input=data, tenant=self.task.tenant, routing_key=meta.routing_key,
-            priority=Priority(priority if priority is not None else meta.priority),
-            idempotency_key=f"af-call:{self.task.run_id}:{self.made if key is None else 'key:' + key}",
+            agent=agent, input=data, tenant=self.task.tenant, routing_key=meta.routing_key, priority=level,
+            idempotency_key=f"af-call:{self.task.run_id}:{made if key is None else 'key:' + key}",
             correlation_id=self.task.correlation_id, source=f"agent:{self.task.agent}", call_depth=depth,
         )  # fmt: skip
 
     async def enqueue(self, agent: str, input: Mapping[str, Any] | BaseModel, key: str | None,
                       priority: int | None) -> Enqueued:  # fmt: skip
-        spec = self.spec(agent, input, key, priority)
+        spec = await self.spec(agent, input, key, priority)
         return await (await self.caller.queue()).enqueue(spec)
 
     async def submit(self, agent: str, input: Mapping[str, Any] | BaseModel, *, key: str | None = None,

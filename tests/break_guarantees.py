@@ -268,8 +268,8 @@ M = [
     (
         "call key per attempt",
         "agents/calls.py",
-        "idempotency_key=f\"af-call:{self.task.run_id}:{self.made if key is None else 'key:' + key}\",",
-        "idempotency_key=f\"af-call:{self.task.run_id}:{self.task.attempt}:{self.made if key is None else 'key:' + key}\",",
+        "idempotency_key=f\"af-call:{self.task.run_id}:{made if key is None else 'key:' + key}\",",
+        "idempotency_key=f\"af-call:{self.task.run_id}:{self.task.attempt}:{made if key is None else 'key:' + key}\",",
         A + "test_a_caller_retried_after_its_call_does_not_run_the_callee_twice",
     ),
     (
@@ -289,8 +289,8 @@ M = [
     (
         "unknown callee not refused",
         "agents/calls.py",
-        "        if agent not in self.caller.registry:",
-        "        if False:",
+        "        elif not await self.caller.has_lane(agent, level):",
+        "        elif False:",
         A + "test_a_call_to_an_unknown_agent_fails_the_caller_once_and_enqueues_nothing",
     ),
 ]

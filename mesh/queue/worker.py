@@ -61,7 +61,7 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
-from nats.js.errors import APIError
+from nats.js.errors import APIError, NotFoundError
 from pydantic import ValidationError
 from pydantic_core import to_json
 
@@ -105,7 +105,7 @@ from mesh.wire.connection import through_outage
 from mesh.wire.publisher import Pipeline, parse_puback
 from mesh.wire.puller import Puller
 
-__all__ = ["AgentQueueConfig", "PermanentError", "TaskContext", "TaskWorker", "ensure_lane"]
+__all__ = ["AgentQueueConfig", "PermanentError", "TaskContext", "TaskWorker", "ensure_lane", "has_lane"]
 
 log = logging.getLogger(__name__)
 _NO_PROBES = Probes()
@@ -1440,3 +1440,12 @@ async def ensure_lane(js: JetStreamContext, cfg: AgentQueueConfig, priority: int
         max_waiting=512,
     )
     await js.add_consumer(names.STREAM_TASKS, config)
+
+
+async def has_lane(js: JetStreamContext, agent: str, priority: int) -> bool:
+    """Has a worker ever served ``agent`` at ``priority`` (its lane's consumer exists)?"""
+    try:
+        await js.consumer_info(names.STREAM_TASKS, names.task_consumer(agent, priority))
+    except NotFoundError:
+        return False
+    return True

@@ -166,6 +166,17 @@ async def test_a_submit_retried_answers_the_same_callee_run_and_runs_it_once(
     assert callee.starts == [submitted]
 
 
+async def test_a_callee_this_worker_does_not_know_is_called_when_another_worker_serves_it(
+    nc: Client, mesh_js: JetStreamContext, queue: TaskQueue, serve: Serve
+) -> None:
+    a, b = unique("call-a"), unique("call-b")
+    await serve(chain(a, b))  # its registry holds a alone (an installed package's worker)
+    await serve(chain(b))
+    outcome = await run_to_end(nc, mesh_js, queue, a, {"x": 1})
+    assert outcome.status is RunStatus.SUCCEEDED, outcome.errors
+    assert outcome.result == {"answer": 21, "path": [a, b]}
+
+
 async def test_a_call_to_an_unknown_agent_fails_the_caller_once_and_enqueues_nothing(
     nc: Client, mesh_js: JetStreamContext, queue: TaskQueue, serve: Serve
 ) -> None:
