@@ -32,15 +32,31 @@ from mesh.lazy import lazy_exports
 
 if TYPE_CHECKING:
     from agents.contract import Agent, RunContext
+    from agents.errors import AgentCallError, AgentCallFailed, AgentCallRefused, AgentCallTimedOut
     from agents.registry import AgentLoadError, Registry, load_registry
     from mesh.errors import PermanentError
 
-__all__ = ["Agent", "AgentLoadError", "PermanentError", "Registry", "RunContext", "load_registry"]
+__all__ = [
+    "Agent",
+    "AgentCallError",
+    "AgentCallFailed",
+    "AgentCallRefused",
+    "AgentCallTimedOut",
+    "AgentLoadError",
+    "PermanentError",
+    "Registry",
+    "RunContext",
+    "load_registry",
+]
 
 # Loaded on first use: a sandbox template imports only what its agents need.
 _WHERE = {
     "Agent": "agents.contract",
     "RunContext": "agents.contract",
+    "AgentCallError": "agents.errors",
+    "AgentCallFailed": "agents.errors",
+    "AgentCallRefused": "agents.errors",
+    "AgentCallTimedOut": "agents.errors",
     "AgentLoadError": "agents.registry",
     "Registry": "agents.registry",
     "load_registry": "agents.registry",

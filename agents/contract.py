@@ -30,15 +30,15 @@ from __future__ import annotations
 
 import functools
 from abc import ABC, abstractmethod
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Generic, TypeVar
+from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
 from pydantic import BaseModel
 
 from agents.resilience.policy import Resilience
 
-__all__ = ["Agent", "RunContext"]
+__all__ = ["Agent", "Calls", "RunContext"]
 
 I = TypeVar("I", bound=BaseModel)  # noqa: E741
 O = TypeVar("O", bound=BaseModel)  # noqa: E741
@@ -48,8 +48,21 @@ async def _no_progress(percent: float) -> None:
     return None
 
 
+_NO_CALLS = "this run cannot call agents: only a run a worker serves can (agents.runtime.worker_for)"
+
+
 def _no_usage(model: str, input_tokens: int, output_tokens: int) -> None:
     return None
+
+
+class Calls(Protocol):
+    """Where a run's calls of other agents go (:class:`agents.calls.CallSite` in a worker)."""
+
+    async def call(self, agent: str, input: Mapping[str, Any] | BaseModel, *, timeout_s: float,
+                   key: str | None, priority: int | None) -> dict[str, Any]: ...  # fmt: skip
+
+    async def submit(self, agent: str, input: Mapping[str, Any] | BaseModel, *, key: str | None,
+                     priority: int | None) -> str: ...  # fmt: skip
 
 
 @dataclass
@@ -65,6 +78,7 @@ class RunContext:
     config: Any = field(default_factory=dict)
     _progress: Callable[[float], Awaitable[None]] = field(default=_no_progress, repr=False)
     _usage: Callable[[str, int, int], None] = field(default=_no_usage, repr=False)
+    _calls: Calls | None = field(default=None, repr=False)
 
     async def report_progress(self, percent: float) -> None:
         await self._progress(percent)
@@ -73,6 +87,40 @@ class RunContext:
         """Say that this run spent tokens on ``model``: carried on the run's finished
         event and priced by metering (docs/processors.md). Call it once per model call."""
         self._usage(model, input_tokens, output_tokens)
+
+    async def call(
+        self,
+        agent: str,
+        input: Mapping[str, Any] | BaseModel,
+        *,
+        timeout_s: float = 60.0,
+        key: str | None = None,
+        priority: int | None = None,
+    ) -> dict[str, Any]:
+        """Run ``agent`` on ``input`` through the task queue and return its result.
+
+        The run is this run's child: same tenant, correlation id and trace, this
+        run's priority unless ``priority`` says otherwise. A retry or redelivery of
+        this run makes the same call again without a second run of ``agent``: the
+        n-th call of a run is keyed by the run id and n (or by ``key``), so calls
+        must come in the same order with the same input on every attempt (or carry
+        a ``key``). Raises :class:`~agents.errors.AgentCallFailed` (with the callee's
+        error category) when that run failed, :class:`~agents.errors.AgentCallTimedOut`
+        after ``timeout_s`` (the callee's run goes on; a retry of this run waits for
+        it again), :class:`~agents.errors.AgentCallRefused` for an unknown agent, an
+        input that does not fit it, or a chain deeper than 8 calls (docs/queue.md)."""
+        if self._calls is None:
+            raise RuntimeError(_NO_CALLS)
+        return await self._calls.call(agent, input, timeout_s=timeout_s, key=key, priority=priority)
+
+    async def submit(
+        self, agent: str, input: Mapping[str, Any] | BaseModel, *, key: str | None = None,
+        priority: int | None = None,
+    ) -> str:  # fmt: skip
+        """As :meth:`call`, without waiting: the callee's run id (the same on a retry)."""
+        if self._calls is None:
+            raise RuntimeError(_NO_CALLS)
+        return await self._calls.submit(agent, input, key=key, priority=priority)
 
 
 class Agent(ABC, Generic[I, O]):

@@ -26,6 +26,7 @@ from nats.aio.client import Client
 from nats.js import JetStreamContext
 from pydantic import ValidationError
 
+from agents.calls import Caller
 from agents.configs import RunConfig
 from agents.contract import Agent, RunContext
 from agents.lifecycle.health import HealthProbes
@@ -45,13 +46,15 @@ def agent_handler(
     registry: Registry | None = None,
     invoke: Invoke | None = None,
     config: RunConfig | None = None,
+    caller: Caller | None = None,
 ) -> Handler:
     """The queue handler of ``agent``. ``registry``: where its fallback agents are
     found (:class:`~agents.resilience.ResilienceConfigError` if one is missing);
     ``invoke``: run it elsewhere (the sandbox) under its guard instead of in-process;
-    ``config``: where ``ctx.config`` comes from (None: an empty dict)."""
+    ``config``: where ``ctx.config`` comes from (None: an empty dict); ``caller``:
+    where ``ctx.call`` sends its runs (None: an agent of this handler cannot call)."""
     if invoke is not None:
-        return _elsewhere(AgentGuard(agent, registry, invoke=invoke), config)
+        return _elsewhere(AgentGuard(agent, registry, invoke=invoke), config, caller)
     guard = AgentGuard(agent, registry) if agent.resilience.enforced_in_handler else None
 
     async def handle(task: TaskContext) -> Any:
@@ -63,6 +66,7 @@ def agent_handler(
             run_id=task.run_id, tenant=task.tenant, attempt=task.attempt, routing_key=task.routing_key,
             config=config.values(task.tenant) if config is not None else {},
             _progress=task.report_progress, _usage=task.report_usage,
+            _calls=caller.site(task) if caller is not None else None,
         )  # fmt: skip
         if guard is not None:
             return await guard.call(task, parsed, ctx)
@@ -72,27 +76,28 @@ def agent_handler(
     return handle
 
 
-def _elsewhere(guard: AgentGuard, config: RunConfig | None) -> Handler:
+def _elsewhere(guard: AgentGuard, config: RunConfig | None, caller: Caller | None) -> Handler:
     async def handle(task: TaskContext) -> Any:
         ctx = RunContext(run_id=task.run_id, tenant=task.tenant, attempt=task.attempt,
                          routing_key=task.routing_key, _usage=task.report_usage,
-                         config=config.values(task.tenant) if config is not None else {})  # fmt: skip
+                         config=config.values(task.tenant) if config is not None else {},
+                         _calls=caller.site(task) if caller is not None else None)  # fmt: skip
         return await guard.call(task, None, ctx)
 
     return handle
 
 
-def through(sandbox: Sandbox, watch: ConfigWatch | None = None) -> Invoke:
+def through(sandbox: Sandbox, watch: ConfigWatch | None = None, caller: Caller | None = None) -> Invoke:
     """Run any agent of ``sandbox``'s template as one confined invocation
     (:func:`~agents.sandboxed.sandboxed_handler`), for :class:`AgentGuard`;
-    ``watch``: each agent's ``ctx.config`` (its own, a fallback's too)."""
+    ``watch``: each agent's ``ctx.config`` (its own, a fallback's too); ``caller``: its calls."""
     handlers: dict[str, Handler] = {}
 
     async def invoke(agent: Agent[Any, Any], task: TaskContext, ctx: RunContext) -> Any:
         handler = handlers.get(agent.key)
         if handler is None:
             config = RunConfig(agent, watch) if watch is not None else None
-            handler = handlers[agent.key] = sandboxed_handler(agent, sandbox, config)
+            handler = handlers[agent.key] = sandboxed_handler(agent, sandbox, config, caller)
         return await handler(task)
 
     return invoke
@@ -128,21 +133,23 @@ def worker_for(
     kill switch, ``ctx.config``; :mod:`agents.configs`)."""
     keys = agents or registry.keys()
     watch = ConfigWatch(nc, js, name=name) if config_watch else None
-    invoke = through(sandbox, watch) if sandbox else None
+    caller = Caller(nc, js, registry)
+    invoke = through(sandbox, watch, caller) if sandbox else None
     handlers: dict[str, tuple[AgentQueueConfig, Handler]] = {}
     for key in keys:
         agent = registry.get(key)
         config = RunConfig(agent, watch) if watch is not None else None
         if sandbox is None:
-            handler = agent_handler(agent, registry, config=config)
+            handler = agent_handler(agent, registry, config=config, caller=caller)
         elif agent.resilience.enforced_in_handler:
-            handler = agent_handler(agent, registry, invoke, config)
+            handler = agent_handler(agent, registry, invoke, config, caller)
         else:  # nothing acts around the invocation: the sandbox's handler alone
-            handler = sandboxed_handler(agent, sandbox, config)
+            handler = sandboxed_handler(agent, sandbox, config, caller)
         handlers[key] = (queue_config(agent), _switched(config, handler) if config is not None else handler)
     # The watch starts with the worker, before its first pull: a tenant's kill switch,
     # pinned version and mode hold from the first task on.
     worker = TaskWorker(nc, js, handlers, concurrency=concurrency, name=name, config=watch, **options)
+    worker.attach(caller)
     if sandbox is not None:
         worker.attach(sandbox)
     worker.attach(HealthProbes(worker, [registry.get(key) for key in keys]))

@@ -23,6 +23,7 @@ from typing import Any, Final
 from opentelemetry.trace import Status, StatusCode
 from prometheus_client import Counter, Histogram
 
+from agents.calls import Caller
 from agents.configs import RunConfig
 from agents.contract import Agent, RunContext
 from agents.errors import AgentError
@@ -78,8 +79,11 @@ def sandbox_config(agents: list[Agent[Any, Any]], **options: Any) -> SandboxConf
     return SandboxConfig(agents=[spec_of(agent) for agent in agents], **options)
 
 
-def sandboxed_handler(agent: Agent[Any, Any], sandbox: Sandbox, config: RunConfig | None = None) -> Handler:
-    """``agent``'s queue handler through ``sandbox``; ``config``: where ``ctx.config`` comes from."""
+def sandboxed_handler(
+    agent: Agent[Any, Any], sandbox: Sandbox, config: RunConfig | None = None, caller: Caller | None = None
+) -> Handler:
+    """``agent``'s queue handler through ``sandbox``; ``config``: where ``ctx.config`` comes from;
+    ``caller``: where the child's ``ctx.call`` goes (relayed: :mod:`agents.sandbox.relay`)."""
     timeout_s = getattr(getattr(agent, "resilience", None), "timeout_s", None)
     limits: SandboxLimits | None = None
     if timeout_s:
@@ -88,7 +92,8 @@ def sandboxed_handler(agent: Agent[Any, Any], sandbox: Sandbox, config: RunConfi
     async def handle(task: TaskContext) -> Any:
         ctx = RunContext(run_id=task.run_id, tenant=task.tenant, attempt=task.attempt,
                          routing_key=task.routing_key, _usage=task.report_usage,
-                         config=config.values(task.tenant) if config is not None else {})  # fmt: skip
+                         config=config.values(task.tenant) if config is not None else {},
+                         _calls=caller.site(task) if caller is not None else None)  # fmt: skip
         started_ns = time.time_ns()
         result = await sandbox.invoke(agent.key, task.input if task.input is not None else {}, ctx,
                                       limits=limits)  # fmt: skip

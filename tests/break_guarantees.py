@@ -25,6 +25,7 @@ G = "tests/integration/queue/test_guarantees.py::"
 T = "tests/integration/queue/test_ttl_while_running.py::"
 C = "tests/integration/queue/test_cancel.py::"
 R = "tests/integration/gateway/test_runs_api.py::"
+A = "tests/integration/queue/test_agent_calls.py::"
 M = [
     (
         "ack before outcome",
@@ -263,6 +264,34 @@ M = [
         "SHOW_RUNNING_AFTER_S = 1.0 ",
         "SHOW_RUNNING_AFTER_S = 1e9 ",
         "tests/integration/queue/test_run_visibility.py",
+    ),
+    (
+        "call key per attempt",
+        "agents/calls.py",
+        "idempotency_key=f\"af-call:{self.task.run_id}:{made if key is None else 'key:' + key}\",",
+        "idempotency_key=f\"af-call:{self.task.run_id}:{self.task.attempt}:{made if key is None else 'key:' + key}\",",
+        A + "test_a_caller_retried_after_its_call_does_not_run_the_callee_twice",
+    ),
+    (
+        "call enqueued outside the attempt",
+        "agents/calls.py",
+        "        return await (await self.caller.queue()).enqueue(spec)",
+        "        import contextvars\n        queue = await self.caller.queue()\n        return await asyncio.create_task(queue.enqueue(spec), context=contextvars.Context())",
+        A + "test_the_chain_is_one_trace_each_run_a_child_of_its_callers_attempt",
+    ),
+    (
+        "no call depth limit",
+        "agents/calls.py",
+        "        if depth > MAX_CALL_DEPTH:",
+        "        if depth > 10**6:",
+        A + "test_an_agent_calling_itself_is_stopped_at_the_depth_limit",
+    ),
+    (
+        "unknown callee not refused",
+        "agents/calls.py",
+        "        elif not await self.caller.has_lane(agent, level):",
+        "        elif False:",
+        A + "test_a_call_to_an_unknown_agent_fails_the_caller_once_and_enqueues_nothing",
     ),
 ]
 

@@ -34,6 +34,7 @@ from agents.sandbox.config import InvocationRequest
 from agents.sandbox.invocation import wchar_of
 from agents.sandbox.limits import rlimits, set_rlimits
 from agents.sandbox.loglines import LineCollector
+from agents.sandbox.relay import ChildCalls
 from agents.sandbox.syscalls import enter_netns, set_name, set_no_new_privs, set_parent_death_signal
 from mesh.errors import PermanentError
 
@@ -46,7 +47,8 @@ __all__ = ["RUN_NAME", "WARM_NAME", "ChildSetup", "child_request", "classify", "
 RESULT_FD = 3
 REQUEST_FD = 4
 IO_FD = 5
-NETNS_FD = 6
+CALL_FD = 6  # a socket to the template: ctx.call (agents.sandbox.relay)
+NETNS_FD = 7
 _result_fd = [0]  # where a setup failure is reported: the pipe's first descriptor until dup2
 EXIT_SETUP_FAILED = 70
 
@@ -126,7 +128,7 @@ class ChildSetup:
     pids_cgroup: bool  # one of them limits the number of processes
     netns_fd: int | None  # the shared empty one, joined unless the profile allows network
     uid: int | None  # None: keep the template's uid
-    pipes: tuple[int, int, int, int]  # stdout, stderr, result (write ends), request (read end)
+    pipes: tuple[int, int, int, int, int]  # stdout, stderr, result (write ends), request (read end), call
     network: bool  # its profile: may it reach the network ...
     rlimits: tuple[tuple[int, int, int], ...]  # ... and its limits
 
@@ -171,7 +173,7 @@ def _prepare(setup: ChildSetup) -> asyncio.AbstractEventLoop:
     # Lift every source above the targets first, or one dup2 could overwrite another's source.
     # /proc/self/io is opened while root: after the uid drop a process may not open its own.
     sources = [os.open(os.devnull, os.O_RDONLY), *setup.pipes, os.open("/proc/self/io", os.O_RDONLY)]
-    targets = [0, 1, 2, RESULT_FD, REQUEST_FD, IO_FD]
+    targets = [0, 1, 2, RESULT_FD, REQUEST_FD, CALL_FD, IO_FD]
     if setup.netns_fd is not None:
         sources.append(setup.netns_fd)
         targets.append(NETNS_FD)
@@ -179,7 +181,7 @@ def _prepare(setup: ChildSetup) -> asyncio.AbstractEventLoop:
     for fd, target in zip(lifted, targets, strict=True):
         os.dup2(fd, target)
     _result_fd[0] = RESULT_FD  # the original descriptor is closed below
-    os.closerange(targets[-1] + 1, 1 << 16)
+    os.closerange(max(targets) + 1, 1 << 16)
     os.chdir(setup.workdir)
     os.environ.clear()  # the template emptied its own: nothing to do, unless run elsewhere
     loop = _own_loop()
@@ -254,7 +256,7 @@ def _run(agent: Agent[Any, Any], request: ChildRequest, loop: asyncio.AbstractEv
                 "category": ErrorCategory.INPUT_ERROR,
                 "error": f"config of {agent.key} does not fit: {exc}",
             }
-    ctx = RunContext(**context, config=config, _usage=report_usage)
+    ctx = RunContext(**context, config=config, _usage=report_usage, _calls=ChildCalls(CALL_FD))
     try:  # the loop is not closed: the process exits right after
         output = loop.run_until_complete(agent.run(parsed, ctx))
     except Exception as exc:

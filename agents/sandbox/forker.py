@@ -9,7 +9,7 @@ invocation. So the template forks this server once, right after importing the
 agents, and keeps the loop for itself; the server only
 
 * forks a child when the template sends it a setup (a JSON object, the
-  child's four pipe ends passed with ``SCM_RIGHTS``) and answers ``P<pid>``
+  child's four pipe ends and its call socket passed with ``SCM_RIGHTS``) and answers ``P<pid>``
   (the template does not wait for it: its loop goes on);
 * reaps its children, each after a ``SIGKILL`` to its process group (until
   the reap the pid, so the group id, cannot be reused) and a read of its
@@ -212,7 +212,7 @@ def _fork(agents: dict[str, Agent[Any, Any]], s: dict[str, Any], fds: list[int],
           ctl: socket.socket) -> int:  # fmt: skip
     setup = ChildSetup(
         workdir=s["workdir"], cgroup_procs=s["cgroup_procs"], pids_cgroup=s["pids_cgroup"],
-        netns_fd=netns_fd, uid=s["uid"], pipes=(fds[0], fds[1], fds[2], fds[3]),
+        netns_fd=netns_fd, uid=s["uid"], pipes=(fds[0], fds[1], fds[2], fds[3], fds[4]),
         network=s["network"], rlimits=tuple((w, soft, hard) for w, soft, hard in s["rlimits"]),
     )  # fmt: skip
     try:

@@ -33,16 +33,17 @@ def send_frame(sock: socket.socket, message: dict[str, Any]) -> None:
 class FrameReader:
     """Frames out of bytes as they arrive (the template's non-blocking side)."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_frame: int = MAX_FRAME) -> None:
         self._buffer = bytearray()
+        self.max_frame = max_frame
 
     def feed(self, data: bytes) -> list[dict[str, Any]]:
         self._buffer += data
         out = []
         while len(self._buffer) >= _HEADER.size:
             (size,) = _HEADER.unpack_from(self._buffer)
-            if size > MAX_FRAME:
-                raise ValueError(f"frame of {size} bytes is over the {MAX_FRAME}-byte limit")
+            if size > self.max_frame:
+                raise ValueError(f"frame of {size} bytes is over the {self.max_frame}-byte limit")
             if len(self._buffer) < _HEADER.size + size:
                 break
             out.append(json.loads(self._buffer[_HEADER.size : _HEADER.size + size]))

@@ -7,6 +7,7 @@ import contextlib
 import json
 import os
 import signal
+import socket
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,6 +16,8 @@ from typing import Any
 from agents.sandbox.audit import ErrorCategory, InvocationAudit
 from agents.sandbox.cgroups import CgroupSlot
 from agents.sandbox.config import InvocationRequest
+from agents.sandbox.frames import FrameReader
+from agents.sandbox.relay import MAX_CALL_FRAME
 
 __all__ = [
     "Capture",
@@ -88,6 +91,11 @@ class Invocation:
     ended: float = 0.0
     leftovers: int = 0
     answered: bool = False  # before its reap: it closed its pipes after a complete result
+    # ctx.call (agents.sandbox.relay): the template's end of its call socket, what came in on
+    # it not yet whole, and the answers not yet sent (the child reads them when it will)
+    call_sock: socket.socket | None = None
+    call_frames: FrameReader = field(default_factory=lambda: FrameReader(MAX_CALL_FRAME))
+    call_out: bytearray = field(default_factory=bytearray)
 
     @property
     def deadline(self) -> float:

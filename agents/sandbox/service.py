@@ -30,7 +30,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from agents.contract import RunContext
+from agents.contract import Calls, RunContext
 from agents.sandbox.audit import InvocationAudit, InvocationResult, SandboxError, SandboxStopped
 from agents.sandbox.cgroups import Hierarchy, remove_slots
 from agents.sandbox.config import ENV_PREFIXES, InvocationRequest, SandboxConfig
@@ -38,6 +38,7 @@ from agents.sandbox.frames import encode, read_frame
 from agents.sandbox.levels import Levels, log_levels_once
 from agents.sandbox.limits import SandboxLimits
 from agents.sandbox.loglines import relog
+from agents.sandbox.relay import CallRelay
 
 __all__ = ["Sandbox"]
 
@@ -71,6 +72,7 @@ class _TemplateProcess:
                 ", ".join(ready["private_paths"]),
             )
         self.pending: dict[str, asyncio.Future[dict[str, Any]]] = {}
+        self.relays: dict[str, CallRelay] = {}  # the running invocations' calls, by request id
         self.reading = asyncio.create_task(self._read_answers(), name=f"sandbox-template-{proc.pid}")
 
     @classmethod
@@ -105,6 +107,11 @@ class _TemplateProcess:
         try:
             while True:
                 answer = await read_frame(self.reader)
+                if answer.get("op") == "call":  # a child's call (agents.sandbox.relay)
+                    relay, call = self.relays.get(str(answer.get("invocation"))), answer.get("call")
+                    if relay is not None and isinstance(call, dict):
+                        relay.ask(call)
+                    continue
                 future = self.pending.pop(answer["id"], None)
                 if future is not None and not future.done():
                     future.set_result(answer)
@@ -115,14 +122,27 @@ class _TemplateProcess:
                 if not future.done():
                     future.set_exception(SandboxStopped("the sandbox template stopped"))
             self.pending.clear()
+            for relay in self.relays.values():
+                relay.close()
+            self.relays.clear()
 
-    async def invoke(self, request: InvocationRequest) -> dict[str, Any]:
+    async def invoke(self, request: InvocationRequest, calls: Calls | None = None) -> dict[str, Any]:
         if self.reading.done():
             raise SandboxStopped("the sandbox template stopped")
         future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self.pending[request.id] = future
+
+        def answer(reply: dict[str, Any]) -> None:
+            if request.id in self.relays:  # else the invocation ended: nobody waits
+                self.writer.write(encode({"op": "called", "invocation": request.id, "answer": reply}))
+
+        self.relays[request.id] = CallRelay(calls, answer)  # made here: in the caller's context (its trace)
         self.writer.write(encode({"op": "invoke", "request": request.model_dump(mode="json")}))
-        return await future
+        try:
+            return await future
+        finally:
+            if (relay := self.relays.pop(request.id, None)) is not None:
+                relay.close()
 
     def rss_bytes(self) -> int:
         with contextlib.suppress(OSError):
@@ -238,7 +258,7 @@ class Sandbox:
                      "routing_key": ctx.routing_key, "config": _config_values(ctx.config)},
             limits=limits or self.config.limits, network=network, env=self.environment(env_names),
         )  # fmt: skip
-        answer = await self._running().invoke(request)
+        answer = await self._running().invoke(request, ctx._calls)
         # The agent's own log lines, logged here in the caller's context (a run's: its labels).
         relog(answer.get("logs"), answer.get("logs_dropped"), request.id, agent)
         for used in answer.get("tokens") or ():  # what the agent said it spent; it could say anything

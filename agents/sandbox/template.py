@@ -45,7 +45,7 @@ from agents.sandbox.cgroups import Hierarchy, find_hierarchies, make_slots, remo
 from agents.sandbox.child import Profile, child_request, prepare_loop, profile_of
 from agents.sandbox.config import InvocationRequest, SandboxConfig
 from agents.sandbox.forker import Exited, Forked, ForkFailed, ForkServer, ForkServerGone
-from agents.sandbox.frames import FrameReader, send_frame
+from agents.sandbox.frames import FrameReader, encode, send_frame
 from agents.sandbox.invocation import (
     ERR,
     OUT,
@@ -68,6 +68,7 @@ __all__ = ["main"]
 
 RESULT_CAP = 64 * 1024 * 1024
 DRAIN_S = 2.0  # after the main process exits, how long its pipes and leftovers may take
+MAX_CALL_BACKLOG = 16 * 1024 * 1024  # answers to a child's calls it has not read yet
 
 
 class Template:
@@ -102,6 +103,7 @@ class Template:
         # may have been a child forked an instant before the server said so).
         self.swept: set[int] = set()
         self.by_fd: dict[int, Invocation] = {}
+        self.by_call: dict[int, Invocation] = {}  # by the fd of the template's end of its call socket
         self.stopping = False
         self.selector = selectors.DefaultSelector()
         self.frames = FrameReader()
@@ -177,8 +179,10 @@ class Template:
             if not events and unwarmed:
                 with contextlib.suppress(ForkServerGone):  # then the template stops
                     self._warm(unwarmed, self.default_profile)
-            for key, _ in events:
-                if key.data == "control":
+            for key, mask in events:
+                if key.data == "call":
+                    self._on_call_socket(key.fd, mask)
+                elif key.data == "control":
                     self._read_control()
                 elif key.data == "signal":
                     with contextlib.suppress(BlockingIOError):
@@ -220,6 +224,8 @@ class Template:
         for message in self.frames.feed(data):
             if message.get("op") == "stop":
                 self.stopping = True
+            elif message.get("op") == "called":
+                self._answer_call(str(message["invocation"]), message["answer"])
             elif message.get("op") == "invoke":
                 request = InvocationRequest.model_validate(message["request"])
                 self.waiting.append((request, profile_of(request, pids_cgroup=self._pids_cgroup)))
@@ -281,16 +287,19 @@ class Template:
         if slot.cgroup is not None:
             slot.cgroup.prepare(self.config.limits)
         out, err, result, request = (os.pipe2(os.O_CLOEXEC) for _ in range(4))
+        call_ours, call_theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         setup = {
             "workdir": workdir, "cgroup_procs": slot.cgroup.join_path() if slot.cgroup else [],
             "pids_cgroup": self._pids_cgroup, "uid": slot.uid, "network": profile[0], "rlimits": profile[1],
         }  # fmt: skip
         assert self.forker is not None
         try:
-            self.forker.fork(setup, [out[1], err[1], result[1], request[0]])
+            self.forker.fork(setup, [out[1], err[1], result[1], request[0], call_theirs.fileno()])
         except ForkServerGone:
             for fd in (*out, *err, *result, *request):
                 os.close(fd)
+            call_ours.close()
+            call_theirs.close()
             shutil.rmtree(workdir, ignore_errors=True)
             self._forker_gone()
             raise
@@ -299,6 +308,11 @@ class Template:
             slot, 0, workdir, {}, request_fd=request[1], forked=time.monotonic(), profile=profile
         )
         os.close(request[0])
+        call_theirs.close()
+        call_ours.setblocking(False)
+        child.call_sock = call_ours
+        self.by_call[call_ours.fileno()] = child
+        self.selector.register(call_ours, selectors.EVENT_READ, "call")
         for which, (r, w), size in ((OUT, out, cap), (ERR, err, cap), (RESULT, result, RESULT_CAP)):
             os.close(w)
             os.set_blocking(r, False)
@@ -438,6 +452,7 @@ class Template:
             self._close_pipe(fd)
         if child.request_fd is not None:
             os.close(child.request_fd)
+        self._close_calls(child)
         shutil.rmtree(child.workdir, ignore_errors=True)
         child.slot.child = None
 
@@ -528,12 +543,76 @@ class Template:
                 self.by_fd[fd].captures[fd][1].feed(data)
         self._close_pipe(fd)
 
+    # -- calls: ctx.call of a running child, relayed to the worker and back (agents.sandbox.relay)
+
+    def _on_call_socket(self, fd: int, mask: int) -> None:
+        child = self.by_call.get(fd)
+        if child is None or child.call_sock is None:
+            return
+        if mask & selectors.EVENT_WRITE:
+            self._flush_calls(child)
+        if not mask & selectors.EVENT_READ or child.call_sock is None:
+            return
+        try:
+            data = child.call_sock.recv(1 << 16)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        try:
+            calls = child.call_frames.feed(data) if data else None
+        except ValueError:  # a frame over the limit: the child loses its calls, nothing else
+            calls = None
+        if calls is None:
+            self._close_calls(child)
+            return
+        for call in calls:  # the child's word: only objects go on, stamped with its invocation
+            if isinstance(call, dict) and child.request is not None and child.status is None:
+                with contextlib.suppress(OSError):
+                    send_frame(self.sock, {"op": "call", "invocation": child.request.id, "call": call})
+
+    def _answer_call(self, invocation: str, answer: dict[str, Any]) -> None:
+        running = (c for c in self.children.values() if c.request is not None and c.request.id == invocation)
+        child = next(running, None)
+        if child is None or child.call_sock is None:
+            return  # it ended: nobody waits for the answer
+        child.call_out += encode(answer)
+        if len(child.call_out) > MAX_CALL_BACKLOG:  # it asks and never reads: it loses its calls
+            self._close_calls(child)
+            return
+        self._flush_calls(child)
+
+    def _flush_calls(self, child: Invocation) -> None:
+        """Send what the child's socket takes now; the rest when it is writable again (a
+        child that does not read its answers holds up nothing but its own calls)."""
+        assert child.call_sock is not None
+        try:
+            sent = child.call_sock.send(child.call_out) if child.call_out else 0
+        except BlockingIOError:
+            sent = 0
+        except OSError:
+            self._close_calls(child)
+            return
+        del child.call_out[:sent]
+        events = selectors.EVENT_READ | (selectors.EVENT_WRITE if child.call_out else 0)
+        self.selector.modify(child.call_sock, events, "call")
+
+    def _close_calls(self, child: Invocation) -> None:
+        if child.call_sock is not None:
+            self.by_call.pop(child.call_sock.fileno(), None)
+            with contextlib.suppress(KeyError, ValueError):
+                self.selector.unregister(child.call_sock)
+            child.call_sock.close()
+            child.call_sock = None
+            child.call_out.clear()
+
     # -- answers
 
     def _finish(self, child: Invocation, left_behind: int) -> None:
         del self.children[child.pid]
         if child.request_fd is not None:
             os.close(child.request_fd)
+        self._close_calls(child)
         shutil.rmtree(child.workdir, ignore_errors=True)
         if not left_behind:
             child.slot.child = None

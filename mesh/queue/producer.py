@@ -86,7 +86,15 @@ from mesh.wire import protocol
 from mesh.wire.protocol import encode_headers
 from mesh.wire.publisher import ELECTION_PATIENCE_S, Patience, Pipeline, PubAck, parse_puback
 
-__all__ = ["DEFAULT_TTL_S", "MAX_BATCH", "MAX_TTL_S", "Enqueued", "TaskQueue", "TaskSpec"]
+__all__ = [
+    "CALL_DEPTH_HEADER",
+    "DEFAULT_TTL_S",
+    "MAX_BATCH",
+    "MAX_TTL_S",
+    "Enqueued",
+    "TaskQueue",
+    "TaskSpec",
+]
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +102,8 @@ DEFAULT_TTL_S: Final = 3600
 MAX_TTL_S: Final = 86_400
 TASK_TYPE: Final = "task.run"
 MAX_BATCH: Final = 1000  # JetStream's atomic batch limit
+#: How many agent calls deep a task is (absent: 0, a run nobody's run asked for; agents.calls).
+CALL_DEPTH_HEADER: Final = "AF-Call-Depth"
 _SUBJECT_FULL = 10077  # JetStream: maximum messages per subject exceeded
 _CREATE_ONLY = protocol.expect_last_subject_seq(protocol.EMPTY_HEADERS, 0)
 _COMMAND = MessageType.COMMAND.value
@@ -116,6 +126,7 @@ class TaskSpec:
     ttl_s: int = DEFAULT_TTL_S
     correlation_id: str | None = None
     source: str | None = None
+    call_depth: int = 0  # runs of agents calling agents above this one (agents.calls)
 
 
 @dataclass(frozen=True, slots=True)
@@ -230,6 +241,8 @@ def task_message(
     if dedup:
         headers += b"Nats-Msg-Id: run-%s\r\n" % run_id.encode()
     headers += _meta_headers(meta)
+    if spec.call_depth:
+        headers += b"%s: %d\r\n" % (CALL_DEPTH_HEADER.encode(), spec.call_depth)
     if extra_headers:
         headers += encode_headers(extra_headers)[10:-2]  # without its status line and end
     return TaskMessage(run_id, data, headers + b"\r\n", queued_record(run_id, spec, created_at, meta))

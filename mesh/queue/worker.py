@@ -61,7 +61,7 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
-from nats.js.errors import APIError
+from nats.js.errors import APIError, NotFoundError
 from pydantic import ValidationError
 from pydantic_core import to_json
 
@@ -96,6 +96,7 @@ from mesh.queue.outcome import (
     success_message,
     wait_deadline,
 )
+from mesh.queue.producer import CALL_DEPTH_HEADER
 from mesh.queue.runs import ModelUsage, RunState, RunStatus, get_run_entry, run_key
 from mesh.queue.slots import ConcurrencyQuotas
 from mesh.queue.spans import Attempt, outcome_span, stamped
@@ -104,7 +105,7 @@ from mesh.wire.connection import through_outage
 from mesh.wire.publisher import Pipeline, parse_puback
 from mesh.wire.puller import Puller
 
-__all__ = ["AgentQueueConfig", "PermanentError", "TaskContext", "TaskWorker", "ensure_lane"]
+__all__ = ["AgentQueueConfig", "PermanentError", "TaskContext", "TaskWorker", "ensure_lane", "has_lane"]
 
 log = logging.getLogger(__name__)
 _NO_PROBES = Probes()
@@ -160,6 +161,8 @@ class TaskContext:
     audit: dict[str, Any] | None = None
     #: Model tokens the handler reported (:meth:`report_usage`), carried on the finished event.
     usage: list[dict[str, Any]] | None = None
+    #: How many agent calls deep this run is (0: nobody's run asked for it; agents.calls).
+    call_depth: int = 0
 
     @property
     def correlation_id(self) -> str | None:
@@ -1062,6 +1065,8 @@ class TaskWorker:
             routing_key=task.metadata.routing_key, attempt=attempt,
             input=payload.get("input"), envelope=task, _report=report,
         )  # fmt: skip
+        if msg.headers and CALL_DEPTH_HEADER in msg.headers:
+            ctx.call_depth = _depth(msg.headers[CALL_DEPTH_HEADER])
         if item.traced is not None:
             item.traced.started(attempt, cfg.version)
         t0 = time.perf_counter()
@@ -1390,6 +1395,14 @@ def _note_lost_attempt(state: RunState, attempt: int) -> None:
         state.errors.sort(key=lambda e: (e.replay, e.attempt))
 
 
+def _depth(header: str) -> int:
+    """A task's call depth as its header says (a header no number fits: the deepest allowed)."""
+    try:
+        return max(0, int(header))
+    except ValueError:
+        return 1 << 16
+
+
 def _running(state: RunState, attempt: int, started: datetime) -> RunState:
     state.status, state.attempts, state.started_at = RunStatus.RUNNING, attempt, started
     state.expires_at = None  # started: the wait deadline no longer applies
@@ -1431,3 +1444,12 @@ async def ensure_lane(js: JetStreamContext, cfg: AgentQueueConfig, priority: int
         max_waiting=512,
     )
     await js.add_consumer(names.STREAM_TASKS, config)
+
+
+async def has_lane(js: JetStreamContext, agent: str, priority: int) -> bool:
+    """Has a worker ever served ``agent`` at ``priority`` (its lane's consumer exists)?"""
+    try:
+        await js.consumer_info(names.STREAM_TASKS, names.task_consumer(agent, priority))
+    except NotFoundError:
+        return False
+    return True

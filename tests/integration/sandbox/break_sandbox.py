@@ -25,6 +25,7 @@ from tests.break_guarantees import break_each
 
 H = "tests/integration/sandbox/test_hostile_agents.py::"
 I = "tests/integration/sandbox/test_invocations.py::"  # noqa: E741
+CR = "tests/integration/sandbox/test_calls_relayed.py::"
 M = [
     ("file size limit x64", "agents/sandbox/limits.py",
      "(resource.RLIMIT_FSIZE, limits.file_size_bytes, limits.file_size_bytes),",
@@ -94,6 +95,18 @@ M = [
      "                child.status, child.ended = int(signal.SIGKILL), now  # the wait status of a SIGKILL",
      "                pass",
      I + "test_a_killed_fork_server_ends_its_invocations_and_the_template_with_them"),
+    ("calls in flight unbounded", "agents/sandbox/relay.py",
+     "        if len(self.going) >= MAX_CALLS_IN_FLIGHT:",
+     "        if len(self.going) >= 10**6:",
+     CR + "test_calls_past_the_limit_in_flight_are_refused_not_queued"),
+    ("call frames unbounded", "agents/sandbox/invocation.py",
+     "field(default_factory=lambda: FrameReader(MAX_CALL_FRAME))",
+     "field(default_factory=FrameReader)",
+     CR + "test_a_call_frame_over_the_limit_closes_the_childs_calls_and_nothing_else"),
+    ("relayed call outside the attempt", "agents/sandbox/relay.py",
+     "        task = self.context.run(asyncio.create_task, self._make(call))",
+     "        task = asyncio.create_task(self._make(call))",
+     "tests/integration/queue/test_agent_calls.py::test_a_sandboxed_run_calls_through_its_worker_once_per_call_in_its_trace"),
 ]  # fmt: skip
 
 # Mutations of more than one place: the environment is emptied in the template and again
