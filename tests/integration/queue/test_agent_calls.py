@@ -28,7 +28,7 @@ from mesh.queue.results import await_outcome
 from mesh.queue.runs import ExecutionFinished, RunStatus
 from mesh.queue.worker import TaskWorker
 from tests.helpers import eventually, terminate, unique
-from tests.integration.observability.conftest import collector, in_memory  # noqa: F401  (fixtures)
+from tests.integration.observability.conftest import collector  # noqa: F401  (a fixture)
 from tests.integration.observability.otlp import Collector, Span, from_sdk, one, process
 from tests.integration.queue.call_agents import (
     CallsFromSandbox,
@@ -87,7 +87,7 @@ async def test_a_calling_b_calling_c_through_the_queue_answers_c_composed(
 
 async def test_the_chain_is_one_trace_each_run_a_child_of_its_callers_attempt(
     nc: Client, mesh_js: JetStreamContext, queue: TaskQueue, serve: Serve,
-    in_memory: InMemorySpanExporter,  # noqa: F811
+    spans: InMemorySpanExporter,
 ) -> None:  # fmt: skip
     a, b, c = unique("call-a"), unique("call-b"), unique("call-c")
     await serve(chain(a, b), chain(b, c), chain(c))
@@ -95,8 +95,8 @@ async def test_the_chain_is_one_trace_each_run_a_child_of_its_callers_attempt(
     assert outcome.status is RunStatus.SUCCEEDED, outcome.errors
 
     def ended() -> list[dict[str, object]]:  # an attempt's span ends just after its outcome is stored
-        spans = [from_sdk(s) for s in in_memory.get_finished_spans()]
-        return spans if {f"attempt {k}" for k in (a, b, c)} <= {s["name"] for s in spans} else []
+        found = [from_sdk(s) for s in spans.get_finished_spans()]
+        return found if {f"attempt {k}" for k in (a, b, c)} <= {s["name"] for s in found} else []
 
     spans = await eventually(ended, 5, "the three attempts' spans ended", every=0.02)
 
@@ -213,7 +213,7 @@ async def sandboxed_caller(nc: Client, mesh_js: JetStreamContext, serve: Serve) 
 
 async def test_a_sandboxed_run_calls_through_its_worker_once_per_call_in_its_trace(
     nc: Client, mesh_js: JetStreamContext, queue: TaskQueue, sandboxed_caller: Chain,
-    in_memory: InMemorySpanExporter,  # noqa: F811
+    spans: InMemorySpanExporter,
 ) -> None:  # fmt: skip
     leaf = sandboxed_caller
     asked = {"to": leaf.key, "x": 3, "fail_first_attempt_after_call": True}
@@ -225,8 +225,8 @@ async def test_a_sandboxed_run_calls_through_its_worker_once_per_call_in_its_tra
     assert len(leaf.starts) == 1, f"the callee ran {len(leaf.starts)} times for one call"
 
     def ended() -> list[dict[str, object]]:
-        spans = [from_sdk(s) for s in in_memory.get_finished_spans()]
-        return spans if f"attempt {leaf.key}" in {s["name"] for s in spans} else []
+        found = [from_sdk(s) for s in spans.get_finished_spans()]
+        return found if f"attempt {leaf.key}" in {s["name"] for s in found} else []
 
     spans = await eventually(ended, 5, "the callee's attempt span ended", every=0.02)
     attempts = [s for s in spans if s["name"] == f"attempt {CallsFromSandbox.key}"]
@@ -286,7 +286,7 @@ async def test_a_caller_whose_worker_is_killed_mid_call_is_redelivered_and_waits
 
 async def test_a_chain_across_worker_processes_is_one_trace_with_each_parent(
     nc: Client, mesh_js: JetStreamContext, queue: TaskQueue, nats_url: str, tmp_path: Path,
-    collector: tuple[Collector, str], in_memory: InMemorySpanExporter,  # noqa: F811
+    collector: tuple[Collector, str], spans: InMemorySpanExporter,  # noqa: F811
 ) -> None:  # fmt: skip
     received, endpoint = collector
     agents = ",".join(f"{_MODULE}:{c}" for c in ("ProcA", "ProcB", "ProcC"))
@@ -309,11 +309,11 @@ async def test_a_chain_across_worker_processes_is_one_trace_with_each_parent(
             return mine if {f"attempt {k}" for k in (ProcA.key, ProcB.key, ProcC.key)} <= {
                 s["name"] for s in mine} else []  # fmt: skip
 
-        spans = await eventually(chain_spans, 15, "the three attempts at the collector", every=0.1)
-    enqueue_a = from_sdk(next(s for s in in_memory.get_finished_spans() if s.name == f"enqueue {ProcA.key}"))
-    attempt_a, enqueue_b = one(spans, f"attempt {ProcA.key}"), one(spans, f"enqueue {ProcB.key}")
-    attempt_b, enqueue_c = one(spans, f"attempt {ProcB.key}"), one(spans, f"enqueue {ProcC.key}")
-    attempt_c = one(spans, f"attempt {ProcC.key}")
+        exported = await eventually(chain_spans, 15, "the three attempts at the collector", every=0.1)
+    enqueue_a = from_sdk(next(s for s in spans.get_finished_spans() if s.name == f"enqueue {ProcA.key}"))
+    attempt_a, enqueue_b = one(exported, f"attempt {ProcA.key}"), one(exported, f"enqueue {ProcB.key}")
+    attempt_b, enqueue_c = one(exported, f"attempt {ProcB.key}"), one(exported, f"enqueue {ProcC.key}")
+    attempt_c = one(exported, f"attempt {ProcC.key}")
     assert attempt_a["parent"] == enqueue_a["span_id"] and attempt_a["process"] == "call-ac"
     assert enqueue_b["parent"] == attempt_a["span_id"] and enqueue_b["process"] == "call-ac"
     assert attempt_b["parent"] == enqueue_b["span_id"] and attempt_b["process"] == "call-b"
