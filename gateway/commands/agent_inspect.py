@@ -7,12 +7,14 @@ graph of a hub package or a local pack instead (:mod:`gateway.commands.agent_dep
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 from urllib.parse import quote
 
 import click
 
+from gateway.client import ApiError
 from gateway.commands.agent import agent
 from gateway.commands.agent_deps import GRAPH_FORMATS, show_dependencies
 from gateway.commands.common import CliError, Ctx, _call, _emit, _run, output_option
@@ -29,7 +31,9 @@ __all__ = ["inspect"]
 @click.pass_obj
 def inspect(obj: Ctx, key: str, deps: bool, fmt: str | None, output: str) -> None:
     """KEY's description, version, schemas and resilience block (retry, timeout,
-    bulkhead, fallback, breaker) with the queue settings it becomes.
+    bulkhead, fallback, breaker) with the queue settings it becomes; its versions
+    and what its workers hold, where installed versions came from, its config and
+    its queue lanes (each when the token may read it).
 
     \b
     With --deps: the dependencies of hub package NAME (at VERSION, or its highest
@@ -44,7 +48,7 @@ def inspect(obj: Ctx, key: str, deps: bool, fmt: str | None, output: str) -> Non
         return
     if fmt is not None:
         raise CliError("--format is the dependency graph's: add --deps")
-    data = _run(_call(obj, "GET", f"/api/v1/agents/{quote(key, safe='')}"))
+    data = _run(_inspected(obj, quote(key, safe="")))
     if output == "json":
         _emit(output, data)
         return
@@ -56,6 +60,59 @@ def inspect(obj: Ctx, key: str, deps: bool, fmt: str | None, output: str) -> Non
     click.echo("resilience")
     for name, line in resilience_lines(data["resilience"]):
         click.echo(f"  {name:<10}{line}")
+    for title, lines in _sections(data):
+        click.echo(title)
+        for line in lines:
+            click.echo(f"  {line}")
+
+
+async def _inspected(obj: Ctx, key: str) -> dict[str, Any]:
+    """The agent, and beside it what other routes say of it (each ``None`` when that
+    route is not this token's to read, or fails): its versions and what workers hold
+    (``health``), its config (``config``), its lanes (``queue``), where its installed
+    versions came from (``installed``)."""
+    detail: dict[str, Any] = await _call(obj, "GET", f"/api/v1/agents/{key}")
+    paths = {"health": f"/api/v1/agents/{key}/health", "config": f"/api/v1/config/{key}",
+             "queue": "/api/v1/queue/stats", "installed": f"/api/v1/hub/installs?agent={key}"}  # fmt: skip
+    answers = await asyncio.gather(*(_call(obj, "GET", p) for p in paths.values()), return_exceptions=True)
+    for name, answer in zip(paths, answers, strict=True):
+        if isinstance(answer, BaseException) and not isinstance(answer, CliError | ApiError):
+            raise answer
+        detail[name] = None if isinstance(answer, BaseException) else answer
+    if detail["queue"] is not None:
+        detail["queue"] = [lane for lane in detail["queue"]["lanes"] if lane["agent"] == detail["key"]]
+    if detail["installed"] is not None:
+        detail["installed"] = detail["installed"]["installed"]
+    return detail
+
+
+def _sections(data: dict[str, Any]) -> list[tuple[str, list[str]]]:
+    """The other routes' answers in words (a section a token may not read is left out)."""
+    shown: list[tuple[str, list[str]]] = []
+    if data["health"] is not None:
+        versions = [f"{v['version']:<12}{v['state']:<14}{v['mode']}" for v in data["health"]["versions"]]
+        workers = [f"worker {w['worker']} ({w['role']}): {w['running']} running, {w['held']} waiting"
+                   for w in data["health"]["workers"]]  # fmt: skip
+        shown.append((f"versions (gate {data['health']['gate']})", versions or ["no lifecycle record"]))
+        shown.append(("workers", workers or ["none answered"]))
+    if data["installed"]:
+        rows = data["installed"]
+        shown.append(
+            (
+                "installed from the hub",
+                [f"{r['version']:<12}sha256 {r['digest'][:12]}…  {r['installed_at'][:19]}" for r in rows],
+            )
+        )
+    if data["config"] is not None:
+        current = data["config"]["current"]
+        said = f"version {current['version']}" if current else "none stored (defaults)"
+        shown.append((f"config ({said})", [json.dumps(data["config"]["merged"], sort_keys=True)]))
+    if data["queue"] is not None:
+        shown.append(("queue", [
+            f"priority {lane['priority']}: {lane['waiting']} waiting, {lane['in_flight']} in flight"
+            f"{' (stalled)' if lane['stalled'] else ''}, gate {lane['gate']}" for lane in data["queue"]
+        ] or ["no lanes yet"]))  # fmt: skip
+    return shown
 
 
 def _fields(schema: dict[str, Any]) -> str:

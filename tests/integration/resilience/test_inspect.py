@@ -19,6 +19,7 @@ from agents.resilience import BreakerPolicy, Bulkhead, Fallback, Resilience, Ret
 from agents.store.migrations import apply_migrations
 from gateway.app import Gateway, Parts
 from gateway.settings import Settings
+from mesh.queue.worker import AgentQueueConfig, ensure_lane
 from tests.integration.gateway.conftest import agent_factory
 from tests.integration.resilience.conftest import In, Out, make_agent
 
@@ -98,9 +99,11 @@ async def test_an_unknown_or_impossible_key_is_a_problem(
 
 
 async def test_agent_inspect_shows_the_block_as_a_table_and_as_json(
-    gateway_api: tuple[TestClient[Any, Any], str],
+    gateway_api: tuple[TestClient[Any, Any], str], mesh_js: JetStreamContext
 ) -> None:
     api, key = gateway_api
+    for priority in (0, 1, 2):
+        await ensure_lane(mesh_js, AgentQueueConfig(key), priority)
     table = await agent_factory(api, "agent", "inspect", key, token=TOKEN)
     assert table.exit_code == 0, table.output
     lines = table.output.splitlines()
@@ -111,7 +114,20 @@ async def test_agent_inspect_shows_the_block_as_a_table_and_as_json(
     assert "30 s per attempt" in shown["timeout"] and "3 at once per worker" in shown["bulkhead"]
     assert 'noop -> default {"i": 0, "by": "default"}' in shown["fallback"]
     assert "opens at 25% failures of >= 10 calls" in shown["breaker"]
+    assert (
+        any(line.startswith("versions (gate ") for line in lines)
+        and "config (none stored (defaults))" in lines
+    )
+    assert any(line.startswith("  priority 2: ") for line in lines), table.output  # its lanes
     as_json = await agent_factory(api, "agent", "inspect", key, "-o", "json", token=TOKEN)
     assert as_json.exit_code == 0 and json.loads(as_json.output)["resilience"]["queue"]["concurrency"] == 3
+    whole = json.loads(as_json.output)
+    assert sorted((lane["agent"], lane["priority"]) for lane in whole["queue"]) == [
+        (key, 0),
+        (key, 1),
+        (key, 2),
+    ]
+    assert whole["installed"] == []
+    assert whole["config"]["agent"] == key and whole["health"]["agent"] == key
     missing = await agent_factory(api, "agent", "inspect", "no-such-agent", token=TOKEN)
     assert missing.exit_code == 1 and "no agent named 'no-such-agent'" in missing.output
