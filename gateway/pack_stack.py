@@ -31,12 +31,14 @@ from typing import Any, Final
 from jsonschema import Draft202012Validator
 
 from agents.contract import Agent
+from agents.errors import AgentError
 from agents.packaging.spec import PackSpec
-from agents.registry import load_package
+from agents.registry import AgentLoadError, load_package
 from gateway.client import ApiClient, ApiError
 from gateway.settings import Settings
 from gateway.up import Platform
 from mesh.embedded import find_free_port
+from mesh.errors import ConnectionFailed
 
 __all__ = [
     "ExampleResult",
@@ -46,6 +48,7 @@ __all__ = [
     "run_examples",
     "run_stack_tests",
     "stack_for",
+    "try_on_stack",
 ]
 
 STACK_ENV: Final = "AF_TEST_STACK"  # set to 1 for the package's tests: its stack tests run, not skip
@@ -107,6 +110,26 @@ class StackReport:
         if self.stack is not None:
             del data["stack"]["token"], data["stack"]["nats_url"]  # throwaway, but secrets all the same
         return data
+
+
+async def try_on_stack(
+    report: StackReport, root: Path, spec: PackSpec, timeout_s: float, pytest_args: tuple[str, ...],
+    say: Callable[[str], None],
+) -> None:  # fmt: skip
+    """The whole of ``agent test --stack``, filling ``report`` as it goes (so a cancel
+    leaves what was done in it): start, the examples, the tests, the stop."""
+    try:
+        async with stack_for(root, say) as (stack, served):
+            report.stack = stack
+            say(f"running {len(list((root / 'examples').glob('*.json')))} example(s) through the queue …")
+            schema = output_schema(root, spec, served)
+            report.examples = await run_examples(stack, root, served.key, schema, timeout_s, say)
+            say("running the tests against the stack …")
+            report.tests = await run_stack_tests(stack, root, pytest_args)
+    except AgentLoadError as exc:  # before any server started
+        report.error = f"cannot serve the package: {exc}"
+    except (ConnectionFailed, AgentError, OSError, ValueError) as exc:  # ValueError: a schema file's JSON
+        report.error = f"the stack failed: {exc}"
 
 
 @asynccontextmanager

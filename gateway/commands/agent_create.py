@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -141,13 +142,8 @@ def _test_on_a_stack(root: Path, spec: PackSpec, timeout: float, output: str,
     """``agent test --stack``: exit 0 when every example and test passed, else 1 with a summary."""
     if not (root / "tests").is_dir():
         raise CliError(f"{root} has no tests/ directory: the hub refuses a package without tests")
-    from agents.registry import AgentLoadError  # noqa: PLC0415 (start-up time: the stack's imports)
-
     started = time.monotonic()
-    try:
-        report = asyncio.run(_stack_report(root, spec, timeout, pytest_args))
-    except AgentLoadError as exc:
-        raise CliError(str(exc)) from None
+    report = asyncio.run(_stack_report(root, spec, timeout, pytest_args))
     report.seconds = round(time.monotonic() - started, 2)
     if output == "json":
         _emit(output, report.as_json())
@@ -162,30 +158,35 @@ def _test_on_a_stack(root: Path, spec: PackSpec, timeout: float, output: str,
 async def _stack_report(
     root: Path, spec: PackSpec, timeout: float, pytest_args: tuple[str, ...]
 ) -> StackReport:
-    from agents.errors import AgentError  # noqa: PLC0415 (start-up time)
-    from gateway.pack_stack import (  # noqa: PLC0415 (start-up time: gateway.up loads the whole gateway)
-        StackReport,
-        output_schema,
-        run_examples,
-        run_stack_tests,
-        stack_for,
-    )
-    from mesh.errors import ConnectionFailed  # noqa: PLC0415 (start-up time)
+    """:func:`~gateway.pack_stack.try_on_stack`; SIGINT or SIGTERM stops the stack
+    and ends the report (a second one cuts the stop short: its servers die with us)."""
+    from gateway.pack_stack import StackReport, try_on_stack  # noqa: PLC0415 (start-up time: the gateway)
+
+    report = StackReport(spec.name, spec.version)
 
     def say(text: str) -> None:
         click.echo(text, err=True)
 
-    report = StackReport(spec.name, spec.version)
+    trying = asyncio.ensure_future(try_on_stack(report, root, spec, timeout, pytest_args, say))
+    signals: list[str] = []
+
+    def interrupt(sig: signal.Signals) -> None:
+        signals.append(sig.name)
+        say(f"{sig.name}: " + ("stopping the stack …" if len(signals) == 1 else "not waiting for the stop"))
+        trying.cancel()
+
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, interrupt, sig)
     try:
-        async with stack_for(root, say) as (stack, served):
-            report.stack = stack
-            say(f"running {len(list((root / 'examples').glob('*.json')))} example(s) through the queue …")
-            schema = output_schema(root, spec, served)
-            report.examples = await run_examples(stack, root, served.key, schema, timeout, say)
-            say("running the tests against the stack …")
-            report.tests = await run_stack_tests(stack, root, pytest_args)
-    except (ConnectionFailed, AgentError, OSError) as exc:
-        report.error = f"the stack failed: {exc}"
+        await trying
+    except asyncio.CancelledError:
+        if not signals:
+            raise
+        report.error = f"interrupted ({signals[0]})"
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
     return report
 
 
