@@ -3,7 +3,9 @@
 Registered on the ``agent`` group (:mod:`gateway.commands.agent` imports this
 module). Neither needs a gateway: create writes files
 (:mod:`agents.packaging.scaffold`), test runs the package's ``tests/`` with
-pytest, as a developer does, or confined as the hub does (``--confined``).
+pytest, as a developer does, or confined as the hub does (``--confined``), or
+starts a throwaway stack of its own to try the package on (``--stack``,
+:mod:`gateway.pack_stack`).
 """
 
 from __future__ import annotations
