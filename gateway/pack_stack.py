@@ -147,7 +147,7 @@ async def stack_for(root: Path, say: Callable[[str], None]) -> AsyncIterator[tup
         )  # fmt: skip
         platform = Platform(
             settings, package_dir=root, stop_timeout_s=20.0,
-            child_env={"AF_LOG_LEVEL": "WARNING", "PYTHONPATH": str(root)},
+            child_env={"AF_LOG_LEVEL": "WARNING"},
         )  # fmt: skip
         try:
             await platform.start()
