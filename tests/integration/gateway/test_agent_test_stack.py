@@ -101,6 +101,22 @@ def test_an_output_that_breaks_its_schema_and_an_input_the_agent_refuses_fail_wi
     assert "FAIL  tests" in summary and "failed" in summary  # test_it_runs sees "lots" too
 
 
+def test_the_output_is_checked_against_the_schema_file_the_pack_declares(tmp_path: Path) -> None:
+    root = _create(tmp_path, "stack-declared")
+    schema = {"type": "object", "properties": {"kg_co2e": {"type": "number", "maximum": 100}}}
+    (root / "schemas").mkdir()
+    (root / "schemas" / "output.json").write_text(json.dumps(schema))
+    spec = root / "agent.pack.yaml"
+    spec.write_text(spec.read_text() + "output_schema: schemas/output.json\n")
+    result = CliRunner().invoke(cli, ["agent", "test", str(root), "--stack", "-o", "json"])
+    assert result.exit_code == 1, result.output
+    [example] = json.loads(result.stdout)["examples"]
+    assert example["status"] == "succeeded" and not example["passed"]
+    assert (
+        example["error"] == "the output breaks its schema: kg_co2e: 279.6 is greater than the maximum of 100"
+    )
+
+
 def test_a_package_whose_class_is_not_its_pack_file_is_refused_before_any_server_starts(
     tmp_path: Path,
 ) -> None:
