@@ -99,6 +99,8 @@ class Platform:
     postgres: EmbeddedPostgres | None = None
     gateway: Gateway | None = None
     children: Children | None = None  # the worker pools and the stream processors, restarted if they die
+    package_dir: Path | None = None  # the workers serve this package's agent alone (``agent test --stack``)
+    child_env: dict[str, str] = field(default_factory=dict)  # added to the children's environment
     state: UpState = field(default_factory=UpState)
     forced: asyncio.Event = field(default_factory=asyncio.Event)  # see force()
     abandoned: list[str] = field(default_factory=list)  # stop steps given up on
@@ -218,10 +220,11 @@ class Platform:
         # The data dir too: a pool names its metrics port there for the gateway's /metrics.
         env = {**os.environ, "AF_NATS_URL": self._nats_url, "AF_AGENTS": s.agents,
                "AF_DATA_DIR": str(s.data_dir.resolve()),
-               "AF_STREAM_REPLICAS": str(s.stream_replicas)}  # fmt: skip
+               "AF_STREAM_REPLICAS": str(s.stream_replicas), **self.child_env}  # fmt: skip
         cli = [sys.executable, "-m", "gateway.cli"]
+        served = ["--package-dir", str(self.package_dir)] if self.package_dir is not None else []
         for i in range(s.workers):
-            self.children.add(f"worker-{i}", [*cli, "worker", "--name", f"worker-{i}",
+            self.children.add(f"worker-{i}", [*cli, "worker", "--name", f"worker-{i}", *served,
                                               "--concurrency", str(s.worker_concurrency),
                                               "--drain-timeout", str(s.drain_timeout_s)], env)  # fmt: skip
         for name in s.processor_names:

@@ -4,7 +4,8 @@
 
 * ``agent.pack.yaml``: the pack file (:mod:`agents.packaging.spec`), valid as written;
 * ``<module>/agent.py``: the agent, its ``Input`` and ``Output`` models;
-* ``tests/test_agent.py``: tests that pass as written (``agent test``);
+* ``tests/test_agent.py``: tests that pass as written (``agent test``), one of them
+  run only on a real stack (``agent test --stack``) and skipped elsewhere;
 * ``examples/input.json``: an input to try it with (``agent-factory run``);
 * ``README.md``: how to test, run, pack and publish it.
 
@@ -224,19 +225,41 @@ _MODELS: Final[dict[Template, str]] = {
 
 _TEST: Final = '''\
 """{cls}'s own tests: `agent-factory agent test` runs them, and the hub runs them
-(confined, without network) before it accepts a version."""
+(confined, without network) before it accepts a version. Tests marked `on_stack`
+run only under `agent-factory agent test --stack`, against a real embedded stack."""
 
 import asyncio
+import json
+import os
+from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
 
 from agents.contract import RunContext
+from gateway.client import ApiClient
 from {module}.agent import {cls}, {models}
+
+EXAMPLE = Path(__file__).parent.parent / "examples" / "input.json"
+on_stack = pytest.mark.skipif(not os.environ.get("AF_TEST_STACK"), reason="needs agent test --stack")
 
 
 def run(input):
     return asyncio.run({cls}().run(input, RunContext(run_id="test")))
+
+
+async def submit_and_wait(input):
+    async with ApiClient(os.environ["AF_API_URL"], os.environ["AF_API_TOKEN"]) as api:
+        accepted = await api.submit("{name}", {{"input": input}})
+        return await api.wait(accepted["run_id"], timeout=60)
+
+
+@on_stack
+def test_the_example_runs_through_the_queue_as_in_process():
+    example = json.loads(EXAMPLE.read_text())
+    view = asyncio.run(submit_and_wait(example))
+    assert view["status"] == "succeeded", view["error"]
+    assert view["result"] == run({cls}.Input.model_validate(example)).model_dump(mode="json")
 
 
 def test_it_runs():
@@ -251,6 +274,7 @@ A `{template}` agent for Agent Factory, made by `agent-factory agent create`.
 
 ```console
 $ agent-factory agent test                       # its tests (tests/), as the hub runs them
+$ agent-factory agent test --stack               # and its examples, on a throwaway real stack
 $ agent-factory up --agent {module}.agent:{cls}  # serve it (from this directory)
 $ agent-factory run {name} --input-file examples/input.json --wait
 $ agent-factory agent pack --derive-schemas      # {name}-0.1.0.glpack, schemas from the models

@@ -3,7 +3,9 @@
 Registered on the ``agent`` group (:mod:`gateway.commands.agent` imports this
 module). Neither needs a gateway: create writes files
 (:mod:`agents.packaging.scaffold`), test runs the package's ``tests/`` with
-pytest, as a developer does, or confined as the hub does (``--confined``).
+pytest, as a developer does, or confined as the hub does (``--confined``), or
+starts a throwaway stack of its own to try the package on (``--stack``,
+:mod:`gateway.pack_stack`).
 """
 
 from __future__ import annotations
@@ -11,20 +13,24 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import os
+import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import cast
+from typing import TYPE_CHECKING, cast
 
 import click
 
 from agents.hub.testrun import run_pack_tests
 from agents.packaging.errors import PackagingError
 from agents.packaging.scaffold import TEMPLATES, Template, create
-from agents.packaging.spec import load_spec
+from agents.packaging.spec import PackSpec, load_spec
 from gateway.commands.agent import agent
 from gateway.commands.common import CliError, _emit, output_option
+
+if TYPE_CHECKING:
+    from gateway.pack_stack import StackReport
 
 __all__ = ["create_command", "test_command"]
 
@@ -80,9 +86,15 @@ def create_command(name: str | None, template: str | None, description: str | No
 @click.option("--confined", is_flag=True,
               help="Run them as the hub does before it accepts a version: no network, memory and time "
                    "bounded (docs/hub.md).")  # fmt: skip
-@click.option("--timeout", type=float, default=120.0, show_default=True, help="--confined: seconds at most.")
+@click.option("--stack", is_flag=True,
+              help="Start a throwaway embedded stack serving the agent, run examples/*.json through its "
+                   "queue (each result checked against the output schema), then the tests with "
+                   "AF_TEST_STACK=1 and AF_API_URL, AF_API_TOKEN, AF_NATS_URL pointing at it.")  # fmt: skip
+@click.option("--timeout", type=float, default=120.0, show_default=True,
+              help="--confined: seconds at most; --stack: for each example's run.")  # fmt: skip
+@output_option
 @click.argument("pytest_args", nargs=-1, type=click.UNPROCESSED)
-def test_command(directory: Path, coverage: bool, confined: bool, timeout: float,
+def test_command(directory: Path, coverage: bool, confined: bool, stack: bool, timeout: float, output: str,
                  pytest_args: tuple[str, ...]) -> None:  # fmt: skip
     """Run the tests of the package in DIRECTORY (default: .) with pytest; exit with
     pytest's code. Arguments after -- go to pytest.
@@ -91,6 +103,7 @@ def test_command(directory: Path, coverage: bool, confined: bool, timeout: float
     agent-factory agent test
     agent-factory agent test --coverage
     agent-factory agent test ./scope2 --confined
+    agent-factory agent test --stack          # on a real embedded stack, with its examples
     agent-factory agent test -- -k converts -x
     """
     root = directory.resolve()
@@ -98,6 +111,11 @@ def test_command(directory: Path, coverage: bool, confined: bool, timeout: float
         spec = load_spec(root)
     except PackagingError as exc:
         raise CliError(str(exc)) from None
+    if stack:
+        if confined or coverage:
+            raise CliError("--stack runs the package on a real stack: not with --confined or --coverage")
+        _test_on_a_stack(root, spec, timeout, output, pytest_args)
+        return
     if confined:
         if coverage or pytest_args:
             raise CliError(
@@ -118,4 +136,75 @@ def test_command(directory: Path, coverage: bool, confined: bool, timeout: float
         module = spec.entry_point.partition(":")[0].partition(".")[0]
         args[3:3] = [f"--cov={module}", "--cov-report=term-missing"]
     env = {**os.environ, "PYTHONPATH": str(root)}
+    env.pop("AF_TEST_STACK", None)  # its stack tests skip: there is no stack of its own here
     raise SystemExit(subprocess.call(args, cwd=root, env=env))
+
+
+def _test_on_a_stack(root: Path, spec: PackSpec, timeout: float, output: str,
+                     pytest_args: tuple[str, ...]) -> None:  # fmt: skip
+    """``agent test --stack``: exit 0 when every example and test passed, else 1 with a summary."""
+    if not (root / "tests").is_dir():
+        raise CliError(f"{root} has no tests/ directory: the hub refuses a package without tests")
+    started = time.monotonic()
+    report = asyncio.run(_stack_report(root, spec, timeout, pytest_args))
+    report.seconds = round(time.monotonic() - started, 2)
+    if output == "json":
+        _emit(output, report.as_json())
+    else:
+        if report.tests is not None:
+            click.echo(report.tests.output)
+        click.echo(_summary(report))
+    if not report.passed:
+        raise SystemExit(1)
+
+
+async def _stack_report(
+    root: Path, spec: PackSpec, timeout: float, pytest_args: tuple[str, ...]
+) -> StackReport:
+    """:func:`~gateway.pack_stack.try_on_stack`; SIGINT or SIGTERM stops the stack
+    and ends the report (a second one cuts the stop short: its servers die with us)."""
+    from gateway.pack_stack import StackReport, try_on_stack  # noqa: PLC0415 (start-up time: the gateway)
+
+    report = StackReport(spec.name, spec.version)
+
+    def say(text: str) -> None:
+        click.echo(text, err=True)
+
+    trying = asyncio.ensure_future(try_on_stack(report, root, spec, timeout, pytest_args, say))
+    signals: list[str] = []
+
+    def interrupt(sig: signal.Signals) -> None:
+        signals.append(sig.name)
+        say(f"{sig.name}: " + ("stopping the stack …" if len(signals) == 1 else "not waiting for the stop"))
+        trying.cancel()
+
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, interrupt, sig)
+    try:
+        await trying
+    except asyncio.CancelledError:
+        if not signals:
+            raise
+        report.error = f"interrupted ({signals[0]})"
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+    return report
+
+
+def _summary(report: StackReport) -> str:
+    verdict = "passed" if report.passed else "FAILED"
+    started = f", the stack started in {report.stack.started_s:g} s" if report.stack else ""
+    lines = [f"{report.agent} {report.version} on a stack: {verdict} ({report.seconds:g} s{started})"]
+    if report.error:
+        lines.append(f"  {report.error}")
+    for example in report.examples:
+        line = f"  {'pass' if example.passed else 'FAIL'}  {example.example}  {example.seconds:g} s"
+        lines.append(line + ("  " + example.error.replace("\n", "\n  ") if example.error else ""))
+    if not report.examples and report.stack is not None:
+        lines.append("  (no examples/*.json)")
+    if report.tests is not None:
+        lines.append(f"  {'pass' if report.tests.passed else 'FAIL'}  tests  {report.tests.seconds:g} s  "
+                     f"{report.tests.summary}")  # fmt: skip
+    return "\n".join(lines)
