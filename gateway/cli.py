@@ -57,23 +57,24 @@ __all__ = ["CliError", "Ctx", "_emit", "_run", "main", "output_option"]
 )
 @click.option("--api-url", envvar="AF_API_URL", help="Gateway URL (default: from the data dir).")
 @click.option("--token", envvar="AF_API_TOKEN", help="API token (default: from the data dir).")
-@click.option("-v", "--verbose", is_flag=True, help="Log more and show tracebacks.")
+@click.option("-v", "--verbose", count=True,
+              help="-v: log more (INFO) and show tracebacks; -vv: every detail (DEBUG).")  # fmt: skip
 @click.option(
     "--output", "-o", type=OUTPUTS, default="table", show_default=True,
     help="table for people, json for scripts; for every command (its own -o wins).",
 )  # fmt: skip
 @click.pass_context
 def cli(ctx: click.Context, data_dir: Path, api_url: str | None, token: str | None,
-        verbose: bool, output: str) -> None:  # fmt: skip
+        verbose: int, output: str) -> None:  # fmt: skip
     """Agent Factory: run a fleet of agents on a NATS JetStream mesh.
 
     \b
     agent-factory -o json status    (or: agent-factory status -o json)
     """
     del output  # each command reads it back through output_option
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")  # fmt: skip
-    ctx.obj = Ctx(data_dir, api_url, token, verbose)
+    level = {0: logging.WARNING, 1: logging.INFO}.get(verbose, logging.DEBUG)
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    ctx.obj = Ctx(data_dir, api_url, token, verbose > 0)
 
 
 @cli.command()
@@ -469,7 +470,7 @@ def bench(suite: str, count: int | None, cluster: int, rounds: int, workers: tup
 
 
 def main() -> None:
-    verbose = "-v" in sys.argv or "--verbose" in sys.argv
+    verbose = any(arg in ("-v", "-vv", "-vvv", "--verbose") for arg in sys.argv)
     try:
         cli(standalone_mode=False)
     except click.exceptions.Abort:

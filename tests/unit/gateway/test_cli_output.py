@@ -6,6 +6,11 @@ Walks the whole command tree, so a command added later that prints through
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
 from gateway.cli import cli
@@ -35,3 +40,17 @@ def test_output_given_before_the_command_applies_and_its_own_wins(path: tuple[st
     assert output([*path, "-o", "json"]) == "json"
     assert output(["-o", "json", *path, "-o", "table"]) == "table"  # the command's own wins
     assert output(["-o", "table", *path, "--output", "json"]) == "json"
+
+
+@pytest.mark.parametrize(("flags", "level"), [([], "WARNING"), (["-v"], "INFO"), (["-vv"], "DEBUG")])
+def test_each_v_says_more(flags: list[str], level: str, tmp_path: Path) -> None:
+    script = (
+        "import logging, sys\n"
+        "from gateway.cli import main\n"
+        f"sys.argv = ['agent-factory', *{flags!r}, 'agent', 'cache', 'ls']\n"
+        "main()\n"
+        "print(logging.getLevelName(logging.getLogger().level))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True,
+                          env={**os.environ, "AF_CACHE_DIR": str(tmp_path)})  # fmt: skip
+    assert done.stdout.splitlines()[-1] == level
