@@ -432,7 +432,7 @@ def bench(suite: str, count: int | None, cluster: int, rounds: int, workers: tup
               process): p50/p99 paced at 1,000 requests/s, and the most it answers
     config    a config change's put-to-applied latency in 3 worker processes
               (p50/p99), against the raw KV message's arrival
-    hub       publish and download of 1 MB and 20 MB packages (MB/s) against
+    hub       publish, download and install of 1 MB and 20 MB packages (MB/s) against
               the raw object store put and chunk pull; search p99 over 1,000
               indexed versions
     skeleton, messaging, streams: see the README
