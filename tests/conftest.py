@@ -130,3 +130,12 @@ def spans() -> Iterator[InMemorySpanExporter]:
     finally:
         trace.use(None)
         provider.shutdown()
+
+
+@pytest.fixture
+def own_nats(tmp_path: Path) -> Iterator[NatsServer]:
+    """A nats-server of the test's own (its state in ``tmp_path``), stopped after it."""
+    server = NatsServer(tmp_path / "nats")
+    server.start()
+    yield server
+    server.stop()

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -28,14 +28,6 @@ from tests.integration.observability.otlp import CONSUMER, Collector, Span, from
 WORKER = ["-m", "gateway.cli", "worker", "--name", "traced-worker", "--agents", "noop", "--no-sandbox",
           "--drain-timeout", "2"]  # fmt: skip
 BREAKER = ["-m", "gateway.cli", "processors", "--only", "breaker", "--session-timeout", "2"]
-
-
-@pytest.fixture
-def own_nats(tmp_path: Path) -> Iterator[NatsServer]:
-    server = NatsServer(tmp_path / "nats")
-    server.start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture

@@ -7,8 +7,7 @@ keeps one test's events and state out of another's.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
+from collections.abc import AsyncIterator
 
 import pytest
 from nats.aio.client import Client
@@ -17,14 +16,6 @@ from nats.js import JetStreamContext
 from mesh.embedded import NatsServer
 from mesh.provision import provision
 from mesh.wire.connection import connect, jetstream
-
-
-@pytest.fixture
-def own_nats(tmp_path: Path) -> Iterator[NatsServer]:
-    server = NatsServer(tmp_path / "nats")
-    server.start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture
