@@ -91,7 +91,7 @@ class Installer:
                                         tenant=ALL_TENANTS, scope=hub_tenant)  # fmt: skip
             versions = {node["name"]: node["version"] for node in graph["nodes"]}
             for dep in graph["order"]:
-                if dep == name or await self._registered(dep, versions[dep]):
+                if dep == name or await _registered(self.hub.pool, dep, versions[dep]):
                     continue
                 await progress(60, f"installing dependency {dep} {versions[dep]}")
                 installed.append(
@@ -124,13 +124,6 @@ class Installer:
                 row.agent, row.version,
             )  # fmt: skip
             return await insert_installed(conn, row)
-
-    async def _registered(self, agent: str, version: str) -> bool:
-        """Whether the platform has ``agent`` ``version`` (installed, or its own code)."""
-        found = await self.hub.pool.fetchval(
-            "SELECT 1 FROM agent_versions WHERE agent_key = $1 AND version = $2", agent, version
-        )
-        return found is not None
 
     async def local_dir(self, row: InstalledVersion) -> Path:
         """Where ``row``'s code is on this host, extracted again from the hub if it is not."""
@@ -195,14 +188,20 @@ class Installer:
                 f"{row.agent} {row.version} is installed from another package "
                 f"(sha256 {earlier.digest[:12]}…): a version is immutable, install a new one"
             )
-        registered = await conn.fetchval(
-            "SELECT 1 FROM agent_versions WHERE agent_key = $1 AND version = $2", row.agent, row.version
-        )
+        registered = await _registered(conn, row.agent, row.version)
         if earlier is None and registered:
             raise InstallRefused(
                 f"{row.agent} {row.version} is registered from code this platform loads, not from a package: "
                 "install a version it does not run"
             )
+
+
+async def _registered(conn: asyncpg.Connection | asyncpg.Pool, agent: str, version: str) -> bool:
+    """Whether the platform has ``agent`` ``version`` (installed, or its own code)."""
+    found = await conn.fetchval(
+        "SELECT 1 FROM agent_versions WHERE agent_key = $1 AND version = $2", agent, version
+    )
+    return found is not None
 
 
 async def know_installed(pool: asyncpg.Pool, registry: Registry) -> None:
