@@ -331,7 +331,7 @@ class Operator:
             return None
         versions = await self.manager.versions(target.agent.key)
         live = [v.version for v in versions if v.state in _LIVE and v.version != target.agent.version]
-        record = await self.manager.version(target.agent.key, target.agent.version)
+        record = next(v for v in versions if v.version == target.agent.version)  # registered by the deploy
         return await self._migrate(record, "up", live[0] if live else None, target.agent.version)
 
     async def _migrate(
